@@ -1,0 +1,99 @@
+"""Exceptions raised by the MaaS provider.
+
+Every exception derives from :class:`MaaSError`, itself an ``AirflowException``, so Airflow
+treats them as task failures. Code branches on these types, never on message text. No message
+ever contains the API key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowException
+
+
+class MaaSError(AirflowException):
+    """Base class of every error raised by the MaaS provider."""
+
+
+class MaaSInputError(MaaSError, ValueError):
+    """Bad input given by the user (a JSONL file, a name, a destination, a setting).
+
+    Raised before any request is sent, so nothing was uploaded or paid for.
+    """
+
+    def __init__(self, message: str, *, line_number: int | None = None) -> None:
+        super().__init__(message)
+        self.line_number = line_number
+
+
+class MaaSConfigError(MaaSInputError):
+    """The Airflow connection or hook settings are incomplete or unsafe (missing key, endpoint...)."""
+
+
+class MaaSApiError(MaaSError):
+    """The service answered with an HTTP error.
+
+    :param status_code: HTTP status code of the answer.
+    :param error_status: The service's error status (e.g. ``NOT_FOUND``), if it sent one.
+    :param error_message: The service's error message, if it sent one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error_status: str | None = None,
+        error_message: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_status = error_status
+        self.error_message = error_message
+        self.retry_after = retry_after
+
+
+class MaaSAuthError(MaaSApiError):
+    """The service refused the API key (401) or the key may not use this endpoint (403)."""
+
+
+class MaaSNotFoundError(MaaSApiError):
+    """The job, file or results do not exist (404), or no longer exist (410, kept 7 days)."""
+
+
+class MaaSRetryableError(MaaSApiError):
+    """A transient failure (429, 5xx, connection error, timeout) that is worth retrying."""
+
+
+class MaaSTimeoutError(MaaSError):
+    """Waiting for a job, or a single request, took longer than allowed."""
+
+
+class MaaSJobFailedError(MaaSError):
+    """A batch job ended in a state that is not a success (FAILED, CANCELLED, EXPIRED...).
+
+    :param job_name: Name of the job.
+    :param state: Final state of the job.
+    :param job: The job JSON as last returned by the service.
+    """
+
+    def __init__(
+        self, message: str, *, job_name: str | None = None, state: str | None = None, job: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.job_name = job_name
+        self.state = state
+        self.job = job
+
+
+class MaaSJobCreationUncertainError(MaaSError):
+    """A create-job request may have reached the service, but no answer came back.
+
+    It is not retried automatically: retrying could create (and pay for) a second job.
+    """
+
+
+class MaaSIntegrityError(MaaSError):
+    """Transferred bytes did not match the size or checksum the service reported."""
