@@ -80,7 +80,12 @@ class MaaSJobFailedError(MaaSError):
     """
 
     def __init__(
-        self, message: str, *, job_name: str | None = None, state: str | None = None, job: dict[str, Any] | None = None
+        self,
+        message: str,
+        *,
+        job_name: str | None = None,
+        state: str | None = None,
+        job: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.job_name = job_name

@@ -1,0 +1,232 @@
+"""The one place that knows the service's HTTP surface.
+
+URL building, name checks, auth headers, error mapping and the retry policy live here and are
+used by both the sync (``requests``) and async (``aiohttp``) paths of :class:`~airflow_provider_maas.hooks.maas.MaaSHook`.
+Nothing here performs I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from airflow_provider_maas.connection import DEFAULT_BASE_URL
+from airflow_provider_maas.exceptions import (
+    MaaSApiError,
+    MaaSAuthError,
+    MaaSConfigError,
+    MaaSInputError,
+    MaaSNotFoundError,
+    MaaSRetryableError,
+)
+
+API_PREFIX = "/v1/ai/batch/gemini"
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+USER_AGENT = "airflow-provider-maas"
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: Statuses that prove the service did NOT act on the request, so even job creation may be retried.
+NOT_PROCESSED_STATUS = frozenset({429, 503})
+
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def check_name(name: Any, what: str) -> str:
+    """Refuse a file or job name that could escape its place in the URL.
+
+    :param name: The name to check.
+    :param what: What the name is ("file name", "job name"), for the message.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise MaaSInputError(f"The {what} must be a non-empty string, got {name!r}.")
+    if _BAD_NAME.search(name) or name in {".", ".."} or ".." in name:
+        raise MaaSInputError(
+            f"The {what} {name!r} contains '/', '\\', '..' or a control character; "
+            "use a plain name such as 'requests-2026-01-01.jsonl'."
+        )
+    if len(name) > 1024:
+        raise MaaSInputError(f"The {what} is {len(name)} characters long; at most 1024 are allowed.")
+    return name
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str, *, allow_insecure_http: bool = False) -> str:
+    """Validate the base URL: ``https://``, or ``http://`` only on loopback unless explicitly allowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise MaaSConfigError(f"The MaaS connection host {url!r} is not a URL; set it to e.g. {DEFAULT_BASE_URL!r}.")
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        raise MaaSConfigError(
+            f"Refusing to send the API key over plain http to {parts.hostname!r}: use https, or set "
+            '"allow_insecure_http": true in the connection extra if this is really intended.'
+        )
+    return url.rstrip("/")
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """Everything needed to talk to one ENDPOINT of the service. ``api_key`` never shows in ``repr``."""
+
+    base_url: str
+    endpoint: str
+    api_key: str = field(repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    verify: bool | str = True
+
+    @property
+    def prefix(self) -> str:
+        return f"{self.base_url}{API_PREFIX}/{quote(self.endpoint, safe='')}"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}", "User-Agent": USER_AGENT}
+
+    # URLs of the four documented calls -------------------------------------------------
+    def upload_url(self, name: str) -> tuple[str, dict[str, str]]:
+        return f"{self.prefix}/files", {"uploadType": "media", "name": check_name(name, "file name")}
+
+    def jobs_url(self) -> str:
+        return f"{self.prefix}/batchPredictionJobs"
+
+    def job_url(self, job_name: str) -> str:
+        return f"{self.prefix}/batchPredictionJobs/{quote(check_name(job_name, 'job name'), safe='')}"
+
+    def content_url(self, job_name: str) -> str:
+        return f"{self.job_url(job_name)}/content"
+
+
+def build_config(
+    *,
+    host: str | None,
+    password: str | None,
+    extra: dict[str, Any],
+    endpoint_override: str | None,
+    conn_id: str,
+) -> ApiConfig:
+    """Build an :class:`ApiConfig` from an Airflow connection's fields, with clear errors."""
+    base_url = check_base_url(
+        (host or "").strip() or DEFAULT_BASE_URL,
+        allow_insecure_http=_as_bool(extra.get("allow_insecure_http", False)),
+    )
+    endpoint = (endpoint_override or extra.get("endpoint") or "").strip()
+    if not endpoint:
+        raise MaaSConfigError(
+            f"No ENDPOINT for connection {conn_id!r}: set the connection's 'Endpoint' field "
+            "(extra.endpoint) or pass endpoint= to the hook or operator."
+        )
+    check_name(endpoint, "endpoint")
+    if not password:
+        raise MaaSConfigError(
+            f"No API key in connection {conn_id!r}: put the key in the connection's 'API Key' (password) field."
+        )
+    timeout = float(extra.get("timeout") or DEFAULT_TIMEOUT)
+    if timeout <= 0:
+        raise MaaSConfigError(f"Connection {conn_id!r}: extra.timeout must be a positive number of seconds.")
+    verify = extra.get("verify", True)
+    if isinstance(verify, str) and verify.lower() in {"true", "false"}:
+        verify = verify.lower() == "true"
+    return ApiConfig(
+        base_url=base_url,
+        endpoint=endpoint,
+        api_key=password,
+        timeout=timeout,
+        connect_timeout=min(DEFAULT_CONNECT_TIMEOUT, timeout),
+        verify=verify,
+    )
+
+
+def _as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+# Errors ------------------------------------------------------------------------------------
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        import time
+
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def error_from_response(
+    status: int, body: bytes, *, what: str, retry_after: str | None = None, api_key: str | None = None
+) -> MaaSApiError:
+    """Map an HTTP error answer to the matching exception, with a readable message.
+
+    Works for the documented Google-style body ``{"error": {"code", "message", "status"}}`` and
+    for any other body (HTML from a proxy, plain text, nothing).
+    """
+    error_status: str | None = None
+    error_message: str | None = None
+    try:
+        payload = json.loads(body.decode("utf-8", errors="replace"))
+        err = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(err, dict):
+            error_status = err.get("status") if isinstance(err.get("status"), str) else None
+            error_message = str(err.get("message")) if err.get("message") is not None else None
+        elif isinstance(err, str):
+            error_message = err
+    except (ValueError, AttributeError):
+        text = re.sub(r"<[^>]+>", " ", body.decode("utf-8", errors="replace"))
+        text = " ".join(text.split())
+        error_message = (text[:300] + "...") if len(text) > 300 else (text or None)
+    if api_key and error_message and api_key in error_message:
+        error_message = error_message.replace(api_key, "***")
+    detail = f"HTTP {status}" + (f" {error_status}" if error_status else "")
+    message = f"{what} failed: {detail}: {error_message or 'no error message in the answer'}"
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "error_status": error_status,
+        "error_message": error_message,
+        "retry_after": parse_retry_after(retry_after),
+    }
+    if status in (401, 403):
+        hint = (
+            "check the API key in the connection's 'API Key' field"
+            if status == 401
+            else "check that this key may use the ENDPOINT set in the connection"
+        )
+        return MaaSAuthError(f"{message} ({hint})", **kwargs)
+    if status in (404, 410):
+        return MaaSNotFoundError(message, **kwargs)
+    if status in RETRYABLE_STATUS:
+        return MaaSRetryableError(message, **kwargs)
+    return MaaSApiError(message, **kwargs)
+
+
+def backoff_delay(attempt: int, *, retry_after: float | None, base: float = 1.0, cap: float = 60.0) -> float:
+    """Exponential backoff with full jitter; never shorter than the service's ``Retry-After``."""
+    delay = random.uniform(0, min(cap, base * (2 ** (attempt - 1))))
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, cap * 5))
+    return delay
+
+
+DEFAULT_MAX_ATTEMPTS = 5

@@ -1,0 +1,33 @@
+"""The ``maas`` connection form: one definition for Airflow >= 3.2 (``conn-fields`` in the provider
+info) and for Airflow 3.0/3.1 (the hook's ``get_connection_form_widgets``/``get_ui_field_behaviour``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DEFAULT_BASE_URL = "https://genaiapi.cloudsway.net"
+
+#: Fields of the connection form, shared by ``get_provider_info`` (Airflow >= 3.2) and the
+#: hook's form methods (Airflow 3.0/3.1).
+CONN_FIELDS: dict[str, dict[str, Any]] = {
+    "endpoint": {
+        "label": "Endpoint",
+        "description": "The ENDPOINT id the vendor gave for the model deployment.",
+        "schema": {"type": ["string", "null"]},
+    },
+    "timeout": {
+        "label": "Timeout (seconds)",
+        "description": "Timeout of each HTTP request, in seconds (default 60).",
+        "schema": {"type": ["number", "null"], "default": 60},
+    },
+    "verify": {
+        "label": "Verify TLS",
+        "description": "Verify the server's TLS certificate (default true).",
+        "schema": {"type": ["boolean", "null"], "default": True},
+    },
+}
+UI_FIELD_BEHAVIOUR: dict[str, Any] = {
+    "hidden_fields": ["login", "schema", "port"],
+    "relabeling": {"password": "API Key", "host": "Base URL"},
+    "placeholders": {"host": DEFAULT_BASE_URL, "endpoint": "the ENDPOINT id from the vendor"},
+}

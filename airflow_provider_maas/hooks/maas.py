@@ -1,0 +1,329 @@
+"""MaaSHook: credentials and the four calls of the MaaS_Ge batch API, sync and async."""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_maas import api
+from airflow_provider_maas.connection import CONN_FIELDS, UI_FIELD_BEHAVIOUR
+from airflow_provider_maas.exceptions import (
+    MaaSApiError,
+    MaaSError,
+    MaaSIntegrityError,
+    MaaSJobCreationUncertainError,
+    MaaSJobFailedError,
+    MaaSRetryableError,
+    MaaSTimeoutError,
+)
+from airflow_provider_maas.states import StateKind, classify_state, job_error_message
+
+if TYPE_CHECKING:
+    import requests
+
+log = logging.getLogger(__name__)
+
+#: Name of a job that cannot exist: ``test_connection`` GETs it (creates nothing).
+PROBE_JOB_NAME = "0"
+
+
+class MaaSHook(BaseHook):
+    """Talks to the MaaS_Ge batch API with the credentials of an Airflow connection of type ``maas``.
+
+    :param maas_conn_id: The Airflow connection: host = base URL, password = API key,
+        extra ``endpoint`` = ENDPOINT id, optional extras ``timeout`` (seconds) and ``verify``.
+    :param endpoint: ENDPOINT id overriding the connection's.
+    :param max_attempts: Attempts per HTTP call on 429, 5xx and connection errors.
+    :param retry_base_delay: First backoff delay in seconds (doubles each attempt, with jitter).
+    """
+
+    conn_name_attr = "maas_conn_id"
+    default_conn_name = "maas_default"
+    conn_type = "maas"
+    hook_name = "MaaS Gemini Batch"
+
+    def __init__(
+        self,
+        maas_conn_id: str = default_conn_name,
+        endpoint: str | None = None,
+        *,
+        max_attempts: int = api.DEFAULT_MAX_ATTEMPTS,
+        retry_base_delay: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.maas_conn_id = maas_conn_id
+        self.endpoint = endpoint
+        self.max_attempts = max_attempts
+        self.retry_base_delay = retry_base_delay
+        self._async_config: api.ApiConfig | None = None
+
+    # Connection form -------------------------------------------------------------------
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Extra fields of the connection form (Airflow 3.0/3.1; 3.2+ reads ``conn-fields``)."""
+        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import BooleanField, FloatField, StringField
+
+        return {
+            "endpoint": StringField(lazy_gettext(CONN_FIELDS["endpoint"]["label"]), widget=BS3TextFieldWidget()),
+            "timeout": FloatField(lazy_gettext(CONN_FIELDS["timeout"]["label"]), default=60),
+            "verify": BooleanField(lazy_gettext(CONN_FIELDS["verify"]["label"]), default=True),
+        }
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden and relabelled fields of the connection form."""
+        return {key: (list(v) if isinstance(v, list) else dict(v)) for key, v in UI_FIELD_BEHAVIOUR.items()}
+
+    # Configuration ---------------------------------------------------------------------
+    def _config_from(self, conn: Any) -> api.ApiConfig:
+        config = api.build_config(
+            host=conn.host,
+            password=conn.password,
+            extra=conn.extra_dejson or {},
+            endpoint_override=self.endpoint,
+            conn_id=self.maas_conn_id,
+        )
+        self._mask(config.api_key)
+        return config
+
+    @staticmethod
+    def _mask(secret: str) -> None:
+        try:
+            from airflow.sdk.log import mask_secret
+
+            mask_secret(secret)
+        except ImportError:  # pragma: no cover - older Airflow
+            pass
+
+    @cached_property
+    def config(self) -> api.ApiConfig:
+        """The resolved connection settings (looked up once per hook)."""
+        return self._config_from(self.get_connection(self.maas_conn_id))
+
+    def get_conn(self) -> api.ApiConfig:
+        return self.config
+
+    async def aget_config(self) -> api.ApiConfig:
+        """The connection settings, looked up without blocking the event loop (cached per hook)."""
+        if self._async_config is None:
+            if hasattr(BaseHook, "aget_connection"):
+                conn = await BaseHook.aget_connection(self.maas_conn_id)
+            else:  # Airflow < 3.1
+                from asgiref.sync import sync_to_async
+
+                conn = await sync_to_async(self.get_connection)(self.maas_conn_id)
+            self._async_config = self._config_from(conn)
+        return self._async_config
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """One ``requests.Session`` per hook (thread-safe for our use, pooled connections)."""
+        from airflow_provider_maas.hooks._transport import make_session
+
+        return make_session()
+
+    # Sync HTTP -------------------------------------------------------------------------
+    def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        what: str,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+        data: Any = None,
+        stream: bool = False,
+        idempotent: bool = True,
+        before_attempt: Any = None,
+    ) -> requests.Response:
+        """One call with timeouts, retries on transient errors and error mapping."""
+        from airflow_provider_maas.hooks._transport import send
+
+        return send(
+            self.session,
+            self.config,
+            method,
+            url,
+            what=what,
+            params=params,
+            json_body=json_body,
+            data=data,
+            stream=stream,
+            idempotent=idempotent,
+            before_attempt=before_attempt,
+            max_attempts=self.max_attempts,
+            base_delay=self.retry_base_delay,
+        )
+
+    def upload_file(self, source: Any, name: str) -> dict[str, Any]:
+        """Upload a JSONL file of requests; returns the storage-object JSON.
+
+        :param source: A local path, URI, ``ObjectStoragePath`` or binary file object. The bytes are
+            streamed (never held in memory), and the returned ``size`` and ``md5Hash`` are checked
+            against what was sent.
+        :param name: The file's name in the service's bucket (the same name replaces the object).
+        """
+        from airflow_provider_maas.hooks._transport import HashingReader
+        from airflow_provider_maas.integrity import verify_upload
+        from airflow_provider_maas.storage import open_source
+
+        url, params = self.config.upload_url(name)
+        attempts = 0
+        with open_source(source) as handle:
+            while True:
+                attempts += 1
+                body = HashingReader(handle)
+                response = self._call(
+                    "POST",
+                    url,
+                    what=f"Upload of {name!r}",
+                    params=params,
+                    data=body,
+                    before_attempt=body.rewind,
+                )
+                result = response.json()
+                try:
+                    verify_upload(result, body.hasher)
+                except MaaSIntegrityError:
+                    if attempts >= 3 or not body.rewindable:
+                        raise
+                    log.warning("Upload of %r failed its integrity check (attempt %d); sending again", name, attempts)
+                    continue
+                log.info("Uploaded %r: %s bytes, md5 verified", result.get("name", name), result.get("size"))
+                return result
+
+    def create_batch_job(self, file_name: str, display_name: str) -> dict[str, Any]:
+        """Create a batch job from an uploaded file; returns the job JSON.
+
+        Never retried once the request may have reached the service: a lost answer raises
+        :class:`MaaSJobCreationUncertainError` rather than risking a second paid job.
+        """
+        api.check_name(file_name, "file name")
+        body = {
+            "displayName": display_name,
+            "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": file_name}},
+            "outputConfig": {"predictionsFormat": "jsonl"},
+        }
+        response = self._call(
+            "POST",
+            self.config.jobs_url(),
+            what=f"Creating a job from {file_name!r}",
+            json_body=body,
+            idempotent=False,
+        )
+        job = response.json()
+        log.info("Created batch job %s (%s) from %r", job.get("name"), job.get("state"), file_name)
+        return job
+
+    def get_batch_job(self, job_name: str) -> dict[str, Any]:
+        """The job JSON (state, completionStats, error...)."""
+        return self._call("GET", self.config.job_url(job_name), what=f"Getting job {job_name}").json()
+
+    def get_results_metadata(self, job_name: str) -> dict[str, Any]:
+        """Metadata of the job's results (``alt=json``): size and crc32c."""
+        return self._call(
+            "GET",
+            self.config.content_url(job_name),
+            what=f"Getting results metadata of job {job_name}",
+            params={"alt": "json"},
+        ).json()
+
+    def download_results(self, job_name: str, destination: Any, *, max_transfers: int = 3) -> dict[str, Any]:
+        """Stream the job's results (``alt=media``) to ``destination``, atomically and verified.
+
+        Size and CRC32C are checked against the ``alt=json`` metadata; a mismatch transfers again
+        (at most ``max_transfers`` times) and then raises :class:`MaaSIntegrityError`. The
+        destination only ever holds a complete, verified file. Returns the metadata.
+        """
+        from airflow_provider_maas.hooks._transport import stream_to
+        from airflow_provider_maas.storage import to_path
+
+        path = to_path(destination, what="destination")
+        metadata = self.get_results_metadata(job_name)
+        url = self.config.content_url(job_name)
+        for transfer in range(1, max_transfers + 1):
+            try:
+                stream_to(self, url, job_name=job_name, path=path, metadata=metadata)
+                return metadata
+            except (MaaSIntegrityError, MaaSRetryableError) as err:
+                if transfer >= max_transfers:
+                    raise
+                log.warning(
+                    "Download of job %s results failed (transfer %d of %d): %s; transferring again",
+                    job_name,
+                    transfer,
+                    max_transfers,
+                    err,
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def wait_for_batch_job(
+        self, job_name: str, poll_interval: float = 30.0, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Poll until the job ends; return the final job JSON.
+
+        Raises :class:`MaaSJobFailedError` on FAILED/CANCELLED/EXPIRED and :class:`MaaSTimeoutError`
+        after ``timeout`` seconds. Unknown states are logged and polled until the deadline.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        started = time.monotonic()
+        last_state = None
+        while True:
+            job = self.get_batch_job(job_name)
+            state = job.get("state")
+            kind = classify_state(state)
+            if state != last_state:
+                log.info("Job %s is %s (after %.0fs)", job_name, state, time.monotonic() - started)
+                if kind is StateKind.UNKNOWN:
+                    log.warning("Job %s is in an undocumented state %r; still polling", job_name, state)
+                last_state = state
+            if kind in (StateKind.SUCCEEDED, StateKind.PARTIAL):
+                return job
+            if kind is StateKind.FAILED:
+                raise MaaSJobFailedError(job_error_message(job), job_name=job_name, state=state, job=job)
+            if deadline is not None and time.monotonic() + poll_interval > deadline:
+                raise MaaSTimeoutError(
+                    f"Job {job_name} still {state} after {timeout:.0f}s; it keeps running on the service "
+                    "(there is no cancel call). Wait again with its job name, or raise the timeout."
+                )
+            time.sleep(poll_interval)
+
+    # Async -----------------------------------------------------------------------------
+    async def aget_batch_job(self, job_name: str) -> dict[str, Any]:
+        """Async twin of :meth:`get_batch_job` on the shared aiohttp session of the running loop."""
+        from airflow_provider_maas.hooks._transport import asend
+
+        config = await self.aget_config()
+        return await asend(
+            config,
+            "GET",
+            config.job_url(job_name),
+            what=f"Getting job {job_name}",
+            max_attempts=self.max_attempts,
+            base_delay=self.retry_base_delay,
+        )
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Prove the key and endpoint work with a call that creates nothing.
+
+        GETs a job that cannot exist: 404 means the key was accepted; 401/403 means it was not.
+        """
+        try:
+            self._call("GET", self.config.job_url(PROBE_JOB_NAME), what="Connection test")
+        except MaaSApiError as err:
+            if err.status_code == 404:
+                return True, f"Connection works: authenticated to endpoint {self.config.endpoint!r}."
+            return False, str(err)
+        except MaaSError as err:
+            return False, str(err)
+        return True, f"Connection works: authenticated to endpoint {self.config.endpoint!r}."
+
+
+__all__ = ["MaaSHook", "MaaSJobCreationUncertainError"]

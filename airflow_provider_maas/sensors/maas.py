@@ -1,0 +1,102 @@
+"""MaaSBatchJobSensor: wait for a batch job, in poke, reschedule or deferrable mode."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+
+from airflow_provider_maas.events import check_final_job, check_job_event
+from airflow_provider_maas.states import StateKind, classify_state
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_maas.hooks.maas import MaaSHook
+
+
+class MaaSBatchJobSensor(BaseSensorOperator):
+    """Wait for a MaaS batch job to end; returns the final job JSON (XCom ``return_value``).
+
+    Succeeds on SUCCEEDED, and on PARTIALLY_SUCCEEDED with a warning giving the counts (unless
+    ``fail_on_partial``). Raises :class:`MaaSJobFailedError` with the service's message on FAILED,
+    CANCELLED or EXPIRED. Undocumented states are logged and polled until ``timeout``.
+
+    :param job_name: The job to wait for (templated), e.g. ``create.output``.
+    :param poll_interval: Seconds between polls (also ``poke_interval``).
+    :param deferrable: Wait in the triggerer, freeing the worker slot.
+    :param fail_on_partial: Fail on PARTIALLY_SUCCEEDED instead of warning.
+    :param maas_conn_id: The Airflow connection of type ``maas``.
+    :param endpoint: ENDPOINT id overriding the connection's (templated).
+    """
+
+    template_fields = ("job_name", "endpoint", "maas_conn_id")
+    ui_color = "#e8f0fe"
+
+    def __init__(
+        self,
+        *,
+        job_name: str,
+        poll_interval: float = 60,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        fail_on_partial: bool = False,
+        maas_conn_id: str = "maas_default",
+        endpoint: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("poke_interval", poll_interval)
+        super().__init__(**kwargs)
+        self.job_name = job_name
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+        self.fail_on_partial = fail_on_partial
+        self.maas_conn_id = maas_conn_id
+        self.endpoint = endpoint
+
+    @cached_property
+    def hook(self) -> MaaSHook:
+        from airflow_provider_maas.hooks.maas import MaaSHook
+
+        return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
+
+    def poke(self, context: Context) -> PokeReturnValue | bool:
+        job = self.hook.get_batch_job(self.job_name)
+        state = job.get("state")
+        kind = classify_state(state)
+        if kind is StateKind.UNKNOWN:
+            self.log.warning("Job %s is in an undocumented state %r; still waiting", self.job_name, state)
+            return False
+        if kind is StateKind.ACTIVE:
+            self.log.info("Job %s is %s", self.job_name, state)
+            return False
+        return PokeReturnValue(is_done=True, xcom_value=check_final_job(job, fail_on_partial=self.fail_on_partial))
+
+    def execute(self, context: Context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        result = self.poke(context)
+        if isinstance(result, PokeReturnValue):
+            return result.xcom_value
+        from airflow_provider_maas.triggers.maas import MaaSBatchJobTrigger
+
+        timeout = float(self.timeout) if self.timeout is not None else None
+        self.defer(
+            trigger=MaaSBatchJobTrigger(
+                job_name=self.job_name,
+                maas_conn_id=self.maas_conn_id,
+                endpoint=self.endpoint,
+                poll_interval=self.poll_interval,
+                end_time=None if timeout is None else time.time() + timeout,
+            ),
+            method_name="execute_complete",
+            timeout=None if timeout is None else timedelta(seconds=timeout),
+        )
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        """Resume after the trigger: validate the event and return the final job JSON."""
+        job = check_job_event(event, fail_on_partial=self.fail_on_partial)
+        self.log.info("Job %s ended in %s", self.job_name, job.get("state"))
+        return job
