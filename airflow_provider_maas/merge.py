@@ -1,0 +1,112 @@
+"""Results files as people use them: summarised, in input order, failures set aside to resubmit.
+
+Used by the download, merge and one-task operators alike. Works on any storage
+(local paths, URIs, ``ObjectStoragePath``); every output is written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Any
+
+from airflow_provider_maas.jsonl import iter_request_lines
+from airflow_provider_maas.results import (
+    ResultIndex,
+    ResultSummary,
+    iter_results,
+    line_reader,
+    normalise_request,
+    order_results,
+)
+from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
+
+log = logging.getLogger(__name__)
+
+
+def failed_path_for(destination: Any) -> Any:
+    """``<destination stem>.failed.jsonl`` beside the destination."""
+    path = to_path(destination, what="destination")
+    return path.parent / f"{path.stem}.failed.jsonl"
+
+
+def _log_failures(summary: ResultSummary, where: str) -> None:
+    if summary.failed:
+        log.warning(
+            "%d of %d requests failed or are missing in %s; first reasons: %s",
+            summary.failed,
+            summary.requests,
+            where,
+            "; ".join(f"line {line}: {error}" for line, error in summary.failure_samples),
+        )
+
+
+def summarise_results(results: Any, *, failed_destination: Any | None = None) -> dict[str, Any]:
+    """Summarise one results file; write its failed requests (input format) when asked.
+
+    Failed requests are written as ``{"request": ...}`` lines with the service's null-valued
+    fields removed, ready to resubmit. Returns the summary dict (see ``ResultSummary``) plus
+    ``bytes``.
+    """
+    summary = ResultSummary()
+    size = 0
+    with contextlib.ExitStack() as stack:
+        failed_out = stack.enter_context(atomic_writer(to_path(failed_destination))) if failed_destination else None
+        handle = stack.enter_context(open_source(results, what="results file"))
+        for record in iter_results(handle):
+            summary.add(record)
+            if failed_out is not None and not record.succeeded and record.request is not None:
+                failed_out.write(
+                    json.dumps({"request": normalise_request(record.request)}, ensure_ascii=False).encode() + b"\n"
+                )
+        size = handle.tell() if handle.seekable() else 0
+    _log_failures(summary, "the results")
+    result: dict[str, Any] = summary.as_dict()
+    result.update(missing=summary.missing, bytes=size)
+    return result
+
+
+def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[str, Any]:
+    """Merge shard results into ``destination`` in the order of the ``requests`` file.
+
+    Each request is matched to its result by normalised request (identical requests pair in any
+    order). Requests that failed or have no result are written, as their original input lines, to
+    ``<destination stem>.failed.jsonl``. Results matching no request are counted (``unmatched``)
+    and logged, never silently dropped from the count. Returns the summary dict plus ``missing``,
+    ``unmatched``, ``bytes`` and ``failed_uri``.
+    """
+    dest = to_path(destination, what="destination")
+    failed = failed_path_for(dest)
+    index = ResultIndex()
+    summary = ResultSummary()
+    written = 0
+    with contextlib.ExitStack() as stack:
+        files = {}
+        for number, source in enumerate(sources):
+            handle = stack.enter_context(open_source(source, what=f"results file #{number}"))
+            index.add(number, handle)
+            files[number] = handle
+        requests_handle = stack.enter_context(open_source(requests, what="requests file"))
+        out = stack.enter_context(atomic_writer(dest))
+        failed_out = stack.enter_context(atomic_writer(failed))
+        for item in order_results(iter_request_lines(requests_handle), index, line_reader(files)):
+            summary.add(item.record)
+            if item.result_raw is not None:
+                out.write(item.result_raw)
+                written += len(item.result_raw)
+            if item.failed:
+                failed_out.write(item.request_raw)
+        unmatched = index.unmatched()
+    if unmatched:
+        log.warning(
+            "%d result lines match no request of the input (first: results #%s line %d); they are not in %s",
+            len(unmatched),
+            unmatched[0].source_id,
+            unmatched[0].line_number,
+            uri_of(dest),
+        )
+    _log_failures(summary, uri_of(dest))
+    result: dict[str, Any] = summary.as_dict()
+    result.update(missing=summary.missing, unmatched=len(unmatched), bytes=written, failed_uri=uri_of(failed))
+    return result

@@ -1,0 +1,94 @@
+"""Helpers shared by the MaaS operators: task state, summaries, asset events, shard writing."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow_provider_maas.states import StateKind, classify_state
+
+log = logging.getLogger(__name__)
+
+
+def task_state(context: Any) -> Any | None:
+    """``context["task_state_store"]`` on Airflow >= 3.3, else None (crash recovery then off)."""
+    store = context.get("task_state_store")
+    if store is None:
+        log.info("task_state_store is not available (Airflow < 3.3): a retry cannot reattach to its job")
+    return store
+
+
+def reusable_job(hook: Any, store: Any | None, key: str, file_name: str, task_log: Any) -> str | None:
+    """The job a previous try of this task instance created for ``file_name``, if still usable."""
+    if store is None:
+        return None
+    saved = store.get(key)
+    if not isinstance(saved, dict) or not saved.get("job_name"):
+        return None
+    job_name = saved["job_name"]
+    if saved.get("file_name") != file_name:
+        task_log.info("A previous try created job %s for another file; creating a new job", job_name)
+        return None
+    from airflow_provider_maas.exceptions import MaaSNotFoundError
+
+    try:
+        job = hook.get_batch_job(job_name)
+    except MaaSNotFoundError:
+        task_log.warning("Job %s of a previous try no longer exists; creating a new job", job_name)
+        return None
+    state = job.get("state")
+    if classify_state(state) is StateKind.FAILED:
+        task_log.warning("Job %s of a previous try ended %s; creating a new job", job_name, state)
+        return None
+    task_log.info("Reusing job %s created by a previous try of this task (state %s)", job_name, state)
+    return job_name
+
+
+def publish_summary(operator: Any, context: Any, summary: dict[str, Any], uri: str) -> None:
+    """Push XCom ``summary``, log one line, attach the summary to ``Asset`` outlets."""
+    context["ti"].xcom_push(key="summary", value=summary)
+    operator.log.info(
+        "Results at %s: %s requests, %s succeeded, %s failed, %s tokens",
+        uri,
+        summary.get("requests"),
+        summary.get("succeeded"),
+        summary.get("failed"),
+        summary.get("total_tokens"),
+    )
+    try:
+        from airflow.sdk import Asset
+    except ImportError:  # pragma: no cover
+        return
+    events = context.get("outlet_events")
+    for outlet in getattr(operator, "outlets", None) or []:
+        if isinstance(outlet, Asset) and events is not None:
+            events[outlet].extra = {**summary, "uri": uri}
+
+
+def write_shards(source: Any, prefix: Any, *, max_requests: int, max_bytes: int, log: Any) -> list[str]:
+    """Validate ``source`` completely, then write its shards under ``prefix``; return their URIs."""
+    from airflow_provider_maas.exceptions import MaaSInputError
+    from airflow_provider_maas.jsonl import (
+        MAX_BYTES_PER_FILE,
+        MAX_REQUESTS_PER_FILE,
+        copy_shard,
+        plan_shards,
+        shard_name,
+    )
+    from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
+
+    if not 1 <= max_requests <= MAX_REQUESTS_PER_FILE:
+        raise MaaSInputError(f"max_requests_per_file must be between 1 and {MAX_REQUESTS_PER_FILE}, got {max_requests}")
+    if not 1 <= max_bytes <= MAX_BYTES_PER_FILE:
+        raise MaaSInputError(f"max_bytes_per_file must be between 1 and {MAX_BYTES_PER_FILE}, got {max_bytes}")
+    root = to_path(prefix, what="destination prefix")
+    with open_source(source) as handle:
+        plans = plan_shards(handle, max_requests=max_requests, max_bytes=max_bytes)
+        uris = []
+        for plan in plans:
+            path = root / shard_name("", plan.index, len(plans))
+            with atomic_writer(path) as out:
+                copy_shard(handle, plan, out)
+            uris.append(uri_of(path))
+    log.info("Split into %d shards under %s", len(uris), uri_of(root))
+    return uris

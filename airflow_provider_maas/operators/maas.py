@@ -1,0 +1,215 @@
+"""Operators for the MaaS_Ge batch API: upload, create, download, split, merge, and all in one task."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_maas.operators._batch import MaaSBatchPredictionOperator
+from airflow_provider_maas.operators._common import publish_summary
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_maas.hooks.maas import MaaSHook
+
+#: Key in ``context["task_state_store"]`` (Airflow >= 3.3) holding the created job of a task instance.
+JOB_STATE_KEY = "maas_job"
+
+__all__ = [
+    "MaaSBatchPredictionOperator",
+    "MaaSCreateBatchJobOperator",
+    "MaaSDownloadResultsOperator",
+    "MaaSMergeResultsOperator",
+    "MaaSSplitRequestsOperator",
+    "MaaSUploadFileOperator",
+]
+
+
+class _MaaSOperator(BaseOperator):
+    """Shared arguments: ``maas_conn_id`` and ``endpoint``."""
+
+    def __init__(self, *, maas_conn_id: str = "maas_default", endpoint: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.maas_conn_id = maas_conn_id
+        self.endpoint = endpoint
+
+    @cached_property
+    def hook(self) -> MaaSHook:
+        from airflow_provider_maas.hooks.maas import MaaSHook
+
+        return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
+
+
+class MaaSUploadFileOperator(_MaaSOperator):
+    """Validate a JSONL file of requests and upload it; returns the uploaded file's ``name``.
+
+    Nothing is uploaded if any line is invalid: :class:`~airflow_provider_maas.exceptions.MaaSInputError`
+    names the first bad line. At most 100 requests and 50 MB per file (split bigger inputs with
+    :class:`MaaSSplitRequestsOperator`).
+
+    :param source: Local path, URI (``file://``, ``s3://``...) or ``ObjectStoragePath`` (templated).
+    :param file_name: Name in the service's bucket (templated). Default: unique per DAG run and task
+        instance and stable across retries (dag, task, run id, map index, content hash).
+    :param maas_conn_id: The Airflow connection of type ``maas``.
+    :param endpoint: ENDPOINT id overriding the connection's (templated).
+    """
+
+    template_fields = ("source", "file_name", "endpoint", "maas_conn_id")
+
+    def __init__(self, *, source: Any, file_name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+        self.file_name = file_name
+
+    def execute(self, context: Context) -> str:
+        from airflow_provider_maas.jsonl import validate_file
+        from airflow_provider_maas.naming import upload_name
+        from airflow_provider_maas.storage import open_source
+
+        with open_source(self.source) as handle:
+            stats = validate_file(handle)
+        name = self.file_name or upload_name(context, stats.sha256)
+        self.log.info("Uploading %d requests (%d bytes) as %r", stats.requests, stats.bytes, name)
+        return self.hook.upload_file(self.source, name)["name"]
+
+
+class MaaSCreateBatchJobOperator(_MaaSOperator):
+    """Create a batch job from an uploaded file; returns the job ``name``.
+
+    On Airflow >= 3.3 the job name is saved in ``task_state_store`` right after creation: a retry of
+    the same task instance reuses that job (unless it ended FAILED/CANCELLED/EXPIRED) instead of
+    paying for a second one.
+
+    :param file_name: The uploaded file's name, e.g. ``upload.output`` (templated).
+    :param display_name: The job's display name (templated). Default: dag, task and run.
+    """
+
+    template_fields = ("file_name", "display_name", "endpoint", "maas_conn_id")
+
+    def __init__(self, *, file_name: str, display_name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.file_name = file_name
+        self.display_name = display_name
+
+    def execute(self, context: Context) -> str:
+        from airflow_provider_maas.naming import display_name
+        from airflow_provider_maas.operators._common import reusable_job, task_state
+
+        store = task_state(context)
+        existing = reusable_job(self.hook, store, JOB_STATE_KEY, self.file_name, self.log)
+        if existing:
+            return existing
+        job = self.hook.create_batch_job(self.file_name, self.display_name or display_name(context))
+        if store is not None:
+            store.set(JOB_STATE_KEY, {"job_name": job["name"], "file_name": self.file_name})
+        self.log.info("Created job %s from %r (state %s)", job["name"], self.file_name, job.get("state"))
+        return job["name"]
+
+
+class MaaSDownloadResultsOperator(_MaaSOperator):
+    """Stream a job's results to ``destination``, verified and atomically; returns its URI.
+
+    Pushes an XCom ``summary``: requests, succeeded, failed, bytes and token totals. Failed
+    requests are also written, ready to resubmit, to ``<destination stem>.failed.jsonl``. When an
+    outlet is an ``Asset``, the summary is attached to its asset event.
+
+    :param job_name: The job, e.g. ``wait.output["name"]`` or ``create.output`` (templated).
+    :param destination: Local path, URI or ``ObjectStoragePath`` (templated; mapped tasks can use
+        ``{{ ti.map_index }}``).
+    :param allowed_prefix: If set, refuse destinations outside this prefix (templated).
+    """
+
+    template_fields = ("job_name", "destination", "allowed_prefix", "endpoint", "maas_conn_id")
+
+    def __init__(self, *, job_name: str, destination: Any, allowed_prefix: Any | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.job_name = job_name
+        self.destination = destination
+        self.allowed_prefix = allowed_prefix
+
+    def execute(self, context: Context) -> str:
+        from airflow_provider_maas.merge import failed_path_for, summarise_results
+        from airflow_provider_maas.storage import check_within, to_path, uri_of
+
+        dest = to_path(self.destination, what="destination")
+        check_within(dest, self.allowed_prefix, what="destination")
+        metadata = self.hook.download_results(self.job_name, dest)
+        summary = summarise_results(dest, failed_destination=failed_path_for(dest))
+        summary.update(job_name=self.job_name, bytes=int(metadata.get("size") or summary["bytes"]))
+        publish_summary(self, context, summary, uri_of(dest))
+        return uri_of(dest)
+
+
+class MaaSSplitRequestsOperator(BaseOperator):
+    """Split a JSONL file of any size into shards that fit one upload; returns the shard URIs.
+
+    Streams the input in constant memory and validates every line first: on a bad line
+    nothing is written. Shard names are deterministic (``part-00000.jsonl``...), so a retry
+    rewrites the same shards. The returned list is ready for ``.expand()``.
+
+    :param source: Local path, URI or ``ObjectStoragePath`` of the requests (templated).
+    :param destination_prefix: Folder (path, URI or ``ObjectStoragePath``) for the shards (templated).
+    :param max_requests_per_file: At most this many requests per shard (<= 100).
+    :param max_bytes_per_file: At most this many bytes per shard (<= 50 MB).
+    """
+
+    template_fields = ("source", "destination_prefix")
+
+    def __init__(
+        self,
+        *,
+        source: Any,
+        destination_prefix: Any,
+        max_requests_per_file: int = 100,
+        max_bytes_per_file: int = 50 * 1024 * 1024,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.source = source
+        self.destination_prefix = destination_prefix
+        self.max_requests_per_file = max_requests_per_file
+        self.max_bytes_per_file = max_bytes_per_file
+
+    def execute(self, context: Context) -> list[str]:
+        from airflow_provider_maas.operators._common import write_shards
+
+        return write_shards(
+            self.source,
+            self.destination_prefix,
+            max_requests=self.max_requests_per_file,
+            max_bytes=self.max_bytes_per_file,
+            log=self.log,
+        )
+
+
+class MaaSMergeResultsOperator(BaseOperator):
+    """Merge shard results into one file in the order of the original requests; returns its URI.
+
+    Requests that failed or have no result go to ``<destination stem>.failed.jsonl`` (input
+    format, ready to resubmit). XCom ``summary`` as the download operator's, plus ``missing``.
+
+    :param sources: Result files of the shards, e.g. ``download.output`` (templated).
+    :param requests: The original requests file (templated).
+    :param destination: Where to write the merged results (templated).
+    """
+
+    template_fields = ("sources", "requests", "destination")
+
+    def __init__(self, *, sources: Any, requests: Any, destination: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sources = sources
+        self.requests = requests
+        self.destination = destination
+
+    def execute(self, context: Context) -> str:
+        from airflow_provider_maas.merge import merge_results
+        from airflow_provider_maas.storage import to_path, uri_of
+
+        sources = list(self.sources)
+        summary = merge_results(sources, self.requests, self.destination)
+        dest_uri = uri_of(to_path(self.destination, what="destination"))
+        publish_summary(self, context, summary, dest_uri)
+        return dest_uri
