@@ -1,0 +1,222 @@
+"""Deterministic fault injection of the emulator.
+
+Each API request gets a decision drawn from a hash of ``(seed, method, path and query, n)``
+where ``n`` counts earlier requests with the same method, path and query. The decisions are
+thus the same from one run to the next for the same sequence of requests (whatever the
+interleaving of requests to different paths), and a retried request gets a fresh draw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import random
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from airflow_provider_maas.emulator.config import EmulatorConfig
+
+
+class ApiError(Exception):
+    """Answered as a Google-style JSON error: ``{"error": {"code", "message", "status"}}``."""
+
+    def __init__(self, code: int, status: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+    def response(self) -> web.StreamResponse:
+        body = {"error": {"code": self.code, "message": self.message, "status": self.status}}
+        return web.Response(
+            status=self.code,
+            text=json.dumps(body),
+            content_type="application/json",
+            charset="UTF-8",
+            headers=self.headers,
+        )
+
+
+class RawError(ApiError):
+    """An error answered with a non-JSON body (HTML or plain text), as proxies and gateways do."""
+
+    def __init__(self, code: int, body: str, content_type: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(code, "", body, headers)
+        self.body = body
+        self.content_type = content_type
+
+    def response(self) -> web.StreamResponse:
+        return web.Response(status=self.code, text=self.body, content_type=self.content_type, headers=self.headers)
+
+
+class DropConnection(Exception):
+    """Close the connection without an answer."""
+
+
+_HTML_503 = (
+    "<!DOCTYPE html>\n<html lang=en>\n<meta charset=utf-8>\n"
+    "<title>Error {code} (Server Error)!!1</title>\n"
+    "<p><b>{code}.</b> <ins>That's an error.</ins>\n"
+    "<p>The server encountered a temporary error and could not complete your request."
+    "<p>Please try again in 30 seconds. <ins>That's all we know.</ins>\n"
+)
+_TEXT_5XX = "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+
+
+@dataclass(frozen=True)
+class FaultDecision:
+    """What goes wrong with one request (nothing, by default)."""
+
+    reset: bool = False
+    too_many_requests: bool = False
+    server_error: int = 0  # 0, 500 or 503
+    server_error_body: str = "json"  # json, html or text
+    slow: bool = False
+    truncate_download: bool = False
+    corrupt_download: bool = False
+    wrong_md5: bool = False
+    lost_create_response: bool = False
+    salt: int = 0  # for choosing where to cut/corrupt a download
+
+    @property
+    def name(self) -> str | None:
+        """Short name of the fault that applies before the route runs (for the access log)."""
+        if self.reset:
+            return "reset"
+        if self.too_many_requests:
+            return "429"
+        if self.server_error:
+            return str(self.server_error)
+        if self.slow:
+            return "slow"
+        return None
+
+
+NO_FAULT = FaultDecision()
+
+
+class FaultInjector:
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self._seen: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def decide(self, route: str, method: str, path_qs: str) -> FaultDecision:
+        cfg = self.config
+        if not cfg.has_faults():
+            return NO_FAULT
+        key = (method, path_qs)
+        with self._lock:
+            n = self._seen.get(key, 0)
+            self._seen[key] = n + 1
+        digest = hashlib.blake2b(f"{cfg.seed}\0{method}\0{path_qs}\0{n}".encode(), digest_size=48).digest()
+        draws = [int.from_bytes(digest[i : i + 4], "big") / 2**32 for i in range(0, 48, 4)]
+        generic = route != "create" or cfg.fault_create
+        server_error = 0
+        if generic and draws[2] < cfg.rate_5xx:
+            server_error = 500 if draws[8] < 0.5 else 503
+        body = "json" if draws[9] < 0.5 else ("html" if draws[9] < 0.75 else "text")
+        return FaultDecision(
+            reset=generic and draws[0] < cfg.rate_reset,
+            too_many_requests=generic and draws[1] < cfg.rate_429,
+            server_error=server_error,
+            server_error_body=body,
+            slow=generic and draws[3] < cfg.rate_slow,
+            truncate_download=route == "content" and draws[4] < cfg.rate_truncate_download,
+            corrupt_download=route == "content" and draws[5] < cfg.rate_corrupt_download,
+            wrong_md5=route == "upload" and draws[6] < cfg.rate_wrong_md5,
+            lost_create_response=route == "create" and draws[7] < cfg.rate_create_lost_response,
+            salt=int.from_bytes(digest[40:48], "big"),
+        )
+
+    def retry_after_header(self) -> dict[str, str]:
+        return {"Retry-After": str(max(0, math.ceil(self.config.retry_after)))}
+
+    async def apply_before(self, request: web.Request, decision: FaultDecision) -> None:
+        """Apply the faults that replace the route's work (raise), or delay it (slow)."""
+        if decision.reset:
+            raise DropConnection
+        if decision.too_many_requests:
+            raise ApiError(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Resource has been exhausted (e.g. check quota).",
+                self.retry_after_header(),
+            )
+        if decision.server_error:
+            code = decision.server_error
+            headers = self.retry_after_header() if code == 503 else {}
+            if decision.server_error_body == "html":
+                raise RawError(code, _HTML_503.format(code=code), "text/html", headers)
+            if decision.server_error_body == "text":
+                raise RawError(code, _TEXT_5XX, "text/plain", headers)
+            if code == 500:
+                raise ApiError(500, "INTERNAL", "Internal error encountered.", headers)
+            raise ApiError(503, "UNAVAILABLE", "The service is currently unavailable.", headers)
+        if decision.slow:
+            await asyncio.sleep(self.config.slow_seconds)
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                # The client gave up: do not apply the request's side effect.
+                raise DropConnection
+
+
+def _read_at(path: str, offset: int, size: int) -> bytes:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return fh.read(size)
+
+
+async def faulty_download(
+    request: web.Request, path: str, size: int, decision: FaultDecision, headers: dict[str, Any]
+) -> web.StreamResponse:
+    """Serve ``path`` cut short (then drop the connection) or with a few bytes flipped (same length)."""
+    start, stop = 0, size
+    status = 200
+    rng = request.http_range
+    if rng.start is not None or rng.stop is not None:
+        start = rng.start or 0
+        stop = min(rng.stop if rng.stop is not None else size, size)
+        if start < 0:
+            start, stop = max(size + start, 0), size
+        status = 206
+    length = max(stop - start, 0)
+    resp = web.StreamResponse(status=status, headers=headers)
+    resp.content_type = "application/octet-stream"
+    resp.content_length = length
+    if status == 206:
+        resp.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
+    await resp.prepare(request)
+    picker = random.Random(decision.salt)
+    cut = stop
+    if decision.truncate_download and length > 0:
+        cut = start + int(length * picker.uniform(0.05, 0.9))
+    flips: set[int] = set()
+    if decision.corrupt_download and length > 0:
+        flips = {picker.randrange(start, stop) for _ in range(min(8, length))}
+    loop = asyncio.get_running_loop()
+    offset = start
+    chunk = 256 * 1024
+    while offset < cut:
+        data = await loop.run_in_executor(None, _read_at, path, offset, min(chunk, cut - offset))
+        if not data:
+            break
+        hits = [p - offset for p in flips if offset <= p < offset + len(data)]
+        if hits:
+            buf = bytearray(data)
+            for i in hits:
+                buf[i] ^= 0xFF
+            data = bytes(buf)
+        await resp.write(data)
+        offset += len(data)
+    if cut < stop:
+        raise DropConnection
+    await resp.write_eof()
+    return resp
