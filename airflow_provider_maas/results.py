@@ -1,0 +1,564 @@
+"""Read, summarise and re-order MaaS batch results (JSONL). Pure Python: no Airflow import.
+
+A results line looks like ``{"request": {...}, "response": {...}, "processed_time": "...",
+"status": ""}``. ``status`` is ``""`` for a request that succeeded; otherwise it describes the
+failure and ``response`` is usually absent. Result lines come back in any order, so they are
+matched to input lines by their ``request`` (see :func:`normalise_request`).
+
+Everything here streams: files are read in large chunks, one line is held in memory at a time
+(a 13 MB line of inline images is normal), and :class:`ResultIndex` keeps only a digest and a
+location per result line, never the line itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+
+CHUNK_SIZE = 8 * 1024 * 1024
+"""Bytes asked of the file object per read."""
+
+MISSING_STATUS = "MISSING: the results contain no line for this request"
+"""``status`` of the :class:`ResultRecord` that :func:`order_results` makes for a missing result."""
+
+_USAGE_FIELDS = {
+    "prompt_tokens": "promptTokenCount",
+    "candidates_tokens": "candidatesTokenCount",
+    "thoughts_tokens": "thoughtsTokenCount",
+    "total_tokens": "totalTokenCount",
+}
+_IMAGE_EXTENSIONS = {
+    "image/png": "png",
+    "image/jpeg": "jpg",
+    "image/jpg": "jpg",
+    "image/webp": "webp",
+    "image/gif": "gif",
+}
+
+
+class Readable(Protocol):
+    """Anything with ``read(size) -> bytes``: binary files, fsspec files, ``io.BytesIO``."""
+
+    def read(self, size: int, /) -> bytes: ...
+
+
+class ResultsFormatError(ValueError):
+    """A results file is not what the service writes (a line is not a JSON object, bad base64...).
+
+    :param line_number: 1-based line of the results file, if the error is about one line.
+    """
+
+    def __init__(self, message: str, *, line_number: int | None = None) -> None:
+        super().__init__(message)
+        self.line_number = line_number
+
+
+# --------------------------------------------------------------------------- reading lines
+
+
+def iter_line_batches(
+    fileobj: Readable,
+    *,
+    chunk_size: int | None = None,
+    max_line_bytes: int | None = None,
+    too_long: Callable[[int, int], Exception] | None = None,
+) -> Iterator[tuple[list[bytes], bool]]:
+    """Read a binary file object in big chunks and yield its lines, in batches.
+
+    Yields ``(lines, terminated)``. ``lines`` holds every line of the file exactly once, in order,
+    blank ones included, each WITHOUT its ``b"\\n"``; so a caller can count line numbers and byte
+    offsets (``offset += len(line) + 1``). ``terminated`` is False only for a last batch holding the
+    file's final line when that line has no ``b"\\n"``. Also used by ``jsonl.py``.
+
+    :param chunk_size: Bytes per read (default :data:`CHUNK_SIZE`).
+    :param max_line_bytes: If set, a line of ``max_line_bytes`` bytes or more (without its newline)
+        raises ``too_long(line_number, bytes_read_so_far)`` (``ValueError`` if not given) before
+        it is fully read, which keeps memory bounded by ``max_line_bytes + chunk_size``.
+    """
+    chunk_size = chunk_size or CHUNK_SIZE
+    line_number = 1
+    pending: list[bytes] = []
+    pending_len = 0
+    while True:
+        data = fileobj.read(chunk_size)
+        if not data:
+            break
+        if not isinstance(data, bytes):
+            if isinstance(data, str):
+                raise TypeError("the file must be opened in binary mode ('rb'), not text mode")
+            data = bytes(data)
+        lines = data.split(b"\n")
+        if len(lines) == 1:
+            pending.append(data)
+            pending_len += len(data)
+            if max_line_bytes is not None and pending_len >= max_line_bytes:
+                if too_long is None:
+                    raise ValueError(f"line {line_number} is longer than {max_line_bytes} bytes")
+                raise too_long(line_number, pending_len)
+            continue
+        if pending:
+            pending.append(lines[0])
+            lines[0] = b"".join(pending)
+            pending = []
+            pending_len = 0
+        tail = lines.pop()
+        if tail:
+            pending = [tail]
+            pending_len = len(tail)
+        line_number += len(lines)
+        yield lines, True
+    if pending:
+        yield [b"".join(pending)], False
+
+
+def iter_lines(fileobj: IO[bytes]) -> Iterator[tuple[int, int, bytes]]:
+    """Yield ``(line_number, offset, line)`` for every non-blank line (``line`` without newline)."""
+    line_number = 0
+    offset = 0
+    for lines, _ in iter_line_batches(fileobj):
+        for line in lines:
+            line_number += 1
+            if line and not line.isspace():
+                yield line_number, offset, line
+            offset += len(line) + 1
+
+
+# --------------------------------------------------------------------------- request matching
+
+
+def normalise_request(request: Any) -> Any:
+    """Return the canonical form of a request, used to match a result line to its input line.
+
+    The service echoes each request with null-valued fields added (every part gets both
+    ``file_data`` and ``text``, the unused one null) and may reorder keys. So: keys whose value is
+    None are dropped, recursively (lists keep their length), and integral floats become ints
+    (``1.0`` -> ``1``, in case numbers are echoed as floats). Key order does not matter to
+    :func:`request_key`, which sorts keys.
+    """
+    if isinstance(request, dict):
+        return {key: normalise_request(value) for key, value in request.items() if value is not None}
+    if isinstance(request, list):
+        return [normalise_request(value) for value in request]
+    if isinstance(request, float) and request.is_integer():
+        return int(request)
+    return request
+
+
+def _request_digest(request: Any) -> bytes:
+    canonical = json.dumps(normalise_request(request), sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(canonical.encode("ascii"), digest_size=16).digest()
+
+
+def request_key(request: Any) -> str:
+    """Stable key (32 hex characters) of a request: equal for an input request and its echo.
+
+    A BLAKE2b-128 digest of the canonical JSON of :func:`normalise_request` (sorted keys, no
+    spaces, ASCII escapes). Pass the ``request`` object (the value of the line's ``"request"``).
+    """
+    return _request_digest(request).hex()
+
+
+# --------------------------------------------------------------------------- parsing results
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRecord:
+    """One parsed results line.
+
+    :param line_number: 1-based line number (in the results file for :func:`iter_results`; in the
+        INPUT file for :func:`order_results`).
+    :param text: Text parts of the first candidate, concatenated (thought parts excluded).
+    :param usage: The integer fields of ``usageMetadata`` (``promptTokenCount``...).
+    """
+
+    line_number: int
+    request: dict[str, Any] | None
+    response: dict[str, Any] | None
+    status: str
+    text: str | None
+    finish_reason: str | None
+    usage: dict[str, int]
+    processed_time: str | None
+
+    @property
+    def succeeded(self) -> bool:
+        """True if the service answered this request without error."""
+        return self.status == "" and self.response is not None
+
+    @property
+    def error(self) -> str | None:
+        """Why the request failed (its ``status``, or ``"no response"``), or None if it succeeded."""
+        if self.status:
+            return self.status
+        return None if self.response is not None else "no response"
+
+
+def _status_text(status: Any) -> str:
+    if status is None or isinstance(status, str):
+        return status or ""
+    if isinstance(status, dict) and isinstance(status.get("message"), str) and status["message"]:
+        return status["message"]
+    return json.dumps(status, sort_keys=True)
+
+
+def _first_candidate(response: dict[str, Any] | None) -> dict[str, Any] | None:
+    candidates = response.get("candidates") if response else None
+    if isinstance(candidates, list) and candidates and isinstance(candidates[0], dict):
+        return candidates[0]
+    return None
+
+
+def _candidate_text(candidate: dict[str, Any] | None) -> str | None:
+    content = candidate.get("content") if candidate else None
+    parts = content.get("parts") if isinstance(content, dict) else None
+    if not isinstance(parts, list):
+        return None
+    texts = [
+        part["text"]
+        for part in parts
+        if isinstance(part, dict) and isinstance(part.get("text"), str) and part.get("thought") is not True
+    ]
+    return "".join(texts) if texts else None
+
+
+def _usage(response: dict[str, Any] | None) -> dict[str, int]:
+    metadata = response.get("usageMetadata", response.get("usage_metadata")) if response else None
+    if not isinstance(metadata, dict):
+        return {}
+    return {k: v for k, v in metadata.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def _load_object(line: bytes, label: str, line_number: int) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise ResultsFormatError(
+            f"{label}: not valid JSON ({exc}); the results file is damaged or incomplete: download it again",
+            line_number=line_number,
+        ) from None
+    if not isinstance(obj, dict):
+        raise ResultsFormatError(
+            f"{label}: a JSON {type(obj).__name__}, not an object; this is not a MaaS results file",
+            line_number=line_number,
+        )
+    return obj
+
+
+def _record(obj: dict[str, Any], line_number: int) -> ResultRecord:
+    request = obj.get("request")
+    response = obj.get("response")
+    if not isinstance(response, dict):
+        response = None
+    candidate = _first_candidate(response)
+    finish_reason = candidate.get("finishReason", candidate.get("finish_reason")) if candidate else None
+    processed_time = obj.get("processed_time")
+    return ResultRecord(
+        line_number=line_number,
+        request=request if isinstance(request, dict) else None,
+        response=response,
+        status=_status_text(obj.get("status")),
+        text=_candidate_text(candidate),
+        finish_reason=finish_reason if isinstance(finish_reason, str) else None,
+        usage=_usage(response),
+        processed_time=processed_time if isinstance(processed_time, str) else None,
+    )
+
+
+def parse_result_line(line: bytes, line_number: int) -> ResultRecord:
+    """Parse one results line; raise :class:`ResultsFormatError` naming the line if it is not an object."""
+    return _record(_load_object(line, f"results line {line_number}", line_number), line_number)
+
+
+def iter_results(fileobj: IO[bytes]) -> Iterator[ResultRecord]:
+    """Stream the records of a results file (binary file object); blank lines are skipped."""
+    for line_number, _, line in iter_lines(fileobj):
+        yield parse_result_line(line, line_number)
+
+
+# --------------------------------------------------------------------------- summary
+
+
+class ResultSummary:
+    """Streaming totals of result records: ``add()`` each record, then ``as_dict()``.
+
+    ``failed`` counts every record that did not succeed, missing ones included (``missing`` counts
+    those alone). ``failure_samples`` keeps the first few ``(line_number, error)``.
+    """
+
+    def __init__(self, max_failure_samples: int = 5) -> None:
+        self.requests = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.missing = 0
+        self.tokens = dict.fromkeys(_USAGE_FIELDS, 0)
+        self.failure_samples: list[tuple[int, str]] = []
+        self._max_samples = max_failure_samples
+
+    def add(self, record: ResultRecord) -> None:
+        """Count one record."""
+        self.requests += 1
+        if record.succeeded:
+            self.succeeded += 1
+        else:
+            self.failed += 1
+            if record.status == MISSING_STATUS:
+                self.missing += 1
+            if len(self.failure_samples) < self._max_samples:
+                self.failure_samples.append((record.line_number, record.error or "no response"))
+        usage = record.usage
+        if usage:
+            for name, usage_field in _USAGE_FIELDS.items():
+                self.tokens[name] += usage.get(usage_field, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"requests", "succeeded", "failed", "prompt_tokens", "candidates_tokens", "thoughts_tokens", "total_tokens"}``."""
+        return {"requests": self.requests, "succeeded": self.succeeded, "failed": self.failed, **self.tokens}
+
+
+def summarize(records: Iterable[ResultRecord]) -> dict[str, int]:
+    """Totals of ``records`` as :meth:`ResultSummary.as_dict` returns them."""
+    summary = ResultSummary()
+    for record in records:
+        summary.add(record)
+    return summary.as_dict()
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _decode_base64(data: str, label: str, line_number: int) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            return base64.urlsafe_b64decode(data)
+        except (binascii.Error, ValueError):
+            raise ResultsFormatError(f"{label}: image data is not valid base64", line_number=line_number) from None
+
+
+def extract_images(fileobj: IO[bytes], write: Callable[[str, bytes], None], *, prefix: str = "image") -> list[str]:
+    """Decode the inline images of every response and hand each to ``write(filename, data)``.
+
+    Looks at every ``inlineData``/``inline_data`` part with an ``image/*`` mime type in every
+    candidate. Files are named ``<prefix>-<line>-<candidate>-<part>.<ext>`` (line 1-based in the
+    results file, candidate and part 0-based; ext png/jpg/webp/gif, else bin). Streams line by line.
+
+    :return: The file names given to ``write``, in order.
+    """
+    if not prefix or "/" in prefix or "\\" in prefix:
+        raise ValueError(f"image prefix {prefix!r} must be a non-empty name without path separators")
+    names: list[str] = []
+    for line_number, _, line in iter_lines(fileobj):
+        response = _load_object(line, f"results line {line_number}", line_number).get("response")
+        candidates = response.get("candidates") if isinstance(response, dict) else None
+        for c_index, candidate in enumerate(candidates if isinstance(candidates, list) else ()):
+            content = candidate.get("content") if isinstance(candidate, dict) else None
+            parts = content.get("parts") if isinstance(content, dict) else None
+            for p_index, part in enumerate(parts if isinstance(parts, list) else ()):
+                inline = part.get("inlineData", part.get("inline_data")) if isinstance(part, dict) else None
+                if not isinstance(inline, dict) or not isinstance(inline.get("data"), str):
+                    continue
+                mime = inline.get("mimeType", inline.get("mime_type"))
+                if not isinstance(mime, str) or not mime.lower().startswith("image/"):
+                    continue
+                ext = _IMAGE_EXTENSIONS.get(mime.lower(), "bin")
+                name = f"{prefix}-{line_number}-{c_index}-{p_index}.{ext}"
+                write(name, _decode_base64(inline["data"], f"results line {line_number}", line_number))
+                names.append(name)
+    return names
+
+
+def extract_images_to_dir(fileobj: IO[bytes], out_dir: str | os.PathLike[str], *, prefix: str = "image") -> list[str]:
+    """:func:`extract_images` into a local directory (created if needed); return the written paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths: list[str] = []
+
+    def write(name: str, data: bytes) -> None:
+        path = os.path.join(out_dir, name)
+        with open(path, "wb") as out:
+            out.write(data)
+        paths.append(path)
+
+    extract_images(fileobj, write, prefix=prefix)
+    return paths
+
+
+# --------------------------------------------------------------------------- ordering
+
+
+class ResultLocation(NamedTuple):
+    """Where one result line is: ``line_number`` and byte ``offset``/``length`` (no newline) in ``source_id``."""
+
+    source_id: Hashable
+    line_number: int
+    offset: int
+    length: int
+
+
+_LINE_BITS, _OFFSET_BITS, _LENGTH_BITS = 40, 50, 40
+
+
+class ResultIndex:
+    """Which result line answers which request, for results spread over several files.
+
+    ``add(source_id, fileobj)`` reads one results file and records, per request digest, the
+    location of each line (about 130 bytes per line; lines are not kept). Identical requests
+    queue up first in, first out, so they pair in any order. ``pop(request)`` takes the next
+    location for a request; what is left after all requests are popped are results that match no
+    input request: ``unmatched()`` lists them (lines without a ``request`` object included).
+    """
+
+    def __init__(self) -> None:
+        self._sources: list[Hashable] = []
+        self._by_digest: dict[bytes, int | deque[int]] = {}
+        self._no_request: list[int] = []
+        self._size = 0
+
+    def __len__(self) -> int:
+        """Number of result lines indexed and not popped yet."""
+        return self._size
+
+    def _pack(self, source: int, line_number: int, offset: int, length: int) -> int:
+        return (((source << _LINE_BITS | line_number) << _OFFSET_BITS | offset) << _LENGTH_BITS) | length
+
+    def _unpack(self, packed: int) -> ResultLocation:
+        length = packed & ((1 << _LENGTH_BITS) - 1)
+        packed >>= _LENGTH_BITS
+        offset = packed & ((1 << _OFFSET_BITS) - 1)
+        packed >>= _OFFSET_BITS
+        line_number = packed & ((1 << _LINE_BITS) - 1)
+        return ResultLocation(self._sources[packed >> _LINE_BITS], line_number, offset, length)
+
+    def add(self, source_id: Hashable, fileobj: IO[bytes]) -> int:
+        """Index every line of one results file; return how many result lines it holds.
+
+        :raises ResultsFormatError: a line is not a JSON object (the message names source and line).
+        """
+        if source_id in self._sources:
+            raise ValueError(f"results source {source_id!r} was already added")
+        source = len(self._sources)
+        self._sources.append(source_id)
+        count = 0
+        for line_number, offset, line in iter_lines(fileobj):
+            obj = _load_object(line, f"results {source_id} line {line_number}", line_number)
+            packed = self._pack(source, line_number, offset, len(line))
+            request = obj.get("request")
+            count += 1
+            if not isinstance(request, dict):
+                self._no_request.append(packed)
+                continue
+            digest = _request_digest(request)
+            slot = self._by_digest.get(digest)
+            if slot is None:
+                self._by_digest[digest] = packed
+            elif isinstance(slot, deque):
+                slot.append(packed)
+            else:
+                self._by_digest[digest] = deque((slot, packed))
+        self._size += count
+        return count
+
+    def pop(self, request: Any) -> ResultLocation | None:
+        """Take the location of the next result for ``request`` (the input's request object), or None."""
+        digest = _request_digest(request)
+        slot = self._by_digest.get(digest)
+        if slot is None:
+            return None
+        if isinstance(slot, deque):
+            packed = slot.popleft()
+            if len(slot) == 1:
+                self._by_digest[digest] = slot[0]
+        else:
+            packed = slot
+            del self._by_digest[digest]
+        self._size -= 1
+        return self._unpack(packed)
+
+    def unmatched(self) -> list[ResultLocation]:
+        """Locations not popped yet (results matching no input request), sorted by source and line."""
+        packed = list(self._no_request)
+        for slot in self._by_digest.values():
+            packed.extend(slot if isinstance(slot, deque) else (slot,))
+        return [self._unpack(p) for p in sorted(packed)]
+
+
+@dataclass(frozen=True, slots=True)
+class OrderedItem:
+    """One input request and its result, as :func:`order_results` yields them.
+
+    :param line_number: 1-based line number in the input file.
+    :param request_raw: The input line's bytes, ending with ``b"\\n"`` (write it to the failed file).
+    :param result_raw: The matched result line, ending with ``b"\\n"``; None if no result matched.
+    :param record: The parsed result (``line_number`` = input line); for a missing result, a record
+        with status :data:`MISSING_STATUS` and no response.
+    """
+
+    line_number: int
+    request_raw: bytes
+    result_raw: bytes | None
+    record: ResultRecord = field(repr=False)
+
+    @property
+    def missing(self) -> bool:
+        """True if no result line matched this request."""
+        return self.result_raw is None
+
+    @property
+    def failed(self) -> bool:
+        """True if this request belongs in the failed file (missing, or not succeeded)."""
+        return not self.record.succeeded
+
+
+def line_reader(files: Mapping[Any, IO[bytes]]) -> Callable[[Hashable, int, int], bytes]:
+    """A ``read_line`` for :func:`order_results` over seekable binary files keyed by source id."""
+
+    def read_line(source_id: Hashable, offset: int, length: int) -> bytes:
+        fileobj = files[source_id]
+        fileobj.seek(offset)
+        return fileobj.read(length)
+
+    return read_line
+
+
+def order_results(
+    request_lines: Iterable[tuple[int, bytes, dict[str, Any]]],
+    index: ResultIndex,
+    read_line: Callable[[Hashable, int, int], bytes],
+) -> Iterator[OrderedItem]:
+    """Pair each input request with its result, in input order.
+
+    :param request_lines: ``(line_number, raw, request)`` per input line, e.g. the ``RequestLine``
+        items of ``jsonl.iter_request_lines`` (``request`` is the line's ``"request"`` object).
+    :param index: Results of every shard, added to a :class:`ResultIndex`.
+    :param read_line: ``read_line(source_id, offset, length) -> bytes`` (see :func:`line_reader`).
+
+    Write ``item.result_raw`` to the ordered output and ``item.request_raw`` to the failed file when
+    ``item.failed``; ``ResultSummary.add(item.record)``. Afterwards ``index.unmatched()`` lists the
+    results no input request claimed: report them, they are not in the output.
+    """
+    for line_number, raw, request in request_lines:
+        if not raw.endswith(b"\n"):
+            raw += b"\n"
+        location = index.pop(request)
+        if location is None:
+            record = ResultRecord(line_number, request, None, MISSING_STATUS, None, None, {}, None)
+            yield OrderedItem(line_number, raw, None, record)
+            continue
+        line = read_line(location.source_id, location.offset, location.length)
+        label = f"results {location.source_id} line {location.line_number}"
+        if len(line) != location.length:
+            raise ResultsFormatError(
+                f"{label}: read {len(line)} bytes, expected {location.length}; did the file change?",
+                line_number=location.line_number,
+            )
+        record = _record(_load_object(line, label, location.line_number), line_number)
+        yield OrderedItem(line_number, raw, line + b"\n", record)
