@@ -8,6 +8,7 @@ shared by the sync and async paths.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import weakref
@@ -27,7 +28,7 @@ from airflow_provider_maas.integrity import StreamHasher
 from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, source_size
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import AsyncIterator, Callable
 
     import aiohttp
     from airflow.sdk import ObjectStoragePath
@@ -277,6 +278,31 @@ def shared_session(config: api.ApiConfig) -> aiohttp.ClientSession:
         session = aiohttp.ClientSession(connector=connector)
         sessions[key] = session
     return session
+
+
+_LEASES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], int]] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def session_lease(config: api.ApiConfig) -> AsyncIterator[None]:
+    """Hold the loop's shared session open while a trigger runs; the last holder closes it.
+
+    Thousands of triggers in one triggerer share one session; a loop that ends (``dag.test()``
+    runs each trigger in its own loop) does not leave an unclosed session behind.
+    """
+    loop = asyncio.get_running_loop()
+    key = (config.base_url, repr(config.verify))
+    leases = _LEASES.setdefault(loop, {})
+    leases[key] = leases.get(key, 0) + 1
+    try:
+        yield
+    finally:
+        leases[key] -= 1
+        if leases[key] == 0:
+            del leases[key]
+            session = _SESSIONS.get(loop, {}).pop(key, None)
+            if session is not None:
+                await session.close()
 
 
 async def close_shared_sessions() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from functools import cached_property
@@ -23,6 +24,8 @@ from airflow_provider_maas.exceptions import (
 from airflow_provider_maas.states import StateKind, classify_state, job_error_message
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     import requests
 
 log = logging.getLogger(__name__)
@@ -309,6 +312,14 @@ class MaaSHook(BaseHook):
             max_attempts=self.max_attempts,
             base_delay=self.retry_base_delay,
         )
+
+    @contextlib.asynccontextmanager
+    async def async_session_scope(self) -> AsyncIterator[None]:
+        """Keep the loop's shared aiohttp session open for the duration (used by triggers)."""
+        from airflow_provider_maas.hooks._transport import session_lease
+
+        async with session_lease(await self.aget_config()):
+            yield
 
     def test_connection(self) -> tuple[bool, str]:
         """Prove the key and endpoint work with a call that creates nothing.

@@ -93,12 +93,17 @@ class MaaSBatchPredictionOperator(BaseOperator):
     def execute(self, context: Context) -> str:
         return self._run(context, self._plan(context))
 
-    def execute_complete(self, context: Context, event: dict[str, Any], progress: dict[str, Any]) -> str:
+    def execute_complete(self, context: Context, event: dict[str, Any], progress: dict[str, Any] | None = None) -> str:
         """Resume after the trigger: record the ended jobs, then go on."""
         from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
 
-        if not isinstance(event, dict) or event.get("status") not in {"success", "timeout"}:
+        if not isinstance(event, dict) or event.get("status") not in {"success", "error", "timeout"}:
             raise MaaSError(f"Unexpected event from the MaaS trigger: {event!r}")
+        progress = progress or event.get("payload") or self._saved(context)
+        if not isinstance(progress, dict) or "shards" not in progress:
+            raise MaaSError("Resumed without the batch progress (no kwargs, payload or task state); retry the task.")
+        if event["status"] == "error":
+            raise MaaSError(f"Waiting for the batch jobs failed: {event.get('message')}")
         if event["status"] == "timeout":
             running = [s["job_name"] for s in progress["shards"] if s["status"] == "running"]
             raise MaaSTimeoutError(f"{event.get('message')} Still running: {', '.join(running)}")
@@ -109,14 +114,12 @@ class MaaSBatchPredictionOperator(BaseOperator):
     def _plan(self, context: Context) -> dict[str, Any]:
         """Validate and plan the shards; reuse the saved progress of a previous try if it matches."""
         from airflow_provider_maas.jsonl import plan_shards
-        from airflow_provider_maas.operators._common import task_state
         from airflow_provider_maas.storage import open_source
 
         with open_source(self.source) as handle:
             plans = plan_shards(handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file)
         fingerprint = [p.sha256 for p in plans]
-        store = task_state(context)
-        saved = store.get(PROGRESS_STATE_KEY) if store is not None else None
+        saved = self._saved(context)
         if isinstance(saved, dict) and saved.get("fingerprint") == fingerprint:
             running = sum(1 for s in saved["shards"] if s["status"] == "running")
             done = sum(1 for s in saved["shards"] if s["status"] == "done")
@@ -140,6 +143,13 @@ class MaaSBatchPredictionOperator(BaseOperator):
         ]
         self.log.info("Planned %d shards for %d requests", len(shards), sum(p.requests for p in plans))
         return {"version": PROGRESS_VERSION, "fingerprint": fingerprint, "deadline": deadline, "shards": shards}
+
+    @staticmethod
+    def _saved(context: Context) -> Any:
+        from airflow_provider_maas.operators._common import task_state
+
+        store = task_state(context)
+        return store.get(PROGRESS_STATE_KEY) if store is not None else None
 
     def _save(self, context: Context, progress: dict[str, Any]) -> None:
         store = context.get("task_state_store")
@@ -202,9 +212,9 @@ class MaaSBatchPredictionOperator(BaseOperator):
                 endpoint=self.endpoint,
                 poll_interval=self.poll_interval,
                 end_time=deadline,
+                payload=progress,
             ),
             method_name="execute_complete",
-            kwargs={"progress": progress},
             timeout=timedelta(seconds=max(1.0, deadline - time.time()) + 60) if deadline else None,
         )
 

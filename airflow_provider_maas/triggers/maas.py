@@ -103,31 +103,30 @@ class MaaSBatchJobTrigger(BaseTrigger):
             },
         )
 
-    def _hook(self) -> Any:
-        from airflow_provider_maas.hooks.maas import MaaSHook
-
-        return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint, max_attempts=3)
-
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        poller = _JobPoller(self._hook(), self.job_name, self.max_consecutive_errors, self.log)
-        while True:
-            event = await poller.poll()
-            if event is not None:
-                yield TriggerEvent(event)
-                return
-            remaining = _remaining(self.end_time)
-            if remaining is not None and remaining <= 0:
-                yield TriggerEvent(
-                    job_event(
-                        "timeout",
-                        self.job_name,
-                        None,
-                        f"Job {self.job_name} did not end before the deadline (last state {poller.last_state}); "
-                        "it keeps running on the service, which has no cancel call.",
-                    )
-                )
-                return
-            await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
+        yield TriggerEvent(await self._wait())
+
+    async def _wait(self) -> dict[str, Any]:
+        hook = _hook(self.maas_conn_id, self.endpoint)
+        try:
+            async with hook.async_session_scope():
+                poller = _JobPoller(hook, self.job_name, self.max_consecutive_errors, self.log)
+                while True:
+                    event = await poller.poll()
+                    if event is not None:
+                        return event
+                    remaining = _remaining(self.end_time)
+                    if remaining is not None and remaining <= 0:
+                        return job_event(
+                            "timeout",
+                            self.job_name,
+                            None,
+                            f"Job {self.job_name} did not end before the deadline (last state "
+                            f"{poller.last_state}); it keeps running on the service, which has no cancel call.",
+                        )
+                    await asyncio.sleep(_next_sleep(self.poll_interval, remaining))
+        except MaaSError as err:  # the connection itself is unusable (missing key, bad URL...)
+            return job_event("error", self.job_name, None, str(err))
 
     async def on_kill(self) -> None:
         self.log.warning(
@@ -140,8 +139,9 @@ class MaaSBatchJobTrigger(BaseTrigger):
 class MaaSBatchJobsTrigger(BaseTrigger):
     """Wait for several jobs at once; fires as soon as at least one of them ends (or the deadline).
 
-    Event: ``{"status": "success"|"timeout", "events": [<one job event per ended job>], "message"}``.
-    Used by :class:`~airflow_provider_maas.operators.maas.MaaSBatchPredictionOperator` to keep
+    Event: ``{"status": "success"|"error"|"timeout", "events": [<one job event per ended job>],
+    "message", "payload"}``; ``payload`` is handed back unchanged, so the resumed operator gets its
+    state even where the deferral's kwargs are not passed on (``dag.test()``). Used by :class:`~airflow_provider_maas.operators.maas.MaaSBatchPredictionOperator` to keep
     ``max_active_jobs`` in flight with a single deferral.
     """
 
@@ -153,9 +153,11 @@ class MaaSBatchJobsTrigger(BaseTrigger):
         poll_interval: float = 60.0,
         end_time: float | None = None,
         max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
+        payload: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.job_names = list(job_names)
+        self.payload = payload
         self.maas_conn_id = maas_conn_id
         self.endpoint = endpoint
         self.poll_interval = float(poll_interval)
@@ -172,32 +174,44 @@ class MaaSBatchJobsTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
                 "max_consecutive_errors": self.max_consecutive_errors,
+                "payload": self.payload,
             },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        from airflow_provider_maas.hooks.maas import MaaSHook
+        yield TriggerEvent({**await self._wait(), "payload": self.payload})
 
-        hook = MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint, max_attempts=3)
-        pollers = [_JobPoller(hook, name, self.max_consecutive_errors, self.log) for name in self.job_names]
-        while True:
-            results = await asyncio.gather(*(p.poll() for p in pollers))
-            ended = [event for event in results if event is not None]
-            if ended:
-                yield TriggerEvent({"status": "success", "events": ended, "message": f"{len(ended)} job(s) ended"})
-                return
-            remaining = _remaining(self.end_time)
-            if remaining is not None and remaining <= 0:
-                yield TriggerEvent(
-                    {
-                        "status": "timeout",
-                        "events": [],
-                        "message": f"{len(pollers)} job(s) still running at the deadline; they keep running "
-                        "on the service, which has no cancel call.",
-                    }
-                )
-                return
-            await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
+    async def _wait(self) -> dict[str, Any]:
+        hook = _hook(self.maas_conn_id, self.endpoint)
+        try:
+            async with hook.async_session_scope():
+                pollers = [_JobPoller(hook, name, self.max_consecutive_errors, self.log) for name in self.job_names]
+                while True:
+                    results = await asyncio.gather(*(p.poll() for p in pollers))
+                    ended = [event for event in results if event is not None]
+                    if ended:
+                        return {"status": "success", "events": ended, "message": f"{len(ended)} job(s) ended"}
+                    remaining = _remaining(self.end_time)
+                    if remaining is not None and remaining <= 0:
+                        return {
+                            "status": "timeout",
+                            "events": [],
+                            "message": f"{len(pollers)} job(s) still running at the deadline; they keep running "
+                            "on the service, which has no cancel call.",
+                        }
+                    await asyncio.sleep(_next_sleep(self.poll_interval, remaining))
+        except MaaSError as err:
+            return {"status": "error", "events": [], "message": str(err)}
+
+
+def _hook(maas_conn_id: str, endpoint: str | None) -> Any:
+    from airflow_provider_maas.hooks.maas import MaaSHook
+
+    return MaaSHook(maas_conn_id=maas_conn_id, endpoint=endpoint, max_attempts=3)
+
+
+def _next_sleep(poll_interval: float, remaining: float | None) -> float:
+    return poll_interval if remaining is None else max(0.0, min(poll_interval, remaining))
 
 
 def _remaining(end_time: float | None) -> float | None:

@@ -1,0 +1,74 @@
+"""Test setup: a throwaway AIRFLOW_HOME (sqlite, absolute path) set before Airflow is imported,
+migrated once per session, and the local emulator over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_HOME = Path(tempfile.mkdtemp(prefix="maas-airflow-test-"))
+os.environ["AIRFLOW_HOME"] = str(_HOME)
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "example_dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+
+import pytest  # noqa: E402
+
+from airflow_provider_maas.emulator import EmulatorConfig, run_emulator  # noqa: E402
+
+API_KEY = "test-secret-key-0123456789"
+ENDPOINT = "test-endpoint"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def airflow_db():
+    """Migrate the throwaway metadata database once for the whole session."""
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        check=True,
+        env=os.environ.copy(),
+        capture_output=True,
+    )
+    yield
+    shutil.rmtree(_HOME, ignore_errors=True)
+
+
+def connection_env(base_url: str, *, key: str = API_KEY, endpoint: str = ENDPOINT, conn_id: str = "maas_default",
+                   **extra) -> tuple[str, str]:
+    import json
+
+    value = json.dumps(
+        {"conn_type": "maas", "host": base_url, "password": key, "extra": {"endpoint": endpoint, **extra}}
+    )
+    return f"AIRFLOW_CONN_{conn_id.upper()}", value
+
+
+@pytest.fixture
+def emulator_factory(monkeypatch):
+    """Start emulators with a given config; each gets ``maas_default`` pointing at it."""
+    import contextlib
+
+    stack = contextlib.ExitStack()
+
+    def start(conn_id: str = "maas_default", **overrides):
+        config = EmulatorConfig(api_key=API_KEY, endpoint=ENDPOINT, **{"job_duration": 0.3, **overrides})
+        handle = stack.enter_context(run_emulator(config))
+        name, value = connection_env(handle.base_url, conn_id=conn_id)
+        monkeypatch.setenv(name, value)
+        return handle
+
+    with stack:
+        yield start
+
+
+@pytest.fixture
+def emulator(emulator_factory):
+    """A default emulator (fast jobs) with ``maas_default`` pointing at it."""
+    return emulator_factory()
