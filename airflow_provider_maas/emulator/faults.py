@@ -9,6 +9,7 @@ interleaving of requests to different paths), and a retried request gets a fresh
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import math
@@ -21,6 +22,17 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from airflow_provider_maas.emulator.config import EmulatorConfig
+
+
+#: Notes about the request being handled (``fault``, ``sent_status``), read by the access log.
+REQUEST_NOTES: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("maas_emulator_request_notes")
+
+
+def note(key: str, value: Any) -> None:
+    """Record something about the current request for the access log."""
+    notes = REQUEST_NOTES.get(None)
+    if notes is not None:
+        notes[key] = value
 
 
 class ApiError(Exception):
@@ -217,6 +229,7 @@ async def faulty_download(
         await resp.write(data)
         offset += len(data)
     if cut < stop:
+        note("sent_status", status)
         raise DropConnection
     await resp.write_eof()
     return resp

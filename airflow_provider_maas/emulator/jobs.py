@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from airflow_provider_maas.emulator.config import (
     RESULT_STATES,
     TERMINAL_STATES,
 )
+from airflow_provider_maas.emulator.faults import ApiError
 from airflow_provider_maas.emulator.objects import rfc3339_us
 
 if TYPE_CHECKING:
@@ -30,6 +32,9 @@ DEFAULT_ERRORS: dict[str, dict[str, Any]] = {
         "message": "The batch prediction job expired before it could run (emulated).",
     },
 }
+_CREATE_FIELDS = {"displayName", "inputConfig", "outputConfig"}
+_INPUT_FIELDS = {"instancesFormat", "gcsSource"}
+_OUTPUT_FIELDS = {"predictionsFormat"}
 _NOT_STARTED = frozenset({JOB_STATE_PENDING, "JOB_STATE_QUEUED", "JOB_STATE_UNSPECIFIED"})
 
 
@@ -168,3 +173,47 @@ class JobRecord:
         res["updateTime"] = rfc3339_us(t.update)
         res["modelVersionId"] = "1"
         return res
+
+
+def _invalid(message: str) -> ApiError:
+    return ApiError(400, "INVALID_ARGUMENT", message)
+
+
+def _check_fields(obj: dict[str, Any], known: set[str], prefix: str = "") -> None:
+    for key in obj:
+        if key not in known:
+            raise _invalid(f'Invalid JSON payload received. Unknown name "{prefix}{key}": Cannot find field.')
+
+
+def parse_create_body(raw: bytes) -> tuple[str, str]:
+    """Check a create-job body is exactly the documented one; return its display name and file name."""
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        raise _invalid("Invalid JSON payload received.") from None
+    if not isinstance(body, dict):
+        raise _invalid("Invalid JSON payload received. Expected an object.")
+    _check_fields(body, _CREATE_FIELDS)
+    display_name = body.get("displayName")
+    if not isinstance(display_name, str) or not display_name.strip():
+        raise _invalid("displayName is required.")
+    if len(display_name) > 128:
+        raise _invalid("displayName must be at most 128 characters.")
+    input_config = body.get("inputConfig")
+    output_config = body.get("outputConfig")
+    if not isinstance(input_config, dict):
+        raise _invalid("inputConfig is required.")
+    if not isinstance(output_config, dict):
+        raise _invalid("outputConfig is required.")
+    _check_fields(input_config, _INPUT_FIELDS, "inputConfig.")
+    _check_fields(output_config, _OUTPUT_FIELDS, "outputConfig.")
+    if input_config.get("instancesFormat") != "jsonl":
+        raise _invalid("inputConfig.instancesFormat must be 'jsonl'.")
+    if output_config.get("predictionsFormat") != "jsonl":
+        raise _invalid("outputConfig.predictionsFormat must be 'jsonl'.")
+    source = input_config.get("gcsSource")
+    if not isinstance(source, dict) or set(source) != {"uris"} or not isinstance(source["uris"], str):
+        raise _invalid("inputConfig.gcsSource.uris must be the name of an uploaded file (a string).")
+    if not source["uris"]:
+        raise _invalid("inputConfig.gcsSource.uris must not be empty.")
+    return display_name, source["uris"]

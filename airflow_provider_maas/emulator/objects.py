@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
 import json
 import os
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import google_crc32c
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 CHUNK_SIZE = 256 * 1024
 
@@ -170,3 +174,52 @@ def validate_jsonl(path: str, max_requests: int) -> int:
     if count == 0:
         raise UploadRejected("The file holds no requests.")
     return count
+
+
+_FLUSH_BYTES = 1024 * 1024
+
+
+def too_big_message(max_bytes: int) -> str:
+    return f"Request payload size exceeds the limit: {max_bytes} bytes."
+
+
+def _finish(writer: HashingWriter, tail: bytes, max_requests: int) -> int:
+    if tail:
+        writer.write(tail)
+    writer.close()
+    return validate_jsonl(writer.path, max_requests)
+
+
+async def receive_upload(
+    request: web.Request, path: str, max_bytes: int, max_requests: int
+) -> tuple[HashingWriter, int]:
+    """Stream the request body to ``path`` (hashing it) and validate it; return the writer and request count.
+
+    Chunks are batched (~1 MB) and hashed + written in a worker thread, so the event loop never
+    does the heavy work and the body is never held whole in memory. Raises ``UploadRejected``
+    (the file is then deleted).
+    """
+    loop = asyncio.get_running_loop()
+    writer: HashingWriter | None = None
+    buf: list[bytes] = []
+    buffered = total = 0
+    try:
+        async for chunk in request.content.iter_chunked(256 * 1024):
+            total += len(chunk)
+            if total > max_bytes:
+                raise UploadRejected(too_big_message(max_bytes))
+            buf.append(chunk)
+            buffered += len(chunk)
+            if buffered >= _FLUSH_BYTES:
+                if writer is None:
+                    writer = await loop.run_in_executor(None, HashingWriter, path)
+                await loop.run_in_executor(None, writer.write, b"".join(buf))
+                buf, buffered = [], 0
+        if writer is None:
+            writer = await loop.run_in_executor(None, HashingWriter, path)
+        count = await loop.run_in_executor(None, _finish, writer, b"".join(buf), max_requests)
+    except BaseException:
+        if writer is not None:
+            await asyncio.shield(loop.run_in_executor(None, writer.discard))
+        raise
+    return writer, count

@@ -22,49 +22,40 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import json
 import os
 import secrets
 import shutil
 import tempfile
 import threading
 import time
-from dataclasses import fields, replace
 from typing import Any
 
 from aiohttp import web
 
+from airflow_provider_maas.emulator.admin import add_admin_routes
 from airflow_provider_maas.emulator.config import ALL_JOB_STATES, RESULT_STATES, TERMINAL_STATES, EmulatorConfig
 from airflow_provider_maas.emulator.faults import (
     NO_FAULT,
+    REQUEST_NOTES,
     ApiError,
     DropConnection,
     FaultDecision,
     FaultInjector,
     faulty_download,
+    note,
 )
-from airflow_provider_maas.emulator.jobs import JobRecord
+from airflow_provider_maas.emulator.jobs import JobRecord, parse_create_body
 from airflow_provider_maas.emulator.objects import (
-    HashingWriter,
     UploadRejected,
     b64,
     object_resource,
-    validate_jsonl,
+    receive_upload,
+    too_big_message,
 )
 from airflow_provider_maas.emulator.results import ResultsSpec, write_results
 
 PREFIX = "/v1/ai/batch/gemini/{endpoint}"
 _JOB = "{job:[0-9]{1,32}}"
-_FLUSH_BYTES = 1024 * 1024
-_CREATE_FIELDS = {"displayName", "inputConfig", "outputConfig"}
-_INPUT_FIELDS = {"instancesFormat", "gcsSource"}
-_OUTPUT_FIELDS = {"predictionsFormat"}
-
-
-def _unknown_field(name: str) -> ApiError:
-    return ApiError(
-        400, "INVALID_ARGUMENT", f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.'
-    )
 
 
 def _invalid(message: str) -> ApiError:
@@ -103,11 +94,7 @@ class MaaSEmulator:
         app.router.add_post(f"{p}/batchPredictionJobs", self._create)
         app.router.add_get(f"{p}/batchPredictionJobs/{_JOB}", self._get_job)
         app.router.add_get(f"{p}/batchPredictionJobs/{_JOB}/content", self._content)
-        app.router.add_get("/_emulator/health", self._admin_health)
-        app.router.add_get("/_emulator/state", self._admin_state)
-        app.router.add_post("/_emulator/jobs/{job}/state", self._admin_job_state)
-        app.router.add_post("/_emulator/jobs/{job}/expire", self._admin_expire)
-        app.router.add_post("/_emulator/config", self._admin_config)
+        add_admin_routes(app, self)
         app.on_cleanup.append(self._on_cleanup)
         return app
 
@@ -169,8 +156,9 @@ class MaaSEmulator:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        admin = request.path.startswith("/_emulator/")
-        if not admin:
+        notes: dict[str, Any] = {}
+        REQUEST_NOTES.set(notes)
+        if not request.path.startswith("/_emulator/"):
             with self._lock:
                 self.request_count += 1
             if self.config.latency:
@@ -178,28 +166,34 @@ class MaaSEmulator:
         resp: web.StreamResponse
         try:
             resp = await handler(request)
+            status = resp.status
         except ApiError as exc:
             resp = exc.response()
+            status = resp.status
         except web.HTTPNotFound:
             resp = ApiError(404, "NOT_FOUND", f"The requested URL {request.path} was not found.").response()
+            status = 404
         except web.HTTPMethodNotAllowed:
-            resp = ApiError(404, "NOT_FOUND", f"Method {request.method} is not supported on {request.path}.").response()
+            message = f"Method {request.method} is not supported on {request.path}."
+            resp = ApiError(404, "NOT_FOUND", message).response()
+            status = 404
         except DropConnection:
-            request["fault"] = request.get("fault") or "reset"
+            notes.setdefault("fault", "reset")
             if request.transport is not None:
                 request.transport.close()
-            resp = web.Response(status=599)
-        self._log(request, 0 if resp.status == 599 else resp.status)
+            resp = web.Response(status=599)  # never sent: the transport is closed
+            status = notes.get("sent_status", 0)
+        self._log(request, status, notes.get("fault"))
         return resp
 
-    def _log(self, request: web.Request, status: int) -> None:
+    def _log(self, request: web.Request, status: int, fault: str | None) -> None:
         entry = {
             "time": time.time(),
             "method": request.method,
             "path_qs": self._redact(request.path_qs),
             "status": status,
             "user_agent": self._redact(request.headers.get("User-Agent", "")),
-            "fault": request.get("fault"),
+            "fault": fault,
         }
         with self._lock:
             self.access_log.append(entry)
@@ -207,7 +201,7 @@ class MaaSEmulator:
             if limit and len(self.access_log) > limit:
                 del self.access_log[: len(self.access_log) - limit // 2]
 
-    def _check_auth(self, request: web.Request) -> None:
+    def check_auth(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.config.api_key.encode()):
@@ -221,7 +215,7 @@ class MaaSEmulator:
 
     async def _prelude(self, request: web.Request, route: str) -> tuple[str, FaultDecision]:
         """Auth, endpoint checks and the faults of the request; return the endpoint and the decision."""
-        self._check_auth(request)
+        self.check_auth(request)
         endpoint = request.match_info["endpoint"]
         if endpoint not in self.config.endpoints:
             raise ApiError(404, "NOT_FOUND", f"Endpoint {endpoint} not found.")
@@ -229,7 +223,7 @@ class MaaSEmulator:
             raise ApiError(403, "PERMISSION_DENIED", f"The API key may not use endpoint {endpoint}.")
         decision = self._faults.decide(route, request.method, request.path_qs)
         if decision is not NO_FAULT:
-            request["fault"] = decision.name
+            note("fault", decision.name)
             await self._faults.apply_before(request, decision)
         return endpoint, decision
 
@@ -271,36 +265,13 @@ class MaaSEmulator:
         if len(name.encode()) > 1024 or "\r" in name or "\n" in name or name in (".", ".."):
             raise _invalid(f"Invalid object name: {name!r}")
         cfg = self.config
-        too_big = _invalid(f"Request payload size exceeds the limit: {cfg.max_bytes} bytes.")
         if request.content_length is not None and request.content_length > cfg.max_bytes:
-            raise too_big
-        loop = asyncio.get_running_loop()
+            raise _invalid(too_big_message(cfg.max_bytes))
         tmp = os.path.join(self.data_dir, "tmp", secrets.token_hex(8))
-        writer: HashingWriter | None = None
-        buf: list[bytes] = []
-        buffered = total = 0
         try:
-            # Chunks are batched (~1 MB) and hashed + written in a worker thread.
-            async for chunk in request.content.iter_chunked(256 * 1024):
-                total += len(chunk)
-                if total > cfg.max_bytes:
-                    raise too_big
-                buf.append(chunk)
-                buffered += len(chunk)
-                if buffered >= _FLUSH_BYTES:
-                    if writer is None:
-                        writer = await loop.run_in_executor(None, HashingWriter, tmp)
-                    await loop.run_in_executor(None, writer.write, b"".join(buf))
-                    buf, buffered = [], 0
-            if writer is None:
-                writer = await loop.run_in_executor(None, HashingWriter, tmp)
-            count = await loop.run_in_executor(None, self._finish_upload, writer, b"".join(buf))
-        except BaseException as exc:
-            if writer is not None:
-                await asyncio.shield(loop.run_in_executor(None, writer.discard))
-            if isinstance(exc, UploadRejected):
-                raise _invalid(str(exc)) from None
-            raise
+            writer, count = await receive_upload(request, tmp, cfg.max_bytes, cfg.max_requests)
+        except UploadRejected as exc:
+            raise _invalid(str(exc)) from None
         generation = self._next_generation()
         digest = hashlib.sha256(name.encode()).hexdigest()[:24]
         path = os.path.join(self.data_dir, "uploads", f"{digest}-{generation}.jsonl")
@@ -316,53 +287,14 @@ class MaaSEmulator:
         if old is not None:
             self._drop_path(old["path"])
         if decision.wrong_md5:
-            request["fault"] = "wrong_md5"
+            note("fault", "wrong_md5")
             resource = {**resource, "md5Hash": b64(hashlib.md5(writer.md5).digest())}
         return web.json_response(resource)
-
-    def _finish_upload(self, writer: HashingWriter, tail: bytes) -> int:
-        if tail:
-            writer.write(tail)
-        writer.close()
-        return validate_jsonl(writer.path, self.config.max_requests)
 
     # ------------------------------------------------------------------ 2. create
     async def _create(self, request: web.Request) -> web.StreamResponse:
         endpoint, decision = await self._prelude(request, "create")
-        try:
-            body = json.loads(await request.read())
-        except ValueError:
-            raise _invalid("Invalid JSON payload received.") from None
-        if not isinstance(body, dict):
-            raise _invalid("Invalid JSON payload received. Expected an object.")
-        for key in body:
-            if key not in _CREATE_FIELDS:
-                raise _unknown_field(key)
-        display_name = body.get("displayName")
-        if not isinstance(display_name, str) or not display_name.strip():
-            raise _invalid("displayName is required.")
-        if len(display_name) > 128:
-            raise _invalid("displayName must be at most 128 characters.")
-        input_config = body.get("inputConfig")
-        output_config = body.get("outputConfig")
-        if not isinstance(input_config, dict):
-            raise _invalid("inputConfig is required.")
-        if not isinstance(output_config, dict):
-            raise _invalid("outputConfig is required.")
-        for key in input_config:
-            if key not in _INPUT_FIELDS:
-                raise _unknown_field(f"inputConfig.{key}")
-        for key in output_config:
-            if key not in _OUTPUT_FIELDS:
-                raise _unknown_field(f"outputConfig.{key}")
-        if input_config.get("instancesFormat") != "jsonl":
-            raise _invalid("inputConfig.instancesFormat must be 'jsonl'.")
-        if output_config.get("predictionsFormat") != "jsonl":
-            raise _invalid("outputConfig.predictionsFormat must be 'jsonl'.")
-        source = input_config.get("gcsSource")
-        if not isinstance(source, dict) or set(source) != {"uris"} or not isinstance(source["uris"], str):
-            raise _invalid("inputConfig.gcsSource.uris must be the name of an uploaded file (a string).")
-        file_name = source["uris"]
+        display_name, file_name = parse_create_body(await request.read())
         meta = self._live_file(file_name)
         if meta is None:
             raise ApiError(404, "NOT_FOUND", f"File {file_name} not found (upload it first).")
@@ -387,7 +319,7 @@ class MaaSEmulator:
             self._referenced.add(meta["path"])
             self.jobs[job.name] = job
         if decision.lost_create_response:
-            request["fault"] = "lost_create_response"
+            note("fault", "lost_create_response")
             raise DropConnection
         return web.json_response(job.create_resource())
 
@@ -477,60 +409,8 @@ class MaaSEmulator:
             return web.json_response(meta)
         assert job.results_path is not None
         if decision.truncate_download or decision.corrupt_download:
-            request["fault"] = "truncate_download" if decision.truncate_download else "corrupt_download"
+            note("fault", "truncate_download" if decision.truncate_download else "corrupt_download")
             return await faulty_download(request, job.results_path, int(meta["size"]), decision, {})
         return web.FileResponse(
             job.results_path, headers={"Content-Type": "application/octet-stream"}, chunk_size=256 * 1024
         )
-
-    # ------------------------------------------------------------------ admin
-    async def _admin_health(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"status": "ok"})
-
-    async def _admin_state(self, request: web.Request) -> web.StreamResponse:
-        self._check_auth(request)
-        return web.json_response(
-            {
-                "jobs_created": self.jobs_created,
-                "request_count": self.request_count,
-                "jobs": {name: job.state for name, job in list(self.jobs.items())},
-                "files": {name: meta["generation"] for name, meta in list(self.files.items())},
-                "uploads_by_name": dict(self.uploads_by_name),
-            }
-        )
-
-    def _admin_job(self, request: web.Request) -> str:
-        self._check_auth(request)
-        name = request.match_info["job"]
-        if name not in self.jobs:
-            raise ApiError(404, "NOT_FOUND", f"The BatchPredictionJob {name} does not exist.")
-        return name
-
-    async def _admin_job_state(self, request: web.Request) -> web.StreamResponse:
-        name = self._admin_job(request)
-        try:
-            body = json.loads(await request.read())
-            self.set_job_state(name, body["state"], body.get("error"))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise _invalid(f"Expected {{'state': JOB_STATE_..., 'error': ...}}: {exc}") from None
-        return web.json_response({"name": name, "state": self.jobs[name].state})
-
-    async def _admin_expire(self, request: web.Request) -> web.StreamResponse:
-        name = self._admin_job(request)
-        self.expire_results(name)
-        return web.json_response({"name": name, "resultsExpired": True})
-
-    async def _admin_config(self, request: web.Request) -> web.StreamResponse:
-        self._check_auth(request)
-        try:
-            changes = json.loads(await request.read())
-            known = {f.name for f in fields(EmulatorConfig)} - {"host", "port", "data_dir"}
-            unknown = set(changes) - known
-            if unknown:
-                raise ValueError(f"unknown or read-only settings {sorted(unknown)}")
-            updated = replace(self.config, **changes)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise _invalid(f"Bad settings: {exc}") from None
-        for key in changes:
-            setattr(self.config, key, getattr(updated, key))
-        return web.json_response({key: getattr(self.config, key) for key in sorted(changes)})
