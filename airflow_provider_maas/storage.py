@@ -39,6 +39,8 @@ def to_path(target: Any, *, what: str = "path") -> ObjectStoragePath:
         text = os.fspath(target).strip()
         if not text:
             raise MaaSInputError(f"The {what} is empty: give a local path, a URI or an ObjectStoragePath.")
+        if ".." in text.replace("\\", "/").split("/"):
+            raise MaaSInputError(f"The {what} {text!r} contains a '..' segment; give a normalised path.")
         if "://" not in text:
             text = "file://" + os.path.abspath(text)
         path = ObjectStoragePath(text)

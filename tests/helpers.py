@@ -1,0 +1,65 @@
+"""Small stand-ins for what only a running Airflow task has: the task instance and its state store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from airflow_provider_maas.jsonl import iter_request_lines
+from airflow_provider_maas.results import iter_results, request_key
+
+
+class FakeStateStore:
+    """``context["task_state_store"]``: survives 'retries' when the same instance is reused."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return json.loads(json.dumps(self.data.get(key, default)))
+
+    def set(self, key: str, value: Any, **_: Any) -> None:
+        self.data[key] = json.loads(json.dumps(value))
+
+
+class FakeTI:
+    def __init__(self, dag_id: str = "dag", task_id: str = "task", run_id: str = "run1", map_index: int = -1):
+        self.dag_id, self.task_id, self.run_id, self.map_index = dag_id, task_id, run_id, map_index
+        self.xcom: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.xcom[key] = json.loads(json.dumps(value))
+
+
+def make_context(store: FakeStateStore | None = None, **ti_kwargs: Any) -> dict[str, Any]:
+    ti = FakeTI(**ti_kwargs)
+    context: dict[str, Any] = {"ti": ti, "run_id": ti.run_id}
+    if store is not None:
+        context["task_state_store"] = store
+    return context
+
+
+def write_requests(path: Path, count: int, *, prefix: str = "Question") -> Path:
+    """A requests file of ``count`` distinct prompts."""
+    with path.open("w") as handle:
+        for i in range(count):
+            line = {"request": {"contents": [{"role": "user", "parts": [{"text": f"{prefix} {i}: what is {i} + {i}?"}]}]}}
+            handle.write(json.dumps(line) + "\n")
+    return path
+
+
+def assert_in_input_order(requests: Path, results: Path, *, expect_missing: int = 0) -> list[Any]:
+    """Each result line answers the request on the same line of the input; returns the records."""
+    with requests.open("rb") as handle:
+        keys = [request_key(line.request) for line in iter_request_lines(handle)]
+    with results.open("rb") as handle:
+        records = list(iter_results(handle))
+    assert len(records) == len(keys) - expect_missing
+    if not expect_missing:
+        assert [request_key(r.request) for r in records] == keys
+        for record in records:
+            if record.succeeded:
+                prompt = record.request["contents"][0]["parts"][0]["text"]
+                assert prompt in (record.text or "")
+    return records

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from airflow_provider_maas.hooks.maas import MaaSHook
+from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger, MaaSBatchJobTrigger
+from tests.conftest import API_KEY
+from tests.helpers import write_requests
+
+
+def _job(tmp_path, count: int = 3) -> str:
+    hook = MaaSHook()
+    name = hook.upload_file(write_requests(tmp_path / "r.jsonl", count), "t.jsonl")["name"]
+    return hook.create_batch_job(name, "trigger-test")["name"]
+
+
+async def _event(trigger):
+    return (await trigger.run().__anext__()).payload
+
+
+def test_serialize_round_trip_carries_conn_id_never_key():
+    trigger = MaaSBatchJobTrigger("123", maas_conn_id="maas_x", endpoint="e", poll_interval=5, end_time=1.5)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "airflow_provider_maas.triggers.maas.MaaSBatchJobTrigger"
+    assert kwargs == {
+        "job_name": "123",
+        "maas_conn_id": "maas_x",
+        "endpoint": "e",
+        "poll_interval": 5.0,
+        "end_time": 1.5,
+        "max_consecutive_errors": 5,
+    }
+    assert API_KEY not in repr(kwargs)
+    again = MaaSBatchJobTrigger(**kwargs)
+    assert again.serialize() == (classpath, kwargs)
+    jobs = MaaSBatchJobsTrigger(["1", "2"], payload={"a": 1})
+    assert MaaSBatchJobsTrigger(**jobs.serialize()[1]).serialize() == jobs.serialize()
+
+
+@pytest.mark.parametrize(
+    ("final_state", "status"),
+    [
+        ("JOB_STATE_SUCCEEDED", "success"),
+        ("JOB_STATE_PARTIALLY_SUCCEEDED", "success"),
+        ("JOB_STATE_FAILED", "error"),
+        ("JOB_STATE_CANCELLED", "error"),
+        ("JOB_STATE_EXPIRED", "error"),
+    ],
+)
+async def test_terminal_states(emulator_factory, tmp_path, final_state, status):
+    emulator_factory(final_state=final_state, fail_every=2, job_duration=0.2)
+    job_name = _job(tmp_path)
+    event = await _event(MaaSBatchJobTrigger(job_name, poll_interval=0.05, end_time=time.time() + 30))
+    assert event["status"] == status
+    assert event["job_name"] == job_name
+    assert event["state"] == final_state
+    assert event["job"]["state"] == final_state
+    if status == "error":
+        assert event["message"] and job_name in event["message"]
+
+
+async def test_pending_until_deadline_gives_timeout(emulator_factory, tmp_path):
+    emulator_factory(job_duration=60)
+    job_name = _job(tmp_path)
+    event = await _event(MaaSBatchJobTrigger(job_name, poll_interval=0.05, end_time=time.time() + 0.3))
+    assert event["status"] == "timeout"
+    assert "no cancel call" in event["message"]
+
+
+async def test_deadline_already_past_still_polls_once(emulator_factory, tmp_path):
+    emulator_factory(job_duration=0.0)
+    job_name = _job(tmp_path)
+    time.sleep(0.1)
+    event = await _event(MaaSBatchJobTrigger(job_name, poll_interval=0.05, end_time=time.time() - 100))
+    assert event["status"] == "success"
+
+
+async def test_unknown_state_keeps_polling_until_deadline(emulator_factory, tmp_path, caplog):
+    handle = emulator_factory(job_duration=60)
+    job_name = _job(tmp_path)
+    handle.emulator.set_job_state(job_name, "JOB_STATE_SOMETHING_NEW")
+    event = await _event(MaaSBatchJobTrigger(job_name, poll_interval=0.05, end_time=time.time() + 0.3))
+    assert event["status"] == "timeout"
+    assert "undocumented state" in caplog.text
+
+
+async def test_transient_errors_tolerated_then_success(emulator_factory, tmp_path, monkeypatch):
+    handle = emulator_factory(job_duration=0.2)
+    job_name = _job(tmp_path)
+    handle.emulator.config.rate_5xx = 0.6
+    monkeypatch.setattr("airflow_provider_maas.api.backoff_delay", lambda *a, **k: 0.0)
+    trigger = MaaSBatchJobTrigger(job_name, poll_interval=0.02, end_time=time.time() + 30, max_consecutive_errors=50)
+    event = await _event(trigger)
+    assert event["status"] == "success"
+
+
+async def test_too_many_consecutive_errors_gives_error(emulator_factory, tmp_path, monkeypatch):
+    handle = emulator_factory(job_duration=0.2)
+    job_name = _job(tmp_path)
+    handle.emulator.config.rate_5xx = 1.0
+    monkeypatch.setattr("airflow_provider_maas.api.backoff_delay", lambda *a, **k: 0.0)
+    trigger = MaaSBatchJobTrigger(job_name, poll_interval=0.01, end_time=time.time() + 30, max_consecutive_errors=3)
+    event = await _event(trigger)
+    assert event["status"] == "error"
+    assert "3 polls in a row failed" in event["message"]
+
+
+async def test_wrong_key_is_an_error_event_without_the_key(emulator, tmp_path, monkeypatch):
+    job_name = _job(tmp_path)
+    import json
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MAAS_BAD",
+        json.dumps({"conn_type": "maas", "host": emulator.base_url, "password": "wrong-key-123456",
+                    "extra": {"endpoint": "test-endpoint"}}),
+    )
+    event = await _event(MaaSBatchJobTrigger(job_name, maas_conn_id="maas_bad", poll_interval=0.05))
+    assert event["status"] == "error"
+    assert "401" in event["message"]
+    assert "wrong-key-123456" not in repr(event)
+
+
+async def test_jobs_trigger_fires_when_first_job_ends(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=60)
+    slow = _job(tmp_path)
+    fast = _job(tmp_path)
+    handle.emulator.set_job_state(fast, "JOB_STATE_SUCCEEDED")
+    event = await _event(MaaSBatchJobsTrigger([slow, fast], poll_interval=0.05, payload={"progress": 1}))
+    assert event["status"] == "success"
+    assert [e["job_name"] for e in event["events"]] == [fast]
+    assert event["payload"] == {"progress": 1}
