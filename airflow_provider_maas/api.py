@@ -7,6 +7,7 @@ Nothing here performs I/O.
 
 from __future__ import annotations
 
+import html
 import ipaddress
 import json
 import random
@@ -35,7 +36,7 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: Statuses that prove the service did NOT act on the request, so even job creation may be retried.
 NOT_PROCESSED_STATUS = frozenset({429, 503})
 
-_BAD_NAME = re.compile(r"[\x00-\x1f\x7f/\\]")
+_BAD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]")  # C0 and C1 control characters, slashes
 
 
 def check_name(name: Any, what: str) -> str:
@@ -185,8 +186,9 @@ def error_from_response(
     """
     error_status: str | None = None
     error_message: str | None = None
+    text = body.decode("utf-8", errors="replace")
     try:
-        payload = json.loads(body.decode("utf-8", errors="replace"))
+        payload = json.loads(text)
         err = payload.get("error") if isinstance(payload, dict) else None
         if isinstance(err, dict):
             error_status = err.get("status") if isinstance(err.get("status"), str) else None
@@ -194,7 +196,8 @@ def error_from_response(
         elif isinstance(err, str):
             error_message = err
     except (ValueError, AttributeError):
-        text = re.sub(r"<[^>]+>", " ", body.decode("utf-8", errors="replace"))
+        text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+    if error_message is None:  # not the Google shape: show what came, shortened
         text = " ".join(text.split())
         error_message = (text[:300] + "...") if len(text) > 300 else (text or None)
     if api_key and error_message and api_key in error_message:

@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any
 import requests
 import tenacity
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import NewConnectionError
 
 from airflow_provider_maas import api
 from airflow_provider_maas.exceptions import (
@@ -28,7 +29,7 @@ from airflow_provider_maas.integrity import StreamHasher
 from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, source_size
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator, Callable, Iterator
 
     import aiohttp
     from airflow.sdk import ObjectStoragePath
@@ -73,6 +74,15 @@ class HashingReader:
         if self._size is None:
             raise TypeError("size unknown")
         return self._size
+
+    def payload(self) -> Any:
+        """The request body: this reader (sent with Content-Length) when the size is known, else
+        an iterator of chunks (sent with chunked transfer encoding; a non-seekable source)."""
+        return self if self._size is not None else self._chunks()
+
+    def _chunks(self) -> Iterator[bytes]:
+        while chunk := self.read(CHUNK_SIZE):
+            yield chunk
 
     def rewind(self) -> None:
         """Start over before an attempt (the first included)."""
@@ -124,14 +134,13 @@ def _retrying(what: str, max_attempts: int, base_delay: float) -> dict[str, Any]
 def _transport_error(err: requests.RequestException, *, what: str, idempotent: bool, timeout: float) -> Exception:
     """Map a ``requests`` transport error. For a non-idempotent call (job creation), only errors
     that prove the request never left (connect phase) are retryable."""
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    # NewConnectionError covers refused connections and (its subclass) failed DNS lookups.
     before_sending = isinstance(err, requests.ConnectTimeout) or (
-        isinstance(err, requests.ConnectionError)
-        and "NewConnectionError" in type(getattr(err.args[0], "reason", None)).__name__
-        if err.args
-        else False
+        isinstance(err, requests.ConnectionError) and isinstance(reason, NewConnectionError)
     )
     if isinstance(err, requests.Timeout):
-        detail = f"no answer within {timeout:.0f}s"
+        detail = f"no answer within {timeout:g}s"
     else:
         detail = f"connection error ({type(err).__name__})"
     if not idempotent and not before_sending:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 #: Name of a job that cannot exist: ``test_connection`` GETs it (creates nothing).
 PROBE_JOB_NAME = "0"
+
+_SESSION_LOCK = threading.Lock()
 
 
 class MaaSHook(BaseHook):
@@ -125,12 +128,22 @@ class MaaSHook(BaseHook):
             self._async_config = self._config_from(conn)
         return self._async_config
 
-    @cached_property
+    @property
     def session(self) -> requests.Session:
-        """One ``requests.Session`` per hook (thread-safe for our use, pooled connections)."""
-        from airflow_provider_maas.hooks._transport import make_session
+        """One ``requests.Session`` per hook (thread-safe for our use, pooled connections).
 
-        return make_session()
+        Created under a lock: ``cached_property`` has none on Python >= 3.12, so threads sharing a
+        fresh hook could each build (and leak) a session.
+        """
+        session = self.__dict__.get("_session")
+        if session is None:
+            from airflow_provider_maas.hooks._transport import make_session
+
+            with _SESSION_LOCK:
+                session = self.__dict__.get("_session")
+                if session is None:
+                    session = self.__dict__["_session"] = make_session()
+        return session
 
     # Sync HTTP -------------------------------------------------------------------------
     def _call(
@@ -180,15 +193,16 @@ class MaaSHook(BaseHook):
         url, params = self.config.upload_url(name)
         attempts = 0
         with open_source(source) as handle:
+            # One reader for every attempt: each (re)send rewinds it to the start of the source.
+            body = HashingReader(handle)
             while True:
                 attempts += 1
-                body = HashingReader(handle)
                 response = self._call(
                     "POST",
                     url,
                     what=f"Upload of {name!r}",
                     params=params,
-                    data=body,
+                    data=body.payload(),
                     before_attempt=body.rewind,
                 )
                 result = response.json()
@@ -293,7 +307,7 @@ class MaaSHook(BaseHook):
                 raise MaaSJobFailedError(job_error_message(job), job_name=job_name, state=state, job=job)
             if deadline is not None and time.monotonic() + poll_interval > deadline:
                 raise MaaSTimeoutError(
-                    f"Job {job_name} still {state} after {timeout:.0f}s; it keeps running on the service "
+                    f"Job {job_name} still {state} after {timeout:g}s; it keeps running on the service "
                     "(there is no cancel call). Wait again with its job name, or raise the timeout."
                 )
             time.sleep(poll_interval)
