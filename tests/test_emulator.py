@@ -325,7 +325,10 @@ def test_set_job_state_and_admin_routes():
         assert res["state"] == "JOB_STATE_FAILED" and res["error"] == {"code": 8, "message": "quota"}
         assert "endTime" in res
         with pytest.raises(ValueError):
-            emu.emulator.set_job_state(job, "DONE")
+            emu.emulator.set_job_state(job, "")
+        emu.emulator.set_job_state(job, "JOB_STATE_SOMETHING_NEW")  # undocumented states too
+        assert get_job(emu, job).json()["state"] == "JOB_STATE_SOMETHING_NEW"
+        assert_google_error(content(emu, job), 400, "FAILED_PRECONDITION")
         # the same over HTTP, for an emulator in another process
         admin = f"{emu.base_url}/_emulator"
         assert requests.get(f"{admin}/health", timeout=T).json() == {"status": "ok"}
@@ -522,6 +525,30 @@ def test_access_log_never_holds_the_key():
         assert log[1]["method"] == "POST" and log[1]["path_qs"].endswith("/batchPredictionJobs")
 
 
+def test_client_gone_mid_upload_and_oversized_create_body():
+    with run_emulator(cfg()) as emu:
+        host, port = emu.base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=T) as sock:
+            sock.sendall(
+                f"POST /v1/ai/batch/gemini/{EP}/files?uploadType=media&name=cut.jsonl HTTP/1.1\r\n"
+                f"Host: {host}\r\nAuthorization: Bearer {KEY}\r\nContent-Length: 5000000\r\n\r\n".encode()
+                + make_jsonl(50)
+            )
+            time.sleep(0.1)
+        deadline = time.monotonic() + 3
+        while not emu.emulator.access_log:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert emu.emulator.access_log[0]["status"] == 0
+        assert "cut.jsonl" not in emu.emulator.files
+        assert os.listdir(Path(emu.emulator.data_dir) / "tmp") == []
+        upload(emu, "in.jsonl", make_jsonl(1))
+        body = {**create_body("in.jsonl"), "displayName": "x" * 2_000_000}
+        r = requests.post(f"{prefix(emu)}/batchPredictionJobs", json=body, headers=AUTH, timeout=T)
+        assert r.status_code in (400, 413) and r.json()["error"]["status"] == "INVALID_ARGUMENT"
+        assert emu.emulator.jobs_created == 0
+
+
 def test_latency_is_added():
     with run_emulator(cfg(latency=0.3)) as emu:
         started = time.monotonic()
@@ -535,9 +562,7 @@ def test_latency_is_added():
 def _statuses(config: EmulatorConfig, n: int = 30) -> list[Any]:
     out: list[Any] = []
     with run_emulator(config) as emu:
-        job = list(emu.emulator.jobs)  # empty: every GET is a 404 unless a fault hits
-        assert not job
-        for _ in range(n):
+        for _ in range(n):  # no job: every GET is a 404 unless a fault hits
             try:
                 r = get_job(emu, "123")
                 out.append((r.status_code, r.headers.get("Content-Type", "").split(";")[0]))

@@ -128,4 +128,7 @@ class EmulatorConfig:
         self.forbidden_endpoints = tuple(self.forbidden_endpoints)
 
     def has_faults(self) -> bool:
-        return any(getattr(self, f.name) > 0 for f in fields(self) if f.name.startswith("rate_"))
+        return any(getattr(self, name) > 0 for name in _RATE_FIELDS)
+
+
+_RATE_FIELDS = tuple(f.name for f in fields(EmulatorConfig) if f.name.startswith("rate_"))

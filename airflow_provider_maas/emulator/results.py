@@ -15,11 +15,14 @@ import random
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import google_crc32c
 
 from airflow_provider_maas.emulator.objects import iso_offset_us, request_line_offsets, rfc3339_us
+
+if TYPE_CHECKING:
+    import threading
 
 
 def _png_1x1() -> bytes:
@@ -126,6 +129,7 @@ class ResultsSpec:
     model: str
     start_time: float
     end_time: float
+    cancel: threading.Event | None = None  # set when the emulator stops: give up early
 
 
 def result_order(count: int, seed: int, job_ordinal: int, shuffle: bool) -> list[int]:
@@ -195,6 +199,8 @@ def write_results(spec: ResultsSpec) -> tuple[int, bytes]:
     tmp = f"{spec.output_path}.part"
     with open(spec.input_path, "rb") as src, open(tmp, "wb") as out:
         for rank, position in enumerate(order):
+            if spec.cancel is not None and spec.cancel.is_set():
+                raise RuntimeError("the emulator is stopping")
             src.seek(offsets[position])
             request = json.loads(src.readline())["request"]
             echoed = normalise_request(request) if spec.normalise else request

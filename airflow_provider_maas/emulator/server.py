@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import shutil
@@ -30,10 +31,10 @@ import threading
 import time
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientPayloadError, web
 
 from airflow_provider_maas.emulator.admin import add_admin_routes
-from airflow_provider_maas.emulator.config import ALL_JOB_STATES, RESULT_STATES, TERMINAL_STATES, EmulatorConfig
+from airflow_provider_maas.emulator.config import RESULT_STATES, TERMINAL_STATES, EmulatorConfig
 from airflow_provider_maas.emulator.faults import (
     NO_FAULT,
     REQUEST_NOTES,
@@ -54,7 +55,20 @@ from airflow_provider_maas.emulator.objects import (
 )
 from airflow_provider_maas.emulator.results import ResultsSpec, write_results
 
+logger = logging.getLogger(__name__)
+
 PREFIX = "/v1/ai/batch/gemini/{endpoint}"
+_GOOGLE_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+}
 _JOB = "{job:[0-9]{1,32}}"
 
 
@@ -84,6 +98,7 @@ class MaaSEmulator:
         for sub in ("uploads", "results", "tmp"):
             os.makedirs(os.path.join(self.data_dir, sub), exist_ok=True)
         self._runner: web.AppRunner | None = None
+        self._closing = threading.Event()
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ application
@@ -103,6 +118,7 @@ class MaaSEmulator:
 
     def close(self) -> None:
         """Delete the temporary data directory (when the emulator made it)."""
+        self._closing.set()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -128,14 +144,19 @@ class MaaSEmulator:
     async def stop(self) -> None:
         """Stop serving (in-flight requests get ``shutdown_timeout`` seconds) and clean up."""
         runner, self._runner = self._runner, None
+        self._closing.set()
         if runner is not None:
             await runner.cleanup()
 
     # ------------------------------------------------------------------ inspection / control
     def set_job_state(self, name: str, state: str, error: dict[str, Any] | str | None = None) -> None:
-        """Force a job's state from now on (``error``: a dict with code/message, or a message)."""
-        if state not in ALL_JOB_STATES:
-            raise ValueError(f"Unknown job state {state!r}")
+        """Force a job's state from now on (``error``: a dict with code/message, or a message).
+
+        Any state name is accepted, even one the documentation does not list (to test how a
+        client copes with a new state); only the documented terminal states end the job.
+        """
+        if not isinstance(state, str) or not state:
+            raise ValueError(f"A job state must be a non-empty string, not {state!r}")
         self.jobs[name].force(state, error)
 
     def expire_results(self, name: str) -> None:
@@ -183,6 +204,19 @@ class MaaSEmulator:
                 request.transport.close()
             resp = web.Response(status=599)  # never sent: the transport is closed
             status = notes.get("sent_status", 0)
+        except web.HTTPException as exc:  # e.g. a create body past aiohttp's client_max_size
+            code = exc.status if exc.status >= 400 else 400
+            resp = ApiError(code, _GOOGLE_STATUS.get(code, "UNKNOWN"), exc.reason).response()
+            status = code
+        except (ConnectionError, ClientPayloadError, asyncio.IncompleteReadError):
+            # The client went away (e.g. mid-upload): nobody to answer.
+            notes.setdefault("fault", "client_disconnected")
+            resp = web.Response(status=599)
+            status = 0
+        except Exception as exc:
+            logger.exception("MaaS emulator: unexpected error on %s %s", request.method, request.path)
+            resp = ApiError(500, "INTERNAL", f"Internal error of the emulator: {exc!r}").response()
+            status = 500
         self._log(request, status, notes.get("fault"))
         return resp
 
@@ -366,6 +400,7 @@ class MaaSEmulator:
             model=job.model,
             start_time=t.start,
             end_time=t.end,
+            cancel=self._closing,
         )
         size, crc = await asyncio.get_running_loop().run_in_executor(None, write_results, spec)
         generation = self._next_generation()
