@@ -335,14 +335,13 @@ def summarize(records: Iterable[ResultRecord]) -> dict[str, int]:
 # --------------------------------------------------------------------------- images
 
 
-def _decode_base64(data: str, label: str, line_number: int) -> bytes:
-    try:
-        return base64.b64decode(data, validate=True)
+def _decode_base64(data: str, line_number: int) -> bytes:
+    try:  # standard alphabet, else URL-safe (protobuf JSON may use either)
+        return base64.b64decode(data, altchars=b"-_" if "-" in data or "_" in data else None, validate=True)
     except (binascii.Error, ValueError):
-        try:
-            return base64.urlsafe_b64decode(data)
-        except (binascii.Error, ValueError):
-            raise ResultsFormatError(f"{label}: image data is not valid base64", line_number=line_number) from None
+        raise ResultsFormatError(
+            f"results line {line_number}: image data is not valid base64", line_number=line_number
+        ) from None
 
 
 def extract_images(fileobj: IO[bytes], write: Callable[[str, bytes], None], *, prefix: str = "image") -> list[str]:
@@ -372,7 +371,7 @@ def extract_images(fileobj: IO[bytes], write: Callable[[str, bytes], None], *, p
                     continue
                 ext = _IMAGE_EXTENSIONS.get(mime.lower(), "bin")
                 name = f"{prefix}-{line_number}-{c_index}-{p_index}.{ext}"
-                write(name, _decode_base64(inline["data"], f"results line {line_number}", line_number))
+                write(name, _decode_base64(inline["data"], line_number))
                 names.append(name)
     return names
 

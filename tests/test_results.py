@@ -1,0 +1,296 @@
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import airflow_provider_maas.results as results_module
+from airflow_provider_maas.results import (
+    MISSING_STATUS,
+    ResultIndex,
+    ResultRecord,
+    ResultsFormatError,
+    ResultSummary,
+    extract_images,
+    extract_images_to_dir,
+    iter_line_batches,
+    iter_results,
+    line_reader,
+    order_results,
+    parse_result_line,
+    summarize,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_results_module_imports_nothing_from_airflow():
+    code = (
+        "import sys, airflow_provider_maas.results\n"
+        "bad = [m for m in sys.modules if m == 'airflow' or m.startswith(('airflow.', 'airflow_provider_maas.exc'))]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parent.parent)
+
+
+def test_iter_results_on_the_fixture():
+    with open(FIXTURES / "results_example.jsonl", "rb") as handle:
+        records = list(iter_results(handle))
+    assert [r.line_number for r in records] == [1, 2]
+    first = records[0]
+    assert first.succeeded and first.error is None and first.status == ""
+    assert first.text is not None and first.text.startswith("Here are the objects visible in the image:")
+    assert first.text.endswith("*   Pen")
+    assert first.finish_reason == "STOP"
+    assert first.usage == {
+        "candidatesTokenCount": 108,
+        "totalTokenCount": 2163,
+        "thoughtsTokenCount": 243,
+        "promptTokenCount": 1812,
+    }
+    assert first.processed_time == "2026-01-29T02:15:47.048543+00:00"
+    assert first.request is not None and first.request["generationConfig"] == {"temperature": 0.4}
+
+
+def result_line(request: dict[str, Any], answer: str | None = "ok", status: str = "", **usage: int) -> bytes:
+    line: dict[str, Any] = {"request": request, "processed_time": "2026-01-01T00:00:00+00:00", "status": status}
+    if answer is not None:
+        parts = [{"text": "thinking...", "thought": True}, {"text": answer}, {"text": "!"}]
+        line["response"] = {
+            "candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP"}],
+            "usageMetadata": {"trafficType": "ON_DEMAND", **usage},
+        }
+    return json.dumps(line).encode() + b"\n"
+
+
+def test_record_fields_and_failures():
+    ok = parse_result_line(result_line({"contents": [1]}, "yes", promptTokenCount=3), 5)
+    assert (ok.line_number, ok.text, ok.succeeded, ok.usage) == (5, "yes!", True, {"promptTokenCount": 3})
+    failed = parse_result_line(result_line({"contents": [1]}, None, status="RESOURCE_EXHAUSTED: quota"), 1)
+    assert (failed.succeeded, failed.error, failed.text, failed.finish_reason) == (
+        False,
+        "RESOURCE_EXHAUSTED: quota",
+        None,
+        None,
+    )
+    no_response = parse_result_line(b'{"request": {}, "status": ""}', 1)
+    assert (no_response.succeeded, no_response.error) == (False, "no response")
+    rpc_status = parse_result_line(b'{"status": {"code": 8, "message": "Quota exceeded"}}', 1)
+    assert rpc_status.error == "Quota exceeded"
+    errored_with_response = parse_result_line(result_line({}, "partial", status="CANCELLED"), 1)
+    assert not errored_with_response.succeeded
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"{not json", "results line 3: not valid JSON"),
+        (b"[1]", "results line 3: a JSON list, not an object"),
+        (b'{"status": "\xff"}', "results line 3: not valid JSON"),
+    ],
+)
+def test_bad_result_lines(line: bytes, expected: str):
+    data = result_line({}) + b"\n" + line + b"\n"
+    with pytest.raises(ResultsFormatError) as info:
+        list(iter_results(io.BytesIO(data)))
+    assert str(info.value).startswith(expected)
+    assert info.value.line_number == 3
+    assert isinstance(info.value, ValueError)
+
+
+def test_summary_counts_and_tokens():
+    lines = [
+        result_line({"n": 1}, promptTokenCount=10, candidatesTokenCount=5, thoughtsTokenCount=2, totalTokenCount=17),
+        result_line({"n": 2}, promptTokenCount=1, candidatesTokenCount=1, totalTokenCount=2),
+        result_line({"n": 3}, None, status="INTERNAL"),
+        b'{"request": {"n": 4}, "status": ""}\n',
+    ]
+    records = list(iter_results(io.BytesIO(b"".join(lines))))
+    assert summarize(records) == {
+        "requests": 4,
+        "succeeded": 2,
+        "failed": 2,
+        "prompt_tokens": 11,
+        "candidates_tokens": 6,
+        "thoughts_tokens": 2,
+        "total_tokens": 19,
+    }
+    summary = ResultSummary()
+    for record in records * 3:
+        summary.add(record)
+    assert summary.failure_samples == [(3, "INTERNAL"), (4, "no response")] * 2 + [(3, "INTERNAL")]
+    assert summary.as_dict()["requests"] == 12 and summary.missing == 0
+    assert summarize([]) == dict.fromkeys(summary.as_dict(), 0)
+
+
+def test_iter_line_batches_with_tiny_chunks():
+    rng = random.Random(7)
+    data = b"".join(rng.choice([b"", b" ", b"a" * rng.randint(1, 30)]) + b"\n" for _ in range(300)) + b"tail"
+    for chunk_size in (1, 2, 3, 7, 64, 1 << 20):
+        batches = list(iter_line_batches(io.BytesIO(data), chunk_size=chunk_size))
+        lines = [line for batch, _ in batches for line in batch]
+        assert b"\n".join(lines) == data
+        assert [terminated for _, terminated in batches].count(False) == 1 and not batches[-1][1]
+    assert list(iter_line_batches(io.BytesIO(b""))) == []
+    with pytest.raises(ValueError, match="line 2 is longer than 10 bytes"):
+        list(iter_line_batches(io.BytesIO(b"ok\n" + b"x" * 50), chunk_size=4, max_line_bytes=10))
+
+
+def test_big_lines_stream(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(results_module, "CHUNK_SIZE", 4096)
+    big = result_line({"contents": ["x"]}, "y" * 300_000)
+    records = list(iter_results(io.BytesIO(big * 3)))
+    assert [len(r.text or "") for r in records] == [300_001] * 3
+
+
+# --------------------------------------------------------------------------- ordering
+
+
+def request(i: int) -> dict[str, Any]:
+    return {"contents": [{"role": "user", "parts": [{"text": f"question {i % 10}"}]}]}
+
+
+def echo(req: dict[str, Any]) -> dict[str, Any]:
+    """The request as the service echoes it: null fields added, keys reordered."""
+    contents = [
+        {"parts": [{"file_data": None, **part} for part in content["parts"]], "role": content["role"]}
+        for content in req["contents"]
+    ]
+    return {"generationConfig": None, "contents": contents}
+
+
+def test_order_results_across_sources():
+    # 14 input lines; lines 11-14 repeat the requests of lines 1-4 (identical requests).
+    inputs = [(n, json.dumps({"request": request(n - 1)}).encode() + b"\n", request(n - 1)) for n in range(1, 15)]
+    missing_line, failed_line = 6, 8
+    result_lines = []
+    for n, _, req in inputs:
+        if n == missing_line:
+            continue
+        answer, status = (None, "INTERNAL: boom") if n == failed_line else (f"answer to {req}", "")
+        result_lines.append(result_line(echo(req), answer, status, promptTokenCount=n))
+    strays = [result_line({"contents": [{"parts": [{"text": "never asked"}]}]}), b'{"status": "no request"}\n']
+    result_lines += strays  # results matching no input request
+    random.Random(3).shuffle(result_lines)
+    sources = {
+        "a": b"".join(result_lines[:5]),
+        "b": b"\n" + b"".join(result_lines[5:9]),
+        "c": b"".join(result_lines[9:]),
+    }
+    files = {name: io.BytesIO(data) for name, data in sources.items()}
+    index = ResultIndex()
+    assert sum(index.add(name, handle) for name, handle in files.items()) == len(result_lines) == len(index)
+    with pytest.raises(ValueError, match="already added"):
+        index.add("a", io.BytesIO(b""))
+
+    items = list(order_results(iter(inputs), index, line_reader(files)))
+
+    assert [item.line_number for item in items] == list(range(1, 15))
+    assert [item.request_raw for item in items] == [raw for _, raw, _ in inputs]
+    assert [item.line_number for item in items if item.missing] == [missing_line]
+    assert [item.line_number for item in items if item.failed] == [missing_line, failed_line]
+    missing = items[missing_line - 1]
+    assert (missing.result_raw, missing.record.status, missing.record.error) == (None, MISSING_STATUS, MISSING_STATUS)
+    assert items[failed_line - 1].record.error == "INTERNAL: boom"
+    for item in items:
+        assert item.record.line_number == item.line_number
+        if not item.missing:
+            assert item.result_raw is not None and item.result_raw.endswith(b"\n")
+            assert json.loads(item.result_raw)["request"] == echo(inputs[item.line_number - 1][2])
+            assert item.result_raw in result_lines
+    # Each result line is used once, identical requests included.
+    used = [item.result_raw for item in items if item.result_raw is not None]
+    assert len(used) == len(set(used)) == 13
+    unmatched = index.unmatched()
+    assert len(unmatched) == len(index) == 2
+    texts = sorted(line_reader(files)(u.source_id, u.offset, u.length) for u in unmatched)
+    assert texts == sorted(line.rstrip(b"\n") for line in strays)
+    summary = ResultSummary()
+    for item in items:
+        summary.add(item.record)
+    assert summary.as_dict()["failed"] == 2 and summary.missing == 1 and summary.as_dict()["succeeded"] == 12
+
+
+def test_order_results_notices_a_changed_file():
+    index = ResultIndex()
+    index.add("s", io.BytesIO(result_line(request(1))))
+    with pytest.raises(ResultsFormatError, match="results s line 1: read 3 bytes"):
+        list(order_results([(1, b"{}", request(1))], index, lambda *_: b"abc"))
+
+
+# --------------------------------------------------------------------------- images
+
+
+def tiny_png() -> bytes:
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
+        + chunk(b"IEND", b"")
+    )
+
+
+def image_results() -> bytes:
+    png = base64.b64encode(tiny_png()).decode()
+    parts = [
+        {"text": "Here you go"},
+        {"inlineData": {"mimeType": "image/png", "data": png}},
+        {"inline_data": {"mime_type": "image/jpeg", "data": base64.b64encode(b"jpeg!").decode()}},
+        {"inlineData": {"mimeType": "text/plain", "data": base64.b64encode(b"not an image").decode()}},
+    ]
+    second = {"content": {"parts": [{"inlineData": {"mimeType": "image/tiff", "data": "AAEC"}}]}}
+    lines = [
+        {"request": {}, "response": {"candidates": [{"content": {"parts": parts}}, second]}, "status": ""},
+        {"request": {}, "status": "FAILED"},
+    ]
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def test_extract_images_to_dir(tmp_path: Path):
+    out = tmp_path / "images" / "nested"
+    paths = extract_images_to_dir(io.BytesIO(image_results()), out, prefix="job42")
+    assert [Path(p).name for p in paths] == ["job42-1-0-1.png", "job42-1-0-2.jpg", "job42-1-1-0.bin"]
+    assert (out / "job42-1-0-1.png").read_bytes() == tiny_png()
+    assert (out / "job42-1-0-2.jpg").read_bytes() == b"jpeg!"
+    assert (out / "job42-1-1-0.bin").read_bytes() == b"\x00\x01\x02"
+
+
+def test_extract_images_with_a_writer():
+    written: dict[str, bytes] = {}
+    names = extract_images(io.BytesIO(image_results()), written.__setitem__)
+    assert names == list(written) == ["image-1-0-1.png", "image-1-0-2.jpg", "image-1-1-0.bin"]
+    with pytest.raises(ValueError, match="without path separators"):
+        extract_images(io.BytesIO(b""), written.__setitem__, prefix="../x")
+
+
+@pytest.mark.parametrize("data", ["@@", "AAE", "AA-_"])
+def test_extract_images_base64(data: str):
+    line = {
+        "response": {"candidates": [{"content": {"parts": [{"inlineData": {"mimeType": "image/png", "data": data}}]}}]}
+    }
+    if data == "AA-_":  # URL-safe alphabet is accepted
+        written: dict[str, bytes] = {}
+        extract_images(io.BytesIO(json.dumps(line).encode()), written.__setitem__)
+        assert written == {"image-1-0-0.png": base64.urlsafe_b64decode(data)}
+        return
+    with pytest.raises(ResultsFormatError, match="results line 1: image data is not valid base64"):
+        extract_images(io.BytesIO(json.dumps(line).encode()), lambda name, data: None)
+
+
+def test_record_is_frozen():
+    record = ResultRecord(1, None, None, "", None, None, {}, None)
+    with pytest.raises(AttributeError):
+        record.status = "x"  # type: ignore[misc]
