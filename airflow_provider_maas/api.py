@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import ipaddress
 import json
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -135,9 +136,14 @@ def build_config(
         raise MaaSConfigError(
             f"No API key in connection {conn_id!r}: put the key in the connection's 'API Key' (password) field."
         )
-    timeout = float(extra.get("timeout") or DEFAULT_TIMEOUT)
-    if timeout <= 0:
-        raise MaaSConfigError(f"Connection {conn_id!r}: extra.timeout must be a positive number of seconds.")
+    try:
+        timeout = float(extra.get("timeout") or DEFAULT_TIMEOUT)
+    except (TypeError, ValueError):
+        timeout = math.nan
+    if not 0 < timeout < math.inf:
+        raise MaaSConfigError(
+            f"Connection {conn_id!r}: extra.timeout must be a positive number of seconds, not {extra.get('timeout')!r}."
+        )
     verify = extra.get("verify", True)
     if isinstance(verify, str) and verify.lower() in {"true", "false"}:
         verify = verify.lower() == "true"
