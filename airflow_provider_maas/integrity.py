@@ -60,7 +60,8 @@ class StreamHasher:
         if self._md5 is not None:
             self._md5.update(chunk)
         if self._crc32c is not None:
-            self._crc32c.update(bytes(chunk) if isinstance(chunk, memoryview) else chunk)
+            # google_crc32c's C extension takes read-only buffers only (not bytearray).
+            self._crc32c.update(chunk if isinstance(chunk, bytes) else bytes(chunk))
 
     def md5_b64(self) -> str:
         """Base64 MD5 of the bytes so far (like ``md5Hash``); ValueError if not computed."""
