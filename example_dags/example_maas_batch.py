@@ -33,7 +33,9 @@ with DAG(
     upload = MaaSUploadFileOperator(task_id="upload", source=str(REQUESTS))
     create = MaaSCreateBatchJobOperator(task_id="create", file_name=upload.output)
     wait = MaaSBatchJobSensor(
-        task_id="wait", job_name=create.output, poll_interval=float(os.environ.get("MAAS_POLL_INTERVAL", 30)),
+        task_id="wait",
+        job_name=create.output,
+        poll_interval=float(os.environ.get("MAAS_POLL_INTERVAL", 30)),
         deferrable=True,
     )
     download = MaaSDownloadResultsOperator(

@@ -36,8 +36,17 @@ def main() -> int:
     }
     emulator_log = (DEMO / "emulator.log").open("w")
     emulator = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_maas.emulator", "--port", "0", "--job-duration", "3",
-         "--ready-file", str(ready)],
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_maas.emulator",
+            "--port",
+            "0",
+            "--job-duration",
+            "3",
+            "--ready-file",
+            str(ready),
+        ],
         stdout=emulator_log,
         stderr=subprocess.STDOUT,
         env=env,
@@ -52,7 +61,12 @@ def main() -> int:
             time.sleep(0.1)
         base_url = ready.read_text().strip()
         env["AIRFLOW_CONN_MAAS_DEFAULT"] = json.dumps(
-            {"conn_type": "maas", "host": base_url, "password": "emulator-key", "extra": {"endpoint": "emulator-endpoint"}}
+            {
+                "conn_type": "maas",
+                "host": base_url,
+                "password": "emulator-key",
+                "extra": {"endpoint": "emulator-endpoint"},
+            }
         )
         print(f"Emulator running at {base_url}")
         airflow = [sys.executable, "-m", "airflow"]

@@ -11,12 +11,14 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-_HOME = Path(tempfile.mkdtemp(prefix="maas-airflow-test-"))
+# Set once per process: importing this module again (``from tests.conftest import ...``) must not
+# point Airflow at a second, unmigrated home.
+_HOME = Path(os.environ.get("MAAS_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="maas-airflow-test-"))
+os.environ["MAAS_TEST_AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "example_dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 
 import pytest  # noqa: E402
@@ -40,8 +42,9 @@ def airflow_db():
     shutil.rmtree(_HOME, ignore_errors=True)
 
 
-def connection_env(base_url: str, *, key: str = API_KEY, endpoint: str = ENDPOINT, conn_id: str = "maas_default",
-                   **extra) -> tuple[str, str]:
+def connection_env(
+    base_url: str, *, key: str = API_KEY, endpoint: str = ENDPOINT, conn_id: str = "maas_default", **extra
+) -> tuple[str, str]:
     import json
 
     value = json.dumps(

@@ -44,7 +44,9 @@ def write_requests(path: Path, count: int, *, prefix: str = "Question") -> Path:
     """A requests file of ``count`` distinct prompts."""
     with path.open("w") as handle:
         for i in range(count):
-            line = {"request": {"contents": [{"role": "user", "parts": [{"text": f"{prefix} {i}: what is {i} + {i}?"}]}]}}
+            line = {
+                "request": {"contents": [{"role": "user", "parts": [{"text": f"{prefix} {i}: what is {i} + {i}?"}]}]}
+            }
             handle.write(json.dumps(line) + "\n")
     return path
 

@@ -209,7 +209,11 @@ def test_batch_operator_250_requests_in_input_order(emulator_factory, tmp_path):
     dest = tmp_path / "out" / "results.jsonl"
     context = make_context(FakeStateStore())
     op = MaaSBatchPredictionOperator(
-        task_id="predict", source=str(source), destination=str(dest), poll_interval=0.05, deferrable=False,
+        task_id="predict",
+        source=str(source),
+        destination=str(dest),
+        poll_interval=0.05,
+        deferrable=False,
         max_active_jobs=2,
     )
     assert op.execute(context) == dest.as_uri()
@@ -236,7 +240,11 @@ def test_batch_operator_partial_failures_to_failed_file(emulator_factory, tmp_pa
     assert set(failed_lines) <= set(source_lines)  # the original input lines, ready to resubmit
     with pytest.raises(MaaSJobFailedError, match="fail_on_partial"):
         MaaSBatchPredictionOperator(
-            task_id="p", source=str(source), destination=str(dest), poll_interval=0.05, deferrable=False,
+            task_id="p",
+            source=str(source),
+            destination=str(dest),
+            poll_interval=0.05,
+            deferrable=False,
             fail_on_partial=True,
         ).execute(make_context())
 
@@ -275,8 +283,15 @@ def test_batch_operator_resubmits_failed_shard(emulator_factory, tmp_path):
     handle.emulator.set_job_state(first_job, "JOB_STATE_FAILED", error={"code": 13, "message": "internal"})
     failed_event = {
         "status": "success",
-        "events": [{"status": "error", "job_name": first_job, "state": "JOB_STATE_FAILED", "message": "internal",
-                    "job": MaaSHook().get_batch_job(first_job)}],
+        "events": [
+            {
+                "status": "error",
+                "job_name": first_job,
+                "state": "JOB_STATE_FAILED",
+                "message": "internal",
+                "job": MaaSHook().get_batch_job(first_job),
+            }
+        ],
         "payload": info.value.trigger.payload,
     }
     with pytest.raises(TaskDeferred) as again:
@@ -286,8 +301,15 @@ def test_batch_operator_resubmits_failed_shard(emulator_factory, tmp_path):
     handle.emulator.set_job_state(second_job, "JOB_STATE_SUCCEEDED")
     done = {
         "status": "success",
-        "events": [{"status": "success", "job_name": second_job, "state": "JOB_STATE_SUCCEEDED", "message": "",
-                    "job": MaaSHook().get_batch_job(second_job)}],
+        "events": [
+            {
+                "status": "success",
+                "job_name": second_job,
+                "state": "JOB_STATE_SUCCEEDED",
+                "message": "",
+                "job": MaaSHook().get_batch_job(second_job),
+            }
+        ],
         "payload": again.value.trigger.payload,
     }
     assert op.execute_complete(make_context(store), done) == dest.as_uri()

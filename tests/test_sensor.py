@@ -88,7 +88,8 @@ def test_execute_complete_validates_events():
     assert sensor.execute_complete({}, {"status": "success", "job_name": "1", "job": job}) == job
     with pytest.raises(MaaSJobFailedError, match="boom"):
         sensor.execute_complete(
-            {}, {"status": "error", "job_name": "1", "message": "boom", "job": {"name": "1", "state": "JOB_STATE_FAILED"}}
+            {},
+            {"status": "error", "job_name": "1", "message": "boom", "job": {"name": "1", "state": "JOB_STATE_FAILED"}},
         )
     with pytest.raises(MaaSError, match="401"):
         sensor.execute_complete({}, {"status": "error", "job_name": "1", "message": "HTTP 401", "job": None})

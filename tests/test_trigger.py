@@ -113,8 +113,14 @@ async def test_wrong_key_is_an_error_event_without_the_key(emulator, tmp_path, m
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_MAAS_BAD",
-        json.dumps({"conn_type": "maas", "host": emulator.base_url, "password": "wrong-key-123456",
-                    "extra": {"endpoint": "test-endpoint"}}),
+        json.dumps(
+            {
+                "conn_type": "maas",
+                "host": emulator.base_url,
+                "password": "wrong-key-123456",
+                "extra": {"endpoint": "test-endpoint"},
+            }
+        ),
     )
     event = await _event(MaaSBatchJobTrigger(job_name, maas_conn_id="maas_bad", poll_interval=0.05))
     assert event["status"] == "error"

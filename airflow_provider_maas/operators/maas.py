@@ -208,7 +208,10 @@ class MaaSMergeResultsOperator(BaseOperator):
         from airflow_provider_maas.merge import merge_results
         from airflow_provider_maas.storage import to_path, uri_of
 
-        sources = list(self.sources)
+        sources = self.sources
+        if isinstance(sources, str) or not hasattr(sources, "__len__"):
+            sources = [sources]
+        sources = [sources[i] for i in range(len(sources))]  # index, so a lazy XCom list is not over-read
         summary = merge_results(sources, self.requests, self.destination)
         dest_uri = uri_of(to_path(self.destination, what="destination"))
         publish_summary(self, context, summary, dest_uri)
