@@ -8,7 +8,16 @@ It is the provider's embedded default for demos and tests::
         os.environ["AIRFLOW_CONN_MAAS_DEFAULT"] = emu.connection_json()
         ...
 
-or from a shell: ``python -m airflow_provider_maas.emulator --port 8089``.
+or from a shell: ``python -m airflow_provider_maas.emulator --port 8089`` (``--help`` lists every
+setting; ``--ready-file PATH`` gets the base URL once listening).
+
+State for tests (``handle.emulator``, a :class:`MaaSEmulator`): ``jobs`` (name -> JobRecord, with a
+live ``.state``), ``jobs_created``, ``files`` (name -> storage resource + ``path``/``request_count``),
+``uploads_by_name``, ``access_log`` (method, path_qs, status, user_agent, fault: never a key),
+``request_count`` (API requests, admin routes excluded), ``set_job_state(name, state, error=None)``,
+``expire_results(name)``; ``config`` may be changed while running. An emulator in another process
+is driven through its ``/_emulator/...`` admin routes (see ``admin.py``).
+
 It never imports Airflow.
 """
 

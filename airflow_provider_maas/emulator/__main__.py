@@ -19,7 +19,7 @@ DEFAULT_CLI_PORT = 8089
 
 _HELP = {
     "host": "interface to listen on",
-    "port": f"port to listen on (0 = any free port; default {DEFAULT_CLI_PORT})",
+    "port": "port to listen on (0 = any free port)",
     "api_key": "the API key clients must send as 'Authorization: Bearer KEY'",
     "endpoint": "the ENDPOINT path segment served",
     "extra_endpoints": "another ENDPOINT the key may use (repeatable)",
@@ -61,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maas-emulator",
         description="Local emulator of the MaaS_Ge batch API (upload, create, get, results).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for f in fields(EmulatorConfig):
         default: Any = f.default if f.default is not MISSING else None
@@ -76,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             kind: Any = str if default is None else type(default)
-            kwargs: dict[str, Any] = {"dest": f.name, "type": kind, "default": default, "help": _HELP.get(f.name)}
+            text = _HELP.get(f.name, f.name.replace("_", " "))
+            kwargs: dict[str, Any] = {"dest": f.name, "type": kind, "default": default}
+            kwargs["help"] = f"{text} (default: %(default)s)"
             if f.name == "port":
                 kwargs["default"] = DEFAULT_CLI_PORT
             if f.name == "final_state":

@@ -47,21 +47,23 @@ DEFAULT_IMAGE_MODEL = "MaaS_Ge_3.1_flash_image_preview_20260226"
 
 @dataclass
 class EmulatorConfig:
-    """Everything the emulator can be told. Fault rates are fractions (0..1) of API requests."""
+    """Everything the emulator can be told. Fault rates are fractions (0..1) of API requests.
+
+    Fault decisions are deterministic given ``seed`` (see ``faults.py``). A fault that makes a
+    request fail (429, 5xx, reset, slow with the client gone) never applies the request's side
+    effect; only ``rate_create_lost_response`` creates the job and then loses the answer.
+    Settings may be changed on a running emulator (``emulator.config.rate_429 = 0.5``).
+    """
 
     host: str = "127.0.0.1"
     port: int = 0  # 0 = pick a free port
     api_key: str = "emulator-key"
     endpoint: str = "emulator-endpoint"
-    #: More endpoints the key may use (jobs stay visible only under the endpoint that created them).
-    extra_endpoints: tuple[str, ...] = ()
-    #: Endpoints that answer 403 PERMISSION_DENIED to a valid key.
-    forbidden_endpoints: tuple[str, ...] = ()
-    #: Model name reported by jobs and results (``None``: a text or an image model by ``image_output``).
-    model: str | None = None
     job_duration: float = 2.0  # seconds from create to terminal state; PENDING first 1/4, RUNNING after
     final_state: str = JOB_STATE_SUCCEEDED
-    fail_every: int = 0  # every k-th request (1-based input order) fails
+    #: Every k-th request (1-based input order: k, 2k...) fails: non-empty status, no response.
+    #: With final_state PARTIALLY_SUCCEEDED and 0 here, every 2nd request fails.
+    fail_every: int = 0
     latency: float = 0.0  # seconds added to every API response
     shuffle_results: bool = True
     normalise_requests: bool = True
@@ -82,9 +84,16 @@ class EmulatorConfig:
     rate_truncate_download: float = 0.0
     rate_corrupt_download: float = 0.0
     rate_wrong_md5: float = 0.0
-    #: The job IS created, then the connection is dropped before the answer.
-    rate_create_lost_response: float = 0.0
     fault_create: bool = True  # False: the generic faults are never injected on create
+    # -- beyond the original interface --
+    #: The job IS created, then the connection is dropped before the answer (never on other routes).
+    rate_create_lost_response: float = 0.0
+    #: Endpoints that answer 403 PERMISSION_DENIED to a valid key.
+    forbidden_endpoints: tuple[str, ...] = ()
+    #: More endpoints the key may use (jobs stay visible only under the endpoint that created them).
+    extra_endpoints: tuple[str, ...] = ()
+    #: Model name reported by jobs and results (``None``: a text or an image model by ``image_output``).
+    model: str | None = None
     #: Cap of ``MaaSEmulator.access_log`` (oldest entries dropped beyond it).
     access_log_limit: int = 100_000
     #: Seconds the server waits for in-flight requests when it stops.
