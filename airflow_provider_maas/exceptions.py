@@ -49,7 +49,7 @@ class MaaSApiError(MaaSError):
         retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
-        self.status_code = status_code
+        self.status_code = status_code  # type: ignore[assignment]  # AirflowException declares an HTTPStatus
         self.error_status = error_status
         self.error_message = error_message
         self.retry_after = retry_after
