@@ -36,13 +36,8 @@ _USAGE_FIELDS = {
     "thoughts_tokens": "thoughtsTokenCount",
     "total_tokens": "totalTokenCount",
 }
-_IMAGE_EXTENSIONS = {
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/jpg": "jpg",
-    "image/webp": "webp",
-    "image/gif": "gif",
-}
+_IMAGE_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp"}
+_IMAGE_EXTENSIONS["image/gif"] = "gif"
 
 
 class Readable(Protocol):
@@ -92,10 +87,8 @@ def iter_line_batches(
         data = fileobj.read(chunk_size)
         if not data:
             break
-        if not isinstance(data, bytes):
-            if isinstance(data, str):
-                raise TypeError("the file must be opened in binary mode ('rb'), not text mode")
-            data = bytes(data)
+        if isinstance(data, str):
+            raise TypeError("the file must be opened in binary mode ('rb'), not text mode")
         lines = data.split(b"\n")
         if len(lines) == 1:
             pending.append(data)
@@ -144,17 +137,22 @@ def normalise_request(request: Any) -> Any:
     (``1.0`` -> ``1``, in case numbers are echoed as floats). Key order does not matter to
     :func:`request_key`, which sorts keys.
     """
-    if isinstance(request, dict):
-        return {key: normalise_request(value) for key, value in request.items() if value is not None}
-    if isinstance(request, list):
-        return [normalise_request(value) for value in request]
-    if isinstance(request, float) and request.is_integer():
+    kind = type(request)
+    if kind is dict:
+        return {k: v if type(v) in _LEAVES else normalise_request(v) for k, v in request.items() if v is not None}
+    if kind is list:
+        return [v if type(v) in _LEAVES else normalise_request(v) for v in request]
+    if kind is float and request.is_integer():
         return int(request)
     return request
 
 
+_LEAVES = frozenset((str, int, bool, type(None)))
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))  # ensure_ascii: no lone-surrogate trouble
+
+
 def _request_digest(request: Any) -> bytes:
-    canonical = json.dumps(normalise_request(request), sort_keys=True, separators=(",", ":"))
+    canonical = _CANONICAL.encode(normalise_request(request))
     return hashlib.blake2b(canonical.encode("ascii"), digest_size=16).digest()
 
 
@@ -205,9 +203,8 @@ class ResultRecord:
 def _status_text(status: Any) -> str:
     if status is None or isinstance(status, str):
         return status or ""
-    if isinstance(status, dict) and isinstance(status.get("message"), str) and status["message"]:
-        return status["message"]
-    return json.dumps(status, sort_keys=True)
+    message = status.get("message") if isinstance(status, dict) else None
+    return message if isinstance(message, str) and message else json.dumps(status, sort_keys=True)
 
 
 def _first_candidate(response: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -239,7 +236,7 @@ def _usage(response: dict[str, Any] | None) -> dict[str, int]:
 
 def _load_object(line: bytes, label: str, line_number: int) -> dict[str, Any]:
     try:
-        obj = json.loads(line)
+        obj = json.loads(line.decode("utf-8"))
     except (ValueError, RecursionError) as exc:
         raise ResultsFormatError(
             f"{label}: not valid JSON ({exc}); the results file is damaged or incomplete: download it again",
@@ -430,12 +427,10 @@ class ResultIndex:
         return (((source << _LINE_BITS | line_number) << _OFFSET_BITS | offset) << _LENGTH_BITS) | length
 
     def _unpack(self, packed: int) -> ResultLocation:
-        length = packed & ((1 << _LENGTH_BITS) - 1)
-        packed >>= _LENGTH_BITS
-        offset = packed & ((1 << _OFFSET_BITS) - 1)
-        packed >>= _OFFSET_BITS
-        line_number = packed & ((1 << _LINE_BITS) - 1)
-        return ResultLocation(self._sources[packed >> _LINE_BITS], line_number, offset, length)
+        packed, length = divmod(packed, 1 << _LENGTH_BITS)
+        packed, offset = divmod(packed, 1 << _OFFSET_BITS)
+        source, line_number = divmod(packed, 1 << _LINE_BITS)
+        return ResultLocation(self._sources[source], line_number, offset, length)
 
     def add(self, source_id: Hashable, fileobj: IO[bytes]) -> int:
         """Index every line of one results file; return how many result lines it holds.
