@@ -77,13 +77,13 @@ async def test_deadline_already_past_still_polls_once(emulator_factory, tmp_path
     assert event["status"] == "success"
 
 
-async def test_unknown_state_keeps_polling_until_deadline(emulator_factory, tmp_path, caplog):
+async def test_unknown_state_keeps_polling_until_deadline(emulator_factory, tmp_path, capsys):
     handle = emulator_factory(job_duration=60)
     job_name = _job(tmp_path)
     handle.emulator.set_job_state(job_name, "JOB_STATE_SOMETHING_NEW")
     event = await _event(MaaSBatchJobTrigger(job_name, poll_interval=0.05, end_time=time.time() + 0.3))
     assert event["status"] == "timeout"
-    assert "undocumented state" in caplog.text
+    assert "undocumented state 'JOB_STATE_SOMETHING_NEW'" in capsys.readouterr().out
 
 
 async def test_transient_errors_tolerated_then_success(emulator_factory, tmp_path, monkeypatch):
