@@ -71,14 +71,21 @@ class MaaSHook(BaseHook):
     # Connection form -------------------------------------------------------------------
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Extra fields of the connection form (Airflow 3.0/3.1; 3.2+ reads ``conn-fields``)."""
+        """Extra fields of the connection form (Airflow 3.0/3.1; 3.2+ reads ``conn-fields``).
+
+        Only ``StringField``, ``IntegerField``, ``PasswordField`` and ``BooleanField`` are accepted:
+        Airflow drops a hook using any other field class. The timeout is a string field (it may be
+        fractional) that the hook parses.
+        """
         from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
         from flask_babel import lazy_gettext
-        from wtforms import BooleanField, FloatField, StringField
+        from wtforms import BooleanField, StringField
 
         return {
             "endpoint": StringField(lazy_gettext(CONN_FIELDS["endpoint"]["label"]), widget=BS3TextFieldWidget()),
-            "timeout": FloatField(lazy_gettext(CONN_FIELDS["timeout"]["label"]), default=60),
+            "timeout": StringField(
+                lazy_gettext(CONN_FIELDS["timeout"]["label"]), widget=BS3TextFieldWidget(), default="60"
+            ),
             "verify": BooleanField(lazy_gettext(CONN_FIELDS["verify"]["label"]), default=True),
         }
 
