@@ -267,7 +267,8 @@ def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -
                 end -= 1
                 clean = False
     if not count:
-        raise MaaSInputError(f"the file contains no requests ({line_number} lines, all blank); {_SHAPE}, one per line")
+        what = f"{line_number} line{'s' * (line_number != 1)}, all blank" if line_number else "it is empty"
+        raise MaaSInputError(f"the file contains no requests ({what}); {_SHAPE}, one per line")
     plans.append(ShardPlan(len(plans), first, last, start, end, count, size, digest.hexdigest(), clean))
     return plans, offset
 

@@ -95,9 +95,17 @@ def test_every_message_says_what_to_do():
     assert "save the file as UTF-8" in str(error_of(b"\xff\n"))
 
 
-@pytest.mark.parametrize("data", [b"", b"\n", b"  \n\t\n\r\n", b"   "])
-def test_empty_file(data: bytes):
-    assert "contains no requests" in str(error_of(data))
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"", "it is empty"),
+        (b"\n", "1 line, all blank"),
+        (b"  \n\t\n\r\n", "3 lines, all blank"),
+        (b"   ", "1 line, all blank"),
+    ],
+)
+def test_empty_file(data: bytes, why: str):
+    assert f"the file contains no requests ({why})" in str(error_of(data))
     with pytest.raises(MaaSInputError, match="contains no requests"):
         plan_shards(io.BytesIO(data))
 
