@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / ".demo"
+DEMO = Path(os.environ.get("MAAS_DEMO_DIR") or ROOT / ".demo")
 DAG_ID = "example_maas_batch"
 
 
