@@ -24,8 +24,8 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check airflow_provider_maas tests example_dags benchmarks scripts
-	$(BIN)/ruff format --check airflow_provider_maas tests example_dags benchmarks scripts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 bench: $(STAMP)

@@ -106,3 +106,44 @@ def _assert_no_key(captured, run, emu) -> None:
     assert values, "the run pushed XComs"
     assert API_KEY not in repr(values)
     assert API_KEY not in json.dumps(emu.emulator.access_log)
+
+
+def test_download_attaches_summary_to_asset_event(emu, tmp_path, monkeypatch):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    monkeypatch.setenv("MAAS_EXAMPLE_OUTPUT", str(tmp_path))
+    monkeypatch.setenv("MAAS_POLL_INTERVAL", "0.1")
+    spec = importlib.util.spec_from_file_location("example_maas_assets_under_test", EXAMPLES / "example_maas_assets.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = module.producer.test()
+    assert run.state == "success"
+    with create_session() as session:
+        events = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.uri == "maas://example/results")
+            .all()
+        )
+        extras = [event.extra for event in events]
+    assert extras, "the download emitted an asset event"
+    summary = extras[-1]
+    assert summary["requests"] == summary["succeeded"] == 9
+    assert summary["total_tokens"] > 0
+    assert summary["job_name"]
+    assert summary["uri"].endswith("results.jsonl")
+
+
+def test_every_example_dag_parses_without_errors():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(EXAMPLES))
+    assert bag.import_errors == {}
+    assert set(bag.dag_ids) >= {
+        "example_maas_batch",
+        "example_maas_batch_single_task",
+        "example_maas_batch_mapped",
+        "example_maas_assets_producer",
+        "example_maas_assets_consumer",
+    }
