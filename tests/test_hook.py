@@ -23,7 +23,6 @@ import requests
 import tenacity.nap
 import urllib3.exceptions
 from airflow.sdk import ObjectStoragePath
-from conftest import API_KEY, ENDPOINT, connection_env
 
 from airflow_provider_maas.emulator.faults import FaultInjector
 from airflow_provider_maas.exceptions import (
@@ -41,6 +40,7 @@ from airflow_provider_maas.exceptions import (
 from airflow_provider_maas.hooks import _transport
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.integrity import b64_crc32c, b64_md5
+from tests.conftest import API_KEY, ENDPOINT, connection_env
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 REQUESTS_FILE = os.path.join(FIXTURES, "requests_example.jsonl")
