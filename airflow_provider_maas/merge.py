@@ -67,6 +67,27 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
     return result
 
 
+def extract_images_beside(results: Any) -> list[str]:
+    """Write the inline images of ``results`` to ``<stem>_images/`` beside it; return their URIs."""
+    from airflow_provider_maas.results import extract_images
+
+    path = to_path(results, what="results file")
+    folder = path.parent / f"{path.stem}_images"
+    uris: list[str] = []
+
+    def write(name: str, data: bytes) -> None:
+        target = folder / name
+        with atomic_writer(target) as out:
+            out.write(data)
+        uris.append(uri_of(target))
+
+    with open_source(path, what="results file") as handle:
+        extract_images(handle, write)
+    if uris:
+        log.info("Extracted %d images to %s", len(uris), uri_of(folder))
+    return uris
+
+
 def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[str, Any]:
     """Merge shard results into ``destination`` in the order of the ``requests`` file.
 

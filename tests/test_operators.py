@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from airflow.sdk.exceptions import TaskDeferred
@@ -315,3 +316,20 @@ def test_batch_operator_resubmits_failed_shard(emulator_factory, tmp_path):
     assert op.execute_complete(make_context(store), done) == dest.as_uri()
     assert_in_input_order(source, dest)
     assert handle.emulator.jobs_created == 2
+
+
+def test_download_extracts_inline_images(emulator_factory, tmp_path):
+    emulator_factory(image_output=True)
+    job_name, _ = _finished_job(tmp_path, count=3)
+    dest = tmp_path / "out" / "results.jsonl"
+    context = make_context()
+    MaaSDownloadResultsOperator(
+        task_id="download", job_name=job_name, destination=str(dest), extract_images=True
+    ).execute(context)
+    images = context["ti"].xcom["images"]
+    assert len(images) == 3
+    assert context["ti"].xcom["summary"]["images"] == 3
+    for uri in images:
+        data = Path(uri.removeprefix("file://")).read_bytes()
+        assert data.startswith(b"\x89PNG\r\n\x1a\n")
+        assert uri.startswith((tmp_path / "out" / "results_images").as_uri())

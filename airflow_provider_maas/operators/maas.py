@@ -120,15 +120,26 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
     :param destination: Local path, URI or ``ObjectStoragePath`` (templated; mapped tasks can use
         ``{{ ti.map_index }}``).
     :param allowed_prefix: If set, refuse destinations outside this prefix (templated).
+    :param extract_images: Also write the inline images of image models (``inlineData`` parts) to
+        files in ``<destination stem>_images/`` beside the results; their URIs go to XCom ``images``.
     """
 
     template_fields = ("job_name", "destination", "allowed_prefix", "endpoint", "maas_conn_id")
 
-    def __init__(self, *, job_name: str, destination: Any, allowed_prefix: Any | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        job_name: str,
+        destination: Any,
+        allowed_prefix: Any | None = None,
+        extract_images: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.job_name = job_name
         self.destination = destination
         self.allowed_prefix = allowed_prefix
+        self.extract_images = extract_images
 
     def execute(self, context: Context) -> str:
         from airflow_provider_maas.merge import failed_path_for, summarise_results
@@ -139,6 +150,12 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
         metadata = self.hook.download_results(self.job_name, dest)
         summary = summarise_results(dest, failed_destination=failed_path_for(dest))
         summary.update(job_name=self.job_name, bytes=int(metadata.get("size") or summary["bytes"]))
+        if self.extract_images:
+            from airflow_provider_maas.merge import extract_images_beside
+
+            images = extract_images_beside(dest)
+            summary["images"] = len(images)
+            context["ti"].xcom_push(key="images", value=images)
         publish_summary(self, context, summary, uri_of(dest))
         return uri_of(dest)
 
