@@ -17,7 +17,7 @@ _HOME = Path(os.environ.get("MAAS_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix
 os.environ["MAAS_TEST_AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "example_dags")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT)  # example_dags/ and tests/dags/ both under it
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 

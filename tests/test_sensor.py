@@ -99,3 +99,19 @@ def test_execute_complete_validates_events():
         sensor.execute_complete({}, {"status": "weird"})
     with pytest.raises(MaaSError, match="Unexpected event"):
         sensor.execute_complete({}, None)  # type: ignore[arg-type]
+
+
+def test_reschedule_mode_in_real_airflow(emulator_factory, tmp_path):
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    emulator_factory(job_duration=1.5)
+    job_name = _job(tmp_path)
+    spec = importlib.util.spec_from_file_location("maas_sensor_modes", ROOT / "tests" / "dags" / "maas_sensor_modes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    run = module.dag.test(run_conf={"job": job_name})
+    assert run.state == "success"
+    (ti,) = run.get_task_instances()
+    assert ti.state == "success"
