@@ -230,6 +230,21 @@ def error_from_response(
     return MaaSApiError(message, **kwargs)
 
 
+def parse_json(body: bytes, *, what: str) -> dict[str, Any]:
+    """Parse a success body; anything but a JSON object is a clear :class:`MaaSApiError`."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        snippet = body[:200].decode("utf-8", errors="replace")
+        raise MaaSApiError(
+            f"{what}: the service answered with success but the body is not a JSON object: {snippet!r}; "
+            "check the connection's Base URL points at the MaaS API."
+        )
+    return payload
+
+
 def backoff_delay(attempt: int, *, retry_after: float | None, base: float = 1.0, cap: float = 60.0) -> float:
     """Exponential backoff with full jitter; never shorter than the service's ``Retry-After``."""
     delay = random.uniform(0, min(cap, base * (2 ** (attempt - 1))))

@@ -873,3 +873,36 @@ def test_key_absent_from_config_repr_and_hook_errors(start):
         errors.append(info.value)
     for err in errors:
         assert_no_key(err)
+
+
+def test_large_transfers_log_progress_about_every_ten_percent(emulator_factory, tmp_path, caplog):
+    import logging
+
+    emulator_factory(result_padding_bytes=200_000, job_duration=0.1)
+    hook = MaaSHook()
+    source = tmp_path / "big.jsonl"
+    line = b'{"request": {"contents": [{"role": "user", "parts": [{"text": "%s"}]}]}}\n'
+    source.write_bytes(b"".join(line % (b"x" * 200_000 + str(i).encode()) for i in range(60)))
+    caplog.set_level(logging.INFO, logger="airflow_provider_maas")
+    name = hook.upload_file(source, "big.jsonl")["name"]
+    uploads = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("Uploaded ") and "%" in r.getMessage()
+    ]
+    assert 8 <= len(uploads) <= 11, uploads
+    assert uploads[-1].endswith("(100%)")
+    job = hook.create_batch_job(name, "progress")
+    hook.wait_for_batch_job(job["name"], poll_interval=0.05, timeout=30)
+    hook.download_results(job["name"], tmp_path / "out.jsonl")
+    downloads = [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith("Downloaded ") and "%" in r.getMessage()
+    ]
+    assert 8 <= len(downloads) <= 11, downloads
+
+
+def test_non_json_success_body_is_a_clear_error():
+    from airflow_provider_maas.api import parse_json
+    from airflow_provider_maas.exceptions import MaaSApiError
+
+    with pytest.raises(MaaSApiError, match=r"not a JSON object.*Base URL"):
+        parse_json(b"<html>welcome to nginx</html>", what="Getting job 1")
+    assert parse_json(b'{"name": "1"}', what="x") == {"name": "1"}

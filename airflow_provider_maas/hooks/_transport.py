@@ -53,6 +53,24 @@ def make_session() -> requests.Session:
     return session
 
 
+class Progress:
+    """Logs ``<verb> N of M bytes (P%)`` about every 10% of a large transfer (>= 10 MB); quiet otherwise."""
+
+    MIN_SIZE = 10 * CHUNK_SIZE
+
+    def __init__(self, verb: str, total: int | None) -> None:
+        self.verb = verb
+        self.total = total if total and total >= self.MIN_SIZE else None
+        self.next_mark = 0.1
+
+    def update(self, done: int) -> None:
+        if self.total is None or done < self.total * self.next_mark:
+            return
+        log.info("%s %d of %d bytes (%.0f%%)", self.verb, done, self.total, 100.0 * done / self.total)
+        while self.next_mark <= done / self.total:
+            self.next_mark += 0.1
+
+
 class HashingReader:
     """Wraps a binary file object: hashes what is read (md5 + crc32c) so the upload is verified
     without a second pass over the bytes. ``len()`` gives the Content-Length."""
@@ -63,11 +81,13 @@ class HashingReader:
         self._start = handle.tell() if self.rewindable else 0
         self._size = source_size(handle)
         self.hasher = StreamHasher(md5=True, crc32c=False)
+        self._progress = Progress("Uploaded", self._size)
 
     def read(self, size: int = -1) -> bytes:
         chunk = self._handle.read(size)
         if chunk:
             self.hasher.update(chunk)
+            self._progress.update(self.hasher.size)
         return chunk
 
     def __len__(self) -> int:
@@ -91,6 +111,7 @@ class HashingReader:
                 raise MaaSApiError("The upload failed midway and its source cannot be re-read; retry the task.")
             self._handle.seek(self._start)
             self.hasher = StreamHasher(md5=True, crc32c=False)
+            self._progress = Progress("Uploaded", self._size)
 
 
 # Retry policy ---------------------------------------------------------------------------------
@@ -209,6 +230,8 @@ def send(
                     "automatically; check before clearing the task."
                 )
             raise error
+        if not stream:
+            api.parse_json(response.content, what=what)  # a clear error, not a ValueError, on a non-JSON body
         return response
 
     return tenacity.Retrying(**_retrying(what, max_attempts, base_delay))(attempt)
@@ -223,21 +246,14 @@ def stream_to(hook: Any, url: str, *, job_name: str, path: ObjectStoragePath, me
     )
     hasher = StreamHasher(md5=False, crc32c=True)
     expected = _int_or_none(metadata.get("size"))
-    next_log = 0.1
+    progress = Progress("Downloaded", expected)
     try:
         with atomic_writer(path) as out:
             try:
                 for chunk in response.iter_content(chunk_size=CHUNK_SIZE):
                     hasher.update(chunk)
                     out.write(chunk)
-                    if expected and hasher.size >= expected * next_log and expected >= 10 * CHUNK_SIZE:
-                        log.info(
-                            "Downloaded %d of %d bytes (%.0f%%)",
-                            hasher.size,
-                            expected,
-                            100.0 * hasher.size / expected,
-                        )
-                        next_log += 0.1
+                    progress.update(hasher.size)
             except requests.RequestException as err:
                 raise MaaSRetryableError(
                     f"Download of job {job_name} results broke off after {hasher.size} bytes ({type(err).__name__})"
@@ -256,6 +272,10 @@ def _int_or_none(value: Any) -> int | None:
 
 
 # Async ----------------------------------------------------------------------------------------
+
+#: Most sockets the shared aiohttp session opens at once (per loop and base URL). Thousands of
+#: triggers polling every few seconds need far fewer; it keeps a busy triggerer under fd limits.
+ASYNC_CONNECTION_LIMIT = 256
 
 _SSL_CONTEXTS: dict[str, ssl.SSLContext] = {}
 _SESSIONS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], aiohttp.ClientSession]] = (
@@ -282,7 +302,7 @@ def shared_session(config: api.ApiConfig) -> aiohttp.ClientSession:
     session = sessions.get(key)
     if session is None or session.closed:
         connector = aiohttp.TCPConnector(
-            limit=0, ssl=_ssl_for(config.verify) if config.base_url.startswith("https") else False
+            limit=ASYNC_CONNECTION_LIMIT, ssl=_ssl_for(config.verify) if config.base_url.startswith("https") else False
         )
         session = aiohttp.ClientSession(connector=connector)
         sessions[key] = session
@@ -350,9 +370,7 @@ async def asend(
                     )
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             raise MaaSRetryableError(f"{what}: {type(err).__name__}") from None
-        import json
-
-        return json.loads(body)
+        return api.parse_json(body, what=what)
 
     retrying = tenacity.AsyncRetrying(**_retrying(what, max_attempts, base_delay))
     return await retrying(attempt)
