@@ -58,7 +58,74 @@ class _JobPoller:
         return None
 
 
-class MaaSBatchJobTrigger(BaseTrigger):
+class _PollingTrigger(BaseTrigger):
+    """What both triggers share: connection, poll interval, absolute deadline, error tolerance,
+    one shared aiohttp session for the whole wait, and the poll / deadline / sleep loop."""
+
+    def __init__(
+        self,
+        maas_conn_id: str,
+        endpoint: str | None,
+        poll_interval: float,
+        end_time: float | None,
+        max_consecutive_errors: int,
+    ) -> None:
+        super().__init__()
+        self.maas_conn_id = maas_conn_id
+        self.endpoint = endpoint
+        self.poll_interval = float(poll_interval)
+        self.end_time = end_time
+        self.max_consecutive_errors = max_consecutive_errors
+
+    def _own_kwargs(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                **self._own_kwargs(),
+                "maas_conn_id": self.maas_conn_id,
+                "endpoint": self.endpoint,
+                "poll_interval": self.poll_interval,
+                "end_time": self.end_time,
+                "max_consecutive_errors": self.max_consecutive_errors,
+            },
+        )
+
+    def _pollers(self, hook: Any) -> list[_JobPoller]:
+        raise NotImplementedError
+
+    def _finished(self, ended: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _timed_out(self, pollers: list[_JobPoller]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _failed(self, message: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _wait(self) -> dict[str, Any]:
+        from airflow_provider_maas.hooks.maas import MaaSHook
+
+        hook = MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint, max_attempts=3)
+        try:
+            async with hook.async_session_scope():  # the connection is looked up once per wait
+                pollers = self._pollers(hook)
+                while True:
+                    results = await asyncio.gather(*(p.poll() for p in pollers))
+                    ended = [event for event in results if event is not None]
+                    if ended:
+                        return self._finished(ended)
+                    remaining = None if self.end_time is None else self.end_time - time.time()
+                    if remaining is not None and remaining <= 0:
+                        return self._timed_out(pollers)
+                    await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
+        except MaaSError as err:  # the connection itself is unusable (missing key, bad URL...)
+            return self._failed(str(err))
+
+
+class MaaSBatchJobTrigger(_PollingTrigger):
     """Wait for one batch job to end.
 
     Yields exactly one event ``{"status": "success"|"error"|"timeout", "job_name", "state",
@@ -82,51 +149,32 @@ class MaaSBatchJobTrigger(BaseTrigger):
         end_time: float | None = None,
         max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
     ) -> None:
-        super().__init__()
+        super().__init__(maas_conn_id, endpoint, poll_interval, end_time, max_consecutive_errors)
         self.job_name = job_name
-        self.maas_conn_id = maas_conn_id
-        self.endpoint = endpoint
-        self.poll_interval = float(poll_interval)
-        self.end_time = end_time
-        self.max_consecutive_errors = max_consecutive_errors
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "job_name": self.job_name,
-                "maas_conn_id": self.maas_conn_id,
-                "endpoint": self.endpoint,
-                "poll_interval": self.poll_interval,
-                "end_time": self.end_time,
-                "max_consecutive_errors": self.max_consecutive_errors,
-            },
+    def _own_kwargs(self) -> dict[str, Any]:
+        return {"job_name": self.job_name}
+
+    def _pollers(self, hook: Any) -> list[_JobPoller]:
+        return [_JobPoller(hook, self.job_name, self.max_consecutive_errors, self.log)]
+
+    def _finished(self, ended: list[dict[str, Any]]) -> dict[str, Any]:
+        return ended[0]
+
+    def _timed_out(self, pollers: list[_JobPoller]) -> dict[str, Any]:
+        return job_event(
+            "timeout",
+            self.job_name,
+            None,
+            f"Job {self.job_name} did not end before the deadline (last state {pollers[0].last_state}); "
+            "it keeps running on the service, which has no cancel call.",
         )
+
+    def _failed(self, message: str) -> dict[str, Any]:
+        return job_event("error", self.job_name, None, message)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         yield TriggerEvent(await self._wait())
-
-    async def _wait(self) -> dict[str, Any]:
-        hook = _hook(self.maas_conn_id, self.endpoint)
-        try:
-            async with hook.async_session_scope():
-                poller = _JobPoller(hook, self.job_name, self.max_consecutive_errors, self.log)
-                while True:
-                    event = await poller.poll()
-                    if event is not None:
-                        return event
-                    remaining = _remaining(self.end_time)
-                    if remaining is not None and remaining <= 0:
-                        return job_event(
-                            "timeout",
-                            self.job_name,
-                            None,
-                            f"Job {self.job_name} did not end before the deadline (last state "
-                            f"{poller.last_state}); it keeps running on the service, which has no cancel call.",
-                        )
-                    await asyncio.sleep(_next_sleep(self.poll_interval, remaining))
-        except MaaSError as err:  # the connection itself is unusable (missing key, bad URL...)
-            return job_event("error", self.job_name, None, str(err))
 
     async def on_kill(self) -> None:
         self.log.warning(
@@ -136,12 +184,13 @@ class MaaSBatchJobTrigger(BaseTrigger):
         )
 
 
-class MaaSBatchJobsTrigger(BaseTrigger):
+class MaaSBatchJobsTrigger(_PollingTrigger):
     """Wait for several jobs at once; fires as soon as at least one of them ends (or the deadline).
 
     Event: ``{"status": "success"|"error"|"timeout", "events": [<one job event per ended job>],
     "message", "payload"}``; ``payload`` is handed back unchanged, so the resumed operator gets its
-    state even where the deferral's kwargs are not passed on (``dag.test()``). Used by :class:`~airflow_provider_maas.operators.maas.MaaSBatchPredictionOperator` to keep
+    state even where the deferral's kwargs are not passed on (``dag.test()``). Used by
+    :class:`~airflow_provider_maas.operators.maas.MaaSBatchPredictionOperator` to keep
     ``max_active_jobs`` in flight with a single deferral.
     """
 
@@ -155,64 +204,36 @@ class MaaSBatchJobsTrigger(BaseTrigger):
         max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
         payload: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(maas_conn_id, endpoint, poll_interval, end_time, max_consecutive_errors)
         self.job_names = list(job_names)
         self.payload = payload
-        self.maas_conn_id = maas_conn_id
-        self.endpoint = endpoint
-        self.poll_interval = float(poll_interval)
-        self.end_time = end_time
-        self.max_consecutive_errors = max_consecutive_errors
 
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (
-            f"{type(self).__module__}.{type(self).__qualname__}",
-            {
-                "job_names": self.job_names,
-                "maas_conn_id": self.maas_conn_id,
-                "endpoint": self.endpoint,
-                "poll_interval": self.poll_interval,
-                "end_time": self.end_time,
-                "max_consecutive_errors": self.max_consecutive_errors,
-                "payload": self.payload,
-            },
-        )
+    def _own_kwargs(self) -> dict[str, Any]:
+        return {"job_names": self.job_names, "payload": self.payload}
+
+    def _pollers(self, hook: Any) -> list[_JobPoller]:
+        return [_JobPoller(hook, name, self.max_consecutive_errors, self.log) for name in self.job_names]
+
+    def _finished(self, ended: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"status": "success", "events": ended, "message": f"{len(ended)} job(s) ended"}
+
+    def _timed_out(self, pollers: list[_JobPoller]) -> dict[str, Any]:
+        return {
+            "status": "timeout",
+            "events": [],
+            "message": f"{len(pollers)} job(s) still running at the deadline; they keep running "
+            "on the service, which has no cancel call.",
+        }
+
+    def _failed(self, message: str) -> dict[str, Any]:
+        return {"status": "error", "events": [], "message": message}
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         yield TriggerEvent({**await self._wait(), "payload": self.payload})
 
-    async def _wait(self) -> dict[str, Any]:
-        hook = _hook(self.maas_conn_id, self.endpoint)
-        try:
-            async with hook.async_session_scope():
-                pollers = [_JobPoller(hook, name, self.max_consecutive_errors, self.log) for name in self.job_names]
-                while True:
-                    results = await asyncio.gather(*(p.poll() for p in pollers))
-                    ended = [event for event in results if event is not None]
-                    if ended:
-                        return {"status": "success", "events": ended, "message": f"{len(ended)} job(s) ended"}
-                    remaining = _remaining(self.end_time)
-                    if remaining is not None and remaining <= 0:
-                        return {
-                            "status": "timeout",
-                            "events": [],
-                            "message": f"{len(pollers)} job(s) still running at the deadline; they keep running "
-                            "on the service, which has no cancel call.",
-                        }
-                    await asyncio.sleep(_next_sleep(self.poll_interval, remaining))
-        except MaaSError as err:
-            return {"status": "error", "events": [], "message": str(err)}
-
-
-def _hook(maas_conn_id: str, endpoint: str | None) -> Any:
-    from airflow_provider_maas.hooks.maas import MaaSHook
-
-    return MaaSHook(maas_conn_id=maas_conn_id, endpoint=endpoint, max_attempts=3)
-
-
-def _next_sleep(poll_interval: float, remaining: float | None) -> float:
-    return poll_interval if remaining is None else max(0.0, min(poll_interval, remaining))
-
-
-def _remaining(end_time: float | None) -> float | None:
-    return None if end_time is None else end_time - time.time()
+    async def on_kill(self) -> None:
+        self.log.warning(
+            "Task killed while waiting for jobs %s: the MaaS API has no cancel call, so they keep "
+            "running (and are billed) on the service.",
+            ", ".join(self.job_names),
+        )
