@@ -55,8 +55,18 @@ STEADY_TO, FINISH_FROM, FINISH_TO, DEADLINE = 2.0, 2.0, 3.0, 5.0  # in poll inte
 # Parent --------------------------------------------------------------------------------------
 
 
+def sizes_and_interval(smoke: bool) -> tuple[list[int], float]:
+    return ([20], 0.5) if smoke else ([1000, 5000], 10.0)
+
+
+def fan_in_load(smoke: bool) -> float:
+    """Peak GET/s the fan-in figure asks of the emulator."""
+    sizes, interval = sizes_and_interval(smoke)
+    return max(sizes) / interval
+
+
 def run(smoke: bool, workdir: Path) -> Figure:
-    sizes, interval = ([40], 1.0) if smoke else ([1000, 5000], 10.0)
+    sizes, interval = sizes_and_interval(smoke)
     figure = Figure(
         NAME,
         TITLE,
