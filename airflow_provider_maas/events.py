@@ -27,7 +27,7 @@ def check_job_event(event: Any, *, fail_on_partial: bool = False) -> dict[str, A
 
     Shared by the sensor and the operators' ``execute_complete``.
     """
-    from airflow.sdk.exceptions import AirflowSensorTimeout
+    from airflow_provider_maas._compat import AirflowSensorTimeout
 
     if not isinstance(event, dict) or event.get("status") not in {"success", "error", "timeout"}:
         raise MaaSError(f"Unexpected event from the MaaS trigger: {event!r}")

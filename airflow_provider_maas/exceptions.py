@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowException
+from airflow_provider_maas._compat import AirflowException
 
 
 class MaaSError(AirflowException):

@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import TaskDeferred
 
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobFailedError
 from airflow_provider_maas.hooks.maas import MaaSHook
@@ -18,6 +17,7 @@ from airflow_provider_maas.operators.maas import (
     MaaSUploadFileOperator,
 )
 from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
+from tests.compat import TaskDeferred
 from tests.helpers import FakeStateStore, assert_in_input_order, make_context, write_requests
 
 # Upload ---------------------------------------------------------------------------------------

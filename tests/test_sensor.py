@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 import pytest
-from airflow.sdk.exceptions import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
 
 from airflow_provider_maas.exceptions import MaaSError, MaaSJobFailedError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.sensors.maas import MaaSBatchJobSensor
 from airflow_provider_maas.triggers.maas import MaaSBatchJobTrigger
+from tests.compat import AirflowSensorTimeout, AirflowSkipException, TaskDeferred
 from tests.helpers import make_context, write_requests
 
 

@@ -9,9 +9,8 @@ import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseHook
-
 from airflow_provider_maas import api
+from airflow_provider_maas._compat import BaseHook
 from airflow_provider_maas.connection import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 from airflow_provider_maas.exceptions import (
     MaaSApiError,

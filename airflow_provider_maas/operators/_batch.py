@@ -9,7 +9,9 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator, conf
+from airflow.sdk import BaseOperator
+
+from airflow_provider_maas._compat import conf
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -7,8 +7,9 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from airflow_provider_maas._compat import conf
 from airflow_provider_maas.events import check_final_job, check_job_event
 from airflow_provider_maas.states import StateKind, classify_state
 
