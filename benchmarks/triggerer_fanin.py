@@ -56,7 +56,7 @@ STEADY_TO, FINISH_FROM, FINISH_TO, DEADLINE = 2.0, 2.0, 3.0, 5.0  # in poll inte
 
 
 def sizes_and_interval(smoke: bool) -> tuple[list[int], float]:
-    return ([20], 0.5) if smoke else ([1000, 5000], 10.0)
+    return ([10], 0.4) if smoke else ([1000, 5000], 10.0)
 
 
 def fan_in_load(smoke: bool) -> float:
