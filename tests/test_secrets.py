@@ -55,7 +55,7 @@ def test_trigger_kwargs_and_errors_carry_no_key(emulator_factory, tmp_path):
     )
     with pytest.raises(TaskDeferred) as info:
         op.execute(make_context(FakeStateStore()))
-    classpath, kwargs = info.value.trigger.serialize()
+    _classpath, kwargs = info.value.trigger.serialize()
     assert "maas_conn_id" in kwargs
     assert API_KEY not in json.dumps(kwargs)
     hook = MaaSHook()
