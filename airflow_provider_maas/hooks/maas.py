@@ -75,17 +75,23 @@ class MaaSHook(BaseHook):
         Only ``StringField``, ``IntegerField``, ``PasswordField`` and ``BooleanField`` are accepted:
         Airflow drops a hook using any other field class. The timeout is a string field (it may be
         fractional) that the hook parses.
+
+        Needs ``wtforms`` only: the Airflow 3.0/3.1 UI builds the form from these fields without
+        Flask, but skips this method, and ``get_ui_field_behaviour`` with it, when an import here
+        fails. ``flask_appbuilder`` widgets and ``flask_babel`` (not installed with Airflow 3) are
+        therefore not used.
         """
-        from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
-        from flask_babel import lazy_gettext
         from wtforms import BooleanField, StringField
 
+        def text(name: str, **kwargs: Any) -> Any:
+            field = CONN_FIELDS[name]
+            return StringField(field["label"], description=field["description"], **kwargs)
+
+        verify = CONN_FIELDS["verify"]
         return {
-            "endpoint": StringField(lazy_gettext(CONN_FIELDS["endpoint"]["label"]), widget=BS3TextFieldWidget()),
-            "timeout": StringField(
-                lazy_gettext(CONN_FIELDS["timeout"]["label"]), widget=BS3TextFieldWidget(), default="60"
-            ),
-            "verify": BooleanField(lazy_gettext(CONN_FIELDS["verify"]["label"]), default=True),
+            "endpoint": text("endpoint"),
+            "timeout": text("timeout", default="60"),
+            "verify": BooleanField(verify["label"], description=verify["description"], default=True),
         }
 
     @classmethod
