@@ -10,4 +10,9 @@ try:
 except ImportError:  # Airflow 3.0
     from airflow.exceptions import AirflowSkipException, TaskDeferred  # type: ignore[no-redef,assignment]
 
-__all__ = ["AirflowException", "AirflowSensorTimeout", "AirflowSkipException", "TaskDeferred"]
+try:
+    from airflow.dag_processing.dagbag import DagBag
+except ImportError:  # Airflow 3.0
+    from airflow.models.dagbag import DagBag  # type: ignore[no-redef]
+
+__all__ = ["AirflowException", "AirflowSensorTimeout", "AirflowSkipException", "DagBag", "TaskDeferred"]

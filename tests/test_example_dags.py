@@ -136,7 +136,7 @@ def test_download_attaches_summary_to_asset_event(emu, tmp_path, monkeypatch):
 
 
 def test_every_example_dag_parses_without_errors():
-    from airflow.dag_processing.dagbag import DagBag
+    from tests.compat import DagBag
 
     bag = DagBag(dag_folder=str(EXAMPLES))
     assert bag.import_errors == {}
