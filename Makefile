@@ -36,3 +36,41 @@ bench-smoke: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .demo .airflow-test
+
+# Browser test and Airflow version matrix -------------------------------------------------------
+# The browser test (tests/browser) is part of `make test`; it fails when Chromium or playwright is
+# missing, unless MAAS_SKIP_BROWSER_TESTS=1 outside CI. `make browser-deps` installs both.
+AF30_VENV ?= .venv-af30
+AF30_STAMP := $(AF30_VENV)/.installed
+COMPAT_TESTS ?= tests/test_hook.py tests/test_operators.py tests/test_sensor.py tests/test_trigger.py \
+	tests/test_example_dags.py tests/test_compat_assets.py tests/browser
+# On 3.0, dag.test() does not register assets: tests/test_compat_assets.py registers them first.
+COMPAT_DESELECT ?= --deselect tests/test_example_dags.py::test_download_attaches_summary_to_asset_event
+
+.PHONY: browser-deps test-browser screenshot test-compat ci clean-compat
+
+## Debian's chromium (apt-get, as root) and playwright in $(VENV); does nothing when both are there.
+browser-deps: $(STAMP)
+	bash scripts/ci_browser.sh $(BIN)/python
+
+## The connection form in the real Airflow UI, in headless Chromium.
+test-browser: browser-deps
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
+
+## Rewrite docs/connection-form.png from a run of the browser test.
+screenshot: browser-deps
+	MAAS_UPDATE_DOCS_SCREENSHOT=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
+
+$(AF30_STAMP): pyproject.toml scripts/constraints-airflow-3.0.txt scripts/compat.sh
+	bash scripts/compat.sh $(AF30_VENV)
+
+## The hook, operator, sensor, trigger, example DAG and browser tests on Airflow 3.0 (second venv).
+test-compat: $(AF30_STAMP)
+	bash scripts/ci_browser.sh $(AF30_VENV)/bin/python
+	$(AF30_VENV)/bin/python -m pytest -q -p no:cacheprovider -p tests.compat_plugin $(COMPAT_DESELECT) $(COMPAT_TESTS)
+
+## What CI runs (.ci/run): browser dependencies, the whole suite on the newest Airflow, then Airflow 3.0.
+ci: browser-deps test test-compat
+
+clean-compat:
+	rm -rf $(AF30_VENV)
