@@ -56,7 +56,7 @@ def input_file(path: Path, requests: int) -> Path:
 
 
 def run(smoke: bool, workdir: Path) -> Figure:
-    requests, rounds = (1000, 1) if smoke else (100_000, 2)
+    requests, rounds = (1000, 1) if smoke else (100_000, 3)
     figure = Figure(NAME, TITLE, "`split -l 100` of the same file (no validation, no fsync), same run")
     source = input_file(workdir / "input.jsonl", requests)
     size = source.stat().st_size
