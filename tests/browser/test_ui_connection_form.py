@@ -145,6 +145,7 @@ def test_connection_form_save_and_test(
     base_url.fill(emulator_url)
     standard.get_by_role("textbox", name="API Key").fill(UI_API_KEY)
     expect(standard.get_by_role("textbox", name="API Key")).to_have_attribute("type", "password")
+    page.evaluate("document.activeElement && document.activeElement.blur()")  # no focus ring in the shot
     standard_shot = dialog.screenshot()
 
     # Extra fields: Endpoint (with its description), Timeout (default 60), Verify TLS (default on).
@@ -155,6 +156,7 @@ def test_connection_form_save_and_test(
     # A number field on Airflow >= 3.2 (conn-fields), a text field from the hook's widgets on 3.0/3.1.
     expect(_field_group(dialog, CONN_FIELDS["timeout"]["label"]).locator("input")).to_have_value("60")
     expect(dialog.get_by_role("checkbox", name=CONN_FIELDS["verify"]["label"])).to_be_checked()
+    page.evaluate("document.activeElement && document.activeElement.blur()")
     extras_shot = dialog.screenshot()
 
     shot = artifacts_dir / "connection-form.png"
