@@ -16,7 +16,7 @@ def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "airflow-provider-maas",
         "name": "MaaS Gemini Batch",
-        "description": "Run large LLM batch workloads on the MaaS_Ge (Gemini) batch prediction API.",
+        "description": "Run large LLM batch workloads on the MaaS Gemini batch prediction API (Cloudsway MaaS Ge).",
         "versions": [__version__],
         "integrations": [
             {
