@@ -12,13 +12,11 @@ import logging
 from typing import Any
 
 from airflow_provider_maas.jsonl import iter_request_lines
+from airflow_provider_maas.ordering import ResultIndex, line_reader, order_results
 from airflow_provider_maas.results import (
-    ResultIndex,
     ResultSummary,
     iter_results,
-    line_reader,
     normalise_request,
-    order_results,
 )
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 import airflow_provider_maas.results as results_module
+from airflow_provider_maas.ordering import ResultIndex, line_reader, order_results
 from airflow_provider_maas.results import (
     MISSING_STATUS,
-    ResultIndex,
     ResultRecord,
     ResultsFormatError,
     ResultSummary,
@@ -24,8 +24,6 @@ from airflow_provider_maas.results import (
     extract_images_to_dir,
     iter_line_batches,
     iter_results,
-    line_reader,
-    order_results,
     parse_result_line,
     summarize,
 )
