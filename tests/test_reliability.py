@@ -54,3 +54,42 @@ def test_chaos_run_every_result_exactly_once_one_job_per_shard(emulator_factory,
         )
     assert API_KEY not in out.out + out.err
     assert API_KEY not in json.dumps(emu.emulator.access_log)
+
+
+async def test_1000_triggers_in_one_event_loop(emulator_factory, tmp_path):
+    """Load: 1,000 MaaSBatchJobTrigger runs in one loop, as a triggerer holds them: every event
+    delivered, no error, the shared session closed and its sockets released afterwards."""
+    import asyncio
+    import contextlib
+    import os
+    import time
+
+    from airflow_provider_maas.hooks.maas import MaaSHook
+    from airflow_provider_maas.triggers.maas import MaaSBatchJobTrigger
+    from tests.helpers import write_requests
+
+    def open_sockets() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        return count
+
+    emu = emulator_factory(job_duration=1.0, shuffle_results=False)
+    hook = MaaSHook()
+    hook.upload_file(write_requests(tmp_path / "r.jsonl", 2), "load.jsonl")
+    names = [hook.create_batch_job("load.jsonl", f"load-{i}")["name"] for i in range(50)]
+    hook.session.close()
+    before = open_sockets()
+    deadline = time.time() + 120
+    triggers = [MaaSBatchJobTrigger(names[i % 50], poll_interval=0.3, end_time=deadline) for i in range(1000)]
+    events = await asyncio.gather(*(t.run().__anext__() for t in triggers))
+    assert [e.payload["status"] for e in events] == ["success"] * 1000
+    assert {e.payload["job_name"] for e in events} == set(names)
+    for _ in range(100):
+        if open_sockets() <= before + 2:
+            break
+        await asyncio.sleep(0.05)
+    assert open_sockets() <= before + 2, "the shared session was closed and its sockets released"
+    errors = [entry for entry in emu.emulator.access_log if entry["status"] >= 400]
+    assert errors == []
