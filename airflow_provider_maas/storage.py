@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 #: Chunk size for streamed copies (reads, writes, HTTP bodies).
 CHUNK_SIZE = 1024 * 1024
+#: Bytes written between two background write-backs of a large local file (:class:`EarlyWriteback`).
+WRITEBACK_BYTES = 64 * 1024 * 1024
 
 
 def to_path(target: Any, *, what: str = "path") -> ObjectStoragePath:
@@ -147,3 +149,56 @@ def source_size(fileobj: IO[bytes]) -> int | None:
         return end - pos
     except (OSError, AttributeError, ValueError):
         return None
+
+
+class EarlyWriteback:
+    """Writes a local file's data to disk in a helper thread while more of it is being written.
+
+    The final ``fsync`` of :func:`atomic_writer` then has little left to do, instead of writing a
+    whole large download to disk after the transfer (benchmarks: 1 GB in ~1.5 s instead of
+    2.4-3.6 s on a 2-core VM where ``curl -o`` took 1.4 s). Does nothing for file objects without
+    a descriptor (object stores). Call :meth:`wrote` after each write, :meth:`finish` when done
+    (raises a failed write-back), and :meth:`close` in a ``finally``.
+    """
+
+    def __init__(self, handle: IO[bytes], every: int = WRITEBACK_BYTES) -> None:
+        self._handle = handle
+        self._every = every
+        self._since = 0
+        self._pool: Any = None
+        self._pending: Any = None
+        try:
+            self._fd: int | None = handle.fileno()
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            self._fd = None
+
+    def wrote(self, size: int) -> None:
+        """Count ``size`` bytes just written; start a write-back every ``every`` bytes (one at a time)."""
+        if self._fd is None:
+            return
+        self._since += size
+        if self._since < self._every or (self._pending is not None and not self._pending.done()):
+            return
+        if self._pending is not None:
+            self._pending.result()  # a failed write-back fails the transfer
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maas-writeback")
+        self._handle.flush()
+        self._pending = self._pool.submit(getattr(os, "fdatasync", os.fsync), self._fd)
+        self._since = 0
+
+    def finish(self) -> None:
+        """Wait for the last write-back and raise its error, if any."""
+        pending = self._pending
+        self.close()
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the helper thread and stop it (never raises)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._pending = None

@@ -26,7 +26,7 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
 )
 from airflow_provider_maas.integrity import StreamHasher
-from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, source_size
+from airflow_provider_maas.storage import CHUNK_SIZE, EarlyWriteback, atomic_writer, source_size
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterator
@@ -249,15 +249,20 @@ def stream_to(hook: Any, url: str, *, job_name: str, path: ObjectStoragePath, me
     progress = Progress("Downloaded", expected)
     try:
         with atomic_writer(path) as out:
+            writeback = EarlyWriteback(out)  # disk writes overlap the transfer, not follow it
             try:
                 for chunk in response.iter_content(chunk_size=CHUNK_SIZE):
                     hasher.update(chunk)
                     out.write(chunk)
+                    writeback.wrote(len(chunk))
                     progress.update(hasher.size)
+                writeback.finish()
             except requests.RequestException as err:
                 raise MaaSRetryableError(
                     f"Download of job {job_name} results broke off after {hasher.size} bytes ({type(err).__name__})"
                 ) from None
+            finally:
+                writeback.close()
             verify_download(metadata, hasher, what=f"results of job {job_name}")
     finally:
         response.close()
