@@ -120,10 +120,12 @@ def worker(argv: list[str]) -> int:
 
     from airflow_provider_maas.jsonl import plan_shards
     from airflow_provider_maas.operators._common import write_shards
-    from airflow_provider_maas.storage import to_path
+    from airflow_provider_maas.storage import open_source, to_path
     from benchmarks.download import time_fsync
 
     to_path(args.prefix)  # loads the object-storage layer
+    with open_source(args.source) as fh:  # and what the first open loads (lineage collector, plugins)
+        fh.read(1)
     log = logging.getLogger("benchmarks")
     gc.collect()
     baseline = rss_mb()
