@@ -333,3 +333,13 @@ def test_download_extracts_inline_images(emulator_factory, tmp_path):
         data = Path(uri.removeprefix("file://")).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n")
         assert uri.startswith((tmp_path / "out" / "results_images").as_uri())
+
+
+def test_upload_normalises_blank_lines_and_missing_final_newline(emulator, tmp_path):
+    source = tmp_path / "messy.jsonl"
+    line = b'{"request": {"contents": [{"role": "user", "parts": [{"text": "hi %d"}]}]}}'
+    source.write_bytes(line % 1 + b"\n\n  \n" + line % 2)  # a blank line, a whitespace line, no final newline
+    name = MaaSUploadFileOperator(task_id="upload", source=str(source)).execute(make_context())
+    uploaded = emulator.emulator.files[name]
+    assert uploaded["request_count"] == 2
+    assert int(uploaded["size"]) == len(line % 1) + len(line % 2) + 2

@@ -73,7 +73,19 @@ class MaaSUploadFileOperator(_MaaSOperator):
             stats = validate_file(handle)
         name = self.file_name or upload_name(context, stats.sha256)
         self.log.info("Uploading %d requests (%d bytes) as %r", stats.requests, stats.bytes, name)
-        return self.hook.upload_file(self.source, name)["name"]
+        if stats.clean:
+            return self.hook.upload_file(self.source, name)["name"]
+        # Blank lines or no final newline: upload exactly the validated lines, one per line.
+        import tempfile
+
+        from airflow_provider_maas.jsonl import iter_request_lines
+        from airflow_provider_maas.storage import CHUNK_SIZE
+
+        with open_source(self.source) as handle, tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as tmp:
+            for line in iter_request_lines(handle):
+                tmp.write(line.raw)
+            tmp.seek(0)
+            return self.hook.upload_file(tmp, name)["name"]
 
 
 class MaaSCreateBatchJobOperator(_MaaSOperator):
