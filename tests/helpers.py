@@ -65,3 +65,24 @@ def assert_in_input_order(requests: Path, results: Path, *, expect_missing: int 
                 prompt = record.request["contents"][0]["parts"][0]["text"]
                 assert prompt in (record.text or "")
     return records
+
+
+def assert_asset_summary(uri: str = "maas://example/results", requests: int = 9) -> None:
+    """The download's summary reached the asset event of ``uri`` (the example DAG's 9 requests)."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.uri == uri)
+            .all()
+        )
+        extras = [event.extra for event in events]
+    assert extras, "the download emitted an asset event"
+    summary = extras[-1]
+    assert summary["requests"] == summary["succeeded"] == requests
+    assert summary["total_tokens"] > 0
+    assert summary["job_name"]
+    assert summary["uri"].endswith("results.jsonl")

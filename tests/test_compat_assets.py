@@ -17,6 +17,7 @@ from airflow import __version__ as airflow_version
 from packaging.version import Version
 
 from tests.conftest import ROOT
+from tests.helpers import assert_asset_summary
 
 pytestmark = pytest.mark.skipif(
     Version(airflow_version) >= Version("3.1"),
@@ -26,10 +27,8 @@ pytestmark = pytest.mark.skipif(
 
 def test_download_attaches_summary_to_asset_event_airflow30(emulator_factory, tmp_path, monkeypatch):
     from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.models.asset import AssetEvent, AssetModel
     from airflow.models.dag import DAG as SchedulerDAG
     from airflow.serialization.serialized_objects import SerializedDAG
-    from airflow.utils.session import create_session
 
     emulator_factory(job_duration=0.5)
     monkeypatch.setenv("MAAS_EXAMPLE_OUTPUT", str(tmp_path))
@@ -46,17 +45,4 @@ def test_download_attaches_summary_to_asset_event_airflow30(emulator_factory, tm
 
     run = module.producer.test()
     assert run.state == "success"
-    with create_session() as session:
-        events = (
-            session.query(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .filter(AssetModel.uri == "maas://example/results")
-            .all()
-        )
-        extras = [event.extra for event in events]
-    assert extras, "the download emitted an asset event"
-    summary = extras[-1]
-    assert summary["requests"] == summary["succeeded"] == 9
-    assert summary["total_tokens"] > 0
-    assert summary["job_name"]
-    assert summary["uri"].endswith("results.jsonl")
+    assert_asset_summary()

@@ -15,7 +15,7 @@ import pytest
 from airflow_provider_maas.jsonl import iter_request_lines
 from airflow_provider_maas.results import iter_results, request_key
 from tests.conftest import API_KEY, ROOT
-from tests.helpers import assert_in_input_order
+from tests.helpers import assert_asset_summary, assert_in_input_order
 
 EXAMPLES = ROOT / "example_dags"
 
@@ -109,8 +109,6 @@ def _assert_no_key(captured, run, emu) -> None:
 
 
 def test_download_attaches_summary_to_asset_event(emu, tmp_path, monkeypatch):
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
 
     monkeypatch.setenv("MAAS_EXAMPLE_OUTPUT", str(tmp_path))
     monkeypatch.setenv("MAAS_POLL_INTERVAL", "0.1")
@@ -119,20 +117,7 @@ def test_download_attaches_summary_to_asset_event(emu, tmp_path, monkeypatch):
     spec.loader.exec_module(module)
     run = module.producer.test()
     assert run.state == "success"
-    with create_session() as session:
-        events = (
-            session.query(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .filter(AssetModel.uri == "maas://example/results")
-            .all()
-        )
-        extras = [event.extra for event in events]
-    assert extras, "the download emitted an asset event"
-    summary = extras[-1]
-    assert summary["requests"] == summary["succeeded"] == 9
-    assert summary["total_tokens"] > 0
-    assert summary["job_name"]
-    assert summary["uri"].endswith("results.jsonl")
+    assert_asset_summary()
 
 
 def test_every_example_dag_parses_without_errors():
