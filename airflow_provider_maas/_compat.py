@@ -17,8 +17,12 @@ except ImportError:  # Airflow 3.0
     from airflow.configuration import conf  # type: ignore[no-redef,assignment]
 
 try:
-    from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 except ImportError:  # Airflow 3.0
-    from airflow.exceptions import AirflowException, AirflowSensorTimeout  # type: ignore[no-redef,assignment]
+    from airflow.exceptions import (  # type: ignore[no-redef,assignment]
+        AirflowException,
+        AirflowFailException,
+        AirflowSensorTimeout,
+    )
 
-__all__ = ["AirflowException", "AirflowSensorTimeout", "BaseHook", "conf"]
+__all__ = ["AirflowException", "AirflowFailException", "AirflowSensorTimeout", "BaseHook", "conf"]

@@ -3,23 +3,29 @@
 Every exception derives from :class:`MaaSError`, itself an ``AirflowException``, so Airflow
 treats them as task failures. Code branches on these types, never on message text. No message
 ever contains the API key.
+
+Errors that cannot succeed on a retry (:class:`MaaSInputError`, :class:`MaaSConfigError`,
+:class:`MaaSAuthError`, :class:`MaaSJobCreationUncertainError`) also derive from Airflow's
+``AirflowFailException``: they fail the task at once, without consuming its retries. Transient
+ones (:class:`MaaSRetryableError`, :class:`MaaSTimeoutError`, :class:`MaaSIntegrityError`...) keep
+Airflow's retries.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_maas._compat import AirflowException
+from airflow_provider_maas._compat import AirflowException, AirflowFailException
 
 
 class MaaSError(AirflowException):
     """Base class of every error raised by the MaaS provider."""
 
 
-class MaaSInputError(MaaSError, ValueError):
+class MaaSInputError(MaaSError, AirflowFailException, ValueError):
     """Bad input given by the user (a JSONL file, a name, a destination, a setting).
 
-    Raised before any request is sent, so nothing was uploaded or paid for.
+    Raised before any request is sent, so nothing was uploaded or paid for. Not retried by Airflow.
     """
 
     def __init__(self, message: str, *, line_number: int | None = None) -> None:
@@ -55,16 +61,28 @@ class MaaSApiError(MaaSError):
         self.retry_after = retry_after
 
 
-class MaaSAuthError(MaaSApiError):
-    """The service refused the API key (401) or the key may not use this endpoint (403)."""
+class MaaSAuthError(MaaSApiError, AirflowFailException):
+    """The service refused the API key (401) or the key may not use this endpoint (403). Not retried by Airflow."""
 
 
 class MaaSNotFoundError(MaaSApiError):
     """The job, file or results do not exist (404), or no longer exist (410, kept 7 days)."""
 
 
+class MaaSResultsGoneError(MaaSNotFoundError):
+    """The job's results are gone (410: the service keeps them 7 days). Treat the job like a failed one."""
+
+
 class MaaSRetryableError(MaaSApiError):
     """A transient failure (429, 5xx, connection error, timeout) that is worth retrying."""
+
+
+class MaaSRateLimitError(MaaSRetryableError):
+    """The service refused the call for quota or rate reasons (429) and did not act on it.
+
+    Also raised by job creation after its retries: no job was created, so the shard can be
+    submitted again later.
+    """
 
 
 class MaaSTimeoutError(MaaSError):
@@ -93,10 +111,11 @@ class MaaSJobFailedError(MaaSError):
         self.job = job
 
 
-class MaaSJobCreationUncertainError(MaaSError):
-    """A create-job request may have reached the service, but no answer came back.
+class MaaSJobCreationUncertainError(MaaSError, AirflowFailException):
+    """A create-job request may have reached the service, but no usable answer came back.
 
-    It is not retried automatically: retrying could create (and pay for) a second job.
+    It is not retried, neither by the hook nor by Airflow: retrying could create (and pay for) a
+    second job, and the API has no list call to find the first one.
     """
 
 
