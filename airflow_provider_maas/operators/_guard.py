@@ -1,0 +1,69 @@
+"""Never pay twice: the "create in flight" marker every job-creating operator writes first.
+
+The API has no list call, so after a create whose answer was lost (5xx, timeout, reset, killed
+process) nobody can tell whether the job exists. Before sending a create, an operator records a
+marker (:func:`creating_marker`) where its next try will find it (``task_state_store`` or the batch
+manifest); once the answer is in, the marker is replaced by the job's name. A later try that finds
+a marker still "creating" calls :func:`refuse_uncertain_create`, which stops the task without
+Airflow retries, unless a person cleared the task since.
+
+Telling an automatic retry from a person's clear: Airflow sets ``max_tries = try_number + retries``
+when a task instance is cleared, and leaves it alone on an automatic retry. The marker keeps the
+``max_tries`` of the try that sent the create (its "clear round"); a different value now means the
+task was cleared (or the run is new), which is the documented way to create anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError
+
+log = logging.getLogger(__name__)
+
+#: ``status`` of a marker written just before a create is sent.
+CREATING = "creating"
+
+
+def clear_round(context: Any) -> int | None:
+    """The task instance's ``max_tries``: changes when a person clears the task, not on a retry."""
+    ti = context.get("ti") if hasattr(context, "get") else None
+    value = getattr(ti, "max_tries", None)
+    return value if isinstance(value, int) else None
+
+
+def creating_marker(context: Any, *, file_name: str, display_name: str) -> dict[str, Any]:
+    """The marker to save BEFORE sending a create for ``file_name``."""
+    return {"status": CREATING, "file_name": file_name, "display_name": display_name, "round": clear_round(context)}
+
+
+def is_creating(marker: Any) -> bool:
+    return isinstance(marker, dict) and marker.get("status") == CREATING
+
+
+def refuse_uncertain_create(marker: dict[str, Any], context: Any, *, what: str) -> None:
+    """Raise :class:`MaaSJobCreationUncertainError` for a create left in flight by an earlier try of
+    this clear round; return (after a warning) when the task was cleared since.
+
+    :param marker: A marker for which :func:`is_creating` is true.
+    :param what: What the job was for, e.g. ``"file 'x.jsonl'"`` or ``"shard 12 (file 'y.jsonl')"``.
+    """
+    file_name = marker.get("file_name")
+    display_name = marker.get("display_name")
+    now = clear_round(context)
+    if marker.get("round") is not None and now is not None and now != marker.get("round"):
+        log.warning(
+            "An earlier try sent a create for %s (display name %r) and got no answer; this task was "
+            "cleared since, so a new job is created as asked. If the earlier job exists, both are billed.",
+            what,
+            display_name,
+        )
+        return
+    raise MaaSJobCreationUncertainError(
+        f"An earlier try of this task sent a create-job request for {what} and got no usable answer "
+        f"(lost response, timeout or killed process): the service may or may not have created a job "
+        f"named {display_name!r} from {file_name!r}. The API has no list call, so this task will not "
+        "create another one on its own. Look for that display name in the vendor console; to create "
+        "a new job anyway, clear this task in Airflow (a cleared task may create again)."
+    )
