@@ -56,6 +56,10 @@ class EmulatorHandle:
     def connection_uri(self) -> str:
         return connection_uri(self.base_url, self.config)
 
+    def schedule(self, *faults: str) -> None:
+        """Add fault schedule entries, e.g. ``handle.schedule("create:1:lost-500")`` (see ``schedule.py``)."""
+        self.emulator.schedule(*faults)
+
 
 @contextlib.contextmanager
 def run_emulator(config: EmulatorConfig | None = None) -> Iterator[EmulatorHandle]:
