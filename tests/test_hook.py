@@ -18,9 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
-import requests
 import tenacity.nap
-import urllib3.exceptions
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_maas.exceptions import (
@@ -35,7 +33,6 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
     MaaSTimeoutError,
 )
-from airflow_provider_maas.hooks import _transport
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.integrity import b64_crc32c, b64_md5
 from tests.conftest import API_KEY, ENDPOINT, connection_env
@@ -534,21 +531,32 @@ def test_create_is_retried_when_the_connection_is_refused(monkeypatch, retry_sle
     monkeypatch.setenv(*connection_env(f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(MaaSRetryableError) as info:
         make_hook(max_attempts=3).create_batch_job("f.jsonl", "d")
-    assert "connection error" in str(info.value)
+    assert "cannot reach 127.0.0.1:" in str(info.value)
+    assert "connection was refused" in str(info.value)
     assert len(retry_sleeps) == 2
 
 
-def test_failed_dns_lookup_on_create_is_retryable_a_read_timeout_is_not():
-    failed_lookup = requests.ConnectionError(
-        urllib3.exceptions.MaxRetryError(
-            None, "/x", urllib3.exceptions.NameResolutionError("maas.invalid", None, OSError("no such host"))
-        )
-    )
-    err = _transport._transport_error(failed_lookup, what="Creating a job", idempotent=False, timeout=5)
-    assert type(err) is MaaSRetryableError
-    err = _transport._transport_error(requests.ReadTimeout(), what="Creating a job", idempotent=False, timeout=0.5)
-    assert type(err) is MaaSJobCreationUncertainError
-    assert "0.5s" in str(err)
+def test_failed_dns_lookup_on_create_is_retried_and_named(monkeypatch, retry_sleeps):
+    monkeypatch.setenv(*connection_env("https://maas-host.invalid:8443"))
+    with pytest.raises(MaaSRetryableError) as info:
+        make_hook(max_attempts=2).create_batch_job("f.jsonl", "d")
+    assert "cannot reach maas-host.invalid:8443" in str(info.value)
+    assert "DNS" in str(info.value)
+    assert len(retry_sleeps) == 1
+
+
+async def test_async_transport_errors_name_host_port_and_cause(monkeypatch):
+    port = free_port()
+    monkeypatch.setenv(*connection_env(f"http://127.0.0.1:{port}"))
+    hook = make_hook(max_attempts=1)
+    async with hook.async_session_scope():
+        with pytest.raises(MaaSRetryableError, match=f"cannot reach 127.0.0.1:{port}: the connection was refused"):
+            await hook.aget_batch_job("42")
+    monkeypatch.setenv(*connection_env("https://maas-host.invalid:8443"))
+    hook = make_hook(max_attempts=1)
+    async with hook.async_session_scope():
+        with pytest.raises(MaaSRetryableError, match=r"cannot reach maas-host\.invalid:8443: .*DNS"):
+            await hook.aget_batch_job("42")
 
 
 # 5. Timeouts -----------------------------------------------------------------------------
@@ -560,7 +568,10 @@ def test_slow_answers_time_out_are_retried_then_fail_clearly(start, monkeypatch,
     hook = make_hook(max_attempts=2)
     with pytest.raises(MaaSRetryableError) as info:
         hook.get_batch_job("42")
-    assert str(info.value) == "Getting job 42: no answer within 0.2s"
+    assert (
+        str(info.value)
+        == f"Getting job 42: no answer from 127.0.0.1:{handle.base_url.rsplit(':', 1)[1]} within 0.2s (timed out)"
+    )
     assert api_requests(handle) == 2
     assert "attempt 1 failed" in caplog.text
 
@@ -575,7 +586,8 @@ def test_slow_create_is_uncertain_not_retried(start, monkeypatch, retry_sleeps):
     handle.emulator.config.rate_slow = 1.0
     with pytest.raises(MaaSJobCreationUncertainError) as info:
         hook.create_batch_job("slow.jsonl", "slow")
-    assert "no answer within 0.2s" in str(info.value)
+    assert "within 0.2s (timed out)" in str(info.value)
+    assert "'slow.jsonl'" in str(info.value) and "display name 'slow'" in str(info.value)
     assert api_requests(handle) - before == 1
 
 
@@ -584,7 +596,7 @@ async def test_async_slow_answers_time_out(start, monkeypatch):
     monkeypatch.setenv(*connection_env(handle.base_url, timeout=0.2))
     hook = make_hook(max_attempts=2)
     async with hook.async_session_scope():
-        with pytest.raises(MaaSRetryableError, match="Getting job 42: TimeoutError"):
+        with pytest.raises(MaaSRetryableError, match=r"Getting job 42: no answer from 127.0.0.1:\d+ within 0.2s"):
             await hook.aget_batch_job("42")
     assert api_requests(handle) == 2
 
@@ -799,7 +811,34 @@ def test_test_connection_when_nothing_listens(monkeypatch, retry_sleeps):
     monkeypatch.setenv(*connection_env(f"http://127.0.0.1:{free_port()}"))
     ok, message = make_hook(max_attempts=2).test_connection()
     assert ok is False
-    assert "Connection test: connection error" in message
+    assert "cannot reach 127.0.0.1:" in message and "refused" in message
+    assert retry_sleeps == []  # one attempt: the button answers at once
+
+
+def test_test_connection_with_a_wrong_endpoint(start):
+    handle = start()
+    ok, message = make_hook(endpoint="wrong-ep").test_connection()
+    assert ok is False
+    assert "Endpoint 'wrong-ep' is unknown" in message and "Endpoint field" in message
+    assert handle.emulator.jobs_created == 0
+
+
+def test_test_connection_uploads_the_probe_file_and_creates_no_job(start):
+    handle = start()
+    for _ in range(2):
+        ok, message = make_hook().test_connection()
+        assert ok is True, message
+    assert "maas-connection-test.jsonl" in message
+    assert handle.emulator.uploads_by_name == {"maas-connection-test.jsonl": 2}
+    assert handle.emulator.files["maas-connection-test.jsonl"]["request_count"] == 1
+    assert handle.emulator.jobs_created == 0
+
+
+def test_test_connection_when_the_host_does_not_resolve(monkeypatch):
+    monkeypatch.setenv(*connection_env("https://maas-host.invalid"))
+    ok, message = make_hook().test_connection()
+    assert ok is False
+    assert "cannot reach maas-host.invalid:443" in message and "DNS" in message
 
 
 # 8. The key never shows (besides the autouse checks) -----------------------------------
@@ -848,6 +887,6 @@ def test_non_json_success_body_is_a_clear_error():
     from airflow_provider_maas.api import parse_json
     from airflow_provider_maas.exceptions import MaaSApiError
 
-    with pytest.raises(MaaSApiError, match=r"not a JSON object.*Base URL"):
+    with pytest.raises(MaaSApiError, match=r"not a usable JSON object.*Base URL"):
         parse_json(b"<html>welcome to nginx</html>", what="Getting job 1")
     assert parse_json(b'{"name": "1"}', what="x") == {"name": "1"}
