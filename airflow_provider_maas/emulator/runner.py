@@ -14,6 +14,7 @@ from airflow_provider_maas.emulator.config import EmulatorConfig
 from airflow_provider_maas.emulator.server import MaaSEmulator
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Iterator
 
 
@@ -62,10 +63,13 @@ class EmulatorHandle:
 
 
 @contextlib.contextmanager
-def run_emulator(config: EmulatorConfig | None = None) -> Iterator[EmulatorHandle]:
-    """Serve an emulator from a background thread (own event loop) for the ``with`` block."""
+def run_emulator(
+    config: EmulatorConfig | None = None, *, ssl_context: ssl.SSLContext | None = None
+) -> Iterator[EmulatorHandle]:
+    """Serve an emulator from a background thread (own event loop) for the ``with`` block
+    (over https when ``ssl_context`` is given)."""
     config = config or EmulatorConfig()
-    emulator = MaaSEmulator(config)
+    emulator = MaaSEmulator(config, ssl_context=ssl_context)
     ready = threading.Event()
     state: dict[str, object] = {}
 

@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientPayloadError, web
 
@@ -64,6 +64,9 @@ from airflow_provider_maas.emulator.objects import (
 from airflow_provider_maas.emulator.results import ResultsSpec, write_results
 from airflow_provider_maas.emulator.schedule import RESULTS_GONE, FaultSchedule, ScheduledFault, request_selector
 
+if TYPE_CHECKING:
+    import ssl
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "/v1/ai/batch/gemini/{endpoint}"
@@ -88,8 +91,10 @@ def _invalid(message: str) -> ApiError:
 class MaaSEmulator:
     """State of the emulated service and the ``aiohttp`` application serving it (``.app``)."""
 
-    def __init__(self, config: EmulatorConfig | None = None) -> None:
+    def __init__(self, config: EmulatorConfig | None = None, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.config = config or EmulatorConfig()
+        #: Serve https with this context (e.g. a self-signed certificate, to test TLS errors).
+        self.ssl_context = ssl_context
         self.config.validate()
         self.jobs: dict[str, JobRecord] = {}
         self.jobs_created = 0
@@ -144,7 +149,9 @@ class MaaSEmulator:
         )
         await runner.setup()
         host = host or self.config.host
-        site = web.TCPSite(runner, host, self.config.port if port is None else port, backlog=4096)
+        site = web.TCPSite(
+            runner, host, self.config.port if port is None else port, backlog=4096, ssl_context=self.ssl_context
+        )
         try:
             await site.start()
         except BaseException:
@@ -153,7 +160,8 @@ class MaaSEmulator:
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.base_url = f"http://{shown}:{bound_port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        self.base_url = f"{scheme}://{shown}:{bound_port}"
         return self.base_url
 
     async def stop(self) -> None:
