@@ -273,12 +273,12 @@ def send(
     not_found_hint: str | None = None,
 ) -> requests.Response:
     """Send one idempotent API call with timeouts, ``policy``'s retries and error mapping; returns a
-    2xx response (its body checked to be a JSON object unless ``stream``)."""
+    2xx response (parse its body with :func:`api.parse_json`)."""
 
     def attempt() -> requests.Response:
         if before_attempt is not None:
             before_attempt()
-        response = send_once(
+        return send_once(
             session,
             config,
             method,
@@ -290,9 +290,6 @@ def send(
             stream=stream,
             not_found_hint=not_found_hint,
         )
-        if not stream:
-            api.parse_json(response.content, what=what, api_key=config.api_key)
-        return response
 
     return _retrying(what, policy)(attempt)
 
