@@ -165,22 +165,9 @@ class FaultInjector:
         if decision.reset:
             raise DropConnection
         if decision.too_many_requests:
-            raise ApiError(
-                429,
-                "RESOURCE_EXHAUSTED",
-                "Resource has been exhausted (e.g. check quota).",
-                self.retry_after_header(),
-            )
+            raise self.too_many_requests()
         if decision.server_error:
-            code = decision.server_error
-            headers = self.retry_after_header() if code == 503 else {}
-            if decision.server_error_body == "html":
-                raise RawError(code, _HTML_503.format(code=code), "text/html", headers)
-            if decision.server_error_body == "text":
-                raise RawError(code, _TEXT_5XX, "text/plain", headers)
-            if code == 500:
-                raise ApiError(500, "INTERNAL", "Internal error encountered.", headers)
-            raise ApiError(503, "UNAVAILABLE", "The service is currently unavailable.", headers)
+            raise self.server_error(decision.server_error, decision.server_error_body)
         if decision.slow:
             await asyncio.sleep(self.config.slow_seconds)
             transport = request.transport
@@ -188,25 +175,31 @@ class FaultInjector:
                 # The client gave up: do not apply the request's side effect.
                 raise DropConnection
 
+    def too_many_requests(self) -> ApiError:
+        return ApiError(
+            429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", self.retry_after_header()
+        )
+
+    def server_error(self, code: int, body: str | None = "json") -> ApiError:
+        """A 500 or 503 (with Retry-After) as Google-style JSON, or a gateway's HTML or text page."""
+        headers = self.retry_after_header() if code == 503 else {}
+        if body == "html":
+            return RawError(code, _HTML_503.format(code=code), "text/html", headers)
+        if body == "text":
+            return RawError(code, _TEXT_5XX, "text/plain", headers)
+        if code == 500:
+            return ApiError(500, "INTERNAL", "Internal error encountered.", headers)
+        return ApiError(503, "UNAVAILABLE", "The service is currently unavailable.", headers)
+
     def plain_answer(self, request: web.Request, fault: ScheduledFault) -> Exception:
         """The answer of a scheduled fault that replaces the call (the call is not carried out)."""
         name = fault.fault
         if name == "reset":
             return DropConnection()
         if name == "429":
-            return ApiError(
-                429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", self.retry_after_header()
-            )
+            return self.too_many_requests()
         if name in ("500", "503"):
-            code = int(name)
-            headers = self.retry_after_header() if code == 503 else {}
-            if fault.arg == "html":
-                return RawError(code, _HTML_503.format(code=code), "text/html", headers)
-            if fault.arg == "text":
-                return RawError(code, _TEXT_5XX, "text/plain", headers)
-            if code == 500:
-                return ApiError(500, "INTERNAL", "Internal error encountered.")
-            return ApiError(503, "UNAVAILABLE", "The service is currently unavailable.", headers)
+            return self.server_error(int(name), fault.arg)
         if name == "401":
             return ApiError(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
         if name == "404":

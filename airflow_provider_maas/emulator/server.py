@@ -430,12 +430,8 @@ class MaaSEmulator:
     async def _spoil_create_answer(self, request: web.Request, fault: ScheduledFault) -> None:
         """The ``lost-*`` faults: the job exists, the answer does not say so."""
         name = fault.fault
-        if name == "lost-500":
-            raise ApiError(500, "INTERNAL", "Internal error encountered.")
-        if name == "lost-503":
-            raise ApiError(
-                503, "UNAVAILABLE", "The service is currently unavailable.", self._faults.retry_after_header()
-            )
+        if name in ("lost-500", "lost-503"):
+            raise self._faults.server_error(int(name[-3:]))
         if name == "lost-reset":
             raise DropConnection
         if name == "lost-nonjson":
