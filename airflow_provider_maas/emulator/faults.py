@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from airflow_provider_maas.emulator.schedule import PLAIN_FAULTS, ScheduledFault
+from airflow_provider_maas.emulator.config import JOB_STATE_PARTIALLY_SUCCEEDED
+from airflow_provider_maas.emulator.schedule import PLAIN_FAULTS, ScheduledFault, request_digests, request_selector
 
 if TYPE_CHECKING:
     from airflow_provider_maas.emulator.config import EmulatorConfig
@@ -123,6 +124,8 @@ class FaultInjector:
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self._seen: dict[tuple[str, str], int] = {}
+        #: Digests of the requests the ``fail-requests`` fault has failed once (they succeed after).
+        self.failed_once: set[str] = set()
         self._lock = threading.Lock()
 
     def decide(self, route: str, method: str, path_qs: str) -> FaultDecision:
@@ -216,6 +219,41 @@ class FaultInjector:
         if name == "nonjson-200":
             return RawError(200, NON_JSON_PAGE, "text/html")
         raise AssertionError(f"not a plain fault: {name}")  # pragma: no cover - checked by ScheduledFault
+
+    def job_fields(self, fault: ScheduledFault | None, meta: dict[str, Any]) -> dict[str, Any]:
+        """JobRecord fields for the results faults of the schedule (partial-missing, ...)."""
+        if fault is None:
+            return {}
+        count = int(meta["request_count"])
+        if fault.fault == "partial-missing":
+            k = min(int(fault.arg) if fault.arg else max(1, count // 3), count)
+            return {"final_state": JOB_STATE_PARTIALLY_SUCCEEDED, "missing": frozenset(range(count - k, count))}
+        if fault.fault == "duplicate-lines":
+            return {"duplicate_lines": int(fault.arg) if fault.arg else 2}
+        if fault.fault == "fail-requests":
+            assert fault.arg is not None
+            how, value = request_selector(fault.arg)
+            chosen = set()
+            for position, (digest, line) in enumerate(request_digests(meta["path"])):
+                picked = position in value if how == "index" else value in line
+                with self._lock:
+                    if picked and digest not in self.failed_once:
+                        self.failed_once.add(digest)
+                        chosen.add(position)
+            return {"extra_failed": frozenset(chosen)}
+        return {}
+
+    async def spoil_create_answer(self, fault: ScheduledFault) -> None:
+        """The ``lost-*`` faults: the job exists, the answer does not say so."""
+        name = fault.fault
+        if name in ("lost-500", "lost-503"):
+            raise self.server_error(int(name[-3:]))
+        if name == "lost-reset":
+            raise DropConnection
+        if name == "lost-nonjson":
+            raise RawError(200, NON_JSON_PAGE, "text/html")
+        if name == "lost-timeout":
+            await asyncio.sleep(float(fault.arg) if fault.arg else self.config.slow_seconds)
 
 
 #: Depth of the ``deep-json`` answer.

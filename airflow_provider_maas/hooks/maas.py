@@ -182,7 +182,9 @@ class MaaSHook(BaseHook):
         return self._upload(source, name, self.retry_policy)
 
     def _upload(self, source: Any, name: str, policy: api.RetryPolicy) -> dict[str, Any]:
-        from airflow_provider_maas.hooks._transport import UPLOAD_404_HINT, HashingReader, send
+        from airflow_provider_maas.hooks._failures import UPLOAD_404_HINT
+        from airflow_provider_maas.hooks._streams import HashingReader
+        from airflow_provider_maas.hooks._transport import send
         from airflow_provider_maas.integrity import verify_upload
         from airflow_provider_maas.storage import open_source
 
