@@ -741,7 +741,7 @@ def test_cli_help_lists_every_setting():
                  "--no-shuffle", "--no-normalise", "--image-output", "--seed", "--rate-429", "--rate-5xx",
                  "--rate-reset", "--rate-slow", "--rate-truncate-download", "--rate-corrupt-download",
                  "--rate-wrong-md5", "--rate-create-lost-response", "--no-fault-create", "--forbidden-endpoint",
-                 "--result-padding-bytes", "--retention-seconds", "--ready-file", "--data-dir"):  # fmt: skip
+                 "--result-padding-bytes", "--retention-seconds", "--ready-file", "--data-dir", "--fault"):  # fmt: skip
         assert flag in out, flag
 
 

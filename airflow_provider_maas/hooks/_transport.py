@@ -356,7 +356,10 @@ async def asend(config: api.ApiConfig, method: str, url: str, *, what: str, poli
                 body = await response.read()
                 status, headers = response.status, response.headers
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            raise transport_error(err, what=what, url=url, config=config) from None
+            never_connected = (
+                isinstance(err, aiohttp.ClientConnectorError) or type(err).__name__ == "ConnectionTimeoutError"
+            )
+            raise transport_error(err, what=what, url=url, config=config, sent=not never_connected) from None
         if 300 <= status < 400:
             raise api.redirect_error(status, headers.get("Location"), what=what, api_key=config.api_key)
         if status >= 400:
