@@ -35,9 +35,12 @@ def _causes(err: BaseException) -> Iterator[BaseException]:
 
 
 def transport_cause(err: BaseException) -> str:
-    """What went wrong under an HTTP library's error: ``tls``, ``dns``, ``refused``, ``timeout``,
-    ``reset`` or ``other`` (found by type, never by message text)."""
+    """What went wrong under an HTTP library's error: ``certificate`` (verification failed), ``tls``
+    (another TLS failure), ``dns``, ``refused``, ``timeout``, ``reset`` or ``other`` (found by type,
+    never by message text)."""
     causes = list(_causes(err))
+    if any(isinstance(c, ssl.SSLCertVerificationError) or type(c).__name__ in _CERT_ERRORS for c in causes):
+        return "certificate"
     if any(isinstance(c, ssl.SSLError) or type(c).__name__ in _TLS_ERRORS for c in causes):
         return "tls"
     if any(isinstance(c, socket.gaierror) or type(c).__name__ in _DNS_ERRORS for c in causes):
@@ -51,7 +54,8 @@ def transport_cause(err: BaseException) -> str:
     return "other" if not any(type(c).__name__ in _RESET_ERRORS for c in causes) else "reset"
 
 
-_TLS_ERRORS = frozenset({"SSLError", "ClientSSLError", "ClientConnectorCertificateError", "ClientConnectorSSLError"})
+_CERT_ERRORS = frozenset({"ClientConnectorCertificateError"})
+_TLS_ERRORS = frozenset({"SSLError", "ClientSSLError", "ClientConnectorSSLError"})
 _DNS_ERRORS = frozenset({"NameResolutionError", "ClientConnectorDNSError"})
 _TIMEOUTS = frozenset({"Timeout", "ReadTimeout", "ConnectTimeout", "ReadTimeoutError", "ConnectTimeoutError"})
 _RESET_ERRORS = frozenset({"RemoteDisconnected", "ProtocolError", "ServerDisconnectedError", "ClientOSError"})
@@ -66,12 +70,20 @@ def transport_error(
     err: BaseException, *, what: str, url: str, config: api.ApiConfig, sent: bool | None = None
 ) -> Exception:
     """Map an HTTP library's error (``requests`` or ``aiohttp``) to a message naming host, port and
-    cause. TLS failures are a :class:`MaaSConfigError` (never retried); the rest are retryable."""
+    cause. TLS failures are a :class:`MaaSConfigError` (never retried); the rest are retryable.
+
+    :param sent: False when the request cannot have left (no connection was made), None if unknown.
+    """
     parts = urlsplit(url)
     host = parts.hostname or "?"
     port = parts.port or (443 if parts.scheme == "https" else 80)
     cause = transport_cause(err)
     if cause == "tls":
+        return MaaSConfigError(
+            f"{what}: the TLS handshake with {host}:{port} failed ({type(err).__name__}): check that the "
+            "connection's Base URL uses the scheme (https or http) and port the service really serves."
+        )
+    if cause == "certificate":
         return MaaSConfigError(
             f"{what}: TLS certificate verification failed for {host}:{port} ({type(err).__name__}). If the "
             'server uses a private CA, set the connection extra "verify" to the path of its CA bundle '
