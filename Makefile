@@ -19,8 +19,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-## Lint, type-check and run the whole test suite.
-test: $(STAMP) lint
+## Lint, type-check and run the whole test suite (browser test included: `browser-deps` first).
+test: $(STAMP) lint browser-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
