@@ -91,9 +91,13 @@ class MaaSUploadFileOperator(_MaaSOperator):
 class MaaSCreateBatchJobOperator(_MaaSOperator):
     """Create a batch job from an uploaded file; returns the job ``name``.
 
-    On Airflow >= 3.3 the job name is saved in ``task_state_store`` right after creation: a retry of
-    the same task instance reuses that job (unless it ended FAILED/CANCELLED/EXPIRED) instead of
-    paying for a second one.
+    Never pays twice on its own (Airflow >= 3.3, ``task_state_store`` key ``maas_job``): a marker is
+    saved before the create is sent and replaced by the job's name once the answer is in. A retry
+    reuses that job (unless it ended FAILED/CANCELLED/EXPIRED or its results are gone: then it
+    creates a new one, and logs it). A retry that finds the create still in flight (lost answer,
+    timeout, killed process) fails with
+    :class:`~airflow_provider_maas.exceptions.MaaSJobCreationUncertainError` without Airflow
+    retries: look for the display name in the vendor console; clearing the task creates anyway.
 
     :param file_name: The uploaded file's name, e.g. ``upload.output`` (templated).
     :param display_name: The job's display name (templated). Default: dag, task and run.
@@ -107,14 +111,47 @@ class MaaSCreateBatchJobOperator(_MaaSOperator):
         self.display_name = display_name
 
     def execute(self, context: Context) -> str:
+        from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError
         from airflow_provider_maas.naming import display_name
         from airflow_provider_maas.operators._common import reusable_job, task_state
+        from airflow_provider_maas.operators._guard import (
+            creating_marker,
+            is_creating,
+            proves_not_created,
+            refuse_uncertain_create,
+            uncertain_create_error,
+        )
 
+        what = f"file {self.file_name!r}"
         store = task_state(context)
-        existing = reusable_job(self.hook, store, JOB_STATE_KEY, self.file_name, self.log)
-        if existing:
-            return existing
-        job = self.hook.create_batch_job(self.file_name, self.display_name or display_name(context))
+        saved = store.get(JOB_STATE_KEY) if store is not None else None
+        if is_creating(saved):
+            if saved.get("file_name") == self.file_name:
+                refuse_uncertain_create(saved, context, what=what)  # returns only if the task was cleared
+            else:
+                self.log.warning(
+                    "An earlier try's create for another file (%r) got no answer; creating a job for %r",
+                    saved.get("file_name"),
+                    self.file_name,
+                )
+        else:
+            existing = reusable_job(self.hook, store, JOB_STATE_KEY, self.file_name, self.log)
+            if existing:
+                return existing
+        name = self.display_name or display_name(context)
+        marker = creating_marker(context, file_name=self.file_name, display_name=name)
+        if store is not None:
+            store.set(JOB_STATE_KEY, marker)  # BEFORE sending: a retry must find it
+        try:
+            job = self.hook.create_batch_job(self.file_name, name)
+        except MaaSJobCreationUncertainError:
+            raise  # the marker stays: a retry refuses too
+        except Exception as err:
+            if not proves_not_created(err):
+                raise uncertain_create_error(marker, what=what, cause=err) from err
+            if store is not None:
+                store.set(JOB_STATE_KEY, {"status": "not_created", "file_name": self.file_name})
+            raise
         if store is not None:
             store.set(JOB_STATE_KEY, {"job_name": job["name"], "file_name": self.file_name})
         self.log.info("Created job %s from %r (state %s)", job["name"], self.file_name, job.get("state"))
