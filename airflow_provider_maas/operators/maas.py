@@ -161,25 +161,37 @@ class MaaSCreateBatchJobOperator(_MaaSOperator):
 class MaaSDownloadResultsOperator(_MaaSOperator):
     """Stream a job's results to ``destination``, verified and atomically; returns its URI.
 
-    Pushes an XCom ``summary``: requests, succeeded, failed, bytes and token totals. Failed
-    requests are also written, ready to resubmit, to ``<destination stem>.failed.jsonl``. When an
-    outlet is an ``Asset``, the summary is attached to its asset event.
+    Pushes an XCom ``summary``: requests, succeeded, failed, missing, duplicates, bytes, token
+    totals, ``failed_uri``, and what the job's ``completionStats`` counted (``expected_requests``).
+    Every difference between the results and the job's counts is in the summary and the log:
+    requests the job counted without a result line are ``missing`` (and ``failed``); a line
+    repeating an earlier one is counted in ``duplicates``, not as another request. Failed requests
+    are written, ready to resubmit, to ``<destination stem>.failed.jsonl``. When an outlet is an
+    ``Asset``, the summary is attached to its asset event.
+
+    Without ``requests`` the results keep the service's order and the failed file can only hold
+    requests the results file names. With ``requests`` (the file that was uploaded) the results are
+    rewritten in input order and every failed or missing request goes to the failed file as its
+    input line, as :class:`MaaSMergeResultsOperator` does.
 
     :param job_name: The job, e.g. ``wait.output["name"]`` or ``create.output`` (templated).
     :param destination: Local path, URI or ``ObjectStoragePath`` (templated; mapped tasks can use
         ``{{ ti.map_index }}``).
+    :param requests: The uploaded requests file (path, URI or ``ObjectStoragePath``, templated):
+        results in input order, missing requests in the failed file.
     :param allowed_prefix: If set, refuse destinations outside this prefix (templated).
     :param extract_images: Also write the inline images of image models (``inlineData`` parts) to
         files in ``<destination stem>_images/`` beside the results; their URIs go to XCom ``images``.
     """
 
-    template_fields = ("job_name", "destination", "allowed_prefix", "endpoint", "maas_conn_id")
+    template_fields = ("job_name", "destination", "requests", "allowed_prefix", "endpoint", "maas_conn_id")
 
     def __init__(
         self,
         *,
         job_name: str,
         destination: Any,
+        requests: Any | None = None,
         allowed_prefix: Any | None = None,
         extract_images: bool = False,
         **kwargs: Any,
@@ -187,18 +199,41 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
         super().__init__(**kwargs)
         self.job_name = job_name
         self.destination = destination
+        self.requests = requests
         self.allowed_prefix = allowed_prefix
         self.extract_images = extract_images
 
     def execute(self, context: Context) -> str:
-        from airflow_provider_maas.merge import failed_path_for, summarise_results
-        from airflow_provider_maas.storage import check_destination, check_within, uri_of
+        from airflow_provider_maas.merge import compare_with_job, failed_path_for, merge_results, summarise_results
+        from airflow_provider_maas.storage import check_destination, check_within, filesystem_of, to_path, uri_of
 
         dest = check_destination(self.destination)
         check_within(dest, self.allowed_prefix, what="destination")
+        ordered = self.requests is not None
+        if ordered:
+            filesystem_of(to_path(self.requests, what="requests file"), what="requests file")
+        job = self.hook.get_batch_job(self.job_name)
         metadata = self.hook.download_results(self.job_name, dest)
-        summary = summarise_results(dest, failed_destination=failed_path_for(dest))
-        summary.update(job_name=self.job_name, bytes=int(metadata.get("size") or summary["bytes"]))
+        if ordered:
+            summary = merge_results([dest], self.requests, dest)
+        else:
+            failed = failed_path_for(dest)
+            summary = summarise_results(dest, failed_destination=failed)
+            summary.update(bytes=int(metadata.get("size") or summary["bytes"]), failed_uri=uri_of(failed))
+        differences = compare_with_job(summary, job, ordered=ordered)
+        if differences:
+            self.log.warning(
+                "The results of job %s differ from the job's completionStats: %s", self.job_name, "; ".join(differences)
+            )
+        if summary.get("missing") and not ordered:
+            self.log.warning(
+                "%d requests of job %s have no result line, so they are not in %s either: give the "
+                "operator requests= (the uploaded file) to have them written there",
+                summary["missing"],
+                self.job_name,
+                summary["failed_uri"],
+            )
+        summary["job_name"] = self.job_name
         if self.extract_images:
             from airflow_provider_maas.merge import extract_images_beside
 
