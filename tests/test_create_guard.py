@@ -153,3 +153,23 @@ def test_chain_dag_create_killed_in_flight_then_retried_refuses(emulator_factory
     assert (run.state, ti.state) == ("failed", "failed")
     assert ti.try_number == 2  # the timed-out try, then the retry that refused
     assert _jobs_created(handle) == 1
+
+
+# --- a job whose results are gone is like a failed one ---------------------------------------------
+
+
+def test_a_job_whose_results_are_gone_is_replaced(emulator, tmp_path, capsys):
+    file_name = _uploaded(tmp_path)
+    store = FakeStateStore()
+    op = MaaSCreateBatchJobOperator(task_id="create", file_name=file_name)
+    first = op.execute(_context(store))
+    MaaSHook().wait_for_batch_job(first, poll_interval=0.05, timeout=30)
+    assert op.execute(_context(store)) == first  # results still there: reused
+    emulator.emulator.expire_results(first)  # 7 days later
+    second = op.execute(_context(store, max_tries=5))  # the person clears create, wait and download
+    assert second != first
+    assert "results are gone" in capsys.readouterr().out
+    assert store.data[JOB_STATE_KEY]["job_name"] == second
+    assert _jobs_created(emulator) == 2
+    MaaSHook().wait_for_batch_job(second, poll_interval=0.05, timeout=30)
+    MaaSHook().download_results(second, tmp_path / "results.jsonl")  # the new job's results download
