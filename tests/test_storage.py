@@ -316,14 +316,14 @@ def test_stale_part_age_is_minutes():
 
 
 def test_split_download_and_merge_hand_on_uris_that_keep_the_connection(memfs, emulator, tmp_path):
+    from airflow.sdk.io.store import _STORE_CACHE
+
     from airflow_provider_maas.hooks.maas import MaaSHook
     from airflow_provider_maas.operators.maas import (
         MaaSDownloadResultsOperator,
         MaaSMergeResultsOperator,
         MaaSSplitRequestsOperator,
     )
-    from airflow.sdk.io.store import _STORE_CACHE
-
     from tests.helpers import make_context, write_requests
 
     _STORE_CACHE.pop("memory")  # only memory:// WITH connection my_conn works: a dropped conn id fails
