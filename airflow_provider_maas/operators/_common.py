@@ -37,22 +37,42 @@ def reusable_job(hook: Any, store: Any | None, key: str, file_name: str, task_lo
         task_log.warning("Job %s of a previous try no longer exists; creating a new job", job_name)
         return None
     state = job.get("state")
-    if classify_state(state) is StateKind.FAILED:
+    kind = classify_state(state)
+    if kind is StateKind.FAILED:
         task_log.warning("Job %s of a previous try ended %s; creating a new job", job_name, state)
+        return None
+    if kind in (StateKind.SUCCEEDED, StateKind.PARTIAL) and results_gone(hook, job_name):
+        task_log.warning(
+            "Job %s of a previous try ended %s but its results are gone (kept 7 days); creating a new job",
+            job_name,
+            state,
+        )
         return None
     task_log.info("Reusing job %s created by a previous try of this task (state %s)", job_name, state)
     return job_name
+
+
+def results_gone(hook: Any, job_name: str) -> bool:
+    """Whether a finished job's results can no longer be downloaded (410, or 404 for the results)."""
+    from airflow_provider_maas.exceptions import MaaSNotFoundError
+
+    try:
+        hook.get_results_metadata(job_name)
+    except MaaSNotFoundError:  # MaaSResultsGoneError (410) included
+        return True
+    return False
 
 
 def publish_summary(operator: Any, context: Any, summary: dict[str, Any], uri: str) -> None:
     """Push XCom ``summary``, log one line, attach the summary to ``Asset`` outlets."""
     context["ti"].xcom_push(key="summary", value=summary)
     operator.log.info(
-        "Results at %s: %s requests, %s succeeded, %s failed, %s tokens",
+        "Results at %s: %s requests, %s succeeded, %s failed (%s missing), %s tokens",
         uri,
         summary.get("requests"),
         summary.get("succeeded"),
         summary.get("failed"),
+        summary.get("missing", 0),
         summary.get("total_tokens"),
     )
     try:
@@ -71,23 +91,31 @@ def write_shards(source: Any, prefix: Any, *, max_requests: int, max_bytes: int,
     from airflow_provider_maas.jsonl import (
         MAX_BYTES_PER_FILE,
         MAX_REQUESTS_PER_FILE,
+        SHARD_PREFIX,
         copy_shard,
         plan_shards,
         shard_name,
     )
-    from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
+    from airflow_provider_maas.storage import (
+        atomic_writer,
+        check_destination,
+        open_source,
+        remove_stale_parts,
+        uri_of,
+    )
 
     if not 1 <= max_requests <= MAX_REQUESTS_PER_FILE:
         raise MaaSInputError(f"max_requests_per_file must be between 1 and {MAX_REQUESTS_PER_FILE}, got {max_requests}")
     if not 1 <= max_bytes <= MAX_BYTES_PER_FILE:
         raise MaaSInputError(f"max_bytes_per_file must be between 1 and {MAX_BYTES_PER_FILE}, got {max_bytes}")
-    root = to_path(prefix, what="destination prefix")
+    root = check_destination(prefix, what="destination prefix", folder=True)
     with open_source(source) as handle:
         plans = plan_shards(handle, max_requests=max_requests, max_bytes=max_bytes)
+        remove_stale_parts(root)  # once for the folder, not once per shard
         uris = []
         for plan in plans:
-            path = root / shard_name("", plan.index, len(plans))
-            with atomic_writer(path) as out:
+            path = root / shard_name(SHARD_PREFIX, plan.index, len(plans))
+            with atomic_writer(path, clean=False) as out:
                 copy_shard(handle, plan, out)
             uris.append(uri_of(path))
     log.info("Split into %d shards under %s", len(uris), uri_of(root))
