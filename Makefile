@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 0
 
-.PHONY: install demo test lint unit bench bench-smoke clean
+.PHONY: install demo test lint unit bench bench-smoke clean test-distributed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,18 @@ bench-smoke: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .demo .airflow-test
+
+# Distributed deployment (tests/distributed, issue 12) ---------------------------------------------
+# PostgreSQL, Redis, moto's S3 server, the emulator and Airflow's api-server, scheduler (CeleryExecutor),
+# dag-processor, triggerer and two Celery workers, all on loopback; every DAG path on s3://.
+# install.sh adds Debian's postgresql/redis-server and the pinned providers to $(VENV) when missing.
+# `timeout` bounds the whole run: the tests stop every process they started, even then.
+DIST_TIMEOUT ?= 1200
+
+## The provider on a distributed Airflow (CeleryExecutor, PostgreSQL, Redis, S3): installs what it needs.
+test-distributed: $(STAMP)
+	bash scripts/distributed/install.sh $(BIN)/python
+	MAAS_TEST_DISTRIBUTED=1 timeout -k 30 $(DIST_TIMEOUT) $(BIN)/python -m pytest -q -p no:cacheprovider tests/distributed
 
 # Browser test and Airflow version matrix -------------------------------------------------------
 # The browser test (tests/browser) is part of `make test`; it fails when Chromium or playwright is
