@@ -223,16 +223,7 @@ class Deployment:
             [
                 str(bindir / "postgres"),
                 *("-D", str(data), "-p", str(self.pg_port), "-h", "127.0.0.1", "-k", str(pgroot)),
-                *[
-                    "-c",
-                    "fsync=off",
-                    "-c",
-                    "synchronous_commit=off",
-                    "-c",
-                    "full_page_writes=off",
-                    "-c",
-                    "max_connections=300",
-                ],
+                *("--fsync=off", "--synchronous_commit=off", "--full_page_writes=off", "--max_connections=300"),
             ],
             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"},
             cwd=pgroot,
