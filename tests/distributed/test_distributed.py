@@ -129,22 +129,23 @@ def keys_under(dep, prefix: str) -> list[str]:
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
 
 
-def check_xcom_value(value: Any, where: str) -> None:
-    """Only names, URIs (with the connection id) and small summaries: no paths, no content, no key."""
+def check_xcom_value(value: Any, where: str, service_url: str) -> None:
+    """Only names, URIs (with the connection id) and small summaries or job resources: no local paths,
+    no request or result content, no key. ``service_url``: the API's own URLs in a job resource."""
     text = json.dumps(value)
     assert API_KEY not in text, f"{where}: the API key is in XCom"
     assert len(text) < 16_384, f"{where}: {len(text)} bytes of XCom; only names and URIs belong there"
     if isinstance(value, str):
-        if "://" in value:
+        if "://" in value and not value.startswith(service_url):
             assert value.startswith(URI_PREFIX), f"{where}: {value!r} lost the connection id ({URI_PREFIX}...)"
         else:
             assert not value.startswith("/"), f"{where}: {value!r} is a local path: other workers cannot read it"
     elif isinstance(value, list):
         for item in value:
-            check_xcom_value(item, where)
+            check_xcom_value(item, where, service_url)
     elif isinstance(value, dict):
         for key, item in value.items():
-            check_xcom_value(item, f"{where}[{key}]")
+            check_xcom_value(item, f"{where}[{key}]", service_url)
 
 
 def job_names(dep, dag_id: str) -> list[str]:
@@ -199,7 +200,7 @@ def test_dag_runs_on_object_storage(phase1, dag_id, inputs, tmp_path):
     values = xcoms(dep, dag_id)
     assert values
     for task_id, map_index, key, value in values:
-        check_xcom_value(value, f"{dag_id}.{task_id}[{map_index}] XCom {key!r}")
+        check_xcom_value(value, f"{dag_id}.{task_id}[{map_index}] XCom {key!r}", dep.emulator_url)
 
 
 def test_one_job_per_shard_in_all(phase1):
@@ -280,4 +281,4 @@ def test_killed_worker_retry_reattaches_to_the_same_jobs(phase1, inputs, tmp_pat
     assert dep.emulator("GET", "/_emulator/state")["jobs_created"] == before["jobs_created"] + shards
     assert_results(dep, WORKER_LOST, inputs[DAGS[WORKER_LOST].input_key], tmp_path)
     for task_id, map_index, key, value in xcoms(dep, WORKER_LOST):
-        check_xcom_value(value, f"{WORKER_LOST}.{task_id}[{map_index}] XCom {key!r}")
+        check_xcom_value(value, f"{WORKER_LOST}.{task_id}[{map_index}] XCom {key!r}", dep.emulator_url)
