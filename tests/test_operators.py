@@ -173,7 +173,7 @@ def test_split_then_merge_round_trip(emulator, tmp_path):
     shards = MaaSSplitRequestsOperator(
         task_id="split", source=str(source), destination_prefix=str(tmp_path / "shards")
     ).execute(make_context())
-    assert len(shards) == 3
+    assert shards == [(tmp_path / "shards" / f"part-0000{i}.jsonl").as_uri() for i in range(3)]
     hook = MaaSHook()
     parts = []
     for i, shard in enumerate(shards):
