@@ -160,7 +160,7 @@ class BatchDriver:
         """Download again the results of done shards whose part is gone; True if there were any."""
         try:
             present = {path.name for path in self.journal.part_dir().iterdir()}
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no part downloaded yet
             present = set()
         lost = [r for r in self.state.with_status(ShardStatus.DONE) if self.journal.part(r.key).name not in present]
         for record in lost:

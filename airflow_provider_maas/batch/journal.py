@@ -116,7 +116,7 @@ class BatchJournal:
     def _numbered(folder: ObjectStoragePath, prefix: str, suffix: str) -> list[tuple[int, ObjectStoragePath]]:
         try:
             children = list(folder.iterdir())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no such folder (yet)
             return []
         found = []
         for child in children:

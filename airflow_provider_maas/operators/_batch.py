@@ -29,7 +29,7 @@ from airflow_provider_maas.merge import merge_results
 from airflow_provider_maas.naming import display_name, task_identity, upload_name
 from airflow_provider_maas.operators._common import publish_summary
 from airflow_provider_maas.operators._guard import CREATING, clear_round, refuse_uncertain_create
-from airflow_provider_maas.storage import open_source, to_path, uri_of
+from airflow_provider_maas.storage import check_destination, open_source, to_path, uri_of
 from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, BatchJobsEvent, MaaSBatchJobsTrigger
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
 
     # Entry points ---------------------------------------------------------------------------
     def execute(self, context: Context) -> str:
-        dest = to_path(self.destination, what="destination")
+        dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
         with open_source(self.source) as handle:
             plans = plan_shards(handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file)
