@@ -34,9 +34,10 @@ def deployment(inputs):
     """Every server and Airflow component running, the inputs in the bucket, the DAGs scheduled."""
     dep = Deployment(emulator_args=("--job-duration", "4", "--seed", "12"))
 
-    def terminated(signum, frame):  # `timeout` or CI stopping us: leave nothing running
+    def terminated(signum, frame):  # `timeout` or CI stopping us: leave nothing running, then end with a summary
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         dep.stop_all()
-        os._exit(128 + signum)
+        pytest.exit(f"stopped by signal {signum} (the time limit?); every process it started is stopped", 128 + signum)
 
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
