@@ -2,9 +2,10 @@
 # What `make test-distributed` needs, installed only when missing (a no-op, in about a second, when
 # everything is there):
 #   - Debian's postgresql and redis-server (apt-get as root; `apt-get update` only when one is missing);
-#   - in the virtualenv of PYTHON: apache-airflow-providers-celery, apache-airflow-providers-amazon[s3fs],
-#     moto[server] and the PostgreSQL drivers, every version pinned by scripts/constraints-distributed.txt,
-#     installed in an order that leaves pip's resolver nothing to backtrack over.
+#   - in the virtualenv of PYTHON (`make test-distributed` uses .venv-distributed):
+#     apache-airflow-providers-celery, apache-airflow-providers-amazon[s3fs], moto[server] and the
+#     PostgreSQL drivers, every version pinned by scripts/constraints-distributed.txt, installed in an
+#     order that leaves pip's resolver nothing to backtrack over.
 # Usage: scripts/distributed/install.sh PYTHON
 set -euo pipefail
 PYTHON=${1:?usage: scripts/distributed/install.sh PYTHON (the venv interpreter that runs the tests)}
