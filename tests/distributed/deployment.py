@@ -448,6 +448,8 @@ class Deployment:
                 "--celery-hostname",
                 f"{worker}@%h",
                 "--skip-serve-logs",
+                "--queues",
+                f"default,{worker}",  # its own queue: the DAGs send some steps to a given machine
                 dags=True,
                 MAAS_DIST_HOSTNAME=worker,
             )

@@ -212,9 +212,14 @@ def test_one_job_per_shard_in_all(phase1):
     assert created == sum(DAGS[d].shards for d in PHASE1), f"{created} jobs created"
 
 
-def test_both_workers_ran_tasks(phase1):
-    hosts = {row[4] for row in task_tries(phase1, PHASE1)}
-    assert set(WORKERS) <= hosts, f"tasks ran on {hosts}"
+def test_steps_ran_on_the_machine_of_their_queue(phase1):
+    """Files passed from one worker to the other: the DAGs alternate steps between the two queues."""
+    rows = phase1.query(
+        "SELECT dag_id, task_id, map_index, queue, hostname FROM task_instance WHERE dag_id = ANY(%s)", (list(PHASE1),)
+    )
+    pinned = [row for row in rows if row[3] in WORKERS]
+    assert {row[3] for row in pinned} == set(WORKERS), rows
+    assert all(row[4] == row[3] for row in pinned), [row for row in pinned if row[4] != row[3]]
 
 
 # Phase 2: a worker dies while a one-task operator has jobs running ------------------------------
@@ -294,3 +299,12 @@ def test_killed_worker_retry_reattaches_to_the_same_jobs(phase1, inputs, tmp_pat
     assert_results(dep, WORKER_LOST, inputs[DAGS[WORKER_LOST].input_key], tmp_path)
     for task_id, map_index, key, value in xcoms(dep, WORKER_LOST):
         check_xcom_value(value, f"{WORKER_LOST}.{task_id}[{map_index}] XCom {key!r}", dep.emulator_url)
+
+
+def test_api_key_in_no_log(phase1):
+    """No Airflow component and no task log (on any machine) holds the API key. (The emulator, the
+    service's side, prints a ready-to-use connection with its key when it starts.)"""
+    logs = [p for p in phase1.root.rglob("*.log") if p.is_file() and p.name != "emulator.log"]
+    assert any("task_id=" in str(p) for p in logs), "no task log found"
+    leaked = [str(p) for p in logs if API_KEY in p.read_text(errors="replace")]
+    assert not leaked, leaked
