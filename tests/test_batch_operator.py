@@ -75,7 +75,9 @@ def test_300_shards_deferred_one_job_each_in_order_few_resumes(emulator_factory,
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        (value,) = session.query(XComModel.value).filter(XComModel.run_id == run.run_id, XComModel.key == "summary").one()
+        (value,) = (
+            session.query(XComModel.value).filter(XComModel.run_id == run.run_id, XComModel.key == "summary").one()
+        )
     summary = value if isinstance(value, dict) else json.loads(value)
     assert (summary["requests"], summary["succeeded"], summary["shards"], summary["jobs"]) == (300, 300, 300, 300)
     assert 1 <= summary["resumes"] <= 2 * shards / max_active + 3, summary

@@ -243,7 +243,9 @@ class BatchDriver:
             return False
         except MaaSResultsGoneError as err:
             self._downloading.discard(key)
-            log.warning("Shard %s: the results of job %s are gone (%s); a new job will be created", key, record.job_name, err)
+            log.warning(
+                "Shard %s: the results of job %s are gone (%s); a new job will be created", key, record.job_name, err
+            )
             self._retry_or_fail(record, f"the results of job {record.job_name} are gone (410)")
             return False
         except Exception as err:

@@ -85,7 +85,9 @@ class BatchJournal:
         with manifest_path.open("rb") as handle:
             manifest = json.loads(handle.read())
         if manifest.get("version") != STATE_VERSION:
-            log.warning("Batch state at %s has format %s, not %s: not used", self.uri, manifest.get("version"), STATE_VERSION)
+            log.warning(
+                "Batch state at %s has format %s, not %s: not used", self.uri, manifest.get("version"), STATE_VERSION
+            )
             return None
         state = BatchState(
             fingerprint=manifest["fingerprint"],
@@ -97,7 +99,9 @@ class BatchJournal:
         if snapshots:
             snapshot_seq, path = snapshots[-1]
             self._replay(state, _read_json_lines(path))
-        entries = [(seq, path) for seq, path in self._numbered(self.root / "journal", "", ".jsonl") if seq > snapshot_seq]
+        entries = [
+            (seq, path) for seq, path in self._numbered(self.root / "journal", "", ".jsonl") if seq > snapshot_seq
+        ]
         for _, path in entries:
             self._replay(state, _read_json_lines(path))
         self.seq = max([snapshot_seq, *(seq for seq, _ in entries)])

@@ -151,7 +151,9 @@ class MaaSBatchPredictionOperator(BaseOperator):
             )
         else:
             if state is not None:
-                self.log.warning("The input changed since the batch state at %s was written: starting over", journal.uri)
+                self.log.warning(
+                    "The input changed since the batch state at %s was written: starting over", journal.uri
+                )
             state = self._start(context, journal, plans)
         self._remember(context, journal)
         return self._run(context, journal, state)
@@ -224,7 +226,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
     @staticmethod
     def _remember(context: Context, journal: BatchJournal) -> None:
         """Record where the state is in ``task_state_store`` (Airflow >= 3.3): a few hundred bytes."""
-        store = context.get("task_state_store")
+        store: Any = context.get("task_state_store")  # absent before Airflow 3.3
         value = {"location": journal.uri, "version": STATE_VERSION}
         if store is not None and store.get(STATE_KEY) != value:
             store.set(STATE_KEY, value)
@@ -237,7 +239,9 @@ class MaaSBatchPredictionOperator(BaseOperator):
 
         return names
 
-    def _run(self, context: Context, journal: BatchJournal, state: BatchState, resumed: BatchJobsEvent | None = None) -> str:
+    def _run(
+        self, context: Context, journal: BatchJournal, state: BatchState, resumed: BatchJobsEvent | None = None
+    ) -> str:
         self.hook.get_conn()  # the connection is looked up once, before the pool threads share the hook
         with BatchDriver(
             hook=self.hook,
@@ -290,9 +294,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
             wanted = math.ceil(len(running) / 2) if rate_limited else math.ceil(self.max_active_jobs / 2) - free
             fire_after = min(len(running), max(1, wanted))
         deadline = state.deadline
-        self.log.info(
-            "Deferring on %d running jobs (resume when %s of them ended)", len(running), fire_after or "all"
-        )
+        self.log.info("Deferring on %d running jobs (resume when %s of them ended)", len(running), fire_after or "all")
         self.defer(
             trigger=MaaSBatchJobsTrigger(
                 job_names=running,
@@ -320,7 +322,9 @@ class MaaSBatchPredictionOperator(BaseOperator):
         failed = [r for r in records if r.status is ShardStatus.FAILED]
         for record in failed:
             source = state.rounds[record.key.round].source or self.source
-            write_failure_part(source, state.plan(record.key), record.error or "the job failed", journal.part(record.key))
+            write_failure_part(
+                source, state.plan(record.key), record.error or "the job failed", journal.part(record.key)
+            )
         combined = journal.root / "results.jsonl"
         concatenate((journal.part(r.key) for r in records), combined)
         summary = merge_results([combined], self.source, self.destination)

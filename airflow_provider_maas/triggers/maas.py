@@ -106,7 +106,9 @@ class _PollingTrigger(BaseTrigger):
         """True when the jobs ended so far are enough to hand back to the task."""
         raise NotImplementedError
 
-    def _event(self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]) -> dict[str, Any]:
+    def _event(
+        self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]
+    ) -> dict[str, Any]:
         raise NotImplementedError
 
     async def _wait(self) -> dict[str, Any]:
@@ -118,7 +120,7 @@ class _PollingTrigger(BaseTrigger):
                 pollers = [_JobPoller(hook, name, self.max_consecutive_errors, self.log) for name in self._job_names()]
                 while True:
                     results = await asyncio.gather(*(p.poll() for p in pollers))
-                    pollers = [p for p, result in zip(pollers, results) if result is None]
+                    pollers = [p for p, result in zip(pollers, results, strict=True) if result is None]
                     ended.extend(result for result in results if result is not None)
                     if any(e.error for e in ended):
                         errors = "; ".join(f"job {e.job_name}: {e.error}" for e in ended if e.error)
@@ -180,7 +182,9 @@ class MaaSBatchJobTrigger(_PollingTrigger):
     def _fire(self, ended: list[_Ended], still_running: int) -> bool:
         return True
 
-    def _event(self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]) -> dict[str, Any]:
+    def _event(
+        self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]
+    ) -> dict[str, Any]:
         if status == "timeout":
             return job_event(
                 "timeout",
@@ -260,7 +264,9 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
     def _fire(self, ended: list[_Ended], still_running: int) -> bool:
         return still_running == 0 or (self.fire_after is not None and len(ended) >= self.fire_after)
 
-    def _event(self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]) -> dict[str, Any]:
+    def _event(
+        self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]
+    ) -> dict[str, Any]:
         if status == "timeout":
             message = (
                 f"{len(last_states)} job(s) still running at the deadline; they keep running on the service, "
