@@ -23,6 +23,7 @@ from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
 from tests.compat import TaskDeferred
 from tests.conftest import API_KEY, ROOT
 from tests.helpers import FakeStateStore, assert_in_input_order, make_context, write_requests
+from tests.test_storage import memfs  # noqa: F401  (fixture)
 
 SCALE_DAG = ROOT / "tests" / "dags" / "maas_batch_scale.py"
 
@@ -217,3 +218,16 @@ def test_destination_checked_before_anything_is_paid(emulator, tmp_path):
 def test_bad_settings_are_refused_when_the_dag_is_parsed(tmp_path, name, value):
     with pytest.raises(MaaSInputError, match=name):
         _operator(tmp_path / "r.jsonl", tmp_path / "o.jsonl", **{name: value})
+
+
+def test_object_store_destination_state_and_results(emulator, tmp_path, memfs):
+    source = write_requests(tmp_path / "r.jsonl", 250)
+    dest = "memory://bucket/out/results.jsonl"
+    context = make_context()
+    assert _operator(source, dest).execute(context) == dest
+    local = tmp_path / "results.jsonl"
+    local.write_bytes(memfs.cat("bucket/out/results.jsonl"))
+    assert_in_input_order(source, local)
+    assert memfs.cat("bucket/out/results.failed.jsonl") == b""
+    assert sorted(memfs.store) == ["/bucket/out/results.failed.jsonl", "/bucket/out/results.jsonl"]
+    assert emulator.emulator.jobs_created == 3
