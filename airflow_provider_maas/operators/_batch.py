@@ -143,7 +143,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
         if state is not None and state.fingerprint == fingerprint(plans):
             self._take_over(context, journal, state)
             self.log.info(
-                "Resuming the batch at %s: %d of %d shards done, %d jobs running; no job is created again",
+                "Resuming a previous try from the batch state at %s: %d of %d shards done, %d jobs running; no job is created again",
                 journal.uri,
                 state.count(ShardStatus.DONE),
                 len(state.shards),
