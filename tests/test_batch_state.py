@@ -180,3 +180,18 @@ def test_manifest_of_10000_shards_is_written_once_and_state_record_stays_small(t
     before = journal.bytes_written
     journal.append(state, [record])
     assert journal.bytes_written - before < 500
+
+
+def test_settle_before_a_deferral_leaves_a_short_replay(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "COMPACT_AFTER", 4)
+    root = to_path(str(tmp_path / "state"))
+    journal = BatchJournal(root)
+    state = _state(100)  # compaction by count alone would wait for 10 objects
+    journal.create(state)
+    for index in range(6):
+        record = state.shards[ShardKey(0, index)].but(status=ShardStatus.RUNNING, job_name=str(index))
+        state.apply(record)
+        journal.append(state, [record])
+    journal.settle(state)
+    assert not [name for name in _files(root) if name.startswith("journal/")]
+    assert BatchJournal(root).load() == state

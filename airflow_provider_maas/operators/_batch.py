@@ -272,6 +272,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
                     if ended:  # never defer on jobs already seen ended
                         driver.handle(ended)
                         continue
+                    journal.settle(state)
                     self._defer(state, running, rate_limited=driver.rate_limited)
                 if not running:
                     self.log.warning(
