@@ -19,7 +19,6 @@ from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError, MaaSJobFailedError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
-from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
 from tests.compat import TaskDeferred
 from tests.conftest import API_KEY, ROOT
 from tests.helpers import FakeStateStore, assert_in_input_order, make_context, write_requests
@@ -32,15 +31,6 @@ def _emulator_state(handle) -> dict:
     response = requests.get(f"{handle.base_url}/_emulator/state", headers={"Authorization": f"Bearer {API_KEY}"})
     response.raise_for_status()
     return response.json()
-
-
-def _trigger_event(trigger: MaaSBatchJobsTrigger) -> dict:
-    import asyncio
-
-    async def first() -> dict:
-        return (await trigger.run().__anext__()).payload
-
-    return asyncio.run(first())
 
 
 def _operator(source: Path, dest: Path, **kwargs) -> MaaSBatchPredictionOperator:
@@ -220,14 +210,15 @@ def test_bad_settings_are_refused_when_the_dag_is_parsed(tmp_path, name, value):
         _operator(tmp_path / "r.jsonl", tmp_path / "o.jsonl", **{name: value})
 
 
-def test_object_store_destination_state_and_results(emulator, tmp_path, memfs):
+def test_object_store_destination_state_and_results(emulator, tmp_path, request):
+    store_fs = request.getfixturevalue("memfs")
     source = write_requests(tmp_path / "r.jsonl", 250)
     dest = "memory://bucket/out/results.jsonl"
     context = make_context()
     assert _operator(source, dest).execute(context) == dest
     local = tmp_path / "results.jsonl"
-    local.write_bytes(memfs.cat("bucket/out/results.jsonl"))
+    local.write_bytes(store_fs.cat("bucket/out/results.jsonl"))
     assert_in_input_order(source, local)
-    assert memfs.cat("bucket/out/results.failed.jsonl") == b""
-    assert sorted(memfs.store) == ["/bucket/out/results.failed.jsonl", "/bucket/out/results.jsonl"]
+    assert store_fs.cat("bucket/out/results.failed.jsonl") == b""
+    assert sorted(store_fs.store) == ["/bucket/out/results.failed.jsonl", "/bucket/out/results.jsonl"]
     assert emulator.emulator.jobs_created == 3
