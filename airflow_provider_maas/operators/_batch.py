@@ -143,11 +143,11 @@ class MaaSBatchPredictionOperator(BaseOperator):
         if state is not None and state.fingerprint == fingerprint(plans):
             self._take_over(context, journal, state)
             self.log.info(
-                "Resuming a previous try from the batch state at %s: %d of %d shards done, %d jobs running; no job is created again",
-                journal.uri,
+                "Resuming a previous try: %d shards done, %d jobs running; no job is recreated (%d shards, state at %s)",
                 state.count(ShardStatus.DONE),
-                len(state.shards),
                 state.count(ShardStatus.RUNNING),
+                len(state.shards),
+                journal.uri,
             )
         else:
             if state is not None:

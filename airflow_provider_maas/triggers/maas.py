@@ -111,6 +111,14 @@ class _PollingTrigger(BaseTrigger):
     ) -> dict[str, Any]:
         raise NotImplementedError
 
+    #: Wait one poll interval before the first poll (the task saw every job running just before).
+    pause_first = False
+
+    async def _pause(self) -> None:
+        """Sleep one poll interval, or until the deadline if that comes first."""
+        remaining = None if self.end_time is None else self.end_time - time.time()
+        await asyncio.sleep(self.poll_interval if remaining is None else max(0.0, min(self.poll_interval, remaining)))
+
     async def _wait(self) -> dict[str, Any]:
         hook = MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
         ended: list[_Ended] = []
@@ -118,6 +126,8 @@ class _PollingTrigger(BaseTrigger):
         try:
             async with hook.async_session_scope():  # the connection is looked up once per wait
                 pollers = [_JobPoller(hook, name, self.max_consecutive_errors, self.log) for name in self._job_names()]
+                if self.pause_first:
+                    await self._pause()
                 while True:
                     results = await asyncio.gather(*(p.poll() for p in pollers))
                     pollers = [p for p, result in zip(pollers, results, strict=True) if result is None]
@@ -127,11 +137,10 @@ class _PollingTrigger(BaseTrigger):
                         return self._event("error", ended, f"Waiting failed: {errors}", {})
                     if ended and self._fire(ended, len(pollers)):
                         return self._event("success", ended, f"{len(ended)} job(s) ended", {})
-                    remaining = None if self.end_time is None else self.end_time - time.time()
-                    if remaining is not None and remaining <= 0:
+                    if self.end_time is not None and self.end_time <= time.time():
                         last = {p.job_name: p.last_state for p in pollers}
                         return self._event("timeout", ended, "", last)
-                    await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
+                    await self._pause()
         except MaaSError as err:  # the connection itself is unusable (missing key, bad URL...)
             return self._event("error", ended, str(err), {})
 
@@ -237,9 +246,14 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
     :class:`~airflow_provider_maas.operators.maas.MaaSBatchPredictionOperator`, which sets
     ``fire_after`` so that it resumes only when enough slots are free to be worth refilling.
 
+    The first poll comes one ``poll_interval`` after the trigger starts: the task has just seen every
+    job running, and a task resumed at once can race the end of its own deferral in the scheduler.
+
     :param job_names: The jobs to wait for (O(max_active_jobs) names: the only list in the kwargs).
     :param fire_after: Fire once this many jobs ended; None: once all did.
     """
+
+    pause_first = True
 
     def __init__(
         self,
