@@ -16,13 +16,18 @@ import requests
 
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.state import ShardStatus
-from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError, MaaSJobFailedError
+from airflow_provider_maas.exceptions import (
+    MaaSInputError,
+    MaaSJobCreationUncertainError,
+    MaaSJobFailedError,
+    MaaSTimeoutError,
+)
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
-from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
 from tests.compat import TaskDeferred
 from tests.conftest import API_KEY, ROOT
 from tests.helpers import FakeStateStore, assert_in_input_order, make_context, write_requests
+from tests.test_storage import memfs  # noqa: F401  (fixture)
 
 SCALE_DAG = ROOT / "tests" / "dags" / "maas_batch_scale.py"
 
@@ -31,15 +36,6 @@ def _emulator_state(handle) -> dict:
     response = requests.get(f"{handle.base_url}/_emulator/state", headers={"Authorization": f"Bearer {API_KEY}"})
     response.raise_for_status()
     return response.json()
-
-
-def _trigger_event(trigger: MaaSBatchJobsTrigger) -> dict:
-    import asyncio
-
-    async def first() -> dict:
-        return (await trigger.run().__anext__()).payload
-
-    return asyncio.run(first())
 
 
 def _operator(source: Path, dest: Path, **kwargs) -> MaaSBatchPredictionOperator:
@@ -75,7 +71,9 @@ def test_300_shards_deferred_one_job_each_in_order_few_resumes(emulator_factory,
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        (value,) = session.query(XComModel.value).filter(XComModel.run_id == run.run_id, XComModel.key == "summary").one()
+        (value,) = (
+            session.query(XComModel.value).filter(XComModel.run_id == run.run_id, XComModel.key == "summary").one()
+        )
     summary = value if isinstance(value, dict) else json.loads(value)
     assert (summary["requests"], summary["succeeded"], summary["shards"], summary["jobs"]) == (300, 300, 300, 300)
     assert 1 <= summary["resumes"] <= 2 * shards / max_active + 3, summary
@@ -215,3 +213,48 @@ def test_destination_checked_before_anything_is_paid(emulator, tmp_path):
 def test_bad_settings_are_refused_when_the_dag_is_parsed(tmp_path, name, value):
     with pytest.raises(MaaSInputError, match=name):
         _operator(tmp_path / "r.jsonl", tmp_path / "o.jsonl", **{name: value})
+
+
+def test_object_store_destination_state_and_results(emulator, tmp_path, request):
+    store_fs = request.getfixturevalue("memfs")
+    source = write_requests(tmp_path / "r.jsonl", 250)
+    dest = "memory://bucket/out/results.jsonl"
+    context = make_context()
+    assert _operator(source, dest).execute(context) == dest
+    local = tmp_path / "results.jsonl"
+    local.write_bytes(store_fs.cat("bucket/out/results.jsonl"))
+    assert_in_input_order(source, local)
+    assert store_fs.cat("bucket/out/results.failed.jsonl") == b""
+    assert sorted(store_fs.store) == ["/bucket/out/results.failed.jsonl", "/bucket/out/results.jsonl"]
+    assert emulator.emulator.jobs_created == 3
+
+
+def test_failed_shards_stay_failed_on_retry_and_run_again_once_cleared(emulator_factory, tmp_path):
+    handle = emulator_factory(final_state="JOB_STATE_FAILED", job_duration=0.1)
+    source = write_requests(tmp_path / "r.jsonl", 30)
+    dest = tmp_path / "results.jsonl"
+    with pytest.raises(MaaSJobFailedError, match="No request succeeded"):
+        _operator(source, dest, shard_retries=0).execute(_cleared(make_context(), 1))
+    with pytest.raises(MaaSJobFailedError, match="No request succeeded"):  # an automatic retry pays nothing
+        _operator(source, dest, shard_retries=0).execute(_cleared(make_context(), 1))
+    assert handle.emulator.jobs_created == 1
+    handle.emulator.config.final_state = "JOB_STATE_SUCCEEDED"
+    _operator(source, dest, shard_retries=0).execute(_cleared(make_context(), 2))  # a person cleared it
+    assert handle.emulator.jobs_created == 2
+    assert all(r.succeeded for r in assert_in_input_order(source, dest))
+
+
+def test_wait_timeout_reached_in_the_trigger_fails_naming_the_jobs(emulator_factory, tmp_path):
+    import asyncio
+
+    emulator_factory(job_duration=60)
+    source = write_requests(tmp_path / "r.jsonl", 30)
+    dest = tmp_path / "results.jsonl"
+    op = _operator(source, dest, deferrable=True, wait_timeout=0.5)
+    with pytest.raises(TaskDeferred) as info:
+        op.execute(make_context())
+    trigger = info.value.trigger
+    event = asyncio.run(anext(trigger.run())).payload
+    assert event["status"] == "timeout"
+    with pytest.raises(MaaSTimeoutError, match=trigger.job_names[0]):
+        op.execute_complete(make_context(), event)
