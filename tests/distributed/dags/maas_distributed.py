@@ -52,7 +52,11 @@ with DAG(dag_id="maas_dist_chain", **COMMON) as chain:
     create = MaaSCreateBatchJobOperator(task_id="create", file_name=upload.output, queue=B)
     wait = MaaSBatchJobSensor(task_id="wait", job_name=create.output, poll_interval=POLL, deferrable=True)
     download = MaaSDownloadResultsOperator(
-        task_id="download", job_name=create.output, destination=OUTPUT + "/results.jsonl", queue=A
+        task_id="download",
+        job_name=create.output,
+        destination=OUTPUT + "/results.jsonl",
+        requests=REQUESTS_100,  # results in input order
+        queue=A,
     )
     wait >> download
 
