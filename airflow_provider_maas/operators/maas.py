@@ -147,9 +147,9 @@ class MaaSCreateBatchJobOperator(_MaaSOperator):
             store.set(JOB_STATE_KEY, marker)  # BEFORE sending: a retry must find it
         try:
             job = self.hook.create_batch_job(self.file_name, name)
-        except MaaSJobCreationUncertainError:
+        except (MaaSJobCreationUncertainError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise  # the marker stays: a retry refuses too
-        except Exception as err:
+        except BaseException as err:  # Airflow's AirflowTaskTimeout/AirflowTaskTerminated are BaseExceptions
             if not proves_not_created(err):
                 raise uncertain_create_error(marker, what=what, cause=err) from err
             if store is not None:
@@ -212,6 +212,7 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
         self.extract_images = extract_images
 
     def execute(self, context: Context) -> str:
+        from airflow_provider_maas.exceptions import MaaSInputError
         from airflow_provider_maas.merge import compare_with_job, failed_path_for, merge_results, summarise_results
         from airflow_provider_maas.storage import check_destination, check_within, filesystem_of, to_path, uri_of
 
@@ -219,7 +220,10 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
         check_within(dest, self.allowed_prefix, what="destination")
         ordered = self.requests is not None
         if ordered:
-            filesystem_of(to_path(self.requests, what="requests file"), what="requests file")
+            requests = to_path(self.requests, what="requests file")
+            filesystem_of(requests, what="requests file")
+            if not requests.is_file():
+                raise MaaSInputError(f"The requests file {uri_of(requests)!r} does not exist; give the uploaded file.")
         job = self.hook.get_batch_job(self.job_name)
         metadata = self.hook.download_results(self.job_name, dest)
         if ordered:
