@@ -25,7 +25,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from benchmarks._common import ROOT, Figure, connection_json, emulator_admin, emulator_process
 
@@ -163,9 +162,13 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
     lines = sum(1 for _ in results.open("rb")) if results.exists() else 0
     ok = finished and final.get("state") == "success" and lines == case.requests
     n = case.label
-    figure.add(f"{n}: task ended", final.get("state") if finished else f"not within {deadline:.0f} s", target="success", met=ok)
+    figure.add(
+        f"{n}: task ended", final.get("state") if finished else f"not within {deadline:.0f} s", target="success", met=ok
+    )
     figure.add(f"{n}: results in the output file", lines, case.requests, target="all", met=lines == case.requests)
-    figure.add(f"{n}: jobs created (one per shard)", created, case.shards, target="= shards", met=created == case.shards)
+    figure.add(
+        f"{n}: jobs created (one per shard)", created, case.shards, target="= shards", met=created == case.shards
+    )
     figure.add(
         f"{n}: wall time vs service-bound ideal (s)",
         wall,
@@ -175,9 +178,7 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
         met=(ok and wall / case.ideal <= case.wall_target) if case.wall_target else None,
     )
     resumes = watch.deferrals()
-    figure.add(
-        f"{n}: resumes (deferrals)", resumes, target=f"<= {case.max_resumes}", met=resumes <= case.max_resumes
-    )
+    figure.add(f"{n}: resumes (deferrals)", resumes, target=f"<= {case.max_resumes}", met=resumes <= case.max_resumes)
     largest = max(watch.state_value_max.values(), default=0)
     figure.add(f"{n}: task state: largest value (bytes)", largest, target="<= 65,535", met=largest <= STATE_LIMIT)
     figure.add(f"{n}: task state: writes / bytes written (<=)", f"{state_writes:,} / {state_writes * largest:,}")
@@ -194,7 +195,12 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
         target=f"< {case.rss_target_mb:g} MB" if case.rss_target_mb else "",
         met=rss < case.rss_target_mb if case.rss_target_mb else None,
     )
-    figure.add(f"{n}: emulator CPU (cores; 1 = saturated)", emulator_cpu / elapsed, target="< 0.9", met=emulator_cpu / elapsed < 0.9)
+    figure.add(
+        f"{n}: emulator CPU (cores; 1 = saturated)",
+        emulator_cpu / elapsed,
+        target="< 0.9",
+        met=emulator_cpu / elapsed < 0.9,
+    )
     figure.notes.append(
         f"{n} requests: {case.shards:,} shards of {case.per_file}, max_active_jobs={case.max_active_jobs}, jobs of "
         f"{case.job_seconds:g} s, API latency {case.latency:g} s; ideal {case.ideal:g} s. Task states seen: "

@@ -26,7 +26,6 @@ import shutil
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -97,7 +96,10 @@ def deployment(tmp_path_factory) -> dict[str, Any]:
         phases.append(f"{name} {time.monotonic() - started:.0f}s")
 
     emulator = {"job_duration": JOB_SECONDS, "access_log_limit": 1000}
-    with emulator_process(tmp / "emu-run", **emulator) as emu_run, emulator_process(tmp / "emu-crash", **emulator) as emu_crash:
+    with (
+        emulator_process(tmp / "emu-run", **emulator) as emu_run,
+        emulator_process(tmp / "emu-crash", **emulator) as emu_crash,
+    ):
         urls = {RUN: emu_run.base_url, CRASH: emu_crash.base_url}
         airflow = AirflowProcesses(
             tmp / "airflow",
