@@ -11,8 +11,10 @@ import html
 import ipaddress
 import json
 import math
+import os
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -25,6 +27,8 @@ from airflow_provider_maas.exceptions import (
     MaaSConfigError,
     MaaSInputError,
     MaaSNotFoundError,
+    MaaSRateLimitError,
+    MaaSResultsGoneError,
     MaaSRetryableError,
 )
 
@@ -34,8 +38,11 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 USER_AGENT = "airflow-provider-maas"
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-#: Statuses that prove the service did NOT act on the request, so even job creation may be retried.
-NOT_PROCESSED_STATUS = frozenset({429, 503})
+#: The one status taken to prove the service did NOT act on a create call, so creation may be
+#: retried: 429 RESOURCE_EXHAUSTED is a refusal for quota before any work. 503 is not: a gateway
+#: or load balancer may answer 503 after the service behind it created the job (see
+#: ``hooks/_transport.py``, "Job creation").
+NOT_PROCESSED_STATUS = frozenset({429})
 
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]")  # C0 and C1 control characters, slashes
 
@@ -144,9 +151,7 @@ def build_config(
         raise MaaSConfigError(
             f"Connection {conn_id!r}: extra.timeout must be a positive number of seconds, not {extra.get('timeout')!r}."
         )
-    verify = extra.get("verify", True)
-    if isinstance(verify, str) and verify.lower() in {"true", "false"}:
-        verify = verify.lower() == "true"
+    verify = parse_verify(extra.get("verify", True), conn_id=conn_id)
     return ApiConfig(
         base_url=base_url,
         endpoint=endpoint,
@@ -154,6 +159,34 @@ def build_config(
         timeout=timeout,
         connect_timeout=min(DEFAULT_CONNECT_TIMEOUT, timeout),
         verify=verify,
+    )
+
+
+def parse_verify(value: Any, *, conn_id: str) -> bool | str:
+    """The connection's ``verify`` extra, strictly: ``True``/``False`` (or the strings "true"/"false",
+    any case), or the path of an existing CA bundle file. Anything else is a :class:`MaaSConfigError`:
+    a loose reading once turned checking off for ``0`` or ``""`` on one path and not the other."""
+    if value is None:
+        return True
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in {"true", "false"}:
+            return text.lower() == "true"
+        if text and os.path.isfile(text):
+            return text
+        if text and os.path.exists(text):
+            problem = f"{text!r} is not a file"
+        elif text:
+            problem = f"no file {text!r} exists"
+        else:
+            problem = "it is empty"
+    else:
+        problem = f"{value!r} is not true, false or a path"
+    raise MaaSConfigError(
+        f"Connection {conn_id!r}: extra.verify must be true, false or the path of a CA bundle file (PEM), "
+        f"but {problem}. Leave it unset (true) to check the server's certificate against the system CAs."
     )
 
 
@@ -175,39 +208,72 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         pass
     try:
-        import time
-
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
 
 
+#: ``Authorization: <anything>`` (a header echoed by a proxy) and ``Bearer <token>``.
+_AUTH_VALUE = re.compile(r"(authorization[\s\"'<>/]*[:=][\s\"']*)[^\s\"'<>,;]+(\s+[^\s\"'<>,;]+)?", re.IGNORECASE)
+_BEARER = re.compile(r"(bearer\s+)[^\s\"'<>,;]+", re.IGNORECASE)
+#: Longest text of a response kept in an error message.
+MAX_SHOWN = 300
+
+
+def redact(text: str, api_key: str | None) -> str:
+    """``text`` without the API key nor any ``Authorization:`` / ``Bearer`` value.
+
+    Every text taken from a response goes through here BEFORE it is cut or stored (a key cut in
+    half by a length limit would still leak its first half).
+    """
+    if api_key:
+        text = text.replace(api_key, "***")
+    text = _AUTH_VALUE.sub(r"\1***", text)
+    return _BEARER.sub(r"\1***", text)
+
+
+def response_text(body: bytes, api_key: str | None, *, limit: int = MAX_SHOWN) -> str:
+    """Readable, redacted and shortened text of a response body (HTML tags and spacing removed)."""
+    text = redact(body.decode("utf-8", errors="replace"), api_key)
+    if "<" in text:
+        text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+        text = redact(text, api_key)  # an entity (&#66;earer) may have hidden a pattern
+    text = " ".join(text.split())
+    return (text[:limit] + "...") if len(text) > limit else text
+
+
+def _load_json(body: bytes) -> Any:
+    """``json.loads`` that never raises anything but ``ValueError`` (deep nesting included)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def error_from_response(
     status: int, body: bytes, *, what: str, retry_after: str | None = None, api_key: str | None = None
 ) -> MaaSApiError:
-    """Map an HTTP error answer to the matching exception, with a readable message.
+    """Map an HTTP error answer to the matching exception, with a readable, redacted message.
 
     Works for the documented Google-style body ``{"error": {"code", "message", "status"}}`` and
     for any other body (HTML from a proxy, plain text, nothing).
     """
     error_status: str | None = None
     error_message: str | None = None
-    text = body.decode("utf-8", errors="replace")
     try:
-        payload = json.loads(text)
+        payload = _load_json(body)
         err = payload.get("error") if isinstance(payload, dict) else None
         if isinstance(err, dict):
             error_status = err.get("status") if isinstance(err.get("status"), str) else None
-            error_message = str(err.get("message")) if err.get("message") is not None else None
+            if err.get("message") is not None:
+                error_message = response_text(str(err["message"]).encode(), api_key, limit=MAX_SHOWN * 4)
+            error_status = redact(error_status, api_key)[:100] if error_status else None
         elif isinstance(err, str):
-            error_message = err
+            error_message = response_text(err.encode(), api_key)
     except (ValueError, AttributeError):
-        text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+        pass
     if error_message is None:  # not the Google shape: show what came, shortened
-        text = " ".join(text.split())
-        error_message = (text[:300] + "...") if len(text) > 300 else (text or None)
-    if api_key and error_message and api_key in error_message:
-        error_message = error_message.replace(api_key, "***")
+        error_message = response_text(body, api_key) or None
     detail = f"HTTP {status}" + (f" {error_status}" if error_status else "")
     message = f"{what} failed: {detail}: {error_message or 'no error message in the answer'}"
     kwargs: dict[str, Any] = {
@@ -223,26 +289,41 @@ def error_from_response(
             else "check that this key may use the ENDPOINT set in the connection"
         )
         return MaaSAuthError(f"{message} ({hint})", **kwargs)
-    if status in (404, 410):
+    if status == 410:
+        return MaaSResultsGoneError(message, **kwargs)
+    if status == 404:
         return MaaSNotFoundError(message, **kwargs)
+    if status == 429:
+        return MaaSRateLimitError(message, **kwargs)
     if status in RETRYABLE_STATUS:
         return MaaSRetryableError(message, **kwargs)
     return MaaSApiError(message, **kwargs)
 
 
-def parse_json(body: bytes, *, what: str) -> dict[str, Any]:
-    """Parse a success body; anything but a JSON object is a clear :class:`MaaSApiError`."""
+def parse_json(body: bytes, *, what: str, api_key: str | None = None) -> dict[str, Any]:
+    """Parse a success body; anything but a JSON object (deep nesting included) is a clear
+    :class:`MaaSApiError` quoting the redacted start of the body."""
     try:
-        payload = json.loads(body)
+        payload = _load_json(body)
     except ValueError:
         payload = None
     if not isinstance(payload, dict):
-        snippet = body[:200].decode("utf-8", errors="replace")
+        snippet = response_text(body, api_key, limit=200)
         raise MaaSApiError(
-            f"{what}: the service answered with success but the body is not a JSON object: {snippet!r}; "
+            f"{what}: the service answered with success but the body is not a usable JSON object: {snippet!r}; "
             "check the connection's Base URL points at the MaaS API."
         )
     return payload
+
+
+def redirect_error(status: int, location: str | None, *, what: str, api_key: str | None) -> MaaSConfigError:
+    """A 3xx answer: never followed (a redirect would carry the API key to another address)."""
+    target = redact(location or "", api_key)[:200] or "no Location given"
+    return MaaSConfigError(
+        f"{what}: the server answered HTTP {status}, a redirect to {target}. Redirects are not followed "
+        "(they would send the API key elsewhere): set the connection's Base URL to the address the "
+        "service really answers on."
+    )
 
 
 def backoff_delay(attempt: int, *, retry_after: float | None, base: float = 1.0, cap: float = 60.0) -> float:
@@ -254,3 +335,31 @@ def backoff_delay(attempt: int, *, retry_after: float | None, base: float = 1.0,
 
 
 DEFAULT_MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The one retry policy of every call, sync (tenacity) and async (a loop): how many attempts,
+    the backoff (exponential, full jitter, at least ``Retry-After``) and what is retried
+    (:class:`MaaSRetryableError`: 429, 408, 5xx, connection errors, timeouts; never a 4xx, a TLS
+    failure or an uncertain job creation)."""
+
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    base_delay: float = 1.0
+    cap: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise MaaSConfigError(f"max_attempts must be at least 1, not {self.max_attempts!r}.")
+
+    @staticmethod
+    def retryable(error: BaseException) -> bool:
+        return isinstance(error, MaaSRetryableError)
+
+    def delay(self, attempt: int, error: BaseException | None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        retry_after = getattr(error, "retry_after", None)
+        return backoff_delay(attempt, retry_after=retry_after, base=self.base_delay, cap=self.cap)
+
+    def should_retry(self, attempt: int, error: BaseException) -> bool:
+        return attempt < self.max_attempts and self.retryable(error)

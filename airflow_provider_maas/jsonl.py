@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_BYTES_PER_FILE",
     "MAX_REQUESTS_PER_FILE",
+    "SHARD_PREFIX",
     "FileStats",
     "RequestLine",
     "Shard",
@@ -361,11 +362,17 @@ def iter_shards(
         yield Shard(plan, buffer.getvalue())
 
 
+#: Shard files are ``part-00000.jsonl``, ``part-00001.jsonl``...
+SHARD_PREFIX = "part"
+
+
 def shard_name(prefix: str, index: int, total: int) -> str:
     """Deterministic shard file name: ``shard_name("part", 0, 3) == "part-00000.jsonl"``.
 
     The number is zero-padded to at least 5 digits (more if ``total`` needs it), so names sort.
     """
+    if not prefix or prefix.endswith("/"):
+        raise ValueError(f"shard name prefix {prefix!r} must name the file, e.g. {SHARD_PREFIX!r}")
     if total < 1 or not 0 <= index < total:
         raise ValueError(f"shard index {index} is not in 0..{total - 1}")
     width = max(5, len(str(total - 1)))

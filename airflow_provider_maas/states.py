@@ -1,11 +1,20 @@
-"""Batch job states (Vertex AI ``JobState`` names) and how the provider classifies them.
+"""Batch job states (Vertex AI ``JobState`` names) and what they mean to whoever waits on a job.
 
-One place decides what a state means; the hook, sensor, trigger and operators all use it.
+One place decides: :func:`job_outcome` turns a job's JSON into a :class:`JobOutcome` (keep waiting,
+succeeded, partial, failed), used by the hook's wait, the triggers, the sensor and the batch
+operator. A ``JobOutcome`` is also the compact form a trigger event carries (a few hundred bytes,
+never the whole job JSON).
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from enum import Enum
+from typing import Any
+
+#: Longest service error message kept in an outcome (events and state stay small).
+MAX_ERROR_MESSAGE = 500
 
 
 class JobState(str, Enum):
@@ -35,24 +44,7 @@ class StateKind(str, Enum):
     UNKNOWN = "unknown"  # not a documented state: log it, keep polling until the deadline
 
 
-ACTIVE_STATES = frozenset(
-    {
-        JobState.UNSPECIFIED,
-        JobState.QUEUED,
-        JobState.PENDING,
-        JobState.RUNNING,
-        JobState.CANCELLING,
-        JobState.PAUSED,
-        JobState.UPDATING,
-    }
-)
 FAILED_STATES = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
-
-#: States after which a job never changes again.
-TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.PARTIALLY_SUCCEEDED, *FAILED_STATES})
-
-#: States in which results can be downloaded.
-RESULT_STATES = frozenset({JobState.SUCCEEDED, JobState.PARTIALLY_SUCCEEDED})
 
 
 def classify_state(state: str | None) -> StateKind:
@@ -70,25 +62,125 @@ def classify_state(state: str | None) -> StateKind:
     return StateKind.ACTIVE
 
 
-def job_error_message(job: dict) -> str:
-    """A readable message for a job that ended badly, from its ``error`` object when present."""
+class Outcome(str, Enum):
+    """What to do about a job: keep waiting, or it ended one of three ways."""
+
+    WAITING = "waiting"  # active or an undocumented state: poll again (until the deadline)
+    SUCCEEDED = "succeeded"  # results hold every request
+    PARTIAL = "partial"  # results exist, some requests failed
+    FAILED = "failed"  # FAILED, CANCELLED or EXPIRED: no results
+
+
+_OUTCOME_OF_KIND = {
+    StateKind.ACTIVE: Outcome.WAITING,
+    StateKind.UNKNOWN: Outcome.WAITING,
+    StateKind.SUCCEEDED: Outcome.SUCCEEDED,
+    StateKind.PARTIAL: Outcome.PARTIAL,
+    StateKind.FAILED: Outcome.FAILED,
+}
+
+
+def _count(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class JobOutcome:
+    """A job's state reduced to what a waiter needs; JSON round-trips with :meth:`as_dict`.
+
+    :param error_code: ``error.code`` of a job that ended badly (the service's RPC status), if any.
+    :param error_message: ``error.message``, cut to :data:`MAX_ERROR_MESSAGE` characters.
+    :param successful: ``completionStats.successfulCount`` (the service sends strings or null).
+    """
+
+    job_name: str
+    state: str | None
+    outcome: Outcome
+    error_code: int | str | None = None
+    error_message: str | None = None
+    successful: int | None = None
+    failed: int | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.outcome is not Outcome.WAITING
+
+    @property
+    def has_results(self) -> bool:
+        return self.outcome in (Outcome.SUCCEEDED, Outcome.PARTIAL)
+
+    @property
+    def message(self) -> str:
+        """One readable line: the state, and the service's error for a failed job."""
+        if self.outcome is not Outcome.FAILED:
+            return f"job {self.job_name} is {self.state}"
+        if self.error_message or self.error_code is not None:
+            code = f" (code {self.error_code})" if self.error_code is not None else ""
+            return f"job {self.job_name} ended in {self.state}: {self.error_message or 'no message'}{code}"
+        return f"job {self.job_name} ended in {self.state} and the service gave no error message"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "job_name": self.job_name,
+            "state": self.state,
+            "outcome": self.outcome.value,
+            "error_code": self.error_code,
+            "error_message": self.error_message,
+            "successful": self.successful,
+            "failed": self.failed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobOutcome:
+        """Rebuild from :meth:`as_dict` (raises ``KeyError``/``ValueError`` on anything else)."""
+        return cls(
+            job_name=str(data["job_name"]),
+            state=data.get("state"),
+            outcome=Outcome(data["outcome"]),
+            error_code=data.get("error_code"),
+            error_message=data.get("error_message"),
+            successful=data.get("successful"),
+            failed=data.get("failed"),
+        )
+
+
+def job_outcome(job: dict[str, Any], job_name: str | None = None) -> JobOutcome:
+    """THE decision: what a job's JSON (as ``GET batchPredictionJobs/{name}`` returns it) means."""
     state = job.get("state")
     error = job.get("error")
+    code = message = None
     if isinstance(error, dict) and error:
         code = error.get("code")
-        message = error.get("message") or "no message"
-        return f"job {job.get('name')} ended in {state}: {message}" + (f" (code {code})" if code else "")
-    return f"job {job.get('name')} ended in {state} and the service gave no error message"
-
-
-def completion_counts(job: dict) -> tuple[int | None, int | None]:
-    """``(successful, failed)`` from ``completionStats``; the service sends strings or null."""
+        raw = error.get("message")
+        message = str(raw)[:MAX_ERROR_MESSAGE] if raw else None
     stats = job.get("completionStats") or {}
+    return JobOutcome(
+        job_name=str(job.get("name") or job_name),
+        state=state,
+        outcome=_OUTCOME_OF_KIND[classify_state(state)],
+        error_code=code if isinstance(code, (int, str)) else None,
+        error_message=message,
+        successful=_count(stats.get("successfulCount")),
+        failed=_count(stats.get("failedCount")),
+    )
 
-    def _int(value: object) -> int | None:
-        try:
-            return int(value)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
-            return None
 
-    return _int(stats.get("successfulCount")), _int(stats.get("failedCount"))
+def log_state_change(log: logging.Logger | Any, job_name: str, state: str | None, seconds: float) -> None:
+    """Log a job's new state (info), warning on an undocumented one; callers call it on changes only."""
+    log.info("Job %s is %s (after %.0fs)", job_name, state, seconds)
+    if classify_state(state) is StateKind.UNKNOWN:
+        log.warning("Job %s is in an undocumented state %r; still polling", job_name, state)
+
+
+def job_error_message(job: dict[str, Any]) -> str:
+    """A readable message for a job that ended badly, from its ``error`` object when present."""
+    return job_outcome(job).message
+
+
+def completion_counts(job: dict[str, Any]) -> tuple[int | None, int | None]:
+    """``(successful, failed)`` from ``completionStats``; the service sends strings or null."""
+    outcome = job_outcome(job)
+    return outcome.successful, outcome.failed

@@ -16,6 +16,8 @@ from airflow_provider_maas.exceptions import (
     MaaSConfigError,
     MaaSInputError,
     MaaSNotFoundError,
+    MaaSRateLimitError,
+    MaaSResultsGoneError,
     MaaSRetryableError,
 )
 
@@ -134,7 +136,31 @@ def test_build_config_reads_timeout_verify_and_insecure_http():
     assert config.timeout == 2.5
     assert config.connect_timeout == 2.5  # never longer than the whole timeout
     assert config.verify is False
-    assert make_config(extra={"endpoint": "ep", "verify": "/etc/ssl/ca.pem"}).verify == "/etc/ssl/ca.pem"
+
+
+def test_build_config_verify_path_must_be_an_existing_file(tmp_path):
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert make_config(extra={"endpoint": "ep", "verify": str(bundle)}).verify == str(bundle)
+    with pytest.raises(MaaSConfigError, match=r"no file .*missing\.pem"):
+        make_config(extra={"endpoint": "ep", "verify": str(tmp_path / "missing.pem")})
+    with pytest.raises(MaaSConfigError, match="is not a file"):
+        make_config(extra={"endpoint": "ep", "verify": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(True, True), (False, False), ("true", True), ("FALSE", False), (" True ", True), (None, True)],
+)
+def test_build_config_verify_booleans(value, expected):
+    assert make_config(extra={"endpoint": "ep", "verify": value}).verify is expected
+    assert make_config(extra={"endpoint": "ep"}).verify is True
+
+
+@pytest.mark.parametrize("value", [0, 1, "", "no", "0", "yes", 0.0, [], {}])
+def test_build_config_verify_anything_else_is_refused(value):
+    with pytest.raises(MaaSConfigError, match=r"extra\.verify must be true, false or the path of a CA bundle"):
+        make_config(extra={"endpoint": "ep", "verify": value})
 
 
 def test_build_config_missing_endpoint():
@@ -201,9 +227,9 @@ def google_error(code: int, status: str, message: str) -> bytes:
         (401, MaaSAuthError),
         (403, MaaSAuthError),
         (404, MaaSNotFoundError),
-        (410, MaaSNotFoundError),
+        (410, MaaSResultsGoneError),
         (408, MaaSRetryableError),
-        (429, MaaSRetryableError),
+        (429, MaaSRateLimitError),
         (500, MaaSRetryableError),
         (502, MaaSRetryableError),
         (503, MaaSRetryableError),
@@ -272,6 +298,54 @@ def test_error_from_response_never_echoes_the_key():
     assert "***" in str(err)
     err = api.error_from_response(500, f"<p>token={KEY}</p>".encode(), what="x", api_key=KEY)
     assert KEY not in str(err)
+
+
+@pytest.mark.parametrize("offset", [0, 150, 290, 299, 305])
+def test_error_bodies_are_redacted_before_they_are_cut(offset):
+    """A key across the 300-character cut must not leak its first characters."""
+    body = ("x" * offset + KEY + "y" * 400).encode()
+    err = api.error_from_response(502, body, what="x", api_key=KEY)
+    for size in range(6, len(KEY) + 1):
+        assert KEY[:size] not in str(err)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Authorization: Bearer some-other-token-123",
+        '{"headers": {"Authorization": "Bearer some-other-token-123"}}',
+        "authorization=Basic some-other-token-123",
+        "sent bearer some-other-token-123 upstream",
+        "<td>Authorization</td><td>: Bearer some-other-token-123</td>",
+    ],
+)
+def test_redact_removes_any_authorization_or_bearer_value(text):
+    assert "some-other-token-123" not in api.response_text(text.encode(), KEY)
+    assert "some-other-token-123" not in api.redact(text, KEY)
+
+
+def test_parse_json_redacts_and_survives_deep_nesting():
+    with pytest.raises(MaaSApiError) as info:
+        api.parse_json(f"<pre>Authorization: Bearer {KEY}</pre>".encode(), what="Getting job 1", api_key=KEY)
+    assert KEY not in str(info.value)
+    deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
+    with pytest.raises(MaaSApiError, match="not a usable JSON object"):
+        api.parse_json(deep, what="Getting job 1")
+    err = api.error_from_response(500, deep, what="Getting job 1")
+    assert isinstance(err, MaaSRetryableError) and len(str(err)) < 400
+
+
+def test_retry_policy_retries_only_retryable_errors_and_honours_retry_after():
+    policy = api.RetryPolicy(max_attempts=3, base_delay=0.01)
+    limited = api.error_from_response(429, b"", what="x", retry_after="4")
+    assert policy.should_retry(1, limited) and policy.should_retry(2, limited)
+    assert not policy.should_retry(3, limited)
+    assert not policy.should_retry(1, api.error_from_response(400, b"", what="x"))
+    assert not policy.should_retry(1, MaaSConfigError("TLS"))
+    assert policy.delay(1, limited) >= 4.0
+    assert api.RetryPolicy().max_attempts == 5
+    with pytest.raises(MaaSConfigError):
+        api.RetryPolicy(max_attempts=0)
 
 
 # Retry-After and backoff -----------------------------------------------------------------

@@ -15,16 +15,12 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
-import requests
 import tenacity.nap
-import urllib3.exceptions
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_maas.emulator.faults import FaultInjector
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
     MaaSAuthError,
@@ -37,7 +33,6 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
     MaaSTimeoutError,
 )
-from airflow_provider_maas.hooks import _transport
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.integrity import b64_crc32c, b64_md5
 from tests.conftest import API_KEY, ENDPOINT, connection_env
@@ -114,23 +109,6 @@ def api_requests(handle) -> int:
 
 def faults_on(handle, path_qs: str) -> list[str | None]:
     return [entry["fault"] for entry in handle.emulator.access_log if entry["path_qs"] == path_qs]
-
-
-def arrange_faults(handle, route: str, method: str, path_qs: str, outcomes, **rates) -> None:
-    """Turn faults on in the running emulator with a seed that gives the next requests to
-    ``path_qs`` the wanted outcomes in order (each a predicate on the emulator's FaultDecision)."""
-    for seed in range(50_000):
-        injector = FaultInjector(replace(handle.config, seed=seed, **rates))
-        if all(wanted(injector.decide(route, method, path_qs)) for wanted in outcomes):
-            break
-    else:  # pragma: no cover - the emulator's draws changed shape
-        raise AssertionError(f"no seed gives {outcomes} for {rates}")
-    for name, value in {**rates, "seed": seed}.items():
-        setattr(handle.emulator.config, name, value)
-
-
-def no_fault(decision) -> bool:
-    return decision.name is None and not decision.corrupt_download and not decision.truncate_download
 
 
 def job_path(name: str) -> str:
@@ -428,14 +406,7 @@ def test_wait_timeout(start):
 @pytest.mark.parametrize(("body", "expected"), [("html", "That's an error."), ("text", "upstream connect error")])
 def test_non_json_error_body_gives_a_readable_message(start, retry_sleeps, body, expected):
     handle = start()
-    arrange_faults(
-        handle,
-        "get",
-        "GET",
-        job_path("42"),
-        [lambda d: d.name in ("500", "503"), lambda d: d.name in ("500", "503") and d.server_error_body == body],
-        rate_5xx=1.0,
-    )
+    handle.schedule(f"get:2:503={body}")
     with pytest.raises(MaaSRetryableError) as info:
         make_hook(max_attempts=2).get_batch_job("42")
     message = str(info.value)
@@ -452,7 +423,7 @@ def test_429_retry_after_is_honoured(start, retry_sleeps, caplog):
     handle = start(retry_after=3)
     hook = make_hook()
     name = new_job(hook)
-    arrange_faults(handle, "get", "GET", job_path(name), [lambda d: d.name == "429", no_fault], rate_429=0.5)
+    handle.schedule("get:1:429")
     assert hook.get_batch_job(name)["name"] == name
     assert retry_sleeps == [3.0]  # base delay 0.01: only Retry-After can ask for 3 s
     assert faults_on(handle, job_path(name)) == ["429", None]
@@ -466,33 +437,19 @@ def test_backoff_without_retry_after_uses_the_base_delay(start, retry_sleeps):
     handle = start()
     hook = make_hook()
     name = new_job(hook)
-    arrange_faults(
-        handle,
-        "get",
-        "GET",
-        job_path(name),
-        [lambda d: d.name == "500", lambda d: d.name == "reset", no_fault],
-        rate_5xx=0.5,
-        rate_reset=0.5,
-    )
+    handle.schedule("get:1:500", "get:1:reset")
     assert hook.get_batch_job(name)["name"] == name
     assert len(retry_sleeps) == 2
     assert 0 <= retry_sleeps[0] <= 0.01
     assert 0 <= retry_sleeps[1] <= 0.02
 
 
-@pytest.mark.parametrize(
-    ("rates", "first", "logged"),
-    [
-        ({"rate_5xx": 0.5}, lambda d: d.name == "503", "503"),
-        ({"rate_reset": 0.5}, lambda d: d.name == "reset", "reset"),
-    ],
-)
-def test_transient_get_failures_are_retried(start, retry_sleeps, caplog, rates, first, logged):
+@pytest.mark.parametrize("logged", ["503", "reset"])
+def test_transient_get_failures_are_retried(start, retry_sleeps, caplog, logged):
     handle = start()
     hook = make_hook()
     name = new_job(hook)
-    arrange_faults(handle, "get", "GET", job_path(name), [first, no_fault], **rates)
+    handle.schedule(f"get:1:{logged}")
     assert hook.get_batch_job(name)["name"] == name
     assert faults_on(handle, job_path(name)) == [logged, None]
     [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
@@ -516,15 +473,7 @@ async def test_async_get_retries_transient_failures(start, caplog):
     name = new_job(hook)
     # aiohttp itself re-sends a GET once, silently, when the server drops the connection: the
     # first reset never reaches the hook; the second is the hook's attempt 1, the 503 its attempt 2
-    arrange_faults(
-        handle,
-        "get",
-        "GET",
-        job_path(name),
-        [lambda d: d.name == "reset", lambda d: d.name == "reset", lambda d: d.name == "503", no_fault],
-        rate_5xx=0.5,
-        rate_reset=0.5,
-    )
+    handle.schedule("get:2:reset", "get:1:503")
     async with hook.async_session_scope():
         assert (await hook.aget_batch_job(name))["name"] == name
     assert faults_on(handle, job_path(name)) == ["reset", "reset", "503", None]
@@ -536,38 +485,41 @@ async def test_async_get_retries_transient_failures(start, caplog):
 
 
 @pytest.mark.parametrize(
-    ("rates", "fault", "jobs_created"),
+    ("fault", "jobs_created"),
     [
-        ({"rate_create_lost_response": 1.0}, lambda d: d.name is None and d.lost_create_response, 1),
-        ({"rate_5xx": 0.5}, lambda d: d.name == "500", 0),
-        ({"rate_reset": 0.5}, lambda d: d.name == "reset", 0),
+        ("lost-500", 1),
+        ("lost-503", 1),
+        ("lost-reset", 1),
+        ("lost-nonjson", 1),
+        ("500", 0),
+        ("503", 0),
+        ("reset", 0),
+        ("nonjson-200", 0),
+        ("deep-json", 0),
     ],
 )
-def test_create_is_not_retried_when_it_may_have_reached_the_service(start, retry_sleeps, rates, fault, jobs_created):
+def test_create_is_not_retried_when_it_may_have_reached_the_service(start, retry_sleeps, fault, jobs_created):
     handle = start()
     hook = make_hook()
     hook.upload_file(REQUESTS_FILE, "once.jsonl")
     before = api_requests(handle)
-    arrange_faults(handle, "create", "POST", f"{API_PATH}/batchPredictionJobs", [fault], **rates)
+    handle.schedule(f"create:1:{fault}")
     with pytest.raises(MaaSJobCreationUncertainError) as info:
         hook.create_batch_job("once.jsonl", "once")
-    assert "NOT retried" in str(info.value)
+    message = str(info.value)
+    assert "not retried" in message and "'once.jsonl'" in message and "'once'" in message
     assert_no_key(info.value)
     assert api_requests(handle) - before == 1
     assert handle.emulator.jobs_created == jobs_created
     assert retry_sleeps == []
 
 
-@pytest.mark.parametrize(
-    ("rates", "first"),
-    [({"rate_429": 0.5}, lambda d: d.name == "429"), ({"rate_5xx": 0.5}, lambda d: d.name == "503")],
-)
-def test_create_is_retried_when_the_service_did_not_act(start, retry_sleeps, rates, first):
+def test_create_is_retried_on_429_the_service_did_not_act(start, retry_sleeps):
     handle = start()
     hook = make_hook()
     hook.upload_file(REQUESTS_FILE, "retry.jsonl")
     before = api_requests(handle)
-    arrange_faults(handle, "create", "POST", f"{API_PATH}/batchPredictionJobs", [first, no_fault], **rates)
+    handle.schedule("create:1:429")
     job = hook.create_batch_job("retry.jsonl", "retried")
     assert job["state"] == "JOB_STATE_PENDING"
     assert api_requests(handle) - before == 2
@@ -579,21 +531,32 @@ def test_create_is_retried_when_the_connection_is_refused(monkeypatch, retry_sle
     monkeypatch.setenv(*connection_env(f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(MaaSRetryableError) as info:
         make_hook(max_attempts=3).create_batch_job("f.jsonl", "d")
-    assert "connection error" in str(info.value)
+    assert "cannot reach 127.0.0.1:" in str(info.value)
+    assert "connection was refused" in str(info.value)
     assert len(retry_sleeps) == 2
 
 
-def test_failed_dns_lookup_on_create_is_retryable_a_read_timeout_is_not():
-    failed_lookup = requests.ConnectionError(
-        urllib3.exceptions.MaxRetryError(
-            None, "/x", urllib3.exceptions.NameResolutionError("maas.invalid", None, OSError("no such host"))
-        )
-    )
-    err = _transport._transport_error(failed_lookup, what="Creating a job", idempotent=False, timeout=5)
-    assert type(err) is MaaSRetryableError
-    err = _transport._transport_error(requests.ReadTimeout(), what="Creating a job", idempotent=False, timeout=0.5)
-    assert type(err) is MaaSJobCreationUncertainError
-    assert "0.5s" in str(err)
+def test_failed_dns_lookup_on_create_is_retried_and_named(monkeypatch, retry_sleeps):
+    monkeypatch.setenv(*connection_env("https://maas-host.invalid:8443"))
+    with pytest.raises(MaaSRetryableError) as info:
+        make_hook(max_attempts=2).create_batch_job("f.jsonl", "d")
+    assert "cannot reach maas-host.invalid:8443" in str(info.value)
+    assert "DNS" in str(info.value)
+    assert len(retry_sleeps) == 1
+
+
+async def test_async_transport_errors_name_host_port_and_cause(monkeypatch):
+    port = free_port()
+    monkeypatch.setenv(*connection_env(f"http://127.0.0.1:{port}"))
+    hook = make_hook(max_attempts=1)
+    async with hook.async_session_scope():
+        with pytest.raises(MaaSRetryableError, match=f"cannot reach 127.0.0.1:{port}: the connection was refused"):
+            await hook.aget_batch_job("42")
+    monkeypatch.setenv(*connection_env("https://maas-host.invalid:8443"))
+    hook = make_hook(max_attempts=1)
+    async with hook.async_session_scope():
+        with pytest.raises(MaaSRetryableError, match=r"cannot reach maas-host\.invalid:8443: .*DNS"):
+            await hook.aget_batch_job("42")
 
 
 # 5. Timeouts -----------------------------------------------------------------------------
@@ -605,7 +568,10 @@ def test_slow_answers_time_out_are_retried_then_fail_clearly(start, monkeypatch,
     hook = make_hook(max_attempts=2)
     with pytest.raises(MaaSRetryableError) as info:
         hook.get_batch_job("42")
-    assert str(info.value) == "Getting job 42: no answer within 0.2s"
+    assert (
+        str(info.value)
+        == f"Getting job 42: no answer from 127.0.0.1:{handle.base_url.rsplit(':', 1)[1]} within 0.2s (timed out)"
+    )
     assert api_requests(handle) == 2
     assert "attempt 1 failed" in caplog.text
 
@@ -620,7 +586,8 @@ def test_slow_create_is_uncertain_not_retried(start, monkeypatch, retry_sleeps):
     handle.emulator.config.rate_slow = 1.0
     with pytest.raises(MaaSJobCreationUncertainError) as info:
         hook.create_batch_job("slow.jsonl", "slow")
-    assert "no answer within 0.2s" in str(info.value)
+    assert "within 0.2s (timed out)" in str(info.value)
+    assert "'slow.jsonl'" in str(info.value) and "display name 'slow'" in str(info.value)
     assert api_requests(handle) - before == 1
 
 
@@ -629,7 +596,7 @@ async def test_async_slow_answers_time_out(start, monkeypatch):
     monkeypatch.setenv(*connection_env(handle.base_url, timeout=0.2))
     hook = make_hook(max_attempts=2)
     async with hook.async_session_scope():
-        with pytest.raises(MaaSRetryableError, match="Getting job 42: TimeoutError"):
+        with pytest.raises(MaaSRetryableError, match=r"Getting job 42: no answer from 127.0.0.1:\d+ within 0.2s"):
             await hook.aget_batch_job("42")
     assert api_requests(handle) == 2
 
@@ -652,10 +619,7 @@ def test_upload_with_wrong_md5_is_resent_then_refused(start, caplog):
 
 def test_upload_with_wrong_md5_once_succeeds_on_resend(start):
     handle = start()
-    path_qs = f"{API_PATH}/files?uploadType=media&name=flaky.jsonl"
-    arrange_faults(
-        handle, "upload", "POST", path_qs, [lambda d: d.name is None and d.wrong_md5, no_fault], rate_wrong_md5=0.5
-    )
+    handle.schedule("upload:1:wrong-md5")
     result = make_hook().upload_file(REQUESTS_FILE, "flaky.jsonl")
     assert result["md5Hash"] == b64_md5(read(REQUESTS_FILE))
     assert handle.emulator.uploads_by_name["flaky.jsonl"] == 2
@@ -693,19 +657,12 @@ def test_failed_download_keeps_the_previous_file(start, tmp_path):
     assert os.listdir(tmp_path) == ["results.jsonl"]
 
 
-@pytest.mark.parametrize(
-    ("rates", "first"),
-    [
-        ({"rate_corrupt_download": 0.5}, lambda d: d.corrupt_download),
-        ({"rate_truncate_download": 0.5}, lambda d: d.truncate_download),
-        ({"rate_corrupt_download": 0.5, "rate_truncate_download": 0.5}, lambda d: d.truncate_download),
-    ],
-)
-def test_flaky_download_eventually_matches(start, tmp_path, retry_sleeps, caplog, rates, first):
+@pytest.mark.parametrize("fault", ["corrupt", "truncate"])
+def test_flaky_download_eventually_matches(start, tmp_path, retry_sleeps, caplog, fault):
     handle = start()
     hook = make_hook()
     name = finished_job(hook)
-    arrange_faults(handle, "content", "GET", media_path(name), [first, no_fault], **rates)
+    handle.schedule(f"content:1:{fault}")
     destination = tmp_path / "results.jsonl"
     metadata = hook.download_results(name, destination)
     assert read(destination) == served_results(handle, name)
@@ -854,7 +811,34 @@ def test_test_connection_when_nothing_listens(monkeypatch, retry_sleeps):
     monkeypatch.setenv(*connection_env(f"http://127.0.0.1:{free_port()}"))
     ok, message = make_hook(max_attempts=2).test_connection()
     assert ok is False
-    assert "Connection test: connection error" in message
+    assert "cannot reach 127.0.0.1:" in message and "refused" in message
+    assert retry_sleeps == []  # one attempt: the button answers at once
+
+
+def test_test_connection_with_a_wrong_endpoint(start):
+    handle = start()
+    ok, message = make_hook(endpoint="wrong-ep").test_connection()
+    assert ok is False
+    assert "Endpoint 'wrong-ep' is unknown" in message and "Endpoint field" in message
+    assert handle.emulator.jobs_created == 0
+
+
+def test_test_connection_uploads_the_probe_file_and_creates_no_job(start):
+    handle = start()
+    for _ in range(2):
+        ok, message = make_hook().test_connection()
+        assert ok is True, message
+    assert "maas-connection-test.jsonl" in message
+    assert handle.emulator.uploads_by_name == {"maas-connection-test.jsonl": 2}
+    assert handle.emulator.files["maas-connection-test.jsonl"]["request_count"] == 1
+    assert handle.emulator.jobs_created == 0
+
+
+def test_test_connection_when_the_host_does_not_resolve(monkeypatch):
+    monkeypatch.setenv(*connection_env("https://maas-host.invalid"))
+    ok, message = make_hook().test_connection()
+    assert ok is False
+    assert "cannot reach maas-host.invalid:443" in message and "DNS" in message
 
 
 # 8. The key never shows (besides the autouse checks) -----------------------------------
@@ -903,6 +887,6 @@ def test_non_json_success_body_is_a_clear_error():
     from airflow_provider_maas.api import parse_json
     from airflow_provider_maas.exceptions import MaaSApiError
 
-    with pytest.raises(MaaSApiError, match=r"not a JSON object.*Base URL"):
+    with pytest.raises(MaaSApiError, match=r"not a usable JSON object.*Base URL"):
         parse_json(b"<html>welcome to nginx</html>", what="Getting job 1")
     assert parse_json(b'{"name": "1"}', what="x") == {"name": "1"}

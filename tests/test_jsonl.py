@@ -292,3 +292,16 @@ def test_normalise_request():
     }
     assert request_key({"a": 1, "b": {"c": "é"}}) == request_key({"b": {"c": "é", "d": None}, "a": 1.0})
     assert request_key({"a": 1}) != request_key({"a": "1"})
+
+
+def test_shard_names_are_part_numbered_as_documented():
+    from airflow_provider_maas.jsonl import SHARD_PREFIX
+
+    assert [shard_name(SHARD_PREFIX, i, 3) for i in range(3)] == [
+        "part-00000.jsonl",
+        "part-00001.jsonl",
+        "part-00002.jsonl",
+    ]
+    for bad in ("", "run/"):
+        with pytest.raises(ValueError, match="must name the file"):
+            shard_name(bad, 0, 1)

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 
 import pytest
 
+from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger, MaaSBatchJobTrigger
+from airflow_provider_maas.states import Outcome
+from airflow_provider_maas.triggers.maas import BatchJobsEvent, MaaSBatchJobsTrigger, MaaSBatchJobTrigger
 from tests.conftest import API_KEY
 from tests.helpers import write_requests
 
@@ -35,7 +39,9 @@ def test_serialize_round_trip_carries_conn_id_never_key():
     assert API_KEY not in repr(kwargs)
     again = MaaSBatchJobTrigger(**kwargs)
     assert again.serialize() == (classpath, kwargs)
-    jobs = MaaSBatchJobsTrigger(["1", "2"], payload={"a": 1})
+    jobs = MaaSBatchJobsTrigger(["1", "2"], fire_after=1)
+    assert jobs.serialize()[1]["job_names"] == ["1", "2"]
+    assert jobs.serialize()[1]["fire_after"] == 1
     assert MaaSBatchJobsTrigger(**jobs.serialize()[1]).serialize() == jobs.serialize()
 
 
@@ -128,12 +134,57 @@ async def test_wrong_key_is_an_error_event_without_the_key(emulator, tmp_path, m
     assert "wrong-key-123456" not in repr(event)
 
 
-async def test_jobs_trigger_fires_when_first_job_ends(emulator_factory, tmp_path):
+async def test_jobs_trigger_fires_once_enough_jobs_ended(emulator_factory, tmp_path):
     handle = emulator_factory(job_duration=60)
-    slow = _job(tmp_path)
-    fast = _job(tmp_path)
+    slow, fast = _job(tmp_path), _job(tmp_path)
     handle.emulator.set_job_state(fast, "JOB_STATE_SUCCEEDED")
-    event = await _event(MaaSBatchJobsTrigger([slow, fast], poll_interval=0.05, payload={"progress": 1}))
+    event = await _event(MaaSBatchJobsTrigger([slow, fast], poll_interval=0.05, fire_after=1))
     assert event["status"] == "success"
-    assert [e["job_name"] for e in event["events"]] == [fast]
-    assert event["payload"] == {"progress": 1}
+    assert [e["job_name"] for e in event["ended"]] == [fast]
+    assert BatchJobsEvent.from_event(event).ended[0].outcome is Outcome.SUCCEEDED
+
+
+async def test_jobs_trigger_waits_for_all_by_default_and_sends_compact_outcomes(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=60)
+    first, second = _job(tmp_path), _job(tmp_path)
+    handle.emulator.set_job_state(first, "JOB_STATE_FAILED", error={"code": 13, "message": "internal error"})
+    trigger = MaaSBatchJobsTrigger([first, second], poll_interval=0.05, end_time=time.time() + 30)
+    task = asyncio.ensure_future(_event(trigger))
+    await asyncio.sleep(0.3)
+    assert not task.done()  # one job ended: not enough
+    handle.emulator.set_job_state(second, "JOB_STATE_PARTIALLY_SUCCEEDED")
+    event = await task
+    assert event["status"] == "success"
+    outcomes = {o.job_name: o for o in BatchJobsEvent.from_event(event).ended}
+    assert outcomes[first].outcome is Outcome.FAILED
+    assert (outcomes[first].error_code, outcomes[first].error_message) == (13, "internal error")
+    assert outcomes[second].outcome is Outcome.PARTIAL
+    assert "job" not in event["ended"][0]  # never the whole job JSON
+    assert len(json.dumps(event)) < 300 * len(outcomes)
+
+
+async def test_jobs_trigger_unknown_job_is_an_error_event(emulator, tmp_path):
+    job = _job(tmp_path)
+    event = await _event(MaaSBatchJobsTrigger([job, "999"], poll_interval=0.05))
+    assert event["status"] == "error"
+    assert "999" in event["message"]
+
+
+async def test_jobs_trigger_timeout_says_how_many_still_run(emulator_factory, tmp_path):
+    emulator_factory(job_duration=60)
+    job = _job(tmp_path)
+    event = await _event(MaaSBatchJobsTrigger([job], poll_interval=0.05, end_time=time.time() + 0.2))
+    assert event["status"] == "timeout"
+    assert "1 job(s) still running" in event["message"]
+
+
+def test_batch_event_validation_rejects_other_shapes():
+    with pytest.raises(MaaSError, match="Unexpected event"):
+        BatchJobsEvent.from_event({"status": "success", "events": []})
+    with pytest.raises(MaaSError, match="Unexpected event"):
+        BatchJobsEvent.from_event({"status": "done", "ended": []})
+
+
+async def test_on_kill_says_the_jobs_keep_running(capsys):
+    await MaaSBatchJobsTrigger(["1", "2"]).on_kill()
+    assert "keep running" in capsys.readouterr().out

@@ -15,7 +15,19 @@ State for tests (``handle.emulator``, a :class:`MaaSEmulator`): ``jobs`` (name -
 live ``.state``), ``jobs_created``, ``files`` (name -> storage resource + ``path``/``request_count``),
 ``uploads_by_name``, ``access_log`` (method, path_qs, status, user_agent, fault: never a key),
 ``request_count`` (API requests, admin routes excluded), ``set_job_state(name, state, error=None)``,
-``expire_results(name)``; ``config`` may be changed while running. An emulator in another process
+``expire_results(name)``, ``jobs_by_file`` (file name -> jobs created from it), ``redirect_hits``,
+``schedule("create:1:lost-500", ...)``; ``config`` may be changed while running.
+
+Deterministic faults: "the next N calls of kind K answer with fault F", written ``KIND:N:FAULT``
+or ``KIND:N:FAULT=ARG`` (N may be ``*``: every call). Kinds: ``upload``, ``create``, ``get``,
+``content`` (``alt=media``), ``metadata`` (``alt=json``). Faults: ``429 500 503 reset 401 404
+redirect-307 echo-headers[=STATUS] deep-json nonjson-200`` (answer instead of the call, which is
+not carried out); on create only, ``lost-500 lost-503 lost-reset lost-timeout[=S] lost-nonjson``
+(the job IS created, the answer is spoilt) and ``partial-missing[=K] duplicate-lines[=K]
+fail-requests=text:SUBSTRING|index:1,3`` (shape the results of the job); on content/metadata
+``results-gone`` (410). Set them with ``EmulatorConfig(faults=["create:1:lost-500"])``,
+``handle.emulator.schedule(...)``, ``POST /_emulator/faults`` or ``maas-emulator --fault
+create:1:lost-500``; ``schedule.py`` describes each one. An emulator in another process
 is driven through its ``/_emulator/...`` admin routes (see ``admin.py``).
 
 It never imports Airflow.

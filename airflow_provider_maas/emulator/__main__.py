@@ -11,11 +11,14 @@ import sys
 from dataclasses import MISSING, fields
 from typing import Any
 
+from airflow_provider_maas.emulator import schedule
 from airflow_provider_maas.emulator.config import TERMINAL_STATES, EmulatorConfig
 from airflow_provider_maas.emulator.runner import connection_json
 from airflow_provider_maas.emulator.server import MaaSEmulator
 
 DEFAULT_CLI_PORT = 8089
+#: The ``--fault`` syntax, from the schedule module's docstring.
+_FAULT_HELP = "fault schedule (--fault):\n" + (schedule.__doc__ or "").split("\n", 1)[1].strip()
 
 _HELP = {
     "host": "interface to listen on",
@@ -48,19 +51,26 @@ _HELP = {
     "rate_create_lost_response": "fraction of creates where the job IS created but the answer is lost",
     "access_log_limit": "most entries kept in the in-memory access log",
     "shutdown_timeout": "seconds given to in-flight requests on stop",
+    "faults": "schedule a fault: KIND:N:FAULT[=ARG], e.g. create:1:lost-500 (repeatable; see below)",
 }
 _NEGATED = {
     "shuffle_results": ("--no-shuffle", "keep result lines in input order"),
     "normalise_requests": ("--no-normalise", "echo requests as sent (no null file_data/text fields)"),
     "fault_create": ("--no-fault-create", "never inject the generic faults on job creation"),
 }
-_REPEATED = {"extra_endpoints": "--extra-endpoint", "forbidden_endpoints": "--forbidden-endpoint"}
+_REPEATED = {
+    "extra_endpoints": "--extra-endpoint",
+    "forbidden_endpoints": "--forbidden-endpoint",
+    "faults": "--fault",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="maas-emulator",
         description="Local emulator of the MaaS_Ge batch API (upload, create, get, results).",
+        epilog=_FAULT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     for f in fields(EmulatorConfig):
         default: Any = f.default if f.default is not MISSING else None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
+
+from airflow_provider_maas.emulator.schedule import ScheduledFault
 
 JOB_STATE_PENDING = "JOB_STATE_PENDING"
 JOB_STATE_RUNNING = "JOB_STATE_RUNNING"
@@ -49,7 +52,8 @@ DEFAULT_IMAGE_MODEL = "MaaS_Ge_3.1_flash_image_preview_20260226"
 class EmulatorConfig:
     """Everything the emulator can be told. Fault rates are fractions (0..1) of API requests.
 
-    Fault decisions are deterministic given ``seed`` (see ``faults.py``). A fault that makes a
+    Rate-based fault decisions are deterministic given ``seed`` (see ``faults.py``); ``faults``
+    schedules exact ones ("the next N calls of kind K answer with fault F", see ``schedule.py``). A fault that makes a
     request fail (429, 5xx, reset, slow with the client gone) never applies the request's side
     effect; only ``rate_create_lost_response`` creates the job and then loses the answer.
     Settings may be changed on a running emulator (``emulator.config.rate_429 = 0.5``).
@@ -98,6 +102,10 @@ class EmulatorConfig:
     access_log_limit: int = 100_000
     #: Seconds the server waits for in-flight requests when it stops.
     shutdown_timeout: float = 1.0
+    #: The fault schedule at start: ``"KIND:N:FAULT[=ARG]"`` strings (or ``ScheduledFault``), e.g.
+    #: ``("create:1:lost-500",)``; see ``schedule.py``. Add more while running with
+    #: ``MaaSEmulator.schedule``.
+    faults: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         self.validate()
@@ -135,6 +143,11 @@ class EmulatorConfig:
             raise ValueError("endpoint must be a non-empty path segment")
         self.extra_endpoints = tuple(self.extra_endpoints)
         self.forbidden_endpoints = tuple(self.forbidden_endpoints)
+        self.faults = tuple(self.faults)
+        self.scheduled_faults()  # raises ValueError on a bad entry
+
+    def scheduled_faults(self) -> tuple[ScheduledFault, ...]:
+        return tuple(ScheduledFault.parse(spec) for spec in self.faults)
 
     def has_faults(self) -> bool:
         return any(getattr(self, name) > 0 for name in _RATE_FIELDS)

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from airflow_provider_maas.emulator.schedule import PLAIN_FAULTS, ScheduledFault
+
 if TYPE_CHECKING:
     from airflow_provider_maas.emulator.config import EmulatorConfig
 
@@ -96,10 +98,13 @@ class FaultDecision:
     wrong_md5: bool = False
     lost_create_response: bool = False
     salt: int = 0  # for choosing where to cut/corrupt a download
+    scheduled: ScheduledFault | None = None  # from the fault schedule (takes the place of the rates)
 
     @property
     def name(self) -> str | None:
         """Short name of the fault that applies before the route runs (for the access log)."""
+        if self.scheduled is not None:
+            return str(self.scheduled.fault)
         if self.reset:
             return "reset"
         if self.too_many_requests:
@@ -153,6 +158,10 @@ class FaultInjector:
 
     async def apply_before(self, request: web.Request, decision: FaultDecision) -> None:
         """Apply the faults that replace the route's work (raise), or delay it (slow)."""
+        if decision.scheduled is not None:
+            if decision.scheduled.fault in PLAIN_FAULTS:
+                raise self.plain_answer(request, decision.scheduled)
+            return
         if decision.reset:
             raise DropConnection
         if decision.too_many_requests:
@@ -178,6 +187,47 @@ class FaultInjector:
             if transport is None or transport.is_closing():
                 # The client gave up: do not apply the request's side effect.
                 raise DropConnection
+
+    def plain_answer(self, request: web.Request, fault: ScheduledFault) -> Exception:
+        """The answer of a scheduled fault that replaces the call (the call is not carried out)."""
+        name = fault.fault
+        if name == "reset":
+            return DropConnection()
+        if name == "429":
+            return ApiError(
+                429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", self.retry_after_header()
+            )
+        if name in ("500", "503"):
+            code = int(name)
+            headers = self.retry_after_header() if code == 503 else {}
+            if fault.arg == "html":
+                return RawError(code, _HTML_503.format(code=code), "text/html", headers)
+            if fault.arg == "text":
+                return RawError(code, _TEXT_5XX, "text/plain", headers)
+            if code == 500:
+                return ApiError(500, "INTERNAL", "Internal error encountered.")
+            return ApiError(503, "UNAVAILABLE", "The service is currently unavailable.", headers)
+        if name == "401":
+            return ApiError(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
+        if name == "404":
+            return ApiError(404, "NOT_FOUND", f"The requested URL {request.path} was not found.")
+        if name == "redirect-307":
+            location = f"{request.scheme}://{request.host}/_emulator/redirect-target"
+            return RawError(307, "Temporary Redirect", "text/plain", {"Location": location})
+        if name == "echo-headers":
+            echoed = "\n".join(f"{key}: {value}" for key, value in request.headers.items())
+            page = f"<html><body><h1>Request headers</h1><pre>{echoed}</pre></body></html>"
+            return RawError(int(fault.arg or 200), page, "text/html")
+        if name == "deep-json":
+            return RawError(200, '{"a":' * DEEP_JSON_LEVELS + "1" + "}" * DEEP_JSON_LEVELS, "application/json")
+        if name == "nonjson-200":
+            return RawError(200, NON_JSON_PAGE, "text/html")
+        raise AssertionError(f"not a plain fault: {name}")  # pragma: no cover - checked by ScheduledFault
+
+
+#: Depth of the ``deep-json`` answer.
+DEEP_JSON_LEVELS = 100_000
+NON_JSON_PAGE = "<!DOCTYPE html>\n<html><head><title>Welcome</title></head><body>It works!</body></html>\n"
 
 
 def _read_at(path: str, offset: int, size: int) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from airflow_provider_maas.emulator.objects import rfc3339_us
 
 if TYPE_CHECKING:
     import asyncio
+    from collections.abc import Iterator
 
 #: ``error`` of a job ending in each failed state (Google RPC status: code + message).
 DEFAULT_ERRORS: dict[str, dict[str, Any]] = {
@@ -62,6 +64,12 @@ class JobRecord:
     duration: float
     final_state: str
     fail_every: int
+    #: Requests that fail on top of ``fail_every`` (the ``fail-requests`` fault).
+    extra_failed: frozenset[int] = frozenset()
+    #: Failed requests the results file leaves out (the ``partial-missing`` fault).
+    missing: frozenset[int] = frozenset()
+    #: Result lines written twice (the ``duplicate-lines`` fault).
+    duplicate_lines: int = 0
     forced: JobTimes | None = None
     forced_error: dict[str, Any] | None = None
     results_path: str | None = None
@@ -103,6 +111,11 @@ class JobRecord:
         """0-based input positions of the requests that fail (every ``fail_every``-th one)."""
         if state not in RESULT_STATES:
             return frozenset()
+        if self.missing:
+            return self.missing | self.extra_failed
+        return self._every_kth(state) | self.extra_failed
+
+    def _every_kth(self, state: str) -> frozenset[int]:
         k = self.fail_every or (2 if state == JOB_STATE_PARTIALLY_SUCCEEDED else 0)
         if not k:
             return frozenset()
@@ -173,6 +186,16 @@ class JobRecord:
         res["updateTime"] = rfc3339_us(t.update)
         res["modelVersionId"] = "1"
         return res
+
+
+def request_digests(path: str) -> Iterator[tuple[str, str]]:
+    """(digest of the request, raw line) for each line of an uploaded file, in order."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                request = json.loads(line).get("request")
+                canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
+                yield hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest(), line
 
 
 def _invalid(message: str) -> ApiError:

@@ -130,6 +130,8 @@ class ResultsSpec:
     start_time: float
     end_time: float
     cancel: threading.Event | None = None  # set when the emulator stops: give up early
+    omit: frozenset[int] = frozenset()  # failed positions left out of the file (partial-missing)
+    duplicate: int = 0  # the first lines written are written again at the end (duplicate-lines)
 
 
 def result_order(count: int, seed: int, job_ordinal: int, shuffle: bool) -> list[int]:
@@ -197,8 +199,11 @@ def write_results(spec: ResultsSpec) -> tuple[int, bytes]:
     crc = google_crc32c.Checksum()
     size = 0
     tmp = f"{spec.output_path}.part"
+    repeated: list[bytes] = []
     with open(spec.input_path, "rb") as src, open(tmp, "wb") as out:
         for rank, position in enumerate(order):
+            if position in spec.omit:
+                continue
             if spec.cancel is not None and spec.cancel.is_set():
                 raise RuntimeError("the emulator is stopping")
             src.seek(offsets[position])
@@ -214,6 +219,12 @@ def write_results(spec: ResultsSpec) -> tuple[int, bytes]:
                 line["processed_time"] = iso_offset_us(processed)
                 line["status"] = ""
             data = (json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+            if len(repeated) < spec.duplicate:
+                repeated.append(data)
+            out.write(data)
+            crc.update(data)
+            size += len(data)
+        for data in repeated:
             out.write(data)
             crc.update(data)
             size += len(data)

@@ -14,6 +14,7 @@ from airflow_provider_maas.emulator.config import EmulatorConfig
 from airflow_provider_maas.emulator.server import MaaSEmulator
 
 if TYPE_CHECKING:
+    import ssl
     from collections.abc import Iterator
 
 
@@ -56,12 +57,19 @@ class EmulatorHandle:
     def connection_uri(self) -> str:
         return connection_uri(self.base_url, self.config)
 
+    def schedule(self, *faults: str) -> None:
+        """Add fault schedule entries, e.g. ``handle.schedule("create:1:lost-500")`` (see ``schedule.py``)."""
+        self.emulator.schedule(*faults)
+
 
 @contextlib.contextmanager
-def run_emulator(config: EmulatorConfig | None = None) -> Iterator[EmulatorHandle]:
-    """Serve an emulator from a background thread (own event loop) for the ``with`` block."""
+def run_emulator(
+    config: EmulatorConfig | None = None, *, ssl_context: ssl.SSLContext | None = None
+) -> Iterator[EmulatorHandle]:
+    """Serve an emulator from a background thread (own event loop) for the ``with`` block
+    (over https when ``ssl_context`` is given)."""
     config = config or EmulatorConfig()
-    emulator = MaaSEmulator(config)
+    emulator = MaaSEmulator(config, ssl_context=ssl_context)
     ready = threading.Event()
     state: dict[str, object] = {}
 

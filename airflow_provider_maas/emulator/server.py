@@ -14,6 +14,7 @@ Admin routes (never faulted; all but health need the API key)::
     POST /_emulator/jobs/{job}/state      {"state": "JOB_STATE_FAILED", "error": {...} or "message"}
     POST /_emulator/jobs/{job}/expire     results answer 410 from now on
     POST /_emulator/config                {"rate_429": 0.2, ...}: change settings while running
+    GET/POST/DELETE /_emulator/faults     the fault schedule (see ``schedule.py``)
 """
 
 from __future__ import annotations
@@ -29,23 +30,30 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import ClientPayloadError, web
 
 from airflow_provider_maas.emulator.admin import add_admin_routes
-from airflow_provider_maas.emulator.config import RESULT_STATES, TERMINAL_STATES, EmulatorConfig
+from airflow_provider_maas.emulator.config import (
+    JOB_STATE_PARTIALLY_SUCCEEDED,
+    RESULT_STATES,
+    TERMINAL_STATES,
+    EmulatorConfig,
+)
 from airflow_provider_maas.emulator.faults import (
     NO_FAULT,
+    NON_JSON_PAGE,
     REQUEST_NOTES,
     ApiError,
     DropConnection,
     FaultDecision,
     FaultInjector,
+    RawError,
     faulty_download,
     note,
 )
-from airflow_provider_maas.emulator.jobs import JobRecord, parse_create_body
+from airflow_provider_maas.emulator.jobs import JobRecord, parse_create_body, request_digests
 from airflow_provider_maas.emulator.objects import (
     UploadRejected,
     b64,
@@ -54,6 +62,10 @@ from airflow_provider_maas.emulator.objects import (
     too_big_message,
 )
 from airflow_provider_maas.emulator.results import ResultsSpec, write_results
+from airflow_provider_maas.emulator.schedule import RESULTS_GONE, FaultSchedule, ScheduledFault, request_selector
+
+if TYPE_CHECKING:
+    import ssl
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +91,19 @@ def _invalid(message: str) -> ApiError:
 class MaaSEmulator:
     """State of the emulated service and the ``aiohttp`` application serving it (``.app``)."""
 
-    def __init__(self, config: EmulatorConfig | None = None) -> None:
+    def __init__(self, config: EmulatorConfig | None = None, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.config = config or EmulatorConfig()
+        #: Serve https with this context (e.g. a self-signed certificate, to test TLS errors).
+        self.ssl_context = ssl_context
         self.config.validate()
         self.jobs: dict[str, JobRecord] = {}
         self.jobs_created = 0
+        #: Jobs created per uploaded file name (``"exactly one job per file"``).
+        self.jobs_by_file: dict[str, int] = {}
+        #: Requests to the redirect target of the ``redirect-307`` fault (a client that follows).
+        self.redirect_hits = 0
+        self.fault_schedule = FaultSchedule(self.config.scheduled_faults())
+        self._failed_once: set[str] = set()
         self.files: dict[str, dict[str, Any]] = {}
         self.uploads_by_name: dict[str, int] = {}
         self.access_log: list[dict[str, Any]] = []
@@ -129,7 +149,9 @@ class MaaSEmulator:
         )
         await runner.setup()
         host = host or self.config.host
-        site = web.TCPSite(runner, host, self.config.port if port is None else port, backlog=4096)
+        site = web.TCPSite(
+            runner, host, self.config.port if port is None else port, backlog=4096, ssl_context=self.ssl_context
+        )
         try:
             await site.start()
         except BaseException:
@@ -138,7 +160,8 @@ class MaaSEmulator:
         self._runner = runner
         bound_host, bound_port = runner.addresses[0][:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.base_url = f"http://{shown}:{bound_port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        self.base_url = f"{scheme}://{shown}:{bound_port}"
         return self.base_url
 
     async def stop(self) -> None:
@@ -169,6 +192,10 @@ class MaaSEmulator:
 
     def job_state(self, name: str) -> str:
         return self.jobs[name].state
+
+    def schedule(self, *faults: str | dict[str, Any] | ScheduledFault) -> None:
+        """Add fault schedule entries, e.g. ``schedule("create:1:lost-500", "get:2:503")``."""
+        self.fault_schedule.add(*faults)
 
     # ------------------------------------------------------------------ plumbing
     def _redact(self, text: str) -> str:
@@ -255,7 +282,20 @@ class MaaSEmulator:
             raise ApiError(404, "NOT_FOUND", f"Endpoint {endpoint} not found.")
         if endpoint in self.config.forbidden_endpoints:
             raise ApiError(403, "PERMISSION_DENIED", f"The API key may not use endpoint {endpoint}.")
-        decision = self._faults.decide(route, request.method, request.path_qs)
+        kind = route
+        if route == "content":
+            kind = "content" if request.query.get("alt") == "media" else "metadata"
+        scheduled = self.fault_schedule.take(kind)
+        if scheduled is not None:
+            decision = FaultDecision(
+                scheduled=scheduled,
+                wrong_md5=scheduled.fault == "wrong-md5",
+                truncate_download=scheduled.fault == "truncate",
+                corrupt_download=scheduled.fault == "corrupt",
+                salt=self.request_count,
+            )
+        else:
+            decision = self._faults.decide(route, request.method, request.path_qs)
         if decision is not NO_FAULT:
             note("fault", decision.name)
             await self._faults.apply_before(request, decision)
@@ -333,8 +373,10 @@ class MaaSEmulator:
         if meta is None:
             raise ApiError(404, "NOT_FOUND", f"File {file_name} not found (upload it first).")
         cfg = self.config
+        shaping = self._job_faults(decision.scheduled, meta)
         with self._lock:
             self.jobs_created += 1
+            self.jobs_by_file[file_name] = self.jobs_by_file.get(file_name, 0) + 1
             ordinal = self.jobs_created
             job = JobRecord(
                 name=self._new_job_name(),
@@ -346,16 +388,60 @@ class MaaSEmulator:
                 file_path=meta["path"],
                 request_count=meta["request_count"],
                 created_at=time.time(),
-                duration=cfg.job_duration,
-                final_state=cfg.final_state,
-                fail_every=cfg.fail_every,
+                **{
+                    "duration": cfg.job_duration,
+                    "final_state": cfg.final_state,
+                    "fail_every": cfg.fail_every,
+                    **shaping,
+                },
             )
             self._referenced.add(meta["path"])
             self.jobs[job.name] = job
         if decision.lost_create_response:
             note("fault", "lost_create_response")
             raise DropConnection
+        if decision.scheduled is not None:
+            await self._spoil_create_answer(request, decision.scheduled)
         return web.json_response(job.create_resource())
+
+    def _job_faults(self, fault: ScheduledFault | None, meta: dict[str, Any]) -> dict[str, Any]:
+        """JobRecord fields for the results faults of the schedule (partial-missing, ...)."""
+        if fault is None:
+            return {}
+        count = int(meta["request_count"])
+        if fault.fault == "partial-missing":
+            k = min(int(fault.arg) if fault.arg else max(1, count // 3), count)
+            return {"final_state": JOB_STATE_PARTIALLY_SUCCEEDED, "missing": frozenset(range(count - k, count))}
+        if fault.fault == "duplicate-lines":
+            return {"duplicate_lines": int(fault.arg) if fault.arg else 2}
+        if fault.fault == "fail-requests":
+            assert fault.arg is not None
+            how, value = request_selector(fault.arg)
+            chosen = set()
+            for position, (digest, line) in enumerate(request_digests(meta["path"])):
+                picked = position in value if how == "index" else value in line
+                with self._lock:
+                    if picked and digest not in self._failed_once:
+                        self._failed_once.add(digest)
+                        chosen.add(position)
+            return {"extra_failed": frozenset(chosen)}
+        return {}
+
+    async def _spoil_create_answer(self, request: web.Request, fault: ScheduledFault) -> None:
+        """The ``lost-*`` faults: the job exists, the answer does not say so."""
+        name = fault.fault
+        if name == "lost-500":
+            raise ApiError(500, "INTERNAL", "Internal error encountered.")
+        if name == "lost-503":
+            raise ApiError(
+                503, "UNAVAILABLE", "The service is currently unavailable.", self._faults.retry_after_header()
+            )
+        if name == "lost-reset":
+            raise DropConnection
+        if name == "lost-nonjson":
+            raise RawError(200, NON_JSON_PAGE, "text/html")
+        if name == "lost-timeout":
+            await asyncio.sleep(float(fault.arg) if fault.arg else self.config.slow_seconds)
 
     # ------------------------------------------------------------------ 3. get
     def _find_job(self, request: web.Request, endpoint: str) -> JobRecord:
@@ -393,6 +479,8 @@ class MaaSEmulator:
             job_ordinal=job.ordinal,
             seed=cfg.seed,
             failed=job.failed_positions(t.state),
+            omit=job.missing,
+            duplicate=job.duplicate_lines,
             shuffle=cfg.shuffle_results,
             normalise=cfg.normalise_requests,
             image_output=cfg.image_output,
@@ -419,6 +507,8 @@ class MaaSEmulator:
         if alt not in ("json", "media"):
             raise _invalid(f"Invalid value for alt: {alt!r} (expected 'json' or 'media').")
         job = self._find_job(request, endpoint)
+        if decision.scheduled is not None and decision.scheduled.fault == RESULTS_GONE:
+            raise ApiError(410, "NOT_FOUND", f"Results of job {job.name} have expired.")
         t = job.times()
         if t.state not in TERMINAL_STATES:
             raise ApiError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import threading
 import time
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Name of a job that cannot exist: ``test_connection`` GETs it (creates nothing).
-PROBE_JOB_NAME = "0"
+#: The probe file ``test_connection`` uploads (replaced on every test; never used by a job).
+PROBE_FILE_NAME = "maas-connection-test.jsonl"
+PROBE_FILE_BODY = b'{"request":{"contents":[{"role":"user","parts":[{"text":"connection test"}]}]}}\n'
 
 _SESSION_LOCK = threading.Lock()
 
@@ -158,37 +160,16 @@ class MaaSHook(BaseHook):
         return session
 
     # Sync HTTP -------------------------------------------------------------------------
-    def _call(
-        self,
-        method: str,
-        url: str,
-        *,
-        what: str,
-        params: dict[str, str] | None = None,
-        json_body: Any = None,
-        data: Any = None,
-        stream: bool = False,
-        idempotent: bool = True,
-        before_attempt: Any = None,
-    ) -> requests.Response:
-        """One call with timeouts, retries on transient errors and error mapping."""
+    @property
+    def retry_policy(self) -> api.RetryPolicy:
+        """Attempts and backoff of every call of this hook, sync and async."""
+        return api.RetryPolicy(max_attempts=self.max_attempts, base_delay=self.retry_base_delay)
+
+    def _get_json(self, url: str, *, what: str, params: dict[str, str] | None = None) -> dict[str, Any]:
         from airflow_provider_maas.hooks._transport import send
 
-        return send(
-            self.session,
-            self.config,
-            method,
-            url,
-            what=what,
-            params=params,
-            json_body=json_body,
-            data=data,
-            stream=stream,
-            idempotent=idempotent,
-            before_attempt=before_attempt,
-            max_attempts=self.max_attempts,
-            base_delay=self.retry_base_delay,
-        )
+        response = send(self.session, self.config, "GET", url, what=what, policy=self.retry_policy, params=params)
+        return api.parse_json(response.content, what=what, api_key=self.config.api_key)
 
     def upload_file(self, source: Any, name: str) -> dict[str, Any]:
         """Upload a JSONL file of requests; returns the storage-object JSON.
@@ -198,26 +179,34 @@ class MaaSHook(BaseHook):
             against what was sent.
         :param name: The file's name in the service's bucket (the same name replaces the object).
         """
-        from airflow_provider_maas.hooks._transport import HashingReader
+        return self._upload(source, name, self.retry_policy)
+
+    def _upload(self, source: Any, name: str, policy: api.RetryPolicy) -> dict[str, Any]:
+        from airflow_provider_maas.hooks._transport import UPLOAD_404_HINT, HashingReader, send
         from airflow_provider_maas.integrity import verify_upload
         from airflow_provider_maas.storage import open_source
 
         url, params = self.config.upload_url(name)
+        what = f"Upload of {name!r}"
         attempts = 0
         with open_source(source) as handle:
             # One reader for every attempt: each (re)send rewinds it to the start of the source.
             body = HashingReader(handle)
             while True:
                 attempts += 1
-                response = self._call(
+                response = send(
+                    self.session,
+                    self.config,
                     "POST",
                     url,
-                    what=f"Upload of {name!r}",
+                    what=what,
+                    policy=policy,
                     params=params,
                     data=body.payload(),
                     before_attempt=body.rewind,
+                    not_found_hint=UPLOAD_404_HINT,
                 )
-                result = response.json()
+                result = api.parse_json(response.content, what=what, api_key=self.config.api_key)
                 try:
                     verify_upload(result, body.hasher)
                 except MaaSIntegrityError:
@@ -231,38 +220,38 @@ class MaaSHook(BaseHook):
     def create_batch_job(self, file_name: str, display_name: str) -> dict[str, Any]:
         """Create a batch job from an uploaded file; returns the job JSON.
 
-        Never retried once the request may have reached the service: a lost answer raises
-        :class:`MaaSJobCreationUncertainError` rather than risking a second paid job.
+        Never sent twice once the request may have reached the service: only a connection never
+        made and 429 (quota: refused before any work) are retried, with backoff; after the retries a
+        429 raises :class:`MaaSRateLimitError` (nothing was created). A 5xx (503 included), a read
+        timeout, a reset after sending, or a 2xx whose body is not a JSON object with a string
+        ``name`` raise :class:`MaaSJobCreationUncertainError` (naming the file and the display name
+        to look for), which fails the task without Airflow retries.
         """
+        from airflow_provider_maas.hooks._transport import create_job
+
         api.check_name(file_name, "file name")
         body = {
             "displayName": display_name,
             "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": file_name}},
             "outputConfig": {"predictionsFormat": "jsonl"},
         }
-        response = self._call(
-            "POST",
-            self.config.jobs_url(),
-            what=f"Creating a job from {file_name!r}",
-            json_body=body,
-            idempotent=False,
+        job = create_job(
+            self.session, self.config, body, file_name=file_name, display_name=display_name, policy=self.retry_policy
         )
-        job = response.json()
         log.info("Created batch job %s (%s) from %r", job.get("name"), job.get("state"), file_name)
         return job
 
     def get_batch_job(self, job_name: str) -> dict[str, Any]:
         """The job JSON (state, completionStats, error...)."""
-        return self._call("GET", self.config.job_url(job_name), what=f"Getting job {job_name}").json()
+        return self._get_json(self.config.job_url(job_name), what=f"Getting job {job_name}")
 
     def get_results_metadata(self, job_name: str) -> dict[str, Any]:
         """Metadata of the job's results (``alt=json``): size and crc32c."""
-        return self._call(
-            "GET",
+        return self._get_json(
             self.config.content_url(job_name),
             what=f"Getting results metadata of job {job_name}",
             params={"alt": "json"},
-        ).json()
+        )
 
     def download_results(self, job_name: str, destination: Any, *, max_transfers: int = 3) -> dict[str, Any]:
         """Stream the job's results (``alt=media``) to ``destination``, atomically and verified.
@@ -276,10 +265,11 @@ class MaaSHook(BaseHook):
 
         path = to_path(destination, what="destination")
         metadata = self.get_results_metadata(job_name)
-        url = self.config.content_url(job_name)
-        for transfer in range(1, max_transfers + 1):
+        transfer = 0
+        while True:
+            transfer += 1
             try:
-                stream_to(self, url, job_name=job_name, path=path, metadata=metadata)
+                stream_to(self.session, self.config, self.retry_policy, job_name=job_name, path=path, metadata=metadata)
                 return metadata
             except (MaaSIntegrityError, MaaSRetryableError) as err:
                 if transfer >= max_transfers:
@@ -291,7 +281,6 @@ class MaaSHook(BaseHook):
                     max_transfers,
                     err,
                 )
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def wait_for_batch_job(
         self, job_name: str, poll_interval: float = 30.0, timeout: float | None = None
@@ -330,13 +319,8 @@ class MaaSHook(BaseHook):
         from airflow_provider_maas.hooks._transport import asend
 
         config = await self.aget_config()
-        return await asend(
-            config,
-            "GET",
-            config.job_url(job_name),
-            what=f"Getting job {job_name}",
-            max_attempts=self.max_attempts,
-            base_delay=self.retry_base_delay,
+        return await asend(  # type: ignore[no-any-return]
+            config, "GET", config.job_url(job_name), what=f"Getting job {job_name}", policy=self.retry_policy
         )
 
     @contextlib.asynccontextmanager
@@ -348,19 +332,36 @@ class MaaSHook(BaseHook):
             yield
 
     def test_connection(self) -> tuple[bool, str]:
-        """Prove the key and endpoint work with a call that creates nothing.
+        """Prove the key AND the endpoint work, creating no job.
 
-        GETs a job that cannot exist: 404 means the key was accepted; 401/403 means it was not.
+        Uploads a tiny fixed-name probe file, ``maas-connection-test.jsonl`` (one valid request,
+        replaced on every test; no job is ever created from it). An upload names the ENDPOINT, so an
+        unknown endpoint answers 404 where a known one stores the file; a wrong key answers 401, a
+        key that may not use the endpoint 403. One attempt, no retries: a button should answer fast.
         """
         try:
-            self._call("GET", self.config.job_url(PROBE_JOB_NAME), what="Connection test")
+            config = self.config
+            self._upload(io.BytesIO(PROBE_FILE_BODY), PROBE_FILE_NAME, api.RetryPolicy(max_attempts=1))
         except MaaSApiError as err:
+            if err.status_code == 401:
+                return False, f"The service refused the API key (HTTP 401): check the connection's API Key field. {err}"
+            if err.status_code == 403:
+                return False, (
+                    f"The API key may not use endpoint {config.endpoint!r} (HTTP 403): check the Endpoint field, "
+                    f"or ask the vendor to enable this key for it. {err}"
+                )
             if err.status_code == 404:
-                return True, f"Connection works: authenticated to endpoint {self.config.endpoint!r}."
+                return False, (
+                    f"Endpoint {config.endpoint!r} is unknown at {config.base_url} (HTTP 404 on upload): check "
+                    f"the connection's Endpoint field (and the Base URL). {err}"
+                )
             return False, str(err)
         except MaaSError as err:
             return False, str(err)
-        return True, f"Connection works: authenticated to endpoint {self.config.endpoint!r}."
+        return True, (
+            f"Connection works: the key is accepted for endpoint {config.endpoint!r} at {config.base_url} "
+            f"(uploaded the probe file {PROBE_FILE_NAME!r}; no job was created)."
+        )
 
 
 __all__ = ["MaaSHook", "MaaSJobCreationUncertainError"]

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import tempfile
+import math
 import time
 from datetime import timedelta
 from functools import cached_property
@@ -12,40 +11,72 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_maas._compat import conf
+from airflow_provider_maas.batch.driver import BatchDriver
+from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.parts import concatenate, write_failure_part
+from airflow_provider_maas.batch.state import (
+    STATE_VERSION,
+    BatchState,
+    Round,
+    ShardKey,
+    ShardStatus,
+    fingerprint,
+)
+from airflow_provider_maas.exceptions import MaaSError, MaaSInputError, MaaSJobFailedError, MaaSTimeoutError
+from airflow_provider_maas.hooks.maas import MaaSHook
+from airflow_provider_maas.jsonl import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, ShardPlan, plan_shards
+from airflow_provider_maas.merge import merge_results
+from airflow_provider_maas.naming import display_name, task_identity, upload_name
+from airflow_provider_maas.operators._common import publish_summary
+from airflow_provider_maas.operators._guard import CREATING, clear_round, refuse_uncertain_create
+from airflow_provider_maas.storage import open_source, to_path, uri_of
+from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, BatchJobsEvent, MaaSBatchJobsTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_maas.hooks.maas import MaaSHook
-
-#: Key in ``context["task_state_store"]`` (Airflow >= 3.3) holding the progress of a task instance.
-PROGRESS_STATE_KEY = "maas_batch_progress"
-PROGRESS_VERSION = 1
+#: Key in ``context["task_state_store"]`` (Airflow >= 3.3): where the batch state is, and its format.
+STATE_KEY = "maas_batch_state"
+#: Shard errors quoted in the summary and in the error of a batch where nothing succeeded.
+MAX_QUOTED_ERRORS = 5
 
 
 class MaaSBatchPredictionOperator(BaseOperator):
     """Run a whole batch in one task: split, upload, create jobs, wait, download, merge in input order.
 
     The input may hold any number of requests: it is split into shards that fit one upload
-    (100 requests, 50 MB), at most ``max_active_jobs`` jobs run at once, a shard whose job ends
-    FAILED or EXPIRED is submitted again up to ``shard_retries`` times, and the results are written
-    to ``destination`` in the order of the input requests (matched by normalised request, as the
-    service neither keeps order nor echoes requests byte for byte). Requests that failed or have no
-    result go to ``<destination stem>.failed.jsonl``, ready to resubmit.
+    (``max_requests_per_file``, ``max_bytes_per_file``), at most ``max_active_jobs`` jobs run at
+    once, a shard whose job ends FAILED, CANCELLED or EXPIRED (or whose results are gone) is
+    submitted again up to ``shard_retries`` times, and the results are written to ``destination``
+    in the order of the input requests (matched by normalised request, as the service neither keeps
+    order nor echoes requests byte for byte). Requests that failed or have no result go to
+    ``<destination stem>.failed.jsonl``, ready to resubmit; those of a shard whose every job failed
+    carry the job's error as their ``status`` in the results. The task fails if no request
+    succeeded.
 
-    Resumable: progress (uploaded files, job names) is saved in ``task_state_store`` on
-    Airflow >= 3.3 and carried across deferrals, so a retry reconnects to its jobs instead of
-    paying for new ones.
+    Resumable on every Airflow version: the state (shards, their jobs) lives in small objects beside
+    the destination, in ``.<destination name>.maas/<dag>.<task>.<run>.m<map index>/``, removed once
+    the results are written. A retry finds its jobs there and does not pay for them again; a create
+    whose answer was lost stops the task (no automatic second job) until a person clears it.
 
     :param source: Requests JSONL: local path, URI or ``ObjectStoragePath`` (templated).
     :param destination: Where to write the ordered results (templated).
-    :param display_name: Job display name prefix (templated). Default: dag, task, run.
+    :param display_name: Job display name prefix (templated). Default: dag, task, run; ``#<shard>`` is appended.
     :param poll_interval: Seconds between status polls.
     :param deferrable: Wait in the triggerer instead of holding a worker slot.
-    :param max_active_jobs: At most this many jobs in flight at once.
-    :param shard_retries: Resubmissions of a shard whose job ended FAILED or EXPIRED.
+    :param max_active_jobs: At most this many jobs in flight at once (default 100: the triggerer
+        polls thousands of jobs cheaply, and a service at capacity answers 429, which only delays
+        a shard to the next round).
+    :param shard_retries: Resubmissions of a shard whose job ended FAILED, CANCELLED or EXPIRED.
     :param fail_on_partial: Fail (after writing every output) if any request failed.
     :param wait_timeout: Give up waiting after this many seconds (jobs keep running: no cancel call).
+    :param max_requests_per_file: At most this many requests per shard (<= 100).
+    :param max_bytes_per_file: At most this many bytes per shard (<= 50 MB).
+    :param max_parallel_transfers: Uploads, creates, polls and downloads running at once.
+    :param max_consecutive_poll_errors: Failed polls of a job in a row (each retried by the hook)
+        tolerated before the task fails: raise it to ride out an outage of a few minutes.
+    :param maas_conn_id: The Airflow connection of type ``maas``.
+    :param endpoint: ENDPOINT id overriding the connection's (templated).
     """
 
     template_fields = ("source", "destination", "display_name", "endpoint", "maas_conn_id")
@@ -58,19 +89,30 @@ class MaaSBatchPredictionOperator(BaseOperator):
         display_name: str | None = None,
         poll_interval: float = 60,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        max_active_jobs: int = 10,
+        max_active_jobs: int = 100,
         shard_retries: int = 2,
         fail_on_partial: bool = False,
         wait_timeout: float | None = None,
-        max_requests_per_file: int = 100,
-        max_bytes_per_file: int = 50 * 1024 * 1024,
+        max_requests_per_file: int = MAX_REQUESTS_PER_FILE,
+        max_bytes_per_file: int = MAX_BYTES_PER_FILE,
+        max_parallel_transfers: int = 8,
+        max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
         maas_conn_id: str = "maas_default",
         endpoint: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if max_active_jobs < 1:
-            raise ValueError(f"max_active_jobs must be at least 1, got {max_active_jobs}")
+        for name, value, low, high in (
+            ("max_active_jobs", max_active_jobs, 1, None),
+            ("shard_retries", shard_retries, 0, None),
+            ("max_requests_per_file", max_requests_per_file, 1, MAX_REQUESTS_PER_FILE),
+            ("max_bytes_per_file", max_bytes_per_file, 1, MAX_BYTES_PER_FILE),
+            ("max_parallel_transfers", max_parallel_transfers, 1, None),
+            ("max_consecutive_poll_errors", max_consecutive_poll_errors, 1, None),
+        ):
+            if not isinstance(value, int) or value < low or (high is not None and value > high):
+                bounds = f"between {low} and {high}" if high is not None else f"an integer >= {low}"
+                raise MaaSInputError(f"{name} must be {bounds}, got {value!r}")
         self.source = source
         self.destination = destination
         self.display_name = display_name
@@ -82,233 +124,228 @@ class MaaSBatchPredictionOperator(BaseOperator):
         self.wait_timeout = wait_timeout
         self.max_requests_per_file = max_requests_per_file
         self.max_bytes_per_file = max_bytes_per_file
+        self.max_parallel_transfers = max_parallel_transfers
+        self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.maas_conn_id = maas_conn_id
         self.endpoint = endpoint
 
     @cached_property
     def hook(self) -> MaaSHook:
-        from airflow_provider_maas.hooks.maas import MaaSHook
-
         return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
 
     # Entry points ---------------------------------------------------------------------------
     def execute(self, context: Context) -> str:
-        return self._run(context, self._plan(context))
-
-    def execute_complete(self, context: Context, event: dict[str, Any], progress: dict[str, Any] | None = None) -> str:
-        """Resume after the trigger: record the ended jobs, then go on."""
-        from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
-
-        if not isinstance(event, dict) or event.get("status") not in {"success", "error", "timeout"}:
-            raise MaaSError(f"Unexpected event from the MaaS trigger: {event!r}")
-        progress = progress or event.get("payload") or self._saved(context)
-        if not isinstance(progress, dict) or "shards" not in progress:
-            raise MaaSError("Resumed without the batch progress (no kwargs, payload or task state); retry the task.")
-        if event["status"] == "error":
-            raise MaaSError(f"Waiting for the batch jobs failed: {event.get('message')}")
-        if event["status"] == "timeout":
-            running = [s["job_name"] for s in progress["shards"] if s["status"] == "running"]
-            raise MaaSTimeoutError(f"{event.get('message')} Still running: {', '.join(running)}")
-        self._apply(context, progress, event.get("events") or [])
-        return self._run(context, progress)
-
-    # Steps ----------------------------------------------------------------------------------
-    def _plan(self, context: Context) -> dict[str, Any]:
-        """Validate and plan the shards; reuse the saved progress of a previous try if it matches."""
-        from airflow_provider_maas.jsonl import plan_shards
-        from airflow_provider_maas.storage import open_source
-
+        dest = to_path(self.destination, what="destination")
+        journal = BatchJournal.for_task(dest, context)
         with open_source(self.source) as handle:
             plans = plan_shards(handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file)
-        fingerprint = [p.sha256 for p in plans]
-        saved = self._saved(context)
-        if isinstance(saved, dict) and saved.get("fingerprint") == fingerprint:
-            running = sum(1 for s in saved["shards"] if s["status"] == "running")
-            done = sum(1 for s in saved["shards"] if s["status"] == "done")
+        state = journal.load()
+        if state is not None and state.fingerprint == fingerprint(plans):
+            self._take_over(context, journal, state)
             self.log.info(
-                "Resuming a previous try: %d shards done, %d jobs running; no job is recreated", done, running
+                "Resuming the batch at %s: %d of %d shards done, %d jobs running; no job is created again",
+                journal.uri,
+                state.count(ShardStatus.DONE),
+                len(state.shards),
+                state.count(ShardStatus.RUNNING),
             )
-            return saved
-        deadline = time.time() + self.wait_timeout if self.wait_timeout else None
-        shards = [
-            {
-                "plan": dataclasses.asdict(p),
-                "file_name": None,
-                "job_name": None,
-                "attempts": 0,
-                "status": "pending",
-                "state": None,
-                "result_uri": None,
-                "error": None,
+        else:
+            if state is not None:
+                self.log.warning("The input changed since the batch state at %s was written: starting over", journal.uri)
+            state = self._start(context, journal, plans)
+        self._remember(context, journal)
+        return self._run(context, journal, state)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
+        """Resume after the trigger: record the ended jobs, then go on."""
+        resumed = BatchJobsEvent.from_event(event)
+        journal = BatchJournal.for_task(self.destination, context)
+        state = journal.load()
+        if state is None:
+            raise MaaSError(
+                f"Resumed, but the batch state at {journal.uri} is gone (removed by hand?); clear the task to "
+                "start the batch over."
+            )
+        state.resumes += 1
+        self._take_over(context, journal, state)
+        if resumed.status == "timeout":
+            running = [name for name in state.by_job()]
+            raise MaaSTimeoutError(f"{resumed.message} Still running: {', '.join(running[:10])}")
+        if resumed.status == "error":
+            raise MaaSError(f"Waiting for the batch jobs failed: {resumed.message}")
+        return self._run(context, journal, state, resumed)
+
+    # State ----------------------------------------------------------------------------------
+    def _start(self, context: Context, journal: BatchJournal, plans: list[ShardPlan]) -> BatchState:
+        state = BatchState(
+            fingerprint=fingerprint(plans),
+            identity=".".join(task_identity(context)),
+            rounds=[Round(0, tuple(plans))],
+            deadline=self._new_deadline(),
+            clear_round=clear_round(context),
+        )
+        journal.create(state)
+        self.log.info(
+            "Planned %d shards for %d requests; state at %s", len(plans), sum(p.requests for p in plans), journal.uri
+        )
+        return state
+
+    def _new_deadline(self) -> float | None:
+        return time.time() + self.wait_timeout if self.wait_timeout else None
+
+    def _take_over(self, context: Context, journal: BatchJournal, state: BatchState) -> None:
+        """Make the stored state this try's: refuse creates left in flight (unless the task was
+        cleared since); after a clear, failed shards get a new chance and wait_timeout restarts."""
+        now = clear_round(context)
+        cleared = state.clear_round is not None and now is not None and now != state.clear_round
+        creating = sorted(state.with_status(ShardStatus.CREATING), key=lambda r: r.key)
+        changes = []
+        for record in creating:
+            others = f" ({len(creating) - 1} more shard(s) are in the same case)" if len(creating) > 1 else ""
+            marker = {
+                "status": CREATING,
+                "file_name": record.file_name,
+                "display_name": record.display_name,
+                "round": record.clear_round,
             }
-            for p in plans
-        ]
-        self.log.info("Planned %d shards for %d requests", len(shards), sum(p.requests for p in plans))
-        return {"version": PROGRESS_VERSION, "fingerprint": fingerprint, "deadline": deadline, "shards": shards}
+            refuse_uncertain_create(marker, context, what=f"shard {record.key} (file {record.file_name!r}){others}")
+            changes.append(record.but(status=ShardStatus.PENDING))
+        if cleared:
+            self.log.info("The task was cleared since the last try: failed shards are submitted again")
+            changes.extend(
+                r.but(status=ShardStatus.PENDING, attempts=0, error=None) for r in state.with_status(ShardStatus.FAILED)
+            )
+            state.deadline = self._new_deadline()
+        state.clear_round = now
+        for record in changes:
+            state.apply(record)
+        journal.append(state, changes, meta=True)
 
     @staticmethod
-    def _saved(context: Context) -> Any:
-        from airflow_provider_maas.operators._common import task_state
-
-        store = task_state(context)
-        return store.get(PROGRESS_STATE_KEY) if store is not None else None
-
-    def _save(self, context: Context, progress: dict[str, Any]) -> None:
+    def _remember(context: Context, journal: BatchJournal) -> None:
+        """Record where the state is in ``task_state_store`` (Airflow >= 3.3): a few hundred bytes."""
         store = context.get("task_state_store")
-        if store is not None:
-            store.set(PROGRESS_STATE_KEY, progress)
+        value = {"location": journal.uri, "version": STATE_VERSION}
+        if store is not None and store.get(STATE_KEY) != value:
+            store.set(STATE_KEY, value)
 
-    def _run(self, context: Context, progress: dict[str, Any]) -> str:
-        while True:
-            self._submit(context, progress)
-            running = [s for s in progress["shards"] if s["status"] == "running"]
-            if not running:
-                return self._finish(context, progress)
-            if self.deferrable:
-                self._defer(progress, running)
-            events = self._poll_once(running)
-            if events:
-                self._apply(context, progress, events)
-            else:
-                self._check_deadline(progress)
+    # Running --------------------------------------------------------------------------------
+    def _names(self, context: Context) -> Any:
+        def names(key: ShardKey, plan: ShardPlan) -> tuple[str, str]:
+            shown = f"{self.display_name}#{key}" if self.display_name else display_name(context, shard=key.index)
+            return upload_name(context, plan.sha256, shard=key.index), shown
+
+        return names
+
+    def _run(self, context: Context, journal: BatchJournal, state: BatchState, resumed: BatchJobsEvent | None = None) -> str:
+        self.hook.get_conn()  # the connection is looked up once, before the pool threads share the hook
+        with BatchDriver(
+            hook=self.hook,
+            journal=journal,
+            state=state,
+            source=self.source,
+            names=self._names(context),
+            max_active_jobs=self.max_active_jobs,
+            max_parallel_transfers=self.max_parallel_transfers,
+            shard_retries=self.shard_retries,
+            clear_round=clear_round(context),
+            max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+        ) as driver:
+            if resumed is not None:
+                driver.mark_seen(driver.running_jobs())  # the trigger saw them running just now
+                driver.handle(resumed.ended)
+            while True:
+                driver.pump()
+                running = driver.running_jobs()
+                if not running and state.finished:
+                    if driver.refetch_lost_parts():
+                        continue
+                    break
+                self._check_deadline(state, running)
+                if self.deferrable and running:
+                    stale = driver.stale_jobs(self.poll_interval)
+                    ended = driver.poll(stale) if stale else []
+                    if ended:  # never defer on jobs already seen ended
+                        driver.handle(ended)
+                        continue
+                    self._defer(state, running, rate_limited=driver.rate_limited)
+                if not running:
+                    self.log.warning(
+                        "The service refused every create for now (429); trying again in %ss", self.poll_interval
+                    )
                 time.sleep(self.poll_interval)
+                driver.handle(driver.poll(running))
+        return self._finish(context, journal, state)
 
-    def _submit(self, context: Context, progress: dict[str, Any]) -> None:
-        """Upload and create jobs for pending shards, up to ``max_active_jobs`` in flight."""
-        from airflow_provider_maas.naming import display_name, upload_name
+    def _defer(self, state: BatchState, running: list[str], *, rate_limited: bool) -> None:
+        """Wait in the triggerer until enough jobs ended to be worth a resume.
 
-        shards = progress["shards"]
-        running = sum(1 for s in shards if s["status"] == "running")
-        for shard in shards:
-            if running >= self.max_active_jobs:
-                break
-            if shard["status"] != "pending":
-                continue
-            index = shard["plan"]["index"]
-            if shard["file_name"] is None:
-                shard["file_name"] = self._upload(shard, upload_name(context, shard["plan"]["sha256"], shard=index))
-            name = f"{self.display_name}#{index}" if self.display_name else display_name(context, shard=index)
-            job = self.hook.create_batch_job(shard["file_name"], name)
-            shard.update(job_name=job["name"], status="running", state=job.get("state"), attempts=shard["attempts"] + 1)
-            self._save(context, progress)
-            running += 1
-            self.log.info("Shard %d: job %s created (%d requests)", index, job["name"], shard["plan"]["requests"])
-
-    def _upload(self, shard: dict[str, Any], name: str) -> str:
-        from airflow_provider_maas.jsonl import ShardPlan, copy_shard
-        from airflow_provider_maas.storage import CHUNK_SIZE, open_source
-
-        with open_source(self.source) as handle, tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as tmp:
-            copy_shard(handle, ShardPlan(**shard["plan"]), tmp)
-            tmp.seek(0)
-            return self.hook.upload_file(tmp, name)["name"]
-
-    def _defer(self, progress: dict[str, Any], running: list[dict[str, Any]]) -> None:
-        from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
-
-        deadline = progress.get("deadline")
+        With shards pending, that is when half of ``max_active_jobs`` slots are free (half of the
+        running jobs if the service refused creates); otherwise when every job ended. Resumes are
+        thus about 2 x shards / max_active_jobs.
+        """
+        fire_after: int | None = None
+        if state.count(ShardStatus.PENDING):
+            free = self.max_active_jobs - len(running)
+            wanted = math.ceil(len(running) / 2) if rate_limited else math.ceil(self.max_active_jobs / 2) - free
+            fire_after = min(len(running), max(1, wanted))
+        deadline = state.deadline
+        self.log.info(
+            "Deferring on %d running jobs (resume when %s of them ended)", len(running), fire_after or "all"
+        )
         self.defer(
             trigger=MaaSBatchJobsTrigger(
-                job_names=[s["job_name"] for s in running],
+                job_names=running,
                 maas_conn_id=self.maas_conn_id,
                 endpoint=self.endpoint,
                 poll_interval=self.poll_interval,
                 end_time=deadline,
-                payload=progress,
+                max_consecutive_errors=self.max_consecutive_poll_errors,
+                fire_after=fire_after,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(1.0, deadline - time.time()) + 60) if deadline else None,
         )
 
-    def _poll_once(self, running: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        from airflow_provider_maas.events import job_event
-        from airflow_provider_maas.states import StateKind, classify_state, job_error_message
-
-        events = []
-        for shard in running:
-            job = self.hook.get_batch_job(shard["job_name"])
-            kind = classify_state(job.get("state"))
-            if kind in (StateKind.SUCCEEDED, StateKind.PARTIAL):
-                events.append(job_event("success", shard["job_name"], job, f"ended {job.get('state')}"))
-            elif kind is StateKind.FAILED:
-                events.append(job_event("error", shard["job_name"], job, job_error_message(job)))
-        return events
-
-    def _check_deadline(self, progress: dict[str, Any]) -> None:
-        from airflow_provider_maas.exceptions import MaaSTimeoutError
-
-        deadline = progress.get("deadline")
-        if deadline and time.time() > deadline:
-            running = [s["job_name"] for s in progress["shards"] if s["status"] == "running"]
+    def _check_deadline(self, state: BatchState, running: list[str]) -> None:
+        if state.deadline and time.time() > state.deadline:
             raise MaaSTimeoutError(
-                f"Jobs still running after wait_timeout={self.wait_timeout}s: {', '.join(running)}; they keep "
-                "running on the service (no cancel call)."
+                f"Jobs still running after wait_timeout={self.wait_timeout}s: {', '.join(running[:10])}"
+                f"{' ...' if len(running) > 10 else ''}; they keep running on the service (no cancel call)."
             )
 
-    def _apply(self, context: Context, progress: dict[str, Any], events: list[dict[str, Any]]) -> None:
-        """Record ended jobs: download results of those that succeeded, resubmit failed shards."""
-        from airflow_provider_maas.exceptions import MaaSError
-        from airflow_provider_maas.states import JobState
-
-        by_job = {s["job_name"]: s for s in progress["shards"] if s["status"] == "running"}
-        for event in events:
-            shard = by_job.get(event.get("job_name"))
-            if shard is None:
-                continue
-            job = event.get("job")
-            index = shard["plan"]["index"]
-            if event.get("status") == "success" and job:
-                shard.update(status="done", state=job.get("state"), result_uri=self._download(shard["job_name"], index))
-            elif job is None:
-                raise MaaSError(f"Waiting for job {shard['job_name']} (shard {index}) failed: {event.get('message')}")
-            elif job.get("state") in (JobState.FAILED, JobState.EXPIRED) and shard["attempts"] <= self.shard_retries:
-                self.log.warning(
-                    "Shard %d: %s; submitting it again (attempt %d)", index, event.get("message"), shard["attempts"] + 1
-                )
-                shard.update(status="pending", job_name=None, state=job.get("state"), error=event.get("message"))
-            else:
-                self.log.error("Shard %d: %s; its requests go to the failed file", index, event.get("message"))
-                shard.update(status="failed", state=job.get("state"), error=event.get("message"))
-            self._save(context, progress)
-
-    def _parts_dir(self) -> Any:
-        from airflow_provider_maas.storage import to_path
-
-        dest = to_path(self.destination, what="destination")
-        return dest.parent / f".{dest.name}.parts"
-
-    def _download(self, job_name: str, index: int) -> str:
-        from airflow_provider_maas.storage import uri_of
-
-        path = self._parts_dir() / f"part-{index:05d}.jsonl"
-        self.hook.download_results(job_name, path)
-        return uri_of(path)
-
-    def _finish(self, context: Context, progress: dict[str, Any]) -> str:
-        from airflow_provider_maas.exceptions import MaaSJobFailedError
-        from airflow_provider_maas.merge import merge_results
-        from airflow_provider_maas.operators._common import publish_summary
-        from airflow_provider_maas.storage import to_path, uri_of
-
-        shards = progress["shards"]
-        sources = [s["result_uri"] for s in shards if s["status"] == "done"]
-        for shard in shards:  # results vanish after 7 days; a part lost since is fetched again
-            if shard["status"] == "done" and not to_path(shard["result_uri"]).exists():
-                self._download(shard["job_name"], shard["plan"]["index"])
-        summary = merge_results(sources, self.source, self.destination)
+    # Results --------------------------------------------------------------------------------
+    def _finish(self, context: Context, journal: BatchJournal, state: BatchState) -> str:
+        records = sorted(state.shards.values(), key=lambda r: r.key)
+        failed = [r for r in records if r.status is ShardStatus.FAILED]
+        for record in failed:
+            source = state.rounds[record.key.round].source or self.source
+            write_failure_part(source, state.plan(record.key), record.error or "the job failed", journal.part(record.key))
+        combined = journal.root / "results.jsonl"
+        concatenate((journal.part(r.key) for r in records), combined)
+        summary = merge_results([combined], self.source, self.destination)
+        reasons = [f"shard {r.key}: {r.error}" for r in failed[:MAX_QUOTED_ERRORS]]
         summary.update(
-            shards=len(shards),
-            failed_shards=sum(1 for s in shards if s["status"] == "failed"),
-            job_names=[s["job_name"] for s in shards if s["job_name"]],
+            shards=len(records),
+            failed_shards=len(failed),
+            shard_errors=reasons,
+            jobs=sum(r.attempts for r in records),
+            resumes=state.resumes,
         )
         dest_uri = uri_of(to_path(self.destination, what="destination"))
         publish_summary(self, context, summary, dest_uri)
-        parts = self._parts_dir()
-        if parts.exists():
-            parts.fs.rm(str(parts.path), recursive=True)
+        if failed:
+            self.log.error("%d of %d shards failed: %s", len(failed), len(records), "; ".join(reasons))
+        if summary["requests"] and not summary["succeeded"]:
+            raise MaaSJobFailedError(
+                f"No request succeeded: {len(failed)} of {len(records)} shards failed ({'; '.join(reasons)}). "
+                f"Every request is in {summary['failed_uri']} with its reason in {dest_uri}. Clearing the task "
+                "submits the failed shards again."
+            )
         if self.fail_on_partial and summary["failed"]:
             raise MaaSJobFailedError(
                 f"{summary['failed']} of {summary['requests']} requests failed (fail_on_partial=True); "
                 f"results are in {dest_uri}, failed requests in {summary['failed_uri']}"
             )
+        journal.remove()
         return dest_uri

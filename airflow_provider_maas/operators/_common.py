@@ -71,23 +71,31 @@ def write_shards(source: Any, prefix: Any, *, max_requests: int, max_bytes: int,
     from airflow_provider_maas.jsonl import (
         MAX_BYTES_PER_FILE,
         MAX_REQUESTS_PER_FILE,
+        SHARD_PREFIX,
         copy_shard,
         plan_shards,
         shard_name,
     )
-    from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
+    from airflow_provider_maas.storage import (
+        atomic_writer,
+        check_destination,
+        open_source,
+        remove_stale_parts,
+        uri_of,
+    )
 
     if not 1 <= max_requests <= MAX_REQUESTS_PER_FILE:
         raise MaaSInputError(f"max_requests_per_file must be between 1 and {MAX_REQUESTS_PER_FILE}, got {max_requests}")
     if not 1 <= max_bytes <= MAX_BYTES_PER_FILE:
         raise MaaSInputError(f"max_bytes_per_file must be between 1 and {MAX_BYTES_PER_FILE}, got {max_bytes}")
-    root = to_path(prefix, what="destination prefix")
+    root = check_destination(prefix, what="destination prefix", folder=True)
     with open_source(source) as handle:
         plans = plan_shards(handle, max_requests=max_requests, max_bytes=max_bytes)
+        remove_stale_parts(root)  # once for the folder, not once per shard
         uris = []
         for plan in plans:
-            path = root / shard_name("", plan.index, len(plans))
-            with atomic_writer(path) as out:
+            path = root / shard_name(SHARD_PREFIX, plan.index, len(plans))
+            with atomic_writer(path, clean=False) as out:
                 copy_shard(handle, plan, out)
             uris.append(uri_of(path))
     log.info("Split into %d shards under %s", len(uris), uri_of(root))

@@ -155,9 +155,9 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
 
     def execute(self, context: Context) -> str:
         from airflow_provider_maas.merge import failed_path_for, summarise_results
-        from airflow_provider_maas.storage import check_within, to_path, uri_of
+        from airflow_provider_maas.storage import check_destination, check_within, uri_of
 
-        dest = to_path(self.destination, what="destination")
+        dest = check_destination(self.destination)
         check_within(dest, self.allowed_prefix, what="destination")
         metadata = self.hook.download_results(self.job_name, dest)
         summary = summarise_results(dest, failed_destination=failed_path_for(dest))
@@ -235,13 +235,14 @@ class MaaSMergeResultsOperator(BaseOperator):
 
     def execute(self, context: Context) -> str:
         from airflow_provider_maas.merge import merge_results
-        from airflow_provider_maas.storage import to_path, uri_of
+        from airflow_provider_maas.storage import check_destination, uri_of
 
+        dest = check_destination(self.destination)
         sources = self.sources
         if isinstance(sources, str) or not hasattr(sources, "__len__"):
             sources = [sources]
         sources = [sources[i] for i in range(len(sources))]  # index, so a lazy XCom list is not over-read
-        summary = merge_results(sources, self.requests, self.destination)
-        dest_uri = uri_of(to_path(self.destination, what="destination"))
+        summary = merge_results(sources, self.requests, dest)
+        dest_uri = uri_of(dest)
         publish_summary(self, context, summary, dest_uri)
         return dest_uri

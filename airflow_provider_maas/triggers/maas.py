@@ -4,25 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_maas.events import job_event
 from airflow_provider_maas.exceptions import MaaSError, MaaSRetryableError
-from airflow_provider_maas.states import StateKind, classify_state, job_error_message
+from airflow_provider_maas.hooks.maas import MaaSHook
+from airflow_provider_maas.states import JobOutcome, Outcome, job_outcome, log_state_change
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 #: Consecutive failed polls (each already retried by the hook) tolerated before giving up.
 DEFAULT_MAX_CONSECUTIVE_ERRORS = 5
+_EVENT_STATUSES = frozenset({"success", "error", "timeout"})
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """A poller's final word: the job ended (``outcome`` and its JSON), or polling it failed (``error``)."""
+
+    job_name: str
+    outcome: JobOutcome | None = None
+    job: dict[str, Any] | None = None
+    error: str | None = None
 
 
 class _JobPoller:
     """Polls one job with the hook's async call, tracking consecutive transient errors."""
 
-    def __init__(self, hook: Any, job_name: str, max_consecutive_errors: int, log: Any) -> None:
+    def __init__(self, hook: MaaSHook, job_name: str, max_consecutive_errors: int, log: Any) -> None:
         self.hook = hook
         self.job_name = job_name
         self.max_errors = max_consecutive_errors
@@ -31,31 +44,24 @@ class _JobPoller:
         self.started = time.monotonic()
         self.log = log
 
-    async def poll(self) -> dict[str, Any] | None:
-        """Poll once; returns a final event payload, or None to keep waiting."""
+    async def poll(self) -> _Ended | None:
+        """Poll once; None while the job is still going."""
         try:
             job = await self.hook.aget_batch_job(self.job_name)
         except MaaSRetryableError as err:
             self.errors += 1
             if self.errors >= self.max_errors:
-                return job_event("error", self.job_name, None, f"{self.errors} polls in a row failed: {err}")
+                return _Ended(self.job_name, error=f"{self.errors} polls in a row failed: {err}")
             self.log.warning("Polling job %s failed (%d in a row): %s", self.job_name, self.errors, err)
             return None
         except MaaSError as err:
-            return job_event("error", self.job_name, None, str(err))
+            return _Ended(self.job_name, error=str(err))
         self.errors = 0
-        state = job.get("state")
-        kind = classify_state(state)
-        if state != self.last_state:
-            self.log.info("Job %s is %s (after %.0fs)", self.job_name, state, time.monotonic() - self.started)
-            if kind is StateKind.UNKNOWN:
-                self.log.warning("Job %s is in an undocumented state %r; still polling", self.job_name, state)
-            self.last_state = state
-        if kind in (StateKind.SUCCEEDED, StateKind.PARTIAL):
-            return job_event("success", self.job_name, job, f"Job {self.job_name} ended in {state}")
-        if kind is StateKind.FAILED:
-            return job_event("error", self.job_name, job, job_error_message(job))
-        return None
+        outcome = job_outcome(job, self.job_name)
+        if outcome.state != self.last_state:
+            log_state_change(self.log, self.job_name, outcome.state, time.monotonic() - self.started)
+            self.last_state = outcome.state
+        return _Ended(self.job_name, outcome, job) if outcome.ended else None
 
 
 class _PollingTrigger(BaseTrigger):
@@ -93,36 +99,49 @@ class _PollingTrigger(BaseTrigger):
             },
         )
 
-    def _pollers(self, hook: Any) -> list[_JobPoller]:
+    def _job_names(self) -> list[str]:
         raise NotImplementedError
 
-    def _finished(self, ended: list[dict[str, Any]]) -> dict[str, Any]:
+    def _fire(self, ended: list[_Ended], still_running: int) -> bool:
+        """True when the jobs ended so far are enough to hand back to the task."""
         raise NotImplementedError
 
-    def _timed_out(self, pollers: list[_JobPoller]) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _failed(self, message: str) -> dict[str, Any]:
+    def _event(self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]) -> dict[str, Any]:
         raise NotImplementedError
 
     async def _wait(self) -> dict[str, Any]:
-        from airflow_provider_maas.hooks.maas import MaaSHook
-
-        hook = MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint, max_attempts=3)
+        hook = MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
+        ended: list[_Ended] = []
+        pollers: list[_JobPoller] = []
         try:
             async with hook.async_session_scope():  # the connection is looked up once per wait
-                pollers = self._pollers(hook)
+                pollers = [_JobPoller(hook, name, self.max_consecutive_errors, self.log) for name in self._job_names()]
                 while True:
                     results = await asyncio.gather(*(p.poll() for p in pollers))
-                    ended = [event for event in results if event is not None]
-                    if ended:
-                        return self._finished(ended)
+                    pollers = [p for p, result in zip(pollers, results) if result is None]
+                    ended.extend(result for result in results if result is not None)
+                    if any(e.error for e in ended):
+                        errors = "; ".join(f"job {e.job_name}: {e.error}" for e in ended if e.error)
+                        return self._event("error", ended, f"Waiting failed: {errors}", {})
+                    if ended and self._fire(ended, len(pollers)):
+                        return self._event("success", ended, f"{len(ended)} job(s) ended", {})
                     remaining = None if self.end_time is None else self.end_time - time.time()
                     if remaining is not None and remaining <= 0:
-                        return self._timed_out(pollers)
+                        last = {p.job_name: p.last_state for p in pollers}
+                        return self._event("timeout", ended, "", last)
                     await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
         except MaaSError as err:  # the connection itself is unusable (missing key, bad URL...)
-            return self._failed(str(err))
+            return self._event("error", ended, str(err), {})
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        yield TriggerEvent(await self._wait())
+
+    async def on_kill(self) -> None:
+        self.log.warning(
+            "Task killed while waiting for job(s) %s: the MaaS API has no cancel call, so they keep "
+            "running (and are billed) on the service.",
+            ", ".join(self._job_names()),
+        )
 
 
 class MaaSBatchJobTrigger(_PollingTrigger):
@@ -155,43 +174,67 @@ class MaaSBatchJobTrigger(_PollingTrigger):
     def _own_kwargs(self) -> dict[str, Any]:
         return {"job_name": self.job_name}
 
-    def _pollers(self, hook: Any) -> list[_JobPoller]:
-        return [_JobPoller(hook, self.job_name, self.max_consecutive_errors, self.log)]
+    def _job_names(self) -> list[str]:
+        return [self.job_name]
 
-    def _finished(self, ended: list[dict[str, Any]]) -> dict[str, Any]:
-        return ended[0]
+    def _fire(self, ended: list[_Ended], still_running: int) -> bool:
+        return True
 
-    def _timed_out(self, pollers: list[_JobPoller]) -> dict[str, Any]:
-        return job_event(
-            "timeout",
-            self.job_name,
-            None,
-            f"Job {self.job_name} did not end before the deadline (last state {pollers[0].last_state}); "
-            "it keeps running on the service, which has no cancel call.",
-        )
+    def _event(self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]) -> dict[str, Any]:
+        if status == "timeout":
+            return job_event(
+                "timeout",
+                self.job_name,
+                None,
+                f"Job {self.job_name} did not end before the deadline (last state "
+                f"{last_states.get(self.job_name)}); it keeps running on the service, which has no cancel call.",
+            )
+        if not ended or ended[0].outcome is None:
+            return job_event("error", self.job_name, None, ended[0].error if ended and ended[0].error else message)
+        outcome = ended[0].outcome
+        if outcome.outcome is Outcome.FAILED:
+            return job_event("error", self.job_name, ended[0].job, outcome.message)
+        return job_event("success", self.job_name, ended[0].job, f"Job {self.job_name} ended in {outcome.state}")
 
-    def _failed(self, message: str) -> dict[str, Any]:
-        return job_event("error", self.job_name, None, message)
 
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        yield TriggerEvent(await self._wait())
+@dataclass(frozen=True, slots=True)
+class BatchJobsEvent:
+    """The event of :class:`MaaSBatchJobsTrigger`: compact outcomes of the jobs that ended, no job JSON.
 
-    async def on_kill(self) -> None:
-        self.log.warning(
-            "Task killed while waiting for job %s: the MaaS API has no cancel call, so the job keeps "
-            "running (and is billed) on the service.",
-            self.job_name,
-        )
+    :param status: ``success`` (enough jobs ended), ``timeout`` (deadline) or ``error`` (a job could
+        not be polled, or the connection is unusable: ``message`` says which).
+    :param ended: The outcome of every job that ended before the event, whatever the status.
+    """
+
+    status: str
+    message: str
+    ended: tuple[JobOutcome, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "message": self.message, "ended": [o.as_dict() for o in self.ended]}
+
+    @classmethod
+    def from_event(cls, event: Any) -> BatchJobsEvent:
+        """Validate what the task was resumed with; :class:`MaaSError` if it is not such an event."""
+        try:
+            if event["status"] not in _EVENT_STATUSES:
+                raise ValueError(event["status"])
+            ended = tuple(JobOutcome.from_dict(item) for item in event["ended"])
+            return cls(status=event["status"], message=str(event.get("message") or ""), ended=ended)
+        except (TypeError, KeyError, ValueError):
+            raise MaaSError(f"Unexpected event from the MaaS batch jobs trigger: {event!r:.300}") from None
 
 
 class MaaSBatchJobsTrigger(_PollingTrigger):
-    """Wait for several jobs at once; fires as soon as at least one of them ends (or the deadline).
+    """Wait for several jobs at once; fires once ``fire_after`` of them ended, all ended, or the deadline.
 
-    Event: ``{"status": "success"|"error"|"timeout", "events": [<one job event per ended job>],
-    "message", "payload"}``; ``payload`` is handed back unchanged, so the resumed operator gets its
-    state even where the deferral's kwargs are not passed on (``dag.test()``). Used by
-    :class:`~airflow_provider_maas.operators.maas.MaaSBatchPredictionOperator` to keep
-    ``max_active_jobs`` in flight with a single deferral.
+    The event is a :class:`BatchJobsEvent` (as a dict): the compact outcome of each ended job, never
+    the jobs' whole JSON. Used by
+    :class:`~airflow_provider_maas.operators.maas.MaaSBatchPredictionOperator`, which sets
+    ``fire_after`` so that it resumes only when enough slots are free to be worth refilling.
+
+    :param job_names: The jobs to wait for (O(max_active_jobs) names: the only list in the kwargs).
+    :param fire_after: Fire once this many jobs ended; None: once all did.
     """
 
     def __init__(
@@ -202,38 +245,26 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
         poll_interval: float = 60.0,
         end_time: float | None = None,
         max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
-        payload: dict[str, Any] | None = None,
+        fire_after: int | None = None,
     ) -> None:
         super().__init__(maas_conn_id, endpoint, poll_interval, end_time, max_consecutive_errors)
         self.job_names = list(job_names)
-        self.payload = payload
+        self.fire_after = fire_after
 
     def _own_kwargs(self) -> dict[str, Any]:
-        return {"job_names": self.job_names, "payload": self.payload}
+        return {"job_names": self.job_names, "fire_after": self.fire_after}
 
-    def _pollers(self, hook: Any) -> list[_JobPoller]:
-        return [_JobPoller(hook, name, self.max_consecutive_errors, self.log) for name in self.job_names]
+    def _job_names(self) -> list[str]:
+        return self.job_names
 
-    def _finished(self, ended: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"status": "success", "events": ended, "message": f"{len(ended)} job(s) ended"}
+    def _fire(self, ended: list[_Ended], still_running: int) -> bool:
+        return still_running == 0 or (self.fire_after is not None and len(ended) >= self.fire_after)
 
-    def _timed_out(self, pollers: list[_JobPoller]) -> dict[str, Any]:
-        return {
-            "status": "timeout",
-            "events": [],
-            "message": f"{len(pollers)} job(s) still running at the deadline; they keep running "
-            "on the service, which has no cancel call.",
-        }
-
-    def _failed(self, message: str) -> dict[str, Any]:
-        return {"status": "error", "events": [], "message": message}
-
-    async def run(self) -> AsyncIterator[TriggerEvent]:
-        yield TriggerEvent({**await self._wait(), "payload": self.payload})
-
-    async def on_kill(self) -> None:
-        self.log.warning(
-            "Task killed while waiting for jobs %s: the MaaS API has no cancel call, so they keep "
-            "running (and are billed) on the service.",
-            ", ".join(self.job_names),
-        )
+    def _event(self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]) -> dict[str, Any]:
+        if status == "timeout":
+            message = (
+                f"{len(last_states)} job(s) still running at the deadline; they keep running on the service, "
+                "which has no cancel call."
+            )
+        outcomes = tuple(e.outcome for e in ended if e.outcome is not None)
+        return BatchJobsEvent(status, message, outcomes).as_dict()

@@ -1,0 +1,320 @@
+"""Uploads, creates, polls and downloads of a batch's shards, overlapped in a bounded thread pool.
+
+The pool threads only transfer bytes and call the API; every change of the state is made by the
+thread that calls :meth:`BatchDriver.pump` or :meth:`BatchDriver.handle`, and journalled by it in one
+small object per batch of changes. A shard's "creating" marker is journalled before its create is
+submitted. Memory is bounded by the pool (each upload spools at most 8 MiB before using a temporary
+file), not by the input.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
+from airflow_provider_maas.exceptions import (
+    MaaSApiError,
+    MaaSError,
+    MaaSRateLimitError,
+    MaaSResultsGoneError,
+    MaaSRetryableError,
+)
+from airflow_provider_maas.jsonl import ShardPlan, copy_shard
+from airflow_provider_maas.states import JobOutcome, job_outcome
+from airflow_provider_maas.storage import CHUNK_SIZE, open_source
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.hooks.maas import MaaSHook
+
+log = logging.getLogger(__name__)
+
+#: ``names(key, plan) -> (upload file name, job display name)`` of a shard.
+ShardNames = Callable[[ShardKey, ShardPlan], "tuple[str, str]"]
+
+
+class _Task(str, Enum):
+    UPLOAD = "upload"
+    CREATE = "create"
+    DOWNLOAD = "download"
+
+
+class BatchDriver:
+    """Moves the shards of ``state`` forward; use as a context manager (it owns the thread pool).
+
+    :param source: The operator's ``source`` (the requests of round 0).
+    :param names: Upload and display names of a shard (deterministic, so a retry reuses them).
+    :param clear_round: ``max_tries`` of this try, stored in each "creating" marker.
+    :param max_consecutive_poll_errors: Failed polls of one job in a row tolerated (each already
+        retried by the hook) before the task fails.
+    """
+
+    def __init__(
+        self,
+        *,
+        hook: MaaSHook,
+        journal: BatchJournal,
+        state: BatchState,
+        source: Any,
+        names: ShardNames,
+        max_active_jobs: int,
+        max_parallel_transfers: int,
+        shard_retries: int,
+        clear_round: int | None,
+        max_consecutive_poll_errors: int,
+    ) -> None:
+        self.hook = hook
+        self.journal = journal
+        self.state = state
+        self.source = source
+        self.names = names
+        self.max_active_jobs = max_active_jobs
+        self.shard_retries = shard_retries
+        self.clear_round = clear_round
+        self.max_poll_errors = max_consecutive_poll_errors
+        self.rate_limited = False
+        self._pool = ThreadPoolExecutor(max_workers=max_parallel_transfers, thread_name_prefix="maas-batch")
+        self._futures: dict[Future[Any], tuple[_Task, ShardKey]] = {}
+        self._pending = deque(sorted(r.key for r in state.with_status(ShardStatus.PENDING)))
+        # Shards holding a slot: uploading, creating or with a job not seen ended.
+        self._busy = {r.key for r in state.with_status(ShardStatus.RUNNING, ShardStatus.CREATING)}
+        self._downloading: set[ShardKey] = set()
+        self._seen: dict[str, float] = {}
+        self._last_state: dict[str, str | None] = {}
+        self._poll_errors: dict[str, int] = {}
+        self._changes: list[ShardRecord] = []
+        self._fatal: BaseException | None = None
+
+    def __enter__(self) -> BatchDriver:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    # What is running -------------------------------------------------------------------------
+    def running_jobs(self) -> list[str]:
+        """Jobs not seen ended yet."""
+        return [name for name, r in self.state.by_job().items() if r.key not in self._downloading]
+
+    def mark_seen(self, job_names: Iterable[str]) -> None:
+        """Note that these jobs were seen still running just now (e.g. by the trigger)."""
+        now = time.monotonic()
+        self._seen.update(dict.fromkeys(job_names, now))
+
+    def stale_jobs(self, age: float) -> list[str]:
+        """Running jobs not seen running in the last ``age`` seconds (they may have ended since)."""
+        now = time.monotonic()
+        return [name for name in self.running_jobs() if now - self._seen.get(name, float("-inf")) >= age]
+
+    # Steps -----------------------------------------------------------------------------------
+    def poll(self, job_names: list[str]) -> list[JobOutcome]:
+        """Poll these jobs once, in the pool; return the outcomes of those that ended."""
+        futures = {self._pool.submit(self.hook.get_batch_job, name): name for name in job_names}
+        ended = []
+        for future in as_completed(futures):
+            name = futures[future]
+            try:
+                job = future.result()
+            except MaaSRetryableError as err:
+                errors = self._poll_errors[name] = self._poll_errors.get(name, 0) + 1
+                if errors >= self.max_poll_errors:
+                    raise MaaSError(f"Polling job {name} failed {errors} times in a row: {err}") from err
+                log.warning("Polling job %s failed (%d in a row): %s", name, errors, err)
+                continue
+            self._poll_errors.pop(name, None)
+            outcome = job_outcome(job, name)
+            if self._last_state.get(name) != outcome.state:
+                log.info("Job %s is %s", name, outcome.state)
+                self._last_state[name] = outcome.state
+            self._seen[name] = time.monotonic()
+            if outcome.ended:
+                ended.append(outcome)
+        return ended
+
+    def handle(self, outcomes: Iterable[JobOutcome]) -> None:
+        """Record jobs that ended: download their results, or submit the shard again / give it up."""
+        by_job = self.state.by_job()
+        for outcome in outcomes:
+            record = by_job.get(outcome.job_name)
+            if record is None or record.key in self._downloading:
+                continue  # not ours, or already handled
+            self._busy.discard(record.key)
+            self._seen.pop(outcome.job_name, None)
+            if outcome.has_results:
+                self._downloading.add(record.key)
+                self._submit(_Task.DOWNLOAD, record.key, self._download, record.job_name, record.key)
+            else:
+                self._retry_or_fail(record.but(job_state=outcome.state), outcome.message)
+        self._flush()
+
+    def refetch_lost_parts(self) -> bool:
+        """Download again the results of done shards whose part is gone; True if there were any."""
+        try:
+            present = {path.name for path in self.journal.part_dir().iterdir()}
+        except FileNotFoundError:
+            present = set()
+        lost = [r for r in self.state.with_status(ShardStatus.DONE) if self.journal.part(r.key).name not in present]
+        for record in lost:
+            log.warning("Shard %s: its downloaded results are gone; downloading them again", record.key)
+            self._change(record.but(status=ShardStatus.RUNNING))
+            self._downloading.add(record.key)
+            self._submit(_Task.DOWNLOAD, record.key, self._download, record.job_name, record.key)
+        self._flush()
+        return bool(lost)
+
+    def pump(self) -> None:
+        """Fill the free slots (upload, then marker, then create), finish every transfer in flight;
+        then raise the first error that must stop the task, if one happened."""
+        self.rate_limited = False
+        while True:
+            self._fill()
+            if not self._futures:
+                break
+            done, _ = wait(self._futures, return_when=FIRST_COMPLETED)
+            to_create = []
+            for future in done:
+                task, key = self._futures.pop(future)
+                if self._finished(task, key, future):
+                    to_create.append(key)
+            self._flush()  # the "creating" markers are stored before the creates are sent
+            for key in to_create:
+                record = self.state.shards[key]
+                self._submit(_Task.CREATE, key, self.hook.create_batch_job, record.file_name, record.display_name)
+        self._flush()
+        if self._fatal is not None:
+            fatal, self._fatal = self._fatal, None
+            raise fatal
+
+    # Internals -------------------------------------------------------------------------------
+    def _submit(self, task: _Task, key: ShardKey, fn: Callable[..., Any], *args: Any) -> None:
+        self._futures[self._pool.submit(fn, *args)] = (task, key)
+
+    def _fill(self) -> None:
+        if self._fatal is not None or self.rate_limited:
+            return
+        while self._pending and len(self._busy) < self.max_active_jobs:
+            key = self._pending.popleft()
+            if self.state.shards[key].status is ShardStatus.PENDING and key not in self._busy:
+                self._busy.add(key)
+                self._submit(_Task.UPLOAD, key, self._upload, key)
+
+    def _change(self, record: ShardRecord) -> None:
+        self.state.apply(record)
+        self._changes.append(record)
+
+    def _flush(self) -> None:
+        if self._changes:
+            self.journal.append(self.state, self._changes)
+            self._changes = []
+
+    def _upload(self, key: ShardKey) -> tuple[str, str]:
+        plan = self.state.plan(key)
+        file_name, display_name = self.names(key, plan)
+        source = self.state.rounds[key.round].source or self.source
+        with open_source(source) as handle, tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as tmp:
+            copy_shard(handle, plan, tmp)
+            tmp.seek(0)
+            return self.hook.upload_file(tmp, file_name)["name"], display_name
+
+    def _download(self, job_name: str, key: ShardKey) -> None:
+        self.hook.download_results(job_name, self.journal.part(key))
+
+    def _finished(self, task: _Task, key: ShardKey, future: Future[Any]) -> bool:
+        """Apply one finished transfer; True if the shard's create is due now (its marker is set)."""
+        record = self.state.shards[key]
+        try:
+            result = future.result()
+        except MaaSRateLimitError as err:
+            self._busy.discard(key)
+            self._pending.appendleft(key)
+            self.rate_limited = True
+            if task is _Task.CREATE:  # the service did not take it: no job, the attempt does not count
+                self._change(record.but(status=ShardStatus.PENDING, attempts=record.attempts - 1))
+            log.warning("Shard %s: %s; the service is at capacity, the shard waits for the next round", key, err)
+            return False
+        except MaaSResultsGoneError as err:
+            self._downloading.discard(key)
+            log.warning("Shard %s: the results of job %s are gone (%s); a new job will be created", key, record.job_name, err)
+            self._retry_or_fail(record, f"the results of job {record.job_name} are gone (410)")
+            return False
+        except Exception as err:
+            self._failed(task, key, record, err)
+            return False
+        if task is _Task.UPLOAD:
+            if self._fatal is not None or self.rate_limited:
+                self._busy.discard(key)
+                self._pending.appendleft(key)
+                return False
+            file_name, display_name = result
+            self._change(
+                record.but(
+                    status=ShardStatus.CREATING,
+                    file_name=file_name,
+                    display_name=display_name,
+                    job_name=None,
+                    clear_round=self.clear_round,
+                    attempts=record.attempts + 1,
+                )
+            )
+            return True
+        if task is _Task.CREATE:
+            self._change(record.but(status=ShardStatus.RUNNING, job_name=result["name"], job_state=result.get("state")))
+            self._seen[result["name"]] = time.monotonic()
+            log.info(
+                "Shard %s: job %s created (%d requests, attempt %d)",
+                key,
+                result["name"],
+                self.state.plan(key).requests,
+                record.attempts,
+            )
+        else:
+            self._downloading.discard(key)
+            self._change(record.but(status=ShardStatus.DONE))
+        return False
+
+    def _failed(self, task: _Task, key: ShardKey, record: ShardRecord, err: Exception) -> None:
+        """A transfer failed for good: remember the first such error; it stops the task once the
+        transfers in flight are recorded."""
+        if task is _Task.DOWNLOAD:
+            self._downloading.discard(key)  # the job stays RUNNING: the next try polls it and downloads
+        elif task is _Task.UPLOAD:
+            self._busy.discard(key)
+            self._pending.appendleft(key)
+        elif isinstance(err, MaaSApiError) and not isinstance(err, MaaSRetryableError):
+            # A definite refusal (4xx): no job was created.
+            self._busy.discard(key)
+            self._change(record.but(status=ShardStatus.PENDING, attempts=record.attempts - 1))
+        # Otherwise an uncertain create: the marker stays, so no later try creates again on its own.
+        log.error("Shard %s: %s failed: %s", key, task.value, err)
+        if self._fatal is None:
+            self._fatal = err
+
+    def _retry_or_fail(self, record: ShardRecord, reason: str) -> None:
+        if record.attempts <= self.shard_retries:
+            log.warning(
+                "Shard %s: %s; submitting it again (attempt %d of %d)",
+                record.key,
+                reason,
+                record.attempts + 1,
+                self.shard_retries + 1,
+            )
+            self._change(record.but(status=ShardStatus.PENDING, job_name=None, error=reason))
+            self._pending.append(record.key)
+        else:
+            log.error(
+                "Shard %s: %s; no retries left (shard_retries=%d): its %d requests go to the failed file",
+                record.key,
+                reason,
+                self.shard_retries,
+                self.state.plan(record.key).requests,
+            )
+            self._change(record.but(status=ShardStatus.FAILED, error=reason))

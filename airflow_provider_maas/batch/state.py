@@ -1,0 +1,183 @@
+"""The typed, bounded state of one batch: what each shard is waiting for, and which job answers it.
+
+Pure data, no I/O: :mod:`airflow_provider_maas.batch.journal` stores it. A shard moves
+
+    PENDING -> CREATING -> RUNNING -> DONE
+                  |            |-> PENDING (its job failed, or its results are gone: retried)
+                  |            '-> FAILED  (no retries left: its requests get the job's error)
+                  '-> PENDING (429: the service did not take the create; next round)
+
+``CREATING`` is the "create in flight" marker: it is stored BEFORE a create is sent, so a later try
+that finds it knows a job may exist (see :mod:`airflow_provider_maas.operators._guard`).
+
+Shards belong to rounds: round 0 holds the input's shards; later rounds (request-level retries)
+will hold shards made of the requests that failed in an earlier round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
+from enum import Enum
+from typing import Any
+
+from airflow_provider_maas.jsonl import ShardPlan
+
+#: Format of what the journal stores; a different version is not read (the batch starts over).
+STATE_VERSION = 1
+
+
+class ShardStatus(str, Enum):
+    PENDING = "pending"  # nothing sent yet (or its last job failed and it is due again)
+    CREATING = "creating"  # a create was (maybe) sent; no answer recorded yet
+    RUNNING = "running"  # its job exists and had not ended when last seen
+    DONE = "done"  # results downloaded
+    FAILED = "failed"  # every attempt failed; its requests go to the failed file
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ShardKey:
+    round: int
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.index}" if self.round == 0 else f"{self.round}.{self.index}"
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRecord:
+    """The changing part of a shard; one journal line holds one whole record (a few hundred bytes).
+
+    :param attempts: Creates sent for this shard (a 429 does not count).
+    :param file_name: The uploaded file's name (deterministic: dag, task, run, shard, content hash).
+    :param display_name: The display name sent with the create (the console shows it).
+    :param clear_round: ``max_tries`` of the try that sent the create (see ``_guard.clear_round``).
+    :param job_state: The job's last known state.
+    :param error: Why the shard's last job failed (the service's message and code), if it did.
+    """
+
+    key: ShardKey
+    status: ShardStatus = ShardStatus.PENDING
+    attempts: int = 0
+    file_name: str | None = None
+    display_name: str | None = None
+    job_name: str | None = None
+    clear_round: int | None = None
+    job_state: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"r": self.key.round, "i": self.key.index, "status": self.status.value}
+        for f in fields(self)[2:]:
+            value = getattr(self, f.name)
+            if value is not None and value != 0:
+                data[f.name] = value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ShardRecord:
+        known = {f.name for f in fields(cls)[2:]}
+        return cls(
+            key=ShardKey(int(data["r"]), int(data["i"])),
+            status=ShardStatus(data["status"]),
+            **{k: v for k, v in data.items() if k in known},
+        )
+
+    def but(self, **changes: Any) -> ShardRecord:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class Round:
+    """The shards of one round: their plans (immutable once written) and where their requests are.
+
+    :param source: URI of the round's requests; None for round 0 (the operator's ``source``).
+    """
+
+    number: int
+    plans: tuple[ShardPlan, ...]
+    source: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "source": self.source,
+            "plans": [
+                [p.first_line, p.last_line, p.start_offset, p.end_offset, p.requests, p.bytes, p.sha256, p.clean]
+                for p in self.plans
+            ],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Round:
+        plans = tuple(ShardPlan(index, *values) for index, values in enumerate(data["plans"]))
+        return cls(number=int(data["number"]), plans=plans, source=data.get("source"))
+
+
+def fingerprint(plans: tuple[ShardPlan, ...] | list[ShardPlan]) -> str:
+    """Identifies an input split one way: equal for the same bytes and the same shard limits."""
+    digest = hashlib.sha256()
+    for plan in plans:
+        digest.update(f"{plan.first_line}:{plan.last_line}:{plan.requests}:{plan.sha256};".encode())
+    return digest.hexdigest()
+
+
+@dataclass(slots=True)
+class BatchState:
+    """Everything a try needs to go on where the last one stopped.
+
+    :param fingerprint: Of round 0's plans: a retry with a different input starts over.
+    :param identity: ``dag.task.run.map_index`` of the task instance that owns the state.
+    :param deadline: Absolute ``wait_timeout`` deadline (epoch seconds), or None.
+    :param clear_round: ``max_tries`` of the try that last took the state over.
+    :param resumes: How many times the task resumed after a deferral.
+    """
+
+    fingerprint: str
+    identity: str
+    rounds: list[Round]
+    deadline: float | None = None
+    clear_round: int | None = None
+    resumes: int = 0
+    shards: dict[ShardKey, ShardRecord] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for round_ in self.rounds:
+            for plan in round_.plans:
+                key = ShardKey(round_.number, plan.index)
+                self.shards.setdefault(key, ShardRecord(key))
+
+    # Reading -----------------------------------------------------------------------------
+    def plan(self, key: ShardKey) -> ShardPlan:
+        return self.rounds[key.round].plans[key.index]
+
+    def with_status(self, *statuses: ShardStatus) -> Iterator[ShardRecord]:
+        return (record for record in self.shards.values() if record.status in statuses)
+
+    def count(self, *statuses: ShardStatus) -> int:
+        return sum(1 for _ in self.with_status(*statuses))
+
+    def by_job(self) -> dict[str, ShardRecord]:
+        """Running shards by job name."""
+        return {r.job_name: r for r in self.with_status(ShardStatus.RUNNING) if r.job_name}
+
+    @property
+    def finished(self) -> bool:
+        """Every shard is DONE or FAILED."""
+        return all(r.status in (ShardStatus.DONE, ShardStatus.FAILED) for r in self.shards.values())
+
+    # Changing ----------------------------------------------------------------------------
+    def apply(self, record: ShardRecord) -> None:
+        if record.key not in self.shards:
+            raise KeyError(f"shard {record.key} is not part of this batch")
+        self.shards[record.key] = record
+
+    def meta(self) -> dict[str, Any]:
+        """The batch-level fields, as a journal line stores them."""
+        return {"deadline": self.deadline, "clear_round": self.clear_round, "resumes": self.resumes}
+
+    def apply_meta(self, data: dict[str, Any]) -> None:
+        self.deadline = data.get("deadline")
+        self.clear_round = data.get("clear_round")
+        self.resumes = int(data.get("resumes") or 0)
