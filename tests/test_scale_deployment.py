@@ -11,9 +11,11 @@ over the same 10,000 requests with ``max_requests_per_file=10``: 1,000 shards, 1
   resumes), and no ``task_state_store`` value over Airflow's 64 KB default at any time (sampled
   from the metadata database, and Airflow's own warning on an oversized write absent from the log);
   the trigger rows and the events handed back stay bounded by ``max_active_jobs``, not the input.
-* ``maas_scale_crash``: the first time it resumes from a deferral with jobs still to create, its
-  task process gets SIGKILL (as the OOM killer would) before it creates anything more. Airflow
-  retries it; the retry must reattach: one job per shard, every result once, in input order.
+* ``maas_scale_crash``: after its first wave of jobs, while it is deferred, its emulator starts
+  refusing uploads (429); once the task resumes (downloading, uploading), its task process gets
+  SIGKILL (as the OOM killer would) and the uploads are accepted again. No create can be in flight
+  at the kill (none follows a refused upload), so Airflow's retry must reattach and finish: one job
+  per shard, every result once, in input order.
 
 Each DAG talks to its own emulator (connection named like the DAG), so job counts are per DAG.
 """
@@ -79,6 +81,10 @@ def _created(base_url: str) -> int:
     return emulator_admin(base_url, "GET", "/_emulator/state")["jobs_created"]
 
 
+def _jobs_by_file(base_url: str) -> dict[str, int]:
+    return emulator_admin(base_url, "GET", "/_emulator/state")["jobs_by_file"]
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory) -> dict[str, Any]:
     """Run both DAGs to their end in one deployment; return what the tests check."""
@@ -132,35 +138,52 @@ def deployment(tmp_path_factory) -> dict[str, Any]:
             airflow.start("scheduler", "scheduler")
             phase("started")
 
-            crash_deferred_at: int | None = None  # jobs created when the crash DAG was last seen deferred
+            armed_at: int | None = None  # jobs created when uploads to the crash emulator were refused
 
             def both_ended() -> bool:
-                nonlocal crash_deferred_at
+                nonlocal armed_at
                 airflow.check_running()
                 ends = []
                 for dag_id, watch in watches.items():
                     ti = watch.sample()
                     ends.append(ti.get("state") in {"success", "failed"})
-                    if dag_id != CRASH or kill:
-                        continue
-                    if ti.get("state") == "deferred":
-                        crash_deferred_at = _created(urls[CRASH])
-                    elif ti.get("state") == "running" and crash_deferred_at is not None and ti.get("try_number") == 1:
-                        # Resumed from a deferral: kill it before it creates anything more.
-                        created = _created(urls[CRASH])
-                        found = airflow.task_process(ti["id"])
-                        if found and created == crash_deferred_at < SHARDS:
-                            os.kill(found[0], signal.SIGKILL)
-                            kill.update(jobs_created=created, at=f"{time.monotonic() - started:.0f}s")
-                            phase(f"crash task SIGKILLed after {created} jobs")
-                        crash_deferred_at = None  # too late for this resume: wait for the next one
+                    if dag_id == CRASH and not kill:
+                        armed_at = _crash_step(ti, armed_at)
                 return all(ends)
+
+            def _crash_step(ti: dict[str, Any], armed_at: int | None) -> int | None:
+                """Kill the crash DAG's task process in a resume that cannot be creating a job.
+
+                While the task is deferred with jobs left to create, its emulator starts refusing
+                uploads (429, as a service at capacity does): no create can follow an upload in
+                the resumed try, so no create is in flight when the task process dies (a create in
+                flight would rightly stop the retry: the job may or may not exist).
+                """
+                url = urls[CRASH]
+                if ti.get("state") == "deferred" and armed_at is None:
+                    created = _created(url)
+                    if 0 < created < SHARDS:
+                        emulator_admin(url, "POST", "/_emulator/faults", {"faults": ["upload:*:429"]})
+                        return created
+                elif ti.get("state") == "running" and armed_at is not None and ti.get("try_number") == 1:
+                    found = airflow.task_process(ti["id"])
+                    if found is None:
+                        return armed_at
+                    created = _created(url)
+                    if created != armed_at:  # a create slipped in before the 429s: try at the next resume
+                        return None
+                    os.kill(found[0], signal.SIGKILL)
+                    emulator_admin(url, "DELETE", "/_emulator/faults")
+                    kill.update(jobs_created=created, at=f"{time.monotonic() - started:.0f}s")
+                    phase(f"crash task SIGKILLed after {created} jobs")
+                return armed_at
 
             wait_for("both DAGs to end", both_ended, RUN_DEADLINE, interval=0.2, diagnose=diagnose)
             phase("both ended")
             final = {dag_id: watch.ti() for dag_id, watch in watches.items()}
             jobs = {dag_id: _jobs(url) for dag_id, url in urls.items()}
             created = {dag_id: _created(url) for dag_id, url in urls.items()}
+            by_file = {dag_id: _jobs_by_file(url) for dag_id, url in urls.items()}
             text = diagnose()
         print(f"\nscale deployment: {', '.join(phases)}")
         for dag_id, watch in watches.items():
@@ -176,14 +199,17 @@ def deployment(tmp_path_factory) -> dict[str, Any]:
         "final": final,
         "jobs": jobs,
         "created": created,
+        "by_file": by_file,
         "watches": watches,
         "kill": kill,
         "diagnose": text,
     }
 
 
-def _assert_one_job_per_shard(jobs: list[dict[str, Any]], created: int) -> None:
+def _assert_one_job_per_shard(deployment: dict[str, Any], dag_id: str) -> None:
+    jobs, created, by_file = deployment["jobs"][dag_id], deployment["created"][dag_id], deployment["by_file"][dag_id]
     assert created == SHARDS, f"{created} jobs created for {SHARDS} shards"
+    assert len(by_file) == SHARDS and set(by_file.values()) == {1}, "a file got more than one job"
     names = [job["displayName"] for job in jobs]
     assert len(set(names)) == SHARDS, f"{len(names) - len(set(names))} shards got a second job"
     files = [job["inputConfig"]["gcsSource"]["uris"][0] for job in jobs]
@@ -203,7 +229,7 @@ def test_one_task_runs_1000_shards_with_bounded_state_and_few_resumes(deployment
     assert final["state"] == "success", deployment["diagnose"]
     assert final["try_number"] == 1, deployment["diagnose"]
     _assert_results(deployment, RUN)
-    _assert_one_job_per_shard(deployment["jobs"][RUN], deployment["created"][RUN])
+    _assert_one_job_per_shard(deployment, RUN)
     logs = watch.logs()
     assert 1 <= watch.deferrals() <= MAX_DEFERRALS, f"{watch.deferrals()} deferrals for {SHARDS} shards"
     assert watch.state_value_max, "nothing was kept in task_state_store"
@@ -223,7 +249,7 @@ def test_a_sigkilled_task_process_resumes_its_1000_shard_run(deployment):
     assert 0 < kill["jobs_created"] < SHARDS
     assert final["state"] == "success", deployment["diagnose"]
     assert final["try_number"] == 2, deployment["diagnose"]  # the kill failed try 1; try 2 finished
-    _assert_one_job_per_shard(deployment["jobs"][CRASH], deployment["created"][CRASH])
+    _assert_one_job_per_shard(deployment, CRASH)
     _assert_results(deployment, CRASH)
     assert max(watch.state_value_max.values()) <= STATE_LIMIT, watch.state_value_max
     assert API_KEY not in watch.logs()
