@@ -18,6 +18,7 @@ with ``MAAS_BENCH_SCALE_1M=1`` also 1,000,000 requests (10,000 shards, ``max_act
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -104,6 +105,18 @@ def _log_span(text: str) -> float:
     return (max(stamps) - min(stamps)).total_seconds() if stamps else math.nan
 
 
+def _journal_bytes(folder: Path) -> int:
+    """Bytes of the batch state objects beside the destination now (downloaded parts excluded)."""
+    total = 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "parts"]
+        if ".maas" in root:
+            for name in files:
+                with contextlib.suppress(OSError):  # compaction removes objects as we look
+                    total += os.path.getsize(os.path.join(root, name))
+    return total
+
+
 def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
     from tests.airflow_processes import AirflowProcesses, DeferredTaskWatch, wait_for
 
@@ -141,8 +154,12 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
             cpu_before = emu.cpu_seconds()
             started = time.monotonic()
 
+            journal_peak = 0
+
             def ended() -> bool:
+                nonlocal journal_peak
                 airflow.check_running()
+                journal_peak = max(journal_peak, _journal_bytes(work / DAG_ID))
                 return watch.sample().get("state") in {"success", "failed"}
 
             try:
@@ -182,6 +199,7 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
     largest = max(watch.state_value_max.values(), default=0)
     figure.add(f"{n}: task state: largest value (bytes)", largest, target="<= 65,535", met=largest <= STATE_LIMIT)
     figure.add(f"{n}: task state: writes / bytes written (<=)", f"{state_writes:,} / {state_writes * largest:,}")
+    figure.add(f"{n}: batch state objects beside the destination, peak (bytes)", journal_peak)
     triggers = watch.trigger_kwargs.values()
     figure.add(
         f"{n}: trigger rows: count / largest kwargs / total (bytes)",
