@@ -109,12 +109,15 @@ def _log_span(text: str) -> float:
 
 
 def _journal_bytes(folder: Path) -> int:
-    """Bytes of the batch state objects beside the destination now (downloaded parts excluded)."""
+    """Bytes of the batch state objects beside the destination now: manifest, journal, snapshots
+    (not the downloaded parts nor the combined results)."""
     total = 0
     for root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if d != "parts"]
-        if ".maas" in root:
-            for name in files:
+        if ".maas" not in root:
+            continue
+        for name in files:
+            if name == "manifest.json" or name.startswith("snapshot-") or os.path.basename(root) == "journal":
                 with contextlib.suppress(OSError):  # compaction removes objects as we look
                     total += os.path.getsize(os.path.join(root, name))
     return total
@@ -142,6 +145,7 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
                 "MAAS_SCALE_MAX_ACTIVE_JOBS": str(case.max_active_jobs),
                 "MAAS_SCALE_REQUESTS_PER_FILE": str(case.per_file),
                 "MAAS_SCALE_POLL_INTERVAL": str(case.poll_interval),
+                "MAAS_SCALE_PARALLEL_TRANSFERS": os.environ.get("MAAS_BENCH_SCALE_TRANSFERS", ""),
                 "PYTHONPATH": str(ROOT),
             },
         )
@@ -224,7 +228,7 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
     )
     figure.notes.append(
         f"{n} requests: {case.shards:,} shards of {case.per_file}, max_active_jobs={case.max_active_jobs}, jobs of "
-        f"{case.job_seconds:g} s, API latency {case.latency:g} s, poll interval {case.poll_interval:g} s; ideal {case.ideal:g} s. Task states seen: "
+        f"{case.job_seconds:g} s, API latency {case.latency:g} s, max_parallel_transfers={os.environ.get("MAAS_BENCH_SCALE_TRANSFERS") or "default"}, poll interval {case.poll_interval:g} s; ideal {case.ideal:g} s. Task states seen: "
         f"{' > '.join(watch.states)}; try {final.get('try_number')}."
     )
     if not ok:
