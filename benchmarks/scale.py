@@ -226,9 +226,10 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
         target="< 0.9",
         met=emulator_cpu / elapsed < 0.9,
     )
+    transfers = os.environ.get("MAAS_BENCH_SCALE_TRANSFERS") or "default"
     figure.notes.append(
         f"{n} requests: {case.shards:,} shards of {case.per_file}, max_active_jobs={case.max_active_jobs}, jobs of "
-        f"{case.job_seconds:g} s, API latency {case.latency:g} s, max_parallel_transfers={os.environ.get("MAAS_BENCH_SCALE_TRANSFERS") or "default"}, poll interval {case.poll_interval:g} s; ideal {case.ideal:g} s. Task states seen: "
+        f"{case.job_seconds:g} s, API latency {case.latency:g} s, max_parallel_transfers={transfers}, poll interval {case.poll_interval:g} s; ideal {case.ideal:g} s. Task states seen: "
         f"{' > '.join(watch.states)}; try {final.get('try_number')}."
     )
     if not ok:
