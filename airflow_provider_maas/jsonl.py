@@ -59,8 +59,73 @@ MAX_BYTES_PER_FILE = 50 * 1024 * 1024
 _SHAPE = 'each line must be a JSON object like {"request": {"contents": [...]}}'
 _SPLIT = "split it with MaaSSplitRequestsOperator"
 _COPY_CHUNK = 1024 * 1024
-# The C scanner behind json.loads: scan(text, index) -> (value, end). Skips loads' Python wrapper.
-_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+class _Refused(ValueError):
+    """JSON that Python parses but the service may reject: NaN/Infinity, a repeated key, a lone surrogate."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not valid JSON (the service rejects it); write null or a string")
+
+
+def _lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds an unpaired UTF-16 surrogate (from a ``\\uD800``-``\\uDFFF`` escape
+    without its pair; the parser joins a valid pair). Call it for non-ASCII text only."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _surrogate_error(text: str) -> _Refused:
+    return _Refused(
+        f"the string {text[:40]!r} holds a \\u escape of a lone UTF-16 surrogate (\\uD800-\\uDFFF "
+        "without its pair), which is not valid Unicode; fix or remove that character"
+    )
+
+
+def _check_list(values: list[Any]) -> None:
+    for value in values:
+        kind = type(value)
+        if kind is str:
+            if not value.isascii() and _lone_surrogate(value):
+                raise _surrogate_error(value)
+        elif kind is list:
+            _check_list(value)
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build one JSON object, refusing repeated keys and lone surrogates (in its keys, its string
+    values and the strings of its arrays; nested objects are checked when they are built).
+
+    Called by the C parser for every object of every line: keep it lean (``isascii`` is O(1)).
+    """
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(f"the key {key!r} appears twice in one object; keep one")
+            seen.add(key)
+    for key, value in pairs:
+        if not key.isascii() and _lone_surrogate(key):
+            raise _surrogate_error(key)
+        kind = type(value)
+        if kind is str:
+            if not value.isascii() and _lone_surrogate(value):
+                raise _surrogate_error(value)
+        elif kind is list:
+            _check_list(value)
+    return obj
+
+
+#: Strict JSON: NaN, Infinity, repeated keys and lone surrogates are refused (Python's json
+#: accepts them, the service may not).
+_DECODER = json.JSONDecoder(object_pairs_hook=_strict_object, parse_constant=_no_constant)
+# The C scanner behind it: scan(text, index) -> (value, end). Skips decode's Python wrapper.
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 
 
 class RequestLine(NamedTuple):
@@ -144,10 +209,12 @@ def validate_request_line(line: bytes, line_number: int) -> dict[str, Any]:
             f"not valid UTF-8 (byte 0x{line[exc.start]:02x} at offset {exc.start} of the line); save the file as UTF-8",
         ) from None
     try:
-        obj = json.loads(text)
+        obj = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         if text.startswith("\ufeff"):
             message = "starts with a UTF-8 byte order mark (BOM); save the file as UTF-8 without BOM"
+        elif isinstance(exc, _Refused):
+            message = f"{exc}; {_SHAPE}"
         elif isinstance(exc, json.JSONDecodeError):
             message = f"not valid JSON: {exc.msg} (column {exc.colno}); {_SHAPE}, one per line"
         else:

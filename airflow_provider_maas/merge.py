@@ -15,8 +15,9 @@ from airflow_provider_maas.jsonl import iter_request_lines
 from airflow_provider_maas.ordering import ResultIndex, line_reader, order_results
 from airflow_provider_maas.results import (
     ResultSummary,
-    iter_results,
+    iter_lines,
     normalise_request,
+    parse_result_line,
 )
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
 
@@ -44,15 +45,25 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
     """Summarise one results file; write its failed requests (input format) when asked.
 
     Failed requests are written as ``{"request": ...}`` lines with the service's null-valued
-    fields removed, ready to resubmit. Returns the summary dict (see ``ResultSummary``) plus
-    ``bytes``.
+    fields removed, ready to resubmit. A line that repeats an earlier line byte for byte is counted
+    in ``duplicates`` only, not as another request. Returns the summary dict (see
+    ``ResultSummary``) plus ``missing``, ``duplicates`` and ``bytes``.
     """
+    import hashlib
+
     summary = ResultSummary()
-    size = 0
+    seen: set[bytes] = set()
+    duplicates = 0
     with contextlib.ExitStack() as stack:
         failed_out = stack.enter_context(atomic_writer(to_path(failed_destination))) if failed_destination else None
         handle = stack.enter_context(open_source(results, what="results file"))
-        for record in iter_results(handle):
+        for line_number, _, line in iter_lines(handle):
+            digest = hashlib.blake2b(line, digest_size=16).digest()
+            if digest in seen:
+                duplicates += 1
+                continue
+            seen.add(digest)
+            record = parse_result_line(line, line_number)
             summary.add(record)
             if failed_out is not None and not record.succeeded and record.request is not None:
                 failed_out.write(
@@ -61,8 +72,43 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
         size = handle.tell() if handle.seekable() else 0
     _log_failures(summary, "the results")
     result: dict[str, Any] = summary.as_dict()
-    result.update(missing=summary.missing, bytes=size)
+    result.update(missing=summary.missing, duplicates=duplicates, bytes=size)
     return result
+
+
+def compare_with_job(summary: dict[str, Any], job: dict[str, Any], *, ordered: bool) -> list[str]:
+    """Check a download's summary against the job's ``completionStats``; return the differences.
+
+    Requests the service counted but the results file does not hold are added to ``missing`` and
+    ``failed`` (and ``requests``) unless ``ordered`` (then the input file already counted them).
+    Sets ``expected_requests`` (the service's count, or None when it sent none). A null
+    ``failedCount`` beside a ``successfulCount`` is 0, as the service sends it.
+    """
+    from airflow_provider_maas.states import completion_counts
+
+    succeeded, failed = completion_counts(job)
+    if succeeded is not None and failed is None:
+        failed = 0
+    expected = succeeded + failed if succeeded is not None and failed is not None else None
+    summary["expected_requests"] = expected
+    differences: list[str] = []
+    if expected is not None:
+        if not ordered and expected > summary["requests"]:
+            absent = expected - summary["requests"]
+            summary.update(requests=expected, failed=summary["failed"] + absent, missing=summary["missing"] + absent)
+        if summary["requests"] != expected:
+            differences.append(f"the job counts {expected} requests, the results {summary['requests']}")
+        if summary["succeeded"] != succeeded:
+            differences.append(f"the job counts {succeeded} succeeded, the results {summary['succeeded']}")
+        if summary["failed"] != failed:
+            differences.append(f"the job counts {failed} failed, the results {summary['failed']} (missing included)")
+    if summary["missing"]:
+        differences.append(f"{summary['missing']} requests have no result line")
+    if summary.get("duplicates"):
+        differences.append(f"{summary['duplicates']} result lines repeat an earlier line (counted once)")
+    if summary.get("unmatched"):
+        differences.append(f"{summary['unmatched']} result lines match no request of the input")
+    return differences
 
 
 def extract_images_beside(results: Any) -> list[str]:
@@ -117,15 +163,24 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[s
             if item.failed:
                 failed_out.write(item.request_raw)
         unmatched = index.unmatched()
-    if unmatched:
+        duplicates = index.repeats()
+    if duplicates:
+        log.warning("%d result lines are second results of a request; kept once in %s", duplicates, uri_of(dest))
+    if len(unmatched) > duplicates:
         log.warning(
-            "%d result lines match no request of the input (first: results #%s line %d); they are not in %s",
-            len(unmatched),
+            "%d result lines match no request of the input (first left over: results #%s line %d); they are not in %s",
+            len(unmatched) - duplicates,
             unmatched[0].source_id,
             unmatched[0].line_number,
             uri_of(dest),
         )
     _log_failures(summary, uri_of(dest))
     result: dict[str, Any] = summary.as_dict()
-    result.update(missing=summary.missing, unmatched=len(unmatched), bytes=written, failed_uri=uri_of(failed))
+    result.update(
+        missing=summary.missing,
+        duplicates=duplicates,
+        unmatched=len(unmatched) - duplicates,
+        bytes=written,
+        failed_uri=uri_of(failed),
+    )
     return result

@@ -51,6 +51,7 @@ class ResultIndex:
         self._sources: list[Hashable] = []
         self._by_digest: dict[bytes, int | deque[int]] = {}
         self._no_request: list[int] = []
+        self._repeated: dict[bytes, int] = {}  # digest -> lines, for digests with more than one line
         self._size = 0
 
     def __len__(self) -> int:
@@ -90,8 +91,10 @@ class ResultIndex:
                 self._by_digest[digest] = packed
             elif isinstance(slot, deque):
                 slot.append(packed)
+                self._repeated[digest] += 1
             else:
                 self._by_digest[digest] = deque((slot, packed))
+                self._repeated[digest] = 2
         self._size += count
         return count
 
@@ -110,6 +113,16 @@ class ResultIndex:
             del self._by_digest[digest]
         self._size -= 1
         return self._unpack(packed)
+
+    def repeats(self) -> int:
+        """Unmatched lines for a request that did get a result: second answers (duplicates)."""
+        total = 0
+        for digest, lines in self._repeated.items():
+            slot = self._by_digest.get(digest)
+            left = 0 if slot is None else len(slot) if isinstance(slot, deque) else 1
+            if left < lines:
+                total += left
+        return total
 
     def unmatched(self) -> list[ResultLocation]:
         """Locations not popped yet (results matching no input request), sorted by source and line."""

@@ -8,7 +8,6 @@ never the whole job JSON).
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -168,7 +167,7 @@ def job_outcome(job: dict[str, Any], job_name: str | None = None) -> JobOutcome:
     )
 
 
-def log_state_change(log: logging.Logger | Any, job_name: str, state: str | None, seconds: float) -> None:
+def log_state_change(log: Any, job_name: str, state: str | None, seconds: float) -> None:
     """Log a job's new state (info), warning on an undocumented one; callers call it on changes only."""
     log.info("Job %s is %s (after %.0fs)", job_name, state, seconds)
     if classify_state(state) is StateKind.UNKNOWN:

@@ -16,17 +16,13 @@ import requests
 
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.state import ShardStatus
-from airflow_provider_maas.exceptions import (
-    MaaSJobCreationUncertainError,
-    MaaSJobFailedError,
-    MaaSRateLimitError,
-)
+from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError, MaaSJobFailedError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
-from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
 from tests.compat import TaskDeferred
 from tests.conftest import API_KEY, ROOT
 from tests.helpers import FakeStateStore, assert_in_input_order, make_context, write_requests
+from tests.test_storage import memfs  # noqa: F401  (fixture)
 
 SCALE_DAG = ROOT / "tests" / "dags" / "maas_batch_scale.py"
 
@@ -35,15 +31,6 @@ def _emulator_state(handle) -> dict:
     response = requests.get(f"{handle.base_url}/_emulator/state", headers={"Authorization": f"Bearer {API_KEY}"})
     response.raise_for_status()
     return response.json()
-
-
-def _trigger_event(trigger: MaaSBatchJobsTrigger) -> dict:
-    import asyncio
-
-    async def first() -> dict:
-        return (await trigger.run().__anext__()).payload
-
-    return asyncio.run(first())
 
 
 def _operator(source: Path, dest: Path, **kwargs) -> MaaSBatchPredictionOperator:
@@ -79,10 +66,159 @@ def test_300_shards_deferred_one_job_each_in_order_few_resumes(emulator_factory,
     from airflow.utils.session import create_session
 
     with create_session() as session:
-        (value,) = session.query(XComModel.value).filter(XComModel.run_id == run.run_id, XComModel.key == "summary").one()
+        (value,) = (
+            session.query(XComModel.value).filter(XComModel.run_id == run.run_id, XComModel.key == "summary").one()
+        )
     summary = value if isinstance(value, dict) else json.loads(value)
     assert (summary["requests"], summary["succeeded"], summary["shards"], summary["jobs"]) == (300, 300, 300, 300)
     assert 1 <= summary["resumes"] <= 2 * shards / max_active + 3, summary
     values = _state_values(run.run_id)
     assert values and max(len(v) for v in values) < 1024  # only the state's location and version
     assert not list((tmp_path / "out").glob(".results.jsonl.maas*"))  # the state is removed once done
+
+
+def _cleared(context: dict, max_tries: int) -> dict:
+    """The context of a try whose ``max_tries`` is ``max_tries`` (Airflow changes it on a clear only)."""
+    context["ti"].max_tries = max_tries
+    return context
+
+
+def test_lost_create_answer_refuses_to_create_again_until_cleared(emulator_factory, tmp_path):
+    handle = emulator_factory(faults=["create:1:lost-500"])
+    source = write_requests(tmp_path / "r.jsonl", 30)
+    dest = tmp_path / "results.jsonl"
+    store = FakeStateStore()
+    with pytest.raises(MaaSJobCreationUncertainError):
+        _operator(source, dest).execute(_cleared(make_context(store), 1))
+    assert handle.emulator.jobs_created == 1  # the service did create it
+
+    with pytest.raises(MaaSJobCreationUncertainError) as refused:  # an automatic retry: same clear round
+        _operator(source, dest).execute(_cleared(make_context(store), 1))
+    message = str(refused.value)
+    assert "shard 0" in message and "dag.task.run1.m-1.s00000." in message and "dag/task/run1#0" in message
+    assert handle.emulator.jobs_created == 1
+
+    _operator(source, dest).execute(_cleared(make_context(store), 3))  # a person cleared the task
+    assert handle.emulator.jobs_created == 2
+    assert_in_input_order(source, dest)
+
+
+def test_crash_between_marker_and_create_is_refused_on_retry(emulator, tmp_path, monkeypatch):
+    source = write_requests(tmp_path / "r.jsonl", 30)
+    dest = tmp_path / "results.jsonl"
+
+    def killed(self, file_name, display_name):
+        raise SystemExit("worker killed while the create was in flight")
+
+    monkeypatch.setattr(MaaSHook, "create_batch_job", killed)
+    with pytest.raises(SystemExit):
+        _operator(source, dest).execute(make_context())
+    monkeypatch.undo()
+    state = BatchJournal.for_task(dest, make_context()).load()
+    (record,) = state.shards.values()
+    assert record.status is ShardStatus.CREATING  # stored before the create was sent
+    with pytest.raises(MaaSJobCreationUncertainError, match="shard 0"):
+        _operator(source, dest).execute(make_context())  # no task_state_store (Airflow 3.0): found all the same
+    assert emulator.emulator.jobs_created == 0
+
+
+def test_429_on_create_leaves_the_shard_for_the_next_round(emulator_factory, tmp_path):
+    handle = emulator_factory(faults=["create:5:429"], retry_after=0.0)
+    source = write_requests(tmp_path / "r.jsonl", 250)
+    dest = tmp_path / "results.jsonl"
+    context = make_context()
+    _operator(source, dest, max_parallel_transfers=1).execute(context)
+    assert handle.emulator.jobs_created == 3
+    assert_in_input_order(source, dest)
+    assert context["ti"].xcom["summary"]["jobs"] == 3  # the refused create is not an attempt
+
+
+def test_every_job_failed_fails_the_task_with_the_service_error_per_request(emulator_factory, tmp_path):
+    handle = emulator_factory(final_state="JOB_STATE_FAILED", job_duration=0.1)
+    source = write_requests(tmp_path / "r.jsonl", 150)
+    dest = tmp_path / "results.jsonl"
+    context = make_context()
+    with pytest.raises(MaaSJobFailedError, match=r"No request succeeded: 2 of 2 shards failed") as failed:
+        _operator(source, dest, shard_retries=1).execute(context)
+    assert "Internal error occurred during batch prediction (emulated)." in str(failed.value)
+    assert handle.emulator.jobs_created == 4  # each shard: first job and one retry
+    records = assert_in_input_order(source, dest)
+    assert {r.status for r in records} == {
+        f"job {name} ended in JOB_STATE_FAILED: Internal error occurred during batch prediction (emulated). (code 13)"
+        for name in {r.status.split()[1] for r in records}
+    }
+    assert len((tmp_path / "results.failed.jsonl").read_bytes().splitlines()) == 150
+    summary = context["ti"].xcom["summary"]
+    assert (summary["failed"], summary["failed_shards"], summary["succeeded"]) == (150, 2, 0)
+    assert all("code 13" in reason for reason in summary["shard_errors"])
+
+
+def test_results_gone_creates_a_new_job_for_the_shard(emulator_factory, tmp_path):
+    handle = emulator_factory(faults=["metadata:1:results-gone"])
+    source = write_requests(tmp_path / "r.jsonl", 30)
+    dest = tmp_path / "results.jsonl"
+    _operator(source, dest, shard_retries=1).execute(make_context())
+    assert handle.emulator.jobs_created == 2
+    assert_in_input_order(source, dest)
+
+
+def test_retry_without_task_state_store_reattaches_and_polls_before_deferring(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=60)
+    source = write_requests(tmp_path / "r.jsonl", 150)
+    dest = tmp_path / "results.jsonl"
+    op = _operator(source, dest, deferrable=True, max_consecutive_poll_errors=7)
+    with pytest.raises(TaskDeferred) as info:
+        op.execute(make_context())  # Airflow 3.0: no task_state_store
+    trigger = info.value.trigger
+    assert trigger.max_consecutive_errors == 7
+    assert trigger.fire_after is None  # nothing pending: resume when every job ended
+    assert len(json.dumps(trigger.serialize()[1])) < 1024
+    for name in trigger.job_names:  # the jobs end while the worker is gone
+        handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
+    retry = _operator(source, dest, deferrable=True)
+    assert retry.execute(make_context()) == dest.as_uri()  # it saw them ended: no deferral
+    assert handle.emulator.jobs_created == 2
+    assert_in_input_order(source, dest)
+
+
+def test_task_state_store_holds_only_location_and_version(emulator_factory, tmp_path):
+    emulator_factory(job_duration=60)
+    source = write_requests(tmp_path / "r.jsonl", 250)
+    dest = tmp_path / "results.jsonl"
+    store = FakeStateStore()
+    with pytest.raises(TaskDeferred):
+        _operator(source, dest, deferrable=True, max_requests_per_file=1).execute(make_context(store))
+    (value,) = store.data.values()
+    assert value == {"location": BatchJournal.for_task(dest, make_context()).uri, "version": 1}
+
+
+def test_destination_checked_before_anything_is_paid(emulator, tmp_path):
+    source = write_requests(tmp_path / "r.jsonl", 10)
+    (tmp_path / "results.jsonl").mkdir()
+    with pytest.raises(MaaSInputError, match="directory"):
+        _operator(source, tmp_path / "results.jsonl").execute(make_context())
+    assert _emulator_state(emulator)["uploads_by_name"] == {}
+    assert emulator.emulator.jobs_created == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("max_active_jobs", 0), ("max_parallel_transfers", 0), ("max_requests_per_file", 101), ("shard_retries", -1)],
+)
+def test_bad_settings_are_refused_when_the_dag_is_parsed(tmp_path, name, value):
+    with pytest.raises(MaaSInputError, match=name):
+        _operator(tmp_path / "r.jsonl", tmp_path / "o.jsonl", **{name: value})
+
+
+def test_object_store_destination_state_and_results(emulator, tmp_path, request):
+    store_fs = request.getfixturevalue("memfs")
+    source = write_requests(tmp_path / "r.jsonl", 250)
+    dest = "memory://bucket/out/results.jsonl"
+    context = make_context()
+    assert _operator(source, dest).execute(context) == dest
+    local = tmp_path / "results.jsonl"
+    local.write_bytes(store_fs.cat("bucket/out/results.jsonl"))
+    assert_in_input_order(source, local)
+    assert store_fs.cat("bucket/out/results.failed.jsonl") == b""
+    assert sorted(store_fs.store) == ["/bucket/out/results.failed.jsonl", "/bucket/out/results.jsonl"]
+    assert emulator.emulator.jobs_created == 3

@@ -4,6 +4,7 @@ import hashlib
 import io
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -305,3 +306,61 @@ def test_shard_names_are_part_numbered_as_documented():
     for bad in ("", "run/"):
         with pytest.raises(ValueError, match="must name the file"):
             shard_name(bad, 0, 1)
+
+
+# Strict JSON: what Python's json accepts but the service may reject ------------------------------
+
+_OK = b'{"request": {"contents": [{"role": "user", "parts": [{"text": "ok"}]}]}}\n'
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b'{"request": {"contents": [{"parts": [{"text": "a"}]}], "generationConfig": {"temperature": NaN}}}', "NaN"),
+        (b'{"request": {"contents": [{"parts": [{"text": "a"}]}], "x": Infinity}}', "Infinity"),
+        (b'{"request": {"contents": [{"parts": [{"text": "a"}]}], "x": [-Infinity]}}', "-Infinity"),
+        (
+            b'{"request": {"contents": [{"parts": [{"text": "a"}]}]}, "request": {"contents": [1]}}',
+            "'request' appears twice",
+        ),
+        (b'{"request": {"contents": [{"parts": [{"text": "a", "text": "b"}]}]}}', "'text' appears twice"),
+        (b'{"request": {"contents": [{"parts": [{"text": "a \\ud800 b"}]}]}}', "lone UTF-16 surrogate"),
+        (b'{"request": {"contents": [{"parts": [{"text": "\\udc00"}]}]}}', "lone UTF-16 surrogate"),
+        (b'{"request": {"contents": [{"parts": [{"text": "\\ude00\\ud83d"}]}]}}', "lone UTF-16 surrogate"),
+        (b'{"request": {"contents": [{"parts": [{"text": "a"}]}], "stop": [["\\ud800"]]}}', "lone UTF-16 surrogate"),
+        (b'{"request": {"contents": [{"parts": [{"text": "a"}]}], "\\udbff": 1}}', "lone UTF-16 surrogate"),
+    ],
+)
+def test_strict_json_is_refused_naming_the_line(line: bytes, message: str):
+    content = _OK + _OK + line + b"\n"
+    for check in (validate_file, plan_shards):
+        with pytest.raises(MaaSInputError, match=re.escape(message)) as err:
+            check(io.BytesIO(content))
+        assert str(err.value).startswith("line 3:")
+        assert err.value.line_number == 3
+    with pytest.raises(MaaSInputError, match=re.escape(message)):
+        list(iter_request_lines(io.BytesIO(content)))
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"request": {"contents": [{"parts": [{"text": "emoji \\ud83d\\ude00 and \\u00e9"}]}]}}',
+        '{"request": {"contents": [{"parts": [{"text": "emoji \U0001f600 \u00e9 \u4e2d\u6587"}]}]}}'.encode(),
+        b'{"request": {"contents": [{"parts": [{"text": "NaN Infinity \\"text\\": 1"}]}], "x": 1e308}}',
+        b'{"request": {"contents": [{"parts": [{"text": "a"}]}, {"parts": [{"text": "a"}]}]}}',
+    ],
+)
+def test_strict_json_keeps_what_is_valid(line: bytes):
+    assert validate_file(io.BytesIO(line + b"\n")).requests == 1
+
+
+def test_upload_of_strict_json_violation_sends_nothing(emulator, tmp_path):
+    from airflow_provider_maas.operators.maas import MaaSUploadFileOperator
+    from tests.helpers import make_context
+
+    source = tmp_path / "bad.jsonl"
+    source.write_bytes(_OK + b'{"request": {"contents": [{"parts": [{"text": "a"}]}], "t": NaN}}\n')
+    with pytest.raises(MaaSInputError, match="line 2: NaN is not valid JSON"):
+        MaaSUploadFileOperator(task_id="upload", source=str(source)).execute(make_context())
+    assert emulator.emulator.access_log == []

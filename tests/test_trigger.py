@@ -188,3 +188,16 @@ def test_batch_event_validation_rejects_other_shapes():
 async def test_on_kill_says_the_jobs_keep_running(capsys):
     await MaaSBatchJobsTrigger(["1", "2"]).on_kill()
     assert "keep running" in capsys.readouterr().out
+
+
+async def test_jobs_trigger_first_polls_one_interval_after_it_starts(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=60)
+    job = _job(tmp_path)
+    handle.emulator.set_job_state(job, "JOB_STATE_SUCCEEDED")
+    polls_before = len(handle.emulator.access_log)
+    task = asyncio.ensure_future(_event(MaaSBatchJobsTrigger([job], poll_interval=3600, end_time=time.time() + 0.6)))
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    assert len(handle.emulator.access_log) == polls_before  # nothing polled yet
+    event = await task  # the pause ends at the deadline: one poll, which sees the job ended
+    assert event["status"] == "success"

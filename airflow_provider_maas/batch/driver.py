@@ -19,14 +19,9 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
-from airflow_provider_maas.exceptions import (
-    MaaSApiError,
-    MaaSError,
-    MaaSRateLimitError,
-    MaaSResultsGoneError,
-    MaaSRetryableError,
-)
+from airflow_provider_maas.exceptions import MaaSError, MaaSNotFoundError, MaaSRateLimitError, MaaSRetryableError
 from airflow_provider_maas.jsonl import ShardPlan, copy_shard
+from airflow_provider_maas.operators._guard import proves_not_created
 from airflow_provider_maas.states import JobOutcome, job_outcome
 from airflow_provider_maas.storage import CHUNK_SIZE, open_source
 
@@ -160,7 +155,7 @@ class BatchDriver:
         """Download again the results of done shards whose part is gone; True if there were any."""
         try:
             present = {path.name for path in self.journal.part_dir().iterdir()}
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no part downloaded yet
             present = set()
         lost = [r for r in self.state.with_status(ShardStatus.DONE) if self.journal.part(r.key).name not in present]
         for record in lost:
@@ -241,10 +236,16 @@ class BatchDriver:
                 self._change(record.but(status=ShardStatus.PENDING, attempts=record.attempts - 1))
             log.warning("Shard %s: %s; the service is at capacity, the shard waits for the next round", key, err)
             return False
-        except MaaSResultsGoneError as err:
+        except MaaSNotFoundError as err:
+            if task is not _Task.DOWNLOAD:
+                self._failed(task, key, record, err)
+                return False
+            # 410 (MaaSResultsGoneError), or 404, for the results of a job that ended with results.
             self._downloading.discard(key)
-            log.warning("Shard %s: the results of job %s are gone (%s); a new job will be created", key, record.job_name, err)
-            self._retry_or_fail(record, f"the results of job {record.job_name} are gone (410)")
+            log.warning(
+                "Shard %s: the results of job %s are gone (%s); a new job will be created", key, record.job_name, err
+            )
+            self._retry_or_fail(record, f"the results of job {record.job_name} are gone")
             return False
         except Exception as err:
             self._failed(task, key, record, err)
@@ -289,8 +290,7 @@ class BatchDriver:
         elif task is _Task.UPLOAD:
             self._busy.discard(key)
             self._pending.appendleft(key)
-        elif isinstance(err, MaaSApiError) and not isinstance(err, MaaSRetryableError):
-            # A definite refusal (4xx): no job was created.
+        elif proves_not_created(err):  # a refusal (4xx), or a connection never made: no job exists
             self._busy.discard(key)
             self._change(record.but(status=ShardStatus.PENDING, attempts=record.attempts - 1))
         # Otherwise an uncertain create: the marker stays, so no later try creates again on its own.

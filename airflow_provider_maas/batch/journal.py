@@ -10,7 +10,10 @@ Layout under ``<destination parent>/.<destination name>.maas/<dag>.<task>.<run>.
 Object stores cannot append, so every flush is a new object, written atomically; a flush holds
 only the records that changed (a few hundred bytes per shard event). Once the journal objects since
 the last snapshot outnumber a tenth of the shards (at least :data:`COMPACT_AFTER`), a snapshot
-replaces them: amortised O(1) bytes per event, and a replay reads at most that many objects.
+replaces them: amortised O(1) bytes per event. Before a deferral the task also compacts once more
+than :data:`COMPACT_AFTER` objects piled up (:meth:`BatchJournal.settle`), so a resume reads a
+snapshot and at most that many objects; this costs one snapshot per resume at most, and resumes are
+bounded (about 2 x shards / max_active_jobs).
 Replay: the newest snapshot, then the journal objects after it in order; the last record of a shard
 wins. The location depends only on the destination and the task instance, so a retry finds it on
 every Airflow version; ``task_state_store`` (Airflow >= 3.3) only records it.
@@ -85,7 +88,9 @@ class BatchJournal:
         with manifest_path.open("rb") as handle:
             manifest = json.loads(handle.read())
         if manifest.get("version") != STATE_VERSION:
-            log.warning("Batch state at %s has format %s, not %s: not used", self.uri, manifest.get("version"), STATE_VERSION)
+            log.warning(
+                "Batch state at %s has format %s, not %s: not used", self.uri, manifest.get("version"), STATE_VERSION
+            )
             return None
         state = BatchState(
             fingerprint=manifest["fingerprint"],
@@ -97,7 +102,9 @@ class BatchJournal:
         if snapshots:
             snapshot_seq, path = snapshots[-1]
             self._replay(state, _read_json_lines(path))
-        entries = [(seq, path) for seq, path in self._numbered(self.root / "journal", "", ".jsonl") if seq > snapshot_seq]
+        entries = [
+            (seq, path) for seq, path in self._numbered(self.root / "journal", "", ".jsonl") if seq > snapshot_seq
+        ]
         for _, path in entries:
             self._replay(state, _read_json_lines(path))
         self.seq = max([snapshot_seq, *(seq for seq, _ in entries)])
@@ -116,7 +123,7 @@ class BatchJournal:
     def _numbered(folder: ObjectStoragePath, prefix: str, suffix: str) -> list[tuple[int, ObjectStoragePath]]:
         try:
             children = list(folder.iterdir())
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no such folder (yet)
             return []
         found = []
         for child in children:
@@ -154,6 +161,12 @@ class BatchJournal:
         self._write(self.root / "journal" / f"{self.seq:010d}.jsonl", b"\n".join(lines) + b"\n")
         self._since_snapshot += 1
         if self._since_snapshot >= max(COMPACT_AFTER, len(state.shards) // 10):
+            self.compact(state)
+
+    def settle(self, state: BatchState) -> None:
+        """Before the task defers: compact if more than :data:`COMPACT_AFTER` objects piled up, so
+        the resume replays a snapshot and a few objects (one GET each on an object store)."""
+        if self._since_snapshot > COMPACT_AFTER:
             self.compact(state)
 
     def compact(self, state: BatchState) -> None:

@@ -17,12 +17,14 @@ will hold shards made of the requests that failed in an earlier round.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.jsonl import ShardPlan
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 #: Format of what the journal stores; a different version is not read (the batch starts over).
 STATE_VERSION = 1

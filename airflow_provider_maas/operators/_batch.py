@@ -29,7 +29,7 @@ from airflow_provider_maas.merge import merge_results
 from airflow_provider_maas.naming import display_name, task_identity, upload_name
 from airflow_provider_maas.operators._common import publish_summary
 from airflow_provider_maas.operators._guard import CREATING, clear_round, refuse_uncertain_create
-from airflow_provider_maas.storage import open_source, to_path, uri_of
+from airflow_provider_maas.storage import check_destination, open_source, to_path, uri_of
 from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, BatchJobsEvent, MaaSBatchJobsTrigger
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
 
     # Entry points ---------------------------------------------------------------------------
     def execute(self, context: Context) -> str:
-        dest = to_path(self.destination, what="destination")
+        dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
         with open_source(self.source) as handle:
             plans = plan_shards(handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file)
@@ -143,15 +143,17 @@ class MaaSBatchPredictionOperator(BaseOperator):
         if state is not None and state.fingerprint == fingerprint(plans):
             self._take_over(context, journal, state)
             self.log.info(
-                "Resuming the batch at %s: %d of %d shards done, %d jobs running; no job is created again",
-                journal.uri,
+                "Resuming a previous try: %d shards done, %d jobs running; no job is recreated (%d shards, state at %s)",
                 state.count(ShardStatus.DONE),
-                len(state.shards),
                 state.count(ShardStatus.RUNNING),
+                len(state.shards),
+                journal.uri,
             )
         else:
             if state is not None:
-                self.log.warning("The input changed since the batch state at %s was written: starting over", journal.uri)
+                self.log.warning(
+                    "The input changed since the batch state at %s was written: starting over", journal.uri
+                )
             state = self._start(context, journal, plans)
         self._remember(context, journal)
         return self._run(context, journal, state)
@@ -224,7 +226,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
     @staticmethod
     def _remember(context: Context, journal: BatchJournal) -> None:
         """Record where the state is in ``task_state_store`` (Airflow >= 3.3): a few hundred bytes."""
-        store = context.get("task_state_store")
+        store: Any = context.get("task_state_store")  # absent before Airflow 3.3
         value = {"location": journal.uri, "version": STATE_VERSION}
         if store is not None and store.get(STATE_KEY) != value:
             store.set(STATE_KEY, value)
@@ -237,7 +239,9 @@ class MaaSBatchPredictionOperator(BaseOperator):
 
         return names
 
-    def _run(self, context: Context, journal: BatchJournal, state: BatchState, resumed: BatchJobsEvent | None = None) -> str:
+    def _run(
+        self, context: Context, journal: BatchJournal, state: BatchState, resumed: BatchJobsEvent | None = None
+    ) -> str:
         self.hook.get_conn()  # the connection is looked up once, before the pool threads share the hook
         with BatchDriver(
             hook=self.hook,
@@ -268,6 +272,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
                     if ended:  # never defer on jobs already seen ended
                         driver.handle(ended)
                         continue
+                    journal.settle(state)
                     self._defer(state, running, rate_limited=driver.rate_limited)
                 if not running:
                     self.log.warning(
@@ -290,9 +295,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
             wanted = math.ceil(len(running) / 2) if rate_limited else math.ceil(self.max_active_jobs / 2) - free
             fire_after = min(len(running), max(1, wanted))
         deadline = state.deadline
-        self.log.info(
-            "Deferring on %d running jobs (resume when %s of them ended)", len(running), fire_after or "all"
-        )
+        self.log.info("Deferring on %d running jobs (resume when %s of them ended)", len(running), fire_after or "all")
         self.defer(
             trigger=MaaSBatchJobsTrigger(
                 job_names=running,
@@ -320,7 +323,9 @@ class MaaSBatchPredictionOperator(BaseOperator):
         failed = [r for r in records if r.status is ShardStatus.FAILED]
         for record in failed:
             source = state.rounds[record.key.round].source or self.source
-            write_failure_part(source, state.plan(record.key), record.error or "the job failed", journal.part(record.key))
+            write_failure_part(
+                source, state.plan(record.key), record.error or "the job failed", journal.part(record.key)
+            )
         combined = journal.root / "results.jsonl"
         concatenate((journal.part(r.key) for r in records), combined)
         summary = merge_results([combined], self.source, self.destination)

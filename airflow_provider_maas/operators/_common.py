@@ -37,11 +37,30 @@ def reusable_job(hook: Any, store: Any | None, key: str, file_name: str, task_lo
         task_log.warning("Job %s of a previous try no longer exists; creating a new job", job_name)
         return None
     state = job.get("state")
-    if classify_state(state) is StateKind.FAILED:
+    kind = classify_state(state)
+    if kind is StateKind.FAILED:
         task_log.warning("Job %s of a previous try ended %s; creating a new job", job_name, state)
+        return None
+    if kind in (StateKind.SUCCEEDED, StateKind.PARTIAL) and results_gone(hook, job_name):
+        task_log.warning(
+            "Job %s of a previous try ended %s but its results are gone (kept 7 days); creating a new job",
+            job_name,
+            state,
+        )
         return None
     task_log.info("Reusing job %s created by a previous try of this task (state %s)", job_name, state)
     return job_name
+
+
+def results_gone(hook: Any, job_name: str) -> bool:
+    """Whether a finished job's results can no longer be downloaded (410, or 404 for the results)."""
+    from airflow_provider_maas.exceptions import MaaSNotFoundError
+
+    try:
+        hook.get_results_metadata(job_name)
+    except MaaSNotFoundError:  # MaaSResultsGoneError (410) included
+        return True
+    return False
 
 
 def publish_summary(operator: Any, context: Any, summary: dict[str, Any], uri: str) -> None:

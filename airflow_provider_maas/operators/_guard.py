@@ -16,7 +16,7 @@ task was cleared (or the run is new), which is the documented way to create anyw
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeGuard
 
 from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError
 
@@ -38,7 +38,7 @@ def creating_marker(context: Any, *, file_name: str, display_name: str) -> dict[
     return {"status": CREATING, "file_name": file_name, "display_name": display_name, "round": clear_round(context)}
 
 
-def is_creating(marker: Any) -> bool:
+def is_creating(marker: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(marker, dict) and marker.get("status") == CREATING
 
 
@@ -49,7 +49,6 @@ def refuse_uncertain_create(marker: dict[str, Any], context: Any, *, what: str) 
     :param marker: A marker for which :func:`is_creating` is true.
     :param what: What the job was for, e.g. ``"file 'x.jsonl'"`` or ``"shard 12 (file 'y.jsonl')"``.
     """
-    file_name = marker.get("file_name")
     display_name = marker.get("display_name")
     now = clear_round(context)
     if marker.get("round") is not None and now is not None and now != marker.get("round"):
@@ -60,10 +59,33 @@ def refuse_uncertain_create(marker: dict[str, Any], context: Any, *, what: str) 
             display_name,
         )
         return
-    raise MaaSJobCreationUncertainError(
-        f"An earlier try of this task sent a create-job request for {what} and got no usable answer "
-        f"(lost response, timeout or killed process): the service may or may not have created a job "
-        f"named {display_name!r} from {file_name!r}. The API has no list call, so this task will not "
-        "create another one on its own. Look for that display name in the vendor console; to create "
-        "a new job anyway, clear this task in Airflow (a cleared task may create again)."
+    raise uncertain_create_error(marker, what=what, earlier=True)
+
+
+def uncertain_create_error(
+    marker: dict[str, Any], *, what: str, earlier: bool = False, cause: BaseException | None = None
+) -> MaaSJobCreationUncertainError:
+    """The error for a create whose outcome is unknown: names the file, the display name to look
+    for and how to create anyway."""
+    who = "An earlier try of this task" if earlier else "This task"
+    why = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
+    return MaaSJobCreationUncertainError(
+        f"{who} sent a create-job request for {what} and got no usable answer{why} (lost response, "
+        f"timeout or killed process): the service may or may not have created a job named "
+        f"{marker.get('display_name')!r} from {marker.get('file_name')!r}. The API has no list call, so "
+        "this task will not create another one on its own. Look for that display name in the vendor "
+        "console; to create a new job anyway, clear this task in Airflow (a cleared task may create again)."
     )
+
+
+def proves_not_created(err: BaseException) -> bool:
+    """Whether a create that raised ``err`` certainly created no job (so the marker can go).
+
+    The hook's contract: every create whose outcome is unknown (lost answer, 5xx, timeout, reset,
+    unreadable 2xx) raises :class:`MaaSJobCreationUncertainError`; its other errors (bad input, 4xx,
+    429 after its retries, a connection never made) prove nothing was created. Anything that is
+    not a provider error (a bug, the task being killed) leaves the outcome unknown.
+    """
+    from airflow_provider_maas.exceptions import MaaSError
+
+    return isinstance(err, MaaSError) and not isinstance(err, MaaSJobCreationUncertainError)

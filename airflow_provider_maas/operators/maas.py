@@ -91,9 +91,13 @@ class MaaSUploadFileOperator(_MaaSOperator):
 class MaaSCreateBatchJobOperator(_MaaSOperator):
     """Create a batch job from an uploaded file; returns the job ``name``.
 
-    On Airflow >= 3.3 the job name is saved in ``task_state_store`` right after creation: a retry of
-    the same task instance reuses that job (unless it ended FAILED/CANCELLED/EXPIRED) instead of
-    paying for a second one.
+    Never pays twice on its own (Airflow >= 3.3, ``task_state_store`` key ``maas_job``): a marker is
+    saved before the create is sent and replaced by the job's name once the answer is in. A retry
+    reuses that job (unless it ended FAILED/CANCELLED/EXPIRED or its results are gone: then it
+    creates a new one, and logs it). A retry that finds the create still in flight (lost answer,
+    timeout, killed process) fails with
+    :class:`~airflow_provider_maas.exceptions.MaaSJobCreationUncertainError` without Airflow
+    retries: look for the display name in the vendor console; clearing the task creates anyway.
 
     :param file_name: The uploaded file's name, e.g. ``upload.output`` (templated).
     :param display_name: The job's display name (templated). Default: dag, task and run.
@@ -107,14 +111,47 @@ class MaaSCreateBatchJobOperator(_MaaSOperator):
         self.display_name = display_name
 
     def execute(self, context: Context) -> str:
+        from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError
         from airflow_provider_maas.naming import display_name
         from airflow_provider_maas.operators._common import reusable_job, task_state
+        from airflow_provider_maas.operators._guard import (
+            creating_marker,
+            is_creating,
+            proves_not_created,
+            refuse_uncertain_create,
+            uncertain_create_error,
+        )
 
+        what = f"file {self.file_name!r}"
         store = task_state(context)
-        existing = reusable_job(self.hook, store, JOB_STATE_KEY, self.file_name, self.log)
-        if existing:
-            return existing
-        job = self.hook.create_batch_job(self.file_name, self.display_name or display_name(context))
+        saved = store.get(JOB_STATE_KEY) if store is not None else None
+        if is_creating(saved):
+            if saved.get("file_name") == self.file_name:
+                refuse_uncertain_create(saved, context, what=what)  # returns only if the task was cleared
+            else:
+                self.log.warning(
+                    "An earlier try's create for another file (%r) got no answer; creating a job for %r",
+                    saved.get("file_name"),
+                    self.file_name,
+                )
+        else:
+            existing = reusable_job(self.hook, store, JOB_STATE_KEY, self.file_name, self.log)
+            if existing:
+                return existing
+        name = self.display_name or display_name(context)
+        marker = creating_marker(context, file_name=self.file_name, display_name=name)
+        if store is not None:
+            store.set(JOB_STATE_KEY, marker)  # BEFORE sending: a retry must find it
+        try:
+            job = self.hook.create_batch_job(self.file_name, name)
+        except MaaSJobCreationUncertainError:
+            raise  # the marker stays: a retry refuses too
+        except Exception as err:
+            if not proves_not_created(err):
+                raise uncertain_create_error(marker, what=what, cause=err) from err
+            if store is not None:
+                store.set(JOB_STATE_KEY, {"status": "not_created", "file_name": self.file_name})
+            raise
         if store is not None:
             store.set(JOB_STATE_KEY, {"job_name": job["name"], "file_name": self.file_name})
         self.log.info("Created job %s from %r (state %s)", job["name"], self.file_name, job.get("state"))
@@ -124,25 +161,37 @@ class MaaSCreateBatchJobOperator(_MaaSOperator):
 class MaaSDownloadResultsOperator(_MaaSOperator):
     """Stream a job's results to ``destination``, verified and atomically; returns its URI.
 
-    Pushes an XCom ``summary``: requests, succeeded, failed, bytes and token totals. Failed
-    requests are also written, ready to resubmit, to ``<destination stem>.failed.jsonl``. When an
-    outlet is an ``Asset``, the summary is attached to its asset event.
+    Pushes an XCom ``summary``: requests, succeeded, failed, missing, duplicates, bytes, token
+    totals, ``failed_uri``, and what the job's ``completionStats`` counted (``expected_requests``).
+    Every difference between the results and the job's counts is in the summary and the log:
+    requests the job counted without a result line are ``missing`` (and ``failed``); a line
+    repeating an earlier one is counted in ``duplicates``, not as another request. Failed requests
+    are written, ready to resubmit, to ``<destination stem>.failed.jsonl``. When an outlet is an
+    ``Asset``, the summary is attached to its asset event.
+
+    Without ``requests`` the results keep the service's order and the failed file can only hold
+    requests the results file names. With ``requests`` (the file that was uploaded) the results are
+    rewritten in input order and every failed or missing request goes to the failed file as its
+    input line, as :class:`MaaSMergeResultsOperator` does.
 
     :param job_name: The job, e.g. ``wait.output["name"]`` or ``create.output`` (templated).
     :param destination: Local path, URI or ``ObjectStoragePath`` (templated; mapped tasks can use
         ``{{ ti.map_index }}``).
+    :param requests: The uploaded requests file (path, URI or ``ObjectStoragePath``, templated):
+        results in input order, missing requests in the failed file.
     :param allowed_prefix: If set, refuse destinations outside this prefix (templated).
     :param extract_images: Also write the inline images of image models (``inlineData`` parts) to
         files in ``<destination stem>_images/`` beside the results; their URIs go to XCom ``images``.
     """
 
-    template_fields = ("job_name", "destination", "allowed_prefix", "endpoint", "maas_conn_id")
+    template_fields = ("job_name", "destination", "requests", "allowed_prefix", "endpoint", "maas_conn_id")
 
     def __init__(
         self,
         *,
         job_name: str,
         destination: Any,
+        requests: Any | None = None,
         allowed_prefix: Any | None = None,
         extract_images: bool = False,
         **kwargs: Any,
@@ -150,18 +199,41 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
         super().__init__(**kwargs)
         self.job_name = job_name
         self.destination = destination
+        self.requests = requests
         self.allowed_prefix = allowed_prefix
         self.extract_images = extract_images
 
     def execute(self, context: Context) -> str:
-        from airflow_provider_maas.merge import failed_path_for, summarise_results
-        from airflow_provider_maas.storage import check_destination, check_within, uri_of
+        from airflow_provider_maas.merge import compare_with_job, failed_path_for, merge_results, summarise_results
+        from airflow_provider_maas.storage import check_destination, check_within, filesystem_of, to_path, uri_of
 
         dest = check_destination(self.destination)
         check_within(dest, self.allowed_prefix, what="destination")
+        ordered = self.requests is not None
+        if ordered:
+            filesystem_of(to_path(self.requests, what="requests file"), what="requests file")
+        job = self.hook.get_batch_job(self.job_name)
         metadata = self.hook.download_results(self.job_name, dest)
-        summary = summarise_results(dest, failed_destination=failed_path_for(dest))
-        summary.update(job_name=self.job_name, bytes=int(metadata.get("size") or summary["bytes"]))
+        if ordered:
+            summary = merge_results([dest], self.requests, dest)
+        else:
+            failed = failed_path_for(dest)
+            summary = summarise_results(dest, failed_destination=failed)
+            summary.update(bytes=int(metadata.get("size") or summary["bytes"]), failed_uri=uri_of(failed))
+        differences = compare_with_job(summary, job, ordered=ordered)
+        if differences:
+            self.log.warning(
+                "The results of job %s differ from the job's completionStats: %s", self.job_name, "; ".join(differences)
+            )
+        if summary.get("missing") and not ordered:
+            self.log.warning(
+                "%d requests of job %s have no result line, so they are not in %s either: give the "
+                "operator requests= (the uploaded file) to have them written there",
+                summary["missing"],
+                self.job_name,
+                summary["failed_uri"],
+            )
+        summary["job_name"] = self.job_name
         if self.extract_images:
             from airflow_provider_maas.merge import extract_images_beside
 

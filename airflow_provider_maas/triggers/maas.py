@@ -106,8 +106,18 @@ class _PollingTrigger(BaseTrigger):
         """True when the jobs ended so far are enough to hand back to the task."""
         raise NotImplementedError
 
-    def _event(self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]) -> dict[str, Any]:
+    def _event(
+        self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]
+    ) -> dict[str, Any]:
         raise NotImplementedError
+
+    #: Wait one poll interval before the first poll (the task saw every job running just before).
+    pause_first = False
+
+    async def _pause(self) -> None:
+        """Sleep one poll interval, or until the deadline if that comes first."""
+        remaining = None if self.end_time is None else self.end_time - time.time()
+        await asyncio.sleep(self.poll_interval if remaining is None else max(0.0, min(self.poll_interval, remaining)))
 
     async def _wait(self) -> dict[str, Any]:
         hook = MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
@@ -116,20 +126,21 @@ class _PollingTrigger(BaseTrigger):
         try:
             async with hook.async_session_scope():  # the connection is looked up once per wait
                 pollers = [_JobPoller(hook, name, self.max_consecutive_errors, self.log) for name in self._job_names()]
+                if self.pause_first:
+                    await self._pause()
                 while True:
                     results = await asyncio.gather(*(p.poll() for p in pollers))
-                    pollers = [p for p, result in zip(pollers, results) if result is None]
+                    pollers = [p for p, result in zip(pollers, results, strict=True) if result is None]
                     ended.extend(result for result in results if result is not None)
                     if any(e.error for e in ended):
                         errors = "; ".join(f"job {e.job_name}: {e.error}" for e in ended if e.error)
                         return self._event("error", ended, f"Waiting failed: {errors}", {})
                     if ended and self._fire(ended, len(pollers)):
                         return self._event("success", ended, f"{len(ended)} job(s) ended", {})
-                    remaining = None if self.end_time is None else self.end_time - time.time()
-                    if remaining is not None and remaining <= 0:
+                    if self.end_time is not None and self.end_time <= time.time():
                         last = {p.job_name: p.last_state for p in pollers}
                         return self._event("timeout", ended, "", last)
-                    await asyncio.sleep(self.poll_interval if remaining is None else min(self.poll_interval, remaining))
+                    await self._pause()
         except MaaSError as err:  # the connection itself is unusable (missing key, bad URL...)
             return self._event("error", ended, str(err), {})
 
@@ -180,7 +191,9 @@ class MaaSBatchJobTrigger(_PollingTrigger):
     def _fire(self, ended: list[_Ended], still_running: int) -> bool:
         return True
 
-    def _event(self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]) -> dict[str, Any]:
+    def _event(
+        self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]
+    ) -> dict[str, Any]:
         if status == "timeout":
             return job_event(
                 "timeout",
@@ -233,9 +246,14 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
     :class:`~airflow_provider_maas.operators.maas.MaaSBatchPredictionOperator`, which sets
     ``fire_after`` so that it resumes only when enough slots are free to be worth refilling.
 
+    The first poll comes one ``poll_interval`` after the trigger starts: the task has just seen every
+    job running, and a task resumed at once can race the end of its own deferral in the scheduler.
+
     :param job_names: The jobs to wait for (O(max_active_jobs) names: the only list in the kwargs).
     :param fire_after: Fire once this many jobs ended; None: once all did.
     """
+
+    pause_first = True
 
     def __init__(
         self,
@@ -260,7 +278,9 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
     def _fire(self, ended: list[_Ended], still_running: int) -> bool:
         return still_running == 0 or (self.fire_after is not None and len(ended) >= self.fire_after)
 
-    def _event(self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]) -> dict[str, Any]:
+    def _event(
+        self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]
+    ) -> dict[str, Any]:
         if status == "timeout":
             message = (
                 f"{len(last_states)} job(s) still running at the deadline; they keep running on the service, "
