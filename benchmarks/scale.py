@@ -146,6 +146,7 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
                 "MAAS_SCALE_REQUESTS_PER_FILE": str(case.per_file),
                 "MAAS_SCALE_POLL_INTERVAL": str(case.poll_interval),
                 "MAAS_SCALE_PARALLEL_TRANSFERS": os.environ.get("MAAS_BENCH_SCALE_TRANSFERS", ""),
+                "MAAS_SCALE_DEFERRABLE": os.environ.get("MAAS_BENCH_SCALE_DEFERRABLE", "1"),
                 "PYTHONPATH": str(ROOT),
             },
         )
@@ -227,8 +228,9 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
         met=emulator_cpu / elapsed < 0.9,
     )
     transfers = os.environ.get("MAAS_BENCH_SCALE_TRANSFERS") or "default"
+    mode = "deferrable" if os.environ.get("MAAS_BENCH_SCALE_DEFERRABLE", "1") != "0" else "NOT deferrable"
     figure.notes.append(
-        f"{n} requests: {case.shards:,} shards of {case.per_file}, max_active_jobs={case.max_active_jobs}, jobs of "
+        f"{n} requests ({mode}): {case.shards:,} shards of {case.per_file}, max_active_jobs={case.max_active_jobs}, jobs of "
         f"{case.job_seconds:g} s, API latency {case.latency:g} s, max_parallel_transfers={transfers}, poll interval {case.poll_interval:g} s; ideal {case.ideal:g} s. Task states seen: "
         f"{' > '.join(watch.states)}; try {final.get('try_number')}."
     )

@@ -8,7 +8,8 @@ and runs once as soon as it is parsed (``@once``). Set for every Airflow process
 * ``MAAS_SCALE_DAGS``: which DAGs to define, comma-separated (``maas_scale``, ``maas_scale_crash``).
   Each uses the connection named like the DAG, so each can talk to its own emulator.
 * ``MAAS_SCALE_MAX_ACTIVE_JOBS``, ``MAAS_SCALE_REQUESTS_PER_FILE``, ``MAAS_SCALE_POLL_INTERVAL``,
-  ``MAAS_SCALE_PARALLEL_TRANSFERS`` (empty: the operator's default).
+  ``MAAS_SCALE_PARALLEL_TRANSFERS`` (empty: the operator's default), ``MAAS_SCALE_DEFERRABLE``
+  (``0``: wait in the worker).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ for dag_id in SELECTED:
             source=os.path.join(WORK_DIR, "requests.jsonl"),
             destination=os.path.join(WORK_DIR, dag_id, "results.jsonl"),
             maas_conn_id=dag_id,
-            deferrable=True,
+            deferrable=os.environ.get("MAAS_SCALE_DEFERRABLE", "1") != "0",
             poll_interval=float(os.environ.get("MAAS_SCALE_POLL_INTERVAL", "1")),
             max_active_jobs=int(os.environ.get("MAAS_SCALE_MAX_ACTIVE_JOBS", "200")),
             max_requests_per_file=int(os.environ.get("MAAS_SCALE_REQUESTS_PER_FILE", "10")),
