@@ -156,12 +156,7 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
         airflow.home.mkdir(parents=True, exist_ok=True)
         watch = DeferredTaskWatch(airflow, DAG_ID, TASK)
         with airflow:
-            airflow.migrate()
-            airflow.start_api_server()
-            airflow.start("dag-processor", "dag-processor")
-            airflow.start("triggerer", "triggerer")
-            wait_for("the execution API server", airflow.api_ready, 300)
-            airflow.start("scheduler", "scheduler")
+            airflow.start_deployment(300)
             cpu_before = emu.cpu_seconds()
             started = time.monotonic()
 

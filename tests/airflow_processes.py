@@ -28,7 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 T = TypeVar("T")
+
+#: Mark for tests that find and kill Airflow's processes through ``/proc``.
+LINUX_ONLY = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="finds and kills Airflow's task processes through /proc (Linux only)"
+)
 
 # Runs ``python -m airflow ARGS`` in the same process (exec) after asking Linux to SIGTERM it when the
 # test process dies: even a SIGKILLed pytest leaves no Airflow component running.
@@ -170,6 +177,16 @@ class AirflowProcesses:
         self.procs[name] = proc
         self.all_procs.append(proc)
         return proc
+
+    def start_deployment(self, timeout: float, diagnose: Callable[[], str] | None = None) -> None:
+        """Migrate, then start every component: the scheduler last, once the execution API answers
+        (its workers need it from their first call)."""
+        self.migrate()
+        self.start_api_server()
+        self.start("dag-processor", "dag-processor")
+        self.start("triggerer", "triggerer")
+        wait_for("the execution API server", self.api_ready, timeout, diagnose=diagnose)
+        self.start("scheduler", "scheduler")
 
     def start_api_server(self) -> None:
         self.start("api-server", "api-server", "--apps", "execution", "-H", "127.0.0.1", "-p", str(self.api_port))

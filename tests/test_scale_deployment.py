@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import time
 from typing import Any
 
@@ -42,7 +41,7 @@ from airflow import __version__ as airflow_version
 from packaging.version import Version
 
 from benchmarks._common import API_KEY, ENDPOINT, connection_json, emulator_admin, emulator_process
-from tests.airflow_processes import OVERSIZED_STATE_LINE, AirflowProcesses, DeferredTaskWatch, wait_for
+from tests.airflow_processes import LINUX_ONLY, OVERSIZED_STATE_LINE, AirflowProcesses, DeferredTaskWatch, wait_for
 from tests.conftest import ROOT
 from tests.helpers import assert_in_input_order, write_requests
 
@@ -63,13 +62,10 @@ STARTUP = 180
 RUN_DEADLINE = 900
 
 pytestmark = [
-    pytest.mark.skipif(
-        not sys.platform.startswith("linux"),
-        reason="finds and kills Airflow's task processes through /proc (Linux only)",
-    ),
+    LINUX_ONLY,
     pytest.mark.skipif(
         Version(airflow_version) < Version("3.3"),
-        reason="task_state_store (where a retry finds its jobs) exists from Airflow 3.3",
+        reason="checks what the task keeps in task_state_store (Airflow >= 3.3)",
     ),
 ]
 
@@ -136,12 +132,7 @@ def deployment(tmp_path_factory) -> dict[str, Any]:
                     urls, TASK
                 )
 
-            airflow.migrate()
-            airflow.start_api_server()
-            airflow.start("dag-processor", "dag-processor")
-            airflow.start("triggerer", "triggerer")
-            wait_for("the execution API server", airflow.api_ready, STARTUP, diagnose=diagnose)
-            airflow.start("scheduler", "scheduler")
+            airflow.start_deployment(STARTUP, diagnose)
             phase("started")
 
             armed_at: int | None = None  # jobs created when uploads to the crash emulator were refused
