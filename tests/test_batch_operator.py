@@ -16,7 +16,12 @@ import requests
 
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.state import ShardStatus
-from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError, MaaSJobFailedError
+from airflow_provider_maas.exceptions import (
+    MaaSInputError,
+    MaaSJobCreationUncertainError,
+    MaaSJobFailedError,
+    MaaSTimeoutError,
+)
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.compat import TaskDeferred
@@ -222,3 +227,59 @@ def test_object_store_destination_state_and_results(emulator, tmp_path, request)
     assert store_fs.cat("bucket/out/results.failed.jsonl") == b""
     assert sorted(store_fs.store) == ["/bucket/out/results.failed.jsonl", "/bucket/out/results.jsonl"]
     assert emulator.emulator.jobs_created == 3
+
+
+def test_failed_shards_stay_failed_on_retry_and_run_again_once_cleared(emulator_factory, tmp_path):
+    handle = emulator_factory(final_state="JOB_STATE_FAILED", job_duration=0.1)
+    source = write_requests(tmp_path / "r.jsonl", 30)
+    dest = tmp_path / "results.jsonl"
+    with pytest.raises(MaaSJobFailedError, match="No request succeeded"):
+        _operator(source, dest, shard_retries=0).execute(_cleared(make_context(), 1))
+    with pytest.raises(MaaSJobFailedError, match="No request succeeded"):  # an automatic retry pays nothing
+        _operator(source, dest, shard_retries=0).execute(_cleared(make_context(), 1))
+    assert handle.emulator.jobs_created == 1
+    handle.emulator.config.final_state = "JOB_STATE_SUCCEEDED"
+    _operator(source, dest, shard_retries=0).execute(_cleared(make_context(), 2))  # a person cleared it
+    assert handle.emulator.jobs_created == 2
+    assert all(r.succeeded for r in assert_in_input_order(source, dest))
+
+
+def test_wait_timeout_reached_in_the_trigger_fails_naming_the_jobs(emulator_factory, tmp_path):
+    import asyncio
+
+    emulator_factory(job_duration=60)
+    source = write_requests(tmp_path / "r.jsonl", 30)
+    dest = tmp_path / "results.jsonl"
+    op = _operator(source, dest, deferrable=True, wait_timeout=0.5)
+    with pytest.raises(TaskDeferred) as info:
+        op.execute(make_context())
+    trigger = info.value.trigger
+    event = asyncio.run(anext(trigger.run())).payload
+    assert event["status"] == "timeout"
+    with pytest.raises(MaaSTimeoutError, match=trigger.job_names[0]):
+        op.execute_complete(make_context(), event)
+
+
+def test_next_shards_are_uploaded_before_deferring_and_created_at_once_on_resume(emulator_factory, tmp_path):
+    import asyncio
+
+    handle = emulator_factory(job_duration=60)
+    source = write_requests(tmp_path / "r.jsonl", 250)  # 3 shards
+    dest = tmp_path / "results.jsonl"
+    op = _operator(source, dest, deferrable=True, max_active_jobs=2)
+    with pytest.raises(TaskDeferred) as info:
+        op.execute(make_context())
+    assert info.value.trigger.fire_after == 1
+    assert len(_emulator_state(handle)["uploads_by_name"]) == 3  # the pending shard is uploaded ahead
+    assert handle.emulator.jobs_created == 2
+    pending = BatchJournal.for_task(dest, make_context()).load().shards
+    assert [r.status for r in pending.values()].count(ShardStatus.PENDING) == 1
+    for name in info.value.trigger.job_names:
+        handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
+    uploads = sum(1 for e in handle.emulator.access_log if e["method"] == "POST" and "/files" in e["path_qs"])
+    event = asyncio.run(anext(info.value.trigger.run())).payload
+    with pytest.raises(TaskDeferred):
+        op.execute_complete(make_context(), event)
+    log = handle.emulator.access_log
+    assert sum(1 for e in log if e["method"] == "POST" and "/files" in e["path_qs"]) == uploads  # not again
+    assert handle.emulator.jobs_created == 3
