@@ -147,7 +147,7 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
                 "MAAS_SCALE_DAGS": DAG_ID,
                 "MAAS_SCALE_MAX_ACTIVE_JOBS": str(case.max_active_jobs),
                 "MAAS_SCALE_REQUESTS_PER_FILE": str(case.per_file),
-                "MAAS_SCALE_POLL_INTERVAL": str(case.poll_interval),
+                "MAAS_SCALE_POLL_INTERVAL": os.environ.get("MAAS_BENCH_SCALE_POLL") or str(case.poll_interval),
                 "MAAS_SCALE_PARALLEL_TRANSFERS": os.environ.get("MAAS_BENCH_SCALE_TRANSFERS", ""),
                 "MAAS_SCALE_DEFERRABLE": os.environ.get("MAAS_BENCH_SCALE_DEFERRABLE", "1"),
                 "PYTHONPATH": str(ROOT),
@@ -226,10 +226,11 @@ def _run_case(case: Case, workdir: Path, figure: Figure) -> None:
         met=emulator_cpu / elapsed < 0.9,
     )
     transfers = os.environ.get("MAAS_BENCH_SCALE_TRANSFERS") or "default"
+    poll = os.environ.get("MAAS_BENCH_SCALE_POLL") or f"{case.poll_interval:g}"
     mode = "deferrable" if os.environ.get("MAAS_BENCH_SCALE_DEFERRABLE", "1") != "0" else "NOT deferrable"
     figure.notes.append(
         f"{n} requests ({mode}): {case.shards:,} shards of {case.per_file}, max_active_jobs={case.max_active_jobs}, jobs of "
-        f"{case.job_seconds:g} s, API latency {case.latency:g} s, max_parallel_transfers={transfers}, poll interval {case.poll_interval:g} s; ideal {case.ideal:g} s. Task states seen: "
+        f"{case.job_seconds:g} s, API latency {case.latency:g} s, max_parallel_transfers={transfers}, poll interval {poll} s; ideal {case.ideal:g} s. Task states seen: "
         f"{' > '.join(watch.states)}; try {final.get('try_number')}."
     )
     if not ok:
