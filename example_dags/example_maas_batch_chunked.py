@@ -8,6 +8,9 @@ cut into chunks of ``chunk_size`` requests (10,000 by default), each chunk is on
 ``max_active_jobs`` jobs running), and ``MaaSMergeResultsOperator`` writes one results file in the
 order of the input. 1,024 chunks x 10,000 requests = 10,240,000 requests with default settings.
 
+Trigger it with ``{"source": "s3://my_conn@bucket/requests.jsonl", "chunk_size": 10000}`` (any URI
+``ObjectStoragePath`` reads); the default is the 9-request sample beside this file.
+
 Jobs in flight at once: ``max_active_tis_per_dagrun`` chunks x ``max_active_jobs`` each; keep it
 under the service's own cap of concurrent jobs. A chunk that fails is retried alone: its retry
 finds its jobs again instead of paying for new ones.
@@ -15,31 +18,18 @@ finds its jobs again instead of paying for new ones.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+from pathlib import Path
 
 import pendulum
-from airflow.sdk import DAG, ObjectStoragePath, task
+from airflow.sdk import DAG, task
 
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator, MaaSMergeResultsOperator
 
+REQUESTS = Path(__file__).parent / "data" / "example_requests.jsonl"  # pass your own: {"source": "s3://..."}
 OUTPUT = os.environ.get("MAAS_EXAMPLE_OUTPUT", "/tmp/maas-example")
 RUN_DIR = OUTPUT + "/{{ dag.dag_id }}/{{ run_id }}"
-
-
-@task
-def generate_requests(count: int | str, run_dir: str) -> str:
-    """Write ``count`` requests to ``<run_dir>/requests.jsonl`` and return its URI (stands in for your input)."""
-    from airflow_provider_maas.storage import to_path, uri_of
-
-    path: ObjectStoragePath = to_path(run_dir) / "requests.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        for i in range(int(count)):
-            prompt = f"Request {i}: write one sentence about the number {i}."
-            handle.write(json.dumps({"request": {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}}) + "\n")
-    return uri_of(path)
 
 
 @task
@@ -73,11 +63,10 @@ with DAG(
     schedule=None,
     catchup=False,
     tags=["maas", "example"],
-    params={"requests": 25_000, "chunk_size": 10_000},
+    params={"source": str(REQUESTS), "chunk_size": 10_000},
     default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=30)},
 ) as dag:
-    requests = generate_requests(count="{{ params.requests }}", run_dir=RUN_DIR)
-    chunks = chunk_requests(source=requests, chunk_size="{{ params.chunk_size }}", run_dir=RUN_DIR)
+    chunks = chunk_requests(source="{{ params.source }}", chunk_size="{{ params.chunk_size }}", run_dir=RUN_DIR)
     predict = MaaSBatchPredictionOperator.partial(
         task_id="predict",
         destination=RUN_DIR + "/results/chunk-{{ ti.map_index }}.jsonl",
@@ -87,5 +76,5 @@ with DAG(
         max_active_tis_per_dagrun=4,  # at most 4 chunks x 100 jobs in flight
     ).expand(source=chunks)
     MaaSMergeResultsOperator(
-        task_id="merge", sources=predict.output, requests=requests, destination=RUN_DIR + "/results.jsonl"
+        task_id="merge", sources=predict.output, requests="{{ params.source }}", destination=RUN_DIR + "/results.jsonl"
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from airflow_provider_maas.exceptions import MaaSInputError
-from tests.helpers import assert_in_input_order
+from tests.helpers import assert_in_input_order, write_requests
 from tests.test_example_dags import _assert_no_key, _load_dag, _only
 
 REQUESTS = 250
@@ -19,8 +19,9 @@ CHUNK_SIZE = 120  # chunks of 120, 120 and 10 requests; shards of at most 100: 2
 
 def test_chunked_example_merges_every_chunk_in_input_order(emulator_factory, tmp_path, monkeypatch, capsys):
     emu = emulator_factory(job_duration=0.5, shuffle_results=True, normalise_requests=True)
-    dag = _load_dag("example_maas_batch_chunked", monkeypatch, tmp_path)
-    run = dag.test(run_conf={"requests": REQUESTS, "chunk_size": CHUNK_SIZE})
+    requests = write_requests(tmp_path / "requests.jsonl", REQUESTS)
+    dag = _load_dag("example_maas_batch_chunked", monkeypatch, tmp_path / "out")
+    run = dag.test(run_conf={"source": str(requests), "chunk_size": CHUNK_SIZE})
     assert run.state == "success"
     chunks = sorted(tmp_path.rglob("chunks/chunk-*.jsonl"))
     assert [sum(1 for _ in path.open()) for path in chunks] == [120, 120, 10]
@@ -28,8 +29,7 @@ def test_chunked_example_merges_every_chunk_in_input_order(emulator_factory, tmp
     assert sorted(ti.map_index for ti in mapped) == [0, 1, 2]
     assert {ti.state for ti in mapped} == {"success"}
     assert emu.emulator.jobs_created == 5  # one job per shard of each chunk, none twice
-    requests = _only("requests.jsonl", tmp_path)
-    merged = _only("results.jsonl", tmp_path)
+    merged = _only("results.jsonl", tmp_path / "out")
     assert_in_input_order(requests, merged)
     assert merged.with_name("results.failed.jsonl").read_bytes() == b""
     _assert_no_key(capsys.readouterr(), run, emu)
