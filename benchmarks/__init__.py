@@ -19,4 +19,5 @@ FIGURE_MODULES = (
     "benchmarks.split_validate",
     "benchmarks.parse_cost",
     "benchmarks.end_to_end",
+    "benchmarks.scale",
 )

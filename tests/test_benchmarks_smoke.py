@@ -19,6 +19,7 @@ FIGURES = (
     "split-validate",
     "parse-cost",
     "end-to-end",
+    "scale",
 )
 
 
