@@ -24,6 +24,7 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 import pytest  # noqa: E402
 
 from airflow_provider_maas.emulator import EmulatorConfig, run_emulator  # noqa: E402
+from airflow_provider_maas.storage import INSTALL_HINTS  # noqa: E402
 
 API_KEY = "test-secret-key-0123456789"
 ENDPOINT = "test-endpoint"
@@ -75,3 +76,26 @@ def emulator_factory(monkeypatch):
 def emulator(emulator_factory):
     """A default emulator (fast jobs) with ``maas_default`` pointing at it."""
     return emulator_factory()
+
+
+@pytest.fixture
+def without_store_providers(monkeypatch: pytest.MonkeyPatch):
+    """The object stores of ``storage.INSTALL_HINTS`` (and ``az``) unregistered, whatever is installed.
+
+    With the amazon provider installed, ``s3://`` resolves (and reaches AWS): these tests are about
+    what a user WITHOUT the provider sees.
+    """
+    try:
+        from airflow.sdk.io import fs as registry
+        from airflow.sdk.io.store import _STORE_CACHE
+    except ImportError:  # Airflow 3.0
+        from airflow.io import fs as registry  # type: ignore[no-redef,attr-defined,unused-ignore]
+        from airflow.io.store import _STORE_CACHE  # type: ignore[no-redef,import-not-found,unused-ignore]
+
+    hidden = {*INSTALL_HINTS, "az"}
+    registered = registry._register_filesystems()
+    monkeypatch.setattr(
+        registry, "_register_filesystems", lambda: {k: v for k, v in registered.items() if k not in hidden}
+    )
+    for alias in [a for a in _STORE_CACHE if a.split("-", 1)[0] in hidden]:
+        monkeypatch.delitem(_STORE_CACHE, alias)
