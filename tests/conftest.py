@@ -27,6 +27,47 @@ from airflow_provider_maas.emulator import EmulatorConfig, run_emulator  # noqa:
 from airflow_provider_maas.storage import INSTALL_HINTS  # noqa: E402
 
 API_KEY = "test-secret-key-0123456789"
+
+#: Test tiers (markers registered in pyproject.toml), by file. Files named nowhere are integration.
+UNIT_FILES = frozenset(
+    {
+        "test_api.py",
+        "test_batch_state.py",
+        "test_integrity.py",
+        "test_jsonl.py",
+        "test_merge.py",
+        "test_provider_info.py",
+        "test_results.py",
+        "test_storage.py",
+    }
+)
+SYSTEM_FILES = frozenset(
+    {
+        "test_benchmarks_smoke.py",
+        "test_connection_test.py",
+        "test_crash_restart.py",
+        "test_create_killed.py",
+        "test_demo.py",
+    }
+)
+SYSTEM_DIRS = frozenset({"browser", "distributed"})
+#: A test of a unit file that starts an emulator is an integration test.
+_EMULATOR_FIXTURES = frozenset({"emulator", "emulator_factory"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test ``unit``, ``integration`` or ``system`` (``make test-unit`` runs ``-m unit``)."""
+    for item in items:
+        path = item.path
+        if path.name in SYSTEM_FILES or SYSTEM_DIRS.intersection(path.relative_to(ROOT).parts):
+            tier = "system"
+        elif path.name in UNIT_FILES and not _EMULATOR_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            tier = "unit"
+        else:
+            tier = "integration"
+        item.add_marker(tier)
+
+
 ENDPOINT = "test-endpoint"
 
 
