@@ -19,6 +19,7 @@ from airflow_provider_maas.results import (
     normalise_request,
     parse_result_line,
 )
+from airflow_provider_maas.states import job_outcome
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
 
 if TYPE_CHECKING:
@@ -87,9 +88,8 @@ def compare_with_job(summary: dict[str, Any], job: dict[str, Any], *, ordered: b
     Sets ``expected_requests`` (the service's count, or None when it sent none). A null
     ``failedCount`` beside a ``successfulCount`` is 0, as the service sends it.
     """
-    from airflow_provider_maas.states import completion_counts
-
-    succeeded, failed = completion_counts(job)
+    outcome = job_outcome(job)
+    succeeded, failed = outcome.successful, outcome.failed
     if succeeded is not None and failed is None:
         failed = 0
     expected = succeeded + failed if succeeded is not None and failed is not None else None

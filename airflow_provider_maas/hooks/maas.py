@@ -22,7 +22,7 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
     MaaSTimeoutError,
 )
-from airflow_provider_maas.states import StateKind, classify_state, job_error_message
+from airflow_provider_maas.states import Outcome, job_outcome, log_state_change
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -299,17 +299,15 @@ class MaaSHook(BaseHook):
         last_state = None
         while True:
             job = self.get_batch_job(job_name)
-            state = job.get("state")
-            kind = classify_state(state)
+            outcome = job_outcome(job, job_name)
+            state = outcome.state
             if state != last_state:
-                log.info("Job %s is %s (after %.0fs)", job_name, state, time.monotonic() - started)
-                if kind is StateKind.UNKNOWN:
-                    log.warning("Job %s is in an undocumented state %r; still polling", job_name, state)
+                log_state_change(log, job_name, state, time.monotonic() - started)
                 last_state = state
-            if kind in (StateKind.SUCCEEDED, StateKind.PARTIAL):
+            if outcome.has_results:
                 return job
-            if kind is StateKind.FAILED:
-                raise MaaSJobFailedError(job_error_message(job), job_name=job_name, state=state, job=job)
+            if outcome.outcome is Outcome.FAILED:
+                raise MaaSJobFailedError(outcome.message, job_name=job_name, state=state, job=job)
             if deadline is not None and time.monotonic() + poll_interval > deadline:
                 raise MaaSTimeoutError(
                     f"Job {job_name} still {state} after {timeout:g}s; it keeps running on the service "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow_provider_maas.states import StateKind, classify_state
+from airflow_provider_maas.states import Outcome, job_outcome
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +36,12 @@ def reusable_job(hook: Any, store: Any | None, key: str, file_name: str, task_lo
     except MaaSNotFoundError:
         task_log.warning("Job %s of a previous try no longer exists; creating a new job", job_name)
         return None
-    state = job.get("state")
-    kind = classify_state(state)
-    if kind is StateKind.FAILED:
+    outcome = job_outcome(job, job_name)
+    state = outcome.state
+    if outcome.outcome is Outcome.FAILED:
         task_log.warning("Job %s of a previous try ended %s; creating a new job", job_name, state)
         return None
-    if kind in (StateKind.SUCCEEDED, StateKind.PARTIAL) and results_gone(hook, job_name):
+    if outcome.has_results and results_gone(hook, job_name):
         task_log.warning(
             "Job %s of a previous try ended %s but its results are gone (kept 7 days); creating a new job",
             job_name,

@@ -11,7 +11,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.events import check_final_job, check_job_event
-from airflow_provider_maas.states import StateKind, classify_state
+from airflow_provider_maas.states import job_outcome, log_state_change
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -104,13 +104,9 @@ class MaaSBatchJobSensor(BaseSensorOperator):
             )
             return False
         self._poll_errors = 0
-        state = job.get("state")
-        kind = classify_state(state)
-        if kind is StateKind.UNKNOWN:
-            self.log.warning("Job %s is in an undocumented state %r; still waiting", self.job_name, state)
-            return False
-        if kind is StateKind.ACTIVE:
-            self.log.info("Job %s is %s", self.job_name, state)
+        outcome = job_outcome(job, self.job_name)
+        if not outcome.ended:
+            log_state_change(self.log, self.job_name, outcome.state)
             return False
         return PokeReturnValue(is_done=True, xcom_value=check_final_job(job, fail_on_partial=self.fail_on_partial))
 
