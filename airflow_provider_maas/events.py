@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from airflow_provider_maas._compat import AirflowSensorTimeout
 from airflow_provider_maas.exceptions import MaaSError, MaaSJobFailedError
 from airflow_provider_maas.states import Outcome, job_outcome
 
@@ -27,7 +28,6 @@ def check_job_event(event: Any, *, fail_on_partial: bool = False) -> dict[str, A
 
     Shared by the sensor and the operators' ``execute_complete``.
     """
-    from airflow_provider_maas._compat import AirflowSensorTimeout
 
     if not isinstance(event, dict) or event.get("status") not in {"success", "error", "timeout"}:
         raise MaaSError(f"Unexpected event from the MaaS trigger: {event!r}")

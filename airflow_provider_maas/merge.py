@@ -7,6 +7,7 @@ Used by the download, merge and one-task operators alike. Works on any storage
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 from typing import IO, TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from airflow_provider_maas.jsonl import RequestLine, iter_request_lines
 from airflow_provider_maas.ordering import OrderedItem, ResultIndex, line_reader, order_results
 from airflow_provider_maas.results import (
     ResultSummary,
+    extract_images,
     iter_lines,
     normalise_request,
     parse_result_line,
@@ -53,7 +55,6 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
     in ``duplicates`` only, not as another request. Returns the summary dict (see
     ``ResultSummary``) plus ``missing``, ``duplicates`` and ``bytes``.
     """
-    import hashlib
 
     summary = ResultSummary()
     seen: set[bytes] = set()
@@ -116,7 +117,6 @@ def compare_with_job(summary: dict[str, Any], job: dict[str, Any], *, ordered: b
 
 def extract_images_beside(results: Any) -> list[str]:
     """Write the inline images of ``results`` to ``<stem>_images/`` beside it; return their URIs."""
-    from airflow_provider_maas.results import extract_images
 
     path = to_path(results, what="results file")
     folder = path.parent / f"{path.stem}_images"

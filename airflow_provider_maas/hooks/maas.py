@@ -22,7 +22,9 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
     MaaSTimeoutError,
 )
+from airflow_provider_maas.hooks._failures import UPLOAD_404_HINT
 from airflow_provider_maas.states import Outcome, job_outcome, log_state_change
+from airflow_provider_maas.storage import open_source, to_path
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -184,11 +186,9 @@ class MaaSHook(BaseHook):
         return self._upload(source, name, self.retry_policy)
 
     def _upload(self, source: Any, name: str, policy: api.RetryPolicy) -> dict[str, Any]:
-        from airflow_provider_maas.hooks._failures import UPLOAD_404_HINT
         from airflow_provider_maas.hooks._streams import HashingReader
         from airflow_provider_maas.hooks._transport import send
         from airflow_provider_maas.integrity import verify_upload
-        from airflow_provider_maas.storage import open_source
 
         url, params = self.config.upload_url(name)
         what = f"Upload of {name!r}"
@@ -265,7 +265,6 @@ class MaaSHook(BaseHook):
         destination only ever holds a complete, verified file. Returns the metadata.
         """
         from airflow_provider_maas.hooks._transport import stream_to
-        from airflow_provider_maas.storage import to_path
 
         path = to_path(destination, what="destination")
         metadata = self.get_results_metadata(job_name)

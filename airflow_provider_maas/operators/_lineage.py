@@ -18,6 +18,8 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_maas.storage import is_local, to_path
+
 log = logging.getLogger(__name__)
 
 
@@ -41,7 +43,6 @@ def _dataset(target: Any, dataset_cls: Any) -> Any | None:
     """The OpenLineage dataset of a path, URI, ``ObjectStoragePath`` or :class:`ServiceDataset`."""
     if isinstance(target, ServiceDataset):
         return dataset_cls(namespace=target.namespace, name=target.name)
-    from airflow_provider_maas.storage import is_local, to_path
 
     try:
         path = to_path(target)
