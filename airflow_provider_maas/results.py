@@ -16,7 +16,6 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -370,18 +369,3 @@ def extract_images(fileobj: IO[bytes], write: Callable[[str, bytes], None], *, p
                 write(name, _decode_base64(inline["data"], line_number))
                 names.append(name)
     return names
-
-
-def extract_images_to_dir(fileobj: IO[bytes], out_dir: str | os.PathLike[str], *, prefix: str = "image") -> list[str]:
-    """:func:`extract_images` into a local directory (created if needed); return the written paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    paths: list[str] = []
-
-    def write(name: str, data: bytes) -> None:
-        path = os.path.join(out_dir, name)
-        with open(path, "wb") as out:
-            out.write(data)
-        paths.append(path)
-
-    extract_images(fileobj, write, prefix=prefix)
-    return paths
