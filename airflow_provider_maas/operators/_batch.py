@@ -13,7 +13,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.driver import BatchDriver
 from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.parts import concatenate, write_failure_part
+from airflow_provider_maas.batch.parts import write_failure_part
 from airflow_provider_maas.batch.state import (
     STATE_VERSION,
     BatchState,
@@ -25,7 +25,7 @@ from airflow_provider_maas.batch.state import (
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError, MaaSJobFailedError, MaaSTimeoutError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.jsonl import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, ShardPlan, plan_shards
-from airflow_provider_maas.merge import merge_results
+from airflow_provider_maas.merge import merge_shard_results
 from airflow_provider_maas.naming import display_name, task_identity, upload_name
 from airflow_provider_maas.operators._common import publish_summary
 from airflow_provider_maas.operators._guard import CREATING, clear_round, refuse_uncertain_create
@@ -335,9 +335,9 @@ class MaaSBatchPredictionOperator(BaseOperator):
             write_failure_part(
                 source, state.plan(record.key), record.error or "the job failed", journal.part(record.key)
             )
-        combined = journal.root / "results.jsonl"
-        concatenate((journal.part(r.key) for r in records), combined)
-        summary = merge_results([combined], self.source, self.destination)
+        plans = ((journal.part(r.key), state.plan(r.key)) for r in records)
+        parts = ((part, plan.first_line, plan.last_line) for part, plan in plans)
+        summary = merge_shard_results(parts, self.source, self.destination)
         reasons = [f"shard {r.key}: {r.error}" for r in failed[:MAX_QUOTED_ERRORS]]
         summary.update(
             shards=len(records),
