@@ -41,7 +41,7 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: The one status taken to prove the service did NOT act on a create call, so creation may be
 #: retried: 429 RESOURCE_EXHAUSTED is a refusal for quota before any work. 503 is not: a gateway
 #: or load balancer may answer 503 after the service behind it created the job (see
-#: ``hooks/_transport.py``, "Job creation").
+#: ``hooks/_failures.py``, "Job creation").
 NOT_PROCESSED_STATUS = frozenset({429})
 
 _BAD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]")  # C0 and C1 control characters, slashes
@@ -302,7 +302,10 @@ def error_from_response(
 
 def parse_json(body: bytes, *, what: str, api_key: str | None = None) -> dict[str, Any]:
     """Parse a success body; anything but a JSON object (deep nesting included) is a clear
-    :class:`MaaSApiError` quoting the redacted start of the body."""
+    :class:`MaaSApiError` quoting the redacted start of the body. The key is taken out of the
+    body first, so no value of the result (a job's error message...) can carry it on."""
+    if api_key and api_key.encode() in body:
+        body = body.replace(api_key.encode(), b"***")
     try:
         payload = _load_json(body)
     except ValueError:

@@ -22,7 +22,10 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
     },
     "verify": {
         "label": "Verify TLS",
-        "description": "Verify the server's TLS certificate (default true).",
+        "description": (
+            "Verify the server's TLS certificate (default true). For a private CA, set extra "
+            '"verify" to the path of its CA bundle file instead.'
+        ),
         "schema": {"type": ["boolean", "null"], "default": True},
     },
 }

@@ -741,11 +741,12 @@ def test_cli_help_lists_every_setting():
                  "--no-shuffle", "--no-normalise", "--image-output", "--seed", "--rate-429", "--rate-5xx",
                  "--rate-reset", "--rate-slow", "--rate-truncate-download", "--rate-corrupt-download",
                  "--rate-wrong-md5", "--rate-create-lost-response", "--no-fault-create", "--forbidden-endpoint",
-                 "--result-padding-bytes", "--retention-seconds", "--ready-file", "--data-dir"):  # fmt: skip
+                 "--result-padding-bytes", "--retention-seconds", "--ready-file", "--data-dir", "--fault"):  # fmt: skip
         assert flag in out, flag
 
 
-def test_cli_serves_until_sigterm(tmp_path):
+def start_cli(tmp_path: Path, *flags: str) -> tuple[subprocess.Popen[str], str]:
+    """``maas-emulator`` in a subprocess (key KEY, endpoint EP): the process and its base URL."""
     ready = tmp_path / "ready"
     proc = subprocess.Popen(
         [
@@ -760,9 +761,7 @@ def test_cli_serves_until_sigterm(tmp_path):
             KEY,
             "--endpoint",
             EP,
-            "--job-duration",
-            "0.1",
-            "--no-shuffle",
+            *flags,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -770,13 +769,18 @@ def test_cli_serves_until_sigterm(tmp_path):
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(proc.communicate())
+        time.sleep(0.05)
+    return proc, ready.read_text().strip()
+
+
+def test_cli_serves_until_sigterm(tmp_path):
+    proc, base_url = start_cli(tmp_path, "--job-duration", "0.1", "--no-shuffle")
     try:
-        deadline = time.monotonic() + 15
-        while not ready.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        base_url = ready.read_text().strip()
         assert re.match(r"^http://127\.0\.0\.1:\d+$", base_url)
         r = requests.get(f"{base_url}/v1/ai/batch/gemini/{EP}/batchPredictionJobs/1", headers=AUTH, timeout=T)
         assert_google_error(r, 404, "NOT_FOUND")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from tests.test_emulator import (
     lines_of,
     make_jsonl,
     prefix,
+    start_cli,
     submit,
     upload,
     wait_terminal,
@@ -217,40 +217,13 @@ def test_admin_route_sets_lists_and_clears_the_schedule():
 
 
 def test_cli_fault_flag(tmp_path):
-    ready = tmp_path / "ready"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "airflow_provider_maas.emulator",
-            "--port",
-            "0",
-            "--api-key",
-            KEY,
-            "--endpoint",
-            "test-ep",
-            "--ready-file",
-            str(ready),
-            "--fault",
-            "create:1:lost-500",
-            "--fault",
-            "get:1:503",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc, base = start_cli(tmp_path, "--fault", "create:1:lost-500", "--fault", "get:1:503")
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists():
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        base = ready.read_text().strip()
         r = requests.get(f"{base}/_emulator/faults", headers=AUTH, timeout=T)
         assert r.json() == {"faults": ["create:1:lost-500", "get:1:503"]}
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)
 
 
 def test_cli_refuses_a_bad_fault():

@@ -30,6 +30,7 @@ from airflow_provider_maas.exceptions import (
     MaaSJobCreationUncertainError,
     MaaSJobFailedError,
     MaaSNotFoundError,
+    MaaSRateLimitError,
     MaaSRetryableError,
     MaaSTimeoutError,
 )
@@ -890,3 +891,77 @@ def test_non_json_success_body_is_a_clear_error():
     with pytest.raises(MaaSApiError, match=r"not a usable JSON object.*Base URL"):
         parse_json(b"<html>welcome to nginx</html>", what="Getting job 1")
     assert parse_json(b'{"name": "1"}', what="x") == {"name": "1"}
+
+
+# 10. Answers that must fail fast -----------------------------------------------------------
+
+
+def test_create_refused_for_quota_is_retried_then_raises_rate_limit(start, retry_sleeps):
+    handle = start()
+    hook = make_hook()
+    hook.upload_file(REQUESTS_FILE, "busy.jsonl")
+    handle.schedule("create:*:429")
+    with pytest.raises(MaaSRateLimitError) as info:
+        hook.create_batch_job("busy.jsonl", "busy")
+    assert not isinstance(info.value, MaaSJobCreationUncertainError)
+    assert len(retry_sleeps) == 2
+    assert handle.emulator.jobs_created == 0
+
+
+def test_lost_create_timeout_is_uncertain_and_makes_exactly_one_job(start, monkeypatch, retry_sleeps):
+    handle = start()
+    make_hook().upload_file(REQUESTS_FILE, "late.jsonl")
+    monkeypatch.setenv(*connection_env(handle.base_url, timeout=0.3))
+    handle.schedule("create:1:lost-timeout=2")
+    with pytest.raises(MaaSJobCreationUncertainError, match="display name 'late'"):
+        make_hook().create_batch_job("late.jsonl", "late")
+    assert handle.emulator.jobs_by_file == {"late.jsonl": 1}
+    assert retry_sleeps == []
+
+
+@pytest.mark.parametrize("call", ["upload", "create", "get", "metadata", "aget"])
+async def test_redirects_are_never_followed(start, retry_sleeps, call):
+    handle = start()
+    hook = make_hook()
+    name = finished_job(hook) if call in ("get", "metadata", "aget") else None
+    if call == "create":
+        hook.upload_file(REQUESTS_FILE, "r.jsonl")
+    handle.schedule(f"{'get' if call == 'aget' else call}:1:redirect-307")
+    before = api_requests(handle)
+    with pytest.raises(MaaSConfigError) as info:
+        if call == "upload":
+            hook.upload_file(REQUESTS_FILE, "r.jsonl")
+        elif call == "create":
+            hook.create_batch_job("r.jsonl", "r")
+        elif call == "get":
+            hook.get_batch_job(name)
+        elif call == "metadata":
+            hook.get_results_metadata(name)
+        else:
+            async with hook.async_session_scope():
+                await hook.aget_batch_job(name)
+    assert "HTTP 307, a redirect to http://127.0.0.1:" in str(info.value) and "Base URL" in str(info.value)
+    assert api_requests(handle) - before == 1
+    assert handle.emulator.redirect_hits == 0
+    assert retry_sleeps == []
+
+
+async def test_deeply_nested_success_body_is_an_api_error(start, retry_sleeps):
+    handle = start()
+    hook = make_hook()
+    name = finished_job(hook)
+    handle.schedule("get:2:deep-json")
+    with pytest.raises(MaaSApiError, match="not a usable JSON object") as info:
+        hook.get_batch_job(name)
+    assert not isinstance(info.value.__context__, RecursionError)
+    async with hook.async_session_scope():
+        with pytest.raises(MaaSApiError, match="not a usable JSON object"):
+            await hook.aget_batch_job(name)
+
+
+def test_404_on_upload_and_create_points_at_the_endpoint_field(start):
+    start(extra_endpoints=("other-endpoint",))
+    with pytest.raises(MaaSNotFoundError, match="check the connection's Endpoint field"):
+        make_hook(endpoint="no-such-endpoint").upload_file(REQUESTS_FILE, "r.jsonl")
+    with pytest.raises(MaaSNotFoundError, match="check the connection's Endpoint field"):
+        make_hook(endpoint="other-endpoint").create_batch_job("never-uploaded.jsonl", "r")

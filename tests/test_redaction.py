@@ -12,11 +12,11 @@ import logging
 
 import pytest
 
-from airflow_provider_maas.exceptions import MaaSError
+from airflow_provider_maas.exceptions import MaaSError, MaaSJobFailedError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.triggers.maas import MaaSBatchJobTrigger
 from tests.conftest import API_KEY
-from tests.test_hook import REQUESTS_FILE, assert_no_key, finished_job
+from tests.test_hook import REQUESTS_FILE, assert_no_key, finished_job, new_job
 
 # 200 (a success body that is not JSON), 401/404 (mapped errors), 429 and 502 (retried, then raised)
 STATUSES = ["", "=401", "=404", "=429", "=502"]
@@ -100,5 +100,19 @@ async def test_trigger_event(hook, caplog, status):
     hook.handle.schedule(f"get:*:echo-headers{status}")
     trigger = MaaSBatchJobTrigger(job_name=name, poll_interval=0.01, max_consecutive_errors=2)
     event = await trigger.run().__anext__()
+    assert event.payload["status"] == "error"
+    no_key_anywhere(repr(event.payload), caplog.text)
+
+
+async def test_a_success_body_quoting_the_key_is_redacted_sync_async_and_in_the_event(hook, caplog):
+    name = new_job(hook)
+    hook.handle.emulator.set_job_state(name, "JOB_STATE_FAILED", f"rejected Authorization: Bearer {API_KEY}")
+    with pytest.raises(MaaSJobFailedError) as info:
+        hook.wait_for_batch_job(name, poll_interval=0.01, timeout=10)
+    no_key_anywhere(str(info.value), repr(info.value.job))
+    async with hook.async_session_scope():
+        job = await hook.aget_batch_job(name)
+    no_key_anywhere(repr(job))
+    event = await MaaSBatchJobTrigger(job_name=name, poll_interval=0.01).run().__anext__()
     assert event.payload["status"] == "error"
     no_key_anywhere(repr(event.payload), caplog.text)

@@ -104,3 +104,11 @@ def test_connection_test_reports_bad_tls(https_emulator):
     ok, message = use().test_connection()
     assert ok is False
     assert "TLS certificate verification failed" in message
+
+
+def test_https_to_a_plain_http_server_is_a_clear_tls_error(emulator, monkeypatch, retry_sleeps):  # noqa: F811
+    port = emulator.base_url.rsplit(":", 1)[1]
+    monkeypatch.setenv(*connection_env(f"https://127.0.0.1:{port}"))
+    with pytest.raises(MaaSConfigError, match=rf"TLS handshake with 127\.0\.0\.1:{port} failed.*scheme"):
+        MaaSHook(max_attempts=3).get_batch_job("42")
+    assert retry_sleeps == []

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from airflow_provider_maas.emulator.schedule import PLAIN_FAULTS, ScheduledFault
+from airflow_provider_maas.emulator.config import JOB_STATE_PARTIALLY_SUCCEEDED
+from airflow_provider_maas.emulator.schedule import PLAIN_FAULTS, ScheduledFault, request_digests, request_selector
 
 if TYPE_CHECKING:
     from airflow_provider_maas.emulator.config import EmulatorConfig
@@ -123,6 +124,8 @@ class FaultInjector:
     def __init__(self, config: EmulatorConfig) -> None:
         self.config = config
         self._seen: dict[tuple[str, str], int] = {}
+        #: Digests of the requests the ``fail-requests`` fault has failed once (they succeed after).
+        self.failed_once: set[str] = set()
         self._lock = threading.Lock()
 
     def decide(self, route: str, method: str, path_qs: str) -> FaultDecision:
@@ -165,22 +168,9 @@ class FaultInjector:
         if decision.reset:
             raise DropConnection
         if decision.too_many_requests:
-            raise ApiError(
-                429,
-                "RESOURCE_EXHAUSTED",
-                "Resource has been exhausted (e.g. check quota).",
-                self.retry_after_header(),
-            )
+            raise self.too_many_requests()
         if decision.server_error:
-            code = decision.server_error
-            headers = self.retry_after_header() if code == 503 else {}
-            if decision.server_error_body == "html":
-                raise RawError(code, _HTML_503.format(code=code), "text/html", headers)
-            if decision.server_error_body == "text":
-                raise RawError(code, _TEXT_5XX, "text/plain", headers)
-            if code == 500:
-                raise ApiError(500, "INTERNAL", "Internal error encountered.", headers)
-            raise ApiError(503, "UNAVAILABLE", "The service is currently unavailable.", headers)
+            raise self.server_error(decision.server_error, decision.server_error_body)
         if decision.slow:
             await asyncio.sleep(self.config.slow_seconds)
             transport = request.transport
@@ -188,25 +178,31 @@ class FaultInjector:
                 # The client gave up: do not apply the request's side effect.
                 raise DropConnection
 
+    def too_many_requests(self) -> ApiError:
+        return ApiError(
+            429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", self.retry_after_header()
+        )
+
+    def server_error(self, code: int, body: str | None = "json") -> ApiError:
+        """A 500 or 503 (with Retry-After) as Google-style JSON, or a gateway's HTML or text page."""
+        headers = self.retry_after_header() if code == 503 else {}
+        if body == "html":
+            return RawError(code, _HTML_503.format(code=code), "text/html", headers)
+        if body == "text":
+            return RawError(code, _TEXT_5XX, "text/plain", headers)
+        if code == 500:
+            return ApiError(500, "INTERNAL", "Internal error encountered.", headers)
+        return ApiError(503, "UNAVAILABLE", "The service is currently unavailable.", headers)
+
     def plain_answer(self, request: web.Request, fault: ScheduledFault) -> Exception:
         """The answer of a scheduled fault that replaces the call (the call is not carried out)."""
         name = fault.fault
         if name == "reset":
             return DropConnection()
         if name == "429":
-            return ApiError(
-                429, "RESOURCE_EXHAUSTED", "Resource has been exhausted (e.g. check quota).", self.retry_after_header()
-            )
+            return self.too_many_requests()
         if name in ("500", "503"):
-            code = int(name)
-            headers = self.retry_after_header() if code == 503 else {}
-            if fault.arg == "html":
-                return RawError(code, _HTML_503.format(code=code), "text/html", headers)
-            if fault.arg == "text":
-                return RawError(code, _TEXT_5XX, "text/plain", headers)
-            if code == 500:
-                return ApiError(500, "INTERNAL", "Internal error encountered.")
-            return ApiError(503, "UNAVAILABLE", "The service is currently unavailable.", headers)
+            return self.server_error(int(name), fault.arg)
         if name == "401":
             return ApiError(401, "UNAUTHENTICATED", "Request had invalid authentication credentials.")
         if name == "404":
@@ -223,6 +219,41 @@ class FaultInjector:
         if name == "nonjson-200":
             return RawError(200, NON_JSON_PAGE, "text/html")
         raise AssertionError(f"not a plain fault: {name}")  # pragma: no cover - checked by ScheduledFault
+
+    def job_fields(self, fault: ScheduledFault | None, meta: dict[str, Any]) -> dict[str, Any]:
+        """JobRecord fields for the results faults of the schedule (partial-missing, ...)."""
+        if fault is None:
+            return {}
+        count = int(meta["request_count"])
+        if fault.fault == "partial-missing":
+            k = min(int(fault.arg) if fault.arg else max(1, count // 3), count)
+            return {"final_state": JOB_STATE_PARTIALLY_SUCCEEDED, "missing": frozenset(range(count - k, count))}
+        if fault.fault == "duplicate-lines":
+            return {"duplicate_lines": int(fault.arg) if fault.arg else 2}
+        if fault.fault == "fail-requests":
+            assert fault.arg is not None
+            how, value = request_selector(fault.arg)
+            chosen = set()
+            for position, (digest, line) in enumerate(request_digests(meta["path"])):
+                picked = position in value if how == "index" else value in line
+                with self._lock:
+                    if picked and digest not in self.failed_once:
+                        self.failed_once.add(digest)
+                        chosen.add(position)
+            return {"extra_failed": frozenset(chosen)}
+        return {}
+
+    async def spoil_create_answer(self, fault: ScheduledFault) -> None:
+        """The ``lost-*`` faults: the job exists, the answer does not say so."""
+        name = fault.fault
+        if name in ("lost-500", "lost-503"):
+            raise self.server_error(int(name[-3:]))
+        if name == "lost-reset":
+            raise DropConnection
+        if name == "lost-nonjson":
+            raise RawError(200, NON_JSON_PAGE, "text/html")
+        if name == "lost-timeout":
+            await asyncio.sleep(float(fault.arg) if fault.arg else self.config.slow_seconds)
 
 
 #: Depth of the ``deep-json`` answer.

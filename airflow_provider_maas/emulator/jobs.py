@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from airflow_provider_maas.emulator.objects import rfc3339_us
 
 if TYPE_CHECKING:
     import asyncio
-    from collections.abc import Iterator
 
 #: ``error`` of a job ending in each failed state (Google RPC status: code + message).
 DEFAULT_ERRORS: dict[str, dict[str, Any]] = {
@@ -186,16 +184,6 @@ class JobRecord:
         res["updateTime"] = rfc3339_us(t.update)
         res["modelVersionId"] = "1"
         return res
-
-
-def request_digests(path: str) -> Iterator[tuple[str, str]]:
-    """(digest of the request, raw line) for each line of an uploaded file, in order."""
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                request = json.loads(line).get("request")
-                canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
-                yield hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest(), line
 
 
 def _invalid(message: str) -> ApiError:

@@ -54,9 +54,14 @@ running emulator, ``POST /_emulator/faults`` (``{"faults": ["create:1:lost-500"]
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 KINDS = ("upload", "create", "get", "content", "metadata")
 
@@ -174,6 +179,16 @@ def request_selector(arg: str) -> tuple[str, Any]:
         if positions and min(positions) >= 0:
             return "index", positions
     raise ValueError(f"select requests with text:SUBSTRING or index:1,3 (1-based lines), not {arg!r}")
+
+
+def request_digests(path: str) -> Iterator[tuple[str, str]]:
+    """(digest of the request, raw line) for each line of an uploaded file, in order."""
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                request = json.loads(line).get("request")
+                canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
+                yield hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest(), line
 
 
 class FaultSchedule:

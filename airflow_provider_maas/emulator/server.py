@@ -36,24 +36,21 @@ from aiohttp import ClientPayloadError, web
 
 from airflow_provider_maas.emulator.admin import add_admin_routes
 from airflow_provider_maas.emulator.config import (
-    JOB_STATE_PARTIALLY_SUCCEEDED,
     RESULT_STATES,
     TERMINAL_STATES,
     EmulatorConfig,
 )
 from airflow_provider_maas.emulator.faults import (
     NO_FAULT,
-    NON_JSON_PAGE,
     REQUEST_NOTES,
     ApiError,
     DropConnection,
     FaultDecision,
     FaultInjector,
-    RawError,
     faulty_download,
     note,
 )
-from airflow_provider_maas.emulator.jobs import JobRecord, parse_create_body, request_digests
+from airflow_provider_maas.emulator.jobs import JobRecord, parse_create_body
 from airflow_provider_maas.emulator.objects import (
     UploadRejected,
     b64,
@@ -62,7 +59,7 @@ from airflow_provider_maas.emulator.objects import (
     too_big_message,
 )
 from airflow_provider_maas.emulator.results import ResultsSpec, write_results
-from airflow_provider_maas.emulator.schedule import RESULTS_GONE, FaultSchedule, ScheduledFault, request_selector
+from airflow_provider_maas.emulator.schedule import RESULTS_GONE, FaultSchedule, ScheduledFault
 
 if TYPE_CHECKING:
     import ssl
@@ -103,7 +100,6 @@ class MaaSEmulator:
         #: Requests to the redirect target of the ``redirect-307`` fault (a client that follows).
         self.redirect_hits = 0
         self.fault_schedule = FaultSchedule(self.config.scheduled_faults())
-        self._failed_once: set[str] = set()
         self.files: dict[str, dict[str, Any]] = {}
         self.uploads_by_name: dict[str, int] = {}
         self.access_log: list[dict[str, Any]] = []
@@ -373,7 +369,7 @@ class MaaSEmulator:
         if meta is None:
             raise ApiError(404, "NOT_FOUND", f"File {file_name} not found (upload it first).")
         cfg = self.config
-        shaping = self._job_faults(decision.scheduled, meta)
+        shaping = self._faults.job_fields(decision.scheduled, meta)
         with self._lock:
             self.jobs_created += 1
             self.jobs_by_file[file_name] = self.jobs_by_file.get(file_name, 0) + 1
@@ -401,47 +397,8 @@ class MaaSEmulator:
             note("fault", "lost_create_response")
             raise DropConnection
         if decision.scheduled is not None:
-            await self._spoil_create_answer(request, decision.scheduled)
+            await self._faults.spoil_create_answer(decision.scheduled)
         return web.json_response(job.create_resource())
-
-    def _job_faults(self, fault: ScheduledFault | None, meta: dict[str, Any]) -> dict[str, Any]:
-        """JobRecord fields for the results faults of the schedule (partial-missing, ...)."""
-        if fault is None:
-            return {}
-        count = int(meta["request_count"])
-        if fault.fault == "partial-missing":
-            k = min(int(fault.arg) if fault.arg else max(1, count // 3), count)
-            return {"final_state": JOB_STATE_PARTIALLY_SUCCEEDED, "missing": frozenset(range(count - k, count))}
-        if fault.fault == "duplicate-lines":
-            return {"duplicate_lines": int(fault.arg) if fault.arg else 2}
-        if fault.fault == "fail-requests":
-            assert fault.arg is not None
-            how, value = request_selector(fault.arg)
-            chosen = set()
-            for position, (digest, line) in enumerate(request_digests(meta["path"])):
-                picked = position in value if how == "index" else value in line
-                with self._lock:
-                    if picked and digest not in self._failed_once:
-                        self._failed_once.add(digest)
-                        chosen.add(position)
-            return {"extra_failed": frozenset(chosen)}
-        return {}
-
-    async def _spoil_create_answer(self, request: web.Request, fault: ScheduledFault) -> None:
-        """The ``lost-*`` faults: the job exists, the answer does not say so."""
-        name = fault.fault
-        if name == "lost-500":
-            raise ApiError(500, "INTERNAL", "Internal error encountered.")
-        if name == "lost-503":
-            raise ApiError(
-                503, "UNAVAILABLE", "The service is currently unavailable.", self._faults.retry_after_header()
-            )
-        if name == "lost-reset":
-            raise DropConnection
-        if name == "lost-nonjson":
-            raise RawError(200, NON_JSON_PAGE, "text/html")
-        if name == "lost-timeout":
-            await asyncio.sleep(float(fault.arg) if fault.arg else self.config.slow_seconds)
 
     # ------------------------------------------------------------------ 3. get
     def _find_job(self, request: web.Request, endpoint: str) -> JobRecord:

@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 import weakref
-from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import requests
 import tenacity
@@ -24,18 +22,18 @@ from urllib3.exceptions import NewConnectionError
 from airflow_provider_maas import api
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
-    MaaSConfigError,
     MaaSError,
-    MaaSJobCreationUncertainError,
     MaaSNotFoundError,
     MaaSRateLimitError,
     MaaSRetryableError,
 )
+from airflow_provider_maas.hooks._failures import CREATE_404_HINT, transport_error, uncertain_create
+from airflow_provider_maas.hooks._streams import Progress
 from airflow_provider_maas.integrity import StreamHasher
-from airflow_provider_maas.storage import CHUNK_SIZE, EarlyWriteback, atomic_writer, source_size
+from airflow_provider_maas.storage import CHUNK_SIZE, EarlyWriteback, atomic_writer
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable
 
     import aiohttp
     from airflow.sdk import ObjectStoragePath
@@ -57,67 +55,6 @@ def make_session() -> requests.Session:
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     return session
-
-
-class Progress:
-    """Logs ``<verb> N of M bytes (P%)`` about every 10% of a large transfer (>= 10 MB); quiet otherwise."""
-
-    MIN_SIZE = 10 * CHUNK_SIZE
-
-    def __init__(self, verb: str, total: int | None) -> None:
-        self.verb = verb
-        self.total = total if total and total >= self.MIN_SIZE else None
-        self.next_mark = 0.1
-
-    def update(self, done: int) -> None:
-        if self.total is None or done < self.total * self.next_mark:
-            return
-        log.info("%s %d of %d bytes (%.0f%%)", self.verb, done, self.total, 100.0 * done / self.total)
-        while self.next_mark <= done / self.total:
-            self.next_mark += 0.1
-
-
-class HashingReader:
-    """Wraps a binary file object: hashes what is read (md5 + crc32c) so the upload is verified
-    without a second pass over the bytes. ``len()`` gives the Content-Length."""
-
-    def __init__(self, handle: IO[bytes]) -> None:
-        self._handle = handle
-        self.rewindable = handle.seekable()
-        self._start = handle.tell() if self.rewindable else 0
-        self._size = source_size(handle)
-        self.hasher = StreamHasher(md5=True, crc32c=False)
-        self._progress = Progress("Uploaded", self._size)
-
-    def read(self, size: int = -1) -> bytes:
-        chunk = self._handle.read(size)
-        if chunk:
-            self.hasher.update(chunk)
-            self._progress.update(self.hasher.size)
-        return chunk
-
-    def __len__(self) -> int:
-        if self._size is None:
-            raise TypeError("size unknown")
-        return self._size
-
-    def payload(self) -> Any:
-        """The request body: this reader (sent with Content-Length) when the size is known, else
-        an iterator of chunks (sent with chunked transfer encoding; a non-seekable source)."""
-        return self if self._size is not None else self._chunks()
-
-    def _chunks(self) -> Iterator[bytes]:
-        while chunk := self.read(CHUNK_SIZE):
-            yield chunk
-
-    def rewind(self) -> None:
-        """Start over before an attempt (the first included)."""
-        if self.hasher.size:
-            if not self.rewindable:
-                raise MaaSApiError("The upload failed midway and its source cannot be re-read; retry the task.")
-            self._handle.seek(self._start)
-            self.hasher = StreamHasher(md5=True, crc32c=False)
-            self._progress = Progress("Uploaded", self._size)
 
 
 # Retry policy ---------------------------------------------------------------------------------
@@ -146,114 +83,6 @@ def _retrying(what: str, policy: api.RetryPolicy) -> tenacity.Retrying:
     )
 
 
-# Transport errors (both libraries) --------------------------------------------------------------
-
-
-def _causes(err: BaseException) -> Iterator[BaseException]:
-    """``err`` and everything it wraps (``__cause__``, ``args``, urllib3's ``reason``, aiohttp's
-    ``os_error``/``certificate_error``), each once."""
-    seen: set[int] = set()
-    stack: list[Any] = [err]
-    while stack:
-        item = stack.pop()
-        if not isinstance(item, BaseException) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        yield item
-        stack.extend([item.__cause__, item.__context__, *item.args])
-        stack.extend(getattr(item, name, None) for name in ("reason", "os_error", "certificate_error"))
-
-
-def transport_cause(err: BaseException) -> str:
-    """What went wrong under an HTTP library's error: ``tls``, ``dns``, ``refused``, ``timeout``,
-    ``reset`` or ``other`` (found by type, never by message text)."""
-    causes = list(_causes(err))
-    if any(isinstance(c, ssl.SSLError) or type(c).__name__ in _TLS_ERRORS for c in causes):
-        return "tls"
-    if any(isinstance(c, socket.gaierror) or type(c).__name__ in _DNS_ERRORS for c in causes):
-        return "dns"
-    if any(isinstance(c, ConnectionRefusedError) for c in causes):
-        return "refused"
-    if any(isinstance(c, (TimeoutError, socket.timeout, asyncio.TimeoutError, requests.Timeout)) for c in causes):
-        return "timeout"
-    if any(isinstance(c, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)) for c in causes):
-        return "reset"
-    return "other" if not any(type(c).__name__ in _RESET_ERRORS for c in causes) else "reset"
-
-
-_TLS_ERRORS = frozenset({"SSLError", "ClientSSLError", "ClientConnectorCertificateError", "ClientConnectorSSLError"})
-_DNS_ERRORS = frozenset({"NameResolutionError", "ClientConnectorDNSError"})
-_RESET_ERRORS = frozenset({"RemoteDisconnected", "ProtocolError", "ServerDisconnectedError", "ClientOSError"})
-_CAUSE_TEXT = {
-    "dns": "the host name could not be resolved (DNS failure); check the connection's Base URL",
-    "refused": "the connection was refused (nothing listens on that port); check the Base URL and that the "
-    "service is up",
-}
-
-
-def transport_error(
-    err: BaseException, *, what: str, url: str, config: api.ApiConfig, sent: bool | None = None
-) -> Exception:
-    """Map an HTTP library's error (``requests`` or ``aiohttp``) to a message naming host, port and
-    cause. TLS failures are a :class:`MaaSConfigError` (never retried); the rest are retryable."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    cause = transport_cause(err)
-    if cause == "tls":
-        return MaaSConfigError(
-            f"{what}: TLS certificate verification failed for {host}:{port} ({type(err).__name__}). If the "
-            'server uses a private CA, set the connection extra "verify" to the path of its CA bundle '
-            '(PEM file); "verify": false turns checking off (not recommended).'
-        )
-    if cause == "timeout" and sent is not False:
-        text = f"no answer from {host}:{port} within {config.timeout:g}s (timed out)"
-    elif cause == "timeout":
-        text = f"cannot reach {host}:{port}: no connection within {config.connect_timeout:g}s (timed out)"
-    elif cause in ("dns", "refused"):
-        text = f"cannot reach {host}:{port}: {_CAUSE_TEXT[cause]}"
-    elif cause == "reset":
-        text = f"the connection to {host}:{port} was closed or reset before an answer came"
-    else:
-        text = f"connection error with {host}:{port} ({type(err).__name__})"
-    error = MaaSRetryableError(f"{what}: {text}")
-    error.never_sent = sent is False  # type: ignore[attr-defined]  # read by the create call
-    return error
-
-
-# Job creation ----------------------------------------------------------------------------------
-#
-# A create call is never sent twice once it may have reached the service: the API has no list
-# call, so a second job could not be told apart from the first, and both are paid for. What
-# proves the service did NOT act: a connection that was never made (refused, DNS, connect
-# timeout) and 429 (quota: refused before any work), which is retried with backoff and, when the
-# retries are used up, raised as MaaSRateLimitError (nothing was created: the shard can wait).
-# Everything else after sending is uncertain: 5xx (503 included: a gateway may answer it after
-# the service behind it created the job), 408, a read timeout, a reset, and a 2xx whose body is
-# not a JSON object with a string "name". It raises MaaSJobCreationUncertainError, which fails
-# the task without Airflow retries.
-
-
-#: Added to a 404 on upload and create: the usual cause is a wrong ENDPOINT.
-UPLOAD_404_HINT = "check the connection's Endpoint field: the service does not know this ENDPOINT"
-CREATE_404_HINT = (
-    "check the connection's Endpoint field (the service may not know this ENDPOINT), "
-    "and that the file was uploaded less than 7 days ago"
-)
-
-
-def uncertain_create(detail: str, *, file_name: str, display_name: str) -> MaaSJobCreationUncertainError:
-    detail = (
-        detail.removeprefix(f"Creating a job from {file_name!r}").removeprefix(":").removeprefix(" failed:").strip()
-    )
-    return MaaSJobCreationUncertainError(
-        f"Creating a job from {file_name!r} (display name {display_name!r}) may or may not have worked: "
-        f"{detail} The request had been sent, so it was not retried (a second job would be paid for too). "
-        f"There is no list call to find it: look for a job named {display_name!r} in the vendor's console. "
-        "To create the job anyway, clear the task."
-    )
-
-
 # Sync -----------------------------------------------------------------------------------------
 
 
@@ -273,12 +102,12 @@ def send(
     not_found_hint: str | None = None,
 ) -> requests.Response:
     """Send one idempotent API call with timeouts, ``policy``'s retries and error mapping; returns a
-    2xx response (its body checked to be a JSON object unless ``stream``)."""
+    2xx response (parse its body with :func:`api.parse_json`)."""
 
     def attempt() -> requests.Response:
         if before_attempt is not None:
             before_attempt()
-        response = send_once(
+        return send_once(
             session,
             config,
             method,
@@ -290,9 +119,6 @@ def send(
             stream=stream,
             not_found_hint=not_found_hint,
         )
-        if not stream:
-            api.parse_json(response.content, what=what, api_key=config.api_key)
-        return response
 
     return _retrying(what, policy)(attempt)
 
@@ -530,7 +356,10 @@ async def asend(config: api.ApiConfig, method: str, url: str, *, what: str, poli
                 body = await response.read()
                 status, headers = response.status, response.headers
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
-            raise transport_error(err, what=what, url=url, config=config) from None
+            never_connected = (
+                isinstance(err, aiohttp.ClientConnectorError) or type(err).__name__ == "ConnectionTimeoutError"
+            )
+            raise transport_error(err, what=what, url=url, config=config, sent=not never_connected) from None
         if 300 <= status < 400:
             raise api.redirect_error(status, headers.get("Location"), what=what, api_key=config.api_key)
         if status >= 400:

@@ -44,7 +44,9 @@ class MaaSHook(BaseHook):
     :param maas_conn_id: The Airflow connection: host = base URL, password = API key,
         extra ``endpoint`` = ENDPOINT id, optional extras ``timeout`` (seconds) and ``verify``.
     :param endpoint: ENDPOINT id overriding the connection's.
-    :param max_attempts: Attempts per HTTP call on 429, 5xx and connection errors.
+    :param max_attempts: Attempts per HTTP call on 429, 408, 5xx, timeouts and connection errors
+        (sync and async alike: one :class:`~airflow_provider_maas.api.RetryPolicy`). Job creation is
+        retried only when the service cannot have acted: see :meth:`create_batch_job`.
     :param retry_base_delay: First backoff delay in seconds (doubles each attempt, with jitter).
     """
 
@@ -182,7 +184,9 @@ class MaaSHook(BaseHook):
         return self._upload(source, name, self.retry_policy)
 
     def _upload(self, source: Any, name: str, policy: api.RetryPolicy) -> dict[str, Any]:
-        from airflow_provider_maas.hooks._transport import UPLOAD_404_HINT, HashingReader, send
+        from airflow_provider_maas.hooks._failures import UPLOAD_404_HINT
+        from airflow_provider_maas.hooks._streams import HashingReader
+        from airflow_provider_maas.hooks._transport import send
         from airflow_provider_maas.integrity import verify_upload
         from airflow_provider_maas.storage import open_source
 

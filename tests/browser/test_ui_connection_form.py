@@ -193,7 +193,8 @@ def test_connection_form_save_and_test(
         return airflow_ui.test_connection({**body, "password": key})
 
     result = test_saved_connection(UI_API_KEY)
-    assert result == {"status": True, "message": f"Connection works: authenticated to endpoint {UI_ENDPOINT!r}."}
+    assert result["status"] is True
+    assert result["message"].startswith(f"Connection works: the key is accepted for endpoint {UI_ENDPOINT!r}")
     if has_test_button:
         success = page.get_by_role("status").filter(has_text=result["message"])
         expect(success).to_be_visible()
