@@ -18,5 +18,6 @@ FIGURE_MODULES = (
     "benchmarks.upload",
     "benchmarks.split_validate",
     "benchmarks.parse_cost",
+    "benchmarks.reuse_index",
     "benchmarks.end_to_end",
 )

@@ -18,6 +18,7 @@ FIGURES = (
     "upload",
     "split-validate",
     "parse-cost",
+    "reuse-index",
     "end-to-end",
 )
 
