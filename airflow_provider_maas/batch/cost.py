@@ -44,5 +44,5 @@ def check_prices(prices: Any) -> dict[str, float] | None:
 
 
 def cost_of(tokens: Mapping[str, int], prices: Mapping[str, float]) -> float:
-    """USD for ``tokens`` (``ResultSummary.tokens``-shaped), rounded to the micro-dollar."""
-    return round(sum(tokens.get(field, 0) * prices[key] for key, field in PRICED.items()) / 1_000_000, 6)
+    """USD for ``tokens`` (``ResultSummary.tokens``-shaped), rounded to 1e-9 USD (no float noise in the summary)."""
+    return round(sum(tokens.get(field, 0) * prices[key] for key, field in PRICED.items()) / 1_000_000, 9)
