@@ -63,6 +63,16 @@ def test_a_request_failing_every_round_goes_to_the_failed_file_with_its_last_rea
     assert summary["retry_rounds"] == [{"round": 1, "retried": 2, "succeeded": 1}]
 
 
+def test_missing_results_are_retried_by_default(emulator_factory, tmp_path):
+    handle = emulator_factory(faults=["create:1:partial-missing=2"])
+    source = write_requests(tmp_path / "r.jsonl", 5)
+    dest = tmp_path / "results.jsonl"
+    summary = _run(source, dest)
+    assert _sent_per_job(handle) == [5, 2]
+    assert all(r.succeeded for r in assert_in_input_order(source, dest))
+    assert summary["retry_rounds"] == [{"round": 1, "retried": 2, "succeeded": 2}] and summary["missing"] == 0
+
+
 def test_client_errors_are_not_retried_by_default(emulator_factory, tmp_path):
     handle = emulator_factory(faults=["create:1:fail-requests=index:2"])
     source = write_requests(tmp_path / "r.jsonl", 3)

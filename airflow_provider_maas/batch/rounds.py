@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -136,12 +136,18 @@ def write_retries(
     results: Sequence[Any],
     opener: Callable[[Any], Any],
     should_retry: Callable[[str], bool],
+    final: Collection[int] = (),
     deduplicate: bool = True,
 ) -> int:
     """Write to ``out`` (input order) the requests to send again after the rounds whose ``results``
     are given: their best answer so far failed with a status ``should_retry`` accepts, or they have
-    none. Return how many were written."""
+    none. Return how many were written.
+
+    :param final: Indexes in ``results`` of files whose failures are not retried (the requests of
+        shards whose every job failed: ``shard_retries`` was spent on them already).
+    """
     written = 0
+    final_sources = {len(reuse) + index for index in final}
     with AnswerStore() as store, contextlib.ExitStack() as stack:
         read = reader(_open_all(stack, store, reuse, results, opener))
         for line in iter_request_lines(source):
@@ -150,6 +156,8 @@ def write_retries(
             if answer is not None and answer.succeeded:
                 continue
             if answer is not None:
+                if answer.source in final_sources:
+                    continue
                 status = _record(_load_object(read(answer), f"results line {answer.line}", answer.line), 0).error
                 if not should_retry(status or ""):
                     continue
@@ -168,6 +176,7 @@ def merge_answers(
     reuse: Sequence[Any],
     results: Sequence[Any],
     opener: Callable[[Any], Any],
+    rounds: Sequence[int] | None = None,
     deduplicate: bool = True,
     prices: dict[str, float] | None = None,
 ) -> dict[str, Any]:
@@ -176,6 +185,8 @@ def merge_answers(
 
     :param results: Results of each round, in round order (a later round's failure is the reason
         reported; a success from any round or from ``reuse`` wins).
+    :param rounds: The round of each ``results`` file (default: its index); ``round_succeeded``
+        counts per round.
     :return: The ``ResultSummary`` dict plus ``missing``, ``duplicates`` (second successful answers
         to one request, not used), ``unmatched`` (result lines matching no input request),
         ``bytes``, ``reused``, ``deduplicated``, ``sent`` (answers by where they came from),
@@ -210,7 +221,10 @@ def merge_answers(
             if not record.succeeded:
                 failed_out.write(line.raw)
         leftovers = store.leftovers(first_round, shared=deduplicate)
-        round_succeeded = [added.succeeded for added in store.added[first_round:]]
+        numbers = list(rounds) if rounds is not None else list(range(len(results)))
+        round_succeeded = [0] * (max(numbers, default=-1) + 1)
+        for number, added in zip(numbers, store.added[first_round:], strict=True):
+            round_succeeded[number] += added.succeeded
     result: dict[str, Any] = summary.as_dict()
     result.update(
         missing=summary.missing,

@@ -10,7 +10,7 @@ import tempfile
 import time
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow.sdk import BaseOperator
 
@@ -255,26 +255,33 @@ class MaaSBatchPredictionOperator(BaseOperator):
         finally:
             os.unlink(path)
 
-    def _round_results(self, journal: BatchJournal, state: BatchState, number: int) -> ObjectStoragePath:
-        """One results file for round ``number``: its shards' parts (failed shards' requests carry the
-        job's error as their status), concatenated in shard order."""
+    def _round_results(self, journal: BatchJournal, state: BatchState, number: int) -> list[RoundResults]:
+        """Round ``number``'s results in one file per kind: the parts its jobs answered, then (if
+        any) those of its shards whose every job failed, each request carrying the job's error."""
         records = sorted((r for r in state.shards.values() if r.key.round == number), key=lambda r: r.key)
-        for record in records:
-            if record.status is ShardStatus.FAILED:
-                source = state.rounds[number].source or self.source
-                write_failure_part(
-                    source, state.plan(record.key), record.error or "the job failed", journal.part(record.key)
-                )
-        combined = journal.root / f"results-r{number}.jsonl"
-        concatenate((journal.part(r.key) for r in records), combined)
-        return combined
+        failed = [r for r in records if r.status is ShardStatus.FAILED]
+        for record in failed:
+            source = state.rounds[number].source or self.source
+            write_failure_part(
+                source, state.plan(record.key), record.error or "the job failed", journal.part(record.key)
+            )
+        files = []
+        for kind, chosen in (
+            ("answered", [r for r in records if r.status is not ShardStatus.FAILED]),
+            ("failed", failed),
+        ):
+            if chosen or kind == "answered":
+                combined = journal.root / f"results-r{number}-{kind}.jsonl"
+                concatenate((journal.part(r.key) for r in chosen), combined)
+                files.append(RoundResults(number, combined, jobs_failed=kind == "failed"))
+        return files
 
     def _next_round(self, journal: BatchJournal, state: BatchState, driver: BatchDriver) -> bool:
         """Once every shard is done: gather the requests to retry into a new round; True if one was added."""
         number = len(state.rounds)
         if number > self.request_retries:
             return False
-        results = [self._round_results(journal, state, n) for n in range(number)]
+        results = [item for n in range(number) for item in self._round_results(journal, state, n)]
         handle, path = tempfile.mkstemp(prefix="maas-retry-", suffix=".jsonl")
         try:
             with os.fdopen(handle, "wb") as out, open_source(self.source) as source:
@@ -282,9 +289,10 @@ class MaaSBatchPredictionOperator(BaseOperator):
                     source,
                     out,
                     reuse=self._reuse_sources(),
-                    results=results,
+                    results=[item.path for item in results],
                     opener=_open_results,
                     should_retry=self._should_retry,
+                    final=[index for index, item in enumerate(results) if item.jobs_failed],
                     deduplicate=self.deduplicate,
                 )
             if not count:
@@ -471,7 +479,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
     def _finish(self, context: Context, journal: BatchJournal, state: BatchState) -> str:
         records = sorted(state.shards.values(), key=lambda r: r.key)
         failed = [r for r in records if r.status is ShardStatus.FAILED]
-        results = [self._round_results(journal, state, n) for n in range(len(state.rounds))]
+        results = [item for n in range(len(state.rounds)) for item in self._round_results(journal, state, n)]
         summary = self._merge(results)
         reasons = [f"shard {r.key}: {r.error}" for r in failed[:MAX_QUOTED_ERRORS]]
         summary.update(
@@ -504,7 +512,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
         journal.remove()
         return dest_uri
 
-    def _merge(self, results: list[ObjectStoragePath]) -> dict[str, Any]:
+    def _merge(self, results: list[RoundResults]) -> dict[str, Any]:
         """Every request's best answer in input order (see ``rounds.merge_answers``), atomically."""
         dest = to_path(self.destination, what="destination")
         failed = failed_path_for(dest)
@@ -518,7 +526,8 @@ class MaaSBatchPredictionOperator(BaseOperator):
                 out,
                 failed_out,
                 reuse=self._reuse_sources(),
-                results=results,
+                results=[item.path for item in results],
+                rounds=[item.round for item in results],
                 opener=_open_results,
                 deduplicate=self.deduplicate,
                 prices=self.prices,
@@ -543,6 +552,15 @@ class MaaSBatchPredictionOperator(BaseOperator):
                 summary["deduplicated"],
             )
         return summary
+
+
+class RoundResults(NamedTuple):
+    """One results file of a round: what its jobs answered, or (``jobs_failed``) the requests of
+    its shards whose every job failed."""
+
+    round: int
+    path: ObjectStoragePath
+    jobs_failed: bool
 
 
 @contextlib.contextmanager
