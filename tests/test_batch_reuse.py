@@ -206,3 +206,17 @@ def test_missing_or_damaged_reuse_results_refused_before_anything_is_sent(emulat
     with pytest.raises(MaaSInputError, match=r"damaged.jsonl.* line 2"):
         _run(source, tmp_path / "o.jsonl", reuse_results=[str(damaged)])
     assert emulator.emulator.jobs_created == 0 and not emulator.emulator.files
+
+
+def test_example_dag_reuses_an_earlier_run(emulator_factory, tmp_path, monkeypatch):
+    from tests.test_example_dags import EXAMPLES, _load_dag, _only
+
+    handle = emulator_factory(job_duration=0.5, shuffle_results=True, normalise_requests=True)
+    dag = _load_dag("example_maas_batch_single_task", monkeypatch, tmp_path / "first")
+    assert dag.test().state == "success"
+    first = _only("results.jsonl", tmp_path / "first")
+    assert handle.emulator.jobs_created == 1
+    dag = _load_dag("example_maas_batch_single_task", monkeypatch, tmp_path / "second")
+    assert dag.test(run_conf={"reuse_results": str(first)}).state == "success"
+    assert handle.emulator.jobs_created == 1  # every answer reused: no job
+    assert_in_input_order(EXAMPLES / "data" / "example_requests.jsonl", _only("results.jsonl", tmp_path / "second"))

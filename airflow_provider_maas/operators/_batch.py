@@ -88,9 +88,10 @@ class MaaSBatchPredictionOperator(BaseOperator):
         tolerated before the task fails: raise it to ride out an outage of a few minutes.
     :param maas_conn_id: The Airflow connection of type ``maas``.
     :param endpoint: ENDPOINT id overriding the connection's (templated).
-    :param reuse_results: Earlier results (one results file/URI or a list; templated): a request
-        whose normalised form has a successful answer there is not sent; the answer is copied to
-        its place in the output. An input fully answered there creates no job.
+    :param reuse_results: Earlier results (one results file/URI or a list; templated; a blank
+        string is none): a request whose normalised form has a successful answer there is not
+        sent; the answer is copied to its place in the output. An input fully answered there
+        creates no job.
     :param deduplicate: Send identical requests (same normalised request) once and write the
         answer at each of their places (default). False sends each one: independent samples at
         temperature > 0 (each earlier answer in ``reuse_results`` then serves one of them).
@@ -214,12 +215,12 @@ class MaaSBatchPredictionOperator(BaseOperator):
     # Reuse, deduplication, retry rounds ------------------------------------------------------------
     def _reuse_sources(self) -> list[ObjectStoragePath]:
         items = self.reuse_results
-        if items is None:
-            return []
         if not isinstance(items, (list, tuple)):
             items = [items]
         paths = []
         for number, item in enumerate(items):
+            if item is None or (isinstance(item, str) and not item.strip()):
+                continue  # e.g. a template rendering a blank param: nothing to reuse
             path = to_path(item, what=f"reuse_results[{number}]")
             if not path.is_file():
                 raise MaaSInputError(
