@@ -19,8 +19,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
-## Lint, type-check and run the whole test suite.
-test: $(STAMP) lint
+## Lint, type-check and run the whole test suite (browser test included: `browser-deps` first).
+test: $(STAMP) lint browser-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
@@ -38,16 +38,22 @@ clean:
 	rm -rf $(VENV) .demo .airflow-test
 
 # Browser test and Airflow version matrix -------------------------------------------------------
-# The browser test (tests/browser) is part of `make test`; it fails when Chromium or playwright is
-# missing, unless MAAS_SKIP_BROWSER_TESTS=1 outside CI. `make browser-deps` installs both.
+# The browser test (tests/browser) is part of `make test`, which runs `make browser-deps` first; the
+# test fails when Chromium or playwright is missing, unless MAAS_SKIP_BROWSER_TESTS=1 outside CI.
+# Each older Airflow runs in its own venv pinned by scripts/constraints-airflow-X.Y.txt (scripts/compat.sh).
 AF30_VENV ?= .venv-af30
+AF31_VENV ?= .venv-af31
+AF32_VENV ?= .venv-af32
 AF30_STAMP := $(AF30_VENV)/.installed
 COMPAT_TESTS ?= tests/test_hook.py tests/test_operators.py tests/test_sensor.py tests/test_trigger.py \
 	tests/test_example_dags.py tests/test_compat_assets.py tests/browser
 # On 3.0, dag.test() does not register assets: tests/test_compat_assets.py registers them first.
 COMPAT_DESELECT ?= --deselect tests/test_example_dags.py::test_download_attaches_summary_to_asset_event
 
-.PHONY: browser-deps test-browser screenshot test-compat ci clean-compat
+# On 3.1 and 3.2 (to keep CI short): the example DAGs end to end and the triggers.
+COMPAT_NEWER_TESTS ?= tests/test_example_dags.py tests/test_trigger.py
+
+.PHONY: browser-deps test-browser screenshot test-compat test-compat-3.1 test-compat-3.2 ci clean-compat
 
 ## Debian's chromium (apt-get, as root) and playwright in $(VENV); does nothing when both are there.
 browser-deps: $(STAMP)
@@ -62,15 +68,29 @@ screenshot: browser-deps
 	MAAS_UPDATE_DOCS_SCREENSHOT=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
 
 $(AF30_STAMP): pyproject.toml scripts/constraints-airflow-3.0.txt scripts/compat.sh
-	bash scripts/compat.sh $(AF30_VENV)
+	bash scripts/compat.sh $(AF30_VENV) 3.0
+
+$(AF31_VENV)/.installed: pyproject.toml scripts/constraints-airflow-3.1.txt scripts/compat.sh
+	bash scripts/compat.sh $(AF31_VENV) 3.1
+
+$(AF32_VENV)/.installed: pyproject.toml scripts/constraints-airflow-3.2.txt scripts/compat.sh
+	bash scripts/compat.sh $(AF32_VENV) 3.2
 
 ## The hook, operator, sensor, trigger, example DAG and browser tests on Airflow 3.0 (second venv).
 test-compat: $(AF30_STAMP)
 	bash scripts/ci_browser.sh $(AF30_VENV)/bin/python
 	$(AF30_VENV)/bin/python -m pytest -q -p no:cacheprovider -p tests.compat_plugin $(COMPAT_DESELECT) $(COMPAT_TESTS)
 
-## What CI runs (.ci/run): browser dependencies, the whole suite on the newest Airflow, then Airflow 3.0.
-ci: browser-deps test test-compat
+## The example DAG and trigger tests on Airflow 3.1 (own venv).
+test-compat-3.1: $(AF31_VENV)/.installed
+	$(AF31_VENV)/bin/python -m pytest -q -p no:cacheprovider -p tests.compat_plugin $(COMPAT_NEWER_TESTS)
+
+## The example DAG and trigger tests on Airflow 3.2 (own venv).
+test-compat-3.2: $(AF32_VENV)/.installed
+	$(AF32_VENV)/bin/python -m pytest -q -p no:cacheprovider -p tests.compat_plugin $(COMPAT_NEWER_TESTS)
+
+## What CI runs (.ci/run): the whole suite on the newest Airflow, then Airflow 3.0, 3.1 and 3.2.
+ci: test test-compat test-compat-3.1 test-compat-3.2
 
 clean-compat:
-	rm -rf $(AF30_VENV)
+	rm -rf $(AF30_VENV) $(AF31_VENV) $(AF32_VENV)

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Builds the Airflow 3.0 test virtualenv (the oldest Airflow this provider supports): apache-airflow
-# 3.0.x, this package (editable) with its test extras, wtforms (what the 3.0/3.1 UI needs to show the
-# connection form) and playwright, all pinned by scripts/constraints-airflow-3.0.txt.
-# Usage: scripts/compat.sh [VENV]   (default .venv-af30; PYTHON picks the interpreter)
+# Builds the test virtualenv of an older Airflow: apache-airflow X.Y.z, this package (editable) with its
+# test extras, wtforms (what the 3.0/3.1 UI needs to show the connection form) and playwright, all pinned
+# by scripts/constraints-airflow-X.Y.txt (frozen from a venv that passes; see each file's header).
+# Usage: scripts/compat.sh [VENV] [X.Y]   (defaults .venv-af30 and 3.0; PYTHON picks the interpreter)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv-af30}
+SERIES=${2:-3.0}
 PYTHON=${PYTHON:-python3}
-CONSTRAINTS=scripts/constraints-airflow-3.0.txt
+CONSTRAINTS=scripts/constraints-airflow-$SERIES.txt
+[ -f "$CONSTRAINTS" ] || { echo "compat.sh: no $CONSTRAINTS" >&2; exit 1; }
 AIRFLOW_VERSION=$(sed -n 's/^apache-airflow==//p' "$CONSTRAINTS")
 
 rm -f "$VENV/.installed"

@@ -1,7 +1,8 @@
 """`make demo`: run the example DAG end to end against the local emulator.
 
 Starts the emulator, runs ``airflow dags test example_maas_batch`` on a throwaway AIRFLOW_HOME
-(sqlite) under ``.demo/``, prints where the results are and a one-line summary, stops the emulator.
+(sqlite) under ``.demo/``, prints where the results are, the failed-requests file only when a request
+failed, and a one-line summary, then stops the emulator.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = Path(os.environ.get("MAAS_DEMO_DIR") or ROOT / ".demo")
 DAG_ID = "example_maas_batch"
+
+
+def failed_requests_line(results: Path) -> str | None:
+    """The line naming the failed-requests file beside ``results``, or None when no request failed."""
+    failed = results.with_name(f"{results.stem}.failed.jsonl")
+    if not failed.exists() or failed.stat().st_size == 0:
+        return None
+    return f"Failed requests (input format: resubmit by passing this file as `source`): {failed}"
 
 
 def main() -> int:
@@ -87,7 +96,9 @@ def main() -> int:
         with results[-1].open("rb") as handle:
             summary = summarize(iter_results(handle))
         print(f"Results: {results[-1]}")
-        print(f"Failed requests (ready to resubmit): {results[-1].with_name('results.failed.jsonl')}")
+        failed = failed_requests_line(results[-1])
+        if failed:
+            print(failed)
         print(
             f"Summary: {summary['requests']} requests, {summary['succeeded']} succeeded, {summary['failed']} failed, "
             f"{summary['total_tokens']} tokens"

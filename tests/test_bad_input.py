@@ -1,6 +1,6 @@
 """Every bad input gets its own clear error, and no request is sent that should not be.
 
-The README's "Reliability" section publishes this table (``test_readme_publishes_the_table``
+docs/reliability.md ("Bad input: what you see") publishes this table (``test_readme_publishes_the_table``
 keeps them in step); run ``pytest tests/test_bad_input.py -s`` to print it.
 """
 
@@ -189,8 +189,8 @@ def test_partial_success_is_a_warning_with_counts(emulator_factory, tmp_path, ca
 
 
 def test_readme_publishes_the_table():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "reliability.md").read_text()
     for case, (error, fragment, _, _) in CASES.items():
         row = next((line for line in readme.splitlines() if line.startswith(f"| {case} |")), None)
-        assert row is not None, f"README Reliability table lacks a row for {case!r}"
+        assert row is not None, f"docs/reliability.md's bad-input table lacks a row for {case!r}"
         assert error.__name__ in row and fragment.replace("|", "\\|") in row, row

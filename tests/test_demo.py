@@ -20,3 +20,21 @@ def test_demo_runs_the_example_dag_and_prints_a_summary(tmp_path):
     assert "Summary: 9 requests, 9 succeeded, 0 failed" in result.stdout
     results = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if line.startswith("Results: ")]
     assert results and os.path.getsize(results[0]) > 0
+    assert "Failed requests" not in result.stdout  # nothing failed: no path to a file of nothing
+
+
+def test_demo_names_the_failed_requests_file_only_when_a_request_failed(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from demo import failed_requests_line
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    results = tmp_path / "results.jsonl"
+    failed = tmp_path / "results.failed.jsonl"
+    results.write_text('{"request": {}, "response": {}, "status": ""}\n')
+    assert failed_requests_line(results) is None  # no failed file at all
+    failed.write_text("")
+    assert failed_requests_line(results) is None  # written, but empty
+    failed.write_text('{"request": {"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}}\n')
+    line = failed_requests_line(results)
+    assert line is not None and line.endswith(str(failed)) and "source" in line

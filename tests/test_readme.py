@@ -1,8 +1,12 @@
-"""Every snippet of the README is executed here (or, for the two quick-start commands, by CI itself
-and by tests/test_demo.py), so the user's manual cannot drift from the code."""
+"""The user's manual cannot drift from the code: every snippet of the README and of the docs it points
+to is executed here (the two quick-start commands by CI itself and by tests/test_demo.py), and its
+checkable claims (operator parameters, the errors table, the compatibility table, the dependency
+table, the emulator options, links) are compared with the code."""
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import os
 import re
 import shutil
@@ -16,20 +20,61 @@ from airflow_provider_maas.jsonl import validate_request_line
 from tests.conftest import API_KEY, ENDPOINT, ROOT
 
 README = (ROOT / "README.md").read_text()
-BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, flags=re.S)
+DOCS = {path.relative_to(ROOT).as_posix(): path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))}
+MANUAL = {"README.md": README, **DOCS}
 BIN = os.path.dirname(sys.executable)
 
+#: Parameters the README documents ahead of the branches adding them (empty this once they landed).
+PENDING_PARAMETERS = {
+    ("MaaSDownloadResultsOperator", "requests"),
+    ("MaaSBatchJobSensor", "max_consecutive_poll_errors"),
+    ("MaaSBatchPredictionOperator", "max_consecutive_poll_errors"),
+    ("MaaSBatchPredictionOperator", "max_parallel_transfers"),
+}
+#: Parameters of the operators that call the service, documented once for all of them.
+COMMON = {"maas_conn_id", "endpoint"}
 
-def _blocks(lang: str) -> list[str]:
-    return [body for kind, body in BLOCKS if kind == lang]
+
+def _blocks(lang: str, text: str | None = None) -> list[str]:
+    texts = [text] if text is not None else list(MANUAL.values())
+    return [body for t in texts for kind, body in re.findall(r"```(\w+)\n(.*?)```", t, flags=re.S) if kind == lang]
 
 
-def _env(emulator) -> dict[str, str]:
-    return {
-        **os.environ,
-        "PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
-        "AIRFLOW__CORE__TEST_CONNECTION": "Enabled",
-    }
+def _section(text: str, heading: str) -> str:
+    """The text under ``heading`` (a whole heading line) up to the next heading of the same or a higher level."""
+    level = len(heading) - len(heading.lstrip("#"))
+    start = text.index(heading + "\n") + len(heading) + 1
+    following = re.compile(rf"^#{{1,{level}}} ", flags=re.M).search(text, start)
+    return text[start : following.start() if following else len(text)]
+
+
+def _table(text: str) -> list[list[str]]:
+    """The body rows (cells stripped) of the first Markdown table in ``text``."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    rule = next(i for i, line in enumerate(lines) if set(line) <= set("|-: "))
+    rows = []
+    for line in lines[rule + 1 :]:
+        rows.append([cell.strip() for cell in re.split(r"(?<!\\)\|", line)[1:-1]])
+    return rows
+
+
+def _compat_tables() -> tuple[list[str], list[list[str]], list[list[str]]]:
+    """The Compatibility section: its Airflow versions (newest first), the "tested in CI" and the feature tables."""
+    section = _section(README, "## Compatibility")
+    tested = section[section.index("| tested in CI |") : section.index("| feature |")]
+    features = section[section.index("| feature |") :]
+    versions = [cell.strip() for cell in tested.splitlines()[0].split("|")[2:-1]]
+    return versions, _table(tested), _table(features)
+
+
+def _pyproject() -> dict:
+    import tomllib  # Python >= 3.11: only the tests that read pyproject.toml need it
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", "")}
 
 
 def _fill(snippet: str, emulator) -> str:
@@ -40,58 +85,68 @@ def _fill(snippet: str, emulator) -> str:
     )
 
 
-def test_every_snippet_is_covered():
-    kinds = sorted({kind for kind, _ in BLOCKS})
-    assert kinds == ["bash", "json", "python"]
-    handled = [b for b in _blocks("bash") if _bash_kind(b)]
-    assert handled == _blocks("bash"), "a new bash snippet needs a test here"
+# Snippets ---------------------------------------------------------------------------------------
 
 
 def _bash_kind(body: str) -> str | None:
-    if body.startswith("make demo"):
-        return "quickstart"  # make test is what CI runs; make demo runs in tests/test_demo.py
-    if body.startswith("pip install airflow-provider-maas"):
-        return "pip"
-    if body.startswith("export AIRFLOW_CONN_MAAS_DEFAULT"):
-        return "env"
-    if body.startswith("airflow connections add"):
-        return "cli"
-    if body.startswith("maas-emulator"):
-        return "emulator"
-    return None
+    kinds = {
+        "make demo": "quickstart",  # make test is what CI runs; make demo runs in tests/test_demo.py
+        'pip install "apache-airflow==': "install",
+        "export AIRFLOW_CONN_MAAS_DEFAULT": "env",
+        "airflow connections add": "cli",
+        "maas-emulator": "emulator",
+    }
+    return next((kind for start, kind in kinds.items() if body.startswith(start)), None)
 
 
-@pytest.mark.parametrize("index", range(len(_blocks("python"))))
-def test_python_snippet_runs(emulator, index, monkeypatch):
+def _bash(kind: str) -> str:
+    (block,) = [b for b in _blocks("bash") if _bash_kind(b) == kind]
+    return block
+
+
+def test_every_snippet_is_covered():
+    kinds = sorted({kind for text in MANUAL.values() for kind in re.findall(r"```(\w+)\n", text)})
+    assert kinds == ["bash", "json", "python"]
+    unhandled = [b for b in _blocks("bash") if not _bash_kind(b)]
+    assert not unhandled, f"a new bash snippet needs a test here: {unhandled}"
+
+
+PYTHON_SNIPPETS = [(name, i) for name, text in MANUAL.items() for i in range(len(_blocks("python", text)))]
+
+
+@pytest.mark.parametrize(("name", "index"), PYTHON_SNIPPETS, ids=[f"{n}-{i}" for n, i in PYTHON_SNIPPETS])
+def test_python_snippet_runs(emulator, name, index, monkeypatch):
     monkeypatch.chdir(ROOT)
-    exec(compile(_blocks("python")[index], f"README.md python snippet {index}", "exec"), {"__name__": "readme"})
+    code = _blocks("python", MANUAL[name])[index]
+    exec(compile(code, f"{name} python snippet {index}", "exec"), {"__name__": "readme"})
 
 
 def test_json_snippet_is_a_valid_request():
-    for number, line in enumerate(_blocks("json")[0].splitlines(), 1):
+    for number, line in enumerate(_blocks("json", README)[0].splitlines(), 1):
         validate_request_line(line.encode(), number)
 
 
-def test_quickstart_names_the_two_commands():
-    (block,) = [b for b in _blocks("bash") if _bash_kind(b) == "quickstart"]
-    commands = [line.split("#")[0].strip() for line in block.splitlines()]
+def test_quickstart_names_the_two_commands_and_make_test_sets_itself_up():
+    commands = [line.split("#")[0].strip() for line in _bash("quickstart").splitlines()]
     assert commands == ["make demo", "make test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+    # nothing has to run before `make test` on a fresh clone: it installs the browser test's parts
+    (prerequisites,) = re.findall(r"^test:(.*)$", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert "browser-deps" in prerequisites.split()
 
 
-def test_pip_snippet_names_the_distribution():
-    (block,) = [b for b in _blocks("bash") if _bash_kind(b) == "pip"]
-    import tomllib
-
-    name = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["name"]
-    assert block.strip() == f"pip install {name}"
+def test_install_snippet_pins_airflow_with_its_constraints_then_installs_the_distribution():
+    airflow_line, provider_line = _bash("install").strip().splitlines()
+    (version,) = re.findall(r'"apache-airflow==([\d.]+)"', airflow_line)
+    assert f"/apache/airflow/constraints-{version}/constraints-3." in airflow_line
+    assert provider_line == f"pip install {_pyproject()['project']['name']}"
+    assert version == _compat_tables()[0][0]  # the newest version CI runs
 
 
 def test_env_snippet_gives_a_working_connection(emulator):
-    (block,) = [b for b in _blocks("bash") if _bash_kind(b) == "env"]
-    env = _env(emulator)
+    env = _env()
     env.pop("AIRFLOW_CONN_MAAS_DEFAULT", None)
-    script = _fill(block, emulator) + (
+    script = _fill(_bash("env"), emulator) + (
         '\npython -c "from airflow_provider_maas.hooks.maas import MaaSHook; ok, m = MaaSHook().test_connection(); '
         'print(m); assert ok"\n'
     )
@@ -101,10 +156,10 @@ def test_env_snippet_gives_a_working_connection(emulator):
 
 
 def test_cli_snippet_adds_and_tests_the_connection(emulator):
-    (block,) = [b for b in _blocks("bash") if _bash_kind(b) == "cli"]
-    env = _env(emulator)
+    env = _env()
     env.pop("AIRFLOW_CONN_MAAS_DEFAULT", None)
-    script = "airflow connections delete maas_default >/dev/null 2>&1 || true\n" + _fill(block, emulator)
+    env.pop("AIRFLOW__CORE__TEST_CONNECTION", None)  # the snippet enables the test itself
+    script = "airflow connections delete maas_default >/dev/null 2>&1 || true\n" + _fill(_bash("cli"), emulator)
     result = subprocess.run(["bash", "-ec", script], env=env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert "Connection success!" in result.stdout + result.stderr
@@ -113,8 +168,7 @@ def test_cli_snippet_adds_and_tests_the_connection(emulator):
 
 
 def test_emulator_snippet_starts_and_prints_the_connection():
-    (block,) = [b for b in _blocks("bash") if _bash_kind(b) == "emulator"]
-    start, help_line = [line.split("#")[0].strip() for line in block.splitlines()]
+    start, help_line = [line.split("#")[0].strip() for line in _bash("emulator").splitlines()]
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -134,3 +188,160 @@ def test_emulator_snippet_starts_and_prints_the_connection():
     result = subprocess.run(help_line.replace("python", sys.executable, 1).split(), capture_output=True, text=True)
     assert result.returncode == 0
     assert "--job-duration" in result.stdout
+
+
+# Claims -----------------------------------------------------------------------------------------
+
+
+def _operators() -> list[type]:
+    from airflow_provider_maas.operators import maas as operators
+    from airflow_provider_maas.sensors.maas import MaaSBatchJobSensor
+
+    return [getattr(operators, name) for name in operators.__all__] + [MaaSBatchJobSensor]
+
+
+def _own_parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """Keyword parameters of ``cls`` and of its bases, up to (not including) Airflow's classes."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("airflow."):
+            break
+        if "__init__" in vars(klass):
+            for name, param in inspect.signature(klass.__init__).parameters.items():
+                if param.kind is param.KEYWORD_ONLY:
+                    params.setdefault(name, param)
+    return params
+
+
+@pytest.mark.parametrize("cls", _operators(), ids=lambda cls: cls.__name__)
+def test_operator_reference_documents_every_parameter_with_its_default(cls):
+    section = _section(README, f"### `{cls.__name__}`")
+    params = _own_parameters(cls)
+    shown = dict(re.findall(r"`(\w+)(?:=([^`]*))?`", section))
+    for name, param in params.items():
+        if name in COMMON:
+            continue
+        assert name in shown, f"README: {cls.__name__} lacks `{name}`"
+        default = shown[name]
+        if default and not default.startswith("<") and param.default is not param.empty:
+            assert default == str(param.default), f"README: {cls.__name__}({name}={default}), code: {param.default!r}"
+    # each bullet starts with the parameters it describes: every one of them must exist
+    bulleted = {
+        name
+        for lead in re.findall(r"^- ((?:`[^`]+`(?:, )?)+)", section, flags=re.M)
+        for name in re.findall(r"`(\w+)", lead)
+    }
+    unknown = {n for n in bulleted - set(params) if (cls.__name__, n) not in PENDING_PARAMETERS}
+    assert not unknown, f"README documents parameters {cls.__name__} does not have: {unknown}"
+
+
+def test_operators_that_call_the_service_take_the_connection_and_endpoint():
+    intro = _section(README, "## Operator reference").split("###")[0]
+    assert "(all but split and merge) also" in intro and '`maas_conn_id="maas_default"`' in intro
+    for cls in _operators():
+        params = _own_parameters(cls)
+        calls_service = cls.__name__ not in {"MaaSSplitRequestsOperator", "MaaSMergeResultsOperator"}
+        assert (set(params) >= COMMON) == calls_service, cls.__name__
+        if calls_service:
+            assert params["maas_conn_id"].default == "maas_default"
+            assert params["endpoint"].default is None
+
+
+def test_errors_table_lists_every_error_and_whether_airflow_retries_it():
+    from airflow_provider_maas import exceptions
+    from airflow_provider_maas._compat import AirflowFailException
+
+    classes = {
+        obj.__name__: obj
+        for obj in vars(exceptions).values()
+        if isinstance(obj, type) and issubclass(obj, exceptions.MaaSError) and obj.__module__ == exceptions.__name__
+    }
+    rows = {row[0].strip("`"): row[2] for row in _table(_section(README, "## Errors"))}
+    assert set(rows) == set(classes), "the README's errors table and exceptions.py differ"
+    for name, retried in rows.items():
+        expected = "no" if issubclass(classes[name], AirflowFailException) else "yes"
+        assert retried == expected, f"README: Airflow retries {name}: {retried}; the code: {expected}"
+
+
+def test_retry_counts_are_the_codes():
+    from airflow_provider_maas.hooks.maas import MaaSHook
+    from airflow_provider_maas.triggers.maas import MaaSBatchJobTrigger
+
+    (worker,) = re.findall(r"(\d+) attempts per call on a worker", _section(README, "## Errors"))
+    assert int(worker) == inspect.signature(MaaSHook.__init__).parameters["max_attempts"].default
+    (tolerated,) = re.findall(r"triggers tolerate (\d+) consecutive failed polls", DOCS["docs/reliability.md"])
+    default = inspect.signature(MaaSBatchJobTrigger.__init__).parameters["max_consecutive_errors"].default
+    assert int(tolerated) == default
+
+
+def test_compatibility_table_names_what_ci_runs():
+    import airflow
+
+    versions, tested, _ = _compat_tables()
+    makefile = (ROOT / "Makefile").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    for version, cell in zip(versions, tested[0][1:], strict=True):
+        (target,) = re.findall(r"`make ([\w.-]+)`", cell)
+        assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), f"no make target {target}"
+        series = ".".join(version.split(".")[:2])
+        if target == "test":
+            assert "make test\n" in ci
+            assert airflow.__version__.startswith(series + "."), "make test runs another Airflow than the table says"
+            continue
+        looped = re.findall(r"for series in ([\d. ]+); do", ci) if 'make "test-compat-$series"' in ci else []
+        assert f"make {target}\n" in ci or (target == f"test-compat-{series}" and series in looped[0].split())
+        constraints = (ROOT / "scripts" / f"constraints-airflow-{series}.txt").read_text()
+        assert f"\napache-airflow=={version}\n" in constraints
+        assert f"compat.sh $(AF{series.replace('.', '')}_VENV) {series}" in makefile
+
+
+def test_trigger_on_kill_versions():
+    from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger, MaaSBatchJobTrigger
+
+    for trigger in (MaaSBatchJobTrigger, MaaSBatchJobsTrigger):
+        assert inspect.iscoroutinefunction(trigger.on_kill)
+    assert "On Airflow >= 3.3 the triggerer calls" in README
+    (row,) = [r for r in _compat_tables()[2] if "on_kill" in r[0]]
+    assert row[1:] == ["called", "not called", "not called", "not called"]
+
+
+def test_dependency_table_is_pyprojects():
+    def name(requirement: str) -> str:
+        return re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0]
+
+    documented = [name(row[0].strip("`")) for row in _table(DOCS["docs/dependencies.md"])]
+    assert sorted(documented) == sorted(name(d) for d in _pyproject()["project"]["dependencies"])
+
+
+def test_emulator_options_in_the_docs_exist():
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_maas.emulator", "--help"], capture_output=True, text=True, check=True
+    )
+    named = set(re.findall(r"`(--[a-z0-9-]+)", DOCS["docs/emulator.md"]))
+    assert named, "docs/emulator.md names no option"
+    assert named <= set(re.findall(r"--[a-z0-9-]+", result.stdout))
+
+
+def _slug(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_relative_links_and_anchors_resolve():
+    for name, text in MANUAL.items():
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if target.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = target.partition("#")
+            file = (ROOT / name).parent / path if path else ROOT / name
+            assert file.exists(), f"{name}: broken link {target}"
+            if anchor:
+                headings = re.findall(r"^#+ (.+)$", file.read_text(), flags=re.M)
+                assert anchor in {_slug(h) for h in headings}, f"{name}: no heading for #{anchor} in {file.name}"
+
+
+def test_modules_named_in_the_readme_exist():
+    more = _section(README, "## More")
+    for module in re.findall(r"`(\w+)\.py`", more):
+        assert importlib.util.find_spec(f"airflow_provider_maas.{module}"), f"no module {module}.py"
+    for package in re.findall(r"`(\w+)/`", more):
+        assert (ROOT / "airflow_provider_maas" / package).is_dir(), package
