@@ -122,15 +122,13 @@ class JobOutcome:
         return f"job {self.job_name} ended in {self.state} and the service gave no error message"
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "job_name": self.job_name,
-            "state": self.state,
-            "outcome": self.outcome.value,
-            "error_code": self.error_code,
-            "error_message": self.error_message,
-            "successful": self.successful,
-            "failed": self.failed,
-        }
+        """The fields that are set (a trigger event carries one per ended job: keep it small)."""
+        data: dict[str, Any] = {"job_name": self.job_name, "state": self.state, "outcome": self.outcome.value}
+        for name in ("error_code", "error_message", "successful", "failed"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobOutcome:

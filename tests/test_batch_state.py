@@ -195,3 +195,30 @@ def test_settle_before_a_deferral_leaves_a_short_replay(tmp_path, monkeypatch):
     journal.settle(state)
     assert not [name for name in _files(root) if name.startswith("journal/")]
     assert BatchJournal(root).load() == state
+
+
+def test_job_outcome_is_one_decision_and_round_trips_compactly():
+    from airflow_provider_maas.states import JobOutcome, Outcome, job_outcome
+
+    cases = {
+        "JOB_STATE_RUNNING": Outcome.WAITING,
+        "JOB_STATE_SOMETHING_NEW": Outcome.WAITING,
+        "JOB_STATE_SUCCEEDED": Outcome.SUCCEEDED,
+        "JOB_STATE_PARTIALLY_SUCCEEDED": Outcome.PARTIAL,
+        "JOB_STATE_EXPIRED": Outcome.FAILED,
+    }
+    for state, outcome in cases.items():
+        assert job_outcome({"name": "1", "state": state}).outcome is outcome
+    failed = job_outcome(
+        {
+            "name": "7",
+            "state": "JOB_STATE_FAILED",
+            "error": {"code": 13, "message": "x" * 2000},
+            "completionStats": {"successfulCount": "3", "failedCount": None},
+        }
+    )
+    assert (failed.error_code, len(failed.error_message), failed.successful, failed.failed) == (13, 500, 3, None)
+    assert failed.message.startswith("job 7 ended in JOB_STATE_FAILED: xxx") and failed.message.endswith("(code 13)")
+    assert JobOutcome.from_dict(json.loads(json.dumps(failed.as_dict()))) == failed
+    done = job_outcome({"name": "8", "state": "JOB_STATE_SUCCEEDED", "completionStats": {"successfulCount": "100"}})
+    assert len(json.dumps(done.as_dict())) < 120
