@@ -13,6 +13,7 @@ from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.compat import TaskDeferred
 from tests.helpers import assert_in_input_order, make_context, write_requests
+from tests.test_storage import memfs  # noqa: F401  (fixture)
 
 EMULATED = ["Emulated failure"]  # the emulator's failed requests say so (a 400: not retried by default)
 
@@ -220,3 +221,18 @@ def test_example_dag_reuses_an_earlier_run(emulator_factory, tmp_path, monkeypat
     assert dag.test(run_conf={"reuse_results": str(first)}).state == "success"
     assert handle.emulator.jobs_created == 1  # every answer reused: no job
     assert_in_input_order(EXAMPLES / "data" / "example_requests.jsonl", _only("results.jsonl", tmp_path / "second"))
+
+
+def test_object_store_reuse_and_retry_round_leave_only_the_results(emulator_factory, tmp_path, request):
+    store_fs = request.getfixturevalue("memfs")
+    handle = emulator_factory(faults=["create:1:fail-requests=index:2"])
+    source = write_requests(tmp_path / "r.jsonl", 30)
+    first = "memory://bucket/day1/results.jsonl"
+    _run(source, first, retry_failures=EMULATED)  # round 1 read from the object store
+    assert handle.emulator.jobs_created == 2
+    summary = _run(source, "memory://bucket/day2/results.jsonl", reuse_results=first)
+    assert handle.emulator.jobs_created == 2 and summary["reused"] == 30
+    assert store_fs.cat("bucket/day2/results.jsonl") == store_fs.cat("bucket/day1/results.jsonl")
+    assert sorted(store_fs.store) == [
+        f"/bucket/{day}/results{kind}.jsonl" for day in ("day1", "day2") for kind in (".failed", "")
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -564,10 +565,7 @@ class RoundResults(NamedTuple):
     jobs_failed: bool
 
 
-@contextlib.contextmanager
-def _open_results(item: Any) -> Iterator[Any]:
-    with open_source(item, what="results file") as handle:
-        yield handle
+_open_results = functools.partial(open_source, what="results file")
 
 
 def _copy_file(local: str, target: ObjectStoragePath) -> None:
