@@ -553,6 +553,14 @@ class MaaSBatchPredictionOperator(BaseOperator):
                 summary["reused"],
                 summary["deduplicated"],
             )
+        if "cost_usd" in summary:
+            avoided = summary["cost_avoided_usd"]
+            self.log.info(
+                "Cost at the given prices: $%.6f (avoided: $%.6f by reuse, $%.6f by sending identical requests once)",
+                summary["cost_usd"],
+                avoided["reused"],
+                avoided["deduplicated"],
+            )
         return summary
 
 
