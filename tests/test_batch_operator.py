@@ -258,3 +258,28 @@ def test_wait_timeout_reached_in_the_trigger_fails_naming_the_jobs(emulator_fact
     assert event["status"] == "timeout"
     with pytest.raises(MaaSTimeoutError, match=trigger.job_names[0]):
         op.execute_complete(make_context(), event)
+
+
+def test_next_shards_are_uploaded_before_deferring_and_created_at_once_on_resume(emulator_factory, tmp_path):
+    import asyncio
+
+    handle = emulator_factory(job_duration=60)
+    source = write_requests(tmp_path / "r.jsonl", 250)  # 3 shards
+    dest = tmp_path / "results.jsonl"
+    op = _operator(source, dest, deferrable=True, max_active_jobs=2)
+    with pytest.raises(TaskDeferred) as info:
+        op.execute(make_context())
+    assert info.value.trigger.fire_after == 1
+    assert len(_emulator_state(handle)["uploads_by_name"]) == 3  # the pending shard is uploaded ahead
+    assert handle.emulator.jobs_created == 2
+    pending = BatchJournal.for_task(dest, make_context()).load().shards
+    assert [r.status for r in pending.values()].count(ShardStatus.PENDING) == 1
+    for name in info.value.trigger.job_names:
+        handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
+    uploads = sum(1 for e in handle.emulator.access_log if e["method"] == "POST" and "/files" in e["path_qs"])
+    event = asyncio.run(anext(info.value.trigger.run())).payload
+    with pytest.raises(TaskDeferred):
+        op.execute_complete(make_context(), event)
+    log = handle.emulator.access_log
+    assert sum(1 for e in log if e["method"] == "POST" and "/files" in e["path_qs"]) == uploads  # not again
+    assert handle.emulator.jobs_created == 3

@@ -83,6 +83,7 @@ class BatchDriver:
         # Shards holding a slot: uploading, creating or with a job not seen ended.
         self._busy = {r.key for r in state.with_status(ShardStatus.RUNNING, ShardStatus.CREATING)}
         self._downloading: set[ShardKey] = set()
+        self._to_download: deque[ShardKey] = deque()
         self._seen: dict[str, float] = {}
         self._last_state: dict[str, str | None] = {}
         self._poll_errors: dict[str, int] = {}
@@ -150,7 +151,7 @@ class BatchDriver:
             self._seen.pop(outcome.job_name, None)
             if outcome.has_results:
                 self._downloading.add(record.key)
-                self._submit(_Task.DOWNLOAD, record.key, self._download, record.job_name, record.key)
+                self._to_download.append(record.key)  # sent after the creates this frees a slot for
             else:
                 self._retry_or_fail(record.but(job_state=outcome.state), outcome.message)
         self._flush()
@@ -166,16 +167,26 @@ class BatchDriver:
             log.warning("Shard %s: its downloaded results are gone; downloading them again", record.key)
             self._change(record.but(status=ShardStatus.RUNNING))
             self._downloading.add(record.key)
-            self._submit(_Task.DOWNLOAD, record.key, self._download, record.job_name, record.key)
+            self._to_download.append(record.key)
         self._flush()
         return bool(lost)
 
     def pump(self) -> None:
         """Fill the free slots (upload, then marker, then create), finish every transfer in flight;
-        then raise the first error that must stop the task, if one happened."""
+        then raise the first error that must stop the task, if one happened.
+
+        Creates are sent before downloads: the service's clock starts with the create.
+        """
         self.rate_limited = False
+        to_create = self._fill()
         while True:
-            self._fill()
+            self._flush()  # the "creating" markers are stored before the creates are sent
+            for key in to_create:
+                record = self.state.shards[key]
+                self._submit(_Task.CREATE, key, self.hook.create_batch_job, record.file_name, record.display_name)
+            while self._to_download:
+                key = self._to_download.popleft()
+                self._submit(_Task.DOWNLOAD, key, self._download, self.state.shards[key].job_name, key)
             if not self._futures:
                 break
             done, _ = wait(self._futures, return_when=FIRST_COMPLETED)
@@ -184,27 +195,66 @@ class BatchDriver:
                 task, key = self._futures.pop(future)
                 if self._finished(task, key, future):
                     to_create.append(key)
-            self._flush()  # the "creating" markers are stored before the creates are sent
-            for key in to_create:
-                record = self.state.shards[key]
-                self._submit(_Task.CREATE, key, self.hook.create_batch_job, record.file_name, record.display_name)
+            to_create.extend(self._fill())
         self._flush()
         if self._fatal is not None:
             fatal, self._fatal = self._fatal, None
             raise fatal
 
+    def preupload(self, count: int) -> None:
+        """Upload the next ``count`` pending shards now, while the jobs run (uploads cost nothing):
+        once slots free up, their creates go out at once. A failed upload is left for its turn."""
+        keys = [
+            key
+            for key in self._pending
+            if self.state.shards[key].status is ShardStatus.PENDING and not self.state.shards[key].file_name
+        ][:count]
+        futures = {self._pool.submit(self._upload, key): key for key in keys}
+        for future in as_completed(futures):
+            key = futures[future]
+            try:
+                file_name, display_name = future.result()
+            except MaaSError as err:
+                log.warning("Shard %s: uploading ahead failed (%s); it is uploaded again when its turn comes", key, err)
+                continue
+            self._change(self.state.shards[key].but(file_name=file_name, display_name=display_name))
+        self._flush()
+
     # Internals -------------------------------------------------------------------------------
     def _submit(self, task: _Task, key: ShardKey, fn: Callable[..., Any], *args: Any) -> None:
         self._futures[self._pool.submit(fn, *args)] = (task, key)
 
-    def _fill(self) -> None:
+    def _fill(self) -> list[ShardKey]:
+        """Give free slots to pending shards: upload them, or (uploaded ahead) mark them for their
+        create; returns the shards marked."""
+        marked: list[ShardKey] = []
         if self._fatal is not None or self.rate_limited:
-            return
+            return marked
         while self._pending and len(self._busy) < self.max_active_jobs:
             key = self._pending.popleft()
-            if self.state.shards[key].status is ShardStatus.PENDING and key not in self._busy:
-                self._busy.add(key)
+            record = self.state.shards[key]
+            if record.status is not ShardStatus.PENDING or key in self._busy:
+                continue
+            self._busy.add(key)
+            if record.file_name and record.display_name:
+                self._mark_creating(record, record.file_name, record.display_name)
+                marked.append(key)
+            else:
                 self._submit(_Task.UPLOAD, key, self._upload, key)
+        return marked
+
+    def _mark_creating(self, record: ShardRecord, file_name: str, display_name: str) -> None:
+        """The "create in flight" marker: stored (by the next flush) before the create is sent."""
+        self._change(
+            record.but(
+                status=ShardStatus.CREATING,
+                file_name=file_name,
+                display_name=display_name,
+                job_name=None,
+                clear_round=self.clear_round,
+                attempts=record.attempts + 1,
+            )
+        )
 
     def _change(self, record: ShardRecord) -> None:
         self.state.apply(record)
@@ -259,17 +309,7 @@ class BatchDriver:
                 self._busy.discard(key)
                 self._pending.appendleft(key)
                 return False
-            file_name, display_name = result
-            self._change(
-                record.but(
-                    status=ShardStatus.CREATING,
-                    file_name=file_name,
-                    display_name=display_name,
-                    job_name=None,
-                    clear_round=self.clear_round,
-                    attempts=record.attempts + 1,
-                )
-            )
+            self._mark_creating(record, *result)
             return True
         if task is _Task.CREATE:
             self._change(record.but(status=ShardStatus.RUNNING, job_name=result["name"], job_state=result.get("state")))
@@ -296,7 +336,7 @@ class BatchDriver:
             self._pending.appendleft(key)
         elif proves_not_created(err):  # a refusal (4xx), or a connection never made: no job exists
             self._busy.discard(key)
-            self._change(record.but(status=ShardStatus.PENDING, attempts=record.attempts - 1))
+            self._change(record.but(status=ShardStatus.PENDING, attempts=record.attempts - 1, file_name=None))
         # Otherwise an uncertain create: the marker stays, so no later try creates again on its own.
         log.error("Shard %s: %s failed: %s", key, task.value, err)
         if self._fatal is None:
@@ -311,7 +351,7 @@ class BatchDriver:
                 record.attempts + 1,
                 self.shard_retries + 1,
             )
-            self._change(record.but(status=ShardStatus.PENDING, job_name=None, error=reason))
+            self._change(record.but(status=ShardStatus.PENDING, job_name=None, file_name=None, error=reason))
             self._pending.append(record.key)
         else:
             log.error(

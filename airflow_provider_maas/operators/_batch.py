@@ -432,28 +432,35 @@ class MaaSBatchPredictionOperator(BaseOperator):
                     if ended:  # never defer on jobs already seen ended
                         driver.handle(ended)
                         continue
+                    fire_after = self._fire_after(state, running, rate_limited=driver.rate_limited)
+                    driver.preupload(fire_after or 0)
                     journal.settle(state)
-                    self._defer(state, running, rate_limited=driver.rate_limited)
+                    self._defer(state, running, fire_after)
                 if not running:
                     self.log.warning(
                         "The service refused every create for now (429); trying again in %ss", self.poll_interval
                     )
+                else:
+                    driver.preupload(self._fire_after(state, running, rate_limited=driver.rate_limited) or 0)
                 time.sleep(self.poll_interval)
                 driver.handle(driver.poll(running))
         return self._finish(context, journal, state)
 
-    def _defer(self, state: BatchState, running: list[str], *, rate_limited: bool) -> None:
-        """Wait in the triggerer until enough jobs ended to be worth a resume.
+    def _fire_after(self, state: BatchState, running: list[str], *, rate_limited: bool) -> int | None:
+        """How many jobs must end before a resume is worth it; None: all of them.
 
         With shards pending, that is when half of ``max_active_jobs`` slots are free (half of the
         running jobs if the service refused creates); otherwise when every job ended. Resumes are
         thus about 2 x shards / max_active_jobs.
         """
-        fire_after: int | None = None
-        if state.count(ShardStatus.PENDING):
-            free = self.max_active_jobs - len(running)
-            wanted = math.ceil(len(running) / 2) if rate_limited else math.ceil(self.max_active_jobs / 2) - free
-            fire_after = min(len(running), max(1, wanted))
+        if not state.count(ShardStatus.PENDING):
+            return None
+        free = self.max_active_jobs - len(running)
+        wanted = math.ceil(len(running) / 2) if rate_limited else math.ceil(self.max_active_jobs / 2) - free
+        return min(len(running), max(1, wanted))
+
+    def _defer(self, state: BatchState, running: list[str], fire_after: int | None) -> None:
+        """Wait in the triggerer until ``fire_after`` of the running jobs ended (or all, or the deadline)."""
         deadline = state.deadline
         self.log.info("Deferring on %d running jobs (resume when %s of them ended)", len(running), fire_after or "all")
         self.defer(
