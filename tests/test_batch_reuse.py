@@ -236,3 +236,14 @@ def test_object_store_reuse_and_retry_round_leave_only_the_results(emulator_fact
     assert sorted(store_fs.store) == [
         f"/bucket/{day}/results{kind}.jsonl" for day in ("day1", "day2") for kind in (".failed", "")
     ]
+
+
+def test_example_dag_retries_missing_requests_in_one_more_job(emulator_factory, tmp_path, monkeypatch):
+    from tests.test_example_dags import EXAMPLES, _load_dag, _only
+
+    handle = emulator_factory(job_duration=0.5, shuffle_results=True, faults=["create:1:partial-missing=2"])
+    dag = _load_dag("example_maas_batch_single_task", monkeypatch, tmp_path)
+    assert dag.test().state == "success"  # real trigger, real resume (execute_complete) into round 1
+    assert handle.emulator.jobs_created == 2 and _sent_per_job(handle)[-1] == 2
+    records = assert_in_input_order(EXAMPLES / "data" / "example_requests.jsonl", _only("results.jsonl", tmp_path))
+    assert all(r.succeeded for r in records)
