@@ -243,3 +243,13 @@ def test_bad_prices_are_refused(prices, message):
 def test_cost_of_token_totals():
     prices = check_prices({"prompt": 0.3, "candidates": 2.5, "thoughts": 2.5})
     assert cost_of({"prompt_tokens": 1_000_000, "candidates_tokens": 2_000_000, "thoughts_tokens": 0}, prices) == 5.3
+
+
+def test_all_succeeded_reads_no_json_and_says_look_closer_otherwise():
+    from airflow_provider_maas.batch.rounds import all_succeeded
+
+    good = result_line("a") + b"\n" + result_line("b", compact=True)
+    assert all_succeeded(io.BytesIO(good), 2)
+    assert not all_succeeded(io.BytesIO(good), 3)  # one missing
+    assert not all_succeeded(io.BytesIO(good + result_line("c", status="UNAVAILABLE")), 3)
+    assert not all_succeeded(io.BytesIO(b'{"status": "", "request": {}}\n'), 1)  # another layout

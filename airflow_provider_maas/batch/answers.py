@@ -187,7 +187,9 @@ class AnswerStore:
 
 _HEADS = ('{"request": ', '{"request":')
 _RESPONSE = (', "response": {', ',"response":{')
-_OK_TAILS = ('"status":""}', '"status": ""}')
+#: How a successful line of the service ends (bytes: see :func:`_parse` for why it is enough).
+OK_TAILS = (b'"status":""}', b'"status": ""}')
+_OK_TAILS = tuple(tail.decode() for tail in OK_TAILS)
 
 
 def _parse(

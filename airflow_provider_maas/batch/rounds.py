@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from airflow_provider_maas.batch.answers import AnswerStore, reader
+from airflow_provider_maas.batch.answers import OK_TAILS, AnswerStore, reader
 from airflow_provider_maas.batch.cost import cost_of
 from airflow_provider_maas.jsonl import iter_request_lines
 from airflow_provider_maas.results import (
@@ -35,6 +35,7 @@ from airflow_provider_maas.results import (
     _load_object,
     _record,
     _request_digest,
+    iter_line_batches,
 )
 
 #: Statuses retried by default (``re.search``, case-sensitive codes, case-insensitive words): what
@@ -126,6 +127,22 @@ def _open_all(
         files[len(reuse) + number] = handle = stack.enter_context(opener(item))
         store.add(f"of round {number}", handle)
     return files
+
+
+def all_succeeded(results: IO[bytes], expected: int) -> bool:
+    """True if ``results`` holds exactly ``expected`` lines, each a success in the service's own
+    layout (ending with ``"status": ""}``, see ``answers._parse``): then no request of the round
+    failed or is missing, and :func:`write_retries` can be skipped. Reads bytes, decodes no JSON.
+    False only means "look closer" (another layout, a failure, a missing or repeated line)."""
+    count = 0
+    for lines, _ in iter_line_batches(results):
+        for line in lines:
+            line = line.rstrip()
+            if line:
+                if not line.endswith(OK_TAILS):
+                    return False
+                count += 1
+    return count == expected
 
 
 def write_retries(

@@ -20,7 +20,13 @@ from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.driver import BatchDriver
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.parts import concatenate, write_failure_part
-from airflow_provider_maas.batch.rounds import merge_answers, retry_predicate, write_requests_to_send, write_retries
+from airflow_provider_maas.batch.rounds import (
+    all_succeeded,
+    merge_answers,
+    retry_predicate,
+    write_requests_to_send,
+    write_retries,
+)
 from airflow_provider_maas.batch.state import (
     STATE_VERSION,
     BatchState,
@@ -292,6 +298,10 @@ class MaaSBatchPredictionOperator(BaseOperator):
         if number > self.request_retries:
             return False
         results = [item for n in range(number) for item in self._round_results(journal, state, n)]
+        last = results[-1]  # the last round's answered results; a failed shard adds a file after it
+        with open_source(last.path) as handle_last:
+            if not last.jobs_failed and all_succeeded(handle_last, sum(p.requests for p in state.rounds[-1].plans)):
+                return False  # every request of the last round answered: nothing to retry
         handle, path = tempfile.mkstemp(prefix="maas-retry-", suffix=".jsonl")
         try:
             with os.fdopen(handle, "wb") as out, open_source(self.source) as source:
