@@ -86,14 +86,15 @@ def _surrogate_error(text: str) -> _Refused:
     )
 
 
-def _check_list(values: list[Any]) -> None:
-    for value in values:
-        kind = type(value)
-        if kind is str:
-            if not value.isascii() and _lone_surrogate(value):
-                raise _surrogate_error(value)
-        elif kind is list:
-            _check_list(value)
+def _check_value(value: Any) -> None:
+    """Refuse a lone surrogate in a string value or in the strings of an array (nested arrays too)."""
+    kind = type(value)
+    if kind is str:
+        if not value.isascii() and _lone_surrogate(value):
+            raise _surrogate_error(value)
+    elif kind is list:
+        for item in value:
+            _check_value(item)
 
 
 def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -112,12 +113,7 @@ def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     for key, value in pairs:
         if not key.isascii() and _lone_surrogate(key):
             raise _surrogate_error(key)
-        kind = type(value)
-        if kind is str:
-            if not value.isascii() and _lone_surrogate(value):
-                raise _surrogate_error(value)
-        elif kind is list:
-            _check_list(value)
+        _check_value(value)
     return obj
 
 

@@ -328,7 +328,10 @@ def _create_local_part(directory: str, name: str) -> tuple[int, str]:
             continue
         if fcntl is None:  # pragma: no cover
             return fd, tmp
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a filesystem without locks: no cleaner can lock it either, so none removes it
+            return fd, tmp
         # A cleaner may have taken the new part for stale between open and lock: then start again.
         try:
             same = os.path.samestat(os.stat(tmp), os.fstat(fd))

@@ -99,3 +99,13 @@ def test_download_checks_the_destination_before_any_call(emulator, destination):
     with pytest.raises(MaaSInputError, match=r"apache-airflow-providers-amazon\[s3fs\]"):
         MaaSDownloadResultsOperator(task_id="d", job_name="1", destination=destination).execute(make_context())
     assert emulator.emulator.access_log == []
+
+
+def test_a_missing_requests_file_is_refused_before_downloading(emulator, tmp_path):
+    from airflow_provider_maas.exceptions import MaaSInputError
+
+    with pytest.raises(MaaSInputError, match=r"requests file .* does not exist"):
+        MaaSDownloadResultsOperator(
+            task_id="d", job_name="1", destination=str(tmp_path / "r.jsonl"), requests=str(tmp_path / "nope.jsonl")
+        ).execute(make_context())
+    assert emulator.emulator.access_log == []

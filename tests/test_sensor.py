@@ -115,3 +115,51 @@ def test_reschedule_mode_in_real_airflow(emulator_factory, tmp_path):
     assert run.state == "success"
     (ti,) = run.get_task_instances()
     assert ti.state == "success"
+
+
+# max_consecutive_poll_errors -------------------------------------------------------------------
+
+
+def _one_try_hook(sensor: MaaSBatchJobSensor) -> MaaSBatchJobSensor:
+    sensor.__dict__["hook"] = MaaSHook(max_attempts=1)  # one HTTP call per poll: each 503 is a failed poll
+    return sensor
+
+
+def test_poke_mode_rides_out_failed_polls_up_to_the_limit(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=0.1)
+    job_name = _job(tmp_path)
+    handle.emulator.schedule("get:3:503")
+    job = _one_try_hook(_sensor(job_name, timeout=30, max_consecutive_poll_errors=4)).execute(make_context())
+    assert job["state"] == "JOB_STATE_SUCCEEDED"
+
+
+def test_poke_mode_gives_up_at_the_limit(emulator_factory, tmp_path):
+    from airflow_provider_maas.exceptions import MaaSRetryableError
+
+    handle = emulator_factory(job_duration=0.1)
+    job_name = _job(tmp_path)
+    handle.emulator.schedule("get:3:503")
+    with pytest.raises(MaaSRetryableError, match="503"):
+        _one_try_hook(_sensor(job_name, timeout=30, max_consecutive_poll_errors=3)).execute(make_context())
+
+
+def test_deferrable_passes_the_limit_to_the_trigger(emulator_factory, tmp_path):
+    emulator_factory(job_duration=60)
+    job_name = _job(tmp_path)
+    with pytest.raises(TaskDeferred) as info:
+        _sensor(job_name, timeout=100, deferrable=True, max_consecutive_poll_errors=40).execute(make_context())
+    trigger = info.value.trigger
+    assert trigger.max_consecutive_errors == 40
+    _classpath, kwargs = trigger.serialize()
+    assert kwargs["max_consecutive_errors"] == 40
+    with pytest.raises(TaskDeferred) as info:
+        _sensor(job_name, timeout=100, deferrable=True).execute(make_context())
+    assert info.value.trigger.max_consecutive_errors == 5  # the trigger's default
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "5", True])
+def test_max_consecutive_poll_errors_is_checked(bad):
+    from airflow_provider_maas.exceptions import MaaSInputError
+
+    with pytest.raises(MaaSInputError, match="max_consecutive_poll_errors"):
+        _sensor("1", max_consecutive_poll_errors=bad)

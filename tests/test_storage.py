@@ -100,10 +100,17 @@ def test_file_localhost_is_the_root_not_the_current_directory(tmp_path: Path, mo
         to_path("file://fileserver/data/x.jsonl")
 
 
-@pytest.mark.parametrize("bad", ["", "  ", "a/../b", "s3://bucket/a/../b", "nosuchfs://bucket/x", "oci://b/k"])
+@pytest.mark.parametrize("bad", ["", "  ", "a/../b", "s3://bucket/a/../b"])
 def test_to_path_refuses(bad: str):
     with pytest.raises(MaaSInputError):
         to_path(bad)
+
+
+@pytest.mark.parametrize("uri", ["nosuchfs://bucket/x", "oci://b/k"])
+def test_unknown_schemes_are_input_errors(uri: str):
+    # refused by to_path (newer universal-pathlib) or when the filesystem is looked up (Airflow 3.0)
+    with pytest.raises(MaaSInputError):
+        check_destination(uri)
 
 
 def test_check_within_compares_paths_and_the_prefix_connection():
@@ -310,3 +317,47 @@ def test_cleanup_errors_never_fail_a_write(memfs: MemoryFileSystem, monkeypatch:
 
 def test_stale_part_age_is_minutes():
     assert 60 <= storage.STALE_PART_SECONDS <= 15 * 60
+
+
+# --- URIs with a connection id round-trip through the operators ------------------------------------
+
+
+def test_split_download_and_merge_hand_on_uris_that_keep_the_connection(memfs, emulator, tmp_path):
+    from airflow.sdk.io.store import _STORE_CACHE
+
+    from airflow_provider_maas.hooks.maas import MaaSHook
+    from airflow_provider_maas.operators.maas import (
+        MaaSDownloadResultsOperator,
+        MaaSMergeResultsOperator,
+        MaaSSplitRequestsOperator,
+    )
+    from tests.helpers import make_context, write_requests
+
+    _STORE_CACHE.pop("memory")  # only memory:// WITH connection my_conn works: a dropped conn id fails
+    memfs.pipe("/bucket/in/requests.jsonl", write_requests(tmp_path / "r.jsonl", 150).read_bytes())
+    requests = "memory://my_conn@bucket/in/requests.jsonl"
+    shards = MaaSSplitRequestsOperator(
+        task_id="split", source=requests, destination_prefix="memory://my_conn@bucket/work/shards"
+    ).execute(make_context())
+    assert shards == [f"memory://my_conn@bucket/work/shards/part-0000{i}.jsonl" for i in range(2)]
+    hook = MaaSHook()
+    results = []
+    for i, shard in enumerate(shards):
+        job = hook.create_batch_job(hook.upload_file(shard, f"s{i}.jsonl")["name"], f"s{i}")
+        hook.wait_for_batch_job(job["name"], poll_interval=0.05, timeout=30)
+        context = make_context(map_index=i)
+        uri = MaaSDownloadResultsOperator(
+            task_id="download", job_name=job["name"], destination=f"memory://my_conn@bucket/work/results-{i}.jsonl"
+        ).execute(context)
+        assert uri == f"memory://my_conn@bucket/work/results-{i}.jsonl"
+        assert context["ti"].xcom["summary"]["failed_uri"] == f"memory://my_conn@bucket/work/results-{i}.failed.jsonl"
+        results.append(uri)
+    context = make_context()
+    merged = MaaSMergeResultsOperator(
+        task_id="merge", sources=results, requests=requests, destination="memory://my_conn@bucket/out/results.jsonl"
+    ).execute(context)
+    assert merged == "memory://my_conn@bucket/out/results.jsonl"
+    summary = context["ti"].xcom["summary"]
+    assert (summary["requests"], summary["succeeded"]) == (150, 150)
+    assert summary["failed_uri"] == "memory://my_conn@bucket/out/results.failed.jsonl"
+    assert not [key for key in memfs.store if key.endswith(".part")]

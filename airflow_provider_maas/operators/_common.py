@@ -67,11 +67,12 @@ def publish_summary(operator: Any, context: Any, summary: dict[str, Any], uri: s
     """Push XCom ``summary``, log one line, attach the summary to ``Asset`` outlets."""
     context["ti"].xcom_push(key="summary", value=summary)
     operator.log.info(
-        "Results at %s: %s requests, %s succeeded, %s failed, %s tokens",
+        "Results at %s: %s requests, %s succeeded, %s failed (%s missing), %s tokens",
         uri,
         summary.get("requests"),
         summary.get("succeeded"),
         summary.get("failed"),
+        summary.get("missing", 0),
         summary.get("total_tokens"),
     )
     try:

@@ -9,6 +9,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_maas.operators._batch import MaaSBatchPredictionOperator
 from airflow_provider_maas.operators._common import publish_summary
+from airflow_provider_maas.operators._lineage import LineageMixin, ServiceDataset
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 
-class _MaaSOperator(BaseOperator):
+class _MaaSOperator(LineageMixin, BaseOperator):
     """Shared arguments: ``maas_conn_id`` and ``endpoint``."""
 
     def __init__(self, *, maas_conn_id: str = "maas_default", endpoint: str | None = None, **kwargs: Any) -> None:
@@ -73,6 +74,7 @@ class MaaSUploadFileOperator(_MaaSOperator):
             stats = validate_file(handle)
         name = self.file_name or upload_name(context, stats.sha256)
         self.log.info("Uploading %d requests (%d bytes) as %r", stats.requests, stats.bytes, name)
+        self.record_lineage([self.source], [ServiceDataset.file(self.hook.config, name)])
         if stats.clean:
             return self.hook.upload_file(self.source, name)["name"]
         # Blank lines or no final newline: upload exactly the validated lines, one per line.
@@ -137,6 +139,7 @@ class MaaSCreateBatchJobOperator(_MaaSOperator):
         else:
             existing = reusable_job(self.hook, store, JOB_STATE_KEY, self.file_name, self.log)
             if existing:
+                self._record_job_lineage(existing)
                 return existing
         name = self.display_name or display_name(context)
         marker = creating_marker(context, file_name=self.file_name, display_name=name)
@@ -144,9 +147,9 @@ class MaaSCreateBatchJobOperator(_MaaSOperator):
             store.set(JOB_STATE_KEY, marker)  # BEFORE sending: a retry must find it
         try:
             job = self.hook.create_batch_job(self.file_name, name)
-        except MaaSJobCreationUncertainError:
+        except (MaaSJobCreationUncertainError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise  # the marker stays: a retry refuses too
-        except Exception as err:
+        except BaseException as err:  # Airflow's AirflowTaskTimeout/AirflowTaskTerminated are BaseExceptions
             if not proves_not_created(err):
                 raise uncertain_create_error(marker, what=what, cause=err) from err
             if store is not None:
@@ -154,8 +157,13 @@ class MaaSCreateBatchJobOperator(_MaaSOperator):
             raise
         if store is not None:
             store.set(JOB_STATE_KEY, {"job_name": job["name"], "file_name": self.file_name})
+        self._record_job_lineage(job["name"])
         self.log.info("Created job %s from %r (state %s)", job["name"], self.file_name, job.get("state"))
         return job["name"]
+
+    def _record_job_lineage(self, job_name: str) -> None:
+        config = self.hook.config
+        self.record_lineage([ServiceDataset.file(config, self.file_name)], [ServiceDataset.results(config, job_name)])
 
 
 class MaaSDownloadResultsOperator(_MaaSOperator):
@@ -204,6 +212,7 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
         self.extract_images = extract_images
 
     def execute(self, context: Context) -> str:
+        from airflow_provider_maas.exceptions import MaaSInputError
         from airflow_provider_maas.merge import compare_with_job, failed_path_for, merge_results, summarise_results
         from airflow_provider_maas.storage import check_destination, check_within, filesystem_of, to_path, uri_of
 
@@ -211,7 +220,10 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
         check_within(dest, self.allowed_prefix, what="destination")
         ordered = self.requests is not None
         if ordered:
-            filesystem_of(to_path(self.requests, what="requests file"), what="requests file")
+            requests = to_path(self.requests, what="requests file")
+            filesystem_of(requests, what="requests file")
+            if not requests.is_file():
+                raise MaaSInputError(f"The requests file {uri_of(requests)!r} does not exist; give the uploaded file.")
         job = self.hook.get_batch_job(self.job_name)
         metadata = self.hook.download_results(self.job_name, dest)
         if ordered:
@@ -234,6 +246,10 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
                 summary["failed_uri"],
             )
         summary["job_name"] = self.job_name
+        self.record_lineage(
+            [ServiceDataset.results(self.hook.config, self.job_name), *([self.requests] if ordered else [])],
+            [dest, summary["failed_uri"]],
+        )
         if self.extract_images:
             from airflow_provider_maas.merge import extract_images_beside
 
@@ -244,7 +260,7 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
         return uri_of(dest)
 
 
-class MaaSSplitRequestsOperator(BaseOperator):
+class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
     """Split a JSONL file of any size into shards that fit one upload; returns the shard URIs.
 
     Streams the input in constant memory and validates every line first: on a bad line
@@ -277,16 +293,18 @@ class MaaSSplitRequestsOperator(BaseOperator):
     def execute(self, context: Context) -> list[str]:
         from airflow_provider_maas.operators._common import write_shards
 
-        return write_shards(
+        uris = write_shards(
             self.source,
             self.destination_prefix,
             max_requests=self.max_requests_per_file,
             max_bytes=self.max_bytes_per_file,
             log=self.log,
         )
+        self.record_lineage([self.source], [self.destination_prefix])  # the folder, not 1,000 shards
+        return uris
 
 
-class MaaSMergeResultsOperator(BaseOperator):
+class MaaSMergeResultsOperator(LineageMixin, BaseOperator):
     """Merge shard results into one file in the order of the original requests; returns its URI.
 
     Requests that failed or have no result go to ``<destination stem>.failed.jsonl`` (input
@@ -315,6 +333,7 @@ class MaaSMergeResultsOperator(BaseOperator):
             sources = [sources]
         sources = [sources[i] for i in range(len(sources))]  # index, so a lazy XCom list is not over-read
         summary = merge_results(sources, self.requests, dest)
+        self.record_lineage([*sources, self.requests], [dest, summary["failed_uri"]])
         dest_uri = uri_of(dest)
         publish_summary(self, context, summary, dest_uri)
         return dest_uri

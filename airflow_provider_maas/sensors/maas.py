@@ -30,6 +30,10 @@ class MaaSBatchJobSensor(BaseSensorOperator):
     :param poll_interval: Seconds between polls (also ``poke_interval``).
     :param deferrable: Wait in the triggerer, freeing the worker slot.
     :param fail_on_partial: Fail on PARTIALLY_SUCCEEDED instead of warning.
+    :param max_consecutive_poll_errors: Give up after this many failed polls in a row (each poll is
+        already retried by the hook; 429, 5xx, connection errors and timeouts count, a success
+        resets the count), in deferrable and poke modes. Default 5 (the trigger's); raise it to
+        ride out an outage of a few minutes (about ``poll_interval`` seconds per failed poll).
     :param maas_conn_id: The Airflow connection of type ``maas``.
     :param endpoint: ENDPOINT id overriding the connection's (templated).
     """
@@ -44,12 +48,23 @@ class MaaSBatchJobSensor(BaseSensorOperator):
         poll_interval: float = 60,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         fail_on_partial: bool = False,
+        max_consecutive_poll_errors: int | None = None,
         maas_conn_id: str = "maas_default",
         endpoint: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("poke_interval", poll_interval)
         super().__init__(**kwargs)
+        if max_consecutive_poll_errors is not None and (
+            type(max_consecutive_poll_errors) is not int or max_consecutive_poll_errors < 1
+        ):
+            from airflow_provider_maas.exceptions import MaaSInputError
+
+            raise MaaSInputError(
+                f"max_consecutive_poll_errors must be a whole number >= 1, not {max_consecutive_poll_errors!r}"
+            )
+        self.max_consecutive_poll_errors = max_consecutive_poll_errors
+        self._poll_errors = 0
         self.job_name = job_name
         self.poll_interval = poll_interval
         self.deferrable = deferrable
@@ -63,8 +78,32 @@ class MaaSBatchJobSensor(BaseSensorOperator):
 
         return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
 
+    @property
+    def _max_poll_errors(self) -> int:
+        if self.max_consecutive_poll_errors is not None:
+            return self.max_consecutive_poll_errors
+        from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS
+
+        return DEFAULT_MAX_CONSECUTIVE_ERRORS
+
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        job = self.hook.get_batch_job(self.job_name)
+        from airflow_provider_maas.exceptions import MaaSRetryableError
+
+        try:
+            job = self.hook.get_batch_job(self.job_name)
+        except MaaSRetryableError as err:
+            self._poll_errors += 1
+            if self._poll_errors >= self._max_poll_errors:
+                raise
+            self.log.warning(
+                "Polling job %s failed (%d in a row, giving up at %d): %s",
+                self.job_name,
+                self._poll_errors,
+                self._max_poll_errors,
+                err,
+            )
+            return False
+        self._poll_errors = 0
         state = job.get("state")
         kind = classify_state(state)
         if kind is StateKind.UNKNOWN:
@@ -91,6 +130,7 @@ class MaaSBatchJobSensor(BaseSensorOperator):
                 endpoint=self.endpoint,
                 poll_interval=self.poll_interval,
                 end_time=None if timeout is None else time.time() + timeout,
+                max_consecutive_errors=self._max_poll_errors,
             ),
             method_name="execute_complete",
             timeout=None if timeout is None else timedelta(seconds=timeout),
