@@ -20,4 +20,5 @@ FIGURE_MODULES = (
     "benchmarks.parse_cost",
     "benchmarks.reuse_index",
     "benchmarks.end_to_end",
+    "benchmarks.scale",
 )

@@ -5,6 +5,10 @@ Airflow 3 allows it on sqlite, there is no SequentialExecutor any more), ``dag-p
 ``triggerer`` as subprocesses, each in its own process group, with free ports and a shared JWT
 secret. It reads task instances straight from the sqlite file (read-only), finds a task's own
 process under the scheduler in ``/proc`` (Linux), and always kills every process it started.
+
+``DeferredTaskWatch`` follows one (deferrable) task instance from outside while it runs: its
+states, the bytes it keeps in ``task_state_store`` and in trigger rows, and its task process's peak
+RSS, for the tests and the ``scale`` benchmark that run big batches through a real deployment.
 """
 
 from __future__ import annotations
@@ -20,10 +24,18 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 T = TypeVar("T")
+
+#: Mark for tests that find and kill Airflow's processes through ``/proc``.
+LINUX_ONLY = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="finds and kills Airflow's task processes through /proc (Linux only)"
+)
 
 # Runs ``python -m airflow ARGS`` in the same process (exec) after asking Linux to SIGTERM it when the
 # test process dies: even a SIGKILLed pytest leaves no Airflow component running.
@@ -166,6 +178,16 @@ class AirflowProcesses:
         self.all_procs.append(proc)
         return proc
 
+    def start_deployment(self, timeout: float, diagnose: Callable[[], str] | None = None) -> None:
+        """Migrate, then start every component: the scheduler last, once the execution API answers
+        (its workers need it from their first call)."""
+        self.migrate()
+        self.start_api_server()
+        self.start("dag-processor", "dag-processor")
+        self.start("triggerer", "triggerer")
+        wait_for("the execution API server", self.api_ready, timeout, diagnose=diagnose)
+        self.start("scheduler", "scheduler")
+
     def start_api_server(self) -> None:
         self.start("api-server", "api-server", "--apps", "execution", "-H", "127.0.0.1", "-p", str(self.api_port))
 
@@ -293,3 +315,81 @@ class AirflowProcesses:
         for name in self.procs:
             parts.append(f"--- airflow {name} (tail):\n{self.log_tail(name, 12)}")
         return "\n".join(parts)
+
+
+#: What Airflow logs in the task log each time a task defers (task-sdk ``task_runner``).
+DEFERRED_LINE = "Pausing task as DEFERRED."
+#: What Airflow logs on every ``task_state_store`` write over ``[workers] max_value_storage_bytes``.
+OVERSIZED_STATE_LINE = "exceeds configured max_value_storage_bytes"
+
+
+def peak_rss_kb(pid: int) -> int:
+    """``VmHWM`` of a live process in kB (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class DeferredTaskWatch:
+    """Samples one task instance of a real deployment from outside (call :meth:`sample` often).
+
+    Everything is read, never written: the metadata database read-only, ``/proc`` for the task
+    process. Sampling can miss a state that lasts less than one interval; the counts that must be
+    exact (deferrals) come from the task log instead (:meth:`deferrals`).
+    """
+
+    airflow: AirflowProcesses
+    dag_id: str
+    task_id: str
+    states: list[str] = field(default_factory=list)  # every state seen, consecutive repeats folded
+    #: ``(trigger id, created date)`` -> bytes of its stored (encrypted) kwargs.
+    trigger_kwargs: dict[tuple[int, str], int] = field(default_factory=dict)
+    #: Largest ``task_state_store`` value seen per key, in bytes.
+    state_value_max: dict[str, int] = field(default_factory=dict)
+    next_kwargs_max: int = 0  # the largest event handed back to the resumed task (``next_kwargs``)
+    task_pids: set[int] = field(default_factory=set)
+    peak_rss_kb: int = 0  # the largest VmHWM seen of the task processes
+
+    def ti(self) -> dict[str, Any]:
+        return self.airflow.task_instance(self.dag_id, self.task_id) or {}
+
+    def sample(self) -> dict[str, Any]:
+        ti = self.ti()
+        state = ti.get("state")
+        if state and (not self.states or self.states[-1] != state):
+            self.states.append(state)
+        if ti.get("trigger_id") is not None:
+            for trigger_id, created, size in self.airflow.query(
+                "SELECT id, created_date, length(kwargs) FROM trigger WHERE id = ?", (ti["trigger_id"],)
+            ):
+                self.trigger_kwargs[(trigger_id, str(created))] = size
+        for key, size in self.airflow.query(
+            "SELECT key, length(value) FROM task_state_store WHERE dag_id = ? AND task_id = ?",
+            (self.dag_id, self.task_id),
+        ):
+            self.state_value_max[key] = max(size, self.state_value_max.get(key, 0))
+        for (size,) in self.airflow.query(
+            "SELECT length(next_kwargs) FROM task_instance WHERE dag_id = ? AND task_id = ?",
+            (self.dag_id, self.task_id),
+        ):
+            self.next_kwargs_max = max(self.next_kwargs_max, size or 0)
+        if state == "running" and ti.get("id"):
+            found = self.airflow.task_process(ti["id"])
+            if found:
+                self.task_pids.add(found[0])
+        for pid in self.task_pids:
+            self.peak_rss_kb = max(self.peak_rss_kb, peak_rss_kb(pid))
+        self.task_pids = {pid for pid in self.task_pids if alive(pid)}
+        return ti
+
+    def logs(self) -> str:
+        return "".join(self.airflow.task_log(self.dag_id, self.task_id, attempt) for attempt in range(1, 6))
+
+    def deferrals(self) -> int:
+        """How many times the task deferred (so resumed, or will), over all its tries."""
+        return self.logs().count(DEFERRED_LINE)

@@ -20,6 +20,7 @@ FIGURES = (
     "parse-cost",
     "reuse-index",
     "end-to-end",
+    "scale",
 )
 
 
