@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PORT ?= 0
 
-.PHONY: install demo test lint unit bench bench-smoke clean test-distributed clean-distributed
+.PHONY: install demo test test-unit lint unit bench bench-smoke clean test-distributed clean-distributed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 ## Lint, type-check and run the whole test suite (browser test included: `browser-deps` first).
 test: $(STAMP) lint browser-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+## The fast tier alone: pure modules, no emulator, no Airflow task (`-m integration` / `-m system`: the others).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

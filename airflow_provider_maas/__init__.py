@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow_provider_maas.connection import CONN_FIELDS, UI_FIELD_BEHAVIOUR
+
 __version__ = "0.1.0"
 
 INTEGRATION = "MaaS Gemini Batch"
@@ -11,7 +13,6 @@ INTEGRATION = "MaaS Gemini Batch"
 
 def get_provider_info() -> dict[str, Any]:
     """Provider metadata read by Airflow's providers manager (entry point ``apache_airflow_provider``)."""
-    from airflow_provider_maas.connection import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 
     return {
         "package-name": "airflow-provider-maas",

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from airflow_provider_maas._compat import AirflowSensorTimeout
 from airflow_provider_maas.exceptions import MaaSError, MaaSJobFailedError
-from airflow_provider_maas.states import StateKind, classify_state, completion_counts, job_error_message
+from airflow_provider_maas.states import Outcome, job_outcome
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,6 @@ def check_job_event(event: Any, *, fail_on_partial: bool = False) -> dict[str, A
 
     Shared by the sensor and the operators' ``execute_complete``.
     """
-    from airflow_provider_maas._compat import AirflowSensorTimeout
 
     if not isinstance(event, dict) or event.get("status") not in {"success", "error", "timeout"}:
         raise MaaSError(f"Unexpected event from the MaaS trigger: {event!r}")
@@ -38,7 +38,10 @@ def check_job_event(event: Any, *, fail_on_partial: bool = False) -> dict[str, A
     if event["status"] == "error":
         if job:
             raise MaaSJobFailedError(
-                event.get("message") or job_error_message(job), job_name=job_name, state=job.get("state"), job=job
+                event.get("message") or job_outcome(job, job_name).message,
+                job_name=job_name,
+                state=job.get("state"),
+                job=job,
             )
         raise MaaSError(event.get("message") or f"Waiting for job {job_name} failed")
     if not isinstance(job, dict):
@@ -48,10 +51,10 @@ def check_job_event(event: Any, *, fail_on_partial: bool = False) -> dict[str, A
 
 def check_final_job(job: dict[str, Any], *, fail_on_partial: bool = False) -> dict[str, Any]:
     """Accept a job that ended with results; warn (or fail) on partial success."""
-    state = job.get("state")
-    kind = classify_state(state)
-    if kind is StateKind.PARTIAL:
-        ok, failed = completion_counts(job)
+    outcome = job_outcome(job)
+    state = outcome.state
+    if outcome.outcome is Outcome.PARTIAL:
+        ok, failed = outcome.successful, outcome.failed
         message = (
             f"Job {job.get('name')} PARTIALLY_SUCCEEDED: {ok if ok is not None else '?'} requests succeeded, "
             f"{failed if failed is not None else '?'} failed"
@@ -62,8 +65,8 @@ def check_final_job(job: dict[str, Any], *, fail_on_partial: bool = False) -> di
             )
         log.warning("%s; the failed requests are missing from the results.", message)
         return job
-    if kind is StateKind.FAILED:
-        raise MaaSJobFailedError(job_error_message(job), job_name=job.get("name"), state=state, job=job)
-    if kind is not StateKind.SUCCEEDED:
+    if outcome.outcome is Outcome.FAILED:
+        raise MaaSJobFailedError(outcome.message, job_name=job.get("name"), state=state, job=job)
+    if outcome.outcome is not Outcome.SUCCEEDED:
         raise MaaSError(f"Job {job.get('name')} is {state}, not finished")
     return job

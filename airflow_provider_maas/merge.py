@@ -7,19 +7,25 @@ Used by the download, merge and one-task operators alike. Works on any storage
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
-from airflow_provider_maas.jsonl import iter_request_lines
-from airflow_provider_maas.ordering import ResultIndex, line_reader, order_results
+from airflow_provider_maas.jsonl import RequestLine, iter_request_lines
+from airflow_provider_maas.ordering import OrderedItem, ResultIndex, line_reader, order_results
 from airflow_provider_maas.results import (
     ResultSummary,
+    extract_images,
     iter_lines,
     normalise_request,
     parse_result_line,
 )
+from airflow_provider_maas.states import job_outcome
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +55,6 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
     in ``duplicates`` only, not as another request. Returns the summary dict (see
     ``ResultSummary``) plus ``missing``, ``duplicates`` and ``bytes``.
     """
-    import hashlib
 
     summary = ResultSummary()
     seen: set[bytes] = set()
@@ -84,9 +89,8 @@ def compare_with_job(summary: dict[str, Any], job: dict[str, Any], *, ordered: b
     Sets ``expected_requests`` (the service's count, or None when it sent none). A null
     ``failedCount`` beside a ``successfulCount`` is 0, as the service sends it.
     """
-    from airflow_provider_maas.states import completion_counts
-
-    succeeded, failed = completion_counts(job)
+    outcome = job_outcome(job)
+    succeeded, failed = outcome.successful, outcome.failed
     if succeeded is not None and failed is None:
         failed = 0
     expected = succeeded + failed if succeeded is not None and failed is not None else None
@@ -113,7 +117,6 @@ def compare_with_job(summary: dict[str, Any], job: dict[str, Any], *, ordered: b
 
 def extract_images_beside(results: Any) -> list[str]:
     """Write the inline images of ``results`` to ``<stem>_images/`` beside it; return their URIs."""
-    from airflow_provider_maas.results import extract_images
 
     path = to_path(results, what="results file")
     folder = path.parent / f"{path.stem}_images"
@@ -140,12 +143,14 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[s
     ``<destination stem>.failed.jsonl``. Results matching no request are counted (``unmatched``)
     and logged, never silently dropped from the count. Returns the summary dict plus ``missing``,
     ``unmatched``, ``bytes`` and ``failed_uri``.
+
+    One index holds every result line (about 185 bytes each): when the results of each shard are
+    known to answer one range of input lines, :func:`merge_shard_results` keeps memory flat.
     """
     dest = to_path(destination, what="destination")
     failed = failed_path_for(dest)
     index = ResultIndex()
-    summary = ResultSummary()
-    written = 0
+    merge = _Merge()
     with contextlib.ExitStack() as stack:
         files = {}
         for number, source in enumerate(sources):
@@ -155,32 +160,114 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[s
         requests_handle = stack.enter_context(open_source(requests, what="requests file"))
         out = stack.enter_context(atomic_writer(dest))
         failed_out = stack.enter_context(atomic_writer(failed))
-        for item in order_results(iter_request_lines(requests_handle), index, line_reader(files)):
-            summary.add(item.record)
+        merge.write(order_results(iter_request_lines(requests_handle), index, line_reader(files)), out, failed_out)
+        merge.leftovers(index, "results #")
+    return merge.report(dest, failed)
+
+
+def merge_shard_results(parts: Iterable[tuple[Any, int, int]], requests: Any, destination: Any) -> dict[str, Any]:
+    """:func:`merge_results` for results known shard by shard: memory follows the largest shard.
+
+    :param parts: ``(results, first_line, last_line)`` per shard, in input order: the shard's
+        results file answers the requests on lines ``first_line`` to ``last_line`` (1-based, as
+        ``ShardPlan`` counts them) of ``requests``. Requests on no shard's lines are missing.
+
+    The requests file is read once; each shard's results are indexed alone, paired with its lines,
+    written, and dropped. A result line of one shard is never matched to a request of another:
+    it is counted in ``unmatched``. Returns the same summary as :func:`merge_results`.
+    """
+    dest = to_path(destination, what="destination")
+    failed = failed_path_for(dest)
+    merge = _Merge()
+    with contextlib.ExitStack() as stack:
+        requests_handle = stack.enter_context(open_source(requests, what="requests file"))
+        out = stack.enter_context(atomic_writer(dest))
+        failed_out = stack.enter_context(atomic_writer(failed))
+        lines = _LineRange(iter_request_lines(requests_handle))
+        previous = 0
+        for number, (source, first_line, last_line) in enumerate(parts):
+            if first_line <= previous or last_line < first_line:
+                raise ValueError(
+                    f"shard #{number} covers lines {first_line}-{last_line}, after line {previous}: "
+                    "parts must be in input order and not overlap"
+                )
+            previous = last_line
+            index = ResultIndex()
+            with open_source(source, what=f"results of shard #{number}") as handle:
+                index.add(number, handle)
+                merge.write(order_results(lines.upto(last_line), index, line_reader({number: handle})), out, failed_out)
+            merge.leftovers(index, "shard #")
+        merge.write(order_results(lines.upto(None), ResultIndex(), line_reader({})), out, failed_out)
+    return merge.report(dest, failed)
+
+
+class _LineRange:
+    """Hands out the request lines of one file range by range, reading the file once."""
+
+    def __init__(self, lines: Iterator[RequestLine]) -> None:
+        self._lines = lines
+        self._next: RequestLine | None = None
+
+    def upto(self, last_line: int | None) -> Iterator[RequestLine]:
+        """The lines up to ``last_line`` included (all that are left when None)."""
+        while True:
+            line = self._next if self._next is not None else next(self._lines, None)
+            self._next = None
+            if line is None:
+                return
+            if last_line is not None and line.line_number > last_line:
+                self._next = line
+                return
+            yield line
+
+
+class _Merge:
+    """The output side of a merge: ordered results and failed lines written, totals kept."""
+
+    def __init__(self) -> None:
+        self.summary = ResultSummary()
+        self.written = 0
+        self.duplicates = 0
+        self.unmatched = 0
+        self.first_unmatched = ""
+
+    def write(self, items: Iterable[OrderedItem], out: IO[bytes], failed_out: IO[bytes]) -> None:
+        for item in items:
+            self.summary.add(item.record)
             if item.result_raw is not None:
                 out.write(item.result_raw)
-                written += len(item.result_raw)
+                self.written += len(item.result_raw)
             if item.failed:
                 failed_out.write(item.request_raw)
-        unmatched = index.unmatched()
-        duplicates = index.repeats()
-    if duplicates:
-        log.warning("%d result lines are second results of a request; kept once in %s", duplicates, uri_of(dest))
-    if len(unmatched) > duplicates:
-        log.warning(
-            "%d result lines match no request of the input (first left over: results #%s line %d); they are not in %s",
-            len(unmatched) - duplicates,
-            unmatched[0].source_id,
-            unmatched[0].line_number,
-            uri_of(dest),
+
+    def leftovers(self, index: ResultIndex, label: str) -> None:
+        """Count what ``index`` still holds once its requests were paired: repeats and unmatched lines."""
+        left = index.unmatched()
+        repeats = index.repeats()
+        self.duplicates += repeats
+        if len(left) > repeats and not self.first_unmatched:
+            self.first_unmatched = f"{label}{left[0].source_id} line {left[0].line_number}"
+        self.unmatched += len(left) - repeats
+
+    def report(self, dest: Any, failed: Any) -> dict[str, Any]:
+        if self.duplicates:
+            log.warning(
+                "%d result lines are second results of a request; kept once in %s", self.duplicates, uri_of(dest)
+            )
+        if self.unmatched:
+            log.warning(
+                "%d result lines match no request of the input (first left over: %s); they are not in %s",
+                self.unmatched,
+                self.first_unmatched,
+                uri_of(dest),
+            )
+        _log_failures(self.summary, uri_of(dest))
+        result: dict[str, Any] = self.summary.as_dict()
+        result.update(
+            missing=self.summary.missing,
+            duplicates=self.duplicates,
+            unmatched=self.unmatched,
+            bytes=self.written,
+            failed_uri=uri_of(failed),
         )
-    _log_failures(summary, uri_of(dest))
-    result: dict[str, Any] = summary.as_dict()
-    result.update(
-        missing=summary.missing,
-        duplicates=duplicates,
-        unmatched=len(unmatched) - duplicates,
-        bytes=written,
-        failed_uri=uri_of(failed),
-    )
-    return result
+        return result

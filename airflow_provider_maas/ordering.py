@@ -15,10 +15,10 @@ from airflow_provider_maas.results import (
     MISSING_STATUS,
     ResultRecord,
     ResultsFormatError,
-    _load_object,
-    _record,
-    _request_digest,
     iter_lines,
+    load_result_object,
+    request_digest,
+    result_record,
 )
 
 if TYPE_CHECKING:
@@ -78,14 +78,14 @@ class ResultIndex:
         self._sources.append(source_id)
         count = 0
         for line_number, offset, line in iter_lines(fileobj):
-            obj = _load_object(line, f"results {source_id} line {line_number}", line_number)
+            obj = load_result_object(line, f"results {source_id} line {line_number}", line_number)
             packed = self._pack(source, line_number, offset, len(line))
             request = obj.get("request")
             count += 1
             if not isinstance(request, dict):
                 self._no_request.append(packed)
                 continue
-            digest = _request_digest(request)
+            digest = request_digest(request)
             slot = self._by_digest.get(digest)
             if slot is None:
                 self._by_digest[digest] = packed
@@ -100,7 +100,7 @@ class ResultIndex:
 
     def pop(self, request: Any) -> ResultLocation | None:
         """Take the location of the next result for ``request`` (the input's request object), or None."""
-        digest = _request_digest(request)
+        digest = request_digest(request)
         slot = self._by_digest.get(digest)
         if slot is None:
             return None
@@ -201,5 +201,5 @@ def order_results(
                 f"{label}: read {len(line)} bytes, expected {location.length}; did the file change?",
                 line_number=location.line_number,
             )
-        record = _record(_load_object(line, label, location.line_number), line_number)
+        record = result_record(load_result_object(line, label, location.line_number), line_number)
         yield OrderedItem(line_number, raw, line + b"\n", record)

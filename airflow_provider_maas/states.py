@@ -165,19 +165,11 @@ def job_outcome(job: dict[str, Any], job_name: str | None = None) -> JobOutcome:
     )
 
 
-def log_state_change(log: Any, job_name: str, state: str | None, seconds: float) -> None:
-    """Log a job's new state (info), warning on an undocumented one; callers call it on changes only."""
-    log.info("Job %s is %s (after %.0fs)", job_name, state, seconds)
+def log_state_change(log: Any, job_name: str, state: str | None, seconds: float | None = None) -> None:
+    """Log a job's new state (info), warning on an undocumented one; waiters that poll call it on changes only."""
+    if seconds is None:
+        log.info("Job %s is %s", job_name, state)
+    else:
+        log.info("Job %s is %s (after %.0fs)", job_name, state, seconds)
     if classify_state(state) is StateKind.UNKNOWN:
         log.warning("Job %s is in an undocumented state %r; still polling", job_name, state)
-
-
-def job_error_message(job: dict[str, Any]) -> str:
-    """A readable message for a job that ended badly, from its ``error`` object when present."""
-    return job_outcome(job).message
-
-
-def completion_counts(job: dict[str, Any]) -> tuple[int | None, int | None]:
-    """``(successful, failed)`` from ``completionStats``; the service sends strings or null."""
-    outcome = job_outcome(job)
-    return outcome.successful, outcome.failed

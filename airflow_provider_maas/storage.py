@@ -19,15 +19,21 @@ import re
 import secrets
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
+from airflow.sdk import ObjectStoragePath
+
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError
+
+try:
+    from airflow.sdk.io.fs import has_fs
+except ImportError:  # Airflow 3.0
+    from airflow.io import has_fs  # type: ignore[no-redef,attr-defined,unused-ignore]
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from airflow.sdk import ObjectStoragePath
 
 try:
     import fcntl
@@ -66,8 +72,6 @@ def to_path(target: Any, *, what: str = "path") -> ObjectStoragePath:
     Relative local paths are made absolute; ``..`` segments are refused (path traversal);
     ``file://localhost/x`` is ``/x``. A connection id in the URI (``s3://my_conn@bucket/key``) is kept.
     """
-    from airflow.sdk import ObjectStoragePath
-
     if isinstance(target, ObjectStoragePath):
         path = target
     elif isinstance(target, (str, os.PathLike)):
@@ -178,10 +182,6 @@ def _cannot_use(path: ObjectStoragePath, what: str, err: Exception) -> MaaSInput
 
 
 def _has_fs(protocol: str) -> bool:
-    try:
-        from airflow.sdk.io.fs import has_fs
-    except ImportError:  # Airflow 3.0
-        from airflow.io import has_fs  # type: ignore[no-redef,attr-defined,unused-ignore]
     try:
         return bool(has_fs(protocol))
     except Exception:  # a broken provider: report the scheme as unusable
@@ -468,8 +468,6 @@ class EarlyWriteback:
         if self._pending is not None:
             self._pending.result()  # a failed write-back fails the transfer
         if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="maas-writeback")
         self._handle.flush()
         self._pending = self._pool.submit(getattr(os, "fdatasync", os.fsync), self._fd)

@@ -17,6 +17,7 @@ FIGURE_MODULES = (
     "benchmarks.download",
     "benchmarks.upload",
     "benchmarks.split_validate",
+    "benchmarks.merge_1m",
     "benchmarks.parse_cost",
     "benchmarks.reuse_index",
     "benchmarks.end_to_end",

@@ -24,8 +24,50 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 import pytest  # noqa: E402
 
 from airflow_provider_maas.emulator import EmulatorConfig, run_emulator  # noqa: E402
+from airflow_provider_maas.storage import INSTALL_HINTS  # noqa: E402
 
 API_KEY = "test-secret-key-0123456789"
+
+#: Test tiers (markers registered in pyproject.toml), by file. Files named nowhere are integration.
+UNIT_FILES = frozenset(
+    {
+        "test_api.py",
+        "test_batch_state.py",
+        "test_integrity.py",
+        "test_jsonl.py",
+        "test_merge.py",
+        "test_provider_info.py",
+        "test_results.py",
+        "test_storage.py",
+    }
+)
+SYSTEM_FILES = frozenset(
+    {
+        "test_benchmarks_smoke.py",
+        "test_connection_test.py",
+        "test_crash_restart.py",
+        "test_create_killed.py",
+        "test_demo.py",
+    }
+)
+SYSTEM_DIRS = frozenset({"browser", "distributed"})
+#: A test of a unit file that starts an emulator is an integration test.
+_EMULATOR_FIXTURES = frozenset({"emulator", "emulator_factory"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test ``unit``, ``integration`` or ``system`` (``make test-unit`` runs ``-m unit``)."""
+    for item in items:
+        path = item.path
+        if path.name in SYSTEM_FILES or SYSTEM_DIRS.intersection(path.relative_to(ROOT).parts):
+            tier = "system"
+        elif path.name in UNIT_FILES and not _EMULATOR_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            tier = "unit"
+        else:
+            tier = "integration"
+        item.add_marker(tier)
+
+
 ENDPOINT = "test-endpoint"
 
 
@@ -75,3 +117,26 @@ def emulator_factory(monkeypatch):
 def emulator(emulator_factory):
     """A default emulator (fast jobs) with ``maas_default`` pointing at it."""
     return emulator_factory()
+
+
+@pytest.fixture
+def without_store_providers(monkeypatch: pytest.MonkeyPatch):
+    """The object stores of ``storage.INSTALL_HINTS`` (and ``az``) unregistered, whatever is installed.
+
+    With the amazon provider installed, ``s3://`` resolves (and reaches AWS): these tests are about
+    what a user WITHOUT the provider sees.
+    """
+    try:
+        from airflow.sdk.io import fs as registry
+        from airflow.sdk.io.store import _STORE_CACHE
+    except ImportError:  # Airflow 3.0
+        from airflow.io import fs as registry  # type: ignore[no-redef,attr-defined,unused-ignore]
+        from airflow.io.store import _STORE_CACHE  # type: ignore[no-redef,import-not-found,unused-ignore]
+
+    hidden = {*INSTALL_HINTS, "az"}
+    registered = registry._register_filesystems()
+    monkeypatch.setattr(
+        registry, "_register_filesystems", lambda: {k: v for k, v in registered.items() if k not in hidden}
+    )
+    for alias in [a for a in _STORE_CACHE if a.split("-", 1)[0] in hidden]:
+        monkeypatch.delitem(_STORE_CACHE, alias)

@@ -138,6 +138,20 @@ def test_429_on_create_leaves_the_shard_for_the_next_round(emulator_factory, tmp
     assert context["ti"].xcom["summary"]["jobs"] == 3  # the refused create is not an attempt
 
 
+def test_429_on_a_download_leaves_the_shard_to_be_polled_and_downloaded_again(emulator_factory, tmp_path):
+    # The results metadata answers 429 five times in a row: the hook's five attempts for the first
+    # shard's download all fail (MaaSRateLimitError). The shard must be polled and downloaded again,
+    # not left aside until the deadline, and no job is created twice.
+    handle = emulator_factory(faults=["metadata:5:429"], retry_after=0.0, job_duration=0.1)
+    source = write_requests(tmp_path / "r.jsonl", 150)
+    dest = tmp_path / "results.jsonl"
+    context = make_context()
+    _operator(source, dest, max_parallel_transfers=1, wait_timeout=60).execute(context)
+    assert handle.emulator.jobs_created == 2
+    assert_in_input_order(source, dest)
+    assert context["ti"].xcom["summary"]["succeeded"] == 150
+
+
 def test_every_job_failed_fails_the_task_with_the_service_error_per_request(emulator_factory, tmp_path):
     handle = emulator_factory(final_state="JOB_STATE_FAILED", job_duration=0.1)
     source = write_requests(tmp_path / "r.jsonl", 150)

@@ -17,6 +17,7 @@ FIGURES = (
     "download",
     "upload",
     "split-validate",
+    "merge-1m",
     "parse-cost",
     "reuse-index",
     "end-to-end",

@@ -92,6 +92,7 @@ def test_complete_results_report_no_difference(emulator, tmp_path, capsys):
     assert "differ" not in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("without_store_providers")
 @pytest.mark.parametrize("destination", ["s3://bucket/out/results.jsonl"])
 def test_download_checks_the_destination_before_any_call(emulator, destination):
     from airflow_provider_maas.exceptions import MaaSInputError

@@ -90,9 +90,9 @@ def test_object_store_names_follow_the_openlineage_spec():
     pytest.importorskip("airflow.providers.openlineage")
     from airflow.providers.common.compat.openlineage.facet import Dataset
 
-    from airflow_provider_maas.operators._lineage import _dataset
+    from airflow_provider_maas.operators._lineage import lineage_dataset
 
-    dataset = _dataset("s3://my_conn@bucket/out/results.jsonl", Dataset)
+    dataset = lineage_dataset("s3://my_conn@bucket/out/results.jsonl", Dataset)
     assert (dataset.namespace, dataset.name) == ("s3://bucket", "out/results.jsonl")  # no connection id
 
 

@@ -25,12 +25,7 @@ MANUAL = {"README.md": README, **DOCS}
 BIN = os.path.dirname(sys.executable)
 
 #: Parameters the README documents ahead of the branches adding them (empty this once they landed).
-PENDING_PARAMETERS = {
-    ("MaaSDownloadResultsOperator", "requests"),
-    ("MaaSBatchJobSensor", "max_consecutive_poll_errors"),
-    ("MaaSBatchPredictionOperator", "max_consecutive_poll_errors"),
-    ("MaaSBatchPredictionOperator", "max_parallel_transfers"),
-}
+PENDING_PARAMETERS: set[tuple[str, str]] = set()
 #: Parameters of the operators that call the service, documented once for all of them.
 COMMON = {"maas_conn_id", "endpoint"}
 
@@ -267,8 +262,13 @@ def test_retry_counts_are_the_codes():
     from airflow_provider_maas.hooks.maas import MaaSHook
     from airflow_provider_maas.triggers.maas import MaaSBatchJobTrigger
 
-    (worker,) = re.findall(r"(\d+) attempts per call on a worker", _section(README, "## Errors"))
-    assert int(worker) == inspect.signature(MaaSHook.__init__).parameters["max_attempts"].default
+    (attempts,) = re.findall(
+        r"(\d+) attempts per call, on a worker and per poll in the triggerer alike", _section(README, "## Errors")
+    )
+    assert int(attempts) == inspect.signature(MaaSHook.__init__).parameters["max_attempts"].default
+    # The triggers build their hook with its default attempts, like the operators do.
+    source = inspect.getsource(importlib.import_module("airflow_provider_maas.triggers.maas"))
+    assert "max_attempts" not in source
     (tolerated,) = re.findall(r"triggers tolerate (\d+) consecutive failed polls", DOCS["docs/reliability.md"])
     default = inspect.signature(MaaSBatchJobTrigger.__init__).parameters["max_consecutive_errors"].default
     assert int(tolerated) == default

@@ -21,7 +21,6 @@ from airflow_provider_maas.results import (
     ResultsFormatError,
     ResultSummary,
     extract_images,
-    extract_images_to_dir,
     iter_line_batches,
     iter_results,
     parse_result_line,
@@ -257,13 +256,19 @@ def image_results() -> bytes:
     return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
 
 
-def test_extract_images_to_dir(tmp_path: Path):
-    out = tmp_path / "images" / "nested"
-    paths = extract_images_to_dir(io.BytesIO(image_results()), out, prefix="job42")
-    assert [Path(p).name for p in paths] == ["job42-1-0-1.png", "job42-1-0-2.jpg", "job42-1-1-0.bin"]
-    assert (out / "job42-1-0-1.png").read_bytes() == tiny_png()
-    assert (out / "job42-1-0-2.jpg").read_bytes() == b"jpeg!"
-    assert (out / "job42-1-1-0.bin").read_bytes() == b"\x00\x01\x02"
+def test_extract_images_beside_the_results(tmp_path: Path):
+    from airflow_provider_maas.merge import extract_images_beside
+
+    results = tmp_path / "out" / "job42.jsonl"
+    results.parent.mkdir()
+    results.write_bytes(image_results())
+    uris = extract_images_beside(results)
+    out = tmp_path / "out" / "job42_images"
+    assert uris == [(out / name).as_uri() for name in ("image-1-0-1.png", "image-1-0-2.jpg", "image-1-1-0.bin")]
+    assert (out / "image-1-0-1.png").read_bytes() == tiny_png()
+    assert (out / "image-1-0-2.jpg").read_bytes() == b"jpeg!"
+    assert (out / "image-1-1-0.bin").read_bytes() == b"\x00\x01\x02"
+    assert sorted(p.name for p in out.iterdir()) == ["image-1-0-1.png", "image-1-0-2.jpg", "image-1-1-0.bin"]
 
 
 def test_extract_images_with_a_writer():

@@ -78,16 +78,16 @@ def test_store_finds_the_echoed_request_both_layouts_and_prefers_success(tmp_pat
         "r.jsonl",
         [result_line("a", status="INTERNAL"), result_line("a", compact=True), b"\n", result_line("b")],
     )
-    from airflow_provider_maas.results import _request_digest
+    from airflow_provider_maas.results import request_digest
 
     with AnswerStore() as store, path.open("rb") as handle:
         added = store.add("r", handle)
         assert (added.lines, added.succeeded) == (3, 2)
-        best = store.best(_request_digest(request("a")))
+        best = store.best(request_digest(request("a")))
         assert best is not None and best.succeeded and best.line == 2
-        assert store.best(_request_digest(request("c"))) is None
-        assert store.best(_request_digest(request("b")), take=True).line == 4
-        assert store.best(_request_digest(request("b"))) is None  # taken
+        assert store.best(request_digest(request("c"))) is None
+        assert store.best(request_digest(request("b")), take=True).line == 4
+        assert store.best(request_digest(request("b"))) is None  # taken
 
 
 def test_store_names_file_and_line_of_a_damaged_results_file(tmp_path):

@@ -133,6 +133,7 @@ def test_check_within_compares_paths_and_the_prefix_connection():
         ("az://container/x.jsonl", "registers the az:// filesystem"),
     ],
 )
+@pytest.mark.usefixtures("without_store_providers")
 def test_check_destination_names_what_to_install(uri: str, install: str):
     with pytest.raises(MaaSInputError, match="no filesystem is registered") as err:
         check_destination(uri)
@@ -193,6 +194,7 @@ def test_check_destination_maps_store_errors(memfs: MemoryFileSystem, monkeypatc
     assert not isinstance(err.value, MaaSInputError)  # may pass on a retry
 
 
+@pytest.mark.usefixtures("without_store_providers")
 def test_open_source_on_an_object_store(memfs: MemoryFileSystem):
     memfs.pipe("/bucket/in.jsonl", b'{"request": {}}\n')
     with open_source("memory://my_conn@bucket/in.jsonl") as handle:

@@ -1,7 +1,7 @@
 """Where the answer to each request is: earlier results to reuse, and this batch's own results.
 
 An :class:`AnswerStore` indexes results files by the digest of their normalised request (the same
-``results._request_digest`` the merge uses to match results to requests, so an echoed request
+``results.request_digest`` the merge uses to match results to requests, so an echoed request
 finds its input line) and says, for a request, which line holds its best answer: a successful one
 if any (first indexed first), else the failure indexed last (the latest round's reason).
 
@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, NamedTuple
 
-from airflow_provider_maas.results import ResultsFormatError, _request_digest, iter_line_batches
+from airflow_provider_maas.results import ResultsFormatError, iter_line_batches, request_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -122,7 +122,7 @@ class AnswerStore:
                         request, ok = _parse(decode, line, label, line_number)
                         succeeded += ok
                         if request is not None and (ok or not successes_only):
-                            rows.append((_request_digest(request), ok, source, line_number, offset, length))
+                            rows.append((request_digest(request), ok, source, line_number, offset, length))
                             if len(rows) >= _BATCH:
                                 db.executemany("INSERT INTO answers VALUES (?,?,?,?,?,?)", rows)
                                 rows.clear()

@@ -283,6 +283,10 @@ class BatchDriver:
         try:
             result = future.result()
         except MaaSRateLimitError as err:
+            if task is _Task.DOWNLOAD:  # the job stays RUNNING: polled again, then downloaded again
+                self._downloading.discard(key)
+                log.warning("Shard %s: %s; its results are downloaded at the next poll", key, err)
+                return False
             self._busy.discard(key)
             self._pending.appendleft(key)
             self.rate_limited = True

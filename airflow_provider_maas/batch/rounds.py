@@ -11,7 +11,7 @@ Three passes over the input, each streaming it once against an :class:`~.answers
   any source, else the failure of the latest round), in input order; the failed file gets the
   requests that have none; the summary counts where each answer came from and, with prices, the cost.
 
-"Identical" is the same normalised request (``results._request_digest``, the digest the merge
+"Identical" is the same normalised request (``results.request_digest``, the digest the merge
 already matches results to requests with). With ``deduplicate=False`` identical requests are
 independent: each is sent, and each earlier answer is reused for at most one of them (first come,
 first served), as the results of identical requests pair everywhere else. No Airflow import.
@@ -32,10 +32,10 @@ from airflow_provider_maas.results import (
     MISSING_STATUS,
     ResultRecord,
     ResultSummary,
-    _load_object,
-    _record,
-    _request_digest,
     iter_line_batches,
+    load_result_object,
+    request_digest,
+    result_record,
 )
 
 #: Statuses retried by default (``re.search``, case-sensitive codes, case-insensitive words): what
@@ -105,7 +105,7 @@ def write_requests_to_send(
         _open_all(stack, store, reuse, (), opener)
         for line in iter_request_lines(source):
             requests += 1
-            digest = _request_digest(line.request)
+            digest = request_digest(line.request)
             if reuse and store.best(digest, take=not deduplicate, successes_only=True):
                 reused += 1
             elif deduplicate and store.seen(digest):
@@ -168,14 +168,16 @@ def write_retries(
     with AnswerStore() as store, contextlib.ExitStack() as stack:
         read = reader(_open_all(stack, store, reuse, results, opener))
         for line in iter_request_lines(source):
-            digest = _request_digest(line.request)
+            digest = request_digest(line.request)
             answer = store.best(digest, take=not deduplicate)
             if answer is not None and answer.succeeded:
                 continue
             if answer is not None:
                 if answer.source in final_sources:
                     continue
-                status = _record(_load_object(read(answer), f"results line {answer.line}", answer.line), 0).error
+                status = result_record(
+                    load_result_object(read(answer), f"results line {answer.line}", answer.line), 0
+                ).error
                 if not should_retry(status or ""):
                     continue
             if deduplicate and store.seen(digest):
@@ -217,7 +219,7 @@ def merge_answers(
         files = _open_all(stack, store, reuse, results, opener)
         read = reader(files)
         for line in iter_request_lines(source):
-            digest = _request_digest(line.request)
+            digest = request_digest(line.request)
             repeated = store.seen(digest)
             answer = store.best(digest, take=not deduplicate)
             if answer is None:
@@ -227,7 +229,7 @@ def merge_answers(
                 continue
             raw = read(answer)
             label = f"results {store.sources[answer.source]} line {answer.line}"
-            record = _record(_load_object(raw, label, answer.line), line.line_number)
+            record = result_record(load_result_object(raw, label, answer.line), line.line_number)
             summary.add(record)
             if answer.source < first_round:
                 by_reuse.add(record)
@@ -248,18 +250,35 @@ def merge_answers(
         duplicates=leftovers.duplicates,
         unmatched=leftovers.unmatched,
         bytes=written,
-        reused=by_reuse.requests,
-        deduplicated=by_dedup.requests,
-        sent=summary.requests - by_reuse.requests - by_dedup.requests,
-        tokens_reused=by_reuse.tokens,
-        tokens_deduplicated=by_dedup.tokens,
         round_succeeded=round_succeeded,
     )
-    if prices is not None:
-        paid = {name: summary.tokens[name] - by_reuse.tokens[name] - by_dedup.tokens[name] for name in summary.tokens}
-        result["cost_usd"] = cost_of(paid, prices)
-        result["cost_avoided_usd"] = {
-            "reused": cost_of(by_reuse.tokens, prices),
-            "deduplicated": cost_of(by_dedup.tokens, prices),
-        }
+    add_origins(result, reused=by_reuse, deduplicated=by_dedup, prices=prices)
     return result
+
+
+def add_origins(
+    summary: dict[str, Any],
+    *,
+    reused: ResultSummary | None = None,
+    deduplicated: ResultSummary | None = None,
+    prices: dict[str, float] | None = None,
+) -> None:
+    """Add to a merge's ``summary`` where its answers came from (``reused``, ``deduplicated``,
+    ``sent``, ``tokens_reused``, ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` (the
+    tokens of the answers sent) and ``cost_avoided_usd`` (``reused``, ``deduplicated``)."""
+    reused = reused or ResultSummary()
+    deduplicated = deduplicated or ResultSummary()
+    summary.update(
+        reused=reused.requests,
+        deduplicated=deduplicated.requests,
+        sent=summary["requests"] - reused.requests - deduplicated.requests,
+        tokens_reused=reused.tokens,
+        tokens_deduplicated=deduplicated.tokens,
+    )
+    if prices is not None:
+        paid = {name: summary[name] - reused.tokens[name] - deduplicated.tokens[name] for name in reused.tokens}
+        summary["cost_usd"] = cost_of(paid, prices)
+        summary["cost_avoided_usd"] = {
+            "reused": cost_of(reused.tokens, prices),
+            "deduplicated": cost_of(deduplicated.tokens, prices),
+        }

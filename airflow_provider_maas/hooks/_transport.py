@@ -29,7 +29,7 @@ from airflow_provider_maas.exceptions import (
 )
 from airflow_provider_maas.hooks._failures import CREATE_404_HINT, transport_error, uncertain_create
 from airflow_provider_maas.hooks._streams import Progress
-from airflow_provider_maas.integrity import StreamHasher
+from airflow_provider_maas.integrity import StreamHasher, verify_download
 from airflow_provider_maas.storage import CHUNK_SIZE, EarlyWriteback, atomic_writer
 
 if TYPE_CHECKING:
@@ -227,7 +227,6 @@ def stream_to(
     metadata: dict[str, Any],
 ) -> None:
     """One transfer of the job's results (``alt=media``) into ``path``: streamed, CRC32C-checked, atomic."""
-    from airflow_provider_maas.integrity import verify_download
 
     response = send(
         session,

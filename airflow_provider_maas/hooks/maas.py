@@ -22,7 +22,9 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
     MaaSTimeoutError,
 )
-from airflow_provider_maas.states import StateKind, classify_state, job_error_message
+from airflow_provider_maas.hooks._failures import UPLOAD_404_HINT
+from airflow_provider_maas.states import Outcome, job_outcome, log_state_change
+from airflow_provider_maas.storage import open_source, to_path
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -184,11 +186,9 @@ class MaaSHook(BaseHook):
         return self._upload(source, name, self.retry_policy)
 
     def _upload(self, source: Any, name: str, policy: api.RetryPolicy) -> dict[str, Any]:
-        from airflow_provider_maas.hooks._failures import UPLOAD_404_HINT
         from airflow_provider_maas.hooks._streams import HashingReader
         from airflow_provider_maas.hooks._transport import send
         from airflow_provider_maas.integrity import verify_upload
-        from airflow_provider_maas.storage import open_source
 
         url, params = self.config.upload_url(name)
         what = f"Upload of {name!r}"
@@ -265,7 +265,6 @@ class MaaSHook(BaseHook):
         destination only ever holds a complete, verified file. Returns the metadata.
         """
         from airflow_provider_maas.hooks._transport import stream_to
-        from airflow_provider_maas.storage import to_path
 
         path = to_path(destination, what="destination")
         metadata = self.get_results_metadata(job_name)
@@ -299,17 +298,15 @@ class MaaSHook(BaseHook):
         last_state = None
         while True:
             job = self.get_batch_job(job_name)
-            state = job.get("state")
-            kind = classify_state(state)
+            outcome = job_outcome(job, job_name)
+            state = outcome.state
             if state != last_state:
-                log.info("Job %s is %s (after %.0fs)", job_name, state, time.monotonic() - started)
-                if kind is StateKind.UNKNOWN:
-                    log.warning("Job %s is in an undocumented state %r; still polling", job_name, state)
+                log_state_change(log, job_name, state, time.monotonic() - started)
                 last_state = state
-            if kind in (StateKind.SUCCEEDED, StateKind.PARTIAL):
+            if outcome.has_results:
                 return job
-            if kind is StateKind.FAILED:
-                raise MaaSJobFailedError(job_error_message(job), job_name=job_name, state=state, job=job)
+            if outcome.outcome is Outcome.FAILED:
+                raise MaaSJobFailedError(outcome.message, job_name=job_name, state=state, job=job)
             if deadline is not None and time.monotonic() + poll_interval > deadline:
                 raise MaaSTimeoutError(
                     f"Job {job_name} still {state} after {timeout:g}s; it keeps running on the service "

@@ -21,6 +21,7 @@ from airflow_provider_maas.batch.driver import BatchDriver
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.parts import concatenate, write_failure_part
 from airflow_provider_maas.batch.rounds import (
+    add_origins,
     all_succeeded,
     merge_answers,
     retry_predicate,
@@ -38,7 +39,7 @@ from airflow_provider_maas.batch.state import (
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError, MaaSJobFailedError, MaaSTimeoutError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.jsonl import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, ShardPlan, plan_shards
-from airflow_provider_maas.merge import failed_path_for
+from airflow_provider_maas.merge import failed_path_for, merge_shard_results
 from airflow_provider_maas.naming import display_name, task_identity, upload_name
 from airflow_provider_maas.operators._common import publish_summary
 from airflow_provider_maas.operators._guard import CREATING, clear_round, refuse_uncertain_create
@@ -506,8 +507,21 @@ class MaaSBatchPredictionOperator(BaseOperator):
     def _finish(self, context: Context, journal: BatchJournal, state: BatchState) -> str:
         records = sorted(state.shards.values(), key=lambda r: r.key)
         failed = [r for r in records if r.status is ShardStatus.FAILED]
-        results = [item for n in range(len(state.rounds)) for item in self._round_results(journal, state, n)]
-        summary = self._merge(results)
+        if len(state.rounds) == 1 and state.rounds[0].source is None:
+            # Every input request was sent, once, in round 0: the shard-by-shard merge (memory
+            # follows the largest shard) suffices.
+            for record in failed:
+                write_failure_part(
+                    self.source, state.plan(record.key), record.error or "the job failed", journal.part(record.key)
+                )
+            plans = ((journal.part(r.key), state.plan(r.key)) for r in records)
+            parts = ((part, plan.first_line, plan.last_line) for part, plan in plans)
+            summary = merge_shard_results(parts, self.source, self.destination)
+            add_origins(summary, prices=self.prices)
+            summary["round_succeeded"] = [summary["succeeded"]]
+        else:
+            results = [item for n in range(len(state.rounds)) for item in self._round_results(journal, state, n)]
+            summary = self._merge(results)
         reasons = [f"shard {r.key}: {r.error}" for r in failed[:MAX_QUOTED_ERRORS]]
         summary.update(
             shards=len(records),

@@ -5,7 +5,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from airflow_provider_maas.states import StateKind, classify_state
+from airflow_provider_maas.exceptions import MaaSInputError, MaaSNotFoundError
+from airflow_provider_maas.jsonl import (
+    MAX_BYTES_PER_FILE,
+    MAX_REQUESTS_PER_FILE,
+    SHARD_PREFIX,
+    copy_shard,
+    plan_shards,
+    shard_name,
+)
+from airflow_provider_maas.states import Outcome, job_outcome
+from airflow_provider_maas.storage import (
+    atomic_writer,
+    check_destination,
+    open_source,
+    remove_stale_parts,
+    uri_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +45,18 @@ def reusable_job(hook: Any, store: Any | None, key: str, file_name: str, task_lo
     if saved.get("file_name") != file_name:
         task_log.info("A previous try created job %s for another file; creating a new job", job_name)
         return None
-    from airflow_provider_maas.exceptions import MaaSNotFoundError
 
     try:
         job = hook.get_batch_job(job_name)
     except MaaSNotFoundError:
         task_log.warning("Job %s of a previous try no longer exists; creating a new job", job_name)
         return None
-    state = job.get("state")
-    kind = classify_state(state)
-    if kind is StateKind.FAILED:
+    outcome = job_outcome(job, job_name)
+    state = outcome.state
+    if outcome.outcome is Outcome.FAILED:
         task_log.warning("Job %s of a previous try ended %s; creating a new job", job_name, state)
         return None
-    if kind in (StateKind.SUCCEEDED, StateKind.PARTIAL) and results_gone(hook, job_name):
+    if outcome.has_results and results_gone(hook, job_name):
         task_log.warning(
             "Job %s of a previous try ended %s but its results are gone (kept 7 days); creating a new job",
             job_name,
@@ -54,7 +69,6 @@ def reusable_job(hook: Any, store: Any | None, key: str, file_name: str, task_lo
 
 def results_gone(hook: Any, job_name: str) -> bool:
     """Whether a finished job's results can no longer be downloaded (410, or 404 for the results)."""
-    from airflow_provider_maas.exceptions import MaaSNotFoundError
 
     try:
         hook.get_results_metadata(job_name)
@@ -87,22 +101,6 @@ def publish_summary(operator: Any, context: Any, summary: dict[str, Any], uri: s
 
 def write_shards(source: Any, prefix: Any, *, max_requests: int, max_bytes: int, log: Any) -> list[str]:
     """Validate ``source`` completely, then write its shards under ``prefix``; return their URIs."""
-    from airflow_provider_maas.exceptions import MaaSInputError
-    from airflow_provider_maas.jsonl import (
-        MAX_BYTES_PER_FILE,
-        MAX_REQUESTS_PER_FILE,
-        SHARD_PREFIX,
-        copy_shard,
-        plan_shards,
-        shard_name,
-    )
-    from airflow_provider_maas.storage import (
-        atomic_writer,
-        check_destination,
-        open_source,
-        remove_stale_parts,
-        uri_of,
-    )
 
     if not 1 <= max_requests <= MAX_REQUESTS_PER_FILE:
         raise MaaSInputError(f"max_requests_per_file must be between 1 and {MAX_REQUESTS_PER_FILE}, got {max_requests}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeGuard
 
-from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError
+from airflow_provider_maas.exceptions import MaaSError, MaaSJobCreationUncertainError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,5 @@ def proves_not_created(err: BaseException) -> bool:
     429 after its retries, a connection never made) prove nothing was created. Anything that is
     not a provider error (a bug, the task being killed) leaves the outcome unknown.
     """
-    from airflow_provider_maas.exceptions import MaaSError
 
     return isinstance(err, MaaSError) and not isinstance(err, MaaSJobCreationUncertainError)

@@ -18,6 +18,8 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from airflow_provider_maas.storage import is_local, to_path
+
 log = logging.getLogger(__name__)
 
 
@@ -37,11 +39,10 @@ class ServiceDataset:
         return cls(config, f"batchPredictionJobs/{job_name}/results")
 
 
-def _dataset(target: Any, dataset_cls: Any) -> Any | None:
+def lineage_dataset(target: Any, dataset_cls: Any) -> Any | None:
     """The OpenLineage dataset of a path, URI, ``ObjectStoragePath`` or :class:`ServiceDataset`."""
     if isinstance(target, ServiceDataset):
         return dataset_cls(namespace=target.namespace, name=target.name)
-    from airflow_provider_maas.storage import is_local, to_path
 
     try:
         path = to_path(target)
@@ -60,8 +61,8 @@ def operator_lineage(inputs: list[Any], outputs: list[Any]) -> Any | None:
         from airflow.providers.openlineage.extractors import OperatorLineage
     except ImportError:
         return None
-    datasets_in = [d for d in (_dataset(t, Dataset) for t in inputs) if d is not None]
-    datasets_out = [d for d in (_dataset(t, Dataset) for t in outputs) if d is not None]
+    datasets_in = [d for d in (lineage_dataset(t, Dataset) for t in inputs) if d is not None]
+    datasets_out = [d for d in (lineage_dataset(t, Dataset) for t in outputs) if d is not None]
     return OperatorLineage(inputs=datasets_in, outputs=datasets_out)
 
 

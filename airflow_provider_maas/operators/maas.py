@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import tempfile
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
+from airflow_provider_maas.hooks.maas import MaaSHook
+from airflow_provider_maas.jsonl import iter_request_lines, validate_file
+from airflow_provider_maas.merge import (
+    compare_with_job,
+    extract_images_beside,
+    failed_path_for,
+    merge_results,
+    summarise_results,
+)
+from airflow_provider_maas.naming import display_name, upload_name
 from airflow_provider_maas.operators._batch import MaaSBatchPredictionOperator
-from airflow_provider_maas.operators._common import publish_summary
+from airflow_provider_maas.operators._common import publish_summary, reusable_job, task_state, write_shards
+from airflow_provider_maas.operators._guard import (
+    creating_marker,
+    is_creating,
+    proves_not_created,
+    refuse_uncertain_create,
+    uncertain_create_error,
+)
 from airflow_provider_maas.operators._lineage import LineageMixin, ServiceDataset
+from airflow_provider_maas.storage import (
+    CHUNK_SIZE,
+    check_destination,
+    check_within,
+    filesystem_of,
+    open_source,
+    to_path,
+    uri_of,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_maas.hooks.maas import MaaSHook
 
 #: Key in ``context["task_state_store"]`` (Airflow >= 3.3) holding the created job of a task instance.
 JOB_STATE_KEY = "maas_job"
@@ -39,8 +66,6 @@ class _MaaSOperator(LineageMixin, BaseOperator):
 
     @cached_property
     def hook(self) -> MaaSHook:
-        from airflow_provider_maas.hooks.maas import MaaSHook
-
         return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
 
 
@@ -66,10 +91,6 @@ class MaaSUploadFileOperator(_MaaSOperator):
         self.file_name = file_name
 
     def execute(self, context: Context) -> str:
-        from airflow_provider_maas.jsonl import validate_file
-        from airflow_provider_maas.naming import upload_name
-        from airflow_provider_maas.storage import open_source
-
         with open_source(self.source) as handle:
             stats = validate_file(handle)
         name = self.file_name or upload_name(context, stats.sha256)
@@ -78,11 +99,6 @@ class MaaSUploadFileOperator(_MaaSOperator):
         if stats.clean:
             return self.hook.upload_file(self.source, name)["name"]
         # Blank lines or no final newline: upload exactly the validated lines, one per line.
-        import tempfile
-
-        from airflow_provider_maas.jsonl import iter_request_lines
-        from airflow_provider_maas.storage import CHUNK_SIZE
-
         with open_source(self.source) as handle, tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as tmp:
             for line in iter_request_lines(handle):
                 tmp.write(line.raw)
@@ -113,17 +129,6 @@ class MaaSCreateBatchJobOperator(_MaaSOperator):
         self.display_name = display_name
 
     def execute(self, context: Context) -> str:
-        from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError
-        from airflow_provider_maas.naming import display_name
-        from airflow_provider_maas.operators._common import reusable_job, task_state
-        from airflow_provider_maas.operators._guard import (
-            creating_marker,
-            is_creating,
-            proves_not_created,
-            refuse_uncertain_create,
-            uncertain_create_error,
-        )
-
         what = f"file {self.file_name!r}"
         store = task_state(context)
         saved = store.get(JOB_STATE_KEY) if store is not None else None
@@ -212,10 +217,6 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
         self.extract_images = extract_images
 
     def execute(self, context: Context) -> str:
-        from airflow_provider_maas.exceptions import MaaSInputError
-        from airflow_provider_maas.merge import compare_with_job, failed_path_for, merge_results, summarise_results
-        from airflow_provider_maas.storage import check_destination, check_within, filesystem_of, to_path, uri_of
-
         dest = check_destination(self.destination)
         check_within(dest, self.allowed_prefix, what="destination")
         ordered = self.requests is not None
@@ -251,8 +252,6 @@ class MaaSDownloadResultsOperator(_MaaSOperator):
             [dest, summary["failed_uri"]],
         )
         if self.extract_images:
-            from airflow_provider_maas.merge import extract_images_beside
-
             images = extract_images_beside(dest)
             summary["images"] = len(images)
             context["ti"].xcom_push(key="images", value=images)
@@ -291,8 +290,6 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         self.max_bytes_per_file = max_bytes_per_file
 
     def execute(self, context: Context) -> list[str]:
-        from airflow_provider_maas.operators._common import write_shards
-
         uris = write_shards(
             self.source,
             self.destination_prefix,
@@ -324,9 +321,6 @@ class MaaSMergeResultsOperator(LineageMixin, BaseOperator):
         self.destination = destination
 
     def execute(self, context: Context) -> str:
-        from airflow_provider_maas.merge import merge_results
-        from airflow_provider_maas.storage import check_destination, uri_of
-
         dest = check_destination(self.destination)
         sources = self.sources
         if isinstance(sources, str) or not hasattr(sources, "__len__"):

@@ -11,12 +11,13 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.events import check_final_job, check_job_event
-from airflow_provider_maas.states import StateKind, classify_state
+from airflow_provider_maas.exceptions import MaaSInputError, MaaSRetryableError
+from airflow_provider_maas.hooks.maas import MaaSHook
+from airflow_provider_maas.states import job_outcome, log_state_change
+from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, MaaSBatchJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-    from airflow_provider_maas.hooks.maas import MaaSHook
 
 
 class MaaSBatchJobSensor(BaseSensorOperator):
@@ -58,8 +59,6 @@ class MaaSBatchJobSensor(BaseSensorOperator):
         if max_consecutive_poll_errors is not None and (
             type(max_consecutive_poll_errors) is not int or max_consecutive_poll_errors < 1
         ):
-            from airflow_provider_maas.exceptions import MaaSInputError
-
             raise MaaSInputError(
                 f"max_consecutive_poll_errors must be a whole number >= 1, not {max_consecutive_poll_errors!r}"
             )
@@ -74,21 +73,16 @@ class MaaSBatchJobSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> MaaSHook:
-        from airflow_provider_maas.hooks.maas import MaaSHook
-
         return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
 
     @property
     def _max_poll_errors(self) -> int:
         if self.max_consecutive_poll_errors is not None:
             return self.max_consecutive_poll_errors
-        from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS
 
         return DEFAULT_MAX_CONSECUTIVE_ERRORS
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        from airflow_provider_maas.exceptions import MaaSRetryableError
-
         try:
             job = self.hook.get_batch_job(self.job_name)
         except MaaSRetryableError as err:
@@ -104,13 +98,9 @@ class MaaSBatchJobSensor(BaseSensorOperator):
             )
             return False
         self._poll_errors = 0
-        state = job.get("state")
-        kind = classify_state(state)
-        if kind is StateKind.UNKNOWN:
-            self.log.warning("Job %s is in an undocumented state %r; still waiting", self.job_name, state)
-            return False
-        if kind is StateKind.ACTIVE:
-            self.log.info("Job %s is %s", self.job_name, state)
+        outcome = job_outcome(job, self.job_name)
+        if not outcome.ended:
+            log_state_change(self.log, self.job_name, outcome.state)
             return False
         return PokeReturnValue(is_done=True, xcom_value=check_final_job(job, fail_on_partial=self.fail_on_partial))
 
@@ -120,7 +110,6 @@ class MaaSBatchJobSensor(BaseSensorOperator):
         result = self.poke(context)
         if isinstance(result, PokeReturnValue):
             return result.xcom_value
-        from airflow_provider_maas.triggers.maas import MaaSBatchJobTrigger
 
         timeout = float(self.timeout) if self.timeout is not None else None
         self.defer(

@@ -1,0 +1,73 @@
+"""The streaming merge (one shard's results indexed at a time) against the merge of one big index."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_maas.merge import merge_results, merge_shard_results
+from tests.test_results import echo, result_line
+
+
+def request(n: int) -> dict:
+    """Line n's request; lines 3 and 5 ask the same (identical requests pair first come, first served)."""
+    return {"contents": [{"role": "user", "parts": [{"text": f"question {3 if n == 5 else n}"}]}]}
+
+
+def _shards(tmp_path: Path) -> tuple[Path, list[tuple[Path, int, int]]]:
+    """40 input lines (a blank one), 4 shards; failures, missing results, duplicates, identical requests, strays."""
+    rng = random.Random(7)
+    lines = [json.dumps({"request": request(n)}).encode() + b"\n" for n in range(1, 41)]
+    lines[17] = b"\n"
+    requests = tmp_path / "requests.jsonl"
+    requests.write_bytes(b"".join(lines))
+    parts = []
+    for number, (first, last) in enumerate([(1, 10), (11, 20), (21, 30), (31, 40)]):
+        results = []
+        for n in range(first, last + 1):
+            if n == 18 or n % 9 == 0:  # blank line; missing results
+                continue
+            status = "INTERNAL: boom" if n % 7 == 0 else ""
+            line = result_line(echo(request(n)), None if status else f"answer {n}", status, promptTokenCount=n)
+            results.append(line)
+            if n % 11 == 0:
+                results.append(line)  # the service wrote it twice
+        results.append(result_line({"contents": [{"parts": [{"text": f"stray {number}"}]}]}))
+        rng.shuffle(results)
+        path = tmp_path / f"part-{number}.jsonl"
+        path.write_bytes(b"".join(results))
+        parts.append((path, first, last))
+    return requests, parts
+
+
+def test_merge_shard_results_equals_merge_results(tmp_path: Path):
+    requests, parts = _shards(tmp_path)
+    whole = merge_results([path for path, _, _ in parts], requests, tmp_path / "whole" / "out.jsonl")
+    streamed = merge_shard_results(iter(parts), requests, tmp_path / "streamed" / "out.jsonl")
+
+    assert {k: v for k, v in streamed.items() if k != "failed_uri"} == {
+        k: v for k, v in whole.items() if k != "failed_uri"
+    }
+    assert (streamed["requests"], streamed["missing"], streamed["duplicates"], streamed["unmatched"]) == (39, 3, 3, 4)
+    assert streamed["failed"] == 3 + 5  # lines 9, 27, 36 missing (18 is blank); 7, 14, 21, 28, 35 failed
+    for name in ("out.jsonl", "out.failed.jsonl"):
+        assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    ordered = [json.loads(line)["request"] for line in (tmp_path / "streamed" / "out.jsonl").read_bytes().splitlines()]
+    expected = [n for n in range(1, 41) if n != 18 and n % 9]
+    assert ordered == [echo(request(n)) for n in expected]
+
+
+def test_merge_shard_results_counts_lines_outside_every_shard_as_missing(tmp_path: Path):
+    requests, parts = _shards(tmp_path)
+    summary = merge_shard_results(parts[1:3], requests, tmp_path / "out.jsonl")
+    assert summary["requests"] == 39
+    assert summary["missing"] == 10 + 10 + 1  # shards 1 and 4 absent; line 27 has no result
+
+
+def test_merge_shard_results_refuses_parts_out_of_order(tmp_path: Path):
+    requests, parts = _shards(tmp_path)
+    with pytest.raises(ValueError, match="input order"):
+        merge_shard_results([parts[1], parts[0]], requests, tmp_path / "out.jsonl")
