@@ -19,6 +19,7 @@ FIGURE_MODULES = (
     "benchmarks.split_validate",
     "benchmarks.merge_1m",
     "benchmarks.parse_cost",
+    "benchmarks.reuse_index",
     "benchmarks.end_to_end",
     "benchmarks.scale",
 )

@@ -19,6 +19,7 @@ FIGURES = (
     "split-validate",
     "merge-1m",
     "parse-cost",
+    "reuse-index",
     "end-to-end",
     "scale",
 )

@@ -111,6 +111,10 @@ class BatchDriver:
         now = time.monotonic()
         return [name for name in self.running_jobs() if now - self._seen.get(name, float("-inf")) >= age]
 
+    def enqueue(self, keys: Iterable[ShardKey]) -> None:
+        """Queue new PENDING shards (e.g. of a retry round just added to the state)."""
+        self._pending.extend(sorted(keys))
+
     # Steps -----------------------------------------------------------------------------------
     def poll(self, job_names: list[str]) -> list[JobOutcome]:
         """Poll these jobs once, in the pool; return the outcomes of those that ended."""

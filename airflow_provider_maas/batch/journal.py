@@ -2,7 +2,9 @@
 
 Layout under ``<destination parent>/.<destination name>.maas/<dag>.<task>.<run>.m<map index>/``::
 
-    manifest.json            written once: format version, input fingerprint, the shard plans
+    manifest.json            format version, input fingerprint, the shard plans of each round
+                             (rewritten only when a retry round is added)
+    round-<n>.jsonl          the requests of round n, when not the operator's source
     journal/<seq>.jsonl      one small object per flush: the whole record of each shard that changed
     snapshot-<seq>.json      all records as of journal object <seq> (compaction); older objects go
     parts/                   downloaded results of each shard
@@ -136,6 +138,18 @@ class BatchJournal:
     def create(self, state: BatchState) -> None:
         """Start a new state here (whatever was stored before is removed first)."""
         self.remove()
+        self._write_manifest(state)
+        self.seq = 0
+        self._since_snapshot = 0
+        self.append(state, [], meta=True)
+
+    def add_round(self, state: BatchState, round_: Round) -> None:
+        """Add the next round (request-level retries) to ``state`` and to the manifest (rewritten
+        whole, atomically: once per round, so O(shards) bytes per round, not per event)."""
+        state.add_round(round_)
+        self._write_manifest(state)
+
+    def _write_manifest(self, state: BatchState) -> None:
         manifest = {
             "version": STATE_VERSION,
             "fingerprint": state.fingerprint,
@@ -143,9 +157,6 @@ class BatchJournal:
             "rounds": [r.to_json() for r in state.rounds],
         }
         self._write(self.root / _MANIFEST, _dumps(manifest))
-        self.seq = 0
-        self._since_snapshot = 0
-        self.append(state, [], meta=True)
 
     def append(self, state: BatchState, records: list[ShardRecord], *, meta: bool = False) -> None:
         """Durably record ``records`` (already applied to ``state``), and the batch fields if ``meta``.

@@ -10,8 +10,9 @@ Pure data, no I/O: :mod:`airflow_provider_maas.batch.journal` stores it. A shard
 ``CREATING`` is the "create in flight" marker: it is stored BEFORE a create is sent, so a later try
 that finds it knows a job may exist (see :mod:`airflow_provider_maas.operators._guard`).
 
-Shards belong to rounds: round 0 holds the input's shards; later rounds (request-level retries)
-will hold shards made of the requests that failed in an earlier round.
+Shards belong to rounds: round 0 holds the input's shards; later rounds (request-level retries,
+:mod:`airflow_provider_maas.batch.rounds`) hold shards made of the requests that failed in an
+earlier round, read from the round's own ``source``.
 """
 
 from __future__ import annotations
@@ -170,6 +171,15 @@ class BatchState:
         return all(r.status in (ShardStatus.DONE, ShardStatus.FAILED) for r in self.shards.values())
 
     # Changing ----------------------------------------------------------------------------
+    def add_round(self, round_: Round) -> None:
+        """Append the next round (request-level retries); its shards start PENDING."""
+        if round_.number != len(self.rounds):
+            raise ValueError(f"round {round_.number} follows round {len(self.rounds) - 1}")
+        self.rounds.append(round_)
+        for plan in round_.plans:
+            key = ShardKey(round_.number, plan.index)
+            self.shards.setdefault(key, ShardRecord(key))
+
     def apply(self, record: ShardRecord) -> None:
         if record.key not in self.shards:
             raise KeyError(f"shard {record.key} is not part of this batch")

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import os
+import shutil
+import tempfile
 import time
 from datetime import timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow.sdk import BaseOperator
 
 from airflow_provider_maas._compat import conf
+from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.driver import BatchDriver
 from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.parts import write_failure_part
+from airflow_provider_maas.batch.parts import concatenate, write_failure_part
+from airflow_provider_maas.batch.rounds import (
+    add_origins,
+    all_succeeded,
+    merge_answers,
+    retry_predicate,
+    write_requests_to_send,
+    write_retries,
+)
 from airflow_provider_maas.batch.state import (
     STATE_VERSION,
     BatchState,
@@ -25,15 +39,18 @@ from airflow_provider_maas.batch.state import (
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError, MaaSJobFailedError, MaaSTimeoutError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.jsonl import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, ShardPlan, plan_shards
-from airflow_provider_maas.merge import merge_shard_results
+from airflow_provider_maas.merge import failed_path_for, merge_shard_results
 from airflow_provider_maas.naming import display_name, task_identity, upload_name
 from airflow_provider_maas.operators._common import publish_summary
 from airflow_provider_maas.operators._guard import CREATING, clear_round, refuse_uncertain_create
-from airflow_provider_maas.storage import check_destination, open_source, to_path, uri_of
+from airflow_provider_maas.results import ResultsFormatError
+from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, check_destination, open_source, to_path, uri_of
 from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, BatchJobsEvent, MaaSBatchJobsTrigger
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from collections.abc import Callable, Iterator
+
+    from airflow.sdk import Context, ObjectStoragePath
 
 #: Key in ``context["task_state_store"]`` (Airflow >= 3.3): where the batch state is, and its format.
 STATE_KEY = "maas_batch_state"
@@ -53,6 +70,14 @@ class MaaSBatchPredictionOperator(BaseOperator):
     ``<destination stem>.failed.jsonl``, ready to resubmit; those of a shard whose every job failed
     carry the job's error as their ``status`` in the results. The task fails if no request
     succeeded.
+
+    Each answer is paid once: requests answered in ``reuse_results`` are not sent, identical
+    requests are sent once (``deduplicate``), and requests that failed for a transient reason or got
+    no result are sent again in new shards (``request_retries`` rounds). The summary (XCom
+    ``summary``) counts ``reused``, ``deduplicated`` and ``sent`` answers, ``retry_rounds``
+    (``[{"round", "retried", "succeeded"}]``), the tokens per category (``prompt_tokens``,
+    ``candidates_tokens``, ``thoughts_tokens``, ``total_tokens``; ``tokens_reused``,
+    ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` and ``cost_avoided_usd``.
 
     Resumable on every Airflow version: the state (shards, their jobs) lives in small objects beside
     the destination, in ``.<destination name>.maas/<dag>.<task>.<run>.m<map index>/``, removed once
@@ -79,9 +104,29 @@ class MaaSBatchPredictionOperator(BaseOperator):
         tolerated before the task fails: raise it to ride out an outage of a few minutes.
     :param maas_conn_id: The Airflow connection of type ``maas``.
     :param endpoint: ENDPOINT id overriding the connection's (templated).
+    :param reuse_results: Earlier results (one results file/URI or a list; templated; a blank
+        string is none): a request whose normalised form has a successful answer there is not
+        sent; the answer is copied to its place in the output. An input fully answered there
+        creates no job.
+    :param deduplicate: Send identical requests (same normalised request) once and write the
+        answer at each of their places (default). False sends each one: independent samples at
+        temperature > 0 (each earlier answer in ``reuse_results`` then serves one of them).
+    :param request_retries: Rounds of request-level retries (default 1): once every shard is done,
+        the requests that failed with a status ``retry_failures`` accepts, or have no result, are
+        sent again in new shards; their answers take the place of the failures. A request failing
+        every round goes to the failed file with the reason of its last attempt.
+    :param retry_failures: Which failed requests are retried: a list of regular expressions
+        searched in the result's ``status``, or a callable ``(status) -> bool``. Default
+        (:data:`~airflow_provider_maas.batch.rounds.DEFAULT_RETRY_FAILURES`): RESOURCE_EXHAUSTED,
+        UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, ABORTED, codes 429 and 5xx, "rate limit",
+        "timed out", "try again", "overloaded"; not client errors (400 INVALID_ARGUMENT, 403,
+        a safety block), which fail the same way again. Missing results are always retried.
+    :param prices: USD per 1,000,000 tokens, ``{"prompt": ..., "candidates": ..., "thoughts": ...}``
+        (``thoughts`` defaults to ``candidates``): the summary then gives ``cost_usd`` and the
+        ``cost_avoided_usd`` by reuse and deduplication.
     """
 
-    template_fields = ("source", "destination", "display_name", "endpoint", "maas_conn_id")
+    template_fields = ("source", "destination", "display_name", "endpoint", "maas_conn_id", "reuse_results")
 
     def __init__(
         self,
@@ -101,9 +146,19 @@ class MaaSBatchPredictionOperator(BaseOperator):
         max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
         maas_conn_id: str = "maas_default",
         endpoint: str | None = None,
+        reuse_results: Any = None,
+        deduplicate: bool = True,
+        request_retries: int = 1,
+        retry_failures: list[str] | Callable[[str], bool] | None = None,
+        prices: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        try:
+            self._should_retry = retry_predicate(retry_failures)
+            self.prices = check_prices(prices)
+        except ValueError as err:
+            raise MaaSInputError(str(err)) from None
         for name, value, low, high in (
             ("max_active_jobs", max_active_jobs, 1, None),
             ("shard_retries", shard_retries, 0, None),
@@ -111,6 +166,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
             ("max_bytes_per_file", max_bytes_per_file, 1, MAX_BYTES_PER_FILE),
             ("max_parallel_transfers", max_parallel_transfers, 1, None),
             ("max_consecutive_poll_errors", max_consecutive_poll_errors, 1, None),
+            ("request_retries", request_retries, 0, None),
         ):
             if not isinstance(value, int) or value < low or (high is not None and value > high):
                 bounds = f"between {low} and {high}" if high is not None else f"an integer >= {low}"
@@ -130,6 +186,10 @@ class MaaSBatchPredictionOperator(BaseOperator):
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.maas_conn_id = maas_conn_id
         self.endpoint = endpoint
+        self.reuse_results = reuse_results
+        self.deduplicate = deduplicate
+        self.request_retries = request_retries
+        self.retry_failures = retry_failures
 
     @cached_property
     def hook(self) -> MaaSHook:
@@ -139,26 +199,141 @@ class MaaSBatchPredictionOperator(BaseOperator):
     def execute(self, context: Context) -> str:
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
-        with open_source(self.source) as handle:
-            plans = plan_shards(handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file)
-        state = journal.load()
-        if state is not None and state.fingerprint == fingerprint(plans):
-            self._take_over(context, journal, state)
-            self.log.info(
-                "Resuming a previous try: %d shards done, %d jobs running; no job is recreated (%d shards, state at %s)",
-                state.count(ShardStatus.DONE),
-                state.count(ShardStatus.RUNNING),
-                len(state.shards),
-                journal.uri,
-            )
-        else:
-            if state is not None:
-                self.log.warning(
-                    "The input changed since the batch state at %s was written: starting over", journal.uri
+        with self._requests_to_send() as to_send:
+            with open_source(to_send or self.source) as handle:
+                empty = to_send is not None and not os.path.getsize(to_send)
+                plans = [] if empty else self._plan(handle)
+            round_source = journal.root / "round-0.jsonl" if to_send else None
+            state = journal.load()
+            if state is not None and state.fingerprint == fingerprint(plans):
+                self._take_over(context, journal, state)
+                self.log.info(
+                    "Resuming a previous try: %d shards done, %d jobs running; no job is recreated (%d shards, state at %s)",
+                    state.count(ShardStatus.DONE),
+                    state.count(ShardStatus.RUNNING),
+                    len(state.shards),
+                    journal.uri,
                 )
-            state = self._start(context, journal, plans)
+            else:
+                if state is not None:
+                    self.log.warning(
+                        "The input changed since the batch state at %s was written: starting over", journal.uri
+                    )
+                state = self._start(context, journal, plans, round_source)
+            if to_send and round_source is not None and not round_source.exists():
+                _copy_file(to_send, round_source)  # before any upload: a retry finds it
         self._remember(context, journal)
         return self._run(context, journal, state)
+
+    def _plan(self, handle: Any) -> list[ShardPlan]:
+        return plan_shards(handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file)
+
+    # Reuse, deduplication, retry rounds ------------------------------------------------------------
+    def _reuse_sources(self) -> list[ObjectStoragePath]:
+        items = self.reuse_results
+        if not isinstance(items, (list, tuple)):
+            items = [items]
+        paths = []
+        for number, item in enumerate(items):
+            if item is None or (isinstance(item, str) and not item.strip()):
+                continue  # e.g. a template rendering a blank param: nothing to reuse
+            path = to_path(item, what=f"reuse_results[{number}]")
+            if not path.is_file():
+                raise MaaSInputError(
+                    f"reuse_results[{number}] {uri_of(path)} is not a file; give the results file(s) of an earlier "
+                    "run (its destination), or leave reuse_results out"
+                )
+            paths.append(path)
+        return paths
+
+    @contextlib.contextmanager
+    def _requests_to_send(self) -> Iterator[str | None]:
+        """Round 0's requests in a local temporary file, when reuse or deduplication leaves some out;
+        None when every input request is to be sent (the source is then uploaded as it is)."""
+        reuse = self._reuse_sources()
+        handle, path = tempfile.mkstemp(prefix="maas-send-", suffix=".jsonl")
+        try:
+            with os.fdopen(handle, "wb") as out, open_source(self.source) as source:
+                try:
+                    coverage = write_requests_to_send(
+                        source, out, reuse=reuse, opener=_open_results, deduplicate=self.deduplicate
+                    )
+                except ResultsFormatError as err:
+                    raise MaaSInputError(f"reuse_results: {err}") from None
+            if coverage.reused or coverage.deduplicated:
+                self.log.info(
+                    "%d requests: %d answered by reuse_results, %d identical to an earlier one (sent once), %d to send",
+                    coverage.requests,
+                    coverage.reused,
+                    coverage.deduplicated,
+                    coverage.to_send,
+                )
+            yield path if coverage.reused or coverage.deduplicated else None
+        finally:
+            os.unlink(path)
+
+    def _round_results(self, journal: BatchJournal, state: BatchState, number: int) -> list[RoundResults]:
+        """Round ``number``'s results in one file per kind: the parts its jobs answered, then (if
+        any) those of its shards whose every job failed, each request carrying the job's error."""
+        records = sorted((r for r in state.shards.values() if r.key.round == number), key=lambda r: r.key)
+        failed = [r for r in records if r.status is ShardStatus.FAILED]
+        for record in failed:
+            source = state.rounds[number].source or self.source
+            write_failure_part(
+                source, state.plan(record.key), record.error or "the job failed", journal.part(record.key)
+            )
+        files = []
+        for kind, chosen in (
+            ("answered", [r for r in records if r.status is not ShardStatus.FAILED]),
+            ("failed", failed),
+        ):
+            if chosen or kind == "answered":
+                combined = journal.root / f"results-r{number}-{kind}.jsonl"
+                concatenate((journal.part(r.key) for r in chosen), combined)
+                files.append(RoundResults(number, combined, jobs_failed=kind == "failed"))
+        return files
+
+    def _next_round(self, journal: BatchJournal, state: BatchState, driver: BatchDriver) -> bool:
+        """Once every shard is done: gather the requests to retry into a new round; True if one was added."""
+        number = len(state.rounds)
+        if number > self.request_retries:
+            return False
+        results = [item for n in range(number) for item in self._round_results(journal, state, n)]
+        last = results[-1]  # the last round's answered results; a failed shard adds a file after it
+        with open_source(last.path) as handle_last:
+            if not last.jobs_failed and all_succeeded(handle_last, sum(p.requests for p in state.rounds[-1].plans)):
+                return False  # every request of the last round answered: nothing to retry
+        handle, path = tempfile.mkstemp(prefix="maas-retry-", suffix=".jsonl")
+        try:
+            with os.fdopen(handle, "wb") as out, open_source(self.source) as source:
+                count = write_retries(
+                    source,
+                    out,
+                    reuse=self._reuse_sources(),
+                    results=[item.path for item in results],
+                    opener=_open_results,
+                    should_retry=self._should_retry,
+                    final=[index for index, item in enumerate(results) if item.jobs_failed],
+                    deduplicate=self.deduplicate,
+                )
+            if not count:
+                return False
+            with open(path, "rb") as handle_in:
+                plans = self._plan(handle_in)
+            target = journal.root / f"round-{number}.jsonl"
+            _copy_file(path, target)
+        finally:
+            os.unlink(path)
+        journal.add_round(state, Round(number, tuple(plans), source=uri_of(target)))
+        self.log.warning(
+            "Retry round %d of %d: %d failed or missing requests sent again in %d shards",
+            number,
+            self.request_retries,
+            count,
+            len(plans),
+        )
+        driver.enqueue(ShardKey(number, plan.index) for plan in plans)
+        return True
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         """Resume after the trigger: record the ended jobs, then go on."""
@@ -180,11 +355,13 @@ class MaaSBatchPredictionOperator(BaseOperator):
         return self._run(context, journal, state, resumed)
 
     # State ----------------------------------------------------------------------------------
-    def _start(self, context: Context, journal: BatchJournal, plans: list[ShardPlan]) -> BatchState:
+    def _start(
+        self, context: Context, journal: BatchJournal, plans: list[ShardPlan], source: ObjectStoragePath | None
+    ) -> BatchState:
         state = BatchState(
             fingerprint=fingerprint(plans),
             identity=".".join(task_identity(context)),
-            rounds=[Round(0, tuple(plans))],
+            rounds=[Round(0, tuple(plans), source=uri_of(source) if source is not None else None)],
             deadline=self._new_deadline(),
             clear_round=clear_round(context),
         )
@@ -264,7 +441,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
                 driver.pump()
                 running = driver.running_jobs()
                 if not running and state.finished:
-                    if driver.refetch_lost_parts():
+                    if driver.refetch_lost_parts() or self._next_round(journal, state, driver):
                         continue
                     break
                 self._check_deadline(state, running)
@@ -330,14 +507,21 @@ class MaaSBatchPredictionOperator(BaseOperator):
     def _finish(self, context: Context, journal: BatchJournal, state: BatchState) -> str:
         records = sorted(state.shards.values(), key=lambda r: r.key)
         failed = [r for r in records if r.status is ShardStatus.FAILED]
-        for record in failed:
-            source = state.rounds[record.key.round].source or self.source
-            write_failure_part(
-                source, state.plan(record.key), record.error or "the job failed", journal.part(record.key)
-            )
-        plans = ((journal.part(r.key), state.plan(r.key)) for r in records)
-        parts = ((part, plan.first_line, plan.last_line) for part, plan in plans)
-        summary = merge_shard_results(parts, self.source, self.destination)
+        if len(state.rounds) == 1 and state.rounds[0].source is None:
+            # Every input request was sent, once, in round 0: the shard-by-shard merge (memory
+            # follows the largest shard) suffices.
+            for record in failed:
+                write_failure_part(
+                    self.source, state.plan(record.key), record.error or "the job failed", journal.part(record.key)
+                )
+            plans = ((journal.part(r.key), state.plan(r.key)) for r in records)
+            parts = ((part, plan.first_line, plan.last_line) for part, plan in plans)
+            summary = merge_shard_results(parts, self.source, self.destination)
+            add_origins(summary, prices=self.prices)
+            summary["round_succeeded"] = [summary["succeeded"]]
+        else:
+            results = [item for n in range(len(state.rounds)) for item in self._round_results(journal, state, n)]
+            summary = self._merge(results)
         reasons = [f"shard {r.key}: {r.error}" for r in failed[:MAX_QUOTED_ERRORS]]
         summary.update(
             shards=len(records),
@@ -345,6 +529,11 @@ class MaaSBatchPredictionOperator(BaseOperator):
             shard_errors=reasons,
             jobs=sum(r.attempts for r in records),
             resumes=state.resumes,
+            retry_rounds=[
+                {"round": n, "retried": sum(p.requests for p in state.rounds[n].plans), "succeeded": succeeded}
+                for n, succeeded in enumerate(summary.pop("round_succeeded"))
+                if n
+            ],
         )
         dest_uri = uri_of(to_path(self.destination, what="destination"))
         publish_summary(self, context, summary, dest_uri)
@@ -363,3 +552,69 @@ class MaaSBatchPredictionOperator(BaseOperator):
             )
         journal.remove()
         return dest_uri
+
+    def _merge(self, results: list[RoundResults]) -> dict[str, Any]:
+        """Every request's best answer in input order (see ``rounds.merge_answers``), atomically."""
+        dest = to_path(self.destination, what="destination")
+        failed = failed_path_for(dest)
+        with (
+            open_source(self.source) as source,
+            atomic_writer(dest) as out,
+            atomic_writer(failed) as failed_out,
+        ):
+            summary = merge_answers(
+                source,
+                out,
+                failed_out,
+                reuse=self._reuse_sources(),
+                results=[item.path for item in results],
+                rounds=[item.round for item in results],
+                opener=_open_results,
+                deduplicate=self.deduplicate,
+                prices=self.prices,
+            )
+        summary["failed_uri"] = uri_of(failed)
+        if summary["unmatched"]:
+            self.log.warning(
+                "%d result lines match no request of the input; they are not in %s", summary["unmatched"], uri_of(dest)
+            )
+        if summary["failed"]:
+            self.log.warning(
+                "%d of %d requests failed or are missing; they are in %s",
+                summary["failed"],
+                summary["requests"],
+                summary["failed_uri"],
+            )
+        if summary["reused"] or summary["deduplicated"]:
+            self.log.info(
+                "Answers: %d sent, %d reused from reuse_results, %d shared by identical requests",
+                summary["sent"],
+                summary["reused"],
+                summary["deduplicated"],
+            )
+        if "cost_usd" in summary:
+            avoided = summary["cost_avoided_usd"]
+            self.log.info(
+                "Cost at the given prices: $%.6f (avoided: $%.6f by reuse, $%.6f by sending identical requests once)",
+                summary["cost_usd"],
+                avoided["reused"],
+                avoided["deduplicated"],
+            )
+        return summary
+
+
+class RoundResults(NamedTuple):
+    """One results file of a round: what its jobs answered, or (``jobs_failed``) the requests of
+    its shards whose every job failed."""
+
+    round: int
+    path: ObjectStoragePath
+    jobs_failed: bool
+
+
+_open_results = functools.partial(open_source, what="results file")
+
+
+def _copy_file(local: str, target: ObjectStoragePath) -> None:
+    with open(local, "rb") as handle, atomic_writer(target) as out:
+        shutil.copyfileobj(handle, out, CHUNK_SIZE)

@@ -1,0 +1,284 @@
+"""Pay once per answer: reuse of earlier results, identical requests sent once, request-level retries.
+
+Three passes over the input, each streaming it once against an :class:`~.answers.AnswerStore`:
+
+- :func:`write_requests_to_send` (before round 0): the requests that have no successful answer in
+  the earlier results (``reuse_results``) and, with ``deduplicate``, only the first of identical
+  requests. What it writes is round 0's input.
+- :func:`write_retries` (after each round): the requests whose best answer so far failed with a
+  retryable status, or is missing. What it writes is the next round's input.
+- :func:`merge_answers` (at the end): every input position gets its best answer (a success from
+  any source, else the failure of the latest round), in input order; the failed file gets the
+  requests that have none; the summary counts where each answer came from and, with prices, the cost.
+
+"Identical" is the same normalised request (``results.request_digest``, the digest the merge
+already matches results to requests with). With ``deduplicate=False`` identical requests are
+independent: each is sent, and each earlier answer is reused for at most one of them (first come,
+first served), as the results of identical requests pair everywhere else. No Airflow import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any
+
+from airflow_provider_maas.batch.answers import OK_TAILS, AnswerStore, reader
+from airflow_provider_maas.batch.cost import cost_of
+from airflow_provider_maas.jsonl import iter_request_lines
+from airflow_provider_maas.results import (
+    MISSING_STATUS,
+    ResultRecord,
+    ResultSummary,
+    iter_line_batches,
+    load_result_object,
+    request_digest,
+    result_record,
+)
+
+#: Statuses retried by default (``re.search``, case-sensitive codes, case-insensitive words): what
+#: a user expects to pass on its own. A client error (400 INVALID_ARGUMENT, 403, 404, a safety
+#: block) is not retried: sending the same request again gets the same answer.
+DEFAULT_RETRY_FAILURES: tuple[str, ...] = (
+    r"\b(RESOURCE_EXHAUSTED|UNAVAILABLE|INTERNAL|DEADLINE_EXCEEDED|ABORTED)\b",
+    r"\"code\":\s*(429|5\d\d)\b",
+    r"^\s*(HTTP\s*)?(429|5\d\d)\b",
+    r"(?i)\b(too many requests|rate.?limit(ed)?|internal (server )?error|service unavailable|"
+    r"bad gateway|gateway timeout|timed out|deadline exceeded|try again|overloaded)\b",
+)
+
+
+def retry_predicate(retry_failures: Any) -> Callable[[str], bool]:
+    """``should_retry(status) -> bool`` from ``retry_failures``: None (the default patterns), a list
+    of regular expressions (``re.search`` on the status), or a callable taking the status text.
+
+    :raises ValueError: a bad pattern or type, saying what to give instead.
+    """
+    if retry_failures is None:
+        retry_failures = DEFAULT_RETRY_FAILURES
+    if callable(retry_failures):
+        return retry_failures  # type: ignore[no-any-return]
+    if isinstance(retry_failures, (str, bytes)) or not isinstance(retry_failures, Iterable):
+        raise ValueError(
+            f"retry_failures must be a list of regular expressions or a callable(status) -> bool, "
+            f"got {retry_failures!r} (a single pattern goes in a list: [{retry_failures!r}])"
+        )
+    compiled = []
+    for pattern in retry_failures:
+        if not isinstance(pattern, str):
+            raise ValueError(f"retry_failures holds {pattern!r}, not a regular expression string")
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as err:
+            raise ValueError(f"retry_failures pattern {pattern!r} is not a valid regular expression: {err}") from None
+    return lambda status: any(p.search(status) for p in compiled)
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """What :func:`write_requests_to_send` found: input requests, answered by reuse, duplicates, to send."""
+
+    requests: int
+    reused: int
+    deduplicated: int
+    to_send: int
+
+
+def write_requests_to_send(
+    source: IO[bytes],
+    out: IO[bytes],
+    *,
+    reuse: Sequence[Any] = (),
+    opener: Callable[[Any], Any],
+    deduplicate: bool = True,
+) -> Coverage:
+    """Write to ``out`` the input lines to send (input order): those without an earlier answer in
+    ``reuse`` (results files; ``opener(item)`` opens one for binary reading) and, with
+    ``deduplicate``, the first of each set of identical requests.
+
+    :raises ResultsFormatError: a ``reuse`` file is not a results file (naming it and the line).
+    """
+    requests = reused = duplicates = sent = 0
+    with AnswerStore() as store, contextlib.ExitStack() as stack:
+        _open_all(stack, store, reuse, (), opener)
+        for line in iter_request_lines(source):
+            requests += 1
+            digest = request_digest(line.request)
+            if reuse and store.best(digest, take=not deduplicate, successes_only=True):
+                reused += 1
+            elif deduplicate and store.seen(digest):
+                duplicates += 1
+            else:
+                out.write(line.raw)
+                sent += 1
+    return Coverage(requests, reused, duplicates, sent)
+
+
+def _open_all(
+    stack: contextlib.ExitStack, store: AnswerStore, reuse: Sequence[Any], results: Sequence[Any], opener: Any
+) -> dict[int, Any]:
+    files = {}
+    for number, item in enumerate(reuse):
+        files[number] = handle = stack.enter_context(opener(item))
+        store.add(f"reuse_results[{number}] ({item})", handle, successes_only=True)
+    for number, item in enumerate(results):
+        files[len(reuse) + number] = handle = stack.enter_context(opener(item))
+        store.add(f"of round {number}", handle)
+    return files
+
+
+def all_succeeded(results: IO[bytes], expected: int) -> bool:
+    """True if ``results`` holds exactly ``expected`` lines, each a success in the service's own
+    layout (ending with ``"status": ""}``, see ``answers._parse``): then no request of the round
+    failed or is missing, and :func:`write_retries` can be skipped. Reads bytes, decodes no JSON.
+    False only means "look closer" (another layout, a failure, a missing or repeated line)."""
+    count = 0
+    for lines, _ in iter_line_batches(results):
+        for line in lines:
+            line = line.rstrip()
+            if line:
+                if not line.endswith(OK_TAILS):
+                    return False
+                count += 1
+    return count == expected
+
+
+def write_retries(
+    source: IO[bytes],
+    out: IO[bytes],
+    *,
+    reuse: Sequence[Any],
+    results: Sequence[Any],
+    opener: Callable[[Any], Any],
+    should_retry: Callable[[str], bool],
+    final: Collection[int] = (),
+    deduplicate: bool = True,
+) -> int:
+    """Write to ``out`` (input order) the requests to send again after the rounds whose ``results``
+    are given: their best answer so far failed with a status ``should_retry`` accepts, or they have
+    none. Return how many were written.
+
+    :param final: Indexes in ``results`` of files whose failures are not retried (the requests of
+        shards whose every job failed: ``shard_retries`` was spent on them already).
+    """
+    written = 0
+    final_sources = {len(reuse) + index for index in final}
+    with AnswerStore() as store, contextlib.ExitStack() as stack:
+        read = reader(_open_all(stack, store, reuse, results, opener))
+        for line in iter_request_lines(source):
+            digest = request_digest(line.request)
+            answer = store.best(digest, take=not deduplicate)
+            if answer is not None and answer.succeeded:
+                continue
+            if answer is not None:
+                if answer.source in final_sources:
+                    continue
+                status = result_record(
+                    load_result_object(read(answer), f"results line {answer.line}", answer.line), 0
+                ).error
+                if not should_retry(status or ""):
+                    continue
+            if deduplicate and store.seen(digest):
+                continue
+            out.write(line.raw)
+            written += 1
+    return written
+
+
+def merge_answers(
+    source: IO[bytes],
+    out: IO[bytes],
+    failed_out: IO[bytes],
+    *,
+    reuse: Sequence[Any],
+    results: Sequence[Any],
+    opener: Callable[[Any], Any],
+    rounds: Sequence[int] | None = None,
+    deduplicate: bool = True,
+    prices: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """Write every input position's best answer to ``out`` in input order, and to ``failed_out``
+    the input lines of requests with no successful answer (missing ones have no line in ``out``).
+
+    :param results: Results of each round, in round order (a later round's failure is the reason
+        reported; a success from any round or from ``reuse`` wins).
+    :param rounds: The round of each ``results`` file (default: its index); ``round_succeeded``
+        counts per round.
+    :return: The ``ResultSummary`` dict plus ``missing``, ``duplicates`` (second successful answers
+        to one request, not used), ``unmatched`` (result lines matching no input request),
+        ``bytes``, ``reused``, ``deduplicated``, ``sent`` (answers by where they came from),
+        ``tokens_reused``, ``tokens_deduplicated``, ``round_succeeded`` (successes per round) and,
+        with ``prices``, ``cost_usd`` and ``cost_avoided_usd``.
+    """
+    summary, by_reuse, by_dedup = ResultSummary(), ResultSummary(), ResultSummary()
+    written = 0
+    first_round = len(reuse)
+    with AnswerStore() as store, contextlib.ExitStack() as stack:
+        files = _open_all(stack, store, reuse, results, opener)
+        read = reader(files)
+        for line in iter_request_lines(source):
+            digest = request_digest(line.request)
+            repeated = store.seen(digest)
+            answer = store.best(digest, take=not deduplicate)
+            if answer is None:
+                record = ResultRecord(line.line_number, line.request, None, MISSING_STATUS, None, None, {}, None)
+                summary.add(record)
+                failed_out.write(line.raw)
+                continue
+            raw = read(answer)
+            label = f"results {store.sources[answer.source]} line {answer.line}"
+            record = result_record(load_result_object(raw, label, answer.line), line.line_number)
+            summary.add(record)
+            if answer.source < first_round:
+                by_reuse.add(record)
+            elif deduplicate and repeated:
+                by_dedup.add(record)
+            out.write(raw + b"\n")
+            written += len(raw) + 1
+            if not record.succeeded:
+                failed_out.write(line.raw)
+        leftovers = store.leftovers(first_round, shared=deduplicate)
+        numbers = list(rounds) if rounds is not None else list(range(len(results)))
+        round_succeeded = [0] * (max(numbers, default=-1) + 1)
+        for number, added in zip(numbers, store.added[first_round:], strict=True):
+            round_succeeded[number] += added.succeeded
+    result: dict[str, Any] = summary.as_dict()
+    result.update(
+        missing=summary.missing,
+        duplicates=leftovers.duplicates,
+        unmatched=leftovers.unmatched,
+        bytes=written,
+        round_succeeded=round_succeeded,
+    )
+    add_origins(result, reused=by_reuse, deduplicated=by_dedup, prices=prices)
+    return result
+
+
+def add_origins(
+    summary: dict[str, Any],
+    *,
+    reused: ResultSummary | None = None,
+    deduplicated: ResultSummary | None = None,
+    prices: dict[str, float] | None = None,
+) -> None:
+    """Add to a merge's ``summary`` where its answers came from (``reused``, ``deduplicated``,
+    ``sent``, ``tokens_reused``, ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` (the
+    tokens of the answers sent) and ``cost_avoided_usd`` (``reused``, ``deduplicated``)."""
+    reused = reused or ResultSummary()
+    deduplicated = deduplicated or ResultSummary()
+    summary.update(
+        reused=reused.requests,
+        deduplicated=deduplicated.requests,
+        sent=summary["requests"] - reused.requests - deduplicated.requests,
+        tokens_reused=reused.tokens,
+        tokens_deduplicated=deduplicated.tokens,
+    )
+    if prices is not None:
+        paid = {name: summary[name] - reused.tokens[name] - deduplicated.tokens[name] for name in reused.tokens}
+        summary["cost_usd"] = cost_of(paid, prices)
+        summary["cost_avoided_usd"] = {
+            "reused": cost_of(reused.tokens, prices),
+            "deduplicated": cost_of(deduplicated.tokens, prices),
+        }
