@@ -373,9 +373,3 @@ def extract_images(fileobj: IO[bytes], write: Callable[[str, bytes], None], *, p
                 names.append(name)
     return names
 
-
-# The former private names, for branches written against them (h7-reuse's batch/answers.py and
-# batch/rounds.py); remove once they import the public names.
-_request_digest = request_digest
-_load_object = load_result_object
-_record = result_record

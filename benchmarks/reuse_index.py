@@ -2,7 +2,7 @@
 
 The provider's ``AnswerStore.add`` (``airflow_provider_maas.batch.answers``) streams a results file
 and indexes each successful answer by the digest of its normalised request (the merge's own
-``results._request_digest``), in a temporary SQLite file; then builds the lookup index. Measured in
+``results.request_digest``), in a temporary SQLite file; then builds the lookup index. Measured in
 a fresh interpreter: wall time, CPU time, and peak RSS growth (``VmHWM`` reset once the module is
 loaded), at N/2 and N results to show memory does not grow with N (it is bounded by SQLite's page
 cache, 16 MiB, plus one 8 MiB read chunk and a batch of rows; the cache fills up on the way to N/2). The reference is the floor of

@@ -86,6 +86,22 @@ def test_split_and_merge_report_their_files(emulator, tmp_path):
     ]
 
 
+def test_the_batch_operator_reports_its_input_and_outputs(emulator, tmp_path):
+    pytest.importorskip("airflow.providers.openlineage")
+    from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
+
+    source = write_requests(tmp_path / "requests.jsonl", 150)
+    earlier = write_requests(tmp_path / "earlier.jsonl", 0)
+    dest = tmp_path / "out" / "results.jsonl"
+    batch = MaaSBatchPredictionOperator(
+        task_id="predict", source=str(source), destination=str(dest), reuse_results=str(earlier), poll_interval=0.05
+    )
+    batch.execute(make_context())
+    lineage = batch.get_openlineage_facets_on_complete(None)
+    assert _names(lineage.inputs) == [("file", str(source)), ("file", str(earlier))]
+    assert _names(lineage.outputs) == [("file", str(dest)), ("file", str(tmp_path / "out" / "results.failed.jsonl"))]
+
+
 def test_object_store_names_follow_the_openlineage_spec():
     pytest.importorskip("airflow.providers.openlineage")
     from airflow.providers.common.compat.openlineage.facet import Dataset

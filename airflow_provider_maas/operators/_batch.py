@@ -43,6 +43,7 @@ from airflow_provider_maas.merge import failed_path_for, merge_shard_results
 from airflow_provider_maas.naming import display_name, task_identity, upload_name
 from airflow_provider_maas.operators._common import publish_summary
 from airflow_provider_maas.operators._guard import CREATING, clear_round, refuse_uncertain_create
+from airflow_provider_maas.operators._lineage import LineageMixin
 from airflow_provider_maas.results import ResultsFormatError
 from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, check_destination, open_source, to_path, uri_of
 from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, BatchJobsEvent, MaaSBatchJobsTrigger
@@ -58,7 +59,7 @@ STATE_KEY = "maas_batch_state"
 MAX_QUOTED_ERRORS = 5
 
 
-class MaaSBatchPredictionOperator(BaseOperator):
+class MaaSBatchPredictionOperator(LineageMixin, BaseOperator):
     """Run a whole batch in one task: split, upload, create jobs, wait, download, merge in input order.
 
     The input may hold any number of requests: it is split into shards that fit one upload
@@ -537,6 +538,7 @@ class MaaSBatchPredictionOperator(BaseOperator):
         )
         dest_uri = uri_of(to_path(self.destination, what="destination"))
         publish_summary(self, context, summary, dest_uri)
+        self.record_lineage([self.source, *self._reuse_sources()], [dest_uri, summary["failed_uri"]])
         if failed:
             self.log.error("%d of %d shards failed: %s", len(failed), len(records), "; ".join(reasons))
         if summary["requests"] and not summary["succeeded"]:
