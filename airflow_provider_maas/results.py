@@ -372,4 +372,3 @@ def extract_images(fileobj: IO[bytes], write: Callable[[str, bytes], None], *, p
                 write(name, _decode_base64(inline["data"], line_number))
                 names.append(name)
     return names
-
