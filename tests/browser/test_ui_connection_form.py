@@ -222,3 +222,24 @@ def test_connection_form_save_and_test(
         expect(failure).to_contain_text(re.compile("fail", re.IGNORECASE))
         expect(failure).to_contain_text(result["message"])
         page.screenshot(path=str(artifacts_dir / "connection-test-failed.png"))
+
+    # The right key but a wrong ENDPOINT: the test names the Endpoint field (an unknown endpoint and
+    # an unknown job both answer 404, so the probe is an upload, which a known endpoint accepts).
+    row.get_by_role("button", name="Edit Connection").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("textbox", name="API Key").fill(UI_API_KEY)
+    dialog.get_by_role("button", name="Extra Fields", exact=True).click()
+    _field_group(dialog, CONN_FIELDS["endpoint"]["label"]).get_by_role("textbox").fill("wrong-ep")
+    with page.expect_response(
+        lambda r: urlsplit(r.url).path.endswith(f"/api/v2/connections/{CONN_ID}") and r.request.method == "PATCH"
+    ) as updated:
+        dialog.get_by_role("button", name="Save").click()
+    assert updated.value.status == 200, updated.value.text()
+    expect(dialog).to_be_hidden()
+
+    result = test_saved_connection(UI_API_KEY)
+    assert result["status"] is False
+    assert "Endpoint 'wrong-ep' is unknown" in result["message"]
+    assert UI_API_KEY not in result["message"]
+    if has_test_button:
+        expect(page.get_by_role("status").filter(has_text="Endpoint 'wrong-ep' is unknown")).to_be_visible()
