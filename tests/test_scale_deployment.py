@@ -11,10 +11,10 @@ over the same 10,000 requests with ``max_requests_per_file=10``: 1,000 shards, 1
   resumes), and no ``task_state_store`` value over Airflow's 64 KB default at any time (sampled
   from the metadata database, and Airflow's own warning on an oversized write absent from the log);
   the trigger rows and the events handed back stay bounded by ``max_active_jobs``, not the input.
-* ``maas_scale_crash``: after its first wave of jobs, while it is deferred, its emulator starts
-  refusing uploads (429); once the task resumes (downloading, uploading), its task process gets
-  SIGKILL (as the OOM killer would) and the uploads are accepted again. No create can be in flight
-  at the kill (none follows a refused upload), so Airflow's retry must reattach and finish: one job
+* ``maas_scale_crash``: once every shard's job is created and the task has deferred, its next
+  resumed try (downloading, held there by 429s on the results) gets SIGKILL (as the OOM killer
+  would), and the results are served again. No
+  create can be in flight at the kill, so Airflow's retry must reattach and finish: one job
   per shard, every result once, in input order.
 
 Each DAG talks to its own emulator (connection named like the DAG), so job counts are per DAG.
@@ -151,28 +151,29 @@ def deployment(tmp_path_factory) -> dict[str, Any]:
             def _crash_step(ti: dict[str, Any], armed_at: int | None) -> int | None:
                 """Kill the crash DAG's task process in a resume that cannot be creating a job.
 
-                While the task is deferred with jobs left to create, its emulator starts refusing
-                uploads (429, as a service at capacity does): no create can follow an upload in
-                the resumed try, so no create is in flight when the task process dies (a create in
-                flight would rightly stop the retry: the job may or may not exist).
+                Armed once the task has deferred with every shard's job created (the driver stores
+                every create's answer before it defers); the next resumed try (downloading, held
+                there by 429s on the results) gets SIGKILL. No create can be in flight then: a create in
+                flight would rightly stop the retry, as the job may or may not exist (that case is
+                tests/test_create_killed.py's and tests/test_batch_operator.py's).
                 """
                 url = urls[CRASH]
                 if ti.get("state") == "deferred" and armed_at is None:
                     created = _created(url)
-                    if 0 < created < SHARDS:
-                        emulator_admin(url, "POST", "/_emulator/faults", {"faults": ["upload:*:429"]})
-                        return created
-                elif ti.get("state") == "running" and armed_at is not None and ti.get("try_number") == 1:
+                    if created != SHARDS:
+                        return None
+                    # Hold the resumed try in its downloads (429 on the results, which leaves each
+                    # shard running to be polled and fetched again), so the kill lands in it.
+                    emulator_admin(url, "POST", "/_emulator/faults", {"faults": ["metadata:*:429"]})
+                    return created
+                if ti.get("state") == "running" and armed_at is not None and ti.get("try_number") == 1:
                     found = airflow.task_process(ti["id"])
                     if found is None:
                         return armed_at
-                    created = _created(url)
-                    if created != armed_at:  # a create slipped in before the 429s: try at the next resume
-                        return None
                     os.kill(found[0], signal.SIGKILL)
                     emulator_admin(url, "DELETE", "/_emulator/faults")
-                    kill.update(jobs_created=created, at=f"{time.monotonic() - started:.0f}s")
-                    phase(f"crash task SIGKILLed after {created} jobs")
+                    kill.update(jobs_created=_created(url), at=f"{time.monotonic() - started:.0f}s")
+                    phase(f"crash task SIGKILLed after {kill['jobs_created']} jobs")
                 return armed_at
 
             wait_for("both DAGs to end", both_ended, RUN_DEADLINE, interval=0.2, diagnose=diagnose)
@@ -242,8 +243,8 @@ def test_a_sigkilled_task_process_resumes_its_1000_shard_run(deployment):
     final = deployment["final"][CRASH]
     watch: DeferredTaskWatch = deployment["watches"][CRASH]
     kill = deployment["kill"]
-    assert kill, f"the crash DAG never resumed with jobs left to create:\n{deployment['diagnose']}"
-    assert 0 < kill["jobs_created"] < SHARDS
+    assert kill, f"the crash DAG never resumed with jobs still running:\n{deployment['diagnose']}"
+    assert kill["jobs_created"] == SHARDS
     assert final["state"] == "success", deployment["diagnose"]
     assert final["try_number"] == 2, deployment["diagnose"]  # the kill failed try 1; try 2 finished
     _assert_one_job_per_shard(deployment, CRASH)
