@@ -217,6 +217,9 @@ class MaaSBatchPredictionOperator(LineageMixin, BaseOperator):
                 )
             else:
                 if state is not None:
+                    # A create left in flight by an earlier try of this clear round is refused all
+                    # the same: the job it may have made is for the same requests.
+                    self._take_over(context, journal, state)
                     self.log.warning(
                         "The input changed since the batch state at %s was written: starting over", journal.uri
                     )
