@@ -77,3 +77,24 @@ def test_changed_shard_limits_between_retries_still_refuse_an_uncertain_create(e
     with pytest.raises(MaaSJobCreationUncertainError):
         _operator(source, dest, max_requests_per_file=3).execute(_try(store))  # same clear round
     assert handle.emulator.jobs_created == 1
+
+
+def test_a_job_answered_under_its_full_resource_name_is_still_recognised(emulator_factory, tmp_path, monkeypatch):
+    """A Vertex-style front answers GET with the job's full resource name
+    (``projects/../batchPredictionJobs/<id>``) where the create gave the bare id: the job the task
+    polled is still its own; it must not be ignored (and polled until the deadline)."""
+    from airflow_provider_maas.hooks.maas import MaaSHook
+
+    emulator_factory()
+    real_get = MaaSHook.get_batch_job
+
+    def vertex_style(self, job_name):
+        job = real_get(self, job_name)
+        job["name"] = f"projects/p/locations/l/batchPredictionJobs/{job['name']}"
+        return job
+
+    monkeypatch.setattr(MaaSHook, "get_batch_job", vertex_style)
+    source = write_requests(tmp_path / "r.jsonl", 3)
+    dest = tmp_path / "results.jsonl"
+    _operator(source, dest, wait_timeout=8).execute(_try(FakeStateStore()))
+    assert_in_input_order(source, dest)
