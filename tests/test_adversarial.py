@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -98,3 +97,26 @@ def test_a_job_answered_under_its_full_resource_name_is_still_recognised(emulato
     dest = tmp_path / "results.jsonl"
     _operator(source, dest, wait_timeout=8).execute(_try(FakeStateStore()))
     assert_in_input_order(source, dest)
+
+
+def test_resumed_on_a_worker_without_the_state_fails_without_automatic_retry(emulator_factory, tmp_path):
+    """The deferred task resumes on another worker, where the (local) batch state is not: the
+    error says 'clear the task to start over', so it must not be retried automatically either; an
+    automatic retry would find no state and pay for every shard again."""
+    import shutil
+
+    from airflow.exceptions import AirflowFailException
+
+    from tests.compat import TaskDeferred
+
+    handle = emulator_factory(job_duration=30)
+    source = write_requests(tmp_path / "r.jsonl", 3)
+    dest = tmp_path / "results.jsonl"
+    store = FakeStateStore()
+    with pytest.raises(TaskDeferred) as info:
+        _operator(source, dest, deferrable=True).execute(_try(store))
+    assert handle.emulator.jobs_created == 1
+    shutil.rmtree(tmp_path / ".results.jsonl.maas")  # what the other worker's disk holds
+    event = {"status": "success", "ended": [], "message": "", "running": info.value.trigger.job_names}
+    with pytest.raises(AirflowFailException):
+        _operator(source, dest, deferrable=True).execute_complete(_try(store), event)
