@@ -120,3 +120,44 @@ def test_resumed_on_a_worker_without_the_state_fails_without_automatic_retry(emu
     event = {"status": "success", "ended": [], "message": "", "running": info.value.trigger.job_names}
     with pytest.raises(AirflowFailException):
         _operator(source, dest, deferrable=True).execute_complete(_try(store), event)
+
+
+def test_execution_timeout_during_a_create_keeps_the_answer_that_came(emulator_factory, tmp_path, monkeypatch):
+    """execution_timeout (AirflowTaskTimeout, raised in the main thread by SIGALRM) fires while a
+    create is in flight in the pool; the pool is drained, the answer (the job's name) comes, but it
+    is dropped: the retry then refuses as if the create were uncertain, and the person who clears
+    pays for a second job although the first one's name was known."""
+    import signal
+    import time
+
+    from airflow.exceptions import AirflowTaskTimeout
+
+    from airflow_provider_maas.hooks.maas import MaaSHook
+
+    handle = emulator_factory()
+    real_create = MaaSHook.create_batch_job
+
+    def slow_create(self, file_name, display_name):
+        time.sleep(1.0)
+        return real_create(self, file_name, display_name)
+
+    def timeout(signum, frame):
+        raise AirflowTaskTimeout("Timeout, PID: 1")
+
+    source = write_requests(tmp_path / "r.jsonl", 3)
+    dest = tmp_path / "results.jsonl"
+    store = FakeStateStore()
+    monkeypatch.setattr(MaaSHook, "create_batch_job", slow_create)
+    previous = signal.signal(signal.SIGALRM, timeout)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        with pytest.raises(AirflowTaskTimeout):
+            _operator(source, dest).execute(_try(store))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert handle.emulator.jobs_created == 1
+    monkeypatch.setattr(MaaSHook, "create_batch_job", real_create)
+    _operator(source, dest).execute(_try(store))  # the automatic retry goes on with that job
+    assert handle.emulator.jobs_created == 1
+    assert_in_input_order(source, dest)
