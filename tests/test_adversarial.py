@@ -161,3 +161,26 @@ def test_execution_timeout_during_a_create_keeps_the_answer_that_came(emulator_f
     _operator(source, dest).execute(_try(store))  # the automatic retry goes on with that job
     assert handle.emulator.jobs_created == 1
     assert_in_input_order(source, dest)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="_batch.py execute: on a fingerprint change the old state is dropped ('starting over') "
+    "although its jobs are running and paid for; the same requests are bought again on an automatic retry",
+)
+def test_a_retry_after_a_redeploy_does_not_buy_the_running_shards_again(emulator_factory, tmp_path):
+    """Try 1 created the job and deferred; the DAG is redeployed (max_requests_per_file tuned) and
+    the task is retried automatically (the triggerer died, a worker was lost): the requests are the
+    same, their job is running; a second job for them must not be created on this path."""
+    from tests.compat import TaskDeferred
+
+    handle = emulator_factory(job_duration=30)
+    source = write_requests(tmp_path / "r.jsonl", 6)
+    dest = tmp_path / "results.jsonl"
+    store = FakeStateStore()
+    with pytest.raises(TaskDeferred):
+        _operator(source, dest, deferrable=True).execute(_try(store))
+    assert handle.emulator.jobs_created == 1
+    with pytest.raises(TaskDeferred):
+        _operator(source, dest, deferrable=True, max_requests_per_file=3).execute(_try(store))
+    assert handle.emulator.jobs_created == 1
