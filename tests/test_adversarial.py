@@ -184,3 +184,18 @@ def test_a_retry_after_a_redeploy_does_not_buy_the_running_shards_again(emulator
     with pytest.raises(TaskDeferred):
         _operator(source, dest, deferrable=True, max_requests_per_file=3).execute(_try(store))
     assert handle.emulator.jobs_created == 1
+
+
+def test_a_number_that_overflows_to_infinity_is_refused_before_upload(emulator_factory, tmp_path):
+    """``1e999`` is valid JSON syntax that Python reads as inf (NaN and Infinity are refused, this
+    slipped by): the service cannot parse it; refuse it before anything is uploaded or paid."""
+    from airflow_provider_maas.exceptions import MaaSInputError
+
+    handle = emulator_factory()
+    source = tmp_path / "r.jsonl"
+    source.write_text(
+        '{"request":{"contents":[{"role":"user","parts":[{"text":"a"}]}],"generationConfig":{"temperature":1e999}}}\n'
+    )
+    with pytest.raises(MaaSInputError, match="line 1"):
+        _operator(source, tmp_path / "results.jsonl").execute(_try(FakeStateStore()))
+    assert handle.emulator.jobs_created == 0
