@@ -199,3 +199,17 @@ def test_a_number_that_overflows_to_infinity_is_refused_before_upload(emulator_f
     with pytest.raises(MaaSInputError, match="line 1"):
         _operator(source, tmp_path / "results.jsonl").execute(_try(FakeStateStore()))
     assert handle.emulator.jobs_created == 0
+
+
+def test_each_job_of_a_batch_has_its_own_display_name(emulator_factory, tmp_path):
+    """A retry round's shard 0 got the same display name as round 0's shard 0: when its create is
+    uncertain, the error says 'look for a job named dag/task/run1#0 in the console', and the job
+    found there is round 0's (which exists), so a person wrongly concludes the create worked."""
+    handle = emulator_factory(faults=["create:1:fail-requests=index:2", "create:1:lost-500"])
+    source = write_requests(tmp_path / "r.jsonl", 4)
+    dest = tmp_path / "results.jsonl"
+    with pytest.raises(MaaSJobCreationUncertainError) as uncertain:
+        _operator(source, dest, retry_failures=["INVALID_ARGUMENT"]).execute(_try(FakeStateStore()))
+    names = [job.display_name for job in handle.emulator.jobs.values()]
+    assert len(names) == 2 and len(set(names)) == 2, names
+    assert f"{names[0]!r}" not in str(uncertain.value)

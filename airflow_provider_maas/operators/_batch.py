@@ -425,7 +425,8 @@ class MaaSBatchPredictionOperator(LineageMixin, BaseOperator):
     # Running --------------------------------------------------------------------------------
     def _names(self, context: Context) -> Any:
         def names(key: ShardKey, plan: ShardPlan) -> tuple[str, str]:
-            shown = f"{self.display_name}#{key}" if self.display_name else display_name(context, shard=key.index)
+            # ``#<shard>`` in round 0, ``#<round>.<shard>`` after: no two shards of a batch share a name
+            shown = f"{self.display_name or display_name(context)}#{key}"
             return upload_name(context, plan.sha256, shard=key.index), shown
 
         return names
