@@ -217,7 +217,7 @@ def create_job(
     return _retrying(what, policy)(attempt)  # type: ignore[no-any-return]
 
 
-def _never_sent(err: MaaSRetryableError) -> bool:
+def _never_sent(err: MaaSApiError) -> bool:
     return getattr(err, "never_sent", False) is True
 
 
