@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
@@ -67,6 +68,13 @@ class _Refused(ValueError):
 
 def _no_constant(name: str) -> Any:
     raise _Refused(f"{name} is not valid JSON (the service rejects it); write null or a string")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: valid JSON syntax, but no double holds it
+        raise _Refused(f"the number {text[:40]} is out of range (it overflows to infinity); the service rejects it")
+    return value
 
 
 def _lone_surrogate(text: str) -> bool:
@@ -119,7 +127,7 @@ def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 #: Strict JSON: NaN, Infinity, repeated keys and lone surrogates are refused (Python's json
 #: accepts them, the service may not).
-_DECODER = json.JSONDecoder(object_pairs_hook=_strict_object, parse_constant=_no_constant)
+_DECODER = json.JSONDecoder(object_pairs_hook=_strict_object, parse_constant=_no_constant, parse_float=_finite_float)
 # The C scanner behind it: scan(text, index) -> (value, end). Skips decode's Python wrapper.
 _SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 

@@ -155,7 +155,7 @@ def job_outcome(job: dict[str, Any], job_name: str | None = None) -> JobOutcome:
         message = str(raw)[:MAX_ERROR_MESSAGE] if raw else None
     stats = job.get("completionStats") or {}
     return JobOutcome(
-        job_name=str(job.get("name") or job_name),
+        job_name=str(job_name or job.get("name")),  # the name asked for: a front may spell it otherwise
         state=state,
         outcome=_OUTCOME_OF_KIND[classify_state(state)],
         error_code=code if isinstance(code, (int, str)) else None,

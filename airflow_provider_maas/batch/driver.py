@@ -95,6 +95,14 @@ class BatchDriver:
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        # Left while transfers were in flight (execution_timeout, SIGTERM): record the answers that
+        # came, a created job's name above all (its "creating" marker would make a retry refuse).
+        finished = [(f, t, k) for f, (t, k) in self._futures.items() if t is not _Task.UPLOAD and f.done()]
+        self._futures.clear()
+        for future, task, key in finished:
+            if not future.cancelled():
+                self._finished(task, key, future)
+        self._flush()
 
     # What is running -------------------------------------------------------------------------
     def running_jobs(self) -> list[str]:

@@ -198,10 +198,14 @@ def create_job(
             response = send_once(
                 session, config, "POST", config.jobs_url(), what=what, json_body=body, not_found_hint=CREATE_404_HINT
             )
-        except MaaSRetryableError as err:
+        except MaaSApiError as err:
             if isinstance(err, MaaSRateLimitError) or _never_sent(err):
                 raise
-            raise uncertain_create(str(err), file_name=file_name, display_name=display_name) from None
+            # Any 5xx (524, 520, 501...: a gateway may answer it after the service acted) is as
+            # uncertain as the retryable ones; only a 4xx refusal proves nothing was created.
+            if isinstance(err, MaaSRetryableError) or (err.status_code or 0) >= 500:
+                raise uncertain_create(str(err), file_name=file_name, display_name=display_name) from None
+            raise
         try:
             job = api.parse_json(response.content, what=what, api_key=config.api_key)
         except MaaSApiError as err:
@@ -213,7 +217,7 @@ def create_job(
     return _retrying(what, policy)(attempt)  # type: ignore[no-any-return]
 
 
-def _never_sent(err: MaaSRetryableError) -> bool:
+def _never_sent(err: MaaSApiError) -> bool:
     return getattr(err, "never_sent", False) is True
 
 

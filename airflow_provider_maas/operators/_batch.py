@@ -36,7 +36,13 @@ from airflow_provider_maas.batch.state import (
     ShardStatus,
     fingerprint,
 )
-from airflow_provider_maas.exceptions import MaaSError, MaaSInputError, MaaSJobFailedError, MaaSTimeoutError
+from airflow_provider_maas.exceptions import (
+    MaaSConfigError,
+    MaaSError,
+    MaaSInputError,
+    MaaSJobFailedError,
+    MaaSTimeoutError,
+)
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.jsonl import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, ShardPlan, plan_shards
 from airflow_provider_maas.merge import failed_path_for, merge_shard_results
@@ -217,6 +223,9 @@ class MaaSBatchPredictionOperator(LineageMixin, BaseOperator):
                 )
             else:
                 if state is not None:
+                    # A create left in flight by an earlier try of this clear round is refused all
+                    # the same: the job it may have made is for the same requests.
+                    self._take_over(context, journal, state)
                     self.log.warning(
                         "The input changed since the batch state at %s was written: starting over", journal.uri
                     )
@@ -342,9 +351,11 @@ class MaaSBatchPredictionOperator(LineageMixin, BaseOperator):
         journal = BatchJournal.for_task(self.destination, context)
         state = journal.load()
         if state is None:
-            raise MaaSError(
-                f"Resumed, but the batch state at {journal.uri} is gone (removed by hand?); clear the task to "
-                "start the batch over."
+            # Not retried automatically: a retry would find no state either and pay for every shard again.
+            raise MaaSConfigError(
+                f"Resumed, but the batch state at {journal.uri} is gone (removed by hand, or a destination on "
+                "one worker's local disk while the task resumed on another?); its jobs exist on the service. "
+                "Clear the task to start the batch over (every shard is paid again)."
             )
         state.resumes += 1
         self._take_over(context, journal, state)
@@ -414,7 +425,8 @@ class MaaSBatchPredictionOperator(LineageMixin, BaseOperator):
     # Running --------------------------------------------------------------------------------
     def _names(self, context: Context) -> Any:
         def names(key: ShardKey, plan: ShardPlan) -> tuple[str, str]:
-            shown = f"{self.display_name}#{key}" if self.display_name else display_name(context, shard=key.index)
+            # ``#<shard>`` in round 0, ``#<round>.<shard>`` after: no two shards of a batch share a name
+            shown = f"{self.display_name or display_name(context)}#{key}"
             return upload_name(context, plan.sha256, shard=key.index), shown
 
         return names
