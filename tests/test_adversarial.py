@@ -46,11 +46,6 @@ def test_create_answered_524_is_uncertain_and_not_created_again_on_retry(emulato
     assert handle.emulator.jobs_created == created
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="driver.py _finished: any MaaSNotFoundError on a download (a plain 404 included) is taken as "
-    "'results gone' and the shard is bought again at once",
-)
 def test_one_404_on_results_metadata_does_not_pay_for_the_shard_again(emulator_factory, tmp_path):
     """The job SUCCEEDED seconds ago (results are kept 7 days): one 404 on alt=json is a glitch,
     not proof the results are gone; the shard must not be bought again."""

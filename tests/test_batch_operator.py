@@ -181,6 +181,17 @@ def test_results_gone_creates_a_new_job_for_the_shard(emulator_factory, tmp_path
     assert_in_input_order(source, dest)
 
 
+def test_results_answering_404_three_times_in_a_row_count_as_gone(emulator_factory, tmp_path):
+    # One 404 is fetched again (tests/test_adversarial.py); three in a row mean the results are
+    # gone, as a service answering 404 after the 7 days would: one new job for the shard.
+    handle = emulator_factory(faults=["metadata:3:404"])
+    source = write_requests(tmp_path / "r.jsonl", 30)
+    dest = tmp_path / "results.jsonl"
+    _operator(source, dest, shard_retries=1).execute(make_context())
+    assert handle.emulator.jobs_created == 2
+    assert_in_input_order(source, dest)
+
+
 def test_retry_without_task_state_store_reattaches_and_polls_before_deferring(emulator_factory, tmp_path):
     handle = emulator_factory(job_duration=60)
     source = write_requests(tmp_path / "r.jsonl", 150)

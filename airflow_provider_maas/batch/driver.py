@@ -19,7 +19,13 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
-from airflow_provider_maas.exceptions import MaaSError, MaaSNotFoundError, MaaSRateLimitError, MaaSRetryableError
+from airflow_provider_maas.exceptions import (
+    MaaSError,
+    MaaSNotFoundError,
+    MaaSRateLimitError,
+    MaaSResultsGoneError,
+    MaaSRetryableError,
+)
 from airflow_provider_maas.jsonl import ShardPlan, copy_shard
 from airflow_provider_maas.operators._guard import proves_not_created
 from airflow_provider_maas.states import JobOutcome, job_outcome
@@ -32,6 +38,9 @@ if TYPE_CHECKING:
     from airflow_provider_maas.hooks.maas import MaaSHook
 
 log = logging.getLogger(__name__)
+
+#: A shard's results answering 404 this many fetches in a row count as gone (410 counts at once).
+NOT_FOUND_TRIES = 3
 
 #: ``names(key, plan) -> (upload file name, job display name)`` of a shard.
 ShardNames = Callable[[ShardKey, ShardPlan], "tuple[str, str]"]
@@ -83,6 +92,7 @@ class BatchDriver:
         # Shards holding a slot: uploading, creating or with a job not seen ended.
         self._busy = {r.key for r in state.with_status(ShardStatus.RUNNING, ShardStatus.CREATING)}
         self._downloading: set[ShardKey] = set()
+        self._not_found: dict[ShardKey, int] = {}  # 404s in a row on a shard's results
         self._to_download: deque[ShardKey] = deque()
         self._seen: dict[str, float] = {}
         self._last_state: dict[str, str | None] = {}
@@ -306,8 +316,22 @@ class BatchDriver:
             if task is not _Task.DOWNLOAD:
                 self._failed(task, key, record, err)
                 return False
-            # 410 (MaaSResultsGoneError), or 404, for the results of a job that ended with results.
+            # 410 (MaaSResultsGoneError) proves the results are gone. A 404 may be a glitch of a job
+            # that ended seconds ago: the shard is polled and fetched again, and only a 404 on
+            # NOT_FOUND_TRIES fetches in a row counts as gone (a new job is paid for).
             self._downloading.discard(key)
+            if not isinstance(err, MaaSResultsGoneError):
+                self._not_found[key] = self._not_found.get(key, 0) + 1
+                if self._not_found[key] < NOT_FOUND_TRIES:
+                    log.warning(
+                        "Shard %s: no results for job %s (%s, %d of %d); fetching them again at the next poll",
+                        key,
+                        record.job_name,
+                        err,
+                        self._not_found[key],
+                        NOT_FOUND_TRIES,
+                    )
+                    return False
             log.warning(
                 "Shard %s: the results of job %s are gone (%s); a new job will be created", key, record.job_name, err
             )
