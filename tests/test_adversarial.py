@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError
+from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.conftest import API_KEY
 from tests.helpers import FakeStateStore, assert_in_input_order, make_context, write_requests
@@ -158,11 +158,6 @@ def test_execution_timeout_during_a_create_keeps_the_answer_that_came(emulator_f
     assert_in_input_order(source, dest)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_batch.py execute: on a fingerprint change the old state is dropped ('starting over') "
-    "although its jobs are running and paid for; the same requests are bought again on an automatic retry",
-)
 def test_a_retry_after_a_redeploy_does_not_buy_the_running_shards_again(emulator_factory, tmp_path):
     """Try 1 created the job and deferred; the DAG is redeployed (max_requests_per_file tuned) and
     the task is retried automatically (the triggerer died, a worker was lost): the requests are the
@@ -176,16 +171,18 @@ def test_a_retry_after_a_redeploy_does_not_buy_the_running_shards_again(emulator
     with pytest.raises(TaskDeferred):
         _operator(source, dest, deferrable=True).execute(_try(store))
     assert handle.emulator.jobs_created == 1
-    with pytest.raises(TaskDeferred):
+    with pytest.raises(MaaSInputError, match="still running"):
         _operator(source, dest, deferrable=True, max_requests_per_file=3).execute(_try(store))
     assert handle.emulator.jobs_created == 1
+    # A person clears the task (max_tries changes): it starts over with the new settings.
+    with pytest.raises(TaskDeferred):
+        _operator(source, dest, deferrable=True, max_requests_per_file=3).execute(_try(store, max_tries=5))
+    assert handle.emulator.jobs_created == 3
 
 
 def test_a_number_that_overflows_to_infinity_is_refused_before_upload(emulator_factory, tmp_path):
     """``1e999`` is valid JSON syntax that Python reads as inf (NaN and Infinity are refused, this
     slipped by): the service cannot parse it; refuse it before anything is uploaded or paid."""
-    from airflow_provider_maas.exceptions import MaaSInputError
-
     handle = emulator_factory()
     source = tmp_path / "r.jsonl"
     source.write_text(

@@ -224,7 +224,9 @@ class MaaSBatchPredictionOperator(LineageMixin, BaseOperator):
             else:
                 if state is not None:
                     # A create left in flight by an earlier try of this clear round is refused all
-                    # the same: the job it may have made is for the same requests.
+                    # the same: the job it may have made is for the same requests; and so are
+                    # running jobs, unless a person cleared the task since.
+                    self._refuse_abandoning_jobs(context, journal, state)
                     self._take_over(context, journal, state)
                     self.log.warning(
                         "The input changed since the batch state at %s was written: starting over", journal.uri
@@ -386,11 +388,31 @@ class MaaSBatchPredictionOperator(LineageMixin, BaseOperator):
     def _new_deadline(self) -> float | None:
         return time.time() + self.wait_timeout if self.wait_timeout else None
 
+    @staticmethod
+    def _cleared_since(context: Context, state: BatchState) -> bool:
+        """Whether a person cleared the task since the state was last taken over."""
+        now = clear_round(context)
+        return state.clear_round is not None and now is not None and now != state.clear_round
+
+    def _refuse_abandoning_jobs(self, context: Context, journal: BatchJournal, state: BatchState) -> None:
+        """The input or the shard settings changed since an earlier try of this clear round: its
+        running jobs would be abandoned and their requests paid for again, so stop and say so."""
+        running = sorted(state.with_status(ShardStatus.RUNNING), key=lambda r: r.key)
+        if not running or self._cleared_since(context, state):
+            return
+        raise MaaSInputError(
+            f"The input or the shard settings (max_requests_per_file, max_bytes_per_file) changed since an "
+            f"earlier try of this task created {len(running)} job(s) that are still running (e.g. job "
+            f"{running[0].job_name} for shard {running[0].key}); starting over would pay for the same requests "
+            f"again. Restore the input and settings to reattach to them, or clear the task to start over (the "
+            f"running jobs keep running and are billed). Batch state: {journal.uri}"
+        )
+
     def _take_over(self, context: Context, journal: BatchJournal, state: BatchState) -> None:
         """Make the stored state this try's: refuse creates left in flight (unless the task was
         cleared since); after a clear, failed shards get a new chance and wait_timeout restarts."""
         now = clear_round(context)
-        cleared = state.clear_round is not None and now is not None and now != state.clear_round
+        cleared = self._cleared_since(context, state)
         creating = sorted(state.with_status(ShardStatus.CREATING), key=lambda r: r.key)
         changes = []
         for record in creating:
