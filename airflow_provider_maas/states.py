@@ -45,6 +45,10 @@ class StateKind(str, Enum):
 
 FAILED_STATES = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
 
+#: A finished job's results answering 404 this many reads in a row count as gone, like one 410:
+#: a single 404 may be a glitch of a job that ended seconds ago, and "gone" pays for a new job.
+RESULTS_NOT_FOUND_TRIES = 3
+
 
 def classify_state(state: str | None) -> StateKind:
     """Classify a job state string as returned by the service."""

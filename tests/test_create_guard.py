@@ -158,6 +158,20 @@ def test_chain_dag_create_timed_out_in_flight_fails_once_with_one_job(emulator_f
 # --- a job whose results are gone is like a failed one ---------------------------------------------
 
 
+def test_one_404_on_a_finished_jobs_results_reuses_the_job(emulator_factory, tmp_path, monkeypatch):
+    # A single 404 may be a glitch of a job that ended seconds ago: read again, reuse the job.
+    monkeypatch.setattr("airflow_provider_maas.operators._common.time.sleep", lambda seconds: None)
+    handle = emulator_factory()
+    file_name = _uploaded(tmp_path)
+    store = FakeStateStore()
+    op = MaaSCreateBatchJobOperator(task_id="create", file_name=file_name)
+    first = op.execute(_context(store))
+    MaaSHook().wait_for_batch_job(first, poll_interval=0.05, timeout=30)
+    handle.schedule("metadata:1:404")
+    assert op.execute(_context(store)) == first
+    assert _jobs_created(handle) == 1
+
+
 def test_a_job_whose_results_are_gone_is_replaced(emulator, tmp_path, capsys):
     file_name = _uploaded(tmp_path)
     store = FakeStateStore()

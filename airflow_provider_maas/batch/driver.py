@@ -28,7 +28,7 @@ from airflow_provider_maas.exceptions import (
 )
 from airflow_provider_maas.jsonl import ShardPlan, copy_shard
 from airflow_provider_maas.operators._guard import proves_not_created
-from airflow_provider_maas.states import JobOutcome, job_outcome
+from airflow_provider_maas.states import RESULTS_NOT_FOUND_TRIES, JobOutcome, job_outcome
 from airflow_provider_maas.storage import CHUNK_SIZE, open_source
 
 if TYPE_CHECKING:
@@ -38,9 +38,6 @@ if TYPE_CHECKING:
     from airflow_provider_maas.hooks.maas import MaaSHook
 
 log = logging.getLogger(__name__)
-
-#: A shard's results answering 404 this many fetches in a row count as gone (410 counts at once).
-NOT_FOUND_TRIES = 3
 
 #: ``names(key, plan) -> (upload file name, job display name)`` of a shard.
 ShardNames = Callable[[ShardKey, ShardPlan], "tuple[str, str]"]
@@ -318,18 +315,18 @@ class BatchDriver:
                 return False
             # 410 (MaaSResultsGoneError) proves the results are gone. A 404 may be a glitch of a job
             # that ended seconds ago: the shard is polled and fetched again, and only a 404 on
-            # NOT_FOUND_TRIES fetches in a row counts as gone (a new job is paid for).
+            # RESULTS_NOT_FOUND_TRIES fetches in a row counts as gone (a new job is paid for).
             self._downloading.discard(key)
             if not isinstance(err, MaaSResultsGoneError):
                 self._not_found[key] = self._not_found.get(key, 0) + 1
-                if self._not_found[key] < NOT_FOUND_TRIES:
+                if self._not_found[key] < RESULTS_NOT_FOUND_TRIES:
                     log.warning(
                         "Shard %s: no results for job %s (%s, %d of %d); fetching them again at the next poll",
                         key,
                         record.job_name,
                         err,
                         self._not_found[key],
-                        NOT_FOUND_TRIES,
+                        RESULTS_NOT_FOUND_TRIES,
                     )
                     return False
             log.warning(

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
-from airflow_provider_maas.exceptions import MaaSInputError, MaaSNotFoundError
+from airflow_provider_maas.exceptions import MaaSInputError, MaaSNotFoundError, MaaSResultsGoneError
 from airflow_provider_maas.jsonl import (
     MAX_BYTES_PER_FILE,
     MAX_REQUESTS_PER_FILE,
@@ -14,7 +15,7 @@ from airflow_provider_maas.jsonl import (
     plan_shards,
     shard_name,
 )
-from airflow_provider_maas.states import Outcome, job_outcome
+from airflow_provider_maas.states import RESULTS_NOT_FOUND_TRIES, Outcome, job_outcome
 from airflow_provider_maas.storage import (
     atomic_writer,
     check_destination,
@@ -67,14 +68,22 @@ def reusable_job(hook: Any, store: Any | None, key: str, file_name: str, task_lo
     return job_name
 
 
-def results_gone(hook: Any, job_name: str) -> bool:
-    """Whether a finished job's results can no longer be downloaded (410, or 404 for the results)."""
-
-    try:
-        hook.get_results_metadata(job_name)
-    except MaaSNotFoundError:  # MaaSResultsGoneError (410) included
-        return True
-    return False
+def results_gone(hook: Any, job_name: str, *, pause: float = 1.0) -> bool:
+    """Whether a finished job's results can no longer be downloaded: 410, or 404 on
+    ``RESULTS_NOT_FOUND_TRIES`` reads in a row (``pause`` seconds apart)."""
+    for attempt in range(1, RESULTS_NOT_FOUND_TRIES + 1):
+        try:
+            hook.get_results_metadata(job_name)
+        except MaaSResultsGoneError:
+            return True
+        except MaaSNotFoundError as err:
+            if attempt == RESULTS_NOT_FOUND_TRIES:
+                return True
+            log.warning("No results for job %s (%s); reading again in %.0fs", job_name, err, pause)
+            time.sleep(pause)
+        else:
+            return False
+    return True
 
 
 def publish_summary(operator: Any, context: Any, summary: dict[str, Any], uri: str) -> None:
