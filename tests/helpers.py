@@ -86,3 +86,11 @@ def assert_asset_summary(uri: str = "maas://example/results", requests: int = 9)
     assert summary["total_tokens"] > 0
     assert summary["job_name"]
     assert summary["uri"].endswith("results.jsonl")
+
+
+def batch_operator(source: Path, dest: Path, **kwargs: Any) -> Any:
+    """A MaaSBatchPredictionOperator over ``source`` -> ``dest`` that polls fast, not deferrable by default."""
+    from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
+
+    kwargs = {"poll_interval": 0.05, "deferrable": False, **kwargs}
+    return MaaSBatchPredictionOperator(task_id="p", source=str(source), destination=str(dest), **kwargs)

@@ -3,26 +3,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import requests
 
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
-from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
-from tests.conftest import API_KEY
-from tests.helpers import FakeStateStore, assert_in_input_order, make_context, write_requests
+from tests.helpers import FakeStateStore, assert_in_input_order, batch_operator, make_context, write_requests
 
-
-def _state(handle) -> dict:
-    response = requests.get(f"{handle.base_url}/_emulator/state", headers={"Authorization": f"Bearer {API_KEY}"})
-    response.raise_for_status()
-    return response.json()
-
-
-def _operator(source: Path, dest: Path, **kwargs) -> MaaSBatchPredictionOperator:
-    kwargs = {"poll_interval": 0.05, "deferrable": False, **kwargs}
-    return MaaSBatchPredictionOperator(task_id="p", source=str(source), destination=str(dest), **kwargs)
+_operator = batch_operator
 
 
 def _try(store: FakeStateStore, max_tries: int = 1) -> dict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import requests
@@ -23,10 +22,9 @@ from airflow_provider_maas.exceptions import (
     MaaSTimeoutError,
 )
 from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.compat import TaskDeferred
 from tests.conftest import API_KEY, ROOT
-from tests.helpers import FakeStateStore, assert_in_input_order, make_context, write_requests
+from tests.helpers import FakeStateStore, assert_in_input_order, batch_operator, make_context, write_requests
 from tests.test_storage import memfs  # noqa: F401  (fixture)
 
 SCALE_DAG = ROOT / "tests" / "dags" / "maas_batch_scale.py"
@@ -38,9 +36,7 @@ def _emulator_state(handle) -> dict:
     return response.json()
 
 
-def _operator(source: Path, dest: Path, **kwargs) -> MaaSBatchPredictionOperator:
-    kwargs = {"poll_interval": 0.05, "deferrable": False, **kwargs}
-    return MaaSBatchPredictionOperator(task_id="p", source=str(source), destination=str(dest), **kwargs)
+_operator = batch_operator
 
 
 def _state_values(run_id: str) -> list[str]:

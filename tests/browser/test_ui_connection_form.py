@@ -200,16 +200,23 @@ def test_connection_form_save_and_test(
         expect(success).to_be_visible()
         expect(success).to_contain_text(re.compile("success", re.IGNORECASE))
 
+    def edit_and_save(key: str, endpoint: str | None = None) -> None:
+        """Set the API key (and the Endpoint) through the row's Edit dialog and save."""
+        row.get_by_role("button", name="Edit Connection").click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_role("textbox", name="API Key").fill(key)
+        if endpoint is not None:
+            dialog.get_by_role("button", name="Extra Fields", exact=True).click()
+            _field_group(dialog, CONN_FIELDS["endpoint"]["label"]).get_by_role("textbox").fill(endpoint)
+        with page.expect_response(
+            lambda r: urlsplit(r.url).path.endswith(f"/api/v2/connections/{CONN_ID}") and r.request.method == "PATCH"
+        ) as updated:
+            dialog.get_by_role("button", name="Save").click()
+        assert updated.value.status == 200, updated.value.text()
+        expect(dialog).to_be_hidden()
+
     # A wrong key, set through the Edit dialog: Test shows the hook's failure message.
-    row.get_by_role("button", name="Edit Connection").click()
-    dialog = page.get_by_role("dialog")
-    dialog.get_by_role("textbox", name="API Key").fill(WRONG_KEY)
-    with page.expect_response(
-        lambda r: urlsplit(r.url).path.endswith(f"/api/v2/connections/{CONN_ID}") and r.request.method == "PATCH"
-    ) as updated:
-        dialog.get_by_role("button", name="Save").click()
-    assert updated.value.status == 200, updated.value.text()
-    expect(dialog).to_be_hidden()
+    edit_and_save(WRONG_KEY)
 
     result = test_saved_connection(WRONG_KEY)
     assert result["status"] is False
@@ -225,17 +232,7 @@ def test_connection_form_save_and_test(
 
     # The right key but a wrong ENDPOINT: the test names the Endpoint field (an unknown endpoint and
     # an unknown job both answer 404, so the probe is an upload, which a known endpoint accepts).
-    row.get_by_role("button", name="Edit Connection").click()
-    dialog = page.get_by_role("dialog")
-    dialog.get_by_role("textbox", name="API Key").fill(UI_API_KEY)
-    dialog.get_by_role("button", name="Extra Fields", exact=True).click()
-    _field_group(dialog, CONN_FIELDS["endpoint"]["label"]).get_by_role("textbox").fill("wrong-ep")
-    with page.expect_response(
-        lambda r: urlsplit(r.url).path.endswith(f"/api/v2/connections/{CONN_ID}") and r.request.method == "PATCH"
-    ) as updated:
-        dialog.get_by_role("button", name="Save").click()
-    assert updated.value.status == 200, updated.value.text()
-    expect(dialog).to_be_hidden()
+    edit_and_save(UI_API_KEY, endpoint="wrong-ep")
 
     result = test_saved_connection(UI_API_KEY)
     assert result["status"] is False
