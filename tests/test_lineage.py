@@ -8,8 +8,6 @@ import subprocess
 import sys
 from urllib.parse import urlsplit
 
-import pytest
-
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators.maas import (
     MaaSCreateBatchJobOperator,
@@ -22,12 +20,17 @@ from tests.conftest import ENDPOINT
 from tests.helpers import make_context, write_requests
 
 
+def _require_openlineage() -> None:
+    """The provider is in the test extras: a missing one fails the test, it never skips silently."""
+    import airflow.providers.openlineage  # noqa: F401
+
+
 def _names(datasets) -> list[tuple[str, str]]:
     return [(d.namespace, d.name) for d in datasets]
 
 
 def test_the_chain_reports_its_files_and_the_services(emulator, tmp_path):
-    pytest.importorskip("airflow.providers.openlineage")
+    _require_openlineage()
     service = f"maas://{urlsplit(emulator.base_url).netloc}"
     source = write_requests(tmp_path / "requests.jsonl", 4)
     upload = MaaSUploadFileOperator(task_id="upload", source=str(source), file_name="in.jsonl")
@@ -59,7 +62,7 @@ def test_the_chain_reports_its_files_and_the_services(emulator, tmp_path):
 
 
 def test_split_and_merge_report_their_files(emulator, tmp_path):
-    pytest.importorskip("airflow.providers.openlineage")
+    _require_openlineage()
     source = write_requests(tmp_path / "requests.jsonl", 150)
     split = MaaSSplitRequestsOperator(task_id="split", source=str(source), destination_prefix=str(tmp_path / "shards"))
     shards = split.execute(make_context())
@@ -87,7 +90,7 @@ def test_split_and_merge_report_their_files(emulator, tmp_path):
 
 
 def test_the_batch_operator_reports_its_input_and_outputs(emulator, tmp_path):
-    pytest.importorskip("airflow.providers.openlineage")
+    _require_openlineage()
     from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 
     source = write_requests(tmp_path / "requests.jsonl", 150)
@@ -103,7 +106,7 @@ def test_the_batch_operator_reports_its_input_and_outputs(emulator, tmp_path):
 
 
 def test_object_store_names_follow_the_openlineage_spec():
-    pytest.importorskip("airflow.providers.openlineage")
+    _require_openlineage()
     from airflow.providers.common.compat.openlineage.facet import Dataset
 
     from airflow_provider_maas.operators._lineage import lineage_dataset
