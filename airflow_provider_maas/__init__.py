@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_provider_maas.connection import CONN_FIELDS, UI_FIELD_BEHAVIOUR
+from airflow_provider_maas.hooks.connection import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 
 __version__ = "0.1.0"
 

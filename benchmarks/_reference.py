@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import requests
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_maas.client.states import StateKind, classify_state
 from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.states import StateKind, classify_state
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

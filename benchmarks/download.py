@@ -161,8 +161,6 @@ def worker(argv: list[str]) -> int:
     parser.add_argument("--job", required=True)
     parser.add_argument("--dest", required=True)
     args = parser.parse_args(argv)
-    import airflow_provider_maas.hooks._transport
-    import airflow_provider_maas.integrity  # noqa: F401
     from airflow_provider_maas.hooks.maas import MaaSHook
     from airflow_provider_maas.storage import to_path
 

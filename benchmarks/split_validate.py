@@ -118,8 +118,7 @@ def worker(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import logging
 
-    from airflow_provider_maas.jsonl import plan_shards
-    from airflow_provider_maas.operators._common import write_shards
+    from airflow_provider_maas.batch.shards import plan_shards, write_shards
     from airflow_provider_maas.storage import open_source, to_path
     from benchmarks.download import time_fsync
 

@@ -229,7 +229,7 @@ def worker(argv: list[str]) -> int:
     import aiohttp  # noqa: F401
     import requests  # noqa: F401
 
-    import airflow_provider_maas.hooks._transport  # noqa: F401
+    import airflow_provider_maas.client.transport  # noqa: F401
     from airflow_provider_maas.triggers.maas import MaaSBatchJobTrigger  # noqa: F401
 
     result = asyncio.run(_fan_in(args))
@@ -351,7 +351,7 @@ async def _fan_in(args: argparse.Namespace) -> dict[str, Any]:
         task.cancel()
     await asyncio.gather(*tasks, probe, return_exceptions=True)
     if args.mode == "provider":
-        from airflow_provider_maas.hooks._transport import close_shared_sessions
+        from airflow_provider_maas.client.transport import close_shared_sessions
 
         await close_shared_sessions()
     else:

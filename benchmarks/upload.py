@@ -144,8 +144,6 @@ def worker(argv: list[str]) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--source", required=True)
     args = parser.parse_args(argv)
-    import airflow_provider_maas.hooks._transport
-    import airflow_provider_maas.integrity  # noqa: F401
     from airflow_provider_maas.hooks.maas import MaaSHook
     from airflow_provider_maas.storage import to_path
 

@@ -39,7 +39,7 @@ def chunk_requests(source: str, chunk_size: int | str, run_dir: str) -> list[str
     Nothing is written (nor paid for later) if any line is bad. Chunk names are deterministic, so a
     retry rewrites the same chunks.
     """
-    from airflow_provider_maas.jsonl import copy_shard, plan_shards, shard_name
+    from airflow_provider_maas.batch.shards import copy_shard, plan_shards, shard_name
     from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
 
     size = int(chunk_size)

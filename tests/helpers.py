@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_maas.jsonl import iter_request_lines
-from airflow_provider_maas.results import iter_results, request_key
+from airflow_provider_maas.batch.request_lines import iter_request_lines
+from airflow_provider_maas.batch.results import iter_results, request_key
 
 
 class FakeStateStore:

@@ -1,4 +1,4 @@
-"""Pure tests of ``airflow_provider_maas.api``: names, base URLs, configuration, error mapping, backoff."""
+"""Pure tests of ``airflow_provider_maas.client.config``: names, base URLs, configuration, error mapping, backoff."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ import time
 
 import pytest
 
-from airflow_provider_maas import api
-from airflow_provider_maas.connection import DEFAULT_BASE_URL
+from airflow_provider_maas.client import retry
+from airflow_provider_maas.client.config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    build_config,
+    check_base_url,
+    check_name,
+)
+from airflow_provider_maas.client.errors import error_from_response, parse_json, redact, response_text
+from airflow_provider_maas.client.retry import RetryPolicy, backoff_delay, parse_retry_after
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
     MaaSAuthError,
@@ -20,6 +28,7 @@ from airflow_provider_maas.exceptions import (
     MaaSResultsGoneError,
     MaaSRetryableError,
 )
+from airflow_provider_maas.hooks.connection import DEFAULT_BASE_URL
 
 KEY = "sk-unit-test-secret-42"
 
@@ -33,7 +42,7 @@ def make_config(**overrides):
         "conn_id": "maas_test",
     }
     kwargs.update(overrides)
-    return api.build_config(**kwargs)
+    return build_config(**kwargs)
 
 
 # check_name -------------------------------------------------------------------------------
@@ -41,7 +50,7 @@ def make_config(**overrides):
 
 @pytest.mark.parametrize("name", ["requests.jsonl", "903523130369114112", "a-b_c.d e", "ünïcode.jsonl", "x" * 1024])
 def test_check_name_accepts_plain_names(name):
-    assert api.check_name(name, "file name") == name
+    assert check_name(name, "file name") == name
 
 
 @pytest.mark.parametrize(
@@ -70,7 +79,7 @@ def test_check_name_accepts_plain_names(name):
 )
 def test_check_name_refuses_unsafe_names(name):
     with pytest.raises(MaaSInputError) as info:
-        api.check_name(name, "job name")
+        check_name(name, "job name")
     assert "job name" in str(info.value)
 
 
@@ -89,7 +98,7 @@ def test_check_name_refuses_unsafe_names(name):
     ],
 )
 def test_check_base_url_accepts_https_and_loopback_http(url, expected):
-    assert api.check_base_url(url) == expected
+    assert check_base_url(url) == expected
 
 
 @pytest.mark.parametrize(
@@ -97,14 +106,14 @@ def test_check_base_url_accepts_https_and_loopback_http(url, expected):
 )
 def test_check_base_url_refuses_plain_http_off_loopback(url):
     with pytest.raises(MaaSConfigError, match="allow_insecure_http"):
-        api.check_base_url(url)
-    assert api.check_base_url(url, allow_insecure_http=True) == url
+        check_base_url(url)
+    assert check_base_url(url, allow_insecure_http=True) == url
 
 
 @pytest.mark.parametrize("url", ["genaiapi.cloudsway.net", "ftp://host/x", "https://", "", "file:///etc/passwd"])
 def test_check_base_url_refuses_non_urls(url):
     with pytest.raises(MaaSConfigError, match="not a URL"):
-        api.check_base_url(url)
+        check_base_url(url)
 
 
 # build_config / ApiConfig -----------------------------------------------------------------
@@ -115,8 +124,8 @@ def test_build_config_defaults_and_repr_hides_key():
     assert config.base_url == DEFAULT_BASE_URL
     assert config.endpoint == "ep-1"
     assert config.api_key == KEY
-    assert config.timeout == api.DEFAULT_TIMEOUT
-    assert config.connect_timeout == api.DEFAULT_CONNECT_TIMEOUT
+    assert config.timeout == DEFAULT_TIMEOUT
+    assert config.connect_timeout == DEFAULT_CONNECT_TIMEOUT
     assert config.verify is True
     assert KEY not in repr(config)
     assert KEY not in str(config)
@@ -238,7 +247,7 @@ def google_error(code: int, status: str, message: str) -> bytes:
     ],
 )
 def test_error_from_response_maps_status_to_type(status, cls):
-    err = api.error_from_response(status, google_error(status, "SOME_STATUS", "went wrong"), what="Getting job 1")
+    err = error_from_response(status, google_error(status, "SOME_STATUS", "went wrong"), what="Getting job 1")
     assert type(err) is cls
     assert err.status_code == status
     assert err.error_status == "SOME_STATUS"
@@ -247,19 +256,19 @@ def test_error_from_response_maps_status_to_type(status, cls):
 
 
 def test_error_from_response_auth_hints():
-    assert "API Key" in str(api.error_from_response(401, b"", what="x"))
-    assert "ENDPOINT" in str(api.error_from_response(403, b"", what="x"))
+    assert "API Key" in str(error_from_response(401, b"", what="x"))
+    assert "ENDPOINT" in str(error_from_response(403, b"", what="x"))
 
 
 def test_error_from_response_retry_after():
-    err = api.error_from_response(429, google_error(429, "RESOURCE_EXHAUSTED", "slow down"), what="x", retry_after="7")
+    err = error_from_response(429, google_error(429, "RESOURCE_EXHAUSTED", "slow down"), what="x", retry_after="7")
     assert err.retry_after == 7.0
-    assert api.error_from_response(503, b"", what="x").retry_after is None
+    assert error_from_response(503, b"", what="x").retry_after is None
 
 
 def test_error_from_response_html_body_is_readable():
     body = b"<!DOCTYPE html><html><title>Error 502 (Server Error)!!1</title><p><b>502.</b> That&#39;s an error.</html>"
-    err = api.error_from_response(502, body, what="Upload of 'a'")
+    err = error_from_response(502, body, what="Upload of 'a'")
     assert isinstance(err, MaaSRetryableError)
     assert err.error_status is None
     assert "<" not in str(err)
@@ -267,23 +276,23 @@ def test_error_from_response_html_body_is_readable():
 
 
 def test_error_from_response_plain_text_and_empty_body():
-    err = api.error_from_response(503, b"upstream connect error", what="Getting job 9")
+    err = error_from_response(503, b"upstream connect error", what="Getting job 9")
     assert str(err) == "Getting job 9 failed: HTTP 503: upstream connect error"
-    err = api.error_from_response(500, b"", what="Getting job 9")
+    err = error_from_response(500, b"", what="Getting job 9")
     assert str(err) == "Getting job 9 failed: HTTP 500: no error message in the answer"
 
 
 def test_error_from_response_other_json_shapes_keep_the_text():
-    err = api.error_from_response(400, b'{"detail": "bad uploadType"}', what="Upload of 'a'")
+    err = error_from_response(400, b'{"detail": "bad uploadType"}', what="Upload of 'a'")
     assert "bad uploadType" in str(err)
-    err = api.error_from_response(400, b'{"error": "invalid_request"}', what="Upload of 'a'")
+    err = error_from_response(400, b'{"error": "invalid_request"}', what="Upload of 'a'")
     assert err.error_message == "invalid_request"
-    err = api.error_from_response(400, b"[1, 2]", what="x")
+    err = error_from_response(400, b"[1, 2]", what="x")
     assert "[1, 2]" in str(err)
 
 
 def test_error_from_response_truncates_long_bodies():
-    err = api.error_from_response(500, b"x" * 5000, what="x")
+    err = error_from_response(500, b"x" * 5000, what="x")
     assert err.error_message is not None
     assert err.error_message.endswith("...")
     assert len(err.error_message) == 303
@@ -291,12 +300,12 @@ def test_error_from_response_truncates_long_bodies():
 
 def test_error_from_response_never_echoes_the_key():
     body = google_error(401, "UNAUTHENTICATED", f"API key {KEY} is invalid")
-    err = api.error_from_response(401, body, what="x", api_key=KEY)
+    err = error_from_response(401, body, what="x", api_key=KEY)
     assert KEY not in str(err)
     assert KEY not in repr(err)
     assert err.error_message is not None and KEY not in err.error_message
     assert "***" in str(err)
-    err = api.error_from_response(500, f"<p>token={KEY}</p>".encode(), what="x", api_key=KEY)
+    err = error_from_response(500, f"<p>token={KEY}</p>".encode(), what="x", api_key=KEY)
     assert KEY not in str(err)
 
 
@@ -304,7 +313,7 @@ def test_error_from_response_never_echoes_the_key():
 def test_error_bodies_are_redacted_before_they_are_cut(offset):
     """A key across the 300-character cut must not leak its first characters."""
     body = ("x" * offset + KEY + "y" * 400).encode()
-    err = api.error_from_response(502, body, what="x", api_key=KEY)
+    err = error_from_response(502, body, what="x", api_key=KEY)
     for size in range(6, len(KEY) + 1):
         assert KEY[:size] not in str(err)
 
@@ -320,59 +329,59 @@ def test_error_bodies_are_redacted_before_they_are_cut(offset):
     ],
 )
 def test_redact_removes_any_authorization_or_bearer_value(text):
-    assert "some-other-token-123" not in api.response_text(text.encode(), KEY)
-    assert "some-other-token-123" not in api.redact(text, KEY)
+    assert "some-other-token-123" not in response_text(text.encode(), KEY)
+    assert "some-other-token-123" not in redact(text, KEY)
 
 
 def test_parse_json_redacts_and_survives_deep_nesting():
     with pytest.raises(MaaSApiError) as info:
-        api.parse_json(f"<pre>Authorization: Bearer {KEY}</pre>".encode(), what="Getting job 1", api_key=KEY)
+        parse_json(f"<pre>Authorization: Bearer {KEY}</pre>".encode(), what="Getting job 1", api_key=KEY)
     assert KEY not in str(info.value)
     deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000
     with pytest.raises(MaaSApiError, match="not a usable JSON object"):
-        api.parse_json(deep, what="Getting job 1")
-    err = api.error_from_response(500, deep, what="Getting job 1")
+        parse_json(deep, what="Getting job 1")
+    err = error_from_response(500, deep, what="Getting job 1")
     assert isinstance(err, MaaSRetryableError) and len(str(err)) < 400
 
 
 def test_retry_policy_retries_only_retryable_errors_and_honours_retry_after():
-    policy = api.RetryPolicy(max_attempts=3, base_delay=0.01)
-    limited = api.error_from_response(429, b"", what="x", retry_after="4")
+    policy = RetryPolicy(max_attempts=3, base_delay=0.01)
+    limited = error_from_response(429, b"", what="x", retry_after="4")
     assert policy.should_retry(1, limited) and policy.should_retry(2, limited)
     assert not policy.should_retry(3, limited)
-    assert not policy.should_retry(1, api.error_from_response(400, b"", what="x"))
+    assert not policy.should_retry(1, error_from_response(400, b"", what="x"))
     assert not policy.should_retry(1, MaaSConfigError("TLS"))
     assert policy.delay(1, limited) >= 4.0
-    assert api.RetryPolicy().max_attempts == 5
+    assert RetryPolicy().max_attempts == 5
     with pytest.raises(MaaSConfigError):
-        api.RetryPolicy(max_attempts=0)
+        RetryPolicy(max_attempts=0)
 
 
 # Retry-After and backoff -----------------------------------------------------------------
 
 
 def test_parse_retry_after():
-    assert api.parse_retry_after("3") == 3.0
-    assert api.parse_retry_after("0.5") == 0.5
-    assert api.parse_retry_after("-4") == 0.0
-    assert api.parse_retry_after(None) is None
-    assert api.parse_retry_after("") is None
-    assert api.parse_retry_after("soon") is None
+    assert parse_retry_after("3") == 3.0
+    assert parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("-4") == 0.0
+    assert parse_retry_after(None) is None
+    assert parse_retry_after("") is None
+    assert parse_retry_after("soon") is None
     in_a_minute = email.utils.formatdate(time.time() + 60, usegmt=True)
-    assert 50 <= api.parse_retry_after(in_a_minute) <= 61
-    assert api.parse_retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
+    assert 50 <= parse_retry_after(in_a_minute) <= 61
+    assert parse_retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
 
 
 def test_backoff_delay_is_bounded_exponential_with_jitter(monkeypatch):
-    monkeypatch.setattr(api, "random", random.Random(1234))
+    monkeypatch.setattr(retry, "random", random.Random(1234))
     for attempt in range(1, 12):
         ceiling = min(60.0, 0.5 * 2 ** (attempt - 1))
-        delays = [api.backoff_delay(attempt, retry_after=None, base=0.5) for _ in range(50)]
+        delays = [backoff_delay(attempt, retry_after=None, base=0.5) for _ in range(50)]
         assert all(0 <= d <= ceiling for d in delays)
     # full jitter: the delays of one attempt are spread, not constant
-    assert len({api.backoff_delay(5, retry_after=None) for _ in range(10)}) > 1
+    assert len({backoff_delay(5, retry_after=None) for _ in range(10)}) > 1
 
 
 def test_backoff_delay_honours_retry_after_with_a_cap():
-    assert api.backoff_delay(1, retry_after=7.0, base=0.01) >= 7.0
-    assert api.backoff_delay(1, retry_after=10_000.0, base=0.01, cap=60.0) == 300.0
+    assert backoff_delay(1, retry_after=7.0, base=0.01) >= 7.0
+    assert backoff_delay(1, retry_after=10_000.0, base=0.01, cap=60.0) == 300.0

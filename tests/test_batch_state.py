@@ -10,6 +10,7 @@ import pytest
 
 from airflow_provider_maas.batch import journal as journal_module
 from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.shards import ShardPlan
 from airflow_provider_maas.batch.state import (
     STATE_VERSION,
     BatchState,
@@ -19,7 +20,6 @@ from airflow_provider_maas.batch.state import (
     ShardStatus,
     fingerprint,
 )
-from airflow_provider_maas.jsonl import ShardPlan
 from airflow_provider_maas.storage import to_path
 from tests.helpers import make_context
 from tests.test_storage import memfs  # noqa: F401  (fixture)
@@ -198,7 +198,7 @@ def test_settle_before_a_deferral_leaves_a_short_replay(tmp_path, monkeypatch):
 
 
 def test_job_outcome_is_one_decision_and_round_trips_compactly():
-    from airflow_provider_maas.states import JobOutcome, Outcome, job_outcome
+    from airflow_provider_maas.client.states import JobOutcome, Outcome, job_outcome
 
     cases = {
         "JOB_STATE_RUNNING": Outcome.WAITING,

@@ -21,6 +21,7 @@ import pytest
 import tenacity.nap
 from airflow.sdk import ObjectStoragePath
 
+from airflow_provider_maas.client.integrity import b64_crc32c, b64_md5
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
     MaaSAuthError,
@@ -35,7 +36,6 @@ from airflow_provider_maas.exceptions import (
     MaaSTimeoutError,
 )
 from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.integrity import b64_crc32c, b64_md5
 from tests.conftest import API_KEY, ENDPOINT, connection_env
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
@@ -885,7 +885,7 @@ def test_large_transfers_log_progress_about_every_ten_percent(emulator_factory, 
 
 
 def test_non_json_success_body_is_a_clear_error():
-    from airflow_provider_maas.api import parse_json
+    from airflow_provider_maas.client.errors import parse_json
     from airflow_provider_maas.exceptions import MaaSApiError
 
     with pytest.raises(MaaSApiError, match=r"not a usable JSON object.*Base URL"):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_maas.client.integrity import StreamHasher, b64_crc32c, b64_md5, verify_download, verify_upload
 from airflow_provider_maas.exceptions import MaaSIntegrityError
-from airflow_provider_maas.integrity import StreamHasher, b64_crc32c, b64_md5, verify_download, verify_upload
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CHECK = b"123456789"

@@ -9,21 +9,22 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_maas.exceptions import MaaSInputError
-from airflow_provider_maas.jsonl import (
+from airflow_provider_maas.batch.request_lines import (
     MAX_BYTES_PER_FILE,
     MAX_REQUESTS_PER_FILE,
-    FileStats,
-    copy_shard,
     iter_request_lines,
-    iter_shards,
-    normalise_request,
-    plan_shards,
-    request_key,
-    shard_name,
-    validate_file,
     validate_request_line,
 )
+from airflow_provider_maas.batch.results import normalise_request, request_key
+from airflow_provider_maas.batch.shards import (
+    FileStats,
+    copy_shard,
+    iter_shards,
+    plan_shards,
+    shard_name,
+    validate_file,
+)
+from airflow_provider_maas.exceptions import MaaSInputError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -243,7 +244,7 @@ def test_plan_is_deterministic():
 
 
 def test_small_read_chunks_give_the_same_plan(monkeypatch: pytest.MonkeyPatch):
-    import airflow_provider_maas.results as results
+    import airflow_provider_maas.batch.results as results
 
     data = make_file(40, pad=30) + b"\n" + make_file(5)
     expected = plan_shards(io.BytesIO(data), max_requests=9)
@@ -296,7 +297,7 @@ def test_normalise_request():
 
 
 def test_shard_names_are_part_numbered_as_documented():
-    from airflow_provider_maas.jsonl import SHARD_PREFIX
+    from airflow_provider_maas.batch.shards import SHARD_PREFIX
 
     assert [shard_name(SHARD_PREFIX, i, 3) for i in range(3)] == [
         "part-00000.jsonl",

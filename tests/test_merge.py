@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_maas.merge import merge_results, merge_shard_results
+from airflow_provider_maas.batch.merge import merge_results, merge_shard_results
 from tests.test_results import echo, result_line
 
 

@@ -14,7 +14,7 @@ import pytest
 
 import airflow_provider_maas
 from airflow_provider_maas import get_provider_info
-from airflow_provider_maas.connection import DEFAULT_BASE_URL
+from airflow_provider_maas.hooks.connection import DEFAULT_BASE_URL
 from airflow_provider_maas.hooks.maas import MaaSHook
 
 DIST = "airflow-provider-maas"

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from airflow_provider_maas.jsonl import validate_request_line
+from airflow_provider_maas.batch.request_lines import validate_request_line
 from tests.conftest import API_KEY, ENDPOINT, ROOT
 
 README = (ROOT / "README.md").read_text()

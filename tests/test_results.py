@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-import airflow_provider_maas.results as results_module
-from airflow_provider_maas.ordering import ResultIndex, line_reader, order_results
-from airflow_provider_maas.results import (
+import airflow_provider_maas.batch.results as results_module
+from airflow_provider_maas.batch.ordering import ResultIndex, line_reader, order_results
+from airflow_provider_maas.batch.results import (
     MISSING_STATUS,
     ResultRecord,
     ResultsFormatError,
@@ -32,7 +32,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def test_results_module_imports_nothing_from_airflow():
     code = (
-        "import sys, airflow_provider_maas.results\n"
+        "import sys, airflow_provider_maas.batch.results\n"
         "bad = [m for m in sys.modules if m == 'airflow' or m.startswith(('airflow.', 'airflow_provider_maas.exc'))]\n"
         "assert not bad, bad\n"
     )
@@ -257,7 +257,7 @@ def image_results() -> bytes:
 
 
 def test_extract_images_beside_the_results(tmp_path: Path):
-    from airflow_provider_maas.merge import extract_images_beside
+    from airflow_provider_maas.batch.merge import extract_images_beside
 
     results = tmp_path / "out" / "job42.jsonl"
     results.parent.mkdir()

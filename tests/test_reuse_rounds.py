@@ -10,6 +10,7 @@ import pytest
 
 from airflow_provider_maas.batch.answers import AnswerStore
 from airflow_provider_maas.batch.cost import check_prices, cost_of
+from airflow_provider_maas.batch.results import MISSING_STATUS, ResultsFormatError
 from airflow_provider_maas.batch.rounds import (
     DEFAULT_RETRY_FAILURES,
     merge_answers,
@@ -17,7 +18,6 @@ from airflow_provider_maas.batch.rounds import (
     write_requests_to_send,
     write_retries,
 )
-from airflow_provider_maas.results import MISSING_STATUS, ResultsFormatError
 
 
 def request(text: str) -> dict:
@@ -78,7 +78,7 @@ def test_store_finds_the_echoed_request_both_layouts_and_prefers_success(tmp_pat
         "r.jsonl",
         [result_line("a", status="INTERNAL"), result_line("a", compact=True), b"\n", result_line("b")],
     )
-    from airflow_provider_maas.results import request_digest
+    from airflow_provider_maas.batch.results import request_digest
 
     with AnswerStore() as store, path.open("rb") as handle:
         added = store.add("r", handle)

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
+from airflow_provider_maas.client.states import Outcome
 from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.states import Outcome
 from airflow_provider_maas.triggers.maas import BatchJobsEvent, MaaSBatchJobsTrigger, MaaSBatchJobTrigger
 from tests.conftest import API_KEY
 from tests.helpers import write_requests
@@ -96,7 +96,7 @@ async def test_transient_errors_tolerated_then_success(emulator_factory, tmp_pat
     handle = emulator_factory(job_duration=0.2)
     job_name = _job(tmp_path)
     handle.emulator.config.rate_5xx = 0.6
-    monkeypatch.setattr("airflow_provider_maas.api.backoff_delay", lambda *a, **k: 0.0)
+    monkeypatch.setattr("airflow_provider_maas.client.retry.backoff_delay", lambda *a, **k: 0.0)
     trigger = MaaSBatchJobTrigger(job_name, poll_interval=0.02, end_time=time.time() + 30, max_consecutive_errors=50)
     event = await _event(trigger)
     assert event["status"] == "success"
@@ -106,7 +106,7 @@ async def test_too_many_consecutive_errors_gives_error(emulator_factory, tmp_pat
     handle = emulator_factory(job_duration=0.2)
     job_name = _job(tmp_path)
     handle.emulator.config.rate_5xx = 1.0
-    monkeypatch.setattr("airflow_provider_maas.api.backoff_delay", lambda *a, **k: 0.0)
+    monkeypatch.setattr("airflow_provider_maas.client.retry.backoff_delay", lambda *a, **k: 0.0)
     trigger = MaaSBatchJobTrigger(job_name, poll_interval=0.01, end_time=time.time() + 30, max_consecutive_errors=3)
     event = await _event(trigger)
     assert event["status"] == "error"

@@ -1,6 +1,10 @@
-"""The batch data plane of :class:`~airflow_provider_maas.operators.maas.MaaSBatchPredictionOperator`.
+"""The batch data plane: request files in, results files out, and the state of many jobs at once.
 
-``state``: the typed state of a batch (its shards, their status, the jobs that answer them);
-``journal``: where that state lives, in object storage beside the destination, written in small
-append-only records; ``driver``: uploads, creates, polls and downloads in a bounded thread pool.
+Input: ``request_lines`` (what one request line must be), ``shards`` (a file planned and copied as
+shards within the service's limits). Output: ``results`` (reading result lines), ``ordering``
+(matching results to requests, in input order), ``merge`` (results as people use them: ordered,
+summarised, failures set aside), ``parts`` (per-shard results of a batch). Many jobs:
+``state`` (the typed state of a batch), ``journal`` (where it lives, beside the destination),
+``driver`` (transfers and calls in a bounded pool), ``answers``/``rounds``/``cost`` (pay once
+per answer). No module here imports an operator.
 """

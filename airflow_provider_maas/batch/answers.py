@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, NamedTuple
 
-from airflow_provider_maas.results import ResultsFormatError, iter_line_batches, request_digest
+from airflow_provider_maas.batch.results import ResultsFormatError, iter_line_batches, request_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable

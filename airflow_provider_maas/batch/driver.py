@@ -18,7 +18,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_c
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.shards import ShardPlan, copy_shard
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
+from airflow_provider_maas.client.failures import proves_not_created
+from airflow_provider_maas.client.states import RESULTS_NOT_FOUND_TRIES, JobOutcome, job_outcome
 from airflow_provider_maas.exceptions import (
     MaaSError,
     MaaSNotFoundError,
@@ -26,9 +29,6 @@ from airflow_provider_maas.exceptions import (
     MaaSResultsGoneError,
     MaaSRetryableError,
 )
-from airflow_provider_maas.jsonl import ShardPlan, copy_shard
-from airflow_provider_maas.operators._guard import proves_not_created
-from airflow_provider_maas.states import RESULTS_NOT_FOUND_TRIES, JobOutcome, job_outcome
 from airflow_provider_maas.storage import CHUNK_SIZE, open_source
 
 if TYPE_CHECKING:

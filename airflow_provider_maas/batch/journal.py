@@ -29,7 +29,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.state import STATE_VERSION, BatchState, Round, ShardKey, ShardRecord
-from airflow_provider_maas.naming import task_identity
+from airflow_provider_maas.client.naming import task_identity
 from airflow_provider_maas.storage import atomic_writer, to_path, uri_of
 
 if TYPE_CHECKING:

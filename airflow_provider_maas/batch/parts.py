@@ -6,7 +6,8 @@ import json
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.jsonl import ShardPlan, copy_shard, iter_request_lines
+from airflow_provider_maas.batch.request_lines import iter_request_lines
+from airflow_provider_maas.batch.shards import ShardPlan, copy_shard
 from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, open_source
 
 if TYPE_CHECKING:

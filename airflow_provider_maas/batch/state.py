@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.jsonl import ShardPlan
+from airflow_provider_maas.batch.shards import ShardPlan
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -10,9 +10,12 @@ import time
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas import api
 from airflow_provider_maas._compat import BaseHook
-from airflow_provider_maas.connection import CONN_FIELDS, UI_FIELD_BEHAVIOUR
+from airflow_provider_maas.client.config import ApiConfig, build_config, check_name
+from airflow_provider_maas.client.errors import parse_json
+from airflow_provider_maas.client.failures import UPLOAD_404_HINT
+from airflow_provider_maas.client.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
+from airflow_provider_maas.client.states import Outcome, job_outcome, log_state_change
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
     MaaSError,
@@ -22,8 +25,7 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
     MaaSTimeoutError,
 )
-from airflow_provider_maas.hooks._failures import UPLOAD_404_HINT
-from airflow_provider_maas.states import Outcome, job_outcome, log_state_change
+from airflow_provider_maas.hooks.connection import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 from airflow_provider_maas.storage import open_source, to_path
 
 if TYPE_CHECKING:
@@ -47,7 +49,7 @@ class MaaSHook(BaseHook):
         extra ``endpoint`` = ENDPOINT id, optional extras ``timeout`` (seconds) and ``verify``.
     :param endpoint: ENDPOINT id overriding the connection's.
     :param max_attempts: Attempts per HTTP call on 429, 408, 5xx, timeouts and connection errors
-        (sync and async alike: one :class:`~airflow_provider_maas.api.RetryPolicy`). Job creation is
+        (sync and async alike: one :class:`~airflow_provider_maas.RetryPolicy`). Job creation is
         retried only when the service cannot have acted: see :meth:`create_batch_job`.
     :param retry_base_delay: First backoff delay in seconds (doubles each attempt, with jitter).
     """
@@ -62,7 +64,7 @@ class MaaSHook(BaseHook):
         maas_conn_id: str = default_conn_name,
         endpoint: str | None = None,
         *,
-        max_attempts: int = api.DEFAULT_MAX_ATTEMPTS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         retry_base_delay: float = 1.0,
         **kwargs: Any,
     ) -> None:
@@ -71,7 +73,7 @@ class MaaSHook(BaseHook):
         self.endpoint = endpoint
         self.max_attempts = max_attempts
         self.retry_base_delay = retry_base_delay
-        self._async_config: api.ApiConfig | None = None
+        self._async_config: ApiConfig | None = None
 
     # Connection form -------------------------------------------------------------------
     @classmethod
@@ -106,8 +108,8 @@ class MaaSHook(BaseHook):
         return {key: (list(v) if isinstance(v, list) else dict(v)) for key, v in UI_FIELD_BEHAVIOUR.items()}
 
     # Configuration ---------------------------------------------------------------------
-    def _config_from(self, conn: Any) -> api.ApiConfig:
-        config = api.build_config(
+    def _config_from(self, conn: Any) -> ApiConfig:
+        config = build_config(
             host=conn.host,
             password=conn.password,
             extra=conn.extra_dejson or {},
@@ -127,14 +129,14 @@ class MaaSHook(BaseHook):
             pass
 
     @cached_property
-    def config(self) -> api.ApiConfig:
+    def config(self) -> ApiConfig:
         """The resolved connection settings (looked up once per hook)."""
         return self._config_from(self.get_connection(self.maas_conn_id))
 
-    def get_conn(self) -> api.ApiConfig:
+    def get_conn(self) -> ApiConfig:
         return self.config
 
-    async def aget_config(self) -> api.ApiConfig:
+    async def aget_config(self) -> ApiConfig:
         """The connection settings, looked up without blocking the event loop (cached per hook)."""
         if self._async_config is None:
             if hasattr(BaseHook, "aget_connection"):
@@ -155,7 +157,7 @@ class MaaSHook(BaseHook):
         """
         session = self.__dict__.get("_session")
         if session is None:
-            from airflow_provider_maas.hooks._transport import make_session
+            from airflow_provider_maas.client.transport import make_session
 
             with _SESSION_LOCK:
                 session = self.__dict__.get("_session")
@@ -165,15 +167,15 @@ class MaaSHook(BaseHook):
 
     # Sync HTTP -------------------------------------------------------------------------
     @property
-    def retry_policy(self) -> api.RetryPolicy:
+    def retry_policy(self) -> RetryPolicy:
         """Attempts and backoff of every call of this hook, sync and async."""
-        return api.RetryPolicy(max_attempts=self.max_attempts, base_delay=self.retry_base_delay)
+        return RetryPolicy(max_attempts=self.max_attempts, base_delay=self.retry_base_delay)
 
     def _get_json(self, url: str, *, what: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-        from airflow_provider_maas.hooks._transport import send
+        from airflow_provider_maas.client.transport import send
 
         response = send(self.session, self.config, "GET", url, what=what, policy=self.retry_policy, params=params)
-        return api.parse_json(response.content, what=what, api_key=self.config.api_key)
+        return parse_json(response.content, what=what, api_key=self.config.api_key)
 
     def upload_file(self, source: Any, name: str) -> dict[str, Any]:
         """Upload a JSONL file of requests; returns the storage-object JSON.
@@ -185,10 +187,10 @@ class MaaSHook(BaseHook):
         """
         return self._upload(source, name, self.retry_policy)
 
-    def _upload(self, source: Any, name: str, policy: api.RetryPolicy) -> dict[str, Any]:
-        from airflow_provider_maas.hooks._streams import HashingReader
-        from airflow_provider_maas.hooks._transport import send
-        from airflow_provider_maas.integrity import verify_upload
+    def _upload(self, source: Any, name: str, policy: RetryPolicy) -> dict[str, Any]:
+        from airflow_provider_maas.client.integrity import verify_upload
+        from airflow_provider_maas.client.streams import HashingReader
+        from airflow_provider_maas.client.transport import send
 
         url, params = self.config.upload_url(name)
         what = f"Upload of {name!r}"
@@ -210,7 +212,7 @@ class MaaSHook(BaseHook):
                     before_attempt=body.rewind,
                     not_found_hint=UPLOAD_404_HINT,
                 )
-                result = api.parse_json(response.content, what=what, api_key=self.config.api_key)
+                result = parse_json(response.content, what=what, api_key=self.config.api_key)
                 try:
                     verify_upload(result, body.hasher)
                 except MaaSIntegrityError:
@@ -231,9 +233,9 @@ class MaaSHook(BaseHook):
         ``name`` raise :class:`MaaSJobCreationUncertainError` (naming the file and the display name
         to look for), which fails the task without Airflow retries.
         """
-        from airflow_provider_maas.hooks._transport import create_job
+        from airflow_provider_maas.client.transport import create_job
 
-        api.check_name(file_name, "file name")
+        check_name(file_name, "file name")
         body = {
             "displayName": display_name,
             "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": file_name}},
@@ -264,7 +266,7 @@ class MaaSHook(BaseHook):
         (at most ``max_transfers`` times) and then raises :class:`MaaSIntegrityError`. The
         destination only ever holds a complete, verified file. Returns the metadata.
         """
-        from airflow_provider_maas.hooks._transport import stream_to
+        from airflow_provider_maas.client.transport import stream_to
 
         path = to_path(destination, what="destination")
         metadata = self.get_results_metadata(job_name)
@@ -317,7 +319,7 @@ class MaaSHook(BaseHook):
     # Async -----------------------------------------------------------------------------
     async def aget_batch_job(self, job_name: str) -> dict[str, Any]:
         """Async twin of :meth:`get_batch_job` on the shared aiohttp session of the running loop."""
-        from airflow_provider_maas.hooks._transport import asend
+        from airflow_provider_maas.client.transport import asend
 
         config = await self.aget_config()
         return await asend(  # type: ignore[no-any-return]
@@ -327,7 +329,7 @@ class MaaSHook(BaseHook):
     @contextlib.asynccontextmanager
     async def async_session_scope(self) -> AsyncIterator[None]:
         """Keep the loop's shared aiohttp session open for the duration (used by triggers)."""
-        from airflow_provider_maas.hooks._transport import session_lease
+        from airflow_provider_maas.client.transport import session_lease
 
         async with session_lease(await self.aget_config()):
             yield
@@ -342,7 +344,7 @@ class MaaSHook(BaseHook):
         """
         try:
             config = self.config
-            self._upload(io.BytesIO(PROBE_FILE_BODY), PROBE_FILE_NAME, api.RetryPolicy(max_attempts=1))
+            self._upload(io.BytesIO(PROBE_FILE_BODY), PROBE_FILE_NAME, RetryPolicy(max_attempts=1))
         except MaaSApiError as err:
             if err.status_code == 401:
                 return False, f"The service refused the API key (HTTP 401): check the connection's API Key field. {err}"

@@ -19,7 +19,10 @@ from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.driver import BatchDriver
 from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.merge import failed_path_for, merge_shard_results
 from airflow_provider_maas.batch.parts import concatenate, write_failure_part
+from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
+from airflow_provider_maas.batch.results import ResultsFormatError
 from airflow_provider_maas.batch.rounds import (
     add_origins,
     all_succeeded,
@@ -28,6 +31,7 @@ from airflow_provider_maas.batch.rounds import (
     write_requests_to_send,
     write_retries,
 )
+from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
 from airflow_provider_maas.batch.state import (
     STATE_VERSION,
     BatchState,
@@ -36,6 +40,7 @@ from airflow_provider_maas.batch.state import (
     ShardStatus,
     fingerprint,
 )
+from airflow_provider_maas.client.naming import display_name, task_identity, upload_name
 from airflow_provider_maas.exceptions import (
     MaaSConfigError,
     MaaSError,
@@ -44,13 +49,9 @@ from airflow_provider_maas.exceptions import (
     MaaSTimeoutError,
 )
 from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.jsonl import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, ShardPlan, plan_shards
-from airflow_provider_maas.merge import failed_path_for, merge_shard_results
-from airflow_provider_maas.naming import display_name, task_identity, upload_name
 from airflow_provider_maas.operators._common import publish_summary
 from airflow_provider_maas.operators._guard import CREATING, clear_round, refuse_uncertain_create
 from airflow_provider_maas.operators._lineage import LineageMixin
-from airflow_provider_maas.results import ResultsFormatError
 from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, check_destination, open_source, to_path, uri_of
 from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, BatchJobsEvent, MaaSBatchJobsTrigger
 

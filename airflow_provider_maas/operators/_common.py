@@ -6,23 +6,8 @@ import logging
 import time
 from typing import Any
 
-from airflow_provider_maas.exceptions import MaaSInputError, MaaSNotFoundError, MaaSResultsGoneError
-from airflow_provider_maas.jsonl import (
-    MAX_BYTES_PER_FILE,
-    MAX_REQUESTS_PER_FILE,
-    SHARD_PREFIX,
-    copy_shard,
-    plan_shards,
-    shard_name,
-)
-from airflow_provider_maas.states import RESULTS_NOT_FOUND_TRIES, Outcome, job_outcome
-from airflow_provider_maas.storage import (
-    atomic_writer,
-    check_destination,
-    open_source,
-    remove_stale_parts,
-    uri_of,
-)
+from airflow_provider_maas.client.states import RESULTS_NOT_FOUND_TRIES, Outcome, job_outcome
+from airflow_provider_maas.exceptions import MaaSNotFoundError, MaaSResultsGoneError
 
 log = logging.getLogger(__name__)
 
@@ -106,24 +91,3 @@ def publish_summary(operator: Any, context: Any, summary: dict[str, Any], uri: s
     for outlet in getattr(operator, "outlets", None) or []:
         if isinstance(outlet, Asset) and events is not None:
             events[outlet].extra = {**summary, "uri": uri}
-
-
-def write_shards(source: Any, prefix: Any, *, max_requests: int, max_bytes: int, log: Any) -> list[str]:
-    """Validate ``source`` completely, then write its shards under ``prefix``; return their URIs."""
-
-    if not 1 <= max_requests <= MAX_REQUESTS_PER_FILE:
-        raise MaaSInputError(f"max_requests_per_file must be between 1 and {MAX_REQUESTS_PER_FILE}, got {max_requests}")
-    if not 1 <= max_bytes <= MAX_BYTES_PER_FILE:
-        raise MaaSInputError(f"max_bytes_per_file must be between 1 and {MAX_BYTES_PER_FILE}, got {max_bytes}")
-    root = check_destination(prefix, what="destination prefix", folder=True)
-    with open_source(source) as handle:
-        plans = plan_shards(handle, max_requests=max_requests, max_bytes=max_bytes)
-        remove_stale_parts(root)  # once for the folder, not once per shard
-        uris = []
-        for plan in plans:
-            path = root / shard_name(SHARD_PREFIX, plan.index, len(plans))
-            with atomic_writer(path, clean=False) as out:
-                copy_shard(handle, plan, out)
-            uris.append(uri_of(path))
-    log.info("Split into %d shards under %s", len(uris), uri_of(root))
-    return uris

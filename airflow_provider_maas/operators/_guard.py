@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeGuard
 
-from airflow_provider_maas.exceptions import MaaSError, MaaSJobCreationUncertainError
+from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +76,3 @@ def uncertain_create_error(
         "this task will not create another one on its own. Look for that display name in the vendor "
         "console; to create a new job anyway, clear this task in Airflow (a cleared task may create again)."
     )
-
-
-def proves_not_created(err: BaseException) -> bool:
-    """Whether a create that raised ``err`` certainly created no job (so the marker can go).
-
-    The hook's contract: every create whose outcome is unknown (lost answer, 5xx, timeout, reset,
-    unreadable 2xx) raises :class:`MaaSJobCreationUncertainError`; its other errors (bad input, 4xx,
-    429 after its retries, a connection never made) prove nothing was created. Anything that is
-    not a provider error (a bug, the task being killed) leaves the outcome unknown.
-    """
-
-    return isinstance(err, MaaSError) and not isinstance(err, MaaSJobCreationUncertainError)

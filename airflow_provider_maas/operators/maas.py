@@ -8,23 +8,24 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
-from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.jsonl import iter_request_lines, validate_file
-from airflow_provider_maas.merge import (
+from airflow_provider_maas.batch.merge import (
     compare_with_job,
     extract_images_beside,
     failed_path_for,
     merge_results,
     summarise_results,
 )
-from airflow_provider_maas.naming import display_name, upload_name
+from airflow_provider_maas.batch.request_lines import iter_request_lines
+from airflow_provider_maas.batch.shards import validate_file, write_shards
+from airflow_provider_maas.client.failures import proves_not_created
+from airflow_provider_maas.client.naming import display_name, upload_name
+from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
+from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators._batch import MaaSBatchPredictionOperator
-from airflow_provider_maas.operators._common import publish_summary, reusable_job, task_state, write_shards
+from airflow_provider_maas.operators._common import publish_summary, reusable_job, task_state
 from airflow_provider_maas.operators._guard import (
     creating_marker,
     is_creating,
-    proves_not_created,
     refuse_uncertain_create,
     uncertain_create_error,
 )

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_maas._compat import conf
-from airflow_provider_maas.events import check_final_job, check_job_event
+from airflow_provider_maas.client.states import job_outcome, log_state_change
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSRetryableError
 from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.states import job_outcome, log_state_change
+from airflow_provider_maas.triggers.events import check_final_job, check_job_event
 from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, MaaSBatchJobTrigger
 
 if TYPE_CHECKING:

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_maas.events import job_event
+from airflow_provider_maas.client.states import JobOutcome, Outcome, job_outcome, log_state_change
 from airflow_provider_maas.exceptions import MaaSError, MaaSRetryableError
 from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.states import JobOutcome, Outcome, job_outcome, log_state_change
+from airflow_provider_maas.triggers.events import job_event
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

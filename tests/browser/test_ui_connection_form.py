@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 from packaging.version import Version
 
-from airflow_provider_maas.connection import CONN_FIELDS, DEFAULT_BASE_URL, UI_FIELD_BEHAVIOUR
+from airflow_provider_maas.hooks.connection import CONN_FIELDS, DEFAULT_BASE_URL, UI_FIELD_BEHAVIOUR
 from tests.browser.support import DOCS_SCREENSHOT, UI_API_KEY, UI_ENDPOINT, UPDATE_DOCS_ENV, AirflowUI
 
 pytestmark = pytest.mark.browser

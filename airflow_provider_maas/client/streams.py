@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 from typing import IO, TYPE_CHECKING, Any
 
+from airflow_provider_maas.client.integrity import StreamHasher
 from airflow_provider_maas.exceptions import MaaSApiError
-from airflow_provider_maas.integrity import StreamHasher
 from airflow_provider_maas.storage import CHUNK_SIZE, source_size
 
 if TYPE_CHECKING:

@@ -11,12 +11,17 @@ import ssl
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from airflow_provider_maas.exceptions import MaaSConfigError, MaaSJobCreationUncertainError, MaaSRetryableError
+from airflow_provider_maas.exceptions import (
+    MaaSConfigError,
+    MaaSError,
+    MaaSJobCreationUncertainError,
+    MaaSRetryableError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from airflow_provider_maas import api
+    from airflow_provider_maas.client.config import ApiConfig
 
 
 def _causes(err: BaseException) -> Iterator[BaseException]:
@@ -67,7 +72,7 @@ _CAUSE_TEXT = {
 
 
 def transport_error(
-    err: BaseException, *, what: str, url: str, config: api.ApiConfig, sent: bool | None = None
+    err: BaseException, *, what: str, url: str, config: ApiConfig, sent: bool | None = None
 ) -> Exception:
     """Map an HTTP library's error (``requests`` or ``aiohttp``) to a message naming host, port and
     cause. TLS failures are a :class:`MaaSConfigError` (never retried); the rest are retryable.
@@ -135,3 +140,15 @@ def uncertain_create(detail: str, *, file_name: str, display_name: str) -> MaaSJ
         f"There is no list call to find it: look for a job named {display_name!r} in the vendor's console. "
         "To create the job anyway, clear the task."
     )
+
+
+def proves_not_created(err: BaseException) -> bool:
+    """Whether a create that raised ``err`` certainly created no job (so the marker can go).
+
+    The hook's contract: every create whose outcome is unknown (lost answer, 5xx, timeout, reset,
+    unreadable 2xx) raises :class:`MaaSJobCreationUncertainError`; its other errors (bad input, 4xx,
+    429 after its retries, a connection never made) prove nothing was created. Anything that is
+    not a provider error (a bug, the task being killed) leaves the outcome unknown.
+    """
+
+    return isinstance(err, MaaSError) and not isinstance(err, MaaSJobCreationUncertainError)

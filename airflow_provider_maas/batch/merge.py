@@ -12,16 +12,16 @@ import json
 import logging
 from typing import IO, TYPE_CHECKING, Any
 
-from airflow_provider_maas.jsonl import RequestLine, iter_request_lines
-from airflow_provider_maas.ordering import OrderedItem, ResultIndex, line_reader, order_results
-from airflow_provider_maas.results import (
+from airflow_provider_maas.batch.ordering import OrderedItem, ResultIndex, line_reader, order_results
+from airflow_provider_maas.batch.request_lines import RequestLine, iter_request_lines
+from airflow_provider_maas.batch.results import (
     ResultSummary,
     extract_images,
     iter_lines,
     normalise_request,
     parse_result_line,
 )
-from airflow_provider_maas.states import job_outcome
+from airflow_provider_maas.client.states import job_outcome
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
 
 if TYPE_CHECKING:

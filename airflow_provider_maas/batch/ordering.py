@@ -11,7 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from airflow_provider_maas.results import (
+from airflow_provider_maas.batch.results import (
     MISSING_STATUS,
     ResultRecord,
     ResultsFormatError,

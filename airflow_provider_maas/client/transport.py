@@ -1,7 +1,7 @@
 """HTTP plumbing of :class:`~airflow_provider_maas.hooks.maas.MaaSHook`: sessions, retries, streaming.
 
 Imported lazily by the hook so that parsing a DAG never pays for ``requests``/``aiohttp``.
-URLs, headers, error mapping and the backoff policy come from :mod:`airflow_provider_maas.api`,
+URLs, headers, error mapping and the backoff policy come from :mod:`airflow_provider_maas.client.config`,
 shared by the sync and async paths.
 """
 
@@ -19,7 +19,10 @@ import tenacity
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
-from airflow_provider_maas import api
+from airflow_provider_maas.client.errors import error_from_response, parse_json, redirect_error
+from airflow_provider_maas.client.failures import CREATE_404_HINT, transport_error, uncertain_create
+from airflow_provider_maas.client.integrity import StreamHasher, verify_download
+from airflow_provider_maas.client.streams import Progress
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
     MaaSError,
@@ -27,9 +30,6 @@ from airflow_provider_maas.exceptions import (
     MaaSRateLimitError,
     MaaSRetryableError,
 )
-from airflow_provider_maas.hooks._failures import CREATE_404_HINT, transport_error, uncertain_create
-from airflow_provider_maas.hooks._streams import Progress
-from airflow_provider_maas.integrity import StreamHasher, verify_download
 from airflow_provider_maas.storage import CHUNK_SIZE, EarlyWriteback, atomic_writer
 
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
     import aiohttp
     from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_maas.client.config import ApiConfig
+    from airflow_provider_maas.client.retry import RetryPolicy
 
 log = logging.getLogger("airflow_provider_maas.hooks.maas")
 
@@ -64,7 +67,7 @@ def log_retry(what: str, attempt: int, error: BaseException, delay: float) -> No
     log.warning("%s: attempt %d failed (%s); retrying in %.1fs", what, attempt, error, delay)
 
 
-def _retrying(what: str, policy: api.RetryPolicy) -> tenacity.Retrying:
+def _retrying(what: str, policy: RetryPolicy) -> tenacity.Retrying:
     """``policy`` as tenacity's retry loop (the async path runs the same policy as a plain loop)."""
 
     def wait(state: tenacity.RetryCallState) -> float:
@@ -88,12 +91,12 @@ def _retrying(what: str, policy: api.RetryPolicy) -> tenacity.Retrying:
 
 def send(
     session: requests.Session,
-    config: api.ApiConfig,
+    config: ApiConfig,
     method: str,
     url: str,
     *,
     what: str,
-    policy: api.RetryPolicy,
+    policy: RetryPolicy,
     params: dict[str, str] | None = None,
     json_body: Any = None,
     data: Any = None,
@@ -102,7 +105,7 @@ def send(
     not_found_hint: str | None = None,
 ) -> requests.Response:
     """Send one idempotent API call with timeouts, ``policy``'s retries and error mapping; returns a
-    2xx response (parse its body with :func:`api.parse_json`)."""
+    2xx response (parse its body with :func:`parse_json`)."""
 
     def attempt() -> requests.Response:
         if before_attempt is not None:
@@ -125,7 +128,7 @@ def send(
 
 def send_once(
     session: requests.Session,
-    config: api.ApiConfig,
+    config: ApiConfig,
     method: str,
     url: str,
     *,
@@ -164,8 +167,8 @@ def send_once(
         body = response.content if status >= 400 else b""
         response.close()
         if status < 400:
-            raise api.redirect_error(status, location, what=what, api_key=config.api_key)
-        error = api.error_from_response(status, body, what=what, retry_after=retry_after, api_key=config.api_key)
+            raise redirect_error(status, location, what=what, api_key=config.api_key)
+        error = error_from_response(status, body, what=what, retry_after=retry_after, api_key=config.api_key)
         if not_found_hint and isinstance(error, MaaSNotFoundError):
             error.args = (f"{error} ({not_found_hint})",)
         raise error
@@ -183,12 +186,12 @@ def _before_sending(err: requests.RequestException) -> bool:
 
 def create_job(
     session: requests.Session,
-    config: api.ApiConfig,
+    config: ApiConfig,
     body: dict[str, Any],
     *,
     file_name: str,
     display_name: str,
-    policy: api.RetryPolicy,
+    policy: RetryPolicy,
 ) -> dict[str, Any]:
     """The create call, under the rules of "Job creation" above; returns the job JSON."""
     what = f"Creating a job from {file_name!r}"
@@ -207,7 +210,7 @@ def create_job(
                 raise uncertain_create(str(err), file_name=file_name, display_name=display_name) from None
             raise
         try:
-            job = api.parse_json(response.content, what=what, api_key=config.api_key)
+            job = parse_json(response.content, what=what, api_key=config.api_key)
         except MaaSApiError as err:
             raise uncertain_create(str(err), file_name=file_name, display_name=display_name) from None
         if not isinstance(job.get("name"), str) or not job["name"]:
@@ -223,8 +226,8 @@ def _never_sent(err: MaaSApiError) -> bool:
 
 def stream_to(
     session: requests.Session,
-    config: api.ApiConfig,
-    policy: api.RetryPolicy,
+    config: ApiConfig,
+    policy: RetryPolicy,
     *,
     job_name: str,
     path: ObjectStoragePath,
@@ -295,7 +298,7 @@ def _ssl_for(verify: bool | str) -> ssl.SSLContext | bool:
     return _SSL_CONTEXTS[key]
 
 
-def shared_session(config: api.ApiConfig) -> aiohttp.ClientSession:
+def shared_session(config: ApiConfig) -> aiohttp.ClientSession:
     """The one ``aiohttp.ClientSession`` of the running loop for this base URL and TLS setting."""
     import aiohttp
 
@@ -316,7 +319,7 @@ _LEASES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, st
 
 
 @contextlib.asynccontextmanager
-async def session_lease(config: api.ApiConfig) -> AsyncIterator[None]:
+async def session_lease(config: ApiConfig) -> AsyncIterator[None]:
     """Hold the loop's shared session open while a trigger runs; the last holder closes it.
 
     Thousands of triggers in one triggerer share one session; a loop that ends (``dag.test()``
@@ -344,7 +347,7 @@ async def close_shared_sessions() -> None:
         await session.close()
 
 
-async def asend(config: api.ApiConfig, method: str, url: str, *, what: str, policy: api.RetryPolicy) -> Any:
+async def asend(config: ApiConfig, method: str, url: str, *, what: str, policy: RetryPolicy) -> Any:
     """Async twin of :func:`send` for idempotent JSON calls (polling): returns the parsed JSON."""
     import aiohttp
 
@@ -364,12 +367,12 @@ async def asend(config: api.ApiConfig, method: str, url: str, *, what: str, poli
             )
             raise transport_error(err, what=what, url=url, config=config, sent=not never_connected) from None
         if 300 <= status < 400:
-            raise api.redirect_error(status, headers.get("Location"), what=what, api_key=config.api_key)
+            raise redirect_error(status, headers.get("Location"), what=what, api_key=config.api_key)
         if status >= 400:
-            raise api.error_from_response(
+            raise error_from_response(
                 status, body, what=what, retry_after=headers.get("Retry-After"), api_key=config.api_key
             )
-        return api.parse_json(body, what=what, api_key=config.api_key)
+        return parse_json(body, what=what, api_key=config.api_key)
 
     # The same RetryPolicy as the sync path's tenacity loop, run as a plain loop: a
     # tenacity.AsyncRetrying built per call cost ~60 us and ~100 short-lived objects per poll, which

@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 from airflow_provider_maas._compat import AirflowSensorTimeout
+from airflow_provider_maas.client.states import Outcome, job_outcome
 from airflow_provider_maas.exceptions import MaaSError, MaaSJobFailedError
-from airflow_provider_maas.states import Outcome, job_outcome
 
 log = logging.getLogger(__name__)
 

@@ -1,143 +1,38 @@
-"""Validate and split JSONL request files for the MaaS batch API.
+"""A request file as shards within the service's limits: validated in one pass, planned as byte ranges,
+copied out without parsing again.
 
-An input line is ``{"request": {"contents": [...], ...}}``. The vendor allows at most
-:data:`MAX_REQUESTS_PER_FILE` lines and :data:`MAX_BYTES_PER_FILE` bytes per uploaded file, so big
-inputs are split into shards.
-
-Bytes that get uploaded: each non-blank line, with exactly one ``b"\\n"`` after it. Blank
-(whitespace-only) lines are skipped but still counted in line numbers, and a missing final newline
-is added. A UTF-8 byte order mark is an error (not stripped): the service would see it in the
-uploaded bytes, so the user is told to save the file without it.
-
-Splitting is two passes, so nothing is written unless the whole input is valid:
-:func:`plan_shards` reads everything once (each line parsed once with ``json.loads``) and returns a
-small :class:`ShardPlan` per shard; :func:`copy_shard` then copies each shard's bytes (a raw byte
-range when the shard is "clean", line by line otherwise). :func:`iter_shards` does both. Memory
-stays flat: files are read in 8 MiB chunks and one plan record is kept per shard.
-
-All functions take binary file objects (local files, fsspec / ``ObjectStoragePath`` files).
+The vendor allows at most ``MAX_REQUESTS_PER_FILE`` lines and ``MAX_BYTES_PER_FILE`` bytes per uploaded
+file, so big inputs are planned as shards (:func:`plan_shards`) and each shard is copied byte for byte
+(:func:`copy_shard`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
-import math
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
+from airflow_provider_maas.batch.request_lines import (
+    LINE_SHAPE,
+    MAX_BYTES_PER_FILE,
+    MAX_REQUESTS_PER_FILE,
+    line_error,
+    scan_json,
+    validate_request_line,
+)
+from airflow_provider_maas.batch.results import iter_line_batches
 from airflow_provider_maas.exceptions import MaaSInputError
-from airflow_provider_maas.results import iter_line_batches, normalise_request, request_key
+from airflow_provider_maas.storage import atomic_writer, check_destination, open_source, remove_stale_parts, uri_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
-__all__ = [
-    "MAX_BYTES_PER_FILE",
-    "MAX_REQUESTS_PER_FILE",
-    "SHARD_PREFIX",
-    "FileStats",
-    "RequestLine",
-    "Shard",
-    "ShardPlan",
-    "copy_shard",
-    "iter_request_lines",
-    "iter_shards",
-    "normalise_request",
-    "plan_shards",
-    "request_key",
-    "shard_name",
-    "validate_file",
-    "validate_request_line",
-]
 
-MAX_REQUESTS_PER_FILE = 100
 """Most requests (lines) one uploaded file may hold."""
-MAX_BYTES_PER_FILE = 50 * 1024 * 1024
 """Most bytes one uploaded file may hold: the vendor's "50 MB", read as MiB like the emulator."""
-
-_SHAPE = 'each line must be a JSON object like {"request": {"contents": [...]}}'
 _SPLIT = "split it with MaaSSplitRequestsOperator"
 _COPY_CHUNK = 1024 * 1024
-
-
-class _Refused(ValueError):
-    """JSON that Python parses but the service may reject: NaN/Infinity, a repeated key, a lone surrogate."""
-
-
-def _no_constant(name: str) -> Any:
-    raise _Refused(f"{name} is not valid JSON (the service rejects it); write null or a string")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):  # 1e999: valid JSON syntax, but no double holds it
-        raise _Refused(f"the number {text[:40]} is out of range (it overflows to infinity); the service rejects it")
-    return value
-
-
-def _lone_surrogate(text: str) -> bool:
-    """Whether ``text`` holds an unpaired UTF-16 surrogate (from a ``\\uD800``-``\\uDFFF`` escape
-    without its pair; the parser joins a valid pair). Call it for non-ASCII text only."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _surrogate_error(text: str) -> _Refused:
-    return _Refused(
-        f"the string {text[:40]!r} holds a \\u escape of a lone UTF-16 surrogate (\\uD800-\\uDFFF "
-        "without its pair), which is not valid Unicode; fix or remove that character"
-    )
-
-
-def _check_value(value: Any) -> None:
-    """Refuse a lone surrogate in a string value or in the strings of an array (nested arrays too)."""
-    kind = type(value)
-    if kind is str:
-        if not value.isascii() and _lone_surrogate(value):
-            raise _surrogate_error(value)
-    elif kind is list:
-        for item in value:
-            _check_value(item)
-
-
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """Build one JSON object, refusing repeated keys and lone surrogates (in its keys, its string
-    values and the strings of its arrays; nested objects are checked when they are built).
-
-    Called by the C parser for every object of every line: keep it lean (``isascii`` is O(1)).
-    """
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _Refused(f"the key {key!r} appears twice in one object; keep one")
-            seen.add(key)
-    for key, value in pairs:
-        if not key.isascii() and _lone_surrogate(key):
-            raise _surrogate_error(key)
-        _check_value(value)
-    return obj
-
-
-#: Strict JSON: NaN, Infinity, repeated keys and lone surrogates are refused (Python's json
-#: accepts them, the service may not).
-_DECODER = json.JSONDecoder(object_pairs_hook=_strict_object, parse_constant=_no_constant, parse_float=_finite_float)
-# The C scanner behind it: scan(text, index) -> (value, end). Skips decode's Python wrapper.
-_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
-
-
-class RequestLine(NamedTuple):
-    """One valid input line: ``raw`` is its bytes ending with ``b"\\n"``; ``request`` is its ``"request"`` object."""
-
-    line_number: int
-    raw: bytes
-    request: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,64 +89,6 @@ def _size(size: int) -> str:
     return f"{size} bytes ({size / (1024 * 1024):.1f} MiB)"
 
 
-def _fail(line_number: int, message: str) -> MaaSInputError:
-    return MaaSInputError(f"line {line_number}: {message}", line_number=line_number)
-
-
-def validate_request_line(line: bytes, line_number: int) -> dict[str, Any]:
-    """Check one input line and return it parsed (the whole line object, with its ``"request"``).
-
-    :param line: The line's bytes (a trailing newline is allowed).
-    :raises MaaSInputError: naming the line: not UTF-8, not JSON, not an object, no ``request``
-        object, or ``request.contents`` not a non-empty list.
-    """
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _fail(
-            line_number,
-            f"not valid UTF-8 (byte 0x{line[exc.start]:02x} at offset {exc.start} of the line); save the file as UTF-8",
-        ) from None
-    try:
-        obj = _DECODER.decode(text)
-    except (ValueError, RecursionError) as exc:
-        if text.startswith("\ufeff"):
-            message = "starts with a UTF-8 byte order mark (BOM); save the file as UTF-8 without BOM"
-        elif isinstance(exc, _Refused):
-            message = f"{exc}; {_SHAPE}"
-        elif isinstance(exc, json.JSONDecodeError):
-            message = f"not valid JSON: {exc.msg} (column {exc.colno}); {_SHAPE}, one per line"
-        else:
-            message = f"not valid JSON: {exc}; {_SHAPE}, one per line"
-        raise _fail(line_number, message) from None
-    if type(obj) is not dict:
-        raise _fail(line_number, f"is a JSON {type(obj).__name__}, not an object; {_SHAPE}")
-    request = obj.get("request")
-    if type(request) is not dict:
-        what = 'missing "request"' if request is None else '"request" must be a JSON object'
-        raise _fail(line_number, f"{what}; {_SHAPE}")
-    contents = request.get("contents")
-    if type(contents) is not list or not contents:
-        raise _fail(line_number, f'"request.contents" must be a non-empty list; {_SHAPE}')
-    return obj
-
-
-def iter_request_lines(fileobj: IO[bytes]) -> Iterator[RequestLine]:
-    """Stream the valid lines of an input file, checking each (no count or size limit here).
-
-    Blank lines are skipped (still counted in line numbers).
-
-    :raises MaaSInputError: at the first bad line (see :func:`validate_request_line`).
-    """
-    line_number = 0
-    for lines, _ in iter_line_batches(fileobj):
-        for line in lines:
-            line_number += 1
-            if line and not line.isspace():
-                obj = validate_request_line(line, line_number)
-                yield RequestLine(line_number, line + b"\n", obj["request"])
-
-
 def _check_limits(max_requests: int, max_bytes: int) -> None:
     if max_requests < 1 or max_bytes < 2:
         raise ValueError(f"max_requests ({max_requests}) must be >= 1 and max_bytes ({max_bytes}) >= 2")
@@ -259,7 +96,7 @@ def _check_limits(max_requests: int, max_bytes: int) -> None:
 
 def _line_too_long(max_bytes: int) -> Any:
     def make(line_number: int, size: int) -> MaaSInputError:
-        return _fail(
+        return line_error(
             line_number,
             f"is at least {size + 1} bytes with its newline, over the limit of {_size(max_bytes)} per upload file;"
             " make this request smaller (e.g. refer to big media with file_data URIs, not inline data)",
@@ -281,7 +118,7 @@ def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -
     digest = hashlib.sha256()
     too_long = _line_too_long(max_bytes)
     validate = validate_request_line
-    scan = _SCAN
+    scan = scan_json
 
     for lines, terminated in iter_line_batches(fileobj, max_line_bytes=max_bytes, too_long=too_long):
         for line in lines:
@@ -340,7 +177,7 @@ def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -
                 clean = False
     if not count:
         what = f"{line_number} line{'s' * (line_number != 1)}, all blank" if line_number else "it is empty"
-        raise MaaSInputError(f"the file contains no requests ({what}); {_SHAPE}, one per line")
+        raise MaaSInputError(f"the file contains no requests ({what}); {LINE_SHAPE}, one per line")
     plans.append(ShardPlan(len(plans), first, last, start, end, count, size, digest.hexdigest(), clean))
     return plans, offset
 
@@ -448,3 +285,24 @@ def shard_name(prefix: str, index: int, total: int) -> str:
         raise ValueError(f"shard index {index} is not in 0..{total - 1}")
     width = max(5, len(str(total - 1)))
     return f"{prefix}-{index:0{width}d}.jsonl"
+
+
+def write_shards(source: Any, prefix: Any, *, max_requests: int, max_bytes: int, log: Any) -> list[str]:
+    """Validate ``source`` completely, then write its shards under ``prefix``; return their URIs."""
+
+    if not 1 <= max_requests <= MAX_REQUESTS_PER_FILE:
+        raise MaaSInputError(f"max_requests_per_file must be between 1 and {MAX_REQUESTS_PER_FILE}, got {max_requests}")
+    if not 1 <= max_bytes <= MAX_BYTES_PER_FILE:
+        raise MaaSInputError(f"max_bytes_per_file must be between 1 and {MAX_BYTES_PER_FILE}, got {max_bytes}")
+    root = check_destination(prefix, what="destination prefix", folder=True)
+    with open_source(source) as handle:
+        plans = plan_shards(handle, max_requests=max_requests, max_bytes=max_bytes)
+        remove_stale_parts(root)  # once for the folder, not once per shard
+        uris = []
+        for plan in plans:
+            path = root / shard_name(SHARD_PREFIX, plan.index, len(plans))
+            with atomic_writer(path, clean=False) as out:
+                copy_shard(handle, plan, out)
+            uris.append(uri_of(path))
+    log.info("Split into %d shards under %s", len(uris), uri_of(root))
+    return uris

@@ -1,0 +1,159 @@
+"""What one request line must be: strict JSON (no NaN, duplicate keys or lone surrogates), the documented
+shape, and the service's per-file limits.
+
+An input line is ``{"request": {"contents": [...], ...}}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
+
+from airflow_provider_maas.batch.results import iter_line_batches
+from airflow_provider_maas.exceptions import MaaSInputError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+
+MAX_REQUESTS_PER_FILE = 100
+MAX_BYTES_PER_FILE = 50 * 1024 * 1024
+
+LINE_SHAPE = 'each line must be a JSON object like {"request": {"contents": [...]}}'
+
+
+class _Refused(ValueError):
+    """JSON that Python parses but the service may reject: NaN/Infinity, a repeated key, a lone surrogate."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _Refused(f"{name} is not valid JSON (the service rejects it); write null or a string")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: valid JSON syntax, but no double holds it
+        raise _Refused(f"the number {text[:40]} is out of range (it overflows to infinity); the service rejects it")
+    return value
+
+
+def _lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds an unpaired UTF-16 surrogate (from a ``\\uD800``-``\\uDFFF`` escape
+    without its pair; the parser joins a valid pair). Call it for non-ASCII text only."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _surrogate_error(text: str) -> _Refused:
+    return _Refused(
+        f"the string {text[:40]!r} holds a \\u escape of a lone UTF-16 surrogate (\\uD800-\\uDFFF "
+        "without its pair), which is not valid Unicode; fix or remove that character"
+    )
+
+
+def _check_value(value: Any) -> None:
+    """Refuse a lone surrogate in a string value or in the strings of an array (nested arrays too)."""
+    kind = type(value)
+    if kind is str:
+        if not value.isascii() and _lone_surrogate(value):
+            raise _surrogate_error(value)
+    elif kind is list:
+        for item in value:
+            _check_value(item)
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build one JSON object, refusing repeated keys and lone surrogates (in its keys, its string
+    values and the strings of its arrays; nested objects are checked when they are built).
+
+    Called by the C parser for every object of every line: keep it lean (``isascii`` is O(1)).
+    """
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Refused(f"the key {key!r} appears twice in one object; keep one")
+            seen.add(key)
+    for key, value in pairs:
+        if not key.isascii() and _lone_surrogate(key):
+            raise _surrogate_error(key)
+        _check_value(value)
+    return obj
+
+
+#: Strict JSON: NaN, Infinity, repeated keys and lone surrogates are refused (Python's json
+#: accepts them, the service may not).
+_DECODER = json.JSONDecoder(object_pairs_hook=_strict_object, parse_constant=_no_constant, parse_float=_finite_float)
+# The C scanner behind it: scan(text, index) -> (value, end). Skips decode's Python wrapper.
+scan_json: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+
+
+class RequestLine(NamedTuple):
+    """One valid input line: ``raw`` is its bytes ending with ``b"\\n"``; ``request`` is its ``"request"`` object."""
+
+    line_number: int
+    raw: bytes
+    request: dict[str, Any]
+
+
+def line_error(line_number: int, message: str) -> MaaSInputError:
+    return MaaSInputError(f"line {line_number}: {message}", line_number=line_number)
+
+
+def validate_request_line(line: bytes, line_number: int) -> dict[str, Any]:
+    """Check one input line and return it parsed (the whole line object, with its ``"request"``).
+
+    :param line: The line's bytes (a trailing newline is allowed).
+    :raises MaaSInputError: naming the line: not UTF-8, not JSON, not an object, no ``request``
+        object, or ``request.contents`` not a non-empty list.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise line_error(
+            line_number,
+            f"not valid UTF-8 (byte 0x{line[exc.start]:02x} at offset {exc.start} of the line); save the file as UTF-8",
+        ) from None
+    try:
+        obj = _DECODER.decode(text)
+    except (ValueError, RecursionError) as exc:
+        if text.startswith("\ufeff"):
+            message = "starts with a UTF-8 byte order mark (BOM); save the file as UTF-8 without BOM"
+        elif isinstance(exc, _Refused):
+            message = f"{exc}; {LINE_SHAPE}"
+        elif isinstance(exc, json.JSONDecodeError):
+            message = f"not valid JSON: {exc.msg} (column {exc.colno}); {LINE_SHAPE}, one per line"
+        else:
+            message = f"not valid JSON: {exc}; {LINE_SHAPE}, one per line"
+        raise line_error(line_number, message) from None
+    if type(obj) is not dict:
+        raise line_error(line_number, f"is a JSON {type(obj).__name__}, not an object; {LINE_SHAPE}")
+    request = obj.get("request")
+    if type(request) is not dict:
+        what = 'missing "request"' if request is None else '"request" must be a JSON object'
+        raise line_error(line_number, f"{what}; {LINE_SHAPE}")
+    contents = request.get("contents")
+    if type(contents) is not list or not contents:
+        raise line_error(line_number, f'"request.contents" must be a non-empty list; {LINE_SHAPE}')
+    return obj
+
+
+def iter_request_lines(fileobj: IO[bytes]) -> Iterator[RequestLine]:
+    """Stream the valid lines of an input file, checking each (no count or size limit here).
+
+    Blank lines are skipped (still counted in line numbers).
+
+    :raises MaaSInputError: at the first bad line (see :func:`validate_request_line`).
+    """
+    line_number = 0
+    for lines, _ in iter_line_batches(fileobj):
+        for line in lines:
+            line_number += 1
+            if line and not line.isspace():
+                obj = validate_request_line(line, line_number)
+                yield RequestLine(line_number, line + b"\n", obj["request"])

@@ -1,0 +1,137 @@
+"""What an error answer means: the matching exception, with a readable message that never holds a secret.
+
+Every text taken from a response is redacted here (:func:`redact`) before it is cut or shown.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from typing import Any
+
+from airflow_provider_maas.client.retry import RETRYABLE_STATUS, parse_retry_after
+from airflow_provider_maas.exceptions import (
+    MaaSApiError,
+    MaaSAuthError,
+    MaaSConfigError,
+    MaaSNotFoundError,
+    MaaSRateLimitError,
+    MaaSResultsGoneError,
+    MaaSRetryableError,
+)
+
+#: ``Authorization: <anything>`` (a header echoed by a proxy) and ``Bearer <token>``.
+_AUTH_VALUE = re.compile(r"(authorization[\s\"'<>/]*[:=][\s\"']*)[^\s\"'<>,;]+(\s+[^\s\"'<>,;]+)?", re.IGNORECASE)
+_BEARER = re.compile(r"(bearer\s+)[^\s\"'<>,;]+", re.IGNORECASE)
+#: Longest text of a response kept in an error message.
+MAX_SHOWN = 300
+
+
+def redact(text: str, api_key: str | None) -> str:
+    """``text`` without the API key nor any ``Authorization:`` / ``Bearer`` value.
+
+    Every text taken from a response goes through here BEFORE it is cut or stored (a key cut in
+    half by a length limit would still leak its first half).
+    """
+    if api_key:
+        text = text.replace(api_key, "***")
+    text = _AUTH_VALUE.sub(r"\1***", text)
+    return _BEARER.sub(r"\1***", text)
+
+
+def response_text(body: bytes, api_key: str | None, *, limit: int = MAX_SHOWN) -> str:
+    """Readable, redacted and shortened text of a response body (HTML tags and spacing removed)."""
+    text = redact(body.decode("utf-8", errors="replace"), api_key)
+    if "<" in text:
+        text = html.unescape(re.sub(r"<[^>]+>", " ", text))
+        text = redact(text, api_key)  # an entity (&#66;earer) may have hidden a pattern
+    text = " ".join(text.split())
+    return (text[:limit] + "...") if len(text) > limit else text
+
+
+def _load_json(body: bytes) -> Any:
+    """``json.loads`` that never raises anything but ``ValueError`` (deep nesting included)."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def error_from_response(
+    status: int, body: bytes, *, what: str, retry_after: str | None = None, api_key: str | None = None
+) -> MaaSApiError:
+    """Map an HTTP error answer to the matching exception, with a readable, redacted message.
+
+    Works for the documented Google-style body ``{"error": {"code", "message", "status"}}`` and
+    for any other body (HTML from a proxy, plain text, nothing).
+    """
+    error_status: str | None = None
+    error_message: str | None = None
+    try:
+        payload = _load_json(body)
+        err = payload.get("error") if isinstance(payload, dict) else None
+        if isinstance(err, dict):
+            error_status = err.get("status") if isinstance(err.get("status"), str) else None
+            if err.get("message") is not None:
+                error_message = response_text(str(err["message"]).encode(), api_key, limit=MAX_SHOWN * 4)
+            error_status = redact(error_status, api_key)[:100] if error_status else None
+        elif isinstance(err, str):
+            error_message = response_text(err.encode(), api_key)
+    except (ValueError, AttributeError):
+        pass
+    if error_message is None:  # not the Google shape: show what came, shortened
+        error_message = response_text(body, api_key) or None
+    detail = f"HTTP {status}" + (f" {error_status}" if error_status else "")
+    message = f"{what} failed: {detail}: {error_message or 'no error message in the answer'}"
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "error_status": error_status,
+        "error_message": error_message,
+        "retry_after": parse_retry_after(retry_after),
+    }
+    if status in (401, 403):
+        hint = (
+            "check the API key in the connection's 'API Key' field"
+            if status == 401
+            else "check that this key may use the ENDPOINT set in the connection"
+        )
+        return MaaSAuthError(f"{message} ({hint})", **kwargs)
+    if status == 410:
+        return MaaSResultsGoneError(message, **kwargs)
+    if status == 404:
+        return MaaSNotFoundError(message, **kwargs)
+    if status == 429:
+        return MaaSRateLimitError(message, **kwargs)
+    if status in RETRYABLE_STATUS:
+        return MaaSRetryableError(message, **kwargs)
+    return MaaSApiError(message, **kwargs)
+
+
+def parse_json(body: bytes, *, what: str, api_key: str | None = None) -> dict[str, Any]:
+    """Parse a success body; anything but a JSON object (deep nesting included) is a clear
+    :class:`MaaSApiError` quoting the redacted start of the body. The key is taken out of the
+    body first, so no value of the result (a job's error message...) can carry it on."""
+    if api_key and api_key.encode() in body:
+        body = body.replace(api_key.encode(), b"***")
+    try:
+        payload = _load_json(body)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict):
+        snippet = response_text(body, api_key, limit=200)
+        raise MaaSApiError(
+            f"{what}: the service answered with success but the body is not a usable JSON object: {snippet!r}; "
+            "check the connection's Base URL points at the MaaS API."
+        )
+    return payload
+
+
+def redirect_error(status: int, location: str | None, *, what: str, api_key: str | None) -> MaaSConfigError:
+    """A 3xx answer: never followed (a redirect would carry the API key to another address)."""
+    target = redact(location or "", api_key)[:200] or "no Location given"
+    return MaaSConfigError(
+        f"{what}: the server answered HTTP {status}, a redirect to {target}. Redirects are not followed "
+        "(they would send the API key elsewhere): set the connection's Base URL to the address the "
+        "service really answers on."
+    )
