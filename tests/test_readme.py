@@ -422,8 +422,12 @@ def test_errors_outside_the_hierarchy_are_the_ones_the_readme_names():
     emulator aside) either is a MaaSError or is named in that sentence, and each named one exists."""
     from airflow_provider_maas.exceptions import MaaSError
 
-    (sentence,) = re.findall(r"Errors derive from `MaaSError`[^.]*, except ([^.]*)\.", " ".join(README.split()))
-    named = set(re.findall(r"`(\w+)` \(a `(\w+)`", sentence))
+    # "Errors derive from `MaaSError` (an `AirflowException`)[, except `X` (a `ValueError`: ...)]."
+    (exceptions,) = re.findall(
+        r"[Ee]rrors? derives? from `MaaSError` \(an `AirflowException`\)(?:, except ([^.]*))?\.",
+        " ".join(_section(README, "## Errors").split()),
+    )
+    named = set(re.findall(r"`(\w+)` \(a `(\w+)`", exceptions))
     outside = set()
     for path in sorted(PACKAGE.rglob("*.py")):
         if "emulator" in path.parts or path.name.startswith("_"):
