@@ -574,6 +574,14 @@ def test_performance_figures_are_the_benchmarks():
             assert _numbers(cell) <= bench, f"docs/performance.md quotes {_numbers(cell) - bench} not in benchmarks"
 
 
+def test_triggerer_figures_in_the_deploying_guide_are_the_benchmarks():
+    bench = _numbers((ROOT / "benchmarks" / "README.md").read_text())
+    section = _section(DOCS["docs/deploying.md"], "## The triggerer: how many waits one process holds")
+    (bullets,) = [block for block in section.split("\n\n") if block.startswith("- ")]
+    assert "5,000 triggers" in bullets
+    assert _numbers(bullets) <= bench, f"docs/deploying.md quotes {_numbers(bullets) - bench} not in benchmarks"
+
+
 def test_readme_stays_a_manual():
     """The README is the user's manual; evidence lives in docs/ (issue 13: about half of 26 KB)."""
     assert len(README.encode()) <= 14_500
