@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -234,3 +235,31 @@ def test_cli_refuses_a_bad_fault():
         timeout=60,
     )
     assert out.returncode == 2 and "fault 'nope' does not apply" in out.stderr
+
+
+def _settled(emu: Any, predicate: Any) -> None:
+    """Wait (at most 10 s) for the emulator to have handled what ``predicate`` looks for."""
+    deadline = time.monotonic() + 10
+    while not predicate(emu.emulator):
+        assert time.monotonic() < deadline, "the emulator never handled the call"
+        time.sleep(0.02)
+
+
+def test_slow_answers_late_and_drops_the_call_when_the_client_gave_up():
+    with run_emulator(cfg(faults=["create:1:slow=1", "create:1:slow=0.1", "get:1:slow"])) as emu:
+        emu.emulator.config.slow_seconds = 0.1
+        assert upload(emu, "in.jsonl", make_jsonl(2)).status_code == 200
+        with pytest.raises(requests.Timeout):
+            create(emu, "in.jsonl", timeout=0.3)  # the answer would come after 1 s: the client gives up
+        _settled(emu, lambda e: [x["fault"] for x in e.access_log][-1:] == ["slow"])
+        assert emu.emulator.jobs_created == 0  # nobody waited for it: not created
+        r = create(emu, "in.jsonl")  # late (0.1 s) but waited for: carried out
+        assert r.status_code == 200 and emu.emulator.jobs_created == 1
+        assert get_job(emu, r.json()["name"]).status_code == 200  # slow_seconds when no SECONDS given
+        assert [x["fault"] for x in emu.emulator.access_log[-3:]] == ["slow", "slow", "slow"]
+        assert state(emu)["faults"] == []
+
+
+def test_slow_takes_seconds_only():
+    with pytest.raises(ValueError, match="must be seconds"):
+        EmulatorConfig(faults=["get:1:slow=soon"])

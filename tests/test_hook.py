@@ -1,7 +1,9 @@
 """MaaSHook against the local emulator: real HTTP on loopback, faults injected by the emulator.
 
-Only sleeping is replaced (``retry_sleeps``): retry delays are recorded instead of waited for, so
-no assertion depends on the speed of the machine.
+Faults come from the emulator's fault schedule ("the next N calls of kind K answer F"), so each
+test says which call fails and how. Retries really wait, briefly (``retry_base_delay=0.01``,
+``Retry-After: 0``); the waits are read from the hook's retry log lines (``retry_delays``), so no
+assertion depends on the speed of the machine.
 """
 
 from __future__ import annotations
@@ -11,14 +13,13 @@ import contextlib
 import io
 import logging
 import os
+import re
 import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import pytest
-import tenacity.nap
 from airflow.sdk import ObjectStoragePath
 
 from airflow_provider_maas.client.integrity import b64_crc32c, b64_md5
@@ -80,12 +81,12 @@ def start(emulator_factory):
         assert "***" not in logged
 
 
-@pytest.fixture
-def retry_sleeps(monkeypatch):
-    """The delays tenacity asks for between sync attempts, recorded instead of slept."""
-    delays: list[float] = []
-    monkeypatch.setattr(tenacity.nap, "time", SimpleNamespace(sleep=delays.append))
-    return delays
+RETRY_LINE = re.compile(r": attempt \d+ failed .*; retrying in (\d+\.\d)s$")
+
+
+def retry_delays(caplog) -> list[float]:
+    """The waits between attempts, as the hook's retry warnings announce them ("retrying in 1.0s")."""
+    return [float(m.group(1)) for r in caplog.records if (m := RETRY_LINE.search(r.getMessage()))]
 
 
 def make_hook(**kwargs) -> MaaSHook:
@@ -405,7 +406,7 @@ def test_wait_timeout(start):
 
 
 @pytest.mark.parametrize(("body", "expected"), [("html", "That's an error."), ("text", "upstream connect error")])
-def test_non_json_error_body_gives_a_readable_message(start, retry_sleeps, body, expected):
+def test_non_json_error_body_gives_a_readable_message(start, caplog, body, expected):
     handle = start()
     handle.schedule(f"get:2:503={body}")
     with pytest.raises(MaaSRetryableError) as info:
@@ -420,13 +421,13 @@ def test_non_json_error_body_gives_a_readable_message(start, retry_sleeps, body,
 # 3. Retries ------------------------------------------------------------------------------
 
 
-def test_429_retry_after_is_honoured(start, retry_sleeps, caplog):
-    handle = start(retry_after=3)
+def test_429_retry_after_is_honoured(start, caplog):
+    handle = start(retry_after=1)
     hook = make_hook()
     name = new_job(hook)
     handle.schedule("get:1:429")
     assert hook.get_batch_job(name)["name"] == name
-    assert retry_sleeps == [3.0]  # base delay 0.01: only Retry-After can ask for 3 s
+    assert retry_delays(caplog) == [1.0]  # base delay 0.01: only Retry-After can ask for 1 s
     assert faults_on(handle, job_path(name)) == ["429", None]
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
@@ -434,19 +435,17 @@ def test_429_retry_after_is_honoured(start, retry_sleeps, caplog):
     assert "429" in warnings[0].getMessage()
 
 
-def test_backoff_without_retry_after_uses_the_base_delay(start, retry_sleeps):
+def test_backoff_without_retry_after_uses_the_base_delay(start, caplog):
     handle = start()
     hook = make_hook()
     name = new_job(hook)
     handle.schedule("get:1:500", "get:1:reset")
     assert hook.get_batch_job(name)["name"] == name
-    assert len(retry_sleeps) == 2
-    assert 0 <= retry_sleeps[0] <= 0.01
-    assert 0 <= retry_sleeps[1] <= 0.02
+    assert retry_delays(caplog) == [0.0, 0.0]  # 0.01 then at most 0.02 s, logged to 0.1 s
 
 
 @pytest.mark.parametrize("logged", ["503", "reset"])
-def test_transient_get_failures_are_retried(start, retry_sleeps, caplog, logged):
+def test_transient_get_failures_are_retried(start, caplog, logged):
     handle = start()
     hook = make_hook()
     name = new_job(hook)
@@ -457,13 +456,14 @@ def test_transient_get_failures_are_retried(start, retry_sleeps, caplog, logged)
     assert warning.getMessage().startswith(f"Getting job {name}: attempt 1 failed")
 
 
-def test_retries_are_bounded_and_each_is_logged(start, retry_sleeps, caplog):
-    handle = start(rate_5xx=1.0)
+def test_retries_are_bounded_and_each_is_logged(start, caplog):
+    handle = start()
+    handle.schedule("get:*:500")
     with pytest.raises(MaaSRetryableError) as info:
         make_hook(max_attempts=4).get_batch_job("42")
-    assert info.value.status_code in (500, 503)
+    assert info.value.status_code == 500
     assert api_requests(handle) == 4
-    assert len(retry_sleeps) == 3
+    assert len(retry_delays(caplog)) == 3
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert [w.split(" failed")[0] for w in warnings] == [f"Getting job 42: attempt {n}" for n in (1, 2, 3)]
 
@@ -499,7 +499,7 @@ async def test_async_get_retries_transient_failures(start, caplog):
         ("deep-json", 0),
     ],
 )
-def test_create_is_not_retried_when_it_may_have_reached_the_service(start, retry_sleeps, fault, jobs_created):
+def test_create_is_not_retried_when_it_may_have_reached_the_service(start, caplog, fault, jobs_created):
     handle = start()
     hook = make_hook()
     hook.upload_file(REQUESTS_FILE, "once.jsonl")
@@ -512,10 +512,10 @@ def test_create_is_not_retried_when_it_may_have_reached_the_service(start, retry
     assert_no_key(info.value)
     assert api_requests(handle) - before == 1
     assert handle.emulator.jobs_created == jobs_created
-    assert retry_sleeps == []
+    assert retry_delays(caplog) == []
 
 
-def test_create_is_retried_on_429_the_service_did_not_act(start, retry_sleeps):
+def test_create_is_retried_on_429_the_service_did_not_act(start, caplog):
     handle = start()
     hook = make_hook()
     hook.upload_file(REQUESTS_FILE, "retry.jsonl")
@@ -528,22 +528,22 @@ def test_create_is_retried_on_429_the_service_did_not_act(start, retry_sleeps):
     assert list(handle.emulator.jobs) == [job["name"]]
 
 
-def test_create_is_retried_when_the_connection_is_refused(monkeypatch, retry_sleeps):
+def test_create_is_retried_when_the_connection_is_refused(monkeypatch, caplog):
     monkeypatch.setenv(*connection_env(f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(MaaSRetryableError) as info:
         make_hook(max_attempts=3).create_batch_job("f.jsonl", "d")
     assert "cannot reach 127.0.0.1:" in str(info.value)
     assert "connection was refused" in str(info.value)
-    assert len(retry_sleeps) == 2
+    assert len(retry_delays(caplog)) == 2
 
 
-def test_failed_dns_lookup_on_create_is_retried_and_named(monkeypatch, retry_sleeps):
+def test_failed_dns_lookup_on_create_is_retried_and_named(monkeypatch, caplog):
     monkeypatch.setenv(*connection_env("https://maas-host.invalid:8443"))
     with pytest.raises(MaaSRetryableError) as info:
         make_hook(max_attempts=2).create_batch_job("f.jsonl", "d")
     assert "cannot reach maas-host.invalid:8443" in str(info.value)
     assert "DNS" in str(info.value)
-    assert len(retry_sleeps) == 1
+    assert len(retry_delays(caplog)) == 1
 
 
 async def test_async_transport_errors_name_host_port_and_cause(monkeypatch):
@@ -563,8 +563,9 @@ async def test_async_transport_errors_name_host_port_and_cause(monkeypatch):
 # 5. Timeouts -----------------------------------------------------------------------------
 
 
-def test_slow_answers_time_out_are_retried_then_fail_clearly(start, monkeypatch, retry_sleeps, caplog):
-    handle = start(rate_slow=1.0, slow_seconds=1.5)
+def test_slow_answers_time_out_are_retried_then_fail_clearly(start, monkeypatch, caplog):
+    handle = start()
+    handle.schedule("get:2:slow=1.5")
     monkeypatch.setenv(*connection_env(handle.base_url, timeout=0.2))
     hook = make_hook(max_attempts=2)
     with pytest.raises(MaaSRetryableError) as info:
@@ -577,14 +578,13 @@ def test_slow_answers_time_out_are_retried_then_fail_clearly(start, monkeypatch,
     assert "attempt 1 failed" in caplog.text
 
 
-def test_slow_create_is_uncertain_not_retried(start, monkeypatch, retry_sleeps):
+def test_slow_create_is_uncertain_not_retried(start, monkeypatch, caplog):
     handle = start()
     make_hook().upload_file(REQUESTS_FILE, "slow.jsonl")
     monkeypatch.setenv(*connection_env(handle.base_url, timeout=0.2))
     hook = make_hook()
     before = api_requests(handle)
-    handle.emulator.config.slow_seconds = 1.5
-    handle.emulator.config.rate_slow = 1.0
+    handle.schedule("create:1:slow=1.5")
     with pytest.raises(MaaSJobCreationUncertainError) as info:
         hook.create_batch_job("slow.jsonl", "slow")
     assert "within 0.2s (timed out)" in str(info.value)
@@ -593,7 +593,8 @@ def test_slow_create_is_uncertain_not_retried(start, monkeypatch, retry_sleeps):
 
 
 async def test_async_slow_answers_time_out(start, monkeypatch):
-    handle = start(rate_slow=1.0, slow_seconds=1.5)
+    handle = start()
+    handle.schedule("get:2:slow=1.5")
     monkeypatch.setenv(*connection_env(handle.base_url, timeout=0.2))
     hook = make_hook(max_attempts=2)
     async with hook.async_session_scope():
@@ -606,7 +607,8 @@ async def test_async_slow_answers_time_out(start, monkeypatch):
 
 
 def test_upload_with_wrong_md5_is_resent_then_refused(start, caplog):
-    handle = start(rate_wrong_md5=1.0)
+    handle = start()
+    handle.schedule("upload:3:wrong-md5")
     with pytest.raises(MaaSIntegrityError) as info:
         make_hook().upload_file(REQUESTS_FILE, "bad.jsonl")
     assert "md5" in str(info.value)
@@ -627,12 +629,12 @@ def test_upload_with_wrong_md5_once_succeeds_on_resend(start):
     assert read(handle.emulator.files["flaky.jsonl"]["path"]) == read(REQUESTS_FILE)
 
 
-@pytest.mark.parametrize("fault", ["rate_corrupt_download", "rate_truncate_download"])
-def test_bad_download_leaves_no_file(start, tmp_path, retry_sleeps, fault):
+@pytest.mark.parametrize("fault", ["corrupt", "truncate"])
+def test_bad_download_leaves_no_file(start, tmp_path, caplog, fault):
     handle = start()
     hook = make_hook()
     name = finished_job(hook)
-    setattr(handle.emulator.config, fault, 1.0)
+    handle.schedule(f"content:3:{fault}")  # every transfer the hook makes
     out_dir = tmp_path / "out"
     destination = out_dir / "results.jsonl"
     with pytest.raises((MaaSIntegrityError, MaaSRetryableError)) as info:
@@ -641,8 +643,8 @@ def test_bad_download_leaves_no_file(start, tmp_path, retry_sleeps, fault):
     assert not destination.exists()
     assert os.listdir(out_dir) == []
     media = faults_on(handle, media_path(name))
-    assert len(media) == 3  # max_transfers
-    assert set(media) == {fault.removeprefix("rate_")}
+    assert media == [f"{fault}_download"] * 3  # max_transfers, each one spoilt
+    assert handle.emulator.fault_schedule.pending() == []
 
 
 def test_failed_download_keeps_the_previous_file(start, tmp_path):
@@ -651,7 +653,7 @@ def test_failed_download_keeps_the_previous_file(start, tmp_path):
     name = finished_job(hook)
     destination = tmp_path / "results.jsonl"
     destination.write_bytes(b"previous complete file\n")
-    handle.emulator.config.rate_corrupt_download = 1.0
+    handle.schedule("content:3:corrupt")
     with pytest.raises(MaaSIntegrityError):
         hook.download_results(name, destination)
     assert destination.read_bytes() == b"previous complete file\n"
@@ -659,7 +661,7 @@ def test_failed_download_keeps_the_previous_file(start, tmp_path):
 
 
 @pytest.mark.parametrize("fault", ["corrupt", "truncate"])
-def test_flaky_download_eventually_matches(start, tmp_path, retry_sleeps, caplog, fault):
+def test_flaky_download_eventually_matches(start, tmp_path, caplog, fault):
     handle = start()
     hook = make_hook()
     name = finished_job(hook)
@@ -808,12 +810,12 @@ def test_test_connection_with_an_incomplete_connection(start, monkeypatch):
     assert "No ENDPOINT" in message
 
 
-def test_test_connection_when_nothing_listens(monkeypatch, retry_sleeps):
+def test_test_connection_when_nothing_listens(monkeypatch, caplog):
     monkeypatch.setenv(*connection_env(f"http://127.0.0.1:{free_port()}"))
     ok, message = make_hook(max_attempts=2).test_connection()
     assert ok is False
     assert "cannot reach 127.0.0.1:" in message and "refused" in message
-    assert retry_sleeps == []  # one attempt: the button answers at once
+    assert retry_delays(caplog) == []  # one attempt: the button answers at once
 
 
 def test_test_connection_with_a_wrong_endpoint(start):
@@ -896,7 +898,7 @@ def test_non_json_success_body_is_a_clear_error():
 # 10. Answers that must fail fast -----------------------------------------------------------
 
 
-def test_create_refused_for_quota_is_retried_then_raises_rate_limit(start, retry_sleeps):
+def test_create_refused_for_quota_is_retried_then_raises_rate_limit(start, caplog):
     handle = start()
     hook = make_hook()
     hook.upload_file(REQUESTS_FILE, "busy.jsonl")
@@ -904,11 +906,11 @@ def test_create_refused_for_quota_is_retried_then_raises_rate_limit(start, retry
     with pytest.raises(MaaSRateLimitError) as info:
         hook.create_batch_job("busy.jsonl", "busy")
     assert not isinstance(info.value, MaaSJobCreationUncertainError)
-    assert len(retry_sleeps) == 2
+    assert len(retry_delays(caplog)) == 2
     assert handle.emulator.jobs_created == 0
 
 
-def test_lost_create_timeout_is_uncertain_and_makes_exactly_one_job(start, monkeypatch, retry_sleeps):
+def test_lost_create_timeout_is_uncertain_and_makes_exactly_one_job(start, monkeypatch, caplog):
     handle = start()
     make_hook().upload_file(REQUESTS_FILE, "late.jsonl")
     monkeypatch.setenv(*connection_env(handle.base_url, timeout=0.3))
@@ -916,11 +918,11 @@ def test_lost_create_timeout_is_uncertain_and_makes_exactly_one_job(start, monke
     with pytest.raises(MaaSJobCreationUncertainError, match="display name 'late'"):
         make_hook().create_batch_job("late.jsonl", "late")
     assert handle.emulator.jobs_by_file == {"late.jsonl": 1}
-    assert retry_sleeps == []
+    assert retry_delays(caplog) == []
 
 
 @pytest.mark.parametrize("call", ["upload", "create", "get", "metadata", "aget"])
-async def test_redirects_are_never_followed(start, retry_sleeps, call):
+async def test_redirects_are_never_followed(start, caplog, call):
     handle = start()
     hook = make_hook()
     name = finished_job(hook) if call in ("get", "metadata", "aget") else None
@@ -943,10 +945,10 @@ async def test_redirects_are_never_followed(start, retry_sleeps, call):
     assert "HTTP 307, a redirect to http://127.0.0.1:" in str(info.value) and "Base URL" in str(info.value)
     assert api_requests(handle) - before == 1
     assert handle.emulator.redirect_hits == 0
-    assert retry_sleeps == []
+    assert retry_delays(caplog) == []
 
 
-async def test_deeply_nested_success_body_is_an_api_error(start, retry_sleeps):
+async def test_deeply_nested_success_body_is_an_api_error(start, caplog):
     handle = start()
     hook = make_hook()
     name = finished_job(hook)

@@ -19,16 +19,25 @@ def _load(name: str, monkeypatch, output):
     return module.dag
 
 
+#: One of each fault a client must survive, met by whichever call of its kind comes first: the
+#: service refuses (429), fails (5xx) or drops the connection; acknowledges an upload with a
+#: wrong md5; cuts a download short or flips bytes in it.
+CHAOS = (
+    "upload:1:503",
+    "upload:1:wrong-md5",
+    "create:1:429",
+    "get:1:503=html",
+    "get:1:reset",
+    "metadata:1:500",
+    "content:1:truncate",
+    "content:1:corrupt",
+)
+#: What the access log calls each of them.
+CHAOS_LOGGED = ["503", "wrong_md5", "429", "503", "reset", "500", "truncate_download", "corrupt_download"]
+
+
 def test_chaos_run_every_result_exactly_once_one_job_per_shard(emulator_factory, tmp_path, monkeypatch, capsys):
-    emu = emulator_factory(
-        job_duration=0.5,
-        seed=7,
-        rate_429=0.10,
-        rate_5xx=0.10,
-        retry_after=0.05,
-        rate_reset=0.05,
-        rate_truncate_download=0.02,
-    )
+    emu = emulator_factory(job_duration=0.5, retry_after=0, faults=CHAOS)
     dag = _load("example_maas_batch_mapped", monkeypatch, tmp_path)
     run = dag.test()
     assert run.state == "success"
@@ -40,8 +49,9 @@ def test_chaos_run_every_result_exactly_once_one_job_per_shard(emulator_factory,
         got = [request_key(r.request) for r in iter_results(handle) if r.succeeded]
     assert got == wanted  # every request exactly once, in input order
     assert emu.emulator.jobs_created == 3  # one job per shard, none paid twice
-    faults = [entry for entry in emu.emulator.access_log if entry["status"] in (429, 500, 503)]
-    assert faults, "the run met injected faults"
+    met = [entry["fault"] for entry in emu.emulator.access_log if entry["fault"]]
+    assert sorted(met) == sorted(CHAOS_LOGGED)  # every fault was met once, and survived
+    assert emu.emulator.fault_schedule.pending() == []
     out = capsys.readouterr()
     statuses: dict[str, int] = {}
     for entry in emu.emulator.access_log:

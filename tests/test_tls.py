@@ -14,7 +14,7 @@ from airflow_provider_maas.emulator import EmulatorConfig, run_emulator
 from airflow_provider_maas.exceptions import MaaSConfigError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from tests.conftest import API_KEY, ENDPOINT, connection_env
-from tests.test_hook import REQUESTS_FILE, retry_sleeps  # noqa: F401  (fixture)
+from tests.test_hook import REQUESTS_FILE, retry_delays
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI")
 
@@ -64,7 +64,7 @@ def https_emulator(certificate, monkeypatch):
         yield handle, use
 
 
-def test_untrusted_certificate_fails_at_once_sync(https_emulator, retry_sleeps):  # noqa: F811
+def test_untrusted_certificate_fails_at_once_sync(https_emulator, caplog):
     handle, use = https_emulator
     port = handle.base_url.rsplit(":", 1)[1]
     with pytest.raises(MaaSConfigError) as info:
@@ -72,7 +72,7 @@ def test_untrusted_certificate_fails_at_once_sync(https_emulator, retry_sleeps):
     message = str(info.value)
     assert f"TLS certificate verification failed for 127.0.0.1:{port}" in message
     assert '"verify"' in message and "CA bundle" in message
-    assert retry_sleeps == []
+    assert retry_delays(caplog) == []
     with pytest.raises(MaaSConfigError, match="TLS certificate verification failed"):
         use().create_batch_job("f.jsonl", "d")
     assert handle.emulator.request_count == 0
@@ -106,9 +106,9 @@ def test_connection_test_reports_bad_tls(https_emulator):
     assert "TLS certificate verification failed" in message
 
 
-def test_https_to_a_plain_http_server_is_a_clear_tls_error(emulator, monkeypatch, retry_sleeps):  # noqa: F811
+def test_https_to_a_plain_http_server_is_a_clear_tls_error(emulator, monkeypatch, caplog):
     port = emulator.base_url.rsplit(":", 1)[1]
     monkeypatch.setenv(*connection_env(f"https://127.0.0.1:{port}"))
     with pytest.raises(MaaSConfigError, match=rf"TLS handshake with 127\.0\.0\.1:{port} failed.*scheme"):
         MaaSHook(max_attempts=3).get_batch_job("42")
-    assert retry_sleeps == []
+    assert retry_delays(caplog) == []

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 
@@ -9,8 +10,9 @@ import pytest
 from airflow_provider_maas.client.states import Outcome
 from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.hooks.maas import MaaSHook
+from airflow_provider_maas.triggers import maas as triggers_maas
 from airflow_provider_maas.triggers.maas import BatchJobsEvent, MaaSBatchJobsTrigger, MaaSBatchJobTrigger
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, ENDPOINT
 from tests.helpers import write_requests
 
 
@@ -92,31 +94,55 @@ async def test_unknown_state_keeps_polling_until_deadline(emulator_factory, tmp_
     assert "undocumented state 'JOB_STATE_SOMETHING_NEW'" in capsys.readouterr().out
 
 
-async def test_transient_errors_tolerated_then_success(emulator_factory, tmp_path, monkeypatch):
+@pytest.fixture
+def one_attempt_per_poll(monkeypatch):
+    """The triggers' hook makes one attempt per call (``max_attempts=1``), so each scheduled fault
+    is one failed poll, with no retry wait."""
+    monkeypatch.setattr(triggers_maas, "MaaSHook", functools.partial(MaaSHook, max_attempts=1))
+
+
+def _polls(handle, job_name: str) -> list[str | None]:
+    """The fault each GET of the job met (None: answered normally)."""
+    path = f"/v1/ai/batch/gemini/{ENDPOINT}/batchPredictionJobs/{job_name}"
+    return [entry["fault"] for entry in handle.emulator.access_log if entry["path_qs"] == path]
+
+
+async def test_failed_polls_are_tolerated_then_success(emulator_factory, tmp_path, one_attempt_per_poll):
     handle = emulator_factory(job_duration=0.2)
     job_name = _job(tmp_path)
-    handle.emulator.config.rate_5xx = 0.6
-    monkeypatch.setattr("airflow_provider_maas.client.retry.backoff_delay", lambda *a, **k: 0.0)
-    trigger = MaaSBatchJobTrigger(job_name, poll_interval=0.02, end_time=time.time() + 30, max_consecutive_errors=50)
+    handle.schedule("get:1:503", "get:1:500", "get:1:429")  # the first three polls fail
+    trigger = MaaSBatchJobTrigger(job_name, poll_interval=0.02, end_time=time.time() + 30, max_consecutive_errors=4)
     event = await _event(trigger)
     assert event["status"] == "success"
+    assert event["state"] == "JOB_STATE_SUCCEEDED"
+    assert event["job"]["completionStats"]["successfulCount"] == "3"
+    polls = _polls(handle, job_name)
+    assert polls[:3] == ["503", "500", "429"] and set(polls[3:]) == {None}
 
 
-async def test_too_many_consecutive_errors_gives_error(emulator_factory, tmp_path, monkeypatch):
+async def test_too_many_consecutive_errors_gives_error(emulator_factory, tmp_path, one_attempt_per_poll):
     handle = emulator_factory(job_duration=0.2)
     job_name = _job(tmp_path)
-    handle.emulator.config.rate_5xx = 1.0
-    monkeypatch.setattr("airflow_provider_maas.client.retry.backoff_delay", lambda *a, **k: 0.0)
+    handle.schedule("get:*:503")  # every poll fails
     trigger = MaaSBatchJobTrigger(job_name, poll_interval=0.01, end_time=time.time() + 30, max_consecutive_errors=3)
     event = await _event(trigger)
     assert event["status"] == "error"
-    assert "3 polls in a row failed" in event["message"]
+    assert "3 polls in a row failed" in event["message"] and "503" in event["message"]
+    assert _polls(handle, job_name) == ["503"] * 3  # gave up after exactly three
+
+
+async def test_hook_retries_within_a_poll_are_not_failed_polls(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=0.2, retry_after=0)
+    job_name = _job(tmp_path)
+    handle.schedule("get:1:503")  # the hook's own retry (default attempts) absorbs it
+    trigger = MaaSBatchJobTrigger(job_name, poll_interval=0.02, end_time=time.time() + 30, max_consecutive_errors=1)
+    event = await _event(trigger)
+    assert event["status"] == "success"
+    assert _polls(handle, job_name)[:2] == ["503", None]
 
 
 async def test_wrong_key_is_an_error_event_without_the_key(emulator, tmp_path, monkeypatch):
     job_name = _job(tmp_path)
-    import json
-
     monkeypatch.setenv(
         "AIRFLOW_CONN_MAAS_BAD",
         json.dumps(

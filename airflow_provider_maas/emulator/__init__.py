@@ -22,7 +22,7 @@ Deterministic faults: "the next N calls of kind K answer with fault F", written 
 or ``KIND:N:FAULT=ARG`` (N may be ``*``: every call). Kinds: ``upload``, ``create``, ``get``,
 ``content`` (``alt=media``), ``metadata`` (``alt=json``). Faults: ``429 500 503 reset 401 404
 redirect-307 echo-headers[=STATUS] deep-json nonjson-200`` (answer instead of the call, which is
-not carried out); on create only, ``lost-500 lost-503 lost-reset lost-timeout[=S] lost-nonjson``
+not carried out), ``slow[=S]`` (answer late; the call is dropped if the client gave up); on create only, ``lost-500 lost-503 lost-reset lost-timeout[=S] lost-nonjson``
 (the job IS created, the answer is spoilt) and ``partial-missing[=K] duplicate-lines[=K]
 fail-requests=text:SUBSTRING|index:1,3`` (shape the results of the job); on content/metadata
 ``results-gone`` (410). Set them with ``EmulatorConfig(faults=["create:1:lost-500"])``,

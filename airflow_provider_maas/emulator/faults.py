@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from airflow_provider_maas.emulator.config import JOB_STATE_PARTIALLY_SUCCEEDED
-from airflow_provider_maas.emulator.schedule import PLAIN_FAULTS, ScheduledFault, request_digests, request_selector
+from airflow_provider_maas.emulator.schedule import (
+    PLAIN_FAULTS,
+    SLOW,
+    ScheduledFault,
+    request_digests,
+    request_selector,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_maas.emulator.config import EmulatorConfig
@@ -161,9 +167,12 @@ class FaultInjector:
 
     async def apply_before(self, request: web.Request, decision: FaultDecision) -> None:
         """Apply the faults that replace the route's work (raise), or delay it (slow)."""
-        if decision.scheduled is not None:
-            if decision.scheduled.fault in PLAIN_FAULTS:
-                raise self.plain_answer(request, decision.scheduled)
+        scheduled = decision.scheduled
+        if scheduled is not None:
+            if scheduled.fault in PLAIN_FAULTS:
+                raise self.plain_answer(request, scheduled)
+            if scheduled.fault == SLOW:
+                await self.answer_late(request, float(scheduled.arg) if scheduled.arg else self.config.slow_seconds)
             return
         if decision.reset:
             raise DropConnection
@@ -172,11 +181,15 @@ class FaultInjector:
         if decision.server_error:
             raise self.server_error(decision.server_error, decision.server_error_body)
         if decision.slow:
-            await asyncio.sleep(self.config.slow_seconds)
-            transport = request.transport
-            if transport is None or transport.is_closing():
-                # The client gave up: do not apply the request's side effect.
-                raise DropConnection
+            await self.answer_late(request, self.config.slow_seconds)
+
+    @staticmethod
+    async def answer_late(request: web.Request, seconds: float) -> None:
+        """Wait ``seconds``; then drop the call if the client has given up (no side effect)."""
+        await asyncio.sleep(seconds)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise DropConnection
 
     def too_many_requests(self) -> ApiError:
         return ApiError(

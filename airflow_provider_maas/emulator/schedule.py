@@ -22,6 +22,11 @@ Faults that answer instead of the call, which is NOT carried out (any kind):
     deep-json        200 application/json nested 100,000 levels deep
     nonjson-200      200 text/html page
 
+A fault that delays the call (any kind):
+
+    slow[=SECONDS]   the answer starts after ``slow_seconds`` (or SECONDS), e.g. past the
+                     client's timeout; the call is carried out only if the client still waits
+
 Faults of job creation that DO create the job (``create`` only):
 
     lost-500, lost-503   the job is created, the answer is a 500 / 503
@@ -74,20 +79,22 @@ LOST_FAULTS = frozenset({"lost-500", "lost-503", "lost-reset", "lost-timeout", "
 #: Faults that shape the results of the job a create call makes.
 JOB_FAULTS = frozenset({"partial-missing", "duplicate-lines", "fail-requests"})
 RESULTS_GONE = "results-gone"
+#: The fault that delays a call (any kind), carried out only if the client still waits.
+SLOW = "slow"
 #: Faults of a transfer that is carried out (the route reads them from the FaultDecision).
 TRANSFER_FAULTS = frozenset({"wrong-md5", "truncate", "corrupt"})
 
 _ALLOWED: dict[str, frozenset[str]] = {
-    "upload": PLAIN_FAULTS | {"wrong-md5"},
-    "create": PLAIN_FAULTS | LOST_FAULTS | JOB_FAULTS,
-    "get": PLAIN_FAULTS,
-    "content": PLAIN_FAULTS | {RESULTS_GONE, "truncate", "corrupt"},
-    "metadata": PLAIN_FAULTS | {RESULTS_GONE},
+    "upload": PLAIN_FAULTS | {SLOW, "wrong-md5"},
+    "create": PLAIN_FAULTS | {SLOW} | LOST_FAULTS | JOB_FAULTS,
+    "get": PLAIN_FAULTS | {SLOW},
+    "content": PLAIN_FAULTS | {SLOW, RESULTS_GONE, "truncate", "corrupt"},
+    "metadata": PLAIN_FAULTS | {SLOW, RESULTS_GONE},
 }
 ERROR_BODIES = ("json", "html", "text")
 _NEEDS_ARG = frozenset({"fail-requests"})
 _INT_ARG = frozenset({"partial-missing", "duplicate-lines", "echo-headers"})
-_FLOAT_ARG = frozenset({"lost-timeout"})
+_FLOAT_ARG = frozenset({"lost-timeout", SLOW})
 UNLIMITED = -1
 
 
