@@ -169,8 +169,8 @@ def test_huge_line_is_refused_without_reading_it_all():
 
 
 def test_text_mode_file_is_refused():
-    with pytest.raises(TypeError, match="binary mode"):
-        validate_file(io.StringIO('{"request": {"contents": [1]}}\n'))  # type: ignore[arg-type]
+    with pytest.raises(MaaSInputError, match="binary mode"):
+        validate_file(io.StringIO('{"request": {"contents": [{"parts": [{"text": "hi"}]}]}}\n'))  # type: ignore[arg-type]
 
 
 def test_iter_request_lines_raw_and_blank_lines():
