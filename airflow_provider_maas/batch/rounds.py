@@ -31,8 +31,8 @@ from typing import IO, Any
 
 from airflow_provider_maas.batch.answers import OK_TAILS, Answer, AnswerStore, reader
 from airflow_provider_maas.batch.cost import cost_of
-from airflow_provider_maas.batch.request_lines import iter_request_lines
 from airflow_provider_maas.batch.merge import results_from_service
+from airflow_provider_maas.batch.request_lines import iter_request_lines
 from airflow_provider_maas.batch.results import (
     MISSING_STATUS,
     ResultRecord,

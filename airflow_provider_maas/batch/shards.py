@@ -17,6 +17,7 @@ from airflow_provider_maas.batch.request_lines import (
     LINE_SHAPE,
     MAX_BYTES_PER_FILE,
     MAX_REQUESTS_PER_FILE,
+    contents_problem,
     line_error,
     scan_json,
     validate_request_line,
@@ -140,7 +141,7 @@ def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -
                 obj, stop = scan(text, 0)
                 contents = obj["request"]["contents"]
                 fast = stop == len(text) and type(obj) is dict and type(obj["request"]) is dict
-                fast = fast and type(contents) is list and len(contents) > 0
+                fast = fast and contents_problem(contents) is None
             except Exception:
                 fast = False
             if not fast:
