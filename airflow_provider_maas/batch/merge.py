@@ -43,8 +43,9 @@ def results_from_service(function: Callable[_P, _R]) -> Callable[_P, _R]:
     The readers (``results``, ``ordering``, ``answers``) load no Airflow, so they raise
     ``ResultsFormatError`` (a ``ValueError``) naming the file and line. The functions the operators
     call to read results are wrapped with this decorator, which raises it again as a
-    :class:`~airflow_provider_maas.exceptions.MaaSIntegrityError` (a ``MaaSError``) with the same
-    text; the original is its ``__cause__`` (with ``line_number``).
+    :class:`~airflow_provider_maas.exceptions.MaaSIntegrityError` (a ``MaaSError``: the results are
+    not what the service writes) with the same text; the original is its ``__cause__`` (with
+    ``line_number``).
     """
 
     @functools.wraps(function)
@@ -52,10 +53,7 @@ def results_from_service(function: Callable[_P, _R]) -> Callable[_P, _R]:
         try:
             return function(*args, **kwargs)
         except ResultsFormatError as err:
-            raise MaaSIntegrityError(
-                f"{err} (the results are not what the service writes; if this file was given by hand, check that "
-                "it is a MaaS results file)"
-            ) from err
+            raise MaaSIntegrityError(str(err)) from err
 
     return wrapper
 

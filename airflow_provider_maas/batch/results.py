@@ -349,7 +349,8 @@ def _decode_base64(data: str, label: str, line_number: int) -> bytes:
         return base64.b64decode(data, altchars=b"-_" if "-" in data or "_" in data else None, validate=True)
     except (binascii.Error, ValueError):
         raise ResultsFormatError(
-            f"{label} line {line_number}: image data is not valid base64", line_number=line_number
+            f"{label} line {line_number}: image data is not valid base64; the results file is damaged: download it again",
+            line_number=line_number,
         ) from None
 
 
