@@ -5,6 +5,8 @@ table, the emulator options, links) are compared with the code."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
 import inspect
 import os
@@ -232,7 +234,7 @@ def test_operator_reference_documents_every_parameter_with_its_default(cls):
 
 def test_operators_that_call_the_service_take_the_connection_and_endpoint():
     intro = _section(README, "## Operator reference").split("###")[0]
-    assert "(all but split and merge) also" in intro and '`maas_conn_id="maas_default"`' in intro
+    assert "(all but split and merge) also take" in intro and '`maas_conn_id="maas_default"`' in intro
     for cls in _operators():
         params = _own_parameters(cls)
         calls_service = cls.__name__ not in {"MaaSSplitRequestsOperator", "MaaSMergeResultsOperator"}
@@ -262,10 +264,11 @@ def test_retry_counts_are_the_codes():
     from airflow_provider_maas.hooks.maas import MaaSHook
     from airflow_provider_maas.triggers.maas import MaaSBatchJobTrigger
 
-    (attempts,) = re.findall(
-        r"(\d+) attempts per call, on a worker and per poll in the triggerer alike", _section(README, "## Errors")
-    )
-    assert int(attempts) == inspect.signature(MaaSHook.__init__).parameters["max_attempts"].default
+    claim = r"(\d+)\s+attempts\s+per\s+call,\s+on\s+a\s+worker\s+and\s+per\s+poll\s+in\s+the\s+triggerer\s+alike"
+    quoted = re.findall(claim, _section(README, "## Errors")) + re.findall(claim, DOCS["docs/reliability.md"])
+    assert len(quoted) == 2, "the README's Errors section and docs/reliability.md each give the attempts"
+    for attempts in quoted:
+        assert int(attempts) == inspect.signature(MaaSHook.__init__).parameters["max_attempts"].default
     # The triggers build their hook with its default attempts, like the operators do.
     source = inspect.getsource(importlib.import_module("airflow_provider_maas.triggers.maas"))
     assert "max_attempts" not in source
@@ -300,9 +303,19 @@ def test_trigger_on_kill_versions():
 
     for trigger in (MaaSBatchJobTrigger, MaaSBatchJobsTrigger):
         assert inspect.iscoroutinefunction(trigger.on_kill)
-    assert "On Airflow >= 3.3 the triggerer calls" in README
+    assert "On Airflow >= 3.3 the triggerer calls" in DOCS["docs/compatibility.md"]
     (row,) = [r for r in _compat_tables()[2] if "on_kill" in r[0]]
     assert row[1:] == ["called", "not called", "not called", "not called"]
+
+
+def test_readme_feature_rows_are_the_compatibility_docs_rows():
+    """The README shows a few rows of docs/compatibility.md's table: the same words, never a second version."""
+    versions, _, readme_rows = _compat_tables()
+    docs = DOCS["docs/compatibility.md"]
+    header = [cell.strip() for cell in docs[docs.index("| feature |") :].splitlines()[0].split("|")[2:-1]]
+    assert header == [".".join(v.split(".")[:2]) + ".x" for v in versions]
+    docs_rows = _table(docs[docs.index("| feature |") :])
+    assert readme_rows and all(row in docs_rows for row in readme_rows), "README and docs/compatibility.md differ"
 
 
 def test_dependency_table_is_pyprojects():
@@ -339,9 +352,236 @@ def test_relative_links_and_anchors_resolve():
                 assert anchor in {_slug(h) for h in headings}, f"{name}: no heading for #{anchor} in {file.name}"
 
 
-def test_modules_named_in_the_readme_exist():
-    more = _section(README, "## More")
-    for module in re.findall(r"`(\w+)\.py`", more):
-        assert importlib.util.find_spec(f"airflow_provider_maas.{module}"), f"no module {module}.py"
-    for package in re.findall(r"`(\w+)/`", more):
-        assert (ROOT / "airflow_provider_maas" / package).is_dir(), package
+def test_repository_files_named_in_the_manual_exist():
+    for name, text in MANUAL.items():
+        for path in re.findall(r"`((?:example_dags|tests|scripts|benchmarks|\.ci)/[\w./-]+)`", text):
+            if "X.Y" not in path:
+                assert (ROOT / path).exists(), f"{name} names {path}: it does not exist"
+
+
+PACKAGE = ROOT / "airflow_provider_maas"
+
+
+def _module_map() -> str:
+    development = _section(README, "## Development")
+    intro = "`airflow_provider_maas/`:"
+    return development[development.index(intro) + len(intro) :]
+
+
+def test_module_map_matches_the_tree():
+    """Every folder and module the map names exists; every folder and public top-level module is named.
+    New modules inside a folder need no change to the map (it describes folders by their role)."""
+    named = set(re.findall(r"`((?:\w+/)*\w+(?:\.py|/))`", _module_map()))
+    for name in named:
+        path = PACKAGE / name
+        assert path.is_dir() if name.endswith("/") else path.is_file(), f"README module map: no {name}"
+    folders = {f"{p.name}/" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    top_modules = {p.name for p in PACKAGE.glob("*.py") if not p.name.startswith("_")}
+    mentioned = named | {n.split("/")[0] + "/" for n in named if "/" in n.rstrip("/")}
+    assert folders <= mentioned, f"README module map lacks folders {sorted(folders - mentioned)}"
+    assert top_modules <= named, f"README module map lacks modules {sorted(top_modules - named)}"
+
+
+def _imports(path) -> set[str]:
+    """Every module ``path`` imports, at the top, inside functions or under TYPE_CHECKING."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
+
+
+def test_lower_layers_never_import_the_airflow_facing_ones():
+    (claim,) = re.findall(r"^((?:`\w+/`(?:, | and )?)+) never import ((?:`\w+/`(?:, | or )?)+)\.", README, flags=re.M)
+    lower, upper = (re.findall(r"`(\w+)/`", part) for part in claim)
+    assert lower and upper
+    for folder in lower:
+        for path in sorted((PACKAGE / folder).rglob("*.py")):
+            for module in _imports(path):
+                for kind in upper:
+                    assert not module.startswith(f"airflow_provider_maas.{kind}"), (
+                        f"{path.relative_to(ROOT)} imports {module}"
+                    )
+
+
+def test_public_results_reader_is_the_batch_reader():
+    """The README documents ``airflow_provider_maas.results``: it stays the re-export of ``batch/results.py``."""
+    from airflow_provider_maas import results
+    from airflow_provider_maas.batch import results as implementation
+
+    assert "from airflow_provider_maas.results import iter_results, summarize" in README
+    for name in results.__all__:
+        assert getattr(results, name) is getattr(implementation, name)
+
+
+def test_errors_outside_the_hierarchy_are_the_ones_the_readme_names():
+    """ "Errors derive from MaaSError, except ...": every public exception class of the package (the
+    emulator aside) either is a MaaSError or is named in that sentence, and each named one exists."""
+    from airflow_provider_maas.exceptions import MaaSError
+
+    # "Errors derive from `MaaSError` (an `AirflowException`)[, except `X` (a `ValueError`: ...)]."
+    (exceptions,) = re.findall(
+        r"[Ee]rrors? derives? from `MaaSError` \(an `AirflowException`\)(?:, except ([^.]*))?\.",
+        " ".join(_section(README, "## Errors").split()),
+    )
+    named = set(re.findall(r"`(\w+)` \(a `(\w+)`", exceptions))
+    outside = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "emulator" in path.parts or path.name.startswith("_"):
+            continue
+        module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+        for name, obj in vars(module).items():
+            is_error = isinstance(obj, type) and issubclass(obj, BaseException) and obj.__module__ == module.__name__
+            if is_error and not name.startswith("_") and not issubclass(obj, MaaSError):
+                outside.add((name, obj.__mro__[1].__name__))
+    assert named == outside, f"README names {sorted(named)} outside MaaSError; the code: {sorted(outside)}"
+
+
+def test_templated_parameters():
+    """ "Parameters naming a file, path, job or connection are templated": every parameter that takes a
+    name or a path (typed ``str`` or ``Any``) is in ``template_fields``; numbers, flags, dicts and
+    callables are not templated."""
+    intro = _section(README, "## Operator reference").split("###")[0]
+    assert "Parameters naming a file, path, job or connection are templated" in " ".join(intro.split())
+    for cls in _operators():
+        for name, param in _own_parameters(cls).items():
+            annotation = str(param.annotation)
+            takes_text = annotation.startswith("str") or "Any" in annotation
+            assert (name in cls.template_fields) == takes_text, f"{cls.__name__}.{name}: {annotation}"
+
+
+def _listed(text: str, after: str, end: str = ".") -> set[str]:
+    """The backticked names in ``text`` between ``after`` and the next ``end``."""
+    start = text.index(after) + len(after)
+    return set(re.findall(r"`(\w+)`", text[start : text.index(end, start)]))
+
+
+def test_summary_keys_are_what_the_operators_push(emulator, tmp_path):
+    from airflow_provider_maas.hooks.maas import MaaSHook
+    from airflow_provider_maas.operators.maas import MaaSDownloadResultsOperator, MaaSMergeResultsOperator
+    from tests.helpers import batch_operator, make_context, write_requests
+
+    reference = " ".join(_section(README, "## Operator reference").split())
+    common = _listed(reference, "push an XCom `summary` (", ")")
+    requests = write_requests(tmp_path / "requests.jsonl", 3)
+    hook = MaaSHook()
+    job = hook.create_batch_job(hook.upload_file(str(requests), "readme-summary.jsonl")["name"], "readme")
+    hook.wait_for_batch_job(job["name"], poll_interval=0.05, timeout=60)
+
+    download = make_context()
+    MaaSDownloadResultsOperator(
+        task_id="d", job_name=job["name"], destination=str(tmp_path / "d.jsonl"), extract_images=True
+    ).execute(download)
+    merge = make_context()
+    MaaSMergeResultsOperator(
+        task_id="m", sources=[str(tmp_path / "d.jsonl")], requests=str(requests), destination=str(tmp_path / "m.jsonl")
+    ).execute(merge)
+    batch = make_context()
+    batch_operator(requests, tmp_path / "b.jsonl").execute(batch)
+    for name, context in (
+        ("MaaSDownloadResultsOperator", download),
+        ("MaaSMergeResultsOperator", merge),
+        ("MaaSBatchPredictionOperator", batch),
+    ):
+        added = _listed(" ".join(_section(README, f"### `{name}`").split()), "The `summary` adds ")
+        added -= {"extract_images"}  # "(`images` with `extract_images`)": a parameter, not a key
+        pushed = set(context["ti"].xcom["summary"])
+        assert common | added <= pushed, f"{name}: documented, not pushed: {sorted(common | added - pushed)}"
+
+
+def test_connection_facts_are_the_codes():
+    from airflow_provider_maas.client.config import DEFAULT_TIMEOUT, parse_verify
+    from airflow_provider_maas.hooks.connection import CONN_FIELDS, DEFAULT_BASE_URL
+    from airflow_provider_maas.hooks.maas import PROBE_FILE_NAME
+
+    rows = {row[0]: row[1] for row in _table(_section(README, "## Connection"))}
+    assert rows["Base URL (`host`)"] == f"`{DEFAULT_BASE_URL}` when empty"
+    assert f"(default {DEFAULT_TIMEOUT:g})" in rows["Timeout (`extra.timeout`)"]
+    verify = rows["Verify TLS (`extra.verify`)"]
+    assert verify.startswith("a checkbox, `true` by default") and "CA bundle path" in verify
+    assert "boolean" in CONN_FIELDS["verify"]["schema"]["type"] and CONN_FIELDS["verify"]["schema"]["default"] is True
+    ca_bundle = str(ROOT / "tests" / "fixtures" / "requests_example.jsonl")  # any existing file
+    assert parse_verify(ca_bundle, conn_id="c") == ca_bundle
+    assert f"`{PROBE_FILE_NAME}`" in _section(README, "## Connection")
+
+
+def test_names_and_extras_are_the_codes():
+    from airflow_provider_maas.client.naming import display_name, upload_name
+    from airflow_provider_maas.hooks.maas import MaaSHook
+    from tests.helpers import make_context
+
+    assert f"A connection of type `{MaaSHook.conn_type}` (**{MaaSHook.hook_name}** in the UI)" in README
+    extras = _pyproject()["project"]["optional-dependencies"]
+    for extra in re.findall(r"`airflow-provider-maas\[(\w+)\]`", _section(README, "## Install")):
+        assert extra in extras, extra
+    upload = _section(README, "### `MaaSUploadFileOperator`")
+    assert "`<dag>.<task>.<run id>.m<map index>.<content hash>.jsonl`" in upload
+    assert upload_name(make_context(dag_id="d", task_id="t", run_id="r", map_index=2), "ab" * 32) == (
+        f"d.t.r.m2.{'ab' * 8}.jsonl"
+    )
+    create = _section(README, "### `MaaSCreateBatchJobOperator`")
+    assert "default `<dag>/<task>/<run id>` (`[<map index>]` when mapped)" in create
+    assert display_name(make_context(dag_id="d", task_id="t", run_id="r")) == "d/t/r"
+    assert display_name(make_context(dag_id="d", task_id="t", run_id="r", map_index=2)) == "d/t/r[2]"
+
+
+def test_make_targets_named_in_the_readme_exist():
+    makefile = (ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"`make ([\w.-]+)`", README)) | set(re.findall(r"^make ([\w.-]+)", README, flags=re.M))
+    assert targets >= {"demo", "test", "test-unit", "lint", "bench"}
+    for target in targets:
+        assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), f"README names make {target}: no such target"
+
+
+def test_limits_are_the_codes():
+    from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
+    from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS
+
+    limits = _section(README, "## Limits of the service")
+    assert f"At most {MAX_REQUESTS_PER_FILE} requests and 50 MB (read as 50 MiB)" in limits
+    assert MAX_BYTES_PER_FILE == 50 * 1024 * 1024
+    sensor = _section(README, "### `MaaSBatchJobSensor`")
+    assert f"None is {DEFAULT_MAX_CONSECUTIVE_ERRORS}." in sensor
+
+
+def test_default_retry_failures_are_the_documented_ones():
+    from airflow_provider_maas.batch.rounds import retry_predicate
+
+    retried = retry_predicate(None)
+    reliability = " ".join(DOCS["docs/reliability.md"].split())
+    listed = reliability[reliability.index("the default retries") : reliability.index("Missing results are always")]
+    statuses = re.findall(r"`(\w+)`", listed.split("not client errors")[0])
+    phrases = re.findall(r'"([^"]+)"', listed.split("not client errors")[0])
+    assert statuses and phrases
+    for status in [*statuses, *phrases, "429 Too Many Requests", '{"code": 503}']:
+        assert retried(status), status
+    for status in ["400 INVALID_ARGUMENT: bad request", "403 PERMISSION_DENIED", "SAFETY: blocked"]:
+        assert not retried(status), status
+
+
+def _numbers(text: str) -> set[str]:
+    return set(re.findall(r"(?<![\w.])\d[\d,]*(?:\.\d+)?", text))
+
+
+def test_performance_figures_are_the_benchmarks():
+    """Every number in docs/performance.md's table is one that benchmarks/README.md reports."""
+    bench = _numbers((ROOT / "benchmarks" / "README.md").read_text())
+    for row in _table(DOCS["docs/performance.md"]):
+        for cell in row[1:]:
+            assert _numbers(cell) <= bench, f"docs/performance.md quotes {_numbers(cell) - bench} not in benchmarks"
+
+
+def test_triggerer_figures_in_the_deploying_guide_are_the_benchmarks():
+    bench = _numbers((ROOT / "benchmarks" / "README.md").read_text())
+    section = _section(DOCS["docs/deploying.md"], "## The triggerer: how many waits one process holds")
+    (bullets,) = [block for block in section.split("\n\n") if block.startswith("- ")]
+    assert "5,000 triggers" in bullets
+    assert _numbers(bullets) <= bench, f"docs/deploying.md quotes {_numbers(bullets) - bench} not in benchmarks"
+
+
+def test_readme_stays_a_manual():
+    """The README is the user's manual; evidence lives in docs/ (issue 13: about half of 26 KB)."""
+    assert len(README.encode()) <= 14_500

@@ -10,13 +10,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from airflow_provider_maas.client.service import API_PREFIX, DEFAULT_BASE_URL
 from airflow_provider_maas.exceptions import (
     MaaSConfigError,
     MaaSInputError,
 )
-from airflow_provider_maas.hooks.connection import DEFAULT_BASE_URL
 
-API_PREFIX = "/v1/ai/batch/gemini"
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 USER_AGENT = "airflow-provider-maas"

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-DEFAULT_BASE_URL = "https://genaiapi.cloudsway.net"
+from airflow_provider_maas.client.service import DEFAULT_BASE_URL
+
+__all__ = ["CONN_FIELDS", "DEFAULT_BASE_URL", "UI_FIELD_BEHAVIOUR"]
 
 #: Fields of the connection form, shared by ``get_provider_info`` (Airflow >= 3.2) and the
 #: hook's form methods (Airflow 3.0/3.1).
