@@ -173,8 +173,8 @@ def send_once(
         body = response.content if status >= 400 else b""
         response.close()
         if status < 400:
-            error = redirect_error(status, location, what=what, api_key=config.api_key)
-            raise uncertain(str(error)) if uncertain is not None else error
+            redirect = redirect_error(status, location, what=what, api_key=config.api_key)
+            raise uncertain(str(redirect)) if uncertain is not None else redirect
         error = error_from_response(status, body, what=what, retry_after=retry_after, api_key=config.api_key)
         if not_found_hint and isinstance(error, MaaSNotFoundError):
             error.args = (f"{error} ({not_found_hint})",)
