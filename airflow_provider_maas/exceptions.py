@@ -120,4 +120,6 @@ class MaaSJobCreationUncertainError(MaaSError, AirflowFailException):
 
 
 class MaaSIntegrityError(MaaSError):
-    """Transferred bytes did not match the size or checksum the service reported."""
+    """Transferred bytes did not match the size or checksum the service reported, or a results file
+    is not what the service writes (a line that is not a JSON object, image data that is not base64):
+    the message then names the file and the line."""

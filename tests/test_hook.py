@@ -921,20 +921,16 @@ def test_lost_create_timeout_is_uncertain_and_makes_exactly_one_job(start, monke
     assert retry_delays(caplog) == []
 
 
-@pytest.mark.parametrize("call", ["upload", "create", "get", "metadata", "aget"])
+@pytest.mark.parametrize("call", ["upload", "get", "metadata", "aget"])  # create: tests/test_create_answers.py
 async def test_redirects_are_never_followed(start, caplog, call):
     handle = start()
     hook = make_hook()
     name = finished_job(hook) if call in ("get", "metadata", "aget") else None
-    if call == "create":
-        hook.upload_file(REQUESTS_FILE, "r.jsonl")
     handle.schedule(f"{'get' if call == 'aget' else call}:1:redirect-307")
     before = api_requests(handle)
     with pytest.raises(MaaSConfigError) as info:
         if call == "upload":
             hook.upload_file(REQUESTS_FILE, "r.jsonl")
-        elif call == "create":
-            hook.create_batch_job("r.jsonl", "r")
         elif call == "get":
             hook.get_batch_job(name)
         elif call == "metadata":

@@ -71,6 +71,27 @@ def test_validate_request_line_returns_parsed_line():
         (b'{"request": {"contents": []}}', 'line 4: "request.contents" must be a non-empty list'),
         (b'{"request": {"contents": {"a": 1}}}', 'line 4: "request.contents" must be a non-empty list'),
         (
+            b'{"request": {"contents": ["hi"]}}',
+            'line 4: "request.contents[0]" is a JSON string; each content must be an object like '
+            '{"role": "user", "parts": [{"text": "..."}]}',
+        ),
+        (b'{"request": {"contents": [{"role": "user"}]}}', 'line 4: "request.contents[0]" has no "parts"; each'),
+        (
+            b'{"request": {"contents": [{"parts": [{"text": "a"}]}, {"parts": {"text": "b"}}]}}',
+            'line 4: "request.contents[1]" "parts" must be a non-empty list; each content must be an object like',
+        ),
+        (b'{"request": {"contents": [{"parts": []}]}}', 'line 4: "request.contents[0]" "parts" must be a non-empty'),
+        (b'{"request": {"contents": [{"parts": null}]}}', 'line 4: "request.contents[0]" has no "parts"'),
+        (
+            b'{"request": {"contents": [{"parts": [{"text": "a"}, "b"]}]}}',
+            'line 4: "request.contents[0].parts[1]" is a JSON string; each part must be an object like '
+            '{"text": "..."} or {"file_data": {"file_uri": "gs://...", "mime_type": "image/jpeg"}}',
+        ),
+        (
+            b'{"request": {"contents": [{"parts": [[{"text": "a"}]]}]}}',
+            'line 4: "request.contents[0].parts[0]" is a JSON array',
+        ),
+        (
             b'{"request": {"contents": ["\xff"]}}',
             "line 4: not valid UTF-8 (byte 0xff at offset 27 of the line); save the file as UTF-8",
         ),
@@ -90,6 +111,33 @@ def test_bad_lines_name_the_line_and_the_fix(line: bytes, expected: str):
         plan_shards(io.BytesIO(data))
     with pytest.raises(MaaSInputError, match=r"^line 4: "):
         list(iter_request_lines(io.BytesIO(data)))
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        json.loads((FIXTURES / "requests_example.jsonl").read_text().splitlines()[0])["request"],
+        {"contents": [{"parts": [{"text": "no role"}]}]},
+        {
+            "contents": [
+                {"role": "user", "parts": [{"text": "2 + 2?"}]},
+                {"role": "model", "parts": [{"text": "4"}]},
+                {"role": "user", "parts": [{"inline_data": {"mime_type": "image/png", "data": "iVBORw0KGgo="}}]},
+            ],
+            "systemInstruction": {"parts": [{"text": "be brief"}]},
+            "generationConfig": {"temperature": 0.4, "responseModalities": ["TEXT", "IMAGE"]},
+        },
+        {
+            "contents": [
+                {"role": "user", "parts": [{"text": "x", "thought": False}, {"fileData": {"fileUri": "gs://b/o"}}]}
+            ]
+        },
+    ],
+)
+def test_documented_shapes_are_accepted(request_):
+    line = json.dumps({"request": request_}).encode()
+    assert validate_request_line(line, 1)["request"] == request_
+    assert validate_file(io.BytesIO(line + b"\n")).requests == 1  # the fast path agrees
 
 
 def test_every_message_says_what_to_do():
@@ -169,8 +217,8 @@ def test_huge_line_is_refused_without_reading_it_all():
 
 
 def test_text_mode_file_is_refused():
-    with pytest.raises(TypeError, match="binary mode"):
-        validate_file(io.StringIO('{"request": {"contents": [1]}}\n'))  # type: ignore[arg-type]
+    with pytest.raises(MaaSInputError, match="binary mode"):
+        validate_file(io.StringIO('{"request": {"contents": [{"parts": [{"text": "hi"}]}]}}\n'))  # type: ignore[arg-type]
 
 
 def test_iter_request_lines_raw_and_blank_lines():

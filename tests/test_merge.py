@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_maas.batch.merge import merge_results, merge_shard_results
+from airflow_provider_maas.batch.merge import merge_results, merge_shard_results, summarise_results
+from airflow_provider_maas.batch.results import ResultsFormatError
+from airflow_provider_maas.exceptions import MaaSIntegrityError
 from tests.test_results import echo, result_line
 
 
@@ -71,3 +73,14 @@ def test_merge_shard_results_refuses_parts_out_of_order(tmp_path: Path):
     requests, parts = _shards(tmp_path)
     with pytest.raises(ValueError, match="input order"):
         merge_shard_results([parts[1], parts[0]], requests, tmp_path / "out.jsonl")
+
+
+def test_a_damaged_results_file_is_an_integrity_error_naming_the_file_and_line(tmp_path):
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(result_line(request(1), "fine") + b'{"request": \n')
+    with results.open("rb") as handle, pytest.raises(MaaSIntegrityError) as info:
+        summarise_results(handle)  # an open file object is named by its name
+    assert str(info.value).startswith(f"results file {results} line 2: not valid JSON")
+    assert isinstance(info.value.__cause__, ResultsFormatError) and info.value.__cause__.line_number == 2
+    with pytest.raises(MaaSIntegrityError, match=rf"^results file file://{results} line 2: not valid JSON"):
+        summarise_results(str(results))

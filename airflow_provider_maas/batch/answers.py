@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING, NamedTuple
 from airflow_provider_maas.batch.results import ResultsFormatError, iter_line_batches, request_digest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from types import TracebackType
 
 #: Rows inserted per ``executemany``.
@@ -225,8 +225,9 @@ def _parse(
     return (request if isinstance(request, dict) else None), ok
 
 
-def reader(files: dict[int, IO[bytes]]) -> Callable[[Answer], bytes]:
-    """``read(answer) -> line bytes`` over seekable binary files keyed by source number."""
+def reader(files: dict[int, IO[bytes]], labels: Sequence[str]) -> Callable[[Answer], bytes]:
+    """``read(answer) -> line bytes`` over seekable binary files keyed by source number (``labels``:
+    :attr:`AnswerStore.sources`, naming them in errors)."""
 
     def read(answer: Answer) -> bytes:
         handle = files[answer.source]
@@ -234,7 +235,7 @@ def reader(files: dict[int, IO[bytes]]) -> Callable[[Answer], bytes]:
         line = handle.read(answer.length)
         if len(line) != answer.length:
             raise ResultsFormatError(
-                f"results #{answer.source} line {answer.line}: read {len(line)} bytes, expected {answer.length};"
+                f"results {labels[answer.source]} line {answer.line}: read {len(line)} bytes, expected {answer.length};"
                 " did the file change?",
                 line_number=answer.line,
             )

@@ -7,27 +7,63 @@ Used by the download, merge and one-task operators alike. Works on any storage
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
-from typing import IO, TYPE_CHECKING, Any
+import os
+from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from airflow_provider_maas.batch.ordering import OrderedItem, ResultIndex, line_reader, order_results
 from airflow_provider_maas.batch.request_lines import RequestLine, iter_request_lines
 from airflow_provider_maas.batch.results import (
+    ResultsFormatError,
     ResultSummary,
     extract_images,
     iter_lines,
+    load_result_object,
     normalise_request,
-    parse_result_line,
+    result_record,
 )
 from airflow_provider_maas.client.states import job_outcome
+from airflow_provider_maas.exceptions import MaaSIntegrityError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def results_from_service(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """The one place where a damaged results file becomes a provider error.
+
+    The readers (``results``, ``ordering``, ``answers``) load no Airflow, so they raise
+    ``ResultsFormatError`` (a ``ValueError``) naming the file and line. The functions the operators
+    call to read results are wrapped with this decorator, which raises it again as a
+    :class:`~airflow_provider_maas.exceptions.MaaSIntegrityError` (a ``MaaSError``: the results are
+    not what the service writes) with the same text; the original is its ``__cause__`` (with
+    ``line_number``).
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return function(*args, **kwargs)
+        except ResultsFormatError as err:
+            raise MaaSIntegrityError(str(err)) from err
+
+    return wrapper
+
+
+def _label(source: Any, what: str) -> str:
+    """How errors name a results file: ``<what> <uri>`` (its ``name``, if any, for an open file object)."""
+    if hasattr(source, "read") and not isinstance(source, (str, os.PathLike)):
+        name = getattr(source, "name", None)
+        return f"{what} {name}" if isinstance(name, str) else what
+    return f"{what} {uri_of(to_path(source, what=what))}"
 
 
 def failed_path_for(destination: Any) -> Any:
@@ -47,6 +83,7 @@ def _log_failures(summary: ResultSummary, where: str) -> None:
         )
 
 
+@results_from_service
 def summarise_results(results: Any, *, failed_destination: Any | None = None) -> dict[str, Any]:
     """Summarise one results file; write its failed requests (input format) when asked.
 
@@ -62,13 +99,14 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
     with contextlib.ExitStack() as stack:
         failed_out = stack.enter_context(atomic_writer(to_path(failed_destination))) if failed_destination else None
         handle = stack.enter_context(open_source(results, what="results file"))
+        label = _label(results, "results file")
         for line_number, _, line in iter_lines(handle):
             digest = hashlib.blake2b(line, digest_size=16).digest()
             if digest in seen:
                 duplicates += 1
                 continue
             seen.add(digest)
-            record = parse_result_line(line, line_number)
+            record = result_record(load_result_object(line, f"{label} line {line_number}", line_number), line_number)
             summary.add(record)
             if failed_out is not None and not record.succeeded and record.request is not None:
                 failed_out.write(
@@ -115,6 +153,7 @@ def compare_with_job(summary: dict[str, Any], job: dict[str, Any], *, ordered: b
     return differences
 
 
+@results_from_service
 def extract_images_beside(results: Any) -> list[str]:
     """Write the inline images of ``results`` to ``<stem>_images/`` beside it; return their URIs."""
 
@@ -129,12 +168,13 @@ def extract_images_beside(results: Any) -> list[str]:
         uris.append(uri_of(target))
 
     with open_source(path, what="results file") as handle:
-        extract_images(handle, write)
+        extract_images(handle, write, label=_label(path, "results file"))
     if uris:
         log.info("Extracted %d images to %s", len(uris), uri_of(folder))
     return uris
 
 
+@results_from_service
 def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[str, Any]:
     """Merge shard results into ``destination`` in the order of the ``requests`` file.
 
@@ -154,8 +194,9 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[s
     with contextlib.ExitStack() as stack:
         files = {}
         for number, source in enumerate(sources):
-            handle = stack.enter_context(open_source(source, what=f"results file #{number}"))
-            index.add(number, handle)
+            what = f"results file #{number}"
+            handle = stack.enter_context(open_source(source, what=what))
+            index.add(number, handle, label=_label(source, what))
             files[number] = handle
         requests_handle = stack.enter_context(open_source(requests, what="requests file"))
         out = stack.enter_context(atomic_writer(dest))
@@ -165,6 +206,7 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[s
     return merge.report(dest, failed)
 
 
+@results_from_service
 def merge_shard_results(parts: Iterable[tuple[Any, int, int]], requests: Any, destination: Any) -> dict[str, Any]:
     """:func:`merge_results` for results known shard by shard: memory follows the largest shard.
 
@@ -193,8 +235,9 @@ def merge_shard_results(parts: Iterable[tuple[Any, int, int]], requests: Any, de
                 )
             previous = last_line
             index = ResultIndex()
-            with open_source(source, what=f"results of shard #{number}") as handle:
-                index.add(number, handle)
+            what = f"results of shard #{number}"
+            with open_source(source, what=what) as handle:
+                index.add(number, handle, label=_label(source, what))
                 merge.write(order_results(lines.upto(last_line), index, line_reader({number: handle})), out, failed_out)
             merge.leftovers(index, "shard #")
         merge.write(order_results(lines.upto(None), ResultIndex(), line_reader({})), out, failed_out)

@@ -49,6 +49,7 @@ class ResultIndex:
 
     def __init__(self) -> None:
         self._sources: list[Hashable] = []
+        self._labels: dict[Hashable, str] = {}
         self._by_digest: dict[bytes, int | deque[int]] = {}
         self._no_request: list[int] = []
         self._repeated: dict[bytes, int] = {}  # digest -> lines, for digests with more than one line
@@ -67,18 +68,20 @@ class ResultIndex:
         source, line_number = divmod(packed, 1 << _LINE_BITS)
         return ResultLocation(self._sources[source], line_number, offset, length)
 
-    def add(self, source_id: Hashable, fileobj: IO[bytes]) -> int:
+    def add(self, source_id: Hashable, fileobj: IO[bytes], *, label: str | None = None) -> int:
         """Index every line of one results file; return how many result lines it holds.
 
+        :param label: Names the file in errors (``<label> line N: ...``); default ``results <source_id>``.
         :raises ResultsFormatError: a line is not a JSON object (the message names source and line).
         """
         if source_id in self._sources:
             raise ValueError(f"results source {source_id!r} was already added")
         source = len(self._sources)
         self._sources.append(source_id)
+        label = self._labels[source_id] = label or f"results {source_id}"
         count = 0
         for line_number, offset, line in iter_lines(fileobj):
-            obj = load_result_object(line, f"results {source_id} line {line_number}", line_number)
+            obj = load_result_object(line, f"{label} line {line_number}", line_number)
             packed = self._pack(source, line_number, offset, len(line))
             request = obj.get("request")
             count += 1
@@ -97,6 +100,10 @@ class ResultIndex:
                 self._repeated[digest] = 2
         self._size += count
         return count
+
+    def label(self, source_id: Hashable) -> str:
+        """How errors name the results file added as ``source_id``."""
+        return self._labels[source_id]
 
     def pop(self, request: Any) -> ResultLocation | None:
         """Take the location of the next result for ``request`` (the input's request object), or None."""
@@ -195,7 +202,7 @@ def order_results(
             yield OrderedItem(line_number, raw, None, record)
             continue
         line = read_line(location.source_id, location.offset, location.length)
-        label = f"results {location.source_id} line {location.line_number}"
+        label = f"{index.label(location.source_id)} line {location.line_number}"
         if len(line) != location.length:
             raise ResultsFormatError(
                 f"{label}: read {len(line)} bytes, expected {location.length}; did the file change?",

@@ -21,6 +21,9 @@ MAX_REQUESTS_PER_FILE = 100
 MAX_BYTES_PER_FILE = 50 * 1024 * 1024
 
 LINE_SHAPE = 'each line must be a JSON object like {"request": {"contents": [...]}}'
+CONTENT_SHAPE = '{"role": "user", "parts": [{"text": "..."}]}'
+PART_SHAPE = '{"text": "..."} or {"file_data": {"file_uri": "gs://...", "mime_type": "image/jpeg"}}'
+_JSON_KINDS = {str: "string", int: "number", float: "number", bool: "boolean", list: "array", type(None): "null"}
 
 
 class _Refused(ValueError):
@@ -110,7 +113,7 @@ def validate_request_line(line: bytes, line_number: int) -> dict[str, Any]:
 
     :param line: The line's bytes (a trailing newline is allowed).
     :raises MaaSInputError: naming the line: not UTF-8, not JSON, not an object, no ``request``
-        object, or ``request.contents`` not a non-empty list.
+        object, or ``request.contents`` not in the documented shape (:func:`contents_problem`).
     """
     try:
         text = line.decode("utf-8")
@@ -137,10 +140,37 @@ def validate_request_line(line: bytes, line_number: int) -> dict[str, Any]:
     if type(request) is not dict:
         what = 'missing "request"' if request is None else '"request" must be a JSON object'
         raise line_error(line_number, f"{what}; {LINE_SHAPE}")
-    contents = request.get("contents")
-    if type(contents) is not list or not contents:
-        raise line_error(line_number, f'"request.contents" must be a non-empty list; {LINE_SHAPE}')
+    problem = contents_problem(request.get("contents"))
+    if problem is not None:
+        raise line_error(line_number, problem)
     return obj
+
+
+def contents_problem(contents: Any) -> str | None:
+    """What the service would refuse in ``request.contents``, or None if it has the documented shape:
+    a non-empty list of content objects, each with a non-empty ``parts`` list of part objects
+    (``{"role": "user", "parts": [{"text": ...}, {"file_data": {...}}]}``). What a content or part
+    holds besides is the service's to judge."""
+    if type(contents) is not list or not contents:
+        return f'"request.contents" must be a non-empty list; {LINE_SHAPE}'
+    for i, content in enumerate(contents):
+        if type(content) is not dict:
+            return f'"request.contents[{i}]" is a JSON {_kind(content)}; each content must be an object like {CONTENT_SHAPE}'
+        parts = content.get("parts")
+        if type(parts) is not list or not parts:
+            what = 'has no "parts"' if parts is None else '"parts" must be a non-empty list'
+            return f'"request.contents[{i}]" {what}; each content must be an object like {CONTENT_SHAPE}'
+        for j, part in enumerate(parts):
+            if type(part) is not dict:
+                return (
+                    f'"request.contents[{i}].parts[{j}]" is a JSON {_kind(part)}; each part must be an object '
+                    f"like {PART_SHAPE}"
+                )
+    return None
+
+
+def _kind(value: Any) -> str:
+    return _JSON_KINDS.get(type(value), "value")
 
 
 def iter_request_lines(fileobj: IO[bytes]) -> Iterator[RequestLine]:

@@ -47,12 +47,23 @@ class Readable(Protocol):
 class ResultsFormatError(ValueError):
     """A results file is not what the service writes (a line is not a JSON object, bad base64...).
 
+    A ``ValueError``, not a ``MaaSError``: this module loads no Airflow. Where the operators read
+    results (``merge.results_from_service``) it becomes a ``MaaSIntegrityError`` with the same text.
+
     :param line_number: 1-based line of the results file, if the error is about one line.
     """
 
     def __init__(self, message: str, *, line_number: int | None = None) -> None:
         super().__init__(message)
         self.line_number = line_number
+
+
+def _input_error(message: str) -> ValueError:
+    """``MaaSInputError(message)`` (a ``ValueError``): a bad argument of the caller. Imported when
+    raised, not with this module, which must load no Airflow (the public results reader)."""
+    from airflow_provider_maas.exceptions import MaaSInputError
+
+    return MaaSInputError(message)
 
 
 # --------------------------------------------------------------------------- reading lines
@@ -74,7 +85,7 @@ def iter_line_batches(
 
     :param chunk_size: Bytes per read (default :data:`CHUNK_SIZE`).
     :param max_line_bytes: If set, a line of ``max_line_bytes`` bytes or more (without its newline)
-        raises ``too_long(line_number, bytes_read_so_far)`` (``ValueError`` if not given) before
+        raises ``too_long(line_number, bytes_read_so_far)`` (``MaaSInputError`` if not given) before
         it is fully read, which keeps memory bounded by ``max_line_bytes + chunk_size``.
     """
     chunk_size = chunk_size or CHUNK_SIZE
@@ -86,14 +97,14 @@ def iter_line_batches(
         if not data:
             break
         if isinstance(data, str):
-            raise TypeError("the file must be opened in binary mode ('rb'), not text mode")
+            raise _input_error("the file is open in text mode: open it in binary mode ('rb'), e.g. open(path, 'rb')")
         lines = data.split(b"\n")
         if len(lines) == 1:
             pending.append(data)
             pending_len += len(data)
             if max_line_bytes is not None and pending_len >= max_line_bytes:
                 if too_long is None:
-                    raise ValueError(f"line {line_number} is longer than {max_line_bytes} bytes")
+                    raise _input_error(f"line {line_number} is longer than {max_line_bytes} bytes")
                 raise too_long(line_number, pending_len)
             continue
         if pending:
@@ -333,29 +344,36 @@ def summarize(records: Iterable[ResultRecord]) -> dict[str, int]:
 # --------------------------------------------------------------------------- images
 
 
-def _decode_base64(data: str, line_number: int) -> bytes:
+def _decode_base64(data: str, label: str, line_number: int) -> bytes:
     try:  # standard alphabet, else URL-safe (protobuf JSON may use either)
         return base64.b64decode(data, altchars=b"-_" if "-" in data or "_" in data else None, validate=True)
     except (binascii.Error, ValueError):
         raise ResultsFormatError(
-            f"results line {line_number}: image data is not valid base64", line_number=line_number
+            f"{label} line {line_number}: image data is not valid base64; the results file is damaged: download it again",
+            line_number=line_number,
         ) from None
 
 
-def extract_images(fileobj: IO[bytes], write: Callable[[str, bytes], None], *, prefix: str = "image") -> list[str]:
+def extract_images(
+    fileobj: IO[bytes], write: Callable[[str, bytes], None], *, prefix: str = "image", label: str = "results"
+) -> list[str]:
     """Decode the inline images of every response and hand each to ``write(filename, data)``.
 
     Looks at every ``inlineData``/``inline_data`` part with an ``image/*`` mime type in every
     candidate. Files are named ``<prefix>-<line>-<candidate>-<part>.<ext>`` (line 1-based in the
     results file, candidate and part 0-based; ext png/jpg/webp/gif, else bin). Streams line by line.
 
+    :param label: Names the file in errors (``<label> line N: ...``).
     :return: The file names given to ``write``, in order.
     """
-    if not prefix or "/" in prefix or "\\" in prefix:
-        raise ValueError(f"image prefix {prefix!r} must be a non-empty name without path separators")
+    if not isinstance(prefix, str) or not prefix or "/" in prefix or "\\" in prefix:
+        raise _input_error(
+            f"image prefix {prefix!r} must be a non-empty name without path separators, e.g. 'image' "
+            "(files are written as <prefix>-<line>-<candidate>-<part>.<ext>)"
+        )
     names: list[str] = []
     for line_number, _, line in iter_lines(fileobj):
-        response = load_result_object(line, f"results line {line_number}", line_number).get("response")
+        response = load_result_object(line, f"{label} line {line_number}", line_number).get("response")
         candidates = response.get("candidates") if isinstance(response, dict) else None
         for c_index, candidate in enumerate(candidates if isinstance(candidates, list) else ()):
             content = candidate.get("content") if isinstance(candidate, dict) else None
@@ -369,6 +387,6 @@ def extract_images(fileobj: IO[bytes], write: Callable[[str, bytes], None], *, p
                     continue
                 ext = _IMAGE_EXTENSIONS.get(mime.lower(), "bin")
                 name = f"{prefix}-{line_number}-{c_index}-{p_index}.{ext}"
-                write(name, _decode_base64(inline["data"], line_number))
+                write(name, _decode_base64(inline["data"], label, line_number))
                 names.append(name)
     return names

@@ -14,7 +14,11 @@ Three passes over the input, each streaming it once against an :class:`~.answers
 "Identical" is the same normalised request (``results.request_digest``, the digest the merge
 already matches results to requests with). With ``deduplicate=False`` identical requests are
 independent: each is sent, and each earlier answer is reused for at most one of them (first come,
-first served), as the results of identical requests pair everywhere else. No Airflow import.
+first served), as the results of identical requests pair everywhere else.
+
+A damaged line in this batch's own results is a ``MaaSIntegrityError`` (``write_retries`` and
+``merge_answers`` go through ``merge.results_from_service``); one in ``reuse_results`` is the
+caller's input: ``write_requests_to_send`` raises ``ResultsFormatError`` for it to name as such.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from airflow_provider_maas.batch.answers import OK_TAILS, AnswerStore, reader
+from airflow_provider_maas.batch.answers import OK_TAILS, Answer, AnswerStore, reader
 from airflow_provider_maas.batch.cost import cost_of
+from airflow_provider_maas.batch.merge import results_from_service
 from airflow_provider_maas.batch.request_lines import iter_request_lines
 from airflow_provider_maas.batch.results import (
     MISSING_STATUS,
@@ -37,6 +42,7 @@ from airflow_provider_maas.batch.results import (
     request_digest,
     result_record,
 )
+from airflow_provider_maas.exceptions import MaaSInputError
 
 #: Statuses retried by default (``re.search``, case-sensitive codes, case-insensitive words): what
 #: a user expects to pass on its own. A client error (400 INVALID_ARGUMENT, 403, 404, a safety
@@ -54,25 +60,31 @@ def retry_predicate(retry_failures: Any) -> Callable[[str], bool]:
     """``should_retry(status) -> bool`` from ``retry_failures``: None (the default patterns), a list
     of regular expressions (``re.search`` on the status), or a callable taking the status text.
 
-    :raises ValueError: a bad pattern or type, saying what to give instead.
+    :raises MaaSInputError: a bad pattern or type, saying what to give instead.
     """
     if retry_failures is None:
         retry_failures = DEFAULT_RETRY_FAILURES
     if callable(retry_failures):
         return retry_failures  # type: ignore[no-any-return]
     if isinstance(retry_failures, (str, bytes)) or not isinstance(retry_failures, Iterable):
-        raise ValueError(
+        raise MaaSInputError(
             f"retry_failures must be a list of regular expressions or a callable(status) -> bool, "
             f"got {retry_failures!r} (a single pattern goes in a list: [{retry_failures!r}])"
         )
     compiled = []
     for pattern in retry_failures:
         if not isinstance(pattern, str):
-            raise ValueError(f"retry_failures holds {pattern!r}, not a regular expression string")
+            raise MaaSInputError(
+                f"retry_failures holds {pattern!r}, not a regular expression string; give strings such as "
+                r"r'\bUNAVAILABLE\b', or a callable(status) -> bool"
+            )
         try:
             compiled.append(re.compile(pattern))
         except re.error as err:
-            raise ValueError(f"retry_failures pattern {pattern!r} is not a valid regular expression: {err}") from None
+            raise MaaSInputError(
+                f"retry_failures pattern {pattern!r} is not a valid regular expression ({err}); fix it, or escape "
+                "it with re.escape() to match the text as it is"
+            ) from None
     return lambda status: any(p.search(status) for p in compiled)
 
 
@@ -125,8 +137,14 @@ def _open_all(
         store.add(f"reuse_results[{number}] ({item})", handle, successes_only=True)
     for number, item in enumerate(results):
         files[len(reuse) + number] = handle = stack.enter_context(opener(item))
-        store.add(f"of round {number}", handle)
+        store.add(f"of round {number} ({item})", handle)
     return files
+
+
+def _record(store: AnswerStore, answer: Answer, raw: bytes, line_number: int) -> ResultRecord:
+    """The answer's results line ``raw``, parsed (``line_number``: the input line it answers)."""
+    label = f"results {store.sources[answer.source]} line {answer.line}"
+    return result_record(load_result_object(raw, label, answer.line), line_number)
 
 
 def all_succeeded(results: IO[bytes], expected: int) -> bool:
@@ -145,6 +163,7 @@ def all_succeeded(results: IO[bytes], expected: int) -> bool:
     return count == expected
 
 
+@results_from_service
 def write_retries(
     source: IO[bytes],
     out: IO[bytes],
@@ -166,7 +185,7 @@ def write_retries(
     written = 0
     final_sources = {len(reuse) + index for index in final}
     with AnswerStore() as store, contextlib.ExitStack() as stack:
-        read = reader(_open_all(stack, store, reuse, results, opener))
+        read = reader(_open_all(stack, store, reuse, results, opener), store.sources)
         for line in iter_request_lines(source):
             digest = request_digest(line.request)
             answer = store.best(digest, take=not deduplicate)
@@ -175,9 +194,7 @@ def write_retries(
             if answer is not None:
                 if answer.source in final_sources:
                     continue
-                status = result_record(
-                    load_result_object(read(answer), f"results line {answer.line}", answer.line), 0
-                ).error
+                status = _record(store, answer, read(answer), 0).error
                 if not should_retry(status or ""):
                     continue
             if deduplicate and store.seen(digest):
@@ -187,6 +204,7 @@ def write_retries(
     return written
 
 
+@results_from_service
 def merge_answers(
     source: IO[bytes],
     out: IO[bytes],
@@ -217,7 +235,7 @@ def merge_answers(
     first_round = len(reuse)
     with AnswerStore() as store, contextlib.ExitStack() as stack:
         files = _open_all(stack, store, reuse, results, opener)
-        read = reader(files)
+        read = reader(files, store.sources)
         for line in iter_request_lines(source):
             digest = request_digest(line.request)
             repeated = store.seen(digest)
@@ -228,8 +246,7 @@ def merge_answers(
                 failed_out.write(line.raw)
                 continue
             raw = read(answer)
-            label = f"results {store.sources[answer.source]} line {answer.line}"
-            record = result_record(load_result_object(raw, label, answer.line), line.line_number)
+            record = _record(store, answer, raw, line.line_number)
             summary.add(record)
             if answer.source < first_round:
                 by_reuse.add(record)

@@ -17,6 +17,7 @@ from airflow_provider_maas.batch.request_lines import (
     LINE_SHAPE,
     MAX_BYTES_PER_FILE,
     MAX_REQUESTS_PER_FILE,
+    contents_problem,
     line_error,
     scan_json,
     validate_request_line,
@@ -89,9 +90,16 @@ def _size(size: int) -> str:
     return f"{size} bytes ({size / (1024 * 1024):.1f} MiB)"
 
 
-def _check_limits(max_requests: int, max_bytes: int) -> None:
-    if max_requests < 1 or max_bytes < 2:
-        raise ValueError(f"max_requests ({max_requests}) must be >= 1 and max_bytes ({max_bytes}) >= 2")
+def _check_limits(max_requests: Any, max_bytes: Any) -> None:
+    for name, value, low, high in (
+        ("max_requests", max_requests, 1, MAX_REQUESTS_PER_FILE),
+        ("max_bytes", max_bytes, 2, MAX_BYTES_PER_FILE),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise MaaSInputError(
+                f"{name} must be an integer >= {low}, got {value!r}: it bounds one shard (the service takes at "
+                f"most {high} per uploaded file)"
+            )
 
 
 def _line_too_long(max_bytes: int) -> Any:
@@ -133,7 +141,7 @@ def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -
                 obj, stop = scan(text, 0)
                 contents = obj["request"]["contents"]
                 fast = stop == len(text) and type(obj) is dict and type(obj["request"]) is dict
-                fast = fast and type(contents) is list and len(contents) > 0
+                fast = fast and contents_problem(contents) is None
             except Exception:
                 fast = False
             if not fast:
@@ -279,8 +287,11 @@ def shard_name(prefix: str, index: int, total: int) -> str:
 
     The number is zero-padded to at least 5 digits (more if ``total`` needs it), so names sort.
     """
-    if not prefix or prefix.endswith("/"):
-        raise ValueError(f"shard name prefix {prefix!r} must name the file, e.g. {SHARD_PREFIX!r}")
+    if not isinstance(prefix, str) or not prefix or prefix.endswith("/"):
+        raise MaaSInputError(
+            f"shard name prefix {prefix!r} must name the file, e.g. {SHARD_PREFIX!r} (shards are named "
+            f"<prefix>-00000.jsonl...); put the folder in the destination instead"
+        )
     if total < 1 or not 0 <= index < total:
         raise ValueError(f"shard index {index} is not in 0..{total - 1}")
     width = max(5, len(str(total - 1)))

@@ -11,9 +11,12 @@ import ssl
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from airflow_provider_maas.client.config import check_name
+from airflow_provider_maas.client.errors import redact
 from airflow_provider_maas.exceptions import (
     MaaSConfigError,
     MaaSError,
+    MaaSInputError,
     MaaSJobCreationUncertainError,
     MaaSRetryableError,
 )
@@ -119,7 +122,9 @@ def transport_error(
 # Everything else after sending is uncertain: 5xx (503 included: a gateway may answer it after
 # the service behind it created the job), 408, a read timeout, a reset, and a 2xx whose body is
 # not a JSON object with a string "name". It raises MaaSJobCreationUncertainError, which fails
-# the task without Airflow retries.
+# the task without Airflow retries. So does a 3xx (the POST may have been processed before the
+# redirect, which is never followed: it would carry the key elsewhere) and a job name that cannot
+# be used in a URL (the job may exist, but polling it would call another address).
 
 
 #: Added to a 404 on upload and create: the usual cause is a wrong ENDPOINT.
@@ -140,6 +145,22 @@ def uncertain_create(detail: str, *, file_name: str, display_name: str) -> MaaSJ
         f"There is no list call to find it: look for a job named {display_name!r} in the vendor's console. "
         "To create the job anyway, clear the task."
     )
+
+
+def job_name_problem(name: Any, *, api_key: str | None) -> str | None:
+    """Why the ``name`` a create answered cannot be used to poll the job (redacted), or None."""
+    if not isinstance(name, str) or not name:
+        return "the answer has no job name."
+    try:
+        check_name(name, "job name")
+    except MaaSInputError:
+        shown = repr(redact(name, api_key))
+        return (
+            f"the answer names the job {shown[:200]}{'...' if len(shown) > 200 else ''}, which cannot be polled: "
+            "a job name holding '/', '\\', '..' or a control character, or over 1024 characters, would make "
+            "the status URL point elsewhere."
+        )
+    return None
 
 
 def proves_not_created(err: BaseException) -> bool:

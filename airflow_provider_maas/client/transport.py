@@ -20,12 +20,13 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
 from airflow_provider_maas.client.errors import error_from_response, parse_json, redirect_error
-from airflow_provider_maas.client.failures import CREATE_404_HINT, transport_error, uncertain_create
+from airflow_provider_maas.client.failures import CREATE_404_HINT, job_name_problem, transport_error, uncertain_create
 from airflow_provider_maas.client.integrity import StreamHasher, verify_download
 from airflow_provider_maas.client.streams import Progress
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
     MaaSError,
+    MaaSJobCreationUncertainError,
     MaaSNotFoundError,
     MaaSRateLimitError,
     MaaSRetryableError,
@@ -138,8 +139,13 @@ def send_once(
     data: Any = None,
     stream: bool = False,
     not_found_hint: str | None = None,
+    uncertain: Callable[[str], Exception] | None = None,
 ) -> requests.Response:
-    """One attempt: a 2xx response, or a mapped error (redirects are never followed)."""
+    """One attempt: a 2xx response, or a mapped error (redirects are never followed).
+
+    :param uncertain: Makes a 3xx (a :func:`redirect_error` text) an uncertain create: the POST
+        may have been processed before the redirect. Without it a 3xx is a ``MaaSConfigError``.
+    """
     headers = config.headers()
     if data is not None:
         headers["Content-Type"] = "application/octet-stream"
@@ -167,7 +173,8 @@ def send_once(
         body = response.content if status >= 400 else b""
         response.close()
         if status < 400:
-            raise redirect_error(status, location, what=what, api_key=config.api_key)
+            redirect = redirect_error(status, location, what=what, api_key=config.api_key)
+            raise uncertain(str(redirect)) if uncertain is not None else redirect
         error = error_from_response(status, body, what=what, retry_after=retry_after, api_key=config.api_key)
         if not_found_hint and isinstance(error, MaaSNotFoundError):
             error.args = (f"{error} ({not_found_hint})",)
@@ -196,25 +203,29 @@ def create_job(
     """The create call, under the rules of "Job creation" above; returns the job JSON."""
     what = f"Creating a job from {file_name!r}"
 
+    def uncertain(detail: str) -> MaaSJobCreationUncertainError:
+        return uncertain_create(detail, file_name=file_name, display_name=display_name)
+
+    options: Any = {"what": what, "json_body": body, "not_found_hint": CREATE_404_HINT, "uncertain": uncertain}
+
     def attempt() -> dict[str, Any]:
         try:
-            response = send_once(
-                session, config, "POST", config.jobs_url(), what=what, json_body=body, not_found_hint=CREATE_404_HINT
-            )
+            response = send_once(session, config, "POST", config.jobs_url(), **options)
         except MaaSApiError as err:
             if isinstance(err, MaaSRateLimitError) or _never_sent(err):
                 raise
             # Any 5xx (524, 520, 501...: a gateway may answer it after the service acted) is as
             # uncertain as the retryable ones; only a 4xx refusal proves nothing was created.
             if isinstance(err, MaaSRetryableError) or (err.status_code or 0) >= 500:
-                raise uncertain_create(str(err), file_name=file_name, display_name=display_name) from None
+                raise uncertain(str(err)) from None
             raise
         try:
             job = parse_json(response.content, what=what, api_key=config.api_key)
         except MaaSApiError as err:
-            raise uncertain_create(str(err), file_name=file_name, display_name=display_name) from None
-        if not isinstance(job.get("name"), str) or not job["name"]:
-            raise uncertain_create("the answer has no job name.", file_name=file_name, display_name=display_name)
+            raise uncertain(str(err)) from None
+        problem = job_name_problem(job.get("name"), api_key=config.api_key)
+        if problem is not None:
+            raise uncertain(problem)  # the job may exist: never dropped, never polled at a bad URL
         return job
 
     return _retrying(what, policy)(attempt)  # type: ignore[no-any-return]

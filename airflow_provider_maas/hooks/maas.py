@@ -228,9 +228,10 @@ class MaaSHook(BaseHook):
 
         Never sent twice once the request may have reached the service: only a connection never
         made and 429 (quota: refused before any work) are retried, with backoff; after the retries a
-        429 raises :class:`MaaSRateLimitError` (nothing was created). A 5xx (503 included), a read
-        timeout, a reset after sending, or a 2xx whose body is not a JSON object with a string
-        ``name`` raise :class:`MaaSJobCreationUncertainError` (naming the file and the display name
+        429 raises :class:`MaaSRateLimitError` (nothing was created). A 5xx (503 included), a 3xx
+        (never followed: the POST may have been processed), a read timeout, a reset after sending,
+        or a 2xx whose body is not a JSON object with a usable string ``name`` (one that can be put
+        in a URL) raise :class:`MaaSJobCreationUncertainError` (naming the file and the display name
         to look for), which fails the task without Airflow retries.
         """
         from airflow_provider_maas.client.transport import create_job
