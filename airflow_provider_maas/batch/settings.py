@@ -21,7 +21,7 @@ from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import to_path, uri_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from airflow.sdk import ObjectStoragePath
 
@@ -37,8 +37,8 @@ LIMITS: dict[str, tuple[int, int | None]] = {
 }
 
 
-def check_limits(**values: Any) -> None:
-    """Refuse an integer setting of :data:`LIMITS` that is not an integer within its bounds."""
+def check_limits(values: Mapping[str, Any]) -> None:
+    """Refuse a setting of :data:`LIMITS` in ``values`` that is not an integer within its bounds."""
     for name, (low, high) in LIMITS.items():
         value = values.get(name, low)
         if not isinstance(value, int) or value < low or (high is not None and value > high):

@@ -20,7 +20,7 @@ from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, f
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
 from airflow_provider_maas.batch.round_files import next_round
-from airflow_provider_maas.batch.settings import BatchSettings, check_limits, retry_rule_and_prices
+from airflow_provider_maas.batch.settings import LIMITS, BatchSettings, check_limits, retry_rule_and_prices
 from airflow_provider_maas.batch.summary import check_outcome, write_outputs
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
@@ -134,15 +134,6 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
     ) -> None:
         super().__init__(maas_conn_id=maas_conn_id, endpoint=endpoint, **kwargs)
         self._should_retry, self.prices = retry_rule_and_prices(retry_failures, prices)
-        check_limits(
-            max_active_jobs=max_active_jobs,
-            shard_retries=shard_retries,
-            max_requests_per_file=max_requests_per_file,
-            max_bytes_per_file=max_bytes_per_file,
-            max_parallel_transfers=max_parallel_transfers,
-            max_consecutive_poll_errors=max_consecutive_poll_errors,
-            request_retries=request_retries,
-        )
         self.source = source
         self.destination = destination
         self.display_name = display_name
@@ -160,6 +151,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         self.deduplicate = deduplicate
         self.request_retries = request_retries
         self.retry_failures = retry_failures
+        check_limits({name: getattr(self, name) for name in LIMITS})
 
     def _settings(self) -> BatchSettings:
         """This try's settings (templated fields rendered)."""
