@@ -1,15 +1,20 @@
 """The batch state model and its journal: typed records that round-trip, O(1) bytes per shard
 event, bounded replay, and a marker that survives a crash before the create. Local files and an
-object store (``memory://``, where nothing can be appended)."""
+object store (``memory://``, where nothing can be appended). Then what a try decides from a state:
+take it over or refuse, when to resume, when to give up, whether the task fails."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from airflow_provider_maas.batch import journal as journal_module
 from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.pacing import check_deadline, fire_after
+from airflow_provider_maas.batch.resume import refuse_abandoning_jobs, take_over
+from airflow_provider_maas.batch.settings import BatchSettings, check_limits, reuse_paths
 from airflow_provider_maas.batch.shards import ShardPlan
 from airflow_provider_maas.batch.state import (
     STATE_VERSION,
@@ -19,6 +24,13 @@ from airflow_provider_maas.batch.state import (
     ShardRecord,
     ShardStatus,
     fingerprint,
+)
+from airflow_provider_maas.batch.summary import check_outcome
+from airflow_provider_maas.exceptions import (
+    MaaSInputError,
+    MaaSJobCreationUncertainError,
+    MaaSJobFailedError,
+    MaaSTimeoutError,
 )
 from airflow_provider_maas.storage import to_path
 from tests.helpers import make_context
@@ -222,3 +234,127 @@ def test_job_outcome_is_one_decision_and_round_trips_compactly():
     assert JobOutcome.from_dict(json.loads(json.dumps(failed.as_dict()))) == failed
     done = job_outcome({"name": "8", "state": "JOB_STATE_SUCCEEDED", "completionStats": {"successfulCount": "100"}})
     assert len(json.dumps(done.as_dict())) < 120
+
+
+# What a try decides from the state (batch.resume, batch.pacing, batch.summary, batch.settings) ----
+def _settings(wait_timeout: float | None = None) -> BatchSettings:
+    return BatchSettings(
+        source="in.jsonl",
+        destination="out.jsonl",
+        reuse_results=None,
+        deduplicate=True,
+        should_retry=lambda status: False,
+        prices=None,
+        request_retries=1,
+        max_requests_per_file=100,
+        max_bytes_per_file=1000,
+        max_active_jobs=10,
+        wait_timeout=wait_timeout,
+    )
+
+
+def _context(max_tries: int) -> dict:
+    context = make_context()
+    context["ti"].max_tries = max_tries
+    return context
+
+
+def _with(state: BatchState, index: int, **changes) -> ShardRecord:
+    record = state.shards[ShardKey(0, index)].but(**changes)
+    state.apply(record)
+    return record
+
+
+def test_a_create_left_in_flight_is_refused_until_the_task_is_cleared(tmp_path):
+    journal = BatchJournal(to_path(str(tmp_path / "state")))
+    state = _state(3)  # written by a try of clear round 2
+    journal.create(state)
+    _with(state, 0, status=ShardStatus.CREATING, file_name="f0.jsonl", display_name="d#0", clear_round=2, attempts=1)
+    _with(state, 1, status=ShardStatus.FAILED, attempts=3, error="job 9 ended in JOB_STATE_FAILED")
+    journal.append(state, list(state.shards.values()))
+
+    with pytest.raises(MaaSJobCreationUncertainError, match=r"shard 0 \(file 'f0.jsonl'\).*'d#0'"):
+        take_over(_context(2), journal, state, _settings())  # an automatic retry: same max_tries
+
+    take_over(_context(5), journal, state, _settings(wait_timeout=60))  # a person cleared the task
+    expected = {ShardKey(0, 0): (ShardStatus.PENDING, 1, None), ShardKey(0, 1): (ShardStatus.PENDING, 0, None)}
+    for key, (status, attempts, error) in expected.items():
+        assert (state.shards[key].status, state.shards[key].attempts, state.shards[key].error) == (
+            status,
+            attempts,
+            error,
+        )
+    assert state.clear_round == 5 and state.deadline is not None and state.deadline > 123.5
+    assert BatchJournal(journal.root).load() == state
+
+
+def test_a_changed_input_is_refused_while_jobs_of_this_clear_round_run(tmp_path):
+    journal = BatchJournal(to_path(str(tmp_path / "state")))
+    state = _state(2)
+    _with(state, 1, status=ShardStatus.RUNNING, job_name="4242", attempts=1)
+    with pytest.raises(MaaSInputError, match=r"1 job\(s\) that are still running \(e.g. job 4242 for shard 1\)"):
+        refuse_abandoning_jobs(_context(2), journal, state)
+    refuse_abandoning_jobs(_context(3), journal, state)  # cleared since: starting over is what was asked
+    _with(state, 1, status=ShardStatus.DONE)
+    refuse_abandoning_jobs(_context(2), journal, state)  # nothing running: nothing to abandon
+
+
+def test_a_deferred_batch_resumes_when_half_the_slots_are_free():
+    state = _state(30)
+    running = [str(n) for n in range(10)]
+    for index in range(10):
+        _with(state, index, status=ShardStatus.RUNNING, job_name=running[index])
+    assert fire_after(state, running, max_active_jobs=10, rate_limited=False) == 5
+    assert fire_after(state, running[:4], max_active_jobs=10, rate_limited=False) == 1  # slots already free
+    assert fire_after(state, running[:6], max_active_jobs=10, rate_limited=True) == 3  # half the running jobs
+    for index in range(10, 30):
+        _with(state, index, status=ShardStatus.DONE)
+    assert fire_after(state, running, max_active_jobs=10, rate_limited=False) is None  # nothing pending: all
+
+
+def test_the_deadline_names_the_running_jobs():
+    state = _state(1)
+    state.deadline = 4102444800.0  # 2100-01-01: not yet
+    check_deadline(state, ["1"], wait_timeout=5)
+    state.deadline = None  # no wait_timeout: never
+    check_deadline(state, ["1"], wait_timeout=None)
+    state.deadline = 1.0  # long past
+    with pytest.raises(MaaSTimeoutError, match=r"wait_timeout=5s: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 \.\.\.; they keep"):
+        check_deadline(state, [str(n) for n in range(12)], wait_timeout=5)
+
+
+def test_the_outcome_fails_the_task_only_when_asked_or_nothing_succeeded():
+    summary = {"requests": 4, "succeeded": 3, "failed": 1, "failed_uri": "f", "shards": 2, "failed_shards": 0}
+    summary["shard_errors"] = []
+    check_outcome(summary, "d", fail_on_partial=False)
+    with pytest.raises(MaaSJobFailedError, match=r"1 of 4 requests failed \(fail_on_partial=True\)"):
+        check_outcome(summary, "d", fail_on_partial=True)
+    summary.update(succeeded=0, failed=4, failed_shards=2, shard_errors=["shard 0: boom", "shard 1: bang"])
+    with pytest.raises(
+        MaaSJobFailedError, match=r"No request succeeded: 2 of 2 shards failed \(shard 0: boom; shard 1"
+    ):
+        check_outcome(summary, "d", fail_on_partial=False)
+    check_outcome({**summary, "requests": 0, "failed": 0}, "d", fail_on_partial=True)  # an empty input
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("max_active_jobs", 0, "max_active_jobs must be an integer >= 1, got 0"),
+        ("max_requests_per_file", 101, "max_requests_per_file must be between 1 and 100, got 101"),
+        ("shard_retries", 1.5, "shard_retries must be an integer >= 0, got 1.5"),
+    ],
+)
+def test_settings_out_of_bounds_are_refused_by_name(name, value, message):
+    check_limits({"max_active_jobs": 1, "shard_retries": 0})
+    with pytest.raises(MaaSInputError, match=re.escape(message)):
+        check_limits({name: value})
+
+
+def test_reuse_results_blank_are_none_and_a_missing_file_is_refused(tmp_path):
+    results = tmp_path / "earlier.jsonl"
+    results.write_text("")
+    assert reuse_paths(None) == reuse_paths(["", "  "]) == []
+    assert [p.name for p in reuse_paths([str(results), None])] == ["earlier.jsonl"]
+    with pytest.raises(MaaSInputError, match=r"reuse_results\[1\] .*gone.jsonl is not a file"):
+        reuse_paths((str(results), str(tmp_path / "gone.jsonl")))

@@ -6,5 +6,9 @@ shards within the service's limits). Output: ``results`` (reading result lines),
 summarised, failures set aside), ``parts`` (per-shard results of a batch). Many jobs:
 ``state`` (the typed state of a batch), ``journal`` (where it lives, beside the destination),
 ``driver`` (transfers and calls in a bounded pool), ``answers``/``rounds``/``cost`` (pay once
-per answer). No module here imports an operator.
+per answer). The one-task batch operator's decisions: ``settings`` (its parameters checked),
+``resume`` (take over an earlier try's state, or start over), ``round_files`` (each round's
+requests and results), ``pacing`` (when to resume, when to give up), ``summary`` (the outputs and
+the summary); ``create_guard`` (the create-in-flight marker every job-creating operator writes).
+No module here imports an operator.
 """

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_maas.batch.shards import ShardPlan, copy_shard
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
@@ -35,12 +35,20 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from airflow_provider_maas.batch.journal import BatchJournal
-    from airflow_provider_maas.hooks.maas import MaaSHook
 
 log = logging.getLogger(__name__)
 
 #: ``names(key, plan) -> (upload file name, job display name)`` of a shard.
 ShardNames = Callable[[ShardKey, ShardPlan], "tuple[str, str]"]
+
+
+class JobService(Protocol):
+    """The calls the driver makes (the hook answers them; this layer does not import it)."""
+
+    def upload_file(self, source: Any, name: str) -> dict[str, Any]: ...
+    def create_batch_job(self, file_name: str, display_name: str) -> dict[str, Any]: ...
+    def get_batch_job(self, job_name: str) -> dict[str, Any]: ...
+    def download_results(self, job_name: str, destination: Any) -> dict[str, Any]: ...
 
 
 class _Task(str, Enum):
@@ -62,7 +70,7 @@ class BatchDriver:
     def __init__(
         self,
         *,
-        hook: MaaSHook,
+        hook: JobService,
         journal: BatchJournal,
         state: BatchState,
         source: Any,
@@ -118,8 +126,7 @@ class BatchDriver:
 
     def mark_seen(self, job_names: Iterable[str]) -> None:
         """Note that these jobs were seen still running just now (e.g. by the trigger)."""
-        now = time.monotonic()
-        self._seen.update(dict.fromkeys(job_names, now))
+        self._seen.update(dict.fromkeys(job_names, time.monotonic()))
 
     def stale_jobs(self, age: float) -> list[str]:
         """Running jobs not seen running in the last ``age`` seconds (they may have ended since)."""
@@ -201,7 +208,8 @@ class BatchDriver:
                 self._submit(_Task.CREATE, key, self.hook.create_batch_job, record.file_name, record.display_name)
             while self._to_download:
                 key = self._to_download.popleft()
-                self._submit(_Task.DOWNLOAD, key, self._download, self.state.shards[key].job_name, key)
+                job_name = self.state.shards[key].job_name
+                self._submit(_Task.DOWNLOAD, key, self.hook.download_results, job_name, self.journal.part(key))
             if not self._futures:
                 break
             done, _ = wait(self._futures, return_when=FIRST_COMPLETED)
@@ -288,9 +296,6 @@ class BatchDriver:
             copy_shard(handle, plan, tmp)
             tmp.seek(0)
             return self.hook.upload_file(tmp, file_name)["name"], display_name
-
-    def _download(self, job_name: str, key: ShardKey) -> None:
-        self.hook.download_results(job_name, self.journal.part(key))
 
     def _finished(self, task: _Task, key: ShardKey, future: Future[Any]) -> bool:
         """Apply one finished transfer; True if the shard's create is due now (its marker is set)."""

@@ -8,7 +8,7 @@ Pure data, no I/O: :mod:`airflow_provider_maas.batch.journal` stores it. A shard
                   '-> PENDING (429: the service did not take the create; next round)
 
 ``CREATING`` is the "create in flight" marker: it is stored BEFORE a create is sent, so a later try
-that finds it knows a job may exist (see :mod:`airflow_provider_maas.operators._guard`).
+that finds it knows a job may exist (see :mod:`airflow_provider_maas.batch.create_guard`).
 
 Shards belong to rounds: round 0 holds the input's shards; later rounds (request-level retries,
 :mod:`airflow_provider_maas.batch.rounds`) hold shards made of the requests that failed in an
@@ -55,7 +55,7 @@ class ShardRecord:
     :param attempts: Creates sent for this shard (a 429 does not count).
     :param file_name: The uploaded file's name (deterministic: dag, task, run, shard, content hash).
     :param display_name: The display name sent with the create (the console shows it).
-    :param clear_round: ``max_tries`` of the try that sent the create (see ``_guard.clear_round``).
+    :param clear_round: ``max_tries`` of the try that sent the create (see ``create_guard.clear_round``).
     :param job_state: The job's last known state.
     :param error: Why the shard's last job failed (the service's message and code), if it did.
     """

@@ -1,15 +1,34 @@
-"""Helpers shared by the MaaS operators: task state, summaries, asset events, shard writing."""
+"""What the MaaS operators share: the base class with ``maas_conn_id``/``endpoint`` and the hook,
+task state, job reuse, summaries and asset events."""
 
 from __future__ import annotations
 
 import logging
 import time
+from functools import cached_property
 from typing import Any
+
+from airflow.sdk import BaseOperator
 
 from airflow_provider_maas.client.states import RESULTS_NOT_FOUND_TRIES, Outcome, job_outcome
 from airflow_provider_maas.exceptions import MaaSNotFoundError, MaaSResultsGoneError
+from airflow_provider_maas.hooks.maas import MaaSHook
+from airflow_provider_maas.operators._lineage import LineageMixin
 
 log = logging.getLogger(__name__)
+
+
+class MaaSBaseOperator(LineageMixin, BaseOperator):
+    """Shared arguments of the operators that call the service: ``maas_conn_id`` and ``endpoint``."""
+
+    def __init__(self, *, maas_conn_id: str = "maas_default", endpoint: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.maas_conn_id = maas_conn_id
+        self.endpoint = endpoint
+
+    @cached_property
+    def hook(self) -> MaaSHook:
+        return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
 
 
 def task_state(context: Any) -> Any | None:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import tempfile
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_maas.batch.create_guard import (
+    clear_round,
+    creating_marker,
+    is_creating,
+    refuse_uncertain_create,
+    uncertain_create_error,
+)
 from airflow_provider_maas.batch.merge import (
     compare_with_job,
     extract_images_beside,
@@ -20,15 +26,8 @@ from airflow_provider_maas.batch.shards import validate_file, write_shards
 from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
-from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators._batch import MaaSBatchPredictionOperator
-from airflow_provider_maas.operators._common import publish_summary, reusable_job, task_state
-from airflow_provider_maas.operators._guard import (
-    creating_marker,
-    is_creating,
-    refuse_uncertain_create,
-    uncertain_create_error,
-)
+from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, reusable_job, task_state
 from airflow_provider_maas.operators._lineage import LineageMixin, ServiceDataset
 from airflow_provider_maas.storage import (
     CHUNK_SIZE,
@@ -57,20 +56,7 @@ __all__ = [
 ]
 
 
-class _MaaSOperator(LineageMixin, BaseOperator):
-    """Shared arguments: ``maas_conn_id`` and ``endpoint``."""
-
-    def __init__(self, *, maas_conn_id: str = "maas_default", endpoint: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.maas_conn_id = maas_conn_id
-        self.endpoint = endpoint
-
-    @cached_property
-    def hook(self) -> MaaSHook:
-        return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
-
-
-class MaaSUploadFileOperator(_MaaSOperator):
+class MaaSUploadFileOperator(MaaSBaseOperator):
     """Validate a JSONL file of requests and upload it; returns the uploaded file's ``name``.
 
     Nothing is uploaded if any line is invalid: :class:`~airflow_provider_maas.exceptions.MaaSInputError`
@@ -107,7 +93,7 @@ class MaaSUploadFileOperator(_MaaSOperator):
             return self.hook.upload_file(tmp, name)["name"]
 
 
-class MaaSCreateBatchJobOperator(_MaaSOperator):
+class MaaSCreateBatchJobOperator(MaaSBaseOperator):
     """Create a batch job from an uploaded file; returns the job ``name``.
 
     Never pays twice on its own (Airflow >= 3.3, ``task_state_store`` key ``maas_job``): a marker is
@@ -148,7 +134,7 @@ class MaaSCreateBatchJobOperator(_MaaSOperator):
                 self._record_job_lineage(existing)
                 return existing
         name = self.display_name or display_name(context)
-        marker = creating_marker(context, file_name=self.file_name, display_name=name)
+        marker = creating_marker(file_name=self.file_name, display_name=name, round_=clear_round(context))
         if store is not None:
             store.set(JOB_STATE_KEY, marker)  # BEFORE sending: a retry must find it
         try:
@@ -172,7 +158,7 @@ class MaaSCreateBatchJobOperator(_MaaSOperator):
         self.record_lineage([ServiceDataset.file(config, self.file_name)], [ServiceDataset.results(config, job_name)])
 
 
-class MaaSDownloadResultsOperator(_MaaSOperator):
+class MaaSDownloadResultsOperator(MaaSBaseOperator):
     """Stream a job's results to ``destination``, verified and atomically; returns its URI.
 
     Pushes an XCom ``summary``: requests, succeeded, failed, missing, duplicates, bytes, token

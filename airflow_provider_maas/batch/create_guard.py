@@ -33,9 +33,15 @@ def clear_round(context: Any) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def creating_marker(context: Any, *, file_name: str, display_name: str) -> dict[str, Any]:
-    """The marker to save BEFORE sending a create for ``file_name``."""
-    return {"status": CREATING, "file_name": file_name, "display_name": display_name, "round": clear_round(context)}
+def cleared_since(recorded: int | None, context: Any) -> bool:
+    """Whether a person cleared the task since the try whose clear round is ``recorded``."""
+    now = clear_round(context)
+    return recorded is not None and now is not None and now != recorded
+
+
+def creating_marker(*, file_name: str | None, display_name: str | None, round_: int | None) -> dict[str, Any]:
+    """The marker to save BEFORE sending a create for ``file_name``, by a try of clear round ``round_``."""
+    return {"status": CREATING, "file_name": file_name, "display_name": display_name, "round": round_}
 
 
 def is_creating(marker: Any) -> TypeGuard[dict[str, Any]]:
@@ -50,8 +56,7 @@ def refuse_uncertain_create(marker: dict[str, Any], context: Any, *, what: str) 
     :param what: What the job was for, e.g. ``"file 'x.jsonl'"`` or ``"shard 12 (file 'y.jsonl')"``.
     """
     display_name = marker.get("display_name")
-    now = clear_round(context)
-    if marker.get("round") is not None and now is not None and now != marker.get("round"):
+    if cleared_since(marker.get("round"), context):
         log.warning(
             "An earlier try sent a create for %s (display name %r) and got no answer; this task was "
             "cleared since, so a new job is created as asked. If the earlier job exists, both are billed.",

@@ -1,0 +1,156 @@
+"""What a try of the batch operator does with the state an earlier try left beside the destination.
+
+Same input and shard limits (same :func:`~airflow_provider_maas.batch.state.fingerprint`): the try
+takes the state over and reattaches to its jobs, paying for nothing again. A different input
+starts over, but not while jobs of an earlier try of the same clear round still run: they would be
+abandoned and their requests paid again (:func:`refuse_abandoning_jobs`). Taking a state over
+(:func:`take_over`) refuses a create an earlier try left in flight
+(:mod:`~airflow_provider_maas.batch.create_guard`) and, after a person cleared the task, gives the
+failed shards a new chance and restarts ``wait_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_maas.batch.create_guard import (
+    clear_round,
+    cleared_since,
+    creating_marker,
+    refuse_uncertain_create,
+)
+from airflow_provider_maas.batch.round_files import copy_file, requests_to_send
+from airflow_provider_maas.batch.state import STATE_VERSION, BatchState, Round, ShardStatus, fingerprint
+from airflow_provider_maas.client.naming import task_identity
+from airflow_provider_maas.exceptions import MaaSConfigError, MaaSInputError
+from airflow_provider_maas.storage import open_source, uri_of
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.settings import BatchSettings
+    from airflow_provider_maas.batch.shards import ShardPlan
+
+log = logging.getLogger(__name__)
+
+#: Key in ``context["task_state_store"]`` (Airflow >= 3.3): where the batch state is, and its format.
+STATE_KEY = "maas_batch_state"
+
+
+def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings) -> BatchState:
+    """The state this try goes on from: the stored one if it is for the same input, else a new plan."""
+    with requests_to_send(settings) as to_send:
+        with open_source(to_send or settings.source) as handle:
+            empty = to_send is not None and not os.path.getsize(to_send)
+            plans = [] if empty else settings.plan(handle)
+        round_source = journal.root / "round-0.jsonl" if to_send else None
+        state = journal.load()
+        if state is not None and state.fingerprint == fingerprint(plans):
+            take_over(context, journal, state, settings)
+            log.info(
+                "Resuming a previous try: %d shards done, %d jobs running; no job is recreated (%d shards, state at %s)",
+                state.count(ShardStatus.DONE),
+                state.count(ShardStatus.RUNNING),
+                len(state.shards),
+                journal.uri,
+            )
+        else:
+            if state is not None:
+                # A create left in flight by an earlier try of this clear round is refused all
+                # the same: the job it may have made is for the same requests; and so are
+                # running jobs, unless a person cleared the task since.
+                refuse_abandoning_jobs(context, journal, state)
+                take_over(context, journal, state, settings)
+                log.warning("The input changed since the batch state at %s was written: starting over", journal.uri)
+            state = start(context, journal, plans, round_source, settings)
+        if to_send and round_source is not None and not round_source.exists():
+            copy_file(to_send, round_source)  # before any upload: a retry finds it
+    remember(context, journal)
+    return state
+
+
+def resume_after_deferral(context: Any, journal: BatchJournal, settings: BatchSettings) -> BatchState:
+    """The stored state, taken over by this try after the trigger fired."""
+    state = journal.load()
+    if state is None:
+        # Not retried automatically: a retry would find no state either and pay for every shard again.
+        raise MaaSConfigError(
+            f"Resumed, but the batch state at {journal.uri} is gone (removed by hand, or a destination on "
+            "one worker's local disk while the task resumed on another?); its jobs exist on the service. "
+            "Clear the task to start the batch over (every shard is paid again)."
+        )
+    state.resumes += 1
+    take_over(context, journal, state, settings)
+    return state
+
+
+def start(
+    context: Any,
+    journal: BatchJournal,
+    plans: list[ShardPlan],
+    source: ObjectStoragePath | None,
+    settings: BatchSettings,
+) -> BatchState:
+    """A new state for ``plans`` (round 0's requests in ``source``, or the operator's source if
+    None), stored in ``journal`` in place of any earlier one."""
+    state = BatchState(
+        fingerprint=fingerprint(plans),
+        identity=".".join(task_identity(context)),
+        rounds=[Round(0, tuple(plans), source=uri_of(source) if source is not None else None)],
+        deadline=settings.new_deadline(),
+        clear_round=clear_round(context),
+    )
+    journal.create(state)
+    log.info("Planned %d shards for %d requests; state at %s", len(plans), sum(p.requests for p in plans), journal.uri)
+    return state
+
+
+def refuse_abandoning_jobs(context: Any, journal: BatchJournal, state: BatchState) -> None:
+    """The input or the shard settings changed since an earlier try of this clear round: its
+    running jobs would be abandoned and their requests paid for again, so stop and say so."""
+    running = sorted(state.with_status(ShardStatus.RUNNING), key=lambda r: r.key)
+    if not running or cleared_since(state.clear_round, context):
+        return
+    raise MaaSInputError(
+        f"The input or the shard settings (max_requests_per_file, max_bytes_per_file) changed since an "
+        f"earlier try of this task created {len(running)} job(s) that are still running (e.g. job "
+        f"{running[0].job_name} for shard {running[0].key}); starting over would pay for the same requests "
+        f"again. Restore the input and settings to reattach to them, or clear the task to start over (the "
+        f"running jobs keep running and are billed). Batch state: {journal.uri}"
+    )
+
+
+def take_over(context: Any, journal: BatchJournal, state: BatchState, settings: BatchSettings) -> None:
+    """Make the stored state this try's: refuse creates left in flight (unless the task was
+    cleared since); after a clear, failed shards get a new chance and wait_timeout restarts."""
+    cleared = cleared_since(state.clear_round, context)
+    creating = sorted(state.with_status(ShardStatus.CREATING), key=lambda r: r.key)
+    changes = []
+    for record in creating:
+        others = f" ({len(creating) - 1} more shard(s) are in the same case)" if len(creating) > 1 else ""
+        marker = creating_marker(
+            file_name=record.file_name, display_name=record.display_name, round_=record.clear_round
+        )
+        refuse_uncertain_create(marker, context, what=f"shard {record.key} (file {record.file_name!r}){others}")
+        changes.append(record.but(status=ShardStatus.PENDING))
+    if cleared:
+        log.info("The task was cleared since the last try: failed shards are submitted again")
+        changes.extend(
+            r.but(status=ShardStatus.PENDING, attempts=0, error=None) for r in state.with_status(ShardStatus.FAILED)
+        )
+        state.deadline = settings.new_deadline()
+    state.clear_round = clear_round(context)
+    for record in changes:
+        state.apply(record)
+    journal.append(state, changes, meta=True)
+
+
+def remember(context: Any, journal: BatchJournal) -> None:
+    """Record where the state is in ``task_state_store`` (Airflow >= 3.3): a few hundred bytes."""
+    store: Any = context.get("task_state_store")  # absent before Airflow 3.3
+    value = {"location": journal.uri, "version": STATE_VERSION}
+    if store is not None and store.get(STATE_KEY) != value:
+        store.set(STATE_KEY, value)

@@ -1,0 +1,106 @@
+"""The settings of a batch run: checked once where the DAG is parsed, then read by every try.
+
+:func:`check_limits` and :func:`retry_rule_and_prices` refuse a bad setting with
+:class:`~airflow_provider_maas.exceptions.MaaSInputError` naming it and what is allowed, before
+anything is uploaded or paid for. :class:`BatchSettings` carries the settings of one try (templated
+fields rendered) to the modules that plan, resume and merge the batch; the earlier results to reuse
+are checked each time they are read (:func:`reuse_paths`), as they may change between tries.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_maas.batch.cost import check_prices
+from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
+from airflow_provider_maas.batch.rounds import retry_predicate
+from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
+from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.storage import to_path, uri_of
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from airflow.sdk import ObjectStoragePath
+
+#: The integer settings: ``name: (lowest, highest or None)``, checked in this order.
+LIMITS: dict[str, tuple[int, int | None]] = {
+    "max_active_jobs": (1, None),
+    "shard_retries": (0, None),
+    "max_requests_per_file": (1, MAX_REQUESTS_PER_FILE),
+    "max_bytes_per_file": (1, MAX_BYTES_PER_FILE),
+    "max_parallel_transfers": (1, None),
+    "max_consecutive_poll_errors": (1, None),
+    "request_retries": (0, None),
+}
+
+
+def check_limits(values: Mapping[str, Any]) -> None:
+    """Refuse a setting of :data:`LIMITS` in ``values`` that is not an integer within its bounds."""
+    for name, (low, high) in LIMITS.items():
+        value = values.get(name, low)
+        if not isinstance(value, int) or value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"an integer >= {low}"
+            raise MaaSInputError(f"{name} must be {bounds}, got {value!r}")
+
+
+def retry_rule_and_prices(retry_failures: Any, prices: Any) -> tuple[Callable[[str], bool], dict[str, float] | None]:
+    """``retry_failures`` as a predicate over a result's status, and ``prices`` checked."""
+    try:
+        return retry_predicate(retry_failures), check_prices(prices)
+    except ValueError as err:  # MaaSInputError is one too: the message is kept either way
+        raise MaaSInputError(str(err)) from None
+
+
+def reuse_paths(reuse_results: Any) -> list[ObjectStoragePath]:
+    """The results files of ``reuse_results`` (one or a list; None and blank strings are none),
+    each checked to be a file."""
+    items = reuse_results if isinstance(reuse_results, (list, tuple)) else [reuse_results]
+    paths = []
+    for number, item in enumerate(items):
+        if item is None or (isinstance(item, str) and not item.strip()):
+            continue  # e.g. a template rendering a blank param: nothing to reuse
+        path = to_path(item, what=f"reuse_results[{number}]")
+        if not path.is_file():
+            raise MaaSInputError(
+                f"reuse_results[{number}] {uri_of(path)} is not a file; give the results file(s) of an earlier "
+                "run (its destination), or leave reuse_results out"
+            )
+        paths.append(path)
+    return paths
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What one try of a batch needs to know; the fields are the operator's parameters of the same
+    name, except ``should_retry`` (``retry_failures`` as a predicate, see :func:`retry_rule_and_prices`)."""
+
+    source: Any
+    destination: Any
+    reuse_results: Any
+    deduplicate: bool
+    should_retry: Callable[[str], bool]
+    prices: dict[str, float] | None
+    request_retries: int
+    max_requests_per_file: int
+    max_bytes_per_file: int
+    max_active_jobs: int
+    wait_timeout: float | None
+
+    @classmethod
+    def of(cls, task: Any, **given: Any) -> BatchSettings:
+        """The settings read from ``task``'s attributes of the same names, or from ``given``."""
+        return cls(**{f.name: given[f.name] if f.name in given else getattr(task, f.name) for f in fields(cls)})
+
+    def reuse_paths(self) -> list[ObjectStoragePath]:
+        return reuse_paths(self.reuse_results)
+
+    def plan(self, handle: Any) -> list[ShardPlan]:
+        """Shards of the requests in ``handle`` within the per-file limits."""
+        return plan_shards(handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file)
+
+    def new_deadline(self) -> float | None:
+        """The absolute ``wait_timeout`` deadline of a wait that starts now (epoch seconds), or None."""
+        return time.time() + self.wait_timeout if self.wait_timeout else None

@@ -1,0 +1,130 @@
+"""The end of a batch: every answer written to the destination in input order, the summary that
+counts them (XCom ``summary``), and whether the task fails.
+
+A batch that sent every input request once, in round 0, is merged shard by shard (memory follows
+the largest shard). Otherwise every request's best answer is chosen among the rounds, the reused
+results and identical requests (:func:`~airflow_provider_maas.batch.rounds.merge_answers`).
+:func:`check_outcome` runs once every output is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_maas.batch.merge import failed_path_for, merge_shard_results
+from airflow_provider_maas.batch.round_files import all_round_results, open_results, write_failure_parts
+from airflow_provider_maas.batch.rounds import add_origins, merge_answers
+from airflow_provider_maas.batch.state import ShardStatus
+from airflow_provider_maas.exceptions import MaaSJobFailedError
+from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
+
+if TYPE_CHECKING:
+    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.round_files import RoundResults
+    from airflow_provider_maas.batch.settings import BatchSettings
+    from airflow_provider_maas.batch.state import BatchState
+
+log = logging.getLogger(__name__)
+
+#: Shard errors quoted in the summary and in the error of a batch where nothing succeeded.
+MAX_QUOTED_ERRORS = 5
+
+
+def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchState) -> dict[str, Any]:
+    """Write the destination and the failed file of a finished batch; returns the summary."""
+    records = sorted(state.shards.values(), key=lambda r: r.key)
+    failed = [r for r in records if r.status is ShardStatus.FAILED]
+    if len(state.rounds) == 1 and state.rounds[0].source is None:
+        # Every input request was sent, once, in round 0: the shard-by-shard merge (memory
+        # follows the largest shard) suffices.
+        write_failure_parts(settings, journal, state, failed)
+        plans = ((journal.part(r.key), state.plan(r.key)) for r in records)
+        parts = ((part, plan.first_line, plan.last_line) for part, plan in plans)
+        summary = merge_shard_results(parts, settings.source, settings.destination)
+        add_origins(summary, prices=settings.prices)
+        summary["round_succeeded"] = [summary["succeeded"]]
+    else:
+        summary = merge_rounds(settings, all_round_results(settings, journal, state))
+    summary.update(
+        shards=len(records),
+        failed_shards=len(failed),
+        shard_errors=[f"shard {r.key}: {r.error}" for r in failed[:MAX_QUOTED_ERRORS]],
+        jobs=sum(r.attempts for r in records),
+        resumes=state.resumes,
+        retry_rounds=[
+            {"round": n, "retried": sum(p.requests for p in state.rounds[n].plans), "succeeded": succeeded}
+            for n, succeeded in enumerate(summary.pop("round_succeeded"))
+            if n
+        ],
+    )
+    return summary
+
+
+def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[str, Any]:
+    """Every request's best answer in input order (see ``rounds.merge_answers``), atomically."""
+    dest = to_path(settings.destination, what="destination")
+    failed = failed_path_for(dest)
+    with (
+        open_source(settings.source) as source,
+        atomic_writer(dest) as out,
+        atomic_writer(failed) as failed_out,
+    ):
+        summary = merge_answers(
+            source,
+            out,
+            failed_out,
+            reuse=settings.reuse_paths(),
+            results=[item.path for item in results],
+            rounds=[item.round for item in results],
+            opener=open_results,
+            deduplicate=settings.deduplicate,
+            prices=settings.prices,
+        )
+    summary["failed_uri"] = uri_of(failed)
+    if summary["unmatched"]:
+        log.warning(
+            "%d result lines match no request of the input; they are not in %s", summary["unmatched"], uri_of(dest)
+        )
+    if summary["failed"]:
+        log.warning(
+            "%d of %d requests failed or are missing; they are in %s",
+            summary["failed"],
+            summary["requests"],
+            summary["failed_uri"],
+        )
+    if summary["reused"] or summary["deduplicated"]:
+        log.info(
+            "Answers: %d sent, %d reused from reuse_results, %d shared by identical requests",
+            summary["sent"],
+            summary["reused"],
+            summary["deduplicated"],
+        )
+    if "cost_usd" in summary:
+        avoided = summary["cost_avoided_usd"]
+        log.info(
+            "Cost at the given prices: $%.6f (avoided: $%.6f by reuse, $%.6f by sending identical requests once)",
+            summary["cost_usd"],
+            avoided["reused"],
+            avoided["deduplicated"],
+        )
+    return summary
+
+
+def check_outcome(summary: dict[str, Any], dest_uri: str, *, fail_on_partial: bool) -> None:
+    """Once every output is written: log the failed shards; raise :class:`MaaSJobFailedError` if no
+    request succeeded, or (``fail_on_partial``) if any failed."""
+    failed, shards, reasons = summary["failed_shards"], summary["shards"], "; ".join(summary["shard_errors"])
+    if failed:
+        log.error("%d of %d shards failed: %s", failed, shards, reasons)
+    if summary["requests"] and not summary["succeeded"]:
+        raise MaaSJobFailedError(
+            f"No request succeeded: {failed} of {shards} shards failed ({reasons}). "
+            f"Every request is in {summary['failed_uri']} with its reason in {dest_uri}. Clearing the task "
+            "submits the failed shards again."
+        )
+    if fail_on_partial and summary["failed"]:
+        raise MaaSJobFailedError(
+            f"{summary['failed']} of {summary['requests']} requests failed (fail_on_partial=True); "
+            f"results are in {dest_uri}, failed requests in {summary['failed_uri']}"
+        )
