@@ -223,7 +223,10 @@ def create_job(
             job = parse_json(response.content, what=what, api_key=config.api_key)
         except MaaSApiError as err:
             raise uncertain(str(err)) from None
-        problem = job_name_problem(job.get("name"), api_key=config.api_key)
+        name = job.get("name")
+        if isinstance(name, str) and "***" in name and config.api_key and config.api_key.encode() in response.content:
+            name = name.replace("***", config.api_key)  # parse_json redacted it: judge the name as sent
+        problem = job_name_problem(name, api_key=config.api_key)
         if problem is not None:
             raise uncertain(problem)  # the job may exist: never dropped, never polled at a bad URL
         return job
