@@ -71,3 +71,14 @@ def test_a_destination_that_is_a_directory_fails_before_any_upload(emulator, tmp
     with pytest.raises(MaaSInputError, match="existing directory"):
         batch_operator(source, tmp_path / "out").execute(make_context())
     assert emulator.emulator.request_count == 0
+
+
+def test_an_upload_over_the_limit_names_the_one_task_operator_too(emulator, tmp_path):
+    """A newcomer with 250 requests in one file is told of both ways on: split-map-merge, or one task."""
+    from airflow_provider_maas.operators.maas import MaaSUploadFileOperator
+
+    source = write_requests(tmp_path / "big.jsonl", 150)
+    with pytest.raises(MaaSInputError) as info:
+        MaaSUploadFileOperator(task_id="upload", source=str(source)).execute(make_context())
+    assert "MaaSSplitRequestsOperator" in str(info.value) and "MaaSBatchPredictionOperator" in str(info.value)
+    assert emulator.emulator.request_count == 0
