@@ -65,5 +65,7 @@ def test_durations_must_be_finite_seconds(name, value):
 
 def test_durations_are_refused_over_http_too():
     with run_emulator(EmulatorConfig(api_key=KEY)) as emu:
-        answer = requests.post(f"{emu.base_url}/_emulator/config", data='{"job_duration": NaN}', headers=AUTH, timeout=10)
+        answer = requests.post(
+            f"{emu.base_url}/_emulator/config", data='{"job_duration": NaN}', headers=AUTH, timeout=10
+        )
         assert answer.status_code == 400 and "job_duration must be a finite number" in answer.json()["error"]["message"]
