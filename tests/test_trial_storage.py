@@ -82,3 +82,22 @@ def test_an_upload_over_the_limit_names_the_one_task_operator_too(emulator, tmp_
         MaaSUploadFileOperator(task_id="upload", source=str(source)).execute(make_context())
     assert "MaaSSplitRequestsOperator" in str(info.value) and "MaaSBatchPredictionOperator" in str(info.value)
     assert emulator.emulator.request_count == 0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b'{"request": {"contents": [{"role": "user", "parts": "hello"}]}}\n',
+        b'{"request": {"contents": {"role": "user", "parts": [{"text": "a"}]}}}\n',
+        b'{"request": {"contents": [{"role": "user", "parts": [null]}]}}\n',
+    ],
+    ids=["parts-a-string", "contents-an-object", "a-null-part"],
+)
+def test_a_bad_shape_on_the_last_line_stops_everything_before_any_upload(emulator, tmp_path, bad):
+    source = write_requests(tmp_path / "in.jsonl", 250)
+    with source.open("ab") as handle:
+        handle.write(bad)
+    with pytest.raises(MaaSInputError, match="line 251: "):
+        batch_operator(source, tmp_path / "out" / "r.jsonl").execute(make_context())
+    assert emulator.emulator.request_count == 0
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "nothing written"
