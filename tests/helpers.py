@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,27 @@ def batch_operator(source: Path, dest: Path, **kwargs: Any) -> Any:
 
     kwargs = {"poll_interval": 0.05, "deferrable": False, **kwargs}
     return MaaSBatchPredictionOperator(task_id="p", source=str(source), destination=str(dest), **kwargs)
+
+
+class ShortReads(io.RawIOBase):
+    """A binary stream that returns at most ``most`` bytes per read, as a socket or an object store
+    may: readers must not assume a read fills its buffer."""
+
+    def __init__(self, data: bytes, most: int) -> None:
+        self._data = io.BytesIO(data)
+        self._most = most
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._data.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._data.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data.read(self._most if size < 0 else min(size, self._most))

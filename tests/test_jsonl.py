@@ -25,6 +25,7 @@ from airflow_provider_maas.batch.shards import (
     validate_file,
 )
 from airflow_provider_maas.exceptions import MaaSInputError
+from tests.helpers import ShortReads
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -291,13 +292,10 @@ def test_plan_is_deterministic():
     assert plan_shards(io.BytesIO(data), max_bytes=9000) == plan_shards(io.BytesIO(data), max_bytes=9000)
 
 
-def test_small_read_chunks_give_the_same_plan(monkeypatch: pytest.MonkeyPatch):
-    import airflow_provider_maas.batch.results as results
-
+def test_short_reads_give_the_same_plan():
     data = make_file(40, pad=30) + b"\n" + make_file(5)
     expected = plan_shards(io.BytesIO(data), max_requests=9)
-    monkeypatch.setattr(results, "CHUNK_SIZE", 7)
-    assert plan_shards(io.BytesIO(data), max_requests=9) == expected
+    assert plan_shards(ShortReads(data, most=7), max_requests=9) == expected
     assert b"".join(split(data, max_requests=9)) == make_file(40, pad=30) + make_file(5)
 
 

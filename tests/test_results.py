@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-import airflow_provider_maas.batch.results as results_module
 from airflow_provider_maas.batch.ordering import ResultIndex, line_reader, order_results
 from airflow_provider_maas.batch.results import (
     MISSING_STATUS,
@@ -26,6 +25,7 @@ from airflow_provider_maas.batch.results import (
     parse_result_line,
     summarize,
 )
+from tests.helpers import ShortReads
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -142,10 +142,9 @@ def test_iter_line_batches_with_tiny_chunks():
         list(iter_line_batches(io.BytesIO(b"ok\n" + b"x" * 50), chunk_size=4, max_line_bytes=10))
 
 
-def test_big_lines_stream(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(results_module, "CHUNK_SIZE", 4096)
+def test_big_lines_stream():
     big = result_line({"contents": ["x"]}, "y" * 300_000)
-    records = list(iter_results(io.BytesIO(big * 3)))
+    records = list(iter_results(ShortReads(big * 3, most=4096)))
     assert [len(r.text or "") for r in records] == [300_001] * 3
 
 

@@ -24,7 +24,14 @@ from airflow_provider_maas.batch.request_lines import (
 )
 from airflow_provider_maas.batch.results import iter_line_batches
 from airflow_provider_maas.exceptions import MaaSInputError
-from airflow_provider_maas.storage import atomic_writer, check_destination, open_source, remove_stale_parts, uri_of
+from airflow_provider_maas.storage import (
+    CHUNK_SIZE,
+    atomic_writer,
+    check_destination,
+    open_source,
+    remove_stale_parts,
+    uri_of,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -33,7 +40,6 @@ if TYPE_CHECKING:
 """Most requests (lines) one uploaded file may hold."""
 """Most bytes one uploaded file may hold: the vendor's "50 MB", read as MiB like the emulator."""
 _SPLIT = "split it with MaaSSplitRequestsOperator, or send it whole with MaaSBatchPredictionOperator (any size)"
-_COPY_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +252,7 @@ def copy_shard(fileobj: IO[bytes], plan: ShardPlan, out: IO[bytes]) -> int:
     reader = _Range(fileobj, plan.end_offset - plan.start_offset)
     written = 0
     if plan.clean:
-        while chunk := reader.read(_COPY_CHUNK):
+        while chunk := reader.read(CHUNK_SIZE):
             out.write(chunk)
             written += len(chunk)
     else:
