@@ -129,6 +129,8 @@ def validate_request_line(line: bytes, line_number: int) -> dict[str, Any]:
             message = "starts with a UTF-8 byte order mark (BOM); save the file as UTF-8 without BOM"
         elif isinstance(exc, _Refused):
             message = f"{exc}; {LINE_SHAPE}"
+        elif "integer string conversion" in str(exc):  # Python's int limit (4300 digits), not the user's to lift
+            message = f"holds a number with more digits than any field can take; write it as a string; {LINE_SHAPE}"
         elif isinstance(exc, json.JSONDecodeError):
             message = f"not valid JSON: {exc.msg} (column {exc.colno}); {LINE_SHAPE}, one per line"
         else:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 """Most requests (lines) one uploaded file may hold."""
 """Most bytes one uploaded file may hold: the vendor's "50 MB", read as MiB like the emulator."""
-_SPLIT = "split it with MaaSSplitRequestsOperator"
+_SPLIT = "split it with MaaSSplitRequestsOperator, or send it whole with MaaSBatchPredictionOperator (any size)"
 
 
 @dataclass(frozen=True, slots=True)

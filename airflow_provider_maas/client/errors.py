@@ -26,6 +26,22 @@ _AUTH_VALUE = re.compile(r"(authorization[\s\"'<>/]*[:=][\s\"']*)[^\s\"'<>,;]+(\
 _BEARER = re.compile(r"(bearer\s+)[^\s\"'<>,;]+", re.IGNORECASE)
 #: Longest text of a response kept in an error message.
 MAX_SHOWN = 300
+#: Most bytes of an error answer read and looked at (a gateway's page is a few KiB): a huge or
+#: endless body must not cost the worker or the triggerer its memory.
+MAX_ERROR_BODY = 64 * 1024
+
+
+def error_body_head(body: bytes, api_key: str | None) -> bytes:
+    """The first :data:`MAX_ERROR_BODY` bytes of an error answer; when cut, never ending with the
+    start of the key (redaction could not recognise half a key)."""
+    if len(body) <= MAX_ERROR_BODY:
+        return body
+    head = body[:MAX_ERROR_BODY]
+    key = api_key.encode() if api_key else b""
+    for size in range(min(len(key) - 1, len(head)), 0, -1):
+        if head.endswith(key[:size]):
+            return head[:-size]
+    return head
 
 
 def redact(text: str, api_key: str | None) -> str:
@@ -68,6 +84,7 @@ def error_from_response(
     """
     error_status: str | None = None
     error_message: str | None = None
+    body = error_body_head(body, api_key)
     try:
         payload = _load_json(body)
         err = payload.get("error") if isinstance(payload, dict) else None
@@ -119,7 +136,7 @@ def parse_json(body: bytes, *, what: str, api_key: str | None = None) -> dict[st
     except ValueError:
         payload = None
     if not isinstance(payload, dict):
-        snippet = response_text(body, api_key, limit=200)
+        snippet = response_text(error_body_head(body, api_key), api_key, limit=200)
         raise MaaSApiError(
             f"{what}: the service answered with success but the body is not a usable JSON object: {snippet!r}; "
             "check the connection's Base URL points at the MaaS API."

@@ -149,17 +149,23 @@ def uncertain_create(detail: str, *, file_name: str, display_name: str) -> MaaSJ
 
 def job_name_problem(name: Any, *, api_key: str | None) -> str | None:
     """Why the ``name`` a create answered cannot be used to poll the job (redacted), or None."""
-    if not isinstance(name, str) or not name:
+    if name is None or name == "":
         return "the answer has no job name."
+    shown = repr(redact(str(name), api_key))
+    shown = f"{shown[:200]}{'...' if len(shown) > 200 else ''}"
+    if not isinstance(name, str):
+        kind = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}.get(type(name), "value")
+        return f"the answer's job name {shown} is a JSON {kind}, not a string: it cannot be polled."
     try:
         check_name(name, "job name")
     except MaaSInputError:
-        shown = repr(redact(name, api_key))
         return (
-            f"the answer names the job {shown[:200]}{'...' if len(shown) > 200 else ''}, which cannot be polled: "
-            "a job name holding '/', '\\', '..' or a control character, or over 1024 characters, would make "
-            "the status URL point elsewhere."
+            f"the answer names the job {shown}, which cannot be polled: a job name that is blank, holds '/', "
+            "'\\', '..' or a control character, or is over 1024 characters, would make the status URL point "
+            "elsewhere."
         )
+    if api_key and api_key in name:
+        return "the answer's job name holds the API key: it cannot be polled."
     return None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import IO, TYPE_CHECKING, Any
 
+from airflow_provider_maas.client.errors import MAX_ERROR_BODY
 from airflow_provider_maas.client.integrity import StreamHasher
 from airflow_provider_maas.exceptions import MaaSApiError
 from airflow_provider_maas.storage import CHUNK_SIZE, source_size
@@ -75,3 +76,25 @@ class HashingReader:
             self._handle.seek(self._start)
             self.hasher = StreamHasher(md5=True, crc32c=False)
             self._progress = Progress("Uploaded", self._size)
+
+
+def read_head(chunks: Iterator[bytes]) -> bytes:
+    """The start of an error answer: at most one byte more than ``MAX_ERROR_BODY`` (so a cut
+    shows), however long the body is."""
+    head = bytearray()
+    for chunk in chunks:
+        head += chunk
+        if len(head) > MAX_ERROR_BODY:
+            break
+    return bytes(head[: MAX_ERROR_BODY + 1])
+
+
+async def aread_head(stream: Any) -> bytes:
+    """:func:`read_head` of an aiohttp body stream (``response.content``)."""
+    head = bytearray()
+    while len(head) <= MAX_ERROR_BODY:
+        chunk = await stream.read(MAX_ERROR_BODY + 1 - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return bytes(head)

@@ -19,10 +19,10 @@ import tenacity
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
-from airflow_provider_maas.client.errors import error_from_response, parse_json, redirect_error
+from airflow_provider_maas.client.errors import MAX_ERROR_BODY, error_from_response, parse_json, redirect_error
 from airflow_provider_maas.client.failures import CREATE_404_HINT, job_name_problem, transport_error, uncertain_create
 from airflow_provider_maas.client.integrity import StreamHasher, verify_download
-from airflow_provider_maas.client.streams import Progress
+from airflow_provider_maas.client.streams import Progress, aread_head, read_head
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
     MaaSError,
@@ -157,20 +157,19 @@ def send_once(
             json=json_body,
             data=data,
             headers=headers,
-            stream=stream,
+            stream=True,  # an error's body is read only as far as its message needs
             timeout=(config.connect_timeout, config.timeout),
             verify=config.verify,
             allow_redirects=False,
         )
+        status = response.status_code
+        body = read_head(response.iter_content(MAX_ERROR_BODY + 1)) if status >= 400 else b""
+        if status < 300 and not stream:
+            response.content  # noqa: B018  # read now: its errors are the call's
     except requests.RequestException as err:
         raise transport_error(err, what=what, url=url, config=config, sent=not _before_sending(err)) from None
-    if response.status_code >= 300:
-        status, retry_after, location = (
-            response.status_code,
-            response.headers.get("Retry-After"),
-            response.headers.get("Location"),
-        )
-        body = response.content if status >= 400 else b""
+    if status >= 300:
+        retry_after, location = response.headers.get("Retry-After"), response.headers.get("Location")
         response.close()
         if status < 400:
             redirect = redirect_error(status, location, what=what, api_key=config.api_key)
@@ -223,7 +222,10 @@ def create_job(
             job = parse_json(response.content, what=what, api_key=config.api_key)
         except MaaSApiError as err:
             raise uncertain(str(err)) from None
-        problem = job_name_problem(job.get("name"), api_key=config.api_key)
+        name = job.get("name")
+        if isinstance(name, str) and "***" in name and config.api_key and config.api_key.encode() in response.content:
+            name = name.replace("***", config.api_key)  # parse_json redacted it: judge the name as sent
+        problem = job_name_problem(name, api_key=config.api_key)
         if problem is not None:
             raise uncertain(problem)  # the job may exist: never dropped, never polled at a bad URL
         return job
@@ -370,8 +372,8 @@ async def asend(config: ApiConfig, method: str, url: str, *, what: str, policy: 
             async with session.request(
                 method, url, headers=config.headers(), timeout=timeout, allow_redirects=False
             ) as response:
-                body = await response.read()
                 status, headers = response.status, response.headers
+                body = await aread_head(response.content) if status >= 300 else await response.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as err:
             never_connected = (
                 isinstance(err, aiohttp.ClientConnectorError) or type(err).__name__ == "ConnectionTimeoutError"

@@ -106,6 +106,8 @@ def add_admin_routes(app: web.Application, emulator: MaaSEmulator) -> None:
             body = json.loads(await request.read())
             if not isinstance(body, dict) or not isinstance(body.get("faults"), list):
                 raise ValueError('expected {"faults": ["KIND:N:FAULT", ...]}')
+            if not isinstance(body.get("replace", False), bool):
+                raise ValueError(f'"replace" must be true or false, not {body["replace"]!r}')
             entries = [ScheduledFault.parse(spec) for spec in body["faults"]]
         except (ValueError, TypeError) as exc:
             raise ApiError(400, "INVALID_ARGUMENT", f"Bad fault schedule: {exc}") from None

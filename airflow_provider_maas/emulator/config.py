@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -130,8 +131,8 @@ class EmulatorConfig:
                 if not 0.0 <= float(value) <= 1.0:
                     raise ValueError(f"{f.name} must be between 0 and 1, not {value!r}")
         for name in ("job_duration", "latency", "retry_after", "slow_seconds", "retention_seconds"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
+            if not 0 <= getattr(self, name) < math.inf:  # NaN fails too
+                raise ValueError(f"{name} must be a finite number of seconds (>= 0), not {getattr(self, name)!r}")
         for name in ("fail_every", "result_padding_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

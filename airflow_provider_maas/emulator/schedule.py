@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -120,16 +121,19 @@ class ScheduledFault:
         if self.fault in _NEEDS_ARG and not self.arg:
             raise ValueError(f"fault {self.fault!r} needs an argument, e.g. {self.fault}=text:SUBSTRING")
         if self.arg is not None:
-            if self.fault in _INT_ARG:
-                if not self.arg.isdigit() or int(self.arg) < (100 if self.fault == "echo-headers" else 1):
+            if self.fault == "echo-headers":
+                if not (self.arg.isdigit() and 200 <= int(self.arg) <= 599):
+                    raise ValueError(f"the argument of 'echo-headers' must be an HTTP status 200-599, not {self.arg!r}")
+            elif self.fault in _INT_ARG:
+                if not self.arg.isdigit() or int(self.arg) < 1:
                     raise ValueError(f"the argument of {self.fault!r} must be a positive integer, not {self.arg!r}")
             elif self.fault in _FLOAT_ARG:
                 try:
-                    ok = float(self.arg) >= 0
+                    ok = 0 <= float(self.arg) < math.inf
                 except ValueError:
                     ok = False
                 if not ok:
-                    raise ValueError(f"the argument of {self.fault!r} must be seconds (>= 0), not {self.arg!r}")
+                    raise ValueError(f"the argument of {self.fault!r} must be seconds (finite, >= 0), not {self.arg!r}")
             elif self.fault == "fail-requests":
                 request_selector(self.arg)  # validates
             elif self.fault in ("500", "503"):
