@@ -112,8 +112,10 @@ PYTHON_SNIPPETS = [(name, i) for name, text in MANUAL.items() for i in range(len
 
 
 @pytest.mark.parametrize(("name", "index"), PYTHON_SNIPPETS, ids=[f"{n}-{i}" for n, i in PYTHON_SNIPPETS])
-def test_python_snippet_runs(emulator, name, index, monkeypatch):
-    monkeypatch.chdir(ROOT)
+def test_python_snippet_runs(emulator, name, index, monkeypatch, tmp_path):
+    """Run from a folder holding what the snippets read: a results file, as an operator writes it."""
+    shutil.copyfile(ROOT / "tests" / "fixtures" / "results_example.jsonl", tmp_path / "results.jsonl")
+    monkeypatch.chdir(tmp_path)
     code = _blocks("python", MANUAL[name])[index]
     exec(compile(code, f"{name} python snippet {index}", "exec"), {"__name__": "readme"})
 
