@@ -164,7 +164,7 @@ async def test_jobs_trigger_fires_once_enough_jobs_ended(emulator_factory, tmp_p
     handle = emulator_factory(job_duration=60)
     slow, fast = _job(tmp_path), _job(tmp_path)
     handle.emulator.set_job_state(fast, "JOB_STATE_SUCCEEDED")
-    event = await _event(MaaSBatchJobsTrigger([slow, fast], poll_interval=0.05, fire_after=1))
+    event = await _event(MaaSBatchJobsTrigger([slow, fast], poll_interval=0.05, first_poll_after=0.05, fire_after=1))
     assert event["status"] == "success"
     assert [e["job_name"] for e in event["ended"]] == [fast]
     assert BatchJobsEvent.from_event(event).ended[0].outcome is Outcome.SUCCEEDED
@@ -174,7 +174,9 @@ async def test_jobs_trigger_waits_for_all_by_default_and_sends_compact_outcomes(
     handle = emulator_factory(job_duration=60)
     first, second = _job(tmp_path), _job(tmp_path)
     handle.emulator.set_job_state(first, "JOB_STATE_FAILED", error={"code": 13, "message": "internal error"})
-    trigger = MaaSBatchJobsTrigger([first, second], poll_interval=0.05, end_time=time.time() + 30)
+    trigger = MaaSBatchJobsTrigger(
+        [first, second], poll_interval=0.05, first_poll_after=0.05, end_time=time.time() + 30
+    )
     task = asyncio.ensure_future(_event(trigger))
     await asyncio.sleep(0.3)
     assert not task.done()  # one job ended: not enough
@@ -191,7 +193,7 @@ async def test_jobs_trigger_waits_for_all_by_default_and_sends_compact_outcomes(
 
 async def test_jobs_trigger_unknown_job_is_an_error_event(emulator, tmp_path):
     job = _job(tmp_path)
-    event = await _event(MaaSBatchJobsTrigger([job, "999"], poll_interval=0.05))
+    event = await _event(MaaSBatchJobsTrigger([job, "999"], poll_interval=0.05, first_poll_after=0.05))
     assert event["status"] == "error"
     assert "999" in event["message"]
 
@@ -199,7 +201,9 @@ async def test_jobs_trigger_unknown_job_is_an_error_event(emulator, tmp_path):
 async def test_jobs_trigger_timeout_says_how_many_still_run(emulator_factory, tmp_path):
     emulator_factory(job_duration=60)
     job = _job(tmp_path)
-    event = await _event(MaaSBatchJobsTrigger([job], poll_interval=0.05, end_time=time.time() + 0.2))
+    event = await _event(
+        MaaSBatchJobsTrigger([job], poll_interval=0.05, first_poll_after=0.05, end_time=time.time() + 0.2)
+    )
     assert event["status"] == "timeout"
     assert "1 job(s) still running" in event["message"]
 
@@ -227,3 +231,20 @@ async def test_jobs_trigger_first_polls_one_interval_after_it_starts(emulator_fa
     assert len(handle.emulator.access_log) == polls_before  # nothing polled yet
     event = await task  # the pause ends at the deadline: one poll, which sees the job ended
     assert event["status"] == "success"
+
+
+async def test_jobs_trigger_first_poll_waits_for_airflow_to_see_the_deferral_end(emulator_factory, tmp_path):
+    """A short poll interval does not make the first poll come sooner than twice ``[workers]
+    min_heartbeat_interval`` (1 s in tests): on Airflow 3.3 a trigger that fires before the scheduler has
+    processed the deferring worker's end makes it fail the resumed try."""
+    assert triggers_maas.min_first_poll_after() == 2.0
+    assert MaaSBatchJobsTrigger(["1"], poll_interval=0.05).first_pause == 2.0
+    assert MaaSBatchJobsTrigger(["1"], poll_interval=30).first_pause == 30.0
+    handle = emulator_factory(job_duration=60)
+    job = _job(tmp_path)
+    handle.emulator.set_job_state(job, "JOB_STATE_SUCCEEDED")
+    polls_before = len(handle.emulator.access_log)
+    task = asyncio.ensure_future(_event(MaaSBatchJobsTrigger([job], poll_interval=0.05)))
+    await asyncio.sleep(0.5)
+    assert not task.done() and len(handle.emulator.access_log) == polls_before  # ten intervals: no poll yet
+    assert (await task)["status"] == "success"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_maas._compat import conf
 from airflow_provider_maas.client.states import JobOutcome, Outcome, job_outcome, log_state_change
 from airflow_provider_maas.exceptions import MaaSError, MaaSRetryableError
 from airflow_provider_maas.hooks.maas import MaaSHook
@@ -111,13 +112,14 @@ class _PollingTrigger(BaseTrigger):
     ) -> dict[str, Any]:
         raise NotImplementedError
 
-    #: Wait one poll interval before the first poll (the task saw every job running just before).
-    pause_first = False
+    #: Seconds before the first poll; None: poll at once.
+    first_pause: float | None = None
 
-    async def _pause(self) -> None:
-        """Sleep one poll interval, or until the deadline if that comes first."""
+    async def _pause(self, seconds: float | None = None) -> None:
+        """Sleep ``seconds`` (one poll interval by default), or until the deadline if that comes first."""
+        seconds = self.poll_interval if seconds is None else seconds
         remaining = None if self.end_time is None else self.end_time - time.time()
-        await asyncio.sleep(self.poll_interval if remaining is None else max(0.0, min(self.poll_interval, remaining)))
+        await asyncio.sleep(seconds if remaining is None else max(0.0, min(seconds, remaining)))
 
     async def _wait(self) -> dict[str, Any]:
         hook = MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
@@ -126,8 +128,8 @@ class _PollingTrigger(BaseTrigger):
         try:
             async with hook.async_session_scope():  # the connection is looked up once per wait
                 pollers = [_JobPoller(hook, name, self.max_consecutive_errors, self.log) for name in self._job_names()]
-                if self.pause_first:
-                    await self._pause()
+                if self.first_pause is not None:
+                    await self._pause(self.first_pause)
                 while True:
                     results = await asyncio.gather(*(p.poll() for p in pollers))
                     pollers = [p for p, result in zip(pollers, results, strict=True) if result is None]
@@ -238,6 +240,12 @@ class BatchJobsEvent:
             raise MaaSError(f"Unexpected event from the MaaS batch jobs trigger: {event!r:.300}") from None
 
 
+def min_first_poll_after() -> float:
+    """Least wait before a batch trigger's first poll: twice ``[workers] min_heartbeat_interval``
+    (10 s by default), the longest Airflow's supervisor may take to report the deferring worker's end."""
+    return 2.0 * conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0)
+
+
 class MaaSBatchJobsTrigger(_PollingTrigger):
     """Wait for several jobs at once; fires once ``fire_after`` of them ended, all ended, or the deadline.
 
@@ -246,14 +254,17 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
     :class:`~airflow_provider_maas.operators.maas.MaaSBatchPredictionOperator`, which sets
     ``fire_after`` so that it resumes only when enough slots are free to be worth refilling.
 
-    The first poll comes one ``poll_interval`` after the trigger starts: the task has just seen every
-    job running, and a task resumed at once can race the end of its own deferral in the scheduler.
+    The first poll comes ``first_poll_after`` seconds after the trigger starts (default: one
+    ``poll_interval``, at least :func:`min_first_poll_after`): the task has just seen every job running,
+    and on Airflow 3.3 a trigger that fires before the scheduler has processed the end of the deferring
+    worker process (which Airflow's supervisor may report up to ``[workers] min_heartbeat_interval``,
+    5 s, late) makes the scheduler fail the resumed try ("finished with state success, but the task
+    instance's state attribute is queued").
 
     :param job_names: The jobs to wait for (O(max_active_jobs) names: the only list in the kwargs).
     :param fire_after: Fire once this many jobs ended; None: once all did.
+    :param first_poll_after: Seconds before the first poll; None: ``max(poll_interval, min_first_poll_after())``.
     """
-
-    pause_first = True
 
     def __init__(
         self,
@@ -264,13 +275,18 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
         end_time: float | None = None,
         max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
         fire_after: int | None = None,
+        first_poll_after: float | None = None,
     ) -> None:
         super().__init__(maas_conn_id, endpoint, poll_interval, end_time, max_consecutive_errors)
         self.job_names = list(job_names)
         self.fire_after = fire_after
+        self.first_poll_after = first_poll_after
+        self.first_pause = (
+            max(self.poll_interval, min_first_poll_after()) if first_poll_after is None else float(first_poll_after)
+        )
 
     def _own_kwargs(self) -> dict[str, Any]:
-        return {"job_names": self.job_names, "fire_after": self.fire_after}
+        return {"job_names": self.job_names, "fire_after": self.fire_after, "first_poll_after": self.first_poll_after}
 
     def _job_names(self) -> list[str]:
         return self.job_names

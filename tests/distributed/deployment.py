@@ -380,6 +380,7 @@ class Deployment:
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
                 "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
+                "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",  # the batch trigger's first poll: 2 s
                 # A worker that vanished (SIGKILL, lost machine) is noticed when the task instance's
                 # heartbeat is this old (default 300 s).
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
