@@ -47,11 +47,9 @@ def check_limits(values: Mapping[str, Any]) -> None:
 
 
 def retry_rule_and_prices(retry_failures: Any, prices: Any) -> tuple[Callable[[str], bool], dict[str, float] | None]:
-    """``retry_failures`` as a predicate over a result's status, and ``prices`` checked."""
-    try:
-        return retry_predicate(retry_failures), check_prices(prices)
-    except ValueError as err:  # MaaSInputError is one too: the message is kept either way
-        raise MaaSInputError(str(err)) from None
+    """``retry_failures`` as a predicate over a result's status, and ``prices`` checked (each raises
+    :class:`MaaSInputError` saying what to give instead)."""
+    return retry_predicate(retry_failures), check_prices(prices)
 
 
 def reuse_paths(reuse_results: Any) -> list[ObjectStoragePath]:
