@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -111,6 +112,31 @@ def wait_for(what: str, check: Callable[[], T], timeout: float, *, interval: flo
             detail = diagnose() if diagnose else ""
             raise AssertionError(f"Timed out after {timeout:.0f}s waiting for {what}.\n{detail}")
         time.sleep(interval)
+
+
+class Phases:
+    """Seconds since the start of a deployment test at each named phase, for its summary line."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.marks: list[str] = []
+
+    def __call__(self, name: str) -> None:
+        self.marks.append(f"{name} {time.monotonic() - self.started:.0f}s")
+
+    def __str__(self) -> str:
+        return ", ".join(self.marks)
+
+
+def deployment_dirs(tmp_path: Path, dag_file: str) -> tuple[Path, Path]:
+    """``(work, dags)`` under ``tmp_path``: an empty work folder, and a dags folder holding only
+    ``tests/dags/<dag_file>`` (tests/dags/ holds other tests' DAGs too)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    shutil.copy(Path(__file__).resolve().parent / "dags" / dag_file, dags)
+    return work, dags
 
 
 class AirflowProcesses:

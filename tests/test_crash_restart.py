@@ -25,7 +25,6 @@ the machine's speed. At the end: every task succeeded, the emulator created exac
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import time
@@ -35,7 +34,15 @@ from airflow import __version__ as airflow_version
 from packaging.version import Version
 
 from airflow_provider_maas.emulator import EmulatorConfig, run_emulator
-from tests.airflow_processes import AirflowProcesses, emulator_jobs, emulator_polls, end_emulator_jobs, wait_for
+from tests.airflow_processes import (
+    AirflowProcesses,
+    Phases,
+    deployment_dirs,
+    emulator_jobs,
+    emulator_polls,
+    end_emulator_jobs,
+    wait_for,
+)
 from tests.conftest import API_KEY, ENDPOINT, ROOT, connection_env
 from tests.helpers import assert_in_input_order, write_requests
 
@@ -64,17 +71,8 @@ pytestmark = [
 
 
 def test_killed_workers_and_restarted_triggerers_reattach_to_the_same_jobs(tmp_path):
-    started = time.monotonic()
-    phases: list[str] = []
-
-    def phase(name: str) -> None:
-        phases.append(f"{name} {time.monotonic() - started:.0f}s")
-
-    work = tmp_path / "work"
-    work.mkdir()
-    dags = tmp_path / "dags"  # only these DAGs: tests/dags/ holds other tests' DAGs too
-    dags.mkdir()
-    shutil.copy(ROOT / "tests" / "dags" / "maas_crash_restart.py", dags)
+    phase = Phases()
+    work, dags = deployment_dirs(tmp_path, "maas_crash_restart.py")
     requests = write_requests(work / "requests.jsonl", REQUESTS)
     config = EmulatorConfig(api_key=API_KEY, endpoint=ENDPOINT, job_duration=3600)
 
@@ -217,4 +215,4 @@ def test_killed_workers_and_restarted_triggerers_reattach_to_the_same_jobs(tmp_p
         assert_in_input_order(requests, work / dag_id / "results.jsonl")
         assert (work / dag_id / "results.failed.jsonl").read_text() == ""
     assert not any(API_KEY in text for text in logs.values())
-    print("\ncrash/restart: " + ", ".join(phases))
+    print("\ncrash/restart: " + str(phase))

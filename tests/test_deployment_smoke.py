@@ -20,7 +20,6 @@ same in-process).
 
 from __future__ import annotations
 
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from airflow_provider_maas.emulator import EmulatorConfig, run_emulator
 from tests.airflow_processes import (
     LINUX_ONLY,
     AirflowProcesses,
+    Phases,
+    deployment_dirs,
     emulator_jobs,
     emulator_polls,
     end_emulator_jobs,
@@ -54,17 +55,8 @@ pytestmark = LINUX_ONLY
 
 
 def test_deferrable_sensor_and_batch_operator_survive_a_triggerer_restart(tmp_path: Path) -> None:
-    started = time.monotonic()
-    phases: list[str] = []
-
-    def phase(name: str) -> None:
-        phases.append(f"{name} {time.monotonic() - started:.0f}s")
-
-    work = tmp_path / "work"
-    work.mkdir()
-    dags = tmp_path / "dags"  # only these DAGs: tests/dags/ holds other tests' DAGs too
-    dags.mkdir()
-    shutil.copy(ROOT / "tests" / "dags" / "maas_deployment_smoke.py", dags)
+    phase = Phases()
+    work, dags = deployment_dirs(tmp_path, "maas_deployment_smoke.py")
     requests = {
         CHAIN: write_requests(work / "chain.jsonl", CHAIN_REQUESTS, prefix="Chain"),
         BATCH: write_requests(work / "batch.jsonl", BATCH_REQUESTS, prefix="Batch"),
@@ -158,7 +150,7 @@ def test_deferrable_sensor_and_batch_operator_survive_a_triggerer_restart(tmp_pa
         created = emu.emulator.jobs_created
         final_jobs = {dag_id: emulator_jobs(emu, dag_id) for dag_id in TASKS}
 
-    print(f"\ndeployment smoke on Airflow {airflow_version}: " + ", ".join(phases))
+    print(f"\ndeployment smoke on Airflow {airflow_version}: " + str(phase))
     for (dag_id, task), ti in final.items():
         assert ti.get("state") == "success", f"{dag_id}.{task}: {ti}\n{text}"
         assert ti.get("try_number") == 1, f"{dag_id}.{task}: {ti}"  # the restart cost no try
