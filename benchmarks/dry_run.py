@@ -48,7 +48,9 @@ def _write_requests(path: Path, count: int) -> None:
 
 def run(smoke: bool, workdir: Path) -> Figure:
     count = 10_000 if smoke else 1_000_000
-    figure = Figure(NAME, TITLE, "split/validate's pass 1 (`plan_shards`: validate + plan), same file, fresh interpreter")
+    figure = Figure(
+        NAME, TITLE, "split/validate's pass 1 (`plan_shards`: validate + plan), same file, fresh interpreter"
+    )
     source, half = workdir / "dry-run.jsonl", workdir / "dry-run-half.jsonl"
     _write_requests(source, count)
     _write_requests(half, count // 2)
@@ -114,7 +116,12 @@ def _worker(argv: list[str]) -> None:
         )
         payload["plan"] = dry_run(settings).as_dict()
     worker_result(
-        {"wall": time.perf_counter() - start, "cpu": cpu_seconds() - cpu0, "rss_growth": peak_rss_mb() - base, **payload}
+        {
+            "wall": time.perf_counter() - start,
+            "cpu": cpu_seconds() - cpu0,
+            "rss_growth": peak_rss_mb() - base,
+            **payload,
+        }
     )
 
 
