@@ -97,17 +97,27 @@ class SpendGate:
     _verdict: CanaryVerdict | None = None
     _canary_estimate: float | None = None
     _unsent_seen: bool | None = None
+    _spent: float | None = None
+    _flight: set[ShardKey] | None = None
 
     # Reading the state ---------------------------------------------------------------------
     def spent(self, state: BatchState) -> float:
-        """The reported cost of every job downloaded so far (all rounds, all tries)."""
-        return round(sum(r.cost_usd or 0.0 for r in state.shards.values()), 9)
+        """The reported cost of every job downloaded so far (all rounds, all tries): read from the
+        state once, then kept up to date by :meth:`downloaded` (O(1) per create, not O(shards))."""
+        if self._spent is None:
+            self._spent = sum(r.cost_usd or 0.0 for r in state.shards.values())
+        return round(self._spent, 9)
 
     def reserved(self, state: BatchState) -> float:
         """The worst case of every job in flight, and of shards admitted but not created yet."""
+        if self._flight is None:  # read from the state once; then the shards given a marker since
+            self._flight = {r.key for r in state.with_status(ShardStatus.CREATING, ShardStatus.RUNNING)}
         total = 0.0
-        for record in state.with_status(ShardStatus.CREATING, ShardStatus.RUNNING):
-            if record.cost_usd is None:
+        for key in list(self._flight):
+            record = state.shards[key]
+            if record.status not in (ShardStatus.CREATING, ShardStatus.RUNNING):
+                self._flight.discard(key)  # ended: its reported cost (if any) is in spent
+            elif record.cost_usd is None:
                 total += record.reserve_usd or 0.0
         for key, worst in self._admitted.items():
             if state.shards[key].status is ShardStatus.PENDING:
@@ -234,21 +244,26 @@ class SpendGate:
     def marker_fields(self, key: ShardKey, state: BatchState) -> dict[str, Any]:
         """Fields the "creating" marker of shard ``key`` stores: its reservation."""
         self._admitted.pop(key, None)
+        if self._flight is not None:
+            self._flight.add(key)
         reserve = self.worst(key, state) if self.max_cost_usd is not None else None
         return {"reserve_usd": reserve, "cost_usd": None, "unsent": False}
 
-    def downloaded(self, key: ShardKey, part: ObjectStoragePath) -> dict[str, Any]:
-        """After shard ``key``'s results were downloaded to ``part``: check its answers (rewriting
-        the invalid ones in place), then measure what the job cost."""
+    def downloaded(self, record: ShardRecord, part: ObjectStoragePath) -> dict[str, Any]:
+        """After the results of ``record``'s job were downloaded to ``part``: check its answers
+        (rewriting the invalid ones in place), then measure what the job cost."""
         if self.check is not None:
             self.check.rewrite(part)
         if self.prices is None:
             return {}
         summary = ResultSummary(max_failure_samples=0)
         with part.open("rb") as handle:
-            for record in iter_results(handle):
-                summary.add(record)
-        return {"cost_usd": cost_of(summary.tokens, self.prices)}
+            for result in iter_results(handle):
+                summary.add(result)
+        cost = cost_of(summary.tokens, self.prices)
+        if self._spent is not None:  # a part downloaded again (lost) replaces its earlier cost
+            self._spent += cost - (record.cost_usd or 0.0)
+        return {"cost_usd": cost}
 
     # The end -------------------------------------------------------------------------------
     def summary_fields(self, state: BatchState) -> dict[str, Any]:
