@@ -292,3 +292,13 @@ def test_a_pydantic_model_is_a_schema_too(emulator, tmp_path):
     _operator(source, tmp_path / "out.jsonl", response_schema=Answer).execute(context)
     assert context["ti"].xcom["summary"]["invalid_output"] == 0
     assert context["ti"].xcom["summary"]["succeeded"] == 3
+
+
+def test_a_dry_run_with_a_schema_plans_the_requests_as_sent_and_writes_nothing(emulator, tmp_path):
+    source = _requests(tmp_path / "r.jsonl", 6)
+    context = make_context()
+    _operator(source, tmp_path / "out.jsonl", dry_run=True, response_schema=ANSWER_SCHEMA).execute(context)
+    plan = context["ti"].xcom["plan"]
+    assert (plan["requests"], plan["to_send"], plan["shards"]) == (6, 6, 2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]
+    assert emulator.emulator.jobs_created == 0 and not emulator.emulator.files
