@@ -169,6 +169,7 @@ def test_a_canary_goes_first_and_its_answers_are_part_of_the_results(emulator, t
     assert all(r.succeeded for r in assert_in_input_order(source, dest))
     canary = context["ti"].xcom["summary"]["canary"]
     assert canary["failed"] == 0 and canary["estimated_cost_usd"] == pytest.approx(12 * MAX_OUT / 1_000_000)
+    assert context["ti"].xcom["plan"]["canary"] == canary  # the measured estimate, as the dry run's plan
 
 
 def test_a_canary_with_mostly_failed_answers_stops_after_one_job(emulator_factory, tmp_path):

@@ -198,24 +198,34 @@ class SpendGate:
             )
             log.error("Canary: %s", self.reason)
             return False
-        if self.max_cost_usd is not None and self.prices is not None and self._canary_estimate is None:
-            rest = sum(p.requests for p in state.rounds[0].plans[1:])
-            self._canary_estimate = round(self.spent(state) + verdict.estimated_usd(rest, self.prices), 9)
-            log.info(
-                "Canary: %d of %d requests failed; measured estimate of the whole batch $%.6f (max_cost_usd=%s)",
-                verdict.failed,
-                verdict.requests,
-                self._canary_estimate,
-                self.max_cost_usd,
+        self.canary_estimate(state)
+        if self.max_cost_usd is not None and (self._canary_estimate or 0.0) > self.max_cost_usd + _EPSILON:
+            self.reason = (
+                f"{NOT_SENT}: max_cost_usd={self.max_cost_usd} would be passed: at the canary's measured tokens "
+                f"per request the batch costs about ${self._canary_estimate:.6f}"
             )
-            if self._canary_estimate > self.max_cost_usd + _EPSILON:
-                self.reason = (
-                    f"{NOT_SENT}: max_cost_usd={self.max_cost_usd} would be passed: at the canary's measured tokens "
-                    f"per request the batch costs about ${self._canary_estimate:.6f}"
-                )
-                log.error("Budget: %s; no more jobs are created", self.reason)
-                return False
+            log.error("Budget: %s; no more jobs are created", self.reason)
+            return False
         return True
+
+    def canary_estimate(self, state: BatchState) -> float | None:
+        """Round 0 at the canary's measured cost per request (the same figure on every resume);
+        None before the canary's results are in, or without ``prices``."""
+        verdict = self.canary_verdict(state)
+        if verdict is None or self.prices is None or self._canary_estimate is not None:
+            return self._canary_estimate
+        requests = sum(p.requests for p in state.rounds[0].plans)
+        self._canary_estimate = round(verdict.estimated_usd(requests, self.prices), 9)
+        log.info(
+            "Canary: %d of %d requests failed; at its measured tokens per request the %d requests cost about "
+            "$%.6f (max_cost_usd=%s)",
+            verdict.failed,
+            verdict.requests,
+            requests,
+            self._canary_estimate,
+            self.max_cost_usd,
+        )
+        return self._canary_estimate
 
     def canary_verdict(self, state: BatchState) -> CanaryVerdict | None:
         """The verdict on the canary's results, once they are in (None without a canary)."""
@@ -279,7 +289,8 @@ class SpendGate:
                 "requests": verdict.requests,
                 "failed": verdict.failed,
                 "tokens_per_request": {k: round(v, 3) for k, v in verdict.per_request().items()},
-                "estimated_cost_usd": self._canary_estimate,
+                "estimated_cost_usd": self.canary_estimate(state),
+                "basis": "measured: the canary's usageMetadata per request x the requests of round 0",
             }
         return fields
 

@@ -318,7 +318,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
     ) -> str:
         summary = write_outputs(settings, journal, state)
         if gate is not None:
-            summary.update(self._cost_summary(gate, state, settings))
+            summary.update(self._cost_summary(context, gate, state, settings))
         dest_uri = uri_of(to_path(self.destination, what="destination"))
         publish_summary(self, context, summary, dest_uri)
         self.record_lineage([self.source, *settings.reuse_paths()], [dest_uri, summary["failed_uri"]])

@@ -119,11 +119,16 @@ class CostControl:
             check=AnswerCheck(self.response_schema) if self.response_schema is not None else None,
         )
 
-    def _cost_summary(self, gate: SpendGate | None, state: Any, settings: BatchSettings) -> dict[str, Any]:
-        """What the summary adds: spend, reservation, cap, canary; ``invalid_output``."""
+    def _cost_summary(
+        self, context: Context, gate: SpendGate | None, state: Any, settings: BatchSettings
+    ) -> dict[str, Any]:
+        """What the summary adds: spend, reservation, cap, canary; ``invalid_output``. The canary's
+        measured estimate also goes to XCom ``plan`` (as the dry run's estimate does)."""
         if gate is None:
             return {}
         fields = gate.summary_fields(state)
+        if "canary" in fields:
+            context["ti"].xcom_push(key="plan", value={"canary": fields["canary"], "budget_usd": self.max_cost_usd})
         if self.response_schema is not None:
             with open_source(settings.destination) as handle:
                 fields["invalid_output"] = count_invalid(handle)
