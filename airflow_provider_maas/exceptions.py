@@ -123,3 +123,16 @@ class MaaSIntegrityError(MaaSError):
     """Transferred bytes did not match the size or checksum the service reported, or a results file
     is not what the service writes (a line that is not a JSON object, image data that is not base64):
     the message then names the file and the line."""
+
+
+class MaaSBudgetExceededError(MaaSError, AirflowFailException):
+    """A batch stopped creating jobs: one more would have passed ``max_cost_usd`` (the jobs in flight
+    were finished and downloaded first). Not retried: a retry would stop at the same place. The
+    message says what was spent and reserved, how many requests got answers and how many were not
+    sent, and how to continue."""
+
+
+class MaaSCanaryFailedError(MaaSError, AirflowFailException):
+    """A batch's canary (its first ``canary_requests`` requests, sent first as one job) had more
+    failed or invalid answers than ``canary_max_failed``: nothing more was sent. The message quotes
+    the first failures."""

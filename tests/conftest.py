@@ -35,6 +35,7 @@ UNIT_FILES = frozenset(
     {
         "test_api.py",
         "test_batch_state.py",
+        "test_cost_units.py",
         "test_integrity.py",
         "test_jsonl.py",
         "test_merge.py",

@@ -20,6 +20,7 @@ FIGURES = (
     "merge-1m",
     "parse-cost",
     "reuse-index",
+    "dry-run",
     "end-to-end",
     "scale",
 )

@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_c
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from airflow_provider_maas.batch.budget import Admission
 from airflow_provider_maas.batch.shards import ShardPlan, copy_shard
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.client.failures import proves_not_created
@@ -34,6 +35,7 @@ from airflow_provider_maas.storage import CHUNK_SIZE, open_source
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from airflow_provider_maas.batch.budget import SpendGate
     from airflow_provider_maas.batch.journal import BatchJournal
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ class BatchDriver:
     :param clear_round: ``max_tries`` of this try, stored in each "creating" marker.
     :param max_consecutive_poll_errors: Failed polls of one job in a row tolerated (each already
         retried by the hook) before the task fails.
+    :param gate: Budget cap, canary and answer checks (``batch.budget``), consulted before each
+        create and after each download; None: none of them.
     """
 
     def __init__(
@@ -80,6 +84,7 @@ class BatchDriver:
         shard_retries: int,
         clear_round: int | None,
         max_consecutive_poll_errors: int,
+        gate: SpendGate | None = None,
     ) -> None:
         self.hook = hook
         self.journal = journal
@@ -91,6 +96,7 @@ class BatchDriver:
         self.clear_round = clear_round
         self.max_poll_errors = max_consecutive_poll_errors
         self.rate_limited = False
+        self.gate = gate
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_transfers, thread_name_prefix="maas-batch")
         self._futures: dict[Future[Any], tuple[_Task, ShardKey]] = {}
         self._pending = deque(sorted(r.key for r in state.with_status(ShardStatus.PENDING)))
@@ -253,17 +259,29 @@ class BatchDriver:
         marked: list[ShardKey] = []
         if self._fatal is not None or self.rate_limited:
             return marked
+        held: list[ShardKey] = []  # issue 22: shards the gate holds back (the canary runs)
         while self._pending and len(self._busy) < self.max_active_jobs:
             key = self._pending.popleft()
             record = self.state.shards[key]
             if record.status is not ShardStatus.PENDING or key in self._busy:
                 continue
+            if self.gate is not None and (admission := self.gate.admit(key, self.state)) is not Admission.GO:
+                if admission is Admission.WAIT:
+                    held.append(key)
+                    continue
+                not_sent = [k for k in (key, *self._pending, *held) if k not in self._busy]
+                for unsent in self.gate.unsent(self.state, not_sent):  # STOP: none of them is sent
+                    self._change(unsent)
+                self._pending.clear()
+                held = []
+                break
             self._busy.add(key)
             if record.file_name and record.display_name:
                 self._mark_creating(record, record.file_name, record.display_name)
                 marked.append(key)
             else:
                 self._submit(_Task.UPLOAD, key, self._upload, key)
+        self._pending.extendleft(reversed(held))
         return marked
 
     def _mark_creating(self, record: ShardRecord, file_name: str, display_name: str) -> None:
@@ -276,6 +294,7 @@ class BatchDriver:
                 job_name=None,
                 clear_round=self.clear_round,
                 attempts=record.attempts + 1,
+                **(self.gate.marker_fields(record.key, self.state) if self.gate is not None else {}),
             )
         )
 
@@ -361,7 +380,8 @@ class BatchDriver:
             )
         else:
             self._downloading.discard(key)
-            self._change(record.but(status=ShardStatus.DONE))
+            checked = self.gate.downloaded(record, self.journal.part(key)) if self.gate is not None else {}
+            self._change(record.but(status=ShardStatus.DONE, **checked))
         return False
 
     def _failed(self, task: _Task, key: ShardKey, record: ShardRecord, err: Exception) -> None:

@@ -45,7 +45,7 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
     with requests_to_send(settings) as to_send:
         with open_source(to_send or settings.source) as handle:
             empty = to_send is not None and not os.path.getsize(to_send)
-            plans = [] if empty else settings.plan(handle)
+            plans = [] if empty else settings.plan_first_round(handle)
         round_source = journal.root / "round-0.jsonl" if to_send else None
         state = journal.load()
         if state is not None and state.fingerprint == fingerprint(plans):

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.rounds import retry_predicate
@@ -86,6 +87,7 @@ class BatchSettings:
     max_bytes_per_file: int
     max_active_jobs: int
     wait_timeout: float | None
+    canary_requests: int = 0  # issue 22: round 0's shard 0 holds the first N requests (batch.canary)
 
     @classmethod
     def of(cls, task: Any, **given: Any) -> BatchSettings:
@@ -98,6 +100,10 @@ class BatchSettings:
     def plan(self, handle: Any) -> list[ShardPlan]:
         """Shards of the requests in ``handle`` within the per-file limits."""
         return plan_shards(handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file)
+
+    def plan_first_round(self, handle: Any) -> list[ShardPlan]:
+        """Round 0's shards: :meth:`plan`, with the canary (``canary_requests``) as shard 0."""
+        return split_first(handle, self.plan(handle), self.canary_requests)
 
     def new_deadline(self) -> float | None:
         """The absolute ``wait_timeout`` deadline of a wait that starts now (epoch seconds), or None."""

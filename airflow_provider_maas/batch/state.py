@@ -58,6 +58,10 @@ class ShardRecord:
     :param clear_round: ``max_tries`` of the try that sent the create (see ``create_guard.clear_round``).
     :param job_state: The job's last known state.
     :param error: Why the shard's last job failed (the service's message and code), if it did.
+    :param reserve_usd: The worst case of the job in flight, reserved against ``max_cost_usd``
+        (``batch.budget``); set with the "creating" marker.
+    :param cost_usd: What the shard's downloaded results report they cost (at ``prices``).
+    :param unsent: Never sent: the batch stopped creating jobs (budget or canary); FAILED.
     """
 
     key: ShardKey
@@ -69,6 +73,10 @@ class ShardRecord:
     clear_round: int | None = None
     job_state: str | None = None
     error: str | None = None
+    # Issue 22 (batch.budget): optional, absent from older state files.
+    reserve_usd: float | None = None
+    cost_usd: float | None = None
+    unsent: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"r": self.key.round, "i": self.key.index, "status": self.status.value}

@@ -254,6 +254,7 @@ class BatchApi:
             start_time=t.start,
             end_time=t.end,
             cancel=emulator.closing,
+            invalid_output_rate=cfg.invalid_output_rate,
         )
         size, crc = await asyncio.get_running_loop().run_in_executor(None, write_results, spec)
         generation = self._next_generation()
