@@ -41,6 +41,7 @@ UNIT_FILES = frozenset(
         "test_provider_info.py",
         "test_results.py",
         "test_storage.py",
+        "test_transient.py",
     }
 )
 SYSTEM_FILES = frozenset(

@@ -213,9 +213,10 @@ def create_job(
         except MaaSApiError as err:
             if isinstance(err, MaaSRateLimitError) or _never_sent(err):
                 raise
-            # Any 5xx (524, 520, 501...: a gateway may answer it after the service acted) is as
-            # uncertain as the retryable ones; only a 4xx refusal proves nothing was created.
-            if isinstance(err, MaaSRetryableError) or (err.status_code or 0) >= 500:
+            # Every retryable answer (any 5xx: 524, 520, 501... a gateway may answer it after the
+            # service acted; 408; client/retry.py's RETRYABLE_STATUS) is uncertain here; only a 4xx
+            # refusal proves nothing was created.
+            if isinstance(err, MaaSRetryableError):
                 raise uncertain(str(err)) from None
             raise
         try:

@@ -48,7 +48,7 @@ class MaaSHook(BaseHook):
     :param maas_conn_id: The Airflow connection: host = base URL, password = API key,
         extra ``endpoint`` = ENDPOINT id, optional extras ``timeout`` (seconds) and ``verify``.
     :param endpoint: ENDPOINT id overriding the connection's.
-    :param max_attempts: Attempts per HTTP call on 429, 408, 5xx, timeouts and connection errors
+    :param max_attempts: Attempts per HTTP call on 429, 408, any 5xx, timeouts and connection errors
         (sync and async alike: one :class:`~airflow_provider_maas.RetryPolicy`). Job creation is
         retried only when the service cannot have acted: see :meth:`create_batch_job`.
     :param retry_base_delay: First backoff delay in seconds (doubles each attempt, with jitter).

@@ -32,7 +32,7 @@ class MaaSBatchJobSensor(BaseSensorOperator):
     :param deferrable: Wait in the triggerer, freeing the worker slot.
     :param fail_on_partial: Fail on PARTIALLY_SUCCEEDED instead of warning.
     :param max_consecutive_poll_errors: Give up after this many failed polls in a row (each poll is
-        already retried by the hook; 429, 5xx, connection errors and timeouts count, a success
+        already retried by the hook; 408, 429, any 5xx, connection errors and timeouts count, a success
         resets the count), in deferrable and poke modes. Default 5 (the trigger's); raise it to
         ride out an outage of a few minutes (about ``poll_interval`` seconds per failed poll).
     :param maas_conn_id: The Airflow connection of type ``maas``.
