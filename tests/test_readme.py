@@ -584,6 +584,13 @@ def test_triggerer_figures_in_the_deploying_guide_are_the_benchmarks():
     assert _numbers(bullets) <= bench, f"docs/deploying.md quotes {_numbers(bullets) - bench} not in benchmarks"
 
 
+#: The README's size limit: the user's manual stays short, evidence lives in docs/ (issue 13 halved
+#: its 26 KB). Set with about 1 KB of room (issue 21: 13 bytes of headroom failed every branch that
+#: fixed a sentence); when a change reaches it, move detail to docs/ rather than raise it again.
+README_MAX_BYTES = 16_000
+
+
 def test_readme_stays_a_manual():
-    """The README is the user's manual; evidence lives in docs/ (issue 13: about half of 26 KB)."""
-    assert len(README.encode()) <= 14_500
+    """The README is the user's manual; evidence lives in docs/."""
+    size = len(README.encode())
+    assert size <= README_MAX_BYTES, f"README.md is {size} bytes, over {README_MAX_BYTES}: move detail to docs/"
