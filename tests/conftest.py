@@ -51,6 +51,7 @@ SYSTEM_FILES = frozenset(
         "test_crash_restart.py",
         "test_create_killed.py",
         "test_demo.py",
+        "test_quickstart.py",
     }
 )
 SYSTEM_DIRS = frozenset({"browser", "distributed"})

@@ -92,6 +92,8 @@ def _bash_kind(body: str) -> str | None:
         "export AIRFLOW_CONN_MAAS_DEFAULT": "env",
         "airflow connections add": "cli",
         "maas-emulator": "emulator",
+        "export AIRFLOW_HOME=": "quickstart-setup",  # docs/quickstart.md: run by tests/test_quickstart.py
+        "airflow dags test maas_quickstart": "quickstart-run",
     }
     return next((kind for start, kind in kinds.items() if body.startswith(start)), None)
 
