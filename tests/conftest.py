@@ -39,6 +39,7 @@ UNIT_FILES = frozenset(
         "test_jsonl.py",
         "test_merge.py",
         "test_provider_info.py",
+        "test_public_surface.py",
         "test_results.py",
         "test_storage.py",
         "test_transient.py",
