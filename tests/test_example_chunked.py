@@ -14,13 +14,13 @@ from tests.helpers import assert_in_input_order, write_requests
 from tests.test_example_dags import _assert_no_key, _load_dag, _only
 
 REQUESTS = 250
-CHUNK_SIZE = 120  # chunks of 120, 120 and 10 requests; shards of at most 100: 2 + 2 + 1 jobs
+REQUESTS_PER_CHUNK = 120  # chunks of 120, 120 and 10 requests; shards of at most 100: 2 + 2 + 1 jobs
 
 
 def test_chunked_example_merges_every_chunk_in_input_order(emulator_factory, tmp_path, monkeypatch, capsys):
     emu = emulator_factory(job_duration=0.5, shuffle_results=True, normalise_requests=True)
     requests = write_requests(tmp_path / "requests.jsonl", REQUESTS)
-    monkeypatch.setenv("MAAS_EXAMPLE_CHUNK_SIZE", str(CHUNK_SIZE))
+    monkeypatch.setenv("MAAS_EXAMPLE_REQUESTS_PER_CHUNK", str(REQUESTS_PER_CHUNK))
     dag = _load_dag("example_maas_batch_chunked", monkeypatch, tmp_path / "out")
     run = dag.test(run_conf={"source": str(requests)})
     assert run.state == "success"

@@ -1,7 +1,8 @@
 """HTTP plumbing of :class:`~airflow_provider_maas.hooks.maas.MaaSHook`: sessions, retries, streaming.
 
 Imported lazily by the hook so that parsing a DAG never pays for ``requests``/``aiohttp``.
-URLs, headers, error mapping and the backoff policy come from :mod:`airflow_provider_maas.client.config`,
+URLs and headers come from :mod:`airflow_provider_maas.client.config`, error mapping from
+:mod:`airflow_provider_maas.client.errors` and the retry policy from :mod:`airflow_provider_maas.client.retry`,
 shared by the sync and async paths.
 """
 

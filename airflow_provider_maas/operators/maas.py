@@ -23,6 +23,7 @@ from airflow_provider_maas.batch.merge import (
     summarise_results,
 )
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, iter_request_lines
+from airflow_provider_maas.batch.settings import check_limits
 from airflow_provider_maas.batch.shards import validate_file, write_shards
 from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.client.naming import display_name, upload_name
@@ -285,6 +286,9 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         self.max_requests_per_file = max_requests_per_file
         self.max_bytes_per_file = max_bytes_per_file
         self.for_upload = for_upload
+        if for_upload:  # refused where the DAG is parsed, as the batch operator's
+            upload_bytes = MAX_BYTES_PER_FILE if max_bytes_per_file is None else max_bytes_per_file
+            check_limits({"max_requests_per_file": max_requests_per_file, "max_bytes_per_file": upload_bytes})
 
     def execute(self, context: Context) -> list[str]:
         if self.for_upload:

@@ -12,6 +12,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.client.states import JobOutcome, Outcome, job_outcome, log_state_change
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError, MaaSRetryableError
+from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.triggers.events import job_event
 
@@ -196,7 +197,7 @@ class MaaSBatchJobTrigger(_PollingTrigger):
     def __init__(
         self,
         job_name: str,
-        maas_conn_id: str = "maas_default",
+        maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,
         poll_interval: float = 60.0,
         end_time: float | None = None,
@@ -294,7 +295,7 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
     def __init__(
         self,
         job_names: list[str],
-        maas_conn_id: str = "maas_default",
+        maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,
         poll_interval: float = 60.0,
         end_time: float | None = None,
