@@ -34,7 +34,7 @@ from airflow_provider_maas.operators.maas import (
 REQUESTS = Path(__file__).parent / "data" / "example_requests.jsonl"  # pass your own: {"source": "s3://..."}
 OUTPUT = os.environ.get("MAAS_EXAMPLE_OUTPUT", "/tmp/maas-example")
 RUN_DIR = OUTPUT + "/{{ dag.dag_id }}/{{ run_id }}"
-REQUESTS_PER_CHUNK = int(os.environ.get("MAAS_EXAMPLE_CHUNK_SIZE", 10_000))
+REQUESTS_PER_CHUNK = int(os.environ.get("MAAS_EXAMPLE_REQUESTS_PER_CHUNK", 10_000))
 
 
 with DAG(
