@@ -74,7 +74,7 @@ class MaaSResultsGoneError(MaaSNotFoundError):
 
 
 class MaaSRetryableError(MaaSApiError):
-    """A transient failure (429, 5xx, connection error, timeout) that is worth retrying."""
+    """A transient failure (408, 429, any 5xx, connection error, timeout) that is worth retrying."""
 
 
 class MaaSRateLimitError(MaaSRetryableError):

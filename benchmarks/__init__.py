@@ -14,6 +14,7 @@ from __future__ import annotations
 FIGURE_MODULES = (
     "benchmarks.emulator_ceiling",
     "benchmarks.triggerer_fanin",
+    "benchmarks.poll_bound",
     "benchmarks.download",
     "benchmarks.upload",
     "benchmarks.split_validate",

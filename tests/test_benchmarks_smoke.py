@@ -14,6 +14,7 @@ from tests.conftest import ROOT
 FIGURES = (
     "emulator-ceiling",
     "triggerer-fanin",
+    "poll-bound",
     "download",
     "upload",
     "split-validate",

@@ -42,7 +42,7 @@ def check_limits(values: Mapping[str, Any]) -> None:
     """Refuse a setting of :data:`LIMITS` in ``values`` that is not an integer within its bounds."""
     for name, (low, high) in LIMITS.items():
         value = values.get(name, low)
-        if not isinstance(value, int) or value < low or (high is not None and value > high):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"an integer >= {low}"
             raise MaaSInputError(f"{name} must be {bounds}, got {value!r}")
 

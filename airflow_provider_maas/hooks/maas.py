@@ -25,7 +25,7 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
     MaaSTimeoutError,
 )
-from airflow_provider_maas.hooks.connection import CONN_FIELDS, UI_FIELD_BEHAVIOUR
+from airflow_provider_maas.hooks.connection import CONN_FIELDS, DEFAULT_CONN_ID, UI_FIELD_BEHAVIOUR
 from airflow_provider_maas.storage import open_source, to_path
 
 if TYPE_CHECKING:
@@ -48,14 +48,14 @@ class MaaSHook(BaseHook):
     :param maas_conn_id: The Airflow connection: host = base URL, password = API key,
         extra ``endpoint`` = ENDPOINT id, optional extras ``timeout`` (seconds) and ``verify``.
     :param endpoint: ENDPOINT id overriding the connection's.
-    :param max_attempts: Attempts per HTTP call on 429, 408, 5xx, timeouts and connection errors
-        (sync and async alike: one :class:`~airflow_provider_maas.RetryPolicy`). Job creation is
+    :param max_attempts: Attempts per HTTP call on 429, 408, any 5xx, timeouts and connection errors
+        (sync and async alike: one :class:`~airflow_provider_maas.client.retry.RetryPolicy`). Job creation is
         retried only when the service cannot have acted: see :meth:`create_batch_job`.
     :param retry_base_delay: First backoff delay in seconds (doubles each attempt, with jitter).
     """
 
     conn_name_attr = "maas_conn_id"
-    default_conn_name = "maas_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "maas"
     hook_name = "MaaS Gemini Batch"
 

@@ -25,6 +25,7 @@ from airflow_provider_maas.batch.settings import LIMITS, BatchSettings, check_li
 from airflow_provider_maas.batch.summary import check_outcome, write_outputs
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
+from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary
 from airflow_provider_maas.operators._cost import CostControl
 from airflow_provider_maas.storage import check_destination, to_path, uri_of
@@ -145,7 +146,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         max_bytes_per_file: int = MAX_BYTES_PER_FILE,
         max_parallel_transfers: int = 16,
         max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
-        maas_conn_id: str = "maas_default",
+        maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,
         reuse_results: Any = None,
         deduplicate: bool = True,
@@ -302,6 +303,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
                 end_time=deadline,
                 max_consecutive_errors=self.max_consecutive_poll_errors,
                 fire_after=fire_after,
+                max_parallel_polls=self.max_parallel_transfers,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(1.0, deadline - time.time()) + 60) if deadline else None,
