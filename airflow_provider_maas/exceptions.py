@@ -123,3 +123,26 @@ class MaaSIntegrityError(MaaSError):
     """Transferred bytes did not match the size or checksum the service reported, or a results file
     is not what the service writes (a line that is not a JSON object, image data that is not base64):
     the message then names the file and the line."""
+
+
+class MaaSStateError(MaaSError, AirflowFailException):
+    """The batch operator's record of paid work (its state beside the destination, or the pointer to
+    it in ``task_state_store``) is missing, damaged, of another format version, shared with another
+    task instance, or taken over by another live try.
+
+    The API has no list call, so this record is the only proof of which jobs were paid for: the task
+    creates nothing and fails without Airflow retries. The message names the state's location, what
+    is wrong, every job name still known, and the way on (``start_over=True`` and a clear).
+
+    :param job_names: Job names still known from any surviving source.
+    """
+
+    def __init__(self, message: str, *, job_names: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.job_names = list(job_names or [])
+
+
+class MaaSStateWriteError(MaaSError):
+    """Writing the batch state failed (read-only filesystem, disk full, object store error) after the
+    names of the jobs just created were saved in ``task_state_store``: an automatic retry reattaches
+    to them, so this one keeps Airflow's retries."""

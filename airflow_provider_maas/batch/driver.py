@@ -18,6 +18,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_c
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from airflow_provider_maas.batch.ownership import check_lease
+from airflow_provider_maas.batch.recovery import unrecorded_error
 from airflow_provider_maas.batch.shards import ShardPlan, copy_shard
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.client.failures import proves_not_created
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: ``names(key, plan) -> (upload file name, job display name)`` of a shard.
 ShardNames = Callable[[ShardKey, ShardPlan], "tuple[str, str]"]
+#: ``save(jobs) -> kept``: keeps (shard, job name) pairs a failed journal write did not store.
+SaveJobNames = Callable[["list[tuple[ShardKey, str]]"], bool]
 
 
 class JobService(Protocol):
@@ -65,6 +69,8 @@ class BatchDriver:
     :param clear_round: ``max_tries`` of this try, stored in each "creating" marker.
     :param max_consecutive_poll_errors: Failed polls of one job in a row tolerated (each already
         retried by the hook) before the task fails.
+    :param save_job_names: The second record of job names: called with the jobs a failed journal
+        write did not store; True if they were kept where the next try finds them.
     """
 
     def __init__(
@@ -80,6 +86,7 @@ class BatchDriver:
         shard_retries: int,
         clear_round: int | None,
         max_consecutive_poll_errors: int,
+        save_job_names: SaveJobNames | None = None,
     ) -> None:
         self.hook = hook
         self.journal = journal
@@ -90,6 +97,7 @@ class BatchDriver:
         self.shard_retries = shard_retries
         self.clear_round = clear_round
         self.max_poll_errors = max_consecutive_poll_errors
+        self.save_job_names = save_job_names
         self.rate_limited = False
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_transfers, thread_name_prefix="maas-batch")
         self._futures: dict[Future[Any], tuple[_Task, ShardKey]] = {}
@@ -117,7 +125,12 @@ class BatchDriver:
         for future, task, key in finished:
             if not future.cancelled():
                 self._finished(task, key, future)
-        self._flush()
+        try:
+            self._flush()
+        except MaaSError:
+            if exc[0] is None:
+                raise
+            log.exception("Recording the last answers failed too (the first error is raised)")
 
     # What is running -------------------------------------------------------------------------
     def running_jobs(self) -> list[str]:
@@ -203,6 +216,8 @@ class BatchDriver:
         to_create = self._fill()
         while True:
             self._flush()  # the "creating" markers are stored before the creates are sent
+            if to_create:
+                check_lease(self.journal)  # after the markers: a try that took the state over sees them
             for key in to_create:
                 record = self.state.shards[key]
                 self._submit(_Task.CREATE, key, self.hook.create_batch_job, record.file_name, record.display_name)
@@ -284,9 +299,13 @@ class BatchDriver:
         self._changes.append(record)
 
     def _flush(self) -> None:
-        if self._changes:
-            self.journal.append(self.state, self._changes)
-            self._changes = []
+        if not self._changes:
+            return
+        changes, self._changes = self._changes, []
+        try:
+            self.journal.append(self.state, changes)
+        except Exception as err:
+            raise unrecorded_error(self.journal, changes, err, self.save_job_names) from err
 
     def _upload(self, key: ShardKey) -> tuple[str, str]:
         plan = self.state.plan(key)
