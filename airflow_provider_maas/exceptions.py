@@ -69,6 +69,12 @@ class MaaSNotFoundError(MaaSApiError):
     """The job, file or results do not exist (404), or no longer exist (410, kept 7 days)."""
 
 
+class MaaSJobGoneError(MaaSNotFoundError, AirflowFailException):
+    """A job the batch state records answers 404 on every poll: the service no longer knows it. An
+    automatic retry would see the same, so it is not retried; clearing the task submits its shard
+    again (a person's choice: it is paid again)."""
+
+
 class MaaSResultsGoneError(MaaSNotFoundError):
     """The job's results are gone (410: the service keeps them 7 days). Treat the job like a failed one."""
 

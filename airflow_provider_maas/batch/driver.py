@@ -26,6 +26,7 @@ from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.client.states import RESULTS_NOT_FOUND_TRIES, JobOutcome, job_outcome
 from airflow_provider_maas.exceptions import (
     MaaSError,
+    MaaSJobGoneError,
     MaaSNotFoundError,
     MaaSRateLimitError,
     MaaSResultsGoneError,
@@ -159,6 +160,10 @@ class BatchDriver:
             name = futures[future]
             try:
                 job = future.result()
+            except MaaSNotFoundError as err:
+                if self._gone(name, err):
+                    continue
+                raise
             except MaaSRetryableError as err:
                 errors = self._poll_errors[name] = self._poll_errors.get(name, 0) + 1
                 if errors >= self.max_poll_errors:
@@ -174,6 +179,36 @@ class BatchDriver:
             if outcome.ended:
                 ended.append(outcome)
         return ended
+
+    def _gone(self, name: str, err: MaaSNotFoundError) -> bool:
+        """A poll of job ``name`` answered 404/410: True if that is handled (a glitch polled again, or
+        after a person's clear, the shard submitted again); else raise :class:`MaaSJobGoneError`."""
+        record = self.state.by_job().get(name)
+        if record is None:
+            return True
+        count = self._not_found[record.key] = self._not_found.get(record.key, 0) + 1
+        if count < RESULTS_NOT_FOUND_TRIES:
+            log.warning("Job %s: not found (%s, %d of %d); polled again", name, err, count, RESULTS_NOT_FOUND_TRIES)
+            return True
+        self._not_found.pop(record.key, None)
+        if record.clear_round is not None and self.clear_round is not None and record.clear_round != self.clear_round:
+            log.warning(
+                "Shard %s: job %s is gone from the service (%s); the task was cleared since: submitting it again",
+                record.key,
+                name,
+                err,
+            )
+            self._busy.discard(record.key)
+            self._retry_or_fail(record, f"job {name} is gone from the service ({err.status_code})")
+            self._flush()
+            return True
+        raise MaaSJobGoneError(
+            f"Job {name} (shard {record.key}) answers {err.status_code} on {count} polls in a row: the service no "
+            f"longer knows it, and its results cannot be fetched. An automatic retry would see the same. To submit "
+            f"its shard again (paid again), clear the task: after a clear, jobs that answer 404 are replaced (up to "
+            f"shard_retries={self.shard_retries} times). Batch state: {self.journal.uri}",
+            status_code=err.status_code,
+        ) from err
 
     def handle(self, outcomes: Iterable[JobOutcome]) -> None:
         """Record jobs that ended: download their results, or submit the shard again / give it up."""

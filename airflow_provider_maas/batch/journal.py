@@ -287,6 +287,7 @@ class BatchJournal:
         if not parts:
             return False
         target = self.root / _KEPT / f"{len(self._children(self.root / _KEPT)):04d}"
+        target.mkdir(parents=True, exist_ok=True)
         for path in parts:
             path.fs.mv(str(path.path), str((target / path.name).path))
         return True

@@ -17,6 +17,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.create_guard import (
+    NOT_RECORDED,
     clear_round,
     cleared_since,
     creating_marker,
@@ -186,7 +187,9 @@ def take_over(context: Any, journal: BatchJournal, state: BatchState, settings: 
         marker = creating_marker(
             file_name=record.file_name, display_name=record.display_name, round_=record.clear_round
         )
-        refuse_uncertain_create(marker, context, what=f"shard {record.key} (file {record.file_name!r}){others}")
+        refuse_uncertain_create(
+            marker, context, what=f"shard {record.key} (file {record.file_name!r}){others}", unknown=NOT_RECORDED
+        )
         changes.append(record.but(status=ShardStatus.PENDING))
     if cleared:
         log.info("The task was cleared since the last try: failed shards are submitted again")
