@@ -12,6 +12,8 @@ import contextlib
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 
 import pytest
@@ -31,7 +33,14 @@ from airflow_provider_maas.exceptions import (
 from airflow_provider_maas.hooks.maas import MaaSHook
 from tests.compat import TaskDeferred
 from tests.conftest import ROOT
-from tests.helpers import FakeStateStore, assert_in_input_order, batch_operator, make_context, write_requests
+from tests.helpers import (
+    FakeStateStore,
+    FileStateStore,
+    assert_in_input_order,
+    batch_operator,
+    make_context,
+    write_requests,
+)
 
 FIXTURES = ROOT / "tests" / "fixtures"
 
@@ -381,3 +390,36 @@ def test_12_a_full_temporary_disk_under_reuse_results_says_where_and_what_to_do(
     assert full.value.errno == 28 and "database or disk is full" in message
     assert "maas-answers-" in message and "TMPDIR" in message
     assert emulator.emulator.jobs_created == 1  # the earlier run only
+
+
+# 4 ------------------------------------------------------------------------------------------------
+def test_4_two_live_tries_in_two_processes_only_one_creates(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=1.5)
+    shards = 10
+    source, dest = write_requests(tmp_path / "r.jsonl", shards), tmp_path / "res.jsonl"
+    store = tmp_path / "store.json"
+    settings = ["max_requests_per_file=1", "max_active_jobs=2"]
+
+    def start(name: str) -> subprocess.Popen:
+        args = [str(source), str(dest), str(store), str(tmp_path / f"{name}.json"), *settings]
+        return subprocess.Popen([sys.executable, str(ROOT / "tests" / "state_try.py"), *args], cwd=ROOT)
+
+    first = start("first")  # a try the scheduler will call a zombie: it keeps running
+    deadline = time.monotonic() + 60
+    while handle.emulator.jobs_created < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = start("second")  # its retry (or 'airflow tasks test' on the live run)
+    assert first.wait(120) == 0 and second.wait(120) == 0
+    outcomes = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("first", "second")}
+    assert "Another try of this task instance took over" in outcomes["first"]["message"], outcomes
+    assert handle.emulator.jobs_created <= shards, outcomes
+
+    if outcomes["second"]["outcome"] != "success":  # it found the first try's create in flight
+        assert outcomes["second"]["outcome"] == "MaaSJobCreationUncertainError", outcomes
+        context = _try(FileStateStore(store))  # the next automatic retry reattaches to what was kept
+        try:
+            batch_operator(source, dest, max_requests_per_file=1, max_active_jobs=2).execute(context)
+        except MaaSJobCreationUncertainError:  # a marker whose create was never sent: a person clears
+            batch_operator(source, dest, max_requests_per_file=1).execute(_try(FileStateStore(store), max_tries=3))
+    assert handle.emulator.jobs_created == shards  # one job per shard, whoever created it
+    assert_in_input_order(source, dest)
