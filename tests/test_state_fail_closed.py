@@ -355,8 +355,16 @@ def test_11_a_retry_after_wait_timeout_polls_before_judging_the_deadline(emulato
             "0000000001.jsonl line 1 is not valid JSON",
         ),
         (
-            lambda root: (root / "journal" / "0000000001.jsonl").write_bytes(b'{"r":0,"i":99,"status":"done"}\n'),
+            lambda root: (root / "journal" / "0000000001.jsonl").write_bytes(
+                b'{"r":0,"i":99,"status":"done"}\n{"end":1}\n'
+            ),
             "0000000001.jsonl record 1 is not a shard record",
+        ),
+        (  # cut at a line boundary: still valid JSON lines, told by the missing seal
+            lambda root: (root / "journal" / "0000000002.jsonl").write_bytes(
+                (root / "journal" / "0000000002.jsonl").read_bytes().splitlines(keepends=True)[0]
+            ),
+            "0000000002.jsonl does not end with its seal",
         ),
     ],
 )
@@ -423,3 +431,119 @@ def test_4_two_live_tries_in_two_processes_only_one_creates(emulator_factory, tm
             batch_operator(source, dest, max_requests_per_file=1).execute(_try(FileStateStore(store), max_tries=3))
     assert handle.emulator.jobs_created == shards  # one job per shard, whoever created it
     assert_in_input_order(source, dest)
+
+
+# The state-chaos test ------------------------------------------------------------------------------
+class Chaos:
+    """Damages the batch state at scheduled points: ``writes[(try, n)]`` acts just before the n-th state
+    write of that try, ``kill_at_sleep[try]`` kills the try at its n-th wait between polls (no transfer
+    in flight). Damage is backed up, so a person can repair it after the task stopped on it."""
+
+    def __init__(self, writes: dict, kill_at_sleep: dict, between: dict) -> None:
+        self.writes, self.kill_at_sleep, self.between = writes, kill_at_sleep, between
+        self.try_number = self.write_count = self.sleep_count = 0
+        self.backups: list[tuple] = []
+
+    def next_try(self, root) -> None:
+        self.try_number += 1
+        self.write_count = self.sleep_count = 0
+        action = self.between.get(self.try_number)
+        if action and root.exists():
+            self._damage(action, root, middle=True)
+
+    def repair(self) -> None:
+        for path, data in self.backups:
+            path.write_bytes(data)
+        self.backups.clear()
+
+    def before_write(self, journal) -> None:
+        self.write_count += 1
+        action = self.writes.get((self.try_number, self.write_count))
+        if action == "unwritable":
+            raise OSError(30, "Read-only file system")
+        if action:
+            self._damage(action, _local(journal.root), middle=False)
+
+    def _damage(self, action: str, root, *, middle: bool) -> None:
+        objects = sorted(p for p in (root / "journal").glob("*.jsonl") if not p.name.startswith("."))
+        # Between tries, the object before the latest (a deleted latest one leaves no trace) or the manifest
+        target = objects[-2] if middle and len(objects) > 1 else objects[-1] if not middle else root / "manifest.json"
+        data = target.read_bytes()
+        self.backups.append((target, data))
+        if action == "delete":
+            target.unlink()
+        elif action == "truncate":
+            target.write_bytes(data[: len(data) // 2])
+        else:  # duplicate: a copy under the next number, as a retried upload may leave
+            self.backups.pop()
+            if target.parent.name == "journal":
+                (target.parent / f"{int(objects[-1].stem) + 1:010d}.jsonl").write_bytes(objects[-1].read_bytes())
+
+    def sleep(self, seconds: float) -> None:
+        self.sleep_count += 1
+        if self.kill_at_sleep.get(self.try_number) == self.sleep_count:
+            raise SystemExit(f"try {self.try_number} killed while waiting")
+        time.sleep(seconds)
+
+
+def _local(path):
+    from pathlib import Path
+
+    return Path(str(path.path))
+
+
+CHAOS_SCHEDULE = {
+    # during a try: just before its n-th state write
+    "writes": {(1, 3): "unwritable", (2, 2): "truncate", (6, 3): "delete", (7, 4): "unwritable"},
+    # during a try: killed at its n-th wait between polls
+    "kill_at_sleep": {2: 2, 4: 2, 6: 3},
+    # between tries
+    "between": {3: "truncate", 5: "delete", 6: "duplicate", 8: "truncate"},
+}
+
+
+def test_state_chaos_never_pays_twice_and_loses_no_answer(emulator_factory, tmp_path, monkeypatch):
+    import types
+
+    from airflow_provider_maas.batch import journal as journal_module
+    from airflow_provider_maas.operators import _batch
+
+    handle = emulator_factory(job_duration=0.4)
+    shards = 12
+    source, dest = write_requests(tmp_path / "r.jsonl", shards), tmp_path / "res.jsonl"
+    store, chaos = FakeStateStore(), Chaos(**CHAOS_SCHEDULE)
+    monkeypatch.setattr(journal_module, "COMPACT_AFTER", 3)  # snapshots and compaction happen too
+    write = journal_module.BatchJournal._write
+
+    def damaged_write(self, path, data):
+        chaos.before_write(self)
+        write(self, path, data)
+
+    monkeypatch.setattr(journal_module.BatchJournal, "_write", damaged_write)
+    monkeypatch.setattr(_batch, "time", types.SimpleNamespace(time=time.time, sleep=chaos.sleep))
+    parts_seen: set[str] = set()
+    outcomes = []
+    for _ in range(12):
+        chaos.next_try(_state_dir(dest))
+        before = handle.emulator.jobs_created
+        try:
+            op = batch_operator(source, dest, max_requests_per_file=1, max_active_jobs=4, request_retries=0)
+            op.execute(_try(store))
+            outcomes.append("success")
+            break
+        except MaaSStateError as err:  # fail closed: nothing created by this try
+            outcomes.append("refused")
+            assert handle.emulator.jobs_created == before, err
+            chaos.repair()  # a person restores the damaged object from a backup
+        except (MaaSStateWriteError, SystemExit) as err:  # retried automatically
+            outcomes.append(type(err).__name__)
+        assert handle.emulator.jobs_created <= shards  # never paid twice, whatever happened
+        state_dir = _state_dir(dest)
+        for folder in ("parts", "kept"):
+            parts_seen |= {p.name for p in (state_dir / folder).rglob("*.jsonl")} if state_dir.exists() else set()
+    assert outcomes[-1] == "success" and outcomes.count("refused") >= 2, outcomes
+    print("chaos outcomes:", outcomes)
+    assert handle.emulator.jobs_created == shards
+    assert parts_seen  # answers were downloaded along the way; every one of them is in the results
+    records = assert_in_input_order(source, dest)
+    assert all(record.succeeded for record in records)

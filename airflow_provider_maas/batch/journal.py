@@ -57,6 +57,12 @@ class StateDamaged(Exception):
         self.problem = problem
 
 
+def _with_seal(lines: list[bytes]) -> bytes:
+    """An object's lines and its seal, ``{"end": <lines before>}``: a copy cut at a line boundary
+    (which is still valid JSON lines) is told from a whole one."""
+    return b"\n".join([*lines, _dumps({"end": len(lines)})]) + b"\n"
+
+
 def _read_json_lines(path: ObjectStoragePath) -> list[dict[str, Any]]:
     """The JSON objects of ``path``, one per line; :class:`StateDamaged` naming the file and the
     line if it cannot be read or a line is not a JSON object (truncated, overwritten)."""
@@ -96,6 +102,7 @@ class BatchJournal:
         self._since_snapshot = 0
         #: This try's lease (:mod:`~airflow_provider_maas.batch.ownership`), checked before each write.
         self.lease: dict[str, Any] | None = None
+        self._sealed = True
 
     @classmethod
     def for_task(cls, destination: Any, context: Any) -> BatchJournal:
@@ -138,6 +145,7 @@ class BatchJournal:
                 f"{uri_of(manifest_path)} holds {len(lines)} JSON objects, not one (empty or overwritten)"
             )
         manifest = lines[0]
+        self._sealed = bool(manifest.get("sealed"))  # states written before issue 19 have no seals
         version = manifest.get("version")
         if version != STATE_VERSION:
             raise StateDamaged(
@@ -191,9 +199,13 @@ class BatchJournal:
                                 names[value["job_name"]] = None
         return list(names)
 
-    @staticmethod
-    def _replay(state: BatchState, path: ObjectStoragePath) -> None:
-        for number, line in enumerate(_read_json_lines(path), 1):
+    def _replay(self, state: BatchState, path: ObjectStoragePath) -> None:
+        lines = _read_json_lines(path)
+        if self._sealed:
+            if not lines or lines[-1] != {"end": len(lines) - 1}:
+                raise StateDamaged(f"{uri_of(path)} does not end with its seal: truncated or overwritten")
+            lines.pop()
+        for number, line in enumerate(lines, 1):
             try:
                 if "meta" in line:
                     state.apply_meta(line["meta"])
@@ -239,6 +251,7 @@ class BatchJournal:
             "fingerprint": state.fingerprint,
             "identity": state.identity,
             "rounds": [r.to_json() for r in state.rounds],
+            "sealed": 1,  # every journal object and snapshot ends with {"end": <lines before>}
         }
         if state.input_key is not None:
             manifest["input"] = state.input_key
@@ -255,7 +268,7 @@ class BatchJournal:
         lines = [_dumps(record.to_json()) for record in records]
         if meta:
             lines.append(_dumps({"meta": state.meta()}))
-        self._write(self.root / "journal" / f"{self.seq + 1:010d}.jsonl", b"\n".join(lines) + b"\n")
+        self._write(self.root / "journal" / f"{self.seq + 1:010d}.jsonl", _with_seal(lines))
         self.seq += 1  # only once stored: a failed write leaves no gap for the next one
         self._since_snapshot += 1
         if self._since_snapshot >= max(COMPACT_AFTER, len(state.shards) // 10):
@@ -271,7 +284,7 @@ class BatchJournal:
         """Write a snapshot of the whole state, then drop the journal objects it covers."""
         lines = [_dumps({"meta": state.meta()})]
         lines.extend(_dumps(r.to_json()) for r in state.shards.values() if r != ShardRecord(r.key))
-        self._write(self.root / f"{_SNAPSHOT}{self.seq:010d}.json", b"\n".join(lines) + b"\n")
+        self._write(self.root / f"{_SNAPSHOT}{self.seq:010d}.json", _with_seal(lines))
         for seq, path in self._numbered(self.root / "journal", "", ".jsonl"):
             if seq <= self.seq:
                 path.unlink()
