@@ -19,18 +19,17 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_maas.batch.ownership import check_lease
+from airflow_provider_maas.batch.polling import JobWatch
 from airflow_provider_maas.batch.recovery import unrecorded_error
 from airflow_provider_maas.batch.shards import ShardPlan, copy_shard
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.client.failures import proves_not_created
-from airflow_provider_maas.client.states import RESULTS_NOT_FOUND_TRIES, JobOutcome, job_outcome
+from airflow_provider_maas.client.states import RESULTS_NOT_FOUND_TRIES, JobOutcome
 from airflow_provider_maas.exceptions import (
     MaaSError,
-    MaaSJobGoneError,
     MaaSNotFoundError,
     MaaSRateLimitError,
     MaaSResultsGoneError,
-    MaaSRetryableError,
 )
 from airflow_provider_maas.storage import CHUNK_SIZE, open_source
 
@@ -62,7 +61,7 @@ class _Task(str, Enum):
     DOWNLOAD = "download"
 
 
-class BatchDriver:
+class BatchDriver(JobWatch):
     """Moves the shards of ``state`` forward; use as a context manager (it owns the thread pool).
 
     :param source: The operator's ``source`` (the requests of round 0).
@@ -134,82 +133,11 @@ class BatchDriver:
             log.exception("Recording the last answers failed too (the first error is raised)")
 
     # What is running -------------------------------------------------------------------------
-    def running_jobs(self) -> list[str]:
-        """Jobs not seen ended yet."""
-        return [name for name, r in self.state.by_job().items() if r.key not in self._downloading]
-
-    def mark_seen(self, job_names: Iterable[str]) -> None:
-        """Note that these jobs were seen still running just now (e.g. by the trigger)."""
-        self._seen.update(dict.fromkeys(job_names, time.monotonic()))
-
-    def stale_jobs(self, age: float) -> list[str]:
-        """Running jobs not seen running in the last ``age`` seconds (they may have ended since)."""
-        now = time.monotonic()
-        return [name for name in self.running_jobs() if now - self._seen.get(name, float("-inf")) >= age]
-
     def enqueue(self, keys: Iterable[ShardKey]) -> None:
         """Queue new PENDING shards (e.g. of a retry round just added to the state)."""
         self._pending.extend(sorted(keys))
 
     # Steps -----------------------------------------------------------------------------------
-    def poll(self, job_names: list[str]) -> list[JobOutcome]:
-        """Poll these jobs once, in the pool; return the outcomes of those that ended."""
-        futures = {self._pool.submit(self.hook.get_batch_job, name): name for name in job_names}
-        ended = []
-        for future in as_completed(futures):
-            name = futures[future]
-            try:
-                job = future.result()
-            except MaaSNotFoundError as err:
-                if self._gone(name, err):
-                    continue
-                raise
-            except MaaSRetryableError as err:
-                errors = self._poll_errors[name] = self._poll_errors.get(name, 0) + 1
-                if errors >= self.max_poll_errors:
-                    raise MaaSError(f"Polling job {name} failed {errors} times in a row: {err}") from err
-                log.warning("Polling job %s failed (%d in a row): %s", name, errors, err)
-                continue
-            self._poll_errors.pop(name, None)
-            outcome = job_outcome(job, name)
-            if self._last_state.get(name) != outcome.state:
-                log.info("Job %s is %s", name, outcome.state)
-                self._last_state[name] = outcome.state
-            self._seen[name] = time.monotonic()
-            if outcome.ended:
-                ended.append(outcome)
-        return ended
-
-    def _gone(self, name: str, err: MaaSNotFoundError) -> bool:
-        """A poll of job ``name`` answered 404/410: True if that is handled (a glitch polled again, or
-        after a person's clear, the shard submitted again); else raise :class:`MaaSJobGoneError`."""
-        record = self.state.by_job().get(name)
-        if record is None:
-            return True
-        count = self._not_found[record.key] = self._not_found.get(record.key, 0) + 1
-        if count < RESULTS_NOT_FOUND_TRIES:
-            log.warning("Job %s: not found (%s, %d of %d); polled again", name, err, count, RESULTS_NOT_FOUND_TRIES)
-            return True
-        self._not_found.pop(record.key, None)
-        if record.clear_round is not None and self.clear_round is not None and record.clear_round != self.clear_round:
-            log.warning(
-                "Shard %s: job %s is gone from the service (%s); the task was cleared since: submitting it again",
-                record.key,
-                name,
-                err,
-            )
-            self._busy.discard(record.key)
-            self._retry_or_fail(record, f"job {name} is gone from the service ({err.status_code})")
-            self._flush()
-            return True
-        raise MaaSJobGoneError(
-            f"Job {name} (shard {record.key}) answers {err.status_code} on {count} polls in a row: the service no "
-            f"longer knows it, and its results cannot be fetched. An automatic retry would see the same. To submit "
-            f"its shard again (paid again), clear the task: after a clear, jobs that answer 404 are replaced (up to "
-            f"shard_retries={self.shard_retries} times). Batch state: {self.journal.uri}",
-            status_code=err.status_code,
-        ) from err
-
     def handle(self, outcomes: Iterable[JobOutcome]) -> None:
         """Record jobs that ended: download their results, or submit the shard again / give it up."""
         by_job = self.state.by_job()

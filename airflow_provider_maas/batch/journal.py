@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch import ownership
 from airflow_provider_maas.batch.state import STATE_VERSION, BatchState, Round, ShardKey, ShardRecord
 from airflow_provider_maas.client.naming import task_identity
+from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.storage import atomic_writer, to_path, uri_of
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-class StateDamaged(Exception):
+class StateDamaged(MaaSError):
     """The stored state is not whole: ``problem`` says what is wrong with which object."""
 
     def __init__(self, problem: str) -> None:

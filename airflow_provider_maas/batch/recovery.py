@@ -45,7 +45,7 @@ WAY_ON = (
     "To start over anyway (a person's choice: the jobs named here are abandoned, keep running on the "
     "service and are billed; answers already downloaded are kept and reused), set start_over=True on "
     "the task (templated, e.g. start_over=\"{{ params.get('start_over', False) }}\") and clear it; "
-    "set it back afterwards. See 'When the batch state is damaged' in docs/reliability.md."
+    "set it back afterwards. See 'Damaged state' in docs/reliability.md."
 )
 
 

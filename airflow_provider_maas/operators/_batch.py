@@ -152,7 +152,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         request_retries: int = 1,
         retry_failures: list[str] | Callable[[str], bool] | None = None,
         prices: dict[str, float] | None = None,
-        start_over: bool | str = False,
+        start_over: str | bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(maas_conn_id=maas_conn_id, endpoint=endpoint, **kwargs)
