@@ -140,6 +140,14 @@ def test_3_state_written_by_todays_version_is_read_by_this_one(tmp_path):
     assert state.shards[ShardKey(0, 0)].status is ShardStatus.DONE
     assert state.by_job() == {"100000000000000002": state.shards[ShardKey(0, 1)]}
     assert state.shards[ShardKey(0, 2)].status is ShardStatus.CREATING
+    journal = BatchJournal(_path(root))  # this version goes on writing it, and reads it back
+    state = journal.load()
+    done = state.shards[ShardKey(0, 1)].but(status=ShardStatus.DONE)
+    state.apply(done)
+    journal.append(state, [done])
+    journal.compact(state)
+    journal.append(state, [], meta=True)
+    assert BatchJournal(_path(root)).load().shards[ShardKey(0, 1)] == done
 
 
 def _path(path):
@@ -547,3 +555,28 @@ def test_state_chaos_never_pays_twice_and_loses_no_answer(emulator_factory, tmp_
     assert parts_seen  # answers were downloaded along the way; every one of them is in the results
     records = assert_in_input_order(source, dest)
     assert all(record.succeeded for record in records)
+
+
+def test_9_two_task_instances_starting_at_once_both_stop_and_neither_blocks_a_fixed_destination(
+    emulator, tmp_path, monkeypatch
+):
+    from airflow_provider_maas.batch import resume
+
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    start_over = resume._start_over
+
+    def other_instance_planned_meanwhile(context, journal, settings, key):
+        state = start_over(context, journal, settings, key)
+        other = _state_dir(dest, "dag.task.run1.m1")
+        other.mkdir(parents=True)
+        shutil.copy(_state_dir(dest) / "manifest.json", other / "manifest.json")
+        return state
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(MaaSStateError, match=r"dag\.task\.run1\.m1 keeps"):
+        patch.setattr(resume, "_start_over", other_instance_planned_meanwhile)
+        batch_operator(source, dest).execute(_try(map_index=-1))
+    assert not (_state_dir(dest) / "manifest.json").exists()  # its fresh plan is gone: it blocks no one
+    assert emulator.emulator.jobs_created == 0 and not emulator.emulator.uploads_by_name
+    shutil.rmtree(_state_dir(dest, "dag.task.run1.m1"))  # the other one stopped the same way
+    batch_operator(source, dest).execute(_try())
+    assert_in_input_order(source, dest)

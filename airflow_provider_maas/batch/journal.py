@@ -202,10 +202,10 @@ class BatchJournal:
 
     def _replay(self, state: BatchState, path: ObjectStoragePath) -> None:
         lines = _read_json_lines(path)
-        if self._sealed:
-            if not lines or lines[-1] != {"end": len(lines) - 1}:
-                raise StateDamaged(f"{uri_of(path)} does not end with its seal: truncated or overwritten")
+        if lines and lines[-1] == {"end": len(lines) - 1}:
             lines.pop()
+        elif self._sealed:  # objects of a state written before seals were kept have none
+            raise StateDamaged(f"{uri_of(path)} does not end with its seal: truncated or overwritten")
         for number, line in enumerate(lines, 1):
             try:
                 if "meta" in line:
@@ -233,7 +233,8 @@ class BatchJournal:
     # Writing -----------------------------------------------------------------------------
     def create(self, state: BatchState) -> None:
         """Start a new state here (whatever was stored before is removed first)."""
-        self.remove(keep=(_KEPT,))
+        self.remove_plan()
+        self._sealed = True
         ownership.write_lease(self)
         self.seq = 0
         self._since_snapshot = 0
@@ -252,8 +253,9 @@ class BatchJournal:
             "fingerprint": state.fingerprint,
             "identity": state.identity,
             "rounds": [r.to_json() for r in state.rounds],
-            "sealed": 1,  # every journal object and snapshot ends with {"end": <lines before>}
         }
+        if self._sealed:  # every journal object and snapshot ends with {"end": <lines before>}
+            manifest["sealed"] = 1
         if state.input_key is not None:
             manifest["input"] = state.input_key
         self._write(self.root / _MANIFEST, _dumps(manifest))
@@ -324,6 +326,10 @@ class BatchJournal:
             return list(folder.iterdir())
         except (FileNotFoundError, NotADirectoryError):
             return []
+
+    def remove_plan(self) -> None:
+        """Delete the state but the answers kept from earlier plans (:meth:`keep_answers`)."""
+        self.remove(keep=(_KEPT,))
 
     def remove(self, *, keep: tuple[str, ...] = ()) -> None:
         """Delete the whole state, results parts included, but the children named in ``keep``."""

@@ -53,9 +53,12 @@ def new_owner(context: Any) -> dict[str, Any]:
 
 
 def take_lease(journal: BatchJournal, lease: dict[str, Any]) -> None:
-    """Make ``lease`` the state's (before reading it); later writes of ``journal`` check it."""
+    """Make ``lease`` the state's (before reading it); later writes of ``journal`` check it. Where
+    there is no state folder yet, the lease is written with the new state (``BatchJournal.create``):
+    a try that stops on bad input leaves nothing behind."""
     journal.lease = lease
-    write_lease(journal)
+    if journal.root.exists():
+        write_lease(journal)
 
 
 def write_lease(journal: BatchJournal) -> None:
@@ -93,18 +96,24 @@ def check_lease(journal: BatchJournal) -> None:
     )
 
 
-def refuse_shared_destination(context: Any, journal: BatchJournal) -> None:
-    """Stop (before anything is uploaded) if another task instance keeps a batch state for the same
-    destination: both would write it and one's paid answers would be lost."""
+def refuse_shared_destination(journal: BatchJournal, *, fresh: bool = False) -> None:
+    """Stop if another task instance keeps a batch state (a manifest) for the same destination: both
+    would write it and one's paid answers would be lost. Called before this try writes anything, and
+    again (``fresh``) right after it planned a new batch, for two instances that started at once: a
+    fresh plan has created nothing, so it is removed (answers kept from an earlier plan stay) before
+    stopping, and neither blocks the other."""
     folder = journal.root.parent
     try:
         others = sorted(
-            (c for c in folder.iterdir() if c.name != journal.root.name and c.is_dir()), key=lambda c: c.name
+            (c for c in folder.iterdir() if c.name != journal.root.name and (c / "manifest.json").exists()),
+            key=lambda c: c.name,
         )
     except (FileNotFoundError, NotADirectoryError):
         return
     if not others:
         return
+    if fresh:
+        journal.remove_plan()
     names = ", ".join(child.name for child in others[:5])
     raise MaaSStateError(
         f"The destination is also written by another task instance: {names} keeps a batch state under "

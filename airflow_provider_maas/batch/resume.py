@@ -68,6 +68,7 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
     A stored state that is not whole stops the task (:func:`~.recovery.load_whole`), unless
     ``start_over``. Answers an abandoned state downloaded are kept and reused by the new plan.
     """
+    refuse_shared_destination(journal)  # before anything is written
     take_lease(journal, new_owner(context))  # before reading: see batch/ownership.py
     state = load_whole(context, journal, start_over=settings.start_over)
     key = input_key(settings)
@@ -91,7 +92,7 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
         if journal.keep_answers():
             log.info("Answers downloaded by the earlier plan are kept under %s and reused", journal.uri)
         state = _start_over(context, journal, settings, key)
-    refuse_shared_destination(context, journal)
+        refuse_shared_destination(journal, fresh=True)
     remember(context, journal)
     return state
 
