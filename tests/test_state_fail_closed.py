@@ -337,6 +337,18 @@ def test_10_jobs_gone_fail_naming_the_clear_and_a_clear_submits_them_again(emula
     assert_in_input_order(source, dest)
 
 
+def test_10_after_a_clear_a_deferrable_task_replaces_gone_jobs_before_deferring(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=60)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    with pytest.raises(TaskDeferred):
+        batch_operator(source, dest, deferrable=True).execute(_try())
+    handle.emulator.jobs.clear()
+    with pytest.raises(TaskDeferred) as deferred:  # a person's clear: the first 404 of an old job is final
+        batch_operator(source, dest, deferrable=True, poll_interval=0.05).execute(_try(max_tries=3))
+    assert handle.emulator.jobs_created == 6
+    assert sorted(deferred.value.trigger.job_names) == sorted(handle.emulator.jobs)
+
+
 # 11 -----------------------------------------------------------------------------------------------
 def test_11_a_retry_after_wait_timeout_polls_before_judging_the_deadline(emulator_factory, tmp_path):
     handle = emulator_factory(job_duration=0.8)

@@ -97,12 +97,15 @@ class JobWatch:
         record = self.state.by_job().get(name)
         if record is None:
             return True
+        # A job created before the task was cleared is not one that was created seconds ago (whose
+        # status may answer 404 for a moment): its first 404 means it is gone.
+        cleared = record.clear_round is not None and self.clear_round not in (None, record.clear_round)
         count = self._not_found[record.key] = self._not_found.get(record.key, 0) + 1
-        if count < RESULTS_NOT_FOUND_TRIES:
+        if count < RESULTS_NOT_FOUND_TRIES and not cleared:
             log.warning("Job %s: not found (%s, %d of %d); polled again", name, err, count, RESULTS_NOT_FOUND_TRIES)
             return True
         self._not_found.pop(record.key, None)
-        if record.clear_round is not None and self.clear_round is not None and record.clear_round != self.clear_round:
+        if cleared:
             log.warning(
                 "Shard %s: job %s is gone from the service (%s); the task was cleared since: submitting it again",
                 record.key,

@@ -265,6 +265,8 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
                     if ended:  # never defer on jobs already seen ended
                         driver.handle(ended)
                         continue
+                    if driver.running_jobs() != running:  # a gone job's shard is due again
+                        continue
                     driver.preupload(wake or 0)
                     journal.settle(state)
                     self._defer(state, running, wake)
