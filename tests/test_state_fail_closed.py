@@ -399,6 +399,21 @@ def test_12_damaged_state_names_the_file_and_the_way_on(emulator_factory, tmp_pa
     assert "JSONDecodeError" not in str(refused.value) and handle.emulator.jobs_created == 3
 
 
+def test_12_a_missing_round_file_with_shards_to_upload_is_refused(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=1.0)
+    earlier_source = write_requests(tmp_path / "earlier.jsonl", 50)
+    earlier = tmp_path / "earlier-results.jsonl"
+    batch_operator(earlier_source, earlier).execute(_try(run_id="earlier"))
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    settings = {"reuse_results": str(earlier), "max_active_jobs": 1, "max_requests_per_file": 10}
+    _timed_out_try(handle, source, dest, None, **settings)  # 20 shards: 1 running, 1 uploaded ahead
+    (_state_dir(dest) / "round-0.jsonl").unlink()
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest, **settings).execute(_try())
+    _assert_refused(refused, dest, "round-0.jsonl, the requests of round 0, is missing")
+    assert handle.emulator.jobs_created == 2
+
+
 def test_12_a_full_temporary_disk_under_reuse_results_says_where_and_what_to_do(emulator, tmp_path, monkeypatch):
     earlier_source = write_requests(tmp_path / "earlier.jsonl", 50)
     earlier = tmp_path / "earlier-results.jsonl"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.journal import StateDamaged
 from airflow_provider_maas.batch.state import STATE_VERSION, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.exceptions import MaaSError, MaaSStateError, MaaSStateWriteError
+from airflow_provider_maas.storage import to_path
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -81,6 +82,8 @@ def load_whole(
     that is gone, or at another location, counts as evidence of paid work."""
     try:
         state = journal.load()
+        if state is not None and (problem := _missing_round_file(state)):
+            raise StateDamaged(problem)
     except StateDamaged as err:
         if start_over:
             log.warning("start_over=True: discarding the batch state at %s (%s)", journal.uri, err.problem)
@@ -106,6 +109,18 @@ def load_whole(
                 names,
             )
     return state
+
+
+def _missing_round_file(state: BatchState) -> str | None:
+    """What is wrong if the requests of a round with shards still to upload are gone."""
+    for round_ in state.rounds:
+        to_upload = any(
+            r.key.round == round_.number and r.status is ShardStatus.PENDING and not r.file_name
+            for r in state.shards.values()
+        )
+        if round_.source and to_upload and not to_path(round_.source).exists():
+            return f"{round_.source}, the requests of round {round_.number}, is missing"
+    return None
 
 
 def remember(context: Any, journal: BatchJournal, *, finished: bool = False) -> None:
