@@ -63,6 +63,13 @@ def _timed_out_try(handle, source, dest, store, **kwargs) -> list[str]:
     return sorted(handle.emulator.jobs)
 
 
+def _earlier_results(tmp_path):
+    """The results of an earlier run answering requests 0 to 49 (one job), for ``reuse_results``."""
+    earlier = tmp_path / "earlier-results.jsonl"
+    batch_operator(write_requests(tmp_path / "earlier.jsonl", 50), earlier).execute(_try(run_id="earlier"))
+    return earlier
+
+
 def _assert_refused(err: pytest.ExceptionInfo, dest, *texts: str) -> str:
     message = str(err.value)
     assert f"The batch state at file://{_state_dir(dest)}" in message
@@ -259,9 +266,7 @@ def test_5_without_task_state_store_the_failed_write_names_the_jobs_and_nothing_
 # 7 ------------------------------------------------------------------------------------------------
 def test_7_reuse_results_grown_between_tries_keeps_the_stored_batch(emulator_factory, tmp_path):
     handle = emulator_factory(job_duration=1.0)
-    earlier_source = write_requests(tmp_path / "earlier.jsonl", 50)
-    earlier = tmp_path / "earlier-results.jsonl"
-    batch_operator(earlier_source, earlier).execute(_try(run_id="earlier"))
+    earlier = _earlier_results(tmp_path)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     store = FakeStateStore()
     _timed_out_try(handle, source, dest, store, reuse_results=str(earlier))
@@ -401,9 +406,7 @@ def test_12_damaged_state_names_the_file_and_the_way_on(emulator_factory, tmp_pa
 
 def test_12_a_missing_round_file_with_shards_to_upload_is_refused(emulator_factory, tmp_path):
     handle = emulator_factory(job_duration=1.0)
-    earlier_source = write_requests(tmp_path / "earlier.jsonl", 50)
-    earlier = tmp_path / "earlier-results.jsonl"
-    batch_operator(earlier_source, earlier).execute(_try(run_id="earlier"))
+    earlier = _earlier_results(tmp_path)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     settings = {"reuse_results": str(earlier), "max_active_jobs": 1, "max_requests_per_file": 10}
     _timed_out_try(handle, source, dest, None, **settings)  # 20 shards: 1 running, 1 uploaded ahead
@@ -415,9 +418,7 @@ def test_12_a_missing_round_file_with_shards_to_upload_is_refused(emulator_facto
 
 
 def test_12_a_full_temporary_disk_under_reuse_results_says_where_and_what_to_do(emulator, tmp_path, monkeypatch):
-    earlier_source = write_requests(tmp_path / "earlier.jsonl", 50)
-    earlier = tmp_path / "earlier-results.jsonl"
-    batch_operator(earlier_source, earlier).execute(_try(run_id="earlier"))
+    earlier = _earlier_results(tmp_path)
     connect = sqlite3.connect
 
     def tiny_disk(*args, **kwargs):
