@@ -102,6 +102,20 @@ def test_1_state_deleted_between_tries_refuses_on_retry_and_clear(emulator_facto
     assert handle.emulator.jobs_created == 9
 
 
+def test_1_a_pointer_of_the_earlier_provider_version_without_state(emulator, tmp_path):
+    # Before issue 19 the pointer had no end mark: without a state, a written destination means the
+    # batch finished (a clear after an upgrade runs again); no destination means the state is lost.
+    source, dest = write_requests(tmp_path / "r.jsonl", 30), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    store.set(STATE_KEY, {"location": f"file://{_state_dir(dest)}", "version": 1})
+    with pytest.raises(MaaSStateError, match="task_state_store points at it, but it is gone"):
+        batch_operator(source, dest).execute(_try(store, max_tries=3))
+    dest.write_text("")  # the earlier version wrote the results, then removed its state
+    batch_operator(source, dest).execute(_try(store, max_tries=5))
+    assert emulator.emulator.jobs_created == 1
+    assert_in_input_order(source, dest)
+
+
 # 2 ------------------------------------------------------------------------------------------------
 def test_2_journal_objects_deleted_manifest_kept_refuses_naming_surviving_jobs(emulator_factory, tmp_path):
     handle = emulator_factory(job_duration=1.0)

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from types import TracebackType
 
+#: SQLite's "database or disk is full" (``sqlite3.SQLITE_FULL`` from Python 3.11).
+_SQLITE_FULL = 13
 #: Rows inserted per ``executemany``.
 _BATCH = 20_000
 
@@ -81,7 +83,7 @@ class _Db(sqlite3.Connection):
         try:
             yield
         except sqlite3.OperationalError as err:
-            if getattr(err, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+            if getattr(err, "sqlite_errorcode", None) != _SQLITE_FULL:  # Python 3.10: never set
                 raise
             raise OSError(
                 errno.ENOSPC,

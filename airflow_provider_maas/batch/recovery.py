@@ -100,7 +100,11 @@ def load_whole(
                 context,
                 names,
             )
-        if state is None:
+        if state is None and "open" not in pointer and _written(journal):
+            log.warning(
+                "No batch state at %s, but the destination is written: an earlier version finished it", journal.uri
+            )
+        elif state is None:
             raise state_error(
                 "task_state_store points at it, but it is gone (deleted by hand or by a lifecycle rule, or a "
                 "destination on one worker's local disk while this try runs on another)",
@@ -109,6 +113,12 @@ def load_whole(
                 names,
             )
     return state
+
+
+def _written(journal: BatchJournal) -> bool:
+    """Whether the destination of ``journal``'s batch exists (its state folder is ``.<name>.maas/<id>``)."""
+    folder = journal.root.parent
+    return (folder.parent / folder.name[1 : -len(".maas")]).exists()
 
 
 def _missing_round_file(state: BatchState) -> str | None:
@@ -127,7 +137,8 @@ def remember(context: Any, journal: BatchJournal, *, finished: bool = False) -> 
     """Record where the state is in ``task_state_store`` (Airflow >= 3.3): a few hundred bytes;
     ``finished`` once the results are written (the state is then removed on purpose)."""
     store = _store(context)
-    value: dict[str, Any] = {"location": journal.uri, "version": STATE_VERSION}
+    # "open": written by a provider that marks the end ("finished"); older pointers have neither
+    value: dict[str, Any] = {"location": journal.uri, "version": STATE_VERSION, "open": not finished}
     if finished:
         value["finished"] = True
     if store is not None and store.get(STATE_KEY) != value:
