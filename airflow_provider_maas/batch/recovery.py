@@ -83,7 +83,12 @@ def load_whole(
     try:
         state = journal.load()
         if state is not None and (problem := _missing_round_file(state)):
-            raise StateDamaged(problem)
+            if any(r.file_name or r.job_name for r in state.shards.values()):
+                raise StateDamaged(problem)
+            log.info(
+                "The batch state at %s was planned but nothing was uploaded (%s): planning again", journal.uri, problem
+            )
+            return None  # a try stopped between writing its plan and its round file
     except StateDamaged as err:
         if start_over:
             log.warning("start_over=True: discarding the batch state at %s (%s)", journal.uri, err.problem)
