@@ -244,6 +244,7 @@ class BatchJournal:
     def add_round(self, state: BatchState, round_: Round) -> None:
         """Add the next round (request-level retries) to ``state`` and to the manifest (rewritten
         whole, atomically: once per round, so O(shards) bytes per round, not per event)."""
+        ownership.check_lease(self)
         state.add_round(round_)
         self._write_manifest(state)
 
