@@ -27,7 +27,10 @@ from airflow_provider_maas.batch.shards import ShardPlan
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-#: Format of what the journal stores; a different version is not read (the batch starts over).
+#: Format of what the journal stores. A provider reading another version refuses it
+#: (:class:`~airflow_provider_maas.exceptions.MaaSStateError`); a new version must migrate version 1
+#: (``tests/fixtures/state_v1`` is today's format, loaded by ``tests/test_state_fail_closed.py``).
+#: Fields added without a version change must be optional: older readers ignore unknown keys.
 STATE_VERSION = 1
 
 
@@ -143,11 +146,14 @@ class BatchState:
     :param deadline: Absolute ``wait_timeout`` deadline (epoch seconds), or None.
     :param clear_round: ``max_tries`` of the try that last took the state over.
     :param resumes: How many times the task resumed after a deferral.
+    :param input_key: Digest of the raw input and the settings that shape round 0 (see
+        ``resume.input_key``); None in states written before it was kept.
     """
 
     fingerprint: str
     identity: str
     rounds: list[Round]
+    input_key: str | None = None
     deadline: float | None = None
     clear_round: int | None = None
     resumes: int = 0

@@ -8,6 +8,7 @@ summary (``summary``).
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -16,12 +17,20 @@ from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.create_guard import clear_round
 from airflow_provider_maas.batch.driver import BatchDriver, ShardNames
 from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after
+from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
+from airflow_provider_maas.batch.recovery import remember, save_job_names
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
 from airflow_provider_maas.batch.round_files import next_round
-from airflow_provider_maas.batch.settings import LIMITS, BatchSettings, check_limits, retry_rule_and_prices
+from airflow_provider_maas.batch.settings import (
+    LIMITS,
+    BatchSettings,
+    check_limits,
+    is_true,
+    retry_rule_and_prices,
+    reuse_paths,
+)
 from airflow_provider_maas.batch.summary import check_outcome, write_outputs
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
@@ -104,6 +113,11 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, ABORTED, codes 429 and 5xx, "rate limit",
         "timed out", "try again", "overloaded"; not client errors (400 INVALID_ARGUMENT, 403,
         a safety block), which fail the same way again. Missing results are always retried.
+    :param start_over: Discard a batch state that is not whole (missing, damaged, of another format
+        version, pointed at by ``task_state_store`` but gone) and plan the batch again (templated:
+        ``True``, ``"true"``, ``"1"``...). A person's explicit choice, named by the error that stops the
+        task in that case: the jobs the state recorded are abandoned (they keep running and are billed);
+        answers already downloaded are kept and reused. Set it back afterwards.
     :param prices: USD per 1,000,000 tokens, ``{"prompt": ..., "candidates": ..., "thoughts": ...}``
         (``thoughts`` defaults to ``candidates``): the summary then gives ``cost_usd`` and the
         ``cost_avoided_usd`` by reuse and deduplication.
@@ -128,7 +142,15 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         Gemini's ``responseSchema`` form) to requests that ask for no schema of their own.
     """
 
-    template_fields = ("source", "destination", "display_name", "endpoint", "maas_conn_id", "reuse_results")
+    template_fields = (
+        "source",
+        "destination",
+        "display_name",
+        "endpoint",
+        "maas_conn_id",
+        "reuse_results",
+        "start_over",
+    )
 
     def __init__(
         self,
@@ -161,6 +183,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         response_schema: dict[str, object] | type | None = None,
         retry_invalid: bool = False,
         set_response_schema: bool = True,
+        start_over: str | bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(maas_conn_id=maas_conn_id, endpoint=endpoint, **kwargs)
@@ -190,14 +213,21 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         self.response_schema = response_schema
         self.retry_invalid = retry_invalid
         self.set_response_schema = set_response_schema
+        self.start_over = start_over
         check_limits({name: getattr(self, name) for name in LIMITS})
         self._check_cost_control()
 
-    def _settings(self, source: Any = None) -> BatchSettings:
+    def _settings(self, journal: BatchJournal | None = None, source: Any = None) -> BatchSettings:
         """This try's settings (templated fields rendered); ``source``: the requests to send, if
-        not the operator's (the schema added)."""
+        not the operator's (the schema added); ``journal``: None for a dry run."""
         given = {"source": source} if source is not None else {}
-        return BatchSettings.of(self, should_retry=self._retry_rule(self._should_retry), **given)
+        return BatchSettings.of(
+            self,
+            should_retry=self._retry_rule(self._should_retry),
+            start_over=is_true(self.start_over, what="start_over"),
+            kept_answers=journal.kept_answers if journal is not None else None,
+            **given,
+        )
 
     # Entry points ---------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
@@ -205,7 +235,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             return self._plan_only(context, self._settings)
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
-        settings = self._settings(self._requests_to_plan(journal, write=True))
+        settings = self._settings(journal, self._requests_to_plan(journal, write=True))
         state = start_or_resume(context, journal, settings)
         return self._run(context, journal, state, settings)
 
@@ -213,8 +243,8 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         """Resume after the trigger: record the ended jobs, then go on."""
         resumed = BatchJobsEvent.from_event(event)
         journal = BatchJournal.for_task(self.destination, context)
-        settings = self._settings(self._requests_to_plan(journal, write=False))
-        state = resume_after_deferral(context, journal, settings)
+        settings = self._settings(journal, self._requests_to_plan(journal, write=False))
+        state = resume_after_deferral(context, journal, settings, [o.job_name for o in resumed.ended])
         if resumed.status == "timeout":
             running = list(state.by_job())
             raise MaaSTimeoutError(f"{resumed.message} Still running: {', '.join(running[:MAX_NAMED_JOBS])}")
@@ -253,6 +283,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             clear_round=clear_round(context),
             max_consecutive_poll_errors=self.max_consecutive_poll_errors,
             gate=gate,
+            save_job_names=functools.partial(save_job_names, context, journal.uri),
         ) as driver:
             if resumed is not None:
                 driver.mark_seen(driver.running_jobs())  # the trigger saw them running just now
@@ -267,6 +298,10 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
                         driver.enqueue(added)
                         continue
                     break
+                stale = driver.stale_jobs(self.poll_interval) if past_deadline(state) else []
+                if stale and (ended := driver.poll(stale)):  # a retry after wait_timeout: ended since?
+                    driver.handle(ended)
+                    continue
                 check_deadline(state, running, wait_timeout=self.wait_timeout)
                 wake = fire_after(
                     state, running, max_active_jobs=self.max_active_jobs, rate_limited=driver.rate_limited
@@ -276,6 +311,8 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
                     ended = driver.poll(stale) if stale else []
                     if ended:  # never defer on jobs already seen ended
                         driver.handle(ended)
+                        continue
+                    if driver.running_jobs() != running:  # a gone job's shard is due again
                         continue
                     driver.preupload(wake or 0)
                     journal.settle(state)
@@ -323,10 +360,11 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             summary.update(self._cost_summary(context, gate, state, settings))
         dest_uri = uri_of(to_path(self.destination, what="destination"))
         publish_summary(self, context, summary, dest_uri)
-        self.record_lineage([self.source, *settings.reuse_paths()], [dest_uri, summary["failed_uri"]])
+        self.record_lineage([self.source, *reuse_paths(settings.reuse_results)], [dest_uri, summary["failed_uri"]])
         if gate is not None and (stopped := gate.stop_error(state, summary)) is not None:
             raise stopped  # the state stays: a retry finds the spend and creates nothing that does not fit
         check_outcome(summary, dest_uri, fail_on_partial=self.fail_on_partial)
         self._remove_schema_requests(journal)
+        remember(context, journal, finished=True)  # first: a state gone on purpose is not "lost"
         journal.remove()
         return dest_uri
