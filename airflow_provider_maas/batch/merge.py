@@ -11,7 +11,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from airflow_provider_maas.batch.ordering import OrderedItem, ResultIndex, line_reader, order_results
@@ -24,7 +23,9 @@ from airflow_provider_maas.batch.results import (
     load_result_object,
     normalise_request,
     result_record,
+    status_line,
 )
+from airflow_provider_maas.batch.shards import source_label
 from airflow_provider_maas.client.states import job_outcome
 from airflow_provider_maas.exceptions import MaaSIntegrityError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
@@ -56,14 +57,6 @@ def results_from_service(function: Callable[_P, _R]) -> Callable[_P, _R]:
             raise MaaSIntegrityError(str(err)) from err
 
     return wrapper
-
-
-def _label(source: Any, what: str) -> str:
-    """How errors name a results file: ``<what> <uri>`` (its ``name``, if any, for an open file object)."""
-    if hasattr(source, "read") and not isinstance(source, (str, os.PathLike)):
-        name = getattr(source, "name", None)
-        return f"{what} {name}" if isinstance(name, str) else what
-    return f"{what} {uri_of(to_path(source, what=what))}"
 
 
 def failed_path_for(destination: Any) -> Any:
@@ -99,7 +92,7 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
     with contextlib.ExitStack() as stack:
         failed_out = stack.enter_context(atomic_writer(to_path(failed_destination))) if failed_destination else None
         handle = stack.enter_context(open_source(results, what="results file"))
-        label = _label(results, "results file")
+        label = source_label(results, "results file")
         for line_number, _, line in iter_lines(handle):
             digest = hashlib.blake2b(line, digest_size=16).digest()
             if digest in seen:
@@ -168,7 +161,7 @@ def extract_images_beside(results: Any) -> list[str]:
         uris.append(uri_of(target))
 
     with open_source(path, what="results file") as handle:
-        extract_images(handle, write, label=_label(path, "results file"))
+        extract_images(handle, write, label=source_label(path, "results file"))
     if uris:
         log.info("Extracted %d images to %s", len(uris), uri_of(folder))
     return uris
@@ -196,7 +189,7 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[s
         for number, source in enumerate(sources):
             what = f"results file #{number}"
             handle = stack.enter_context(open_source(source, what=what))
-            index.add(number, handle, label=_label(source, what))
+            index.add(number, handle, label=source_label(source, what))
             files[number] = handle
         requests_handle = stack.enter_context(open_source(requests, what="requests file"))
         out = stack.enter_context(atomic_writer(dest))
@@ -237,7 +230,7 @@ def merge_shard_results(parts: Iterable[tuple[Any, int, int]], requests: Any, de
             index = ResultIndex()
             what = f"results of shard #{number}"
             with open_source(source, what=what) as handle:
-                index.add(number, handle, label=_label(source, what))
+                index.add(number, handle, label=source_label(source, what))
                 merge.write(order_results(lines.upto(last_line), index, line_reader({number: handle})), out, failed_out)
             merge.leftovers(index, "shard #")
         merge.write(order_results(lines.upto(None), ResultIndex(), line_reader({})), out, failed_out)
@@ -275,11 +268,14 @@ class _Merge:
         self.first_unmatched = ""
 
     def write(self, items: Iterable[OrderedItem], out: IO[bytes], failed_out: IO[bytes]) -> None:
+        """Every request gets one line of ``out``: its result, or (none) its request with ``MISSING_STATUS``."""
         for item in items:
             self.summary.add(item.record)
-            if item.result_raw is not None:
-                out.write(item.result_raw)
-                self.written += len(item.result_raw)
+            line = item.result_raw
+            if line is None:
+                line = status_line(item.record.request, item.record.status)
+            out.write(line)
+            self.written += len(line)
             if item.failed:
                 failed_out.write(item.request_raw)
 

@@ -26,7 +26,9 @@ CHUNK_SIZE = 8 * 1024 * 1024
 """Bytes asked of the file object per read."""
 
 MISSING_STATUS = "MISSING: the results contain no line for this request"
-"""``status`` of the :class:`ResultRecord` that :func:`order_results` makes for a missing result."""
+"""``status`` of a request the service returned no results line for: of the :class:`ResultRecord`
+that :func:`order_results` makes for it, and of the line (:func:`status_line`) that keeps its place
+in an output written in input order."""
 
 _USAGE_FIELDS = {
     "prompt_tokens": "promptTokenCount",
@@ -132,6 +134,12 @@ def iter_lines(fileobj: IO[bytes]) -> Iterator[tuple[int, int, bytes]]:
             if line and not line.isspace():
                 yield line_number, offset, line
             offset += len(line) + 1
+
+
+def status_line(request: Any, status: str) -> bytes:
+    """The results line of a request that has no answer: ``{"request": ..., "status": status}``
+    and a newline (a shard whose every job failed: the job's error; no result line: :data:`MISSING_STATUS`)."""
+    return json.dumps({"request": request, "status": status}, ensure_ascii=False).encode() + b"\n"
 
 
 # --------------------------------------------------------------------------- request matching
