@@ -20,6 +20,7 @@ FIGURES = (
     "merge-1m",
     "parse-cost",
     "reuse-index",
+    "hostile-line",
     "end-to-end",
     "scale",
 )

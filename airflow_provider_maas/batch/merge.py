@@ -93,7 +93,7 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
         failed_out = stack.enter_context(atomic_writer(to_path(failed_destination))) if failed_destination else None
         handle = stack.enter_context(open_source(results, what="results file"))
         label = source_label(results, "results file")
-        for line_number, _, line in iter_lines(handle):
+        for line_number, _, line in iter_lines(handle, label):
             digest = hashlib.blake2b(line, digest_size=16).digest()
             if digest in seen:
                 duplicates += 1

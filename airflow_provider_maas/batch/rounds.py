@@ -37,7 +37,7 @@ from airflow_provider_maas.batch.results import (
     MISSING_STATUS,
     ResultRecord,
     ResultSummary,
-    iter_line_batches,
+    iter_result_batches,
     load_result_object,
     request_digest,
     result_record,
@@ -154,7 +154,7 @@ def all_succeeded(results: IO[bytes], expected: int) -> bool:
     failed or is missing, and :func:`write_retries` can be skipped. Reads bytes, decodes no JSON.
     False only means "look closer" (another layout, a failure, a missing or repeated line)."""
     count = 0
-    for lines, _ in iter_line_batches(results):
+    for lines, _ in iter_result_batches(results, "results"):
         for line in lines:
             line = line.rstrip()
             if line:

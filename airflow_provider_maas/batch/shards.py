@@ -19,8 +19,9 @@ from airflow_provider_maas.batch.request_lines import (
     MAX_BYTES_PER_FILE,
     MAX_REQUESTS_PER_FILE,
     contents_problem,
-    line_error,
+    line_too_long,
     scan_json,
+    size_text,
     validate_request_line,
 )
 from airflow_provider_maas.batch.results import iter_line_batches
@@ -92,12 +93,6 @@ class Shard(NamedTuple):
     data: bytes
 
 
-def _size(size: int) -> str:
-    if size < 1024 * 1024:
-        return f"{size} bytes"
-    return f"{size} bytes ({size / (1024 * 1024):.1f} MiB)"
-
-
 def _check_limits(max_requests: Any, max_bytes: Any) -> None:
     for name, value, low, high in (
         ("max_requests", max_requests, 1, MAX_REQUESTS_PER_FILE),
@@ -108,17 +103,6 @@ def _check_limits(max_requests: Any, max_bytes: Any) -> None:
                 f"{name} must be an integer >= {low}, got {value!r}: it bounds one shard (the service takes at "
                 f"most {high} per uploaded file)"
             )
-
-
-def _line_too_long(max_bytes: int) -> Any:
-    def make(line_number: int, size: int) -> MaaSInputError:
-        return line_error(
-            line_number,
-            f"is at least {size + 1} bytes with its newline, over the limit of {_size(max_bytes)} per upload file;"
-            " make this request smaller (e.g. refer to big media with file_data URIs, not inline data)",
-        )
-
-    return make
 
 
 def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -> tuple[list[ShardPlan], int]:
@@ -132,7 +116,7 @@ def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -
     count = size = first = last = start = end = 0
     clean = gap = False
     digest = hashlib.sha256()
-    too_long = _line_too_long(max_bytes)
+    too_long = line_too_long(max_bytes)
     validate = validate_request_line
     scan = scan_json
 
@@ -167,7 +151,7 @@ def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -
                     )
                 if single:
                     raise MaaSInputError(
-                        f"the file is over the limit of {_size(max_bytes)} per upload: its first {count + 1} "
+                        f"the file is over the limit of {size_text(max_bytes)} per upload: its first {count + 1} "
                         f"requests (up to line {line_number}) already take {size + length} bytes; {_SPLIT}",
                         line_number=line_number,
                     )
