@@ -73,7 +73,7 @@ AF30_VENV ?= .venv-af30
 AF31_VENV ?= .venv-af31
 AF32_VENV ?= .venv-af32
 AF30_STAMP := $(AF30_VENV)/.installed
-COMPAT_TESTS ?= tests/test_hook.py tests/test_operators.py tests/test_sensor.py tests/test_trigger.py \
+COMPAT_TESTS ?= tests/test_hook.py tests/test_operators.py tests/test_create_before_3_3.py tests/test_sensor.py tests/test_trigger.py \
 	tests/test_example_dags.py tests/test_compat_assets.py tests/browser
 # On 3.0, dag.test() does not register assets: tests/test_compat_assets.py registers them first.
 COMPAT_DESELECT ?= --deselect tests/test_example_dags.py::test_download_attaches_summary_to_asset_event

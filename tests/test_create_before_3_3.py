@@ -121,3 +121,28 @@ def test_an_unwritable_record_stops_before_creating(variables, emulator, tmp_pat
 def test_outside_an_airflow_worker_there_is_no_record(emulator, tmp_path, monkeypatch):
     monkeypatch.setattr(_common, "_in_task_runner", lambda: False)
     assert _common.task_state(_context()) is None
+
+
+def test_chain_dag_keeps_the_create_record_in_a_real_variable(emulator_factory, tmp_path, monkeypatch):
+    """The real Task SDK path: ``dag.test()`` runs the chain DAG with no ``task_state_store`` in the
+    create task's context (Airflow 3.0-3.2 have none; on 3.3 it is removed here), so the record goes
+    through ``Variable.set`` and the Execution API into the metadata database, and is read back."""
+    from airflow.models.variable import Variable as VariableModel
+
+    from tests.test_create_guard import _chain_dag
+
+    emulator_factory(job_duration=0.3)
+    real_execute = MaaSCreateBatchJobOperator.execute
+
+    def execute_before_3_3(self, context):
+        context.pop("task_state_store", None)
+        return real_execute(self, context)
+
+    monkeypatch.setattr(MaaSCreateBatchJobOperator, "execute", execute_before_3_3)
+    run = _chain_dag(monkeypatch, tmp_path).test()
+    assert run.state == "success"
+    (create,) = [ti for ti in run.get_task_instances() if ti.task_id == "create"]
+    name = _common.VariableStateStore({"ti": create, "run_id": run.run_id}).name
+    record = VariableModel.get(name, deserialize_json=True)[JOB_STATE_KEY]
+    assert record["job_name"] == str(create.xcom_pull(task_ids="create"))  # XCom reads the number back as int
+    assert record["file_name"].endswith(".jsonl")
