@@ -12,7 +12,7 @@ import pytest
 from airflow_provider_maas.exceptions import MaaSInputChangedError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from tests.compat import TaskDeferred
-from tests.helpers import batch_operator, make_context, write_requests
+from tests.helpers import assert_in_input_order, batch_operator, make_context, write_requests
 
 #: 100 requests, 10 per shard: 10 shards, 3 jobs at once.
 SHARDS = {"max_requests_per_file": 10, "max_active_jobs": 3}
@@ -72,3 +72,26 @@ def test_a_source_replaced_while_deferred_stops_the_resumed_try(emulator_factory
     assert _uploads(handle) == uploaded  # nothing of the new file was sent
     # The shards uploaded ahead (original bytes) may get their jobs; none of the new file's.
     assert handle.emulator.jobs_created == uploaded
+
+
+def test_a_source_replaced_after_every_upload_is_not_merged_and_nothing_is_paid_again(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=60)
+    source = write_requests(tmp_path / "in.jsonl", 30)
+    original = source.read_bytes()
+    dest = tmp_path / "out.jsonl"
+    settings = {"max_requests_per_file": 10, "deferrable": True}
+    with pytest.raises(TaskDeferred) as info:
+        batch_operator(source, dest, **settings).execute(make_context())
+    assert handle.emulator.jobs_created == 3  # every shard sent
+    _replace_same_size(source)
+    for name in info.value.trigger.job_names:
+        handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
+    event = asyncio.run(anext(info.value.trigger.run())).payload
+    with pytest.raises(MaaSInputChangedError, match=r"requests file .*in\.jsonl changed since it was planned"):
+        batch_operator(source, dest, **settings).execute_complete(make_context(), event)
+    assert not dest.exists()  # the answers were not paired with other requests
+
+    source.write_bytes(original)  # restored; the person clears the task
+    assert batch_operator(source, dest, **settings).execute(make_context()) == dest.as_uri()
+    assert_in_input_order(source, dest)
+    assert handle.emulator.jobs_created == 3

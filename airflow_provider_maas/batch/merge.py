@@ -27,11 +27,11 @@ from airflow_provider_maas.batch.results import (
 )
 from airflow_provider_maas.batch.shards import source_label
 from airflow_provider_maas.client.states import job_outcome
-from airflow_provider_maas.exceptions import MaaSIntegrityError
+from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSIntegrityError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
 log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
@@ -200,12 +200,19 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[s
 
 
 @results_from_service
-def merge_shard_results(parts: Iterable[tuple[Any, int, int]], requests: Any, destination: Any) -> dict[str, Any]:
+def merge_shard_results(
+    parts: Iterable[tuple[Any, int, int]], requests: Any, destination: Any, *, sha256: Sequence[str] | None = None
+) -> dict[str, Any]:
     """:func:`merge_results` for results known shard by shard: memory follows the largest shard.
 
     :param parts: ``(results, first_line, last_line)`` per shard, in input order: the shard's
         results file answers the requests on lines ``first_line`` to ``last_line`` (1-based, as
         ``ShardPlan`` counts them) of ``requests``. Requests on no shard's lines are missing.
+
+    :param sha256: The plan's SHA-256 of each shard's request lines (``ShardPlan.sha256``): a shard
+        whose lines in ``requests`` hash otherwise raises
+        :class:`~airflow_provider_maas.exceptions.MaaSInputChangedError` (the file changed since the
+        shards were sent: its answers would be paired with other requests), and nothing is written.
 
     The requests file is read once; each shard's results are indexed alone, paired with its lines,
     written, and dropped. A result line of one shard is never matched to a request of another:
@@ -229,12 +236,28 @@ def merge_shard_results(parts: Iterable[tuple[Any, int, int]], requests: Any, de
             previous = last_line
             index = ResultIndex()
             what = f"results of shard #{number}"
+            digest = hashlib.sha256()
             with open_source(source, what=what) as handle:
                 index.add(number, handle, label=source_label(source, what))
-                merge.write(order_results(lines.upto(last_line), index, line_reader({number: handle})), out, failed_out)
+                shard_lines = _hashed(lines.upto(last_line), digest)
+                merge.write(order_results(shard_lines, index, line_reader({number: handle})), out, failed_out)
+            if sha256 is not None and digest.hexdigest() != sha256[number]:
+                raise MaaSInputChangedError(
+                    f"{source_label(requests, 'requests file')} changed since it was planned: the requests of shard "
+                    f"{number} (lines {first_line}-{last_line}) are not the ones sent, so their answers cannot be "
+                    "placed. Nothing was written; the answers downloaded so far are kept in the batch state. Restore "
+                    "the file and clear the task to write the results (nothing is paid again)"
+                )
             merge.leftovers(index, "shard #")
         merge.write(order_results(lines.upto(None), ResultIndex(), line_reader({})), out, failed_out)
     return merge.report(dest, failed)
+
+
+def _hashed(lines: Iterable[RequestLine], digest: Any) -> Iterator[RequestLine]:
+    """``lines``, each one's bytes added to ``digest`` on the way (as ``ShardPlan.sha256`` counts them)."""
+    for line in lines:
+        digest.update(line.raw)
+        yield line
 
 
 class _LineRange:

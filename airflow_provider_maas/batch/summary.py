@@ -39,9 +39,10 @@ def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchSt
         # Every input request was sent, once, in round 0: the shard-by-shard merge (memory
         # follows the largest shard) suffices.
         write_failure_parts(settings, journal, state, failed)
-        plans = ((journal.part(r.key), state.plan(r.key)) for r in records)
-        parts = ((part, plan.first_line, plan.last_line) for part, plan in plans)
-        summary = merge_shard_results(parts, settings.source, settings.destination)
+        plans = [state.plan(r.key) for r in records]
+        parts = ((journal.part(r.key), plan.first_line, plan.last_line) for r, plan in zip(records, plans, strict=True))
+        sha256 = [plan.sha256 for plan in plans]  # the source must still hold the requests that were sent
+        summary = merge_shard_results(parts, settings.source, settings.destination, sha256=sha256)
         add_origins(summary, prices=settings.prices)
         summary["round_succeeded"] = [summary["succeeded"]]
     else:
