@@ -74,12 +74,15 @@ def test_a_source_replaced_while_deferred_stops_the_resumed_try(emulator_factory
     assert handle.emulator.jobs_created == uploaded
 
 
-def test_a_source_replaced_after_every_upload_is_not_merged_and_nothing_is_paid_again(emulator_factory, tmp_path):
+@pytest.mark.parametrize("request_retries", [0, 1])  # 0: checked by the merge; 1: before the retry round
+def test_a_source_replaced_after_every_upload_is_not_merged_and_nothing_is_paid_again(
+    emulator_factory, tmp_path, request_retries
+):
     handle = emulator_factory(job_duration=60)
     source = write_requests(tmp_path / "in.jsonl", 30)
     original = source.read_bytes()
     dest = tmp_path / "out.jsonl"
-    settings = {"max_requests_per_file": 10, "deferrable": True}
+    settings = {"max_requests_per_file": 10, "deferrable": True, "request_retries": request_retries}
     with pytest.raises(TaskDeferred) as info:
         batch_operator(source, dest, **settings).execute(make_context())
     assert handle.emulator.jobs_created == 3  # every shard sent
@@ -87,7 +90,7 @@ def test_a_source_replaced_after_every_upload_is_not_merged_and_nothing_is_paid_
     for name in info.value.trigger.job_names:
         handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
     event = asyncio.run(anext(info.value.trigger.run())).payload
-    with pytest.raises(MaaSInputChangedError, match=r"requests file .*in\.jsonl changed since it was planned"):
+    with pytest.raises(MaaSInputChangedError, match=r"in\.jsonl changed since it was planned"):
         batch_operator(source, dest, **settings).execute_complete(make_context(), event)
     assert not dest.exists()  # the answers were not paired with other requests
 
@@ -95,3 +98,28 @@ def test_a_source_replaced_after_every_upload_is_not_merged_and_nothing_is_paid_
     assert batch_operator(source, dest, **settings).execute(make_context()) == dest.as_uri()
     assert_in_input_order(source, dest)
     assert handle.emulator.jobs_created == 3
+
+
+def test_a_source_replaced_before_a_retry_round_pays_for_no_retry(emulator_factory, tmp_path):
+    """Requests to retry are read from the source: a changed source would send (and pay for) other
+    requests in the retry round, and place answers wrongly. It is checked first."""
+    handle = emulator_factory(job_duration=60, faults=["create:1:partial-missing=2"])
+    source = write_requests(tmp_path / "in.jsonl", 30)
+    original = source.read_bytes()
+    dest = tmp_path / "out.jsonl"
+    settings = {"max_requests_per_file": 10, "deferrable": True, "request_retries": 1}
+    with pytest.raises(TaskDeferred) as info:
+        batch_operator(source, dest, **settings).execute(make_context())
+    _replace_same_size(source)
+    for name in info.value.trigger.job_names:
+        handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
+    event = asyncio.run(anext(info.value.trigger.run())).payload
+    with pytest.raises(MaaSInputChangedError, match="changed since it was planned"):
+        batch_operator(source, dest, **settings).execute_complete(make_context(), event)
+    assert handle.emulator.jobs_created == 3 and not dest.exists()  # no retry round was paid for
+
+    source.write_bytes(original)  # restored: the retry round sends the 2 missing requests, once
+    handle.emulator.config.job_duration = 0.1
+    batch_operator(source, dest, **{**settings, "deferrable": False}).execute(make_context())
+    assert handle.emulator.jobs_created == 4
+    assert all(r.succeeded for r in assert_in_input_order(source, dest))

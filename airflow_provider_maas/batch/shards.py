@@ -37,7 +37,7 @@ from airflow_provider_maas.storage import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
 
 """Most requests (lines) one uploaded file may hold."""
@@ -272,6 +272,24 @@ def copy_shard(fileobj: IO[bytes], plan: ShardPlan, out: IO[bytes], *, label: st
             "the batch task (jobs already created for the old file keep running and are billed)"
         )
     return written
+
+
+class _Discard:
+    """A writable that keeps nothing (what :func:`check_unchanged` copies shards to)."""
+
+    def write(self, data: bytes, /) -> int:
+        return len(data)
+
+
+def check_unchanged(source: Any, plans: Iterable[ShardPlan]) -> None:
+    """Check that ``source`` still holds the bytes of every shard of ``plans``, without keeping them.
+
+    :raises MaaSInputChangedError: naming the source and the first shard that differs.
+    """
+    label = source_label(source, "source")
+    with open_source(source) as handle:
+        for plan in plans:
+            copy_shard(handle, plan, _Discard(), label=label)  # type: ignore[arg-type]
 
 
 def iter_shards(
