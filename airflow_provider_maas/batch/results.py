@@ -129,13 +129,12 @@ def iter_line_batches(
         yield [b"".join(pending)], False
 
 
-def result_line_too_long(label: str, max_bytes: int | None = None) -> Callable[[int, int], ResultsFormatError]:
+def result_line_too_long(label: str) -> Callable[[int, int], ResultsFormatError]:
     """``too_long(line_number, bytes_read)`` for results lines: names ``label`` and the line."""
-    limit = max_bytes or MAX_RESULT_LINE_BYTES
 
     def make(line_number: int, size: int) -> ResultsFormatError:
         return ResultsFormatError(
-            f"{label} line {line_number}: at least {size} bytes long, over the {limit // (1024 * 1024)} MiB a "
+            f"{label} line {line_number}: at least {size} bytes long, over the {MAX_RESULT_LINE_BYTES // 2**20} MiB a "
             "results line can hold (one request of at most 50 MiB and its answer); this is not a MaaS results file",
             line_number=line_number,
         )
