@@ -37,6 +37,15 @@ class MaaSConfigError(MaaSInputError):
     """The Airflow connection or hook settings are incomplete or unsafe (missing key, endpoint...)."""
 
 
+class MaaSInputChangedError(MaaSInputError):
+    """The input file changed after the batch was planned: a shard's bytes no longer have the size
+    and SHA-256 the plan recorded (an upstream task rewrote the file, even with the same size).
+
+    Raised before the shard is uploaded, so nothing is paid for it. Not retried by Airflow: restore
+    the file, or clear the task to start the batch over with the new one.
+    """
+
+
 class MaaSApiError(MaaSError):
     """The service answered with an HTTP error.
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.merge import failed_path_for, merge_shard_results
 from airflow_provider_maas.batch.round_files import all_round_results, open_results, write_failure_parts
 from airflow_provider_maas.batch.rounds import add_origins, merge_answers
+from airflow_provider_maas.batch.shards import check_unchanged
 from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSJobFailedError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
@@ -39,12 +40,15 @@ def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchSt
         # Every input request was sent, once, in round 0: the shard-by-shard merge (memory
         # follows the largest shard) suffices.
         write_failure_parts(settings, journal, state, failed)
-        plans = ((journal.part(r.key), state.plan(r.key)) for r in records)
-        parts = ((part, plan.first_line, plan.last_line) for part, plan in plans)
-        summary = merge_shard_results(parts, settings.source, settings.destination)
+        plans = [state.plan(r.key) for r in records]
+        parts = ((journal.part(r.key), plan.first_line, plan.last_line) for r, plan in zip(records, plans, strict=True))
+        sha256 = [plan.sha256 for plan in plans]  # the source must still hold the requests that were sent
+        summary = merge_shard_results(parts, settings.source, settings.destination, sha256=sha256)
         add_origins(summary, prices=settings.prices)
         summary["round_succeeded"] = [summary["succeeded"]]
     else:
+        if state.rounds[0].source is None:  # round 0 was planned over the source itself: is it still that?
+            check_unchanged(settings.source, state.rounds[0].plans)
         summary = merge_rounds(settings, all_round_results(settings, journal, state))
     summary.update(
         shards=len(records),

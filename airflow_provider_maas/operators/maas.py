@@ -98,8 +98,10 @@ class MaaSUploadFileOperator(MaaSBaseOperator):
 class MaaSCreateBatchJobOperator(MaaSBaseOperator):
     """Create a batch job from an uploaded file; returns the job ``name``.
 
-    Never pays twice on its own (Airflow >= 3.3, ``task_state_store`` key ``maas_job``): a marker is
-    saved before the create is sent and replaced by the job's name once the answer is in. A retry
+    Never pays twice on its own: a marker is saved before the create is sent and replaced by the
+    job's name once the answer is in, in ``task_state_store`` (key ``maas_job``; Airflow >= 3.3) or,
+    before Airflow 3.3, in an Airflow Variable ``maas_create.<digest>`` of the task instance
+    (:class:`~airflow_provider_maas.operators._common.VariableStateStore`). A retry
     reuses that job (unless it ended FAILED/CANCELLED/EXPIRED or its results are gone: then it
     creates a new one, and logs it). A retry that finds the create still in flight (lost answer,
     timeout, killed process) fails with
@@ -150,7 +152,11 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
                 store.set(JOB_STATE_KEY, {"status": "not_created", "file_name": self.file_name})
             raise
         if store is not None:
-            store.set(JOB_STATE_KEY, {"job_name": job["name"], "file_name": self.file_name})
+            try:
+                store.set(JOB_STATE_KEY, {"job_name": job["name"], "file_name": self.file_name})
+            except BaseException:
+                self.log.error("Job %s was created, but could not be recorded: a retry will refuse", job["name"])
+                raise
         self._record_job_lineage(job["name"])
         self.log.info("Created job %s from %r (state %s)", job["name"], self.file_name, job.get("state"))
         return job["name"]
