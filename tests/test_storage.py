@@ -285,13 +285,13 @@ def test_parts_of_a_killed_writer_are_removed_by_the_next_write(tmp_path: Path):
         assert run.returncode == -9
         parts = [p.name for p in tmp_path.iterdir()]
         assert len(parts) == 1 and parts[0].startswith(".results.jsonl.") and parts[0].endswith(".part")
-    legacy = tmp_path / ".results.jsonl.ab_cd123.part"  # a tempfile.mkstemp name of older versions
-    legacy.write_bytes(b"partial")
+    lookalike = tmp_path / ".results.jsonl.ab_cd123.part"  # not a name this package writes: a user's file
+    lookalike.write_bytes(b"partial")
     other = tmp_path / ".other.jsonl.0123456789ab.part"
     other.write_bytes(b"partial")
     with atomic_writer(to_path(dest)) as out:
         out.write(b"complete\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "results.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, lookalike.name, "results.jsonl"]
     assert dest.read_bytes() == b"complete\n"
 
 

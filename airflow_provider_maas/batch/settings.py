@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.cost import check_prices
+from airflow_provider_maas.batch.origin import of_other_models
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.rounds import retry_predicate
 from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
@@ -86,14 +88,37 @@ class BatchSettings:
     max_bytes_per_file: int
     max_active_jobs: int
     wait_timeout: float | None
+    #: Reuse answers of results files another ENDPOINT (another model) wrote.
+    reuse_other_models: bool = False
+    #: Gives the ENDPOINT the batch runs on (looked up when first needed: :attr:`endpoint`).
+    endpoint_of: Callable[[], str | None] | None = None
+
+    @cached_property
+    def endpoint(self) -> str | None:
+        """The ENDPOINT the batch runs on (its model): the results it writes are recorded as its."""
+        return self.endpoint_of() if self.endpoint_of is not None else None
 
     @classmethod
     def of(cls, task: Any, **given: Any) -> BatchSettings:
         """The settings read from ``task``'s attributes of the same names, or from ``given``."""
-        return cls(**{f.name: given[f.name] if f.name in given else getattr(task, f.name) for f in fields(cls)})
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            values[f.name] = given[f.name] if f.name in given else getattr(task, f.name, f.default)
+        return cls(**values)
 
     def reuse_paths(self) -> list[ObjectStoragePath]:
-        return reuse_paths(self.reuse_results)
+        """The results files to reuse: those of ``reuse_results`` another ENDPOINT did not write
+        (unless ``reuse_other_models``; see :mod:`~airflow_provider_maas.batch.origin`)."""
+        paths = reuse_paths(self.reuse_results)
+        others = self.reuse_of_other_models(paths)
+        return [path for path in paths if path not in others]
+
+    def reuse_of_other_models(self, paths: list[ObjectStoragePath] | None = None) -> list[ObjectStoragePath]:
+        """The files of ``reuse_results`` left unused because another ENDPOINT (model) wrote them."""
+        paths = reuse_paths(self.reuse_results) if paths is None else paths
+        if self.reuse_other_models or not paths:
+            return []
+        return of_other_models(paths, self.endpoint)
 
     def plan(self, handle: Any) -> list[ShardPlan]:
         """Shards of the requests in ``handle`` within the per-file limits."""

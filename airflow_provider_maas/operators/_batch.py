@@ -100,6 +100,9 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, ABORTED, codes 429 and 5xx, "rate limit",
         "timed out", "try again", "overloaded"; not client errors (400 INVALID_ARGUMENT, 403,
         a safety block), which fail the same way again. Missing results are always retried.
+    :param reuse_other_models: Also reuse the answers of ``reuse_results`` files written by
+        another ENDPOINT (another model). By default they are left unused (the summary's
+        ``reuse_skipped_other_model`` counts them); the ENDPOINT is recorded beside each results file.
     :param prices: USD per 1,000,000 tokens, ``{"prompt": ..., "candidates": ..., "thoughts": ...}``
         (``thoughts`` defaults to ``candidates``): the summary then gives ``cost_usd`` and the
         ``cost_avoided_usd`` by reuse and deduplication.
@@ -130,6 +133,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         request_retries: int = 1,
         retry_failures: list[str] | Callable[[str], bool] | None = None,
         prices: dict[str, float] | None = None,
+        reuse_other_models: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(maas_conn_id=maas_conn_id, endpoint=endpoint, **kwargs)
@@ -148,6 +152,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         self.max_parallel_transfers = max_parallel_transfers
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.reuse_results = reuse_results
+        self.reuse_other_models = reuse_other_models
         self.deduplicate = deduplicate
         self.request_retries = request_retries
         self.retry_failures = retry_failures
@@ -155,7 +160,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
 
     def _settings(self) -> BatchSettings:
         """This try's settings (templated fields rendered)."""
-        return BatchSettings.of(self, should_retry=self._should_retry)
+        return BatchSettings.of(self, should_retry=self._should_retry, endpoint_of=lambda: self.hook.config.endpoint)
 
     # Entry points ---------------------------------------------------------------------------
     def execute(self, context: Context) -> str:

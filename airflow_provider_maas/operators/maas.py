@@ -21,6 +21,7 @@ from airflow_provider_maas.batch.merge import (
     merge_results,
     summarise_results,
 )
+from airflow_provider_maas.batch.origin import write_origin
 from airflow_provider_maas.batch.request_lines import iter_request_lines
 from airflow_provider_maas.batch.shards import validate_file, write_shards
 from airflow_provider_maas.client.failures import proves_not_created
@@ -242,6 +243,7 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
             images = extract_images_beside(dest)
             summary["images"] = len(images)
             context["ti"].xcom_push(key="images", value=images)
+        write_origin(dest, self.hook.config.endpoint)
         publish_summary(self, context, summary, uri_of(dest))
         return uri_of(dest)
 
