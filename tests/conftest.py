@@ -50,6 +50,7 @@ SYSTEM_FILES = frozenset(
         "test_crash_restart.py",
         "test_create_killed.py",
         "test_demo.py",
+        "test_leak_sweep_dag.py",
     }
 )
 SYSTEM_DIRS = frozenset({"browser", "distributed"})

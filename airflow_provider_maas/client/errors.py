@@ -139,7 +139,24 @@ def parse_json(body: bytes, *, what: str, api_key: str | None = None) -> dict[st
             f"{what}: the service answered with success but the body is not a usable JSON object: {snippet!r}; "
             "check the connection's Base URL points at the MaaS API."
         )
+    if api_key:
+        _redact_strings(payload, api_key)  # a form escaped for JSON in the body (\\/) is plain once decoded
     return payload
+
+
+def _redact_strings(payload: dict[str, Any], api_key: str) -> None:
+    """Redact, in place, every string of a decoded JSON object (keys included), at any depth."""
+    stack: list[Any] = [payload]
+    while stack:
+        item = stack.pop()
+        pairs = list(item.items()) if isinstance(item, dict) else list(enumerate(item))
+        for key, value in pairs:
+            if isinstance(value, str):
+                item[key] = redact_key(value, api_key)
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
+            if isinstance(key, str) and contains_key(key, api_key):
+                item[redact_key(key, api_key)] = item.pop(key)
 
 
 def redirect_error(status: int, location: str | None, *, what: str, api_key: str | None) -> MaaSConfigError:
