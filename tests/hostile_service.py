@@ -74,9 +74,9 @@ class Hostile(StubService):
         if self.mode == "errors":
             return self._error(method, target)
         answer = super().answer(method, target, body)
-        if self.mode in ("echo", "forged") and method == "GET" and "/batchPredictionJobs/" in target:
-            if not target.split("?")[0].endswith("/content"):
-                return self._job(target)
+        is_job = "/batchPredictionJobs/" in target and not target.split("?")[0].endswith("/content")
+        if self.mode in ("echo", "forged") and method == "GET" and is_job:
+            return self._job(target)
         if self.mode == "echo" and answer[0] == 200 and answer[2].startswith(b"{"):
             payload = json.loads(answer[2])
             payload["echo"] = echo_text()

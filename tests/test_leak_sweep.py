@@ -140,7 +140,9 @@ OPERATORS = {
     "upload": lambda job, tmp: MaaSUploadFileOperator(task_id="u", source=str(write_requests_path())),
     "create": lambda job, tmp: MaaSCreateBatchJobOperator(task_id="c", file_name="in.jsonl"),
     "sensor": lambda job, tmp: MaaSBatchJobSensor(task_id="s", job_name=job, poll_interval=0.01, timeout=5),
-    "download": lambda job, tmp: MaaSDownloadResultsOperator(task_id="d", job_name=job, destination=str(tmp / "d.jsonl")),
+    "download": lambda job, tmp: MaaSDownloadResultsOperator(
+        task_id="d", job_name=job, destination=str(tmp / "d.jsonl")
+    ),
     "batch": lambda job, tmp: batch_operator(write_requests_path(), tmp / "b.jsonl", shard_retries=0),
 }
 
