@@ -35,8 +35,10 @@ UNIT_FILES = frozenset(
     {
         "test_api.py",
         "test_batch_state.py",
+        "test_cost_unknown.py",
         "test_integrity.py",
         "test_jsonl.py",
+        "test_key_redaction.py",
         "test_merge.py",
         "test_provider_info.py",
         "test_results.py",

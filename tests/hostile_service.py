@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ def key_forms(key: str = KEY) -> dict[str, str]:
         "lowercase": key.lower(),
         "uppercase": key.upper(),
         "percent": percent,
-        "percent-lower-hex": percent.replace("%2F", "%2f").replace("%2B", "%2b").replace("%3D", "%3d"),
+        "percent-lower-hex": re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), percent),
         "percent-plus": quote_plus(key, safe=""),
         "percent-mixed": quote(key, safe="/"),
         "json-slash": key.replace("/", "\\/"),
