@@ -64,7 +64,8 @@ class Hostile(StubService):
     ``mode``: ``"working"`` (the stub's own answers), ``"errors"`` (each call fails: upload 404,
     create 400, a job 200 that is not JSON, results metadata 401, results 500), ``"echo"`` (success
     bodies that carry every form of the key: in a job's display name, state and error message),
-    ``"forged"`` (jobs end FAILED with :data:`FORGED` as message, state text and display name).
+    ``"forged"`` (jobs end FAILED with :data:`FORGED` as message, state text and display name; an
+    upload answers it as its size and name).
     """
 
     mode: str = "working"
@@ -78,6 +79,8 @@ class Hostile(StubService):
         is_job = "/batchPredictionJobs/" in target and not target.split("?")[0].endswith("/content")
         if self.mode in ("echo", "forged") and method == "GET" and is_job:
             return self._job(target)
+        if self.mode == "forged" and method == "POST" and target.split("?")[0].endswith("/files"):
+            return json_answer({**json.loads(answer[2]), "size": FORGED, "name": FORGED})  # quoted in the mismatch
         if self.mode == "echo" and answer[0] == 200 and answer[2].startswith(b"{"):
             payload = json.loads(answer[2])
             payload["echo"] = echo_text()

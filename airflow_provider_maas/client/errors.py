@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from airflow_provider_maas.client.redaction import contains_key, neutralise, redact, redact_key
+from airflow_provider_maas.client.redaction import contains_key, escape_unsafe, neutralise, redact, redact_key
 from airflow_provider_maas.client.retry import RETRYABLE_STATUS, parse_retry_after
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
@@ -121,7 +121,8 @@ def error_from_response(
 def parse_json(body: bytes, *, what: str, api_key: str | None = None) -> dict[str, Any]:
     """Parse a success body; anything but a JSON object (deep nesting included) is a clear
     :class:`MaaSApiError` quoting the redacted start of the body. The key, in any form, is taken out
-    of the body first, so no value of the result (a job's error message...) can carry it on."""
+    of the body first, so no value of the result (a job's error message...) can carry it on, and
+    control characters in its strings are escaped (:func:`_clean_strings`)."""
     if api_key:
         try:
             text = body.decode("utf-8")
@@ -139,24 +140,29 @@ def parse_json(body: bytes, *, what: str, api_key: str | None = None) -> dict[st
             f"{what}: the service answered with success but the body is not a usable JSON object: {snippet!r}; "
             "check the connection's Base URL points at the MaaS API."
         )
-    if api_key:
-        _redact_strings(payload, api_key)  # a form escaped for JSON in the body (\\/) is plain once decoded
+    _clean_strings(payload, api_key)
     return payload
 
 
-def _redact_strings(payload: dict[str, Any], api_key: str) -> None:
-    """Redact, in place, every string of a decoded JSON object (keys included), at any depth."""
+def _clean(text: str, api_key: str | None) -> str:
+    return escape_unsafe(redact_key(text, api_key))
+
+
+def _clean_strings(payload: dict[str, Any], api_key: str | None) -> None:
+    """Redact (a form escaped for JSON in the body, ``\\/``, is plain once decoded) and escape the
+    unsafe characters of, in place, every string of a decoded JSON object (keys too), at any depth:
+    no value the hook returns can carry the key or a control character into a log, error or XCom."""
     stack: list[Any] = [payload]
     while stack:
         item = stack.pop()
         pairs = list(item.items()) if isinstance(item, dict) else list(enumerate(item))
         for key, value in pairs:
             if isinstance(value, str):
-                item[key] = redact_key(value, api_key)
+                item[key] = _clean(value, api_key)
             elif isinstance(value, (dict, list)):
                 stack.append(value)
-            if isinstance(key, str) and contains_key(key, api_key):
-                item[redact_key(key, api_key)] = item.pop(key)
+            if isinstance(key, str) and _clean(key, api_key) != key:
+                item[_clean(key, api_key)] = item.pop(key)
 
 
 def redirect_error(status: int, location: str | None, *, what: str, api_key: str | None) -> MaaSConfigError:

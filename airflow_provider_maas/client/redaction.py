@@ -138,6 +138,11 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
+def escape_unsafe(text: str) -> str:
+    """``text`` with every :data:`UNSAFE` character escaped visibly, not cut."""
+    return UNSAFE.sub(_escape, text) if UNSAFE.search(text) else text
+
+
 def neutralise(text: str, limit: int = MAX_NEUTRAL) -> str:
     """``text`` with every :data:`UNSAFE` character escaped visibly (ESC as ``\\x1b``, U+202E as
     ``\\u202e``, a newline as ``\\x0a``), at most ``limit`` characters (``...`` ends a cut text).
