@@ -431,3 +431,21 @@ def test_cleanup_keeps_files_that_only_look_like_parts(tmp_path):
     with atomic_writer(to_path(dest)) as out:
         out.write(b"ok\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*users, "res.jsonl"])
+
+
+def test_a_filesystem_error_quoted_in_a_message_carries_no_secret():
+    from airflow_provider_maas.storage.paths import scrub
+
+    text = scrub("HTTP 403 for https://b.example/x.jsonl?X-Amz-Signature=abc&t=1 via s3://AK:SEC@bucket/x\n[FAKE]")
+    assert "Signature" not in text and "SEC" not in text and "\n" not in text
+    assert "https://b.example/x.jsonl?..." in text and "s3://...@bucket/x" in text
+
+
+def test_a_missing_presigned_source_is_named_without_its_signature():
+    from tests.service_stub import stub_service
+
+    with stub_service() as service:  # answers 404 to anything it does not know
+        url = f"{service.base_url}/in/x.jsonl?X-Amz-Signature=secret-signature"
+        with pytest.raises(MaaSInputError) as info, storage.open_source(url):
+            pass
+    assert "secret-signature" not in str(info.value) and "/in/x.jsonl?..." in str(info.value)

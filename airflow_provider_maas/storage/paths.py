@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -80,7 +81,7 @@ def to_path(target: Any, *, what: str = "path") -> ObjectStoragePath:
         try:
             path = ObjectStoragePath(text)
         except (ValueError, TypeError, ImportError) as err:  # "Unsupported filesystem: 'x'", "Install ocifs"
-            raise MaaSInputError(f"The {what} {shown_uri(text)!r} is not a usable path or URI: {err}.") from None
+            raise MaaSInputError(f"The {what} {shown_uri(text)!r} is not a usable path or URI: {scrub(err)}.") from None
     else:
         raise MaaSInputError(
             f"The {what} must be a local path, a URI or an ObjectStoragePath, got {type(target).__name__}."
@@ -138,6 +139,16 @@ def shown_uri(uri: str) -> str:
         hidden = "?..." if parts.query or parts.fragment else ""
         return f"{parts.scheme}://{netloc}{parts.path}{hidden}"
     return uri if netloc == parts.netloc else uri.replace(parts.netloc, netloc, 1)
+
+
+_URL_SECRETS = re.compile(r"(\w+://)[^/\s'\"@]*:[^/\s'\"@]*@|(https?://[^\s'\"?#]*)[?#][^\s'\"]*", re.IGNORECASE)
+
+
+def scrub(err: BaseException | str) -> str:
+    """The text of a filesystem's error, neutralised, without what a URL in it may carry: a user
+    part with a secret (``s3://KEY:SECRET@``) and an http(s) query string (a signature)."""
+    text = _URL_SECRETS.sub(lambda m: f"{m[1]}...@" if m[1] else f"{m[2]}?...", str(err))
+    return neutralise(text, 500)
 
 
 def conn_id_of(path: ObjectStoragePath) -> str | None:
@@ -218,7 +229,7 @@ def _cannot_use(path: ObjectStoragePath, what: str, err: Exception) -> MaaSInput
     conn = f" with connection {conn_id!r}" if conn_id else " without a connection id"
     return MaaSInputError(
         f"The {what} {uri_of(path)!r}: its {path.protocol}:// filesystem cannot be opened{conn} "
-        f"({type(err).__name__}: {err}); check the connection (the id goes before '@' in the URI)."
+        f"({type(err).__name__}: {scrub(err)}); check the connection (the id goes before '@' in the URI)."
     )
 
 
@@ -253,11 +264,11 @@ def check_destination(target: Any, *, what: str = "destination", folder: bool = 
         is_file = folder and not is_dir and fs.isfile(path.path)
     except PermissionError as err:
         raise MaaSInputError(
-            f"The {what} {uri!r} cannot be read: permission denied ({err}); check the credentials of "
+            f"The {what} {uri!r} cannot be read: permission denied ({scrub(err)}); check the credentials of "
             f"its connection {conn_id_of(path)!r}."
         ) from None
     except Exception as err:  # network or service: may pass on a retry
-        raise MaaSError(f"The {what} {uri!r} could not be checked ({type(err).__name__}: {err}).") from None
+        raise MaaSError(f"The {what} {uri!r} could not be checked ({type(err).__name__}: {scrub(err)}).") from None
     _refuse_kind(uri, what=what, folder=folder, is_dir=is_dir, is_file=is_file)
     return path
 
