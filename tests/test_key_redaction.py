@@ -76,3 +76,13 @@ def test_neutralise_escapes_what_forges_or_hides_log_lines():
 def test_names_with_hidden_or_control_characters_are_refused(name):
     with pytest.raises(MaaSInputError, match="control character"):
         check_name(name, "file name")
+
+
+@pytest.mark.parametrize("key", ["abcdefGHIJ0123456789", "sk-Ab/Cd+Ef==Gh Ij&KlmnOP42~~~?", "_-_-_-_-_-_-_-_-"])
+def test_the_quick_check_never_misses_a_form(key):
+    """``contains_key`` first rules texts out cheaply (a poll parses a job's JSON thousands of times):
+    it must never rule out a text that holds a form, for keys of letters and digits only, of mixed
+    characters, or of no letter or digit at all."""
+    for name, form in echoed_forms(key).items():
+        assert contains_key(f"a {form} b", key), name
+        assert "***" in redact(f"a {form} b", key), name

@@ -123,13 +123,13 @@ def parse_json(body: bytes, *, what: str, api_key: str | None = None) -> dict[st
     :class:`MaaSApiError` quoting the redacted start of the body. The key, in any form, is taken out
     of the body first, so no value of the result (a job's error message...) can carry it on, and
     control characters in its strings are escaped (:func:`_clean_strings`)."""
-    if api_key:
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            text = body.decode("utf-8", errors="replace")
-        if contains_key(text, api_key):
-            body = redact_key(text, api_key).encode("utf-8")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = body.decode("utf-8", errors="replace")
+    if api_key and contains_key(text, api_key):
+        text = redact_key(text, api_key)
+        body = text.encode("utf-8")
     try:
         payload = _load_json(body)
     except ValueError:
@@ -140,7 +140,10 @@ def parse_json(body: bytes, *, what: str, api_key: str | None = None) -> dict[st
             f"{what}: the service answered with success but the body is not a usable JSON object: {snippet!r}; "
             "check the connection's Base URL points at the MaaS API."
         )
-    _clean_strings(payload, api_key)
+    # A decoded string may hold an unsafe character only if the JSON text has one, an escape
+    # (\n, \u001b...) or a non-ASCII character; a job's JSON usually has none (a poll stays cheap).
+    if (api_key and contains_key(text, api_key)) or not text.isascii() or "\\" in text or not text.isprintable():
+        _clean_strings(payload, api_key)
     return payload
 
 
