@@ -232,7 +232,7 @@ def test_merge_counts_results_matching_no_request(tmp_path):
     [
         ([1, 2], "must be a dict"),
         ({"prompt": 1}, "needs candidates"),
-        ({"prompt": 1, "candidates": -1}, "number >= 0"),
+        ({"prompt": 1, "candidates": -1}, "number from 0 to 10000"),
         ({"prompt": 1, "candidates": 1, "output": 2}, "unknown keys"),
     ],
 )

@@ -19,6 +19,8 @@ import json
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from airflow_provider_maas.client.redaction import neutralise
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
@@ -279,9 +281,22 @@ def _candidate_text(candidate: dict[str, Any] | None) -> str | None:
     return "".join(texts) if texts else None
 
 
+#: Largest token count of one answer taken as true; a larger, negative or non-integer count (a
+#: string, a float) makes the answer's usage unknown.
+MAX_TOKEN_COUNT = 10**9
+
+
+def _usable_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT
+
+
 def _usage(response: dict[str, Any] | None) -> dict[str, int]:
+    """The integer fields of ``usageMetadata``; none at all (unknown usage) when a token count
+    there is negative, too large or not an integer, or ``promptTokenCount`` is missing."""
     metadata = response.get("usageMetadata", response.get("usage_metadata")) if response else None
-    if not isinstance(metadata, dict):
+    if not isinstance(metadata, dict) or not _usable_count(metadata.get("promptTokenCount")):
+        return {}
+    if any(field in metadata and not _usable_count(metadata[field]) for field in _USAGE_FIELDS.values()):
         return {}
     return {k: v for k, v in metadata.items() if isinstance(v, int) and not isinstance(v, bool)}
 
@@ -351,6 +366,7 @@ class ResultSummary:
         self.failed = 0
         self.missing = 0
         self.tokens = dict.fromkeys(_USAGE_FIELDS, 0)
+        self.usage_unknown = 0
         self.failure_samples: list[tuple[int, str]] = []
         self._max_samples = max_failure_samples
 
@@ -364,15 +380,25 @@ class ResultSummary:
             if record.status == MISSING_STATUS:
                 self.missing += 1
             if len(self.failure_samples) < self._max_samples:
-                self.failure_samples.append((record.line_number, record.error or "no response"))
+                self.failure_samples.append((record.line_number, neutralise(record.error or "no response", 300)))
         usage = record.usage
         if usage:
             for name, usage_field in _USAGE_FIELDS.items():
                 self.tokens[name] += usage.get(usage_field, 0)
+        elif record.succeeded:
+            self.usage_unknown += 1
 
     def as_dict(self) -> dict[str, int]:
-        """``{"requests", "succeeded", "failed", "prompt_tokens", "candidates_tokens", "thoughts_tokens", "total_tokens"}``."""
-        return {"requests": self.requests, "succeeded": self.succeeded, "failed": self.failed, **self.tokens}
+        """``{"requests", "succeeded", "failed", "prompt_tokens", "candidates_tokens", "thoughts_tokens",
+        "total_tokens", "cost_unknown_answers"}``: the last counts the answers without usable token
+        counts (no ``usageMetadata``, a count negative or not an integer), left out of the totals."""
+        return {
+            "requests": self.requests,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            **self.tokens,
+            "cost_unknown_answers": self.usage_unknown,
+        }
 
 
 def summarize(records: Iterable[ResultRecord]) -> dict[str, int]:

@@ -283,7 +283,8 @@ def add_origins(
 ) -> None:
     """Add to a merge's ``summary`` where its answers came from (``reused``, ``deduplicated``,
     ``sent``, ``tokens_reused``, ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` (the
-    tokens of the answers sent) and ``cost_avoided_usd`` (``reused``, ``deduplicated``)."""
+    tokens of the answers sent) and ``cost_avoided_usd`` (``reused``, ``deduplicated``): each None
+    (unknown) when one of its answers has no usable token counts (``cost_unknown_answers``)."""
     reused = reused or ResultSummary()
     deduplicated = deduplicated or ResultSummary()
     summary.update(
@@ -295,8 +296,9 @@ def add_origins(
     )
     if prices is not None:
         paid = {name: summary[name] - reused.tokens[name] - deduplicated.tokens[name] for name in reused.tokens}
-        summary["cost_usd"] = cost_of(paid, prices)
+        unknown = summary.get("cost_unknown_answers", 0) - reused.usage_unknown - deduplicated.usage_unknown
+        summary["cost_usd"] = cost_of(paid, prices, unknown=unknown)
         summary["cost_avoided_usd"] = {
-            "reused": cost_of(reused.tokens, prices),
-            "deduplicated": cost_of(deduplicated.tokens, prices),
+            "reused": cost_of(reused.tokens, prices, unknown=reused.usage_unknown),
+            "deduplicated": cost_of(deduplicated.tokens, prices, unknown=deduplicated.usage_unknown),
         }

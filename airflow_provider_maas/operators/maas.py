@@ -22,6 +22,7 @@ from airflow_provider_maas.batch.merge import (
     merge_results,
     summarise_results,
 )
+from airflow_provider_maas.batch.origin import write_origin
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, iter_request_lines
 from airflow_provider_maas.batch.settings import check_limits
 from airflow_provider_maas.batch.shards import validate_file, write_shards
@@ -250,6 +251,7 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
             images = extract_images_beside(dest)
             summary["images"] = len(images)
             context["ti"].xcom_push(key="images", value=images)
+        write_origin(dest, self.hook.config.endpoint)
         publish_summary(self, context, summary, uri_of(dest))
         return uri_of(dest)
 
