@@ -3,7 +3,9 @@
 The reservation rule. Before a shard's create, :meth:`SpendGate.admit` adds
 
 - **spent**: the reported cost (``usageMetadata`` at ``prices``) of every job whose results were
-  downloaded, kept in each shard's record (``cost_usd``) in the batch state;
+  downloaded, kept in each shard's record (``cost_usd``) in the batch state; the worst case of jobs
+  paid without a report (results gone, an uncertain create cleared: ``lost_usd``); and what the
+  states this one replaced spent (``spent_before_usd``);
 - **reserved**: the worst case (``plan.worst_case_usd``) of every job in flight (a shard CREATING
   or RUNNING, ``reserve_usd`` in its record) and of every shard admitted but not created yet;
 - the worst case of the new job;
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +52,26 @@ CANARY = ShardKey(0, 0)
 _EPSILON = 1e-9
 #: How the status of a request not sent starts.
 NOT_SENT = "NOT_SENT"
+
+
+def count_as_lost(record: ShardRecord) -> ShardRecord:
+    """``record`` whose job was (or may have been) paid for but will never report its cost: its
+    reported cost, else its reservation, becomes ``lost_usd`` (spent for good)."""
+    paid = record.cost_usd if record.cost_usd is not None else record.reserve_usd
+    if not paid:
+        return record
+    return record.but(cost_usd=None, lost_usd=round((record.lost_usd or 0.0) + paid, 9))
+
+
+def spend_left_behind(state: BatchState) -> float:
+    """What a state being replaced (its plan changed) spent, with the reservations of its jobs in
+    flight (they keep running and are billed): carried into the new state as ``spent_before_usd``."""
+    total = state.spent_before_usd
+    for record in state.shards.values():
+        total += (record.cost_usd or 0.0) + (record.lost_usd or 0.0)
+        if record.status in (ShardStatus.CREATING, ShardStatus.RUNNING) and record.cost_usd is None:
+            total += record.reserve_usd or 0.0
+    return round(total, 9)
 
 
 def check_budget(max_cost_usd: Any, prices: Any, default_max_output_tokens: Any) -> None:
@@ -105,7 +127,9 @@ class SpendGate:
         """The reported cost of every job downloaded so far (all rounds, all tries): read from the
         state once, then kept up to date by :meth:`downloaded` (O(1) per create, not O(shards))."""
         if self._spent is None:
-            self._spent = sum(r.cost_usd or 0.0 for r in state.shards.values())
+            self._spent = state.spent_before_usd + sum(
+                (r.cost_usd or 0.0) + (r.lost_usd or 0.0) for r in state.shards.values()
+            )
         return round(self._spent, 9)
 
     def reserved(self, state: BatchState) -> float:
@@ -259,6 +283,14 @@ class SpendGate:
         reserve = self.worst(key, state) if self.max_cost_usd is not None else None
         return {"reserve_usd": reserve, "cost_usd": None, "unsent": False}
 
+    def lost(self, record: ShardRecord) -> ShardRecord:
+        """The job of ``record`` ran, but its results are gone: what it cost stays spent
+        (:func:`count_as_lost`) when the shard is sent again."""
+        changed = count_as_lost(record)
+        if self._spent is not None and record.cost_usd is None:  # a reported cost is in spent already
+            self._spent += (changed.lost_usd or 0.0) - (record.lost_usd or 0.0)
+        return changed
+
     def downloaded(self, record: ShardRecord, part: ObjectStoragePath) -> dict[str, Any]:
         """After the results of ``record``'s job were downloaded to ``part``: check its answers
         (rewriting the invalid ones in place), then measure what the job cost."""
@@ -267,10 +299,22 @@ class SpendGate:
         if self.prices is None:
             return {}
         summary = ResultSummary(max_failure_samples=0)
+        unpriced = 0  # answers without a usable usageMetadata: paid for all the same
         with part.open("rb") as handle:
             for result in iter_results(handle):
+                if result.response is not None and (not result.usage or min(result.usage.values()) < 0):
+                    unpriced += 1
+                    result = replace(result, usage={})  # a negative count must not lower the spend
                 summary.add(result)
         cost = cost_of(summary.tokens, self.prices)
+        if unpriced and record.reserve_usd is not None and record.reserve_usd > cost:
+            log.warning(
+                "Shard %s: %d answers report no usable usageMetadata; the job is counted at its worst case ($%.6f)",
+                record.key,
+                unpriced,
+                record.reserve_usd,
+            )
+            cost = record.reserve_usd
         if self._spent is not None:  # a part downloaded again (lost) replaces its earlier cost
             self._spent += cost - (record.cost_usd or 0.0)
         return {"cost_usd": cost}
@@ -313,6 +357,6 @@ class SpendGate:
         return MaaSBudgetExceededError(
             f"The budget stopped the batch: {reason}. Spent ${self.spent(state):.6f}, reserved "
             f"${self.reserved(state):.6f}, budget ${self.max_cost_usd}. {after} To continue, raise max_cost_usd "
-            "and clear the task (its state keeps the spend), or run again with the results as reuse_results: "
-            "the answers already paid for are reused."
+            "and clear the task (its state keeps the spend), or run again (a new DAG run) with the results as "
+            "reuse_results: the answers already paid for are reused (a clear of this task keeps counting its spend)."
         )

@@ -5,9 +5,10 @@ Estimates are made from the request lines alone (no tokenizer, no call to the se
 - **prompt tokens**: the characters of every text part (``contents`` and ``systemInstruction``)
   divided by :data:`CHARS_PER_TOKEN`, rounded up, plus :data:`TOKENS_PER_FILE` per ``file_data`` /
   ``inlineData`` part (Gemini counts an image as 258 tokens). The **worst case** counts one token
-  per character (no tokenizer gives more for text).
+  per UTF-8 byte of text (a tokenizer's byte fallback gives no more); other parts (``functionCall``,
+  ``functionResponse``...) and ``tools`` count by the bytes of their JSON.
 - **output tokens**: at most ``generationConfig.maxOutputTokens`` (thinking tokens included, as the
-  service counts them), else ``default_max_output_tokens``. The estimate assumes an answer as long
+  service counts them), else ``default_max_output_tokens``, times ``candidateCount``. The estimate assumes an answer as long
   as its prompt, capped there; a canary (``canary.py``) replaces it with measured tokens.
 - **USD**: ``prices`` (per 1,000,000 tokens); output tokens of the worst case are priced at the
   dearer of ``candidates`` and ``thoughts``.
@@ -40,9 +41,9 @@ TOKENS_PER_FILE = 258
 DEFAULT_MAX_OUTPUT_TOKENS = 65_536
 #: How the estimate was made, as the plan states it.
 BASIS = (
-    f"prompt tokens: text characters / {CHARS_PER_TOKEN} (worst case: 1 token per character) + "
-    f"{TOKENS_PER_FILE} per file part; output tokens: generationConfig.maxOutputTokens, else "
-    "default_max_output_tokens (worst case), an answer as long as its prompt (estimate)"
+    f"prompt tokens: text characters / {CHARS_PER_TOKEN} (worst case: 1 token per UTF-8 byte; other parts "
+    f"and tools by their JSON) + {TOKENS_PER_FILE} per file part; output tokens: generationConfig.maxOutputTokens "
+    "x candidateCount, else default_max_output_tokens (worst case), an answer as long as its prompt (estimate)"
 )
 
 
@@ -76,6 +77,10 @@ def _parts(request: Mapping[str, Any]) -> list[Any]:
     return parts
 
 
+#: Keys of a part holding a file (counted :data:`TOKENS_PER_FILE` each).
+_FILE_KEYS = ("file_data", "fileData", "inlineData", "inline_data")
+
+
 def max_output_tokens(request: Mapping[str, Any], default: int) -> int:
     """``generationConfig.maxOutputTokens`` of ``request`` (either spelling), else ``default``."""
     config = request.get("generationConfig", request.get("generation_config"))
@@ -86,19 +91,42 @@ def max_output_tokens(request: Mapping[str, Any], default: int) -> int:
     return default
 
 
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+def candidate_count(request: Mapping[str, Any]) -> int:
+    """``generationConfig.candidateCount`` (either spelling): each candidate is an answer, all billed."""
+    config = request.get("generationConfig", request.get("generation_config"))
+    if isinstance(config, dict):
+        value = config.get("candidateCount", config.get("candidate_count"))
+        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
+            return value
+    return 1
+
+
 def estimate_request(request: Mapping[str, Any], default_max_output: int = DEFAULT_MAX_OUTPUT_TOKENS) -> Tokens:
     """The token estimates of one request (see the module docstring)."""
-    chars = files = 0
+    chars = files = worst = 0
     for part in _parts(request):
         if not isinstance(part, dict):
             continue
         if isinstance(part.get("text"), str):
             chars += len(part["text"])
-        if part.get("file_data") or part.get("fileData") or part.get("inlineData") or part.get("inline_data"):
+            worst += len(part["text"].encode("utf-8", "surrogatepass"))  # byte fallback: a token per byte at most
+        if any(part.get(key) for key in _FILE_KEYS):
             files += 1
+        others = {key: value for key, value in part.items() if key != "text" and key not in _FILE_KEYS}
+        if others:  # functionCall, functionResponse, executableCode...: prompt tokens too
+            size = _json_bytes(others)
+            chars, worst = chars + size, worst + size
+    for key in ("tools", "toolConfig", "tool_config"):  # tool declarations are prompt tokens
+        if request.get(key):
+            size = _json_bytes(request[key])
+            chars, worst = chars + size, worst + size
     prompt = max(1, math.ceil(chars / CHARS_PER_TOKEN)) + TOKENS_PER_FILE * files
-    ceiling = max_output_tokens(request, default_max_output)
-    return Tokens(1, prompt, max(1, chars) + TOKENS_PER_FILE * files, ceiling, min(prompt, ceiling))
+    ceiling = max_output_tokens(request, default_max_output) * candidate_count(request)
+    return Tokens(1, prompt, max(1, worst) + TOKENS_PER_FILE * files, ceiling, min(prompt, ceiling))
 
 
 def estimate_line(line: bytes, default_max_output: int) -> Tokens:

@@ -15,6 +15,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.budget import count_as_lost, spend_left_behind
 from airflow_provider_maas.batch.create_guard import (
     clear_round,
     cleared_since,
@@ -58,6 +59,7 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
                 journal.uri,
             )
         else:
+            spent_before = 0.0
             if state is not None:
                 # A create left in flight by an earlier try of this clear round is refused all
                 # the same: the job it may have made is for the same requests; and so are
@@ -65,7 +67,8 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
                 refuse_abandoning_jobs(context, journal, state)
                 take_over(context, journal, state, settings)
                 log.warning("The input changed since the batch state at %s was written: starting over", journal.uri)
-            state = start(context, journal, plans, round_source, settings)
+                spent_before = spend_left_behind(state)  # max_cost_usd: a new plan is not a new budget
+            state = start(context, journal, plans, round_source, settings, spent_before=spent_before)
         if to_send and round_source is not None and not round_source.exists():
             copy_file(to_send, round_source)  # before any upload: a retry finds it
     remember(context, journal)
@@ -93,15 +96,18 @@ def start(
     plans: list[ShardPlan],
     source: ObjectStoragePath | None,
     settings: BatchSettings,
+    *,
+    spent_before: float = 0.0,
 ) -> BatchState:
     """A new state for ``plans`` (round 0's requests in ``source``, or the operator's source if
-    None), stored in ``journal`` in place of any earlier one."""
+    None), stored in ``journal`` in place of any earlier one (``spent_before``: what that one spent)."""
     state = BatchState(
         fingerprint=fingerprint(plans),
         identity=".".join(task_identity(context)),
         rounds=[Round(0, tuple(plans), source=uri_of(source) if source is not None else None)],
         deadline=settings.new_deadline(),
         clear_round=clear_round(context),
+        spent_before_usd=spent_before,
     )
     journal.create(state)
     log.info("Planned %d shards for %d requests; state at %s", len(plans), sum(p.requests for p in plans), journal.uri)
@@ -135,7 +141,8 @@ def take_over(context: Any, journal: BatchJournal, state: BatchState, settings: 
             file_name=record.file_name, display_name=record.display_name, round_=record.clear_round
         )
         refuse_uncertain_create(marker, context, what=f"shard {record.key} (file {record.file_name!r}){others}")
-        changes.append(record.but(status=ShardStatus.PENDING))
+        # Cleared: the job may exist and be billed; its reservation stays spent (max_cost_usd).
+        changes.append(count_as_lost(record).but(status=ShardStatus.PENDING))
     if cleared:
         log.info("The task was cleared since the last try: failed shards are submitted again")
         changes.extend(

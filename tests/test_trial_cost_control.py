@@ -1,0 +1,189 @@
+"""Issue 22 attacked from its text: where the cap could be passed, or answers lost.
+
+Each test failed before its fix. The emulator bills every job it runs; its output is exactly
+``maxOutputTokens``, so with prompt tokens free a job costs exactly its worst case and
+``jobs_created * JOB_WORST`` is what the batch really paid.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_maas.batch.budget import SpendGate
+from airflow_provider_maas.batch.plan import estimate_request
+from airflow_provider_maas.batch.schema import AnswerCheck
+from airflow_provider_maas.batch.state import ShardKey, ShardRecord, ShardStatus
+from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError
+from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
+from tests.helpers import make_context
+
+PRICES = {"prompt": 0.0, "candidates": 1.0}
+MAX_OUT = 16
+JOB_WORST = 5 * MAX_OUT / 1_000_000  # a job of 5 requests at MAX_OUT output tokens each
+
+
+def _requests(path: Path, count: int) -> Path:
+    with path.open("w") as handle:
+        for i in range(count):
+            request = {
+                "contents": [{"role": "user", "parts": [{"text": f"Question {i}: what is {i} + {i}?"}]}],
+                "generationConfig": {"maxOutputTokens": MAX_OUT},
+            }
+            handle.write(json.dumps({"request": request}) + "\n")
+    return path
+
+
+def _operator(source: Path, dest: Path, **kwargs) -> MaaSBatchPredictionOperator:
+    kwargs = {"poll_interval": 0.05, "deferrable": False, "max_requests_per_file": 5, **kwargs}
+    return MaaSBatchPredictionOperator(task_id="p", source=str(source), destination=str(dest), **kwargs)
+
+
+def _cleared(max_tries: int) -> dict:
+    context = make_context()
+    context["ti"].max_tries = max_tries
+    return context
+
+
+# A job paid for that reported nothing ----------------------------------------------------------
+def test_a_job_whose_results_are_gone_still_counts_against_the_cap(emulator_factory, tmp_path):
+    """The job ran (and was billed); its results expired before the download. Releasing its
+    reservation let the shard be sent again on top of it: 3 jobs paid under a cap of 2."""
+    handle = emulator_factory(faults=["content:1:results-gone"])
+    source = _requests(tmp_path / "r.jsonl", 10)  # 2 shards
+    op = _operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1)
+    with pytest.raises(MaaSBudgetExceededError):
+        op.execute(make_context())
+    assert handle.emulator.jobs_created * JOB_WORST <= 2 * JOB_WORST + 1e-12
+
+
+def test_a_create_left_uncertain_then_cleared_still_counts_against_the_cap(emulator_factory, tmp_path):
+    """The create's answer was lost but the job exists (and is billed). A person clears the task:
+    the new try may create again, but the earlier job's reservation must not be dropped."""
+    handle = emulator_factory(faults=["create:1:lost-500"])
+    source = _requests(tmp_path / "r.jsonl", 10)  # 2 shards
+    dest = tmp_path / "out.jsonl"
+
+    def operator() -> MaaSBatchPredictionOperator:
+        return _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1)
+
+    with pytest.raises(MaaSError):
+        operator().execute(_cleared(1))
+    assert handle.emulator.jobs_created == 1  # created, its answer lost
+    with pytest.raises(MaaSBudgetExceededError):
+        operator().execute(_cleared(2))
+    assert handle.emulator.jobs_created * JOB_WORST <= 2 * JOB_WORST + 1e-12
+
+
+def _part(tmp_path: Path, lines: list[dict]) -> Path:
+    part = tmp_path / "part.jsonl"
+    part.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return part
+
+
+def test_answers_whose_usage_never_arrives_are_charged_their_reservation(tmp_path):
+    """A response without usageMetadata was still paid: counting it as $0 lets the next creates
+    pass the cap."""
+    answer = {"candidates": [{"content": {"parts": [{"text": "4"}]}}]}
+    part = _part(tmp_path, [{"request": {}, "response": answer}] * 5)
+    gate = SpendGate(source=None, parts=None, prices={**PRICES, "thoughts": 1.0}, max_cost_usd=1.0)
+    record = ShardRecord(ShardKey(0, 0), status=ShardStatus.RUNNING, reserve_usd=JOB_WORST)
+    from airflow.sdk import ObjectStoragePath
+
+    fields = gate.downloaded(record, ObjectStoragePath(f"file://{part}"))
+    assert fields["cost_usd"] >= JOB_WORST
+
+
+def test_negative_token_counts_do_not_lower_the_spend(tmp_path):
+    answer = {
+        "candidates": [{"content": {"parts": [{"text": "4"}]}}],
+        "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": -1_000_000, "totalTokenCount": 1},
+    }
+    part = _part(tmp_path, [{"request": {}, "response": answer}])
+    gate = SpendGate(source=None, parts=None, prices={**PRICES, "thoughts": 1.0}, max_cost_usd=1.0)
+    record = ShardRecord(ShardKey(0, 0), status=ShardStatus.RUNNING, reserve_usd=JOB_WORST)
+    from airflow.sdk import ObjectStoragePath
+
+    assert gate.downloaded(record, ObjectStoragePath(f"file://{part}"))["cost_usd"] >= 0
+
+
+# The worst case is a bound ---------------------------------------------------------------------
+def test_the_worst_case_prompt_bounds_non_ascii_text():
+    """A tokenizer with byte fallback spends up to one token per UTF-8 byte (emoji, rare scripts)."""
+    text = "\U0001f600" * 100  # 100 characters, 400 bytes
+    request = {"contents": [{"parts": [{"text": text}]}]}
+    assert estimate_request(request).worst_prompt >= len(text.encode())
+
+
+def test_the_worst_case_prompt_counts_function_responses_and_tools():
+    """Function responses, function calls and tool declarations are prompt tokens too."""
+    big = "y" * 10_000
+    request = {
+        "contents": [
+            {"role": "user", "parts": [{"text": "hi"}]},
+            {"role": "model", "parts": [{"functionCall": {"name": "f", "args": {"q": big}}}]},
+            {"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"r": big}}}]},
+        ],
+        "tools": [{"functionDeclarations": [{"name": "f", "description": big}]}],
+    }
+    assert estimate_request(request).worst_prompt >= 3 * len(big)
+
+
+def test_the_worst_case_output_counts_every_candidate():
+    """candidateCount=4 asks for 4 answers, each up to maxOutputTokens, all billed."""
+    request = {
+        "contents": [{"parts": [{"text": "hi"}]}],
+        "generationConfig": {"maxOutputTokens": 100, "candidateCount": 4},
+    }
+    assert estimate_request(request).max_output == 400
+
+
+# Malicious answers -----------------------------------------------------------------------------
+def test_a_deeply_nested_answer_is_invalid_not_a_crash():
+    """json.loads raises RecursionError (not ValueError) on deep nesting: the download handling
+    crashed, the shard stayed RUNNING and every retry downloaded and crashed again."""
+    check = AnswerCheck({"type": "object"})
+    problem = check.error("[" * 200_000 + "]" * 200_000)
+    assert problem is not None and len(problem) <= 300
+
+
+def test_a_deeply_nested_answer_against_a_recursive_schema_is_invalid_not_a_crash():
+    schema = {"$defs": {"n": {"type": "array", "items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"}
+    check = AnswerCheck(schema)
+    problem = check.error("[" * 900 + "]" * 900)
+    assert problem is None or len(problem) <= 300  # valid or invalid, but an answer either way
+
+
+# Continuing after the budget stopped the batch -------------------------------------------------
+def test_a_clear_with_reuse_results_on_the_destination_does_not_reset_the_spend(emulator, tmp_path):
+    """reuse_results pointing at the destination (the advice of the error) changes what is sent, so
+    a cleared try starts a new plan: it must not start with a new spend, or each clear pays the
+    cap again."""
+    source = _requests(tmp_path / "r.jsonl", 20)  # 4 shards
+    dest = tmp_path / "out.jsonl"
+
+    def operator(**kwargs) -> MaaSBatchPredictionOperator:
+        return _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1, **kwargs)
+
+    with pytest.raises(MaaSBudgetExceededError):
+        operator().execute(make_context())
+    assert emulator.emulator.jobs_created == 2
+    with pytest.raises(MaaSBudgetExceededError):
+        operator(reuse_results=str(dest)).execute(_cleared(2))
+    assert emulator.emulator.jobs_created == 2  # the same cap, already spent: nothing more
+
+
+def test_the_advice_of_the_budget_error_works_a_new_run_reuses_what_was_paid(emulator, tmp_path):
+    source = _requests(tmp_path / "r.jsonl", 20)  # 4 shards
+    dest = tmp_path / "out.jsonl"
+    with pytest.raises(MaaSBudgetExceededError) as info:
+        _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST).execute(make_context())
+    assert "reuse_results" in str(info.value)
+    context = make_context(run_id="run2")
+    op = _operator(source, tmp_path / "out2.jsonl", prices=PRICES, max_cost_usd=2 * JOB_WORST, reuse_results=str(dest))
+    op.execute(context)
+    assert emulator.emulator.jobs_created == 4
+    summary = context["ti"].xcom["summary"]
+    assert (summary["succeeded"], summary["reused"]) == (20, 10)
