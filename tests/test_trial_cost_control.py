@@ -187,3 +187,57 @@ def test_the_advice_of_the_budget_error_works_a_new_run_reuses_what_was_paid(emu
     assert emulator.emulator.jobs_created == 4
     summary = context["ti"].xcom["summary"]
     assert (summary["succeeded"], summary["reused"]) == (20, 10)
+
+
+def test_a_numeric_string_max_output_tokens_is_the_ceiling_the_service_uses():
+    """Protobuf JSON takes "5000" (and 5000.0) for an int32: the service allows 5000 output tokens,
+    so a lower default_max_output_tokens must not be the worst case."""
+    for value in ("5000", 5000.0):
+        request = {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"maxOutputTokens": value}}
+        assert estimate_request(request, 100).max_output == 5000
+    request = {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"candidateCount": "3"}}
+    assert estimate_request(request, 100).max_output == 300
+
+
+def test_tool_use_prompt_tokens_count_against_the_cap(tmp_path):
+    """Grounding and code execution bill toolUsePromptTokenCount as input; it is in totalTokenCount
+    but in none of the priced fields."""
+    usage = {
+        "promptTokenCount": 10,
+        "candidatesTokenCount": 10,
+        "toolUsePromptTokenCount": 1_000_000,
+        "totalTokenCount": 1_000_020,
+    }
+    answer = {"candidates": [{"content": {"parts": [{"text": "4"}]}}], "usageMetadata": usage}
+    part = _part(tmp_path, [{"request": {}, "response": answer}])
+    gate = SpendGate(source=None, parts=None, prices={"prompt": 1.0, "candidates": 1.0, "thoughts": 1.0})
+    record = ShardRecord(ShardKey(0, 0), status=ShardStatus.RUNNING)
+    from airflow.sdk import ObjectStoragePath
+
+    assert gate.downloaded(record, ObjectStoragePath(f"file://{part}"))["cost_usd"] >= 1.0
+
+
+SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+
+
+def test_reused_answers_are_checked_against_the_schema_too(emulator, tmp_path):
+    """Requests that ask for no schema of their own (set_response_schema=False) match earlier
+    plain-text results: those answers must not pass as valid without being checked."""
+    source = _requests(tmp_path / "r.jsonl", 5)
+    earlier = tmp_path / "earlier.jsonl"
+    _operator(source, earlier).execute(make_context())  # plain text answers, not JSON
+    context = make_context(run_id="run2")
+    op = _operator(
+        source,
+        tmp_path / "out.jsonl",
+        response_schema=SCHEMA,
+        set_response_schema=False,
+        reuse_results=str(earlier),
+        request_retries=0,
+    )
+    try:
+        op.execute(context)
+    except MaaSError:
+        pass  # no request succeeded: fine, as long as no invalid answer passes as valid
+    summary = context["ti"].xcom["summary"]
+    assert summary["succeeded"] == 0 and summary["invalid_output"] + summary.get("sent", 0) >= 5

@@ -300,13 +300,20 @@ class SpendGate:
             return {}
         summary = ResultSummary(max_failure_samples=0)
         unpriced = 0  # answers without a usable usageMetadata: paid for all the same
+        unnamed = 0  # input tokens only totalTokenCount shows (toolUsePromptTokenCount: grounding, code...)
         with part.open("rb") as handle:
             for result in iter_results(handle):
-                if result.response is not None and (not result.usage or min(result.usage.values()) < 0):
+                usage = result.usage
+                if result.response is not None and (not usage or min(usage.values()) < 0):
                     unpriced += 1
                     result = replace(result, usage={})  # a negative count must not lower the spend
+                elif usage:
+                    named = sum(
+                        usage.get(k, 0) for k in ("promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount")
+                    )
+                    unnamed += max(0, usage.get("totalTokenCount", 0) - named)
                 summary.add(result)
-        cost = cost_of(summary.tokens, self.prices)
+        cost = round(cost_of(summary.tokens, self.prices) + unnamed * self.prices["prompt"] / 1_000_000, 9)
         if unpriced and record.reserve_usd is not None and record.reserve_usd > cost:
             log.warning(
                 "Shard %s: %d answers report no usable usageMetadata; the job is counted at its worst case ($%.6f)",

@@ -81,14 +81,28 @@ def _parts(request: Mapping[str, Any]) -> list[Any]:
 _FILE_KEYS = ("file_data", "fileData", "inlineData", "inline_data")
 
 
+def _count(value: Any) -> int | None:
+    """A positive integer as protobuf JSON takes one (5000, 5000.0, "5000"), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        value = int(value) if value.isascii() and value.isdigit() else None
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _config_count(request: Mapping[str, Any], *names: str) -> int | None:
+    config = request.get("generationConfig", request.get("generation_config"))
+    if not isinstance(config, dict):
+        return None
+    return _count(next((config[name] for name in names if name in config), None))
+
+
 def max_output_tokens(request: Mapping[str, Any], default: int) -> int:
     """``generationConfig.maxOutputTokens`` of ``request`` (either spelling), else ``default``."""
-    config = request.get("generationConfig", request.get("generation_config"))
-    if isinstance(config, dict):
-        value = config.get("maxOutputTokens", config.get("max_output_tokens"))
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return default
+    return _config_count(request, "maxOutputTokens", "max_output_tokens") or default
 
 
 def _json_bytes(value: Any) -> int:
@@ -97,12 +111,7 @@ def _json_bytes(value: Any) -> int:
 
 def candidate_count(request: Mapping[str, Any]) -> int:
     """``generationConfig.candidateCount`` (either spelling): each candidate is an answer, all billed."""
-    config = request.get("generationConfig", request.get("generation_config"))
-    if isinstance(config, dict):
-        value = config.get("candidateCount", config.get("candidate_count"))
-        if isinstance(value, int) and not isinstance(value, bool) and value > 1:
-            return value
-    return 1
+    return _config_count(request, "candidateCount", "candidate_count") or 1
 
 
 def estimate_request(request: Mapping[str, Any], default_max_output: int = DEFAULT_MAX_OUTPUT_TOKENS) -> Tokens:
@@ -261,7 +270,7 @@ def dry_run(
 ) -> BatchPlan:
     """Everything a run does before paying, nothing paid: the input validated, matched against
     ``reuse_results``, deduplicated, estimated and planned into shards (nothing uploaded)."""
-    from airflow_provider_maas.batch.round_files import open_results
+    from airflow_provider_maas.batch.round_files import answers_opener
     from airflow_provider_maas.batch.rounds import write_requests_to_send
 
     reuse = settings.reuse_paths()
@@ -274,7 +283,7 @@ def dry_run(
                     source,
                     cast("IO[bytes]", writer),
                     reuse=reuse,
-                    opener=open_results,
+                    opener=answers_opener(settings),
                     deduplicate=settings.deduplicate,
                 )
             except ResultsFormatError as err:

@@ -88,6 +88,7 @@ class BatchSettings:
     max_active_jobs: int
     wait_timeout: float | None
     canary_requests: int = 0  # issue 22: round 0's shard 0 holds the first N requests (batch.canary)
+    response_schema: Any = None  # issue 22: answers reused from reuse_results are checked against it
 
     @classmethod
     def of(cls, task: Any, **given: Any) -> BatchSettings:

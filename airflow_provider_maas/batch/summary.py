@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.merge import failed_path_for, merge_shard_results
-from airflow_provider_maas.batch.round_files import all_round_results, open_results, write_failure_parts
+from airflow_provider_maas.batch.round_files import all_round_results, answers_opener, write_failure_parts
 from airflow_provider_maas.batch.rounds import add_origins, merge_answers
 from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSJobFailedError
@@ -77,7 +77,7 @@ def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[s
             reuse=settings.reuse_paths(),
             results=[item.path for item in results],
             rounds=[item.round for item in results],
-            opener=open_results,
+            opener=answers_opener(settings),
             deduplicate=settings.deduplicate,
             prices=settings.prices,
         )
