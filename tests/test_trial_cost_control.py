@@ -240,3 +240,47 @@ def test_reused_answers_are_checked_against_the_schema_too(emulator, tmp_path):
         op.execute(context)
     summary = context["ti"].xcom["summary"]
     assert summary["succeeded"] == 0 and summary["invalid_output"] + summary.get("sent", 0) >= 5
+
+
+def test_a_cap_added_on_a_resume_counts_what_earlier_tries_spent_without_prices(emulator_factory, tmp_path):
+    """The DAG changed between tries (prices and a cap added): the jobs downloaded by a try that
+    had no prices were still paid for, and count."""
+    import asyncio
+
+    from tests.compat import TaskDeferred
+
+    handle = emulator_factory(job_duration=60)
+    source = _requests(tmp_path / "r.jsonl", 30)  # 6 shards
+    dest = tmp_path / "out.jsonl"
+    plain = {"max_active_jobs": 2, "deferrable": True}
+    with pytest.raises(TaskDeferred) as info:
+        _operator(source, dest, **plain).execute(make_context())
+
+    def event_of(deferred) -> dict:
+        for name in deferred.trigger.job_names:
+            handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
+        return asyncio.run(anext(deferred.trigger.run())).payload
+
+    with pytest.raises(TaskDeferred) as again:  # shards 0, 1 downloaded (no prices), 2, 3 created
+        _operator(source, dest, **plain).execute_complete(make_context(), event_of(info.value))
+    assert handle.emulator.jobs_created == 4
+    capped = _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, **plain)
+    with pytest.raises(MaaSBudgetExceededError):
+        capped.execute_complete(make_context(), event_of(again.value))
+    assert handle.emulator.jobs_created == 4  # 4 jobs paid already: nothing more under a cap of 3
+
+
+def test_jobs_in_flight_created_without_a_cap_are_reserved_when_a_cap_is_added(emulator_factory, tmp_path):
+    from tests.compat import TaskDeferred
+
+    handle = emulator_factory(job_duration=60)
+    source = _requests(tmp_path / "r.jsonl", 30)  # 6 shards
+    dest = tmp_path / "out.jsonl"
+    with pytest.raises(TaskDeferred):
+        _operator(source, dest, max_active_jobs=2, deferrable=True).execute(make_context())
+    assert handle.emulator.jobs_created == 2
+    # Running (its worker lost), the task is retried with a cap of 3 jobs: 2 are in flight.
+    capped = _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=6, deferrable=True)
+    with pytest.raises(TaskDeferred):
+        capped.execute(make_context())
+    assert handle.emulator.jobs_created == 3

@@ -130,7 +130,19 @@ class SpendGate:
             self._spent = state.spent_before_usd + sum(
                 (r.cost_usd or 0.0) + (r.lost_usd or 0.0) for r in state.shards.values()
             )
+            if self.prices is not None:  # downloaded by a try without prices: measured now, paid all the same
+                for record in state.with_status(ShardStatus.DONE):
+                    if record.cost_usd is None:
+                        self._spent += self._measure(record)
         return round(self._spent, 9)
+
+    def _measure(self, record: ShardRecord) -> float:
+        """The reported cost of a DONE shard downloaded without prices (0 if its part is gone:
+        it is downloaded again, and measured then)."""
+        try:
+            return self._cost_of_part(record, self.parts(record.key))
+        except FileNotFoundError:
+            return 0.0
 
     def reserved(self, state: BatchState) -> float:
         """The worst case of every job in flight, and of shards admitted but not created yet."""
@@ -141,8 +153,8 @@ class SpendGate:
             record = state.shards[key]
             if record.status not in (ShardStatus.CREATING, ShardStatus.RUNNING):
                 self._flight.discard(key)  # ended: its reported cost (if any) is in spent
-            elif record.cost_usd is None:
-                total += record.reserve_usd or 0.0
+            elif record.cost_usd is None:  # no reservation: created by a try without the cap
+                total += record.reserve_usd if record.reserve_usd is not None else self.worst(key, state)
         for key, worst in self._admitted.items():
             if state.shards[key].status is ShardStatus.PENDING:
                 total += worst
@@ -298,6 +310,14 @@ class SpendGate:
             self.check.rewrite(part)
         if self.prices is None:
             return {}
+        cost = self._cost_of_part(record, part)
+        if self._spent is not None:  # a part downloaded again (lost) replaces its earlier cost
+            self._spent += cost - (record.cost_usd or 0.0)
+        return {"cost_usd": cost}
+
+    def _cost_of_part(self, record: ShardRecord, part: ObjectStoragePath) -> float:
+        """What the answers in ``part`` (``record``'s job) report they cost, at ``prices``."""
+        assert self.prices is not None
         summary = ResultSummary(max_failure_samples=0)
         unpriced = 0  # answers without a usable usageMetadata: paid for all the same
         unnamed = 0  # input tokens only totalTokenCount shows (toolUsePromptTokenCount: grounding, code...)
@@ -322,9 +342,7 @@ class SpendGate:
                 record.reserve_usd,
             )
             cost = record.reserve_usd
-        if self._spent is not None:  # a part downloaded again (lost) replaces its earlier cost
-            self._spent += cost - (record.cost_usd or 0.0)
-        return {"cost_usd": cost}
+        return cost
 
     # The end -------------------------------------------------------------------------------
     def summary_fields(self, state: BatchState) -> dict[str, Any]:
