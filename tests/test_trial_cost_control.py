@@ -331,3 +331,40 @@ def test_the_worst_case_bounds_requests_with_long_files_or_cached_content():
     assert estimate_request(request).worst_prompt >= 1000 * 258
     cached = {"cachedContent": "cachedContents/abc", "contents": [{"parts": [{"text": "Q?"}]}]}
     assert estimate_request(cached).worst_prompt >= 32_768  # the smallest cache Gemini makes
+
+
+def test_a_lost_canary_part_is_downloaded_again_not_a_crash_on_every_try(emulator_factory, tmp_path):
+    """The canary's downloaded results are gone (a cleanup, another worker's disk) while the rest
+    waits: the verdict must come back (download again), not crash every resume and retry."""
+    import asyncio
+
+    from tests.compat import TaskDeferred
+
+    handle = emulator_factory(job_duration=60)
+    source = _requests(tmp_path / "r.jsonl", 15)  # canary of 5, then 2 shards of 5
+    dest = tmp_path / "out.jsonl"
+
+    def operator() -> MaaSBatchPredictionOperator:
+        return _operator(source, dest, canary_requests=5, max_active_jobs=1, deferrable=True, prices=PRICES)
+
+    def event_of(deferred) -> dict:
+        for name in deferred.trigger.job_names:
+            handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
+        return asyncio.run(anext(deferred.trigger.run())).payload
+
+    with pytest.raises(TaskDeferred) as info:
+        operator().execute(make_context())
+    first = event_of(info.value)
+    with pytest.raises(TaskDeferred) as info:  # the canary downloaded and judged; shard 1 created
+        operator().execute_complete(make_context(), first)
+    parts = list(tmp_path.glob(".out.jsonl.maas/*/parts/r0-000000.jsonl")) or list(tmp_path.rglob("r0-000000.jsonl"))
+    assert parts, "the canary's part was not found"
+    parts[0].unlink()
+    event = event_of(info.value)
+    for _ in range(3):
+        try:
+            operator().execute_complete(make_context(), event)
+            break
+        except TaskDeferred as again:
+            event = event_of(again)
+    assert handle.emulator.jobs_created == 3
