@@ -368,3 +368,12 @@ def test_a_lost_canary_part_is_downloaded_again_not_a_crash_on_every_try(emulato
         except TaskDeferred as again:
             event = event_of(again)
     assert handle.emulator.jobs_created == 3
+
+
+def test_the_worst_case_prompt_counts_the_response_schema():
+    """Gemini counts the response schema toward the input tokens: set_response_schema adds it to
+    every request, so a large schema is paid once per request."""
+    properties = {f"field_{n}": {"type": "STRING", "description": "x" * 100} for n in range(50)}
+    schema = {"type": "OBJECT", "properties": properties}
+    request = {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"responseSchema": schema}}
+    assert estimate_request(request).worst_prompt >= len(json.dumps(schema))

@@ -6,7 +6,7 @@ Estimates are made from the request lines alone (no tokenizer, no call to the se
   divided by :data:`CHARS_PER_TOKEN`, rounded up, plus :data:`TOKENS_PER_FILE` per ``file_data`` /
   ``inlineData`` part (Gemini counts an image as 258 tokens). The **worst case** counts one token
   per UTF-8 byte of text (a tokenizer's byte fallback gives no more); other parts (``functionCall``,
-  ``functionResponse``...) and ``tools`` count by the bytes of their JSON.
+  ``functionResponse``...), ``tools`` and the response schema count by the bytes of their JSON.
 - **output tokens**: at most ``generationConfig.maxOutputTokens`` (thinking tokens included, as the
   service counts them), else ``default_max_output_tokens``, times ``candidateCount``. The estimate assumes an answer as long
   as its prompt, capped there; a canary (``canary.py``) replaces it with measured tokens.
@@ -41,9 +41,10 @@ TOKENS_PER_FILE = 258
 DEFAULT_MAX_OUTPUT_TOKENS = 65_536
 #: How the estimate was made, as the plan states it.
 BASIS = (
-    f"prompt tokens: text characters / {CHARS_PER_TOKEN} (worst case: 1 token per UTF-8 byte; other parts "
-    f"and tools by their JSON) + {TOKENS_PER_FILE} per file part; output tokens: generationConfig.maxOutputTokens "
-    "x candidateCount, else default_max_output_tokens (worst case), an answer as long as its prompt (estimate)"
+    f"prompt tokens: text characters / {CHARS_PER_TOKEN} (worst case: 1 token per UTF-8 byte; other parts, "
+    f"tools and the response schema by their JSON) + {TOKENS_PER_FILE} per file part; output tokens: "
+    "generationConfig.maxOutputTokens x candidateCount, else default_max_output_tokens (worst case), an answer "
+    "as long as its prompt (estimate)"
 )
 
 
@@ -77,6 +78,8 @@ def _parts(request: Mapping[str, Any]) -> list[Any]:
     return parts
 
 
+#: Keys of ``generationConfig`` holding a response schema.
+_SCHEMA_KEYS = ("responseSchema", "response_schema", "responseJsonSchema", "response_json_schema")
 #: Keys of a part holding a file (counted :data:`TOKENS_PER_FILE` each).
 _FILE_KEYS = ("file_data", "fileData", "inlineData", "inline_data")
 
@@ -129,9 +132,11 @@ def estimate_request(request: Mapping[str, Any], default_max_output: int = DEFAU
         if others:  # functionCall, functionResponse, executableCode...: prompt tokens too
             size = _json_bytes(others)
             chars, worst = chars + size, worst + size
-    for key in ("tools", "toolConfig", "tool_config"):  # tool declarations are prompt tokens
-        if request.get(key):
-            size = _json_bytes(request[key])
+    config = request.get("generationConfig", request.get("generation_config"))
+    schemas = [config.get(key) for key in _SCHEMA_KEYS] if isinstance(config, dict) else []
+    for value in [*(request.get(key) for key in ("tools", "toolConfig", "tool_config")), *schemas]:
+        if value:  # tool declarations and the response schema count toward the input tokens
+            size = _json_bytes(value)
             chars, worst = chars + size, worst + size
     prompt = max(1, math.ceil(chars / CHARS_PER_TOKEN)) + TOKENS_PER_FILE * files
     ceiling = max_output_tokens(request, default_max_output) * candidate_count(request)
