@@ -377,3 +377,21 @@ def test_the_worst_case_prompt_counts_the_response_schema():
     schema = {"type": "OBJECT", "properties": properties}
     request = {"contents": [{"parts": [{"text": "hi"}]}], "generationConfig": {"responseSchema": schema}}
     assert estimate_request(request).worst_prompt >= len(json.dumps(schema))
+
+
+def test_duplicated_result_lines_do_not_hide_missing_canary_answers():
+    """The service wrote some answers twice and left others out (both are emulator faults): the
+    canary counted lines, so 2 duplicates hid 2 missing answers and a bad canary passed."""
+    import io
+
+    from airflow_provider_maas.batch.canary import judge
+    from airflow_provider_maas.batch.results import request_digest
+
+    requests = [{"contents": [{"parts": [{"text": f"q{n}"}]}]} for n in range(5)]
+    usage = {"promptTokenCount": 1, "candidatesTokenCount": 1, "totalTokenCount": 2}
+    answer = {"candidates": [{"content": {"parts": [{"text": "a"}]}}], "usageMetadata": usage}
+    lines = [{"request": requests[n], "response": answer} for n in (0, 1, 2, 0, 1)]  # 3, 4 missing
+    data = io.BytesIO("".join(json.dumps(line) + "\n" for line in lines).encode())
+    expected = [request_digest(r) for r in requests]
+    verdict = judge(data, 5, expected=expected)
+    assert verdict.failed == 2

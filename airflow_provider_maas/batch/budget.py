@@ -24,6 +24,7 @@ is sent.
 from __future__ import annotations
 
 import io
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -32,13 +33,15 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.canary import CanaryVerdict, judge
 from airflow_provider_maas.batch.cost import cost_of
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS, Tokens, estimate_line, worst_case_usd
-from airflow_provider_maas.batch.results import ResultSummary, iter_lines, iter_results
+from airflow_provider_maas.batch.results import ResultSummary, iter_lines, iter_results, request_digest
 from airflow_provider_maas.batch.shards import copy_shard
 from airflow_provider_maas.batch.state import ShardKey, ShardStatus
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError, MaaSInputError
 from airflow_provider_maas.storage import open_source
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_maas.batch.schema import AnswerCheck
@@ -176,15 +179,19 @@ class SpendGate:
             self._worst[key] = worst_case_usd(self.tokens(key, state), self.prices or {}) if self.prices else 0.0
         return self._worst[key]
 
-    def tokens(self, key: ShardKey, state: BatchState) -> Tokens:
-        """The token estimates of shard ``key``'s requests."""
+    def _shard_lines(self, key: ShardKey, state: BatchState) -> Iterator[bytes]:
+        """The request lines of shard ``key`` (read once into memory: one shard, at most 50 MiB)."""
         source = state.rounds[key.round].source or self.source
         data = io.BytesIO()
         with open_source(source) as handle:
             copy_shard(handle, state.plan(key), data)
         data.seek(0)
+        return (line for _, _, line in iter_lines(data))
+
+    def tokens(self, key: ShardKey, state: BatchState) -> Tokens:
+        """The token estimates of shard ``key``'s requests."""
         total = Tokens()
-        for _, _, line in iter_lines(data):
+        for line in self._shard_lines(key, state):
             total.add(estimate_line(line, self.default_max_output_tokens))
         return total
 
@@ -273,8 +280,9 @@ class SpendGate:
             if record.status is ShardStatus.FAILED:
                 self._verdict = CanaryVerdict(requests, requests, {}, [f"the canary's job failed: {record.error}"])
             else:
+                sent = [request_digest(json.loads(line).get("request")) for line in self._shard_lines(CANARY, state)]
                 with self.parts(CANARY).open("rb") as handle:
-                    self._verdict = judge(handle, requests)
+                    self._verdict = judge(handle, requests, expected=sent)
         return self._verdict
 
     def unsent(self, state: BatchState, keys: list[ShardKey]) -> list[ShardRecord]:
