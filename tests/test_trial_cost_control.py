@@ -395,3 +395,11 @@ def test_duplicated_result_lines_do_not_hide_missing_canary_answers():
     expected = [request_digest(r) for r in requests]
     verdict = judge(data, 5, expected=expected)
     assert verdict.failed == 2
+
+
+def test_the_plan_states_the_canary_a_run_sends(tmp_path):
+    """The canary is one shard: within max_requests_per_file, it holds fewer requests than asked."""
+    source = _requests(tmp_path / "r.jsonl", 30)
+    context = make_context()
+    _operator(source, tmp_path / "out.jsonl", dry_run=True, canary_requests=20).execute(context)
+    assert context["ti"].xcom["plan"]["canary_requests"] == 5

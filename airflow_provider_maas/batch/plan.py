@@ -239,7 +239,7 @@ def make_plan(
         max_output_tokens=tokens.max_output,
         default_max_output_tokens=default_max_output,
         budget_usd=budget_usd,
-        canary_requests=min(canary_requests, tokens.requests),
+        canary_requests=min(canary_requests, plans[0].requests) if plans else 0,  # shard 0 (canary.split_first)
     )
     if prices is not None:
         plan.estimated_cost_usd = round(estimated_usd(tokens, prices), 9)
