@@ -403,3 +403,14 @@ def test_the_plan_states_the_canary_a_run_sends(tmp_path):
     context = make_context()
     _operator(source, tmp_path / "out.jsonl", dry_run=True, canary_requests=20).execute(context)
     assert context["ti"].xcom["plan"]["canary_requests"] == 5
+
+
+def test_a_good_canary_with_a_schema_and_duplicated_lines_passes(emulator_factory, tmp_path):
+    """Counting each request's answer once must match the answers to the requests as sent (the
+    schema added) and ignore the repeats, not fail a good canary."""
+    handle = emulator_factory(faults=["create:1:duplicate-lines=2"])
+    source = _requests(tmp_path / "r.jsonl", 15)
+    context = make_context()
+    _operator(source, tmp_path / "out.jsonl", response_schema=SCHEMA, canary_requests=5, prices=PRICES).execute(context)
+    assert handle.emulator.jobs_created == 3
+    assert context["ti"].xcom["summary"]["canary"]["failed"] == 0
