@@ -3,7 +3,9 @@
 The reservation rule. Before a shard's create, :meth:`SpendGate.admit` adds
 
 - **spent**: the reported cost (``usageMetadata`` at ``prices``) of every job whose results were
-  downloaded, kept in each shard's record (``cost_usd``) in the batch state;
+  downloaded, kept in each shard's record (``cost_usd``) in the batch state; the worst case of jobs
+  paid without a report (results gone, an uncertain create cleared: ``lost_usd``); and what the
+  states this one replaced spent (``spent_before_usd``);
 - **reserved**: the worst case (``plan.worst_case_usd``) of every job in flight (a shard CREATING
   or RUNNING, ``reserve_usd`` in its record) and of every shard admitted but not created yet;
 - the worst case of the new job;
@@ -22,21 +24,24 @@ is sent.
 from __future__ import annotations
 
 import io
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.canary import CanaryVerdict, judge
 from airflow_provider_maas.batch.cost import cost_of
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS, Tokens, estimate_line, worst_case_usd
-from airflow_provider_maas.batch.results import ResultSummary, iter_lines, iter_results
+from airflow_provider_maas.batch.results import ResultSummary, iter_lines, iter_results, request_digest
 from airflow_provider_maas.batch.shards import copy_shard
 from airflow_provider_maas.batch.state import ShardKey, ShardStatus
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError, MaaSInputError
 from airflow_provider_maas.storage import open_source
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_maas.batch.schema import AnswerCheck
@@ -50,6 +55,26 @@ CANARY = ShardKey(0, 0)
 _EPSILON = 1e-9
 #: How the status of a request not sent starts.
 NOT_SENT = "NOT_SENT"
+
+
+def count_as_lost(record: ShardRecord) -> ShardRecord:
+    """``record`` whose job was (or may have been) paid for but will never report its cost: its
+    reported cost, else its reservation, becomes ``lost_usd`` (spent for good)."""
+    paid = record.cost_usd if record.cost_usd is not None else record.reserve_usd
+    if not paid:
+        return record
+    return record.but(cost_usd=None, lost_usd=round((record.lost_usd or 0.0) + paid, 9))
+
+
+def spend_left_behind(state: BatchState) -> float:
+    """What a state being replaced (its plan changed) spent, with the reservations of its jobs in
+    flight (they keep running and are billed): carried into the new state as ``spent_before_usd``."""
+    total = state.spent_before_usd
+    for record in state.shards.values():
+        total += (record.cost_usd or 0.0) + (record.lost_usd or 0.0)
+        if record.status in (ShardStatus.CREATING, ShardStatus.RUNNING) and record.cost_usd is None:
+            total += record.reserve_usd or 0.0
+    return round(total, 9)
 
 
 def check_budget(max_cost_usd: Any, prices: Any, default_max_output_tokens: Any) -> None:
@@ -105,8 +130,22 @@ class SpendGate:
         """The reported cost of every job downloaded so far (all rounds, all tries): read from the
         state once, then kept up to date by :meth:`downloaded` (O(1) per create, not O(shards))."""
         if self._spent is None:
-            self._spent = sum(r.cost_usd or 0.0 for r in state.shards.values())
+            self._spent = state.spent_before_usd + sum(
+                (r.cost_usd or 0.0) + (r.lost_usd or 0.0) for r in state.shards.values()
+            )
+            if self.prices is not None:  # downloaded by a try without prices: measured now, paid all the same
+                for record in state.with_status(ShardStatus.DONE):
+                    if record.cost_usd is None:
+                        self._spent += self._measure(record)
         return round(self._spent, 9)
+
+    def _measure(self, record: ShardRecord) -> float:
+        """The reported cost of a DONE shard downloaded without prices (0 if its part is gone:
+        it is downloaded again, and measured then)."""
+        try:
+            return self._cost_of_part(record, self.parts(record.key))
+        except FileNotFoundError:
+            return 0.0
 
     def reserved(self, state: BatchState) -> float:
         """The worst case of every job in flight, and of shards admitted but not created yet."""
@@ -117,8 +156,8 @@ class SpendGate:
             record = state.shards[key]
             if record.status not in (ShardStatus.CREATING, ShardStatus.RUNNING):
                 self._flight.discard(key)  # ended: its reported cost (if any) is in spent
-            elif record.cost_usd is None:
-                total += record.reserve_usd or 0.0
+            elif record.cost_usd is None:  # no reservation: created by a try without the cap
+                total += record.reserve_usd if record.reserve_usd is not None else self.worst(key, state)
         for key, worst in self._admitted.items():
             if state.shards[key].status is ShardStatus.PENDING:
                 total += worst
@@ -140,15 +179,19 @@ class SpendGate:
             self._worst[key] = worst_case_usd(self.tokens(key, state), self.prices or {}) if self.prices else 0.0
         return self._worst[key]
 
-    def tokens(self, key: ShardKey, state: BatchState) -> Tokens:
-        """The token estimates of shard ``key``'s requests."""
+    def _shard_lines(self, key: ShardKey, state: BatchState) -> Iterator[bytes]:
+        """The request lines of shard ``key`` (read once into memory: one shard, at most 50 MiB)."""
         source = state.rounds[key.round].source or self.source
         data = io.BytesIO()
         with open_source(source) as handle:
             copy_shard(handle, state.plan(key), data)
         data.seek(0)
+        return (line for _, _, line in iter_lines(data))
+
+    def tokens(self, key: ShardKey, state: BatchState) -> Tokens:
+        """The token estimates of shard ``key``'s requests."""
         total = Tokens()
-        for _, _, line in iter_lines(data):
+        for line in self._shard_lines(key, state):
             total.add(estimate_line(line, self.default_max_output_tokens))
         return total
 
@@ -237,8 +280,9 @@ class SpendGate:
             if record.status is ShardStatus.FAILED:
                 self._verdict = CanaryVerdict(requests, requests, {}, [f"the canary's job failed: {record.error}"])
             else:
+                sent = [request_digest(json.loads(line).get("request")) for line in self._shard_lines(CANARY, state)]
                 with self.parts(CANARY).open("rb") as handle:
-                    self._verdict = judge(handle, requests)
+                    self._verdict = judge(handle, requests, expected=sent)
         return self._verdict
 
     def unsent(self, state: BatchState, keys: list[ShardKey]) -> list[ShardRecord]:
@@ -259,6 +303,14 @@ class SpendGate:
         reserve = self.worst(key, state) if self.max_cost_usd is not None else None
         return {"reserve_usd": reserve, "cost_usd": None, "unsent": False}
 
+    def lost(self, record: ShardRecord) -> ShardRecord:
+        """The job of ``record`` ran, but its results are gone: what it cost stays spent
+        (:func:`count_as_lost`) when the shard is sent again."""
+        changed = count_as_lost(record)
+        if self._spent is not None and record.cost_usd is None:  # a reported cost is in spent already
+            self._spent += (changed.lost_usd or 0.0) - (record.lost_usd or 0.0)
+        return changed
+
     def downloaded(self, record: ShardRecord, part: ObjectStoragePath) -> dict[str, Any]:
         """After the results of ``record``'s job were downloaded to ``part``: check its answers
         (rewriting the invalid ones in place), then measure what the job cost."""
@@ -266,18 +318,42 @@ class SpendGate:
             self.check.rewrite(part)
         if self.prices is None:
             return {}
-        summary = ResultSummary(max_failure_samples=0)
-        with part.open("rb") as handle:
-            for result in iter_results(handle):
-                summary.add(result)
-        cost = cost_of(summary.tokens, self.prices, unknown=summary.usage_unknown)
-        if cost is None:  # answers without usable token counts: the job counts at its worst case
-            if record.reserve_usd is None:  # no cap, nothing reserved: the summary says unknown
-                return {}
-            cost = record.reserve_usd
+        cost = self._cost_of_part(record, part)
         if self._spent is not None:  # a part downloaded again (lost) replaces its earlier cost
             self._spent += cost - (record.cost_usd or 0.0)
         return {"cost_usd": cost}
+
+    def _cost_of_part(self, record: ShardRecord, part: ObjectStoragePath) -> float:
+        """What the answers in ``part`` (``record``'s job) report they cost, at ``prices``."""
+        assert self.prices is not None
+        summary = ResultSummary(max_failure_samples=0)
+        unpriced = 0  # answers without a usable usageMetadata: paid for all the same
+        unnamed = 0  # input tokens only totalTokenCount shows (toolUsePromptTokenCount: grounding, code...)
+        with part.open("rb") as handle:
+            for result in iter_results(handle):
+                usage = result.usage
+                if result.response is not None and (not usage or min(usage.values()) < 0):
+                    unpriced += 1
+                    result = replace(result, usage={})  # a negative count must not lower the spend
+                elif usage:
+                    named = sum(
+                        usage.get(k, 0) for k in ("promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount")
+                    )
+                    unnamed += max(0, usage.get("totalTokenCount", 0) - named)
+                summary.add(result)
+        known = cost_of(summary.tokens, self.prices)
+        if known is None:  # not a finite number (counts are bounded by results._usage): the worst case
+            return record.reserve_usd if record.reserve_usd is not None else 0.0
+        cost = round(known + unnamed * self.prices["prompt"] / 1_000_000, 9)
+        if unpriced and record.reserve_usd is not None and record.reserve_usd > cost:
+            log.warning(
+                "Shard %s: %d answers report no usable usageMetadata; the job is counted at its worst case ($%.6f)",
+                record.key,
+                unpriced,
+                record.reserve_usd,
+            )
+            cost = record.reserve_usd
+        return cost
 
     # The end -------------------------------------------------------------------------------
     def summary_fields(self, state: BatchState) -> dict[str, Any]:
@@ -317,6 +393,6 @@ class SpendGate:
         return MaaSBudgetExceededError(
             f"The budget stopped the batch: {reason}. Spent ${self.spent(state):.6f}, reserved "
             f"${self.reserved(state):.6f}, budget ${self.max_cost_usd}. {after} To continue, raise max_cost_usd "
-            "and clear the task (its state keeps the spend), or run again with the results as reuse_results: "
-            "the answers already paid for are reused."
+            "and clear the task (its state keeps the spend), or run again (a new DAG run) with the results as "
+            "reuse_results: the answers already paid for are reused (a clear of this task keeps counting its spend)."
         )

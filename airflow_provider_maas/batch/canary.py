@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING
 
-from airflow_provider_maas.batch.results import ResultSummary, iter_results
+from airflow_provider_maas.batch.results import ResultSummary, iter_results, request_digest
 from airflow_provider_maas.batch.shards import ShardPlan, _Range
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
 #: Most requests a canary may hold (one job).
 MAX_CANARY_REQUESTS = 100
@@ -111,12 +112,24 @@ class CanaryVerdict:
         return math.inf if cost is None else cost  # not a finite number: over any cap
 
 
-def judge(results: IO[bytes], requests: int) -> CanaryVerdict:
+def judge(results: IO[bytes], requests: int, expected: Iterable[bytes] | None = None) -> CanaryVerdict:
     """The verdict on the canary's results file (``requests``: how many it sent; a missing answer
-    counts as failed)."""
+    counts as failed). ``expected``: the digests (``results.request_digest``) of the requests it
+    sent; with them, an answer written twice does not stand in for one left out."""
     summary = ResultSummary(max_failure_samples=MAX_QUOTED)
+    wanted = Counter(expected) if expected is not None else None
+    answered = 0  # requests with a successful answer, each counted once
     for record in iter_results(results):
         summary.add(record)
+        if wanted is not None and record.succeeded:
+            digest = request_digest(record.request) if record.request is not None else None
+            if digest is None:  # no echo to match: counted as it comes
+                answered += 1
+            elif wanted[digest] > 0:
+                wanted[digest] -= 1
+                answered += 1
     failed = summary.failed + max(0, requests - summary.requests)
+    if wanted is not None:
+        failed = max(failed, requests - answered)
     samples = [f"line {line}: {error[:300]}" for line, error in summary.failure_samples]
     return CanaryVerdict(requests=requests, failed=min(failed, requests), tokens=dict(summary.tokens), samples=samples)

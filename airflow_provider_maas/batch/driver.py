@@ -338,6 +338,8 @@ class BatchDriver(JobWatch):
             log.warning(
                 "Shard %s: the results of job %s are gone (%s); a new job will be created", key, record.job_name, err
             )
+            if self.gate is not None:  # the job ran and was paid for: its cost stays spent
+                record = self.gate.lost(record)
             self._retry_or_fail(record, f"the results of job {record.job_name} are gone")
             return False
         except Exception as err:

@@ -5,9 +5,10 @@ Estimates are made from the request lines alone (no tokenizer, no call to the se
 - **prompt tokens**: the characters of every text part (``contents`` and ``systemInstruction``)
   divided by :data:`CHARS_PER_TOKEN`, rounded up, plus :data:`TOKENS_PER_FILE` per ``file_data`` /
   ``inlineData`` part (Gemini counts an image as 258 tokens). The **worst case** counts one token
-  per character (no tokenizer gives more for text).
+  per UTF-8 byte of text (a tokenizer's byte fallback gives no more); other parts (``functionCall``,
+  ``functionResponse``...), ``tools`` and the response schema count by the bytes of their JSON.
 - **output tokens**: at most ``generationConfig.maxOutputTokens`` (thinking tokens included, as the
-  service counts them), else ``default_max_output_tokens``. The estimate assumes an answer as long
+  service counts them), else ``default_max_output_tokens``, times ``candidateCount``. The estimate assumes an answer as long
   as its prompt, capped there; a canary (``canary.py``) replaces it with measured tokens.
 - **USD**: ``prices`` (per 1,000,000 tokens); output tokens of the worst case are priced at the
   dearer of ``candidates`` and ``thoughts``.
@@ -40,9 +41,10 @@ TOKENS_PER_FILE = 258
 DEFAULT_MAX_OUTPUT_TOKENS = 65_536
 #: How the estimate was made, as the plan states it.
 BASIS = (
-    f"prompt tokens: text characters / {CHARS_PER_TOKEN} (worst case: 1 token per character) + "
-    f"{TOKENS_PER_FILE} per file part; output tokens: generationConfig.maxOutputTokens, else "
-    "default_max_output_tokens (worst case), an answer as long as its prompt (estimate)"
+    f"prompt tokens: text characters / {CHARS_PER_TOKEN} (worst case: 1 token per UTF-8 byte; other parts, "
+    f"tools and the response schema by their JSON) + {TOKENS_PER_FILE} per file part; output tokens: "
+    "generationConfig.maxOutputTokens x candidateCount, else default_max_output_tokens (worst case), an answer "
+    "as long as its prompt (estimate)"
 )
 
 
@@ -76,29 +78,69 @@ def _parts(request: Mapping[str, Any]) -> list[Any]:
     return parts
 
 
+#: Keys of ``generationConfig`` holding a response schema.
+_SCHEMA_KEYS = ("responseSchema", "response_schema", "responseJsonSchema", "response_json_schema")
+#: Keys of a part holding a file (counted :data:`TOKENS_PER_FILE` each).
+_FILE_KEYS = ("file_data", "fileData", "inlineData", "inline_data")
+
+
+def _count(value: Any) -> int | None:
+    """A positive integer as protobuf JSON takes one (5000, 5000.0, "5000"), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        value = int(value) if value.isascii() and value.isdigit() else None
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _config_count(request: Mapping[str, Any], *names: str) -> int | None:
+    config = request.get("generationConfig", request.get("generation_config"))
+    if not isinstance(config, dict):
+        return None
+    return _count(next((config[name] for name in names if name in config), None))
+
+
 def max_output_tokens(request: Mapping[str, Any], default: int) -> int:
     """``generationConfig.maxOutputTokens`` of ``request`` (either spelling), else ``default``."""
-    config = request.get("generationConfig", request.get("generation_config"))
-    if isinstance(config, dict):
-        value = config.get("maxOutputTokens", config.get("max_output_tokens"))
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return default
+    return _config_count(request, "maxOutputTokens", "max_output_tokens") or default
+
+
+def _json_bytes(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+
+def candidate_count(request: Mapping[str, Any]) -> int:
+    """``generationConfig.candidateCount`` (either spelling): each candidate is an answer, all billed."""
+    return _config_count(request, "candidateCount", "candidate_count") or 1
 
 
 def estimate_request(request: Mapping[str, Any], default_max_output: int = DEFAULT_MAX_OUTPUT_TOKENS) -> Tokens:
     """The token estimates of one request (see the module docstring)."""
-    chars = files = 0
+    chars = files = worst = 0
     for part in _parts(request):
         if not isinstance(part, dict):
             continue
         if isinstance(part.get("text"), str):
             chars += len(part["text"])
-        if part.get("file_data") or part.get("fileData") or part.get("inlineData") or part.get("inline_data"):
+            worst += len(part["text"].encode("utf-8", "surrogatepass"))  # byte fallback: a token per byte at most
+        if any(part.get(key) for key in _FILE_KEYS):
             files += 1
+        others = {key: value for key, value in part.items() if key != "text" and key not in _FILE_KEYS}
+        if others:  # functionCall, functionResponse, executableCode...: prompt tokens too
+            size = _json_bytes(others)
+            chars, worst = chars + size, worst + size
+    config = request.get("generationConfig", request.get("generation_config"))
+    schemas = [config.get(key) for key in _SCHEMA_KEYS] if isinstance(config, dict) else []
+    for value in [*(request.get(key) for key in ("tools", "toolConfig", "tool_config")), *schemas]:
+        if value:  # tool declarations and the response schema count toward the input tokens
+            size = _json_bytes(value)
+            chars, worst = chars + size, worst + size
     prompt = max(1, math.ceil(chars / CHARS_PER_TOKEN)) + TOKENS_PER_FILE * files
-    ceiling = max_output_tokens(request, default_max_output)
-    return Tokens(1, prompt, max(1, chars) + TOKENS_PER_FILE * files, ceiling, min(prompt, ceiling))
+    ceiling = max_output_tokens(request, default_max_output) * candidate_count(request)
+    return Tokens(1, prompt, max(1, worst) + TOKENS_PER_FILE * files, ceiling, min(prompt, ceiling))
 
 
 def estimate_line(line: bytes, default_max_output: int) -> Tokens:
@@ -197,7 +239,7 @@ def make_plan(
         max_output_tokens=tokens.max_output,
         default_max_output_tokens=default_max_output,
         budget_usd=budget_usd,
-        canary_requests=min(canary_requests, tokens.requests),
+        canary_requests=min(canary_requests, plans[0].requests) if plans else 0,  # shard 0 (canary.split_first)
     )
     if prices is not None:
         plan.estimated_cost_usd = round(estimated_usd(tokens, prices), 9)
@@ -233,7 +275,7 @@ def dry_run(
 ) -> BatchPlan:
     """Everything a run does before paying, nothing paid: the input validated, matched against
     ``reuse_results``, deduplicated, estimated and planned into shards (nothing uploaded)."""
-    from airflow_provider_maas.batch.round_files import open_results
+    from airflow_provider_maas.batch.round_files import answers_opener
     from airflow_provider_maas.batch.rounds import write_requests_to_send
 
     reuse = settings.reuse_paths()
@@ -246,7 +288,7 @@ def dry_run(
                     source,
                     cast("IO[bytes]", writer),
                     reuse=reuse,
-                    opener=open_results,
+                    opener=answers_opener(settings),
                     deduplicate=settings.deduplicate,
                 )
             except ResultsFormatError as err:

@@ -16,6 +16,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.budget import count_as_lost, spend_left_behind
 from airflow_provider_maas.batch.create_guard import (
     NOT_RECORDED,
     clear_round,
@@ -89,9 +90,10 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
             refuse_abandoning_jobs(context, journal, state)
             take_over(context, journal, state, settings)
             log.warning("The input changed since the batch state at %s was written: starting over", journal.uri)
+        spent_before = spend_left_behind(state) if state is not None else 0.0  # max_cost_usd: not a new budget
         if journal.keep_answers():
             log.info("Answers downloaded by the earlier plan are kept under %s and reused", journal.uri)
-        state = _start_over(context, journal, settings, key)
+        state = _start_over(context, journal, settings, key, spent_before)
         refuse_shared_destination(journal, fresh=True)
     remember(context, journal)
     return state
@@ -106,13 +108,15 @@ def _same_plans(state: BatchState, settings: BatchSettings) -> bool:
         return state.fingerprint == fingerprint([] if empty else settings.plan(handle))
 
 
-def _start_over(context: Any, journal: BatchJournal, settings: BatchSettings, key: str) -> BatchState:
+def _start_over(
+    context: Any, journal: BatchJournal, settings: BatchSettings, key: str, spent_before: float
+) -> BatchState:
     with requests_to_send(settings) as to_send:
         with open_source(to_send or settings.source) as handle:
             empty = to_send is not None and not os.path.getsize(to_send)
             plans = [] if empty else settings.plan_first_round(handle)
         round_source = journal.root / "round-0.jsonl" if to_send else None
-        state = start(context, journal, plans, round_source, settings, key)
+        state = start(context, journal, plans, round_source, settings, key, spent_before=spent_before)
         if to_send and round_source is not None:
             copy_file(to_send, round_source)  # before any upload: a retry finds it
     return state
@@ -146,9 +150,11 @@ def start(
     source: ObjectStoragePath | None,
     settings: BatchSettings,
     key: str | None = None,
+    *,
+    spent_before: float = 0.0,
 ) -> BatchState:
     """A new state for ``plans`` (round 0's requests in ``source``, or the operator's source if
-    None), stored in ``journal`` in place of any earlier one."""
+    None), stored in ``journal`` in place of any earlier one (``spent_before``: what that one spent)."""
     state = BatchState(
         fingerprint=fingerprint(plans),
         identity=".".join(task_identity(context)),
@@ -156,6 +162,7 @@ def start(
         deadline=settings.new_deadline(),
         clear_round=clear_round(context),
         input_key=key,
+        spent_before_usd=spent_before,
     )
     journal.create(state)
     log.info("Planned %d shards for %d requests; state at %s", len(plans), sum(p.requests for p in plans), journal.uri)
@@ -191,7 +198,8 @@ def take_over(context: Any, journal: BatchJournal, state: BatchState, settings: 
         refuse_uncertain_create(
             marker, context, what=f"shard {record.key} (file {record.file_name!r}){others}", unknown=NOT_RECORDED
         )
-        changes.append(record.but(status=ShardStatus.PENDING))
+        # Cleared: the job may exist and be billed; its reservation stays spent (max_cost_usd).
+        changes.append(count_as_lost(record).but(status=ShardStatus.PENDING))
     if cleared:
         log.info("The task was cleared since the last try: failed shards are submitted again")
         changes.extend(

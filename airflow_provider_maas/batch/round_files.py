@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_maas.batch.parts import concatenate, write_failure_part
 from airflow_provider_maas.batch.results import ResultsFormatError
@@ -27,7 +27,7 @@ from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, open_source, uri_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
     from airflow.sdk import ObjectStoragePath
 
@@ -39,6 +39,31 @@ log = logging.getLogger(__name__)
 
 #: Opens a results file (reused, or of a round) for the stream logic.
 open_results = functools.partial(open_source, what="results file")
+
+
+def answers_opener(settings: BatchSettings) -> Callable[[Any], Any]:
+    """How the rounds and the merge open results files: ``reuse_results`` files through the
+    ``response_schema`` check (an earlier answer that does not match it is not reused), the
+    batch's own results (already checked when downloaded) as they are."""
+    if settings.response_schema is None:
+        return open_results
+    from airflow_provider_maas.batch.schema import AnswerCheck
+
+    check = AnswerCheck(settings.response_schema)
+    reused = {uri_of(path) for path in settings.reuse_paths()}
+
+    @contextlib.contextmanager
+    def opener(item: Any) -> Iterator[Any]:
+        if uri_of(item) not in reused:
+            with open_results(item) as handle:
+                yield handle
+            return
+        with open_results(item) as handle, tempfile.TemporaryFile() as copy:
+            check.check_lines(handle, copy)
+            copy.seek(0)
+            yield copy
+
+    return opener
 
 
 class RoundResults(NamedTuple):
@@ -76,7 +101,7 @@ def requests_to_send(settings: BatchSettings) -> Iterator[str | None]:
         with open(path, "wb") as out, open_source(settings.source) as source:
             try:
                 coverage = write_requests_to_send(
-                    source, out, reuse=reuse, opener=open_results, deduplicate=settings.deduplicate
+                    source, out, reuse=reuse, opener=answers_opener(settings), deduplicate=settings.deduplicate
                 )
             except ResultsFormatError as err:
                 raise MaaSInputError(f"reuse_results: {err}") from None
@@ -144,7 +169,7 @@ def next_round(settings: BatchSettings, journal: BatchJournal, state: BatchState
                 out,
                 reuse=settings.reuse_paths(),
                 results=[item.path for item in results],
-                opener=open_results,
+                opener=answers_opener(settings),
                 should_retry=settings.should_retry,
                 final=[index for index, item in enumerate(results) if item.jobs_failed],
                 deduplicate=settings.deduplicate,

@@ -91,6 +91,8 @@ class AnswerCheck:
         def validate(text: str) -> str | None:
             try:
                 model.model_validate_json(text)
+            except RecursionError:
+                return "nested too deeply to validate"
             except ValidationError as err:
                 first = err.errors()[0]
                 where = ".".join(str(p) for p in first.get("loc", ())) or "the answer"
@@ -115,7 +117,12 @@ class AnswerCheck:
                 instance = json.loads(text)
             except ValueError as err:
                 return f"not JSON ({err})"
-            error = next(iter(validator.iter_errors(instance)), None)
+            except RecursionError:  # a hostile or broken answer, e.g. "[[[[...": not a crash of the download
+                return "not JSON (nested too deeply to parse)"
+            try:
+                error = next(iter(validator.iter_errors(instance)), None)
+            except RecursionError:
+                return "nested too deeply to validate"
             if error is None:
                 return None
             where = "/".join(str(p) for p in error.absolute_path) or "the answer"

@@ -116,6 +116,8 @@ class BatchSettings:
         """The ENDPOINT the batch runs on (its model): the results it writes are recorded as its."""
         return self.endpoint_of() if self.endpoint_of is not None else None
 
+    response_schema: Any = None  # issue 22: answers reused from reuse_results are checked against it
+
     @classmethod
     def of(cls, task: Any, **given: Any) -> BatchSettings:
         """The settings read from ``task``'s attributes of the same names, or from ``given`` (a

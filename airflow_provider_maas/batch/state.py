@@ -65,6 +65,9 @@ class ShardRecord:
         (``batch.budget``); set with the "creating" marker.
     :param cost_usd: What the shard's downloaded results report they cost (at ``prices``).
     :param unsent: Never sent: the batch stopped creating jobs (budget or canary); FAILED.
+    :param lost_usd: What earlier jobs of the shard cost, or may have cost, without a cost to
+        download: results gone (their reported cost if known, else their reservation), a create
+        left uncertain when a person cleared the task (its reservation). Spent, for the cap.
     """
 
     key: ShardKey
@@ -80,6 +83,7 @@ class ShardRecord:
     reserve_usd: float | None = None
     cost_usd: float | None = None
     unsent: bool = False
+    lost_usd: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"r": self.key.round, "i": self.key.index, "status": self.status.value}
@@ -148,6 +152,8 @@ class BatchState:
     :param resumes: How many times the task resumed after a deferral.
     :param input_key: Digest of the raw input and the settings that shape round 0 (see
         ``resume.input_key``); None in states written before it was kept.
+    :param spent_before_usd: What the states this one replaced (a changed input, ``reuse_results``
+        or canary) spent or left in flight: the cap (``batch.budget``) counts it as spent.
     """
 
     fingerprint: str
@@ -157,6 +163,7 @@ class BatchState:
     deadline: float | None = None
     clear_round: int | None = None
     resumes: int = 0
+    spent_before_usd: float = 0.0
     shards: dict[ShardKey, ShardRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -201,9 +208,13 @@ class BatchState:
 
     def meta(self) -> dict[str, Any]:
         """The batch-level fields, as a journal line stores them."""
-        return {"deadline": self.deadline, "clear_round": self.clear_round, "resumes": self.resumes}
+        meta = {"deadline": self.deadline, "clear_round": self.clear_round, "resumes": self.resumes}
+        if self.spent_before_usd:
+            meta["spent_before_usd"] = self.spent_before_usd
+        return meta
 
     def apply_meta(self, data: dict[str, Any]) -> None:
         self.deadline = data.get("deadline")
         self.clear_round = data.get("clear_round")
         self.resumes = int(data.get("resumes") or 0)
+        self.spent_before_usd = float(data.get("spent_before_usd") or 0.0)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.cost import usd
 from airflow_provider_maas.batch.merge import failed_path_for, merge_shard_results
 from airflow_provider_maas.batch.origin import count_answers, write_origin
-from airflow_provider_maas.batch.round_files import all_round_results, open_results, write_failure_parts
+from airflow_provider_maas.batch.round_files import all_round_results, answers_opener, write_failure_parts
 from airflow_provider_maas.batch.rounds import add_origins, merge_answers
 from airflow_provider_maas.batch.shards import check_unchanged
 from airflow_provider_maas.batch.state import ShardStatus
@@ -93,7 +93,7 @@ def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[s
             reuse=settings.reuse_paths(),
             results=[item.path for item in results],
             rounds=[item.round for item in results],
-            opener=open_results,
+            opener=answers_opener(settings),
             deduplicate=settings.deduplicate,
             prices=settings.prices,
         )

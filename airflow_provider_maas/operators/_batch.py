@@ -294,6 +294,8 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             if resumed is not None:
                 driver.mark_seen(driver.running_jobs())  # the trigger saw them running just now
                 driver.handle(resumed.ended)
+            if gate is not None and self.canary_requests:
+                driver.refetch_lost_parts()  # the canary's verdict is read from its part: it must be there
             while True:
                 driver.pump()
                 running = driver.running_jobs()
