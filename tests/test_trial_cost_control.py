@@ -312,8 +312,9 @@ def test_the_advice_works_with_the_destination_as_its_own_reuse_results(emulator
     dest = tmp_path / "out.jsonl"
     with pytest.raises(MaaSBudgetExceededError):
         _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST).execute(make_context())
-    context = make_context(run_id="run2")
-    _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, reuse_results=str(dest)).execute(context)
+    context = make_context(run_id="run2")  # a new run writes its own destination (one owner per destination)
+    dest2 = tmp_path / "out2.jsonl"
+    _operator(source, dest2, prices=PRICES, max_cost_usd=2 * JOB_WORST, reuse_results=str(dest)).execute(context)
     assert emulator.emulator.jobs_created == 4
     summary = context["ti"].xcom["summary"]
     assert (summary["succeeded"], summary["reused"], summary["cost_usd"]) == (20, 10, pytest.approx(2 * JOB_WORST))

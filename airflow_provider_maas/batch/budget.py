@@ -388,11 +388,12 @@ class SpendGate:
         if verdict is not None and verdict.failed_share() > self.canary_max_failed:
             return MaaSCanaryFailedError(
                 f"The canary stopped the batch: {reason}. {after} Fix the requests (or raise canary_max_failed) "
-                "and run again; with the results as reuse_results, answers already paid for are not paid again."
+                "and run again: a new DAG run with this destination as its reuse_results (and a destination of its "
+                "own) pays nothing again for the answers already paid for."
             )
         return MaaSBudgetExceededError(
             f"The budget stopped the batch: {reason}. Spent ${self.spent(state):.6f}, reserved "
             f"${self.reserved(state):.6f}, budget ${self.max_cost_usd}. {after} To continue, raise max_cost_usd "
-            "and clear the task (its state keeps the spend), or run again (a new DAG run) with the results as "
-            "reuse_results: the answers already paid for are reused (a clear of this task keeps counting its spend)."
+            "and clear the task (its state keeps the spend), or start a new DAG run with this destination as its "
+            "reuse_results and a destination of its own: the answers already paid for are reused, not paid again."
         )
