@@ -38,6 +38,7 @@ UNIT_FILES = frozenset(
         "test_integrity.py",
         "test_jsonl.py",
         "test_merge.py",
+        "test_progress.py",
         "test_provider_info.py",
         "test_results.py",
         "test_storage.py",

@@ -12,11 +12,13 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas import metrics
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.create_guard import clear_round
 from airflow_provider_maas.batch.driver import BatchDriver, ShardNames
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after
+from airflow_provider_maas.batch.progress import announce
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
 from airflow_provider_maas.batch.round_files import next_round
@@ -25,6 +27,7 @@ from airflow_provider_maas.batch.summary import check_outcome, write_outputs
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary
+from airflow_provider_maas.plugins.links import MaaSProgressLink
 from airflow_provider_maas.storage import check_destination, to_path, uri_of
 from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, BatchJobsEvent, MaaSBatchJobsTrigger
 
@@ -106,6 +109,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
     """
 
     template_fields = ("source", "destination", "display_name", "endpoint", "maas_conn_id", "reuse_results")
+    operator_extra_links = (MaaSProgressLink(),)
 
     def __init__(
         self,
@@ -163,6 +167,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         journal = BatchJournal.for_task(dest, context)
         settings = self._settings()
         state = start_or_resume(context, journal, settings)
+        announce(context, journal, self.prices)  # where the progress page finds the state
         return self._run(context, journal, state, settings)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
@@ -197,7 +202,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
     ) -> str:
         self.hook.get_conn()  # the connection is looked up once, before the pool threads share the hook
         with BatchDriver(
-            hook=self.hook,
+            hook=metrics.CountingCreates(self.hook, context),
             journal=journal,
             state=state,
             source=self.source,
@@ -214,6 +219,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
             while True:
                 driver.pump()
                 running = driver.running_jobs()
+                metrics.jobs_active(context, len(running))
                 if not running and state.finished:
                     if driver.refetch_lost_parts():
                         continue
@@ -267,6 +273,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         summary = write_outputs(settings, journal, state)
         dest_uri = uri_of(to_path(self.destination, what="destination"))
         publish_summary(self, context, summary, dest_uri)
+        metrics.batch_finished(context, summary)
         self.record_lineage([self.source, *settings.reuse_paths()], [dest_uri, summary["failed_uri"]])
         check_outcome(summary, dest_uri, fail_on_partial=self.fail_on_partial)
         journal.remove()

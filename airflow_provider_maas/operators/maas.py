@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_maas import metrics
 from airflow_provider_maas.batch.create_guard import (
     clear_round,
     creating_marker,
@@ -29,6 +30,7 @@ from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUnce
 from airflow_provider_maas.operators._batch import MaaSBatchPredictionOperator
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, reusable_job, task_state
 from airflow_provider_maas.operators._lineage import LineageMixin, ServiceDataset
+from airflow_provider_maas.plugins.links import MaaSProgressLink
 from airflow_provider_maas.storage import (
     CHUNK_SIZE,
     check_destination,
@@ -109,6 +111,7 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
     """
 
     template_fields = ("file_name", "display_name", "endpoint", "maas_conn_id")
+    operator_extra_links = (MaaSProgressLink(),)
 
     def __init__(self, *, file_name: str, display_name: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -139,6 +142,7 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
             store.set(JOB_STATE_KEY, marker)  # BEFORE sending: a retry must find it
         try:
             job = self.hook.create_batch_job(self.file_name, name)
+            metrics.job_created(context)
         except (MaaSJobCreationUncertainError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise  # the marker stays: a retry refuses too
         except BaseException as err:  # Airflow's AirflowTaskTimeout/AirflowTaskTerminated are BaseExceptions
