@@ -20,6 +20,7 @@ FIGURE_MODULES = (
     "benchmarks.merge_1m",
     "benchmarks.parse_cost",
     "benchmarks.reuse_index",
+    "benchmarks.progress_api",
     "benchmarks.end_to_end",
     "benchmarks.scale",
 )

@@ -20,6 +20,7 @@ FIGURES = (
     "merge-1m",
     "parse-cost",
     "reuse-index",
+    "progress-api",
     "end-to-end",
     "scale",
 )

@@ -25,9 +25,10 @@ from collections import Counter, OrderedDict
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.cost import cost_of
+from airflow_provider_maas.batch.cost import check_prices, cost_of
 from airflow_provider_maas.batch.results import ResultSummary, iter_results
 from airflow_provider_maas.batch.state import BatchState, ShardRecord, ShardStatus
+from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
     from airflow_provider_maas.batch.journal import BatchJournal
@@ -225,8 +226,9 @@ def _count_answers(
         _cache[journal.uri] = counted
         while len(_cache) > CACHED_BATCHES:
             _cache.popitem(last=False)
-    done = [journal.part(r.key).name for r in state.with_status(ShardStatus.DONE, ShardStatus.RUNNING)]
+    done = [journal.part_name(r.key) for r in state.with_status(ShardStatus.DONE, ShardStatus.RUNNING)]
     deadline = time.monotonic() + budget
+    part_dir = journal.part_dir()
     for name in done:
         info = parts.get(name)
         if info is None:
@@ -238,7 +240,7 @@ def _count_answers(
         if time.monotonic() > deadline:
             break
         try:
-            summary, reasons = _count_part(journal.part_dir() / name)
+            summary, reasons = _count_part(part_dir / name)
         except (OSError, ValueError):  # being replaced, or not a results file: counted next time
             continue
         counted[name] = _PartCounts(size, summary, reasons)
@@ -260,8 +262,10 @@ def _count_answers(
         "tokens": {name: totals[name] for name in _TOKEN_FIELDS},
         "reasons": [{"reason": reason, "requests": n} for reason, n in reasons.most_common(MAX_REASONS)],
     }
-    if prices:
-        answers["cost_usd"] = cost_of(answers["tokens"], prices)
+    with contextlib.suppress(MaaSInputError):  # prices as the operator checked them; anything else: no cost
+        checked = check_prices(prices)
+        if checked:
+            answers["cost_usd"] = cost_of(answers["tokens"], checked)
     return answers
 
 
@@ -271,7 +275,7 @@ def _jobs(
     records = sorted(state.shards.values(), key=lambda r: (_ORDER[r.status], r.key))
     rows = []
     for record in records[: max(0, limit)]:
-        downloaded = _mtime(parts.get(journal.part(record.key).name) or {})
+        downloaded = _mtime(parts.get(journal.part_name(record.key)) or {})
         ended = getattr(record, "ended", None) or (downloaded if record.status is ShardStatus.DONE else None)
         row: dict[str, Any] = {
             "shard": str(record.key),

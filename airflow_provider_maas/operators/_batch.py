@@ -12,7 +12,6 @@ import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas import metrics
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.create_guard import clear_round
 from airflow_provider_maas.batch.driver import BatchDriver, ShardNames
@@ -26,6 +25,7 @@ from airflow_provider_maas.batch.settings import LIMITS, BatchSettings, check_li
 from airflow_provider_maas.batch.summary import check_outcome, write_outputs
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
+from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary
 from airflow_provider_maas.plugins.links import MaaSProgressLink
 from airflow_provider_maas.storage import check_destination, to_path, uri_of

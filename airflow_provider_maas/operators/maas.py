@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_maas import metrics
 from airflow_provider_maas.batch.create_guard import (
     clear_round,
     creating_marker,
@@ -27,6 +26,7 @@ from airflow_provider_maas.batch.shards import validate_file, write_shards
 from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
+from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._batch import MaaSBatchPredictionOperator
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, reusable_job, task_state
 from airflow_provider_maas.operators._lineage import LineageMixin, ServiceDataset

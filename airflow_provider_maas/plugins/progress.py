@@ -10,7 +10,7 @@ It gives:
 
 - a FastAPI app at ``/maas-progress`` on the API server (below ``[api] base_url``): the page
   (``/maas-progress/?dag_id=&run_id=&task_id=&map_index=``) and its JSON
-  (``/maas-progress/api/progress?...``), built on first use (workers that load plugins never
+  (``/maas-progress/api/dags/{dag_id}/progress?run_id=&task_id=&map_index=``), built on first use (workers that load plugins never
   import the API server's modules);
 - on Airflow >= 3.1 a "Batch progress" tab on task instance pages (``external_views``); its
   ``applies_to`` (Airflow >= 3.4) keeps it to the MaaS operators, older versions show it on every

@@ -1,8 +1,9 @@
 """The progress plugin's FastAPI app (built by :func:`create_app` on the API server only).
 
-``GET /api/progress?dag_id=&run_id=&task_id=&map_index=`` answers only users the API server's
-auth manager lets read the task instances of that DAG (401 without a login, 403 without access),
-the same check as Airflow's own task instance endpoints. What it returns comes from the task
+``GET /api/dags/{dag_id}/progress?run_id=&task_id=&map_index=`` answers only users the API
+server's auth manager lets read the task instances of that DAG (401 without a login, 403 without
+access): Airflow's own ``requires_access_dag`` dependency, which reads the DAG id from the path on
+every Airflow 3 version (3.0 reads it nowhere else). What it returns comes from the task
 instance row, its XComs (``maas_progress``, ``summary``, ``return_value``) and, for the batch
 operator, the batch state read by :func:`airflow_provider_maas.batch.progress.read_progress`.
 No location, key or connection field is returned; URLs with user info are cut out of any text.
@@ -137,10 +138,10 @@ def create_app() -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> HTMLResponse:
-        """The page: a shell without data; it reads ``api/progress`` with the user's own login."""
+        """The page: a shell without data; it reads ``api/dags/{dag_id}/progress`` with the user's own login."""
         return HTMLResponse(_page(), headers={"Cache-Control": "no-store"})
 
-    @app.get("/api/progress", dependencies=[can_read])
+    @app.get("/api/dags/{dag_id}/progress", dependencies=[can_read])
     def progress(
         dag_id: str,
         run_id: str,

@@ -24,10 +24,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import airflow
 import pytest
 
 from benchmarks._common import API_KEY, connection_json, emulator_process
@@ -36,6 +39,8 @@ from tests.browser.support import ROOT, UPDATE_DOCS_ENV
 from tests.helpers import write_requests
 
 pytestmark = [pytest.mark.browser, LINUX_ONLY]
+
+AIRFLOW_VERSION = tuple(int(x) for x in airflow.__version__.split(".")[:2])
 
 DAG_ID, TASK_ID = "maas_progress_ui", "predict"
 SHARDS, PER_FILE, JOB_SECONDS = 6, 5, 10
@@ -103,7 +108,46 @@ def _token(base: str, user: str) -> str:
     return json.loads(body)["access_token"]
 
 
-def test_progress_tab_follows_a_deferred_batch(tmp_path: Path, browser_context: Any, artifacts_dir: Path) -> None:
+@dataclass
+class Deployment:
+    airflow: AirflowProcesses
+    base: str
+    run_id: str
+    admin: str  # tokens
+    outsider: str
+    statsd: StatsdListener
+
+    @property
+    def api(self) -> str:
+        query = urlencode({"run_id": self.run_id, "task_id": TASK_ID, "map_index": -1})
+        return f"{self.base}/maas-progress/api/dags/{DAG_ID}/progress?{query}"
+
+    @property
+    def page(self) -> str:
+        return f"{self.base}/maas-progress/?" + urlencode(
+            {"dag_id": DAG_ID, "run_id": self.run_id, "task_id": TASK_ID, "map_index": -1}
+        )
+
+    def progress(self, token: str | None = None) -> dict[str, Any]:
+        status, body = _request(self.api, token or self.admin)
+        assert status == 200, body
+        assert API_KEY.encode() not in body
+        return json.loads(body)
+
+    def diagnose(self) -> str:
+        return self.airflow.diagnose([DAG_ID], TASK_ID)
+
+    def links(self) -> dict[str, Any]:
+        url = f"{self.base}/api/v2/dags/{DAG_ID}/dagRuns/{self.run_id}/taskInstances/{TASK_ID}/links"
+        status, body = _request(url, self.admin)
+        assert status == 200, body
+        return json.loads(body)
+
+
+@contextlib.contextmanager
+def deployment(tmp_path: Path, job_seconds: float, *, deferrable: bool = True) -> Iterator[Deployment]:
+    """api-server (every app), dag-processor, triggerer, scheduler and the emulator; the DAG
+    ``maas_progress_ui`` starts its one run as soon as it is parsed."""
     work = tmp_path / "work"
     work.mkdir()
     write_requests(work / "requests.jsonl", SHARDS * PER_FILE)
@@ -114,18 +158,17 @@ def test_progress_tab_follows_a_deferred_batch(tmp_path: Path, browser_context: 
     home.mkdir()
     passwords = home / "passwords.json"
     passwords.write_text(json.dumps(PASSWORDS))
-    started = time.monotonic()
-
     statsd = StatsdListener()
     with contextlib.ExitStack() as stack:
         stack.callback(statsd.close)
-        emu = stack.enter_context(emulator_process(tmp_path / "emu", job_duration=JOB_SECONDS))
+        emu = stack.enter_context(emulator_process(tmp_path / "emu", job_duration=job_seconds))
         airflow = AirflowProcesses(
             home,
             dags,
             {
                 "AIRFLOW_CONN_MAAS_DEFAULT": connection_json(emu.base_url),
                 "MAAS_PROGRESS_DIR": str(work),
+                "MAAS_PROGRESS_DEFERRABLE": "1" if deferrable else "0",
                 "PYTHONPATH": str(ROOT),
                 "AIRFLOW__CORE__AUTH_MANAGER": "tests.browser.restricted_auth.RestrictedAuthManager",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,outsider:viewer",
@@ -146,128 +189,161 @@ def test_progress_tab_follows_a_deferred_batch(tmp_path: Path, browser_context: 
             airflow.start("triggerer", "triggerer")
             wait_for("the API server", airflow.api_ready, 180, diagnose=lambda: airflow.log_tail("api-server"))
             airflow.start("scheduler", "scheduler")
-            admin, outsider = _token(base, "admin"), _token(base, "outsider")
-
-            def diagnose() -> str:
-                return airflow.diagnose([DAG_ID], TASK_ID)
-
             run_id = wait_for(
                 "the DAG run",
                 lambda: (airflow.query("SELECT run_id FROM dag_run WHERE dag_id = ?", (DAG_ID,)) or [[None]])[0][0],
                 180,
-                diagnose=diagnose,
+                diagnose=lambda: airflow.diagnose([DAG_ID], TASK_ID),
             )
-            query = urlencode({"dag_id": DAG_ID, "run_id": run_id, "task_id": TASK_ID, "map_index": -1})
-            api = f"{base}/maas-progress/api/progress?{query}"
+            yield Deployment(airflow, base, run_id, _token(base, "admin"), _token(base, "outsider"), statsd)
 
-            def progress(token: str = admin) -> dict[str, Any]:
-                status, body = _request(api, token)
-                assert status == 200, body
-                assert API_KEY.encode() not in body
-                return json.loads(body)
 
-            # The outsider: 403 from the API; no token at all: 401.
-            status, body = _request(api, outsider)
-            assert status == 403, body
-            assert _request(api)[0] == 401
+def _check_access(dep: Deployment) -> None:
+    """The outsider gets 403 from the API, no login 401; the link leads to the page."""
+    status, body = _request(dep.api, dep.outsider)
+    assert status == 403, body
+    assert _request(dep.api)[0] == 401
+    # The task pushes its links as it ends: they may land just after its state.
+    link = wait_for("the Batch progress link", lambda: dep.links()["extra_links"].get("Batch progress"), 30)
+    assert link.endswith(dep.page.removeprefix(dep.base)), link
 
-            # The tab in the UI, logged in as admin, opened while the batch is deferred.
-            wait_for(
-                "the task to defer",
-                lambda: airflow.check_running() or progress()["ti_state"] == "deferred",
-                240,
-                interval=0.5,
-                diagnose=diagnose,
-            )
-            browser_context.add_cookies([{"name": "_token", "value": admin, "url": base + "/"}])
-            tab_url = f"{base}/dags/{DAG_ID}/runs/{run_id}/tasks/{TASK_ID}/plugin/maas-batch-progress"
-            page = browser_context.new_page()
-            try:
-                page.goto(tab_url)
-                frame = page.frame_locator("iframe")
-                shards = frame.locator('[data-k="shards_finished"]')
-                shards.wait_for(timeout=60_000)
-                assert API_KEY not in frame.locator("body").inner_html() and API_KEY not in page.content()
 
-                # While the task is deferred, the tab (refreshing itself) shows the finished shards go up.
-                seen_deferred: set[int] = set()
+def _check_metrics(dep: Deployment, summary: dict[str, Any]) -> None:
+    """The documented names, tagged with the dag and task, with the summary's values."""
+    tags = frozenset({f"dag_id={DAG_ID}", f"task_id={TASK_ID}"})
+    expected = {
+        "requests_answered": summary["succeeded"],
+        "prompt_tokens": summary["prompt_tokens"],
+        "candidates_tokens": summary["candidates_tokens"],
+        "thoughts_tokens": summary["thoughts_tokens"],
+        "cost_usd": summary["cost_usd"],
+        "jobs_created": summary["jobs"],
+    }
+    expected = {name: value for name, value in expected.items() if value}  # 0 is not sent
+    assert {"requests_answered", "jobs_created", "cost_usd"} <= set(expected), summary
 
-                def tab_moved() -> bool:
-                    airflow.check_running()
-                    state = progress()["ti_state"]
-                    with contextlib.suppress(Exception):
-                        shown = int(shards.inner_text(timeout=2000))
-                        if state == "deferred":
-                            if shown and not seen_deferred - {0}:  # the first shards finished: the picture
-                                page.screenshot(path=str(artifacts_dir / "batch-progress.png"), full_page=True)
-                                if os.environ.get(UPDATE_DOCS_ENV) == "1":
-                                    page.screenshot(path=str(DOCS_SHOT), full_page=True)
-                            seen_deferred.add(shown)
-                    return len(seen_deferred) >= 2 or state in ("success", "failed")
+    def arrived() -> dict[str, float] | None:
+        got = dep.statsd.counters("airflow.maas.batch.")
+        by_name = {name.removeprefix("airflow.maas.batch."): v for (name, t), v in got.items() if t == tags}
+        return by_name if all(name in by_name for name in expected) else None
 
-                wait_for("the tab to show shards finishing", tab_moved, 240, interval=1, diagnose=diagnose)
-                assert len(seen_deferred) >= 2, f"finished shards shown while deferred: {seen_deferred}\n{diagnose()}"
+    counters = wait_for("the maas.batch counters", arrived, 30, diagnose=lambda: "\n".join(dep.statsd.lines[-40:]))
+    for name, value in expected.items():
+        assert counters[name] == pytest.approx(value), (name, counters)
+    assert summary["failed"] == 0 and "requests_failed" not in counters
+    assert any(line.startswith("airflow.maas.batch.jobs_active,") for line in dep.statsd.lines)
 
-                final = wait_for(
-                    "the task to end",
-                    lambda: (p := progress())["ti_state"] in ("success", "failed") and p,
-                    300,
-                    interval=1,
-                    diagnose=diagnose,
-                )
-                assert final["ti_state"] == "success", diagnose()
-                assert final["summary"]["succeeded"] == SHARDS * PER_FILE
-                # The page stops refreshing once the task ended and shows the summary's numbers.
-                page.reload()
-                frame = page.frame_locator("iframe")
-                answered = frame.locator('[data-k="answered"] b')
-                answered.wait_for(timeout=30_000)
-                assert answered.inner_text() == f"{SHARDS * PER_FILE}"
-                assert "(final)" in frame.locator("body").inner_text()
-                assert API_KEY not in frame.locator("body").inner_html()
-            except BaseException:
-                page.screenshot(path=str(artifacts_dir / "FAILED-batch-progress.png"), full_page=True)
-                print("frames:", [f.url for f in page.frames])
-                raise
-            finally:
-                page.close()
 
-            # The outsider's page: no data, the reason instead.
-            browser_context.clear_cookies()
-            browser_context.add_cookies([{"name": "_token", "value": outsider, "url": base + "/"}])
-            page = browser_context.new_page()
-            try:
-                page.goto(f"{base}/maas-progress/?{query}")
-                page.locator("#denied").wait_for()
-                text = page.locator("body").inner_text()
-                assert "You do not have access to this DAG." in text and "answered" not in text
-            finally:
-                page.close()
-                browser_context.clear_cookies()
+def _outsider_sees_no_data(dep: Deployment, browser_context: Any) -> None:
+    browser_context.clear_cookies()
+    browser_context.add_cookies([{"name": "_token", "value": dep.outsider, "url": dep.base + "/"}])
+    page = browser_context.new_page()
+    try:
+        page.goto(dep.page)
+        page.locator("#denied").wait_for()
+        text = page.locator("body").inner_text()
+        assert "You do not have access to this DAG." in text and "answered" not in text
+    finally:
+        page.close()
+        browser_context.clear_cookies()
 
-            # The metrics: the documented names, tagged, with the summary's values.
-            summary = final["summary"]
-            tags = frozenset({f"dag_id={DAG_ID}", f"task_id={TASK_ID}"})
-            expected = {
-                "requests_answered": summary["succeeded"],
-                "prompt_tokens": summary["prompt_tokens"],
-                "candidates_tokens": summary["candidates_tokens"],
-                "cost_usd": summary["cost_usd"],
-                "jobs_created": summary["jobs"],
-            }
-            expected = {name: value for name, value in expected.items() if value}  # 0 is not sent
-            assert {"requests_answered", "jobs_created", "cost_usd"} <= set(expected), summary
 
-            def metrics_arrived() -> dict[str, float] | None:
-                got = statsd.counters("airflow.maas.batch.")
-                by_name = {name.removeprefix("airflow.maas.batch."): v for (name, t), v in got.items() if t == tags}
-                return by_name if all(name in by_name for name in expected) else None
+def _wait_end(dep: Deployment) -> dict[str, Any]:
+    final = wait_for(
+        "the task to end",
+        lambda: (p := dep.progress())["ti_state"] in ("success", "failed") and p,
+        300,
+        interval=1,
+        diagnose=dep.diagnose,
+    )
+    assert final["ti_state"] == "success", dep.diagnose()
+    assert final["summary"]["succeeded"] == SHARDS * PER_FILE
+    return final
 
-            arrived = wait_for(
-                "the maas.batch counters", metrics_arrived, 30, diagnose=lambda: "\n".join(statsd.lines[-40:])
-            )
-            for name, value in expected.items():
-                assert arrived[name] == pytest.approx(value), (name, arrived)
-            assert summary["failed"] == 0 and "requests_failed" not in arrived
-            assert any(line.startswith("airflow.maas.batch.jobs_active,") for line in statsd.lines)
-    print(f"progress UI test: {time.monotonic() - started:.0f}s")
+
+@pytest.mark.skipif(AIRFLOW_VERSION < (3, 1), reason="task instance tabs for plugins: Airflow >= 3.1")
+def test_progress_tab_follows_a_deferred_batch(tmp_path: Path, browser_context: Any, artifacts_dir: Path) -> None:
+    started = time.monotonic()
+    with deployment(tmp_path, JOB_SECONDS) as dep:
+        # The tab in the UI, logged in as admin, opened while the batch is deferred.
+        wait_for(
+            "the task to defer",
+            lambda: dep.airflow.check_running() or dep.progress()["ti_state"] == "deferred",
+            240,
+            interval=0.5,
+            diagnose=dep.diagnose,
+        )
+        browser_context.add_cookies([{"name": "_token", "value": dep.admin, "url": dep.base + "/"}])
+        page = browser_context.new_page()
+        try:
+            page.goto(f"{dep.base}/dags/{DAG_ID}/runs/{dep.run_id}/tasks/{TASK_ID}/plugin/maas-batch-progress")
+            frame = page.frame_locator("iframe")
+            shards = frame.locator('[data-k="shards_finished"]')
+            shards.wait_for(timeout=60_000)
+            assert API_KEY not in frame.locator("body").inner_html() and API_KEY not in page.content()
+
+            # While the task is deferred, the tab (refreshing itself) shows the finished shards go up.
+            seen_deferred: set[int] = set()
+
+            def tab_moved() -> bool:
+                dep.airflow.check_running()
+                state = dep.progress()["ti_state"]
+                with contextlib.suppress(Exception):
+                    shown = int(shards.inner_text(timeout=2000))
+                    if state == "deferred":
+                        if shown and not seen_deferred - {0}:  # the first shards finished: the picture
+                            page.screenshot(path=str(artifacts_dir / "batch-progress.png"), full_page=True)
+                            if os.environ.get(UPDATE_DOCS_ENV) == "1":
+                                page.screenshot(path=str(DOCS_SHOT), full_page=True)
+                        seen_deferred.add(shown)
+                return len(seen_deferred) >= 2 or state in ("success", "failed")
+
+            wait_for("the tab to show shards finishing", tab_moved, 240, interval=1, diagnose=dep.diagnose)
+            assert len(seen_deferred) >= 2, f"finished shards shown while deferred: {seen_deferred}\n{dep.diagnose()}"
+
+            final = _wait_end(dep)
+            # The page stops refreshing once the task ended and shows the summary's numbers.
+            page.reload()
+            frame = page.frame_locator("iframe")
+            answered = frame.locator('[data-k="answered"] b')
+            answered.wait_for(timeout=30_000)
+            assert answered.inner_text() == f"{SHARDS * PER_FILE}"
+            assert "(final)" in frame.locator("body").inner_text()
+            assert API_KEY not in frame.locator("body").inner_html()
+        except BaseException:
+            page.screenshot(path=str(artifacts_dir / "FAILED-batch-progress.png"), full_page=True)
+            raise
+        finally:
+            page.close()
+        _check_access(dep)
+        _outsider_sees_no_data(dep, browser_context)
+        _check_metrics(dep, final["summary"])
+    print(f"progress tab test: {time.monotonic() - started:.0f}s")
+
+
+@pytest.mark.skipif(AIRFLOW_VERSION >= (3, 1), reason="Airflow >= 3.1: the tab test covers the link too")
+def test_progress_link_and_page_on_airflow_30(tmp_path: Path, browser_context: Any) -> None:
+    """Airflow 3.0 has no plugin tabs: the operator's "Batch progress" link leads to the page.
+
+    Not deferrable: on Airflow 3.0.6 the batch trigger fails in a real triggerer (reading the
+    connection's extra calls mask_secret, which calls async_to_sync inside the triggerer's event loop:
+    "You cannot use AsyncToSync in the same thread as an async event loop").
+    """
+    started = time.monotonic()
+    with deployment(tmp_path, 2, deferrable=False) as dep:
+        final = _wait_end(dep)
+        _check_access(dep)
+        status, body = _request(dep.page, dep.admin)
+        assert status == 200 and b"Batch progress" in body and API_KEY.encode() not in body
+        browser_context.add_cookies([{"name": "_token", "value": dep.admin, "url": dep.base + "/"}])
+        page = browser_context.new_page()
+        try:
+            page.goto(dep.page)
+            answered = page.locator('[data-k="answered"] b')
+            answered.wait_for()
+            assert answered.inner_text() == f"{SHARDS * PER_FILE}" and API_KEY not in page.content()
+        finally:
+            page.close()
+        _outsider_sees_no_data(dep, browser_context)
+        _check_metrics(dep, final["summary"])
+    print(f"progress link test: {time.monotonic() - started:.0f}s")
