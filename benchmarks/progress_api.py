@@ -121,6 +121,6 @@ def run(smoke: bool, workdir: Path) -> Figure:
     figure.add("call once every part is counted (s)", warm["s"], load_s, warm["s"] / load_s, "< 1 s", warm["s"] < 1)
     figure.add("response (bytes)", warm["bytes"], None, None, "< 100 KB", warm["bytes"] < 100_000)
     figure.add("calls until every part's answers are counted", until)
-    figure.add("  CPU-bound counting time over those calls (s)", counting)
+    figure.add("  their wall time, summed (s)", counting)
     figure.notes.append(f"median call over the run: {median([c['s'] for c in calls]):.3f} s, {len(calls)} calls")
     return figure
