@@ -188,3 +188,29 @@ def test_metrics_names_and_tags(monkeypatch):
 def test_a_failing_metrics_backend_does_not_fail_the_task(monkeypatch):
     monkeypatch.setattr(metrics, "_stats", lambda: (_ for _ in ()).throw(RuntimeError("no backend")))
     metrics.jobs_active(make_context(), 1)
+
+
+def test_the_plugin_is_an_airflow_plugins_entry_point():
+    """Installed means loaded: Airflow reads ``airflow.plugins`` entry points on every version."""
+    from importlib.metadata import entry_points
+
+    from airflow_provider_maas.plugins.links import URL_PREFIX
+    from airflow_provider_maas.plugins.progress import TAB, MaaSProgressPlugin
+
+    (entry,) = [e for e in entry_points(group="airflow.plugins") if e.name == "maas_batch_progress"]
+    assert entry.load() is MaaSProgressPlugin
+    (app,) = MaaSProgressPlugin.fastapi_apps
+    assert app["url_prefix"] == URL_PREFIX == "/maas-progress"
+    assert MaaSProgressPlugin.external_views == [TAB]  # Airflow >= 3.1 here
+    assert TAB["href"].startswith("maas-progress/?") and "{MAP_INDEX}" in TAB["href"]  # relative: base URL prefix
+
+
+def test_the_page_is_served_without_data():
+    from fastapi.testclient import TestClient
+
+    from airflow_provider_maas.plugins.progress_api import create_app
+
+    response = TestClient(create_app()).get("/?dag_id=d&run_id=r&task_id=t")
+    assert (
+        response.status_code == 200 and "api/dags/" in response.text and response.headers["cache-control"] == "no-store"
+    )

@@ -334,13 +334,3 @@ def job_progress(job: Any) -> dict[str, Any]:
     if isinstance(error, dict):
         row["error"] = _short(error.get("message") or error)
     return {"found": True, "kind": "job", "job": row}
-
-
-#: XCom key the batch operator pushes when it starts: where the progress page finds its state.
-PROGRESS_XCOM_KEY = "maas_progress"
-
-
-def announce(context: Any, journal: BatchJournal, prices: dict[str, float] | None) -> None:
-    """Tell the progress page where this task instance's state is and its ``prices`` (XCom
-    :data:`PROGRESS_XCOM_KEY`; kept across deferrals, cleared with the task's other XComs)."""
-    context["ti"].xcom_push(key=PROGRESS_XCOM_KEY, value={"state": journal.uri, "prices": prices})

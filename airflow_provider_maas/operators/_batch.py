@@ -17,7 +17,6 @@ from airflow_provider_maas.batch.create_guard import clear_round
 from airflow_provider_maas.batch.driver import BatchDriver, ShardNames
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after
-from airflow_provider_maas.batch.progress import announce
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
 from airflow_provider_maas.batch.round_files import next_round
@@ -27,7 +26,7 @@ from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary
-from airflow_provider_maas.plugins.links import MaaSProgressLink
+from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
 from airflow_provider_maas.storage import check_destination, to_path, uri_of
 from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, BatchJobsEvent, MaaSBatchJobsTrigger
 

@@ -11,6 +11,7 @@ No location, key or connection field is returned; URLs with user info are cut ou
 
 from __future__ import annotations
 
+import logging
 import re
 from importlib import resources
 from typing import Any
@@ -19,9 +20,12 @@ from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse
 
 from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.progress import DEFAULT_JOBS_LIMIT, PROGRESS_XCOM_KEY, job_progress, read_progress
+from airflow_provider_maas.batch.progress import DEFAULT_JOBS_LIMIT, job_progress, read_progress
+from airflow_provider_maas.plugins.links import PROGRESS_XCOM_KEY
 from airflow_provider_maas.plugins.progress import BATCH_OPERATORS, JOB_OPERATORS
 from airflow_provider_maas.storage import to_path
+
+log = logging.getLogger(__name__)
 
 #: States in which the page keeps refreshing itself.
 LIVE_STATES = {"queued", "scheduled", "running", "deferred", "up_for_retry", "up_for_reschedule", "restarting"}
@@ -112,12 +116,20 @@ def progress_of(dag_id: str, run_id: str, task_id: str, map_index: int, jobs_lim
     hint = xcoms.get(PROGRESS_XCOM_KEY)
     if isinstance(hint, dict) and isinstance(hint.get("state"), str):
         journal = BatchJournal(to_path(hint["state"], what="batch state"))
-        progress = read_progress(
-            journal,
-            prices=hint.get("prices") or None,
-            started=started.timestamp() if started else None,
-            jobs_limit=jobs_limit,
-        )
+        for attempt in (1, 2):
+            try:
+                progress = read_progress(
+                    journal,
+                    prices=hint.get("prices") or None,
+                    started=started.timestamp() if started else None,
+                    jobs_limit=jobs_limit,
+                )
+                break
+            except (OSError, ValueError):
+                # An object compacted away or the state removed (the batch ended) while read:
+                # read again once, then answer with what XCom holds.
+                if attempt == 2:
+                    log.warning("Could not read the batch state of %s/%s/%s", dag_id, run_id, task_id, exc_info=True)
     summary = xcoms.get("summary")
     result = {**answer, **(progress or {"found": summary is not None, "kind": "batch"})}
     if isinstance(summary, dict):

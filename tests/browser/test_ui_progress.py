@@ -263,6 +263,7 @@ def _wait_end(dep: Deployment) -> dict[str, Any]:
 
 @pytest.mark.skipif(AIRFLOW_VERSION < (3, 1), reason="task instance tabs for plugins: Airflow >= 3.1")
 def test_progress_tab_follows_a_deferred_batch(tmp_path: Path, browser_context: Any, artifacts_dir: Path) -> None:
+    browser_context.clear_cookies()  # another test's login must not be sent along
     started = time.monotonic()
     with deployment(tmp_path, JOB_SECONDS) as dep:
         # The tab in the UI, logged in as admin, opened while the batch is deferred.
@@ -329,6 +330,7 @@ def test_progress_link_and_page_on_airflow_30(tmp_path: Path, browser_context: A
     connection's extra calls mask_secret, which calls async_to_sync inside the triggerer's event loop:
     "You cannot use AsyncToSync in the same thread as an async event loop").
     """
+    browser_context.clear_cookies()
     started = time.monotonic()
     with deployment(tmp_path, 2, deferrable=False) as dep:
         final = _wait_end(dep)
@@ -347,3 +349,54 @@ def test_progress_link_and_page_on_airflow_30(tmp_path: Path, browser_context: A
         _outsider_sees_no_data(dep, browser_context)
         _check_metrics(dep, final["summary"])
     print(f"progress link test: {time.monotonic() - started:.0f}s")
+
+
+def test_progress_page_behind_a_base_url_prefix(tmp_path: Path, browser_context: Any) -> None:
+    """``[api] base_url = http://host:port/airflow/``: the page, its API call (relative) and the
+    login all live under the prefix. Only the API server runs: an unknown task instance answers 404
+    with the API's own message, which the page shows (so its relative call reached the plugin)."""
+    home = tmp_path / "airflow"
+    home.mkdir()
+    passwords = home / "passwords.json"
+    passwords.write_text(json.dumps(PASSWORDS))
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    airflow = AirflowProcesses(
+        home,
+        dags,
+        {
+            "PYTHONPATH": str(ROOT),
+            "AIRFLOW__CORE__AUTH_MANAGER": "tests.browser.restricted_auth.RestrictedAuthManager",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,outsider:viewer",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+            "AIRFLOW__API__WORKERS": "1",
+        },
+    )
+    base = f"http://127.0.0.1:{airflow.api_port}/airflow"
+    airflow.env["AIRFLOW__API__BASE_URL"] = base + "/"
+    browser_context.clear_cookies()
+    with airflow:
+        airflow.migrate()
+        airflow.start("api-server", "api-server", "-H", "127.0.0.1", "-p", str(airflow.api_port), "-w", "1")
+
+        def healthy() -> bool:
+            airflow.check_running("api-server")
+            try:
+                return _request(f"{base}/api/v2/monitor/health")[0] == 200
+            except urllib.error.URLError:
+                return False
+
+        wait_for("the API server under /airflow", healthy, 180, diagnose=lambda: airflow.log_tail("api-server"))
+        admin = _token(base, "admin")
+        status, body = _request(f"{base}/maas-progress/api/dags/maas_none/progress?run_id=r&task_id=t", admin)
+        assert status == 404 and b"No task instance maas_none/r/t[-1]" in body, (status, body)
+        status, body = _request(f"{base}/maas-progress/?dag_id=maas_none&run_id=r&task_id=t", admin)
+        assert status == 200 and b"Batch progress" in body
+        browser_context.add_cookies([{"name": "_token", "value": admin, "url": base + "/"}])
+        page = browser_context.new_page()
+        try:
+            page.goto(f"{base}/maas-progress/?dag_id=maas_none&run_id=r&task_id=t&map_index=-1")
+            page.get_by_text("No task instance maas_none/r/t[-1]").wait_for(timeout=60_000)
+        finally:
+            page.close()
+            browser_context.clear_cookies()
