@@ -214,3 +214,19 @@ def test_the_page_is_served_without_data():
     assert (
         response.status_code == 200 and "api/dags/" in response.text and response.headers["cache-control"] == "no-store"
     )
+
+
+def test_money_fields_of_a_newer_state_are_summed(journal):
+    @dataclass(frozen=True)
+    class NewerRecord(ShardRecord):  # the fields issue 22's budget adds to a shard record
+        reserve_usd: float | None = None
+        cost_usd: float | None = None
+        unsent: bool = False
+
+    state = journal.load()
+    assert state is not None
+    state.shards[ShardKey(0, 0)] = NewerRecord(ShardKey(0, 0), ShardStatus.DONE, cost_usd=0.25)
+    state.shards[ShardKey(0, 1)] = NewerRecord(ShardKey(0, 1), ShardStatus.RUNNING, reserve_usd=1.5, cost_usd=0.5)
+    state.shards[ShardKey(0, 3)] = NewerRecord(ShardKey(0, 3), ShardStatus.FAILED, unsent=True)
+    assert progress_module._money(state) == {"recorded_cost_usd": 0.75, "reserved_usd": 1.5, "unsent_shards": 1}
+    assert progress_module._money(journal.load()) == {}

@@ -203,8 +203,28 @@ def _progress(
         "last_update": _iso(last_update),
         "estimated_end": _iso(_estimated_end(started, now, finished_requests, all_requests)),
         "finished": state.finished,
-        "extra": _plain_extras(state, _KNOWN_STATE_FIELDS),
+        "extra": {**_plain_extras(state, _KNOWN_STATE_FIELDS), **_money(state)},
     }
+
+
+def _money(state: BatchState) -> dict[str, Any]:
+    """Sums of the per-shard money fields a newer state records (``cost_usd`` of downloaded results,
+    ``reserve_usd`` of jobs in flight, ``unsent`` shards), when present."""
+    found: dict[str, Any] = {}
+    records = list(state.shards.values())
+    costs = [c for r in records if isinstance(c := getattr(r, "cost_usd", None), (int, float))]
+    if costs:
+        found["recorded_cost_usd"] = round(sum(costs), 9)
+    in_flight = (ShardStatus.CREATING, ShardStatus.RUNNING)
+    reserves = [
+        c for r in records if r.status in in_flight and isinstance(c := getattr(r, "reserve_usd", None), (int, float))
+    ]
+    if reserves:
+        found["reserved_usd"] = round(sum(reserves), 9)
+    unsent = sum(1 for r in records if getattr(r, "unsent", False) is True)
+    if unsent:
+        found["unsent_shards"] = unsent
+    return found
 
 
 def _estimated_end(started: float | None, now: float, finished: int, total: int) -> float | None:
