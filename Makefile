@@ -73,15 +73,20 @@ AF30_VENV ?= .venv-af30
 AF31_VENV ?= .venv-af31
 AF32_VENV ?= .venv-af32
 AF30_STAMP := $(AF30_VENV)/.installed
+# The deferrable paths in a real deployment (issue 24): api-server, scheduler (LocalExecutor), dag-processor
+# and triggerer as processes, the emulator, a triggerer restart; about a minute per Airflow line. On 3.3 it
+# is part of `make test`; every compat target below runs it on its own line, with the in-process test of the
+# triggers under the triggerer's comms channel.
+DEPLOYMENT_TESTS ?= tests/test_trigger_comms.py tests/test_deployment_smoke.py
 COMPAT_TESTS ?= tests/test_hook.py tests/test_operators.py tests/test_sensor.py tests/test_trigger.py \
-	tests/test_example_dags.py tests/test_compat_assets.py tests/browser
+	tests/test_example_dags.py tests/test_compat_assets.py tests/browser $(DEPLOYMENT_TESTS)
 # On 3.0, dag.test() does not register assets: tests/test_compat_assets.py registers them first.
 COMPAT_DESELECT ?= --deselect tests/test_example_dags.py::test_download_attaches_summary_to_asset_event
 
-# On 3.1 and 3.2 (to keep CI short): the example DAGs end to end and the triggers.
-COMPAT_NEWER_TESTS ?= tests/test_example_dags.py tests/test_trigger.py
+# On 3.1 and 3.2 (to keep CI short): the example DAGs end to end, the triggers, the real deployment.
+COMPAT_NEWER_TESTS ?= tests/test_example_dags.py tests/test_trigger.py $(DEPLOYMENT_TESTS)
 
-.PHONY: browser-deps test-browser screenshot test-compat test-compat-3.1 test-compat-3.2 ci clean-compat
+.PHONY: browser-deps test-browser screenshot test-compat test-compat-3.1 test-compat-3.2 ci clean-compat test-deployment
 
 ## Debian's chromium (apt-get, as root) and playwright in $(VENV); does nothing when both are there.
 browser-deps: $(STAMP)
@@ -104,19 +109,26 @@ $(AF31_VENV)/.installed: pyproject.toml scripts/constraints-airflow-3.1.txt scri
 $(AF32_VENV)/.installed: pyproject.toml scripts/constraints-airflow-3.2.txt scripts/compat.sh
 	bash scripts/compat.sh $(AF32_VENV) 3.2
 
-## The hook, operator, sensor, trigger, example DAG and browser tests (connection form; the batch
-## progress extra link and page, tests/browser/test_ui_progress.py) on Airflow 3.0 (second venv).
+## The hook, operator, sensor, trigger, example DAG, browser (connection form; batch progress link and page)
+## and real-deployment tests on Airflow 3.0 (second venv).
 test-compat: $(AF30_STAMP)
 	bash scripts/ci_browser.sh $(AF30_VENV)/bin/python
 	$(AF30_VENV)/bin/python -m pytest -q -p no:cacheprovider -p tests.compat_plugin $(COMPAT_DESELECT) $(COMPAT_TESTS)
 
-## The example DAG and trigger tests on Airflow 3.1 (own venv).
+## The example DAG, trigger and real-deployment tests on Airflow 3.1 (own venv).
 test-compat-3.1: $(AF31_VENV)/.installed
 	$(AF31_VENV)/bin/python -m pytest -q -p no:cacheprovider -p tests.compat_plugin $(COMPAT_NEWER_TESTS)
 
-## The example DAG and trigger tests on Airflow 3.2 (own venv).
+## The example DAG, trigger and real-deployment tests on Airflow 3.2 (own venv).
 test-compat-3.2: $(AF32_VENV)/.installed
 	$(AF32_VENV)/bin/python -m pytest -q -p no:cacheprovider -p tests.compat_plugin $(COMPAT_NEWER_TESTS)
+
+## The real-deployment tests alone (DEPLOYMENT_TESTS): on Airflow 3.3, or with SERIES=3.0, 3.1 or 3.2 on that
+## line's venv (built first when missing).
+SERIES_VENV = $(if $(SERIES),$(AF$(subst .,,$(SERIES))_VENV),$(VENV))
+test-deployment: $(STAMP)
+	$(if $(SERIES),$(MAKE) $(SERIES_VENV)/.installed)
+	$(SERIES_VENV)/bin/python -m pytest -q -p no:cacheprovider -p tests.compat_plugin $(DEPLOYMENT_TESTS)
 
 ## What CI runs (.ci/run): the whole suite on the newest Airflow, then Airflow 3.0, 3.1 and 3.2.
 ci: test test-compat test-compat-3.1 test-compat-3.2

@@ -69,12 +69,18 @@ class MaaSNotFoundError(MaaSApiError):
     """The job, file or results do not exist (404), or no longer exist (410, kept 7 days)."""
 
 
+class MaaSJobGoneError(MaaSNotFoundError, AirflowFailException):
+    """A job the batch state records answers 404 on every poll: the service no longer knows it. An
+    automatic retry would see the same, so it is not retried; clearing the task submits its shard
+    again (a person's choice: it is paid again)."""
+
+
 class MaaSResultsGoneError(MaaSNotFoundError):
     """The job's results are gone (410: the service keeps them 7 days). Treat the job like a failed one."""
 
 
 class MaaSRetryableError(MaaSApiError):
-    """A transient failure (429, 5xx, connection error, timeout) that is worth retrying."""
+    """A transient failure (408, 429, any 5xx, connection error, timeout) that is worth retrying."""
 
 
 class MaaSRateLimitError(MaaSRetryableError):
@@ -123,3 +129,39 @@ class MaaSIntegrityError(MaaSError):
     """Transferred bytes did not match the size or checksum the service reported, or a results file
     is not what the service writes (a line that is not a JSON object, image data that is not base64):
     the message then names the file and the line."""
+
+
+class MaaSBudgetExceededError(MaaSError, AirflowFailException):
+    """A batch stopped creating jobs: one more would have passed ``max_cost_usd`` (the jobs in flight
+    were finished and downloaded first). Not retried: a retry would stop at the same place. The
+    message says what was spent and reserved, how many requests got answers and how many were not
+    sent, and how to continue."""
+
+
+class MaaSCanaryFailedError(MaaSError, AirflowFailException):
+    """A batch's canary (its first ``canary_requests`` requests, sent first as one job) had more
+    failed or invalid answers than ``canary_max_failed``: nothing more was sent. The message quotes
+    the first failures."""
+
+
+class MaaSStateError(MaaSError, AirflowFailException):
+    """The batch operator's record of paid work (its state beside the destination, or the pointer to
+    it in ``task_state_store``) is missing, damaged, of another format version, shared with another
+    task instance, or taken over by another live try.
+
+    The API has no list call, so this record is the only proof of which jobs were paid for: the task
+    creates nothing and fails without Airflow retries. The message names the state's location, what
+    is wrong, every job name still known, and the way on (``start_over=True`` and a clear).
+
+    :param job_names: Job names still known from any surviving source.
+    """
+
+    def __init__(self, message: str, *, job_names: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.job_names = list(job_names or [])
+
+
+class MaaSStateWriteError(MaaSError):
+    """Writing the batch state failed (read-only filesystem, disk full, object store error) after the
+    names of the jobs just created were saved in ``task_state_store``: an automatic retry reattaches
+    to them, so this one keeps Airflow's retries."""

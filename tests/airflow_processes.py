@@ -9,13 +9,18 @@ process under the scheduler in ``/proc`` (Linux), and always kills every process
 ``DeferredTaskWatch`` follows one (deferrable) task instance from outside while it runs: its
 states, the bytes it keeps in ``task_state_store`` and in trigger rows, and its task process's peak
 RSS, for the tests and the ``scale`` benchmark that run big batches through a real deployment.
+
+``emulator_jobs``, ``emulator_polls`` and ``end_emulator_jobs`` read and steer an in-thread emulator
+(``run_emulator``) from a deployment test: its jobs per DAG, the polls they got, ending them at will.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sqlite3
@@ -107,6 +112,31 @@ def wait_for(what: str, check: Callable[[], T], timeout: float, *, interval: flo
             detail = diagnose() if diagnose else ""
             raise AssertionError(f"Timed out after {timeout:.0f}s waiting for {what}.\n{detail}")
         time.sleep(interval)
+
+
+class Phases:
+    """Seconds since the start of a deployment test at each named phase, for its summary line."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.marks: list[str] = []
+
+    def __call__(self, name: str) -> None:
+        self.marks.append(f"{name} {time.monotonic() - self.started:.0f}s")
+
+    def __str__(self) -> str:
+        return ", ".join(self.marks)
+
+
+def deployment_dirs(tmp_path: Path, dag_file: str) -> tuple[Path, Path]:
+    """``(work, dags)`` under ``tmp_path``: an empty work folder, and a dags folder holding only
+    ``tests/dags/<dag_file>`` (tests/dags/ holds other tests' DAGs too)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    dags = tmp_path / "dags"
+    dags.mkdir()
+    shutil.copy(Path(__file__).resolve().parent / "dags" / dag_file, dags)
+    return work, dags
 
 
 class AirflowProcesses:
@@ -396,3 +426,32 @@ class DeferredTaskWatch:
     def deferrals(self) -> int:
         """How many times the task deferred (so resumed, or will), over all its tries."""
         return self.logs().count(DEFERRED_LINE)
+
+
+# The emulator's side of a deployment test --------------------------------------------------------
+def emulator_jobs(emu: Any, dag_id: str) -> list[str]:
+    """Names of the jobs an in-thread emulator created for ``dag_id`` (display names start ``<dag_id>/``)."""
+    return sorted(name for name, job in list(emu.emulator.jobs.items()) if job.display_name.startswith(f"{dag_id}/"))
+
+
+def emulator_polls(emu: Any, job_names: Iterable[str], since: float) -> int:
+    """Status GETs of these jobs the emulator answered after ``since`` (epoch seconds)."""
+    wanted = tuple(f"/batchPredictionJobs/{name}" for name in job_names)
+    return sum(
+        1
+        for entry in list(emu.emulator.access_log)
+        if entry["time"] > since and entry["method"] == "GET" and entry["path_qs"].endswith(wanted)
+    )
+
+
+def end_emulator_jobs(emu: Any, job_names: Iterable[str], state: str = "JOB_STATE_SUCCEEDED") -> None:
+    """Let the jobs end now in ``state`` (emulator admin route)."""
+    for name in job_names:
+        request = urllib.request.Request(
+            f"{emu.base_url}/_emulator/jobs/{name}/state",
+            data=json.dumps({"state": state}).encode(),
+            headers={"Authorization": f"Bearer {emu.emulator.config.api_key}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200

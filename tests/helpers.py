@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,23 @@ class FakeStateStore:
 
     def set(self, key: str, value: Any, **_: Any) -> None:
         self.data[key] = json.loads(json.dumps(value))
+
+
+class FileStateStore(FakeStateStore):
+    """``task_state_store`` kept in a JSON file: shared by tries running in separate processes."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    @property  # type: ignore[override]
+    def data(self) -> dict[str, Any]:
+        return json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def set(self, key: str, value: Any, **_: Any) -> None:
+        data = {**self.data, key: json.loads(json.dumps(value))}
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.path)
 
 
 class FakeTI:

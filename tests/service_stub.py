@@ -35,10 +35,12 @@ class StubService:
 
     :param create: Answers every create call instead of creating a job (None: create job ``"1"``, ``"2"``...).
     :param damage: Turns the results of a job (bytes, one echo line per request) into what is served.
+    :param respond: The ``response`` of each request (None: the text "ok", no usage).
     """
 
     create: Answer | None = None
     damage: Callable[[bytes], bytes] = lambda results: results
+    respond: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     requests: list[tuple[str, str]] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)
     jobs: dict[str, str] = field(default_factory=dict)
@@ -81,6 +83,8 @@ class StubService:
         for line in self.files[self.jobs[job_name]].splitlines():
             request = json.loads(line)["request"]
             answer = {"candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]}, "finishReason": "STOP"}]}
+            if self.respond is not None:
+                answer = self.respond(request)
             lines.append(json.dumps({"request": request, "response": answer, "status": ""}).encode() + b"\n")
         return self.damage(b"".join(lines))
 

@@ -243,7 +243,9 @@ def google_error(code: int, status: str, message: str) -> bytes:
         (502, MaaSRetryableError),
         (503, MaaSRetryableError),
         (504, MaaSRetryableError),
-        (501, MaaSApiError),
+        (501, MaaSRetryableError),
+        (524, MaaSRetryableError),
+        (409, MaaSApiError),
     ],
 )
 def test_error_from_response_maps_status_to_type(status, cls):

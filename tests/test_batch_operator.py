@@ -215,7 +215,8 @@ def test_task_state_store_holds_only_location_and_version(emulator_factory, tmp_
     with pytest.raises(TaskDeferred):
         _operator(source, dest, deferrable=True, max_requests_per_file=1).execute(make_context(store))
     (value,) = store.data.values()
-    assert value == {"location": BatchJournal.for_task(dest, make_context()).uri, "version": 1}
+    # "open" until the results are written (issue 19: a pointer whose state is gone stops the task)
+    assert value == {"location": BatchJournal.for_task(dest, make_context()).uri, "version": 1, "open": True}
 
 
 def test_destination_checked_before_anything_is_paid(emulator, tmp_path):

@@ -11,7 +11,7 @@ import re
 import pytest
 
 from airflow_provider_maas.batch import journal as journal_module
-from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.journal import BatchJournal, StateDamaged
 from airflow_provider_maas.batch.pacing import check_deadline, fire_after
 from airflow_provider_maas.batch.resume import refuse_abandoning_jobs, take_over
 from airflow_provider_maas.batch.settings import BatchSettings, check_limits, reuse_paths
@@ -153,7 +153,8 @@ def test_replay_ignores_journal_objects_a_snapshot_already_covers(root):
     assert BatchJournal(root).load().shards[ShardKey(0, 0)] == done
 
 
-def test_other_format_version_is_not_read(root):
+def test_other_format_version_is_refused_not_ignored(root):
+    # Issue 19 finding 3: a state of another format version used to be ignored (start over, pay again).
     journal = BatchJournal(root)
     journal.create(_state(1))
     with (root / "manifest.json").open("rb") as handle:
@@ -161,7 +162,8 @@ def test_other_format_version_is_not_read(root):
     manifest["version"] = STATE_VERSION + 1
     with (root / "manifest.json").open("wb") as handle:
         handle.write(json.dumps(manifest).encode())
-    assert BatchJournal(root).load() is None
+    with pytest.raises(StateDamaged, match=f"state format version {STATE_VERSION + 1}; this provider reads version"):
+        BatchJournal(root).load()
 
 
 def test_remove_leaves_nothing(root):
@@ -319,8 +321,13 @@ def test_the_deadline_names_the_running_jobs():
     state.deadline = None  # no wait_timeout: never
     check_deadline(state, ["1"], wait_timeout=None)
     state.deadline = 1.0  # long past
-    with pytest.raises(MaaSTimeoutError, match=r"wait_timeout=5s: 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 \.\.\.; they keep"):
+    with pytest.raises(MaaSTimeoutError, match=r"wait_timeout=5s\): 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 \.\.\.; they keep"):
         check_deadline(state, [str(n) for n in range(12)], wait_timeout=5)
+    # Issue 19 finding 11: the setting removed since read "wait_timeout=Nones"; the stored deadline is shown.
+    with pytest.raises(MaaSTimeoutError) as info:
+        check_deadline(state, ["1"], wait_timeout=None)
+    assert "Nones" not in str(info.value)
+    assert "deadline 1970-01-01 00:00:01 UTC" in str(info.value) and "wait_timeout is not set now" in str(info.value)
 
 
 def test_the_outcome_fails_the_task_only_when_asked_or_nothing_succeeded():

@@ -24,20 +24,25 @@ the machine's speed. At the end: every task succeeded, the emulator created exac
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import signal
 import sys
 import time
-import urllib.request
 
 import pytest
 from airflow import __version__ as airflow_version
 from packaging.version import Version
 
 from airflow_provider_maas.emulator import EmulatorConfig, run_emulator
-from tests.airflow_processes import AirflowProcesses, wait_for
+from tests.airflow_processes import (
+    AirflowProcesses,
+    Phases,
+    deployment_dirs,
+    emulator_jobs,
+    emulator_polls,
+    end_emulator_jobs,
+    wait_for,
+)
 from tests.conftest import API_KEY, ENDPOINT, ROOT, connection_env
 from tests.helpers import assert_in_input_order, write_requests
 
@@ -65,45 +70,9 @@ pytestmark = [
 ]
 
 
-def _jobs_of(emu, dag_id: str) -> list[str]:
-    return sorted(name for name, job in list(emu.emulator.jobs.items()) if job.display_name.startswith(f"{dag_id}/"))
-
-
-def _polls(emu, job_names: list[str], since: float) -> int:
-    """Status GETs of these jobs the emulator answered after ``since`` (epoch seconds)."""
-    wanted = tuple(f"/batchPredictionJobs/{name}" for name in job_names)
-    return sum(
-        1
-        for entry in list(emu.emulator.access_log)
-        if entry["time"] > since and entry["method"] == "GET" and entry["path_qs"].endswith(wanted)
-    )
-
-
-def _end_jobs(emu, job_names: list[str]) -> None:
-    """Let the jobs succeed now (emulator admin route)."""
-    for name in job_names:
-        request = urllib.request.Request(
-            f"{emu.base_url}/_emulator/jobs/{name}/state",
-            data=json.dumps({"state": "JOB_STATE_SUCCEEDED"}).encode(),
-            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            assert resp.status == 200
-
-
 def test_killed_workers_and_restarted_triggerers_reattach_to_the_same_jobs(tmp_path):
-    started = time.monotonic()
-    phases: list[str] = []
-
-    def phase(name: str) -> None:
-        phases.append(f"{name} {time.monotonic() - started:.0f}s")
-
-    work = tmp_path / "work"
-    work.mkdir()
-    dags = tmp_path / "dags"  # only these DAGs: tests/dags/ holds other tests' DAGs too
-    dags.mkdir()
-    shutil.copy(ROOT / "tests" / "dags" / "maas_crash_restart.py", dags)
+    phase = Phases()
+    work, dags = deployment_dirs(tmp_path, "maas_crash_restart.py")
     requests = write_requests(work / "requests.jsonl", REQUESTS)
     config = EmulatorConfig(api_key=API_KEY, endpoint=ENDPOINT, job_duration=3600)
 
@@ -147,9 +116,9 @@ def test_killed_workers_and_restarted_triggerers_reattach_to_the_same_jobs(tmp_p
             # --- Every task waits on its 2 jobs --------------------------------------------
             def polling(dag_id: str) -> list[str] | None:
                 airflow.check_running()
-                jobs = _jobs_of(emu, dag_id)
+                jobs = emulator_jobs(emu, dag_id)
                 saved = f"Shard {SHARDS - 1}: job" in airflow.task_log(dag_id, TASK, 1)  # logged after the save
-                return jobs if len(jobs) == SHARDS and saved and _polls(emu, jobs, 0) else None
+                return jobs if len(jobs) == SHARDS and saved and emulator_polls(emu, jobs, 0) else None
 
             jobs = {
                 dag_id: step(f"{dag_id} to poll its jobs", lambda d=dag_id: polling(d), STARTUP)
@@ -161,8 +130,8 @@ def test_killed_workers_and_restarted_triggerers_reattach_to_the_same_jobs(tmp_p
                 state = ti(TRIGGERER)
                 if state.get("state") != "deferred" or not airflow.trigger_owner(state.get("trigger_id") or -1):
                     return None
-                found = _jobs_of(emu, TRIGGERER)
-                return found if len(found) == SHARDS and _polls(emu, found, time.time() - 1.5) else None
+                found = emulator_jobs(emu, TRIGGERER)
+                return found if len(found) == SHARDS and emulator_polls(emu, found, time.time() - 1.5) else None
 
             jobs[TRIGGERER] = step("the deferred task's trigger to poll its jobs", trigger_polling, STARTUP)
             phase("all waiting")
@@ -190,10 +159,10 @@ def test_killed_workers_and_restarted_triggerers_reattach_to_the_same_jobs(tmp_p
 
                 step(f"try 2 of {dag_id} to resume from its task state", resuming)
                 since = time.time()
-                step(f"try 2 of {dag_id} to poll the jobs of try 1", lambda: _polls(emu, jobs[dag_id], since))
+                step(f"try 2 of {dag_id} to poll the jobs of try 1", lambda: emulator_polls(emu, jobs[dag_id], since))
                 return jobs[dag_id]
 
-            _end_jobs(emu, resumed(KILLED_TASK))
+            end_emulator_jobs(emu, resumed(KILLED_TASK))
             phase("killed task retried")
 
             # --- The triggerer: SIGTERM, a new one; SIGKILL, a third one --------------------------
@@ -204,7 +173,7 @@ def test_killed_workers_and_restarted_triggerers_reattach_to_the_same_jobs(tmp_p
             second = airflow.start("triggerer", "triggerer")
             step(
                 "a new triggerer to poll the jobs (after SIGTERM)",
-                lambda: second.poll() is None and _polls(emu, jobs[TRIGGERER], stopped_at),
+                lambda: second.poll() is None and emulator_polls(emu, jobs[TRIGGERER], stopped_at),
             )
             phase("2nd triggerer polling")
             assert airflow.kill_group("triggerer", signal.SIGKILL) is not None, "the SIGKILLed triggerer still runs"
@@ -213,13 +182,13 @@ def test_killed_workers_and_restarted_triggerers_reattach_to_the_same_jobs(tmp_p
             third = airflow.start("triggerer", "triggerer")
             step(
                 "a third triggerer to poll the jobs (after SIGKILL)",
-                lambda: third.poll() is None and _polls(emu, jobs[TRIGGERER], killed_at),
+                lambda: third.poll() is None and emulator_polls(emu, jobs[TRIGGERER], killed_at),
             )
             phase("3rd triggerer polling")
-            _end_jobs(emu, jobs[TRIGGERER])
+            end_emulator_jobs(emu, jobs[TRIGGERER])
 
             # --- The lost worker: failed by the scheduler when its heartbeat stopped, retried ----
-            _end_jobs(emu, resumed(LOST_WORKER))
+            end_emulator_jobs(emu, resumed(LOST_WORKER))
             phase("lost worker retried")
 
             # --- Every task finishes -------------------------------------------------------
@@ -234,7 +203,7 @@ def test_killed_workers_and_restarted_triggerers_reattach_to_the_same_jobs(tmp_p
         # Exactly one job per shard: no retry and no restarted triggerer created one.
         assert emu.emulator.jobs_created == len(DAG_IDS) * SHARDS, diagnose()
         for dag_id in DAG_IDS:
-            assert _jobs_of(emu, dag_id) == jobs[dag_id]
+            assert emulator_jobs(emu, dag_id) == jobs[dag_id]
     for dag_id in (KILLED_TASK, LOST_WORKER):
         assert final[dag_id]["try_number"] == 2  # the kill failed try 1; try 2 reattached and finished
         assert "0 shards done, 2 jobs running; no job is recreated" in logs[(dag_id, 2)]
@@ -246,4 +215,4 @@ def test_killed_workers_and_restarted_triggerers_reattach_to_the_same_jobs(tmp_p
         assert_in_input_order(requests, work / dag_id / "results.jsonl")
         assert (work / dag_id / "results.failed.jsonl").read_text() == ""
     assert not any(API_KEY in text for text in logs.values())
-    print("\ncrash/restart: " + ", ".join(phases))
+    print("\ncrash/restart: " + str(phase))

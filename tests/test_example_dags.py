@@ -131,4 +131,18 @@ def test_every_example_dag_parses_without_errors():
         "example_maas_batch_mapped",
         "example_maas_assets_producer",
         "example_maas_assets_consumer",
+        "example_maas_cost_control",
     }
+
+
+def test_example_maas_cost_control(emu, tmp_path, monkeypatch, capsys):
+    """Dry run (nothing paid), the branch, then the real run with a cap and a canary: two jobs."""
+    dag = _load_dag("example_maas_cost_control", monkeypatch, tmp_path)
+    run = dag.test()
+    assert run.state == "success"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert (states["plan"], states["predict"], states["too_dear"]) == ("success", "success", "skipped")
+    results = _only("results.jsonl", tmp_path)
+    assert all(r.succeeded for r in assert_in_input_order(EXAMPLES / "data" / "example_requests.jsonl", results))
+    assert sorted(job.request_count for job in emu.emulator.jobs.values()) == [4, 5]  # the canary, then the rest
+    _assert_no_key(capsys.readouterr(), run, emu)

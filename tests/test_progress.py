@@ -29,6 +29,11 @@ def _plans(count: int, requests: int = 10) -> tuple[ShardPlan, ...]:
     )
 
 
+@dataclass(frozen=True)
+class NewerFormatRecord(ShardRecord):
+    lease_owner_key: str | None = None
+
+
 @pytest.fixture
 def journal(tmp_path) -> BatchJournal:
     plans = _plans(4)
@@ -50,10 +55,9 @@ def journal(tmp_path) -> BatchJournal:
     for record in (done, retried, failed):
         state.apply(record)
     journal.append(state, [done, retried, failed])
-    # A line of a newer format: an unknown field is ignored by the replay, not an error.
-    (journal.root / "journal" / f"{journal.seq + 1:010d}.jsonl").write_bytes(
-        json.dumps({"r": 0, "i": 3, "status": "pending", "lease_owner_key": "secret"}).encode() + b"\n"
-    )
+    # A record of a newer format: the replay ignores its unknown field, the reader never shows it.
+    newer = NewerFormatRecord(ShardKey(0, 3), ShardStatus.PENDING, lease_owner_key="secret")
+    journal.append(state, [newer])
     part = journal.part(ShardKey(0, 0))
     part.parent.mkdir(parents=True, exist_ok=True)
     lines = [

@@ -17,19 +17,22 @@ and a location (source, byte offset, length). No Airflow import.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import sqlite3
 import tempfile
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_maas.batch.results import ResultsFormatError, iter_line_batches, request_digest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Iterator, Sequence
     from types import TracebackType
 
+#: SQLite's "database or disk is full" (``sqlite3.SQLITE_FULL`` from Python 3.11).
+_SQLITE_FULL = 13
 #: Rows inserted per ``executemany``.
 _BATCH = 20_000
 
@@ -61,6 +64,36 @@ class Leftovers:
     duplicates: int
 
 
+class _Db(sqlite3.Connection):
+    """The index's connection: a full disk becomes an ``OSError(ENOSPC)`` naming the file and what to do
+    (SQLite only says "database or disk is full")."""
+
+    path = ""
+
+    def execute(self, *args: Any) -> sqlite3.Cursor:
+        with self._space():
+            return super().execute(*args)
+
+    def executemany(self, *args: Any) -> sqlite3.Cursor:
+        with self._space():
+            return super().executemany(*args)
+
+    @contextlib.contextmanager
+    def _space(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.OperationalError as err:
+            if getattr(err, "sqlite_errorcode", None) != _SQLITE_FULL:  # Python 3.10: never set
+                raise
+            raise OSError(
+                errno.ENOSPC,
+                f"The temporary index of answers (reuse_results, deduplication, merge) at {self.path} ran out of "
+                f"space ({err}): free space in {os.path.dirname(self.path)}, or point TMPDIR at a larger disk for "
+                "the worker (about 60 MB per million results). Nothing paid for is lost: a retry goes on from the "
+                "batch state",
+            ) from err
+
+
 class AnswerStore:
     """Results files indexed by request digest, in a temporary SQLite file (see the module docstring).
 
@@ -73,7 +106,8 @@ class AnswerStore:
     def __init__(self, directory: str | None = None) -> None:
         handle, self.path = tempfile.mkstemp(prefix="maas-answers-", suffix=".sqlite", dir=directory)
         os.close(handle)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, factory=_Db)
+        self._db.path = self.path
         for pragma in ("journal_mode=OFF", "synchronous=OFF", "cache_size=-16384", "temp_store=FILE"):
             self._db.execute(f"PRAGMA {pragma}")
         self._db.execute(

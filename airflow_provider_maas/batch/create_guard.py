@@ -48,7 +48,16 @@ def is_creating(marker: Any) -> TypeGuard[dict[str, Any]]:
     return isinstance(marker, dict) and marker.get("status") == CREATING
 
 
-def refuse_uncertain_create(marker: dict[str, Any], context: Any, *, what: str) -> None:
+#: Why a create's outcome is unknown (the default ``unknown`` of :func:`uncertain_create_error`).
+NO_ANSWER = "got no usable answer{why} (lost response, timeout or killed process)"
+#: The same, for a marker found by a later try: the answer may have come and not been recorded.
+NOT_RECORDED = (
+    "has no answer recorded (a lost response, a timeout, a killed process, or a state write that failed "
+    "after the answer: that try's error then named the jobs it created)"
+)
+
+
+def refuse_uncertain_create(marker: dict[str, Any], context: Any, *, what: str, unknown: str = NO_ANSWER) -> None:
     """Raise :class:`MaaSJobCreationUncertainError` for a create left in flight by an earlier try of
     this clear round; return (after a warning) when the task was cleared since.
 
@@ -64,19 +73,24 @@ def refuse_uncertain_create(marker: dict[str, Any], context: Any, *, what: str) 
             display_name,
         )
         return
-    raise uncertain_create_error(marker, what=what, earlier=True)
+    raise uncertain_create_error(marker, what=what, earlier=True, unknown=unknown)
 
 
 def uncertain_create_error(
-    marker: dict[str, Any], *, what: str, earlier: bool = False, cause: BaseException | None = None
+    marker: dict[str, Any],
+    *,
+    what: str,
+    earlier: bool = False,
+    cause: BaseException | None = None,
+    unknown: str = NO_ANSWER,
 ) -> MaaSJobCreationUncertainError:
     """The error for a create whose outcome is unknown: names the file, the display name to look
     for and how to create anyway."""
     who = "An earlier try of this task" if earlier else "This task"
     why = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
     return MaaSJobCreationUncertainError(
-        f"{who} sent a create-job request for {what} and got no usable answer{why} (lost response, "
-        f"timeout or killed process): the service may or may not have created a job named "
+        f"{who} sent a create-job request for {what} and {unknown.format(why=why)}: the service may or may "
+        f"not have created a job named "
         f"{marker.get('display_name')!r} from {marker.get('file_name')!r}. The API has no list call, so "
         "this task will not create another one on its own. Look for that display name in the vendor "
         "console; to create a new job anyway, clear this task in Airflow (a cleared task may create again)."

@@ -18,28 +18,34 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_c
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
+from airflow_provider_maas.batch.budget import Admission
+from airflow_provider_maas.batch.ownership import check_lease
+from airflow_provider_maas.batch.polling import JobWatch
+from airflow_provider_maas.batch.recovery import unrecorded_error
 from airflow_provider_maas.batch.shards import ShardPlan, copy_shard
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.client.failures import proves_not_created
-from airflow_provider_maas.client.states import RESULTS_NOT_FOUND_TRIES, JobOutcome, job_outcome
+from airflow_provider_maas.client.states import RESULTS_NOT_FOUND_TRIES, JobOutcome
 from airflow_provider_maas.exceptions import (
     MaaSError,
     MaaSNotFoundError,
     MaaSRateLimitError,
     MaaSResultsGoneError,
-    MaaSRetryableError,
 )
 from airflow_provider_maas.storage import CHUNK_SIZE, open_source
 
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from airflow_provider_maas.batch.budget import SpendGate
     from airflow_provider_maas.batch.journal import BatchJournal
 
 log = logging.getLogger(__name__)
 
 #: ``names(key, plan) -> (upload file name, job display name)`` of a shard.
 ShardNames = Callable[[ShardKey, ShardPlan], "tuple[str, str]"]
+#: ``save(jobs) -> kept``: keeps (shard, job name) pairs a failed journal write did not store.
+SaveJobNames = Callable[["list[tuple[ShardKey, str]]"], bool]
 
 
 class JobService(Protocol):
@@ -57,7 +63,7 @@ class _Task(str, Enum):
     DOWNLOAD = "download"
 
 
-class BatchDriver:
+class BatchDriver(JobWatch):
     """Moves the shards of ``state`` forward; use as a context manager (it owns the thread pool).
 
     :param source: The operator's ``source`` (the requests of round 0).
@@ -65,6 +71,10 @@ class BatchDriver:
     :param clear_round: ``max_tries`` of this try, stored in each "creating" marker.
     :param max_consecutive_poll_errors: Failed polls of one job in a row tolerated (each already
         retried by the hook) before the task fails.
+    :param gate: Budget cap, canary and answer checks (``batch.budget``), consulted before each
+        create and after each download; None: none of them.
+    :param save_job_names: The second record of job names: called with the jobs a failed journal
+        write did not store; True if they were kept where the next try finds them.
     """
 
     def __init__(
@@ -80,6 +90,8 @@ class BatchDriver:
         shard_retries: int,
         clear_round: int | None,
         max_consecutive_poll_errors: int,
+        gate: SpendGate | None = None,
+        save_job_names: SaveJobNames | None = None,
     ) -> None:
         self.hook = hook
         self.journal = journal
@@ -90,7 +102,9 @@ class BatchDriver:
         self.shard_retries = shard_retries
         self.clear_round = clear_round
         self.max_poll_errors = max_consecutive_poll_errors
+        self.save_job_names = save_job_names
         self.rate_limited = False
+        self.gate = gate
         self._pool = ThreadPoolExecutor(max_workers=max_parallel_transfers, thread_name_prefix="maas-batch")
         self._futures: dict[Future[Any], tuple[_Task, ShardKey]] = {}
         self._pending = deque(sorted(r.key for r in state.with_status(ShardStatus.PENDING)))
@@ -117,51 +131,19 @@ class BatchDriver:
         for future, task, key in finished:
             if not future.cancelled():
                 self._finished(task, key, future)
-        self._flush()
+        try:
+            self._flush()
+        except MaaSError:
+            if exc[0] is None:
+                raise
+            log.exception("Recording the last answers failed too (the first error is raised)")
 
     # What is running -------------------------------------------------------------------------
-    def running_jobs(self) -> list[str]:
-        """Jobs not seen ended yet."""
-        return [name for name, r in self.state.by_job().items() if r.key not in self._downloading]
-
-    def mark_seen(self, job_names: Iterable[str]) -> None:
-        """Note that these jobs were seen still running just now (e.g. by the trigger)."""
-        self._seen.update(dict.fromkeys(job_names, time.monotonic()))
-
-    def stale_jobs(self, age: float) -> list[str]:
-        """Running jobs not seen running in the last ``age`` seconds (they may have ended since)."""
-        now = time.monotonic()
-        return [name for name in self.running_jobs() if now - self._seen.get(name, float("-inf")) >= age]
-
     def enqueue(self, keys: Iterable[ShardKey]) -> None:
         """Queue new PENDING shards (e.g. of a retry round just added to the state)."""
         self._pending.extend(sorted(keys))
 
     # Steps -----------------------------------------------------------------------------------
-    def poll(self, job_names: list[str]) -> list[JobOutcome]:
-        """Poll these jobs once, in the pool; return the outcomes of those that ended."""
-        futures = {self._pool.submit(self.hook.get_batch_job, name): name for name in job_names}
-        ended = []
-        for future in as_completed(futures):
-            name = futures[future]
-            try:
-                job = future.result()
-            except MaaSRetryableError as err:
-                errors = self._poll_errors[name] = self._poll_errors.get(name, 0) + 1
-                if errors >= self.max_poll_errors:
-                    raise MaaSError(f"Polling job {name} failed {errors} times in a row: {err}") from err
-                log.warning("Polling job %s failed (%d in a row): %s", name, errors, err)
-                continue
-            self._poll_errors.pop(name, None)
-            outcome = job_outcome(job, name)
-            if self._last_state.get(name) != outcome.state:
-                log.info("Job %s is %s", name, outcome.state)
-                self._last_state[name] = outcome.state
-            self._seen[name] = time.monotonic()
-            if outcome.ended:
-                ended.append(outcome)
-        return ended
-
     def handle(self, outcomes: Iterable[JobOutcome]) -> None:
         """Record jobs that ended: download their results, or submit the shard again / give it up."""
         by_job = self.state.by_job()
@@ -203,6 +185,8 @@ class BatchDriver:
         to_create = self._fill()
         while True:
             self._flush()  # the "creating" markers are stored before the creates are sent
+            if to_create:
+                check_lease(self.journal)  # after the markers: a try that took the state over sees them
             for key in to_create:
                 record = self.state.shards[key]
                 self._submit(_Task.CREATE, key, self.hook.create_batch_job, record.file_name, record.display_name)
@@ -253,17 +237,29 @@ class BatchDriver:
         marked: list[ShardKey] = []
         if self._fatal is not None or self.rate_limited:
             return marked
+        held: list[ShardKey] = []  # issue 22: shards the gate holds back (the canary runs)
         while self._pending and len(self._busy) < self.max_active_jobs:
             key = self._pending.popleft()
             record = self.state.shards[key]
             if record.status is not ShardStatus.PENDING or key in self._busy:
                 continue
+            if self.gate is not None and (admission := self.gate.admit(key, self.state)) is not Admission.GO:
+                if admission is Admission.WAIT:
+                    held.append(key)
+                    continue
+                not_sent = [k for k in (key, *self._pending, *held) if k not in self._busy]
+                for unsent in self.gate.unsent(self.state, not_sent):  # STOP: none of them is sent
+                    self._change(unsent)
+                self._pending.clear()
+                held = []
+                break
             self._busy.add(key)
             if record.file_name and record.display_name:
                 self._mark_creating(record, record.file_name, record.display_name)
                 marked.append(key)
             else:
                 self._submit(_Task.UPLOAD, key, self._upload, key)
+        self._pending.extendleft(reversed(held))
         return marked
 
     def _mark_creating(self, record: ShardRecord, file_name: str, display_name: str) -> None:
@@ -276,6 +272,7 @@ class BatchDriver:
                 job_name=None,
                 clear_round=self.clear_round,
                 attempts=record.attempts + 1,
+                **(self.gate.marker_fields(record.key, self.state) if self.gate is not None else {}),
             )
         )
 
@@ -284,9 +281,13 @@ class BatchDriver:
         self._changes.append(record)
 
     def _flush(self) -> None:
-        if self._changes:
-            self.journal.append(self.state, self._changes)
-            self._changes = []
+        if not self._changes:
+            return
+        changes, self._changes = self._changes, []
+        try:
+            self.journal.append(self.state, changes)
+        except Exception as err:
+            raise unrecorded_error(self.journal, changes, err, self.save_job_names) from err
 
     def _upload(self, key: ShardKey) -> tuple[str, str]:
         plan = self.state.plan(key)
@@ -361,7 +362,8 @@ class BatchDriver:
             )
         else:
             self._downloading.discard(key)
-            self._change(record.but(status=ShardStatus.DONE))
+            checked = self.gate.downloaded(record, self.journal.part(key)) if self.gate is not None else {}
+            self._change(record.but(status=ShardStatus.DONE, **checked))
         return False
 
     def _failed(self, task: _Task, key: ShardKey, record: ShardRecord, err: Exception) -> None:

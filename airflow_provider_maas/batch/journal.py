@@ -28,8 +28,10 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch import ownership
 from airflow_provider_maas.batch.state import STATE_VERSION, BatchState, Round, ShardKey, ShardRecord
 from airflow_provider_maas.client.naming import task_identity
+from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.storage import atomic_writer, to_path, uri_of
 
 if TYPE_CHECKING:
@@ -41,15 +43,51 @@ log = logging.getLogger(__name__)
 COMPACT_AFTER = 64
 _MANIFEST = "manifest.json"
 _SNAPSHOT = "snapshot-"
+_KEPT = "kept"
 
 
 def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+class StateDamaged(MaaSError):
+    """The stored state is not whole: ``problem`` says what is wrong with which object."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def _with_seal(lines: list[bytes]) -> bytes:
+    """An object's lines and its seal, ``{"end": <lines before>}``: a copy cut at a line boundary
+    (which is still valid JSON lines) is told from a whole one."""
+    return b"\n".join([*lines, _dumps({"end": len(lines)})]) + b"\n"
+
+
 def _read_json_lines(path: ObjectStoragePath) -> list[dict[str, Any]]:
-    with path.open("rb") as handle:
-        return [json.loads(line) for line in handle.read().splitlines() if line.strip()]
+    """The JSON objects of ``path``, one per line; :class:`StateDamaged` naming the file and the
+    line if it cannot be read or a line is not a JSON object (truncated, overwritten)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        raise StateDamaged(f"{uri_of(path)} was listed but cannot be read (deleted meanwhile?)") from None
+    except OSError as err:
+        raise StateDamaged(f"{uri_of(path)} cannot be read ({type(err).__name__}: {err})") from None
+    lines = []
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as err:
+            raise StateDamaged(
+                f"{uri_of(path)} line {number} is not valid JSON ({err}): truncated or overwritten"
+            ) from None
+        if not isinstance(value, dict):
+            raise StateDamaged(f"{uri_of(path)} line {number} is not a JSON object")
+        lines.append(value)
+    return lines
 
 
 class BatchJournal:
@@ -63,6 +101,9 @@ class BatchJournal:
         self.seq = 0
         self.bytes_written = 0
         self._since_snapshot = 0
+        #: This try's lease (:mod:`~airflow_provider_maas.batch.ownership`), checked before each write.
+        self.lease: dict[str, Any] | None = None
+        self._sealed = True
 
     @classmethod
     def for_task(cls, destination: Any, context: Any) -> BatchJournal:
@@ -88,43 +129,98 @@ class BatchJournal:
 
     # Reading -----------------------------------------------------------------------------
     def load(self) -> BatchState | None:
-        """Replay the stored state; None if there is none (or in another format version)."""
+        """Replay the stored state; None if there is none and no journal object names a job.
+
+        Fails closed (:class:`StateDamaged`) on anything less than a whole state: a manifest that
+        cannot be read or is of another format version, a manifest without journal objects, a gap
+        in their sequence, an object that is not what this module writes, journal objects naming
+        jobs without a manifest.
+        """
         manifest_path = self.root / _MANIFEST
-        if not manifest_path.exists():
-            return None
-        with manifest_path.open("rb") as handle:
-            manifest = json.loads(handle.read())
-        if manifest.get("version") != STATE_VERSION:
-            log.warning(
-                "Batch state at %s has format %s, not %s: not used", self.uri, manifest.get("version"), STATE_VERSION
-            )
-            return None
-        state = BatchState(
-            fingerprint=manifest["fingerprint"],
-            identity=manifest["identity"],
-            rounds=[Round.from_json(r) for r in manifest["rounds"]],
-        )
-        snapshot_seq = 0
         snapshots = self._numbered(self.root, _SNAPSHOT, ".json")
+        journal = self._numbered(self.root / "journal", "", ".jsonl")
+        if not manifest_path.exists():
+            if snapshots or journal:
+                raise StateDamaged(
+                    f"{uri_of(manifest_path)} is missing, but {len(snapshots) + len(journal)} journal object(s) are there"
+                )
+            return None
+        lines = _read_json_lines(manifest_path)
+        if len(lines) != 1:
+            raise StateDamaged(
+                f"{uri_of(manifest_path)} holds {len(lines)} JSON objects, not one (empty or overwritten)"
+            )
+        manifest = lines[0]
+        self._sealed = bool(manifest.get("sealed"))  # states written before issue 19 have no seals
+        version = manifest.get("version")
+        if version != STATE_VERSION:
+            raise StateDamaged(
+                f"{uri_of(manifest_path)} is in state format version {version!r}; this provider reads version "
+                f"{STATE_VERSION} only (written by another provider version: finish the batch with that version)"
+            )
+        try:
+            state = BatchState(
+                fingerprint=manifest["fingerprint"],
+                identity=manifest["identity"],
+                rounds=[Round.from_json(r) for r in manifest["rounds"]],
+                input_key=manifest.get("input"),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise StateDamaged(
+                f"{uri_of(manifest_path)} is not a batch manifest ({type(err).__name__}: {err})"
+            ) from None
+        snapshot_seq = 0
         if snapshots:
             snapshot_seq, path = snapshots[-1]
-            self._replay(state, _read_json_lines(path))
-        entries = [
-            (seq, path) for seq, path in self._numbered(self.root / "journal", "", ".jsonl") if seq > snapshot_seq
-        ]
+            self._replay(state, path)
+        entries = [(seq, path) for seq, path in journal if seq > snapshot_seq]
+        if not snapshots and not entries:
+            raise StateDamaged(f"the manifest is there but no journal object under {uri_of(self.root / 'journal')}")
+        expected = list(range(snapshot_seq + 1, snapshot_seq + 1 + len(entries)))
+        if [seq for seq, _ in entries] != expected:
+            missing = sorted(set(range(snapshot_seq + 1, entries[-1][0])) - {seq for seq, _ in entries})
+            raise StateDamaged(
+                f"journal objects {', '.join(f'{m:010d}.jsonl' for m in missing[:5])} are missing under "
+                f"{uri_of(self.root / 'journal')} (a gap in the sequence after {snapshot_seq:010d})"
+            )
         for _, path in entries:
-            self._replay(state, _read_json_lines(path))
+            self._replay(state, path)
         self.seq = max([snapshot_seq, *(seq for seq, _ in entries)])
         self._since_snapshot = len(entries)
         return state
 
-    @staticmethod
-    def _replay(state: BatchState, lines: list[dict[str, Any]]) -> None:
-        for line in lines:
-            if "meta" in line:
-                state.apply_meta(line["meta"])
-            else:
-                state.apply(ShardRecord.from_json(line))
+    def job_names_found(self) -> list[str]:
+        """Every job name any readable line of any journal object or snapshot holds (for an error
+        message when the state is not whole); damaged lines are skipped."""
+        names: dict[str, None] = {}
+        for folder, prefix, suffix in ((self.root, _SNAPSHOT, ".json"), (self.root / "journal", "", ".jsonl")):
+            for _, path in self._numbered(folder, prefix, suffix):
+                with contextlib.suppress(OSError):
+                    with path.open("rb") as handle:
+                        data = handle.read()
+                    for line in data.splitlines():
+                        with contextlib.suppress(ValueError):
+                            value = json.loads(line)
+                            if isinstance(value, dict) and isinstance(value.get("job_name"), str):
+                                names[value["job_name"]] = None
+        return list(names)
+
+    def _replay(self, state: BatchState, path: ObjectStoragePath) -> None:
+        lines = _read_json_lines(path)
+        if lines and lines[-1] == {"end": len(lines) - 1}:
+            lines.pop()
+        elif self._sealed:  # objects of a state written before seals were kept have none
+            raise StateDamaged(f"{uri_of(path)} does not end with its seal: truncated or overwritten")
+        for number, line in enumerate(lines, 1):
+            try:
+                if "meta" in line:
+                    state.apply_meta(line["meta"])
+                else:
+                    state.apply(ShardRecord.from_json(line))
+            except (KeyError, TypeError, ValueError) as err:
+                raise StateDamaged(
+                    f"{uri_of(path)} record {number} is not a shard record ({type(err).__name__}: {err})"
+                ) from None
 
     @staticmethod
     def _numbered(folder: ObjectStoragePath, prefix: str, suffix: str) -> list[tuple[int, ObjectStoragePath]]:
@@ -142,15 +238,18 @@ class BatchJournal:
     # Writing -----------------------------------------------------------------------------
     def create(self, state: BatchState) -> None:
         """Start a new state here (whatever was stored before is removed first)."""
-        self.remove()
-        self._write_manifest(state)
+        self.remove_plan()
+        self._sealed = True
+        ownership.write_lease(self)
         self.seq = 0
         self._since_snapshot = 0
         self.append(state, [], meta=True)
+        self._write_manifest(state)  # last: a manifest is never without its first journal object
 
     def add_round(self, state: BatchState, round_: Round) -> None:
         """Add the next round (request-level retries) to ``state`` and to the manifest (rewritten
         whole, atomically: once per round, so O(shards) bytes per round, not per event)."""
+        ownership.check_lease(self)
         state.add_round(round_)
         self._write_manifest(state)
 
@@ -161,6 +260,10 @@ class BatchJournal:
             "identity": state.identity,
             "rounds": [r.to_json() for r in state.rounds],
         }
+        if self._sealed:  # every journal object and snapshot ends with {"end": <lines before>}
+            manifest["sealed"] = 1
+        if state.input_key is not None:
+            manifest["input"] = state.input_key
         self._write(self.root / _MANIFEST, _dumps(manifest))
 
     def append(self, state: BatchState, records: list[ShardRecord], *, meta: bool = False) -> None:
@@ -170,11 +273,12 @@ class BatchJournal:
         """
         if not records and not meta:
             return
+        ownership.check_lease(self)
         lines = [_dumps(record.to_json()) for record in records]
         if meta:
             lines.append(_dumps({"meta": state.meta()}))
-        self.seq += 1
-        self._write(self.root / "journal" / f"{self.seq:010d}.jsonl", b"\n".join(lines) + b"\n")
+        self._write(self.root / "journal" / f"{self.seq + 1:010d}.jsonl", _with_seal(lines))
+        self.seq += 1  # only once stored: a failed write leaves no gap for the next one
         self._since_snapshot += 1
         if self._since_snapshot >= max(COMPACT_AFTER, len(state.shards) // 10):
             self.compact(state)
@@ -189,7 +293,7 @@ class BatchJournal:
         """Write a snapshot of the whole state, then drop the journal objects it covers."""
         lines = [_dumps({"meta": state.meta()})]
         lines.extend(_dumps(r.to_json()) for r in state.shards.values() if r != ShardRecord(r.key))
-        self._write(self.root / f"{_SNAPSHOT}{self.seq:010d}.json", b"\n".join(lines) + b"\n")
+        self._write(self.root / f"{_SNAPSHOT}{self.seq:010d}.json", _with_seal(lines))
         for seq, path in self._numbered(self.root / "journal", "", ".jsonl"):
             if seq <= self.seq:
                 path.unlink()
@@ -198,8 +302,48 @@ class BatchJournal:
                 path.unlink()
         self._since_snapshot = 0
 
-    def remove(self) -> None:
-        """Delete the whole state, results parts included."""
+    def keep_answers(self) -> bool:
+        """Before a start-over: move the downloaded results parts to ``kept/<n>/``, where the new plan
+        reuses them (:meth:`kept_answers`); True if there were any."""
+        parts = [path for path in self._children(self.part_dir()) if path.name.endswith(".jsonl")]
+        if not parts:
+            return False
+        target = self.root / _KEPT / f"{len(self._children(self.root / _KEPT)):04d}"
+        target.mkdir(parents=True, exist_ok=True)
+        for path in parts:
+            path.fs.mv(str(path.path), str((target / path.name).path))
+        return True
+
+    def kept_answers(self) -> list[ObjectStoragePath]:
+        """The results parts an abandoned plan of this batch downloaded (see :meth:`keep_answers`)."""
+        return sorted(
+            (
+                p
+                for folder in self._children(self.root / _KEPT)
+                for p in self._children(folder)
+                if p.name.endswith(".jsonl")
+            ),
+            key=lambda p: (p.parent.name, p.name),
+        )
+
+    @staticmethod
+    def _children(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
+        try:
+            return list(folder.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def remove_plan(self) -> None:
+        """Delete the state but the answers kept from earlier plans (:meth:`keep_answers`)."""
+        self.remove(keep=(_KEPT,))
+
+    def remove(self, *, keep: tuple[str, ...] = ()) -> None:
+        """Delete the whole state, results parts included, but the children named in ``keep``."""
+        if keep:
+            for child in self._children(self.root):
+                if child.name not in keep:
+                    child.fs.rm(str(child.path), recursive=True)
+            return
         if self.root.exists():
             self.root.fs.rm(str(self.root.path), recursive=True)
         with contextlib.suppress(FileNotFoundError, OSError):  # the empty .<name>.maas folder

@@ -35,10 +35,23 @@ def fire_after(state: BatchState, running: list[str], *, max_active_jobs: int, r
     return min(len(running), max(1, wanted))
 
 
+def past_deadline(state: BatchState) -> bool:
+    """Whether the state's absolute ``wait_timeout`` deadline passed."""
+    return bool(state.deadline) and time.time() > (state.deadline or 0)
+
+
 def check_deadline(state: BatchState, running: list[str], *, wait_timeout: float | None) -> None:
-    """Raise :class:`MaaSTimeoutError` once the state's deadline passed, naming the running jobs."""
-    if state.deadline and time.time() > state.deadline:
+    """Raise :class:`MaaSTimeoutError` once the state's deadline passed, naming the running jobs.
+
+    The deadline is the one stored when the wait started (a retry keeps it; a clear restarts it):
+    the message shows it, and the ``wait_timeout`` of this try if it is set.
+    """
+    if past_deadline(state):
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(state.deadline or 0))
+        setting = f"wait_timeout={wait_timeout:g}s" if wait_timeout else "wait_timeout is not set now"
         raise MaaSTimeoutError(
-            f"Jobs still running after wait_timeout={wait_timeout}s: {', '.join(running[:MAX_NAMED_JOBS])}"
-            f"{' ...' if len(running) > MAX_NAMED_JOBS else ''}; they keep running on the service (no cancel call)."
+            f"Jobs still running at the batch's deadline {at} (stored when the wait started; {setting}): "
+            f"{', '.join(running[:MAX_NAMED_JOBS])}{' ...' if len(running) > MAX_NAMED_JOBS else ''}; they keep "
+            "running on the service (no cancel call). A retry polls them again; clear the task to wait a new "
+            "wait_timeout."
         )

@@ -11,21 +11,32 @@ failed shards a new chance and restarts ``wait_timeout``.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.create_guard import (
+    NOT_RECORDED,
     clear_round,
     cleared_since,
     creating_marker,
     refuse_uncertain_create,
 )
+from airflow_provider_maas.batch.ownership import new_owner, refuse_shared_destination, take_lease
+from airflow_provider_maas.batch.recovery import (
+    STATE_KEY,
+    forget_job_names,
+    load_whole,
+    remember,
+    rescued_job_names,
+    state_error,
+)
 from airflow_provider_maas.batch.round_files import copy_file, requests_to_send
-from airflow_provider_maas.batch.state import STATE_VERSION, BatchState, Round, ShardStatus, fingerprint
+from airflow_provider_maas.batch.state import BatchState, Round, ShardRecord, ShardStatus, fingerprint
 from airflow_provider_maas.client.naming import task_identity
-from airflow_provider_maas.exceptions import MaaSConfigError, MaaSInputError
-from airflow_provider_maas.storage import open_source, uri_of
+from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.storage import CHUNK_SIZE, open_source, uri_of
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -36,51 +47,92 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Key in ``context["task_state_store"]`` (Airflow >= 3.3): where the batch state is, and its format.
-STATE_KEY = "maas_batch_state"
+__all__ = ["STATE_KEY", "remember", "resume_after_deferral", "start_or_resume"]
+
+
+def input_key(settings: BatchSettings) -> str:
+    """Digest of the raw input and of the settings that shape round 0 (not of ``reuse_results``: the
+    round-0 requests a state stores stay valid when the reused files change between tries)."""
+    digest = hashlib.sha256(
+        f"{settings.max_requests_per_file}:{settings.max_bytes_per_file}:{settings.deduplicate};".encode()
+    )
+    with open_source(settings.source) as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings) -> BatchState:
-    """The state this try goes on from: the stored one if it is for the same input, else a new plan."""
-    with requests_to_send(settings) as to_send:
-        with open_source(to_send or settings.source) as handle:
-            empty = to_send is not None and not os.path.getsize(to_send)
-            plans = [] if empty else settings.plan(handle)
-        round_source = journal.root / "round-0.jsonl" if to_send else None
-        state = journal.load()
-        if state is not None and state.fingerprint == fingerprint(plans):
+    """The state this try goes on from: the stored one if it is for the same input, else a new plan.
+
+    A stored state that is not whole stops the task (:func:`~.recovery.load_whole`), unless
+    ``start_over``. Answers an abandoned state downloaded are kept and reused by the new plan.
+    """
+    refuse_shared_destination(journal)  # before anything is written
+    take_lease(journal, new_owner(context))  # before reading: see batch/ownership.py
+    state = load_whole(context, journal, start_over=settings.start_over)
+    key = input_key(settings)
+    if state is not None and (state.input_key == key or _same_plans(state, settings)):
+        take_over(context, journal, state, settings)
+        log.info(
+            "Resuming a previous try: %d shards done, %d jobs running; no job is recreated (%d shards, state at %s)",
+            state.count(ShardStatus.DONE),
+            state.count(ShardStatus.RUNNING),
+            len(state.shards),
+            journal.uri,
+        )
+    else:
+        if state is not None:
+            # A create left in flight by an earlier try of this clear round is refused all the
+            # same: the job it may have made is for the same requests; and so are running jobs,
+            # unless a person cleared the task since.
+            refuse_abandoning_jobs(context, journal, state)
             take_over(context, journal, state, settings)
-            log.info(
-                "Resuming a previous try: %d shards done, %d jobs running; no job is recreated (%d shards, state at %s)",
-                state.count(ShardStatus.DONE),
-                state.count(ShardStatus.RUNNING),
-                len(state.shards),
-                journal.uri,
-            )
-        else:
-            if state is not None:
-                # A create left in flight by an earlier try of this clear round is refused all
-                # the same: the job it may have made is for the same requests; and so are
-                # running jobs, unless a person cleared the task since.
-                refuse_abandoning_jobs(context, journal, state)
-                take_over(context, journal, state, settings)
-                log.warning("The input changed since the batch state at %s was written: starting over", journal.uri)
-            state = start(context, journal, plans, round_source, settings)
-        if to_send and round_source is not None and not round_source.exists():
-            copy_file(to_send, round_source)  # before any upload: a retry finds it
+            log.warning("The input changed since the batch state at %s was written: starting over", journal.uri)
+        if journal.keep_answers():
+            log.info("Answers downloaded by the earlier plan are kept under %s and reused", journal.uri)
+        state = _start_over(context, journal, settings, key)
+        refuse_shared_destination(journal, fresh=True)
     remember(context, journal)
     return state
 
 
-def resume_after_deferral(context: Any, journal: BatchJournal, settings: BatchSettings) -> BatchState:
-    """The stored state, taken over by this try after the trigger fired."""
-    state = journal.load()
+def _same_plans(state: BatchState, settings: BatchSettings) -> bool:
+    """A state written before ``input_key`` was kept: whether round 0 would be planned the same."""
+    if state.input_key is not None:
+        return False
+    with requests_to_send(settings) as to_send, open_source(to_send or settings.source) as handle:
+        empty = to_send is not None and not os.path.getsize(to_send)
+        return state.fingerprint == fingerprint([] if empty else settings.plan(handle))
+
+
+def _start_over(context: Any, journal: BatchJournal, settings: BatchSettings, key: str) -> BatchState:
+    with requests_to_send(settings) as to_send:
+        with open_source(to_send or settings.source) as handle:
+            empty = to_send is not None and not os.path.getsize(to_send)
+            plans = [] if empty else settings.plan_first_round(handle)
+        round_source = journal.root / "round-0.jsonl" if to_send else None
+        state = start(context, journal, plans, round_source, settings, key)
+        if to_send and round_source is not None:
+            copy_file(to_send, round_source)  # before any upload: a retry finds it
+    return state
+
+
+def resume_after_deferral(
+    context: Any, journal: BatchJournal, settings: BatchSettings, job_names: list[str] | None = None
+) -> BatchState:
+    """The stored state, taken over by this try after the trigger fired (``job_names``: the jobs
+    the trigger waited for, named if the state is not whole)."""
+    take_lease(journal, new_owner(context))
+    state = load_whole(context, journal, start_over=False, names=job_names or [])
     if state is None:
         # Not retried automatically: a retry would find no state either and pay for every shard again.
-        raise MaaSConfigError(
-            f"Resumed, but the batch state at {journal.uri} is gone (removed by hand, or a destination on "
-            "one worker's local disk while the task resumed on another?); its jobs exist on the service. "
-            "Clear the task to start the batch over (every shard is paid again)."
+        raise state_error(
+            "the task resumed after a deferral, but the state is gone (removed by hand or by a lifecycle rule, "
+            "or a destination on one worker's local disk while the task resumed on another)",
+            journal,
+            context,
+            job_names or [],
         )
     state.resumes += 1
     take_over(context, journal, state, settings)
@@ -93,6 +145,7 @@ def start(
     plans: list[ShardPlan],
     source: ObjectStoragePath | None,
     settings: BatchSettings,
+    key: str | None = None,
 ) -> BatchState:
     """A new state for ``plans`` (round 0's requests in ``source``, or the operator's source if
     None), stored in ``journal`` in place of any earlier one."""
@@ -102,6 +155,7 @@ def start(
         rounds=[Round(0, tuple(plans), source=uri_of(source) if source is not None else None)],
         deadline=settings.new_deadline(),
         clear_round=clear_round(context),
+        input_key=key,
     )
     journal.create(state)
     log.info("Planned %d shards for %d requests; state at %s", len(plans), sum(p.requests for p in plans), journal.uri)
@@ -127,14 +181,16 @@ def take_over(context: Any, journal: BatchJournal, state: BatchState, settings: 
     """Make the stored state this try's: refuse creates left in flight (unless the task was
     cleared since); after a clear, failed shards get a new chance and wait_timeout restarts."""
     cleared = cleared_since(state.clear_round, context)
+    changes = reattach_saved_jobs(context, journal, state)
     creating = sorted(state.with_status(ShardStatus.CREATING), key=lambda r: r.key)
-    changes = []
     for record in creating:
         others = f" ({len(creating) - 1} more shard(s) are in the same case)" if len(creating) > 1 else ""
         marker = creating_marker(
             file_name=record.file_name, display_name=record.display_name, round_=record.clear_round
         )
-        refuse_uncertain_create(marker, context, what=f"shard {record.key} (file {record.file_name!r}){others}")
+        refuse_uncertain_create(
+            marker, context, what=f"shard {record.key} (file {record.file_name!r}){others}", unknown=NOT_RECORDED
+        )
         changes.append(record.but(status=ShardStatus.PENDING))
     if cleared:
         log.info("The task was cleared since the last try: failed shards are submitted again")
@@ -146,11 +202,19 @@ def take_over(context: Any, journal: BatchJournal, state: BatchState, settings: 
     for record in changes:
         state.apply(record)
     journal.append(state, changes, meta=True)
+    forget_job_names(context)
 
 
-def remember(context: Any, journal: BatchJournal) -> None:
-    """Record where the state is in ``task_state_store`` (Airflow >= 3.3): a few hundred bytes."""
-    store: Any = context.get("task_state_store")  # absent before Airflow 3.3
-    value = {"location": journal.uri, "version": STATE_VERSION}
-    if store is not None and store.get(STATE_KEY) != value:
-        store.set(STATE_KEY, value)
+def reattach_saved_jobs(context: Any, journal: BatchJournal, state: BatchState) -> list[ShardRecord]:
+    """Shards whose create answered but whose journal write failed get their job back from the
+    names kept in ``task_state_store`` (applied to ``state``; returned to be journalled)."""
+    changes = []
+    for key, job_name in sorted(rescued_job_names(context, journal.uri).items()):
+        record = state.shards.get(key)
+        if record is not None and record.job_name != job_name and record.status is ShardStatus.CREATING:
+            log.warning(
+                "Shard %s: reattaching to job %s (kept in task_state_store after a failed write)", key, job_name
+            )
+            changes.append(record.but(status=ShardStatus.RUNNING, job_name=job_name))
+            state.apply(changes[-1])
+    return changes

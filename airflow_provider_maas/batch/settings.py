@@ -10,9 +10,10 @@ are checked each time they are read (:func:`reuse_paths`), as they may change be
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.rounds import retry_predicate
@@ -41,7 +42,7 @@ def check_limits(values: Mapping[str, Any]) -> None:
     """Refuse a setting of :data:`LIMITS` in ``values`` that is not an integer within its bounds."""
     for name, (low, high) in LIMITS.items():
         value = values.get(name, low)
-        if not isinstance(value, int) or value < low or (high is not None and value > high):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"an integer >= {low}"
             raise MaaSInputError(f"{name} must be {bounds}, got {value!r}")
 
@@ -70,6 +71,18 @@ def reuse_paths(reuse_results: Any) -> list[ObjectStoragePath]:
     return paths
 
 
+def is_true(value: Any, *, what: str) -> bool:
+    """A flag given as a bool or as a rendered template ("true"/"false", "1"/"0", "yes"/"no", blank)."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off", "", "none"):
+        return False
+    raise MaaSInputError(f"{what} must be true or false, got {value!r}")
+
+
 @dataclass(frozen=True)
 class BatchSettings:
     """What one try of a batch needs to know; the fields are the operator's parameters of the same
@@ -86,18 +99,35 @@ class BatchSettings:
     max_bytes_per_file: int
     max_active_jobs: int
     wait_timeout: float | None
+    canary_requests: int = 0  # issue 22: round 0's shard 0 holds the first N requests (batch.canary)
+    #: Discard a batch state that is not whole (a person's choice; see ``batch/recovery.py``).
+    start_over: bool = False
+    #: The answers an abandoned plan of this batch downloaded (``BatchJournal.kept_answers``).
+    kept_answers: Callable[[], list[ObjectStoragePath]] | None = None
 
     @classmethod
     def of(cls, task: Any, **given: Any) -> BatchSettings:
-        """The settings read from ``task``'s attributes of the same names, or from ``given``."""
-        return cls(**{f.name: given[f.name] if f.name in given else getattr(task, f.name) for f in fields(cls)})
+        """The settings read from ``task``'s attributes of the same names, or from ``given`` (a
+        field with a default may be in neither)."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name in given:
+                values[f.name] = given[f.name]
+            elif f.default is MISSING or hasattr(task, f.name):
+                values[f.name] = getattr(task, f.name)
+        return cls(**values)
 
     def reuse_paths(self) -> list[ObjectStoragePath]:
-        return reuse_paths(self.reuse_results)
+        """The ``reuse_results`` files, then the answers kept from an abandoned plan of this batch."""
+        return reuse_paths(self.reuse_results) + (self.kept_answers() if self.kept_answers else [])
 
     def plan(self, handle: Any) -> list[ShardPlan]:
         """Shards of the requests in ``handle`` within the per-file limits."""
         return plan_shards(handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file)
+
+    def plan_first_round(self, handle: Any) -> list[ShardPlan]:
+        """Round 0's shards: :meth:`plan`, with the canary (``canary_requests``) as shard 0."""
+        return split_first(handle, self.plan(handle), self.canary_requests)
 
     def new_deadline(self) -> float | None:
         """The absolute ``wait_timeout`` deadline of a wait that starts now (epoch seconds), or None."""

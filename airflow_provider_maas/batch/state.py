@@ -27,7 +27,10 @@ from airflow_provider_maas.batch.shards import ShardPlan
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-#: Format of what the journal stores; a different version is not read (the batch starts over).
+#: Format of what the journal stores. A provider reading another version refuses it
+#: (:class:`~airflow_provider_maas.exceptions.MaaSStateError`); a new version must migrate version 1
+#: (``tests/fixtures/state_v1`` is today's format, loaded by ``tests/test_state_fail_closed.py``).
+#: Fields added without a version change must be optional: older readers ignore unknown keys.
 STATE_VERSION = 1
 
 
@@ -58,6 +61,10 @@ class ShardRecord:
     :param clear_round: ``max_tries`` of the try that sent the create (see ``create_guard.clear_round``).
     :param job_state: The job's last known state.
     :param error: Why the shard's last job failed (the service's message and code), if it did.
+    :param reserve_usd: The worst case of the job in flight, reserved against ``max_cost_usd``
+        (``batch.budget``); set with the "creating" marker.
+    :param cost_usd: What the shard's downloaded results report they cost (at ``prices``).
+    :param unsent: Never sent: the batch stopped creating jobs (budget or canary); FAILED.
     """
 
     key: ShardKey
@@ -69,6 +76,10 @@ class ShardRecord:
     clear_round: int | None = None
     job_state: str | None = None
     error: str | None = None
+    # Issue 22 (batch.budget): optional, absent from older state files.
+    reserve_usd: float | None = None
+    cost_usd: float | None = None
+    unsent: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"r": self.key.round, "i": self.key.index, "status": self.status.value}
@@ -135,11 +146,14 @@ class BatchState:
     :param deadline: Absolute ``wait_timeout`` deadline (epoch seconds), or None.
     :param clear_round: ``max_tries`` of the try that last took the state over.
     :param resumes: How many times the task resumed after a deferral.
+    :param input_key: Digest of the raw input and the settings that shape round 0 (see
+        ``resume.input_key``); None in states written before it was kept.
     """
 
     fingerprint: str
     identity: str
     rounds: list[Round]
+    input_key: str | None = None
     deadline: float | None = None
     clear_round: int | None = None
     resumes: int = 0

@@ -12,12 +12,13 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
 )
 
-RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-#: The one status taken to prove the service did NOT act on a create call, so creation may be
-#: retried: 429 RESOURCE_EXHAUSTED is a refusal for quota before any work. 503 is not: a gateway
-#: or load balancer may answer 503 after the service behind it created the job (see
-#: ``client/failures.py``, "Job creation").
-NOT_PROCESSED_STATUS = frozenset({429})
+#: HTTP statuses that are transient on reads and polls (get, metadata, content, upload): 408, 429
+#: and EVERY 5xx, the ones a gateway or CDN invents included (520, 522, 524, 529...). The one
+#: definition: :func:`~airflow_provider_maas.client.errors.error_from_response` maps them to
+#: :class:`MaaSRetryableError`, which :class:`RetryPolicy` retries on the sync and async paths and
+#: the sensor, the triggers and the batch driver count as a failed poll. A create keeps its own
+#: rule (``client/failures.py``, "Job creation"): after sending, any of these is uncertain.
+RETRYABLE_STATUS = frozenset({408, 429, *range(500, 600)})
 
 
 # Errors ------------------------------------------------------------------------------------
@@ -52,8 +53,8 @@ DEFAULT_MAX_ATTEMPTS = 5
 class RetryPolicy:
     """The one retry policy of every call, sync (tenacity) and async (a loop): how many attempts,
     the backoff (exponential, full jitter, at least ``Retry-After``) and what is retried
-    (:class:`MaaSRetryableError`: 429, 408, 5xx, connection errors, timeouts; never a 4xx, a TLS
-    failure or an uncertain job creation)."""
+    (:class:`MaaSRetryableError`: :data:`RETRYABLE_STATUS`, i.e. 408, 429 and every 5xx, connection
+    errors, timeouts; never another 4xx, a TLS failure or an uncertain job creation)."""
 
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     base_delay: float = 1.0

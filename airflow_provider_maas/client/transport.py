@@ -1,7 +1,8 @@
 """HTTP plumbing of :class:`~airflow_provider_maas.hooks.maas.MaaSHook`: sessions, retries, streaming.
 
 Imported lazily by the hook so that parsing a DAG never pays for ``requests``/``aiohttp``.
-URLs, headers, error mapping and the backoff policy come from :mod:`airflow_provider_maas.client.config`,
+URLs and headers come from :mod:`airflow_provider_maas.client.config`, error mapping from
+:mod:`airflow_provider_maas.client.errors` and the retry policy from :mod:`airflow_provider_maas.client.retry`,
 shared by the sync and async paths.
 """
 
@@ -213,9 +214,10 @@ def create_job(
         except MaaSApiError as err:
             if isinstance(err, MaaSRateLimitError) or _never_sent(err):
                 raise
-            # Any 5xx (524, 520, 501...: a gateway may answer it after the service acted) is as
-            # uncertain as the retryable ones; only a 4xx refusal proves nothing was created.
-            if isinstance(err, MaaSRetryableError) or (err.status_code or 0) >= 500:
+            # Every retryable answer (any 5xx: 524, 520, 501... a gateway may answer it after the
+            # service acted; 408; client/retry.py's RETRYABLE_STATUS) is uncertain here; only a 4xx
+            # refusal proves nothing was created.
+            if isinstance(err, MaaSRetryableError):
                 raise uncertain(str(err)) from None
             raise
         try:

@@ -52,6 +52,8 @@ _HELP = {
     "access_log_limit": "most entries kept in the in-memory access log",
     "shutdown_timeout": "seconds given to in-flight requests on stop",
     "faults": "schedule a fault: KIND:N:FAULT[=ARG], e.g. create:1:lost-500 (repeatable; see below)",
+    "invalid_output_rate": "fraction of answers to schema requests (generationConfig.responseSchema) cut short: "
+    "not JSON; chosen by request content",
 }
 _NEGATED = {
     "shuffle_results": ("--no-shuffle", "keep result lines in input order"),

@@ -35,7 +35,7 @@ from airflow_provider_maas.emulator.faults import (
 )
 from airflow_provider_maas.emulator.jobs import JobRecord, parse_create_body
 from airflow_provider_maas.emulator.objects import (
-    CHUNK_SIZE,
+    SERVE_BLOCK,
     UploadRejected,
     b64,
     object_resource,
@@ -254,6 +254,7 @@ class BatchApi:
             start_time=t.start,
             end_time=t.end,
             cancel=emulator.closing,
+            invalid_output_rate=cfg.invalid_output_rate,
         )
         size, crc = await asyncio.get_running_loop().run_in_executor(None, write_results, spec)
         generation = self._next_generation()
@@ -302,5 +303,5 @@ class BatchApi:
             note("fault", "truncate_download" if decision.truncate_download else "corrupt_download")
             return await faulty_download(request, job.results_path, int(meta["size"]), decision, {})
         return web.FileResponse(
-            job.results_path, headers={"Content-Type": "application/octet-stream"}, chunk_size=CHUNK_SIZE
+            job.results_path, headers={"Content-Type": "application/octet-stream"}, chunk_size=SERVE_BLOCK
         )

@@ -107,6 +107,10 @@ class EmulatorConfig:
     #: ``("create:1:lost-500",)``; see ``schedule.py``. Add more while running with
     #: ``MaaSEmulator.schedule``.
     faults: tuple[Any, ...] = ()
+    #: Answers to requests asking for a schema (``generationConfig.responseSchema``) are JSON of
+    #: that shape; this fraction of them (chosen by request content, so deterministically) is cut
+    #: short: not JSON.
+    invalid_output_rate: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -133,6 +137,8 @@ class EmulatorConfig:
         for name in ("job_duration", "latency", "retry_after", "slow_seconds", "retention_seconds"):
             if not 0 <= getattr(self, name) < math.inf:  # NaN fails too
                 raise ValueError(f"{name} must be a finite number of seconds (>= 0), not {getattr(self, name)!r}")
+        if not 0.0 <= float(self.invalid_output_rate) <= 1.0:
+            raise ValueError(f"invalid_output_rate must be between 0 and 1, not {self.invalid_output_rate!r}")
         for name in ("fail_every", "result_padding_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

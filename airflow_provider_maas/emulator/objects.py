@@ -16,7 +16,9 @@ import google_crc32c
 if TYPE_CHECKING:
     from aiohttp import web
 
-CHUNK_SIZE = 256 * 1024
+#: Bytes per read when the emulator serves a results file (its own: it never imports the provider's storage,
+#: which imports Airflow).
+SERVE_BLOCK = 256 * 1024
 
 
 def rfc3339_ms(ts: float) -> str:

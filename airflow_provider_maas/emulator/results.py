@@ -104,6 +104,69 @@ def _request_files(request: dict[str, Any]) -> int:
     return count
 
 
+def _max_output_tokens(request: dict[str, Any]) -> int | None:
+    config = request.get("generationConfig", request.get("generation_config"))
+    value = config.get("maxOutputTokens", config.get("max_output_tokens")) if isinstance(config, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def response_schema(request: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``responseSchema`` (or ``responseJsonSchema``) a request asks its answer to follow, if any."""
+    config = request.get("generationConfig", request.get("generation_config"))
+    if not isinstance(config, dict):
+        return None
+    for key in ("responseSchema", "response_schema", "responseJsonSchema", "response_json_schema"):
+        if isinstance(config.get(key), dict):
+            return config[key]
+    return None
+
+
+def answer_is_invalid(request: dict[str, Any], seed: int, rate: float) -> bool:
+    """Whether the emulator's ``invalid_output_rate`` fault spoils the answer to ``request``:
+    decided by the request's content (and the seed), so a request sent again is spoilt again."""
+    if rate <= 0:
+        return False
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    digest = hashlib.blake2b(f"{seed}\0invalid\0{canonical}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < rate
+
+
+def _instance(schema: Any, text: str, depth: int = 0) -> Any:
+    """A value valid for a Gemini (OpenAPI-subset) or JSON schema."""
+    if not isinstance(schema, dict) or depth > 16:
+        return text
+    if schema.get("enum"):
+        return schema["enum"][0]
+    options = schema.get("anyOf") or schema.get("oneOf")
+    kind = str(schema.get("type") or ("object" if "properties" in schema else "array" if "items" in schema else ""))
+    if options and not kind:
+        return _instance(options[0], text, depth + 1)
+    kind = kind.lower()
+    if kind == "object":
+        return {k: _instance(v, text, depth + 1) for k, v in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [_instance(schema.get("items"), text, depth + 1) for _ in range(max(1, schema.get("minItems") or 1))]
+    if kind == "integer":
+        return max(1, int(schema.get("minimum", 1)))
+    if kind == "number":
+        return max(1.5, float(schema.get("minimum", 1.5)))
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return text
+
+
+def schema_answer(request: dict[str, Any], answer: str, invalid: bool) -> str | None:
+    """The JSON answer to a request that asks for a schema (every string is ``answer``), cut short
+    (not JSON) when ``invalid``; None for a request without a schema."""
+    schema = response_schema(request)
+    if schema is None:
+        return None
+    text = json.dumps(_instance(schema, answer), ensure_ascii=False)
+    return text[: max(1, len(text) // 2)] if invalid else text
+
+
 def fake_answer(request: dict[str, Any], model: str, seed: int) -> str:
     """A deterministic answer that contains every text part of the request verbatim."""
     canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -132,6 +195,7 @@ class ResultsSpec:
     cancel: threading.Event | None = None  # set when the emulator stops: give up early
     omit: frozenset[int] = frozenset()  # failed positions left out of the file (partial-missing)
     duplicate: int = 0  # the first lines written are written again at the end (duplicate-lines)
+    invalid_output_rate: float = 0.0  # this fraction of schema answers is not JSON (answer_is_invalid)
 
 
 def result_order(count: int, seed: int, job_ordinal: int, shuffle: bool) -> list[int]:
@@ -146,6 +210,8 @@ def result_order(count: int, seed: int, job_ordinal: int, shuffle: bool) -> list
 
 def _response(request: dict[str, Any], spec: ResultsSpec, position: int, created: float, pad: str) -> dict[str, Any]:
     answer = fake_answer(request, spec.model, spec.seed)
+    shaped = schema_answer(request, answer, answer_is_invalid(request, spec.seed, spec.invalid_output_rate))
+    answer = answer if shaped is None else shaped
     if pad:
         answer = f"{answer}\n\n{pad}"
     digest = hashlib.blake2b(f"{spec.seed}:{spec.job_name}:{position}".encode(), digest_size=17).digest()
@@ -153,6 +219,10 @@ def _response(request: dict[str, Any], spec: ResultsSpec, position: int, created
     prompt_tokens = max(1, sum(len(t) for t in request_texts(request)) // 4) + 258 * _request_files(request)
     candidate_tokens = max(1, len(answer) // 4)
     thoughts = number % 512
+    ceiling = _max_output_tokens(request)
+    if ceiling:  # like the service: thinking and answer tokens together stay within maxOutputTokens
+        thoughts = min(thoughts, ceiling // 2)
+        candidate_tokens = min(candidate_tokens, ceiling - thoughts)
     avg_logprobs = -0.05 - (number % 1000) / 1000.0
     parts: list[dict[str, Any]] = [{"text": answer}]
     if spec.image_output:

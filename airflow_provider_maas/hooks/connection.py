@@ -7,7 +7,10 @@ from typing import Any
 
 from airflow_provider_maas.client.service import DEFAULT_BASE_URL
 
-__all__ = ["CONN_FIELDS", "DEFAULT_BASE_URL", "UI_FIELD_BEHAVIOUR"]
+__all__ = ["CONN_FIELDS", "DEFAULT_BASE_URL", "DEFAULT_CONN_ID", "UI_FIELD_BEHAVIOUR"]
+
+#: The connection id every hook, operator, sensor and trigger uses unless given another.
+DEFAULT_CONN_ID = "maas_default"
 
 #: Fields of the connection form, shared by ``get_provider_info`` (Airflow >= 3.2) and the
 #: hook's form methods (Airflow 3.0/3.1).

@@ -25,7 +25,7 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
     MaaSTimeoutError,
 )
-from airflow_provider_maas.hooks.connection import CONN_FIELDS, UI_FIELD_BEHAVIOUR
+from airflow_provider_maas.hooks.connection import CONN_FIELDS, DEFAULT_CONN_ID, UI_FIELD_BEHAVIOUR
 from airflow_provider_maas.storage import open_source, to_path
 
 if TYPE_CHECKING:
@@ -48,14 +48,14 @@ class MaaSHook(BaseHook):
     :param maas_conn_id: The Airflow connection: host = base URL, password = API key,
         extra ``endpoint`` = ENDPOINT id, optional extras ``timeout`` (seconds) and ``verify``.
     :param endpoint: ENDPOINT id overriding the connection's.
-    :param max_attempts: Attempts per HTTP call on 429, 408, 5xx, timeouts and connection errors
-        (sync and async alike: one :class:`~airflow_provider_maas.RetryPolicy`). Job creation is
+    :param max_attempts: Attempts per HTTP call on 429, 408, any 5xx, timeouts and connection errors
+        (sync and async alike: one :class:`~airflow_provider_maas.client.retry.RetryPolicy`). Job creation is
         retried only when the service cannot have acted: see :meth:`create_batch_job`.
     :param retry_base_delay: First backoff delay in seconds (doubles each attempt, with jitter).
     """
 
     conn_name_attr = "maas_conn_id"
-    default_conn_name = "maas_default"
+    default_conn_name = DEFAULT_CONN_ID
     conn_type = "maas"
     hook_name = "MaaS Gemini Batch"
 
@@ -121,6 +121,12 @@ class MaaSHook(BaseHook):
 
     @staticmethod
     def _mask(secret: str) -> None:
+        """Register ``secret`` with Airflow's secrets masker (the one place the hook masks the key).
+
+        Synchronous: in a triggerer it may message Airflow's supervisor, which on Airflow 3.0 fails
+        inside the event loop. Async callers reach it through :meth:`aget_config` only, which runs it
+        in a worker thread.
+        """
         try:
             from airflow.sdk.log import mask_secret
 
@@ -131,22 +137,38 @@ class MaaSHook(BaseHook):
     @cached_property
     def config(self) -> ApiConfig:
         """The resolved connection settings (looked up once per hook)."""
-        return self._config_from(self.get_connection(self.maas_conn_id))
+        return self._sync_config()
 
     def get_conn(self) -> ApiConfig:
         return self.config
 
     async def aget_config(self) -> ApiConfig:
-        """The connection settings, looked up without blocking the event loop (cached per hook)."""
+        """The connection settings, looked up without blocking the event loop (cached per hook).
+
+        The one way into the connection for every async caller (both triggers, through
+        :meth:`async_session_scope` and :meth:`aget_batch_job`). Reading a connection's extra and
+        masking the key are synchronous Airflow calls that may message the triggerer's supervisor:
+        Airflow 3.0's ``Connection.extra_dejson`` calls ``mask_secret``, whose message to the
+        supervisor raises ``RuntimeError: You cannot use AsyncToSync in the same thread as an async
+        event loop`` when made in the event loop's thread (3.1 swallows that error, so the supervisor
+        never learns the key; 3.2+ bridges it). So :meth:`_config_from` runs in a worker thread of
+        ``asgiref``'s ``sync_to_async``, from which Airflow's comms reach the supervisor through the
+        running loop on every version. The connection itself comes from ``aget_connection`` (3.1+)
+        or, on 3.0, from ``get_connection`` in that same thread.
+        """
         if self._async_config is None:
+            from asgiref.sync import sync_to_async
+
             if hasattr(BaseHook, "aget_connection"):
                 conn = await BaseHook.aget_connection(self.maas_conn_id)
-            else:  # Airflow < 3.1
-                from asgiref.sync import sync_to_async
-
-                conn = await sync_to_async(self.get_connection)(self.maas_conn_id)
-            self._async_config = self._config_from(conn)
+                config = await sync_to_async(self._config_from)(conn)
+            else:  # Airflow 3.0
+                config = await sync_to_async(self._sync_config)()
+            self._async_config = config
         return self._async_config
+
+    def _sync_config(self) -> ApiConfig:
+        return self._config_from(self.get_connection(self.maas_conn_id))
 
     @property
     def session(self) -> requests.Session:

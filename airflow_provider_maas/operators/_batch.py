@@ -8,6 +8,7 @@ summary (``summary``).
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -16,16 +17,27 @@ from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.create_guard import clear_round
 from airflow_provider_maas.batch.driver import BatchDriver, ShardNames
 from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after
+from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
+from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
+from airflow_provider_maas.batch.recovery import remember, save_job_names
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
 from airflow_provider_maas.batch.round_files import next_round
-from airflow_provider_maas.batch.settings import LIMITS, BatchSettings, check_limits, retry_rule_and_prices
+from airflow_provider_maas.batch.settings import (
+    LIMITS,
+    BatchSettings,
+    check_limits,
+    is_true,
+    retry_rule_and_prices,
+    reuse_paths,
+)
 from airflow_provider_maas.batch.summary import check_outcome, write_outputs
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
+from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary
+from airflow_provider_maas.operators._cost import CostControl
 from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
 from airflow_provider_maas.storage import check_destination, to_path, uri_of
 from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, BatchJobsEvent, MaaSBatchJobsTrigger
@@ -35,11 +47,12 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
+    from airflow_provider_maas.batch.budget import SpendGate
     from airflow_provider_maas.batch.shards import ShardPlan
     from airflow_provider_maas.batch.state import BatchState, ShardKey
 
 
-class MaaSBatchPredictionOperator(MaaSBaseOperator):
+class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
     """Run a whole batch in one task: split, upload, create jobs, wait, download, merge in input order.
 
     The input may hold any number of requests: it is split into shards that fit one upload
@@ -102,12 +115,44 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, ABORTED, codes 429 and 5xx, "rate limit",
         "timed out", "try again", "overloaded"; not client errors (400 INVALID_ARGUMENT, 403,
         a safety block), which fail the same way again. Missing results are always retried.
+    :param start_over: Discard a batch state that is not whole (missing, damaged, of another format
+        version, pointed at by ``task_state_store`` but gone) and plan the batch again (templated:
+        ``True``, ``"true"``, ``"1"``...). A person's explicit choice, named by the error that stops the
+        task in that case: the jobs the state recorded are abandoned (they keep running and are billed);
+        answers already downloaded are kept and reused. Set it back afterwards.
     :param prices: USD per 1,000,000 tokens, ``{"prompt": ..., "candidates": ..., "thoughts": ...}``
         (``thoughts`` defaults to ``candidates``): the summary then gives ``cost_usd`` and the
         ``cost_avoided_usd`` by reuse and deduplication.
+    :param dry_run: Plan without paying: validate, match ``reuse_results``, deduplicate, estimate
+        and plan the shards; nothing is uploaded, no job created. Pushes XCom ``plan`` (also the
+        return value) and logs it as a table. See "Cost control" in the README.
+    :param max_cost_usd: A hard cap in USD (needs ``prices``) on what this batch spends, across
+        every try, resume and retry round: a create whose worst case would pass it, added to what
+        was spent and what is reserved for jobs in flight, is not sent; the jobs in flight finish,
+        then the task fails with :class:`~airflow_provider_maas.exceptions.MaaSBudgetExceededError`.
+    :param default_max_output_tokens: Output tokens assumed for a request without
+        ``generationConfig.maxOutputTokens`` (estimates and worst case).
+    :param canary_requests: Send the first N requests (<= 100) as one job first; the rest waits
+        for its answers (its failures, and its measured cost against ``max_cost_usd``). 0: none.
+    :param canary_max_failed: Fraction of the canary's requests that may fail (or be invalid)
+        before nothing more is sent (:class:`~airflow_provider_maas.exceptions.MaaSCanaryFailedError`).
+    :param response_schema: A JSON Schema (dict) or a Pydantic model class each answer's text must
+        match (as JSON); an answer that does not is placed with a ``status`` saying why
+        (``INVALID_OUTPUT: ...``), goes to the failed file and is counted as ``invalid_output``.
+    :param retry_invalid: Send invalid answers' requests again within ``request_retries``.
+    :param set_response_schema: Add ``responseMimeType: application/json`` and the schema (in
+        Gemini's ``responseSchema`` form) to requests that ask for no schema of their own.
     """
 
-    template_fields = ("source", "destination", "display_name", "endpoint", "maas_conn_id", "reuse_results")
+    template_fields = (
+        "source",
+        "destination",
+        "display_name",
+        "endpoint",
+        "maas_conn_id",
+        "reuse_results",
+        "start_over",
+    )
     operator_extra_links = (MaaSProgressLink(),)
 
     def __init__(
@@ -126,13 +171,22 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         max_bytes_per_file: int = MAX_BYTES_PER_FILE,
         max_parallel_transfers: int = 16,
         max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
-        maas_conn_id: str = "maas_default",
+        maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,
         reuse_results: Any = None,
         deduplicate: bool = True,
         request_retries: int = 1,
         retry_failures: list[str] | Callable[[str], bool] | None = None,
         prices: dict[str, float] | None = None,
+        dry_run: bool = False,
+        max_cost_usd: float | None = None,
+        default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
+        canary_requests: int = 0,
+        canary_max_failed: float = 0.5,
+        response_schema: dict[str, object] | type | None = None,
+        retry_invalid: bool = False,
+        set_response_schema: bool = True,
+        start_over: str | bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(maas_conn_id=maas_conn_id, endpoint=endpoint, **kwargs)
@@ -154,17 +208,37 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         self.deduplicate = deduplicate
         self.request_retries = request_retries
         self.retry_failures = retry_failures
+        self.plan_only = dry_run  # BaseOperator.dry_run is a method: the parameter is kept under another name
+        self.max_cost_usd = max_cost_usd
+        self.default_max_output_tokens = default_max_output_tokens
+        self.canary_requests = canary_requests
+        self.canary_max_failed = canary_max_failed
+        self.response_schema = response_schema
+        self.retry_invalid = retry_invalid
+        self.set_response_schema = set_response_schema
+        self.start_over = start_over
         check_limits({name: getattr(self, name) for name in LIMITS})
+        self._check_cost_control()
 
-    def _settings(self) -> BatchSettings:
-        """This try's settings (templated fields rendered)."""
-        return BatchSettings.of(self, should_retry=self._should_retry)
+    def _settings(self, journal: BatchJournal | None = None, source: Any = None) -> BatchSettings:
+        """This try's settings (templated fields rendered); ``source``: the requests to send, if
+        not the operator's (the schema added); ``journal``: None for a dry run."""
+        given = {"source": source} if source is not None else {}
+        return BatchSettings.of(
+            self,
+            should_retry=self._retry_rule(self._should_retry),
+            start_over=is_true(self.start_over, what="start_over"),
+            kept_answers=journal.kept_answers if journal is not None else None,
+            **given,
+        )
 
     # Entry points ---------------------------------------------------------------------------
-    def execute(self, context: Context) -> str:
+    def execute(self, context: Context) -> Any:
+        if self.plan_only:
+            return self._plan_only(context, self._settings)
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
-        settings = self._settings()
+        settings = self._settings(journal, self._requests_to_plan(journal, write=True))
         state = start_or_resume(context, journal, settings)
         announce(context, journal, self.prices)  # where the progress page finds the state
         return self._run(context, journal, state, settings)
@@ -173,8 +247,8 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         """Resume after the trigger: record the ended jobs, then go on."""
         resumed = BatchJobsEvent.from_event(event)
         journal = BatchJournal.for_task(self.destination, context)
-        settings = self._settings()
-        state = resume_after_deferral(context, journal, settings)
+        settings = self._settings(journal, self._requests_to_plan(journal, write=False))
+        state = resume_after_deferral(context, journal, settings, [o.job_name for o in resumed.ended])
         if resumed.status == "timeout":
             running = list(state.by_job())
             raise MaaSTimeoutError(f"{resumed.message} Still running: {', '.join(running[:MAX_NAMED_JOBS])}")
@@ -200,17 +274,20 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         resumed: BatchJobsEvent | None = None,
     ) -> str:
         self.hook.get_conn()  # the connection is looked up once, before the pool threads share the hook
+        gate = self._gate(journal, settings.source)
         with BatchDriver(
             hook=metrics.CountingCreates(self.hook, context),
             journal=journal,
             state=state,
-            source=self.source,
+            source=settings.source,
             names=self._names(context),
             max_active_jobs=self.max_active_jobs,
             max_parallel_transfers=self.max_parallel_transfers,
             shard_retries=self.shard_retries,
             clear_round=clear_round(context),
             max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+            gate=gate,
+            save_job_names=functools.partial(save_job_names, context, journal.uri),
         ) as driver:
             if resumed is not None:
                 driver.mark_seen(driver.running_jobs())  # the trigger saw them running just now
@@ -222,10 +299,14 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
                 if not running and state.finished:
                     if driver.refetch_lost_parts():
                         continue
-                    if added := next_round(settings, journal, state):
+                    if (gate is None or not gate.stopped(state)) and (added := next_round(settings, journal, state)):
                         driver.enqueue(added)
                         continue
                     break
+                stale = driver.stale_jobs(self.poll_interval) if past_deadline(state) else []
+                if stale and (ended := driver.poll(stale)):  # a retry after wait_timeout: ended since?
+                    driver.handle(ended)
+                    continue
                 check_deadline(state, running, wait_timeout=self.wait_timeout)
                 wake = fire_after(
                     state, running, max_active_jobs=self.max_active_jobs, rate_limited=driver.rate_limited
@@ -235,6 +316,8 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
                     ended = driver.poll(stale) if stale else []
                     if ended:  # never defer on jobs already seen ended
                         driver.handle(ended)
+                        continue
+                    if driver.running_jobs() != running:  # a gone job's shard is due again
                         continue
                     driver.preupload(wake or 0)
                     journal.settle(state)
@@ -247,7 +330,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
                     driver.preupload(wake or 0)
                 time.sleep(self.poll_interval)
                 driver.handle(driver.poll(running))
-        return self._finish(context, journal, state, settings)
+        return self._finish(context, journal, state, settings, gate)
 
     def _defer(self, state: BatchState, running: list[str], fire_after: int | None) -> None:
         """Wait in the triggerer until ``fire_after`` of the running jobs ended (or all, or the deadline)."""
@@ -262,18 +345,32 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
                 end_time=deadline,
                 max_consecutive_errors=self.max_consecutive_poll_errors,
                 fire_after=fire_after,
+                max_parallel_polls=self.max_parallel_transfers,
             ),
             method_name="execute_complete",
             timeout=timedelta(seconds=max(1.0, deadline - time.time()) + 60) if deadline else None,
         )
 
     # Results --------------------------------------------------------------------------------
-    def _finish(self, context: Context, journal: BatchJournal, state: BatchState, settings: BatchSettings) -> str:
+    def _finish(
+        self,
+        context: Context,
+        journal: BatchJournal,
+        state: BatchState,
+        settings: BatchSettings,
+        gate: SpendGate | None = None,
+    ) -> str:
         summary = write_outputs(settings, journal, state)
+        if gate is not None:
+            summary.update(self._cost_summary(context, gate, state, settings))
         dest_uri = uri_of(to_path(self.destination, what="destination"))
         publish_summary(self, context, summary, dest_uri)
         metrics.batch_finished(context, summary)
-        self.record_lineage([self.source, *settings.reuse_paths()], [dest_uri, summary["failed_uri"]])
+        self.record_lineage([self.source, *reuse_paths(settings.reuse_results)], [dest_uri, summary["failed_uri"]])
+        if gate is not None and (stopped := gate.stop_error(state, summary)) is not None:
+            raise stopped  # the state stays: a retry finds the spend and creates nothing that does not fit
         check_outcome(summary, dest_uri, fail_on_partial=self.fail_on_partial)
+        self._remove_schema_requests(journal)
+        remember(context, journal, finished=True)  # first: a state gone on purpose is not "lost"
         journal.remove()
         return dest_uri

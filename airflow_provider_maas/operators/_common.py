@@ -12,6 +12,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_maas.client.states import RESULTS_NOT_FOUND_TRIES, Outcome, job_outcome
 from airflow_provider_maas.exceptions import MaaSNotFoundError, MaaSResultsGoneError
+from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators._lineage import LineageMixin
 
@@ -21,7 +22,7 @@ log = logging.getLogger(__name__)
 class MaaSBaseOperator(LineageMixin, BaseOperator):
     """Shared arguments of the operators that call the service: ``maas_conn_id`` and ``endpoint``."""
 
-    def __init__(self, *, maas_conn_id: str = "maas_default", endpoint: str | None = None, **kwargs: Any) -> None:
+    def __init__(self, *, maas_conn_id: str = DEFAULT_CONN_ID, endpoint: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.maas_conn_id = maas_conn_id
         self.endpoint = endpoint

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_maas.batch.chunks import write_chunks
 from airflow_provider_maas.batch.create_guard import (
     clear_round,
     creating_marker,
@@ -21,7 +22,8 @@ from airflow_provider_maas.batch.merge import (
     merge_results,
     summarise_results,
 )
-from airflow_provider_maas.batch.request_lines import iter_request_lines
+from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, iter_request_lines
+from airflow_provider_maas.batch.settings import check_limits
 from airflow_provider_maas.batch.shards import validate_file, write_shards
 from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.client.naming import display_name, upload_name
@@ -251,16 +253,23 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
 
 
 class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
-    """Split a JSONL file of any size into shards that fit one upload; returns the shard URIs.
+    """Split a JSONL file of any size into files of consecutive requests; returns their URIs.
+
+    By default each file fits one upload (shards for the upload, create, wait, download chain);
+    with ``for_upload=False`` the files are chunks of any size, each for one mapped
+    :class:`MaaSBatchPredictionOperator` (which splits its chunk again), e.g.
+    ``max_requests_per_file=10_000``.
 
     Streams the input in constant memory and validates every line first: on a bad line
-    nothing is written. Shard names are deterministic (``part-00000.jsonl``...), so a retry
-    rewrites the same shards. The returned list is ready for ``.expand()``.
+    nothing is written. Names are deterministic (``part-00000.jsonl``..., ``chunk-00000.jsonl``...
+    for chunks), so a retry rewrites the same files. The returned list is ready for ``.expand()``.
 
     :param source: Local path, URI or ``ObjectStoragePath`` of the requests (templated).
-    :param destination_prefix: Folder (path, URI or ``ObjectStoragePath``) for the shards (templated).
-    :param max_requests_per_file: At most this many requests per shard (<= 100).
-    :param max_bytes_per_file: At most this many bytes per shard (<= 50 MB).
+    :param destination_prefix: Folder (path, URI or ``ObjectStoragePath``) for the files (templated).
+    :param max_requests_per_file: At most this many requests per file (<= 100 with ``for_upload``).
+    :param max_bytes_per_file: At most this many bytes per file (<= 50 MiB with ``for_upload``);
+        None: 50 MiB with ``for_upload``, no limit for chunks.
+    :param for_upload: True: each file fits one upload (100 requests, 50 MiB). False: chunks of any size.
     """
 
     template_fields = ("source", "destination_prefix")
@@ -270,8 +279,9 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         *,
         source: Any,
         destination_prefix: Any,
-        max_requests_per_file: int = 100,
-        max_bytes_per_file: int = 50 * 1024 * 1024,
+        max_requests_per_file: int = MAX_REQUESTS_PER_FILE,
+        max_bytes_per_file: int | None = None,
+        for_upload: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -279,15 +289,28 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         self.destination_prefix = destination_prefix
         self.max_requests_per_file = max_requests_per_file
         self.max_bytes_per_file = max_bytes_per_file
+        self.for_upload = for_upload
+        if for_upload:  # refused where the DAG is parsed, as the batch operator's
+            upload_bytes = MAX_BYTES_PER_FILE if max_bytes_per_file is None else max_bytes_per_file
+            check_limits({"max_requests_per_file": max_requests_per_file, "max_bytes_per_file": upload_bytes})
 
     def execute(self, context: Context) -> list[str]:
-        uris = write_shards(
-            self.source,
-            self.destination_prefix,
-            max_requests=self.max_requests_per_file,
-            max_bytes=self.max_bytes_per_file,
-            log=self.log,
-        )
+        if self.for_upload:
+            uris = write_shards(
+                self.source,
+                self.destination_prefix,
+                max_requests=self.max_requests_per_file,
+                max_bytes=MAX_BYTES_PER_FILE if self.max_bytes_per_file is None else self.max_bytes_per_file,
+                log=self.log,
+            )
+        else:
+            uris = write_chunks(
+                self.source,
+                self.destination_prefix,
+                max_requests=self.max_requests_per_file,
+                max_bytes=self.max_bytes_per_file,
+                log=self.log,
+            )
         self.record_lineage([self.source], [self.destination_prefix])  # the folder, not 1,000 shards
         return uris
 

@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse
 
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.progress import DEFAULT_JOBS_LIMIT, job_progress, read_progress
+from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.plugins.links import PROGRESS_XCOM_KEY
 from airflow_provider_maas.plugins.progress import BATCH_OPERATORS, JOB_OPERATORS
 from airflow_provider_maas.storage import to_path
@@ -125,7 +126,7 @@ def progress_of(dag_id: str, run_id: str, task_id: str, map_index: int, jobs_lim
                     jobs_limit=jobs_limit,
                 )
                 break
-            except (OSError, ValueError):
+            except (OSError, ValueError, MaaSError):
                 # An object compacted away or the state removed (the batch ended) while read:
                 # read again once, then answer with what XCom holds.
                 if attempt == 2:

@@ -12,6 +12,7 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.client.states import job_outcome, log_state_change
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSRetryableError
+from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.plugins.links import MaaSProgressLink
 from airflow_provider_maas.triggers.events import check_final_job, check_job_event
@@ -33,7 +34,7 @@ class MaaSBatchJobSensor(BaseSensorOperator):
     :param deferrable: Wait in the triggerer, freeing the worker slot.
     :param fail_on_partial: Fail on PARTIALLY_SUCCEEDED instead of warning.
     :param max_consecutive_poll_errors: Give up after this many failed polls in a row (each poll is
-        already retried by the hook; 429, 5xx, connection errors and timeouts count, a success
+        already retried by the hook; 408, 429, any 5xx, connection errors and timeouts count, a success
         resets the count), in deferrable and poke modes. Default 5 (the trigger's); raise it to
         ride out an outage of a few minutes (about ``poll_interval`` seconds per failed poll).
     :param maas_conn_id: The Airflow connection of type ``maas``.
@@ -52,7 +53,7 @@ class MaaSBatchJobSensor(BaseSensorOperator):
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         fail_on_partial: bool = False,
         max_consecutive_poll_errors: int | None = None,
-        maas_conn_id: str = "maas_default",
+        maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,
         **kwargs: Any,
     ) -> None:

@@ -1,0 +1,318 @@
+"""What the batch may still send: the budget cap (``max_cost_usd``) and the canary, decided before each create.
+
+The reservation rule. Before a shard's create, :meth:`SpendGate.admit` adds
+
+- **spent**: the reported cost (``usageMetadata`` at ``prices``) of every job whose results were
+  downloaded, kept in each shard's record (``cost_usd``) in the batch state;
+- **reserved**: the worst case (``plan.worst_case_usd``) of every job in flight (a shard CREATING
+  or RUNNING, ``reserve_usd`` in its record) and of every shard admitted but not created yet;
+- the worst case of the new job;
+
+and refuses the create if the sum passes the cap. A refusal stops the batch: every shard not sent
+is recorded FAILED with ``unsent`` (its requests go to the failed file with the reason), the jobs
+in flight finish and are downloaded, and the operator fails with
+:class:`~airflow_provider_maas.exceptions.MaaSBudgetExceededError`, keeping the state: a retry
+finds the spend there and creates nothing that does not fit.
+
+With a canary (shard 0 of round 0, ``canary.split_first``), the other shards wait until its
+results are in; then its failed share and its measured cost per request decide whether the rest
+is sent.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_maas.batch.canary import CanaryVerdict, judge
+from airflow_provider_maas.batch.cost import cost_of
+from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS, Tokens, estimate_line, worst_case_usd
+from airflow_provider_maas.batch.results import ResultSummary, iter_lines, iter_results
+from airflow_provider_maas.batch.shards import copy_shard
+from airflow_provider_maas.batch.state import ShardKey, ShardStatus
+from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError, MaaSInputError
+from airflow_provider_maas.storage import open_source
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_maas.batch.schema import AnswerCheck
+    from airflow_provider_maas.batch.state import BatchState, ShardRecord
+
+log = logging.getLogger(__name__)
+
+#: The canary's shard.
+CANARY = ShardKey(0, 0)
+#: Float noise tolerated when comparing with the cap (1e-9 USD).
+_EPSILON = 1e-9
+#: How the status of a request not sent starts.
+NOT_SENT = "NOT_SENT"
+
+
+def check_budget(max_cost_usd: Any, prices: Any, default_max_output_tokens: Any) -> None:
+    """Refuse a cap without prices, or a cap or default output that is not a positive number."""
+    if max_cost_usd is not None:
+        if isinstance(max_cost_usd, bool) or not isinstance(max_cost_usd, (int, float)) or not max_cost_usd >= 0:
+            raise MaaSInputError(f"max_cost_usd must be a number of USD >= 0, got {max_cost_usd!r}")
+        if prices is None:
+            raise MaaSInputError(
+                'max_cost_usd needs prices= (USD per 1,000,000 tokens, e.g. {"prompt": 0.15, "candidates": 0.60}) '
+                "to turn token counts into USD"
+            )
+    value = default_max_output_tokens
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MaaSInputError(f"default_max_output_tokens must be an integer >= 1, got {value!r}")
+
+
+class Admission(str, Enum):
+    GO = "go"  # create it
+    WAIT = "wait"  # not yet (the canary's results are not in)
+    STOP = "stop"  # never: the batch stops creating
+
+
+@dataclass
+class SpendGate:
+    """The budget, canary and answer checks of one batch (see the module docstring).
+
+    :param source: The operator's ``source`` (round 0's requests when the round has none of its own).
+    :param parts: ``parts(key)``: where shard ``key``'s results are downloaded.
+    :param max_cost_usd: The cap, or None (``prices`` is then only used to measure).
+    :param check: Checks (and rewrites) the answers of each downloaded part (``response_schema``).
+    """
+
+    source: Any
+    parts: Any
+    prices: dict[str, float] | None = None
+    max_cost_usd: float | None = None
+    default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+    canary_requests: int = 0
+    canary_max_failed: float = 0.5
+    check: AnswerCheck | None = None
+    reason: str | None = None
+    _worst: dict[ShardKey, float] = field(default_factory=dict)
+    _admitted: dict[ShardKey, float] = field(default_factory=dict)
+    _verdict: CanaryVerdict | None = None
+    _canary_estimate: float | None = None
+    _unsent_seen: bool | None = None
+    _spent: float | None = None
+    _flight: set[ShardKey] | None = None
+
+    # Reading the state ---------------------------------------------------------------------
+    def spent(self, state: BatchState) -> float:
+        """The reported cost of every job downloaded so far (all rounds, all tries): read from the
+        state once, then kept up to date by :meth:`downloaded` (O(1) per create, not O(shards))."""
+        if self._spent is None:
+            self._spent = sum(r.cost_usd or 0.0 for r in state.shards.values())
+        return round(self._spent, 9)
+
+    def reserved(self, state: BatchState) -> float:
+        """The worst case of every job in flight, and of shards admitted but not created yet."""
+        if self._flight is None:  # read from the state once; then the shards given a marker since
+            self._flight = {r.key for r in state.with_status(ShardStatus.CREATING, ShardStatus.RUNNING)}
+        total = 0.0
+        for key in list(self._flight):
+            record = state.shards[key]
+            if record.status not in (ShardStatus.CREATING, ShardStatus.RUNNING):
+                self._flight.discard(key)  # ended: its reported cost (if any) is in spent
+            elif record.cost_usd is None:
+                total += record.reserve_usd or 0.0
+        for key, worst in self._admitted.items():
+            if state.shards[key].status is ShardStatus.PENDING:
+                total += worst
+        return round(total, 9)
+
+    def stopped(self, state: BatchState) -> bool:
+        """True once a create was refused (recorded in the state: a resume finds it)."""
+        if self.reason is None and self._unsent_seen is None:  # read once: later refusals set the reason
+            self._unsent_seen = any(r.unsent for r in state.with_status(ShardStatus.FAILED))
+        return self.reason is not None or bool(self._unsent_seen)
+
+    def not_sent(self, state: BatchState) -> int:
+        """Requests of the shards never sent because the batch stopped."""
+        return sum(state.plan(r.key).requests for r in state.with_status(ShardStatus.FAILED) if r.unsent)
+
+    def worst(self, key: ShardKey, state: BatchState) -> float:
+        """The worst case of shard ``key`` in USD (its requests read once, then remembered)."""
+        if key not in self._worst:
+            self._worst[key] = worst_case_usd(self.tokens(key, state), self.prices or {}) if self.prices else 0.0
+        return self._worst[key]
+
+    def tokens(self, key: ShardKey, state: BatchState) -> Tokens:
+        """The token estimates of shard ``key``'s requests."""
+        source = state.rounds[key.round].source or self.source
+        data = io.BytesIO()
+        with open_source(source) as handle:
+            copy_shard(handle, state.plan(key), data)
+        data.seek(0)
+        total = Tokens()
+        for _, _, line in iter_lines(data):
+            total.add(estimate_line(line, self.default_max_output_tokens))
+        return total
+
+    # Deciding ------------------------------------------------------------------------------
+    def admit(self, key: ShardKey, state: BatchState) -> Admission:
+        """May shard ``key``'s job be created now? Sets :attr:`reason` when the answer is STOP."""
+        if self.stopped(state):
+            return Admission.STOP
+        if self.canary_requests and key != CANARY and CANARY in state.shards:
+            canary = state.shards[CANARY]
+            if canary.status not in (ShardStatus.DONE, ShardStatus.FAILED):
+                return Admission.WAIT
+            if not self._canary_passes(state):
+                return Admission.STOP
+        if self.max_cost_usd is None or self.prices is None:
+            return Admission.GO
+        if key in self._admitted:
+            return Admission.GO
+        worst = self.worst(key, state)
+        spent, reserved = self.spent(state), self.reserved(state)
+        if spent + reserved + worst > self.max_cost_usd + _EPSILON:
+            self.reason = (
+                f"{NOT_SENT}: max_cost_usd={self.max_cost_usd} reached: ${spent:.6f} spent + ${reserved:.6f} reserved "
+                f"for jobs in flight + ${worst:.6f} worst case of shard {key} would pass it"
+            )
+            log.error("Budget: %s; no more jobs are created", self.reason)
+            return Admission.STOP
+        self._admitted[key] = worst
+        log.info(
+            "Budget: shard %s admitted (worst case $%.6f; spent $%.6f, reserved $%.6f of $%s)",
+            key,
+            worst,
+            spent,
+            reserved,
+            self.max_cost_usd,
+        )
+        return Admission.GO
+
+    def _canary_passes(self, state: BatchState) -> bool:
+        verdict = self.canary_verdict(state)
+        if verdict is None:
+            return True
+        if verdict.failed_share() > self.canary_max_failed:
+            self.reason = (
+                f"{NOT_SENT}: the canary failed: {verdict.failed} of its {verdict.requests} requests failed or "
+                f"were invalid (canary_max_failed={self.canary_max_failed}); first: {'; '.join(verdict.samples)}"
+            )
+            log.error("Canary: %s", self.reason)
+            return False
+        self.canary_estimate(state)
+        if self.max_cost_usd is not None and (self._canary_estimate or 0.0) > self.max_cost_usd + _EPSILON:
+            self.reason = (
+                f"{NOT_SENT}: max_cost_usd={self.max_cost_usd} would be passed: at the canary's measured tokens "
+                f"per request the batch costs about ${self._canary_estimate:.6f}"
+            )
+            log.error("Budget: %s; no more jobs are created", self.reason)
+            return False
+        return True
+
+    def canary_estimate(self, state: BatchState) -> float | None:
+        """Round 0 at the canary's measured cost per request (the same figure on every resume);
+        None before the canary's results are in, or without ``prices``."""
+        verdict = self.canary_verdict(state)
+        if verdict is None or self.prices is None or self._canary_estimate is not None:
+            return self._canary_estimate
+        requests = sum(p.requests for p in state.rounds[0].plans)
+        self._canary_estimate = round(verdict.estimated_usd(requests, self.prices), 9)
+        log.info(
+            "Canary: %d of %d requests failed; at its measured tokens per request the %d requests cost about "
+            "$%.6f (max_cost_usd=%s)",
+            verdict.failed,
+            verdict.requests,
+            requests,
+            self._canary_estimate,
+            self.max_cost_usd,
+        )
+        return self._canary_estimate
+
+    def canary_verdict(self, state: BatchState) -> CanaryVerdict | None:
+        """The verdict on the canary's results, once they are in (None without a canary)."""
+        if not self.canary_requests or CANARY not in state.shards:
+            return None
+        record = state.shards[CANARY]
+        if self._verdict is None and record.status in (ShardStatus.DONE, ShardStatus.FAILED):
+            requests = state.plan(CANARY).requests
+            if record.status is ShardStatus.FAILED:
+                self._verdict = CanaryVerdict(requests, requests, {}, [f"the canary's job failed: {record.error}"])
+            else:
+                with self.parts(CANARY).open("rb") as handle:
+                    self._verdict = judge(handle, requests)
+        return self._verdict
+
+    def unsent(self, state: BatchState, keys: list[ShardKey]) -> list[ShardRecord]:
+        """The records of ``keys`` (pending shards) once the batch stopped: FAILED, ``unsent``."""
+        reason = self.reason or f"{NOT_SENT}: the batch stopped creating jobs"
+        return [
+            state.shards[key].but(status=ShardStatus.FAILED, error=reason, unsent=True)
+            for key in keys
+            if state.shards[key].status is ShardStatus.PENDING
+        ]
+
+    # Hooks of the driver -------------------------------------------------------------------
+    def marker_fields(self, key: ShardKey, state: BatchState) -> dict[str, Any]:
+        """Fields the "creating" marker of shard ``key`` stores: its reservation."""
+        self._admitted.pop(key, None)
+        if self._flight is not None:
+            self._flight.add(key)
+        reserve = self.worst(key, state) if self.max_cost_usd is not None else None
+        return {"reserve_usd": reserve, "cost_usd": None, "unsent": False}
+
+    def downloaded(self, record: ShardRecord, part: ObjectStoragePath) -> dict[str, Any]:
+        """After the results of ``record``'s job were downloaded to ``part``: check its answers
+        (rewriting the invalid ones in place), then measure what the job cost."""
+        if self.check is not None:
+            self.check.rewrite(part)
+        if self.prices is None:
+            return {}
+        summary = ResultSummary(max_failure_samples=0)
+        with part.open("rb") as handle:
+            for result in iter_results(handle):
+                summary.add(result)
+        cost = cost_of(summary.tokens, self.prices)
+        if self._spent is not None:  # a part downloaded again (lost) replaces its earlier cost
+            self._spent += cost - (record.cost_usd or 0.0)
+        return {"cost_usd": cost}
+
+    # The end -------------------------------------------------------------------------------
+    def summary_fields(self, state: BatchState) -> dict[str, Any]:
+        """What the summary adds: the spend, the reservation (0 once nothing runs), the cap, the canary."""
+        fields: dict[str, Any] = {}
+        if self.max_cost_usd is not None:  # what every job cost, answers later replaced included
+            fields.update(cost_usd=self.spent(state), cost_reserved_usd=self.reserved(state))
+            fields["budget_usd"] = self.max_cost_usd
+        fields["not_sent"] = self.not_sent(state)
+        verdict = self.canary_verdict(state)
+        if verdict is not None:
+            fields["canary"] = {
+                "requests": verdict.requests,
+                "failed": verdict.failed,
+                "tokens_per_request": {k: round(v, 3) for k, v in verdict.per_request().items()},
+                "estimated_cost_usd": self.canary_estimate(state),
+                "basis": "measured: the canary's usageMetadata per request x the requests of round 0",
+            }
+        return fields
+
+    def stop_error(self, state: BatchState, summary: dict[str, Any]) -> Exception | None:
+        """The error that ends a batch that stopped creating jobs (None if it did not)."""
+        if not self.stopped(state):
+            return None
+        reason = self.reason or next((r.error for r in state.with_status(ShardStatus.FAILED) if r.unsent), "")
+        answered, not_sent = summary.get("succeeded", 0), self.not_sent(state)
+        after = (
+            f"{answered} requests got answers (in the destination); {not_sent} were not sent (in the failed file, "
+            f"status {NOT_SENT})."
+        )
+        verdict = self.canary_verdict(state)
+        if verdict is not None and verdict.failed_share() > self.canary_max_failed:
+            return MaaSCanaryFailedError(
+                f"The canary stopped the batch: {reason}. {after} Fix the requests (or raise canary_max_failed) "
+                "and run again; with the results as reuse_results, answers already paid for are not paid again."
+            )
+        return MaaSBudgetExceededError(
+            f"The budget stopped the batch: {reason}. Spent ${self.spent(state):.6f}, reserved "
+            f"${self.reserved(state):.6f}, budget ${self.max_cost_usd}. {after} To continue, raise max_cost_usd "
+            "and clear the task (its state keeps the spend), or run again with the results as reuse_results: "
+            "the answers already paid for are reused."
+        )

@@ -1,0 +1,124 @@
+"""One writer per batch state, one owner per destination.
+
+**One writer.** Each try of the batch operator takes the state's lease (:func:`take_lease`): it writes
+``lease.json`` (owner token, host, process, try number, time) into the state's folder before it
+reads the state. The newest try always wins: there is no expiry to wait for. Before every journal
+write and again after the "creating" markers are stored, just before the creates are sent, a try
+checks that the lease is still its own (:func:`check_lease`); a try whose lease was taken (a zombie
+still running after its retry started, ``airflow tasks test`` on a live run) stops with
+:class:`~airflow_provider_maas.exceptions.MaaSStateError` without creating. Because the new owner
+writes its lease before it reads the state, and the old owner checks after its markers are stored,
+the new owner either sees those markers or the old owner sees the new lease: never both miss. On
+object stores this needs read-after-write consistency for one key, which S3 and GCS give; each check
+is one small GET.
+
+**One owner per destination.** The state lives in ``.<destination name>.maas/<identity>/``: a folder
+of another identity there is another task instance (a mapped task, a backfill run) writing the same
+destination, whose answers this one would overwrite. :func:`refuse_shared_destination` stops before
+anything is uploaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_maas.exceptions import MaaSStateError
+from airflow_provider_maas.storage import atomic_writer, uri_of
+
+if TYPE_CHECKING:
+    from airflow_provider_maas.batch.journal import BatchJournal
+
+LEASE = "lease.json"
+
+
+class LeaseLost(MaaSStateError):
+    """Another try of this task instance took the batch state's lease."""
+
+
+def new_owner(context: Any) -> dict[str, Any]:
+    """This try's lease: a fresh token, and where and when it runs (for the other try's message)."""
+    ti = context.get("ti") if hasattr(context, "get") else None
+    return {
+        "owner": uuid.uuid4().hex,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "try_number": getattr(ti, "try_number", None),
+        "taken": round(time.time(), 3),
+    }
+
+
+def take_lease(journal: BatchJournal, lease: dict[str, Any]) -> None:
+    """Make ``lease`` the state's (before reading it); later writes of ``journal`` check it. Where
+    there is no state folder yet, the lease is written with the new state (``BatchJournal.create``):
+    a try that stops on bad input leaves nothing behind."""
+    journal.lease = lease
+    if journal.root.exists():
+        write_lease(journal)
+
+
+def write_lease(journal: BatchJournal) -> None:
+    if journal.lease is not None:
+        with atomic_writer(journal.root / LEASE) as out:
+            out.write(json.dumps(journal.lease).encode())
+
+
+def check_lease(journal: BatchJournal) -> None:
+    """Raise :class:`LeaseLost` unless the state's lease is still this try's."""
+    if journal.lease is None:
+        return
+    path = journal.root / LEASE
+    try:
+        with path.open("rb") as handle:
+            current = json.loads(handle.read())
+    except FileNotFoundError:
+        current = None
+    except (OSError, ValueError) as err:
+        current = {"owner": f"unreadable ({type(err).__name__}: {err})"}
+    if isinstance(current, dict) and current.get("owner") == journal.lease["owner"]:
+        return
+    who = (
+        f"try {current.get('try_number')} on {current.get('host')} (pid {current.get('pid')}, "
+        f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(current.get('taken') or 0))} UTC)"
+        if isinstance(current, dict) and "host" in current
+        else f"no lease at {uri_of(path)} (the state was removed)"
+        if current is None
+        else str(current.get("owner"))
+    )
+    raise LeaseLost(
+        f"Another try of this task instance took over the batch state at {journal.uri}: {who}. Two live "
+        "tries (a try declared a zombie while still running, or 'airflow tasks test' on a live run) would "
+        "pay twice, so this try creates nothing more and stops; the other one goes on with the batch."
+    )
+
+
+def refuse_shared_destination(journal: BatchJournal, *, fresh: bool = False) -> None:
+    """Stop if another task instance keeps a batch state (a manifest) for the same destination: both
+    would write it and one's paid answers would be lost. Called before this try writes anything, and
+    again (``fresh``) right after it planned a new batch, for two instances that started at once: a
+    fresh plan has created nothing, so it is removed (answers kept from an earlier plan stay) before
+    stopping, and neither blocks the other."""
+    folder = journal.root.parent
+    try:
+        others = sorted(
+            (c for c in folder.iterdir() if c.name != journal.root.name and (c / "manifest.json").exists()),
+            key=lambda c: c.name,
+        )
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    if not others:
+        return
+    if fresh:
+        journal.remove_plan()
+    names = ", ".join(child.name for child in others[:5])
+    raise MaaSStateError(
+        f"The destination is also written by another task instance: {names} keeps a batch state under "
+        f"{uri_of(folder)} (this one is {journal.root.name}). Each would overwrite the other's answers. Mapped "
+        "tasks and backfill runs must template the destination per task instance, e.g. "
+        "destination='.../results-{{ run_id }}-{{ ti.map_index }}.jsonl'. If that other batch is abandoned, "
+        f"delete its state folder ({uri_of(others[0])}; its jobs are then forgotten) and clear this task."
+    )

@@ -1,0 +1,234 @@
+"""Fail closed on the record of paid work: the batch state is whole, or the task stops and says so.
+
+The service has no list call: the batch state beside the destination (:mod:`.journal`) is the only
+record of which jobs were paid for. When any evidence of paid work is there (a pointer in
+``task_state_store``, journal objects, job names saved after a failed write) and the record is not
+whole, the task creates nothing and fails with :class:`~airflow_provider_maas.exceptions.MaaSStateError`
+naming the state's location, what is wrong, every job name still known, and the way on:
+``start_over=True`` (a person's explicit choice; the named jobs are abandoned, answers already
+downloaded are kept and reused).
+
+A second record of job names (:func:`save_job_names`): when the journal cannot be written after
+creates answered, the job names go to ``task_state_store`` (Airflow >= 3.3) in a compact form, and
+the next try reattaches to them (:func:`rescued_job_names`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_maas.batch.journal import StateDamaged
+from airflow_provider_maas.batch.state import STATE_VERSION, ShardKey, ShardRecord, ShardStatus
+from airflow_provider_maas.exceptions import MaaSError, MaaSStateError, MaaSStateWriteError
+from airflow_provider_maas.storage import to_path
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.state import BatchState
+
+log = logging.getLogger(__name__)
+
+#: Key in ``context["task_state_store"]`` (Airflow >= 3.3): where the batch state is, and its format.
+STATE_KEY = "maas_batch_state"
+#: Key in ``task_state_store``: job names created but not yet journalled (a failed write).
+JOBS_KEY = "maas_batch_jobs"
+#: Largest value stored under :data:`JOBS_KEY` (Airflow warns above 65,535 bytes).
+MAX_SAVED_BYTES = 60_000
+#: Job names quoted in a message (all of them are logged).
+MAX_QUOTED_NAMES = 50
+
+#: The documented way on, named by every :class:`MaaSStateError` about a state that is not whole.
+WAY_ON = (
+    "To start over anyway (a person's choice: the jobs named here are abandoned, keep running on the "
+    "service and are billed; answers already downloaded are kept and reused), set start_over=True on "
+    "the task (templated, e.g. start_over=\"{{ params.get('start_over', False) }}\") and clear it; "
+    "set it back afterwards. See 'Damaged state' in docs/reliability.md."
+)
+
+
+def _store(context: Any) -> Any:
+    return context.get("task_state_store") if hasattr(context, "get") else None  # absent before Airflow 3.3
+
+
+def state_error(problem: str, journal: BatchJournal, context: Any, *names: Iterable[str]) -> MaaSStateError:
+    """The error for a batch state that is not whole: ``problem``, the location, every job name
+    known from the journal's readable objects, ``names`` and ``task_state_store``, and the way on."""
+    known: dict[str, None] = {}
+    for group in (*names, journal.job_names_found(), _saved_names(context)):
+        known.update(dict.fromkeys(group))
+    listed = list(known)
+    if listed:
+        log.error("Job names known for the batch state at %s: %s", journal.uri, ", ".join(listed))
+        shown = ", ".join(listed[:MAX_QUOTED_NAMES]) + (" ..." if len(listed) > MAX_QUOTED_NAMES else "")
+        jobs = f"Jobs known to have been created for it ({len(listed)}): {shown}."
+    else:
+        jobs = "No job name survives in any record; jobs may still have been created (look for this task's display names in the vendor console)."
+    return MaaSStateError(
+        f"The batch state at {journal.uri} is not whole: {problem}. It is the only record of the jobs paid for "
+        f"(the API has no list call), so this task creates nothing. {jobs} {WAY_ON}",
+        job_names=listed,
+    )
+
+
+def load_whole(
+    context: Any, journal: BatchJournal, *, start_over: bool, names: Iterable[str] = ()
+) -> BatchState | None:
+    """The stored state if it is whole; None if there is none (or ``start_over`` discards a state
+    that is not whole); else :class:`MaaSStateError`. A ``task_state_store`` pointer at a state
+    that is gone, or at another location, counts as evidence of paid work."""
+    try:
+        state = journal.load()
+        if state is not None and (problem := _missing_round_file(state)):
+            if any(r.file_name or r.job_name for r in state.shards.values()):
+                raise StateDamaged(problem)
+            log.info(
+                "The batch state at %s was planned but nothing was uploaded (%s): planning again", journal.uri, problem
+            )
+            return None  # a try stopped between writing its plan and its round file
+    except StateDamaged as err:
+        if start_over:
+            log.warning("start_over=True: discarding the batch state at %s (%s)", journal.uri, err.problem)
+            return None
+        raise state_error(err.problem, journal, context, names) from None
+    pointer = _store(context).get(STATE_KEY) if _store(context) is not None else None
+    if isinstance(pointer, dict) and not pointer.get("finished") and not start_over:
+        location = pointer.get("location")
+        if location != journal.uri:
+            raise state_error(
+                f"task_state_store points at the state of an earlier try at {location} (the destination "
+                "changed between tries?); its jobs would be abandoned",
+                journal,
+                context,
+                names,
+            )
+        if state is None and "open" not in pointer and _written(journal):
+            log.warning(
+                "No batch state at %s, but the destination is written: an earlier version finished it", journal.uri
+            )
+        elif state is None:
+            raise state_error(
+                "task_state_store points at it, but it is gone (deleted by hand or by a lifecycle rule, or a "
+                "destination on one worker's local disk while this try runs on another)",
+                journal,
+                context,
+                names,
+            )
+    return state
+
+
+def _written(journal: BatchJournal) -> bool:
+    """Whether the destination of ``journal``'s batch exists (its state folder is ``.<name>.maas/<id>``)."""
+    folder = journal.root.parent
+    return (folder.parent / folder.name[1 : -len(".maas")]).exists()
+
+
+def _missing_round_file(state: BatchState) -> str | None:
+    """What is wrong if the requests of a round with shards still to upload are gone."""
+    for round_ in state.rounds:
+        to_upload = any(
+            r.key.round == round_.number and r.status is ShardStatus.PENDING and not r.file_name
+            for r in state.shards.values()
+        )
+        if round_.source and to_upload and not to_path(round_.source).exists():
+            return f"{round_.source}, the requests of round {round_.number}, is missing"
+    return None
+
+
+def remember(context: Any, journal: BatchJournal, *, finished: bool = False) -> None:
+    """Record where the state is in ``task_state_store`` (Airflow >= 3.3): a few hundred bytes;
+    ``finished`` once the results are written (the state is then removed on purpose)."""
+    store = _store(context)
+    # "open": written by a provider that marks the end ("finished"); older pointers have neither
+    value: dict[str, Any] = {"location": journal.uri, "version": STATE_VERSION, "open": not finished}
+    if finished:
+        value["finished"] = True
+    if store is not None and store.get(STATE_KEY) != value:
+        store.set(STATE_KEY, value)
+
+
+# The second record of job names -----------------------------------------------------------------
+def _saved(context: Any) -> dict[str, Any]:
+    store = _store(context)
+    value = store.get(JOBS_KEY) if store is not None else None
+    return value if isinstance(value, dict) and isinstance(value.get("jobs"), dict) else {}
+
+
+def _saved_names(context: Any) -> list[str]:
+    return [name for name in _saved(context).get("jobs", {}).values() if isinstance(name, str)]
+
+
+def save_job_names(context: Any, location: str, jobs: Iterable[tuple[ShardKey, str]]) -> bool:
+    """Keep ``jobs`` (shard, job name) in ``task_state_store`` with those already kept for
+    ``location``; False if there is no store (Airflow < 3.3), the value would exceed
+    :data:`MAX_SAVED_BYTES`, or the store failed."""
+    store = _store(context)
+    if store is None:
+        return False
+    saved = _saved(context)
+    kept = dict(saved.get("jobs", {})) if saved.get("location") == location else {}
+    kept.update({f"{key.round}.{key.index}": name for key, name in jobs})
+    value = {"location": location, "jobs": kept}
+    if len(json.dumps(value)) > MAX_SAVED_BYTES:
+        log.error("%d job names do not fit in task_state_store (%d bytes at most)", len(kept), MAX_SAVED_BYTES)
+        return False
+    try:
+        store.set(JOBS_KEY, value)
+    except Exception:  # the store is the fallback: its failure must not hide the write's
+        log.exception("Saving the job names in task_state_store failed too")
+        return False
+    return True
+
+
+def rescued_job_names(context: Any, location: str) -> dict[ShardKey, str]:
+    """Job names :func:`save_job_names` kept for the state at ``location``."""
+    saved = _saved(context)
+    if saved.get("location") != location:
+        return {}
+    found = {}
+    for key, name in saved["jobs"].items():
+        round_, _, index = str(key).partition(".")
+        if round_.isdigit() and index.isdigit() and isinstance(name, str):
+            found[ShardKey(int(round_), int(index))] = name
+    return found
+
+
+def forget_job_names(context: Any) -> None:
+    """The kept job names are in the journal now."""
+    store = _store(context)
+    if store is not None and _saved(context):
+        store.set(JOBS_KEY, {})
+
+
+def unrecorded_error(
+    journal: BatchJournal,
+    changes: list[ShardRecord],
+    err: Exception,
+    save: Callable[[list[tuple[ShardKey, str]]], bool] | None,
+) -> MaaSError:
+    """The error for a journal write that failed: the job names it held are kept elsewhere
+    (``save``, e.g. :func:`save_job_names`) so the next try reattaches, or named in the error."""
+    jobs = [(r.key, r.job_name) for r in changes if r.job_name and r.status is ShardStatus.RUNNING]
+    kept = bool(jobs) and save is not None and save(jobs)
+    named = ", ".join(f"{name} (shard {key})" for key, name in jobs)
+    if isinstance(err, MaaSStateError):  # the lease was taken: the other try goes on
+        if jobs:
+            log.error("Jobs this try created and could not record: %s (kept for the next try: %s)", named, kept)
+        return err
+    what = f"Writing the batch state at {journal.uri} failed ({type(err).__name__}: {err})"
+    if not jobs:
+        return MaaSStateWriteError(f"{what}; no job created by this try is missing from it: a retry goes on from it.")
+    if kept:
+        return MaaSStateWriteError(
+            f"{what} after these jobs were created: {named}. Their names are kept in task_state_store: a retry "
+            "reattaches to them (fix the storage first: free space, or make it writable)."
+        )
+    return MaaSStateError(
+        f"{what} after these jobs were created: {named}. They are not in the batch state and could not be kept "
+        "elsewhere (no task_state_store before Airflow 3.3), so the next try finds their shards 'creating' and "
+        f"refuses to create them again. Fix the storage, then look these jobs up. {WAY_ON}",
+        job_names=[name for _, name in jobs],
+    )

@@ -1,0 +1,44 @@
+"""Integer settings are refused where the DAG is parsed when they are not whole numbers in range,
+booleans included (``True`` is an ``int`` in Python: ``max_active_jobs=True`` used to pass)."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_maas.batch.settings import LIMITS, check_limits
+from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator, MaaSSplitRequestsOperator
+
+
+@pytest.mark.parametrize("name", sorted(LIMITS))
+@pytest.mark.parametrize("bad", [True, False, 2.0, "3", None])
+def test_check_limits_refuses_what_is_not_a_whole_number(name, bad):
+    with pytest.raises(MaaSInputError, match=name):
+        check_limits({name: bad})
+
+
+def test_check_limits_takes_whole_numbers_in_range():
+    check_limits({name: max(low, 1) for name, (low, _high) in LIMITS.items()})
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_batch_operator_refuses_a_boolean_max_active_jobs_at_parse_time(value):
+    with pytest.raises(MaaSInputError, match="max_active_jobs"):
+        MaaSBatchPredictionOperator(task_id="p", source="in.jsonl", destination="out.jsonl", max_active_jobs=value)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"max_requests_per_file": True}, "max_requests_per_file"),
+        ({"max_requests_per_file": 101}, "max_requests_per_file"),
+        ({"max_bytes_per_file": 0}, "max_bytes_per_file"),
+        ({"max_bytes_per_file": 60 * 1024 * 1024}, "max_bytes_per_file"),
+    ],
+)
+def test_split_operator_checks_upload_limits_at_parse_time(kwargs, name):
+    with pytest.raises(MaaSInputError, match=name):
+        MaaSSplitRequestsOperator(task_id="s", source="in.jsonl", destination_prefix="out/", **kwargs)
+    # chunks have no upload limit: only the run checks them (a whole number >= 1)
+    if kwargs.get("max_requests_per_file") == 101:
+        MaaSSplitRequestsOperator(task_id="c", source="in.jsonl", destination_prefix="out/", for_upload=False, **kwargs)

@@ -1,0 +1,624 @@
+"""Issue 19: the batch operator's record of paid work fails closed.
+
+One test per finding of the issue in this scope (the number is in the test's name), each on the real
+code path: the operator against the emulator over loopback HTTP, with a stand-in context so that an
+automatic retry (same ``max_tries``) and a person's clear (``max_tries`` raised) can be staged
+exactly. The emulator counts the jobs created: that is what was paid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+
+from airflow_provider_maas.batch import answers
+from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.recovery import JOBS_KEY, STATE_KEY
+from airflow_provider_maas.batch.state import ShardKey, ShardStatus
+from airflow_provider_maas.exceptions import (
+    MaaSJobCreationUncertainError,
+    MaaSJobGoneError,
+    MaaSStateError,
+    MaaSStateWriteError,
+    MaaSTimeoutError,
+)
+from airflow_provider_maas.hooks.maas import MaaSHook
+from tests.compat import TaskDeferred
+from tests.conftest import ROOT
+from tests.helpers import (
+    FakeStateStore,
+    FileStateStore,
+    assert_in_input_order,
+    batch_operator,
+    make_context,
+    write_requests,
+)
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def _try(store: FakeStateStore | None = None, max_tries: int = 1, **ti) -> dict:
+    """The context of a try: the same ``max_tries`` is an automatic retry, a higher one a clear."""
+    context = make_context(store, **ti)
+    context["ti"].max_tries = max_tries
+    return context
+
+
+def _state_dir(dest, identity: str = "dag.task.run1.m-1"):
+    return dest.parent / f".{dest.name}.maas" / identity
+
+
+def _timed_out_try(handle, source, dest, store, **kwargs) -> list[str]:
+    """Try 1 stops on ``wait_timeout`` while its jobs run; returns their names."""
+    with pytest.raises(MaaSTimeoutError):
+        batch_operator(source, dest, wait_timeout=0.3, **kwargs).execute(_try(store))
+    return sorted(handle.emulator.jobs)
+
+
+def _earlier_results(tmp_path):
+    """The results of an earlier run answering requests 0 to 49 (one job), for ``reuse_results``."""
+    earlier = tmp_path / "earlier-results.jsonl"
+    batch_operator(write_requests(tmp_path / "earlier.jsonl", 50), earlier).execute(_try(run_id="earlier"))
+    return earlier
+
+
+def _assert_refused(err: pytest.ExceptionInfo, dest, *texts: str) -> str:
+    message = str(err.value)
+    assert f"The batch state at file://{_state_dir(dest)}" in message
+    assert "start_over=True" in message and "creates nothing" in message
+    for text in texts:
+        assert text in message, message
+    return message
+
+
+# 1 ------------------------------------------------------------------------------------------------
+def test_1_state_deleted_between_tries_refuses_on_retry_and_clear(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=1.0)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    _timed_out_try(handle, source, dest, store)
+    assert handle.emulator.jobs_created == 3
+    shutil.rmtree(dest.parent / f".{dest.name}.maas")
+
+    for context in (_try(store), _try(store, max_tries=3)):  # an automatic retry, then a person's clear
+        with pytest.raises(MaaSStateError) as refused:
+            batch_operator(source, dest).execute(context)
+        _assert_refused(refused, dest, "task_state_store points at it, but it is gone")
+    assert handle.emulator.jobs_created == 3  # nothing paid again
+
+    batch_operator(source, dest, start_over="true").execute(_try(store, max_tries=5))  # a person's choice
+    assert handle.emulator.jobs_created == 6
+    assert_in_input_order(source, dest)
+    assert store.data[STATE_KEY]["finished"] is True
+    batch_operator(source, dest).execute(_try(store, max_tries=7))  # a clear after success starts afresh
+    assert handle.emulator.jobs_created == 9
+
+
+def test_1_a_pointer_of_the_earlier_provider_version_without_state(emulator, tmp_path):
+    # Before issue 19 the pointer had no end mark: without a state, a written destination means the
+    # batch finished (a clear after an upgrade runs again); no destination means the state is lost.
+    source, dest = write_requests(tmp_path / "r.jsonl", 30), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    store.set(STATE_KEY, {"location": f"file://{_state_dir(dest)}", "version": 1})
+    with pytest.raises(MaaSStateError, match="task_state_store points at it, but it is gone"):
+        batch_operator(source, dest).execute(_try(store, max_tries=3))
+    dest.write_text("")  # the earlier version wrote the results, then removed its state
+    batch_operator(source, dest).execute(_try(store, max_tries=5))
+    assert emulator.emulator.jobs_created == 1
+    assert_in_input_order(source, dest)
+
+
+# 2 ------------------------------------------------------------------------------------------------
+def test_2_journal_objects_deleted_manifest_kept_refuses_naming_surviving_jobs(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=1.0)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    jobs = _timed_out_try(handle, source, dest, None)  # Airflow 3.0: no task_state_store
+    journal_dir = _state_dir(dest) / "journal"
+    objects = sorted(journal_dir.iterdir())
+    assert len(objects) >= 3
+    objects[1].unlink()  # a gap: a listing that lags, a lifecycle rule
+
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest).execute(_try())
+    message = _assert_refused(refused, dest, "0000000002.jsonl are missing", "a gap in the sequence")
+    assert set(refused.value.job_names) == set(jobs) and all(name in message for name in jobs)
+
+    shutil.rmtree(journal_dir)  # every journal object gone, the manifest kept
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest).execute(_try())
+    _assert_refused(refused, dest, "the manifest is there but no journal object")
+    assert handle.emulator.jobs_created == 3
+
+
+# 3 ------------------------------------------------------------------------------------------------
+def test_3_state_of_another_format_version_is_refused_naming_its_jobs(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=1.0)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    jobs = _timed_out_try(handle, source, dest, FakeStateStore())
+    manifest = _state_dir(dest) / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"version":1', '"version":2'))
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest).execute(_try(max_tries=3))  # even a clear
+    _assert_refused(refused, dest, "state format version 2", *jobs)
+    assert handle.emulator.jobs_created == 3
+
+
+def test_3_state_written_by_todays_version_is_read_by_this_one(tmp_path):
+    # tests/fixtures/state_v1: written by the provider before issue 19 (format version 1); a new
+    # format version must migrate it (and keep this test) or refuse it.
+    root = tmp_path / ".res.jsonl.maas" / "dag.task.run1.m-1"
+    shutil.copytree(FIXTURES / "state_v1" / "dag.task.run1.m-1", root)
+    state = BatchJournal(_path(root)).load()
+    assert len(state.shards) == 3 and state.input_key is None and state.clear_round == 1
+    assert state.shards[ShardKey(0, 0)].status is ShardStatus.DONE
+    assert state.by_job() == {"100000000000000002": state.shards[ShardKey(0, 1)]}
+    assert state.shards[ShardKey(0, 2)].status is ShardStatus.CREATING
+    journal = BatchJournal(_path(root))  # this version goes on writing it, and reads it back
+    state = journal.load()
+    done = state.shards[ShardKey(0, 1)].but(status=ShardStatus.DONE)
+    state.apply(done)
+    journal.append(state, [done])
+    journal.compact(state)
+    journal.append(state, [], meta=True)
+    assert BatchJournal(_path(root)).load().shards[ShardKey(0, 1)] == done
+
+
+def _path(path):
+    from airflow_provider_maas.storage import to_path
+
+    return to_path(str(path))
+
+
+def test_trigger_kwargs_and_events_of_todays_version_are_accepted():
+    # tests/fixtures/trigger_v1.json: what today's triggers serialise (kept in the metadata database
+    # while a task is deferred) and the events they fire. The next version must accept them.
+    import importlib
+
+    from airflow_provider_maas.triggers.events import check_job_event
+    from airflow_provider_maas.triggers.maas import BatchJobsEvent
+
+    fixture = json.loads((FIXTURES / "trigger_v1.json").read_text())
+    for classpath, kwargs in fixture["triggers"]:
+        module, _, name = classpath.rpartition(".")
+        trigger = getattr(importlib.import_module(module), name)(**kwargs)
+        assert trigger.serialize()[1].items() >= {k: v for k, v in kwargs.items()}.items()
+    events = fixture["events"]
+    assert check_job_event(events["job_success"])["state"] == "JOB_STATE_SUCCEEDED"
+    ended = BatchJobsEvent.from_event(events["batch_success"]).ended
+    assert [o.job_name for o in ended] == ["4787616125208756224", "100000000000000002"]
+    assert BatchJobsEvent.from_event(events["batch_timeout"]).status == "timeout"
+
+
+# 5 ------------------------------------------------------------------------------------------------
+class FailingWrites(MemoryFileSystem):
+    """An object store that starts refusing writes under ``journal/`` (read-only, or full)."""
+
+    failing = False
+
+    def _open(self, path, mode="rb", *args, **kwargs):
+        if self.failing and "w" in mode and "/journal/" in path:
+            raise OSError(28, "No space left on device", path)
+        return super()._open(path, mode, *args, **kwargs)
+
+
+@pytest.fixture
+def failing_fs():
+    from airflow.sdk.io import attach
+    from airflow.sdk.io.store import _STORE_CACHE
+
+    fs = FailingWrites()
+    _STORE_CACHE.pop("memory", None)
+    attach("memory", fs=fs)
+    fs.store.clear()
+    fs.pseudo_dirs[:] = [""]
+    yield fs
+    fs.store.clear()
+    _STORE_CACHE.pop("memory", None)
+
+
+@contextlib.contextmanager
+def _journal_fails_after_creates(fs):
+    create = MaaSHook.create_batch_job
+
+    def answered_then_disk_full(self, file_name, display_name):
+        job = create(self, file_name, display_name)
+        fs.failing = True  # the job name came back; the journal write that records it fails
+        return job
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MaaSHook, "create_batch_job", answered_then_disk_full)
+        yield
+    fs.failing = False  # the storage is fixed before the retry
+
+
+def test_5_job_names_survive_a_failed_journal_write_and_the_retry_reattaches(emulator_factory, tmp_path, failing_fs):
+    handle = emulator_factory(job_duration=0.3)
+    source = write_requests(tmp_path / "r.jsonl", 250)
+    dest = "memory://bucket/out/res.jsonl"
+    store = FakeStateStore()
+    with _journal_fails_after_creates(failing_fs), pytest.raises(MaaSStateWriteError) as failed:  # retried
+        batch_operator(source, dest).execute(_try(store))
+    created = sorted(handle.emulator.jobs)
+    assert created and any(name in str(failed.value) for name in created)
+    assert "No space left on device" in str(failed.value) and "a retry reattaches" in str(failed.value)
+    assert sorted(store.data[JOBS_KEY]["jobs"].values()) == created  # those answered later too
+
+    context = _try(store)  # the automatic retry
+    result = batch_operator(source, dest).execute(context)
+    assert handle.emulator.jobs_created == 3  # reattached, nothing paid again
+    assert context["ti"].xcom["summary"]["succeeded"] == 250
+    assert store.data[JOBS_KEY] == {}
+    with failing_fs.open(result.split("://", 1)[1], "rb") as out:
+        assert len(out.read().splitlines()) == 250
+
+
+def test_5_without_task_state_store_the_failed_write_names_the_jobs_and_nothing_is_paid_again(
+    emulator_factory, tmp_path, failing_fs
+):
+    handle = emulator_factory(job_duration=0.3)
+    source = write_requests(tmp_path / "r.jsonl", 250)
+    dest = "memory://bucket/out/res.jsonl"
+    with _journal_fails_after_creates(failing_fs), pytest.raises(MaaSStateError) as failed:  # not retried
+        batch_operator(source, dest).execute(_try())  # Airflow < 3.3: no second record
+    created = sorted(handle.emulator.jobs)
+    assert set(failed.value.job_names) <= set(created) and "start_over=True" in str(failed.value)
+    assert "no usable answer" not in str(failed.value)
+    with pytest.raises(MaaSJobCreationUncertainError) as refused:  # a retry refuses: its shards are "creating"
+        batch_operator(source, dest).execute(_try())
+    assert "no usable answer" not in str(refused.value) and "named the jobs it created" in str(refused.value)
+    assert handle.emulator.jobs_created == len(created)
+
+
+# 7 ------------------------------------------------------------------------------------------------
+def test_7_reuse_results_grown_between_tries_keeps_the_stored_batch(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=1.0)
+    earlier = _earlier_results(tmp_path)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    _timed_out_try(handle, source, dest, store, reuse_results=str(earlier))
+    assert handle.emulator.jobs_created == 1 + 2  # 50 reused, 200 sent in 2 shards
+
+    time.sleep(1.0)  # the jobs end (the retry keeps try 1's deadline)
+    with earlier.open("ab") as out:  # another run appended to it
+        out.write(earlier.read_bytes().splitlines()[0].replace(b"Question 0", b"Question X") + b"\n")
+    context = _try(store)
+    batch_operator(source, dest, reuse_results=str(earlier), wait_timeout=30).execute(context)
+    assert handle.emulator.jobs_created == 3
+    assert context["ti"].xcom["summary"]["reused"] == 50
+    assert_in_input_order(source, dest)
+
+
+# 8 ------------------------------------------------------------------------------------------------
+def test_8_a_start_over_keeps_downloaded_answers_and_reuses_them(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=0.2)
+    source, dest = write_requests(tmp_path / "r.jsonl", 251), tmp_path / "res.jsonl"
+
+    def final_write_fails(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(OSError):
+        patch.setattr("airflow_provider_maas.operators._batch.write_outputs", final_write_fails)
+        batch_operator(source, dest).execute(_try())
+    assert handle.emulator.jobs_created == 3
+    lines = source.read_bytes().splitlines(keepends=True)
+    lines[-1] = lines[-1].replace(b"Question 250", b"Question 250, edited")
+    source.write_bytes(b"".join(lines))
+
+    context = _try()
+    batch_operator(source, dest).execute(context)
+    assert handle.emulator.jobs_created == 4  # only the edited request was sent again
+    summary = context["ti"].xcom["summary"]
+    assert (summary["succeeded"], summary["reused"]) == (251, 250)
+    assert_in_input_order(source, dest)
+
+
+# 9 ------------------------------------------------------------------------------------------------
+def test_9_two_task_instances_one_destination_the_second_refuses_before_uploading(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=1.0)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    _timed_out_try(handle, source, dest, None)
+    uploads = sum(handle.emulator.uploads_by_name.values())
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest).execute(_try(map_index=1))  # a second mapped task, same destination
+    message = str(refused.value)
+    assert "dag.task.run1.m-1 keeps a batch state" in message and "this one is dag.task.run1.m1" in message
+    assert "{{ run_id }}" in message and "map_index" in message
+    assert sum(handle.emulator.uploads_by_name.values()) == uploads and handle.emulator.jobs_created == 3
+    with pytest.raises(MaaSStateError):
+        batch_operator(source, dest).execute(_try(run_id="backfill-1"))  # a backfill run, same destination
+
+
+# 10 -----------------------------------------------------------------------------------------------
+def test_10_jobs_gone_fail_naming_the_clear_and_a_clear_submits_them_again(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=60)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    with pytest.raises(TaskDeferred):
+        batch_operator(source, dest, deferrable=True).execute(_try())
+    assert handle.emulator.jobs_created == 3
+    handle.emulator.jobs.clear()  # the service forgot them: status answers 404
+
+    with pytest.raises(MaaSJobGoneError) as gone:  # an automatic retry: no new job
+        batch_operator(source, dest).execute(_try())
+    assert "clear the task" in str(gone.value) and "shard_retries=2" in str(gone.value)
+    assert handle.emulator.jobs_created == 3
+
+    handle.emulator.config.job_duration = 0.2
+    batch_operator(source, dest).execute(_try(max_tries=3))  # a person's clear: the shards go again
+    assert handle.emulator.jobs_created == 6
+    assert_in_input_order(source, dest)
+
+
+def test_10_after_a_clear_a_deferrable_task_replaces_gone_jobs_before_deferring(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=60)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    with pytest.raises(TaskDeferred):
+        batch_operator(source, dest, deferrable=True).execute(_try())
+    handle.emulator.jobs.clear()
+    with pytest.raises(TaskDeferred) as deferred:  # a person's clear: the first 404 of an old job is final
+        batch_operator(source, dest, deferrable=True, poll_interval=0.05).execute(_try(max_tries=3))
+    assert handle.emulator.jobs_created == 6
+    assert sorted(deferred.value.trigger.job_names) == sorted(handle.emulator.jobs)
+
+
+# 11 -----------------------------------------------------------------------------------------------
+def test_11_a_retry_after_wait_timeout_polls_before_judging_the_deadline(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=0.8)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    _timed_out_try(handle, source, dest, store)
+    time.sleep(1.0)  # the jobs end meanwhile
+    batch_operator(source, dest, wait_timeout=None).execute(_try(store))  # the retry, setting removed
+    assert handle.emulator.jobs_created == 3
+    assert_in_input_order(source, dest)
+
+
+# 12 -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (
+            lambda root: (root / "manifest.json").write_bytes(b'{"version":1,"finger'),
+            "manifest.json line 1 is not valid JSON",
+        ),
+        (lambda root: (root / "manifest.json").write_bytes(b""), "manifest.json holds 0 JSON objects"),
+        (
+            lambda root: (root / "journal" / "0000000001.jsonl").write_bytes(b'{"meta":'),
+            "0000000001.jsonl line 1 is not valid JSON",
+        ),
+        (
+            lambda root: (root / "journal" / "0000000001.jsonl").write_bytes(
+                b'{"r":0,"i":99,"status":"done"}\n{"end":1}\n'
+            ),
+            "0000000001.jsonl record 1 is not a shard record",
+        ),
+        (  # cut at a line boundary: still valid JSON lines, told by the missing seal
+            lambda root: (root / "journal" / "0000000002.jsonl").write_bytes(
+                (root / "journal" / "0000000002.jsonl").read_bytes().splitlines(keepends=True)[0]
+            ),
+            "0000000002.jsonl does not end with its seal",
+        ),
+    ],
+)
+def test_12_damaged_state_names_the_file_and_the_way_on(emulator_factory, tmp_path, damage, says):
+    handle = emulator_factory(job_duration=1.0)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    jobs = _timed_out_try(handle, source, dest, None)
+    damage(_state_dir(dest))
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest).execute(_try())
+    _assert_refused(refused, dest, says, *jobs)
+    assert "JSONDecodeError" not in str(refused.value) and handle.emulator.jobs_created == 3
+
+
+def test_12_a_missing_round_file_with_shards_to_upload_is_refused(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=1.0)
+    earlier = _earlier_results(tmp_path)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    settings = {"reuse_results": str(earlier), "max_active_jobs": 1, "max_requests_per_file": 10}
+    _timed_out_try(handle, source, dest, None, **settings)  # 20 shards: 1 running, 1 uploaded ahead
+    (_state_dir(dest) / "round-0.jsonl").unlink()
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest, **settings).execute(_try())
+    _assert_refused(refused, dest, "round-0.jsonl, the requests of round 0, is missing")
+    assert handle.emulator.jobs_created == 2
+
+
+def test_12_a_full_temporary_disk_under_reuse_results_says_where_and_what_to_do(emulator, tmp_path, monkeypatch):
+    earlier = _earlier_results(tmp_path)
+    connect = sqlite3.connect
+
+    def tiny_disk(*args, **kwargs):
+        db = connect(*args, **kwargs)
+        db.execute("PRAGMA max_page_count=3")  # SQLite then answers "database or disk is full"
+        return db
+
+    monkeypatch.setattr(answers.sqlite3, "connect", tiny_disk)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    with pytest.raises(OSError) as full:
+        batch_operator(source, dest, reuse_results=str(earlier)).execute(_try())
+    message = str(full.value)
+    assert full.value.errno == 28 and "database or disk is full" in message
+    assert "maas-answers-" in message and "TMPDIR" in message
+    assert emulator.emulator.jobs_created == 1  # the earlier run only
+
+
+# 4 ------------------------------------------------------------------------------------------------
+def test_4_two_live_tries_in_two_processes_only_one_creates(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=1.5)
+    shards = 10
+    source, dest = write_requests(tmp_path / "r.jsonl", shards), tmp_path / "res.jsonl"
+    store = tmp_path / "store.json"
+    settings = ["max_requests_per_file=1", "max_active_jobs=2"]
+
+    def start(name: str) -> subprocess.Popen:
+        args = [str(source), str(dest), str(store), str(tmp_path / f"{name}.json"), *settings]
+        return subprocess.Popen([sys.executable, str(ROOT / "tests" / "state_try.py"), *args], cwd=ROOT)
+
+    first = start("first")  # a try the scheduler will call a zombie: it keeps running
+    deadline = time.monotonic() + 60
+    while handle.emulator.jobs_created < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = start("second")  # its retry (or 'airflow tasks test' on the live run)
+    assert first.wait(120) == 0 and second.wait(120) == 0
+    outcomes = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in ("first", "second")}
+    assert "Another try of this task instance took over" in outcomes["first"]["message"], outcomes
+    assert handle.emulator.jobs_created <= shards, outcomes
+
+    if outcomes["second"]["outcome"] != "success":  # it found the first try's create in flight
+        assert outcomes["second"]["outcome"] == "MaaSJobCreationUncertainError", outcomes
+        context = _try(FileStateStore(store))  # the next automatic retry reattaches to what was kept
+        try:
+            batch_operator(source, dest, max_requests_per_file=1, max_active_jobs=2).execute(context)
+        except MaaSJobCreationUncertainError:  # a marker whose create was never sent: a person clears
+            batch_operator(source, dest, max_requests_per_file=1).execute(_try(FileStateStore(store), max_tries=3))
+    assert handle.emulator.jobs_created == shards  # one job per shard, whoever created it
+    assert_in_input_order(source, dest)
+
+
+# The state-chaos test ------------------------------------------------------------------------------
+class Chaos:
+    """Damages the batch state at scheduled points: ``writes[(try, n)]`` acts just before the n-th state
+    write of that try, ``kill_at_sleep[try]`` kills the try at its n-th wait between polls (no transfer
+    in flight). Damage is backed up, so a person can repair it after the task stopped on it."""
+
+    def __init__(self, writes: dict, kill_at_sleep: dict, between: dict) -> None:
+        self.writes, self.kill_at_sleep, self.between = writes, kill_at_sleep, between
+        self.try_number = self.write_count = self.sleep_count = 0
+        self.backups: list[tuple] = []
+
+    def next_try(self, root) -> None:
+        self.try_number += 1
+        self.write_count = self.sleep_count = 0
+        action = self.between.get(self.try_number)
+        if action and root.exists():
+            self._damage(action, root, middle=True)
+
+    def repair(self) -> None:
+        for path, data in self.backups:
+            path.write_bytes(data)
+        self.backups.clear()
+
+    def before_write(self, journal) -> None:
+        self.write_count += 1
+        action = self.writes.get((self.try_number, self.write_count))
+        if action == "unwritable":
+            raise OSError(30, "Read-only file system")
+        if action:
+            self._damage(action, _local(journal.root), middle=False)
+
+    def _damage(self, action: str, root, *, middle: bool) -> None:
+        objects = sorted(p for p in (root / "journal").glob("*.jsonl") if not p.name.startswith("."))
+        # Between tries, the object before the latest (a deleted latest one leaves no trace) or the manifest
+        target = objects[-2] if middle and len(objects) > 1 else objects[-1] if not middle else root / "manifest.json"
+        data = target.read_bytes()
+        self.backups.append((target, data))
+        if action == "delete":
+            target.unlink()
+        elif action == "truncate":
+            target.write_bytes(data[: len(data) // 2])
+        else:  # duplicate: a copy under the next number, as a retried upload may leave
+            self.backups.pop()
+            if target.parent.name == "journal":
+                (target.parent / f"{int(objects[-1].stem) + 1:010d}.jsonl").write_bytes(objects[-1].read_bytes())
+
+    def sleep(self, seconds: float) -> None:
+        self.sleep_count += 1
+        if self.kill_at_sleep.get(self.try_number) == self.sleep_count:
+            raise SystemExit(f"try {self.try_number} killed while waiting")
+        time.sleep(seconds)
+
+
+def _local(path):
+    from pathlib import Path
+
+    return Path(str(path.path))
+
+
+CHAOS_SCHEDULE = {
+    # during a try: just before its n-th state write
+    "writes": {(1, 3): "unwritable", (2, 2): "truncate", (6, 3): "delete", (7, 4): "unwritable"},
+    # during a try: killed at its n-th wait between polls
+    "kill_at_sleep": {2: 2, 4: 2, 6: 3},
+    # between tries
+    "between": {3: "truncate", 5: "delete", 6: "duplicate", 8: "truncate"},
+}
+
+
+def test_state_chaos_never_pays_twice_and_loses_no_answer(emulator_factory, tmp_path, monkeypatch):
+    import types
+
+    from airflow_provider_maas.batch import journal as journal_module
+    from airflow_provider_maas.operators import _batch
+
+    handle = emulator_factory(job_duration=0.4)
+    shards = 12
+    source, dest = write_requests(tmp_path / "r.jsonl", shards), tmp_path / "res.jsonl"
+    store, chaos = FakeStateStore(), Chaos(**CHAOS_SCHEDULE)
+    monkeypatch.setattr(journal_module, "COMPACT_AFTER", 3)  # snapshots and compaction happen too
+    write = journal_module.BatchJournal._write
+
+    def damaged_write(self, path, data):
+        chaos.before_write(self)
+        write(self, path, data)
+
+    monkeypatch.setattr(journal_module.BatchJournal, "_write", damaged_write)
+    monkeypatch.setattr(_batch, "time", types.SimpleNamespace(time=time.time, sleep=chaos.sleep))
+    parts_seen: set[str] = set()
+    outcomes = []
+    for _ in range(12):
+        chaos.next_try(_state_dir(dest))
+        before = handle.emulator.jobs_created
+        try:
+            op = batch_operator(source, dest, max_requests_per_file=1, max_active_jobs=4, request_retries=0)
+            op.execute(_try(store))
+            outcomes.append("success")
+            break
+        except MaaSStateError as err:  # fail closed: nothing created by this try
+            outcomes.append("refused")
+            assert handle.emulator.jobs_created == before, err
+            chaos.repair()  # a person restores the damaged object from a backup
+        except (MaaSStateWriteError, SystemExit) as err:  # retried automatically
+            outcomes.append(type(err).__name__)
+        assert handle.emulator.jobs_created <= shards  # never paid twice, whatever happened
+        state_dir = _state_dir(dest)
+        for folder in ("parts", "kept"):
+            parts_seen |= {p.name for p in (state_dir / folder).rglob("*.jsonl")} if state_dir.exists() else set()
+    assert outcomes[-1] == "success" and outcomes.count("refused") >= 2, outcomes
+    print("chaos outcomes:", outcomes)
+    assert handle.emulator.jobs_created == shards
+    assert parts_seen  # answers were downloaded along the way; every one of them is in the results
+    records = assert_in_input_order(source, dest)
+    assert all(record.succeeded for record in records)
+
+
+def test_9_two_task_instances_starting_at_once_both_stop_and_neither_blocks_a_fixed_destination(
+    emulator, tmp_path, monkeypatch
+):
+    from airflow_provider_maas.batch import resume
+
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    start_over = resume._start_over
+
+    def other_instance_planned_meanwhile(context, journal, settings, key):
+        state = start_over(context, journal, settings, key)
+        other = _state_dir(dest, "dag.task.run1.m1")
+        other.mkdir(parents=True)
+        shutil.copy(_state_dir(dest) / "manifest.json", other / "manifest.json")
+        return state
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(MaaSStateError, match=r"dag\.task\.run1\.m1 keeps"):
+        patch.setattr(resume, "_start_over", other_instance_planned_meanwhile)
+        batch_operator(source, dest).execute(_try(map_index=-1))
+    assert not (_state_dir(dest) / "manifest.json").exists()  # its fresh plan is gone: it blocks no one
+    assert emulator.emulator.jobs_created == 0 and not emulator.emulator.uploads_by_name
+    shutil.rmtree(_state_dir(dest, "dag.task.run1.m1"))  # the other one stopped the same way
+    batch_operator(source, dest).execute(_try())
+    assert_in_input_order(source, dest)
