@@ -145,7 +145,7 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def deployment(tmp_path: Path, job_seconds: float, *, deferrable: bool = True) -> Iterator[Deployment]:
+def deployment(tmp_path: Path, job_seconds: float) -> Iterator[Deployment]:
     """api-server (every app), dag-processor, triggerer, scheduler and the emulator; the DAG
     ``maas_progress_ui`` starts its one run as soon as it is parsed."""
     work = tmp_path / "work"
@@ -168,7 +168,6 @@ def deployment(tmp_path: Path, job_seconds: float, *, deferrable: bool = True) -
             {
                 "AIRFLOW_CONN_MAAS_DEFAULT": connection_json(emu.base_url),
                 "MAAS_PROGRESS_DIR": str(work),
-                "MAAS_PROGRESS_DEFERRABLE": "1" if deferrable else "0",
                 "PYTHONPATH": str(ROOT),
                 "AIRFLOW__CORE__AUTH_MANAGER": "tests.browser.restricted_auth.RestrictedAuthManager",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,outsider:viewer",
@@ -324,15 +323,10 @@ def test_progress_tab_follows_a_deferred_batch(tmp_path: Path, browser_context: 
 
 @pytest.mark.skipif(AIRFLOW_VERSION >= (3, 1), reason="Airflow >= 3.1: the tab test covers the link too")
 def test_progress_link_and_page_on_airflow_30(tmp_path: Path, browser_context: Any) -> None:
-    """Airflow 3.0 has no plugin tabs: the operator's "Batch progress" link leads to the page.
-
-    Not deferrable: on Airflow 3.0.6 the batch trigger fails in a real triggerer (reading the
-    connection's extra calls mask_secret, which calls async_to_sync inside the triggerer's event loop:
-    "You cannot use AsyncToSync in the same thread as an async event loop").
-    """
+    """Airflow 3.0 has no plugin tabs: the operator's "Batch progress" link leads to the page."""
     browser_context.clear_cookies()
     started = time.monotonic()
-    with deployment(tmp_path, 2, deferrable=False) as dep:
+    with deployment(tmp_path, 2) as dep:
         final = _wait_end(dep)
         _check_access(dep)
         status, body = _request(dep.page, dep.admin)

@@ -24,8 +24,7 @@ with DAG(
         source=f"{WORK}/requests.jsonl",
         destination=f"{WORK}/results.jsonl",
         poll_interval=1,
-        # Off on Airflow 3.0: there the batch trigger fails in a real triggerer (see the test).
-        deferrable=os.environ.get("MAAS_PROGRESS_DEFERRABLE", "1") == "1",
+        deferrable=True,
         max_requests_per_file=5,
         max_active_jobs=2,
         prices={"prompt": 0.15, "candidates": 0.6},
