@@ -202,6 +202,10 @@ def _check_access(dep: Deployment) -> None:
     status, body = _request(dep.api, dep.outsider)
     assert status == 403, body
     assert _request(dep.api)[0] == 401
+    # Another operator's task instance: the API says it is not a MaaS operator.
+    other = dep.api.replace(f"task_id={TASK_ID}", "task_id=other")
+    status, body = _request(other, dep.admin)
+    assert status == 200 and json.loads(body)["kind"] == "other", body
     # The task pushes its links as it ends: they may land just after its state.
     link = wait_for("the Batch progress link", lambda: dep.links()["extra_links"].get("Batch progress"), 30)
     assert link.endswith(dep.page.removeprefix(dep.base)), link
