@@ -78,7 +78,7 @@ AF30_STAMP := $(AF30_VENV)/.installed
 # is part of `make test`; every compat target below runs it on its own line, with the in-process test of the
 # triggers under the triggerer's comms channel.
 DEPLOYMENT_TESTS ?= tests/test_trigger_comms.py tests/test_deployment_smoke.py
-COMPAT_TESTS ?= tests/test_hook.py tests/test_operators.py tests/test_sensor.py tests/test_trigger.py \
+COMPAT_TESTS ?= tests/test_hook.py tests/test_operators.py tests/test_create_before_3_3.py tests/test_sensor.py tests/test_trigger.py \
 	tests/test_example_dags.py tests/test_compat_assets.py tests/browser $(DEPLOYMENT_TESTS)
 # On 3.0, dag.test() does not register assets: tests/test_compat_assets.py registers them first.
 COMPAT_DESELECT ?= --deselect tests/test_example_dags.py::test_download_attaches_summary_to_asset_event

@@ -5,7 +5,7 @@ treats them as task failures. Code branches on these types, never on message tex
 ever contains the API key.
 
 Errors that cannot succeed on a retry (:class:`MaaSInputError`, :class:`MaaSConfigError`,
-:class:`MaaSAuthError`, :class:`MaaSJobCreationUncertainError`) also derive from Airflow's
+:class:`MaaSAuthError`, :class:`MaaSUnknownEndpointError`, :class:`MaaSJobCreationUncertainError`) also derive from Airflow's
 ``AirflowFailException``: they fail the task at once, without consuming its retries. Transient
 ones (:class:`MaaSRetryableError`, :class:`MaaSTimeoutError`, :class:`MaaSIntegrityError`...) keep
 Airflow's retries.
@@ -35,6 +35,15 @@ class MaaSInputError(MaaSError, AirflowFailException, ValueError):
 
 class MaaSConfigError(MaaSInputError):
     """The Airflow connection or hook settings are incomplete or unsafe (missing key, endpoint...)."""
+
+
+class MaaSInputChangedError(MaaSInputError):
+    """The input file changed after the batch was planned: a shard's bytes no longer have the size
+    and SHA-256 the plan recorded (an upstream task rewrote the file, even with the same size).
+
+    Raised before the shard is uploaded, so nothing is paid for it. Not retried by Airflow: restore
+    the file, or clear the task to start the batch over with the new one.
+    """
 
 
 class MaaSApiError(MaaSError):
@@ -73,6 +82,12 @@ class MaaSJobGoneError(MaaSNotFoundError, AirflowFailException):
     """A job the batch state records answers 404 on every poll: the service no longer knows it. An
     automatic retry would see the same, so it is not retried; clearing the task submits its shard
     again (a person's choice: it is paid again)."""
+
+
+class MaaSUnknownEndpointError(MaaSNotFoundError, AirflowFailException):
+    """A 404 on the ENDPOINT's own paths (upload, create): the service does not know the ENDPOINT
+    (or, for a create, the uploaded file), a configuration error no retry can fix. Not retried by
+    Airflow; a 404 on a job or its results stays a retried :class:`MaaSNotFoundError`."""
 
 
 class MaaSResultsGoneError(MaaSNotFoundError):

@@ -22,6 +22,7 @@ FIGURE_MODULES = (
     "benchmarks.parse_cost",
     "benchmarks.reuse_index",
     "benchmarks.dry_run",
+    "benchmarks.hostile_line",
     "benchmarks.progress_api",
     "benchmarks.end_to_end",
     "benchmarks.scale",

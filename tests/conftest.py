@@ -37,8 +37,10 @@ UNIT_FILES = frozenset(
         "test_batch_state.py",
         "test_cost_units.py",
         "test_int_settings.py",
+        "test_cost_unknown.py",
         "test_integrity.py",
         "test_jsonl.py",
+        "test_key_redaction.py",
         "test_merge.py",
         "test_progress.py",
         "test_provider_info.py",
@@ -57,6 +59,7 @@ SYSTEM_FILES = frozenset(
         "test_demo.py",
         "test_deployment_smoke.py",
         "test_quickstart.py",
+        "test_leak_sweep_dag.py",
     }
 )
 SYSTEM_DIRS = frozenset({"browser", "distributed"})

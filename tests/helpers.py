@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_maas.batch.request_lines import iter_request_lines
-from airflow_provider_maas.batch.results import iter_results, request_key
+from airflow_provider_maas.batch.results import MISSING_STATUS, iter_results, request_key
 
 
 class FakeStateStore:
@@ -71,18 +71,19 @@ def write_requests(path: Path, count: int, *, prefix: str = "Question") -> Path:
 
 
 def assert_in_input_order(requests: Path, results: Path, *, expect_missing: int = 0) -> list[Any]:
-    """Each result line answers the request on the same line of the input; returns the records."""
+    """Line i of the results answers request i of the input (one line per request; those the
+    service returned no line for carry ``MISSING_STATUS``, ``expect_missing`` of them); returns the records."""
     with requests.open("rb") as handle:
         keys = [request_key(line.request) for line in iter_request_lines(handle)]
     with results.open("rb") as handle:
         records = list(iter_results(handle))
-    assert len(records) == len(keys) - expect_missing
-    if not expect_missing:
-        assert [request_key(r.request) for r in records] == keys
-        for record in records:
-            if record.succeeded:
-                prompt = record.request["contents"][0]["parts"][0]["text"]
-                assert prompt in (record.text or "")
+    assert len(records) == len(keys)
+    assert [request_key(r.request) for r in records] == keys
+    assert sum(r.status == MISSING_STATUS for r in records) == expect_missing
+    for record in records:
+        if record.succeeded:
+            prompt = record.request["contents"][0]["parts"][0]["text"]
+            assert prompt in (record.text or "")
     return records
 
 

@@ -233,8 +233,10 @@ def test_object_store_reuse_and_retry_round_leave_only_the_results(emulator_fact
     summary = _run(source, "memory://bucket/day2/results.jsonl", reuse_results=first)
     assert handle.emulator.jobs_created == 2 and summary["reused"] == 30
     assert store_fs.cat("bucket/day2/results.jsonl") == store_fs.cat("bucket/day1/results.jsonl")
-    assert sorted(store_fs.store) == [
-        f"/bucket/{day}/results{kind}.jsonl" for day in ("day1", "day2") for kind in (".failed", "")
+    assert sorted(store_fs.store) == [  # the results, the failed requests, the ENDPOINT that wrote them
+        f"/bucket/{day}/{name}"
+        for day in ("day1", "day2")
+        for name in (".results.jsonl.origin.json", "results.failed.jsonl", "results.jsonl")
     ]
 
 

@@ -22,6 +22,7 @@ FIGURES = (
     "parse-cost",
     "reuse-index",
     "dry-run",
+    "hostile-line",
     "progress-api",
     "end-to-end",
     "scale",

@@ -49,3 +49,16 @@ def test_cli_connection_test_names_an_unreachable_host():
     output = result.stdout + result.stderr
     assert f"cannot reach 127.0.0.1:{port}: the connection was refused" in output, output[-2000:]
     assert "Connection success!" not in output
+
+
+@pytest.mark.parametrize("mode", ["errors", "echo"])
+def test_cli_connection_test_shows_no_form_of_the_key(mode):
+    """Issue 20: a service echoing the key in every form (error and success bodies)."""
+    from tests.hostile_service import KEY, hostile, key_forms
+
+    with hostile(mode) as service:
+        result = airflow_connections_test(service.base_url, key=KEY)
+    output = result.stdout + result.stderr
+    assert ("Connection success!" in output) is (mode == "echo"), output[-2000:]
+    found = [name for name, form in key_forms().items() if form in output or form.lower() in output.lower()]
+    assert not found, (found, output[-2000:])

@@ -93,7 +93,7 @@ def test_the_batch_operator_stops_after_a_redirected_create(emulator, tmp_path):
         ("projects/1/jobs/2", "'projects/1/jobs/2'"),
         ("..", "'..'"),
         ("a\\b", "'a\\\\b'"),
-        ("job\n7", "'job\\n7'"),
+        ("job\n7", "'job\\\\x0a7'"),  # neutralised: no raw newline in the message
         (f"x/{API_KEY}", "'x/***'"),
         ("9" * 1025, "'" + "9" * 199),
     ],

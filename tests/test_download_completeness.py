@@ -9,6 +9,7 @@ import json
 
 import pytest
 
+from airflow_provider_maas.batch.results import MISSING_STATUS
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators.maas import MaaSDownloadResultsOperator
 from tests.helpers import assert_in_input_order, make_context, write_requests
@@ -58,7 +59,8 @@ def test_with_requests_missing_ones_go_to_the_failed_file_in_input_order(emulato
     inputs = _lines(source)
     assert _lines(tmp_path / "out" / "results.failed.jsonl") == inputs[-2:]  # the input lines themselves
     texts = [json.loads(line)["request"]["contents"][0]["parts"][0]["text"] for line in _lines(dest)]
-    assert texts == [json.loads(line)["request"]["contents"][0]["parts"][0]["text"] for line in inputs[:5]]
+    assert texts == [json.loads(line)["request"]["contents"][0]["parts"][0]["text"] for line in inputs]
+    assert [json.loads(line)["status"] for line in _lines(dest)[-2:]] == [MISSING_STATUS] * 2
 
 
 def test_duplicate_lines_are_not_counted_as_requests(emulator_factory, tmp_path, capsys):

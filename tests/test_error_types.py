@@ -59,7 +59,7 @@ def _second_line(text: bytes):
         ({"retry_failures": ["("]}, "not a valid regular expression"),
         ({"prices": 0.1}, "prices must be a dict like"),
         ({"prices": {"prompt": 1}}, "prices needs candidates"),
-        ({"prices": {"prompt": 1, "candidates": -1}}, "must be a number >= 0"),
+        ({"prices": {"prompt": 1, "candidates": -1}}, "must be a number from 0 to 10000"),
         ({"prices": {"prompt": 1, "candidates": 1, "output": 1}}, "unknown keys ['output']"),
     ],
 )

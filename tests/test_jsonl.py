@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_maas._compat import AirflowFailException
 from airflow_provider_maas.batch.request_lines import (
     MAX_BYTES_PER_FILE,
     MAX_REQUESTS_PER_FILE,
@@ -24,7 +25,7 @@ from airflow_provider_maas.batch.shards import (
     shard_name,
     validate_file,
 )
-from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSInputError
 from tests.helpers import ShortReads
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -312,8 +313,24 @@ def test_iter_shards_validates_everything_first():
 def test_copy_shard_notices_a_changed_input():
     data = make_file(3)
     plan = plan_shards(io.BytesIO(data))[0]
-    with pytest.raises(MaaSInputError, match="changed while it was being split"):
+    with pytest.raises(MaaSInputChangedError, match="changed since it was planned"):
         copy_shard(io.BytesIO(data[:-10]), plan, io.BytesIO())
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_copy_shard_refuses_a_same_size_replacement_naming_the_file(clean):
+    gap = b"" if clean else b"\n"  # a blank line inside: copied line by line
+    data = request_line(0) + gap + request_line(1) + request_line(2)
+    plan = plan_shards(io.BytesIO(data))[0]
+    assert plan.clean is clean
+    changed = data.replace(b"question 1", b"qvestion 1")
+    assert len(changed) == len(data) and changed != data
+    with pytest.raises(MaaSInputChangedError) as info:
+        copy_shard(io.BytesIO(changed), plan, io.BytesIO(), label="source file:///in.jsonl")
+    message = str(info.value)
+    assert message.startswith("source file:///in.jsonl changed since it was planned: shard 0 (lines 1-")
+    assert plan.sha256[:16] in message and "Restore the file" in message and "clear" in message
+    assert isinstance(info.value, AirflowFailException)  # not retried: a retry reads the same file
 
 
 def test_shard_name():

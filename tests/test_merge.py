@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_maas.batch.merge import merge_results, merge_shard_results, summarise_results
-from airflow_provider_maas.batch.results import ResultsFormatError
+from airflow_provider_maas.batch.results import MISSING_STATUS, ResultsFormatError
 from airflow_provider_maas.exceptions import MaaSIntegrityError
 from tests.test_results import echo, result_line
 
@@ -57,9 +57,12 @@ def test_merge_shard_results_equals_merge_results(tmp_path: Path):
     assert streamed["failed"] == 3 + 5  # lines 9, 27, 36 missing (18 is blank); 7, 14, 21, 28, 35 failed
     for name in ("out.jsonl", "out.failed.jsonl"):
         assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
-    ordered = [json.loads(line)["request"] for line in (tmp_path / "streamed" / "out.jsonl").read_bytes().splitlines()]
-    expected = [n for n in range(1, 41) if n != 18 and n % 9]
-    assert ordered == [echo(request(n)) for n in expected]
+    # One line per input request, in input order: a missing one holds its request and MISSING_STATUS.
+    lines = [json.loads(line) for line in (tmp_path / "streamed" / "out.jsonl").read_bytes().splitlines()]
+    expected = [n for n in range(1, 41) if n != 18]
+    assert [obj["request"] for obj in lines] == [request(n) if n % 9 == 0 else echo(request(n)) for n in expected]
+    missing = [n for n, obj in zip(expected, lines, strict=True) if obj["status"] == MISSING_STATUS]
+    assert missing == [9, 27, 36] and all("response" not in lines[expected.index(n)] for n in missing)
 
 
 def test_merge_shard_results_counts_lines_outside_every_shard_as_missing(tmp_path: Path):

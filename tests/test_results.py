@@ -120,6 +120,7 @@ def test_summary_counts_and_tokens():
         "candidates_tokens": 6,
         "thoughts_tokens": 2,
         "total_tokens": 19,
+        "cost_unknown_answers": 0,
     }
     summary = ResultSummary()
     for record in records * 3:

@@ -201,7 +201,8 @@ def test_merge_takes_the_latest_answer_in_input_order_and_counts_origins(tmp_pat
         opener=opener,
         prices=prices,
     )
-    assert answer_texts(out.getvalue()) == ["x", "r", "f", "x", None]  # m is missing: no line
+    assert answer_texts(out.getvalue()) == ["x", "r", "f", "x", None, None]  # one line per request
+    assert json.loads(out.getvalue().splitlines()[5]) == {"request": request("m"), "status": MISSING_STATUS}
     assert json.loads(out.getvalue().splitlines()[4])["status"] == "LAST REASON"
     assert sent_texts(failed.getvalue()) == ["g", "m"]
     assert summary["requests"] == 6 and summary["succeeded"] == 4 and summary["missing"] == 1
@@ -231,7 +232,7 @@ def test_merge_counts_results_matching_no_request(tmp_path):
     [
         ([1, 2], "must be a dict"),
         ({"prompt": 1}, "needs candidates"),
-        ({"prompt": 1, "candidates": -1}, "number >= 0"),
+        ({"prompt": 1, "candidates": -1}, "number from 0 to 10000"),
         ({"prompt": 1, "candidates": 1, "output": 2}, "unknown keys"),
     ],
 )

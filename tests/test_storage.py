@@ -285,13 +285,13 @@ def test_parts_of_a_killed_writer_are_removed_by_the_next_write(tmp_path: Path):
         assert run.returncode == -9
         parts = [p.name for p in tmp_path.iterdir()]
         assert len(parts) == 1 and parts[0].startswith(".results.jsonl.") and parts[0].endswith(".part")
-    legacy = tmp_path / ".results.jsonl.ab_cd123.part"  # a tempfile.mkstemp name of older versions
-    legacy.write_bytes(b"partial")
+    lookalike = tmp_path / ".results.jsonl.ab_cd123.part"  # not a name this package writes: a user's file
+    lookalike.write_bytes(b"partial")
     other = tmp_path / ".other.jsonl.0123456789ab.part"
     other.write_bytes(b"partial")
     with atomic_writer(to_path(dest)) as out:
         out.write(b"complete\n")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "results.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, lookalike.name, "results.jsonl"]
     assert dest.read_bytes() == b"complete\n"
 
 
@@ -363,3 +363,89 @@ def test_split_download_and_merge_hand_on_uris_that_keep_the_connection(memfs, e
     assert (summary["requests"], summary["succeeded"]) == (150, 150)
     assert summary["failed_uri"] == "memory://my_conn@bucket/out/results.failed.jsonl"
     assert not [key for key in memfs.store if key.endswith(".part")]
+
+
+# Issue 20: credentials, signatures, exact paths, exact part names --------------------------------
+
+
+@pytest.mark.parametrize(
+    "uri", ["s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/x.jsonl", "gs://user:token@bucket/x", "https://user:pw@host/x.jsonl"]
+)
+def test_credentials_in_a_uri_are_refused_and_never_repeated(uri):
+    with pytest.raises(MaaSInputError) as info:
+        to_path(uri, what="source")
+    message = str(info.value)
+    assert "credentials" in message and "wJalrXUtnFEMI" not in message and "token" not in message
+    assert "pw" not in message.replace("https://...", "") and "AKIAEXAMPLE" not in message
+    if not uri.startswith("https"):
+        assert "connection" in message and "@bucket/key" in message
+
+
+def test_an_object_storage_path_with_credentials_is_refused_too():
+    from airflow.sdk import ObjectStoragePath
+
+    with pytest.raises(MaaSInputError, match="credentials"):
+        to_path(ObjectStoragePath("s3://KEY:SECRET@bucket/x"), what="destination")
+
+
+def test_a_presigned_url_round_trips_without_a_doubled_scheme_or_its_signature():
+    url = "https://bucket.s3.amazonaws.com/in/x.jsonl?X-Amz-Credential=AKIA&X-Amz-Signature=abc123"
+    path = to_path(url)
+    assert str(path.path) == url  # the path itself keeps it: reading works
+    shown = uri_of(path)
+    assert shown == "https://bucket.s3.amazonaws.com/in/x.jsonl?..."
+    assert "Signature" not in shown and "https://https://" not in shown
+    assert uri_of(to_path("http://example.com/a.jsonl")) == "http://example.com/a.jsonl"
+
+
+def test_a_connection_id_is_still_kept():
+    assert uri_of(to_path("s3://my_conn@bucket/key.jsonl")) == "s3://my_conn@bucket/key.jsonl"
+
+
+def test_paths_are_kept_exactly(tmp_path):
+    spaced = tmp_path / "res.jsonl "
+    with atomic_writer(to_path(str(spaced))) as out:
+        out.write(b"x\n")
+    assert spaced.read_bytes() == b"x\n" and not (tmp_path / "res.jsonl").exists()
+    assert str(to_path(str(spaced)).path).endswith("res.jsonl ")
+
+
+@pytest.mark.parametrize(
+    "bad", ["new\nline.jsonl", "tab\there.jsonl", "cr\rx.jsonl", "a\u2028b.jsonl", "x\u202e.jsonl"]
+)
+def test_a_path_with_a_control_character_is_refused(tmp_path, bad):
+    with pytest.raises(MaaSInputError, match="control character") as info:
+        to_path(str(tmp_path / bad), what="destination")
+    assert "\n" not in str(info.value) and "\r" not in str(info.value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_cleanup_keeps_files_that_only_look_like_parts(tmp_path):
+    dest = tmp_path / "res.jsonl"
+    users = [".res.jsonl.backup_20260101.part", ".res.jsonl.mycopy01.part", ".res.jsonl.ABCDEF012345.part"]
+    for name in users:
+        (tmp_path / name).write_bytes(b"mine")
+    ours = [".res.jsonl.0123456789ab.part", f".res.jsonl.{'f' * 32}.part"]  # local and object-store names
+    for name in ours:
+        (tmp_path / name).write_bytes(b"stale")
+    with atomic_writer(to_path(dest)) as out:
+        out.write(b"ok\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*users, "res.jsonl"])
+
+
+def test_a_filesystem_error_quoted_in_a_message_carries_no_secret():
+    from airflow_provider_maas.storage.paths import scrub
+
+    text = scrub("HTTP 403 for https://b.example/x.jsonl?X-Amz-Signature=abc&t=1 via s3://AK:SEC@bucket/x\n[FAKE]")
+    assert "Signature" not in text and "SEC" not in text and "\n" not in text
+    assert "https://b.example/x.jsonl?..." in text and "s3://...@bucket/x" in text
+
+
+def test_a_missing_presigned_source_is_named_without_its_signature():
+    from tests.service_stub import stub_service
+
+    with stub_service() as service:  # answers 404 to anything it does not know
+        url = f"{service.base_url}/in/x.jsonl?X-Amz-Signature=secret-signature"
+        with pytest.raises(MaaSInputError) as info, storage.open_source(url):
+            pass
+    assert "secret-signature" not in str(info.value) and "/in/x.jsonl?..." in str(info.value)

@@ -25,7 +25,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from airflow_provider_maas.batch.results import ResultsFormatError, iter_line_batches, request_digest
+from airflow_provider_maas.batch.results import ResultsFormatError, iter_result_batches, request_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -147,7 +147,7 @@ class AnswerStore:
         db = self._db
         db.execute("BEGIN")
         try:
-            for batch, _ in iter_line_batches(fileobj):
+            for batch, _ in iter_result_batches(fileobj, f"results {label}"):
                 for line in batch:
                     line_number += 1
                     length = len(line)

@@ -270,7 +270,11 @@ class SpendGate:
         with part.open("rb") as handle:
             for result in iter_results(handle):
                 summary.add(result)
-        cost = cost_of(summary.tokens, self.prices)
+        cost = cost_of(summary.tokens, self.prices, unknown=summary.usage_unknown)
+        if cost is None:  # answers without usable token counts: the job counts at its worst case
+            if record.reserve_usd is None:  # no cap, nothing reserved: the summary says unknown
+                return {}
+            cost = record.reserve_usd
         if self._spent is not None:  # a part downloaded again (lost) replaces its earlier cost
             self._spent += cost - (record.cost_usd or 0.0)
         return {"cost_usd": cost}

@@ -9,6 +9,7 @@ estimate. Both are pure: the :class:`~airflow_provider_maas.batch.budget.SpendGa
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING
 
@@ -106,7 +107,8 @@ class CanaryVerdict:
         from airflow_provider_maas.batch.cost import cost_of
 
         per = self.per_request()
-        return cost_of({name: round(value * requests) for name, value in per.items()}, prices)
+        cost = cost_of({name: round(value * requests) for name, value in per.items()}, prices)
+        return math.inf if cost is None else cost  # not a finite number: over any cap
 
 
 def judge(results: IO[bytes], requests: int) -> CanaryVerdict:

@@ -22,7 +22,7 @@ from airflow_provider_maas.batch.budget import Admission
 from airflow_provider_maas.batch.ownership import check_lease
 from airflow_provider_maas.batch.polling import JobWatch
 from airflow_provider_maas.batch.recovery import unrecorded_error
-from airflow_provider_maas.batch.shards import ShardPlan, copy_shard
+from airflow_provider_maas.batch.shards import ShardPlan, copy_shard, source_label
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.client.states import RESULTS_NOT_FOUND_TRIES, JobOutcome
@@ -294,7 +294,7 @@ class BatchDriver(JobWatch):
         file_name, display_name = self.names(key, plan)
         source = self.state.rounds[key.round].source or self.source
         with open_source(source) as handle, tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as tmp:
-            copy_shard(handle, plan, tmp)
+            copy_shard(handle, plan, tmp, label=source_label(source, "source"))  # checks the plan's sha256
             tmp.seek(0)
             return self.hook.upload_file(tmp, file_name)["name"], display_name
 

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
 from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from airflow_provider_maas.batch.ordering import OrderedItem, ResultIndex, line_reader, order_results
@@ -24,13 +23,15 @@ from airflow_provider_maas.batch.results import (
     load_result_object,
     normalise_request,
     result_record,
+    status_line,
 )
+from airflow_provider_maas.batch.shards import source_label
 from airflow_provider_maas.client.states import job_outcome
-from airflow_provider_maas.exceptions import MaaSIntegrityError
+from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSIntegrityError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
 log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
@@ -56,14 +57,6 @@ def results_from_service(function: Callable[_P, _R]) -> Callable[_P, _R]:
             raise MaaSIntegrityError(str(err)) from err
 
     return wrapper
-
-
-def _label(source: Any, what: str) -> str:
-    """How errors name a results file: ``<what> <uri>`` (its ``name``, if any, for an open file object)."""
-    if hasattr(source, "read") and not isinstance(source, (str, os.PathLike)):
-        name = getattr(source, "name", None)
-        return f"{what} {name}" if isinstance(name, str) else what
-    return f"{what} {uri_of(to_path(source, what=what))}"
 
 
 def failed_path_for(destination: Any) -> Any:
@@ -99,8 +92,8 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
     with contextlib.ExitStack() as stack:
         failed_out = stack.enter_context(atomic_writer(to_path(failed_destination))) if failed_destination else None
         handle = stack.enter_context(open_source(results, what="results file"))
-        label = _label(results, "results file")
-        for line_number, _, line in iter_lines(handle):
+        label = source_label(results, "results file")
+        for line_number, _, line in iter_lines(handle, label):
             digest = hashlib.blake2b(line, digest_size=16).digest()
             if digest in seen:
                 duplicates += 1
@@ -168,7 +161,7 @@ def extract_images_beside(results: Any) -> list[str]:
         uris.append(uri_of(target))
 
     with open_source(path, what="results file") as handle:
-        extract_images(handle, write, label=_label(path, "results file"))
+        extract_images(handle, write, label=source_label(path, "results file"))
     if uris:
         log.info("Extracted %d images to %s", len(uris), uri_of(folder))
     return uris
@@ -196,7 +189,7 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[s
         for number, source in enumerate(sources):
             what = f"results file #{number}"
             handle = stack.enter_context(open_source(source, what=what))
-            index.add(number, handle, label=_label(source, what))
+            index.add(number, handle, label=source_label(source, what))
             files[number] = handle
         requests_handle = stack.enter_context(open_source(requests, what="requests file"))
         out = stack.enter_context(atomic_writer(dest))
@@ -207,12 +200,19 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[s
 
 
 @results_from_service
-def merge_shard_results(parts: Iterable[tuple[Any, int, int]], requests: Any, destination: Any) -> dict[str, Any]:
+def merge_shard_results(
+    parts: Iterable[tuple[Any, int, int]], requests: Any, destination: Any, *, sha256: Sequence[str] | None = None
+) -> dict[str, Any]:
     """:func:`merge_results` for results known shard by shard: memory follows the largest shard.
 
     :param parts: ``(results, first_line, last_line)`` per shard, in input order: the shard's
         results file answers the requests on lines ``first_line`` to ``last_line`` (1-based, as
         ``ShardPlan`` counts them) of ``requests``. Requests on no shard's lines are missing.
+
+    :param sha256: The plan's SHA-256 of each shard's request lines (``ShardPlan.sha256``): a shard
+        whose lines in ``requests`` hash otherwise raises
+        :class:`~airflow_provider_maas.exceptions.MaaSInputChangedError` (the file changed since the
+        shards were sent: its answers would be paired with other requests), and nothing is written.
 
     The requests file is read once; each shard's results are indexed alone, paired with its lines,
     written, and dropped. A result line of one shard is never matched to a request of another:
@@ -236,12 +236,28 @@ def merge_shard_results(parts: Iterable[tuple[Any, int, int]], requests: Any, de
             previous = last_line
             index = ResultIndex()
             what = f"results of shard #{number}"
+            digest = hashlib.sha256()
             with open_source(source, what=what) as handle:
-                index.add(number, handle, label=_label(source, what))
-                merge.write(order_results(lines.upto(last_line), index, line_reader({number: handle})), out, failed_out)
+                index.add(number, handle, label=source_label(source, what))
+                shard_lines = _hashed(lines.upto(last_line), digest)
+                merge.write(order_results(shard_lines, index, line_reader({number: handle})), out, failed_out)
+            if sha256 is not None and digest.hexdigest() != sha256[number]:
+                raise MaaSInputChangedError(
+                    f"{source_label(requests, 'requests file')} changed since it was planned: the requests of shard "
+                    f"{number} (lines {first_line}-{last_line}) are not the ones sent, so their answers cannot be "
+                    "placed. Nothing was written; the answers downloaded so far are kept in the batch state. Restore "
+                    "the file and clear the task to write the results (nothing is paid again)"
+                )
             merge.leftovers(index, "shard #")
         merge.write(order_results(lines.upto(None), ResultIndex(), line_reader({})), out, failed_out)
     return merge.report(dest, failed)
+
+
+def _hashed(lines: Iterable[RequestLine], digest: Any) -> Iterator[RequestLine]:
+    """``lines``, each one's bytes added to ``digest`` on the way (as ``ShardPlan.sha256`` counts them)."""
+    for line in lines:
+        digest.update(line.raw)
+        yield line
 
 
 class _LineRange:
@@ -275,11 +291,14 @@ class _Merge:
         self.first_unmatched = ""
 
     def write(self, items: Iterable[OrderedItem], out: IO[bytes], failed_out: IO[bytes]) -> None:
+        """Every request gets one line of ``out``: its result, or (none) its request with ``MISSING_STATUS``."""
         for item in items:
             self.summary.add(item.record)
-            if item.result_raw is not None:
-                out.write(item.result_raw)
-                self.written += len(item.result_raw)
+            line = item.result_raw
+            if line is None:
+                line = status_line(item.record.request, item.record.status)
+            out.write(line)
+            self.written += len(line)
             if item.failed:
                 failed_out.write(item.request_raw)
 

@@ -80,7 +80,7 @@ class ResultIndex:
         self._sources.append(source_id)
         label = self._labels[source_id] = label or f"results {source_id}"
         count = 0
-        for line_number, offset, line in iter_lines(fileobj):
+        for line_number, offset, line in iter_lines(fileobj, label):
             obj = load_result_object(line, f"{label} line {line_number}", line_number)
             packed = self._pack(source, line_number, offset, len(line))
             request = obj.get("request")

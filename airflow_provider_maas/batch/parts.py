@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.request_lines import iter_request_lines
-from airflow_provider_maas.batch.shards import ShardPlan, copy_shard
+from airflow_provider_maas.batch.results import status_line
+from airflow_provider_maas.batch.shards import ShardPlan, copy_shard, source_label
 from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, open_source
 
 if TYPE_CHECKING:
@@ -23,11 +23,11 @@ def write_failure_part(source: Any, plan: ShardPlan, reason: str, destination: O
     in the output, go to the failed file, and the summary shows the job's error as their reason.
     """
     with open_source(source) as handle, tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as tmp:
-        copy_shard(handle, plan, tmp)
+        copy_shard(handle, plan, tmp, label=source_label(source, "source"))
         tmp.seek(0)
         with atomic_writer(destination) as out:
             for line in iter_request_lines(tmp):
-                out.write(json.dumps({"request": line.request, "status": reason}, ensure_ascii=False).encode() + b"\n")
+                out.write(status_line(line.request, reason))
 
 
 def concatenate(parts: Iterable[ObjectStoragePath], destination: ObjectStoragePath) -> None:

@@ -108,6 +108,26 @@ def line_error(line_number: int, message: str) -> MaaSInputError:
     return MaaSInputError(f"line {line_number}: {message}", line_number=line_number)
 
 
+def size_text(size: int) -> str:
+    """``size`` in bytes, with MiB from 1 MiB on."""
+    if size < 1024 * 1024:
+        return f"{size} bytes"
+    return f"{size} bytes ({size / (1024 * 1024):.1f} MiB)"
+
+
+def line_too_long(max_bytes: int) -> Callable[[int, int], MaaSInputError]:
+    """``too_long(line_number, bytes_read)``: the error for a line over ``max_bytes`` with its newline."""
+
+    def make(line_number: int, size: int) -> MaaSInputError:
+        return line_error(
+            line_number,
+            f"is at least {size + 1} bytes with its newline, over the limit of {size_text(max_bytes)} per upload file;"
+            " make this request smaller (e.g. refer to big media with file_data URIs, not inline data)",
+        )
+
+    return make
+
+
 def validate_request_line(line: bytes, line_number: int) -> dict[str, Any]:
     """Check one input line and return it parsed (the whole line object, with its ``"request"``).
 
@@ -175,17 +195,24 @@ def _kind(value: Any) -> str:
     return _JSON_KINDS.get(type(value), "value")
 
 
-def iter_request_lines(fileobj: IO[bytes]) -> Iterator[RequestLine]:
-    """Stream the valid lines of an input file, checking each (no count or size limit here).
+def iter_request_lines(fileobj: IO[bytes], *, max_bytes: int | None = None) -> Iterator[RequestLine]:
+    """Stream the valid lines of an input file, checking each (no count limit here).
 
-    Blank lines are skipped (still counted in line numbers).
+    Blank lines are skipped (still counted in line numbers). A line that could not be uploaded
+    (over ``max_bytes`` with its newline, default :data:`MAX_BYTES_PER_FILE`) is refused as soon as
+    that many bytes of it are read: memory stays within ``max_bytes`` plus one read chunk, whatever
+    the file holds (a multi-GB file without a newline included).
 
-    :raises MaaSInputError: at the first bad line (see :func:`validate_request_line`).
+    :raises MaaSInputError: at the first bad line (see :func:`validate_request_line`) or line too long.
     """
+    limit = max_bytes or MAX_BYTES_PER_FILE
+    too_long = line_too_long(limit)
     line_number = 0
-    for lines, _ in iter_line_batches(fileobj):
+    for lines, _ in iter_line_batches(fileobj, max_line_bytes=limit, too_long=too_long):
         for line in lines:
             line_number += 1
+            if len(line) >= limit:
+                raise too_long(line_number, len(line))
             if line and not line.isspace():
                 obj = validate_request_line(line, line_number)
                 yield RequestLine(line_number, line + b"\n", obj["request"])

@@ -19,14 +19,23 @@ import json
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from airflow_provider_maas.client.redaction import neutralise
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
 CHUNK_SIZE = 8 * 1024 * 1024
 """Bytes asked of the file object per read."""
 
+MAX_RESULT_LINE_BYTES = 100 * 1024 * 1024
+"""Longest results line read: one request (at most 50 MiB, the upload limit) and its answer. A
+longer line is refused as soon as that much of it is read, so a file that is not a results file
+(a multi-GB file without a newline) cannot exhaust memory."""
+
 MISSING_STATUS = "MISSING: the results contain no line for this request"
-"""``status`` of the :class:`ResultRecord` that :func:`order_results` makes for a missing result."""
+"""``status`` of a request the service returned no results line for: of the :class:`ResultRecord`
+that :func:`order_results` makes for it, and of the line (:func:`status_line`) that keeps its place
+in an output written in input order."""
 
 _USAGE_FIELDS = {
     "prompt_tokens": "promptTokenCount",
@@ -122,16 +131,51 @@ def iter_line_batches(
         yield [b"".join(pending)], False
 
 
-def iter_lines(fileobj: IO[bytes]) -> Iterator[tuple[int, int, bytes]]:
-    """Yield ``(line_number, offset, line)`` for every non-blank line (``line`` without newline)."""
+def result_line_too_long(label: str) -> Callable[[int, int], ResultsFormatError]:
+    """``too_long(line_number, bytes_read)`` for results lines: names ``label`` and the line."""
+
+    def make(line_number: int, size: int) -> ResultsFormatError:
+        return ResultsFormatError(
+            f"{label} line {line_number}: at least {size} bytes long, over the {MAX_RESULT_LINE_BYTES // 2**20} MiB a "
+            "results line can hold (one request of at most 50 MiB and its answer); this is not a MaaS results file",
+            line_number=line_number,
+        )
+
+    return make
+
+
+def iter_result_batches(fileobj: Readable, label: str) -> Iterator[tuple[list[bytes], bool]]:
+    """:func:`iter_line_batches` for a results file: a line over :data:`MAX_RESULT_LINE_BYTES` is
+    refused (``ResultsFormatError`` naming ``label``) before it is whole, so memory stays bounded."""
+    too_long = result_line_too_long(label)
+    line_number = 0
+    for lines, terminated in iter_line_batches(fileobj, max_line_bytes=MAX_RESULT_LINE_BYTES, too_long=too_long):
+        # Only a batch's first line can be longer than one read chunk (it may continue the last one's tail).
+        if len(lines[0]) >= MAX_RESULT_LINE_BYTES:
+            raise too_long(line_number + 1, len(lines[0]))
+        line_number += len(lines)
+        yield lines, terminated
+
+
+def iter_lines(fileobj: IO[bytes], label: str = "results") -> Iterator[tuple[int, int, bytes]]:
+    """Yield ``(line_number, offset, line)`` for every non-blank line (``line`` without newline).
+
+    :raises ResultsFormatError: a line over :data:`MAX_RESULT_LINE_BYTES` (naming ``label``).
+    """
     line_number = 0
     offset = 0
-    for lines, _ in iter_line_batches(fileobj):
+    for lines, _ in iter_result_batches(fileobj, label):
         for line in lines:
             line_number += 1
             if line and not line.isspace():
                 yield line_number, offset, line
             offset += len(line) + 1
+
+
+def status_line(request: Any, status: str) -> bytes:
+    """The results line of a request that has no answer: ``{"request": ..., "status": status}``
+    and a newline (a shard whose every job failed: the job's error; no result line: :data:`MISSING_STATUS`)."""
+    return json.dumps({"request": request, "status": status}, ensure_ascii=False).encode() + b"\n"
 
 
 # --------------------------------------------------------------------------- request matching
@@ -237,9 +281,22 @@ def _candidate_text(candidate: dict[str, Any] | None) -> str | None:
     return "".join(texts) if texts else None
 
 
+#: Largest token count of one answer taken as true; a larger, negative or non-integer count (a
+#: string, a float) makes the answer's usage unknown.
+MAX_TOKEN_COUNT = 10**9
+
+
+def _usable_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKEN_COUNT
+
+
 def _usage(response: dict[str, Any] | None) -> dict[str, int]:
+    """The integer fields of ``usageMetadata``; none at all (unknown usage) when a token count
+    there is negative, too large or not an integer, or ``promptTokenCount`` is missing."""
     metadata = response.get("usageMetadata", response.get("usage_metadata")) if response else None
-    if not isinstance(metadata, dict):
+    if not isinstance(metadata, dict) or not _usable_count(metadata.get("promptTokenCount")):
+        return {}
+    if any(field in metadata and not _usable_count(metadata[field]) for field in _USAGE_FIELDS.values()):
         return {}
     return {k: v for k, v in metadata.items() if isinstance(v, int) and not isinstance(v, bool)}
 
@@ -309,6 +366,7 @@ class ResultSummary:
         self.failed = 0
         self.missing = 0
         self.tokens = dict.fromkeys(_USAGE_FIELDS, 0)
+        self.usage_unknown = 0
         self.failure_samples: list[tuple[int, str]] = []
         self._max_samples = max_failure_samples
 
@@ -322,15 +380,25 @@ class ResultSummary:
             if record.status == MISSING_STATUS:
                 self.missing += 1
             if len(self.failure_samples) < self._max_samples:
-                self.failure_samples.append((record.line_number, record.error or "no response"))
+                self.failure_samples.append((record.line_number, neutralise(record.error or "no response", 300)))
         usage = record.usage
         if usage:
             for name, usage_field in _USAGE_FIELDS.items():
                 self.tokens[name] += usage.get(usage_field, 0)
+        elif record.succeeded:
+            self.usage_unknown += 1
 
     def as_dict(self) -> dict[str, int]:
-        """``{"requests", "succeeded", "failed", "prompt_tokens", "candidates_tokens", "thoughts_tokens", "total_tokens"}``."""
-        return {"requests": self.requests, "succeeded": self.succeeded, "failed": self.failed, **self.tokens}
+        """``{"requests", "succeeded", "failed", "prompt_tokens", "candidates_tokens", "thoughts_tokens",
+        "total_tokens", "cost_unknown_answers"}``: the last counts the answers without usable token
+        counts (no ``usageMetadata``, a count negative or not an integer), left out of the totals."""
+        return {
+            "requests": self.requests,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            **self.tokens,
+            "cost_unknown_answers": self.usage_unknown,
+        }
 
 
 def summarize(records: Iterable[ResultRecord]) -> dict[str, int]:
@@ -372,7 +440,7 @@ def extract_images(
             "(files are written as <prefix>-<line>-<candidate>-<part>.<ext>)"
         )
     names: list[str] = []
-    for line_number, _, line in iter_lines(fileobj):
+    for line_number, _, line in iter_lines(fileobj, label):
         response = load_result_object(line, f"{label} line {line_number}", line_number).get("response")
         candidates = response.get("candidates") if isinstance(response, dict) else None
         for c_index, candidate in enumerate(candidates if isinstance(candidates, list) else ()):

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from airflow_provider_maas.batch.parts import concatenate, write_failure_part
 from airflow_provider_maas.batch.results import ResultsFormatError
 from airflow_provider_maas.batch.rounds import all_succeeded, write_requests_to_send, write_retries
+from airflow_provider_maas.batch.shards import check_unchanged
 from airflow_provider_maas.batch.state import Round, ShardKey, ShardStatus
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, open_source, uri_of
@@ -129,6 +130,8 @@ def next_round(settings: BatchSettings, journal: BatchJournal, state: BatchState
     number = len(state.rounds)
     if number > settings.request_retries:
         return []
+    if state.rounds[0].source is None:  # the retries are read from the source: is it still the one sent?
+        check_unchanged(settings.source, state.rounds[0].plans)
     results = all_round_results(settings, journal, state)
     last = results[-1]  # the last round's answered results; a failed shard adds a file after it
     with open_source(last.path) as handle_last:

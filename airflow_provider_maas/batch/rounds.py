@@ -37,10 +37,11 @@ from airflow_provider_maas.batch.results import (
     MISSING_STATUS,
     ResultRecord,
     ResultSummary,
-    iter_line_batches,
+    iter_result_batches,
     load_result_object,
     request_digest,
     result_record,
+    status_line,
 )
 from airflow_provider_maas.exceptions import MaaSInputError
 
@@ -153,7 +154,7 @@ def all_succeeded(results: IO[bytes], expected: int) -> bool:
     failed or is missing, and :func:`write_retries` can be skipped. Reads bytes, decodes no JSON.
     False only means "look closer" (another layout, a failure, a missing or repeated line)."""
     count = 0
-    for lines, _ in iter_line_batches(results):
+    for lines, _ in iter_result_batches(results, "results"):
         for line in lines:
             line = line.rstrip()
             if line:
@@ -218,7 +219,8 @@ def merge_answers(
     prices: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write every input position's best answer to ``out`` in input order, and to ``failed_out``
-    the input lines of requests with no successful answer (missing ones have no line in ``out``).
+    the input lines of requests with no successful answer (a missing one gets its request with
+    ``MISSING_STATUS`` in ``out``: one line per input request).
 
     :param results: Results of each round, in round order (a later round's failure is the reason
         reported; a success from any round or from ``reuse`` wins).
@@ -240,20 +242,19 @@ def merge_answers(
             digest = request_digest(line.request)
             repeated = store.seen(digest)
             answer = store.best(digest, take=not deduplicate)
-            if answer is None:
+            if answer is None:  # no result line: the request keeps its place, with MISSING_STATUS
                 record = ResultRecord(line.line_number, line.request, None, MISSING_STATUS, None, None, {}, None)
-                summary.add(record)
-                failed_out.write(line.raw)
-                continue
-            raw = read(answer)
-            record = _record(store, answer, raw, line.line_number)
+                raw = status_line(line.request, MISSING_STATUS)
+            else:
+                raw = read(answer) + b"\n"
+                record = _record(store, answer, raw, line.line_number)
+                if answer.source < first_round:
+                    by_reuse.add(record)
+                elif deduplicate and repeated:
+                    by_dedup.add(record)
             summary.add(record)
-            if answer.source < first_round:
-                by_reuse.add(record)
-            elif deduplicate and repeated:
-                by_dedup.add(record)
-            out.write(raw + b"\n")
-            written += len(raw) + 1
+            out.write(raw)
+            written += len(raw)
             if not record.succeeded:
                 failed_out.write(line.raw)
         leftovers = store.leftovers(first_round, shared=deduplicate)
@@ -282,7 +283,8 @@ def add_origins(
 ) -> None:
     """Add to a merge's ``summary`` where its answers came from (``reused``, ``deduplicated``,
     ``sent``, ``tokens_reused``, ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` (the
-    tokens of the answers sent) and ``cost_avoided_usd`` (``reused``, ``deduplicated``)."""
+    tokens of the answers sent) and ``cost_avoided_usd`` (``reused``, ``deduplicated``): each None
+    (unknown) when one of its answers has no usable token counts (``cost_unknown_answers``)."""
     reused = reused or ResultSummary()
     deduplicated = deduplicated or ResultSummary()
     summary.update(
@@ -294,8 +296,9 @@ def add_origins(
     )
     if prices is not None:
         paid = {name: summary[name] - reused.tokens[name] - deduplicated.tokens[name] for name in reused.tokens}
-        summary["cost_usd"] = cost_of(paid, prices)
+        unknown = summary.get("cost_unknown_answers", 0) - reused.usage_unknown - deduplicated.usage_unknown
+        summary["cost_usd"] = cost_of(paid, prices, unknown=unknown)
         summary["cost_avoided_usd"] = {
-            "reused": cost_of(reused.tokens, prices),
-            "deduplicated": cost_of(deduplicated.tokens, prices),
+            "reused": cost_of(reused.tokens, prices, unknown=reused.usage_unknown),
+            "deduplicated": cost_of(deduplicated.tokens, prices, unknown=deduplicated.usage_unknown),
         }

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import MISSING, dataclass, fields
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
+from airflow_provider_maas.batch.origin import of_other_models
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.rounds import retry_predicate
 from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
@@ -104,6 +106,15 @@ class BatchSettings:
     start_over: bool = False
     #: The answers an abandoned plan of this batch downloaded (``BatchJournal.kept_answers``).
     kept_answers: Callable[[], list[ObjectStoragePath]] | None = None
+    #: Reuse answers of results files another ENDPOINT (another model) wrote.
+    reuse_other_models: bool = False
+    #: Gives the ENDPOINT the batch runs on (looked up when first needed: :attr:`endpoint`).
+    endpoint_of: Callable[[], str | None] | None = None
+
+    @cached_property
+    def endpoint(self) -> str | None:
+        """The ENDPOINT the batch runs on (its model): the results it writes are recorded as its."""
+        return self.endpoint_of() if self.endpoint_of is not None else None
 
     @classmethod
     def of(cls, task: Any, **given: Any) -> BatchSettings:
@@ -118,8 +129,20 @@ class BatchSettings:
         return cls(**values)
 
     def reuse_paths(self) -> list[ObjectStoragePath]:
-        """The ``reuse_results`` files, then the answers kept from an abandoned plan of this batch."""
-        return reuse_paths(self.reuse_results) + (self.kept_answers() if self.kept_answers else [])
+        """The results files to reuse: those of ``reuse_results`` another ENDPOINT did not write
+        (unless ``reuse_other_models``; see :mod:`~airflow_provider_maas.batch.origin`), then the
+        answers kept from an abandoned plan of this batch."""
+        paths = reuse_paths(self.reuse_results)
+        others = self.reuse_of_other_models(paths)
+        kept = self.kept_answers() if self.kept_answers else []
+        return [path for path in paths if path not in others] + kept
+
+    def reuse_of_other_models(self, paths: list[ObjectStoragePath] | None = None) -> list[ObjectStoragePath]:
+        """The files of ``reuse_results`` left unused because another ENDPOINT (model) wrote them."""
+        paths = reuse_paths(self.reuse_results) if paths is None else paths
+        if self.reuse_other_models or not paths:
+            return []
+        return of_other_models(paths, self.endpoint)
 
     def plan(self, handle: Any) -> list[ShardPlan]:
         """Shards of the requests in ``handle`` within the per-file limits."""

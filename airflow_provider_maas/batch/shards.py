@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
@@ -18,23 +19,25 @@ from airflow_provider_maas.batch.request_lines import (
     MAX_BYTES_PER_FILE,
     MAX_REQUESTS_PER_FILE,
     contents_problem,
-    line_error,
+    line_too_long,
     scan_json,
+    size_text,
     validate_request_line,
 )
 from airflow_provider_maas.batch.results import iter_line_batches
-from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSInputError
 from airflow_provider_maas.storage import (
     CHUNK_SIZE,
     atomic_writer,
     check_destination,
     open_source,
     remove_stale_parts,
+    to_path,
     uri_of,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterable, Iterator
 
 
 """Most requests (lines) one uploaded file may hold."""
@@ -90,12 +93,6 @@ class Shard(NamedTuple):
     data: bytes
 
 
-def _size(size: int) -> str:
-    if size < 1024 * 1024:
-        return f"{size} bytes"
-    return f"{size} bytes ({size / (1024 * 1024):.1f} MiB)"
-
-
 def _check_limits(max_requests: Any, max_bytes: Any) -> None:
     for name, value, low, high in (
         ("max_requests", max_requests, 1, MAX_REQUESTS_PER_FILE),
@@ -106,17 +103,6 @@ def _check_limits(max_requests: Any, max_bytes: Any) -> None:
                 f"{name} must be an integer >= {low}, got {value!r}: it bounds one shard (the service takes at "
                 f"most {high} per uploaded file)"
             )
-
-
-def _line_too_long(max_bytes: int) -> Any:
-    def make(line_number: int, size: int) -> MaaSInputError:
-        return line_error(
-            line_number,
-            f"is at least {size + 1} bytes with its newline, over the limit of {_size(max_bytes)} per upload file;"
-            " make this request smaller (e.g. refer to big media with file_data URIs, not inline data)",
-        )
-
-    return make
 
 
 def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -> tuple[list[ShardPlan], int]:
@@ -130,7 +116,7 @@ def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -
     count = size = first = last = start = end = 0
     clean = gap = False
     digest = hashlib.sha256()
-    too_long = _line_too_long(max_bytes)
+    too_long = line_too_long(max_bytes)
     validate = validate_request_line
     scan = scan_json
 
@@ -165,7 +151,7 @@ def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -
                     )
                 if single:
                     raise MaaSInputError(
-                        f"the file is over the limit of {_size(max_bytes)} per upload: its first {count + 1} "
+                        f"the file is over the limit of {size_text(max_bytes)} per upload: its first {count + 1} "
                         f"requests (up to line {line_number}) already take {size + length} bytes; {_SPLIT}",
                         line_number=line_number,
                     )
@@ -225,6 +211,14 @@ def plan_shards(
     return _scan(fileobj, max_requests, max_bytes, single=False)[0]
 
 
+def source_label(source: Any, what: str) -> str:
+    """How errors name a file: ``<what> <uri>`` (its ``name``, if any, for an open file object)."""
+    if hasattr(source, "read") and not isinstance(source, (str, os.PathLike)):
+        name = getattr(source, "name", None)
+        return f"{what} {name}" if isinstance(name, str) else what
+    return f"{what} {uri_of(to_path(source, what=what))}"
+
+
 class _Range:
     """Reads at most ``left`` bytes from a file object."""
 
@@ -240,20 +234,25 @@ class _Range:
         return data
 
 
-def copy_shard(fileobj: IO[bytes], plan: ShardPlan, out: IO[bytes]) -> int:
+def copy_shard(fileobj: IO[bytes], plan: ShardPlan, out: IO[bytes], *, label: str = "the input file") -> int:
     """Pass 2 of splitting: write the shard's bytes to ``out``; return how many were written.
 
     ``fileobj`` must be the same input, seekable. A clean shard is copied as a byte range in 1 MiB
     chunks; otherwise it is copied line by line, without blank lines and with a final newline.
+    What was written is checked against the plan's size and SHA-256, so a caller that sends
+    ``out`` only once this returns never sends bytes the plan did not validate.
 
-    :raises MaaSInputError: if the bytes copied differ in size from the plan (the input changed).
+    :param label: Names the input in the error (e.g. its URI).
+    :raises MaaSInputChangedError: the bytes differ from the plan (the input changed since it was planned).
     """
     fileobj.seek(plan.start_offset)
     reader = _Range(fileobj, plan.end_offset - plan.start_offset)
+    digest = hashlib.sha256()
     written = 0
     if plan.clean:
         while chunk := reader.read(CHUNK_SIZE):
             out.write(chunk)
+            digest.update(chunk)
             written += len(chunk)
     else:
         for lines, _ in iter_line_batches(reader):
@@ -262,13 +261,35 @@ def copy_shard(fileobj: IO[bytes], plan: ShardPlan, out: IO[bytes]) -> int:
                 kept.append(b"")
                 data = b"\n".join(kept)
                 out.write(data)
+                digest.update(data)
                 written += len(data)
-    if written != plan.bytes:
-        raise MaaSInputError(
-            f"shard {plan.index} (lines {plan.first_line}-{plan.last_line}): copied {written} bytes but planned "
-            f"{plan.bytes}; the input file changed while it was being split: run the split again"
+    if written != plan.bytes or digest.hexdigest() != plan.sha256:
+        raise MaaSInputChangedError(
+            f"{label} changed since it was planned: shard {plan.index} (lines {plan.first_line}-{plan.last_line}) "
+            f"now holds {written} bytes with SHA-256 {digest.hexdigest()[:16]}..., the plan {plan.bytes} bytes "
+            f"with SHA-256 {plan.sha256[:16]}... (did an upstream task rewrite it?). Nothing was sent for this "
+            "shard. Restore the file as it was, or start over with the new one: run the split again, or clear "
+            "the batch task (jobs already created for the old file keep running and are billed)"
         )
     return written
+
+
+class _Discard:
+    """A writable that keeps nothing (what :func:`check_unchanged` copies shards to)."""
+
+    def write(self, data: bytes, /) -> int:
+        return len(data)
+
+
+def check_unchanged(source: Any, plans: Iterable[ShardPlan]) -> None:
+    """Check that ``source`` still holds the bytes of every shard of ``plans``, without keeping them.
+
+    :raises MaaSInputChangedError: naming the source and the first shard that differs.
+    """
+    label = source_label(source, "source")
+    with open_source(source) as handle:
+        for plan in plans:
+            copy_shard(handle, plan, _Discard(), label=label)  # type: ignore[arg-type]
 
 
 def iter_shards(
@@ -319,7 +340,7 @@ def write_shards(source: Any, prefix: Any, *, max_requests: int, max_bytes: int,
         for plan in plans:
             path = root / shard_name(SHARD_PREFIX, plan.index, len(plans))
             with atomic_writer(path, clean=False) as out:
-                copy_shard(handle, plan, out)
+                copy_shard(handle, plan, out, label=source_label(source, "source"))
             uris.append(uri_of(path))
     log.info("Split into %d shards under %s", len(uris), uri_of(root))
     return uris

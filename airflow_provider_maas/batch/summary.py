@@ -12,9 +12,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.cost import usd
 from airflow_provider_maas.batch.merge import failed_path_for, merge_shard_results
+from airflow_provider_maas.batch.origin import count_answers, write_origin
 from airflow_provider_maas.batch.round_files import all_round_results, open_results, write_failure_parts
 from airflow_provider_maas.batch.rounds import add_origins, merge_answers
+from airflow_provider_maas.batch.shards import check_unchanged
 from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSJobFailedError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
@@ -39,13 +42,26 @@ def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchSt
         # Every input request was sent, once, in round 0: the shard-by-shard merge (memory
         # follows the largest shard) suffices.
         write_failure_parts(settings, journal, state, failed)
-        plans = ((journal.part(r.key), state.plan(r.key)) for r in records)
-        parts = ((part, plan.first_line, plan.last_line) for part, plan in plans)
-        summary = merge_shard_results(parts, settings.source, settings.destination)
+        plans = [state.plan(r.key) for r in records]
+        parts = ((journal.part(r.key), plan.first_line, plan.last_line) for r, plan in zip(records, plans, strict=True))
+        sha256 = [plan.sha256 for plan in plans]  # the source must still hold the requests that were sent
+        summary = merge_shard_results(parts, settings.source, settings.destination, sha256=sha256)
         add_origins(summary, prices=settings.prices)
         summary["round_succeeded"] = [summary["succeeded"]]
     else:
+        if state.rounds[0].source is None:  # round 0 was planned over the source itself: is it still that?
+            check_unchanged(settings.source, state.rounds[0].plans)
         summary = merge_rounds(settings, all_round_results(settings, journal, state))
+    others = settings.reuse_of_other_models()
+    summary["reuse_skipped_other_model"] = count_answers(others)
+    if others:
+        log.warning(
+            "%d answers of reuse_results were not reused: %s were written by another ENDPOINT (another model); "
+            "set reuse_other_models=True to reuse them",
+            summary["reuse_skipped_other_model"],
+            ", ".join(uri_of(path) for path in others),
+        )
+    write_origin(settings.destination, settings)
     summary.update(
         shards=len(records),
         failed_shards=len(failed),
@@ -103,10 +119,14 @@ def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[s
     if "cost_usd" in summary:
         avoided = summary["cost_avoided_usd"]
         log.info(
-            "Cost at the given prices: $%.6f (avoided: $%.6f by reuse, $%.6f by sending identical requests once)",
-            summary["cost_usd"],
-            avoided["reused"],
-            avoided["deduplicated"],
+            "Cost at the given prices: %s (avoided: %s by reuse, %s by sending identical requests once)",
+            *(usd(value) for value in (summary["cost_usd"], avoided["reused"], avoided["deduplicated"])),
+        )
+    if summary.get("cost_unknown_answers"):
+        log.warning(
+            "%d answers have no usable token counts (no usageMetadata, or a count that is negative or not an "
+            "integer): token totals leave them out and the cost is unknown",
+            summary["cost_unknown_answers"],
         )
     return summary
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from airflow_provider_maas.client.redaction import UNSAFE
 from airflow_provider_maas.client.service import API_PREFIX, DEFAULT_BASE_URL
 from airflow_provider_maas.exceptions import (
     MaaSConfigError,
@@ -20,7 +21,9 @@ DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 USER_AGENT = "airflow-provider-maas"
 
-_BAD_NAME = re.compile(r"[\x00-\x1f\x7f-\x9f/\\]")  # C0 and C1 control characters, slashes
+#: Slashes, and the characters :data:`~airflow_provider_maas.client.redaction.UNSAFE` escapes in logs
+#: (C0 and C1 controls, line separators, bidirectional and zero-width controls): a name is logged as is.
+_BAD_NAME = re.compile(f"[/\\\\]|{UNSAFE.pattern}")
 
 
 def check_name(name: Any, what: str) -> str:

@@ -1,6 +1,7 @@
 """What an error answer means: the matching exception, with a readable message that never holds a secret.
 
-Every text taken from a response is redacted here (:func:`redact`) before it is cut or shown.
+Every text taken from a response is redacted (:func:`~airflow_provider_maas.client.redaction.redact`,
+every form of the key) before it is cut, and neutralised (no control character) before it is shown.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import re
 from typing import Any
 
+from airflow_provider_maas.client.redaction import contains_key, escape_unsafe, neutralise, redact, redact_key
 from airflow_provider_maas.client.retry import RETRYABLE_STATUS, parse_retry_after
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
@@ -21,9 +23,6 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
 )
 
-#: ``Authorization: <anything>`` (a header echoed by a proxy) and ``Bearer <token>``.
-_AUTH_VALUE = re.compile(r"(authorization[\s\"'<>/]*[:=][\s\"']*)[^\s\"'<>,;]+(\s+[^\s\"'<>,;]+)?", re.IGNORECASE)
-_BEARER = re.compile(r"(bearer\s+)[^\s\"'<>,;]+", re.IGNORECASE)
 #: Longest text of a response kept in an error message.
 MAX_SHOWN = 300
 #: Most bytes of an error answer read and looked at (a gateway's page is a few KiB): a huge or
@@ -33,7 +32,8 @@ MAX_ERROR_BODY = 64 * 1024
 
 def error_body_head(body: bytes, api_key: str | None) -> bytes:
     """The first :data:`MAX_ERROR_BODY` bytes of an error answer; when cut, never ending with the
-    start of the key (redaction could not recognise half a key)."""
+    start of the key in any form (redaction could not recognise half a key): the last bytes that
+    could hold an encoded key's start are dropped too."""
     if len(body) <= MAX_ERROR_BODY:
         return body
     head = body[:MAX_ERROR_BODY]
@@ -41,29 +41,22 @@ def error_body_head(body: bytes, api_key: str | None) -> bytes:
     for size in range(min(len(key) - 1, len(head)), 0, -1):
         if head.endswith(key[:size]):
             return head[:-size]
-    return head
+    return head[: -_LONGEST_FORM * len(key)] if key else head
 
 
-def redact(text: str, api_key: str | None) -> str:
-    """``text`` without the API key nor any ``Authorization:`` / ``Bearer`` value.
-
-    Every text taken from a response goes through here BEFORE it is cut or stored (a key cut in
-    half by a length limit would still leak its first half).
-    """
-    if api_key:
-        text = text.replace(api_key, "***")
-    text = _AUTH_VALUE.sub(r"\1***", text)
-    return _BEARER.sub(r"\1***", text)
+#: The most characters one character of the key takes in an encoded form (``&#x0000002f;``...).
+_LONGEST_FORM = 16
 
 
 def response_text(body: bytes, api_key: str | None, *, limit: int = MAX_SHOWN) -> str:
-    """Readable, redacted and shortened text of a response body (HTML tags and spacing removed)."""
+    """Readable, redacted, neutralised and shortened text of a response body (HTML tags and spacing
+    removed, control characters escaped)."""
     text = redact(body.decode("utf-8", errors="replace"), api_key)
     if "<" in text:
         text = html.unescape(re.sub(r"<[^>]+>", " ", text))
         text = redact(text, api_key)  # an entity (&#66;earer) may have hidden a pattern
     text = " ".join(text.split())
-    return (text[:limit] + "...") if len(text) > limit else text
+    return neutralise(text, limit)
 
 
 def _load_json(body: bytes) -> Any:
@@ -92,7 +85,7 @@ def error_from_response(
             error_status = err.get("status") if isinstance(err.get("status"), str) else None
             if err.get("message") is not None:
                 error_message = response_text(str(err["message"]).encode(), api_key, limit=MAX_SHOWN * 4)
-            error_status = redact(error_status, api_key)[:100] if error_status else None
+            error_status = neutralise(redact(error_status, api_key), 100) if error_status else None
         elif isinstance(err, str):
             error_message = response_text(err.encode(), api_key)
     except (ValueError, AttributeError):
@@ -127,10 +120,16 @@ def error_from_response(
 
 def parse_json(body: bytes, *, what: str, api_key: str | None = None) -> dict[str, Any]:
     """Parse a success body; anything but a JSON object (deep nesting included) is a clear
-    :class:`MaaSApiError` quoting the redacted start of the body. The key is taken out of the
-    body first, so no value of the result (a job's error message...) can carry it on."""
-    if api_key and api_key.encode() in body:
-        body = body.replace(api_key.encode(), b"***")
+    :class:`MaaSApiError` quoting the redacted start of the body. The key, in any form, is taken out
+    of the body first, so no value of the result (a job's error message...) can carry it on, and
+    control characters in its strings are escaped (:func:`_clean_strings`)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        text = body.decode("utf-8", errors="replace")
+    if api_key and contains_key(text, api_key):
+        text = redact_key(text, api_key)
+        body = text.encode("utf-8")
     try:
         payload = _load_json(body)
     except ValueError:
@@ -141,12 +140,37 @@ def parse_json(body: bytes, *, what: str, api_key: str | None = None) -> dict[st
             f"{what}: the service answered with success but the body is not a usable JSON object: {snippet!r}; "
             "check the connection's Base URL points at the MaaS API."
         )
+    # A decoded string may hold an unsafe character only if the JSON text has one, an escape
+    # (\n, \u001b...) or a non-ASCII character; a job's JSON usually has none (a poll stays cheap).
+    if (api_key and contains_key(text, api_key)) or not text.isascii() or "\\" in text or not text.isprintable():
+        _clean_strings(payload, api_key)
     return payload
+
+
+def _clean(text: str, api_key: str | None) -> str:
+    return escape_unsafe(redact_key(text, api_key))
+
+
+def _clean_strings(payload: dict[str, Any], api_key: str | None) -> None:
+    """Redact (a form escaped for JSON in the body, ``\\/``, is plain once decoded) and escape the
+    unsafe characters of, in place, every string of a decoded JSON object (keys too), at any depth:
+    no value the hook returns can carry the key or a control character into a log, error or XCom."""
+    stack: list[Any] = [payload]
+    while stack:
+        item = stack.pop()
+        pairs = list(item.items()) if isinstance(item, dict) else list(enumerate(item))
+        for key, value in pairs:
+            if isinstance(value, str):
+                item[key] = _clean(value, api_key)
+            elif isinstance(value, (dict, list)):
+                stack.append(value)
+            if isinstance(key, str) and _clean(key, api_key) != key:
+                item[_clean(key, api_key)] = item.pop(key)
 
 
 def redirect_error(status: int, location: str | None, *, what: str, api_key: str | None) -> MaaSConfigError:
     """A 3xx answer: never followed (a redirect would carry the API key to another address)."""
-    target = redact(location or "", api_key)[:200] or "no Location given"
+    target = neutralise(redact(location or "", api_key), 200) or "no Location given"
     return MaaSConfigError(
         f"{what}: the server answered HTTP {status}, a redirect to {target}. Redirects are not followed "
         "(they would send the API key elsewhere): set the connection's Base URL to the address the "

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airflow_provider_maas.client.config import check_name
-from airflow_provider_maas.client.errors import redact
+from airflow_provider_maas.client.redaction import contains_key, neutralise, redact
 from airflow_provider_maas.exceptions import (
     MaaSConfigError,
     MaaSError,
@@ -151,7 +151,7 @@ def job_name_problem(name: Any, *, api_key: str | None) -> str | None:
     """Why the ``name`` a create answered cannot be used to poll the job (redacted), or None."""
     if name is None or name == "":
         return "the answer has no job name."
-    shown = repr(redact(str(name), api_key))
+    shown = repr(neutralise(redact(str(name), api_key), 1000))
     shown = f"{shown[:200]}{'...' if len(shown) > 200 else ''}"
     if not isinstance(name, str):
         kind = {bool: "boolean", int: "number", float: "number", list: "array", dict: "object"}.get(type(name), "value")
@@ -164,7 +164,7 @@ def job_name_problem(name: Any, *, api_key: str | None) -> str | None:
             "'\\', '..' or a control character, or is over 1024 characters, would make the status URL point "
             "elsewhere."
         )
-    if api_key and api_key in name:
+    if contains_key(name, api_key):
         return "the answer's job name holds the API key: it cannot be polled."
     return None
 

@@ -1,5 +1,8 @@
 """Batch job states (Vertex AI ``JobState`` names) and what they mean to whoever waits on a job.
 
+Every text of the service kept in an outcome (state, error message and code, job name) is
+neutralised (:func:`~airflow_provider_maas.client.redaction.neutralise`): it is logged and raised.
+
 One place decides: :func:`job_outcome` turns a job's JSON into a :class:`JobOutcome` (keep waiting,
 succeeded, partial, failed), used by the hook's wait, the triggers, the sensor and the batch
 operator. A ``JobOutcome`` is also the compact form a trigger event carries (a few hundred bytes,
@@ -12,8 +15,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from airflow_provider_maas.client.redaction import neutralise
+
 #: Longest service error message kept in an outcome (events and state stay small).
 MAX_ERROR_MESSAGE = 500
+#: Longest state, error code or job name taken from the service into an outcome.
+MAX_STATE = 100
 
 
 class JobState(str, Enum):
@@ -150,23 +157,45 @@ class JobOutcome:
 
 def job_outcome(job: dict[str, Any], job_name: str | None = None) -> JobOutcome:
     """THE decision: what a job's JSON (as ``GET batchPredictionJobs/{name}`` returns it) means."""
-    state = job.get("state")
+    raw_state = job.get("state")
+    state = neutralise(raw_state, MAX_STATE) if raw_state is not None else None
     error = job.get("error")
     code = message = None
     if isinstance(error, dict) and error:
         code = error.get("code")
         raw = error.get("message")
-        message = str(raw)[:MAX_ERROR_MESSAGE] if raw else None
+        message = neutralise(raw, MAX_ERROR_MESSAGE) if raw else None
     stats = job.get("completionStats") or {}
+    if isinstance(code, str):
+        code = neutralise(code, MAX_STATE)
     return JobOutcome(
-        job_name=str(job_name or job.get("name")),  # the name asked for: a front may spell it otherwise
+        # the name asked for: a front may spell it otherwise
+        job_name=job_name or neutralise(str(job.get("name")), MAX_STATE),
         state=state,
-        outcome=_OUTCOME_OF_KIND[classify_state(state)],
-        error_code=code if isinstance(code, (int, str)) else None,
+        outcome=_OUTCOME_OF_KIND[classify_state(raw_state)],
+        error_code=code if isinstance(code, (int, str)) and not isinstance(code, bool) else None,
         error_message=message,
         successful=_count(stats.get("successfulCount")),
         failed=_count(stats.get("failedCount")),
     )
+
+
+def neutral_job(job: dict[str, Any]) -> dict[str, Any]:
+    """``job`` (a job's JSON) with its texts neutralised: the strings at its top level and in its
+    ``error`` object (state, names, the error message...). The hook returns jobs this way, so a log
+    line, an exception text or an XCom built from one holds no control character."""
+    neutral: dict[str, Any] = {}
+    for key, value in job.items():
+        if isinstance(value, str):
+            value = neutralise(value, MAX_JOB_TEXT)
+        elif key == "error" and isinstance(value, dict):
+            value = {k: neutralise(v, MAX_JOB_TEXT) if isinstance(v, str) else v for k, v in value.items()}
+        neutral[key] = value
+    return neutral
+
+
+#: Longest text kept in a job's JSON as the hook returns it (:func:`neutral_job`).
+MAX_JOB_TEXT = 2000
 
 
 def log_state_change(log: Any, job_name: str, state: str | None, seconds: float | None = None) -> None:

@@ -23,6 +23,7 @@ from urllib3.exceptions import NewConnectionError
 from airflow_provider_maas.client.errors import MAX_ERROR_BODY, error_from_response, parse_json, redirect_error
 from airflow_provider_maas.client.failures import CREATE_404_HINT, job_name_problem, transport_error, uncertain_create
 from airflow_provider_maas.client.integrity import StreamHasher, verify_download
+from airflow_provider_maas.client.redaction import HIDDEN, contains_key
 from airflow_provider_maas.client.streams import Progress, aread_head, read_head
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
@@ -31,6 +32,7 @@ from airflow_provider_maas.exceptions import (
     MaaSNotFoundError,
     MaaSRateLimitError,
     MaaSRetryableError,
+    MaaSUnknownEndpointError,
 )
 from airflow_provider_maas.storage import CHUNK_SIZE, EarlyWriteback, atomic_writer
 
@@ -176,8 +178,13 @@ def send_once(
             redirect = redirect_error(status, location, what=what, api_key=config.api_key)
             raise uncertain(str(redirect)) if uncertain is not None else redirect
         error = error_from_response(status, body, what=what, retry_after=retry_after, api_key=config.api_key)
-        if not_found_hint and isinstance(error, MaaSNotFoundError):
-            error.args = (f"{error} ({not_found_hint})",)
+        if not_found_hint and type(error) is MaaSNotFoundError:  # the ENDPOINT's own path: fail fast
+            error = MaaSUnknownEndpointError(
+                f"{error} ({not_found_hint})",
+                status_code=error.status_code,
+                error_status=error.error_status,
+                error_message=error.error_message,
+            )
         raise error
     return response
 
@@ -225,9 +232,9 @@ def create_job(
         except MaaSApiError as err:
             raise uncertain(str(err)) from None
         name = job.get("name")
-        if isinstance(name, str) and "***" in name and config.api_key and config.api_key.encode() in response.content:
-            name = name.replace("***", config.api_key)  # parse_json redacted it: judge the name as sent
         problem = job_name_problem(name, api_key=config.api_key)
+        if problem is None and isinstance(name, str) and HIDDEN in name and contains_key(response.text, config.api_key):
+            problem = "the answer's job name holds the API key: it cannot be polled."  # parse_json redacted it
         if problem is not None:
             raise uncertain(problem)  # the job may exist: never dropped, never polled at a bad URL
         return job

@@ -14,8 +14,9 @@ from airflow_provider_maas._compat import BaseHook
 from airflow_provider_maas.client.config import ApiConfig, build_config, check_name
 from airflow_provider_maas.client.errors import parse_json
 from airflow_provider_maas.client.failures import UPLOAD_404_HINT
+from airflow_provider_maas.client.redaction import mask_key
 from airflow_provider_maas.client.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
-from airflow_provider_maas.client.states import Outcome, job_outcome, log_state_change
+from airflow_provider_maas.client.states import Outcome, job_outcome, log_state_change, neutral_job
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
     MaaSError,
@@ -121,18 +122,14 @@ class MaaSHook(BaseHook):
 
     @staticmethod
     def _mask(secret: str) -> None:
-        """Register ``secret`` with Airflow's secrets masker (the one place the hook masks the key).
+        """Register ``secret`` with Airflow's secrets masker in every form a response may
+        echo (the one place the hook masks the key).
 
         Synchronous: in a triggerer it may message Airflow's supervisor, which on Airflow 3.0 fails
         inside the event loop. Async callers reach it through :meth:`aget_config` only, which runs it
         in a worker thread.
         """
-        try:
-            from airflow.sdk.log import mask_secret
-
-            mask_secret(secret)
-        except ImportError:  # pragma: no cover - older Airflow
-            pass
+        mask_key(secret)
 
     @cached_property
     def config(self) -> ApiConfig:
@@ -264,15 +261,22 @@ class MaaSHook(BaseHook):
             "inputConfig": {"instancesFormat": "jsonl", "gcsSource": {"uris": file_name}},
             "outputConfig": {"predictionsFormat": "jsonl"},
         }
-        job = create_job(
-            self.session, self.config, body, file_name=file_name, display_name=display_name, policy=self.retry_policy
+        job = neutral_job(
+            create_job(
+                self.session,
+                self.config,
+                body,
+                file_name=file_name,
+                display_name=display_name,
+                policy=self.retry_policy,
+            )
         )
         log.info("Created batch job %s (%s) from %r", job.get("name"), job.get("state"), file_name)
         return job
 
     def get_batch_job(self, job_name: str) -> dict[str, Any]:
-        """The job JSON (state, completionStats, error...)."""
-        return self._get_json(self.config.job_url(job_name), what=f"Getting job {job_name}")
+        """The job JSON (state, completionStats, error...), its texts neutralised (no control character)."""
+        return neutral_job(self._get_json(self.config.job_url(job_name), what=f"Getting job {job_name}"))
 
     def get_results_metadata(self, job_name: str) -> dict[str, Any]:
         """Metadata of the job's results (``alt=json``): size and crc32c."""
@@ -345,9 +349,10 @@ class MaaSHook(BaseHook):
         from airflow_provider_maas.client.transport import asend
 
         config = await self.aget_config()
-        return await asend(  # type: ignore[no-any-return]
+        job = await asend(
             config, "GET", config.job_url(job_name), what=f"Getting job {job_name}", policy=self.retry_policy
         )
+        return neutral_job(job)
 
     @contextlib.asynccontextmanager
     async def async_session_scope(self) -> AsyncIterator[None]:

@@ -120,6 +120,9 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         ``True``, ``"true"``, ``"1"``...). A person's explicit choice, named by the error that stops the
         task in that case: the jobs the state recorded are abandoned (they keep running and are billed);
         answers already downloaded are kept and reused. Set it back afterwards.
+    :param reuse_other_models: Also reuse the answers of ``reuse_results`` files written by
+        another ENDPOINT (another model). By default they are left unused (the summary's
+        ``reuse_skipped_other_model`` counts them); the ENDPOINT is recorded beside each results file.
     :param prices: USD per 1,000,000 tokens, ``{"prompt": ..., "candidates": ..., "thoughts": ...}``
         (``thoughts`` defaults to ``candidates``): the summary then gives ``cost_usd`` and the
         ``cost_avoided_usd`` by reuse and deduplication.
@@ -187,6 +190,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         retry_invalid: bool = False,
         set_response_schema: bool = True,
         start_over: str | bool = False,
+        reuse_other_models: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(maas_conn_id=maas_conn_id, endpoint=endpoint, **kwargs)
@@ -205,6 +209,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         self.max_parallel_transfers = max_parallel_transfers
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.reuse_results = reuse_results
+        self.reuse_other_models = reuse_other_models
         self.deduplicate = deduplicate
         self.request_retries = request_retries
         self.retry_failures = retry_failures
@@ -229,6 +234,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             should_retry=self._retry_rule(self._should_retry),
             start_over=is_true(self.start_over, what="start_over"),
             kept_answers=journal.kept_answers if journal is not None else None,
+            endpoint_of=lambda: self.hook.config.endpoint,
             **given,
         )
 

@@ -22,6 +22,7 @@ from airflow_provider_maas.batch.merge import (
     merge_results,
     summarise_results,
 )
+from airflow_provider_maas.batch.origin import write_origin
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, iter_request_lines
 from airflow_provider_maas.batch.settings import check_limits
 from airflow_provider_maas.batch.shards import validate_file, write_shards
@@ -100,8 +101,10 @@ class MaaSUploadFileOperator(MaaSBaseOperator):
 class MaaSCreateBatchJobOperator(MaaSBaseOperator):
     """Create a batch job from an uploaded file; returns the job ``name``.
 
-    Never pays twice on its own (Airflow >= 3.3, ``task_state_store`` key ``maas_job``): a marker is
-    saved before the create is sent and replaced by the job's name once the answer is in. A retry
+    Never pays twice on its own: a marker is saved before the create is sent and replaced by the
+    job's name once the answer is in, in ``task_state_store`` (key ``maas_job``; Airflow >= 3.3) or,
+    before Airflow 3.3, in an Airflow Variable ``maas_create.<digest>`` of the task instance
+    (:class:`~airflow_provider_maas.operators._common.VariableStateStore`). A retry
     reuses that job (unless it ended FAILED/CANCELLED/EXPIRED or its results are gone: then it
     creates a new one, and logs it). A retry that finds the create still in flight (lost answer,
     timeout, killed process) fails with
@@ -154,7 +157,11 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
                 store.set(JOB_STATE_KEY, {"status": "not_created", "file_name": self.file_name})
             raise
         if store is not None:
-            store.set(JOB_STATE_KEY, {"job_name": job["name"], "file_name": self.file_name})
+            try:
+                store.set(JOB_STATE_KEY, {"job_name": job["name"], "file_name": self.file_name})
+            except BaseException:
+                self.log.error("Job %s was created, but could not be recorded: a retry will refuse", job["name"])
+                raise
         self._record_job_lineage(job["name"])
         self.log.info("Created job %s from %r (state %s)", job["name"], self.file_name, job.get("state"))
         return job["name"]
@@ -248,6 +255,7 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
             images = extract_images_beside(dest)
             summary["images"] = len(images)
             context["ti"].xcom_push(key="images", value=images)
+        write_origin(dest, self.hook.config.endpoint)
         publish_summary(self, context, summary, uri_of(dest))
         return uri_of(dest)
 

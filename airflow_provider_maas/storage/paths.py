@@ -11,11 +11,13 @@ import contextlib
 import io
 import logging
 import os
+import re
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import urlsplit
 
 from airflow.sdk import ObjectStoragePath
 
+from airflow_provider_maas.client.redaction import UNSAFE, neutralise
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError
 
 try:
@@ -41,22 +43,31 @@ INSTALL_HINTS = {
     "adl": "pip install apache-airflow-providers-microsoft-azure",
 }
 _LOCAL = frozenset({"file", "local"})
+_HTTP = frozenset({"http", "https"})
 
 
 def to_path(target: Any, *, what: str = "path") -> ObjectStoragePath:
     """Turn a local path, URI or ``ObjectStoragePath`` into an ``ObjectStoragePath``.
 
     Relative local paths are made absolute; ``..`` segments are refused (path traversal);
-    ``file://localhost/x`` is ``/x``. A connection id in the URI (``s3://my_conn@bucket/key``) is kept.
+    ``file://localhost/x`` is ``/x``. A connection id in the URI (``s3://my_conn@bucket/key``) is kept;
+    credentials there (``KEY:SECRET@``) are refused. Nothing is stripped: a path with a control
+    character is refused (:func:`_check_text`).
     """
     if isinstance(target, ObjectStoragePath):
         path = target
+        _check_text(str(path.path), what)
+        if ":" in (conn_id_of(path) or ""):
+            raise _credentials_error(what, path.protocol or "?")
     elif isinstance(target, (str, os.PathLike)):
-        text = os.fspath(target).strip()
-        if not text:
+        text = os.fspath(target)
+        if not isinstance(text, str) or not text.strip():
             raise MaaSInputError(f"The {what} is empty: give a local path, a URI or an ObjectStoragePath.")
+        _check_text(text, what)
         if ".." in text.replace("\\", "/").split("/"):
-            raise MaaSInputError(f"The {what} {text!r} contains a '..' segment; give a normalised path.")
+            raise MaaSInputError(f"The {what} {shown_uri(text)!r} contains a '..' segment; give a normalised path.")
+        if "://" in text:
+            _check_userinfo(text, what)
         if "://" not in text:
             text = "file://" + os.path.abspath(text)
         elif text[:7].lower() == "file://":
@@ -70,7 +81,7 @@ def to_path(target: Any, *, what: str = "path") -> ObjectStoragePath:
         try:
             path = ObjectStoragePath(text)
         except (ValueError, TypeError, ImportError) as err:  # "Unsupported filesystem: 'x'", "Install ocifs"
-            raise MaaSInputError(f"The {what} {text!r} is not a usable path or URI: {err}.") from None
+            raise MaaSInputError(f"The {what} {shown_uri(text)!r} is not a usable path or URI: {scrub(err)}.") from None
     else:
         raise MaaSInputError(
             f"The {what} must be a local path, a URI or an ObjectStoragePath, got {type(target).__name__}."
@@ -78,6 +89,66 @@ def to_path(target: Any, *, what: str = "path") -> ObjectStoragePath:
     if ".." in str(path.path).split("/"):
         raise MaaSInputError(f"The {what} {uri_of(path)!r} contains a '..' segment; give a normalised path.")
     return path
+
+
+def _check_text(text: str, what: str) -> None:
+    """Paths are used exactly as given: one with a control character (or a line separator, a
+    bidirectional or zero-width control) is refused, never silently changed."""
+    bad = UNSAFE.search(text)
+    if bad is not None:
+        raise MaaSInputError(
+            f"The {what} {neutralise(shown_uri(text), 300)!r} contains the control character "
+            f"{neutralise(bad.group())} at position {bad.start()}; paths are used exactly as given: "
+            "remove it (a newline or tab pasted with the path?)."
+        )
+
+
+def _check_userinfo(text: str, what: str) -> None:
+    """Refuse a URI whose user part holds a secret: ``s3://KEY:SECRET@bucket/...`` (``:`` in it), or
+    any user part of an http(s) URL. The message never repeats it."""
+    parts = urlsplit(text)
+    if "@" not in parts.netloc:
+        return
+    userinfo = parts.netloc.rsplit("@", 1)[0]
+    if ":" in userinfo or parts.scheme.lower() in _HTTP:
+        raise _credentials_error(what, parts.scheme)
+
+
+def _credentials_error(what: str, scheme: str) -> MaaSInputError:
+    if scheme.lower() in _HTTP:
+        fix = "give the URL without them"
+    else:
+        fix = f"put them in an Airflow connection and name its id there instead: '{scheme}://my_conn_id@bucket/key'"
+    return MaaSInputError(
+        f"The {what} ({scheme}://...) holds credentials before its '@': they would be written to XCom, logs "
+        f"and errors; {fix}."
+    )
+
+
+def shown_uri(uri: str) -> str:
+    """``uri`` as messages may show it: an http(s) URL without its user part, query string and
+    fragment (signatures, tokens), marked ``?...``; a ``scheme://user:secret@`` user part as
+    ``scheme://...@``. Anything else as it is."""
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.netloc
+    if "@" in netloc and (":" in netloc.rsplit("@", 1)[0] or parts.scheme.lower() in _HTTP):
+        netloc = "...@" + netloc.rsplit("@", 1)[1]
+    if parts.scheme.lower() in _HTTP:
+        hidden = "?..." if parts.query or parts.fragment else ""
+        return f"{parts.scheme}://{netloc}{parts.path}{hidden}"
+    return uri if netloc == parts.netloc else uri.replace(parts.netloc, netloc, 1)
+
+
+_URL_SECRETS = re.compile(r"(\w+://)[^/\s'\"@]*:[^/\s'\"@]*@|(https?://[^\s'\"?#]*)[?#][^\s'\"]*", re.IGNORECASE)
+
+
+def scrub(err: BaseException | str) -> str:
+    """The text of a filesystem's error, neutralised, without what a URL in it may carry: a user
+    part with a secret (``s3://KEY:SECRET@``) and an http(s) query string (a signature)."""
+    text = _URL_SECRETS.sub(lambda m: f"{m[1]}...@" if m[1] else f"{m[2]}?...", str(err))
+    return neutralise(text, 500)
 
 
 def conn_id_of(path: ObjectStoragePath) -> str | None:
@@ -92,11 +163,15 @@ def uri_of(path: ObjectStoragePath) -> str:
     """A URI for ``path`` that keeps its connection: ``file:///data/r.jsonl``, ``s3://my_conn@bucket/key``.
 
     ``to_path(uri_of(p))`` has the protocol, bucket, key and connection id of ``p``. Every URI the
-    provider writes to XCom, logs, summaries or state comes from here.
+    provider writes to XCom, logs, summaries or state comes from here. An http(s) URL is itself,
+    without its query string and fragment (signatures, tokens: :func:`shown_uri`), never
+    ``https://https://...``.
     """
     protocol = path.protocol or "file"
     if protocol in _LOCAL:
         return "file://" + str(path.path)
+    if protocol in _HTTP:  # its path is the whole URL
+        return shown_uri(str(path.path))
     conn_id = conn_id_of(path)
     user = f"{conn_id}@" if conn_id else ""
     return f"{protocol}://{user}{str(path.path).lstrip('/')}"
@@ -154,7 +229,7 @@ def _cannot_use(path: ObjectStoragePath, what: str, err: Exception) -> MaaSInput
     conn = f" with connection {conn_id!r}" if conn_id else " without a connection id"
     return MaaSInputError(
         f"The {what} {uri_of(path)!r}: its {path.protocol}:// filesystem cannot be opened{conn} "
-        f"({type(err).__name__}: {err}); check the connection (the id goes before '@' in the URI)."
+        f"({type(err).__name__}: {scrub(err)}); check the connection (the id goes before '@' in the URI)."
     )
 
 
@@ -189,11 +264,11 @@ def check_destination(target: Any, *, what: str = "destination", folder: bool = 
         is_file = folder and not is_dir and fs.isfile(path.path)
     except PermissionError as err:
         raise MaaSInputError(
-            f"The {what} {uri!r} cannot be read: permission denied ({err}); check the credentials of "
+            f"The {what} {uri!r} cannot be read: permission denied ({scrub(err)}); check the credentials of "
             f"its connection {conn_id_of(path)!r}."
         ) from None
     except Exception as err:  # network or service: may pass on a retry
-        raise MaaSError(f"The {what} {uri!r} could not be checked ({type(err).__name__}: {err}).") from None
+        raise MaaSError(f"The {what} {uri!r} could not be checked ({type(err).__name__}: {scrub(err)}).") from None
     _refuse_kind(uri, what=what, folder=folder, is_dir=is_dir, is_file=is_file)
     return path
 

@@ -36,9 +36,10 @@ WRITEBACK_BYTES = 64 * 1024 * 1024
 #: its part into place as soon as the part is complete, i.e. visible). Local parts are locked by
 #: their writer instead: any unlocked one is stale, whatever its age.
 STALE_PART_SECONDS = 5 * 60
-#: ``.<name>.<random>.part``: ours (12 hex digits locally, 32 on object stores) and the older
-#: ``tempfile.mkstemp`` names (8 characters).
-_PART = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8,32}\.part")
+#: ``.<name>.<random>.part``, exactly as this package names them: 12 lowercase hex digits locally
+#: (:func:`_create_local_part`), 32 on object stores (a ``uuid4().hex``). A user's file that merely
+#: looks like a part (``.res.jsonl.backup_20260101.part``) is never taken for one.
+_PART = re.compile(r"\.(?P<name>.+)\.(?:[0-9a-f]{12}|[0-9a-f]{32})\.part")
 
 
 @contextlib.contextmanager

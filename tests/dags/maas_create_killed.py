@@ -1,12 +1,28 @@
 """Test-only DAG for ``tests/test_create_killed.py``: one ``MaaSCreateBatchJobOperator`` task run by a
-real ``airflow scheduler`` (``@once``); its task process is SIGKILLed while its create is in flight."""
+real ``airflow scheduler`` (``@once``); its task process is SIGKILLed while its create is in flight.
+With ``MAAS_TEST_NO_TASK_STATE_STORE=1`` the operator gets the context of Airflow 3.0-3.2 (no
+``task_state_store``), so it keeps its record in an Airflow Variable."""
 
 from __future__ import annotations
+
+import os
+from typing import Any
 
 import pendulum
 from airflow.sdk import DAG
 
 from airflow_provider_maas.operators.maas import MaaSCreateBatchJobOperator
+
+
+class CreateWithoutTaskStateStore(MaaSCreateBatchJobOperator):
+    """The create operator in the context Airflow < 3.3 gives it."""
+
+    def execute(self, context: Any) -> str:
+        context.pop("task_state_store", None)
+        return super().execute(context)
+
+
+create = CreateWithoutTaskStateStore if os.environ.get("MAAS_TEST_NO_TASK_STATE_STORE") else MaaSCreateBatchJobOperator
 
 with DAG(
     dag_id="maas_create_killed",
@@ -15,7 +31,7 @@ with DAG(
     catchup=False,
     tags=["maas", "test"],
 ) as dag:
-    MaaSCreateBatchJobOperator(
+    create(
         task_id="create",
         file_name="killed.jsonl",
         display_name="killed-in-flight",
