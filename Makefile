@@ -92,11 +92,11 @@ COMPAT_NEWER_TESTS ?= tests/test_example_dags.py tests/test_trigger.py $(DEPLOYM
 browser-deps: $(STAMP)
 	bash scripts/ci_browser.sh $(BIN)/python
 
-## The connection form in the real Airflow UI, in headless Chromium.
+## The connection form and the batch progress tab in the real Airflow UI, in headless Chromium.
 test-browser: browser-deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
 
-## Rewrite docs/connection-form.png from a run of the browser test.
+## Rewrite docs/connection-form.png and docs/batch-progress.png from a run of the browser tests.
 screenshot: browser-deps
 	MAAS_UPDATE_DOCS_SCREENSHOT=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/browser
 
@@ -109,7 +109,8 @@ $(AF31_VENV)/.installed: pyproject.toml scripts/constraints-airflow-3.1.txt scri
 $(AF32_VENV)/.installed: pyproject.toml scripts/constraints-airflow-3.2.txt scripts/compat.sh
 	bash scripts/compat.sh $(AF32_VENV) 3.2
 
-## The hook, operator, sensor, trigger, example DAG, browser and real-deployment tests on Airflow 3.0 (second venv).
+## The hook, operator, sensor, trigger, example DAG, browser (connection form; batch progress link and page)
+## and real-deployment tests on Airflow 3.0 (second venv).
 test-compat: $(AF30_STAMP)
 	bash scripts/ci_browser.sh $(AF30_VENV)/bin/python
 	$(AF30_VENV)/bin/python -m pytest -q -p no:cacheprovider -p tests.compat_plugin $(COMPAT_DESELECT) $(COMPAT_TESTS)

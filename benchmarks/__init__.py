@@ -23,6 +23,7 @@ FIGURE_MODULES = (
     "benchmarks.reuse_index",
     "benchmarks.dry_run",
     "benchmarks.hostile_line",
+    "benchmarks.progress_api",
     "benchmarks.end_to_end",
     "benchmarks.scale",
 )

@@ -23,6 +23,7 @@ FIGURES = (
     "reuse-index",
     "dry-run",
     "hostile-line",
+    "progress-api",
     "end-to-end",
     "scale",
 )

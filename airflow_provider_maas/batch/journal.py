@@ -120,7 +120,12 @@ class BatchJournal:
 
     def part(self, key: ShardKey) -> ObjectStoragePath:
         """Where the results of shard ``key`` are downloaded."""
-        return self.part_dir() / f"r{key.round}-{key.index:06d}.jsonl"
+        return self.part_dir() / self.part_name(key)
+
+    @staticmethod
+    def part_name(key: ShardKey) -> str:
+        """The file name of :meth:`part` (no path object built: cheap for 10,000 shards)."""
+        return f"r{key.round}-{key.index:06d}.jsonl"
 
     # Reading -----------------------------------------------------------------------------
     def load(self) -> BatchState | None:

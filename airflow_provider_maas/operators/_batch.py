@@ -35,8 +35,10 @@ from airflow_provider_maas.batch.summary import check_outcome, write_outputs
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
+from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary
 from airflow_provider_maas.operators._cost import CostControl
+from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
 from airflow_provider_maas.storage import check_destination, to_path, uri_of
 from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, BatchJobsEvent, MaaSBatchJobsTrigger
 
@@ -154,6 +156,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         "reuse_results",
         "start_over",
     )
+    operator_extra_links = (MaaSProgressLink(),)
 
     def __init__(
         self,
@@ -243,6 +246,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         journal = BatchJournal.for_task(dest, context)
         settings = self._settings(journal, self._requests_to_plan(journal, write=True))
         state = start_or_resume(context, journal, settings)
+        announce(context, journal, self.prices)  # where the progress page finds the state
         return self._run(context, journal, state, settings)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
@@ -278,7 +282,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         self.hook.get_conn()  # the connection is looked up once, before the pool threads share the hook
         gate = self._gate(journal, settings.source)
         with BatchDriver(
-            hook=self.hook,
+            hook=metrics.CountingCreates(self.hook, context),
             journal=journal,
             state=state,
             source=settings.source,
@@ -299,6 +303,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             while True:
                 driver.pump()
                 running = driver.running_jobs()
+                metrics.jobs_active(context, len(running))
                 if not running and state.finished:
                     if driver.refetch_lost_parts():
                         continue
@@ -368,6 +373,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             summary.update(self._cost_summary(context, gate, state, settings))
         dest_uri = uri_of(to_path(self.destination, what="destination"))
         publish_summary(self, context, summary, dest_uri)
+        metrics.batch_finished(context, summary)
         self.record_lineage([self.source, *reuse_paths(settings.reuse_results)], [dest_uri, summary["failed_uri"]])
         if gate is not None and (stopped := gate.stop_error(state, summary)) is not None:
             raise stopped  # the state stays: a retry finds the spend and creates nothing that does not fit

@@ -29,9 +29,11 @@ from airflow_provider_maas.batch.shards import validate_file, write_shards
 from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
+from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._batch import MaaSBatchPredictionOperator
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, reusable_job, task_state
 from airflow_provider_maas.operators._lineage import LineageMixin, ServiceDataset
+from airflow_provider_maas.plugins.links import MaaSProgressLink
 from airflow_provider_maas.storage import (
     CHUNK_SIZE,
     check_destination,
@@ -114,6 +116,7 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
     """
 
     template_fields = ("file_name", "display_name", "endpoint", "maas_conn_id")
+    operator_extra_links = (MaaSProgressLink(),)
 
     def __init__(self, *, file_name: str, display_name: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -144,6 +147,7 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
             store.set(JOB_STATE_KEY, marker)  # BEFORE sending: a retry must find it
         try:
             job = self.hook.create_batch_job(self.file_name, name)
+            metrics.job_created(context)
         except (MaaSJobCreationUncertainError, KeyboardInterrupt, SystemExit, GeneratorExit):
             raise  # the marker stays: a retry refuses too
         except BaseException as err:  # Airflow's AirflowTaskTimeout/AirflowTaskTerminated are BaseExceptions

@@ -14,6 +14,7 @@ from airflow_provider_maas.client.states import job_outcome, log_state_change
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSRetryableError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
+from airflow_provider_maas.plugins.links import MaaSProgressLink
 from airflow_provider_maas.triggers.events import check_final_job, check_job_event
 from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, MaaSBatchJobTrigger
 
@@ -41,6 +42,7 @@ class MaaSBatchJobSensor(BaseSensorOperator):
     """
 
     template_fields = ("job_name", "endpoint", "maas_conn_id")
+    operator_extra_links = (MaaSProgressLink(),)
     ui_color = "#e8f0fe"
 
     def __init__(
