@@ -71,4 +71,9 @@ def test_a_forged_job_message_stays_on_its_own_log_line(tmp_path):
     assert not [c for c in RAW_CONTROLS if c in text]
     # The forged line never starts a line of the log: it stays inside the line of the real message.
     assert not re.search(r"^\s*2026-12-06T03:00:00\.000000Z", text, flags=re.M)
-    assert all("FAKE: all 10 requests succeeded" not in line.split("FAILED", 1)[0] for line in text.splitlines())
+    # Wherever the forged text appears (the job's error, a file name quoted in an integrity error),
+    # it follows a visible escape on the line of a real message.
+    forged = [line for line in text.splitlines() if "FAKE: all 10 requests succeeded" in line]
+    assert forged and all(
+        line.split("FAKE: all 10", 1)[0].endswith("\\x0a2026-12-06T03:00:00.000000Z [info     ] ") for line in forged
+    )
