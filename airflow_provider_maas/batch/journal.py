@@ -169,6 +169,13 @@ class BatchJournal:
             snapshot_seq, path = snapshots[-1]
             self._replay(state, path)
         entries = [(seq, path) for seq, path in journal if seq > snapshot_seq]
+        # A listing may lag behind the newest objects (they hold the latest creates and job names):
+        # a GET of the next key finds them; without this a retry would pay again for those shards
+        # and overwrite the objects it did not see.
+        last = entries[-1][0] if entries else snapshot_seq
+        while (following := self.root / "journal" / f"{last + 1:010d}.jsonl").exists():
+            last += 1
+            entries.append((last, following))
         if not snapshots and not entries:
             raise StateDamaged(f"the manifest is there but no journal object under {uri_of(self.root / 'journal')}")
         expected = list(range(snapshot_seq + 1, snapshot_seq + 1 + len(entries)))

@@ -81,13 +81,16 @@ def check_lease(journal: BatchJournal) -> None:
         current = {"owner": f"unreadable ({type(err).__name__}: {err})"}
     if isinstance(current, dict) and current.get("owner") == journal.lease["owner"]:
         return
+    if current is None:
+        raise LeaseLost(
+            f"The batch state at {journal.uri} was removed while this try ran (its {LEASE} is gone): this try "
+            "creates nothing more and stops."
+        )
     who = (
         f"try {current.get('try_number')} on {current.get('host')} (pid {current.get('pid')}, "
         f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(current.get('taken') or 0))} UTC)"
         if isinstance(current, dict) and "host" in current
-        else f"no lease at {uri_of(path)} (the state was removed)"
-        if current is None
-        else str(current.get("owner"))
+        else str(current.get("owner") if isinstance(current, dict) else current)
     )
     raise LeaseLost(
         f"Another try of this task instance took over the batch state at {journal.uri}: {who}. Two live "

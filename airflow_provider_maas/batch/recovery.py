@@ -208,9 +208,13 @@ def unrecorded_error(
     changes: list[ShardRecord],
     err: Exception,
     save: Callable[[list[tuple[ShardKey, str]]], bool] | None,
+    state: BatchState | None = None,
 ) -> MaaSError:
     """The error for a journal write that failed: the job names it held are kept elsewhere
-    (``save``, e.g. :func:`save_job_names`) so the next try reattaches, or named in the error."""
+    (``save``, e.g. :func:`save_job_names`) so the next try reattaches, or named in the error.
+    ``state``: this try's whole state, whose every job is named if the stored state was removed."""
+    if state is not None and _removed(journal):
+        return _removed_error(journal, state, err, save)
     jobs = [(r.key, r.job_name) for r in changes if r.job_name and r.status is ShardStatus.RUNNING]
     kept = bool(jobs) and save is not None and save(jobs)
     named = ", ".join(f"{name} (shard {key})" for key, name in jobs)
@@ -231,4 +235,42 @@ def unrecorded_error(
         "elsewhere (no task_state_store before Airflow 3.3), so the next try finds their shards 'creating' and "
         f"refuses to create them again. Fix the storage, then look these jobs up. {WAY_ON}",
         job_names=[name for _, name in jobs],
+    )
+
+
+class StateRemoved(MaaSStateError):
+    """The stored state was removed while a try ran; the message names every job that try knew."""
+
+
+def _removed(journal: BatchJournal) -> bool:
+    """Whether the stored state is gone (its manifest, written when the batch was planned)."""
+    try:
+        return not (journal.root / "manifest.json").exists()
+    except OSError:
+        return False
+
+
+def _removed_error(
+    journal: BatchJournal,
+    state: BatchState,
+    err: Exception,
+    save: Callable[[list[tuple[ShardKey, str]]], bool] | None,
+) -> StateRemoved:
+    """The stored state was removed while this try ran: every job it recorded, and the answers it had
+    downloaded, are now known only to this try; they are named, and kept where possible."""
+    jobs = sorted((r.key, r.job_name) for r in state.shards.values() if r.job_name)
+    kept = bool(jobs) and save is not None and save(jobs)
+    listed = [name for _, name in jobs]
+    if jobs:
+        log.error("Jobs of the removed batch state at %s: %s", journal.uri, ", ".join(listed))
+        shown = ", ".join(f"{name} (shard {key})" for key, name in jobs[:MAX_QUOTED_NAMES])
+        named = f"Jobs created for it ({len(jobs)}): {shown}{' ...' if len(jobs) > MAX_QUOTED_NAMES else ''}"
+        named += " (also kept in task_state_store)." if kept else "."
+    else:
+        named = "No job had been created for it yet."
+    return StateRemoved(
+        f"The batch state at {journal.uri} was removed while this try ran (by hand, by a lifecycle rule, or "
+        f"the folder was cleaned up): writing it failed ({type(err).__name__}: {err}). It is the only record of "
+        f"the jobs paid for, so this try creates nothing more. {named} {WAY_ON}",
+        job_names=listed,
     )

@@ -314,6 +314,9 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
                         continue
                     if driver.running_jobs() != running:  # a gone job's shard is due again
                         continue
+                    if driver.doubted():  # a job answered 404: polled again here, not in the trigger
+                        time.sleep(self.poll_interval)
+                        continue
                     driver.preupload(wake or 0)
                     journal.settle(state)
                     self._defer(state, running, wake)

@@ -1,0 +1,143 @@
+"""Adversarial trial of issue 19 (fail closed on the record of paid work), from the issue text."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+
+from airflow_provider_maas.exceptions import MaaSStateError, MaaSTimeoutError
+from tests.helpers import FakeStateStore, batch_operator, make_context, write_requests
+
+
+def _try(store=None, max_tries=1, **ti):
+    context = make_context(store, **ti)
+    context["ti"].max_tries = max_tries
+    return context
+
+
+def _state_dir(dest, identity="dag.task.run1.m-1"):
+    return dest.parent / f".{dest.name}.maas" / identity
+
+
+class LaggingListing:
+    """An object store whose listing lags: the newest journal objects are not listed yet (a GET
+    of their key finds them, as on any store with read-after-write consistency per key)."""
+
+    hidden = 0  # this many of the newest journal objects are left out of a listing
+
+    def __init__(self, ls):
+        self._ls = ls
+
+    def __call__(self, fs, path, detail=True, **kwargs):
+        found = self._ls(fs, path, detail=detail, **kwargs)
+        if not self.hidden or not str(path).rstrip("/").endswith("/journal"):
+            return found
+        name = (lambda e: e["name"]) if detail else (lambda e: e)
+        newest = sorted(name(e) for e in found)[-self.hidden :]
+        return [e for e in found if name(e) not in newest]
+
+
+@pytest.fixture
+def lagging_fs(monkeypatch):
+    from airflow.sdk.io import attach
+    from airflow.sdk.io.store import _STORE_CACHE
+
+    fs = MemoryFileSystem()
+    _STORE_CACHE.pop("memory", None)
+    attach("memory", fs=fs)
+    fs.store.clear()
+    fs.pseudo_dirs[:] = [""]
+    lagging = LaggingListing(MemoryFileSystem.ls)
+    monkeypatch.setattr(MemoryFileSystem, "ls", lambda self, path, detail=True, **kw: lagging(self, path, detail, **kw))
+    fs.lagging = lagging
+    yield fs
+    fs.store.clear()
+    _STORE_CACHE.pop("memory", None)
+
+
+# 2 (variation): the newest journal objects missing from a lagging listing, not a gap in the middle
+def test_2_a_listing_that_lags_behind_the_newest_journal_objects_does_not_pay_again(
+    emulator_factory, tmp_path, lagging_fs
+):
+    handle = emulator_factory(job_duration=1.0)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), "memory://bucket/out/res.jsonl"
+    with pytest.raises(MaaSTimeoutError):
+        batch_operator(source, dest, wait_timeout=0.3).execute(_try())
+    assert handle.emulator.jobs_created == 3
+    journal = "/bucket/out/.res.jsonl.maas/dag.task.run1.m-1/journal"
+    count = len(lagging_fs.ls(journal, detail=False))
+    assert count >= 3
+    lagging_fs.lagging.hidden = count - 1  # only the first object (the plan's meta) is listed yet
+
+    time.sleep(1.0)  # try 1's jobs end
+    try:
+        batch_operator(source, dest).execute(_try())  # the automatic retry
+    finally:
+        assert handle.emulator.jobs_created == 3  # nothing paid again
+    lagging_fs.lagging.hidden = 0
+    with lagging_fs.open("/bucket/out/res.jsonl", "rb") as out:
+        assert len(out.read().splitlines()) == 250
+
+
+@pytest.mark.parametrize("store", [None, FakeStateStore()], ids=["airflow<3.3", "task_state_store"])
+def test_1_state_removed_between_a_create_and_its_flush_names_the_jobs_and_pays_nothing_again(
+    emulator_factory, tmp_path, monkeypatch, store
+):
+    # Finding 1 at another moment: the state folder is removed while the try runs, right after a
+    # create answered. The write that records the job fails; "no job is missing, a retry goes on"
+    # would be false (the jobs recorded before are gone with the state), and a retry would pay again.
+    from airflow.exceptions import AirflowFailException
+
+    from airflow_provider_maas.hooks.maas import MaaSHook
+
+    handle = emulator_factory(job_duration=1.0)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    create = MaaSHook.create_batch_job
+
+    def then_removed(self, file_name, display_name):
+        job = create(self, file_name, display_name)
+        shutil.rmtree(_state_dir(dest), ignore_errors=True)
+        return job
+
+    with monkeypatch.context() as patch, pytest.raises(MaaSStateError) as first:
+        patch.setattr(MaaSHook, "create_batch_job", then_removed)
+        batch_operator(source, dest).execute(_try(store))
+    created = sorted(handle.emulator.jobs)
+    message = str(first.value)
+    assert isinstance(first.value, AirflowFailException)  # not retried automatically
+    assert "was removed while this try ran" in message and "start_over=True" in message
+    assert "no job created by this try is missing" not in message and "Another try" not in message
+    assert created and all(name in message for name in created), message
+    if store is not None:
+        with pytest.raises(MaaSStateError) as refused:  # a person's clear without start_over
+            batch_operator(source, dest).execute(_try(store, max_tries=3))
+        assert all(name in str(refused.value) for name in created)
+    assert handle.emulator.jobs_created == len(created)
+
+
+# 10 (variation): the jobs are gone while the task is deferred
+def test_10_jobs_gone_during_a_deferral_the_retry_names_the_way_on_instead_of_deferring_again(
+    emulator_factory, tmp_path
+):
+    import asyncio
+
+    from airflow_provider_maas.exceptions import MaaSJobGoneError
+    from tests.compat import TaskDeferred
+
+    handle = emulator_factory(job_duration=60)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    operator = batch_operator(source, dest, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(_try())
+    handle.emulator.jobs.clear()  # the service forgot them: status answers 404
+    event = asyncio.run(anext(deferred.value.trigger.run())).payload
+    with pytest.raises(Exception) as first:
+        operator.execute_complete(_try(), event)
+    if not isinstance(first.value, MaaSJobGoneError):  # an error event: Airflow retries the task
+        with pytest.raises(MaaSJobGoneError) as first:  # the retry: no second deferral on gone jobs
+            batch_operator(source, dest, deferrable=True).execute(_try())
+    assert "clear the task" in str(first.value)
+    assert handle.emulator.jobs_created == 3
