@@ -9,7 +9,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_provider_maas.exceptions import MaaSStateError, MaaSTimeoutError
-from tests.helpers import FakeStateStore, batch_operator, make_context, write_requests
+from tests.helpers import FakeStateStore, assert_in_input_order, batch_operator, make_context, write_requests
 
 
 def _try(store=None, max_tries=1, **ti):
@@ -141,3 +141,70 @@ def test_10_jobs_gone_during_a_deferral_the_retry_names_the_way_on_instead_of_de
             batch_operator(source, dest, deferrable=True).execute(_try())
     assert "clear the task" in str(first.value)
     assert handle.emulator.jobs_created == 3
+
+
+# 12 (variation): the state cannot be removed once the results are written
+def test_12_a_state_that_cannot_be_removed_after_the_results_are_written_does_not_fail_the_task(
+    emulator_factory, tmp_path, monkeypatch
+):
+    # The destination is whole and task_state_store says "finished": failing now makes Airflow retry,
+    # and the retry finds a half-removed state (not whole): it would stop, and only start_over (paying
+    # for the whole batch again) would get past it.
+    from airflow_provider_maas.batch.journal import BatchJournal
+
+    handle = emulator_factory(job_duration=0.2)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    remove = BatchJournal.remove
+
+    def half_removed(self, *, keep=()):
+        if keep:
+            return remove(self, keep=keep)
+        (self.root / "manifest.json").unlink()
+        raise PermissionError(13, "Permission denied", str(self.root / "journal"))
+
+    monkeypatch.setattr(BatchJournal, "remove", half_removed)
+    store = FakeStateStore()
+    context = _try(store)
+    batch_operator(source, dest).execute(context)
+    assert context["ti"].xcom["summary"]["succeeded"] == 250
+    assert handle.emulator.jobs_created == 3
+    assert_in_input_order(source, dest)
+
+
+# 2 / 12 (variation): a try killed while it wrote its first plan (nothing uploaded, nothing paid)
+def test_12_a_plan_cut_before_its_manifest_was_written_is_planned_again(emulator_factory, tmp_path, monkeypatch):
+    from airflow_provider_maas.batch.journal import BatchJournal
+
+    handle = emulator_factory(job_duration=0.2)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+
+        def killed(self, state):
+            raise SystemExit("SIGKILL")  # the process dies between the first journal object and the manifest
+
+        patch.setattr(BatchJournal, "_write_manifest", killed)
+        batch_operator(source, dest).execute(_try())
+    assert (_state_dir(dest) / "journal" / "0000000001.jsonl").exists()
+    assert not (_state_dir(dest) / "manifest.json").exists()
+    batch_operator(source, dest).execute(_try())  # the automatic retry: nothing was paid, plan again
+    assert handle.emulator.jobs_created == 3
+    assert_in_input_order(source, dest)
+
+
+# 9 (variation): two mapped tasks of one run, one destination, one after the other
+def test_9_mapped_tasks_of_one_run_writing_one_destination_in_turn_the_second_refuses(emulator_factory, tmp_path):
+    # With max_active_tis_per_dagrun=1 (or a pool of one slot) the first mapped task has finished and
+    # removed its state before the second starts: no state is shared at any moment, yet the second
+    # would overwrite the first one's paid answers.
+    handle = emulator_factory(job_duration=0.2)
+    first, second = write_requests(tmp_path / "a.jsonl", 30), write_requests(tmp_path / "b.jsonl", 30, prefix="Other")
+    dest = tmp_path / "res.jsonl"
+    batch_operator(first, dest).execute(_try(map_index=0))
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(second, dest).execute(_try(map_index=1))
+    message = str(refused.value)
+    assert "dag.task.run1.m0" in message and "map_index" in message, message
+    assert handle.emulator.jobs_created == 1
+    assert_in_input_order(first, dest)  # the first task's answers are still there
+    batch_operator(first, dest).execute(_try(map_index=0, run_id="run2"))  # the next run may write it again
+    assert handle.emulator.jobs_created == 2

@@ -135,6 +135,12 @@ class BatchJournal:
         snapshots = self._numbered(self.root, _SNAPSHOT, ".json")
         journal = self._numbered(self.root / "journal", "", ".jsonl")
         if not manifest_path.exists():
+            if not snapshots and self._plan_cut(journal):
+                log.info(
+                    "The batch state at %s was cut while its plan was written (no manifest yet): planning again",
+                    self.uri,
+                )
+                return None
             if snapshots or journal:
                 raise StateDamaged(
                     f"{uri_of(manifest_path)} is missing, but {len(snapshots) + len(journal)} journal object(s) are there"
@@ -190,6 +196,18 @@ class BatchJournal:
         self.seq = max([snapshot_seq, *(seq for seq, _ in entries)])
         self._since_snapshot = len(entries)
         return state
+
+    @staticmethod
+    def _plan_cut(journal: list[tuple[int, ObjectStoragePath]]) -> bool:
+        """Whether the only journal object is the whole first one :meth:`create` writes before the
+        manifest (the batch's fields, no shard): a try stopped there uploaded and paid for nothing."""
+        if [seq for seq, _ in journal] != [1]:
+            return False
+        try:
+            lines = _read_json_lines(journal[0][1])
+        except StateDamaged:
+            return False
+        return len(lines) == 2 and "meta" in lines[0] and lines[1] == {"end": 1}
 
     def job_names_found(self) -> list[str]:
         """Every job name any readable line of any journal object or snapshot holds (for an error

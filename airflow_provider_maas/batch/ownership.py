@@ -21,6 +21,7 @@ anything is uploaded.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -33,7 +34,11 @@ from airflow_provider_maas.storage import atomic_writer, uri_of
 if TYPE_CHECKING:
     from airflow_provider_maas.batch.journal import BatchJournal
 
+log = logging.getLogger(__name__)
+
 LEASE = "lease.json"
+#: Beside the state folders of a destination: which mapped task instance wrote it last.
+WRITTEN = "written.json"
 
 
 class LeaseLost(MaaSStateError):
@@ -124,4 +129,38 @@ def refuse_shared_destination(journal: BatchJournal, *, fresh: bool = False) -> 
         "tasks and backfill runs must template the destination per task instance, e.g. "
         "destination='.../results-{{ run_id }}-{{ ti.map_index }}.jsonl'. If that other batch is abandoned, "
         f"delete its state folder ({uri_of(others[0])}; its jobs are then forgotten) and clear this task."
+    )
+
+
+def record_writer(journal: BatchJournal, identity: list[str]) -> None:
+    """A mapped task instance (``identity``: dag, task, run, map index) wrote the destination: keep
+    that beside it, so that another instance of the same run refuses to overwrite it
+    (:func:`refuse_written_by_sibling`). Not kept for unmapped tasks: a fixed destination rewritten by
+    each run is a common pattern, and leaves nothing behind."""
+    if identity[-1] == "m-1":
+        return
+    try:
+        with atomic_writer(journal.root.parent / WRITTEN) as out:
+            out.write(json.dumps({"identity": identity}).encode())
+    except OSError as err:  # the results are written: this record only guards against a mistake
+        log.warning("Recording which task wrote %s failed: %s", uri_of(journal.root.parent), err)
+
+
+def refuse_written_by_sibling(journal: BatchJournal, identity: list[str]) -> None:
+    """Stop if another mapped instance of this task in the same run already wrote the destination:
+    its paid answers would be overwritten (mapped tasks that run one at a time never share a state)."""
+    try:
+        with (journal.root.parent / WRITTEN).open("rb") as handle:
+            written = json.loads(handle.read()).get("identity")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(written, list) or written[:3] != identity[:3] or written == identity:
+        return
+    name = ".".join(str(part) for part in written)
+    raise MaaSStateError(
+        f"The destination was already written by another mapped instance of this task in this run: {name} "
+        f"(recorded in {uri_of(journal.root.parent / WRITTEN)}; this one is {journal.root.name}). Writing it "
+        "again would overwrite that instance's paid answers. Mapped tasks must template the destination per "
+        "task instance, e.g. destination='.../results-{{ run_id }}-{{ ti.map_index }}.jsonl'. To overwrite it "
+        f"anyway, delete {uri_of(journal.root.parent / WRITTEN)} and clear this task."
     )

@@ -17,6 +17,7 @@ from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.create_guard import clear_round
 from airflow_provider_maas.batch.driver import BatchDriver, ShardNames
 from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.ownership import record_writer
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.recovery import remember, save_job_names
@@ -32,7 +33,7 @@ from airflow_provider_maas.batch.settings import (
     reuse_paths,
 )
 from airflow_provider_maas.batch.summary import check_outcome, write_outputs
-from airflow_provider_maas.client.naming import display_name, upload_name
+from airflow_provider_maas.client.naming import display_name, task_identity, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary
@@ -369,5 +370,14 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         check_outcome(summary, dest_uri, fail_on_partial=self.fail_on_partial)
         self._remove_schema_requests(journal)
         remember(context, journal, finished=True)  # first: a state gone on purpose is not "lost"
-        journal.remove()
+        record_writer(journal, task_identity(context))
+        try:
+            journal.remove()
+        except OSError as err:  # the results are written: a retry would find a half-removed state
+            self.log.warning(
+                "The results are written, but removing the batch state at %s failed (%s): delete that folder "
+                "by hand (it is not needed any more)",
+                journal.uri,
+                err,
+            )
         return dest_uri
