@@ -208,3 +208,26 @@ def test_9_mapped_tasks_of_one_run_writing_one_destination_in_turn_the_second_re
     assert_in_input_order(first, dest)  # the first task's answers are still there
     batch_operator(first, dest).execute(_try(map_index=0, run_id="run2"))  # the next run may write it again
     assert handle.emulator.jobs_created == 2
+
+
+# 4 (variation): two live tries, the first deferred: the second finishes the batch meanwhile
+def test_4_a_deferred_try_resuming_after_another_live_try_finished_the_batch_does_not_ask_to_pay_again(
+    emulator_factory, tmp_path
+):
+    import asyncio
+
+    from tests.compat import TaskDeferred
+
+    handle = emulator_factory(job_duration=0.5)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    deferred_try = batch_operator(source, dest, deferrable=True)
+    with pytest.raises(TaskDeferred) as deferred:
+        deferred_try.execute(_try(store))
+    batch_operator(source, dest).execute(_try(store))  # 'airflow tasks test' on the live run: reattaches, finishes
+    assert handle.emulator.jobs_created == 3
+    event = asyncio.run(anext(deferred.value.trigger.run())).payload
+    # the first try resumes: "state gone, set start_over=True" would have a person pay for it all again
+    assert deferred_try.execute_complete(_try(store), event) == f"file://{dest}"
+    assert handle.emulator.jobs_created == 3
+    assert_in_input_order(source, dest)

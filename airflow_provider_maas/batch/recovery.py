@@ -120,6 +120,20 @@ def load_whole(
     return state
 
 
+def finished_meanwhile(context: Any, journal: BatchJournal) -> bool:
+    """Whether another live try of this task instance finished this batch (its results written, its
+    state removed) while this one was deferred: ``task_state_store`` says so for this location."""
+    store = _store(context)
+    pointer = store.get(STATE_KEY) if store is not None else None
+    return (
+        isinstance(pointer, dict)
+        and bool(pointer.get("finished"))
+        and pointer.get("location") == journal.uri
+        and not (journal.root / "manifest.json").exists()
+        and _written(journal)
+    )
+
+
 def _written(journal: BatchJournal) -> bool:
     """Whether the destination of ``journal``'s batch exists (its state folder is ``.<name>.maas/<id>``)."""
     folder = journal.root.parent

@@ -20,7 +20,7 @@ from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.ownership import record_writer
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
-from airflow_provider_maas.batch.recovery import remember, save_job_names
+from airflow_provider_maas.batch.recovery import finished_meanwhile, remember, save_job_names
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
 from airflow_provider_maas.batch.round_files import next_round
@@ -244,6 +244,14 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         """Resume after the trigger: record the ended jobs, then go on."""
         resumed = BatchJobsEvent.from_event(event)
         journal = BatchJournal.for_task(self.destination, context)
+        if finished_meanwhile(context, journal):  # another live try (a zombie's retry, 'tasks test') did it
+            dest_uri = uri_of(to_path(self.destination, what="destination"))
+            self.log.warning(
+                "Another try of this task instance finished the batch while this one was deferred: the results "
+                "are at %s. Nothing is left to do, and nothing was paid again.",
+                dest_uri,
+            )
+            return dest_uri
         settings = self._settings(journal, self._requests_to_plan(journal, write=False))
         state = resume_after_deferral(context, journal, settings, [o.job_name for o in resumed.ended])
         if resumed.status == "timeout":
