@@ -231,3 +231,26 @@ def test_4_a_deferred_try_resuming_after_another_live_try_finished_the_batch_doe
     assert deferred_try.execute_complete(_try(store), event) == f"file://{dest}"
     assert handle.emulator.jobs_created == 3
     assert_in_input_order(source, dest)
+
+
+# start_over left set: it is a person's choice once, not a standing order for automatic retries
+def test_start_over_left_set_does_not_discard_a_state_damaged_within_an_automatic_retry(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=1.0)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    with pytest.raises(MaaSTimeoutError):  # start_over=True was left on the task after an earlier repair
+        batch_operator(source, dest, wait_timeout=0.3, start_over=True).execute(_try(store))
+    assert handle.emulator.jobs_created == 3
+    journal = sorted((_state_dir(dest) / "journal").iterdir())
+    journal[-1].write_bytes(journal[-1].read_bytes()[:40])  # a write cut short (disk full, a killed copy)
+
+    with pytest.raises(MaaSStateError) as refused:  # the automatic retry: no person chose anything
+        batch_operator(source, dest, start_over=True).execute(_try(store))
+    message = str(refused.value)
+    assert "start_over=True" in message and "clear" in message
+    assert handle.emulator.jobs_created == 3  # the 3 running jobs are not paid again
+
+    time.sleep(1.0)
+    batch_operator(source, dest, start_over=True).execute(_try(store, max_tries=3))  # a person's clear: their choice
+    assert handle.emulator.jobs_created == 6
+    assert_in_input_order(source, dest)

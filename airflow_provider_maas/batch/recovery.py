@@ -19,6 +19,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.create_guard import clear_round, cleared_since
 from airflow_provider_maas.batch.journal import StateDamaged
 from airflow_provider_maas.batch.state import STATE_VERSION, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.exceptions import MaaSError, MaaSStateError, MaaSStateWriteError
@@ -79,7 +80,9 @@ def load_whole(
 ) -> BatchState | None:
     """The stored state if it is whole; None if there is none (or ``start_over`` discards a state
     that is not whole); else :class:`MaaSStateError`. A ``task_state_store`` pointer at a state
-    that is gone, or at another location, counts as evidence of paid work."""
+    that is gone, or at another location, counts as evidence of paid work. ``start_over`` is
+    honoured after a person's clear only (see :func:`_start_over_chosen`)."""
+    chosen = start_over and _start_over_chosen(context)
     try:
         state = journal.load()
         if state is not None and (problem := _missing_round_file(state)):
@@ -90,12 +93,12 @@ def load_whole(
             )
             return None  # a try stopped between writing its plan and its round file
     except StateDamaged as err:
-        if start_over:
+        if chosen:
             log.warning("start_over=True: discarding the batch state at %s (%s)", journal.uri, err.problem)
             return None
-        raise state_error(err.problem, journal, context, names) from None
+        raise state_error(err.problem + _NOT_CHOSEN * start_over, journal, context, names) from None
     pointer = _store(context).get(STATE_KEY) if _store(context) is not None else None
-    if isinstance(pointer, dict) and not pointer.get("finished") and not start_over:
+    if isinstance(pointer, dict) and not pointer.get("finished") and not chosen:
         location = pointer.get("location")
         if location != journal.uri:
             raise state_error(
@@ -112,7 +115,7 @@ def load_whole(
         elif state is None:
             raise state_error(
                 "task_state_store points at it, but it is gone (deleted by hand or by a lifecycle rule, or a "
-                "destination on one worker's local disk while this try runs on another)",
+                "destination on one worker's local disk while this try runs on another)" + _NOT_CHOSEN * start_over,
                 journal,
                 context,
                 names,
@@ -132,6 +135,23 @@ def finished_meanwhile(context: Any, journal: BatchJournal) -> bool:
         and not (journal.root / "manifest.json").exists()
         and _written(journal)
     )
+
+
+_NOT_CHOSEN = (
+    "; start_over=True is set, but no one cleared the task since this batch was last run (this is an "
+    "automatic retry), so it is not applied: a value left set must not pay again on its own"
+)
+
+
+def _start_over_chosen(context: Any) -> bool:
+    """``start_over`` is a person's choice made with a clear: not applied by an automatic retry in the
+    clear round the batch last ran in (``round`` in the pointer), where a value left set on the task
+    would discard a state damaged since and pay again. Without that record (Airflow < 3.3), applied."""
+    store = _store(context)
+    pointer = store.get(STATE_KEY) if store is not None else None
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("round"), int):
+        return True
+    return cleared_since(pointer["round"], context)
 
 
 def _written(journal: BatchJournal) -> bool:
@@ -158,6 +178,8 @@ def remember(context: Any, journal: BatchJournal, *, finished: bool = False) -> 
     store = _store(context)
     # "open": written by a provider that marks the end ("finished"); older pointers have neither
     value: dict[str, Any] = {"location": journal.uri, "version": STATE_VERSION, "open": not finished}
+    if (round_ := clear_round(context)) is not None:  # the clear round the batch last ran in
+        value["round"] = round_
     if finished:
         value["finished"] = True
     if store is not None and store.get(STATE_KEY) != value:

@@ -118,7 +118,9 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         version, pointed at by ``task_state_store`` but gone) and plan the batch again (templated:
         ``True``, ``"true"``, ``"1"``...). A person's explicit choice, named by the error that stops the
         task in that case: the jobs the state recorded are abandoned (they keep running and are billed);
-        answers already downloaded are kept and reused. Set it back afterwards.
+        answers already downloaded are kept and reused. Applied after a person's clear only: an automatic
+        retry in the clear round the batch last ran in ignores it (on Airflow >= 3.3, where the round is
+        recorded), so a value left set never pays again on its own. Set it back afterwards.
     :param prices: USD per 1,000,000 tokens, ``{"prompt": ..., "candidates": ..., "thoughts": ...}``
         (``thoughts`` defaults to ``candidates``): the summary then gives ``cost_usd`` and the
         ``cost_avoided_usd`` by reuse and deduplication.
