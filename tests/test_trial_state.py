@@ -254,3 +254,40 @@ def test_start_over_left_set_does_not_discard_a_state_damaged_within_an_automati
     batch_operator(source, dest, start_over=True).execute(_try(store, max_tries=3))  # a person's clear: their choice
     assert handle.emulator.jobs_created == 6
     assert_in_input_order(source, dest)
+
+
+# 4 (variation): the second live try starts while the first one's creates are in flight
+@pytest.mark.parametrize("store", [None, FakeStateStore()], ids=["airflow<3.3", "task_state_store"])
+def test_4_a_second_try_starting_mid_create_the_first_names_its_jobs_and_nothing_is_paid_twice(
+    emulator_factory, tmp_path, monkeypatch, store
+):
+    from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError
+    from airflow_provider_maas.hooks.maas import MaaSHook
+
+    handle = emulator_factory(job_duration=0.5)
+    source, dest = write_requests(tmp_path / "r.jsonl", 10), tmp_path / "res.jsonl"
+    create = MaaSHook.create_batch_job
+    second: list[BaseException] = []
+
+    def second_try_starts(self, file_name, display_name):
+        if not second:  # the second try runs while this create is in flight
+            try:
+                batch_operator(source, dest).execute(_try(store))
+            except Exception as err:
+                second.append(err)
+        return create(self, file_name, display_name)
+
+    with monkeypatch.context() as patch, pytest.raises(MaaSStateError) as first:
+        patch.setattr(MaaSHook, "create_batch_job", second_try_starts)
+        batch_operator(source, dest).execute(_try(store))
+    assert isinstance(second[0], MaaSJobCreationUncertainError)  # it saw the create in flight: created nothing
+    created = sorted(handle.emulator.jobs)
+    assert len(created) == 1
+    message = str(first.value)
+    assert created[0] in message, message  # the job the first try created is named where a person reads it
+    assert "unless it found creates of this try in flight" in message  # the second one stopped too
+    assert handle.emulator.jobs_created == 1
+    if store is not None:  # the next automatic retry reattaches to it
+        batch_operator(source, dest).execute(_try(store))
+        assert handle.emulator.jobs_created == 1
+        assert_in_input_order(source, dest)

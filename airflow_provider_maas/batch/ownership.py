@@ -100,7 +100,8 @@ def check_lease(journal: BatchJournal) -> None:
     raise LeaseLost(
         f"Another try of this task instance took over the batch state at {journal.uri}: {who}. Two live "
         "tries (a try declared a zombie while still running, or 'airflow tasks test' on a live run) would "
-        "pay twice, so this try creates nothing more and stops; the other one goes on with the batch."
+        "pay twice, so this try creates nothing more and stops; the other one goes on with the batch, unless "
+        "it found creates of this try in flight (its error then says so)."
     )
 
 

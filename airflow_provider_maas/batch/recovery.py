@@ -254,10 +254,20 @@ def unrecorded_error(
     jobs = [(r.key, r.job_name) for r in changes if r.job_name and r.status is ShardStatus.RUNNING]
     kept = bool(jobs) and save is not None and save(jobs)
     named = ", ".join(f"{name} (shard {key})" for key, name in jobs)
-    if isinstance(err, MaaSStateError):  # the lease was taken: the other try goes on
-        if jobs:
-            log.error("Jobs this try created and could not record: %s (kept for the next try: %s)", named, kept)
-        return err
+    if isinstance(err, MaaSStateError):  # the lease was taken by another live try
+        if not jobs:
+            return err
+        log.error("Jobs this try created and could not record: %s (kept for the next try: %s)", named, kept)
+        where = (
+            "their names are kept in task_state_store: the next try reattaches to them"
+            if kept
+            else "they are not in the batch state (no task_state_store before Airflow 3.3): a later try refuses "
+            "their shards rather than pay again; look these jobs up"
+        )
+        return type(err)(
+            f"{err} This try created jobs it could not record: {named}; {where}.",
+            job_names=[name for _, name in jobs],
+        )
     what = f"Writing the batch state at {journal.uri} failed ({type(err).__name__}: {err})"
     if not jobs:
         return MaaSStateWriteError(f"{what}; no job created by this try is missing from it: a retry goes on from it.")
