@@ -291,3 +291,26 @@ def test_4_a_second_try_starting_mid_create_the_first_names_its_jobs_and_nothing
         batch_operator(source, dest).execute(_try(store))
         assert handle.emulator.jobs_created == 1
         assert_in_input_order(source, dest)
+
+
+
+# 4 (variation): the lease of a try that died, or a lease.json cut short, never blocks the next try
+@pytest.mark.parametrize(
+    "lease",
+    [
+        b'{"owner":"dead","host":"gone-worker","pid":1,"try_number":1,"taken":1}',  # a try killed mid-run
+        b'{"owner":"de',  # cut short
+        b"",
+    ],
+    ids=["dead-try", "truncated", "empty"],
+)
+def test_4_a_lease_left_by_a_dead_try_or_cut_short_does_not_block_the_next_try(emulator_factory, tmp_path, lease):
+    handle = emulator_factory(job_duration=1.0)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    with pytest.raises(MaaSTimeoutError):
+        batch_operator(source, dest, wait_timeout=0.3).execute(_try())
+    (_state_dir(dest) / "lease.json").write_bytes(lease)
+    time.sleep(1.0)
+    batch_operator(source, dest).execute(_try())  # the automatic retry takes the lease over
+    assert handle.emulator.jobs_created == 3
+    assert_in_input_order(source, dest)
