@@ -293,7 +293,6 @@ def test_4_a_second_try_starting_mid_create_the_first_names_its_jobs_and_nothing
         assert_in_input_order(source, dest)
 
 
-
 # 4 (variation): the lease of a try that died, or a lease.json cut short, never blocks the next try
 @pytest.mark.parametrize(
     "lease",
@@ -314,3 +313,26 @@ def test_4_a_lease_left_by_a_dead_try_or_cut_short_does_not_block_the_next_try(e
     batch_operator(source, dest).execute(_try())  # the automatic retry takes the lease over
     assert handle.emulator.jobs_created == 3
     assert_in_input_order(source, dest)
+
+
+# 1 (variation): the state deleted mid-deferral names every job the trigger waited for, not only ended ones
+def test_1_state_deleted_mid_deferral_names_the_jobs_still_running(emulator_factory, tmp_path):
+    import asyncio
+
+    from tests.compat import TaskDeferred
+
+    handle = emulator_factory(job_duration=60)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    operator = batch_operator(source, dest, deferrable=True, wait_timeout=30)
+    with pytest.raises(TaskDeferred) as deferred:
+        operator.execute(_try())  # Airflow < 3.3: no task_state_store, the trigger is the only other record
+    jobs = sorted(handle.emulator.jobs)
+    shutil.rmtree(_state_dir(dest))
+    trigger = deferred.value.trigger
+    trigger.end_time = time.time()  # the deadline passes while the jobs run
+    event = asyncio.run(anext(trigger.run())).payload
+    with pytest.raises(MaaSStateError) as refused:
+        operator.execute_complete(_try(), event)
+    assert set(refused.value.job_names) == set(jobs)
+    assert all(name in str(refused.value) for name in jobs)
+    assert handle.emulator.jobs_created == 3

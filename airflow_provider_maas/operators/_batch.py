@@ -255,7 +255,8 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             )
             return dest_uri
         settings = self._settings(journal, self._requests_to_plan(journal, write=False))
-        state = resume_after_deferral(context, journal, settings, [o.job_name for o in resumed.ended])
+        known = [o.job_name for o in resumed.ended] + list(resumed.running)  # named if the state is gone
+        state = resume_after_deferral(context, journal, settings, known)
         if resumed.status == "timeout":
             running = list(state.by_job())
             raise MaaSTimeoutError(f"{resumed.message} Still running: {', '.join(running[:MAX_NAMED_JOBS])}")
