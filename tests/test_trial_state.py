@@ -336,3 +336,49 @@ def test_1_state_deleted_mid_deferral_names_the_jobs_still_running(emulator_fact
     assert set(refused.value.job_names) == set(jobs)
     assert all(name in str(refused.value) for name in jobs)
     assert handle.emulator.jobs_created == 3
+
+
+# 4 (variation): two live tries of a batch not planned yet: the slower planner must not wipe the other's jobs
+def test_4_two_live_tries_planning_a_new_batch_at_once_only_one_creates(emulator_factory, tmp_path, monkeypatch):
+    import threading
+
+    from airflow_provider_maas.batch import resume
+    from airflow_provider_maas.hooks.maas import MaaSHook
+
+    handle = emulator_factory(job_duration=0.3)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    first_created = threading.Event()
+    key, create = resume.input_key, MaaSHook.create_batch_job
+
+    def slow_planner(settings):  # B found no state, then plans a large input: A creates meanwhile
+        if threading.current_thread().name == "B":
+            first_created.wait(20)
+        return key(settings)
+
+    def created(self, file_name, display_name):
+        job = create(self, file_name, display_name)
+        first_created.set()
+        return job
+
+    monkeypatch.setattr(resume, "input_key", slow_planner)
+    monkeypatch.setattr(MaaSHook, "create_batch_job", created)
+    outcomes: dict[str, BaseException | None] = {}
+
+    def run(name):
+        try:
+            batch_operator(source, dest).execute(_try())
+            outcomes[name] = None
+        except BaseException as err:
+            outcomes[name] = err
+
+    b = threading.Thread(target=run, args=("B",), name="B")
+    b.start()
+    time.sleep(0.5)  # B has read the (missing) state
+    a = threading.Thread(target=run, args=("A",), name="A")
+    a.start()
+    a.join(60)
+    b.join(60)
+    assert handle.emulator.jobs_created == 3, outcomes  # never a second job for a shard
+    assert sum(err is None for err in outcomes.values()) == 1, outcomes
+    assert any(isinstance(err, MaaSStateError) and "planned" in str(err) for err in outcomes.values()), outcomes
+    assert_in_input_order(source, dest)

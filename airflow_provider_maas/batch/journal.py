@@ -258,6 +258,7 @@ class BatchJournal:
     # Writing -----------------------------------------------------------------------------
     def create(self, state: BatchState) -> None:
         """Start a new state here (whatever was stored before is removed first)."""
+        ownership.refuse_planned_meanwhile(self)
         self.remove_plan()
         self._sealed = True
         ownership.write_lease(self)

@@ -105,6 +105,21 @@ def check_lease(journal: BatchJournal) -> None:
     )
 
 
+def refuse_planned_meanwhile(journal: BatchJournal) -> None:
+    """Before a new plan replaces whatever is stored: a try that found no state folder wrote no lease
+    (:func:`take_lease`); if one is there now and not its own, another live try of this task instance
+    planned the batch meanwhile (and may have created jobs): stop, wiping nothing."""
+    if journal.lease is None or not (journal.root / LEASE).exists():
+        return
+    try:
+        check_lease(journal)
+    except LeaseLost as err:
+        raise LeaseLost(
+            f"Another try of this task instance planned the batch at {journal.uri} while this one was planning "
+            f"it; its state (and the jobs it may have created) is left alone. {err}"
+        ) from None
+
+
 def refuse_shared_destination(journal: BatchJournal, *, fresh: bool = False) -> None:
     """Stop if another task instance keeps a batch state (a manifest) for the same destination: both
     would write it and one's paid answers would be lost. Called before this try writes anything, and
