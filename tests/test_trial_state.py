@@ -382,3 +382,20 @@ def test_4_two_live_tries_planning_a_new_batch_at_once_only_one_creates(emulator
     assert sum(err is None for err in outcomes.values()) == 1, outcomes
     assert any(isinstance(err, MaaSStateError) and "planned" in str(err) for err in outcomes.values()), outcomes
     assert_in_input_order(source, dest)
+
+
+# 1 / 4 (variation): a retry of a try that finished the batch (the worker died before Airflow recorded the
+# success, or a zombie's retry started after the zombie finished): the state is gone on purpose
+def test_4_an_automatic_retry_after_the_batch_finished_in_this_clear_round_pays_nothing_again(
+    emulator_factory, tmp_path
+):
+    handle = emulator_factory(job_duration=0.2)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    batch_operator(source, dest).execute(_try(store))
+    assert handle.emulator.jobs_created == 3
+    assert batch_operator(source, dest).execute(_try(store)) == f"file://{dest}"  # the automatic retry
+    assert handle.emulator.jobs_created == 3
+    assert_in_input_order(source, dest)
+    batch_operator(source, dest).execute(_try(store, max_tries=3))  # a person's clear runs it again
+    assert handle.emulator.jobs_created == 6

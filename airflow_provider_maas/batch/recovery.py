@@ -123,15 +123,17 @@ def load_whole(
     return state
 
 
-def finished_meanwhile(context: Any, journal: BatchJournal) -> bool:
-    """Whether another live try of this task instance finished this batch (its results written, its
-    state removed) while this one was deferred: ``task_state_store`` says so for this location."""
+def finished_meanwhile(context: Any, journal: BatchJournal, *, this_round: bool = False) -> bool:
+    """Whether another try of this task instance finished this batch (its results written, its state
+    removed): ``task_state_store`` says so for this location. ``this_round``: and in this clear round
+    (a retry of a try that finished, not a person's clear, which runs the batch again)."""
     store = _store(context)
     pointer = store.get(STATE_KEY) if store is not None else None
     return (
         isinstance(pointer, dict)
         and bool(pointer.get("finished"))
         and pointer.get("location") == journal.uri
+        and (not this_round or (isinstance(pointer.get("round"), int) and not cleared_since(pointer["round"], context)))
         and not (journal.root / "manifest.json").exists()
         and _written(journal)
     )

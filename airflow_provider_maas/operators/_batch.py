@@ -238,6 +238,14 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             return self._plan_only(context, self._settings)
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
+        if finished_meanwhile(context, journal, this_round=True):  # Airflow did not record that try's success
+            self.log.warning(
+                "An earlier try of this task instance finished this batch in this clear round (its success was "
+                "not recorded: a worker lost after it, or a zombie's retry): the results are at %s. Nothing is "
+                "paid again; clear the task to run the batch again.",
+                uri_of(dest),
+            )
+            return uri_of(dest)
         settings = self._settings(journal, self._requests_to_plan(journal, write=True))
         state = start_or_resume(context, journal, settings)
         return self._run(context, journal, state, settings)
