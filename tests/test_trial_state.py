@@ -399,3 +399,27 @@ def test_4_an_automatic_retry_after_the_batch_finished_in_this_clear_round_pays_
     assert_in_input_order(source, dest)
     batch_operator(source, dest).execute(_try(store, max_tries=3))  # a person's clear runs it again
     assert handle.emulator.jobs_created == 6
+
+
+# 4 (variation): a try whose lease was taken after its last journal write must not finish the batch
+def test_4_a_try_whose_lease_was_taken_does_not_write_the_results_nor_remove_the_state(
+    emulator_factory, tmp_path, monkeypatch
+):
+    from airflow_provider_maas.operators import _batch
+
+    handle = emulator_factory(job_duration=0.2)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    real = _batch.next_round
+
+    def taken_meanwhile(settings, journal, state):  # the last step before the results are written
+        (journal.root / "lease.json").write_text('{"owner":"b","host":"other","pid":2,"try_number":2,"taken":1}')
+        return real(settings, journal, state)
+
+    monkeypatch.setattr(_batch, "next_round", taken_meanwhile)
+    with pytest.raises(MaaSStateError, match="Another try of this task instance took over"):
+        batch_operator(source, dest).execute(_try())
+    assert not dest.exists() and (_state_dir(dest) / "manifest.json").exists()  # left to the other try
+    monkeypatch.setattr(_batch, "next_round", real)
+    batch_operator(source, dest).execute(_try())  # that try finishes it
+    assert handle.emulator.jobs_created == 3
+    assert_in_input_order(source, dest)

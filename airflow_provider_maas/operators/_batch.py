@@ -17,7 +17,7 @@ from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.create_guard import clear_round
 from airflow_provider_maas.batch.driver import BatchDriver, ShardNames
 from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.ownership import record_writer
+from airflow_provider_maas.batch.ownership import check_lease, record_writer
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.recovery import finished_meanwhile, remember, save_job_names
@@ -378,6 +378,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         settings: BatchSettings,
         gate: SpendGate | None = None,
     ) -> str:
+        check_lease(journal)  # another live try took the state over: it writes the results, not this one
         summary = write_outputs(settings, journal, state)
         if gate is not None:
             summary.update(self._cost_summary(context, gate, state, settings))
