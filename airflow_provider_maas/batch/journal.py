@@ -135,7 +135,7 @@ class BatchJournal:
         snapshots = self._numbered(self.root, _SNAPSHOT, ".json")
         journal = self._numbered(self.root / "journal", "", ".jsonl")
         if not manifest_path.exists():
-            if not snapshots and self._plan_cut(journal):
+            if not snapshots and self._plan_cut(journal) and not (self.root / "journal" / f"{2:010d}.jsonl").exists():
                 log.info(
                     "The batch state at %s was cut while its plan was written (no manifest yet): planning again",
                     self.uri,
