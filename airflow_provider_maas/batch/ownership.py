@@ -8,14 +8,18 @@ checks that the lease is still its own (:func:`check_lease`); a try whose lease 
 still running after its retry started, ``airflow tasks test`` on a live run) stops with
 :class:`~airflow_provider_maas.exceptions.MaaSStateError` without creating. Because the new owner
 writes its lease before it reads the state, and the old owner checks after its markers are stored,
-the new owner either sees those markers or the old owner sees the new lease: never both miss. On
+the new owner either sees those markers or the old owner sees the new lease: never both miss. A try
+that found no state folder (a new batch) wrote no lease: before its plan replaces what is stored, a
+lease that is not its own means another try planned the batch meanwhile, and it stops
+(:func:`refuse_planned_meanwhile`). The lease is checked again before the results are written. On
 object stores this needs read-after-write consistency for one key, which S3 and GCS give; each check
 is one small GET.
 
 **One owner per destination.** The state lives in ``.<destination name>.maas/<identity>/``: a folder
 of another identity there is another task instance (a mapped task, a backfill run) writing the same
 destination, whose answers this one would overwrite. :func:`refuse_shared_destination` stops before
-anything is uploaded.
+anything is uploaded. Mapped instances of one run that write it in turn never share a state: the one
+that finished records itself (:func:`record_writer`), and the next refuses (:func:`refuse_written_by_sibling`).
 """
 
 from __future__ import annotations
