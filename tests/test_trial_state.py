@@ -486,3 +486,31 @@ def test_2_the_newest_journal_objects_deleted_are_refused(emulator_factory, tmp_
     with contextlib.suppress(MaaSStateError):
         batch_operator(source, dest).execute(_try(store))
     assert handle.emulator.jobs_created == 3
+
+
+# 5 (variation): the write of the "creating" markers lands but reports a failure (a PUT that timed out)
+def test_5_a_marker_write_that_landed_but_failed_says_what_the_retry_will_do(emulator_factory, tmp_path, monkeypatch):
+    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError, MaaSStateWriteError
+
+    handle = emulator_factory(job_duration=0.2)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    write = BatchJournal._write
+
+    def landed_then_failed(self, path, data):
+        write(self, path, data)
+        if b'"creating"' in data:
+            raise TimeoutError("PUT timed out")
+
+    with monkeypatch.context() as patch, pytest.raises(MaaSStateWriteError) as failed:
+        patch.setattr(BatchJournal, "_write", landed_then_failed)
+        batch_operator(source, dest).execute(_try())
+    assert handle.emulator.jobs_created == 0  # no create was sent
+    message = str(failed.value)
+    assert "a retry goes on from it" not in message  # the retry refuses those shards: the marker landed
+    assert "no create was sent" in message and "clear" in message, message
+    with pytest.raises(MaaSJobCreationUncertainError):
+        batch_operator(source, dest).execute(_try())
+    batch_operator(source, dest).execute(_try(max_tries=3))  # the clear the first message named
+    assert handle.emulator.jobs_created == 3
+    assert_in_input_order(source, dest)

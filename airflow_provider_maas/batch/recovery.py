@@ -271,6 +271,13 @@ def unrecorded_error(
             job_names=[name for _, name in jobs],
         )
     what = f"Writing the batch state at {journal.uri} failed ({type(err).__name__}: {err})"
+    markers = ", ".join(str(r.key) for r in changes if r.status is ShardStatus.CREATING)
+    if not jobs and markers:  # a write may land and still report a failure (a PUT that timed out)
+        return MaaSStateWriteError(
+            f"{what} while storing the 'creating' markers of shards {markers}; no create was sent for them. If "
+            "the write landed after all, the next try finds them 'creating' and stops rather than risk a second "
+            "job: then clear the task (no job exists for them). Fix the storage first."
+        )
     if not jobs:
         return MaaSStateWriteError(f"{what}; no job created by this try is missing from it: a retry goes on from it.")
     if kept:
