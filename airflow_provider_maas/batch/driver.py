@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from airflow_provider_maas.batch.budget import Admission
 from airflow_provider_maas.batch.ownership import check_lease
 from airflow_provider_maas.batch.polling import JobWatch
-from airflow_provider_maas.batch.recovery import unrecorded_error
+from airflow_provider_maas.batch.recovery import StateRemoved, unrecorded_error
 from airflow_provider_maas.batch.shards import ShardPlan, copy_shard, source_label
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.client.failures import proves_not_created
@@ -31,6 +31,7 @@ from airflow_provider_maas.exceptions import (
     MaaSNotFoundError,
     MaaSRateLimitError,
     MaaSResultsGoneError,
+    MaaSStateError,
 )
 from airflow_provider_maas.storage import CHUNK_SIZE, open_source
 
@@ -112,6 +113,7 @@ class BatchDriver(JobWatch):
         self._busy = {r.key for r in state.with_status(ShardStatus.RUNNING, ShardStatus.CREATING)}
         self._downloading: set[ShardKey] = set()
         self._not_found: dict[ShardKey, int] = {}  # 404s in a row on a shard's results
+        self._doubted: set[str] = set()
         self._to_download: deque[ShardKey] = deque()
         self._seen: dict[str, float] = {}
         self._last_state: dict[str, str | None] = {}
@@ -133,9 +135,11 @@ class BatchDriver(JobWatch):
                 self._finished(task, key, future)
         try:
             self._flush()
-        except MaaSError:
+        except MaaSError as err:
             if exc[0] is None:
                 raise
+            if isinstance(err, StateRemoved):  # it names every job, those answered since the first error too
+                raise err from exc[1] if isinstance(exc[1], BaseException) else None
             log.exception("Recording the last answers failed too (the first error is raised)")
 
     # What is running -------------------------------------------------------------------------
@@ -185,8 +189,8 @@ class BatchDriver(JobWatch):
         to_create = self._fill()
         while True:
             self._flush()  # the "creating" markers are stored before the creates are sent
-            if to_create:
-                check_lease(self.journal)  # after the markers: a try that took the state over sees them
+            if to_create and not self._lease_held():
+                to_create = []  # not sent: the transfers in flight are recorded, then the task stops
             for key in to_create:
                 record = self.state.shards[key]
                 self._submit(_Task.CREATE, key, self.hook.create_batch_job, record.file_name, record.display_name)
@@ -206,7 +210,19 @@ class BatchDriver(JobWatch):
         self._flush()
         if self._fatal is not None:
             fatal, self._fatal = self._fatal, None
+            if isinstance(fatal, MaaSStateError):  # the lease is lost: another try, or the state removed
+                fatal = unrecorded_error(self.journal, [], fatal, self.save_job_names, self.state)
             raise fatal
+
+    def _lease_held(self) -> bool:
+        """Checked after the markers are stored, before their creates are sent: a try that took the
+        state over sees the markers, or this one sees its lease (see ``batch/ownership.py``)."""
+        try:
+            check_lease(self.journal)
+        except MaaSStateError as err:
+            self._fatal = self._fatal or err
+            return False
+        return True
 
     def preupload(self, count: int) -> None:
         """Upload the next ``count`` pending shards now, while the jobs run (uploads cost nothing):
@@ -287,7 +303,7 @@ class BatchDriver(JobWatch):
         try:
             self.journal.append(self.state, changes)
         except Exception as err:
-            raise unrecorded_error(self.journal, changes, err, self.save_job_names) from err
+            raise unrecorded_error(self.journal, changes, err, self.save_job_names, self.state) from err
 
     def _upload(self, key: ShardKey) -> tuple[str, str]:
         plan = self.state.plan(key)

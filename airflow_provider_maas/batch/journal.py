@@ -140,6 +140,12 @@ class BatchJournal:
         snapshots = self._numbered(self.root, _SNAPSHOT, ".json")
         journal = self._numbered(self.root / "journal", "", ".jsonl")
         if not manifest_path.exists():
+            if not snapshots and self._plan_cut(journal) and not (self.root / "journal" / f"{2:010d}.jsonl").exists():
+                log.info(
+                    "The batch state at %s was cut while its plan was written (no manifest yet): planning again",
+                    self.uri,
+                )
+                return None
             if snapshots or journal:
                 raise StateDamaged(
                     f"{uri_of(manifest_path)} is missing, but {len(snapshots) + len(journal)} journal object(s) are there"
@@ -174,6 +180,13 @@ class BatchJournal:
             snapshot_seq, path = snapshots[-1]
             self._replay(state, path)
         entries = [(seq, path) for seq, path in journal if seq > snapshot_seq]
+        # A listing may lag behind the newest objects (they hold the latest creates and job names):
+        # a GET of the next key finds them; without this a retry would pay again for those shards
+        # and overwrite the objects it did not see.
+        last = entries[-1][0] if entries else snapshot_seq
+        while (following := self.root / "journal" / f"{last + 1:010d}.jsonl").exists():
+            last += 1
+            entries.append((last, following))
         if not snapshots and not entries:
             raise StateDamaged(f"the manifest is there but no journal object under {uri_of(self.root / 'journal')}")
         expected = list(range(snapshot_seq + 1, snapshot_seq + 1 + len(entries)))
@@ -188,6 +201,18 @@ class BatchJournal:
         self.seq = max([snapshot_seq, *(seq for seq, _ in entries)])
         self._since_snapshot = len(entries)
         return state
+
+    @staticmethod
+    def _plan_cut(journal: list[tuple[int, ObjectStoragePath]]) -> bool:
+        """Whether the only journal object is the whole first one :meth:`create` writes before the
+        manifest (the batch's fields, no shard): a try stopped there uploaded and paid for nothing."""
+        if [seq for seq, _ in journal] != [1]:
+            return False
+        try:
+            lines = _read_json_lines(journal[0][1])
+        except StateDamaged:
+            return False
+        return len(lines) == 2 and "meta" in lines[0] and lines[1] == {"end": 1}
 
     def job_names_found(self) -> list[str]:
         """Every job name any readable line of any journal object or snapshot holds (for an error
@@ -238,6 +263,7 @@ class BatchJournal:
     # Writing -----------------------------------------------------------------------------
     def create(self, state: BatchState) -> None:
         """Start a new state here (whatever was stored before is removed first)."""
+        ownership.refuse_planned_meanwhile(self)
         self.remove_plan()
         self._sealed = True
         ownership.write_lease(self)

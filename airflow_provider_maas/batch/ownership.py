@@ -8,19 +8,24 @@ checks that the lease is still its own (:func:`check_lease`); a try whose lease 
 still running after its retry started, ``airflow tasks test`` on a live run) stops with
 :class:`~airflow_provider_maas.exceptions.MaaSStateError` without creating. Because the new owner
 writes its lease before it reads the state, and the old owner checks after its markers are stored,
-the new owner either sees those markers or the old owner sees the new lease: never both miss. On
+the new owner either sees those markers or the old owner sees the new lease: never both miss. A try
+that found no state folder (a new batch) wrote no lease: before its plan replaces what is stored, a
+lease that is not its own means another try planned the batch meanwhile, and it stops
+(:func:`refuse_planned_meanwhile`). The lease is checked again before the results are written. On
 object stores this needs read-after-write consistency for one key, which S3 and GCS give; each check
 is one small GET.
 
 **One owner per destination.** The state lives in ``.<destination name>.maas/<identity>/``: a folder
 of another identity there is another task instance (a mapped task, a backfill run) writing the same
 destination, whose answers this one would overwrite. :func:`refuse_shared_destination` stops before
-anything is uploaded.
+anything is uploaded. Mapped instances of one run that write it in turn never share a state: the one
+that finished records itself (:func:`record_writer`), and the next refuses (:func:`refuse_written_by_sibling`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -33,7 +38,11 @@ from airflow_provider_maas.storage import atomic_writer, uri_of
 if TYPE_CHECKING:
     from airflow_provider_maas.batch.journal import BatchJournal
 
+log = logging.getLogger(__name__)
+
 LEASE = "lease.json"
+#: Beside the state folders of a destination: which mapped task instance wrote it last.
+WRITTEN = "written.json"
 
 
 class LeaseLost(MaaSStateError):
@@ -81,19 +90,38 @@ def check_lease(journal: BatchJournal) -> None:
         current = {"owner": f"unreadable ({type(err).__name__}: {err})"}
     if isinstance(current, dict) and current.get("owner") == journal.lease["owner"]:
         return
+    if current is None:
+        raise LeaseLost(
+            f"The batch state at {journal.uri} was removed while this try ran (its {LEASE} is gone): this try "
+            "creates nothing more and stops."
+        )
     who = (
         f"try {current.get('try_number')} on {current.get('host')} (pid {current.get('pid')}, "
         f"since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(current.get('taken') or 0))} UTC)"
         if isinstance(current, dict) and "host" in current
-        else f"no lease at {uri_of(path)} (the state was removed)"
-        if current is None
-        else str(current.get("owner"))
+        else str(current.get("owner") if isinstance(current, dict) else current)
     )
     raise LeaseLost(
         f"Another try of this task instance took over the batch state at {journal.uri}: {who}. Two live "
         "tries (a try declared a zombie while still running, or 'airflow tasks test' on a live run) would "
-        "pay twice, so this try creates nothing more and stops; the other one goes on with the batch."
+        "pay twice, so this try creates nothing more and stops; the other one goes on with the batch, unless "
+        "it found creates of this try in flight (its error then says so)."
     )
+
+
+def refuse_planned_meanwhile(journal: BatchJournal) -> None:
+    """Before a new plan replaces whatever is stored: a try that found no state folder wrote no lease
+    (:func:`take_lease`); if one is there now and not its own, another live try of this task instance
+    planned the batch meanwhile (and may have created jobs): stop, wiping nothing."""
+    if journal.lease is None or not (journal.root / LEASE).exists():
+        return
+    try:
+        check_lease(journal)
+    except LeaseLost as err:
+        raise LeaseLost(
+            f"Another try of this task instance planned the batch at {journal.uri} while this one was planning "
+            f"it; its state (and the jobs it may have created) is left alone. {err}"
+        ) from None
 
 
 def refuse_shared_destination(journal: BatchJournal, *, fresh: bool = False) -> None:
@@ -121,4 +149,38 @@ def refuse_shared_destination(journal: BatchJournal, *, fresh: bool = False) -> 
         "tasks and backfill runs must template the destination per task instance, e.g. "
         "destination='.../results-{{ run_id }}-{{ ti.map_index }}.jsonl'. If that other batch is abandoned, "
         f"delete its state folder ({uri_of(others[0])}; its jobs are then forgotten) and clear this task."
+    )
+
+
+def record_writer(journal: BatchJournal, identity: list[str]) -> None:
+    """A mapped task instance (``identity``: dag, task, run, map index) wrote the destination: keep
+    that beside it, so that another instance of the same run refuses to overwrite it
+    (:func:`refuse_written_by_sibling`). Not kept for unmapped tasks: a fixed destination rewritten by
+    each run is a common pattern, and leaves nothing behind."""
+    if identity[-1] == "m-1":
+        return
+    try:
+        with atomic_writer(journal.root.parent / WRITTEN) as out:
+            out.write(json.dumps({"identity": identity}).encode())
+    except OSError as err:  # the results are written: this record only guards against a mistake
+        log.warning("Recording which task wrote %s failed: %s", uri_of(journal.root.parent), err)
+
+
+def refuse_written_by_sibling(journal: BatchJournal, identity: list[str]) -> None:
+    """Stop if another mapped instance of this task in the same run already wrote the destination:
+    its paid answers would be overwritten (mapped tasks that run one at a time never share a state)."""
+    try:
+        with (journal.root.parent / WRITTEN).open("rb") as handle:
+            written = json.loads(handle.read()).get("identity")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(written, list) or written[:3] != identity[:3] or written == identity:
+        return
+    name = ".".join(str(part) for part in written)
+    raise MaaSStateError(
+        f"The destination was already written by another mapped instance of this task in this run: {name} "
+        f"(recorded in {uri_of(journal.root.parent / WRITTEN)}; this one is {journal.root.name}). Writing it "
+        "again would overwrite that instance's paid answers. Mapped tasks must template the destination per "
+        "task instance, e.g. destination='.../results-{{ run_id }}-{{ ti.map_index }}.jsonl'. To overwrite it "
+        f"anyway, delete {uri_of(journal.root.parent / WRITTEN)} and clear this task."
     )

@@ -43,6 +43,7 @@ class JobWatch:
     _seen: dict[str, float]
     _last_state: dict[str, str | None]
     _poll_errors: dict[str, int]
+    _doubted: set[str]  # jobs whose last poll answered 404, not yet judged gone
 
     def _retry_or_fail(self, record: ShardRecord, reason: str) -> None:
         raise NotImplementedError
@@ -53,6 +54,12 @@ class JobWatch:
     def running_jobs(self) -> list[str]:
         """Jobs not seen ended yet."""
         return [name for name, r in self.state.by_job().items() if r.key not in self._downloading]
+
+    def doubted(self) -> bool:
+        """Whether a running job answered 404 on its last poll: it is polled again by this try (which
+        tells a glitch from a gone job, and names the way on), not handed to the trigger, whose 404
+        would only fail the task and defer again on the retry."""
+        return any(name in self._doubted for name in self.running_jobs())
 
     def mark_seen(self, job_names: Iterable[str]) -> None:
         """Note that these jobs were seen still running just now (e.g. by the trigger)."""
@@ -82,6 +89,7 @@ class JobWatch:
                 log.warning("Polling job %s failed (%d in a row): %s", name, errors, err)
                 continue
             self._poll_errors.pop(name, None)
+            self._doubted.discard(name)
             outcome = job_outcome(job, name)
             if self._last_state.get(name) != outcome.state:
                 log.info("Job %s is %s", name, outcome.state)
@@ -102,9 +110,11 @@ class JobWatch:
         cleared = record.clear_round is not None and self.clear_round not in (None, record.clear_round)
         count = self._not_found[record.key] = self._not_found.get(record.key, 0) + 1
         if count < RESULTS_NOT_FOUND_TRIES and not cleared:
+            self._doubted.add(name)
             log.warning("Job %s: not found (%s, %d of %d); polled again", name, err, count, RESULTS_NOT_FOUND_TRIES)
             return True
         self._not_found.pop(record.key, None)
+        self._doubted.discard(name)
         if cleared:
             log.warning(
                 "Shard %s: job %s is gone from the service (%s); the task was cleared since: submitting it again",

@@ -19,6 +19,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.create_guard import clear_round, cleared_since
 from airflow_provider_maas.batch.journal import StateDamaged
 from airflow_provider_maas.batch.state import STATE_VERSION, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.exceptions import MaaSError, MaaSStateError, MaaSStateWriteError
@@ -79,7 +80,9 @@ def load_whole(
 ) -> BatchState | None:
     """The stored state if it is whole; None if there is none (or ``start_over`` discards a state
     that is not whole); else :class:`MaaSStateError`. A ``task_state_store`` pointer at a state
-    that is gone, or at another location, counts as evidence of paid work."""
+    that is gone, or at another location, counts as evidence of paid work. ``start_over`` is
+    honoured after a person's clear only (see :func:`_start_over_chosen`)."""
+    chosen = start_over and _start_over_chosen(context)
     try:
         state = journal.load()
         if state is not None and (problem := _missing_round_file(state)):
@@ -90,12 +93,12 @@ def load_whole(
             )
             return None  # a try stopped between writing its plan and its round file
     except StateDamaged as err:
-        if start_over:
+        if chosen:
             log.warning("start_over=True: discarding the batch state at %s (%s)", journal.uri, err.problem)
             return None
-        raise state_error(err.problem, journal, context, names) from None
+        raise state_error(err.problem + _NOT_CHOSEN * start_over, journal, context, names) from None
     pointer = _store(context).get(STATE_KEY) if _store(context) is not None else None
-    if isinstance(pointer, dict) and not pointer.get("finished") and not start_over:
+    if isinstance(pointer, dict) and not pointer.get("finished") and not chosen:
         location = pointer.get("location")
         if location != journal.uri:
             raise state_error(
@@ -112,12 +115,45 @@ def load_whole(
         elif state is None:
             raise state_error(
                 "task_state_store points at it, but it is gone (deleted by hand or by a lifecycle rule, or a "
-                "destination on one worker's local disk while this try runs on another)",
+                "destination on one worker's local disk while this try runs on another)" + _NOT_CHOSEN * start_over,
                 journal,
                 context,
                 names,
             )
     return state
+
+
+def finished_meanwhile(context: Any, journal: BatchJournal, *, this_round: bool = False) -> bool:
+    """Whether another try of this task instance finished this batch (its results written, its state
+    removed): ``task_state_store`` says so for this location. ``this_round``: and in this clear round
+    (a retry of a try that finished, not a person's clear, which runs the batch again)."""
+    store = _store(context)
+    pointer = store.get(STATE_KEY) if store is not None else None
+    return (
+        isinstance(pointer, dict)
+        and bool(pointer.get("finished"))
+        and pointer.get("location") == journal.uri
+        and (not this_round or (isinstance(pointer.get("round"), int) and not cleared_since(pointer["round"], context)))
+        and not (journal.root / "manifest.json").exists()
+        and _written(journal)
+    )
+
+
+_NOT_CHOSEN = (
+    "; start_over=True is set, but no one cleared the task since this batch was last run (this is an "
+    "automatic retry), so it is not applied: a value left set must not pay again on its own"
+)
+
+
+def _start_over_chosen(context: Any) -> bool:
+    """``start_over`` is a person's choice made with a clear: not applied by an automatic retry in the
+    clear round the batch last ran in (``round`` in the pointer), where a value left set on the task
+    would discard a state damaged since and pay again. Without that record (Airflow < 3.3), applied."""
+    store = _store(context)
+    pointer = store.get(STATE_KEY) if store is not None else None
+    if not isinstance(pointer, dict) or not isinstance(pointer.get("round"), int):
+        return True
+    return cleared_since(pointer["round"], context)
 
 
 def _written(journal: BatchJournal) -> bool:
@@ -144,6 +180,8 @@ def remember(context: Any, journal: BatchJournal, *, finished: bool = False) -> 
     store = _store(context)
     # "open": written by a provider that marks the end ("finished"); older pointers have neither
     value: dict[str, Any] = {"location": journal.uri, "version": STATE_VERSION, "open": not finished}
+    if (round_ := clear_round(context)) is not None:  # the clear round the batch last ran in
+        value["round"] = round_
     if finished:
         value["finished"] = True
     if store is not None and store.get(STATE_KEY) != value:
@@ -208,17 +246,38 @@ def unrecorded_error(
     changes: list[ShardRecord],
     err: Exception,
     save: Callable[[list[tuple[ShardKey, str]]], bool] | None,
+    state: BatchState | None = None,
 ) -> MaaSError:
     """The error for a journal write that failed: the job names it held are kept elsewhere
-    (``save``, e.g. :func:`save_job_names`) so the next try reattaches, or named in the error."""
+    (``save``, e.g. :func:`save_job_names`) so the next try reattaches, or named in the error.
+    ``state``: this try's whole state, whose every job is named if the stored state was removed."""
+    if state is not None and _removed(journal):
+        return _removed_error(journal, state, err, save)
     jobs = [(r.key, r.job_name) for r in changes if r.job_name and r.status is ShardStatus.RUNNING]
     kept = bool(jobs) and save is not None and save(jobs)
     named = ", ".join(f"{name} (shard {key})" for key, name in jobs)
-    if isinstance(err, MaaSStateError):  # the lease was taken: the other try goes on
-        if jobs:
-            log.error("Jobs this try created and could not record: %s (kept for the next try: %s)", named, kept)
-        return err
+    if isinstance(err, MaaSStateError):  # the lease was taken by another live try
+        if not jobs:
+            return err
+        log.error("Jobs this try created and could not record: %s (kept for the next try: %s)", named, kept)
+        where = (
+            "their names are kept in task_state_store: the next try reattaches to them"
+            if kept
+            else "they are not in the batch state (no task_state_store before Airflow 3.3): a later try refuses "
+            "their shards rather than pay again; look these jobs up"
+        )
+        return type(err)(
+            f"{err} This try created jobs it could not record: {named}; {where}.",
+            job_names=[name for _, name in jobs],
+        )
     what = f"Writing the batch state at {journal.uri} failed ({type(err).__name__}: {err})"
+    markers = ", ".join(str(r.key) for r in changes if r.status is ShardStatus.CREATING)
+    if not jobs and markers:  # a write may land and still report a failure (a PUT that timed out)
+        return MaaSStateWriteError(
+            f"{what} while storing the 'creating' markers of shards {markers}; no create was sent for them. If "
+            "the write landed after all, the next try finds them 'creating' and stops rather than risk a second "
+            "job: then clear the task (no job exists for them). Fix the storage first."
+        )
     if not jobs:
         return MaaSStateWriteError(f"{what}; no job created by this try is missing from it: a retry goes on from it.")
     if kept:
@@ -231,4 +290,42 @@ def unrecorded_error(
         "elsewhere (no task_state_store before Airflow 3.3), so the next try finds their shards 'creating' and "
         f"refuses to create them again. Fix the storage, then look these jobs up. {WAY_ON}",
         job_names=[name for _, name in jobs],
+    )
+
+
+class StateRemoved(MaaSStateError):
+    """The stored state was removed while a try ran; the message names every job that try knew."""
+
+
+def _removed(journal: BatchJournal) -> bool:
+    """Whether the stored state is gone (its manifest, written when the batch was planned)."""
+    try:
+        return not (journal.root / "manifest.json").exists()
+    except OSError:
+        return False
+
+
+def _removed_error(
+    journal: BatchJournal,
+    state: BatchState,
+    err: Exception,
+    save: Callable[[list[tuple[ShardKey, str]]], bool] | None,
+) -> StateRemoved:
+    """The stored state was removed while this try ran: every job it recorded, and the answers it had
+    downloaded, are now known only to this try; they are named, and kept where possible."""
+    jobs = sorted((r.key, r.job_name) for r in state.shards.values() if r.job_name)
+    kept = bool(jobs) and save is not None and save(jobs)
+    listed = [name for _, name in jobs]
+    if jobs:
+        log.error("Jobs of the removed batch state at %s: %s", journal.uri, ", ".join(listed))
+        shown = ", ".join(f"{name} (shard {key})" for key, name in jobs[:MAX_QUOTED_NAMES])
+        named = f"Jobs created for it ({len(jobs)}): {shown}{' ...' if len(jobs) > MAX_QUOTED_NAMES else ''}"
+        named += " (also kept in task_state_store)." if kept else "."
+    else:
+        named = "No job had been created for it yet."
+    return StateRemoved(
+        f"The batch state at {journal.uri} was removed while this try ran (by hand, by a lifecycle rule, or "
+        f"the folder was cleaned up): writing it failed ({type(err).__name__}: {err}). It is the only record of "
+        f"the jobs paid for, so this try creates nothing more. {named} {WAY_ON}",
+        job_names=listed,
     )

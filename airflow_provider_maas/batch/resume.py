@@ -24,7 +24,12 @@ from airflow_provider_maas.batch.create_guard import (
     creating_marker,
     refuse_uncertain_create,
 )
-from airflow_provider_maas.batch.ownership import new_owner, refuse_shared_destination, take_lease
+from airflow_provider_maas.batch.ownership import (
+    new_owner,
+    refuse_shared_destination,
+    refuse_written_by_sibling,
+    take_lease,
+)
 from airflow_provider_maas.batch.recovery import (
     STATE_KEY,
     forget_job_names,
@@ -70,6 +75,7 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
     ``start_over``. Answers an abandoned state downloaded are kept and reused by the new plan.
     """
     refuse_shared_destination(journal)  # before anything is written
+    refuse_written_by_sibling(journal, task_identity(context))
     take_lease(journal, new_owner(context))  # before reading: see batch/ownership.py
     state = load_whole(context, journal, start_over=settings.start_over)
     key = input_key(settings)

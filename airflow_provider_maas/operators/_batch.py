@@ -17,9 +17,10 @@ from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.create_guard import clear_round
 from airflow_provider_maas.batch.driver import BatchDriver, ShardNames
 from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.ownership import check_lease, record_writer
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
-from airflow_provider_maas.batch.recovery import remember, save_job_names
+from airflow_provider_maas.batch.recovery import finished_meanwhile, remember, save_job_names
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
 from airflow_provider_maas.batch.round_files import next_round
@@ -32,7 +33,7 @@ from airflow_provider_maas.batch.settings import (
     reuse_paths,
 )
 from airflow_provider_maas.batch.summary import check_outcome, write_outputs
-from airflow_provider_maas.client.naming import display_name, upload_name
+from airflow_provider_maas.client.naming import display_name, task_identity, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
@@ -119,7 +120,9 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         version, pointed at by ``task_state_store`` but gone) and plan the batch again (templated:
         ``True``, ``"true"``, ``"1"``...). A person's explicit choice, named by the error that stops the
         task in that case: the jobs the state recorded are abandoned (they keep running and are billed);
-        answers already downloaded are kept and reused. Set it back afterwards.
+        answers already downloaded are kept and reused. Applied after a person's clear only: an automatic
+        retry in the clear round the batch last ran in ignores it (on Airflow >= 3.3, where the round is
+        recorded), so a value left set never pays again on its own. Set it back afterwards.
     :param reuse_other_models: Also reuse the answers of ``reuse_results`` files written by
         another ENDPOINT (another model). By default they are left unused (the summary's
         ``reuse_skipped_other_model`` counts them); the ENDPOINT is recorded beside each results file.
@@ -244,6 +247,14 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             return self._plan_only(context, self._settings)
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
+        if finished_meanwhile(context, journal, this_round=True):  # Airflow did not record that try's success
+            self.log.warning(
+                "An earlier try of this task instance finished this batch in this clear round (its success was "
+                "not recorded: a worker lost after it, or a zombie's retry): the results are at %s. Nothing is "
+                "paid again; clear the task to run the batch again.",
+                uri_of(dest),
+            )
+            return uri_of(dest)
         settings = self._settings(journal, self._requests_to_plan(journal, write=True))
         state = start_or_resume(context, journal, settings)
         announce(context, journal, self.prices)  # where the progress page finds the state
@@ -253,8 +264,17 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         """Resume after the trigger: record the ended jobs, then go on."""
         resumed = BatchJobsEvent.from_event(event)
         journal = BatchJournal.for_task(self.destination, context)
+        if finished_meanwhile(context, journal):  # another live try (a zombie's retry, 'tasks test') did it
+            dest_uri = uri_of(to_path(self.destination, what="destination"))
+            self.log.warning(
+                "Another try of this task instance finished the batch while this one was deferred: the results "
+                "are at %s. Nothing is left to do, and nothing was paid again.",
+                dest_uri,
+            )
+            return dest_uri
         settings = self._settings(journal, self._requests_to_plan(journal, write=False))
-        state = resume_after_deferral(context, journal, settings, [o.job_name for o in resumed.ended])
+        known = [o.job_name for o in resumed.ended] + list(resumed.running)  # named if the state is gone
+        state = resume_after_deferral(context, journal, settings, known)
         if resumed.status == "timeout":
             running = list(state.by_job())
             raise MaaSTimeoutError(f"{resumed.message} Still running: {', '.join(running[:MAX_NAMED_JOBS])}")
@@ -327,6 +347,9 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
                         continue
                     if driver.running_jobs() != running:  # a gone job's shard is due again
                         continue
+                    if driver.doubted():  # a job answered 404: polled again here, not in the trigger
+                        time.sleep(self.poll_interval)
+                        continue
                     driver.preupload(wake or 0)
                     journal.settle(state)
                     self._defer(state, running, wake)
@@ -368,6 +391,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         settings: BatchSettings,
         gate: SpendGate | None = None,
     ) -> str:
+        check_lease(journal)  # another live try took the state over: it writes the results, not this one
         summary = write_outputs(settings, journal, state)
         if gate is not None:
             summary.update(self._cost_summary(context, gate, state, settings))
@@ -380,5 +404,14 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         check_outcome(summary, dest_uri, fail_on_partial=self.fail_on_partial)
         self._remove_schema_requests(journal)
         remember(context, journal, finished=True)  # first: a state gone on purpose is not "lost"
-        journal.remove()
+        record_writer(journal, task_identity(context))
+        try:
+            journal.remove()
+        except OSError as err:  # the results are written: a retry would find a half-removed state
+            self.log.warning(
+                "The results are written, but removing the batch state at %s failed (%s): delete that folder "
+                "by hand (it is not needed any more)",
+                journal.uri,
+                err,
+            )
         return dest_uri

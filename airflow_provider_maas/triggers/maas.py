@@ -241,14 +241,22 @@ class BatchJobsEvent:
     :param status: ``success`` (enough jobs ended), ``timeout`` (deadline) or ``error`` (a job could
         not be polled, or the connection is unusable: ``message`` says which).
     :param ended: The outcome of every job that ended before the event, whatever the status.
+    :param running: The jobs not seen ended (named by the task if its state is gone meanwhile);
+        absent from events of earlier versions.
     """
 
     status: str
     message: str
     ended: tuple[JobOutcome, ...] = ()
+    running: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"status": self.status, "message": self.message, "ended": [o.as_dict() for o in self.ended]}
+        return {
+            "status": self.status,
+            "message": self.message,
+            "ended": [o.as_dict() for o in self.ended],
+            "running": list(self.running),
+        }
 
     @classmethod
     def from_event(cls, event: Any) -> BatchJobsEvent:
@@ -257,7 +265,8 @@ class BatchJobsEvent:
             if event["status"] not in _EVENT_STATUSES:
                 raise ValueError(event["status"])
             ended = tuple(JobOutcome.from_dict(item) for item in event["ended"])
-            return cls(status=event["status"], message=str(event.get("message") or ""), ended=ended)
+            running = tuple(str(name) for name in event.get("running") or ())
+            return cls(status=event["status"], message=str(event.get("message") or ""), ended=ended, running=running)
         except (TypeError, KeyError, ValueError):
             raise MaaSError(f"Unexpected event from the MaaS batch jobs trigger: {event!r:.300}") from None
 
@@ -338,4 +347,6 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
                 "which has no cancel call."
             )
         outcomes = tuple(e.outcome for e in ended if e.outcome is not None)
-        return BatchJobsEvent(status, message, outcomes).as_dict()
+        done = {e.job_name for e in ended}
+        running = tuple(name for name in self.job_names if name not in done)
+        return BatchJobsEvent(status, message, outcomes, running).as_dict()
