@@ -124,7 +124,7 @@ def test_extra_state_fields_are_passed_through_unless_they_look_secret(journal):
     extras = progress_module._plain_extras(
         NewerState(state.fingerprint, state.identity, state.rounds), progress_module._KNOWN_STATE_FIELDS
     )
-    assert extras == {"budget_usd": 5.0, "spent_usd": 1.25}
+    assert extras == {"budget_usd": 5.0, "spent_usd": 1.25, "spent_before_usd": 0.0}  # the last: a state field
 
 
 def test_job_progress_from_xcom():
