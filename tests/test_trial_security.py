@@ -1,0 +1,129 @@
+"""Adversarial trial of issue 20 ("leak nothing, forge nothing"): the ways around the redaction,
+the neutralisation and the path checks that the first build left open. Each test failed before its fix."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import quote
+
+import pytest
+
+from airflow_provider_maas.batch.results import ResultSummary, parse_result_line
+from airflow_provider_maas.client import redaction
+from airflow_provider_maas.client.errors import error_from_response, parse_json
+from airflow_provider_maas.client.redaction import contains_key, mask_key, neutralise, redact
+from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.storage.paths import shown_uri, to_path, uri_of
+from tests.hostile_service import KEY
+
+SECRET_PIECES = ("Ab", "Cd", "Gh", "KlmnOP42")
+
+
+def _readable(text: str) -> list[str]:
+    return [piece for piece in SECRET_PIECES if piece.lower() in text.lower()]
+
+
+# Redaction: encodings the first build missed ------------------------------------------------
+
+
+def test_double_percent_encoding_is_redacted():
+    once = quote(KEY, safe="")
+    for text in (quote(once, safe=""), quote(quote(once, safe=""), safe=""), quote(once, safe="").lower()):
+        assert contains_key(text, KEY), text
+        assert redact(text, KEY) == "***", text
+    err = error_from_response(404, f"no route for /v1?key={quote(once, safe='')}".encode(), what="x", api_key=KEY)
+    assert not _readable(str(err)), str(err)
+
+
+def test_html_entities_without_semicolon_are_redacted():
+    numeric = "".join(c if c.isalnum() else f"&#{ord(c)}" for c in KEY)
+    hexa = "".join(c if c.isalnum() else f"&#x{ord(c):x}" for c in KEY)
+    legacy = KEY.replace("&", "&amp")  # &amp without ';' is decoded by browsers and html.unescape
+    for text in (numeric, hexa, legacy):
+        assert redact(text, KEY) == "***", text
+    # "sk&#x2dAb&#x2f..." decodes (strictly) to other characters, but a reader sees the key: redacted too
+    assert redact("".join(f"&#x{ord(c):x}" for c in KEY), KEY) == "***"
+
+
+def test_mime_base64_cut_by_a_line_break_is_redacted():
+    for prefix in (b"", b"x" * 10, b"y" * 40, b"z" * 57):
+        text = base64.encodebytes(
+            prefix + KEY.encode() + b" and more after it, long enough for a second line of base64"
+        ).decode()
+        assert "\n" in text.strip()
+        out = redact(text, KEY)
+        assert contains_key(text, KEY), text
+        # nothing of the key's base64 survives: no 12-character run of its core is left
+        core = base64.b64encode(KEY.encode()).decode()
+        assert not any(core[i : i + 12] in out.replace("\n", "") for i in range(len(core) - 11)), (prefix, out)
+
+
+# Neutralisation: the key and characters the first build let through -------------------------
+
+
+@pytest.fixture
+def registered_key():
+    saved = dict(redaction._KNOWN_KEYS)
+    mask_key(KEY)
+    yield KEY
+    redaction._KNOWN_KEYS.clear()
+    redaction._KNOWN_KEYS.update(saved)
+
+
+def test_failure_samples_never_carry_the_key(registered_key):
+    """A results line's ``status`` (service text, copied into the summary's failure samples, the
+    task log and XCom) echoing the key is redacted like every other service text."""
+    summary = ResultSummary()
+    for number, status in enumerate((f"invalid credentials {KEY}", f"bad key {quote(KEY, safe='')}"), 1):
+        line = json.dumps({"request": {"contents": []}, "status": status}).encode()
+        summary.add(parse_result_line(line, number))
+    assert summary.failed == 2
+    for _, error in summary.failure_samples:
+        assert not _readable(error), error
+        assert "***" in error
+
+
+def test_neutralise_redacts_a_registered_key_cut_at_its_limit(registered_key):
+    text = "x" * 95 + KEY + "tail"
+    out = neutralise(text, 100)
+    assert not contains_key(out, KEY) and "Ab/Cd" not in out, out
+
+
+def test_lone_surrogates_and_tag_characters_are_escaped():
+    # a lone surrogate cannot be encoded as UTF-8: a log file handler drops the whole line
+    # (UnicodeEncodeError); tag characters (U+E0000-E007F) hide text in plain sight; U+00AD too.
+    payload = parse_json(b'{"error": {"message": "a\\ud800b\\udfffc"}}', what="x", api_key=KEY)
+    message = payload["error"]["message"]
+    message.encode("utf-8")
+    out = neutralise("ok \ud83d x \U000e0041\U000e0042 soft\u00adhyphen")
+    out.encode("utf-8")
+    assert "\U000e0041" not in out and "\u00ad" not in out
+    assert "\\U000e0041" in out and "\\xad" in out
+
+
+# Credentials in paths ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://AKIAEXAMPLE:wJalr/XUtnFEMI+K7MDENG@bucket/requests.jsonl",  # AWS secrets hold '/'
+        "s3://AKIAEXAMPLE:wJalr#XUtnFEMI@bucket/requests.jsonl",
+        "s3://AKIAEXAMPLE:wJalr?XUtnFEMI@bucket/requests.jsonl",
+        "s3://AKIAEXAMPLE%3AwJalrXUtnFEMI@bucket/requests.jsonl",  # percent-encoded ':'
+        "gs://user%3AwJalrXUtnFEMI@bucket/requests.jsonl",
+    ],
+)
+def test_credentials_in_a_path_are_refused_and_never_shown(uri):
+    with pytest.raises(MaaSInputError, match="conn_id") as err:
+        to_path(uri)
+    assert "wJalr" not in str(err.value) and "XUtnFEMI" not in str(err.value)
+    assert "wJalr" not in shown_uri(uri) and "XUtnFEMI" not in shown_uri(uri)
+
+
+def test_legitimate_connection_ids_and_ports_still_work():
+    assert uri_of(to_path("s3://my_conn@bucket/a/requests.jsonl")) == "s3://my_conn@bucket/a/requests.jsonl"
+    assert uri_of(to_path("s3://bucket/a@b/requests.jsonl")) == "s3://bucket/a@b/requests.jsonl"
+    assert shown_uri("hdfs://host:8020/a@b") == "hdfs://host:8020/a@b"
+    assert shown_uri("https://host:8443/a@b?sig=1") == "https://host:8443/a@b?..."
