@@ -127,3 +127,26 @@ def test_legitimate_connection_ids_and_ports_still_work():
     assert uri_of(to_path("s3://bucket/a@b/requests.jsonl")) == "s3://bucket/a@b/requests.jsonl"
     assert shown_uri("hdfs://host:8020/a@b") == "hdfs://host:8020/a@b"
     assert shown_uri("https://host:8443/a@b?sig=1") == "https://host:8443/a@b?..."
+
+
+# Reuse: a results file copied without its origin record -----------------------------------------
+
+
+def test_reused_answers_of_unknown_model_are_not_silent(emulator, tmp_path, caplog):
+    """A results file copied without ``.<name>.origin.json`` (or from another tool) may hold another
+    model's answers: it is still reused (documented), but a warning names it."""
+    import logging
+
+    from airflow_provider_maas.batch.origin import origin_path
+    from tests.helpers import batch_operator, make_context, write_requests
+
+    source = write_requests(tmp_path / "r.jsonl", 3)
+    first = tmp_path / "day1.jsonl"
+    batch_operator(source, first).execute(make_context())
+    origin_path(str(first)).unlink()
+    caplog.set_level(logging.WARNING)
+    context = make_context()
+    batch_operator(source, tmp_path / "day2.jsonl", reuse_results=str(first)).execute(context)
+    assert context["ti"].xcom["summary"]["reused"] == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("no record of the ENDPOINT" in m and "day1.jsonl" in m for m in warned), warned
