@@ -150,3 +150,25 @@ def test_reused_answers_of_unknown_model_are_not_silent(emulator, tmp_path, capl
     assert context["ti"].xcom["summary"]["reused"] == 3
     warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any("no record of the ENDPOINT" in m and "day1.jsonl" in m for m in warned), warned
+
+
+# Credentials in the connection's Base URL --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "https://user:s3cretPW@maas.example.com",
+        "https://s3cretPW@maas.example.com",
+        "https://maas.example.com/?token=s3cretPW",
+        "https://maas.example.com/#s3cretPW",
+        "ftp://user:s3cretPW@maas.example.com",
+    ],
+)
+def test_a_base_url_with_credentials_or_a_query_is_refused_without_repeating_them(host):
+    from airflow_provider_maas.client.config import build_config
+    from airflow_provider_maas.exceptions import MaaSConfigError
+
+    with pytest.raises(MaaSConfigError) as err:
+        build_config(host=host, password="k", extra={"endpoint": "e"}, endpoint_override=None, conn_id="c")
+    assert "s3cretPW" not in str(err.value)
