@@ -172,3 +172,23 @@ def test_a_base_url_with_credentials_or_a_query_is_refused_without_repeating_the
     with pytest.raises(MaaSConfigError) as err:
         build_config(host=host, password="k", extra={"endpoint": "e"}, endpoint_override=None, conn_id="c")
     assert "s3cretPW" not in str(err.value)
+
+
+# The service's values in an integrity message ----------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["{", "{1}", "{0.__class__.__mro__}", "12}"])
+def test_service_values_are_not_a_format_string(value):
+    """An upload answer's ``size``/``md5Hash`` went into a text later ``.format()``-ed: braces from
+    the service crashed the check (ValueError/IndexError, not an integrity error) or expanded."""
+    from airflow_provider_maas.client.integrity import StreamHasher, verify_download, verify_upload
+    from airflow_provider_maas.exceptions import MaaSIntegrityError
+
+    hasher = StreamHasher(md5=True, crc32c=True)
+    hasher.update(b"data")
+    with pytest.raises(MaaSIntegrityError) as err:
+        verify_upload({"name": "f\x1b[2J" + "x" * 5000, "size": value, "md5Hash": value}, hasher)
+    assert value in str(err.value) and "<class" not in str(err.value)
+    assert "\x1b" not in str(err.value) and len(str(err.value)) < 1000
+    with pytest.raises(MaaSIntegrityError):
+        verify_download({"size": value, "crc32c": value}, hasher, what="results of job 1")
