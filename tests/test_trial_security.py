@@ -192,3 +192,18 @@ def test_service_values_are_not_a_format_string(value):
     assert "\x1b" not in str(err.value) and len(str(err.value)) < 1000
     with pytest.raises(MaaSIntegrityError):
         verify_download({"size": value, "crc32c": value}, hasher, what="results of job 1")
+
+
+# Part cleanup: a user's look-alike made only of hex digits ---------------------------------------
+
+
+def test_cleanup_keeps_a_users_timestamped_lookalike(tmp_path):
+    from airflow_provider_maas.storage import atomic_writer
+
+    dest = tmp_path / "res.jsonl"
+    users = [".res.jsonl.202601011230.part", f".res.jsonl.{'0' * 32}.part"]  # a timestamp; an md5 of a backup
+    for name in users:
+        (tmp_path / name).write_bytes(b"mine")
+    with atomic_writer(to_path(str(dest))) as out:
+        out.write(b"ok\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*users, "res.jsonl"])
