@@ -207,3 +207,27 @@ def test_cleanup_keeps_a_users_timestamped_lookalike(tmp_path):
     with atomic_writer(to_path(str(dest))) as out:
         out.write(b"ok\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*users, "res.jsonl"])
+
+
+# The key split by markup in an error page ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("split", ["{a}<wbr>{b}", "{a}</b><i>{b}", "<b>{a}</b>{b}", "{a}<span class='x'>{b}</span>"])
+def test_a_key_split_by_html_tags_is_redacted(split):
+    import html as html_module
+
+    escaped = html_module.escape(KEY)
+    for cut in (3, 8, len(escaped) - 4):
+        page = f"<html><p>Invalid token <code>{split.format(a=escaped[:cut], b=escaped[cut:])}</code></p></html>"
+        err = error_from_response(401, page.encode(), what="Upload", api_key=KEY)
+        assert not _readable(str(err).replace(" ", "")), str(err)
+
+
+def test_a_key_wrapped_across_lines_of_an_error_body_is_not_shown():
+    key = "sk-proj-4f9Kq2LmZx81PwR7tYb3NcVd0HsJ"
+    body = f"Invalid API key:\n  {key[:14]}\n  {key[14:]}\nplease check it".encode()
+    err = error_from_response(401, body, what="Upload", api_key=key)
+    assert key[:14] not in str(err) and key[14:] not in str(err), str(err)
+    assert "not shown" in str(err)
+    fine = error_from_response(401, b"Invalid API key\nplease check it", what="Upload", api_key=key)
+    assert "Invalid API key please check it" in str(fine)
