@@ -231,3 +231,21 @@ def test_a_key_wrapped_across_lines_of_an_error_body_is_not_shown():
     assert "not shown" in str(err)
     fine = error_from_response(401, b"Invalid API key\nplease check it", what="Upload", api_key=key)
     assert "Invalid API key please check it" in str(fine)
+
+
+# A presigned URL named in a results-format error ---------------------------------------------------
+
+
+def test_a_damaged_reuse_file_is_named_without_its_signature(tmp_path):
+    import contextlib
+    import io
+
+    from airflow_provider_maas.batch.answers import AnswerStore
+    from airflow_provider_maas.batch.results import ResultsFormatError
+    from airflow_provider_maas.batch.rounds import _open_all
+
+    url = "https://bucket.example/day1.jsonl?X-Amz-Signature=SECRETSIG&X-Amz-Credential=AKIAEXAMPLE"
+    with contextlib.ExitStack() as stack, AnswerStore(str(tmp_path)) as store, pytest.raises(ResultsFormatError) as err:
+        _open_all(stack, store, [url], [], lambda item: io.BytesIO(b"{not json\n"))
+    assert "SECRETSIG" not in str(err.value) and "AKIAEXAMPLE" not in str(err.value), str(err.value)
+    assert "https://bucket.example/day1.jsonl?..." in str(err.value)
