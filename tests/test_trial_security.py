@@ -249,3 +249,18 @@ def test_a_damaged_reuse_file_is_named_without_its_signature(tmp_path):
         _open_all(stack, store, [url], [], lambda item: io.BytesIO(b"{not json\n"))
     assert "SECRETSIG" not in str(err.value) and "AKIAEXAMPLE" not in str(err.value), str(err.value)
     assert "https://bucket.example/day1.jsonl?..." in str(err.value)
+
+
+# Numbers from the service that no int holds ---------------------------------------------------------
+
+
+def test_a_count_of_1e999_does_not_crash_the_job_outcome():
+    """``1e999`` in a job's JSON is a float infinity: ``int()`` raised OverflowError, not a MaaSError,
+    so the hook's wait, the sensor and the trigger crashed instead of reading the state."""
+    from airflow_provider_maas.client.states import Outcome, job_outcome
+    from airflow_provider_maas.client.transport import _int_or_none
+
+    body = b'{"name": "1", "state": "JOB_STATE_SUCCEEDED", "completionStats": {"successfulCount": 1e999, "failedCount": -1e999}}'
+    outcome = job_outcome(parse_json(body, what="x", api_key=KEY))
+    assert outcome.outcome is Outcome.SUCCEEDED and outcome.successful is None and outcome.failed is None
+    assert _int_or_none(float("inf")) is None
