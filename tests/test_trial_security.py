@@ -264,3 +264,10 @@ def test_a_count_of_1e999_does_not_crash_the_job_outcome():
     outcome = job_outcome(parse_json(body, what="x", api_key=KEY))
     assert outcome.outcome is Outcome.SUCCEEDED and outcome.successful is None and outcome.failed is None
     assert _int_or_none(float("inf")) is None
+
+
+def test_airflows_masker_is_given_the_double_encoded_key():
+    from airflow_provider_maas.client.redaction import key_forms
+
+    once = quote(KEY, safe="")
+    assert quote(once, safe="") in key_forms(KEY)

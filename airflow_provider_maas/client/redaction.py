@@ -80,10 +80,11 @@ def key_pattern(api_key: str) -> re.Pattern[str]:
 def key_forms(api_key: str) -> list[str]:
     """Literal forms of the key a response may echo, for a masker that matches exact strings
     (Airflow's): the key, lower/upper case, percent-encoded (upper and lower hex, ``+`` or ``%20``
-    for spaces, ``/`` kept or encoded), JSON-escaped (``\\/``, ``\\uXXXX``), HTML entities, and
+    for spaces, ``/`` kept or encoded, encoded twice), JSON-escaped (``\\/``, ``\\uXXXX``), HTML entities, and
     the base64 and base64url cores of :func:`key_pattern`."""
     forms = [api_key, api_key.lower(), api_key.upper()]
-    for encoded in (quote(api_key, safe=""), quote(api_key), quote_plus(api_key, safe="")):
+    once = quote(api_key, safe="")
+    for encoded in (once, quote(api_key), quote_plus(api_key, safe=""), quote(once, safe="")):  # last: %252F
         forms += [encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded)]
     forms.append(api_key.replace("\\", "\\\\").replace('"', '\\"').replace("/", "\\/"))
     forms.append("".join(c if c.isalnum() else f"\\u{ord(c):04x}" for c in api_key))
