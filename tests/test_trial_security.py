@@ -163,6 +163,7 @@ def test_reused_answers_of_unknown_model_are_not_silent(emulator, tmp_path, capl
         "https://maas.example.com/?token=s3cretPW",
         "https://maas.example.com/#s3cretPW",
         "ftp://user:s3cretPW@maas.example.com",
+        "http://127.0.0.1@s3cretPW.example.com",  # a user part that looks like loopback: refused even with allow_insecure_http
     ],
 )
 def test_a_base_url_with_credentials_or_a_query_is_refused_without_repeating_them(host):
@@ -170,7 +171,13 @@ def test_a_base_url_with_credentials_or_a_query_is_refused_without_repeating_the
     from airflow_provider_maas.exceptions import MaaSConfigError
 
     with pytest.raises(MaaSConfigError) as err:
-        build_config(host=host, password="k", extra={"endpoint": "e"}, endpoint_override=None, conn_id="c")
+        build_config(
+            host=host,
+            password="k",
+            extra={"endpoint": "e", "allow_insecure_http": True},
+            endpoint_override=None,
+            conn_id="c",
+        )
     assert "s3cretPW" not in str(err.value)
 
 
@@ -271,3 +278,31 @@ def test_airflows_masker_is_given_the_double_encoded_key():
 
     once = quote(KEY, safe="")
     assert quote(once, safe="") in key_forms(KEY)
+
+
+# A key pasted with a line break, or with a non-ASCII character ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key", ["sk-SECRETKEY\n", "sk-SECRET\r\nX-Injected: 1", "sk-SECRET\u2019KEY", "\tsk-SECRETKEY"]
+)
+def test_a_key_that_cannot_be_sent_in_a_header_is_a_config_error_that_never_repeats_it(key):
+    """Before: requests refused the header with an InvalidHeader quoting the key (kept as the
+    context of a retryable "connection error", retried, and an uncertain create), or http.client
+    raised a bare UnicodeEncodeError (not a MaaSError: the create's outcome counted as unknown)."""
+    from airflow_provider_maas.client.config import build_config
+    from airflow_provider_maas.exceptions import MaaSConfigError
+
+    with pytest.raises(MaaSConfigError, match="API key") as err:
+        build_config(host=None, password=key, extra={"endpoint": "e"}, endpoint_override=None, conn_id="c")
+    assert "SECRET" not in str(err.value)
+    assert (
+        build_config(
+            host=None,
+            password="sk-Ab/Cd+Ef==Gh Ij&KlmnOP42~~~?",
+            extra={"endpoint": "e"},
+            endpoint_override=None,
+            conn_id="c",
+        ).api_key
+        == KEY
+    )

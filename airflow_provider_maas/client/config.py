@@ -136,6 +136,14 @@ def build_config(
         raise MaaSConfigError(
             f"No API key in connection {conn_id!r}: put the key in the connection's 'API Key' (password) field."
         )
+    bad = next((index for index, char in enumerate(password) if not " " <= char <= "~"), None)
+    if bad is not None:  # never repeated: a key with a line break would otherwise fail every call as a
+        # "connection error" (requests' InvalidHeader quotes it), a non-ASCII one as a UnicodeEncodeError
+        raise MaaSConfigError(
+            f"The API key in connection {conn_id!r} holds a line break, a control character or a non-ASCII "
+            f"character (at position {bad + 1} of {len(password)}): put the key in the 'API Key' field again, "
+            "without it (a key pasted with a trailing newline?)."
+        )
     try:
         timeout = float(extra.get("timeout") or DEFAULT_TIMEOUT)
     except (TypeError, ValueError):
