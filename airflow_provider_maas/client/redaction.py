@@ -146,6 +146,8 @@ def _may_hold(text: str, api_key: str) -> bool:
 #: cannot carry a key either.
 _KNOWN_KEYS: dict[str, None] = {}
 _MAX_KNOWN_KEYS = 16
+#: Shorter keys (a test's "k") are not registered: every neutralised text would lose those letters.
+_MIN_KNOWN_KEY = 5
 
 
 def redact_known(text: str) -> str:
@@ -159,8 +161,9 @@ def mask_key(api_key: str) -> None:
     """Register every literal form of the key (:func:`key_forms`) with Airflow's secrets masker, in
     one ``mask_secret`` call (an iterable is masked item by item, on Airflow 3.0 to 3.3 alike), and
     with :func:`neutralise` (:func:`redact_known`)."""
-    _KNOWN_KEYS.pop(api_key, None)
-    _KNOWN_KEYS[api_key] = None
+    if len(api_key) >= _MIN_KNOWN_KEY:
+        _KNOWN_KEYS.pop(api_key, None)
+        _KNOWN_KEYS[api_key] = None
     while len(_KNOWN_KEYS) > _MAX_KNOWN_KEYS:
         del _KNOWN_KEYS[next(iter(_KNOWN_KEYS))]
     try:
