@@ -306,3 +306,14 @@ def test_a_key_that_cannot_be_sent_in_a_header_is_a_config_error_that_never_repe
         ).api_key
         == KEY
     )
+
+
+@pytest.mark.parametrize(
+    "text", [" s3://my_conn@bucket/res.jsonl", " file:///tmp/res.jsonl", " /tmp/res.jsonl", "\u00a0/tmp/x"]
+)
+def test_a_path_starting_with_a_space_is_refused_not_changed(text):
+    """Before: ``" s3://..."`` and ``" file:///tmp/x"`` lost the space (ObjectStoragePath strips it),
+    while ``" /tmp/x"`` became the relative path ``<cwd>/ /tmp/x``: another file either way."""
+    with pytest.raises(MaaSInputError, match="starts with a space"):
+        to_path(text)
+    assert str(to_path("/tmp/res.jsonl ").path) == "/tmp/res.jsonl "  # a trailing space is kept exactly

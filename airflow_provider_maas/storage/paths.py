@@ -64,6 +64,11 @@ def to_path(target: Any, *, what: str = "path") -> ObjectStoragePath:
         if not isinstance(text, str) or not text.strip():
             raise MaaSInputError(f"The {what} is empty: give a local path, a URI or an ObjectStoragePath.")
         _check_text(text, what)
+        if text[0].isspace():  # a URI would lose it (ObjectStoragePath strips it), "/abs" would become relative
+            raise MaaSInputError(
+                f"The {what} {neutralise(shown_uri(text.lstrip()), 300)!r} starts with a space: paths are used "
+                "exactly as given, and this one would be read as another path; remove the space."
+            )
         if ".." in text.replace("\\", "/").split("/"):
             raise MaaSInputError(f"The {what} {shown_uri(text)!r} contains a '..' segment; give a normalised path.")
         if "://" in text:
