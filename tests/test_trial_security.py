@@ -317,3 +317,30 @@ def test_a_path_starting_with_a_space_is_refused_not_changed(text):
     with pytest.raises(MaaSInputError, match="starts with a space"):
         to_path(text)
     assert str(to_path("/tmp/res.jsonl ").path) == "/tmp/res.jsonl "  # a trailing space is kept exactly
+
+
+# Cost: an answer with text but no output token count --------------------------------------------------
+
+
+def test_an_answer_with_text_but_no_candidates_count_makes_the_cost_unknown():
+    """``{"promptTokenCount": 10}`` beside a long answer priced its output at zero: the cost read as
+    lower than it was, with no warning."""
+    from airflow_provider_maas.batch.cost import cost_of
+
+    answer = {"candidates": [{"content": {"parts": [{"text": "a long answer " * 200}]}}]}
+    line = {"request": {"contents": []}, "response": {**answer, "usageMetadata": {"promptTokenCount": 10}}}
+    summary = ResultSummary()
+    summary.add(parse_result_line(json.dumps(line).encode(), 1))
+    assert summary.usage_unknown == 1
+    assert (
+        cost_of(summary.tokens, {"prompt": 1.0, "candidates": 1.0, "thoughts": 1.0}, unknown=summary.usage_unknown)
+        is None
+    )
+    # a blocked answer (no text) without a candidates count is still priced on its input
+    blocked = {
+        "request": {"contents": []},
+        "response": {"candidates": [{"finishReason": "SAFETY"}], "usageMetadata": {"promptTokenCount": 10}},
+    }
+    other = ResultSummary()
+    other.add(parse_result_line(json.dumps(blocked).encode(), 1))
+    assert other.tokens["prompt_tokens"] == 10
