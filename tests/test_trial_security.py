@@ -344,3 +344,9 @@ def test_an_answer_with_text_but_no_candidates_count_makes_the_cost_unknown():
     other = ResultSummary()
     other.add(parse_result_line(json.dumps(blocked).encode(), 1))
     assert other.tokens["prompt_tokens"] == 10
+
+
+def test_javascript_hex_escapes_of_the_key_are_redacted():
+    js = "".join(c if c.isalnum() else f"\\x{ord(c):02X}" for c in KEY)  # a page's inline script: "sk\x2DAb\x2FCd..."
+    assert redact(f'<script>var k = "{js}";</script>', KEY) == '<script>var k = "***";</script>'
+    assert contains_key(js, KEY)

@@ -42,6 +42,8 @@ def _char_forms(char: str) -> str:
         forms.append(r"\+")
     if code < 0x10000:
         forms.append(rf"\\u{code:04x}")
+    if code < 0x100:  # JavaScript and Python string escapes (``\x2F``), common in a page's inline script
+        forms.append(rf"\\x{code:02x}")
     if char in '/"\\':
         forms.append(re.escape("\\" + char))
     forms.append(rf"&#0*{code};?")
