@@ -209,6 +209,6 @@ def neutralise(text: str, limit: int = MAX_NEUTRAL) -> str:
     if not isinstance(text, str):
         text = str(text)
     if _KNOWN_KEYS:  # redacted before the cut (half a key would stay readable); 16: longest encoded character
-        text = redact_known(text[: limit * 2 + 16 * max(map(len, _KNOWN_KEYS))])
+        text = redact_known(text[: limit * 2 + 16 * max(map(len, list(_KNOWN_KEYS)), default=0)])
     text = UNSAFE.sub(_escape, text[: limit * 2])
     return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."
