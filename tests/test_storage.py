@@ -231,9 +231,9 @@ def test_atomic_write_to_an_object_store_leaves_nothing_after_a_failure(memfs: M
 
 
 def test_stale_object_store_parts_are_removed_by_the_next_write(memfs: MemoryFileSystem):
-    old = "/bucket/out/.results.jsonl.0123456789abcdef0123456789abcdef.part"
-    fresh = "/bucket/out/.results.jsonl.fedcba9876543210fedcba9876543210.part"
-    other = "/bucket/out/.other.jsonl.0123456789abcdef0123456789abcdef.part"
+    old = "/bucket/out/.results.jsonl.maas-0123456789abcdef0123456789abcdef.part"
+    fresh = "/bucket/out/.results.jsonl.maas-fedcba9876543210fedcba9876543210.part"
+    other = "/bucket/out/.other.jsonl.maas-0123456789abcdef0123456789abcdef.part"
     for key in (old, fresh, other):
         memfs.pipe(key, b"partial")
     long_ago = datetime.datetime.now(tz=datetime.timezone.utc) - datetime.timedelta(hours=1)
@@ -287,7 +287,7 @@ def test_parts_of_a_killed_writer_are_removed_by_the_next_write(tmp_path: Path):
         assert len(parts) == 1 and parts[0].startswith(".results.jsonl.") and parts[0].endswith(".part")
     lookalike = tmp_path / ".results.jsonl.ab_cd123.part"  # not a name this package writes: a user's file
     lookalike.write_bytes(b"partial")
-    other = tmp_path / ".other.jsonl.0123456789ab.part"
+    other = tmp_path / ".other.jsonl.maas-0123456789ab.part"
     other.write_bytes(b"partial")
     with atomic_writer(to_path(dest)) as out:
         out.write(b"complete\n")
@@ -425,7 +425,7 @@ def test_cleanup_keeps_files_that_only_look_like_parts(tmp_path):
     users = [".res.jsonl.backup_20260101.part", ".res.jsonl.mycopy01.part", ".res.jsonl.ABCDEF012345.part"]
     for name in users:
         (tmp_path / name).write_bytes(b"mine")
-    ours = [".res.jsonl.0123456789ab.part", f".res.jsonl.{'f' * 32}.part"]  # local and object-store names
+    ours = [".res.jsonl.maas-0123456789ab.part", f".res.jsonl.maas-{'f' * 32}.part"]  # local and object-store names
     for name in ours:
         (tmp_path / name).write_bytes(b"stale")
     with atomic_writer(to_path(dest)) as out:

@@ -4,7 +4,8 @@
 The results file keeps the service's bytes exactly; the batch and download operators write
 ``.<name>.origin.json`` (``{"endpoint": ...}``) beside it. A results file whose record names
 another ENDPOINT holds answers of another model (the ENDPOINT fixes the model): by default they are
-left unused, and counted. A file without a record (written by hand or another tool) is reused.
+left unused, and counted. A file without a record (written by hand or another tool, or copied
+without its record) is reused, with a warning naming it (:func:`of_unknown_origin`): its model is not known.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def of_other_models(paths: Sequence[ObjectStoragePath], endpoint: str | None) ->
     if endpoint is None:
         return []
     return [path for path in paths if read_origin(path) not in (None, endpoint)]
+
+
+def of_unknown_origin(paths: Sequence[ObjectStoragePath]) -> list[ObjectStoragePath]:
+    """The files of ``paths`` without a record of the ENDPOINT that wrote them (their model is not known)."""
+    return [path for path in paths if read_origin(path) is None]
 
 
 def count_answers(paths: Sequence[ObjectStoragePath]) -> int:

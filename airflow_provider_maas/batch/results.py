@@ -382,6 +382,8 @@ class ResultSummary:
             if len(self.failure_samples) < self._max_samples:
                 self.failure_samples.append((record.line_number, neutralise(record.error or "no response", 300)))
         usage = record.usage
+        if usage and record.text and "candidatesTokenCount" not in usage:
+            usage = {}  # an answer with text but no output count: its cost is unknown, not its input alone
         if usage:
             for name, usage_field in _USAGE_FIELDS.items():
                 self.tokens[name] += usage.get(usage_field, 0)

@@ -44,6 +44,7 @@ from airflow_provider_maas.batch.results import (
     status_line,
 )
 from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.storage.paths import shown_uri
 
 #: Statuses retried by default (``re.search``, case-sensitive codes, case-insensitive words): what
 #: a user expects to pass on its own. A client error (400 INVALID_ARGUMENT, 403, 404, a safety
@@ -135,10 +136,10 @@ def _open_all(
     files = {}
     for number, item in enumerate(reuse):
         files[number] = handle = stack.enter_context(opener(item))
-        store.add(f"reuse_results[{number}] ({item})", handle, successes_only=True)
+        store.add(f"reuse_results[{number}] ({shown_uri(str(item))})", handle, successes_only=True)
     for number, item in enumerate(results):
         files[len(reuse) + number] = handle = stack.enter_context(opener(item))
-        store.add(f"of round {number} ({item})", handle)
+        store.add(f"of round {number} ({shown_uri(str(item))})", handle)  # no signature of a URL
     return files
 
 

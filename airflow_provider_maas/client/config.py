@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from airflow_provider_maas.client.redaction import UNSAFE
+from airflow_provider_maas.client.redaction import UNSAFE, neutralise
 from airflow_provider_maas.client.service import API_PREFIX, DEFAULT_BASE_URL
 from airflow_provider_maas.exceptions import (
     MaaSConfigError,
@@ -56,8 +56,22 @@ def _is_loopback(host: str) -> bool:
 def check_base_url(url: str, *, allow_insecure_http: bool = False) -> str:
     """Validate the base URL: ``https://``, or ``http://`` only on loopback unless explicitly allowed."""
     parts = urlsplit(url)
+    if "@" in url:  # a user part (credentials), or something no Base URL holds: never repeated
+        raise MaaSConfigError(
+            "The MaaS connection host holds a user part before an '@' (credentials): they would be sent with "
+            "every call and written to logs and errors. Give the Base URL alone, e.g. "
+            f"{DEFAULT_BASE_URL!r}; the API key goes in the connection's 'API Key' field."
+        )
     if parts.scheme not in {"http", "https"} or not parts.hostname:
-        raise MaaSConfigError(f"The MaaS connection host {url!r} is not a URL; set it to e.g. {DEFAULT_BASE_URL!r}.")
+        raise MaaSConfigError(
+            f"The MaaS connection host {neutralise(url.split('?')[0], 200)!r} is not a URL; set it to e.g. "
+            f"{DEFAULT_BASE_URL!r}."
+        )
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise MaaSConfigError(
+            "The MaaS connection host has a query string or fragment ('?...' or '#...'): the API paths would "
+            f"be appended to it. Give the Base URL alone, e.g. {DEFAULT_BASE_URL!r}."
+        )
     if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
         raise MaaSConfigError(
             f"Refusing to send the API key over plain http to {parts.hostname!r}: use https, or set "
@@ -121,6 +135,14 @@ def build_config(
     if not password:
         raise MaaSConfigError(
             f"No API key in connection {conn_id!r}: put the key in the connection's 'API Key' (password) field."
+        )
+    bad = next((index for index, char in enumerate(password) if not " " <= char <= "~"), None)
+    if bad is not None:  # never repeated: a key with a line break would otherwise fail every call as a
+        # "connection error" (requests' InvalidHeader quotes it), a non-ASCII one as a UnicodeEncodeError
+        raise MaaSConfigError(
+            f"The API key in connection {conn_id!r} holds a line break, a control character or a non-ASCII "
+            f"character (at position {bad + 1} of {len(password)}): put the key in the 'API Key' field again, "
+            "without it (a key pasted with a trailing newline?)."
         )
     try:
         timeout = float(extra.get("timeout") or DEFAULT_TIMEOUT)

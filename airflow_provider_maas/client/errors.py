@@ -53,9 +53,15 @@ def response_text(body: bytes, api_key: str | None, *, limit: int = MAX_SHOWN) -
     removed, control characters escaped)."""
     text = redact(body.decode("utf-8", errors="replace"), api_key)
     if "<" in text:
-        text = html.unescape(re.sub(r"<[^>]+>", " ", text))
-        text = redact(text, api_key)  # an entity (&#66;earer) may have hidden a pattern
+        # Tags become spaces (readable), unless the key is found once they are taken out: a page may
+        # split it with markup (<wbr>, a highlighted <span>), and a space would hide it from redaction.
+        joined = html.unescape(re.sub(r"<[^>]*>", "", text))
+        spaced = html.unescape(re.sub(r"<[^>]*>", " ", text))
+        text = redact(joined if contains_key(joined, api_key) else spaced, api_key)  # an entity may hide a pattern
     text = " ".join(text.split())
+    if api_key and not any(char.isspace() for char in api_key) and contains_key(re.sub(r"\s+", "", text), api_key):
+        # the key cut by line breaks or spaces (a wrapped page): its pieces cannot be told apart
+        return "[the answer quotes the API key, cut by line breaks or spaces: not shown]"
     return neutralise(text, limit)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import google_crc32c
 
+from airflow_provider_maas.client.redaction import neutralise
 from airflow_provider_maas.exceptions import MaaSIntegrityError
 
 __all__ = ["StreamHasher", "b64_crc32c", "b64_md5", "verify_download", "verify_upload"]
@@ -99,7 +100,8 @@ def _compare(reported: dict[str, Any], hasher: StreamHasher, fields: tuple[str, 
             continue
         checked.append(name)
         mismatch = mismatch or not matches
-        theirs.append(f"{label} {value}")
+        # the service's text, bounded and neutralised; its braces escaped: the text is a format string
+        theirs.append(f"{label} {neutralise(str(value), 100)}".replace("{", "{{").replace("}", "}}"))
         ours.append(f"{label} {mine}")
     return tuple(checked), f"service reports {' / '.join(theirs)}, {{}} {' / '.join(ours)}" if mismatch else ""
 
@@ -111,7 +113,7 @@ def verify_upload(response: dict[str, Any], hasher: StreamHasher) -> tuple[str, 
     :raises MaaSIntegrityError: if a field differs from the bytes sent (upload again), or if the
         response holds nothing to check against.
     """
-    what = f"uploaded file {response.get('name', '?')}"
+    what = f"uploaded file {neutralise(str(response.get('name', '?')), 200)}"
     checked, mismatch = _compare(response, hasher, ("size", "md5Hash", "crc32c"))
     if mismatch:
         raise MaaSIntegrityError(f"{what}: {mismatch.format('sent')}; the bytes changed in transit: upload again")

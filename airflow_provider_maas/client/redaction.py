@@ -24,26 +24,30 @@ HIDDEN = "***"
 
 # Names of HTML entities by the character they stand for (``&sol;`` for ``/``, ``&amp;`` for ``&``).
 _ENTITY_NAMES: dict[str, list[str]] = {}
+# Legacy names without ``;`` (``&amp``, ``&lt``) are decoded by browsers and ``html.unescape`` too.
 for _name, _char in html.entities.html5.items():
-    if len(_char) == 1 and _name.endswith(";"):
+    if len(_char) == 1:
         _ENTITY_NAMES.setdefault(_char, []).append(_name)
 
 
 def _char_forms(char: str) -> str:
     """A regular expression matching ``char`` in any of its encodings: itself (any case), percent
-    encoding (either hex case; ``+`` for a space), a JSON escape (``\\uXXXX``, ``\\/``, ``\\"``...),
-    an HTML entity (``&#47;``, ``&#x2F;``, ``&sol;``)."""
+    encoding (either hex case, encoded again any number of times: ``%252F``; ``+`` for a space), a
+    JSON escape (``\\uXXXX``, ``\\/``, ``\\"``...), an HTML entity (``&#47;``, ``&#x2F;``, ``&sol;``,
+    with or without its ``;``)."""
     code = ord(char)
     forms = [re.escape(char)]
-    forms.append("".join(f"%{byte:02x}" for byte in char.encode("utf-8")))
+    forms.append("".join(f"%(?:25)*{byte:02x}" for byte in char.encode("utf-8")))
     if char == " ":
         forms.append(r"\+")
     if code < 0x10000:
         forms.append(rf"\\u{code:04x}")
+    if code < 0x100:  # JavaScript and Python string escapes (``\x2F``), common in a page's inline script
+        forms.append(rf"\\x{code:02x}")
     if char in '/"\\':
         forms.append(re.escape("\\" + char))
-    forms.append(rf"&#0*{code};")
-    forms.append(rf"&#x0*{code:x};")
+    forms.append(rf"&#0*{code};?")
+    forms.append(rf"&#x0*{code:x};?")
     forms.extend(re.escape(f"&{name}") for name in _ENTITY_NAMES.get(char, ()))
     return "(?:" + "|".join(forms) + ")"
 
@@ -63,21 +67,26 @@ def _base64_cores(key: bytes) -> list[str]:
     return cores
 
 
+_LINE_BREAK = r"(?:\r?\n)?"
+
+
 @lru_cache(maxsize=32)
 def key_pattern(api_key: str) -> re.Pattern[str]:
     """The key in any of the forms :func:`redact` covers (see its docstring)."""
     encoded = "".join(_char_forms(char) for char in api_key)
-    cores = "|".join(re.escape(core) for core in _base64_cores(api_key.encode("utf-8")))
+    # MIME base64 (an e-mail, a PEM-like dump) breaks its lines every 76 characters: a core may be cut by one.
+    cores = "|".join(_LINE_BREAK.join(map(re.escape, core)) for core in _base64_cores(api_key.encode("utf-8")))
     return re.compile(f"{encoded}|(?-i:{cores})" if cores else encoded, re.IGNORECASE)
 
 
 def key_forms(api_key: str) -> list[str]:
     """Literal forms of the key a response may echo, for a masker that matches exact strings
     (Airflow's): the key, lower/upper case, percent-encoded (upper and lower hex, ``+`` or ``%20``
-    for spaces, ``/`` kept or encoded), JSON-escaped (``\\/``, ``\\uXXXX``), HTML entities, and
+    for spaces, ``/`` kept or encoded, encoded twice), JSON-escaped (``\\/``, ``\\uXXXX``), HTML entities, and
     the base64 and base64url cores of :func:`key_pattern`."""
     forms = [api_key, api_key.lower(), api_key.upper()]
-    for encoded in (quote(api_key, safe=""), quote(api_key), quote_plus(api_key, safe="")):
+    once = quote(api_key, safe="")
+    for encoded in (once, quote(api_key), quote_plus(api_key, safe=""), quote(once, safe="")):  # last: %252F
         forms += [encoded, re.sub(r"%[0-9A-F]{2}", lambda m: m.group().lower(), encoded)]
     forms.append(api_key.replace("\\", "\\\\").replace('"', '\\"').replace("/", "\\/"))
     forms.append("".join(c if c.isalnum() else f"\\u{ord(c):04x}" for c in api_key))
@@ -127,12 +136,38 @@ def _may_hold(text: str, api_key: str) -> bool:
     if "%" in text or "\\" in text or "&" in text:
         return True
     run, cores = _clues(api_key)
-    return run in text.lower() or any(core in text for core in cores)
+    if run in text.lower() or any(core in text for core in cores):
+        return True
+    # a base64 core cut by a line break: one of its pieces holds one of its 8-character windows
+    return ("\n" in text) and any(core[i : i + 8] in text for core in cores for i in range(0, len(core) - 7, 8))
+
+
+#: The keys :func:`mask_key` registered in this process (most recent last): :func:`neutralise`
+#: redacts them from every text it makes safe, so a text that reaches a log, an exception or an XCom
+#: without passing the hook's redaction (a results line's ``status`` copied into failure samples...)
+#: cannot carry a key either.
+_KNOWN_KEYS: dict[str, None] = {}
+_MAX_KNOWN_KEYS = 16
+#: Shorter keys (a test's "k") are not registered: every neutralised text would lose those letters.
+_MIN_KNOWN_KEY = 5
+
+
+def redact_known(text: str) -> str:
+    """``text`` without any form of the keys :func:`mask_key` registered in this process."""
+    for api_key in list(_KNOWN_KEYS):
+        text = redact_key(text, api_key)
+    return text
 
 
 def mask_key(api_key: str) -> None:
     """Register every literal form of the key (:func:`key_forms`) with Airflow's secrets masker, in
-    one ``mask_secret`` call (an iterable is masked item by item, on Airflow 3.0 to 3.3 alike)."""
+    one ``mask_secret`` call (an iterable is masked item by item, on Airflow 3.0 to 3.3 alike), and
+    with :func:`neutralise` (:func:`redact_known`)."""
+    if len(api_key) >= _MIN_KNOWN_KEY:
+        _KNOWN_KEYS.pop(api_key, None)
+        _KNOWN_KEYS[api_key] = None
+    while len(_KNOWN_KEYS) > _MAX_KNOWN_KEYS:
+        del _KNOWN_KEYS[next(iter(_KNOWN_KEYS))]
     try:
         from airflow.sdk.log import mask_secret
     except ImportError:  # pragma: no cover - older Airflow
@@ -145,15 +180,19 @@ def mask_key(api_key: str) -> None:
 
 #: Characters never written raw into a log line, an exception text or an XCom summary: C0 and C1
 #: controls (newline, carriage return, tab, ESC: ANSI sequences), DEL, the line and paragraph
-#: separators, bidirectional controls (U+202E...), zero-width characters and the byte order mark.
-UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]")
+#: separators, bidirectional controls (U+202E...), zero-width and invisible characters (soft hyphen, tag
+#: characters U+E0000-E007F), the byte order mark and lone surrogates (no log file can encode them).
+UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f"
+    "\ud800-\udfff\ufeff\ufff9-\ufffb\U000e0000-\U000e007f]"
+)
 #: Longest neutralised text (escapes included).
 MAX_NEUTRAL = 1000
 
 
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def escape_unsafe(text: str) -> str:
@@ -169,5 +208,7 @@ def neutralise(text: str, limit: int = MAX_NEUTRAL) -> str:
     """
     if not isinstance(text, str):
         text = str(text)
+    if _KNOWN_KEYS:  # redacted before the cut (half a key would stay readable); 16: longest encoded character
+        text = redact_known(text[: limit * 2 + 16 * max(map(len, list(_KNOWN_KEYS)), default=0)])
     text = UNSAFE.sub(_escape, text[: limit * 2])
     return text if len(text) <= limit else text[: max(limit - 3, 0)] + "..."

@@ -93,7 +93,7 @@ _OUTCOME_OF_KIND = {
 def _count(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: 1e999 in the JSON is infinity
         return None
 
 

@@ -295,7 +295,7 @@ def stream_to(
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: 1e999 in the JSON is infinity
         return None
 
 

@@ -57,13 +57,18 @@ def to_path(target: Any, *, what: str = "path") -> ObjectStoragePath:
     if isinstance(target, ObjectStoragePath):
         path = target
         _check_text(str(path.path), what)
-        if ":" in (conn_id_of(path) or ""):
+        if ":" in (conn_id_of(path) or "") or "%" in (conn_id_of(path) or ""):
             raise _credentials_error(what, path.protocol or "?")
     elif isinstance(target, (str, os.PathLike)):
         text = os.fspath(target)
         if not isinstance(text, str) or not text.strip():
             raise MaaSInputError(f"The {what} is empty: give a local path, a URI or an ObjectStoragePath.")
         _check_text(text, what)
+        if text[0].isspace():  # a URI would lose it (ObjectStoragePath strips it), "/abs" would become relative
+            raise MaaSInputError(
+                f"The {what} {neutralise(shown_uri(text.lstrip()), 300)!r} starts with a space: paths are used "
+                "exactly as given, and this one would be read as another path; remove the space."
+            )
         if ".." in text.replace("\\", "/").split("/"):
             raise MaaSInputError(f"The {what} {shown_uri(text)!r} contains a '..' segment; give a normalised path.")
         if "://" in text:
@@ -103,15 +108,31 @@ def _check_text(text: str, what: str) -> None:
         )
 
 
+def _secret_userinfo(uri: str) -> str | None:
+    """The user part of ``uri`` (between ``://`` and its ``@``) when it holds a secret, else None.
+
+    A secret is a user part with ``:`` (``KEY:SECRET``) or ``%`` (``KEY%3ASECRET``: no connection id
+    holds one), or any user part of an http(s) URL. A secret may hold ``/``, ``?`` or ``#`` (AWS
+    secret keys often have a ``/``): ``s3://KEY:abc/def@bucket/key`` has its ``@`` after a ``/``, so
+    an authority ``KEY:abc`` whose ``:`` is not followed by a port number, with an ``@`` further on,
+    is a user part too (the text up to its last ``@``: showing too little is safe).
+    """
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return None
+    authority = re.split(r"[/?#\\]", rest, maxsplit=1)[0]
+    if "@" in authority:
+        userinfo = authority.rsplit("@", 1)[0]
+        return userinfo if ":" in userinfo or "%" in userinfo or scheme.lower() in _HTTP else None
+    if "@" in rest and ":" in authority and not re.fullmatch(r"[^:]*:[0-9]*", authority):
+        return rest.rsplit("@", 1)[0]
+    return None
+
+
 def _check_userinfo(text: str, what: str) -> None:
-    """Refuse a URI whose user part holds a secret: ``s3://KEY:SECRET@bucket/...`` (``:`` in it), or
-    any user part of an http(s) URL. The message never repeats it."""
-    parts = urlsplit(text)
-    if "@" not in parts.netloc:
-        return
-    userinfo = parts.netloc.rsplit("@", 1)[0]
-    if ":" in userinfo or parts.scheme.lower() in _HTTP:
-        raise _credentials_error(what, parts.scheme)
+    """Refuse a URI whose user part holds a secret (:func:`_secret_userinfo`). The message never repeats it."""
+    if _secret_userinfo(text) is not None:
+        raise _credentials_error(what, text.partition("://")[0])
 
 
 def _credentials_error(what: str, scheme: str) -> MaaSInputError:
@@ -131,6 +152,10 @@ def shown_uri(uri: str) -> str:
     ``scheme://...@``. Anything else as it is."""
     if "://" not in uri:
         return uri
+    userinfo = _secret_userinfo(uri)
+    if userinfo is not None:
+        scheme, _, rest = uri.partition("://")
+        uri = f"{scheme}://...@{rest[len(userinfo) + 1 :]}"
     parts = urlsplit(uri)
     netloc = parts.netloc
     if "@" in netloc and (":" in netloc.rsplit("@", 1)[0] or parts.scheme.lower() in _HTTP):

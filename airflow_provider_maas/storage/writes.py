@@ -36,17 +36,19 @@ WRITEBACK_BYTES = 64 * 1024 * 1024
 #: its part into place as soon as the part is complete, i.e. visible). Local parts are locked by
 #: their writer instead: any unlocked one is stale, whatever its age.
 STALE_PART_SECONDS = 5 * 60
-#: ``.<name>.<random>.part``, exactly as this package names them: 12 lowercase hex digits locally
-#: (:func:`_create_local_part`), 32 on object stores (a ``uuid4().hex``). A user's file that merely
-#: looks like a part (``.res.jsonl.backup_20260101.part``) is never taken for one.
-_PART = re.compile(r"\.(?P<name>.+)\.(?:[0-9a-f]{12}|[0-9a-f]{32})\.part")
+#: ``.<name>.maas-<random>.part``, exactly as this package names them: 12 lowercase hex digits
+#: locally (:func:`_create_local_part`), 32 on object stores (a ``uuid4().hex``). A user's file that
+#: merely looks like a part (``.res.jsonl.backup_20260101.part``, or a timestamp that is all hex
+#: digits: ``.res.jsonl.202601011230.part``) is never taken for one: the ``maas-`` tag is the package's.
+_PART_TAG = "maas-"
+_PART = re.compile(r"\.(?P<name>.+)\.maas-(?:[0-9a-f]{12}|[0-9a-f]{32})\.part")
 
 
 @contextlib.contextmanager
 def atomic_writer(destination: ObjectStoragePath, *, clean: bool = True) -> Iterator[BinaryIO]:
     """Write ``destination`` atomically; the file gets the permissions of the umask, like any other.
 
-    Local files: a ``.<name>.<random>.part`` in the same directory, locked by this writer, flushed
+    Local files: a ``.<name>.maas-<random>.part`` in the same directory, locked by this writer, flushed
     and fsynced, then renamed over the destination. Object stores: a ``.part`` sibling object,
     then moved over the destination (nothing appears under the final key before the data is
     complete). On any error the part is removed and the destination is left as it was.
@@ -73,7 +75,7 @@ def atomic_writer(destination: ObjectStoragePath, *, clean: bool = True) -> Iter
             raise
         return
     fs = destination.fs
-    tmp_key = f"{str(destination.parent.path).rstrip('/')}/.{destination.name}.{uuid.uuid4().hex}.part"
+    tmp_key = f"{str(destination.parent.path).rstrip('/')}/.{destination.name}.{_PART_TAG}{uuid.uuid4().hex}.part"
     try:
         # fs.open, not path.open: Airflow's hook lineage would record the part, not the destination
         with fs.open(tmp_key, "wb") as handle:
@@ -86,10 +88,10 @@ def atomic_writer(destination: ObjectStoragePath, *, clean: bool = True) -> Iter
 
 
 def _create_local_part(directory: str, name: str) -> tuple[int, str]:
-    """Create and lock ``directory/.<name>.<random>.part`` (mode 0666 less the umask)."""
+    """Create and lock ``directory/.<name>.maas-<random>.part`` (mode 0666 less the umask)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     while True:
-        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.part")
+        tmp = os.path.join(directory, f".{name}.{_PART_TAG}{secrets.token_hex(6)}.part")
         try:
             fd = os.open(tmp, flags, 0o666)
         except FileExistsError:  # pragma: no cover - 48 random bits
