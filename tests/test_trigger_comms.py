@@ -63,7 +63,9 @@ class StandInSupervisor:
                 self.sock.sendall(_ResponseFrame(id=request_id, body=None).as_bytes())
 
     def masked(self) -> list[Any]:
-        return [body.get("value") for body in self.requests if body.get("type") == "MaskSecret"]
+        """The values sent to be masked; a list (the key in every form a response may echo) flattened."""
+        values = [body.get("value") for body in self.requests if body.get("type") == "MaskSecret"]
+        return [item for value in values for item in (value if isinstance(value, list) else [value])]
 
 
 @pytest.fixture
