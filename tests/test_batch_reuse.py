@@ -205,7 +205,7 @@ def test_missing_or_damaged_reuse_results_refused_before_anything_is_sent(emulat
     damaged = tmp_path / "damaged.jsonl"
     damaged.write_text('{"request": {"a": 1}, "response": {}, "status": ""}\nnot json\n')
     with pytest.raises(MaaSInputError, match=r"damaged.jsonl.* line 2"):
-        _run(source, tmp_path / "o.jsonl", reuse_results=[str(damaged)])
+        _run(source, tmp_path / "o.jsonl", reuse_results=[str(damaged)], reuse_other_models=True)
     assert emulator.emulator.jobs_created == 0 and not emulator.emulator.files
 
 

@@ -101,7 +101,12 @@ def test_upload_refuses_contents_the_service_rejects_before_sending(emulator, tm
 def test_batch_operator_reuse_results_that_are_not_results_are_bad_input(emulator, tmp_path):
     earlier = tmp_path / "earlier.jsonl"
     earlier.write_text("{}\nnot json\n")
-    op = batch_operator(write_requests(tmp_path / "in.jsonl", 2), tmp_path / "out.jsonl", reuse_results=str(earlier))
+    op = batch_operator(
+        write_requests(tmp_path / "in.jsonl", 2),
+        tmp_path / "out.jsonl",
+        reuse_results=str(earlier),
+        reuse_other_models=True,
+    )
     err = _raised(lambda: op.execute(make_context()))
     assert isinstance(err, MaaSInputError) and "line 2" in str(err) and str(earlier) in str(err)
     assert emulator.emulator.jobs_created == 0

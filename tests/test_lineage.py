@@ -97,7 +97,12 @@ def test_the_batch_operator_reports_its_input_and_outputs(emulator, tmp_path):
     earlier = write_requests(tmp_path / "earlier.jsonl", 0)
     dest = tmp_path / "out" / "results.jsonl"
     batch = MaaSBatchPredictionOperator(
-        task_id="predict", source=str(source), destination=str(dest), reuse_results=str(earlier), poll_interval=0.05
+        task_id="predict",
+        source=str(source),
+        destination=str(dest),
+        reuse_results=str(earlier),
+        reuse_other_models=True,  # a hand-written file: no record of its ENDPOINT
+        poll_interval=0.05,
     )
     batch.execute(make_context())
     lineage = batch.get_openlineage_facets_on_complete(None)

@@ -11,7 +11,7 @@ import pytest
 
 from airflow_provider_maas._compat import AirflowFailException
 from airflow_provider_maas.batch.origin import origin_path, read_origin
-from airflow_provider_maas.exceptions import MaaSNotFoundError, MaaSUnknownEndpointError
+from airflow_provider_maas.exceptions import MaaSInputError, MaaSNotFoundError, MaaSUnknownEndpointError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators.maas import MaaSDownloadResultsOperator
 from tests.conftest import API_KEY, ENDPOINT
@@ -48,12 +48,18 @@ def test_answers_of_another_endpoint_are_not_reused_by_default(emulator, tmp_pat
     assert emulator.emulator.jobs_created == 2
 
 
-def test_a_results_file_without_a_record_is_reused(emulator, tmp_path):
+def test_a_results_file_without_a_record_stops_before_anything_is_sent_unless_allowed(emulator, tmp_path):
+    """Issue 20 finding 7: results of an earlier provider version (no record) may be another model's:
+    neither reused silently nor paid again silently; reuse_other_models=True reuses them."""
     source = write_requests(tmp_path / "r.jsonl", 5)
     first = tmp_path / "day1.jsonl"
     run(source, first)
     origin_path(str(first)).unlink()
-    assert run(source, tmp_path / "day2.jsonl", reuse_results=str(first))["reused"] == 5
+    jobs = emulator.emulator.jobs_created
+    with pytest.raises(MaaSInputError, match=r"day1\.jsonl: no record of the ENDPOINT.*reuse_other_models=True"):
+        run(source, tmp_path / "day2.jsonl", reuse_results=str(first))
+    assert emulator.emulator.jobs_created == jobs
+    assert run(source, tmp_path / "day3.jsonl", reuse_results=str(first), reuse_other_models=True)["reused"] == 5
 
 
 def test_the_download_operator_records_its_endpoint(emulator, tmp_path):

@@ -132,11 +132,9 @@ def test_legitimate_connection_ids_and_ports_still_work():
 # Reuse: a results file copied without its origin record -----------------------------------------
 
 
-def test_reused_answers_of_unknown_model_are_not_silent(emulator, tmp_path, caplog):
+def test_reused_answers_of_unknown_model_are_not_silent(emulator, tmp_path):
     """A results file copied without ``.<name>.origin.json`` (or from another tool) may hold another
-    model's answers: it is still reused (documented), but a warning names it."""
-    import logging
-
+    model's answers: the task stops before sending anything, naming it."""
     from airflow_provider_maas.batch.origin import origin_path
     from tests.helpers import batch_operator, make_context, write_requests
 
@@ -144,12 +142,10 @@ def test_reused_answers_of_unknown_model_are_not_silent(emulator, tmp_path, capl
     first = tmp_path / "day1.jsonl"
     batch_operator(source, first).execute(make_context())
     origin_path(str(first)).unlink()
-    caplog.set_level(logging.WARNING)
-    context = make_context()
-    batch_operator(source, tmp_path / "day2.jsonl", reuse_results=str(first)).execute(context)
-    assert context["ti"].xcom["summary"]["reused"] == 3
-    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert any("no record of the ENDPOINT" in m and "day1.jsonl" in m for m in warned), warned
+    jobs = emulator.emulator.jobs_created
+    with pytest.raises(MaaSInputError, match=r"day1\.jsonl: no record of the ENDPOINT"):
+        batch_operator(source, tmp_path / "day2.jsonl", reuse_results=str(first)).execute(make_context())
+    assert emulator.emulator.jobs_created == jobs
 
 
 # Credentials in the connection's Base URL --------------------------------------------------------

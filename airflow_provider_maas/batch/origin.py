@@ -4,8 +4,10 @@
 The results file keeps the service's bytes exactly; the batch and download operators write
 ``.<name>.origin.json`` (``{"endpoint": ...}``) beside it. A results file whose record names
 another ENDPOINT holds answers of another model (the ENDPOINT fixes the model): by default they are
-left unused, and counted. A file without a record (written by hand or another tool, or copied
-without its record) is reused, with a warning naming it (:func:`of_unknown_origin`): its model is not known.
+left unused, and counted. A file without a record (written by hand or another tool, by a provider
+version before the record, or copied without it) stops the task before anything is sent
+(:func:`refuse_unknown_origin`): its model is not known, and neither reusing it nor paying again
+for its answers is safe to decide alone. ``reuse_other_models=True`` reuses both kinds.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.answers import OK_TAILS
 from airflow_provider_maas.batch.results import iter_line_batches
+from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import atomic_writer, to_path, uri_of
 
 if TYPE_CHECKING:
@@ -64,6 +67,19 @@ def of_other_models(paths: Sequence[ObjectStoragePath], endpoint: str | None) ->
     if endpoint is None:
         return []
     return [path for path in paths if read_origin(path) not in (None, endpoint)]
+
+
+def refuse_unknown_origin(paths: Sequence[ObjectStoragePath]) -> None:
+    """Stop (before anything is sent) on files of ``paths`` that carry no record of their ENDPOINT."""
+    unknown = of_unknown_origin(paths)
+    if unknown:
+        raise MaaSInputError(
+            f"reuse_results {', '.join(uri_of(path) for path in unknown)}: no record of the ENDPOINT (model) that "
+            "wrote it (.<name>.origin.json beside the file, written by this provider's batch and download "
+            "operators; absent for a file written by hand, by another tool or an earlier provider version, or "
+            "copied without it). Answers of another model are not reused by default. If its answers are of this "
+            "batch's model, set reuse_other_models=True; otherwise remove it from reuse_results. Nothing was sent."
+        )
 
 
 def of_unknown_origin(paths: Sequence[ObjectStoragePath]) -> list[ObjectStoragePath]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
-from airflow_provider_maas.batch.origin import of_other_models
+from airflow_provider_maas.batch.origin import of_other_models, refuse_unknown_origin
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.rounds import retry_predicate
 from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
@@ -133,8 +133,11 @@ class BatchSettings:
     def reuse_paths(self) -> list[ObjectStoragePath]:
         """The results files to reuse: those of ``reuse_results`` another ENDPOINT did not write
         (unless ``reuse_other_models``; see :mod:`~airflow_provider_maas.batch.origin`), then the
-        answers kept from an abandoned plan of this batch."""
+        answers kept from an abandoned plan of this batch. A file without a record of its ENDPOINT
+        stops the task (``MaaSInputError``) unless ``reuse_other_models``."""
         paths = reuse_paths(self.reuse_results)
+        if paths and not self.reuse_other_models and self.endpoint is not None:
+            refuse_unknown_origin(paths)
         others = self.reuse_of_other_models(paths)
         kept = self.kept_answers() if self.kept_answers else []
         return [path for path in paths if path not in others] + kept

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.cost import usd
 from airflow_provider_maas.batch.merge import failed_path_for, merge_shard_results
-from airflow_provider_maas.batch.origin import count_answers, of_unknown_origin, write_origin
+from airflow_provider_maas.batch.origin import count_answers, write_origin
 from airflow_provider_maas.batch.round_files import all_round_results, answers_opener, write_failure_parts
 from airflow_provider_maas.batch.rounds import add_origins, merge_answers
-from airflow_provider_maas.batch.settings import reuse_paths
 from airflow_provider_maas.batch.shards import check_unchanged
 from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSJobFailedError
@@ -61,14 +60,6 @@ def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchSt
             "set reuse_other_models=True to reuse them",
             summary["reuse_skipped_other_model"],
             ", ".join(uri_of(path) for path in others),
-        )
-    unknown = [] if settings.reuse_other_models else of_unknown_origin(reuse_paths(settings.reuse_results))
-    if unknown and summary.get("reused"):
-        log.warning(
-            "reuse_results %s carry no record of the ENDPOINT (model) that wrote them (a file written by hand, "
-            "by another tool, or copied without its .<name>.origin.json): their answers were reused as if of "
-            "this model; check that they are",
-            ", ".join(uri_of(path) for path in unknown),
         )
     write_origin(settings.destination, settings)
     summary.update(
