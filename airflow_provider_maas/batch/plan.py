@@ -104,8 +104,16 @@ def _config_count(request: Mapping[str, Any], *names: str) -> int | None:
 
 
 def max_output_tokens(request: Mapping[str, Any], default: int) -> int:
-    """``generationConfig.maxOutputTokens`` of ``request`` (either spelling), else ``default``."""
-    return _config_count(request, "maxOutputTokens", "max_output_tokens") or default
+    """``generationConfig.maxOutputTokens`` of ``request`` (either spelling; thinking tokens count in
+    it), else ``default`` or the request's ``thinkingConfig.thinkingBudget`` if larger (the request
+    itself allows that many thinking tokens, billed as output)."""
+    ceiling = _config_count(request, "maxOutputTokens", "max_output_tokens")
+    if ceiling:
+        return ceiling
+    config = request.get("generationConfig", request.get("generation_config"))
+    thinking = config.get("thinkingConfig", config.get("thinking_config")) if isinstance(config, dict) else None
+    budget = _config_count({"generationConfig": thinking}, "thinkingBudget", "thinking_budget")
+    return max(default, budget or 0)
 
 
 def _json_bytes(value: Any) -> int:
