@@ -124,6 +124,8 @@ class SpendGate:
     _unsent_seen: bool | None = None
     _spent: float | None = None
     _flight: set[ShardKey] | None = None
+    _overrun: str | None = None
+    _overrun_read: bool = False
 
     # Reading the state ---------------------------------------------------------------------
     def spent(self, state: BatchState) -> float:
@@ -169,6 +171,25 @@ class SpendGate:
             self._unsent_seen = any(r.unsent for r in state.with_status(ShardStatus.FAILED))
         return self.reason is not None or bool(self._unsent_seen)
 
+    def overrun(self, state: BatchState) -> str | None:
+        """Why the worst cases are no bound, once a downloaded job reported more than its reservation
+        (read from the state once, then kept up to date by :meth:`downloaded`): no create is admitted."""
+        if not self._overrun_read:
+            self._overrun_read = True
+            for record in state.with_status(ShardStatus.DONE):
+                if record.cost_usd is not None and record.reserve_usd is not None:
+                    self._note_overrun(record, record.cost_usd)
+        return self._overrun
+
+    def _note_overrun(self, record: ShardRecord, cost: float) -> None:
+        if self._overrun is None and record.reserve_usd is not None and cost > record.reserve_usd + _EPSILON:
+            self._overrun = (
+                f"{NOT_SENT}: the job of shard {record.key} cost ${cost:.6f}, more than its worst case "
+                f"${record.reserve_usd:.6f}: the worst case is no bound for these requests (file parts, cached "
+                "content, a ceiling the service does not keep, prices raised between tries), so the cap cannot be "
+                "kept; set generationConfig.maxOutputTokens in the requests and check prices"
+            )
+
     def not_sent(self, state: BatchState) -> int:
         """Requests of the shards never sent because the batch stopped."""
         return sum(state.plan(r.key).requests for r in state.with_status(ShardStatus.FAILED) if r.unsent)
@@ -199,6 +220,10 @@ class SpendGate:
     def admit(self, key: ShardKey, state: BatchState) -> Admission:
         """May shard ``key``'s job be created now? Sets :attr:`reason` when the answer is STOP."""
         if self.stopped(state):
+            return Admission.STOP
+        if self.max_cost_usd is not None and (overrun := self.overrun(state)) is not None:
+            self.reason = overrun
+            log.error("Budget: %s; no more jobs are created", overrun)
             return Admission.STOP
         if self.canary_requests and key != CANARY and CANARY in state.shards:
             canary = state.shards[CANARY]
@@ -245,7 +270,7 @@ class SpendGate:
         if self.max_cost_usd is not None and (self._canary_estimate or 0.0) > self.max_cost_usd + _EPSILON:
             self.reason = (
                 f"{NOT_SENT}: max_cost_usd={self.max_cost_usd} would be passed: at the canary's measured tokens "
-                f"per request the batch costs about ${self._canary_estimate:.6f}"
+                f"per request (its cost as the spend counts it) the batch costs about ${self._canary_estimate:.6f}"
             )
             log.error("Budget: %s; no more jobs are created", self.reason)
             return False
@@ -258,9 +283,12 @@ class SpendGate:
         if verdict is None or self.prices is None or self._canary_estimate is not None:
             return self._canary_estimate
         requests = sum(p.requests for p in state.rounds[0].plans)
-        self._canary_estimate = round(verdict.estimated_usd(requests, self.prices), 9)
+        measured = verdict.estimated_usd(requests, self.prices)
+        record = state.shards[CANARY]  # what the spend counts it at (answers without usage, unnamed tokens)
+        paid = record.cost_usd if record.cost_usd is not None else self._measure(record)
+        self._canary_estimate = round(max(measured, paid / max(1, verdict.requests) * requests), 9)
         log.info(
-            "Canary: %d of %d requests failed; at its measured tokens per request the %d requests cost about "
+            "Canary: %d of %d requests failed; at its measured cost per request the %d requests cost about "
             "$%.6f (max_cost_usd=%s)",
             verdict.failed,
             verdict.requests,
@@ -319,6 +347,7 @@ class SpendGate:
         if self.prices is None:
             return {}
         cost = self._cost_of_part(record, part)
+        self._note_overrun(record, cost)
         if self._spent is not None:  # a part downloaded again (lost) replaces its earlier cost
             self._spent += cost - (record.cost_usd or 0.0)
         return {"cost_usd": cost}
@@ -370,7 +399,7 @@ class SpendGate:
                 "failed": verdict.failed,
                 "tokens_per_request": {k: round(v, 3) for k, v in verdict.per_request().items()},
                 "estimated_cost_usd": self.canary_estimate(state),
-                "basis": "measured: the canary's usageMetadata per request x the requests of round 0",
+                "basis": "measured: the canary's cost per request (as the spend counts it) x the requests of round 0",
             }
         return fields
 
