@@ -187,3 +187,56 @@ def test_prices_raised_on_a_retry_count_the_jobs_already_paid_at_the_new_prices(
                 make_context()
             )
         assert service.creates() - 1 <= 3  # jobs created, at the real price, within the cap
+
+
+# 6. An answer written twice ----------------------------------------------------------------------
+def test_an_answer_written_twice_is_paid_once_and_stops_nothing(emulator_factory, tmp_path):
+    """The service wrote 2 result lines twice (the emulator's duplicate-lines fault): the spend
+    counted them twice, so the job "cost" more than its worst case and the batch stopped."""
+    from tests.test_trial_cost_control import JOB_WORST as WORST
+    from tests.test_trial_cost_control import PRICES as EMULATOR_PRICES
+    from tests.test_trial_cost_control import _operator as emulator_operator
+    from tests.test_trial_cost_control import _requests as emulator_requests
+
+    handle = emulator_factory(faults=["create:1:duplicate-lines=2"])
+    source = emulator_requests(tmp_path / "r.jsonl", 20)
+    context = make_context()
+    op = emulator_operator(
+        source, tmp_path / "out.jsonl", prices=EMULATOR_PRICES, max_cost_usd=10 * WORST, max_active_jobs=1
+    )
+    op.execute(context)
+    assert handle.emulator.jobs_created == 4
+    assert context["ti"].xcom["summary"]["cost_usd"] == pytest.approx(4 * WORST)
+
+
+# 7. Jobs created without a cap, downloaded by a try with one, that report no usage ---------------
+def test_jobs_created_before_the_cap_that_report_no_usage_count_at_their_worst_case(monkeypatch, tmp_path):
+    """A try without a cap created 2 jobs (no reservation stored); the retry has the cap. Their
+    answers report no usageMetadata: they were counted at $0 (no reservation to fall back on), so
+    the retry paid for 3 more jobs under a cap of 3."""
+    from tests.compat import TaskDeferred
+
+    with stub_service(respond=_answer(None)) as service:
+        monkeypatch.setenv(*connection_env(service.base_url))
+        held = {"on": True}
+        serve = service.answer
+
+        def answer(method: str, target: str, body: bytes):
+            path = target.split("?", 1)[0]
+            if held["on"] and method == "GET" and "/batchPredictionJobs/" in path and not path.endswith("/content"):
+                service.requests.append((method, target))
+                name = path.rsplit("/", 1)[-1]
+                return json_answer({"name": name, "state": "JOB_STATE_RUNNING"})
+            return serve(method, target, body)
+
+        service.answer = answer  # type: ignore[method-assign]
+        source = _requests(tmp_path / "r.jsonl", 25)
+        dest = tmp_path / "out.jsonl"
+        with pytest.raises(TaskDeferred):
+            _operator(source, dest, max_active_jobs=2, deferrable=True).execute(make_context())
+        assert service.creates() == 2
+        held["on"] = False  # the worker is lost; the jobs end; the retry has prices and a cap
+        capped = _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1)
+        with pytest.raises(MaaSBudgetExceededError):
+            capped.execute(make_context())
+        assert service.creates() <= 3

@@ -23,6 +23,7 @@ is sent.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.canary import CanaryVerdict, judge
 from airflow_provider_maas.batch.cost import cost_of
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS, Tokens, estimate_line, worst_case_usd
-from airflow_provider_maas.batch.results import ResultSummary, iter_lines, iter_results, request_digest
+from airflow_provider_maas.batch.results import ResultSummary, iter_lines, parse_result_line, request_digest
 from airflow_provider_maas.batch.shards import copy_shard
 from airflow_provider_maas.batch.state import ShardKey, ShardStatus
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError, MaaSInputError
@@ -138,14 +139,14 @@ class SpendGate:
             if self.prices is not None:  # downloaded by a try without prices: measured now, paid all the same
                 for record in state.with_status(ShardStatus.DONE):
                     if record.cost_usd is None:
-                        self._spent += self._measure(record)
+                        self._spent += self._measure(record, state)
         return round(self._spent, 9)
 
-    def _measure(self, record: ShardRecord) -> float:
+    def _measure(self, record: ShardRecord, state: BatchState) -> float:
         """The reported cost of a DONE shard downloaded without prices (0 if its part is gone:
         it is downloaded again, and measured then)."""
         try:
-            return self._cost_of_part(record, self.parts(record.key))
+            return self._cost_of_part(record, self.parts(record.key), state)
         except FileNotFoundError:
             return 0.0
 
@@ -283,10 +284,10 @@ class SpendGate:
         if verdict is None or self.prices is None or self._canary_estimate is not None:
             return self._canary_estimate
         requests = sum(p.requests for p in state.rounds[0].plans)
-        measured = verdict.estimated_usd(requests, self.prices)
         record = state.shards[CANARY]  # what the spend counts it at (answers without usage, unnamed tokens)
-        paid = record.cost_usd if record.cost_usd is not None else self._measure(record)
-        self._canary_estimate = round(max(measured, paid / max(1, verdict.requests) * requests), 9)
+        paid = record.cost_usd if record.cost_usd is not None else self._measure(record, state)
+        measured = paid / max(1, verdict.requests) * requests if paid else verdict.estimated_usd(requests, self.prices)
+        self._canary_estimate = round(measured, 9)
         log.info(
             "Canary: %d of %d requests failed; at its measured cost per request the %d requests cost about "
             "$%.6f (max_cost_usd=%s)",
@@ -339,27 +340,42 @@ class SpendGate:
             self._spent += (changed.lost_usd or 0.0) - (record.lost_usd or 0.0)
         return changed
 
-    def downloaded(self, record: ShardRecord, part: ObjectStoragePath) -> dict[str, Any]:
+    def downloaded(
+        self, record: ShardRecord, part: ObjectStoragePath, state: BatchState | None = None
+    ) -> dict[str, Any]:
         """After the results of ``record``'s job were downloaded to ``part``: check its answers
-        (rewriting the invalid ones in place), then measure what the job cost."""
+        (rewriting the invalid ones in place), then measure what the job cost (``state``: where the
+        worst case of a job created without a reservation is read)."""
         if self.check is not None:
             self.check.rewrite(part)
         if self.prices is None:
             return {}
-        cost = self._cost_of_part(record, part)
+        cost = self._cost_of_part(record, part, state)
         self._note_overrun(record, cost)
         if self._spent is not None:  # a part downloaded again (lost) replaces its earlier cost
             self._spent += cost - (record.cost_usd or 0.0)
         return {"cost_usd": cost}
 
-    def _cost_of_part(self, record: ShardRecord, part: ObjectStoragePath) -> float:
-        """What the answers in ``part`` (``record``'s job) report they cost, at ``prices``."""
+    def _cost_of_part(self, record: ShardRecord, part: ObjectStoragePath, state: BatchState | None = None) -> float:
+        """What the answers in ``part`` (``record``'s job) report they cost, at ``prices``; its
+        worst case if some report nothing usable."""
         assert self.prices is not None
+
+        def worst() -> float:  # its reservation; a job created by a try without the cap has none
+            if record.reserve_usd is not None:
+                return record.reserve_usd
+            return self.worst(record.key, state) if state is not None and record.key in state.shards else 0.0
+
         summary = ResultSummary(max_failure_samples=0)
         unpriced = 0  # answers without a usable usageMetadata: paid for all the same
         unnamed = 0  # input tokens only totalTokenCount shows (toolUsePromptTokenCount: grounding, code...)
+        seen: set[bytes] = set()  # a line written twice is one answer (a second one has its own responseId)
         with part.open("rb") as handle:
-            for result in iter_results(handle):
+            for line_number, _, line in iter_lines(handle):
+                if (digest := hashlib.sha256(line.strip()).digest()) in seen:
+                    continue
+                seen.add(digest)
+                result = parse_result_line(line, line_number)
                 usage = result.usage
                 if result.response is not None and (not usage or min(usage.values()) < 0):
                     unpriced += 1
@@ -372,16 +388,16 @@ class SpendGate:
                 summary.add(result)
         known = cost_of(summary.tokens, self.prices)
         if known is None:  # not a finite number (counts are bounded by results._usage): the worst case
-            return record.reserve_usd if record.reserve_usd is not None else 0.0
+            return worst()
         cost = round(known + unnamed * self.prices["prompt"] / 1_000_000, 9)
-        if unpriced and record.reserve_usd is not None and record.reserve_usd > cost:
+        if unpriced and (bound := worst()) > cost:
             log.warning(
                 "Shard %s: %d answers report no usable usageMetadata; the job is counted at its worst case ($%.6f)",
                 record.key,
                 unpriced,
-                record.reserve_usd,
+                bound,
             )
-            cost = record.reserve_usd
+            cost = bound
         return cost
 
     # The end -------------------------------------------------------------------------------

@@ -380,7 +380,7 @@ class BatchDriver(JobWatch):
             )
         else:
             self._downloading.discard(key)
-            checked = self.gate.downloaded(record, self.journal.part(key)) if self.gate is not None else {}
+            checked = self.gate.downloaded(record, self.journal.part(key), self.state) if self.gate is not None else {}
             self._change(record.but(status=ShardStatus.DONE, **checked))
         return False
 
