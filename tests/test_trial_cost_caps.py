@@ -51,6 +51,12 @@ def _operator(source: Path, dest: Path, **kwargs: Any) -> MaaSBatchPredictionOpe
     return MaaSBatchPredictionOperator(task_id="p", source=str(source), destination=str(dest), **kwargs)
 
 
+def _cleared(max_tries: int) -> dict:
+    context = make_context()
+    context["ti"].max_tries = max_tries  # Airflow's clear raises it; a retry keeps it
+    return context
+
+
 # 1. The canary's estimate ignored what the operator itself counted the canary job at --------------
 def test_a_canary_without_usage_is_estimated_at_what_it_was_counted_not_at_zero(monkeypatch, tmp_path):
     """The service reports no usageMetadata: the spend counts the canary job at its worst case, but
@@ -130,14 +136,19 @@ def test_a_job_costing_more_than_its_worst_case_stops_the_creates(monkeypatch, t
         dest = tmp_path / "out.jsonl"
         kwargs = {"prices": PRICES, "max_cost_usd": 10 * JOB_WORST, "max_active_jobs": 1}
         with pytest.raises(MaaSBudgetExceededError, match="more than its worst case"):
-            _operator(source, dest, **kwargs).execute(make_context())
+            _operator(source, dest, **kwargs).execute(_cleared(1))
         created = service.creates()
         assert created <= 2  # the first job, and one created while its results were downloaded (was 7)
-        retry = make_context()  # a retry of the task (its state kept) creates nothing either
+        retry = _cleared(1)  # a retry of the task (its state kept) creates nothing either
         with pytest.raises(MaaSBudgetExceededError, match="more than its worst case"):
             _operator(source, dest, **kwargs).execute(retry)
         assert service.creates() == created
-    assert retry["ti"].xcom["summary"]["cost_usd"] <= 10 * JOB_WORST
+        assert retry["ti"].xcom["summary"]["cost_usd"] <= 10 * JOB_WORST
+        # A person saw the error and clears the task with a higher cap: creates go on (the overrun
+        # seen is accepted) until a job of the new clear round costs more than its worst case again.
+        with pytest.raises(MaaSBudgetExceededError, match=r"shard [1-9].* more than its worst case"):
+            _operator(source, dest, **{**kwargs, "max_cost_usd": 20 * JOB_WORST}).execute(_cleared(2))
+        assert created < service.creates() <= created + 2
 
 
 # 4. Thinking budgets ---------------------------------------------------------------------------

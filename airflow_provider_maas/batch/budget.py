@@ -173,12 +173,13 @@ class SpendGate:
         return self.reason is not None or bool(self._unsent_seen)
 
     def overrun(self, state: BatchState) -> str | None:
-        """Why the worst cases are no bound, once a downloaded job reported more than its reservation
-        (read from the state once, then kept up to date by :meth:`downloaded`): no create is admitted."""
+        """Why the worst cases are no bound, once a downloaded job of this clear round reported more
+        than its reservation (read from the state once, then kept up to date by :meth:`downloaded`):
+        no create is admitted until a person clears the task."""
         if not self._overrun_read:
             self._overrun_read = True
-            for record in state.with_status(ShardStatus.DONE):
-                if record.cost_usd is not None and record.reserve_usd is not None:
+            for record in state.with_status(ShardStatus.DONE):  # a clear since accepts it (the error was seen)
+                if record.cost_usd is not None and record.clear_round == state.clear_round:
                     self._note_overrun(record, record.cost_usd)
         return self._overrun
 
