@@ -240,3 +240,22 @@ def test_same_fault_schedule_same_behaviour_in_sensor_triggers_and_driver(
         handle.emulator.fault_schedule.clear()  # what a waiter left unspent does not reach the next one
     assert {name: verdict for name, (verdict, _) in seen.items()} == dict.fromkeys(WAITERS, expected)
     assert len({tuple(faults) for _, faults in seen.values()}) == 1, seen  # the same faults met, in order
+
+
+def test_one_job_state_vocabulary():
+    """The service's names (JobState) and what they mean to a waiter (Outcome): no third enum."""
+    from enum import Enum
+
+    from airflow_provider_maas.client import states
+
+    enums = {name for name, value in vars(states).items() if isinstance(value, type) and issubclass(value, Enum)}
+    assert enums - {"Enum"} == {
+        "JobState",
+        "Outcome",
+    }
+    meaning = {state: states.classify_state(state.value) for state in states.JobState}
+    assert {s for s, o in meaning.items() if o is states.Outcome.FAILED} == set(states.FAILED_STATES)
+    assert meaning[states.JobState.SUCCEEDED] is states.Outcome.SUCCEEDED
+    assert meaning[states.JobState.PARTIALLY_SUCCEEDED] is states.Outcome.PARTIAL
+    assert states.classify_state("JOB_STATE_NEW_THING") is states.Outcome.WAITING
+    assert not states.documented("JOB_STATE_NEW_THING") and states.documented("JOB_STATE_RUNNING")
