@@ -259,3 +259,31 @@ def test_one_job_state_vocabulary():
     assert meaning[states.JobState.PARTIALLY_SUCCEEDED] is states.Outcome.PARTIAL
     assert states.classify_state("JOB_STATE_NEW_THING") is states.Outcome.WAITING
     assert not states.documented("JOB_STATE_NEW_THING") and states.documented("JOB_STATE_RUNNING")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [(["get:2:503"], "ended"), (["get:*:503"], "budget spent"), (["get:2:404"], "ended"), (["get:*:404"], "gone")],
+)
+def test_the_batch_operator_waits_by_the_same_policy(emulator_factory, tmp_path, schedule, expected):
+    """The operator's own BatchDriver (not a stand-in), on the schedules above: the same verdicts."""
+    handle = emulator_factory(job_duration=0.1, faults=schedule)
+    source = write_requests(tmp_path / "r.jsonl", 2)
+    operator = MaaSBatchPredictionOperator(
+        task_id="p",
+        source=str(source),
+        destination=str(tmp_path / "out.jsonl"),
+        poll_interval=0.02,
+        deferrable=False,
+        max_consecutive_poll_errors=LIMIT,
+    )
+    operator.__dict__["hook"] = MaaSHook(max_attempts=1)
+    try:
+        operator.execute(make_context())
+        verdict = "ended"
+    except MaaSError as err:
+        verdict = _verdict(str(err))
+    assert verdict == expected
+    (job,) = handle.emulator.jobs
+    faults = [fault for fault in _polls(handle, job) if fault is not None]
+    assert faults == [schedule[0].split(":")[2]] * (2 if expected == "ended" else LIMIT)
