@@ -39,7 +39,7 @@ from airflow_provider_maas.sensors.maas import MaaSBatchJobSensor
 from airflow_provider_maas.triggers import maas as triggers_maas
 from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger, MaaSBatchJobTrigger
 from tests.conftest import ENDPOINT
-from tests.helpers import make_context, write_requests
+from tests.helpers import batch_operator, make_context, write_requests
 
 LIMIT = 3
 
@@ -269,14 +269,7 @@ def test_the_batch_operator_waits_by_the_same_policy(emulator_factory, tmp_path,
     """The operator's own BatchDriver (not a stand-in), on the schedules above: the same verdicts."""
     handle = emulator_factory(job_duration=0.1, faults=schedule)
     source = write_requests(tmp_path / "r.jsonl", 2)
-    operator = MaaSBatchPredictionOperator(
-        task_id="p",
-        source=str(source),
-        destination=str(tmp_path / "out.jsonl"),
-        poll_interval=0.02,
-        deferrable=False,
-        max_consecutive_poll_errors=LIMIT,
-    )
+    operator = batch_operator(source, tmp_path / "out.jsonl", poll_interval=0.02, max_consecutive_poll_errors=LIMIT)
     operator.__dict__["hook"] = MaaSHook(max_attempts=1)
     try:
         operator.execute(make_context())
