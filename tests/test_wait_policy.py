@@ -207,7 +207,18 @@ def _driver(job: str) -> str:
     return f"ended {ended[0].state}"
 
 
+def _hook_wait(job: str) -> str:
+    hook = MaaSHook(max_attempts=1)
+    try:
+        return "ended " + hook.wait_for_batch_job(job, 0.02, 30, max_consecutive_poll_errors=LIMIT)["state"]
+    except MaaSRetryableError:
+        return "budget spent"
+    except MaaSNotFoundError as err:
+        return _verdict(str(err))
+
+
 WAITERS = {
+    "hook wait": _hook_wait,
     "sensor": _sensor,
     "job trigger": functools.partial(_trigger, many=False),
     "jobs trigger": functools.partial(_trigger, many=True),

@@ -37,7 +37,7 @@ from airflow_provider_maas.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable, Iterable
+    from collections.abc import Callable, Hashable, Iterable
     from concurrent.futures import ThreadPoolExecutor
 
     from airflow_provider_maas.batch.journal import BatchJournal
@@ -140,6 +140,48 @@ class NotFoundCount:
     @staticmethod
     def gone(count: int) -> bool:
         return count >= NOT_FOUND_TRIES
+
+
+class OneJobWait:
+    """The rule as a waiter on one job at a time applies it (the sensor, the triggers, the hook's
+    wait): failed polls and 404s counted, an answer resets both."""
+
+    def __init__(self, max_consecutive_poll_errors: int) -> None:
+        self.errors = PollErrors(max_consecutive_poll_errors)
+        self.not_found = NotFoundCount()
+
+    def failed(self, job_name: str, err: MaaSRetryableError | MaaSNotFoundError, logger: Any = log) -> str | None:
+        """Judge a poll that raised ``err``: None to poll again (logged), or the message that ends the wait."""
+        if not isinstance(err, MaaSNotFoundError):
+            return self.errors.failed(job_name, err, logger)
+        count = self.not_found.seen(job_name)
+        if NotFoundCount.gone(count):
+            return gone_message(job_name, err, count)
+        logger.warning("Job %s: not found (%s, %d of %d in a row); polled again", job_name, err, count, NOT_FOUND_TRIES)
+        return None
+
+    def answered(self, job_name: str) -> None:
+        self.errors.answered(job_name)
+        self.not_found.answered(job_name)
+
+
+def poll_job(
+    get_job: Callable[[str], dict[str, Any]], job_name: str, rule: OneJobWait, logger: Any = log
+) -> dict[str, Any] | None:
+    """One synchronous poll under the rule (the sensor, the hook's wait): the job JSON, or None when
+    the poll failed and ``rule`` says to poll again. Once it says to stop, raises the poll's transient
+    error (:class:`MaaSRetryableError`: Airflow retries it) or, for a job gone, :class:`MaaSNotFoundError`."""
+    try:
+        job = get_job(job_name)
+    except (MaaSRetryableError, MaaSNotFoundError) as err:
+        ending = rule.failed(job_name, err, logger)
+        if ending is None:
+            return None
+        if isinstance(err, MaaSRetryableError):
+            raise
+        raise MaaSNotFoundError(ending, status_code=err.status_code) from err
+    rule.answered(job_name)
+    return job
 
 
 def gone_message(job_name: str, err: MaaSNotFoundError, count: int) -> str:

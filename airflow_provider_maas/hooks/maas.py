@@ -11,7 +11,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas._compat import BaseHook
-from airflow_provider_maas.batch.polling import MAX_TRANSFERS, transfer_again
+from airflow_provider_maas.batch.polling import (
+    DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
+    MAX_TRANSFERS,
+    OneJobWait,
+    poll_job,
+    transfer_again,
+)
 from airflow_provider_maas.client.config import ApiConfig, build_config, check_name
 from airflow_provider_maas.client.errors import parse_json
 from airflow_provider_maas.client.failures import UPLOAD_404_HINT
@@ -313,18 +319,27 @@ class MaaSHook(BaseHook):
                     raise
 
     def wait_for_batch_job(
-        self, job_name: str, poll_interval: float = 30.0, timeout: float | None = None
+        self,
+        job_name: str,
+        poll_interval: float = 30.0,
+        timeout: float | None = None,
+        max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
     ) -> dict[str, Any]:
         """Poll until the job ends; return the final job JSON.
 
         Raises :class:`MaaSJobFailedError` on FAILED/CANCELLED/EXPIRED and :class:`MaaSTimeoutError`
-        after ``timeout`` seconds. Unknown states are logged and polled until the deadline.
+        after ``timeout`` seconds. Unknown states are logged and polled until the deadline. Failed
+        polls and 404s follow the wait policy, as in the sensor (``batch.polling.poll_job``).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         started = time.monotonic()
         last_state = None
+        rule = OneJobWait(max_consecutive_poll_errors)
         while True:
-            job = self.get_batch_job(job_name)
+            job = poll_job(self.get_batch_job, job_name, rule)
+            if job is None:
+                time.sleep(poll_interval)
+                continue
             outcome = job_outcome(job, job_name)
             state = outcome.state
             if state != last_state:

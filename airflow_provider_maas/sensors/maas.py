@@ -12,13 +12,11 @@ from airflow.sdk import BaseSensorOperator, PokeReturnValue
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.polling import (
     DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
-    NotFoundCount,
-    PollErrors,
-    gone_message,
+    OneJobWait,
     poll_errors_arg,
+    poll_job,
 )
 from airflow_provider_maas.client.states import job_outcome, log_state_change
-from airflow_provider_maas.exceptions import MaaSNotFoundError, MaaSRetryableError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.plugins.links import MaaSProgressLink
@@ -69,9 +67,6 @@ class MaaSBatchJobSensor(BaseSensorOperator):
         kwargs.setdefault("poke_interval", poll_interval)
         super().__init__(**kwargs)
         self.max_consecutive_poll_errors = poll_errors_arg(max_consecutive_poll_errors, None, owner=type(self).__name__)
-        # Counted within one process (poke mode); reschedule mode starts a count at each poke.
-        self._poll_errors = PollErrors(self.max_consecutive_poll_errors)
-        self._not_found = NotFoundCount()
         self.job_name = job_name
         self.poll_interval = poll_interval
         self.deferrable = deferrable
@@ -80,24 +75,18 @@ class MaaSBatchJobSensor(BaseSensorOperator):
         self.endpoint = endpoint
 
     @cached_property
+    def _wait_rule(self) -> OneJobWait:
+        return OneJobWait(self.max_consecutive_poll_errors)
+
+    @cached_property
     def hook(self) -> MaaSHook:
         return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        try:
-            job = self.hook.get_batch_job(self.job_name)
-        except MaaSRetryableError as err:
-            if self._poll_errors.failed(self.job_name, err, self.log) is not None:
-                raise
+        # The rule's counts live as long as this instance: one try in poke mode, one poke in reschedule mode.
+        job = poll_job(self.hook.get_batch_job, self.job_name, self._wait_rule, self.log)
+        if job is None:
             return False
-        except MaaSNotFoundError as err:
-            count = self._not_found.seen(self.job_name)
-            if NotFoundCount.gone(count):
-                raise MaaSNotFoundError(gone_message(self.job_name, err, count), status_code=err.status_code) from err
-            self.log.warning("Job %s: not found (%s, %d in a row); polled again", self.job_name, err, count)
-            return False
-        self._poll_errors.answered(self.job_name)
-        self._not_found.answered(self.job_name)
         outcome = job_outcome(job, self.job_name)
         if not outcome.ended:
             log_state_change(self.log, self.job_name, outcome.state)

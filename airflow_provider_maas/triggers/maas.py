@@ -11,10 +11,8 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_maas.batch.polling import (
     DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
-    NotFoundCount,
-    PollErrors,
+    OneJobWait,
     first_poll_delay,
-    gone_message,
     min_first_poll_after,  # noqa: F401  (its earlier home: still importable from here)
     poll_errors_arg,
 )
@@ -49,11 +47,10 @@ class _JobPoller:
     """Polls one job with the hook's async call, under the wait policy (``batch.polling``): the
     error budget and "gone after three 404s in a row"."""
 
-    def __init__(self, hook: MaaSHook, job_name: str, errors: PollErrors, log: Any) -> None:
+    def __init__(self, hook: MaaSHook, job_name: str, rule: OneJobWait, log: Any) -> None:
         self.hook = hook
         self.job_name = job_name
-        self.errors = errors
-        self.not_found = NotFoundCount()
+        self.rule = rule
         self.last_state: str | None = None
         self.started = time.monotonic()
         self.log = log
@@ -62,19 +59,12 @@ class _JobPoller:
         """Poll once; None while the job is still going."""
         try:
             job = await self.hook.aget_batch_job(self.job_name)
-        except MaaSRetryableError as err:
-            spent = self.errors.failed(self.job_name, err, self.log)
-            return None if spent is None else _Ended(self.job_name, error=spent)
-        except MaaSNotFoundError as err:
-            count = self.not_found.seen(self.job_name)
-            if NotFoundCount.gone(count):
-                return _Ended(self.job_name, error=gone_message(self.job_name, err, count))
-            self.log.warning("Job %s: not found (%s, %d in a row); polled again", self.job_name, err, count)
-            return None
+        except (MaaSRetryableError, MaaSNotFoundError) as err:
+            ending = self.rule.failed(self.job_name, err, self.log)
+            return None if ending is None else _Ended(self.job_name, error=ending)
         except MaaSError as err:
             return _Ended(self.job_name, error=str(err))
-        self.errors.answered(self.job_name)
-        self.not_found.answered(self.job_name)
+        self.rule.answered(self.job_name)
         outcome = job_outcome(job, self.job_name)
         if outcome.state != self.last_state:
             log_state_change(self.log, self.job_name, outcome.state, time.monotonic() - self.started)
@@ -169,8 +159,8 @@ class _PollingTrigger(BaseTrigger):
         pollers: list[_JobPoller] = []
         try:
             async with hook.async_session_scope():  # the connection is looked up once per wait
-                budget = PollErrors(self.max_consecutive_poll_errors)
-                pollers = [_JobPoller(hook, name, budget, self.log) for name in self._job_names()]
+                rule = OneJobWait(self.max_consecutive_poll_errors)
+                pollers = [_JobPoller(hook, name, rule, self.log) for name in self._job_names()]
                 await self._pause(self.first_pause)
                 while True:
                     results = await self._poll_all(pollers)
