@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_maas.client.states import StateKind, classify_state
+from airflow_provider_maas.client.states import Outcome, classify_state
 from airflow_provider_maas.hooks.maas import MaaSHook
 
 if TYPE_CHECKING:
@@ -67,10 +67,10 @@ class ThreadPoolJobTrigger(BaseTrigger):
             if state != last_state:
                 self.log.info("Job %s is %s", self.job_name, state)
                 last_state = state
-            if kind in (StateKind.SUCCEEDED, StateKind.PARTIAL):
+            if kind in (Outcome.SUCCEEDED, Outcome.PARTIAL):
                 yield TriggerEvent({"status": "success", "job_name": self.job_name, "state": state})
                 return
-            if kind is StateKind.FAILED:
+            if kind is Outcome.FAILED:
                 yield TriggerEvent({"status": "error", "job_name": self.job_name, "state": state})
                 return
             await asyncio.sleep(self.poll_interval)
@@ -125,10 +125,10 @@ class BareAiohttpJobTrigger(BaseTrigger):
             if state != last_state:
                 self.log.info("Job %s is %s", self.job_name, state)
                 last_state = state
-            if kind in (StateKind.SUCCEEDED, StateKind.PARTIAL):
+            if kind in (Outcome.SUCCEEDED, Outcome.PARTIAL):
                 yield TriggerEvent({"status": "success", "job_name": self.job_name, "state": state})
                 return
-            if kind is StateKind.FAILED:
+            if kind is Outcome.FAILED:
                 yield TriggerEvent({"status": "error", "job_name": self.job_name, "state": state})
                 return
             await asyncio.sleep(self.poll_interval)

@@ -164,7 +164,7 @@ class AirflowProcesses:
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
                 # The supervisor notices a worker's end within this; the batch trigger's first poll
-                # waits twice as long (triggers.maas.min_first_poll_after): 2 s here, 10 s by default.
+                # waits twice as long (batch.polling.min_first_poll_after): 2 s here, 10 s by default.
                 "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
                 # A SIGKILLed triggerer leaves its job row "running": its triggers go to another
                 # triggerer once its heartbeat is this old (default 30 s).

@@ -19,7 +19,7 @@ os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT)  # example_dags/ and tests/dags/ both under it
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-# The batch trigger's first poll waits twice this (triggers.maas.min_first_poll_after): 2 s in tests.
+# The batch trigger's first poll waits twice this (batch.polling.min_first_poll_after): 2 s in tests.
 os.environ["AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"] = "1"
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 

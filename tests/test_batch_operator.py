@@ -196,7 +196,7 @@ def test_retry_without_task_state_store_reattaches_and_polls_before_deferring(em
     with pytest.raises(TaskDeferred) as info:
         op.execute(make_context())  # Airflow 3.0: no task_state_store
     trigger = info.value.trigger
-    assert trigger.max_consecutive_errors == 7
+    assert trigger.max_consecutive_poll_errors == 7
     assert trigger.fire_after is None  # nothing pending: resume when every job ended
     assert len(json.dumps(trigger.serialize()[1])) < 1024
     for name in trigger.job_names:  # the jobs end while the worker is gone

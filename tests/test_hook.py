@@ -617,7 +617,7 @@ def test_upload_with_wrong_md5_is_resent_then_refused(start, caplog):
     assert read(handle.emulator.files["bad.jsonl"]["path"]) == read(REQUESTS_FILE)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2
-    assert "(attempt 1)" in warnings[0]
+    assert "(transfer 1 of 3)" in warnings[0]
 
 
 def test_upload_with_wrong_md5_once_succeeds_on_resend(start):

@@ -121,7 +121,11 @@ async def test_the_async_call_and_the_trigger_event(service, caplog, mode):
             texts.append(json.dumps(await hook.aget_batch_job(job)))
     except MaaSError as err:
         texts += error_texts(err)
-    event = await MaaSBatchJobTrigger(job_name=job, poll_interval=0.01, max_consecutive_errors=1).run().__anext__()
+    event = (
+        await MaaSBatchJobTrigger(job_name=job, first_poll_after=0, poll_interval=0.01, max_consecutive_poll_errors=1)
+        .run()
+        .__anext__()
+    )
     assert event.payload["status"] in ("error", "failed") or "FAILED" in json.dumps(event.payload)
     assert_clean(*texts, json.dumps(event.payload), *log_texts(caplog))
 

@@ -51,8 +51,8 @@ PUBLIC = {
         "summarize",
     },
     "airflow_provider_maas.emulator": {"EmulatorConfig", "EmulatorHandle", "MaaSEmulator", "run_emulator"},
-    # storage/__init__.py exports more (its writers, CHUNK_SIZE...): the package's own plumbing.
-    # DAG code gets the two a task needs to write a file the operators then read.
+    # DAG code gets the two a task needs to write a file the operators then read; the package's own
+    # plumbing (its writers, CHUNK_SIZE...) is not promised (see test_storage_promises_only_the_public_names).
     "airflow_provider_maas.storage": {"to_path", "uri_of"},
 }
 #: Modules whose ``__all__`` is exactly their public names.
@@ -61,6 +61,7 @@ EXACT = (
     "airflow_provider_maas.hooks.maas",
     "airflow_provider_maas.results",
     "airflow_provider_maas.emulator",
+    "airflow_provider_maas.storage",
 )
 README = (ROOT / "README.md").read_text()
 MANUAL = {"README.md": README, **{f"docs/{p.name}": p.read_text() for p in sorted((ROOT / "docs").glob("*.md"))}}
@@ -101,10 +102,40 @@ def test_public_names_import(module):
         assert set(loaded.__all__) == PUBLIC[module], f"{module}.__all__ changed: update PUBLIC and the manual"
 
 
-def test_storage_promises_at_least_the_public_names():
+#: What storage/__init__.py promised DAG code before issue 21: now the package's own plumbing,
+#: still importable from the module that defines it.
+STORAGE_PLUMBING = {
+    "airflow_provider_maas.storage.paths": {
+        "CHUNK_SIZE",
+        "INSTALL_HINTS",
+        "check_destination",
+        "check_within",
+        "conn_id_of",
+        "filesystem_of",
+        "is_local",
+        "open_source",
+        "source_size",
+    },
+    "airflow_provider_maas.storage.writes": {
+        "STALE_PART_SECONDS",
+        "EarlyWriteback",
+        "atomic_writer",
+        "remove_stale_parts",
+    },
+}
+
+
+def test_storage_promises_only_the_public_names():
     from airflow_provider_maas import storage
 
-    assert PUBLIC["airflow_provider_maas.storage"] <= set(storage.__all__)
+    assert set(storage.__all__) == PUBLIC["airflow_provider_maas.storage"] == {"to_path", "uri_of"}
+    namespace: dict[str, object] = {}
+    exec("from airflow_provider_maas.storage import *", namespace)  # what a star import gives DAG code
+    assert {name for name in namespace if not name.startswith("__")} == {"to_path", "uri_of"}
+    for module, names in STORAGE_PLUMBING.items():
+        loaded = importlib.import_module(module)
+        assert all(hasattr(loaded, name) for name in names), module
+        assert not names & PUBLIC["airflow_provider_maas.storage"]
 
 
 def test_every_public_module_and_storage_name_is_in_the_manual():

@@ -277,7 +277,7 @@ def test_retry_counts_are_the_codes():
     source = inspect.getsource(importlib.import_module("airflow_provider_maas.triggers.maas"))
     assert "max_attempts" not in source
     (tolerated,) = re.findall(r"triggers tolerate (\d+) consecutive failed polls", DOCS["docs/reliability.md"])
-    default = inspect.signature(MaaSBatchJobTrigger.__init__).parameters["max_consecutive_errors"].default
+    default = inspect.signature(MaaSBatchJobTrigger.__init__).parameters["max_consecutive_poll_errors"].default
     assert int(tolerated) == default
 
 
@@ -541,14 +541,17 @@ def test_make_targets_named_in_the_readme_exist():
 
 
 def test_limits_are_the_codes():
+    from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
     from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
-    from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS
 
     limits = _section(README, "## Limits of the service")
     assert f"At most {MAX_REQUESTS_PER_FILE} requests and 50 MB (read as 50 MiB)" in limits
     assert MAX_BYTES_PER_FILE == 50 * 1024 * 1024
+    # One default of the wait policy's error budget, for the sensor and (by reference) the batch operator.
     sensor = _section(README, "### `MaaSBatchJobSensor`")
-    assert f"None is {DEFAULT_MAX_CONSECUTIVE_ERRORS}." in sensor
+    assert f"`max_consecutive_poll_errors={DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS}`" in sensor
+    batch = _section(README, "### `MaaSBatchPredictionOperator`")
+    assert f"`max_consecutive_poll_errors={DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS}`: as for the sensor" in batch
 
 
 def test_default_retry_failures_are_the_documented_ones():

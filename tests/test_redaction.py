@@ -98,7 +98,7 @@ async def test_async_get(hook, caplog, status):
 async def test_trigger_event(hook, caplog, status):
     name = finished_job(hook)
     hook.handle.schedule(f"get:*:echo-headers{status}")
-    trigger = MaaSBatchJobTrigger(job_name=name, poll_interval=0.01, max_consecutive_errors=2)
+    trigger = MaaSBatchJobTrigger(job_name=name, first_poll_after=0, poll_interval=0.01, max_consecutive_poll_errors=2)
     event = await trigger.run().__anext__()
     assert event.payload["status"] == "error"
     no_key_anywhere(repr(event.payload), caplog.text)
@@ -113,6 +113,6 @@ async def test_a_success_body_quoting_the_key_is_redacted_sync_async_and_in_the_
     async with hook.async_session_scope():
         job = await hook.aget_batch_job(name)
     no_key_anywhere(repr(job))
-    event = await MaaSBatchJobTrigger(job_name=name, poll_interval=0.01).run().__anext__()
+    event = await MaaSBatchJobTrigger(job_name=name, first_poll_after=0, poll_interval=0.01).run().__anext__()
     assert event.payload["status"] == "error"
     no_key_anywhere(repr(event.payload), caplog.text)

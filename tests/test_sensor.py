@@ -149,12 +149,12 @@ def test_deferrable_passes_the_limit_to_the_trigger(emulator_factory, tmp_path):
     with pytest.raises(TaskDeferred) as info:
         _sensor(job_name, timeout=100, deferrable=True, max_consecutive_poll_errors=40).execute(make_context())
     trigger = info.value.trigger
-    assert trigger.max_consecutive_errors == 40
+    assert trigger.max_consecutive_poll_errors == 40
     _classpath, kwargs = trigger.serialize()
-    assert kwargs["max_consecutive_errors"] == 40
+    assert kwargs["max_consecutive_poll_errors"] == 40
     with pytest.raises(TaskDeferred) as info:
         _sensor(job_name, timeout=100, deferrable=True).execute(make_context())
-    assert info.value.trigger.max_consecutive_errors == 5  # the trigger's default
+    assert info.value.trigger.max_consecutive_poll_errors == 5  # the trigger's default
 
 
 @pytest.mark.parametrize("bad", [0, -1, 2.5, "5", True])

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
@@ -25,13 +26,14 @@ from airflow_provider_maas.batch.recovery import JOBS_KEY, STATE_KEY
 from airflow_provider_maas.batch.state import ShardKey, ShardStatus
 from airflow_provider_maas.exceptions import (
     MaaSJobCreationUncertainError,
+    MaaSJobFailedError,
     MaaSJobGoneError,
     MaaSStateError,
     MaaSStateWriteError,
     MaaSTimeoutError,
 )
 from airflow_provider_maas.hooks.maas import MaaSHook
-from tests.compat import TaskDeferred
+from tests.compat import AirflowSensorTimeout, TaskDeferred
 from tests.conftest import ROOT
 from tests.helpers import (
     FakeStateStore,
@@ -178,23 +180,40 @@ def _path(path):
 
 
 def test_trigger_kwargs_and_events_of_todays_version_are_accepted():
-    # tests/fixtures/trigger_v1.json: what today's triggers serialise (kept in the metadata database
-    # while a task is deferred) and the events they fire. The next version must accept them.
+    # tests/fixtures/trigger_v1.json (before the one wait policy and the one event type) and
+    # trigger_v2.json (today's): what the triggers serialise (kept in the metadata database while a
+    # task is deferred) and the events they fire. This version and the next must accept both.
     import importlib
 
-    from airflow_provider_maas.triggers.events import check_job_event
+    from airflow_provider_maas.triggers.events import JobsEvent, check_job_event
     from airflow_provider_maas.triggers.maas import BatchJobsEvent
 
-    fixture = json.loads((FIXTURES / "trigger_v1.json").read_text())
-    for classpath, kwargs in fixture["triggers"]:
-        module, _, name = classpath.rpartition(".")
-        trigger = getattr(importlib.import_module(module), name)(**kwargs)
-        assert trigger.serialize()[1].items() >= {k: v for k, v in kwargs.items()}.items()
-    events = fixture["events"]
-    assert check_job_event(events["job_success"])["state"] == "JOB_STATE_SUCCEEDED"
-    ended = BatchJobsEvent.from_event(events["batch_success"]).ended
-    assert [o.job_name for o in ended] == ["4787616125208756224", "100000000000000002"]
-    assert BatchJobsEvent.from_event(events["batch_timeout"]).status == "timeout"
+    assert BatchJobsEvent is JobsEvent  # one event type, its old name still importable
+    renamed = {"max_consecutive_errors": "max_consecutive_poll_errors"}  # the old name, accepted with a warning
+    for version in ("v1", "v2"):
+        fixture = json.loads((FIXTURES / f"trigger_{version}.json").read_text())
+        for classpath, kwargs in fixture["triggers"]:
+            module, _, name = classpath.rpartition(".")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                trigger = getattr(importlib.import_module(module), name)(**kwargs)
+            old = [str(w.message) for w in caught if "max_consecutive_errors is deprecated" in str(w.message)]
+            assert len(old) == ("max_consecutive_errors" in kwargs), (version, caught)
+            assert trigger.serialize()[1].items() >= {renamed.get(k, k): v for k, v in kwargs.items()}.items()
+        events = fixture["events"]
+        assert check_job_event(events["job_success"])["state"] == "JOB_STATE_SUCCEEDED"
+        # One type reads both triggers' events, of either version.
+        single = JobsEvent.from_event(events["job_success"])
+        assert single.job_name == "4787616125208756224" and [o.state for o in single.ended] == ["JOB_STATE_SUCCEEDED"]
+        ended = JobsEvent.from_event(events["batch_success"]).ended
+        assert [o.job_name for o in ended] == ["4787616125208756224", "100000000000000002"]
+        assert JobsEvent.from_event(events["batch_timeout"]).status == "timeout"
+    v2 = json.loads((FIXTURES / "trigger_v2.json").read_text())["events"]
+    with pytest.raises(MaaSJobFailedError, match="Internal error"):
+        check_job_event(v2["job_failed"])
+    with pytest.raises(AirflowSensorTimeout):
+        check_job_event(v2["job_timeout"])
+    assert JobsEvent.from_event(v2["batch_success"]).running == ("100000000000000003",)
 
 
 # 5 ------------------------------------------------------------------------------------------------

@@ -87,7 +87,9 @@ async def test_trigger_counts_the_status_as_a_failed_poll(emulator_factory, tmp_
     handle = emulator_factory(job_duration=0.2)
     job_name = _job(tmp_path)
     handle.schedule(_fault(status))
-    trigger = MaaSBatchJobTrigger(job_name, poll_interval=0.02, end_time=time.time() + 30, max_consecutive_errors=2)
+    trigger = MaaSBatchJobTrigger(
+        job_name, first_poll_after=0, poll_interval=0.02, end_time=time.time() + 30, max_consecutive_poll_errors=2
+    )
     event = (await trigger.run().__anext__()).payload
     assert event["status"] == "success", event["message"]
 
@@ -97,7 +99,7 @@ async def test_batch_trigger_counts_a_524_as_a_failed_poll(emulator_factory, tmp
     job_name = _job(tmp_path)
     handle.schedule(_fault(524))
     trigger = MaaSBatchJobsTrigger(
-        [job_name], poll_interval=0.02, end_time=time.time() + 30, max_consecutive_errors=2, first_poll_after=0
+        [job_name], poll_interval=0.02, end_time=time.time() + 30, max_consecutive_poll_errors=2, first_poll_after=0
     )
     event = (await trigger.run().__anext__()).payload
     assert event["status"] == "success", event["message"]

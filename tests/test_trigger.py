@@ -36,7 +36,8 @@ def test_serialize_round_trip_carries_conn_id_never_key():
         "endpoint": "e",
         "poll_interval": 5.0,
         "end_time": 1.5,
-        "max_consecutive_errors": 5,
+        "max_consecutive_poll_errors": 5,
+        "first_poll_after": None,
     }
     assert API_KEY not in repr(kwargs)
     again = MaaSBatchJobTrigger(**kwargs)
@@ -60,7 +61,9 @@ def test_serialize_round_trip_carries_conn_id_never_key():
 async def test_terminal_states(emulator_factory, tmp_path, final_state, status):
     emulator_factory(final_state=final_state, fail_every=2, job_duration=0.2)
     job_name = _job(tmp_path)
-    event = await _event(MaaSBatchJobTrigger(job_name, poll_interval=0.05, end_time=time.time() + 30))
+    event = await _event(
+        MaaSBatchJobTrigger(job_name, first_poll_after=0, poll_interval=0.05, end_time=time.time() + 30)
+    )
     assert event["status"] == status
     assert event["job_name"] == job_name
     assert event["state"] == final_state
@@ -72,7 +75,9 @@ async def test_terminal_states(emulator_factory, tmp_path, final_state, status):
 async def test_pending_until_deadline_gives_timeout(emulator_factory, tmp_path):
     emulator_factory(job_duration=60)
     job_name = _job(tmp_path)
-    event = await _event(MaaSBatchJobTrigger(job_name, poll_interval=0.05, end_time=time.time() + 0.3))
+    event = await _event(
+        MaaSBatchJobTrigger(job_name, first_poll_after=0, poll_interval=0.05, end_time=time.time() + 0.3)
+    )
     assert event["status"] == "timeout"
     assert "no cancel call" in event["message"]
 
@@ -81,7 +86,9 @@ async def test_deadline_already_past_still_polls_once(emulator_factory, tmp_path
     emulator_factory(job_duration=0.0)
     job_name = _job(tmp_path)
     time.sleep(0.1)
-    event = await _event(MaaSBatchJobTrigger(job_name, poll_interval=0.05, end_time=time.time() - 100))
+    event = await _event(
+        MaaSBatchJobTrigger(job_name, first_poll_after=0, poll_interval=0.05, end_time=time.time() - 100)
+    )
     assert event["status"] == "success"
 
 
@@ -89,7 +96,9 @@ async def test_unknown_state_keeps_polling_until_deadline(emulator_factory, tmp_
     handle = emulator_factory(job_duration=60)
     job_name = _job(tmp_path)
     handle.emulator.set_job_state(job_name, "JOB_STATE_SOMETHING_NEW")
-    event = await _event(MaaSBatchJobTrigger(job_name, poll_interval=0.05, end_time=time.time() + 0.3))
+    event = await _event(
+        MaaSBatchJobTrigger(job_name, first_poll_after=0, poll_interval=0.05, end_time=time.time() + 0.3)
+    )
     assert event["status"] == "timeout"
     assert "undocumented state 'JOB_STATE_SOMETHING_NEW'" in capsys.readouterr().out
 
@@ -111,7 +120,9 @@ async def test_failed_polls_are_tolerated_then_success(emulator_factory, tmp_pat
     handle = emulator_factory(job_duration=0.2)
     job_name = _job(tmp_path)
     handle.schedule("get:1:503", "get:1:500", "get:1:429")  # the first three polls fail
-    trigger = MaaSBatchJobTrigger(job_name, poll_interval=0.02, end_time=time.time() + 30, max_consecutive_errors=4)
+    trigger = MaaSBatchJobTrigger(
+        job_name, first_poll_after=0, poll_interval=0.02, end_time=time.time() + 30, max_consecutive_poll_errors=4
+    )
     event = await _event(trigger)
     assert event["status"] == "success"
     assert event["state"] == "JOB_STATE_SUCCEEDED"
@@ -124,10 +135,12 @@ async def test_too_many_consecutive_errors_gives_error(emulator_factory, tmp_pat
     handle = emulator_factory(job_duration=0.2)
     job_name = _job(tmp_path)
     handle.schedule("get:*:503")  # every poll fails
-    trigger = MaaSBatchJobTrigger(job_name, poll_interval=0.01, end_time=time.time() + 30, max_consecutive_errors=3)
+    trigger = MaaSBatchJobTrigger(
+        job_name, first_poll_after=0, poll_interval=0.01, end_time=time.time() + 30, max_consecutive_poll_errors=3
+    )
     event = await _event(trigger)
     assert event["status"] == "error"
-    assert "3 polls in a row failed" in event["message"] and "503" in event["message"]
+    assert "failed 3 times in a row" in event["message"] and "503" in event["message"]
     assert _polls(handle, job_name) == ["503"] * 3  # gave up after exactly three
 
 
@@ -135,7 +148,9 @@ async def test_hook_retries_within_a_poll_are_not_failed_polls(emulator_factory,
     handle = emulator_factory(job_duration=0.2, retry_after=0)
     job_name = _job(tmp_path)
     handle.schedule("get:1:503")  # the hook's own retry (default attempts) absorbs it
-    trigger = MaaSBatchJobTrigger(job_name, poll_interval=0.02, end_time=time.time() + 30, max_consecutive_errors=1)
+    trigger = MaaSBatchJobTrigger(
+        job_name, first_poll_after=0, poll_interval=0.02, end_time=time.time() + 30, max_consecutive_poll_errors=1
+    )
     event = await _event(trigger)
     assert event["status"] == "success"
     assert _polls(handle, job_name)[:2] == ["503", None]
@@ -154,7 +169,7 @@ async def test_wrong_key_is_an_error_event_without_the_key(emulator, tmp_path, m
             }
         ),
     )
-    event = await _event(MaaSBatchJobTrigger(job_name, maas_conn_id="maas_bad", poll_interval=0.05))
+    event = await _event(MaaSBatchJobTrigger(job_name, maas_conn_id="maas_bad", first_poll_after=0, poll_interval=0.05))
     assert event["status"] == "error"
     assert "401" in event["message"]
     assert "wrong-key-123456" not in repr(event)

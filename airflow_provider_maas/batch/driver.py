@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_maas.batch.budget import Admission
 from airflow_provider_maas.batch.ownership import check_lease
-from airflow_provider_maas.batch.polling import JobWatch
+from airflow_provider_maas.batch.polling import NOT_FOUND_TRIES, JobWatch, NotFoundCount, PollErrors
 from airflow_provider_maas.batch.recovery import StateRemoved, unrecorded_error
 from airflow_provider_maas.batch.shards import ShardPlan, copy_shard, source_label
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.client.failures import proves_not_created
-from airflow_provider_maas.client.states import RESULTS_NOT_FOUND_TRIES, JobOutcome
 from airflow_provider_maas.exceptions import (
     MaaSError,
     MaaSNotFoundError,
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_maas.batch.budget import SpendGate
     from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.client.states import JobOutcome
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,6 @@ class BatchDriver(JobWatch):
         self.max_active_jobs = max_active_jobs
         self.shard_retries = shard_retries
         self.clear_round = clear_round
-        self.max_poll_errors = max_consecutive_poll_errors
         self.save_job_names = save_job_names
         self.rate_limited = False
         self.gate = gate
@@ -112,12 +111,12 @@ class BatchDriver(JobWatch):
         # Shards holding a slot: uploading, creating or with a job not seen ended.
         self._busy = {r.key for r in state.with_status(ShardStatus.RUNNING, ShardStatus.CREATING)}
         self._downloading: set[ShardKey] = set()
-        self._not_found: dict[ShardKey, int] = {}  # 404s in a row on a shard's results
+        self._not_found = NotFoundCount()
         self._doubted: set[str] = set()
         self._to_download: deque[ShardKey] = deque()
         self._seen: dict[str, float] = {}
         self._last_state: dict[str, str | None] = {}
-        self._poll_errors: dict[str, int] = {}
+        self._poll_errors = PollErrors(max_consecutive_poll_errors)
         self._changes: list[ShardRecord] = []
         self._fatal: BaseException | None = None
 
@@ -337,18 +336,18 @@ class BatchDriver(JobWatch):
                 return False
             # 410 (MaaSResultsGoneError) proves the results are gone. A 404 may be a glitch of a job
             # that ended seconds ago: the shard is polled and fetched again, and only a 404 on
-            # RESULTS_NOT_FOUND_TRIES fetches in a row counts as gone (a new job is paid for).
+            # NOT_FOUND_TRIES fetches in a row counts as gone (a new job is paid for).
             self._downloading.discard(key)
             if not isinstance(err, MaaSResultsGoneError):
-                self._not_found[key] = self._not_found.get(key, 0) + 1
-                if self._not_found[key] < RESULTS_NOT_FOUND_TRIES:
+                count = self._not_found.seen(key)
+                if not NotFoundCount.gone(count):
                     log.warning(
                         "Shard %s: no results for job %s (%s, %d of %d); fetching them again at the next poll",
                         key,
                         record.job_name,
                         err,
-                        self._not_found[key],
-                        RESULTS_NOT_FOUND_TRIES,
+                        count,
+                        NOT_FOUND_TRIES,
                     )
                     return False
             log.warning(

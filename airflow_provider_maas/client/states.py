@@ -40,40 +40,12 @@ class JobState(str, Enum):
     PARTIALLY_SUCCEEDED = "JOB_STATE_PARTIALLY_SUCCEEDED"
 
 
-class StateKind(str, Enum):
-    """What a state means for a caller waiting on the job."""
-
-    ACTIVE = "active"  # still going: keep polling
-    SUCCEEDED = "succeeded"  # done, every request answered
-    PARTIAL = "partial"  # done, some requests failed (results exist)
-    FAILED = "failed"  # done, no usable results: FAILED, CANCELLED, EXPIRED
-    UNKNOWN = "unknown"  # not a documented state: log it, keep polling until the deadline
-
-
 FAILED_STATES = frozenset({JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED})
-
-#: A finished job's results answering 404 this many reads in a row count as gone, like one 410:
-#: a single 404 may be a glitch of a job that ended seconds ago, and "gone" pays for a new job.
-RESULTS_NOT_FOUND_TRIES = 3
-
-
-def classify_state(state: str | None) -> StateKind:
-    """Classify a job state string as returned by the service."""
-    try:
-        known = JobState(state)
-    except ValueError:
-        return StateKind.UNKNOWN
-    if known is JobState.SUCCEEDED:
-        return StateKind.SUCCEEDED
-    if known is JobState.PARTIALLY_SUCCEEDED:
-        return StateKind.PARTIAL
-    if known in FAILED_STATES:
-        return StateKind.FAILED
-    return StateKind.ACTIVE
 
 
 class Outcome(str, Enum):
-    """What to do about a job: keep waiting, or it ended one of three ways."""
+    """What a job's state means to whoever waits on it: keep waiting, or it ended one of three ways.
+    With :class:`JobState` (the service's names) the one vocabulary of job states."""
 
     WAITING = "waiting"  # active or an undocumented state: poll again (until the deadline)
     SUCCEEDED = "succeeded"  # results hold every request
@@ -81,13 +53,27 @@ class Outcome(str, Enum):
     FAILED = "failed"  # FAILED, CANCELLED or EXPIRED: no results
 
 
-_OUTCOME_OF_KIND = {
-    StateKind.ACTIVE: Outcome.WAITING,
-    StateKind.UNKNOWN: Outcome.WAITING,
-    StateKind.SUCCEEDED: Outcome.SUCCEEDED,
-    StateKind.PARTIAL: Outcome.PARTIAL,
-    StateKind.FAILED: Outcome.FAILED,
-}
+def documented(state: str | None) -> bool:
+    """Whether ``state`` is one the service documents (an undocumented one is waited on, with a warning)."""
+    try:
+        JobState(state)
+    except ValueError:
+        return False
+    return True
+
+
+def classify_state(state: str | None) -> Outcome:
+    """What a job state string, as returned by the service, means."""
+    if not documented(state):
+        return Outcome.WAITING
+    known = JobState(state)
+    if known is JobState.SUCCEEDED:
+        return Outcome.SUCCEEDED
+    if known is JobState.PARTIALLY_SUCCEEDED:
+        return Outcome.PARTIAL
+    if known in FAILED_STATES:
+        return Outcome.FAILED
+    return Outcome.WAITING
 
 
 def _count(value: Any) -> int | None:
@@ -172,7 +158,7 @@ def job_outcome(job: dict[str, Any], job_name: str | None = None) -> JobOutcome:
         # the name asked for: a front may spell it otherwise
         job_name=job_name or neutralise(str(job.get("name")), MAX_STATE),
         state=state,
-        outcome=_OUTCOME_OF_KIND[classify_state(raw_state)],
+        outcome=classify_state(raw_state),
         error_code=code if isinstance(code, (int, str)) and not isinstance(code, bool) else None,
         error_message=message,
         successful=_count(stats.get("successfulCount")),
@@ -204,5 +190,5 @@ def log_state_change(log: Any, job_name: str, state: str | None, seconds: float 
         log.info("Job %s is %s", job_name, state)
     else:
         log.info("Job %s is %s (after %.0fs)", job_name, state, seconds)
-    if classify_state(state) is StateKind.UNKNOWN:
+    if not documented(state):
         log.warning("Job %s is in an undocumented state %r; still polling", job_name, state)

@@ -11,6 +11,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas._compat import BaseHook
+from airflow_provider_maas.batch.polling import (
+    DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
+    MAX_TRANSFERS,
+    OneJobWait,
+    poll_job,
+    transfer_again,
+)
 from airflow_provider_maas.client.config import ApiConfig, build_config, check_name
 from airflow_provider_maas.client.errors import parse_json
 from airflow_provider_maas.client.failures import UPLOAD_404_HINT
@@ -196,17 +203,20 @@ class MaaSHook(BaseHook):
         response = send(self.session, self.config, "GET", url, what=what, policy=self.retry_policy, params=params)
         return parse_json(response.content, what=what, api_key=self.config.api_key)
 
-    def upload_file(self, source: Any, name: str) -> dict[str, Any]:
+    def upload_file(self, source: Any, name: str, *, max_transfers: int = MAX_TRANSFERS) -> dict[str, Any]:
         """Upload a JSONL file of requests; returns the storage-object JSON.
 
         :param source: A local path, URI, ``ObjectStoragePath`` or binary file object. The bytes are
             streamed (never held in memory), and the returned ``size`` and ``md5Hash`` are checked
-            against what was sent.
+            against what was sent; a mismatch sends the file again (at most ``max_transfers`` times,
+            a rewindable source only) and then raises :class:`MaaSIntegrityError`.
         :param name: The file's name in the service's bucket (the same name replaces the object).
         """
-        return self._upload(source, name, self.retry_policy)
+        return self._upload(source, name, self.retry_policy, max_transfers)
 
-    def _upload(self, source: Any, name: str, policy: RetryPolicy) -> dict[str, Any]:
+    def _upload(
+        self, source: Any, name: str, policy: RetryPolicy, max_transfers: int = MAX_TRANSFERS
+    ) -> dict[str, Any]:
         from airflow_provider_maas.client.integrity import verify_upload
         from airflow_provider_maas.client.streams import HashingReader
         from airflow_provider_maas.client.transport import send
@@ -234,11 +244,10 @@ class MaaSHook(BaseHook):
                 result = parse_json(response.content, what=what, api_key=self.config.api_key)
                 try:
                     verify_upload(result, body.hasher)
-                except MaaSIntegrityError:
-                    if attempts >= 3 or not body.rewindable:
-                        raise
-                    log.warning("Upload of %r failed its integrity check (attempt %d); sending again", name, attempts)
-                    continue
+                except MaaSIntegrityError as err:
+                    if body.rewindable and transfer_again(what, attempts, max_transfers, err):
+                        continue
+                    raise
                 log.info("Uploaded %r: %s bytes, md5 verified", result.get("name", name), result.get("size"))
                 return result
 
@@ -286,7 +295,9 @@ class MaaSHook(BaseHook):
             params={"alt": "json"},
         )
 
-    def download_results(self, job_name: str, destination: Any, *, max_transfers: int = 3) -> dict[str, Any]:
+    def download_results(
+        self, job_name: str, destination: Any, *, max_transfers: int = MAX_TRANSFERS
+    ) -> dict[str, Any]:
         """Stream the job's results (``alt=media``) to ``destination``, atomically and verified.
 
         Size and CRC32C are checked against the ``alt=json`` metadata; a mismatch transfers again
@@ -304,29 +315,31 @@ class MaaSHook(BaseHook):
                 stream_to(self.session, self.config, self.retry_policy, job_name=job_name, path=path, metadata=metadata)
                 return metadata
             except (MaaSIntegrityError, MaaSRetryableError) as err:
-                if transfer >= max_transfers:
+                if not transfer_again(f"Download of job {job_name} results", transfer, max_transfers, err):
                     raise
-                log.warning(
-                    "Download of job %s results failed (transfer %d of %d): %s; transferring again",
-                    job_name,
-                    transfer,
-                    max_transfers,
-                    err,
-                )
 
     def wait_for_batch_job(
-        self, job_name: str, poll_interval: float = 30.0, timeout: float | None = None
+        self,
+        job_name: str,
+        poll_interval: float = 30.0,
+        timeout: float | None = None,
+        max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
     ) -> dict[str, Any]:
         """Poll until the job ends; return the final job JSON.
 
         Raises :class:`MaaSJobFailedError` on FAILED/CANCELLED/EXPIRED and :class:`MaaSTimeoutError`
-        after ``timeout`` seconds. Unknown states are logged and polled until the deadline.
+        after ``timeout`` seconds. Unknown states are logged and polled until the deadline. Failed
+        polls and 404s follow the wait policy, as in the sensor (``batch.polling.poll_job``).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         started = time.monotonic()
         last_state = None
+        rule = OneJobWait(max_consecutive_poll_errors)
         while True:
-            job = self.get_batch_job(job_name)
+            job = poll_job(self.get_batch_job, job_name, rule)
+            if job is None:
+                time.sleep(poll_interval)
+                continue
             outcome = job_outcome(job, job_name)
             state = outcome.state
             if state != last_state:

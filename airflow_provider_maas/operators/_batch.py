@@ -20,6 +20,7 @@ from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.ownership import check_lease, record_writer
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
+from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
 from airflow_provider_maas.batch.recovery import finished_meanwhile, remember, save_job_names
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
@@ -41,7 +42,7 @@ from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_su
 from airflow_provider_maas.operators._cost import CostControl
 from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
 from airflow_provider_maas.storage import check_destination, to_path, uri_of
-from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, BatchJobsEvent, MaaSBatchJobsTrigger
+from airflow_provider_maas.triggers.maas import BatchJobsEvent, MaaSBatchJobsTrigger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -176,7 +177,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         max_requests_per_file: int = MAX_REQUESTS_PER_FILE,
         max_bytes_per_file: int = MAX_BYTES_PER_FILE,
         max_parallel_transfers: int = 16,
-        max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
+        max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
         maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,
         reuse_results: Any = None,
@@ -374,7 +375,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
                 endpoint=self.endpoint,
                 poll_interval=self.poll_interval,
                 end_time=deadline,
-                max_consecutive_errors=self.max_consecutive_poll_errors,
+                max_consecutive_poll_errors=self.max_consecutive_poll_errors,
                 fire_after=fire_after,
                 max_parallel_polls=self.max_parallel_transfers,
             ),

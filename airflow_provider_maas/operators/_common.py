@@ -12,7 +12,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_maas.client.states import RESULTS_NOT_FOUND_TRIES, Outcome, job_outcome
+from airflow_provider_maas.batch.polling import NOT_FOUND_TRIES
+from airflow_provider_maas.client.states import Outcome, job_outcome
 from airflow_provider_maas.exceptions import MaaSError, MaaSNotFoundError, MaaSResultsGoneError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
@@ -136,14 +137,14 @@ def reusable_job(hook: Any, store: Any | None, key: str, file_name: str, task_lo
 
 def results_gone(hook: Any, job_name: str, *, pause: float = 1.0) -> bool:
     """Whether a finished job's results can no longer be downloaded: 410, or 404 on
-    ``RESULTS_NOT_FOUND_TRIES`` reads in a row (``pause`` seconds apart)."""
-    for attempt in range(1, RESULTS_NOT_FOUND_TRIES + 1):
+    ``NOT_FOUND_TRIES`` reads in a row (``pause`` seconds apart)."""
+    for attempt in range(1, NOT_FOUND_TRIES + 1):
         try:
             hook.get_results_metadata(job_name)
         except MaaSResultsGoneError:
             return True
         except MaaSNotFoundError as err:
-            if attempt == RESULTS_NOT_FOUND_TRIES:
+            if attempt == NOT_FOUND_TRIES:
                 return True
             log.warning("No results for job %s (%s); reading again in %.0fs", job_name, err, pause)
             time.sleep(pause)

@@ -10,13 +10,18 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_maas._compat import conf
+from airflow_provider_maas.batch.polling import (
+    DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
+    OneJobWait,
+    poll_errors_arg,
+    poll_job,
+)
 from airflow_provider_maas.client.states import job_outcome, log_state_change
-from airflow_provider_maas.exceptions import MaaSInputError, MaaSRetryableError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.plugins.links import MaaSProgressLink
 from airflow_provider_maas.triggers.events import check_final_job, check_job_event
-from airflow_provider_maas.triggers.maas import DEFAULT_MAX_CONSECUTIVE_ERRORS, MaaSBatchJobTrigger
+from airflow_provider_maas.triggers.maas import MaaSBatchJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -27,7 +32,9 @@ class MaaSBatchJobSensor(BaseSensorOperator):
 
     Succeeds on SUCCEEDED, and on PARTIALLY_SUCCEEDED with a warning giving the counts (unless
     ``fail_on_partial``). Raises :class:`MaaSJobFailedError` with the service's message on FAILED,
-    CANCELLED or EXPIRED. Undocumented states are logged and polled until ``timeout``.
+    CANCELLED or EXPIRED. Undocumented states are logged and polled until ``timeout``. Waits
+    under the one wait policy (``batch.polling``) in poke, reschedule and deferrable modes alike: a
+    job answering 404 on 3 polls in a row is gone (:class:`MaaSNotFoundError`).
 
     :param job_name: The job to wait for (templated), e.g. ``create.output``.
     :param poll_interval: Seconds between polls (also ``poke_interval``).
@@ -35,8 +42,8 @@ class MaaSBatchJobSensor(BaseSensorOperator):
     :param fail_on_partial: Fail on PARTIALLY_SUCCEEDED instead of warning.
     :param max_consecutive_poll_errors: Give up after this many failed polls in a row (each poll is
         already retried by the hook; 408, 429, any 5xx, connection errors and timeouts count, a success
-        resets the count), in deferrable and poke modes. Default 5 (the trigger's); raise it to
-        ride out an outage of a few minutes (about ``poll_interval`` seconds per failed poll).
+        resets the count), in every mode. Default 5; raise it to ride out an outage of a few
+        minutes (about ``poll_interval`` seconds per failed poll).
     :param maas_conn_id: The Airflow connection of type ``maas``.
     :param endpoint: ENDPOINT id overriding the connection's (templated).
     """
@@ -52,21 +59,14 @@ class MaaSBatchJobSensor(BaseSensorOperator):
         poll_interval: float = 60,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         fail_on_partial: bool = False,
-        max_consecutive_poll_errors: int | None = None,
+        max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
         maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("poke_interval", poll_interval)
         super().__init__(**kwargs)
-        if max_consecutive_poll_errors is not None and (
-            type(max_consecutive_poll_errors) is not int or max_consecutive_poll_errors < 1
-        ):
-            raise MaaSInputError(
-                f"max_consecutive_poll_errors must be a whole number >= 1, not {max_consecutive_poll_errors!r}"
-            )
-        self.max_consecutive_poll_errors = max_consecutive_poll_errors
-        self._poll_errors = 0
+        self.max_consecutive_poll_errors = poll_errors_arg(max_consecutive_poll_errors, None, owner=type(self).__name__)
         self.job_name = job_name
         self.poll_interval = poll_interval
         self.deferrable = deferrable
@@ -75,32 +75,18 @@ class MaaSBatchJobSensor(BaseSensorOperator):
         self.endpoint = endpoint
 
     @cached_property
+    def _wait_rule(self) -> OneJobWait:
+        return OneJobWait(self.max_consecutive_poll_errors)
+
+    @cached_property
     def hook(self) -> MaaSHook:
         return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
 
-    @property
-    def _max_poll_errors(self) -> int:
-        if self.max_consecutive_poll_errors is not None:
-            return self.max_consecutive_poll_errors
-
-        return DEFAULT_MAX_CONSECUTIVE_ERRORS
-
     def poke(self, context: Context) -> PokeReturnValue | bool:
-        try:
-            job = self.hook.get_batch_job(self.job_name)
-        except MaaSRetryableError as err:
-            self._poll_errors += 1
-            if self._poll_errors >= self._max_poll_errors:
-                raise
-            self.log.warning(
-                "Polling job %s failed (%d in a row, giving up at %d): %s",
-                self.job_name,
-                self._poll_errors,
-                self._max_poll_errors,
-                err,
-            )
+        # The rule's counts live as long as this instance: one try in poke mode, one poke in reschedule mode.
+        job = poll_job(self.hook.get_batch_job, self.job_name, self._wait_rule, self.log)
+        if job is None:
             return False
-        self._poll_errors = 0
         outcome = job_outcome(job, self.job_name)
         if not outcome.ended:
             log_state_change(self.log, self.job_name, outcome.state)
@@ -122,7 +108,7 @@ class MaaSBatchJobSensor(BaseSensorOperator):
                 endpoint=self.endpoint,
                 poll_interval=self.poll_interval,
                 end_time=None if timeout is None else time.time() + timeout,
-                max_consecutive_errors=self._max_poll_errors,
+                max_consecutive_poll_errors=self.max_consecutive_poll_errors,
             ),
             method_name="execute_complete",
             timeout=None if timeout is None else timedelta(seconds=timeout),

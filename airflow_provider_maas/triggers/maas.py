@@ -9,23 +9,28 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_maas._compat import conf
+from airflow_provider_maas.batch.polling import (
+    DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
+    OneJobWait,
+    first_poll_delay,
+    min_first_poll_after,  # noqa: F401  (its earlier home: still importable from here)
+    poll_errors_arg,
+)
 from airflow_provider_maas.client.states import JobOutcome, Outcome, job_outcome, log_state_change
-from airflow_provider_maas.exceptions import MaaSError, MaaSInputError, MaaSRetryableError
+from airflow_provider_maas.exceptions import MaaSError, MaaSInputError, MaaSNotFoundError, MaaSRetryableError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.triggers.events import job_event
+from airflow_provider_maas.triggers.events import JobsEvent, job_event
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-#: Consecutive failed polls (each already retried by the hook) tolerated before giving up.
-DEFAULT_MAX_CONSECUTIVE_ERRORS = 5
+#: The old name of :data:`~airflow_provider_maas.batch.polling.DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS`.
+DEFAULT_MAX_CONSECUTIVE_ERRORS = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
 #: Polls in flight at once in one :class:`MaaSBatchJobsTrigger` (the operator's default
 #: ``max_parallel_transfers``): 100 GETs at the same moment overflowed a real gateway's accept
 #: backlog (timeouts, retries: 166 s where 60 s was possible); 16 at 0.1 s each poll 100 jobs in 0.7 s.
 DEFAULT_MAX_PARALLEL_POLLS = 16
-_EVENT_STATUSES = frozenset({"success", "error", "timeout"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +44,13 @@ class _Ended:
 
 
 class _JobPoller:
-    """Polls one job with the hook's async call, tracking consecutive transient errors."""
+    """Polls one job with the hook's async call, under the wait policy (``batch.polling``): the
+    error budget and "gone after three 404s in a row"."""
 
-    def __init__(self, hook: MaaSHook, job_name: str, max_consecutive_errors: int, log: Any) -> None:
+    def __init__(self, hook: MaaSHook, job_name: str, rule: OneJobWait, log: Any) -> None:
         self.hook = hook
         self.job_name = job_name
-        self.max_errors = max_consecutive_errors
-        self.errors = 0
+        self.rule = rule
         self.last_state: str | None = None
         self.started = time.monotonic()
         self.log = log
@@ -54,15 +59,12 @@ class _JobPoller:
         """Poll once; None while the job is still going."""
         try:
             job = await self.hook.aget_batch_job(self.job_name)
-        except MaaSRetryableError as err:
-            self.errors += 1
-            if self.errors >= self.max_errors:
-                return _Ended(self.job_name, error=f"{self.errors} polls in a row failed: {err}")
-            self.log.warning("Polling job %s failed (%d in a row): %s", self.job_name, self.errors, err)
-            return None
+        except (MaaSRetryableError, MaaSNotFoundError) as err:
+            ending = self.rule.failed(self.job_name, err, self.log)
+            return None if ending is None else _Ended(self.job_name, error=ending)
         except MaaSError as err:
             return _Ended(self.job_name, error=str(err))
-        self.errors = 0
+        self.rule.answered(self.job_name)
         outcome = job_outcome(job, self.job_name)
         if outcome.state != self.last_state:
             log_state_change(self.log, self.job_name, outcome.state, time.monotonic() - self.started)
@@ -71,8 +73,9 @@ class _JobPoller:
 
 
 class _PollingTrigger(BaseTrigger):
-    """What both triggers share: connection, poll interval, absolute deadline, error tolerance,
-    one shared aiohttp session for the whole wait, and the poll / deadline / sleep loop."""
+    """What both triggers share: connection, poll interval, absolute deadline, the wait policy
+    (``batch.polling``: error budget, 404s, first-poll delay), one shared aiohttp session for the
+    whole wait, and the poll / deadline / sleep loop."""
 
     def __init__(
         self,
@@ -80,14 +83,22 @@ class _PollingTrigger(BaseTrigger):
         endpoint: str | None,
         poll_interval: float,
         end_time: float | None,
-        max_consecutive_errors: int,
+        max_consecutive_poll_errors: int,
+        first_poll_after: float | None,
     ) -> None:
         super().__init__()
         self.maas_conn_id = maas_conn_id
         self.endpoint = endpoint
         self.poll_interval = float(poll_interval)
         self.end_time = end_time
-        self.max_consecutive_errors = max_consecutive_errors
+        self.max_consecutive_poll_errors = max_consecutive_poll_errors
+        self.first_poll_after = first_poll_after
+        self.first_pause = first_poll_delay(self.poll_interval, first_poll_after)
+
+    @property
+    def max_consecutive_errors(self) -> int:
+        """The old name of :attr:`max_consecutive_poll_errors`."""
+        return self.max_consecutive_poll_errors
 
     def _own_kwargs(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -101,7 +112,8 @@ class _PollingTrigger(BaseTrigger):
                 "endpoint": self.endpoint,
                 "poll_interval": self.poll_interval,
                 "end_time": self.end_time,
-                "max_consecutive_errors": self.max_consecutive_errors,
+                "max_consecutive_poll_errors": self.max_consecutive_poll_errors,
+                "first_poll_after": self.first_poll_after,
             },
         )
 
@@ -117,8 +129,6 @@ class _PollingTrigger(BaseTrigger):
     ) -> dict[str, Any]:
         raise NotImplementedError
 
-    #: Seconds before the first poll; None: poll at once.
-    first_pause: float | None = None
     #: Polls in flight at once; None: all jobs at once.
     max_parallel_polls: int | None = None
 
@@ -149,9 +159,9 @@ class _PollingTrigger(BaseTrigger):
         pollers: list[_JobPoller] = []
         try:
             async with hook.async_session_scope():  # the connection is looked up once per wait
-                pollers = [_JobPoller(hook, name, self.max_consecutive_errors, self.log) for name in self._job_names()]
-                if self.first_pause is not None:
-                    await self._pause(self.first_pause)
+                rule = OneJobWait(self.max_consecutive_poll_errors)
+                pollers = [_JobPoller(hook, name, rule, self.log) for name in self._job_names()]
+                await self._pause(self.first_pause)
                 while True:
                     results = await self._poll_all(pollers)
                     pollers = [p for p, result in zip(pollers, results, strict=True) if result is None]
@@ -184,14 +194,18 @@ class MaaSBatchJobTrigger(_PollingTrigger):
 
     Yields exactly one event ``{"status": "success"|"error"|"timeout", "job_name", "state",
     "message", "job"}``: success on SUCCEEDED and PARTIALLY_SUCCEEDED, error on FAILED,
-    CANCELLED, EXPIRED, a refused key, an unknown job or too many failed polls in a row.
+    CANCELLED, EXPIRED, a refused key, a job answering 404 on 3 polls in a row or too many failed
+    polls in a row. The first poll waits as :class:`MaaSBatchJobsTrigger`'s does.
 
     :param job_name: The job to wait for.
     :param maas_conn_id: The Airflow connection (its id travels, never the key).
     :param endpoint: ENDPOINT id overriding the connection's.
     :param poll_interval: Seconds between polls.
     :param end_time: Absolute deadline (epoch seconds); survives a triggerer restart.
-    :param max_consecutive_errors: Failed polls in a row tolerated before an error event.
+    :param max_consecutive_poll_errors: Failed polls in a row tolerated before an error event.
+    :param first_poll_after: Seconds before the first poll; None: ``max(poll_interval, min_first_poll_after())``.
+    :param max_consecutive_errors: Deprecated name of ``max_consecutive_poll_errors`` (kwargs
+        serialised by earlier versions carry it).
     """
 
     def __init__(
@@ -201,9 +215,12 @@ class MaaSBatchJobTrigger(_PollingTrigger):
         endpoint: str | None = None,
         poll_interval: float = 60.0,
         end_time: float | None = None,
-        max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
+        max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
+        first_poll_after: float | None = None,
+        max_consecutive_errors: int | None = None,
     ) -> None:
-        super().__init__(maas_conn_id, endpoint, poll_interval, end_time, max_consecutive_errors)
+        errors = poll_errors_arg(max_consecutive_poll_errors, max_consecutive_errors, owner=type(self).__name__)
+        super().__init__(maas_conn_id, endpoint, poll_interval, end_time, errors, first_poll_after)
         self.job_name = job_name
 
     def _own_kwargs(self) -> dict[str, Any]:
@@ -234,71 +251,33 @@ class MaaSBatchJobTrigger(_PollingTrigger):
         return job_event("success", self.job_name, ended[0].job, f"Job {self.job_name} ended in {outcome.state}")
 
 
-@dataclass(frozen=True, slots=True)
-class BatchJobsEvent:
-    """The event of :class:`MaaSBatchJobsTrigger`: compact outcomes of the jobs that ended, no job JSON.
-
-    :param status: ``success`` (enough jobs ended), ``timeout`` (deadline) or ``error`` (a job could
-        not be polled, or the connection is unusable: ``message`` says which).
-    :param ended: The outcome of every job that ended before the event, whatever the status.
-    :param running: The jobs not seen ended (named by the task if its state is gone meanwhile);
-        absent from events of earlier versions.
-    """
-
-    status: str
-    message: str
-    ended: tuple[JobOutcome, ...] = ()
-    running: tuple[str, ...] = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "message": self.message,
-            "ended": [o.as_dict() for o in self.ended],
-            "running": list(self.running),
-        }
-
-    @classmethod
-    def from_event(cls, event: Any) -> BatchJobsEvent:
-        """Validate what the task was resumed with; :class:`MaaSError` if it is not such an event."""
-        try:
-            if event["status"] not in _EVENT_STATUSES:
-                raise ValueError(event["status"])
-            ended = tuple(JobOutcome.from_dict(item) for item in event["ended"])
-            running = tuple(str(name) for name in event.get("running") or ())
-            return cls(status=event["status"], message=str(event.get("message") or ""), ended=ended, running=running)
-        except (TypeError, KeyError, ValueError):
-            raise MaaSError(f"Unexpected event from the MaaS batch jobs trigger: {event!r:.300}") from None
-
-
-def min_first_poll_after() -> float:
-    """Least wait before a batch trigger's first poll: twice ``[workers] min_heartbeat_interval``
-    (10 s by default), the longest Airflow's supervisor may take to report the deferring worker's end."""
-    return 2.0 * conf.getfloat("workers", "min_heartbeat_interval", fallback=5.0)
+#: The batch trigger's event: the one :class:`~airflow_provider_maas.triggers.events.JobsEvent` (its old name).
+BatchJobsEvent = JobsEvent
 
 
 class MaaSBatchJobsTrigger(_PollingTrigger):
     """Wait for several jobs at once; fires once ``fire_after`` of them ended, all ended, or the deadline.
 
-    The event is a :class:`BatchJobsEvent` (as a dict): the compact outcome of each ended job, never
+    The event is a :class:`~airflow_provider_maas.triggers.events.JobsEvent` (as a dict): the compact outcome of each ended job, never
     the jobs' whole JSON. Used by
     :class:`~airflow_provider_maas.operators.maas.MaaSBatchPredictionOperator`, which sets
     ``fire_after`` so that it resumes only when enough slots are free to be worth refilling.
 
     The first poll comes ``first_poll_after`` seconds after the trigger starts (default: one
-    ``poll_interval``, at least :func:`min_first_poll_after`): the task has just seen every job running,
-    and on Airflow 3.3 a trigger that fires before the scheduler has processed the end of the deferring
-    worker process (which Airflow's supervisor may report up to ``[workers] min_heartbeat_interval``,
-    5 s, late) makes the scheduler fail the resumed try ("finished with state success, but the task
-    instance's state attribute is queued").
+    ``poll_interval``, at least :func:`~airflow_provider_maas.batch.polling.min_first_poll_after`): the
+    task has just seen every job running, and on Airflow 3.3 a trigger that fires before the scheduler
+    has processed the end of the deferring worker process makes the scheduler fail the resumed try.
 
     :param job_names: The jobs to wait for (O(max_active_jobs) names: the only list in the kwargs).
+    :param max_consecutive_poll_errors: Failed polls of one job in a row tolerated before an error event.
     :param fire_after: Fire once this many jobs ended; None: once all did.
     :param first_poll_after: Seconds before the first poll; None: ``max(poll_interval, min_first_poll_after())``.
     :param max_parallel_polls: Polls in flight at once (default :data:`DEFAULT_MAX_PARALLEL_POLLS`, 16);
         the others wait for a free place in the same round, so a round of N jobs takes about
         ``ceil(N / max_parallel_polls)`` answers. Kwargs serialised before this parameter existed
         get the default.
+    :param max_consecutive_errors: Deprecated name of ``max_consecutive_poll_errors`` (kwargs
+        serialised by earlier versions carry it).
     """
 
     def __init__(
@@ -308,27 +287,24 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
         endpoint: str | None = None,
         poll_interval: float = 60.0,
         end_time: float | None = None,
-        max_consecutive_errors: int = DEFAULT_MAX_CONSECUTIVE_ERRORS,
+        max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
         fire_after: int | None = None,
         first_poll_after: float | None = None,
         max_parallel_polls: int = DEFAULT_MAX_PARALLEL_POLLS,
+        max_consecutive_errors: int | None = None,
     ) -> None:
-        super().__init__(maas_conn_id, endpoint, poll_interval, end_time, max_consecutive_errors)
+        errors = poll_errors_arg(max_consecutive_poll_errors, max_consecutive_errors, owner=type(self).__name__)
+        super().__init__(maas_conn_id, endpoint, poll_interval, end_time, errors, first_poll_after)
         self.job_names = list(job_names)
         self.fire_after = fire_after
-        self.first_poll_after = first_poll_after
         if type(max_parallel_polls) is not int or max_parallel_polls < 1:
             raise MaaSInputError(f"max_parallel_polls must be a whole number >= 1, not {max_parallel_polls!r}")
         self.max_parallel_polls = max_parallel_polls
-        self.first_pause = (
-            max(self.poll_interval, min_first_poll_after()) if first_poll_after is None else float(first_poll_after)
-        )
 
     def _own_kwargs(self) -> dict[str, Any]:
         return {
             "job_names": self.job_names,
             "fire_after": self.fire_after,
-            "first_poll_after": self.first_poll_after,
             "max_parallel_polls": self.max_parallel_polls,
         }
 
@@ -349,4 +325,4 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
         outcomes = tuple(e.outcome for e in ended if e.outcome is not None)
         done = {e.job_name for e in ended}
         running = tuple(name for name in self.job_names if name not in done)
-        return BatchJobsEvent(status, message, outcomes, running).as_dict()
+        return JobsEvent(status, message, outcomes, running).as_dict()
