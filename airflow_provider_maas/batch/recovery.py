@@ -85,6 +85,8 @@ def load_whole(
     chosen = start_over and _start_over_chosen(context)
     try:
         state = journal.load()
+        if state is None and _finished_pointer(context, journal, this_round=True):
+            raise FinishedMeanwhile(journal.uri)  # the other try removed the state after it read "unfinished"
         if state is not None and (problem := _missing_round_file(state)):
             if any(r.file_name or r.job_name for r in state.shards.values()):
                 raise StateDamaged(problem)
@@ -93,6 +95,8 @@ def load_whole(
             )
             return None  # a try stopped between writing its plan and its round file
     except StateDamaged as err:
+        if _finished_pointer(context, journal, this_round=True):  # half-removed by the try that finished it
+            raise FinishedMeanwhile(journal.uri) from None
         if chosen:
             log.warning("start_over=True: discarding the batch state at %s (%s)", journal.uri, err.problem)
             return None
@@ -127,6 +131,17 @@ def finished_meanwhile(context: Any, journal: BatchJournal, *, this_round: bool 
     """Whether another try of this task instance finished this batch (its results written, its state
     removed): ``task_state_store`` says so for this location. ``this_round``: and in this clear round
     (a retry of a try that finished, not a person's clear, which runs the batch again)."""
+    return _finished_pointer(context, journal, this_round=this_round) and not (journal.root / "manifest.json").exists()
+
+
+class FinishedMeanwhile(MaaSError):
+    """Another live try of this task instance finished the batch while this one read its state (results
+    written, the state removed or being removed): nothing is left to do, and nothing may be paid again."""
+
+
+def _finished_pointer(context: Any, journal: BatchJournal, *, this_round: bool) -> bool:
+    """``task_state_store`` says the batch at this location finished (in this clear round if
+    ``this_round``), and its destination is written."""
     store = _store(context)
     pointer = store.get(STATE_KEY) if store is not None else None
     return (
@@ -134,7 +149,6 @@ def finished_meanwhile(context: Any, journal: BatchJournal, *, this_round: bool 
         and bool(pointer.get("finished"))
         and pointer.get("location") == journal.uri
         and (not this_round or (isinstance(pointer.get("round"), int) and not cleared_since(pointer["round"], context)))
-        and not (journal.root / "manifest.json").exists()
         and _written(journal)
     )
 
