@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from fsspec.implementations.memory import MemoryFileSystem
 
 from tests.counting_service import counting_service
 from tests.helpers import FakeStateStore, assert_in_input_order, batch_operator, make_context, write_requests
@@ -101,3 +102,119 @@ def test_4_a_retry_starting_while_the_zombie_removes_the_finished_state_pays_not
     assert service.created == 3, "the retry paid for the finished batch again"
     assert result == f"file://{dest}"
     assert_in_input_order(source, dest)
+
+
+class CachedListings:
+    """An object store as s3fs and gcsfs see it: a listing is cached (``dircache``), and ``exists`` or
+    ``info`` of a key under a listed folder answer from that listing without a request; the process's own
+    writes invalidate it. ``hidden``: the newest journal objects a (lagging) listing leaves out.
+    Installed on ``MemoryFileSystem`` itself: the paths Airflow builds use the cached instance of it."""
+
+    hidden = 0
+
+    def __init__(self) -> None:  # the methods of the store itself, before they are replaced
+        fs = MemoryFileSystem
+        self.ls_, self.info_, self.open_, self.rm_file_, self.mv_ = fs.ls, fs.info, fs._open, fs.rm_file, fs.mv
+
+    def ls(self, fs, path, detail=True, **kwargs):
+        path = fs._strip_protocol(path).rstrip("/")
+        found = self.ls_(fs, path, detail=True, **kwargs)
+        if self.hidden and path.endswith("/journal"):
+            newest = sorted(e["name"] for e in found)[-self.hidden :]
+            found = [e for e in found if e["name"] not in newest]
+        fs.dircache[path] = found
+        return found if detail else [e["name"] for e in found]
+
+    def info(self, fs, path, **kwargs):
+        path = fs._strip_protocol(path).rstrip("/")
+        cached = fs._ls_from_cache(path)  # FileNotFoundError if the cached parent listing lacks it
+        for entry in cached or ():
+            if entry["name"] == path:
+                return entry
+        return self.info_(fs, path, **kwargs)
+
+    def exists(self, fs, path, **kwargs):
+        try:
+            fs.info(path)
+            return True
+        except FileNotFoundError:
+            return False
+
+    def invalidate(self, fs, path=None):
+        if path is None:
+            fs.dircache.clear()
+            return
+        path = fs._strip_protocol(path).rstrip("/")
+        while path:
+            fs.dircache.pop(path, None)
+            path = fs._parent(path).rstrip("/")
+
+    def open(self, fs, path, mode="rb", *args, **kwargs):
+        if "w" in mode:
+            fs.invalidate_cache(path)
+        return self.open_(fs, path, mode, *args, **kwargs)
+
+    def rm_file(self, fs, path):
+        fs.invalidate_cache(path)
+        self.rm_file_(fs, path)
+
+    def mv(self, fs, path1, path2, *args, **kwargs):
+        fs.invalidate_cache(path1)
+        fs.invalidate_cache(path2)
+        self.mv_(fs, path1, path2, *args, **kwargs)
+
+
+@pytest.fixture
+def cached_fs(monkeypatch):
+    from airflow.sdk.io import attach
+    from airflow.sdk.io.store import _STORE_CACHE
+
+    cache = CachedListings()
+    fs = MemoryFileSystem()
+    for name, method in {"ls": cache.ls, "info": cache.info, "exists": cache.exists}.items():
+        monkeypatch.setattr(MemoryFileSystem, name, lambda self, *a, _m=method, **k: _m(self, *a, **k))
+    for name, method in {"invalidate_cache": cache.invalidate, "_open": cache.open}.items():
+        monkeypatch.setattr(MemoryFileSystem, name, lambda self, *a, _m=method, **k: _m(self, *a, **k))
+    for name, method in {"rm_file": cache.rm_file, "mv": cache.mv}.items():
+        monkeypatch.setattr(MemoryFileSystem, name, lambda self, *a, _m=method, **k: _m(self, *a, **k))
+    _STORE_CACHE.pop("memory", None)
+    attach("memory", fs=fs)
+    fs.store.clear()
+    fs.pseudo_dirs[:] = [""]
+    fs.dircache.clear()
+    fs.cache = cache
+    yield fs
+    fs.store.clear()
+    fs.dircache.clear()
+    _STORE_CACHE.pop("memory", None)
+
+
+# 2 (variation): a lagging listing on a store whose client caches listings (s3fs, gcsfs)
+def test_2_a_lagging_listing_cached_by_the_store_client_does_not_pay_again(service, tmp_path, cached_fs):
+    # batch/journal.py reads past a lagging listing by asking for the next key. s3fs and gcsfs answer
+    # that question from the listing they just cached: "not there", without asking the store. The retry
+    # then replayed only the listed objects, planned the shards whose markers and jobs were hidden as
+    # pending, paid for them again, and overwrote the hidden objects with its own.
+    from airflow_provider_maas.exceptions import MaaSTimeoutError
+
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), "memory://bucket/out/res.jsonl"
+    service.job_duration = 1.0
+    with pytest.raises(MaaSTimeoutError):
+        batch_operator(source, dest, wait_timeout=0.3).execute(_try())
+    assert service.created == 3
+    journal = "/bucket/out/.res.jsonl.maas/dag.task.run1.m-1/journal"
+    count = len(cached_fs.ls(journal, detail=False))
+    assert count >= 3
+    cached_fs.dircache.clear()  # the retry is a new process
+    cached_fs.cache.hidden = count - 1  # only the plan's first object is listed yet
+
+    import time
+
+    time.sleep(1.0)  # try 1's jobs end
+    try:
+        batch_operator(source, dest).execute(_try())  # the automatic retry
+    finally:
+        assert service.created == 3, "the retry paid again for shards hidden by the cached listing"
+    cached_fs.cache.hidden = 0
+    with cached_fs.open("/bucket/out/res.jsonl", "rb") as out:
+        assert len(out.read().splitlines()) == 250
