@@ -17,14 +17,18 @@ class CountingService(StubService):
     job_duration: float = 0.3
     started: dict[str, float] = field(default_factory=dict)
     forgotten: set[str] = field(default_factory=set)
+    #: The ENDPOINT each job was created on: a job is found under that ENDPOINT only.
+    endpoints: dict[str, str] = field(default_factory=dict)
 
     def answer(self, method: str, target: str, body: bytes) -> Answer:
+        endpoint = target.split("/v1/ai/batch/gemini/", 1)[-1].split("/", 1)[0]
         if method == "POST" and target.split("?", 1)[0].endswith("/batchPredictionJobs"):
             answer = super().answer(method, target, body)
             self.started[str(len(self.jobs))] = time.monotonic()
+            self.endpoints[str(len(self.jobs))] = endpoint
             return answer
         name = target.split("?", 1)[0].split("/batchPredictionJobs/", 1)[-1].removesuffix("/content")
-        if name in self.forgotten:
+        if name in self.forgotten or self.endpoints.get(name, endpoint) != endpoint:
             self.requests.append((method, target))
             return json_answer({"error": {"code": 404, "message": "no such job", "status": "NOT_FOUND"}}, 404)
         if method == "GET" and name in self.started and time.monotonic() - self.started[name] < self.job_duration:

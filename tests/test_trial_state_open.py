@@ -218,3 +218,32 @@ def test_2_a_lagging_listing_cached_by_the_store_client_does_not_pay_again(servi
     cached_fs.cache.hidden = 0
     with cached_fs.open("/bucket/out/res.jsonl", "rb") as out:
         assert len(out.read().splitlines()) == 250
+
+
+# 10 (variation): the ENDPOINT changed between tries (the connection edited, a templated endpoint)
+def test_10_an_endpoint_changed_between_tries_is_refused_naming_both_not_called_gone(service, tmp_path):
+    # The state did not record which ENDPOINT its jobs were created on. After the connection's
+    # ENDPOINT changed, the retry polled the running jobs under the new one, got 404 and called them
+    # gone ("clear the task"); the clear paid for every running shard again on the new ENDPOINT, and
+    # the destination would mix the answers of two models without a word.
+    from airflow_provider_maas.exceptions import MaaSStateError
+    from tests.compat import TaskDeferred
+
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    service.job_duration = 60
+    store = FakeStateStore()
+    with pytest.raises(TaskDeferred):  # try 1 waits in the triggerer; its worker is lost meanwhile
+        batch_operator(source, dest, deferrable=True).execute(_try(store))
+    jobs = sorted(service.jobs)
+    assert len(jobs) == 3
+    for context in (_try(store), _try(store, max_tries=3)):  # the automatic retry, then a person's clear
+        with pytest.raises(MaaSStateError) as refused:
+            batch_operator(source, dest, endpoint="other-endpoint").execute(context)
+        message = str(refused.value)
+        assert "'test-endpoint'" in message and "'other-endpoint'" in message, message
+        assert all(name in message for name in jobs), message
+    assert service.created == 3
+    service.job_duration = 0
+    batch_operator(source, dest).execute(_try(store))  # the ENDPOINT restored: reattached
+    assert service.created == 3
+    assert_in_input_order(source, dest)

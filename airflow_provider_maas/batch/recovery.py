@@ -76,17 +76,25 @@ def state_error(problem: str, journal: BatchJournal, context: Any, *names: Itera
 
 
 def load_whole(
-    context: Any, journal: BatchJournal, *, start_over: bool, names: Iterable[str] = ()
+    context: Any, journal: BatchJournal, *, start_over: bool, names: Iterable[str] = (), endpoint: str | None = None
 ) -> BatchState | None:
     """The stored state if it is whole; None if there is none (or ``start_over`` discards a state
     that is not whole); else :class:`MaaSStateError`. A ``task_state_store`` pointer at a state
-    that is gone, or at another location, counts as evidence of paid work. ``start_over`` is
+    that is gone, or at another location, counts as evidence of paid work; so does a state whose
+    jobs were created on another ``endpoint`` than this try's. ``start_over`` is
     honoured after a person's clear only (see :func:`_start_over_chosen`)."""
     chosen = start_over and _start_over_chosen(context)
     try:
         state = journal.load()
         if state is None and _finished_pointer(context, journal, this_round=True):
             raise FinishedMeanwhile(journal.uri)  # the other try removed the state after it read "unfinished"
+        if state is not None and endpoint and state.endpoint and state.endpoint != endpoint:
+            raise StateDamaged(
+                f"its jobs were created on ENDPOINT {state.endpoint!r} and this try runs on {endpoint!r}, where they "
+                "answer 404: they would be called gone and paid again, and two models' answers mixed in one "
+                f"results file. Restore ENDPOINT {state.endpoint!r} (the connection's Endpoint field, or "
+                "endpoint=) and clear the task to reattach to them"
+            )
         if state is not None and (problem := _missing_round_file(state)):
             if any(r.file_name or r.job_name for r in state.shards.values()):
                 raise StateDamaged(problem)
