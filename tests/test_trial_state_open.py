@@ -247,3 +247,64 @@ def test_10_an_endpoint_changed_between_tries_is_refused_naming_both_not_called_
     batch_operator(source, dest).execute(_try(store))  # the ENDPOINT restored: reattached
     assert service.created == 3
     assert_in_input_order(source, dest)
+
+
+# 8 (variation): answers kept by a start-over are reused whatever model wrote them
+@pytest.mark.xfail(
+    strict=True,
+    reason="Not fixed: kept/ (answers of a discarded state) carries no record of the ENDPOINT that paid for "
+    "them, and BatchSettings.reuse_paths adds every kept part to the reused files unchecked. Fix: keep_answers "
+    "writes the discarded state's ENDPOINT beside kept/<n>/ (batch/origin.py's record), and reuse_paths leaves "
+    "kept folders of another ENDPOINT out unless reuse_other_models, counting them in reuse_skipped_other_model.",
+)
+def test_8_answers_kept_by_a_start_over_are_not_reused_for_another_model(service, tmp_path, monkeypatch):
+    # Try 1 downloads every answer on ENDPOINT test-endpoint (model X), then the final write fails. A person
+    # moves the task to ENDPOINT other-endpoint (model Y): the retry stops (the state's jobs are on
+    # another ENDPOINT), the person sets start_over and clears. The start-over keeps the downloaded
+    # answers and reuses them: no job on model Y, the destination holds model X's answers, and its
+    # record (.res.jsonl.origin.json) says other-endpoint wrote them.
+    import json
+
+    from airflow_provider_maas.exceptions import MaaSStateError
+
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    with monkeypatch.context() as patch, pytest.raises(OSError):
+        patch.setattr("airflow_provider_maas.operators._batch.write_outputs", _disk_full)
+        batch_operator(source, dest).execute(_try())
+    assert service.created == 3
+    with pytest.raises(MaaSStateError):
+        batch_operator(source, dest, endpoint="other-endpoint").execute(_try())
+    context = _try(max_tries=3)  # a person's clear, start_over chosen
+    batch_operator(source, dest, endpoint="other-endpoint", start_over=True).execute(context)
+    assert json.loads((tmp_path / ".res.jsonl.origin.json").read_text()) == {"endpoint": "other-endpoint"}
+    assert context["ti"].xcom["summary"]["reused"] == 0, "model X's answers reused for model Y"
+    assert service.created == 6
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(28, "No space left on device")
+
+
+# 1 (variation): Airflow 3.0-3.2, the state on one worker's local disk, the retry on another worker
+@pytest.mark.xfail(
+    strict=True,
+    reason="Not fixed: before Airflow 3.3 there is no task_state_store, so nothing records that a state "
+    "existed; a retry that finds none (a destination on another worker's disk, the folder deleted) plans "
+    "again. Fix: keep the pointer (location, open/finished, round) where the create operator keeps its "
+    "marker before 3.3, the Airflow Variable maas_create.<digest of the task instance> "
+    "(operators create_guard's Variable record), and read it in recovery.load_whole.",
+)
+def test_1_before_airflow_3_3_a_state_gone_between_tries_is_refused(service, tmp_path):
+    import shutil
+
+    from airflow_provider_maas.exceptions import MaaSStateError, MaaSTimeoutError
+
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    service.job_duration = 60
+    with pytest.raises(MaaSTimeoutError):
+        batch_operator(source, dest, wait_timeout=0.3).execute(_try())  # no task_state_store: Airflow 3.0-3.2
+    shutil.rmtree(tmp_path / ".res.jsonl.maas")  # the retry runs on a worker without this disk
+    service.job_duration = 0
+    with pytest.raises(MaaSStateError):
+        batch_operator(source, dest).execute(_try())
+    assert service.created == 3
