@@ -308,3 +308,26 @@ def test_1_before_airflow_3_3_a_state_gone_between_tries_is_refused(service, tmp
     with pytest.raises(MaaSStateError):
         batch_operator(source, dest).execute(_try())
     assert service.created == 3
+
+
+# 1 / 4 (variation): the batch finished, Airflow did not record it, and the results are not where the retry runs
+def test_1_a_retry_of_a_finished_batch_whose_results_are_not_there_stops_instead_of_paying_again(service, tmp_path):
+    # The try finished the batch (results written, state removed, task_state_store says "finished") and
+    # its worker was lost before Airflow recorded the success; the automatic retry runs on a worker that
+    # does not see that worker's local disk (or the results were removed). It planned the whole batch
+    # again and paid for every shard a second time, with no person's choice.
+    from airflow_provider_maas.exceptions import MaaSStateError
+
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    batch_operator(source, dest).execute(_try(store))
+    assert service.created == 3
+    dest.unlink()  # not on the retry's worker
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest).execute(_try(store))  # the automatic retry
+    message = str(refused.value)
+    assert "finished" in message and str(dest) in message and "clear" in message, message
+    assert service.created == 3
+    batch_operator(source, dest).execute(_try(store, max_tries=3))  # a person's clear runs it again
+    assert service.created == 6
+    assert_in_input_order(source, dest)

@@ -23,7 +23,7 @@ from airflow_provider_maas.batch.create_guard import clear_round, cleared_since
 from airflow_provider_maas.batch.journal import StateDamaged
 from airflow_provider_maas.batch.state import STATE_VERSION, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.exceptions import MaaSError, MaaSStateError, MaaSStateWriteError
-from airflow_provider_maas.storage import to_path
+from airflow_provider_maas.storage import to_path, uri_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -88,6 +88,16 @@ def load_whole(
         state = journal.load()
         if state is None and _finished_pointer(context, journal, this_round=True):
             raise FinishedMeanwhile(journal.uri)  # the other try removed the state after it read "unfinished"
+        if state is None and _finished_pointer(context, journal, this_round=True, written=False):
+            raise state_error(
+                f"task_state_store says a try of this clear round finished this batch (and removed its state), but "
+                f"its results at {uri_of(_destination(journal))} are not there (deleted, or on the local disk of the "
+                "worker that ran it); an automatic retry does not pay for the whole batch again. Find the results, "
+                "or clear the task to run the batch again (paid again)",
+                journal,
+                context,
+                names,
+            )
         if state is not None and endpoint and state.endpoint and state.endpoint != endpoint:
             raise StateDamaged(
                 f"its jobs were created on ENDPOINT {state.endpoint!r} and this try runs on {endpoint!r}, where they "
@@ -147,9 +157,9 @@ class FinishedMeanwhile(MaaSError):
     written, the state removed or being removed): nothing is left to do, and nothing may be paid again."""
 
 
-def _finished_pointer(context: Any, journal: BatchJournal, *, this_round: bool) -> bool:
+def _finished_pointer(context: Any, journal: BatchJournal, *, this_round: bool, written: bool = True) -> bool:
     """``task_state_store`` says the batch at this location finished (in this clear round if
-    ``this_round``), and its destination is written."""
+    ``this_round``), and (if ``written``) its destination is written."""
     store = _store(context)
     pointer = store.get(STATE_KEY) if store is not None else None
     return (
@@ -157,7 +167,7 @@ def _finished_pointer(context: Any, journal: BatchJournal, *, this_round: bool) 
         and bool(pointer.get("finished"))
         and pointer.get("location") == journal.uri
         and (not this_round or (isinstance(pointer.get("round"), int) and not cleared_since(pointer["round"], context)))
-        and _written(journal)
+        and (not written or _written(journal))
     )
 
 
@@ -179,9 +189,14 @@ def _start_over_chosen(context: Any) -> bool:
 
 
 def _written(journal: BatchJournal) -> bool:
-    """Whether the destination of ``journal``'s batch exists (its state folder is ``.<name>.maas/<id>``)."""
+    """Whether the destination of ``journal``'s batch exists."""
+    return _destination(journal).exists()
+
+
+def _destination(journal: BatchJournal) -> Any:
+    """The destination of ``journal``'s batch (its state folder is ``.<name>.maas/<id>``)."""
     folder = journal.root.parent
-    return (folder.parent / folder.name[1 : -len(".maas")]).exists()
+    return folder.parent / folder.name[1 : -len(".maas")]
 
 
 def _missing_round_file(state: BatchState) -> str | None:
