@@ -35,7 +35,7 @@ def service(monkeypatch):
 
 
 # 4 (variation): a zombie finishes the batch while its retry starts
-@pytest.mark.parametrize("removed", ["whole", "half"])
+@pytest.mark.parametrize("removed", ["whole", "half", "after-read"])
 def test_4_a_retry_starting_while_the_zombie_removes_the_finished_state_pays_nothing_again(
     service, tmp_path, monkeypatch, removed
 ):
@@ -43,7 +43,8 @@ def test_4_a_retry_starting_while_the_zombie_removes_the_finished_state_pays_not
     # checks "finished?" (not yet), then the zombie marks the pointer finished and removes the state,
     # then the retry reads the state: none, and the pointer says "finished", so it planned the batch
     # again and paid for every shard a second time. Half removed (the retry reads while the zombie
-    # deletes), it stopped on a damaged state, and the clear it asked for paid again.
+    # deletes), it stopped on a damaged state, and the clear it asked for paid again. Removed after the
+    # retry read it whole, the retry stopped ("the state was removed while this try ran"): same clear.
     import shutil
 
     from airflow_provider_maas.batch import resume
@@ -64,7 +65,9 @@ def test_4_a_retry_starting_while_the_zombie_removes_the_finished_state_pays_not
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     store = FakeStateStore()
     writing, retry_started, zombie_done = threading.Event(), threading.Event(), threading.Event()
-    write_outputs, take_lease = _batch.write_outputs, resume.take_lease
+    write_outputs = _batch.write_outputs
+    hooked = "take_over" if removed == "after-read" else "take_lease"
+    real = getattr(resume, hooked)
 
     def zombie_writes_slowly(*args, **kwargs):
         if threading.current_thread().name == "zombie":
@@ -72,14 +75,14 @@ def test_4_a_retry_starting_while_the_zombie_removes_the_finished_state_pays_not
             retry_started.wait(30)  # the retry has found the batch unfinished
         return write_outputs(*args, **kwargs)
 
-    def retry_takes_lease(journal, lease):
+    def retry_reads(*args, **kwargs):
         if threading.current_thread().name != "zombie":
             retry_started.set()
             zombie_done.wait(30)  # meanwhile the zombie finished: pointer 'finished', state removed
-        return take_lease(journal, lease)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(_batch, "write_outputs", zombie_writes_slowly)
-    monkeypatch.setattr(resume, "take_lease", retry_takes_lease)
+    monkeypatch.setattr(resume, hooked, retry_reads)
     errors: list[BaseException] = []
 
     def zombie():
