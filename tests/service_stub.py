@@ -90,9 +90,9 @@ class StubService:
 
 
 @contextmanager
-def stub_service(**kwargs: Any) -> Iterator[StubService]:
-    """Serve a :class:`StubService` on loopback while the block runs (``.base_url``)."""
-    service = StubService(**kwargs)
+def stub_service(service_class: type[StubService] = StubService, **kwargs: Any) -> Iterator[StubService]:
+    """Serve a :class:`StubService` (or ``service_class``) on loopback while the block runs (``.base_url``)."""
+    service = service_class(**kwargs)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"

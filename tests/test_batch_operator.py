@@ -111,10 +111,11 @@ def test_crash_between_marker_and_create_is_refused_on_retry(emulator, tmp_path,
     def killed(self, file_name, display_name):
         raise SystemExit("worker killed while the create was in flight")
 
+    create = MaaSHook.create_batch_job
     monkeypatch.setattr(MaaSHook, "create_batch_job", killed)
     with pytest.raises(SystemExit):
         _operator(source, dest).execute(make_context())
-    monkeypatch.undo()
+    monkeypatch.setattr(MaaSHook, "create_batch_job", create)  # the connection stays (undo() would remove it)
     state = BatchJournal.for_task(dest, make_context()).load()
     (record,) = state.shards.values()
     assert record.status is ShardStatus.CREATING  # stored before the create was sent

@@ -184,6 +184,8 @@ class BatchJournal:
         # a GET of the next key finds them; without this a retry would pay again for those shards
         # and overwrite the objects it did not see.
         last = entries[-1][0] if entries else snapshot_seq
+        # s3fs and gcsfs answer exists() from the listing they just cached ("not there"): forget it first
+        self.root.fs.invalidate_cache(str((self.root / "journal").path))
         while (following := self.root / "journal" / f"{last + 1:010d}.jsonl").exists():
             last += 1
             entries.append((last, following))

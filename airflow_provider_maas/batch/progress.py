@@ -45,7 +45,7 @@ MAX_ERROR_CHARS = 300
 CACHED_BATCHES = 64
 
 _TOKEN_FIELDS = ("prompt_tokens", "candidates_tokens", "thoughts_tokens", "total_tokens")
-_KNOWN_STATE_FIELDS = {"fingerprint", "identity", "rounds", "shards", "deadline", "clear_round", "resumes"}
+_KNOWN_STATE_FIELDS = {"fingerprint", "identity", "rounds", "shards", "deadline", "clear_round", "resumes", "endpoint"}
 _KNOWN_RECORD_FIELDS = {f.name for f in dataclasses.fields(ShardRecord)}
 #: Extra fields whose names look like a secret or a location are never passed through.
 _HIDDEN = re.compile(r"key|token|secret|passw|cred|auth|url|uri|path|host|location|source|destination", re.I)

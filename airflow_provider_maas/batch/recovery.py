@@ -23,7 +23,7 @@ from airflow_provider_maas.batch.create_guard import clear_round, cleared_since
 from airflow_provider_maas.batch.journal import StateDamaged
 from airflow_provider_maas.batch.state import STATE_VERSION, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.exceptions import MaaSError, MaaSStateError, MaaSStateWriteError
-from airflow_provider_maas.storage import to_path
+from airflow_provider_maas.storage import to_path, uri_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -76,15 +76,35 @@ def state_error(problem: str, journal: BatchJournal, context: Any, *names: Itera
 
 
 def load_whole(
-    context: Any, journal: BatchJournal, *, start_over: bool, names: Iterable[str] = ()
+    context: Any, journal: BatchJournal, *, start_over: bool, names: Iterable[str] = (), endpoint: str | None = None
 ) -> BatchState | None:
     """The stored state if it is whole; None if there is none (or ``start_over`` discards a state
     that is not whole); else :class:`MaaSStateError`. A ``task_state_store`` pointer at a state
-    that is gone, or at another location, counts as evidence of paid work. ``start_over`` is
+    that is gone, or at another location, counts as evidence of paid work; so does a state whose
+    jobs were created on another ``endpoint`` than this try's. ``start_over`` is
     honoured after a person's clear only (see :func:`_start_over_chosen`)."""
     chosen = start_over and _start_over_chosen(context)
     try:
         state = journal.load()
+        if state is None and _finished_pointer(context, journal, this_round=True):
+            raise FinishedMeanwhile(journal.uri)  # the other try removed the state after it read "unfinished"
+        if state is None and _finished_pointer(context, journal, this_round=True, written=False):
+            raise state_error(
+                f"task_state_store says a try of this clear round finished this batch (and removed its state), but "
+                f"its results at {uri_of(_destination(journal))} are not there (deleted, or on the local disk of the "
+                "worker that ran it); an automatic retry does not pay for the whole batch again. Find the results, "
+                "or clear the task to run the batch again (paid again)",
+                journal,
+                context,
+                names,
+            )
+        if state is not None and endpoint and state.endpoint and state.endpoint != endpoint:
+            raise StateDamaged(
+                f"its jobs were created on ENDPOINT {state.endpoint!r} and this try runs on {endpoint!r}, where they "
+                "answer 404: they would be called gone and paid again, and two models' answers mixed in one "
+                f"results file. Restore ENDPOINT {state.endpoint!r} (the connection's Endpoint field, or "
+                "endpoint=) and clear the task to reattach to them"
+            )
         if state is not None and (problem := _missing_round_file(state)):
             if any(r.file_name or r.job_name for r in state.shards.values()):
                 raise StateDamaged(problem)
@@ -93,6 +113,8 @@ def load_whole(
             )
             return None  # a try stopped between writing its plan and its round file
     except StateDamaged as err:
+        if _finished_pointer(context, journal, this_round=True):  # half-removed by the try that finished it
+            raise FinishedMeanwhile(journal.uri) from None
         if chosen:
             log.warning("start_over=True: discarding the batch state at %s (%s)", journal.uri, err.problem)
             return None
@@ -127,6 +149,17 @@ def finished_meanwhile(context: Any, journal: BatchJournal, *, this_round: bool 
     """Whether another try of this task instance finished this batch (its results written, its state
     removed): ``task_state_store`` says so for this location. ``this_round``: and in this clear round
     (a retry of a try that finished, not a person's clear, which runs the batch again)."""
+    return _finished_pointer(context, journal, this_round=this_round) and not (journal.root / "manifest.json").exists()
+
+
+class FinishedMeanwhile(MaaSError):
+    """Another live try of this task instance finished the batch while this one read its state (results
+    written, the state removed or being removed): nothing is left to do, and nothing may be paid again."""
+
+
+def _finished_pointer(context: Any, journal: BatchJournal, *, this_round: bool, written: bool = True) -> bool:
+    """``task_state_store`` says the batch at this location finished (in this clear round if
+    ``this_round``), and (if ``written``) its destination is written."""
     store = _store(context)
     pointer = store.get(STATE_KEY) if store is not None else None
     return (
@@ -134,8 +167,7 @@ def finished_meanwhile(context: Any, journal: BatchJournal, *, this_round: bool 
         and bool(pointer.get("finished"))
         and pointer.get("location") == journal.uri
         and (not this_round or (isinstance(pointer.get("round"), int) and not cleared_since(pointer["round"], context)))
-        and not (journal.root / "manifest.json").exists()
-        and _written(journal)
+        and (not written or _written(journal))
     )
 
 
@@ -157,9 +189,14 @@ def _start_over_chosen(context: Any) -> bool:
 
 
 def _written(journal: BatchJournal) -> bool:
-    """Whether the destination of ``journal``'s batch exists (its state folder is ``.<name>.maas/<id>``)."""
+    """Whether the destination of ``journal``'s batch exists."""
+    return _destination(journal).exists()
+
+
+def _destination(journal: BatchJournal) -> Any:
+    """The destination of ``journal``'s batch (its state folder is ``.<name>.maas/<id>``)."""
     folder = journal.root.parent
-    return (folder.parent / folder.name[1 : -len(".maas")]).exists()
+    return folder.parent / folder.name[1 : -len(".maas")]
 
 
 def _missing_round_file(state: BatchState) -> str | None:

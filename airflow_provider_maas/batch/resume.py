@@ -77,7 +77,7 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
     refuse_shared_destination(journal)  # before anything is written
     refuse_written_by_sibling(journal, task_identity(context))
     take_lease(journal, new_owner(context))  # before reading: see batch/ownership.py
-    state = load_whole(context, journal, start_over=settings.start_over)
+    state = load_whole(context, journal, start_over=settings.start_over, endpoint=settings.endpoint)
     key = input_key(settings)
     if state is not None and (state.input_key == key or _same_plans(state, settings)):
         take_over(context, journal, state, settings)
@@ -134,7 +134,7 @@ def resume_after_deferral(
     """The stored state, taken over by this try after the trigger fired (``job_names``: the jobs
     the trigger waited for, named if the state is not whole)."""
     take_lease(journal, new_owner(context))
-    state = load_whole(context, journal, start_over=False, names=job_names or [])
+    state = load_whole(context, journal, start_over=False, names=job_names or [], endpoint=settings.endpoint)
     if state is None:
         # Not retried automatically: a retry would find no state either and pay for every shard again.
         raise state_error(
@@ -169,6 +169,7 @@ def start(
         clear_round=clear_round(context),
         input_key=key,
         spent_before_usd=spent_before,
+        endpoint=settings.endpoint,
     )
     journal.create(state)
     log.info("Planned %d shards for %d requests; state at %s", len(plans), sum(p.requests for p in plans), journal.uri)
@@ -213,6 +214,7 @@ def take_over(context: Any, journal: BatchJournal, state: BatchState, settings: 
         )
         state.deadline = settings.new_deadline()
     state.clear_round = clear_round(context)
+    state.endpoint = state.endpoint or settings.endpoint  # a state written before it was kept
     for record in changes:
         state.apply(record)
     journal.append(state, changes, meta=True)

@@ -154,6 +154,7 @@ class BatchState:
         ``resume.input_key``); None in states written before it was kept.
     :param spent_before_usd: What the states this one replaced (a changed input, ``reuse_results``
         or canary) spent or left in flight: the cap (``batch.budget``) counts it as spent.
+    :param endpoint: The ENDPOINT its jobs were created on: they are found under that one only.
     """
 
     fingerprint: str
@@ -164,6 +165,7 @@ class BatchState:
     clear_round: int | None = None
     resumes: int = 0
     spent_before_usd: float = 0.0
+    endpoint: str | None = None
     shards: dict[ShardKey, ShardRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -208,9 +210,11 @@ class BatchState:
 
     def meta(self) -> dict[str, Any]:
         """The batch-level fields, as a journal line stores them."""
-        meta = {"deadline": self.deadline, "clear_round": self.clear_round, "resumes": self.resumes}
+        meta: dict[str, Any] = {"deadline": self.deadline, "clear_round": self.clear_round, "resumes": self.resumes}
         if self.spent_before_usd:
             meta["spent_before_usd"] = self.spent_before_usd
+        if self.endpoint is not None:  # optional: states written before it was kept have none
+            meta["endpoint"] = self.endpoint
         return meta
 
     def apply_meta(self, data: dict[str, Any]) -> None:
@@ -218,3 +222,4 @@ class BatchState:
         self.clear_round = data.get("clear_round")
         self.resumes = int(data.get("resumes") or 0)
         self.spent_before_usd = float(data.get("spent_before_usd") or 0.0)
+        self.endpoint = data.get("endpoint") or self.endpoint

@@ -17,11 +17,17 @@ from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.create_guard import clear_round
 from airflow_provider_maas.batch.driver import BatchDriver, ShardNames
 from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.ownership import check_lease, record_writer
+from airflow_provider_maas.batch.ownership import LeaseLost, check_lease, record_writer
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
-from airflow_provider_maas.batch.recovery import finished_meanwhile, remember, save_job_names
+from airflow_provider_maas.batch.recovery import (
+    FinishedMeanwhile,
+    StateRemoved,
+    finished_meanwhile,
+    remember,
+    save_job_names,
+)
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
 from airflow_provider_maas.batch.round_files import next_round
@@ -248,7 +254,17 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             return self._plan_only(context, self._settings)
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
-        if finished_meanwhile(context, journal, this_round=True):  # Airflow did not record that try's success
+        try:
+            if finished_meanwhile(context, journal, this_round=True):  # Airflow did not record that try's success
+                raise FinishedMeanwhile(journal.uri)
+            settings = self._settings(journal, self._requests_to_plan(journal, write=True))
+            state = start_or_resume(context, journal, settings)  # raises it too: finished while this try read
+            announce(context, journal, self.prices)  # where the progress page finds the state
+            return self._run(context, journal, state, settings)
+        except (FinishedMeanwhile, LeaseLost, StateRemoved) as err:  # lost: the other try may have finished it
+            lost = not isinstance(err, FinishedMeanwhile)  # and jobs this try created unrecorded are named, not hidden
+            if lost and (getattr(err, "job_names", None) or not finished_meanwhile(context, journal, this_round=True)):
+                raise
             self.log.warning(
                 "An earlier try of this task instance finished this batch in this clear round (its success was "
                 "not recorded: a worker lost after it, or a zombie's retry): the results are at %s. Nothing is "
@@ -256,16 +272,27 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
                 uri_of(dest),
             )
             return uri_of(dest)
-        settings = self._settings(journal, self._requests_to_plan(journal, write=True))
-        state = start_or_resume(context, journal, settings)
-        announce(context, journal, self.prices)  # where the progress page finds the state
-        return self._run(context, journal, state, settings)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         """Resume after the trigger: record the ended jobs, then go on."""
         resumed = BatchJobsEvent.from_event(event)
         journal = BatchJournal.for_task(self.destination, context)
-        if finished_meanwhile(context, journal):  # another live try (a zombie's retry, 'tasks test') did it
+        try:
+            if finished_meanwhile(context, journal):  # another live try (a zombie's retry, 'tasks test') did it
+                raise FinishedMeanwhile(journal.uri)
+            settings = self._settings(journal, self._requests_to_plan(journal, write=False))
+            known = [o.job_name for o in resumed.ended] + list(resumed.running)  # named if the state is gone
+            state = resume_after_deferral(context, journal, settings, known)  # raises it too: finished meanwhile
+            if resumed.status == "timeout":
+                running = list(state.by_job())
+                raise MaaSTimeoutError(f"{resumed.message} Still running: {', '.join(running[:MAX_NAMED_JOBS])}")
+            if resumed.status == "error":
+                raise MaaSError(f"Waiting for the batch jobs failed: {resumed.message}")
+            return self._run(context, journal, state, settings, resumed)
+        except (FinishedMeanwhile, LeaseLost, StateRemoved) as err:
+            lost = not isinstance(err, FinishedMeanwhile)
+            if lost and (getattr(err, "job_names", None) or not finished_meanwhile(context, journal)):
+                raise
             dest_uri = uri_of(to_path(self.destination, what="destination"))
             self.log.warning(
                 "Another try of this task instance finished the batch while this one was deferred: the results "
@@ -273,15 +300,6 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
                 dest_uri,
             )
             return dest_uri
-        settings = self._settings(journal, self._requests_to_plan(journal, write=False))
-        known = [o.job_name for o in resumed.ended] + list(resumed.running)  # named if the state is gone
-        state = resume_after_deferral(context, journal, settings, known)
-        if resumed.status == "timeout":
-            running = list(state.by_job())
-            raise MaaSTimeoutError(f"{resumed.message} Still running: {', '.join(running[:MAX_NAMED_JOBS])}")
-        if resumed.status == "error":
-            raise MaaSError(f"Waiting for the batch jobs failed: {resumed.message}")
-        return self._run(context, journal, state, settings, resumed)
 
     # Running --------------------------------------------------------------------------------
     def _names(self, context: Context) -> ShardNames:
