@@ -24,6 +24,7 @@ REQUESTS = Path(__file__).parent / "data" / "example_requests.jsonl"
 OUTPUT = os.environ.get("MAAS_EXAMPLE_OUTPUT", "/tmp/maas-example")
 PRICES = {"prompt": 0.30, "candidates": 2.50}  # USD per 1M tokens (thoughts: as candidates)
 BUDGET_USD = 0.50
+FILE_PART_TOKENS = 4 * 258  # the most one file part of ours counts: an image of up to 4 tiles (needed with a cap)
 
 with DAG(
     dag_id="example_maas_cost_control",
@@ -35,7 +36,12 @@ with DAG(
 ) as dag:
     results = OUTPUT + "/{{ dag.dag_id }}/{{ run_id }}/results.jsonl"
     plan = MaaSBatchPredictionOperator(
-        task_id="plan", source="{{ params.source }}", destination=results, prices=PRICES, dry_run=True
+        task_id="plan",
+        source="{{ params.source }}",
+        destination=results,
+        prices=PRICES,
+        max_tokens_per_file_part=FILE_PART_TOKENS,  # the plan's worst case counts it
+        dry_run=True,
     )
 
     @task.branch
@@ -51,6 +57,7 @@ with DAG(
         deferrable=True,
         prices=PRICES,
         max_cost_usd=BUDGET_USD,  # never more, across every try and retry round
+        max_tokens_per_file_part=FILE_PART_TOKENS,
         canary_requests=5,  # these go first; the rest waits for their answers
         default_max_output_tokens=8192,  # worst case of a request without generationConfig.maxOutputTokens
     )

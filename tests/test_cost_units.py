@@ -285,3 +285,14 @@ def test_requests_asking_for_no_schema_get_it_others_are_copied_as_they_are():
     }
     assert second == data.splitlines()[1]
     assert with_schema(json.loads(second)["request"], {"type": "OBJECT"}) is False
+
+
+@pytest.mark.parametrize("blank_after", [None, 2])
+def test_a_file_of_validated_lines_is_planned_the_same_without_parsing_again(blank_after):
+    """The dry run plans its file of requests to send (written from validated lines) without
+    parsing them again: the same shards as the parsing pass, and the size limits still hold."""
+    data = _lines(*(_request(f"q{n}" * n) for n in range(9)), blank_after=blank_after)
+    parsed = plan_shards(io.BytesIO(data), max_requests=4, max_bytes=600)
+    assert plan_shards(io.BytesIO(data), max_requests=4, max_bytes=600, validated=True) == parsed
+    with pytest.raises(MaaSInputError, match="line 1: is at least"):
+        plan_shards(io.BytesIO(data), max_requests=4, max_bytes=20, validated=True)

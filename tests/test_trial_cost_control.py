@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_maas.batch.budget import SpendGate
-from airflow_provider_maas.batch.plan import estimate_request
+from airflow_provider_maas.batch.plan import estimate_request, unbounded
 from airflow_provider_maas.batch.schema import AnswerCheck
 from airflow_provider_maas.batch.state import ShardKey, ShardRecord, ShardStatus
-from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError
+from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError, MaaSInputError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.helpers import make_context
 
@@ -320,18 +320,161 @@ def test_the_advice_works_with_the_destination_as_its_own_reuse_results(emulator
     assert (summary["succeeded"], summary["reused"], summary["cost_usd"]) == (20, 10, pytest.approx(2 * JOB_WORST))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: a file part counts 258 tokens (one small image) and cachedContent none, whatever "
-    "they hold; a PDF is 258 per page, video ~263 per second. Only the model's input limit bounds them, "
-    "which would make every worst case with a file useless: it needs a per-file ceiling parameter.",
-)
 def test_the_worst_case_bounds_requests_with_long_files_or_cached_content():
+    """A file part counted 258 tokens (one small image) and cachedContent none, whatever they hold;
+    a PDF is 258 per page, video ~263 per second. The worst case counts the bounds given."""
     pdf = {"fileData": {"fileUri": "gs://b/book.pdf", "mimeType": "application/pdf"}}  # 1,000 pages
     request = {"contents": [{"parts": [{"text": "Summarise"}, pdf]}]}
-    assert estimate_request(request).worst_prompt >= 1000 * 258
+    tokens = estimate_request(request, max_tokens_per_file_part=1000 * 258)
+    assert tokens.worst_prompt >= 1000 * 258 and tokens.file_parts == 1
     cached = {"cachedContent": "cachedContents/abc", "contents": [{"parts": [{"text": "Q?"}]}]}
-    assert estimate_request(cached).worst_prompt >= 32_768  # the smallest cache Gemini makes
+    tokens = estimate_request(cached, max_cached_content_tokens=32_768)
+    assert tokens.worst_prompt >= 32_768 and tokens.cached == 1  # the smallest cache Gemini makes
+    # Without a bound the worst case is no bound, and the one place deciding it says so.
+    assert "max_tokens_per_file_part" in unbounded(estimate_request(request), None, None)
+    assert "max_cached_content_tokens" in unbounded(estimate_request(cached), None, None)
+    assert unbounded(estimate_request(request, max_tokens_per_file_part=1), 1, None) is None
+
+
+def _file_requests(path: Path, count: int, *, bad: dict[int, dict] | None = None) -> Path:
+    """``count`` requests of a question and an image each (line n+1 replaced by ``bad[n]``)."""
+    with path.open("w") as handle:
+        for i in range(count):
+            image = {"file_data": {"file_uri": f"gs://b/{i}.png", "mime_type": "image/png"}}
+            request = {
+                "contents": [{"role": "user", "parts": [{"text": f"Describe image {i}"}, image]}],
+                "generationConfig": {"maxOutputTokens": MAX_OUT},
+            }
+            handle.write(json.dumps({"request": (bad or {}).get(i, request)}) + "\n")
+    return path
+
+
+_TEXT = {"contents": [{"parts": [{"text": "hi"}]}]}
+_VIDEO = {**_TEXT, "contents": [{"parts": [{"fileData": {"fileUri": "gs://b/v.mp4"}}]}]}
+_UNBOUNDED = {  # name: (request line, the parameter the error names)
+    "inline": (
+        json.dumps({"request": {"contents": [{"parts": [{"inlineData": {"mimeType": "audio/mp3", "data": "AA"}}]}]}}),
+        "max_tokens_per_file_part",
+    ),
+    "cache": (json.dumps({"request": {**_TEXT, "cachedContent": "cachedContents/big"}}), "max_cached_content_tokens"),
+    # "fileData" written with a JSON escape: a byte search for the key alone would miss it
+    "escaped-key": (
+        json.dumps({"request": _VIDEO}).replace('"fileData"', '"\\u0066ileData"'),
+        "max_tokens_per_file_part",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_UNBOUNDED))
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_a_cap_refuses_unbounded_files_and_caches_before_anything_is_uploaded(emulator, tmp_path, case, dry_run):
+    line, parameter = _UNBOUNDED[case]
+    assert json.loads(line)  # valid JSON, the escape included
+    source = tmp_path / "r.jsonl"
+    text = _requests(tmp_path / "ok.jsonl", 5).read_text().splitlines()
+    text[3] = line  # line 4
+    source.write_text("\n".join(text) + "\n")
+    op = _operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=1.0, dry_run=dry_run)
+    with pytest.raises(MaaSInputError, match=rf"line 4: .*{parameter}") as info:
+        op.execute(make_context())
+    assert info.value.line_number == 4
+    assert emulator.emulator.jobs_created == 0 and not emulator.emulator.uploads_by_name
+    assert not list(tmp_path.glob(".out.jsonl.maas*"))  # no state written either
+    # The bound given, the same input is accepted.
+    given = {"max_tokens_per_file_part": 10_000, "max_cached_content_tokens": 100_000}
+    _operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=1.0, dry_run=True, **given).execute(
+        make_context()
+    )
+
+
+def test_without_a_cap_unbounded_files_are_sent_and_the_plan_says_its_worst_case_is_no_bound(tmp_path):
+    source = _file_requests(tmp_path / "r.jsonl", 3)
+    context = make_context()
+    _operator(source, tmp_path / "out.jsonl", prices=PRICES, dry_run=True).execute(context)
+    plan = context["ti"].xcom["plan"]
+    assert (plan["file_parts"], plan["max_tokens_per_file_part"]) == (3, None)
+    assert any("no bound" in note and "max_tokens_per_file_part" in note for note in plan["notes"])
+    assert "no max_tokens_per_file_part: no bound" in plan["basis"]
+
+
+def _job_worst(source: Path, per_file: int) -> float:
+    """The worst case of the first shard (5 requests) of ``source``, each file at ``per_file``."""
+    lines = source.read_text().splitlines()[:5]
+    tokens = [estimate_request(json.loads(line)["request"], max_tokens_per_file_part=per_file) for line in lines]
+    return sum(t.worst_prompt * FILE_PRICES["prompt"] + t.max_output * FILE_PRICES["candidates"] for t in tokens) / 1e6
+
+
+FILE_PRICES = {"prompt": 1.0, "candidates": 1.0}
+
+
+def test_a_cap_with_file_parts_stops_at_k_jobs_and_its_plan_states_the_bound(emulator, tmp_path):
+    """Each file counts the bound (300; the emulator reports 258): a cap of 2 jobs' worst case
+    creates 2 jobs, keeps their answers, and spends no more than the cap."""
+    source = _file_requests(tmp_path / "r.jsonl", 20)  # 4 shards, same sizes
+    worst = _job_worst(source, 300)
+    kwargs = {"prices": FILE_PRICES, "max_cost_usd": 2 * worst + 1e-9, "max_tokens_per_file_part": 300}
+    plan = make_context()
+    _operator(source, tmp_path / "out.jsonl", dry_run=True, **kwargs).execute(plan)
+    assert (plan["ti"].xcom["plan"]["max_tokens_per_file_part"], plan["ti"].xcom["plan"]["file_parts"]) == (300, 20)
+    assert "max_tokens_per_file_part=300" in plan["ti"].xcom["plan"]["basis"]
+    context = make_context()
+    with pytest.raises(MaaSBudgetExceededError):
+        _operator(source, tmp_path / "out.jsonl", max_active_jobs=1, **kwargs).execute(context)
+    assert emulator.emulator.jobs_created == 2
+    summary = context["ti"].xcom["summary"]
+    assert summary["succeeded"] == 10 and summary["not_sent"] == 10
+    assert summary["cost_usd"] <= kwargs["max_cost_usd"] and summary["answers_over_worst_case"] == 0
+
+
+def test_answers_past_the_file_bound_count_at_their_real_usage_and_show(emulator, tmp_path, caplog):
+    """The bound given (100 tokens a file) is below what the service reports (258): the jobs count
+    at their reported usage, the log and the summary say so."""
+    source = _file_requests(tmp_path / "r.jsonl", 10)
+    context = make_context()
+    op = _operator(source, tmp_path / "out.jsonl", prices=FILE_PRICES, max_cost_usd=10.0, max_tokens_per_file_part=100)
+    op.execute(context)
+    summary = context["ti"].xcom["summary"]
+    assert summary["answers_over_worst_case"] == 10
+    reported = (summary["prompt_tokens"] + summary["candidates_tokens"] + summary["thoughts_tokens"]) / 1e6
+    assert summary["cost_usd"] == pytest.approx(reported)
+    assert "report more prompt tokens than their worst case" in caplog.text
+
+
+def test_a_cap_added_to_a_planned_batch_refuses_an_unbounded_shard_before_its_create(emulator_factory, tmp_path):
+    """The check at the start of a try reads the input; a resume after deferral does not: the
+    budget's own check of each shard refuses it then."""
+    import asyncio
+
+    from tests.compat import TaskDeferred
+
+    handle = emulator_factory(job_duration=60)
+    source = _file_requests(tmp_path / "r.jsonl", 15)  # 3 shards
+    dest = tmp_path / "out.jsonl"
+    with pytest.raises(TaskDeferred) as info:
+        _operator(source, dest, max_active_jobs=1, deferrable=True).execute(make_context())
+    for name in info.value.trigger.job_names:
+        handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
+    event = asyncio.run(anext(info.value.trigger.run())).payload
+    capped = _operator(source, dest, max_active_jobs=1, deferrable=True, prices=FILE_PRICES, max_cost_usd=1.0)
+    with pytest.raises(MaaSInputError, match=r"shard 1 was not sent: .*max_tokens_per_file_part"):
+        capped.execute_complete(make_context(), event)
+    assert handle.emulator.jobs_created == 1
+
+
+# Jobs that end without results ---------------------------------------------------------------
+@pytest.mark.parametrize("final_state", ["JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"])
+def test_a_job_that_ends_without_results_keeps_its_reservation_as_spent(emulator_factory, tmp_path, final_state):
+    """The API says nothing of billing such jobs: releasing the reservation let every retry of the
+    shard pass the cap (8 jobs under a cap of 2). Kept as spent, the cap stops at 2 jobs."""
+    handle = emulator_factory(final_state=final_state, job_duration=0.05)
+    source = _requests(tmp_path / "r.jsonl", 10)  # 2 shards
+    context = make_context()
+    op = _operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1)
+    op.shard_retries = 3
+    with pytest.raises(MaaSBudgetExceededError):
+        op.execute(context)
+    assert handle.emulator.jobs_created == 2
+    assert context["ti"].xcom["summary"]["cost_usd"] == pytest.approx(2 * JOB_WORST)
 
 
 def test_a_lost_canary_part_is_downloaded_again_not_a_crash_on_every_try(emulator_factory, tmp_path):

@@ -4,8 +4,8 @@ The reservation rule. Before a shard's create, :meth:`SpendGate.admit` adds
 
 - **spent**: the reported cost (``usageMetadata`` at ``prices``) of every job whose results were
   downloaded, kept in each shard's record (``cost_usd``) in the batch state; the worst case of jobs
-  paid without a report (results gone, an uncertain create cleared: ``lost_usd``); and what the
-  states this one replaced spent (``spent_before_usd``);
+  paid without a report (results gone, a job ended FAILED, CANCELLED or EXPIRED, an uncertain
+  create cleared: ``lost_usd``); and what the states this one replaced spent (``spent_before_usd``);
 - **reserved**: the worst case (``plan.worst_case_usd``) of every job in flight (a shard CREATING
   or RUNNING, ``reserve_usd`` in its record) and of every shard admitted but not created yet;
 - the worst case of the new job;
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.canary import CanaryVerdict, judge
 from airflow_provider_maas.batch.cost import cost_of
-from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS, Tokens, estimate_line, worst_case_usd
+from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS, Bounds, Tokens, worst_case_usd
 from airflow_provider_maas.batch.results import ResultSummary, iter_lines, parse_result_line, request_digest
 from airflow_provider_maas.batch.shards import copy_shard
 from airflow_provider_maas.batch.state import ShardKey, ShardStatus
@@ -78,8 +78,14 @@ def spend_left_behind(state: BatchState) -> float:
     return round(total, 9)
 
 
-def check_budget(max_cost_usd: Any, prices: Any, default_max_output_tokens: Any) -> None:
-    """Refuse a cap without prices, or a cap or default output that is not a positive number."""
+def check_budget(
+    max_cost_usd: Any,
+    prices: Any,
+    default_max_output_tokens: Any,
+    max_tokens_per_file_part: Any = None,
+    max_cached_content_tokens: Any = None,
+) -> None:
+    """Refuse a cap without prices, or a cap, default output or bound that is not a positive number."""
     if max_cost_usd is not None:
         if isinstance(max_cost_usd, bool) or not isinstance(max_cost_usd, (int, float)) or not max_cost_usd >= 0:
             raise MaaSInputError(f"max_cost_usd must be a number of USD >= 0, got {max_cost_usd!r}")
@@ -91,6 +97,12 @@ def check_budget(max_cost_usd: Any, prices: Any, default_max_output_tokens: Any)
     value = default_max_output_tokens
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise MaaSInputError(f"default_max_output_tokens must be an integer >= 1, got {value!r}")
+    for name, value in (
+        ("max_tokens_per_file_part", max_tokens_per_file_part),
+        ("max_cached_content_tokens", max_cached_content_tokens),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise MaaSInputError(f"{name} must be an integer >= 1 (tokens), or None, got {value!r}")
 
 
 class Admission(str, Enum):
@@ -106,6 +118,8 @@ class SpendGate:
     :param source: The operator's ``source`` (round 0's requests when the round has none of its own).
     :param parts: ``parts(key)``: where shard ``key``'s results are downloaded.
     :param max_cost_usd: The cap, or None (``prices`` is then only used to measure).
+    :param max_tokens_per_file_part: What one file part counts at most in the worst case;
+        ``max_cached_content_tokens``: what a ``cachedContent`` does (``batch.plan.unbounded``).
     :param check: Checks (and rewrites) the answers of each downloaded part (``response_schema``).
     """
 
@@ -114,6 +128,8 @@ class SpendGate:
     prices: dict[str, float] | None = None
     max_cost_usd: float | None = None
     default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+    max_tokens_per_file_part: int | None = None
+    max_cached_content_tokens: int | None = None
     canary_requests: int = 0
     canary_max_failed: float = 0.5
     check: AnswerCheck | None = None
@@ -146,7 +162,7 @@ class SpendGate:
         """The reported cost of a DONE shard downloaded without prices (0 if its part is gone:
         it is downloaded again, and measured then)."""
         try:
-            return self._cost_of_part(record, self.parts(record.key), state)
+            return self._cost_of_part(record, self.parts(record.key), state)[0]
         except FileNotFoundError:
             return 0.0
 
@@ -196,10 +212,26 @@ class SpendGate:
         """Requests of the shards never sent because the batch stopped."""
         return sum(state.plan(r.key).requests for r in state.with_status(ShardStatus.FAILED) if r.unsent)
 
+    @property
+    def bounds(self) -> Bounds:
+        return Bounds(self.default_max_output_tokens, self.max_tokens_per_file_part, self.max_cached_content_tokens)
+
     def worst(self, key: ShardKey, state: BatchState) -> float:
-        """The worst case of shard ``key`` in USD (its requests read once, then remembered)."""
+        """The worst case of shard ``key`` in USD (its requests read once, then remembered).
+
+        :raises MaaSInputError: with a cap, the shard's requests have file parts or a
+            ``cachedContent`` and no bound for them (the input is checked at the start of each try
+            too: this catches a cap added to a batch already planned).
+        """
         if key not in self._worst:
-            self._worst[key] = worst_case_usd(self.tokens(key, state), self.prices or {}) if self.prices else 0.0
+            tokens = self.tokens(key, state)
+            problem = self.bounds.unbounded(tokens) if self.max_cost_usd is not None else None
+            if problem is not None:
+                raise MaaSInputError(
+                    f"shard {key} was not sent: its requests have {problem}. With max_cost_usd the worst case of "
+                    "every request must bound what it can cost; or leave out max_cost_usd"
+                )
+            self._worst[key] = worst_case_usd(tokens, self.prices or {}) if self.prices else 0.0
         return self._worst[key]
 
     def _shard_lines(self, key: ShardKey, state: BatchState) -> Iterator[bytes]:
@@ -213,9 +245,9 @@ class SpendGate:
 
     def tokens(self, key: ShardKey, state: BatchState) -> Tokens:
         """The token estimates of shard ``key``'s requests."""
-        total = Tokens()
+        total, estimate = Tokens(), self.bounds.line
         for line in self._shard_lines(key, state):
-            total.add(estimate_line(line, self.default_max_output_tokens))
+            total.add(estimate(line))
         return total
 
     # Deciding ------------------------------------------------------------------------------
@@ -334,8 +366,9 @@ class SpendGate:
         return {"reserve_usd": reserve, "cost_usd": None, "unsent": False}
 
     def lost(self, record: ShardRecord) -> ShardRecord:
-        """The job of ``record`` ran, but its results are gone: what it cost stays spent
-        (:func:`count_as_lost`) when the shard is sent again."""
+        """The job of ``record`` ran, but its results are gone, or it ended FAILED, CANCELLED or
+        EXPIRED (the service documents no billing of those, and no usage comes with them): what it
+        cost, else its reservation, stays spent (:func:`count_as_lost`) when the shard is sent again."""
         changed = count_as_lost(record)
         if self._spent is not None and record.cost_usd is None:  # a reported cost is in spent already
             self._spent += (changed.lost_usd or 0.0) - (record.lost_usd or 0.0)
@@ -351,15 +384,32 @@ class SpendGate:
             self.check.rewrite(part)
         if self.prices is None:
             return {}
-        cost = self._cost_of_part(record, part, state)
+        cost, over, most = self._cost_of_part(record, part, state)
         self._note_overrun(record, cost)
         if self._spent is not None:  # a part downloaded again (lost) replaces its earlier cost
             self._spent += cost - (record.cost_usd or 0.0)
-        return {"cost_usd": cost}
+        if over:
+            log.warning(
+                "Shard %s: %d answers report more prompt tokens than their worst case (up to %d more): their files "
+                "or cachedContent count more than max_tokens_per_file_part=%s / max_cached_content_tokens=%s allow. "
+                "The job counts at its reported usage ($%.6f; reserved $%s); the cap holds only while those bounds "
+                "do: raise them",
+                record.key,
+                over,
+                most,
+                self.max_tokens_per_file_part,
+                self.max_cached_content_tokens,
+                cost,
+                record.reserve_usd,
+            )
+        return {"cost_usd": cost, "over_worst_case": over}
 
-    def _cost_of_part(self, record: ShardRecord, part: ObjectStoragePath, state: BatchState | None = None) -> float:
-        """What the answers in ``part`` (``record``'s job) report they cost, at ``prices``; its
-        worst case if some report nothing usable."""
+    def _cost_of_part(
+        self, record: ShardRecord, part: ObjectStoragePath, state: BatchState | None = None
+    ) -> tuple[float, int, int]:
+        """What the answers in ``part`` (``record``'s job) report they cost, at ``prices`` (its worst
+        case if some report nothing usable); with a cap, how many answers report more prompt tokens
+        than their request's worst case, and the most tokens one of them does."""
         assert self.prices is not None
 
         def worst() -> float:  # its reservation; a job created by a try without the cap has none
@@ -371,6 +421,8 @@ class SpendGate:
         unpriced = 0  # answers without a usable usageMetadata: paid for all the same
         unnamed = 0  # input tokens only totalTokenCount shows (toolUsePromptTokenCount: grounding, code...)
         seen: set[bytes] = set()  # a line written twice is one answer (a second one has its own responseId)
+        over = most = 0
+        beyond = self.bounds.prompt_beyond if self.max_cost_usd is not None else None
         with part.open("rb") as handle:
             for line_number, _, line in iter_lines(handle):
                 if (digest := hashlib.sha256(line.strip()).digest()) in seen:
@@ -386,10 +438,12 @@ class SpendGate:
                         usage.get(k, 0) for k in ("promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount")
                     )
                     unnamed += max(0, usage.get("totalTokenCount", 0) - named)
+                    if beyond is not None and (extra := beyond(result.request, usage)):
+                        over, most = over + 1, max(most, extra)
                 summary.add(result)
         known = cost_of(summary.tokens, self.prices)
         if known is None:  # not a finite number (counts are bounded by results._usage): the worst case
-            return worst()
+            return worst(), over, most
         cost = round(known + unnamed * self.prices["prompt"] / 1_000_000, 9)
         if unpriced and (bound := worst()) > cost:
             log.warning(
@@ -399,7 +453,7 @@ class SpendGate:
                 bound,
             )
             cost = bound
-        return cost
+        return cost, over, most
 
     # The end -------------------------------------------------------------------------------
     def summary_fields(self, state: BatchState) -> dict[str, Any]:
@@ -408,6 +462,7 @@ class SpendGate:
         if self.max_cost_usd is not None:  # what every job cost, answers later replaced included
             fields.update(cost_usd=self.spent(state), cost_reserved_usd=self.reserved(state))
             fields["budget_usd"] = self.max_cost_usd
+            fields["answers_over_worst_case"] = sum(r.over_worst_case for r in state.shards.values())
         fields["not_sent"] = self.not_sent(state)
         verdict = self.canary_verdict(state)
         if verdict is not None:

@@ -160,6 +160,8 @@ class BatchDriver(JobWatch):
                 self._downloading.add(record.key)
                 self._to_download.append(record.key)  # sent after the creates this frees a slot for
             else:
+                if self.gate is not None:  # FAILED, CANCELLED, EXPIRED: maybe billed, reports nothing
+                    record = self.gate.lost(record)
                 self._retry_or_fail(record.but(job_state=outcome.state), outcome.message)
         self._flush()
 

@@ -143,7 +143,12 @@ def validate_request_line(line: bytes, line_number: int) -> dict[str, Any]:
             f"not valid UTF-8 (byte 0x{line[exc.start]:02x} at offset {exc.start} of the line); save the file as UTF-8",
         ) from None
     try:
-        obj = _DECODER.decode(text)
+        try:  # the usual line: the scanner alone (decode() adds whitespace skipping and its checks)
+            obj, end = scan_json(text, 0)
+            if end != len(text):
+                raise ValueError
+        except (ValueError, StopIteration):  # anything else: decode() again, for its error message
+            obj = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         if text.startswith("\ufeff"):
             message = "starts with a UTF-8 byte order mark (BOM); save the file as UTF-8 without BOM"

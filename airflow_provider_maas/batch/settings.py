@@ -149,13 +149,16 @@ class BatchSettings:
             return []
         return of_other_models(paths, self.endpoint)
 
-    def plan(self, handle: Any) -> list[ShardPlan]:
-        """Shards of the requests in ``handle`` within the per-file limits."""
-        return plan_shards(handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file)
+    def plan(self, handle: Any, *, validated: bool = False) -> list[ShardPlan]:
+        """Shards of the requests in ``handle`` within the per-file limits (``validated``: see
+        :func:`~.shards.plan_shards`)."""
+        return plan_shards(
+            handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file, validated=validated
+        )
 
-    def plan_first_round(self, handle: Any) -> list[ShardPlan]:
+    def plan_first_round(self, handle: Any, *, validated: bool = False) -> list[ShardPlan]:
         """Round 0's shards: :meth:`plan`, with the canary (``canary_requests``) as shard 0."""
-        return split_first(handle, self.plan(handle), self.canary_requests)
+        return split_first(handle, self.plan(handle, validated=validated), self.canary_requests)
 
     def new_deadline(self) -> float | None:
         """The absolute ``wait_timeout`` deadline of a wait that starts now (epoch seconds), or None."""

@@ -105,10 +105,13 @@ def _check_limits(max_requests: Any, max_bytes: Any) -> None:
             )
 
 
-def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -> tuple[list[ShardPlan], int]:
+def _scan(
+    fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool, validated: bool = False
+) -> tuple[list[ShardPlan], int]:
     """Validate every line and plan shards; return the plans and the input's size.
 
     With ``single``, going over a limit raises instead of starting a new shard (and stops reading).
+    With ``validated``, the lines are not parsed again (only their size is checked).
     """
     _check_limits(max_requests, max_bytes)
     plans: list[ShardPlan] = []
@@ -128,14 +131,17 @@ def _scan(fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool) -
                 raise too_long(line_number, length - 1)
             # Fast path for the usual line: the decoder's scanner, without json.loads' wrapper. Any
             # doubt (blank line, surrounding whitespace, bad line) goes the slow, thorough way.
-            try:
-                text = line.decode("utf-8")
-                obj, stop = scan(text, 0)
-                contents = obj["request"]["contents"]
-                fast = stop == len(text) and type(obj) is dict and type(obj["request"]) is dict
-                fast = fast and contents_problem(contents) is None
-            except Exception:
-                fast = False
+            if validated:
+                fast = bool(line) and not line.isspace()
+            else:
+                try:
+                    text = line.decode("utf-8")
+                    obj, stop = scan(text, 0)
+                    contents = obj["request"]["contents"]
+                    fast = stop == len(text) and type(obj) is dict and type(obj["request"]) is dict
+                    fast = fast and contents_problem(contents) is None
+                except Exception:
+                    fast = False
             if not fast:
                 if not line or line.isspace():
                     offset += length
@@ -199,16 +205,22 @@ def validate_file(
 
 
 def plan_shards(
-    fileobj: IO[bytes], *, max_requests: int = MAX_REQUESTS_PER_FILE, max_bytes: int = MAX_BYTES_PER_FILE
+    fileobj: IO[bytes],
+    *,
+    max_requests: int = MAX_REQUESTS_PER_FILE,
+    max_bytes: int = MAX_BYTES_PER_FILE,
+    validated: bool = False,
 ) -> list[ShardPlan]:
     """Pass 1 of splitting: validate every line and plan shards of consecutive lines.
 
     Each shard holds at most ``max_requests`` requests and ``max_bytes`` bytes; a shard is closed
     when the next line would go over either limit. The plan depends only on the input bytes.
 
+    :param validated: The file was written from lines :func:`~.request_lines.iter_request_lines`
+        validated (``rounds.write_requests_to_send``): they are not parsed again (the same plan).
     :raises MaaSInputError: empty file, a bad line, or one line over ``max_bytes`` (naming it).
     """
-    return _scan(fileobj, max_requests, max_bytes, single=False)[0]
+    return _scan(fileobj, max_requests, max_bytes, single=False, validated=validated)[0]
 
 
 def source_label(source: Any, what: str) -> str:

@@ -68,6 +68,8 @@ class ShardRecord:
     :param lost_usd: What earlier jobs of the shard cost, or may have cost, without a cost to
         download: results gone (their reported cost if known, else their reservation), a create
         left uncertain when a person cleared the task (its reservation). Spent, for the cap.
+    :param over_worst_case: Answers of its job that reported more prompt tokens than their worst
+        case (a file part or a ``cachedContent`` passed its bound): counted at their real usage.
     """
 
     key: ShardKey
@@ -84,6 +86,7 @@ class ShardRecord:
     cost_usd: float | None = None
     unsent: bool = False
     lost_usd: float | None = None
+    over_worst_case: int = 0
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"r": self.key.round, "i": self.key.index, "status": self.status.value}

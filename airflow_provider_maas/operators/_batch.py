@@ -145,6 +145,11 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         then the task fails with :class:`~airflow_provider_maas.exceptions.MaaSBudgetExceededError`.
     :param default_max_output_tokens: Output tokens assumed for a request without
         ``generationConfig.maxOutputTokens`` (estimates and worst case).
+    :param max_tokens_per_file_part: The most tokens one file part (``fileData``/``inlineData``: an
+        image, a PDF, video, audio) may count in the worst case; ``max_cached_content_tokens``: what
+        a request's ``cachedContent`` may count. With ``max_cost_usd``, a request having such a part
+        and no bound for it stops the task before anything is uploaded. Answers whose reported
+        prompt tokens pass them are counted at their real usage (``answers_over_worst_case``).
     :param canary_requests: Send the first N requests (<= 100) as one job first; the rest waits
         for its answers (its failures, and its measured cost against ``max_cost_usd``). 0: none.
     :param canary_max_failed: Fraction of the canary's requests that may fail (or be invalid)
@@ -194,6 +199,8 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         dry_run: bool = False,
         max_cost_usd: float | None = None,
         default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
+        max_tokens_per_file_part: int | None = None,
+        max_cached_content_tokens: int | None = None,
         canary_requests: int = 0,
         canary_max_failed: float = 0.5,
         response_schema: dict[str, object] | type | None = None,
@@ -226,6 +233,8 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         self.plan_only = dry_run  # BaseOperator.dry_run is a method: the parameter is kept under another name
         self.max_cost_usd = max_cost_usd
         self.default_max_output_tokens = default_max_output_tokens
+        self.max_tokens_per_file_part = max_tokens_per_file_part
+        self.max_cached_content_tokens = max_cached_content_tokens
         self.canary_requests = canary_requests
         self.canary_max_failed = canary_max_failed
         self.response_schema = response_schema
@@ -257,6 +266,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         try:
             if finished_meanwhile(context, journal, this_round=True):  # Airflow did not record that try's success
                 raise FinishedMeanwhile(journal.uri)
+            self._refuse_unbounded()  # max_cost_usd: every request's worst case is a bound (before any upload)
             settings = self._settings(journal, self._requests_to_plan(journal, write=True))
             state = start_or_resume(context, journal, settings)  # raises it too: finished while this try read
             announce(context, journal, self.prices)  # where the progress page finds the state

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.budget import SpendGate, check_budget
 from airflow_provider_maas.batch.canary import check_canary
-from airflow_provider_maas.batch.plan import dry_run
+from airflow_provider_maas.batch.plan import Bounds, dry_run, refuse_unbounded
 from airflow_provider_maas.batch.schema import AnswerCheck, count_invalid, retry_rule, write_source_with_schema
 from airflow_provider_maas.storage import open_source, to_path
 
@@ -37,6 +37,8 @@ class CostControl:
     plan_only: bool
     max_cost_usd: float | None
     default_max_output_tokens: int
+    max_tokens_per_file_part: int | None
+    max_cached_content_tokens: int | None
     canary_requests: int
     canary_max_failed: float
     response_schema: Any
@@ -45,10 +47,29 @@ class CostControl:
 
     def _check_cost_control(self) -> None:
         """Refuse bad settings where the DAG is parsed (before anything is paid)."""
-        check_budget(self.max_cost_usd, self.prices, self.default_max_output_tokens)
+        check_budget(
+            self.max_cost_usd,
+            self.prices,
+            self.default_max_output_tokens,
+            self.max_tokens_per_file_part,
+            self.max_cached_content_tokens,
+        )
         check_canary(self.canary_requests, self.canary_max_failed)
         if self.response_schema is not None:
             AnswerCheck(self.response_schema)  # a bad schema fails here
+
+    def _bounds(self) -> Bounds:
+        return Bounds(self.default_max_output_tokens, self.max_tokens_per_file_part, self.max_cached_content_tokens)
+
+    def _refuse_unbounded(self) -> None:
+        """With a cap: a request with a file part or a ``cachedContent`` and no bound for it stops
+        the task here, before anything is uploaded (``MaaSInputError`` naming its line)."""
+        if self.max_cost_usd is not None:
+            refuse_unbounded(
+                self.source,
+                max_tokens_per_file_part=self.max_tokens_per_file_part,
+                max_cached_content_tokens=self.max_cached_content_tokens,
+            )
 
     def _retry_rule(self, should_retry: Callable[[str], bool]) -> Callable[[str], bool]:
         """``retry_failures``' rule, where an invalid answer is retried only with ``retry_invalid``."""
@@ -81,12 +102,9 @@ class CostControl:
     # Dry run ---------------------------------------------------------------------------------
     def _plan_only(self, context: Context, settings: Callable[..., BatchSettings]) -> dict[str, Any]:
         """Plan without paying: XCom ``plan``, and one table in the log."""
+        self._refuse_unbounded()
         with self._local_requests() as source:
-            plan = dry_run(
-                settings(source=source),
-                default_max_output=self.default_max_output_tokens,
-                budget_usd=self.max_cost_usd,
-            )
+            plan = dry_run(settings(source=source), bounds=self._bounds(), budget_usd=self.max_cost_usd)
         self.log.info("Dry run: nothing uploaded, no job created. The plan:\n%s", plan.table())
         context["ti"].xcom_push(key="plan", value=plan.as_dict())
         return plan.as_dict()
@@ -114,6 +132,8 @@ class CostControl:
             prices=self.prices,
             max_cost_usd=self.max_cost_usd,
             default_max_output_tokens=self.default_max_output_tokens,
+            max_tokens_per_file_part=self.max_tokens_per_file_part,
+            max_cached_content_tokens=self.max_cached_content_tokens,
             canary_requests=self.canary_requests,
             canary_max_failed=self.canary_max_failed,
             check=AnswerCheck(self.response_schema) if self.response_schema is not None else None,
