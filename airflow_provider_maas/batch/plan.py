@@ -193,9 +193,8 @@ def estimate_request(
             chars, worst = chars + size, worst + size
     config = _config(request)
     ceiling = default_max_output
-    if isinstance(config, dict):
-        ceiling = _first_count(config, "maxOutputTokens", "max_output_tokens") or default_max_output
-        ceiling *= _first_count(config, "candidateCount", "candidate_count") or 1
+    if isinstance(config, dict):  # the request's own ceiling (or thinking budget) per candidate
+        ceiling = max_output_tokens(request, default_max_output) * candidate_count(request)
         for key in _SCHEMA_KEYS:  # the response schema counts toward the input tokens
             if value := config.get(key):
                 size = _json_bytes(value)
