@@ -209,6 +209,25 @@ def test_the_plugin_is_an_airflow_plugins_entry_point():
     assert TAB["href"].startswith("maas-progress/?") and "{MAP_INDEX}" in TAB["href"]  # relative: base URL prefix
 
 
+@pytest.mark.parametrize(("version", "scoped"), [((3, 1), False), ((3, 3), False), ((3, 4), True), ((4, 0), True)])
+def test_the_tab_is_scoped_to_maas_operators_where_airflow_reads_applies_to(version, scoped):
+    """Airflow's UI (``pluginAppliesTo.ts`` on main, read for issue 23) compares ``operators`` with
+    the task instance's ``operator``: the class name Airflow records as the task type. A dotted path
+    would match nothing and hide the tab on every page."""
+    from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator, MaaSCreateBatchJobOperator
+    from airflow_provider_maas.plugins.progress import tab
+    from airflow_provider_maas.sensors.maas import MaaSBatchJobSensor
+
+    view = tab(version)
+    assert ("applies_to" in view) is scoped
+    if scoped:
+        assert set(view["applies_to"]) == {"operators"}  # a criterion Airflow knows (unknown ones drop the scope)
+        shown = view["applies_to"]["operators"]
+        for cls in (MaaSBatchPredictionOperator, MaaSCreateBatchJobOperator, MaaSBatchJobSensor):
+            assert cls.__name__ in shown  # what TaskInstance.operator holds for these tasks
+        assert "PythonOperator" not in shown and all("." not in name for name in shown)
+
+
 def test_the_page_is_served_without_data():
     from fastapi.testclient import TestClient
 
