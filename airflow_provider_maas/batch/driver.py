@@ -119,6 +119,7 @@ class BatchDriver(JobWatch):
         self._last_state: dict[str, str | None] = {}
         self._poll_errors: dict[str, int] = {}
         self._changes: list[ShardRecord] = []
+        self._written_poll = state.last_poll
         self._fatal: BaseException | None = None
 
     def __enter__(self) -> BatchDriver:
@@ -157,11 +158,13 @@ class BatchDriver(JobWatch):
                 continue  # not ours, or already handled
             self._busy.discard(record.key)
             self._seen.pop(outcome.job_name, None)
+            record = record.but(job_state=outcome.state, ended=outcome.ended_at(time.time()))
             if outcome.has_results:
+                self._change(record)
                 self._downloading.add(record.key)
                 self._to_download.append(record.key)  # sent after the creates this frees a slot for
             else:
-                self._retry_or_fail(record.but(job_state=outcome.state), outcome.message)
+                self._retry_or_fail(record, outcome.message)
         self._flush()
 
     def refetch_lost_parts(self) -> bool:
@@ -288,6 +291,8 @@ class BatchDriver(JobWatch):
                 job_name=None,
                 clear_round=self.clear_round,
                 attempts=record.attempts + 1,
+                created=None,
+                ended=None,
                 **(self.gate.marker_fields(record.key, self.state) if self.gate is not None else {}),
             )
         )
@@ -300,10 +305,12 @@ class BatchDriver(JobWatch):
         if not self._changes:
             return
         changes, self._changes = self._changes, []
+        polled = self.state.last_poll != self._written_poll  # carried in this write, never one of its own
         try:
-            self.journal.append(self.state, changes)
+            self.journal.append(self.state, changes, meta=polled)
         except Exception as err:
             raise unrecorded_error(self.journal, changes, err, self.save_job_names, self.state) from err
+        self._written_poll = self.state.last_poll
 
     def _upload(self, key: ShardKey) -> tuple[str, str]:
         plan = self.state.plan(key)
@@ -369,7 +376,14 @@ class BatchDriver(JobWatch):
             self._mark_creating(record, *result)
             return True
         if task is _Task.CREATE:
-            self._change(record.but(status=ShardStatus.RUNNING, job_name=result["name"], job_state=result.get("state")))
+            self._change(
+                record.but(
+                    status=ShardStatus.RUNNING,
+                    job_name=result["name"],
+                    job_state=result.get("state"),
+                    created=time.time(),
+                )
+            )
             self._seen[result["name"]] = time.monotonic()
             log.info(
                 "Shard %s: job %s created (%d requests, attempt %d)",

@@ -68,6 +68,9 @@ class ShardRecord:
     :param lost_usd: What earlier jobs of the shard cost, or may have cost, without a cost to
         download: results gone (their reported cost if known, else their reservation), a create
         left uncertain when a person cleared the task (its reservation). Spent, for the cap.
+    :param created: When the service answered the create of the shard's job (epoch seconds).
+    :param ended: When the job ended: its ``endTime`` as the service gave it, else when a poll first
+        saw it ended (epoch seconds). The service keeps the results 7 days after it.
     """
 
     key: ShardKey
@@ -84,6 +87,9 @@ class ShardRecord:
     cost_usd: float | None = None
     unsent: bool = False
     lost_usd: float | None = None
+    # Issue 23 (the progress page): optional, absent from older state files.
+    created: float | None = None
+    ended: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"r": self.key.round, "i": self.key.index, "status": self.status.value}
@@ -154,6 +160,9 @@ class BatchState:
         ``resume.input_key``); None in states written before it was kept.
     :param spent_before_usd: What the states this one replaced (a changed input, ``reuse_results``
         or canary) spent or left in flight: the cap (``batch.budget``) counts it as spent.
+    :param last_poll: When a poll of the batch's jobs last answered (epoch seconds; the worker's
+        polls, or the trigger's that resumed the task), as of the last journal write; None in states
+        written before it was kept.
     """
 
     fingerprint: str
@@ -164,6 +173,7 @@ class BatchState:
     clear_round: int | None = None
     resumes: int = 0
     spent_before_usd: float = 0.0
+    last_poll: float | None = None
     shards: dict[ShardKey, ShardRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -211,6 +221,8 @@ class BatchState:
         meta = {"deadline": self.deadline, "clear_round": self.clear_round, "resumes": self.resumes}
         if self.spent_before_usd:
             meta["spent_before_usd"] = self.spent_before_usd
+        if self.last_poll is not None:
+            meta["last_poll"] = self.last_poll
         return meta
 
     def apply_meta(self, data: dict[str, Any]) -> None:
@@ -218,3 +230,6 @@ class BatchState:
         self.clear_round = data.get("clear_round")
         self.resumes = int(data.get("resumes") or 0)
         self.spent_before_usd = float(data.get("spent_before_usd") or 0.0)
+        polled = data.get("last_poll")
+        if isinstance(polled, (int, float)) and not isinstance(polled, bool):
+            self.last_poll = max(self.last_poll or 0.0, float(polled))
