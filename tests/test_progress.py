@@ -318,7 +318,7 @@ def test_job_times_and_the_last_poll_are_recorded_and_shown(emulator_factory, tm
         assert row["results_until"] == progress_module._iso(record.ended + RESULTS_KEPT_SECONDS)
 
 
-def test_a_polled_state_change_rides_in_one_write_and_an_unchanged_poll_writes_nothing(tmp_path):
+def test_a_polled_state_change_and_the_poll_time_ride_in_the_next_write_never_one_of_their_own(tmp_path):
     from airflow_provider_maas.batch.driver import BatchDriver
 
     plans = _plans(2)
@@ -351,14 +351,17 @@ def test_a_polled_state_change_rides_in_one_write_and_an_unchanged_poll_writes_n
         seq = journal.seq
         assert driver.poll(["jobs/1"]) == []
         driver._flush()
-        assert journal.seq == seq + 1  # the change and the poll time: one object
-        first_poll = state.last_poll
-        driver.poll(["jobs/1"])  # the same state: nothing to write
+        assert journal.seq == seq  # polls alone write nothing (the tries' write schedule is unchanged)
+        polled = state.last_poll
+        assert polled is not None
+        other = state.shards[ShardKey(0, 1)].but(file_name="f", display_name="d")
+        driver._change(other)  # a change the driver writes anyway
         driver._flush()
-        assert journal.seq == seq + 1
+        assert journal.seq == seq + 1  # the job's new state and the poll time rode in it
     stored = BatchJournal(journal.root).load()
     assert stored is not None
-    assert stored.shards[ShardKey(0, 0)].job_state == "JOB_STATE_RUNNING" and stored.last_poll == first_poll
+    assert stored.shards[ShardKey(0, 0)].job_state == "JOB_STATE_RUNNING" and stored.last_poll == polled
+    assert stored.shards[ShardKey(0, 1)] == other
 
 
 def test_a_state_written_before_job_times_were_kept_still_loads_and_shows(tmp_path):

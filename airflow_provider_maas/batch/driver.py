@@ -120,6 +120,7 @@ class BatchDriver(JobWatch):
         self._poll_errors: dict[str, int] = {}
         self._changes: list[ShardRecord] = []
         self._written_poll = state.last_poll
+        self._observed: set[ShardKey] = set()
         self._fatal: BaseException | None = None
 
     def __enter__(self) -> BatchDriver:
@@ -160,7 +161,7 @@ class BatchDriver(JobWatch):
             self._seen.pop(outcome.job_name, None)
             record = record.but(job_state=outcome.state, ended=outcome.ended_at(time.time()))
             if outcome.has_results:
-                self._change(record)
+                self._observe(record)  # written with the shard's DONE record
                 self._downloading.add(record.key)
                 self._to_download.append(record.key)  # sent after the creates this frees a slot for
             else:
@@ -301,10 +302,19 @@ class BatchDriver(JobWatch):
         self.state.apply(record)
         self._changes.append(record)
 
+    def _observe(self, record: ShardRecord) -> None:
+        """A change of what the page shows only (a job's state, its end): kept in the state and
+        written with the next change, never in a journal write of its own."""
+        self.state.apply(record)
+        self._observed.add(record.key)
+
     def _flush(self) -> None:
         if not self._changes:
             return
         changes, self._changes = self._changes, []
+        changed = {record.key for record in changes}
+        changes += [self.state.shards[key] for key in sorted(self._observed - changed)]
+        self._observed.clear()
         polled = self.state.last_poll != self._written_poll  # carried in this write, never one of its own
         try:
             self.journal.append(self.state, changes, meta=polled)

@@ -51,7 +51,7 @@ class JobWatch:
     def _flush(self) -> None:
         raise NotImplementedError
 
-    def _change(self, record: ShardRecord) -> None:
+    def _observe(self, record: ShardRecord) -> None:
         raise NotImplementedError
 
     def running_jobs(self) -> list[str]:
@@ -77,8 +77,8 @@ class JobWatch:
     def poll(self, job_names: list[str]) -> list[JobOutcome]:
         """Poll these jobs once, in the pool; return the outcomes of those that ended.
 
-        A running job whose state changed (queued, running...) is recorded in the next journal
-        write, with the time of this poll (:attr:`BatchState.last_poll`): no write of its own.
+        A running job's state (queued, running...) and the time of this poll
+        (:attr:`BatchState.last_poll`) ride in the next journal write: no write of their own.
         """
         futures = {self._pool.submit(self.hook.get_batch_job, name): name for name in job_names}
         ended = []
@@ -108,7 +108,7 @@ class JobWatch:
             if outcome.ended:
                 ended.append(outcome)
             elif (record := by_job.get(name)) is not None and record.job_state != outcome.state:
-                self._change(record.but(job_state=outcome.state))
+                self._observe(record.but(job_state=outcome.state))
         return ended
 
     def _gone(self, name: str, err: MaaSNotFoundError) -> bool:
