@@ -313,12 +313,12 @@ class BatchDriver(JobWatch):
             return
         changes, self._changes = self._changes, []
         changed = {record.key for record in changes}
-        changes += [self.state.shards[key] for key in sorted(self._observed - changed)]
+        observed = [self.state.shards[key] for key in sorted(self._observed - changed)]
         self._observed.clear()
         polled = self.state.last_poll != self._written_poll  # carried in this write, never one of its own
         try:
-            self.journal.append(self.state, changes, meta=polled)
-        except Exception as err:
+            self.journal.append(self.state, changes + observed, meta=polled)
+        except Exception as err:  # names the changes only: the observed records were stored before
             raise unrecorded_error(self.journal, changes, err, self.save_job_names, self.state) from err
         self._written_poll = self.state.last_poll
 
