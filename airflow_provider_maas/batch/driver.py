@@ -159,7 +159,7 @@ class BatchDriver(JobWatch):
                 continue  # not ours, or already handled
             self._busy.discard(record.key)
             self._seen.pop(outcome.job_name, None)
-            record = record.but(job_state=outcome.state, ended=outcome.ended_at(time.time()))
+            record = record.but(job_state=outcome.state, ended=round(outcome.ended_at(time.time()), 3))
             if outcome.has_results:
                 self._observe(record)  # written with the shard's DONE record
                 self._downloading.add(record.key)
@@ -391,7 +391,7 @@ class BatchDriver(JobWatch):
                     status=ShardStatus.RUNNING,
                     job_name=result["name"],
                     job_state=result.get("state"),
-                    created=time.time(),
+                    created=round(time.time(), 3),  # ms: a shorter journal line
                 )
             )
             self._seen[result["name"]] = time.monotonic()
