@@ -7,7 +7,8 @@ API does after its three single-row database lookups: ``batch.progress.read_prog
 through ``BatchJournal.load``, one listing of the parts, the answers counted in parts not counted
 yet within the 0.5 s budget, the first 200 jobs) and the JSON encoding. Calls run in a fresh
 interpreter, as an API server worker that never read this batch; later calls find the parts
-counted (the per-process cache). Reference: ``BatchJournal.load()`` alone, the floor of any
+counted (the per-process cache) and, while nothing is written, the replayed state (the state cache);
+the last call clears the state cache, as a journal write does. Reference: ``BatchJournal.load()`` alone, the floor of any
 reader of the state.
 """
 
@@ -92,7 +93,11 @@ for _ in range(calls):
     out.append({"s": seconds, "bytes": len(body), "counted": p["answers"]["counted_parts"], "parts": p["answers"]["parts"]})
     if p["answers"]["counted_parts"] == p["answers"]["parts"] and len(out) > 1 and out[-2]["counted"] == out[-2]["parts"]:
         break
-print(json.dumps({"load_s": load_s, "calls": out}))
+from airflow_provider_maas.batch import progress
+progress._states.clear()  # what a journal write does to the cached state: replayed again
+t = time.perf_counter()
+json.dumps(read_progress(journal, prices={"prompt": 0.15, "candidates": 0.6}), separators=(",", ":"))
+print(json.dumps({"load_s": load_s, "calls": out, "changed_s": time.perf_counter() - t}))
 """
 
 
@@ -118,7 +123,18 @@ def run(smoke: bool, workdir: Path) -> Figure:
     )
     until = next((n for n, c in enumerate(calls, 1) if c["counted"] == c["parts"]), len(calls))
     figure.add("first call, fresh process (s)", first["s"], load_s, first["s"] / load_s, "< 2 s", first["s"] < 2)
-    figure.add("call once every part is counted (s)", warm["s"], load_s, warm["s"] / load_s, "< 1 s", warm["s"] < 1)
+    figure.add(
+        "call once every part is counted, state unchanged (s)",
+        warm["s"],
+        load_s,
+        warm["s"] / load_s,
+        "< 1 s",
+        warm["s"] < 1,
+    )
+    changed = result["changed_s"]
+    figure.add(
+        "  the same after a journal write (state replayed, s)", changed, load_s, changed / load_s, "< 1 s", changed < 1
+    )
     figure.add("response (bytes)", warm["bytes"], None, None, "< 100 KB", warm["bytes"] < 100_000)
     figure.add("calls until every part's answers are counted", until)
     figure.add("  their wall time, summed (s)", counting)

@@ -209,6 +209,25 @@ def test_the_plugin_is_an_airflow_plugins_entry_point():
     assert TAB["href"].startswith("maas-progress/?") and "{MAP_INDEX}" in TAB["href"]  # relative: base URL prefix
 
 
+@pytest.mark.parametrize(("version", "scoped"), [((3, 1), False), ((3, 3), False), ((3, 4), True), ((4, 0), True)])
+def test_the_tab_is_scoped_to_maas_operators_where_airflow_reads_applies_to(version, scoped):
+    """Airflow's UI (``pluginAppliesTo.ts`` on main, read for issue 23) compares ``operators`` with
+    the task instance's ``operator``: the class name Airflow records as the task type. A dotted path
+    would match nothing and hide the tab on every page."""
+    from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator, MaaSCreateBatchJobOperator
+    from airflow_provider_maas.plugins.progress import tab
+    from airflow_provider_maas.sensors.maas import MaaSBatchJobSensor
+
+    view = tab(version)
+    assert ("applies_to" in view) is scoped
+    if scoped:
+        assert set(view["applies_to"]) == {"operators"}  # a criterion Airflow knows (unknown ones drop the scope)
+        shown = view["applies_to"]["operators"]
+        for cls in (MaaSBatchPredictionOperator, MaaSCreateBatchJobOperator, MaaSBatchJobSensor):
+            assert cls.__name__ in shown  # what TaskInstance.operator holds for these tasks
+        assert "PythonOperator" not in shown and all("." not in name for name in shown)
+
+
 def test_the_page_is_served_without_data():
     from fastapi.testclient import TestClient
 
@@ -234,3 +253,130 @@ def test_money_fields_of_a_newer_state_are_summed(journal):
     state.shards[ShardKey(0, 3)] = NewerRecord(ShardKey(0, 3), ShardStatus.FAILED, unsent=True)
     assert progress_module._money(state) == {"recorded_cost_usd": 0.75, "reserved_usd": 1.5, "unsent_shards": 1}
     assert progress_module._money(journal.load()) == {}
+
+
+def test_an_unchanged_state_is_not_replayed_again_and_a_write_is_seen(journal, monkeypatch, tmp_path):
+    loads = []
+    real = BatchJournal.load
+    monkeypatch.setattr(BatchJournal, "load", lambda self: loads.append(self.uri) or real(self))
+    progress_module._states.clear()
+    first = read_progress(journal, now=1.0)
+    assert read_progress(journal, now=1.0) == first and len(loads) == 1  # nothing written: from the cache
+    state = journal.load()
+    loads.clear()
+    assert state is not None
+    record = state.shards[ShardKey(0, 3)].but(status=ShardStatus.FAILED, error="gave up")
+    state.apply(record)
+    journal.append(state, [record])  # a new journal object: replayed again
+    assert read_progress(journal, now=1.0)["shards"]["failed"] == 2 and len(loads) == 1
+    journal.compact(state)  # a snapshot replaces the journal objects: the key changes, the numbers do not
+    assert read_progress(journal, now=1.0)["shards"]["failed"] == 2 and len(loads) == 2
+    # Bounded: only the CACHED_STATES batches read last are kept.
+    for n in range(progress_module.CACHED_STATES + 2):
+        other = BatchJournal(to_path(str(tmp_path / f"b{n}")))
+        other.create(BatchState(state.fingerprint, f"d.t.r{n}.m-1", state.rounds[:1]))
+        read_progress(other)
+    assert len(progress_module._states) == progress_module.CACHED_STATES
+    assert journal.uri not in progress_module._states
+
+
+def test_job_times_and_the_last_poll_are_recorded_and_shown(emulator_factory, tmp_path):
+    """created when the create answered, ended from the job's endTime, the last poll at the resume
+    the trigger caused; the API shows them (results kept until = ended + 7 days)."""
+    import asyncio
+
+    from tests.compat import TaskDeferred
+    from tests.helpers import batch_operator, write_requests
+
+    handle = emulator_factory(job_duration=60)
+    source = write_requests(tmp_path / "r.jsonl", 250)  # 3 shards, 2 at a time
+    dest = tmp_path / "results.jsonl"
+    op = batch_operator(source, dest, deferrable=True, max_active_jobs=2)
+    before = time.time() - 0.001  # the times are kept to the millisecond
+    with pytest.raises(TaskDeferred) as info:
+        op.execute(make_context())
+    journal = BatchJournal.for_task(dest, make_context())
+    running = [r for r in journal.load().shards.values() if r.status is ShardStatus.RUNNING]
+    assert len(running) == 2 and all(before <= (r.created or 0) <= time.time() and r.ended is None for r in running)
+    for name in info.value.trigger.job_names:
+        handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
+    ended_by = time.time()
+    event = asyncio.run(anext(info.value.trigger.run())).payload
+    with pytest.raises(TaskDeferred):
+        op.execute_complete(make_context(), event)
+    state = journal.load()
+    done = [r for r in state.shards.values() if r.status is ShardStatus.DONE]
+    assert len(done) == 2 and all(before <= (r.ended or 0) <= ended_by for r in done)  # the service's endTime
+    assert state.last_poll is not None and ended_by <= state.last_poll <= time.time()
+    progress_module._states.clear()
+    shown = read_progress(journal)
+    assert shown["last_poll"] == progress_module._iso(state.last_poll)
+    rows = {row["shard"]: row for row in shown["jobs"]}
+    for record in done:
+        row = rows[str(record.key)]
+        assert row["ended"] == progress_module._iso(record.ended) and row["created"]
+        assert row["results_until"] == progress_module._iso(record.ended + RESULTS_KEPT_SECONDS)
+
+
+def test_a_polled_state_change_and_the_poll_time_ride_in_the_next_write_never_one_of_their_own(tmp_path):
+    from airflow_provider_maas.batch.driver import BatchDriver
+
+    plans = _plans(2)
+    state = BatchState(fingerprint(plans), "d.t.r.m-1", [Round(0, plans)])
+    journal = BatchJournal(to_path(str(tmp_path / "s")))
+    journal.create(state)
+    record = ShardRecord(ShardKey(0, 0), ShardStatus.RUNNING, 1, job_name="jobs/1", job_state="JOB_STATE_PENDING")
+    state.apply(record)
+    journal.append(state, [record])
+
+    class Service:
+        job_state = "JOB_STATE_RUNNING"
+
+        def get_batch_job(self, name):
+            return {"name": name, "state": self.job_state}
+
+    service = Service()
+    with BatchDriver(
+        hook=service,  # type: ignore[arg-type]
+        journal=journal,
+        state=state,
+        source=None,
+        names=lambda key, plan: ("f", "d"),
+        max_active_jobs=1,
+        max_parallel_transfers=1,
+        shard_retries=0,
+        clear_round=None,
+        max_consecutive_poll_errors=3,
+    ) as driver:
+        seq = journal.seq
+        assert driver.poll(["jobs/1"]) == []
+        driver._flush()
+        assert journal.seq == seq  # polls alone write nothing (the tries' write schedule is unchanged)
+        polled = state.last_poll
+        assert polled is not None
+        other = state.shards[ShardKey(0, 1)].but(file_name="f", display_name="d")
+        driver._change(other)  # a change the driver writes anyway
+        driver._flush()
+        assert journal.seq == seq + 1  # the job's new state and the poll time rode in it
+    stored = BatchJournal(journal.root).load()
+    assert stored is not None
+    assert stored.shards[ShardKey(0, 0)].job_state == "JOB_STATE_RUNNING" and stored.last_poll == polled
+    assert stored.shards[ShardKey(0, 1)] == other
+
+
+def test_a_state_written_before_job_times_were_kept_still_loads_and_shows(tmp_path):
+    """tests/fixtures/state_v1 has no created, ended nor last_poll: they read as unknown, the page
+    falls back to the state's last write and the download's time."""
+    import shutil
+
+    from tests.conftest import ROOT
+
+    root = tmp_path / ".res.jsonl.maas" / "dag.task.run1.m-1"
+    shutil.copytree(ROOT / "tests" / "fixtures" / "state_v1" / "dag.task.run1.m-1", root)
+    journal = BatchJournal(to_path(str(root)))
+    state = journal.load()
+    assert state is not None and state.last_poll is None
+    assert all(r.created is None and r.ended is None for r in state.shards.values())
+    shown = read_progress(journal)
+    assert shown["last_poll"] is None and shown["last_update"]
+    assert all(row["created"] is None for row in shown["jobs"])

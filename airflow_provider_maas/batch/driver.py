@@ -118,6 +118,8 @@ class BatchDriver(JobWatch):
         self._last_state: dict[str, str | None] = {}
         self._poll_errors = PollErrors(max_consecutive_poll_errors)
         self._changes: list[ShardRecord] = []
+        self._written_poll = state.last_poll
+        self._observed: set[ShardKey] = set()
         self._fatal: BaseException | None = None
 
     def __enter__(self) -> BatchDriver:
@@ -156,13 +158,15 @@ class BatchDriver(JobWatch):
                 continue  # not ours, or already handled
             self._busy.discard(record.key)
             self._seen.pop(outcome.job_name, None)
+            record = record.but(job_state=outcome.state, ended=round(outcome.ended_at(time.time()), 3))
             if outcome.has_results:
+                self._observe(record)  # written with the shard's DONE record
                 self._downloading.add(record.key)
                 self._to_download.append(record.key)  # sent after the creates this frees a slot for
             else:
                 if self.gate is not None:  # FAILED, CANCELLED, EXPIRED: maybe billed, reports nothing
                     record = self.gate.lost(record)
-                self._retry_or_fail(record.but(job_state=outcome.state), outcome.message)
+                self._retry_or_fail(record, outcome.message)
         self._flush()
 
     def refetch_lost_parts(self) -> bool:
@@ -289,6 +293,8 @@ class BatchDriver(JobWatch):
                 job_name=None,
                 clear_round=self.clear_round,
                 attempts=record.attempts + 1,
+                created=None,
+                ended=None,
                 **(self.gate.marker_fields(record.key, self.state) if self.gate is not None else {}),
             )
         )
@@ -297,14 +303,25 @@ class BatchDriver(JobWatch):
         self.state.apply(record)
         self._changes.append(record)
 
+    def _observe(self, record: ShardRecord) -> None:
+        """A change of what the page shows only (a job's state, its end): kept in the state and
+        written with the next change, never in a journal write of its own."""
+        self.state.apply(record)
+        self._observed.add(record.key)
+
     def _flush(self) -> None:
         if not self._changes:
             return
         changes, self._changes = self._changes, []
+        changed = {record.key for record in changes}
+        observed = [self.state.shards[key] for key in sorted(self._observed - changed)]
+        self._observed.clear()
+        polled = self.state.last_poll != self._written_poll  # carried in this write, never one of its own
         try:
-            self.journal.append(self.state, changes)
-        except Exception as err:
+            self.journal.append(self.state, changes + observed, meta=polled)
+        except Exception as err:  # names the changes only: the observed records were stored before
             raise unrecorded_error(self.journal, changes, err, self.save_job_names, self.state) from err
+        self._written_poll = self.state.last_poll
 
     def _upload(self, key: ShardKey) -> tuple[str, str]:
         plan = self.state.plan(key)
@@ -370,7 +387,14 @@ class BatchDriver(JobWatch):
             self._mark_creating(record, *result)
             return True
         if task is _Task.CREATE:
-            self._change(record.but(status=ShardStatus.RUNNING, job_name=result["name"], job_state=result.get("state")))
+            self._change(
+                record.but(
+                    status=ShardStatus.RUNNING,
+                    job_name=result["name"],
+                    job_state=result.get("state"),
+                    created=round(time.time(), 3),  # ms: a shorter journal line
+                )
+            )
             self._seen[result["name"]] = time.monotonic()
             log.info(
                 "Shard %s: job %s created (%d requests, attempt %d)",

@@ -224,6 +224,9 @@ class JobWatch:
     def _flush(self) -> None:
         raise NotImplementedError
 
+    def _observe(self, record: ShardRecord) -> None:
+        raise NotImplementedError
+
     def running_jobs(self) -> list[str]:
         """Jobs not seen ended yet."""
         return [name for name, r in self.state.by_job().items() if r.key not in self._downloading]
@@ -237,6 +240,7 @@ class JobWatch:
     def mark_seen(self, job_names: Iterable[str]) -> None:
         """Note that these jobs were seen still running just now (e.g. by the trigger)."""
         self._seen.update(dict.fromkeys(job_names, time.monotonic()))
+        self.state.last_poll = time.time()
 
     def stale_jobs(self, age: float) -> list[str]:
         """Running jobs not seen running in the last ``age`` seconds (they may have ended since)."""
@@ -244,9 +248,14 @@ class JobWatch:
         return [name for name in self.running_jobs() if now - self._seen.get(name, float("-inf")) >= age]
 
     def poll(self, job_names: list[str]) -> list[JobOutcome]:
-        """Poll these jobs once, in the pool; return the outcomes of those that ended."""
+        """Poll these jobs once, in the pool; return the outcomes of those that ended.
+
+        A running job's state (queued, running...) and the time of this poll
+        (:attr:`BatchState.last_poll`) ride in the next journal write: no write of their own.
+        """
         futures = {self._pool.submit(self.hook.get_batch_job, name): name for name in job_names}
         ended = []
+        by_job = self.state.by_job()
         for future in as_completed(futures):
             name = futures[future]
             try:
@@ -266,8 +275,11 @@ class JobWatch:
                 log.info("Job %s is %s", name, outcome.state)
                 self._last_state[name] = outcome.state
             self._seen[name] = time.monotonic()
+            self.state.last_poll = time.time()
             if outcome.ended:
                 ended.append(outcome)
+            elif (record := by_job.get(name)) is not None and record.job_state != outcome.state:
+                self._observe(record.but(job_state=outcome.state))
         return ended
 
     def _gone(self, name: str, err: MaaSNotFoundError) -> bool:

@@ -70,6 +70,9 @@ class ShardRecord:
         left uncertain when a person cleared the task (its reservation). Spent, for the cap.
     :param over_worst_case: Answers of its job that reported more prompt tokens than their worst
         case (a file part or a ``cachedContent`` passed its bound): counted at their real usage.
+    :param created: When the service answered the create of the shard's job (epoch seconds).
+    :param ended: When the job ended: its ``endTime`` as the service gave it, else when a poll first
+        saw it ended (epoch seconds). The service keeps the results 7 days after it.
     """
 
     key: ShardKey
@@ -87,6 +90,9 @@ class ShardRecord:
     unsent: bool = False
     lost_usd: float | None = None
     over_worst_case: int = 0
+    # Issue 23 (the progress page): optional, absent from older state files.
+    created: float | None = None
+    ended: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"r": self.key.round, "i": self.key.index, "status": self.status.value}
@@ -158,6 +164,9 @@ class BatchState:
     :param spent_before_usd: What the states this one replaced (a changed input, ``reuse_results``
         or canary) spent or left in flight: the cap (``batch.budget``) counts it as spent.
     :param endpoint: The ENDPOINT its jobs were created on: they are found under that one only.
+    :param last_poll: When a poll of the batch's jobs last answered (epoch seconds; the worker's
+        polls, or the trigger's that resumed the task), as of the last journal write; None in states
+        written before it was kept.
     """
 
     fingerprint: str
@@ -169,6 +178,7 @@ class BatchState:
     resumes: int = 0
     spent_before_usd: float = 0.0
     endpoint: str | None = None
+    last_poll: float | None = None
     shards: dict[ShardKey, ShardRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -218,6 +228,8 @@ class BatchState:
             meta["spent_before_usd"] = self.spent_before_usd
         if self.endpoint is not None:  # optional: states written before it was kept have none
             meta["endpoint"] = self.endpoint
+        if self.last_poll is not None:
+            meta["last_poll"] = self.last_poll
         return meta
 
     def apply_meta(self, data: dict[str, Any]) -> None:
@@ -226,3 +238,6 @@ class BatchState:
         self.resumes = int(data.get("resumes") or 0)
         self.spent_before_usd = float(data.get("spent_before_usd") or 0.0)
         self.endpoint = data.get("endpoint") or self.endpoint
+        polled = data.get("last_poll")
+        if isinstance(polled, (int, float)) and not isinstance(polled, bool):
+            self.last_poll = max(self.last_poll or 0.0, float(polled))

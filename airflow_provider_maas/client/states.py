@@ -11,7 +11,9 @@ never the whole job JSON).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
@@ -90,6 +92,7 @@ class JobOutcome:
     :param error_code: ``error.code`` of a job that ended badly (the service's RPC status), if any.
     :param error_message: ``error.message``, cut to :data:`MAX_ERROR_MESSAGE` characters.
     :param successful: ``completionStats.successfulCount`` (the service sends strings or null).
+    :param end_time: ``endTime`` of a job that ended (RFC 3339, as the service sent it), if given.
     """
 
     job_name: str
@@ -99,6 +102,7 @@ class JobOutcome:
     error_message: str | None = None
     successful: int | None = None
     failed: int | None = None
+    end_time: str | None = None
 
     @property
     def ended(self) -> bool:
@@ -118,10 +122,17 @@ class JobOutcome:
             return f"job {self.job_name} ended in {self.state}: {self.error_message or 'no message'}{code}"
         return f"job {self.job_name} ended in {self.state} and the service gave no error message"
 
+    def ended_at(self, default: float) -> float:
+        """:attr:`end_time` in epoch seconds; ``default`` when the service gave none (or not a time)."""
+        if self.end_time:
+            with contextlib.suppress(ValueError):
+                return datetime.fromisoformat(self.end_time.replace("Z", "+00:00")).timestamp()
+        return default
+
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set (a trigger event carries one per ended job: keep it small)."""
         data: dict[str, Any] = {"job_name": self.job_name, "state": self.state, "outcome": self.outcome.value}
-        for name in ("error_code", "error_message", "successful", "failed"):
+        for name in ("error_code", "error_message", "successful", "failed", "end_time"):
             value = getattr(self, name)
             if value is not None:
                 data[name] = value
@@ -138,6 +149,7 @@ class JobOutcome:
             error_message=data.get("error_message"),
             successful=data.get("successful"),
             failed=data.get("failed"),
+            end_time=data.get("end_time"),
         )
 
 
@@ -163,6 +175,7 @@ def job_outcome(job: dict[str, Any], job_name: str | None = None) -> JobOutcome:
         error_message=message,
         successful=_count(stats.get("successfulCount")),
         failed=_count(stats.get("failedCount")),
+        end_time=neutralise(end, MAX_STATE) if isinstance(end := job.get("endTime"), str) else None,
     )
 
 

@@ -6,7 +6,7 @@ operators: kept small."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from airflow.sdk import BaseOperatorLink
 
@@ -20,8 +20,11 @@ URL_PREFIX = "/maas-progress"
 
 
 def progress_query(dag_id: str, run_id: str, task_id: str, map_index: int | None) -> str:
+    """Percent-encoded, a space as ``%20``: the page reads a ``+`` as a plus (Airflow 3.1's tab puts
+    ``{RUN_ID}`` in unencoded, and a scheduled run's id holds one: ``...T00:00:00+00:00``)."""
     return urlencode(
-        {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": -1 if map_index is None else map_index}
+        {"dag_id": dag_id, "run_id": run_id, "task_id": task_id, "map_index": -1 if map_index is None else map_index},
+        quote_via=quote,
     )
 
 

@@ -12,9 +12,9 @@ It gives:
   (``/maas-progress/?dag_id=&run_id=&task_id=&map_index=``) and its JSON
   (``/maas-progress/api/dags/{dag_id}/progress?run_id=&task_id=&map_index=``), built on first use (workers that load plugins never
   import the API server's modules);
-- on Airflow >= 3.1 a "Batch progress" tab on task instance pages (``external_views``); its
-  ``applies_to`` (Airflow >= 3.4) keeps it to the MaaS operators, older versions show it on every
-  task and the page then says it has nothing to show;
+- on Airflow >= 3.1 a "Batch progress" tab on task instance pages (``external_views``); on
+  Airflow >= 3.4 its ``applies_to`` keeps it to the MaaS operators (see :func:`tab`), older versions
+  show it on every task and the page then says it has nothing to show;
 - the "Batch progress" extra link of the MaaS operators (``plugins.links``), the way to the page
   on Airflow 3.0.
 """
@@ -31,11 +31,8 @@ from airflow_provider_maas.plugins.links import URL_PREFIX
 #: Operators with a progress view (``task_type``, as the task instance records it).
 BATCH_OPERATORS = ("MaaSBatchPredictionOperator",)
 JOB_OPERATORS = ("MaaSCreateBatchJobOperator", "MaaSBatchJobSensor")
-_MODULES = {
-    "MaaSBatchPredictionOperator": "airflow_provider_maas.operators.maas",
-    "MaaSCreateBatchJobOperator": "airflow_provider_maas.operators.maas",
-    "MaaSBatchJobSensor": "airflow_provider_maas.sensors.maas",
-}
+#: The first Airflow version whose UI reads a view's ``applies_to`` (older ones ignore the key).
+APPLIES_TO_SINCE = (3, 4)
 
 
 def _version() -> tuple[int, int]:
@@ -60,14 +57,27 @@ class _LazyApp:
         return "airflow_provider_maas.plugins.progress_api:create_app()"
 
 
-TAB: dict[str, Any] = {
-    "name": "Batch progress",
-    # Relative: the UI's <base href> carries [api] base_url's path.
-    "href": URL_PREFIX.lstrip("/") + "/?dag_id={DAG_ID}&run_id={RUN_ID}&task_id={TASK_ID}&map_index={MAP_INDEX}",
-    "destination": "task_instance",
-    "url_route": "maas-batch-progress",
-    "applies_to": {"operators": [f"{_MODULES[name]}.{name}" for name in (*BATCH_OPERATORS, *JOB_OPERATORS)]},
-}
+def tab(version: tuple[int, int]) -> dict[str, Any]:
+    """The "Batch progress" tab (an ``external_views`` entry) as Airflow ``version`` reads it.
+
+    ``applies_to`` as Airflow's UI matches it (``airflow-core/src/airflow/ui/src/utils/pluginAppliesTo.ts``
+    on main): ``operators`` is compared with the task instance's ``operator``, the operator's class
+    NAME (not its dotted path); ``operator_names`` with the display name. A dotted path would match
+    no task at all and hide the tab everywhere. Only versions that read it get the key.
+    """
+    view: dict[str, Any] = {
+        "name": "Batch progress",
+        # Relative: the UI's <base href> carries [api] base_url's path.
+        "href": URL_PREFIX.lstrip("/") + "/?dag_id={DAG_ID}&run_id={RUN_ID}&task_id={TASK_ID}&map_index={MAP_INDEX}",
+        "destination": "task_instance",
+        "url_route": "maas-batch-progress",
+    }
+    if version >= APPLIES_TO_SINCE:
+        view["applies_to"] = {"operators": [*BATCH_OPERATORS, *JOB_OPERATORS]}
+    return view
+
+
+TAB = tab(_version())
 
 
 class MaaSProgressPlugin(AirflowPlugin):

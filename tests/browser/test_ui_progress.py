@@ -288,13 +288,16 @@ def test_progress_tab_follows_a_deferred_batch(tmp_path: Path, browser_context: 
 
             # While the task is deferred, the tab (refreshing itself) shows the finished shards go up.
             seen_deferred: set[int] = set()
+            deferred_answers: list[dict[str, Any]] = []
 
             def tab_moved() -> bool:
                 dep.airflow.check_running()
-                state = dep.progress()["ti_state"]
+                answer = dep.progress()
+                state = answer["ti_state"]
                 with contextlib.suppress(Exception):
                     shown = int(shards.inner_text(timeout=2000))
                     if state == "deferred":
+                        deferred_answers.append(answer)
                         if shown and not seen_deferred - {0}:  # the first shards finished: the picture
                             page.screenshot(path=str(artifacts_dir / "batch-progress.png"), full_page=True)
                             if os.environ.get(UPDATE_DOCS_ENV) == "1":
@@ -304,6 +307,12 @@ def test_progress_tab_follows_a_deferred_batch(tmp_path: Path, browser_context: 
 
             wait_for("the tab to show shards finishing", tab_moved, 240, interval=1, diagnose=dep.diagnose)
             assert len(seen_deferred) >= 2, f"finished shards shown while deferred: {seen_deferred}\n{dep.diagnose()}"
+            # After a resume: the last poll, and each done job's creation, end and result deadline (end + 7 days).
+            resumed = [a for a in deferred_answers if a.get("last_poll")]
+            assert resumed, deferred_answers[-1:]
+            done = [j for j in resumed[-1]["jobs"] if j["status"] == "done"]
+            assert done and all(j["created"] and j["ended"] and j["results_until"] for j in done), done
+            assert frame.locator('[data-k="last_poll"]').count() == 1
 
             final = _wait_end(dep)
             # The page stops refreshing once the task ended and shows the summary's numbers.
