@@ -300,7 +300,7 @@ def test_job_times_and_the_last_poll_are_recorded_and_shown(emulator_factory, tm
     assert len(running) == 2 and all(before <= (r.created or 0) <= time.time() and r.ended is None for r in running)
     for name in info.value.trigger.job_names:
         handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
-    ended_by = time.time()
+    ended_by = time.time() + 0.001  # the times are rounded to the millisecond
     event = asyncio.run(anext(info.value.trigger.run())).payload
     with pytest.raises(TaskDeferred):
         op.execute_complete(make_context(), event)

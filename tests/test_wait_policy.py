@@ -181,7 +181,8 @@ class _DriverWatch(JobWatch):
     """The batch driver's polling half, over a state that records one running job."""
 
     def __init__(self, job: str) -> None:
-        record = SimpleNamespace(key="0.0", clear_round=None)
+        record = SimpleNamespace(key="0.0", clear_round=None, job_state=None)
+        record.but = lambda **changes: record  # the states polled are kept (for the progress view) in memory
         self.hook = MaaSHook(max_attempts=1)
         self.state = SimpleNamespace(by_job=lambda: {job: record})
         self.journal = SimpleNamespace(uri="memory://state")
@@ -191,6 +192,9 @@ class _DriverWatch(JobWatch):
         self._busy, self._downloading, self._doubted = set(), set(), set()
         self._seen, self._last_state = {}, {}
         self._not_found, self._poll_errors = NotFoundCount(), PollErrors(LIMIT)
+
+    def _observe(self, record: object) -> None:  # the driver keeps a polled state for its next write
+        pass
 
 
 def _driver(job: str) -> str:
