@@ -35,6 +35,7 @@ from tests.compat import TaskDeferred
 from tests.conftest import ROOT
 from tests.helpers import (
     FakeStateStore,
+    FakeVariables,
     FileStateStore,
     assert_in_input_order,
     batch_operator,
@@ -91,7 +92,7 @@ def test_1_state_deleted_between_tries_refuses_on_retry_and_clear(emulator_facto
     for context in (_try(store), _try(store, max_tries=3)):  # an automatic retry, then a person's clear
         with pytest.raises(MaaSStateError) as refused:
             batch_operator(source, dest).execute(context)
-        _assert_refused(refused, dest, "task_state_store points at it, but it is gone")
+        _assert_refused(refused, dest, "points at it, but it is gone")
     assert handle.emulator.jobs_created == 3  # nothing paid again
 
     batch_operator(source, dest, start_over="true").execute(_try(store, max_tries=5))  # a person's choice
@@ -108,7 +109,7 @@ def test_1_a_pointer_of_the_earlier_provider_version_without_state(emulator, tmp
     source, dest = write_requests(tmp_path / "r.jsonl", 30), tmp_path / "res.jsonl"
     store = FakeStateStore()
     store.set(STATE_KEY, {"location": f"file://{_state_dir(dest)}", "version": 1})
-    with pytest.raises(MaaSStateError, match="task_state_store points at it, but it is gone"):
+    with pytest.raises(MaaSStateError, match="points at it, but it is gone"):
         batch_operator(source, dest).execute(_try(store, max_tries=3))
     dest.write_text("")  # the earlier version wrote the results, then removed its state
     batch_operator(source, dest).execute(_try(store, max_tries=5))
@@ -275,6 +276,37 @@ def test_5_without_task_state_store_the_failed_write_names_the_jobs_and_nothing_
         batch_operator(source, dest).execute(_try())
     assert "no usable answer" not in str(refused.value) and "named the jobs it created" in str(refused.value)
     assert handle.emulator.jobs_created == len(created)
+
+
+def test_5_before_airflow_3_3_the_job_names_go_to_a_variable_and_the_retry_reattaches(
+    emulator_factory, tmp_path, failing_fs, monkeypatch
+):
+    """Airflow 3.0-3.2 have no ``task_state_store``: the second record is an Airflow Variable of the
+    task instance (``batch/task_record.py``); it is removed once the task succeeded."""
+    from airflow_provider_maas.batch import task_record
+
+    variables = FakeVariables()
+    monkeypatch.setattr("airflow.sdk.Variable", variables)
+    monkeypatch.setattr(task_record, "_in_task_runner", lambda: True)
+    handle = emulator_factory(job_duration=0.3)
+    source = write_requests(tmp_path / "r.jsonl", 250)
+    dest = "memory://bucket/out/res.jsonl"
+    with _journal_fails_after_creates(failing_fs), pytest.raises(MaaSStateWriteError) as failed:  # retried
+        batch_operator(source, dest).execute(_try())  # no task_state_store in the context
+    created = sorted(handle.emulator.jobs)
+    assert created and "a retry reattaches" in str(failed.value) and "Airflow Variable" in str(failed.value)
+    (name,) = variables.values
+    assert name.startswith("maas_batch.") and "dag.task of run run1" in variables.descriptions[name]
+    record = variables.get(name, deserialize_json=True)
+    assert sorted(record[JOBS_KEY]["jobs"].values()) == created
+    assert len(variables.values[name]) < 1_000  # compact: a few hundred bytes for 3 shards
+    assert record[STATE_KEY]["seq"] >= 2  # and the newest object with "creating" markers
+
+    context = _try()  # the automatic retry
+    batch_operator(source, dest).execute(context)
+    assert handle.emulator.jobs_created == 3  # reattached, nothing paid again
+    assert context["ti"].xcom["summary"]["succeeded"] == 250
+    assert variables.values == {}  # the task succeeded: its Variable is removed
 
 
 # 7 ------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.ownership import check_lease, record_writer
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
-from airflow_provider_maas.batch.recovery import finished_meanwhile, remember, save_job_names
+from airflow_provider_maas.batch.recovery import finished_meanwhile, forget, remember, save_job_names
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
 from airflow_provider_maas.batch.round_files import next_round
@@ -414,4 +414,5 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
                 journal.uri,
                 err,
             )
+        forget(context)  # the second record (an Airflow Variable before 3.3) is not needed any more
         return dest_uri
