@@ -654,3 +654,25 @@ def test_9_two_task_instances_starting_at_once_both_stop_and_neither_blocks_a_fi
     shutil.rmtree(_state_dir(dest, "dag.task.run1.m1"))  # the other one stopped the same way
     batch_operator(source, dest).execute(_try())
     assert_in_input_order(source, dest)
+
+
+def test_before_airflow_3_3_an_automatic_retry_after_the_batch_finished_pays_nothing_again(
+    emulator_factory, tmp_path, monkeypatch
+):
+    """The Variable is removed once the results are written; if Airflow then does not record the
+    success (the worker lost right after), the retry finds the destination's ``written.json``
+    naming this task instance and this clear round: nothing is paid again. A clear runs it again."""
+    from airflow_provider_maas.batch import task_record
+
+    variables = FakeVariables()
+    monkeypatch.setattr("airflow.sdk.Variable", variables)
+    monkeypatch.setattr(task_record, "_in_task_runner", lambda: True)
+    handle = emulator_factory(job_duration=0.2)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    batch_operator(source, dest).execute(_try())
+    assert handle.emulator.jobs_created == 3 and variables.values == {}
+    assert batch_operator(source, dest).execute(_try()) == dest.as_uri()  # the automatic retry
+    assert handle.emulator.jobs_created == 3
+    batch_operator(source, dest).execute(_try(max_tries=3))  # a person's clear runs the batch again
+    assert handle.emulator.jobs_created == 6
+    assert_in_input_order(source, dest)

@@ -154,14 +154,26 @@ def refuse_shared_destination(journal: BatchJournal, *, fresh: bool = False) -> 
     )
 
 
-def record_writer(journal: BatchJournal, identity: list[str]) -> None:
-    """The task instance ``identity`` (dag, task, run, map index) wrote the destination: keep that
-    beside it, so that another task instance refuses to overwrite it (:func:`refuse_written_by_other`)."""
+def record_writer(journal: BatchJournal, identity: list[str], round_: int | None = None) -> None:
+    """The task instance ``identity`` (dag, task, run, map index) wrote the destination in clear round
+    ``round_``: keep that beside it, so that another task instance refuses to overwrite it
+    (:func:`refuse_written_by_other`) and an automatic retry of this one knows it is done
+    (:func:`written_record`)."""
     try:
         with atomic_writer(journal.root.parent / WRITTEN) as out:
-            out.write(json.dumps({"identity": identity}).encode())
+            out.write(json.dumps({"identity": identity, "round": round_}).encode())
     except OSError as err:  # the results are written: this record only guards against a mistake
         log.warning("Recording which task wrote %s failed: %s", uri_of(journal.root.parent), err)
+
+
+def written_record(journal: BatchJournal) -> dict[str, Any]:
+    """What :func:`record_writer` kept beside the destination of ``journal`` ({} if nothing readable)."""
+    try:
+        with (journal.root.parent / WRITTEN).open("rb") as handle:
+            record = json.loads(handle.read())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def refuse_written_by_other(journal: BatchJournal, identity: list[str]) -> None:
@@ -169,11 +181,7 @@ def refuse_written_by_other(journal: BatchJournal, identity: list[str]) -> None:
     still there: its paid answers would be overwritten. A destination moved or deleted since may be
     written again; so may the same task instance (a clear after success)."""
     record = journal.root.parent / WRITTEN
-    try:
-        with record.open("rb") as handle:
-            written = json.loads(handle.read()).get("identity")
-    except (OSError, ValueError, AttributeError):
-        return
+    written = written_record(journal).get("identity")
     folder = journal.root.parent
     destination = folder.parent / folder.name[1 : -len(".maas")]
     if not isinstance(written, list) or written == identity or not destination.exists():

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.create_guard import clear_round, cleared_since
 from airflow_provider_maas.batch.journal import StateDamaged
+from airflow_provider_maas.batch.ownership import written_record
 from airflow_provider_maas.batch.state import STATE_VERSION, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.batch.task_record import BATCH_VARIABLE_PREFIX, forget_record, task_record
 from airflow_provider_maas.exceptions import MaaSError, MaaSStateError, MaaSStateWriteError
@@ -151,10 +152,18 @@ def load_whole(
 
 def finished_meanwhile(context: Any, journal: BatchJournal, *, this_round: bool = False) -> bool:
     """Whether another try of this task instance finished this batch (its results written, its state
-    removed): ``task_state_store`` says so for this location. ``this_round``: and in this clear round
-    (a retry of a try that finished, not a person's clear, which runs the batch again)."""
+    removed): :data:`RECORD` says so for this location, or, with no such record (Airflow < 3.3: the
+    Variable is removed on success), the destination's ``written.json`` names this task instance and
+    this clear round. ``this_round``: and in this clear round (a retry of a try that finished, not a
+    person's clear, which runs the batch again)."""
     store = _store(context)
     pointer = store.get(STATE_KEY) if store is not None else None
+    if pointer is None:
+        written = written_record(journal)
+        identity = written.get("identity")
+        mine = isinstance(identity, list) and ".".join(map(str, identity)) == journal.root.name
+        pointer = {"finished": mine, "location": journal.uri, "round": written.get("round")}
+        this_round = True  # a record of an earlier clear round is not this batch's end
     return (
         isinstance(pointer, dict)
         and bool(pointer.get("finished"))

@@ -404,7 +404,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         check_outcome(summary, dest_uri, fail_on_partial=self.fail_on_partial)
         self._remove_schema_requests(journal)
         remember(context, journal, finished=True)  # first: a state gone on purpose is not "lost"
-        record_writer(journal, task_identity(context))
+        record_writer(journal, task_identity(context), clear_round(context))
         try:
             journal.remove()
         except OSError as err:  # the results are written: a retry would find a half-removed state
