@@ -660,7 +660,7 @@ def test_before_airflow_3_3_an_automatic_retry_after_the_batch_finished_pays_not
     emulator_factory, tmp_path, monkeypatch
 ):
     """The Variable is removed once the results are written; if Airflow then does not record the
-    success (the worker lost right after), the retry finds the destination's ``written.json``
+    success (the worker lost right after), the retry finds the destination's record (``.<name>.origin.json``)
     naming this task instance and this clear round: nothing is paid again. A clear runs it again."""
     from airflow_provider_maas.batch import task_record
 
@@ -676,3 +676,40 @@ def test_before_airflow_3_3_an_automatic_retry_after_the_batch_finished_pays_not
     batch_operator(source, dest).execute(_try(max_tries=3))  # a person's clear runs the batch again
     assert handle.emulator.jobs_created == 6
     assert_in_input_order(source, dest)
+
+
+def test_before_airflow_3_3_the_batch_record_is_a_real_variable_removed_on_success(
+    emulator_factory, tmp_path, monkeypatch
+):
+    """The real Task SDK path: ``dag.test()`` runs the single-task example with no ``task_state_store``
+    (Airflow 3.0-3.2 have none; on 3.3 it is removed here): the batch operator's record goes through
+    ``Variable.set`` and the Execution API into the metadata database, is read back, and is deleted
+    once the results are written."""
+    from airflow.models.variable import Variable as VariableModel
+
+    from airflow_provider_maas.batch.task_record import VariableStateStore
+    from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
+    from tests.test_example_dags import _load_dag
+
+    emulator_factory(job_duration=0.3)
+    dag = _load_dag("example_maas_batch_single_task", monkeypatch, tmp_path)
+    dag.task_dict["predict"].deferrable = False
+    real_execute, real_set = MaaSBatchPredictionOperator.execute, VariableStateStore.set
+    written: dict[str, list] = {}
+
+    def execute_before_3_3(self, context):
+        context.pop("task_state_store", None)
+        return real_execute(self, context)
+
+    def spied_set(self, key, value):
+        real_set(self, key, value)  # reads the Variable back: raises if it did not land
+        written.setdefault(self.name, []).append(VariableModel.get(self.name, deserialize_json=True))
+
+    monkeypatch.setattr(MaaSBatchPredictionOperator, "execute", execute_before_3_3)
+    monkeypatch.setattr(VariableStateStore, "set", spied_set)
+    run = dag.test()
+    assert run.state == "success"
+    (name,) = written
+    assert name.startswith("maas_batch.") and max(v[STATE_KEY].get("seq", 0) for v in written[name]) >= 2, written
+    assert written[name][-1][STATE_KEY]["finished"] is True
+    assert VariableModel.get(name, default_var=None) is None  # removed once the results were written

@@ -34,17 +34,20 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.origin import MAX_RECORD, origin_path
 from airflow_provider_maas.exceptions import MaaSStateError
 from airflow_provider_maas.storage import atomic_writer, uri_of
 
 if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
     from airflow_provider_maas.batch.journal import BatchJournal
 
 log = logging.getLogger(__name__)
 
 LEASE = "lease.json"
-#: Beside the state folders of a destination: which task instance wrote it last.
-WRITTEN = "written.json"
+#: Key of the destination's record (``.<name>.origin.json``): which task instance wrote it last.
+WRITTEN = "written_by"
 
 
 class LeaseLost(MaaSStateError):
@@ -154,36 +157,46 @@ def refuse_shared_destination(journal: BatchJournal, *, fresh: bool = False) -> 
     )
 
 
+def destination_of(journal: BatchJournal) -> ObjectStoragePath:
+    """The destination whose state folder (``.<name>.maas/<identity>``) ``journal`` is."""
+    folder = journal.root.parent
+    return folder.parent / folder.name[1 : -len(".maas")]
+
+
 def record_writer(journal: BatchJournal, identity: list[str], round_: int | None = None) -> None:
     """The task instance ``identity`` (dag, task, run, map index) wrote the destination in clear round
-    ``round_``: keep that beside it, so that another task instance refuses to overwrite it
-    (:func:`refuse_written_by_other`) and an automatic retry of this one knows it is done
-    (:func:`written_record`)."""
+    ``round_``: keep that in the destination's record (``.<name>.origin.json``, beside it with its
+    ENDPOINT: :mod:`.origin`), so that another task instance refuses to overwrite it
+    (:func:`refuse_written_by_other`) and an automatic retry of this one knows it is done."""
+    path = origin_path(destination_of(journal))
     try:
-        with atomic_writer(journal.root.parent / WRITTEN) as out:
-            out.write(json.dumps({"identity": identity, "round": round_}).encode())
+        record = {**written_record(journal, raw=True), WRITTEN: identity, "round": round_}
+        with atomic_writer(path) as out:
+            out.write(json.dumps(record).encode())
     except OSError as err:  # the results are written: this record only guards against a mistake
-        log.warning("Recording which task wrote %s failed: %s", uri_of(journal.root.parent), err)
+        log.warning("Recording which task wrote %s failed: %s", uri_of(path), err)
 
 
-def written_record(journal: BatchJournal) -> dict[str, Any]:
-    """What :func:`record_writer` kept beside the destination of ``journal`` ({} if nothing readable)."""
+def written_record(journal: BatchJournal, *, raw: bool = False) -> dict[str, Any]:
+    """Which task instance wrote the destination of ``journal``, and in which clear round:
+    ``{"identity", "round"}`` ({} if nothing readable); ``raw``: the whole record."""
     try:
-        with (journal.root.parent / WRITTEN).open("rb") as handle:
-            record = json.loads(handle.read())
+        with origin_path(destination_of(journal)).open("rb") as handle:
+            record = json.loads(handle.read(MAX_RECORD))
     except (OSError, ValueError):
         return {}
-    return record if isinstance(record, dict) else {}
+    if not isinstance(record, dict):
+        return {}
+    return record if raw else {"identity": record.get(WRITTEN), "round": record.get("round")}
 
 
 def refuse_written_by_other(journal: BatchJournal, identity: list[str]) -> None:
     """Stop if another task instance (another run, task or map index) wrote the destination, which is
     still there: its paid answers would be overwritten. A destination moved or deleted since may be
     written again; so may the same task instance (a clear after success)."""
-    record = journal.root.parent / WRITTEN
+    record = origin_path(destination_of(journal))
     written = written_record(journal).get("identity")
-    folder = journal.root.parent
-    destination = folder.parent / folder.name[1 : -len(".maas")]
+    destination = destination_of(journal)
     if not isinstance(written, list) or written == identity or not destination.exists():
         return
     name = ".".join(str(part) for part in written)

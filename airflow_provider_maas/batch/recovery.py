@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.create_guard import clear_round, cleared_since
 from airflow_provider_maas.batch.journal import StateDamaged
-from airflow_provider_maas.batch.ownership import written_record
+from airflow_provider_maas.batch.ownership import destination_of, written_record
 from airflow_provider_maas.batch.state import STATE_VERSION, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.batch.task_record import BATCH_VARIABLE_PREFIX, forget_record, task_record
 from airflow_provider_maas.exceptions import MaaSError, MaaSStateError, MaaSStateWriteError
@@ -153,7 +153,7 @@ def load_whole(
 def finished_meanwhile(context: Any, journal: BatchJournal, *, this_round: bool = False) -> bool:
     """Whether another try of this task instance finished this batch (its results written, its state
     removed): :data:`RECORD` says so for this location, or, with no such record (Airflow < 3.3: the
-    Variable is removed on success), the destination's ``written.json`` names this task instance and
+    Variable is removed on success), the destination's record (``.<name>.origin.json``) names this task instance and
     this clear round. ``this_round``: and in this clear round (a retry of a try that finished, not a
     person's clear, which runs the batch again)."""
     store = _store(context)
@@ -193,8 +193,7 @@ def _start_over_chosen(context: Any) -> bool:
 
 def _written(journal: BatchJournal) -> bool:
     """Whether the destination of ``journal``'s batch exists (its state folder is ``.<name>.maas/<id>``)."""
-    folder = journal.root.parent
-    return (folder.parent / folder.name[1 : -len(".maas")]).exists()
+    return destination_of(journal).exists()
 
 
 def _missing_round_file(state: BatchState) -> str | None:
