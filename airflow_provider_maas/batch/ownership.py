@@ -20,8 +20,9 @@ of another identity there is another task instance (a mapped task, a backfill ru
 destination, whose answers this one would overwrite. :func:`refuse_shared_destination` stops before
 anything is uploaded. Task instances that write it in turn (mapped instances of one run, backfill runs,
 a daily schedule with a fixed destination) never share a state: the one that finished records itself
-(:func:`record_writer`), and the next refuses while that file is there (:func:`refuse_written_by_other`);
-the same task instance again (a clear after success) may rewrite it.
+in the destination's record, ``.<name>.origin.json`` (:func:`record_writer`), and the next refuses while
+the destination is there (:func:`refuse_written_by_other`); the same task instance again (a clear after
+success) may rewrite it.
 """
 
 from __future__ import annotations

@@ -226,6 +226,19 @@ def remember(context: Any, journal: BatchJournal, *, finished: bool = False) -> 
         store.set(STATE_KEY, value)
 
 
+def record_mark(context: Any, journal: BatchJournal) -> None:
+    """``journal.on_marked``: record the newest journal object with "creating" markers; for a new
+    plan (``journal.marked`` is 0), drop an older mark, which must not outlive the objects it counted
+    (no pointer is written where there was none: a plan removed at once leaves nothing behind)."""
+    if journal.marked:
+        remember(context, journal)
+        return
+    store = _store(context)
+    pointer = store.get(STATE_KEY) if store is not None else None
+    if isinstance(pointer, dict) and "seq" in pointer:
+        store.set(STATE_KEY, {key: value for key, value in pointer.items() if key != "seq"})
+
+
 # The second record of job names -----------------------------------------------------------------
 def _saved(context: Any) -> dict[str, Any]:
     store = _store(context)

@@ -33,6 +33,7 @@ from airflow_provider_maas.batch.recovery import (
     STATE_KEY,
     forget_job_names,
     load_whole,
+    record_mark,
     remember,
     rescued_job_names,
     state_error,
@@ -64,7 +65,7 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
     refuse_shared_destination(journal)  # before anything is written
     refuse_written_by_other(journal, task_identity(context))
     take_lease(journal, new_owner(context))  # before reading: see batch/ownership.py
-    journal.on_marked = lambda: remember(context, journal)
+    journal.on_marked = lambda: record_mark(context, journal)
     state = load_whole(context, journal, start_over=settings.start_over)
     key = input_key(settings)
     if state is not None and (state.input_key == key or _same_plans(state, settings)):
@@ -122,7 +123,7 @@ def resume_after_deferral(
     """The stored state, taken over by this try after the trigger fired (``job_names``: the jobs
     the trigger waited for, named if the state is not whole)."""
     take_lease(journal, new_owner(context))
-    journal.on_marked = lambda: remember(context, journal)
+    journal.on_marked = lambda: record_mark(context, journal)
     state = load_whole(context, journal, start_over=False, names=job_names or [])
     if state is None:
         # Not retried automatically: a retry would find no state either and pay for every shard again.
