@@ -25,6 +25,34 @@ class FakeStateStore:
         self.data[key] = json.loads(json.dumps(value))
 
 
+class FakeVariables:
+    """``airflow.sdk.Variable`` as the Execution API keeps it: JSON text per key, kept across tries."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+        self.descriptions: dict[str, str | None] = {}
+        self.drop_writes = False
+
+    def get(self, key, default=None, deserialize_json=False):
+        import json
+
+        if key not in self.values:
+            return default
+        return json.loads(self.values[key]) if deserialize_json else self.values[key]
+
+    def set(self, key, value, description=None, serialize_json=False):
+        import json
+
+        if self.drop_writes:  # Airflow 3.0's Variable.set logs a failed write and returns
+            return
+        self.values[key] = json.dumps(value) if serialize_json else value
+        self.descriptions[key] = description
+
+    def delete(self, key):
+        self.values.pop(key, None)
+        self.descriptions.pop(key, None)
+
+
 class FileStateStore(FakeStateStore):
     """``task_state_store`` kept in a JSON file: shared by tries running in separate processes."""
 

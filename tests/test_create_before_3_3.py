@@ -12,42 +12,19 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_provider_maas.batch import task_record
 from airflow_provider_maas.exceptions import MaaSError, MaaSJobCreationUncertainError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators import _common
 from airflow_provider_maas.operators.maas import JOB_STATE_KEY, MaaSCreateBatchJobOperator
-from tests.helpers import make_context, write_requests
-
-
-class FakeVariables:
-    """``airflow.sdk.Variable`` as the Execution API keeps it: JSON text per key, kept across tries."""
-
-    def __init__(self) -> None:
-        self.values: dict[str, str] = {}
-        self.descriptions: dict[str, str | None] = {}
-        self.drop_writes = False
-
-    def get(self, key, default=None, deserialize_json=False):
-        import json
-
-        if key not in self.values:
-            return default
-        return json.loads(self.values[key]) if deserialize_json else self.values[key]
-
-    def set(self, key, value, description=None, serialize_json=False):
-        import json
-
-        if self.drop_writes:  # Airflow 3.0's Variable.set logs a failed write and returns
-            return
-        self.values[key] = json.dumps(value) if serialize_json else value
-        self.descriptions[key] = description
+from tests.helpers import FakeVariables, make_context, write_requests
 
 
 @pytest.fixture
 def variables(monkeypatch):
     fake = FakeVariables()
     monkeypatch.setattr("airflow.sdk.Variable", fake)
-    monkeypatch.setattr(_common, "_in_task_runner", lambda: True)
+    monkeypatch.setattr(task_record, "_in_task_runner", lambda: True)
     return fake
 
 
@@ -119,7 +96,7 @@ def test_an_unwritable_record_stops_before_creating(variables, emulator, tmp_pat
 
 
 def test_outside_an_airflow_worker_there_is_no_record(emulator, tmp_path, monkeypatch):
-    monkeypatch.setattr(_common, "_in_task_runner", lambda: False)
+    monkeypatch.setattr(task_record, "_in_task_runner", lambda: False)
     assert _common.task_state(_context()) is None
 
 

@@ -123,3 +123,38 @@ def test_a_source_replaced_before_a_retry_round_pays_for_no_retry(emulator_facto
     batch_operator(source, dest, **{**settings, "deferrable": False}).execute(make_context())
     assert handle.emulator.jobs_created == 4
     assert all(r.succeeded for r in assert_in_input_order(source, dest))
+
+
+@pytest.mark.parametrize("request_retries", [0, 1])  # 0: checked by the merge; 1: before the retry round
+def test_a_source_replaced_after_a_filtered_round_0_is_not_merged_and_pays_for_no_retry(
+    emulator_factory, tmp_path, request_retries
+):
+    """Round 0 is a filtered copy of the source when identical requests are sent once (or
+    ``reuse_results`` answered some): its uploads are checked against that copy, and the source
+    itself against the digest of the whole file kept in the state, before a retry round reads it
+    and before the merge pairs answers with its lines."""
+    handle = emulator_factory(job_duration=60, faults=["create:1:partial-missing=2"])
+    source = write_requests(tmp_path / "in.jsonl", 30)
+    source.write_bytes(source.read_bytes() + source.read_bytes().splitlines(keepends=True)[0])  # a repeat
+    original = source.read_bytes()
+    dest = tmp_path / "out.jsonl"
+    settings = {"max_requests_per_file": 10, "deferrable": True, "request_retries": request_retries}
+    with pytest.raises(TaskDeferred) as info:
+        batch_operator(source, dest, **settings).execute(make_context())
+    assert handle.emulator.jobs_created == 3  # 30 distinct requests of 31
+    _replace_same_size(source)
+    for name in info.value.trigger.job_names:
+        handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
+    event = asyncio.run(anext(info.value.trigger.run())).payload
+    with pytest.raises(MaaSInputChangedError) as changed:
+        batch_operator(source, dest, **settings).execute_complete(make_context(), event)
+    message = str(changed.value)
+    assert f"source {source.as_uri()} changed since it was planned" in message, message
+    assert "Restore the file" in message and ("retry round" in message) == bool(request_retries), message
+    assert handle.emulator.jobs_created == 3 and not dest.exists()  # no retry paid, nothing paired wrongly
+
+    source.write_bytes(original)  # restored; the person clears the task
+    handle.emulator.config.job_duration = 0.1
+    batch_operator(source, dest, **{**settings, "deferrable": False}).execute(make_context())
+    assert handle.emulator.jobs_created == 3 + request_retries  # the retry round sends the 2 missing, once
+    assert_in_input_order(source, dest, expect_missing=0 if request_retries else 2)

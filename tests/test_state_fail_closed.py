@@ -37,6 +37,7 @@ from tests.compat import AirflowSensorTimeout, TaskDeferred
 from tests.conftest import ROOT
 from tests.helpers import (
     FakeStateStore,
+    FakeVariables,
     FileStateStore,
     assert_in_input_order,
     batch_operator,
@@ -93,7 +94,7 @@ def test_1_state_deleted_between_tries_refuses_on_retry_and_clear(emulator_facto
     for context in (_try(store), _try(store, max_tries=3)):  # an automatic retry, then a person's clear
         with pytest.raises(MaaSStateError) as refused:
             batch_operator(source, dest).execute(context)
-        _assert_refused(refused, dest, "task_state_store points at it, but it is gone")
+        _assert_refused(refused, dest, "points at it, but it is gone")
     assert handle.emulator.jobs_created == 3  # nothing paid again
 
     batch_operator(source, dest, start_over="true").execute(_try(store, max_tries=5))  # a person's choice
@@ -110,7 +111,7 @@ def test_1_a_pointer_of_the_earlier_provider_version_without_state(emulator, tmp
     source, dest = write_requests(tmp_path / "r.jsonl", 30), tmp_path / "res.jsonl"
     store = FakeStateStore()
     store.set(STATE_KEY, {"location": f"file://{_state_dir(dest)}", "version": 1})
-    with pytest.raises(MaaSStateError, match="task_state_store points at it, but it is gone"):
+    with pytest.raises(MaaSStateError, match="points at it, but it is gone"):
         batch_operator(source, dest).execute(_try(store, max_tries=3))
     dest.write_text("")  # the earlier version wrote the results, then removed its state
     batch_operator(source, dest).execute(_try(store, max_tries=5))
@@ -294,6 +295,38 @@ def test_5_without_task_state_store_the_failed_write_names_the_jobs_and_nothing_
         batch_operator(source, dest).execute(_try())
     assert "no usable answer" not in str(refused.value) and "named the jobs it created" in str(refused.value)
     assert handle.emulator.jobs_created == len(created)
+
+
+def test_5_before_airflow_3_3_the_job_names_go_to_a_variable_and_the_retry_reattaches(
+    emulator_factory, tmp_path, failing_fs, monkeypatch
+):
+    """Airflow 3.0-3.2 have no ``task_state_store``: the second record is an Airflow Variable of the
+    task instance (``batch/task_record.py``); it is removed once the task succeeded."""
+    from airflow_provider_maas.batch import task_record
+
+    variables = FakeVariables()
+    monkeypatch.setattr("airflow.sdk.Variable", variables)
+    monkeypatch.setattr(task_record, "_in_task_runner", lambda: True)
+    handle = emulator_factory(job_duration=0.3)
+    source = write_requests(tmp_path / "r.jsonl", 250)
+    dest = "memory://bucket/out/res.jsonl"
+    with _journal_fails_after_creates(failing_fs), pytest.raises(MaaSStateWriteError) as failed:  # retried
+        batch_operator(source, dest).execute(_try())  # no task_state_store in the context
+    created = sorted(handle.emulator.jobs)
+    # the write that fails may be the next shard's markers (then the names are kept on the way out)
+    assert created and ("a retry reattaches" in str(failed.value) or "no create was sent" in str(failed.value))
+    (name,) = variables.values
+    assert name.startswith("maas_batch.") and "dag.task of run run1" in variables.descriptions[name]
+    record = variables.get(name, deserialize_json=True)
+    assert sorted(record[JOBS_KEY]["jobs"].values()) == created
+    assert len(variables.values[name]) < 1_000  # compact: a few hundred bytes for 3 shards
+    assert record[STATE_KEY]["seq"] >= 2  # and the newest object with "creating" markers
+
+    context = _try()  # the automatic retry
+    batch_operator(source, dest).execute(context)
+    assert handle.emulator.jobs_created == 3  # reattached, nothing paid again
+    assert context["ti"].xcom["summary"]["succeeded"] == 250
+    assert variables.values == {}  # the task succeeded: its Variable is removed
 
 
 # 7 ------------------------------------------------------------------------------------------------
@@ -641,3 +674,62 @@ def test_9_two_task_instances_starting_at_once_both_stop_and_neither_blocks_a_fi
     shutil.rmtree(_state_dir(dest, "dag.task.run1.m1"))  # the other one stopped the same way
     batch_operator(source, dest).execute(_try())
     assert_in_input_order(source, dest)
+
+
+def test_before_airflow_3_3_an_automatic_retry_after_the_batch_finished_pays_nothing_again(
+    emulator_factory, tmp_path, monkeypatch
+):
+    """The Variable is removed once the results are written; if Airflow then does not record the
+    success (the worker lost right after), the retry finds the destination's record (``.<name>.origin.json``)
+    naming this task instance and this clear round: nothing is paid again. A clear runs it again."""
+    from airflow_provider_maas.batch import task_record
+
+    variables = FakeVariables()
+    monkeypatch.setattr("airflow.sdk.Variable", variables)
+    monkeypatch.setattr(task_record, "_in_task_runner", lambda: True)
+    handle = emulator_factory(job_duration=0.2)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    batch_operator(source, dest).execute(_try())
+    assert handle.emulator.jobs_created == 3 and variables.values == {}
+    assert batch_operator(source, dest).execute(_try()) == dest.as_uri()  # the automatic retry
+    assert handle.emulator.jobs_created == 3
+    batch_operator(source, dest).execute(_try(max_tries=3))  # a person's clear runs the batch again
+    assert handle.emulator.jobs_created == 6
+    assert_in_input_order(source, dest)
+
+
+def test_before_airflow_3_3_the_batch_record_is_a_real_variable_removed_on_success(
+    emulator_factory, tmp_path, monkeypatch
+):
+    """The real Task SDK path: ``dag.test()`` runs the single-task example with no ``task_state_store``
+    (Airflow 3.0-3.2 have none; on 3.3 it is removed here): the batch operator's record goes through
+    ``Variable.set`` and the Execution API into the metadata database, is read back, and is deleted
+    once the results are written."""
+    from airflow.models.variable import Variable as VariableModel
+
+    from airflow_provider_maas.batch.task_record import VariableStateStore
+    from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
+    from tests.test_example_dags import _load_dag
+
+    emulator_factory(job_duration=0.3)
+    dag = _load_dag("example_maas_batch_single_task", monkeypatch, tmp_path)
+    dag.task_dict["predict"].deferrable = False
+    real_execute, real_set = MaaSBatchPredictionOperator.execute, VariableStateStore.set
+    written: dict[str, list] = {}
+
+    def execute_before_3_3(self, context):
+        context.pop("task_state_store", None)
+        return real_execute(self, context)
+
+    def spied_set(self, key, value):
+        real_set(self, key, value)  # reads the Variable back: raises if it did not land
+        written.setdefault(self.name, []).append(VariableModel.get(self.name, deserialize_json=True))
+
+    monkeypatch.setattr(MaaSBatchPredictionOperator, "execute", execute_before_3_3)
+    monkeypatch.setattr(VariableStateStore, "set", spied_set)
+    run = dag.test()
+    assert run.state == "success"
+    (name,) = written
+    assert name.startswith("maas_batch.") and max(v[STATE_KEY].get("seq", 0) for v in written[name]) >= 2, written
+    assert written[name][-1][STATE_KEY]["finished"] is True
+    assert VariableModel.get(name, default_var=None) is None  # removed once the results were written

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
 
@@ -207,8 +206,29 @@ def test_9_mapped_tasks_of_one_run_writing_one_destination_in_turn_the_second_re
     assert "dag.task.run1.m0" in message and "map_index" in message, message
     assert handle.emulator.jobs_created == 1
     assert_in_input_order(first, dest)  # the first task's answers are still there
-    batch_operator(first, dest).execute(_try(map_index=0, run_id="run2"))  # the next run may write it again
+    batch_operator(first, dest).execute(_try(map_index=0, max_tries=3))  # the same task instance cleared: allowed
     assert handle.emulator.jobs_created == 2
+
+
+# 9 (variation): two backfill runs (or a daily schedule) writing one fixed destination one after the other
+def test_9_runs_writing_one_fixed_destination_in_turn_the_second_refuses_before_uploading(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=0.2)
+    first, second = write_requests(tmp_path / "a.jsonl", 30), write_requests(tmp_path / "b.jsonl", 30, prefix="Other")
+    dest = tmp_path / "res.jsonl"
+    batch_operator(first, dest).execute(_try(run_id="backfill__2026-01-01"))
+    uploads = sum(handle.emulator.uploads_by_name.values())
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(second, dest).execute(_try(run_id="backfill__2026-01-02"))
+    message = str(refused.value)
+    assert "dag.task.backfill__2026-01-01.m-1" in message and "another run" in message, message
+    assert "{{ run_id }}" in message and "move or delete" in message, message
+    assert sum(handle.emulator.uploads_by_name.values()) == uploads and handle.emulator.jobs_created == 1
+    assert_in_input_order(first, dest)  # the first run's paid answers are still there
+    batch_operator(first, dest).execute(_try(run_id="backfill__2026-01-01", max_tries=3))  # a clear: allowed
+    dest.rename(tmp_path / "kept.jsonl")  # replaced on purpose: the old file moved away
+    batch_operator(second, dest).execute(_try(run_id="backfill__2026-01-02"))
+    assert handle.emulator.jobs_created == 3
+    assert_in_input_order(second, dest)
 
 
 # 4 (variation): two live tries, the first deferred: the second finishes the batch meanwhile
@@ -467,25 +487,28 @@ def test_11_wait_timeout_while_deferred_then_the_retry_collects_the_ended_jobs(e
     assert_in_input_order(source, dest)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Not fixed: the newest journal objects deleted (not merely unlisted) leave no trace in the "
-    "state's folder; detecting it needs a second record of the newest sequence number written with each "
-    "flush of 'creating' markers (e.g. in task_state_store, one more write per create batch). "
-    "See 'What is not detected' in docs/reliability.md.",
-)
+# 2 (variation): the newest journal objects deleted outright (not merely unlisted): the second record
+# (task_state_store, an Airflow Variable before 3.3) keeps the newest object that held "creating" markers
 def test_2_the_newest_journal_objects_deleted_are_refused(emulator_factory, tmp_path):
     handle = emulator_factory(job_duration=1.0)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     store = FakeStateStore()
     with pytest.raises(MaaSTimeoutError):
         batch_operator(source, dest, wait_timeout=0.3).execute(_try(store))
+    jobs = sorted(handle.emulator.jobs)
+    assert store.data["maas_batch_state"]["seq"] >= 2  # the markers' object, recorded before the creates
     for path in sorted((_state_dir(dest) / "journal").iterdir())[1:]:  # all but the plan's first object
         path.unlink()
     time.sleep(1.0)
-    with contextlib.suppress(MaaSStateError):
-        batch_operator(source, dest).execute(_try(store))
-    assert handle.emulator.jobs_created == 3
+    for context in (_try(store), _try(store, max_tries=3)):  # the automatic retry, then a person's clear
+        with pytest.raises(MaaSStateError) as refused:
+            batch_operator(source, dest).execute(context)
+        message = str(refused.value)
+        assert str(_state_dir(dest)) in message and "newest journal objects were deleted" in message, message
+        assert "0000000001" in message and "start_over=True" in message, message
+    assert handle.emulator.jobs_created == len(jobs) == 3
+    batch_operator(source, dest, start_over=True).execute(_try(store, max_tries=5))  # the way on it names
+    assert_in_input_order(source, dest)
 
 
 # 5 (variation): the write of the "creating" markers lands but reports a failure (a PUT that timed out)

@@ -29,12 +29,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch import ownership
-from airflow_provider_maas.batch.state import STATE_VERSION, BatchState, Round, ShardKey, ShardRecord
+from airflow_provider_maas.batch.state import STATE_VERSION, BatchState, Round, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.client.naming import task_identity
 from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.storage import atomic_writer, to_path, uri_of
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from airflow.sdk import ObjectStoragePath
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,12 @@ class BatchJournal:
         #: This try's lease (:mod:`~airflow_provider_maas.batch.ownership`), checked before each write.
         self.lease: dict[str, Any] | None = None
         self._sealed = True
+        #: The newest journal object known to be written (its sequence number): kept in a second
+        #: record by ``on_marked`` (``batch/recovery.py``), so that a journal ending before it is refused.
+        self.marked = 0
+        #: Called when :attr:`marked` changes: a new plan, or "creating" markers stored (before any
+        #: create is sent); it raises if the second record cannot be written.
+        self.on_marked: Callable[[], None] | None = None
 
     @classmethod
     def for_task(cls, destination: Any, context: Any) -> BatchJournal:
@@ -266,6 +274,9 @@ class BatchJournal:
     def create(self, state: BatchState) -> None:
         """Start a new state here (whatever was stored before is removed first)."""
         ownership.refuse_planned_meanwhile(self)
+        self.marked = 0
+        if self.on_marked is not None:  # before the old objects go: the record never runs ahead of them
+            self.on_marked()
         self.remove_plan()
         self._sealed = True
         ownership.write_lease(self)
@@ -307,6 +318,9 @@ class BatchJournal:
             lines.append(_dumps({"meta": state.meta()}))
         self._write(self.root / "journal" / f"{self.seq + 1:010d}.jsonl", _with_seal(lines))
         self.seq += 1  # only once stored: a failed write leaves no gap for the next one
+        if self.on_marked is not None and any(r.status is ShardStatus.CREATING for r in records):
+            self.marked = self.seq  # before the creates are sent: deleting this object is noticed
+            self.on_marked()
         self._since_snapshot += 1
         if self._since_snapshot >= max(COMPACT_AFTER, len(state.shards) // 10):
             self.compact(state)

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Largest record read (a record is a few dozen bytes).
-_MAX_RECORD = 4096
+#: Largest record read (a record is a few dozen bytes; with ``written_by``, a few hundred).
+MAX_RECORD = 4096
 
 
 def origin_path(results: Any) -> ObjectStoragePath:
@@ -55,7 +55,7 @@ def read_origin(results: Any) -> str | None:
     """The ENDPOINT recorded for ``results``, or None (no record, or one that cannot be read)."""
     try:
         with origin_path(results).open("rb") as handle:
-            record = json.loads(handle.read(_MAX_RECORD))
+            record = json.loads(handle.read(MAX_RECORD))
     except Exception:
         return None
     endpoint = record.get("endpoint") if isinstance(record, dict) else None

@@ -18,8 +18,11 @@ is one small GET.
 **One owner per destination.** The state lives in ``.<destination name>.maas/<identity>/``: a folder
 of another identity there is another task instance (a mapped task, a backfill run) writing the same
 destination, whose answers this one would overwrite. :func:`refuse_shared_destination` stops before
-anything is uploaded. Mapped instances of one run that write it in turn never share a state: the one
-that finished records itself (:func:`record_writer`), and the next refuses (:func:`refuse_written_by_sibling`).
+anything is uploaded. Task instances that write it in turn (mapped instances of one run, backfill runs,
+a daily schedule with a fixed destination) never share a state: the one that finished records itself
+in the destination's record, ``.<name>.origin.json`` (:func:`record_writer`), and the next refuses while
+the destination is there (:func:`refuse_written_by_other`); the same task instance again (a clear after
+success) may rewrite it.
 """
 
 from __future__ import annotations
@@ -32,17 +35,20 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.origin import MAX_RECORD, origin_path
 from airflow_provider_maas.exceptions import MaaSStateError
 from airflow_provider_maas.storage import atomic_writer, uri_of
 
 if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
     from airflow_provider_maas.batch.journal import BatchJournal
 
 log = logging.getLogger(__name__)
 
 LEASE = "lease.json"
-#: Beside the state folders of a destination: which mapped task instance wrote it last.
-WRITTEN = "written.json"
+#: Key of the destination's record (``.<name>.origin.json``): which task instance wrote it last.
+WRITTEN = "written_by"
 
 
 class LeaseLost(MaaSStateError):
@@ -152,35 +158,54 @@ def refuse_shared_destination(journal: BatchJournal, *, fresh: bool = False) -> 
     )
 
 
-def record_writer(journal: BatchJournal, identity: list[str]) -> None:
-    """A mapped task instance (``identity``: dag, task, run, map index) wrote the destination: keep
-    that beside it, so that another instance of the same run refuses to overwrite it
-    (:func:`refuse_written_by_sibling`). Not kept for unmapped tasks: a fixed destination rewritten by
-    each run is a common pattern, and leaves nothing behind."""
-    if identity[-1] == "m-1":
-        return
+def destination_of(journal: BatchJournal) -> ObjectStoragePath:
+    """The destination whose state folder (``.<name>.maas/<identity>``) ``journal`` is."""
+    folder = journal.root.parent
+    return folder.parent / folder.name[1 : -len(".maas")]
+
+
+def record_writer(journal: BatchJournal, identity: list[str], round_: int | None = None) -> None:
+    """The task instance ``identity`` (dag, task, run, map index) wrote the destination in clear round
+    ``round_``: keep that in the destination's record (``.<name>.origin.json``, beside it with its
+    ENDPOINT: :mod:`.origin`), so that another task instance refuses to overwrite it
+    (:func:`refuse_written_by_other`) and an automatic retry of this one knows it is done."""
+    path = origin_path(destination_of(journal))
     try:
-        with atomic_writer(journal.root.parent / WRITTEN) as out:
-            out.write(json.dumps({"identity": identity}).encode())
+        record = {**written_record(journal, raw=True), WRITTEN: identity, "round": round_}
+        with atomic_writer(path) as out:
+            out.write(json.dumps(record).encode())
     except OSError as err:  # the results are written: this record only guards against a mistake
-        log.warning("Recording which task wrote %s failed: %s", uri_of(journal.root.parent), err)
+        log.warning("Recording which task wrote %s failed: %s", uri_of(path), err)
 
 
-def refuse_written_by_sibling(journal: BatchJournal, identity: list[str]) -> None:
-    """Stop if another mapped instance of this task in the same run already wrote the destination:
-    its paid answers would be overwritten (mapped tasks that run one at a time never share a state)."""
+def written_record(journal: BatchJournal, *, raw: bool = False) -> dict[str, Any]:
+    """Which task instance wrote the destination of ``journal``, and in which clear round:
+    ``{"identity", "round"}`` ({} if nothing readable); ``raw``: the whole record."""
     try:
-        with (journal.root.parent / WRITTEN).open("rb") as handle:
-            written = json.loads(handle.read()).get("identity")
-    except (OSError, ValueError, AttributeError):
-        return
-    if not isinstance(written, list) or written[:3] != identity[:3] or written == identity:
+        with origin_path(destination_of(journal)).open("rb") as handle:
+            record = json.loads(handle.read(MAX_RECORD))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    return record if raw else {"identity": record.get(WRITTEN), "round": record.get("round")}
+
+
+def refuse_written_by_other(journal: BatchJournal, identity: list[str]) -> None:
+    """Stop if another task instance (another run, task or map index) wrote the destination, which is
+    still there: its paid answers would be overwritten. A destination moved or deleted since may be
+    written again; so may the same task instance (a clear after success)."""
+    record = origin_path(destination_of(journal))
+    written = written_record(journal).get("identity")
+    destination = destination_of(journal)
+    if not isinstance(written, list) or written == identity or not destination.exists():
         return
     name = ".".join(str(part) for part in written)
+    who = "another mapped instance of this task in this run" if written[:3] == identity[:3] else "another run or task"
     raise MaaSStateError(
-        f"The destination was already written by another mapped instance of this task in this run: {name} "
-        f"(recorded in {uri_of(journal.root.parent / WRITTEN)}; this one is {journal.root.name}). Writing it "
-        "again would overwrite that instance's paid answers. Mapped tasks must template the destination per "
-        "task instance, e.g. destination='.../results-{{ run_id }}-{{ ti.map_index }}.jsonl'. To overwrite it "
-        f"anyway, delete {uri_of(journal.root.parent / WRITTEN)} and clear this task."
+        f"The destination {uri_of(destination)} was already written by {who}: {name} (recorded in "
+        f"{uri_of(record)}; this one is {journal.root.name}). Writing it again would overwrite those paid "
+        "answers. Template the destination per run and task instance (backfills, schedules and mapped tasks), "
+        "e.g. destination='.../results-{{ run_id }}-{{ ti.map_index }}.jsonl'; or, to replace it on purpose, "
+        "move or delete that file and clear this task."
     )

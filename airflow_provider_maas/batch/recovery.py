@@ -8,9 +8,12 @@ naming the state's location, what is wrong, every job name still known, and the 
 ``start_over=True`` (a person's explicit choice; the named jobs are abandoned, answers already
 downloaded are kept and reused).
 
-A second record of job names (:func:`save_job_names`): when the journal cannot be written after
-creates answered, the job names go to ``task_state_store`` (Airflow >= 3.3) in a compact form, and
-the next try reattaches to them (:func:`rescued_job_names`).
+A second record (:data:`RECORD`, where :mod:`.task_record` decides: ``task_state_store`` on Airflow
+>= 3.3, an Airflow Variable ``maas_batch.<digest>`` before): the state's location and the newest
+journal object that held "creating" markers (:func:`remember`: a journal that ends before it lost
+its newest objects, refused), and the job names a failed journal write could not store
+(:func:`save_job_names`, in a compact form), to which the next try reattaches
+(:func:`rescued_job_names`). The Variable is removed once the task succeeded (:func:`forget`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.create_guard import clear_round, cleared_since
 from airflow_provider_maas.batch.journal import StateDamaged
+from airflow_provider_maas.batch.ownership import destination_of, written_record
 from airflow_provider_maas.batch.state import STATE_VERSION, ShardKey, ShardRecord, ShardStatus
+from airflow_provider_maas.batch.task_record import BATCH_VARIABLE_PREFIX, forget_record, task_record
 from airflow_provider_maas.exceptions import MaaSError, MaaSStateError, MaaSStateWriteError
 from airflow_provider_maas.storage import to_path, uri_of
 
@@ -39,6 +44,8 @@ STATE_KEY = "maas_batch_state"
 JOBS_KEY = "maas_batch_jobs"
 #: Largest value stored under :data:`JOBS_KEY` (Airflow warns above 65,535 bytes).
 MAX_SAVED_BYTES = 60_000
+#: The second record, as messages name it.
+RECORD = "task_state_store (an Airflow Variable before Airflow 3.3)"
 #: Job names quoted in a message (all of them are logged).
 MAX_QUOTED_NAMES = 50
 
@@ -52,12 +59,17 @@ WAY_ON = (
 
 
 def _store(context: Any) -> Any:
-    return context.get("task_state_store") if hasattr(context, "get") else None  # absent before Airflow 3.3
+    return task_record(context, BATCH_VARIABLE_PREFIX)
+
+
+def forget(context: Any) -> None:
+    """The batch succeeded, its results are written: the Variable (Airflow < 3.3) goes."""
+    forget_record(context, BATCH_VARIABLE_PREFIX)
 
 
 def state_error(problem: str, journal: BatchJournal, context: Any, *names: Iterable[str]) -> MaaSStateError:
     """The error for a batch state that is not whole: ``problem``, the location, every job name
-    known from the journal's readable objects, ``names`` and ``task_state_store``, and the way on."""
+    known from the journal's readable objects, ``names`` and :data:`RECORD`, and the way on."""
     known: dict[str, None] = {}
     for group in (*names, journal.job_names_found(), _saved_names(context)):
         known.update(dict.fromkeys(group))
@@ -91,7 +103,7 @@ def load_whole(
         if state is None and _finished_pointer(context, journal, this_round=True, written=False):
             raise state_error(
                 f"task_state_store says a try of this clear round finished this batch (and removed its state), but "
-                f"its results at {uri_of(_destination(journal))} are not there (deleted, or on the local disk of the "
+                f"its results at {uri_of(destination_of(journal))} are not there (deleted, or on the local disk of the "
                 "worker that ran it); an automatic retry does not pay for the whole batch again. Find the results, "
                 "or clear the task to run the batch again (paid again)",
                 journal,
@@ -119,12 +131,13 @@ def load_whole(
             log.warning("start_over=True: discarding the batch state at %s (%s)", journal.uri, err.problem)
             return None
         raise state_error(err.problem + _NOT_CHOSEN * start_over, journal, context, names) from None
-    pointer = _store(context).get(STATE_KEY) if _store(context) is not None else None
+    store = _store(context)
+    pointer = store.get(STATE_KEY) if store is not None else None
     if isinstance(pointer, dict) and not pointer.get("finished") and not chosen:
         location = pointer.get("location")
         if location != journal.uri:
             raise state_error(
-                f"task_state_store points at the state of an earlier try at {location} (the destination "
+                f"{RECORD} points at the state of an earlier try at {location} (the destination "
                 "changed between tries?); its jobs would be abandoned",
                 journal,
                 context,
@@ -136,19 +149,35 @@ def load_whole(
             )
         elif state is None:
             raise state_error(
-                "task_state_store points at it, but it is gone (deleted by hand or by a lifecycle rule, or a "
+                f"{RECORD} points at it, but it is gone (deleted by hand or by a lifecycle rule, or a "
                 "destination on one worker's local disk while this try runs on another)" + _NOT_CHOSEN * start_over,
                 journal,
                 context,
                 names,
             )
+        marked = pointer.get("seq")
+        if state is not None and isinstance(marked, int) and journal.seq < marked:
+            raise state_error(
+                f"its journal ends at object {journal.seq:010d}, but {RECORD} recorded that object {marked:010d} "
+                "was written, with 'creating' markers: the newest journal objects were deleted (by hand or by a "
+                "lifecycle rule), and the creates they recorded may have been sent and paid for"
+                + _NOT_CHOSEN
+                * start_over,
+                journal,
+                context,
+                names,
+            )
+    if state is not None:
+        journal.marked = journal.seq  # the journal reached here: it may not end before it later
     return state
 
 
 def finished_meanwhile(context: Any, journal: BatchJournal, *, this_round: bool = False) -> bool:
     """Whether another try of this task instance finished this batch (its results written, its state
-    removed): ``task_state_store`` says so for this location. ``this_round``: and in this clear round
-    (a retry of a try that finished, not a person's clear, which runs the batch again)."""
+    removed): :data:`RECORD` says so for this location, or, with no such record (Airflow < 3.3: the
+    Variable is removed on success), the destination's record (``.<name>.origin.json``) names this task
+    instance and this clear round. ``this_round``: and in this clear round (a retry of a try that
+    finished, not a person's clear, which runs the batch again)."""
     return _finished_pointer(context, journal, this_round=this_round) and not (journal.root / "manifest.json").exists()
 
 
@@ -158,10 +187,16 @@ class FinishedMeanwhile(MaaSError):
 
 
 def _finished_pointer(context: Any, journal: BatchJournal, *, this_round: bool, written: bool = True) -> bool:
-    """``task_state_store`` says the batch at this location finished (in this clear round if
-    ``this_round``), and (if ``written``) its destination is written."""
+    """:data:`RECORD` (or, without it, the destination's record) says the batch at this location
+    finished (in this clear round if ``this_round``), and (if ``written``) its destination is written."""
     store = _store(context)
     pointer = store.get(STATE_KEY) if store is not None else None
+    if pointer is None:
+        record = written_record(journal)
+        identity = record.get("identity")
+        mine = isinstance(identity, list) and ".".join(map(str, identity)) == journal.root.name
+        pointer = {"finished": mine, "location": journal.uri, "round": record.get("round")}
+        this_round = True  # a record of an earlier clear round is not this batch's end
     return (
         isinstance(pointer, dict)
         and bool(pointer.get("finished"))
@@ -189,14 +224,8 @@ def _start_over_chosen(context: Any) -> bool:
 
 
 def _written(journal: BatchJournal) -> bool:
-    """Whether the destination of ``journal``'s batch exists."""
-    return _destination(journal).exists()
-
-
-def _destination(journal: BatchJournal) -> Any:
-    """The destination of ``journal``'s batch (its state folder is ``.<name>.maas/<id>``)."""
-    folder = journal.root.parent
-    return folder.parent / folder.name[1 : -len(".maas")]
+    """Whether the destination of ``journal``'s batch exists (its state folder is ``.<name>.maas/<id>``)."""
+    return destination_of(journal).exists()
 
 
 def _missing_round_file(state: BatchState) -> str | None:
@@ -212,17 +241,34 @@ def _missing_round_file(state: BatchState) -> str | None:
 
 
 def remember(context: Any, journal: BatchJournal, *, finished: bool = False) -> None:
-    """Record where the state is in ``task_state_store`` (Airflow >= 3.3): a few hundred bytes;
-    ``finished`` once the results are written (the state is then removed on purpose)."""
+    """Record where the state is in :data:`RECORD`, a few hundred bytes: its location, format and
+    clear round; ``seq``, the newest journal object known to be written (``journal.marked``: rewritten
+    with each flush of "creating" markers, one more write per batch of creates); ``finished`` once the
+    results are written (the state is then removed on purpose)."""
     store = _store(context)
     # "open": written by a provider that marks the end ("finished"); older pointers have neither
     value: dict[str, Any] = {"location": journal.uri, "version": STATE_VERSION, "open": not finished}
     if (round_ := clear_round(context)) is not None:  # the clear round the batch last ran in
         value["round"] = round_
+    if journal.marked and not finished:
+        value["seq"] = journal.marked
     if finished:
         value["finished"] = True
     if store is not None and store.get(STATE_KEY) != value:
         store.set(STATE_KEY, value)
+
+
+def record_mark(context: Any, journal: BatchJournal) -> None:
+    """``journal.on_marked``: record the newest journal object with "creating" markers; for a new
+    plan (``journal.marked`` is 0), drop an older mark, which must not outlive the objects it counted
+    (no pointer is written where there was none: a plan removed at once leaves nothing behind)."""
+    if journal.marked:
+        remember(context, journal)
+        return
+    store = _store(context)
+    pointer = store.get(STATE_KEY) if store is not None else None
+    if isinstance(pointer, dict) and "seq" in pointer:
+        store.set(STATE_KEY, {key: value for key, value in pointer.items() if key != "seq"})
 
 
 # The second record of job names -----------------------------------------------------------------
@@ -237,8 +283,8 @@ def _saved_names(context: Any) -> list[str]:
 
 
 def save_job_names(context: Any, location: str, jobs: Iterable[tuple[ShardKey, str]]) -> bool:
-    """Keep ``jobs`` (shard, job name) in ``task_state_store`` with those already kept for
-    ``location``; False if there is no store (Airflow < 3.3), the value would exceed
+    """Keep ``jobs`` (shard, job name) in :data:`RECORD` with those already kept for
+    ``location``; False if there is no store (outside an Airflow worker), the value would exceed
     :data:`MAX_SAVED_BYTES`, or the store failed."""
     store = _store(context)
     if store is None:
@@ -248,12 +294,12 @@ def save_job_names(context: Any, location: str, jobs: Iterable[tuple[ShardKey, s
     kept.update({f"{key.round}.{key.index}": name for key, name in jobs})
     value = {"location": location, "jobs": kept}
     if len(json.dumps(value)) > MAX_SAVED_BYTES:
-        log.error("%d job names do not fit in task_state_store (%d bytes at most)", len(kept), MAX_SAVED_BYTES)
+        log.error("%d job names do not fit in %s (%d bytes at most)", len(kept), RECORD, MAX_SAVED_BYTES)
         return False
     try:
         store.set(JOBS_KEY, value)
     except Exception:  # the store is the fallback: its failure must not hide the write's
-        log.exception("Saving the job names in task_state_store failed too")
+        log.exception("Saving the job names in %s failed too", RECORD)
         return False
     return True
 
@@ -298,9 +344,9 @@ def unrecorded_error(
             return err
         log.error("Jobs this try created and could not record: %s (kept for the next try: %s)", named, kept)
         where = (
-            "their names are kept in task_state_store: the next try reattaches to them"
+            f"their names are kept in {RECORD}: the next try reattaches to them"
             if kept
-            else "they are not in the batch state (no task_state_store before Airflow 3.3): a later try refuses "
+            else f"they are not in the batch state nor in {RECORD} (see the log): a later try refuses "
             "their shards rather than pay again; look these jobs up"
         )
         return type(err)(
@@ -319,12 +365,12 @@ def unrecorded_error(
         return MaaSStateWriteError(f"{what}; no job created by this try is missing from it: a retry goes on from it.")
     if kept:
         return MaaSStateWriteError(
-            f"{what} after these jobs were created: {named}. Their names are kept in task_state_store: a retry "
+            f"{what} after these jobs were created: {named}. Their names are kept in {RECORD}: a retry "
             "reattaches to them (fix the storage first: free space, or make it writable)."
         )
     return MaaSStateError(
         f"{what} after these jobs were created: {named}. They are not in the batch state and could not be kept "
-        "elsewhere (no task_state_store before Airflow 3.3), so the next try finds their shards 'creating' and "
+        f"elsewhere ({RECORD} is not available to this process or failed; see the log), so the next try finds their shards 'creating' and "
         f"refuses to create them again. Fix the storage, then look these jobs up. {WAY_ON}",
         job_names=[name for _, name in jobs],
     )
@@ -357,7 +403,7 @@ def _removed_error(
         log.error("Jobs of the removed batch state at %s: %s", journal.uri, ", ".join(listed))
         shown = ", ".join(f"{name} (shard {key})" for key, name in jobs[:MAX_QUOTED_NAMES])
         named = f"Jobs created for it ({len(jobs)}): {shown}{' ...' if len(jobs) > MAX_QUOTED_NAMES else ''}"
-        named += " (also kept in task_state_store)." if kept else "."
+        named += f" (also kept in {RECORD})." if kept else "."
     else:
         named = "No job had been created for it yet."
     return StateRemoved(

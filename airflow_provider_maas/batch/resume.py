@@ -11,7 +11,6 @@ failed shards a new chance and restarts ``wait_timeout``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import TYPE_CHECKING, Any
@@ -27,22 +26,23 @@ from airflow_provider_maas.batch.create_guard import (
 from airflow_provider_maas.batch.ownership import (
     new_owner,
     refuse_shared_destination,
-    refuse_written_by_sibling,
+    refuse_written_by_other,
     take_lease,
 )
 from airflow_provider_maas.batch.recovery import (
     STATE_KEY,
     forget_job_names,
     load_whole,
+    record_mark,
     remember,
     rescued_job_names,
     state_error,
 )
-from airflow_provider_maas.batch.round_files import copy_file, requests_to_send
+from airflow_provider_maas.batch.round_files import copy_file, input_key, requests_to_send
 from airflow_provider_maas.batch.state import BatchState, Round, ShardRecord, ShardStatus, fingerprint
 from airflow_provider_maas.client.naming import task_identity
 from airflow_provider_maas.exceptions import MaaSInputError
-from airflow_provider_maas.storage import CHUNK_SIZE, open_source, uri_of
+from airflow_provider_maas.storage import open_source, uri_of
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -56,18 +56,6 @@ log = logging.getLogger(__name__)
 __all__ = ["STATE_KEY", "remember", "resume_after_deferral", "start_or_resume"]
 
 
-def input_key(settings: BatchSettings) -> str:
-    """Digest of the raw input and of the settings that shape round 0 (not of ``reuse_results``: the
-    round-0 requests a state stores stay valid when the reused files change between tries)."""
-    digest = hashlib.sha256(
-        f"{settings.max_requests_per_file}:{settings.max_bytes_per_file}:{settings.deduplicate};".encode()
-    )
-    with open_source(settings.source) as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings) -> BatchState:
     """The state this try goes on from: the stored one if it is for the same input, else a new plan.
 
@@ -75,8 +63,9 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
     ``start_over``. Answers an abandoned state downloaded are kept and reused by the new plan.
     """
     refuse_shared_destination(journal)  # before anything is written
-    refuse_written_by_sibling(journal, task_identity(context))
+    refuse_written_by_other(journal, task_identity(context))
     take_lease(journal, new_owner(context))  # before reading: see batch/ownership.py
+    journal.on_marked = lambda: record_mark(context, journal)
     state = load_whole(context, journal, start_over=settings.start_over, endpoint=settings.endpoint)
     key = input_key(settings)
     if state is not None and (state.input_key == key or _same_plans(state, settings)):
@@ -134,6 +123,7 @@ def resume_after_deferral(
     """The stored state, taken over by this try after the trigger fired (``job_names``: the jobs
     the trigger waited for, named if the state is not whole)."""
     take_lease(journal, new_owner(context))
+    journal.on_marked = lambda: record_mark(context, journal)
     state = load_whole(context, journal, start_over=False, names=job_names or [], endpoint=settings.endpoint)
     if state is None:
         # Not retried automatically: a retry would find no state either and pay for every shard again.

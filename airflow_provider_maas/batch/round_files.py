@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -21,9 +22,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from airflow_provider_maas.batch.parts import concatenate, write_failure_part
 from airflow_provider_maas.batch.results import ResultsFormatError
 from airflow_provider_maas.batch.rounds import all_succeeded, write_requests_to_send, write_retries
-from airflow_provider_maas.batch.shards import check_unchanged
+from airflow_provider_maas.batch.shards import check_unchanged, source_label
 from airflow_provider_maas.batch.state import Round, ShardKey, ShardStatus
-from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSInputError
 from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, open_source, uri_of
 
 if TYPE_CHECKING:
@@ -36,6 +37,40 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.state import BatchState, ShardRecord
 
 log = logging.getLogger(__name__)
+
+
+def input_key(settings: BatchSettings) -> str:
+    """Digest of the raw input and of the settings that shape round 0 (not of ``reuse_results``: the
+    round-0 requests a state stores stay valid when the reused files change between tries). One
+    streaming SHA-256 pass over the source, in :data:`CHUNK_SIZE` chunks: constant memory."""
+    digest = hashlib.sha256(
+        f"{settings.max_requests_per_file}:{settings.max_bytes_per_file}:{settings.deduplicate};".encode()
+    )
+    with open_source(settings.source) as handle:
+        while chunk := handle.read(CHUNK_SIZE):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_source(settings: BatchSettings, state: BatchState, *, before: str) -> None:
+    """The source still holds the requests this batch planned, ``before`` a step that reads it (a
+    retry round's requests, the merge's pairing): round 0 planned over the source itself is checked
+    shard by shard against the plan's SHA-256; a filtered round 0 (``reuse_results``, ``deduplicate``)
+    against the digest of the whole source kept in the state (``input_key``).
+
+    :raises MaaSInputChangedError: naming the source; nothing is sent or written.
+    """
+    if state.rounds[0].source is None:
+        check_unchanged(settings.source, state.rounds[0].plans)
+    elif state.input_key is not None and input_key(settings) != state.input_key:
+        raise MaaSInputChangedError(
+            f"{source_label(settings.source, 'source')} changed since it was planned (the SHA-256 of the whole "
+            f"file differs from the one recorded when round 0 was sent; did an upstream task rewrite it?), so "
+            f"this task stops {before}: answers would be paired with requests that were not sent. The answers "
+            "downloaded so far are kept in the batch state. Restore the file and clear the task (nothing is paid "
+            "again), or clear it with the new file to start over (jobs already created keep running and are billed)"
+        )
+
 
 #: Opens a results file (reused, or of a round) for the stream logic.
 open_results = functools.partial(open_source, what="results file")
@@ -155,8 +190,7 @@ def next_round(settings: BatchSettings, journal: BatchJournal, state: BatchState
     number = len(state.rounds)
     if number > settings.request_retries:
         return []
-    if state.rounds[0].source is None:  # the retries are read from the source: is it still the one sent?
-        check_unchanged(settings.source, state.rounds[0].plans)
+    check_source(settings, state, before=f"before retry round {number}")  # its requests are read from it
     results = all_round_results(settings, journal, state)
     last = results[-1]  # the last round's answered results; a failed shard adds a file after it
     with open_source(last.path) as handle_last:

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.cost import usd
 from airflow_provider_maas.batch.merge import failed_path_for, merge_shard_results
 from airflow_provider_maas.batch.origin import count_answers, write_origin
-from airflow_provider_maas.batch.round_files import all_round_results, answers_opener, write_failure_parts
+from airflow_provider_maas.batch.round_files import all_round_results, answers_opener, check_source, write_failure_parts
 from airflow_provider_maas.batch.rounds import add_origins, merge_answers
-from airflow_provider_maas.batch.shards import check_unchanged
 from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSJobFailedError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
@@ -49,8 +48,7 @@ def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchSt
         add_origins(summary, prices=settings.prices)
         summary["round_succeeded"] = [summary["succeeded"]]
     else:
-        if state.rounds[0].source is None:  # round 0 was planned over the source itself: is it still that?
-            check_unchanged(settings.source, state.rounds[0].plans)
+        check_source(settings, state, before="before writing the results")
         summary = merge_rounds(settings, all_round_results(settings, journal, state))
     others = settings.reuse_of_other_models()
     summary["reuse_skipped_other_model"] = count_answers(others)

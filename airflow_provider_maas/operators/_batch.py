@@ -25,6 +25,7 @@ from airflow_provider_maas.batch.recovery import (
     FinishedMeanwhile,
     StateRemoved,
     finished_meanwhile,
+    forget,
     remember,
     save_job_names,
 )
@@ -433,7 +434,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         check_outcome(summary, dest_uri, fail_on_partial=self.fail_on_partial)
         self._remove_schema_requests(journal)
         remember(context, journal, finished=True)  # first: a state gone on purpose is not "lost"
-        record_writer(journal, task_identity(context))
+        record_writer(journal, task_identity(context), clear_round(context))
         try:
             journal.remove()
         except OSError as err:  # the results are written: a retry would find a half-removed state
@@ -443,4 +444,5 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
                 journal.uri,
                 err,
             )
+        forget(context)  # the second record (an Airflow Variable before 3.3) is not needed any more
         return dest_uri

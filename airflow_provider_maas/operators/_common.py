@@ -3,8 +3,6 @@ task state, job reuse, summaries and asset events."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from functools import cached_property
@@ -13,6 +11,11 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_maas.batch.polling import NOT_FOUND_TRIES
+from airflow_provider_maas.batch.task_record import (  # noqa: F401 (re-exported)
+    RECORD_VARIABLE_PREFIX,
+    VariableStateStore,
+    task_record,
+)
 from airflow_provider_maas.client.states import Outcome, job_outcome
 from airflow_provider_maas.exceptions import MaaSError, MaaSNotFoundError, MaaSResultsGoneError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
@@ -35,71 +38,14 @@ class MaaSBaseOperator(LineageMixin, BaseOperator):
         return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
 
 
-#: Prefix of the Airflow Variables that hold a create operator's record on Airflow < 3.3 (:class:`VariableStateStore`).
-RECORD_VARIABLE_PREFIX = "maas_create."
-
-
-class VariableStateStore:
-    """``task_state_store`` for Airflow 3.0-3.2, which have none: one Airflow Variable per task
-    instance, written through the Task SDK (the Execution API, as ``Variable.set`` in a task).
-
-    A Variable survives the try (a SIGKILLed process included) and Airflow never clears it on a
-    retry or a clear, so the create operator's in-flight marker and job name are found again, as
-    on Airflow >= 3.3. Its name is ``maas_create.<digest of dag, task, run, map index>``, its
-    description names the task instance: delete it once that DAG run is done. Every write is read
-    back: a record that did not land raises before the create is sent (Airflow 3.0's
-    ``Variable.set`` only logs a failed write).
-    """
-
-    def __init__(self, context: Any) -> None:
-        ti = context["ti"]
-        run_id = context.get("run_id") or ti.run_id
-        map_index = getattr(ti, "map_index", -1)
-        identity = json.dumps([ti.dag_id, ti.task_id, run_id, map_index])
-        self.name = RECORD_VARIABLE_PREFIX + hashlib.sha256(identity.encode()).hexdigest()[:32]
-        self.description = (
-            f"airflow-provider-maas: what the create task {ti.dag_id}.{ti.task_id} of run {run_id} (map index "
-            f"{map_index}) sent; its retries read it so as never to pay for a second job. Delete it once that run is done."
-        )
-
-    def get(self, key: str) -> Any:
-        from airflow.sdk import Variable
-
-        value = Variable.get(self.name, default=None, deserialize_json=True)
-        return value.get(key) if isinstance(value, dict) else None
-
-    def set(self, key: str, value: Any) -> None:
-        from airflow.sdk import Variable
-
-        Variable.set(self.name, {key: value}, description=self.description, serialize_json=True)
-        if self.get(key) != value:
-            raise MaaSError(
-                f"Could not save this task's record in the Airflow Variable {self.name!r} (see the log above); "
-                "nothing was created. Check that tasks can write Variables (the Execution API); the task is retried."
-            )
-
-
-def _in_task_runner() -> bool:
-    """Whether this process runs a task under Airflow's supervisor (a worker, ``dag.test()``): only
-    then can it read and write Variables. ``SUPERVISOR_COMMS`` is how the Task SDK itself knows."""
-    try:
-        from airflow.sdk.execution_time import task_runner
-    except ImportError:  # pragma: no cover
-        return False
-    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
-
-
 def task_state(context: Any) -> Any | None:
-    """Where the create operator keeps its record across tries: ``context["task_state_store"]``
-    (Airflow >= 3.3), else an Airflow Variable (:class:`VariableStateStore`), else None (only
-    outside an Airflow worker, e.g. ``execute()`` called by a test: no retry can follow)."""
-    store = context.get("task_state_store")
-    if store is not None:
-        return store
-    if _in_task_runner():
-        return VariableStateStore(context)
-    log.warning("Not running in an Airflow task: no record of the create survives this process")
-    return None
+    """Where the create operator keeps its record across tries (decided in
+    :func:`~airflow_provider_maas.batch.task_record.task_record`: ``task_state_store`` on Airflow
+    >= 3.3, an Airflow Variable ``maas_create.<digest>`` before, None outside an Airflow worker)."""
+    store = task_record(context)
+    if store is None:
+        log.warning("Not running in an Airflow task: no record of the create survives this process")
+    return store
 
 
 def reusable_job(hook: Any, store: Any | None, key: str, file_name: str, task_log: Any) -> str | None:

@@ -104,7 +104,7 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
     Never pays twice on its own: a marker is saved before the create is sent and replaced by the
     job's name once the answer is in, in ``task_state_store`` (key ``maas_job``; Airflow >= 3.3) or,
     before Airflow 3.3, in an Airflow Variable ``maas_create.<digest>`` of the task instance
-    (:class:`~airflow_provider_maas.operators._common.VariableStateStore`). A retry
+    (:class:`~airflow_provider_maas.batch.task_record.VariableStateStore`). A retry
     reuses that job (unless it ended FAILED/CANCELLED/EXPIRED or its results are gone: then it
     creates a new one, and logs it). A retry that finds the create still in flight (lost answer,
     timeout, killed process) fails with
