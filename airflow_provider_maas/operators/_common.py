@@ -17,7 +17,7 @@ from airflow_provider_maas.batch.task_record import (  # noqa: F401 (re-exported
     task_record,
 )
 from airflow_provider_maas.client.states import Outcome, job_outcome
-from airflow_provider_maas.exceptions import MaaSError, MaaSNotFoundError, MaaSResultsGoneError
+from airflow_provider_maas.exceptions import MaaSNotFoundError, MaaSResultsGoneError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators._lineage import LineageMixin
