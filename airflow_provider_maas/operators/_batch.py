@@ -402,7 +402,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         if gate is not None and (stopped := gate.stop_error(state, summary)) is not None:
             raise stopped  # the state stays: a retry finds the spend and creates nothing that does not fit
         check_outcome(summary, dest_uri, fail_on_partial=self.fail_on_partial)
-        self._remove_schema_requests(journal)
+        self._remove_sent_requests(journal)
         remember(context, journal, finished=True)  # first: a state gone on purpose is not "lost"
         record_writer(journal, task_identity(context))
         try:
