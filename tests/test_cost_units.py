@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_maas.batch.answers import _parse
-from airflow_provider_maas.batch.budget import Admission, SpendGate, check_budget
+from airflow_provider_maas.batch.budget import Admission, SpendGate, check_budget, check_same_prices
 from airflow_provider_maas.batch.canary import check_canary, judge, split_first
 from airflow_provider_maas.batch.plan import (
     DEFAULT_MAX_OUTPUT_TOKENS,
@@ -132,6 +132,23 @@ def _state(shards: int) -> BatchState:
     data = _lines(*(_request(f"q{n}", max_out=10) for n in range(shards)))
     plans = tuple(plan_shards(io.BytesIO(data), max_requests=1))
     return BatchState(fingerprint="f", identity="i", rounds=[Round(0, plans)])
+
+
+def test_the_spend_is_kept_with_its_prices_and_other_prices_are_refused():
+    old, new = {"prompt": 0.0, "candidates": 0.1}, {"prompt": 0.0, "candidates": 1.0}
+    state = _state(2)
+    assert check_same_prices(state, old, "s") is True  # nothing counted yet: it takes them
+    loaded = _state(2)
+    loaded.apply_meta(json.loads(json.dumps(state.meta())))
+    assert loaded.prices == old and check_same_prices(loaded, old, "s") is False
+    assert check_same_prices(loaded, new, "s") is True  # still nothing counted: a price fix is free
+    loaded.apply(loaded.shards[ShardKey(0, 0)].but(status=ShardStatus.DONE, cost_usd=0.5))
+    with pytest.raises(MaaSInputError, match=r"at prices \{'prompt': 0.0, 'candidates': 1.0\}, this try has"):
+        check_same_prices(loaded, old, "s")
+    older = _state(2)  # a state written before the prices were kept, with a spend: unknown prices
+    older.spent_before_usd = 0.2
+    with pytest.raises(MaaSInputError, match="not recorded"):
+        check_same_prices(older, old, "s")
 
 
 def _gate(**kwargs: Any) -> SpendGate:

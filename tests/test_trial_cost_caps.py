@@ -160,14 +160,10 @@ def test_a_thinking_budget_above_the_default_ceiling_is_in_the_worst_case():
 
 
 # 5. Prices corrected between tries ---------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the spend is kept in USD at the prices of the try that measured it; a retry with "
-    "corrected (higher) prices adds new worst cases at the new prices to a spend at the old ones. Fix: keep "
-    "the prices (or the token totals) with each shard's cost in the state and price them again when prices "
-    "change (or refuse a price change while a spend is recorded).",
-)
-def test_prices_raised_on_a_retry_count_the_jobs_already_paid_at_the_new_prices(monkeypatch, tmp_path):
+def test_prices_changed_on_a_retry_are_refused_before_anything_is_created(monkeypatch, tmp_path):
+    """The spend is kept in USD at the prices of the try that counted it: a retry with corrected
+    (higher) prices added new worst cases to it and paid 4 jobs under a cap of 3. The state keeps
+    the prices; a try with other prices is refused, naming both and the way on."""
     usage = {"promptTokenCount": 1, "candidatesTokenCount": MAX_OUT, "totalTokenCount": MAX_OUT + 1}
     with stub_service(respond=_answer(usage)) as service:
         monkeypatch.setenv(*connection_env(service.base_url))
@@ -186,11 +182,10 @@ def test_prices_raised_on_a_retry_count_the_jobs_already_paid_at_the_new_prices(
         with pytest.raises(MaaSError):
             _operator(source, dest, prices=typo, max_cost_usd=3 * JOB_WORST, max_active_jobs=1).execute(make_context())
         assert service.creates() == 3  # 2 jobs paid (the third refused)
-        with pytest.raises(MaaSBudgetExceededError):
-            _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1).execute(
-                make_context()
-            )
-        assert service.creates() - 1 <= 3  # jobs created, at the real price, within the cap
+        for context in (make_context(), _cleared(2)):  # a retry, and a person's clear
+            with pytest.raises(MaaSInputError, match=r"prices changed .* at prices \{'prompt': 0.0, 'candidates': 0.1"):
+                _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1).execute(context)
+            assert service.creates() == 3  # nothing created
 
 
 # 6. An answer written twice ----------------------------------------------------------------------

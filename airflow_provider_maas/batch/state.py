@@ -154,6 +154,9 @@ class BatchState:
         ``resume.input_key``); None in states written before it was kept.
     :param spent_before_usd: What the states this one replaced (a changed input, ``reuse_results``
         or canary) spent or left in flight: the cap (``batch.budget``) counts it as spent.
+    :param prices: The ``prices`` its USD amounts (``spent_before_usd``, each record's ``cost_usd``,
+        ``reserve_usd``, ``lost_usd``) were counted at; None: none counted yet, or a state written
+        before they were kept (``budget.check_same_prices``).
     """
 
     fingerprint: str
@@ -164,6 +167,7 @@ class BatchState:
     clear_round: int | None = None
     resumes: int = 0
     spent_before_usd: float = 0.0
+    prices: dict[str, float] | None = None
     shards: dict[ShardKey, ShardRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -208,9 +212,11 @@ class BatchState:
 
     def meta(self) -> dict[str, Any]:
         """The batch-level fields, as a journal line stores them."""
-        meta = {"deadline": self.deadline, "clear_round": self.clear_round, "resumes": self.resumes}
+        meta: dict[str, Any] = {"deadline": self.deadline, "clear_round": self.clear_round, "resumes": self.resumes}
         if self.spent_before_usd:
             meta["spent_before_usd"] = self.spent_before_usd
+        if self.prices is not None:
+            meta["prices"] = self.prices
         return meta
 
     def apply_meta(self, data: dict[str, Any]) -> None:
@@ -218,3 +224,8 @@ class BatchState:
         self.clear_round = data.get("clear_round")
         self.resumes = int(data.get("resumes") or 0)
         self.spent_before_usd = float(data.get("spent_before_usd") or 0.0)
+        prices = data.get("prices")  # not a dict of numbers: unknown prices (a spend is then refused)
+        if isinstance(prices, dict) and all(isinstance(v, (int, float)) for v in prices.values()):
+            self.prices = {str(k): float(v) for k, v in prices.items()}
+        else:
+            self.prices = None

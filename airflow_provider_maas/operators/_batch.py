@@ -300,7 +300,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         resumed: BatchJobsEvent | None = None,
     ) -> str:
         self.hook.get_conn()  # the connection is looked up once, before the pool threads share the hook
-        gate = self._gate(journal, settings.source)
+        gate = self._gate(journal, state, settings.source)
         with BatchDriver(
             hook=metrics.CountingCreates(self.hook, context),
             journal=journal,

@@ -13,7 +13,7 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.budget import SpendGate, check_budget
+from airflow_provider_maas.batch.budget import SpendGate, check_budget, check_same_prices
 from airflow_provider_maas.batch.canary import check_canary
 from airflow_provider_maas.batch.plan import dry_run
 from airflow_provider_maas.batch.rewrite import Rewrite, write_source_rewritten
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_maas.batch.journal import BatchJournal
     from airflow_provider_maas.batch.settings import BatchSettings
+    from airflow_provider_maas.batch.state import BatchState
 
 
 class CostControl:
@@ -121,10 +122,13 @@ class CostControl:
             yield path
 
     # The run ---------------------------------------------------------------------------------
-    def _gate(self, journal: BatchJournal, source: Any) -> SpendGate | None:
-        """The budget cap, canary and answer checks of this batch, if any is asked for."""
+    def _gate(self, journal: BatchJournal, state: BatchState, source: Any) -> SpendGate | None:
+        """The budget cap, canary and answer checks of this batch, if any is asked for (a state
+        whose spend is at other prices is refused here, before any create)."""
         if self.max_cost_usd is None and not self.canary_requests and self.response_schema is None:
             return None
+        if self.prices is not None and check_same_prices(state, self.prices, journal.uri):
+            journal.append(state, [], meta=True)  # the prices the spend is counted at
         return SpendGate(
             source=source,
             parts=journal.part,
