@@ -137,7 +137,8 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         was spent and what is reserved for jobs in flight, is not sent; the jobs in flight finish,
         then the task fails with :class:`~airflow_provider_maas.exceptions.MaaSBudgetExceededError`.
     :param default_max_output_tokens: Output tokens assumed for a request without
-        ``generationConfig.maxOutputTokens`` (estimates and worst case).
+        ``generationConfig.maxOutputTokens`` (estimates and worst case); with ``max_cost_usd`` it
+        is sent as that request's ``maxOutputTokens``, so the worst case is a bound.
     :param canary_requests: Send the first N requests (<= 100) as one job first; the rest waits
         for its answers (its failures, and its measured cost against ``max_cost_usd``). 0: none.
     :param canary_max_failed: Fraction of the canary's requests that may fail (or be invalid)
