@@ -203,13 +203,14 @@ ANSWER_SCHEMA = {
 
 def _invalid_lines(source: Path, rate: float) -> list[int]:
     """0-based lines of ``source`` whose answer the emulator spoils (the request as sent: schema added)."""
-    from airflow_provider_maas.batch.schema import to_gemini_schema, with_schema
+    from airflow_provider_maas.batch.rewrite import Rewrite
+    from airflow_provider_maas.batch.schema import to_gemini_schema
     from airflow_provider_maas.emulator.results import answer_is_invalid
 
     spoilt = []
     for number, line in enumerate(source.read_text().splitlines()):
         request = json.loads(line)["request"]
-        with_schema(request, to_gemini_schema(ANSWER_SCHEMA))
+        Rewrite(gemini_schema=to_gemini_schema(ANSWER_SCHEMA)).apply(request)
         if answer_is_invalid(request, 0, rate):
             spoilt.append(number)
     return spoilt

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_maas.batch.answers import _parse
-from airflow_provider_maas.batch.budget import Admission, SpendGate, check_budget
+from airflow_provider_maas.batch.budget import Admission, SpendGate, check_budget, check_same_prices
 from airflow_provider_maas.batch.canary import check_canary, judge, split_first
 from airflow_provider_maas.batch.plan import (
     DEFAULT_MAX_OUTPUT_TOKENS,
@@ -20,14 +20,13 @@ from airflow_provider_maas.batch.plan import (
     make_plan,
     worst_case_usd,
 )
+from airflow_provider_maas.batch.rewrite import Rewrite, write_rewritten
 from airflow_provider_maas.batch.schema import (
     INVALID_OUTPUT,
     AnswerCheck,
     count_invalid,
     retry_rule,
     to_gemini_schema,
-    with_schema,
-    write_with_schema,
 )
 from airflow_provider_maas.batch.shards import copy_shard, plan_shards
 from airflow_provider_maas.batch.state import BatchState, Round, ShardKey, ShardRecord, ShardStatus
@@ -133,6 +132,23 @@ def _state(shards: int) -> BatchState:
     data = _lines(*(_request(f"q{n}", max_out=10) for n in range(shards)))
     plans = tuple(plan_shards(io.BytesIO(data), max_requests=1))
     return BatchState(fingerprint="f", identity="i", rounds=[Round(0, plans)])
+
+
+def test_the_spend_is_kept_with_its_prices_and_other_prices_are_refused():
+    old, new = {"prompt": 0.0, "candidates": 0.1}, {"prompt": 0.0, "candidates": 1.0}
+    state = _state(2)
+    assert check_same_prices(state, old, "s") is True  # nothing counted yet: it takes them
+    loaded = _state(2)
+    loaded.apply_meta(json.loads(json.dumps(state.meta())))
+    assert loaded.prices == old and check_same_prices(loaded, old, "s") is False
+    assert check_same_prices(loaded, new, "s") is True  # still nothing counted: a price fix is free
+    loaded.apply(loaded.shards[ShardKey(0, 0)].but(status=ShardStatus.DONE, cost_usd=0.5))
+    with pytest.raises(MaaSInputError, match=r"at prices \{'prompt': 0.0, 'candidates': 1.0\}, this try has"):
+        check_same_prices(loaded, old, "s")
+    older = _state(2)  # a state written before the prices were kept, with a spend: unknown prices
+    older.spent_before_usd = 0.2
+    with pytest.raises(MaaSInputError, match="not recorded"):
+        check_same_prices(older, old, "s")
 
 
 def _gate(**kwargs: Any) -> SpendGate:
@@ -275,7 +291,8 @@ def test_requests_asking_for_no_schema_get_it_others_are_copied_as_they_are():
     own = {**_request("a"), "generationConfig": {"responseSchema": {"type": "STRING"}}}
     data = _lines(_request("b", max_out=7), own)
     out = io.BytesIO()
-    assert write_with_schema(io.BytesIO(data), out, {"type": "OBJECT"}) == 1
+    asks = Rewrite(gemini_schema={"type": "OBJECT"})
+    assert write_rewritten(io.BytesIO(data), out, asks) == 1
     first, second = out.getvalue().splitlines()
     config = json.loads(first)["request"]["generationConfig"]
     assert config == {
@@ -284,7 +301,7 @@ def test_requests_asking_for_no_schema_get_it_others_are_copied_as_they_are():
         "responseSchema": {"type": "OBJECT"},
     }
     assert second == data.splitlines()[1]
-    assert with_schema(json.loads(second)["request"], {"type": "OBJECT"}) is False
+    assert asks.apply(json.loads(second)["request"]) is False
 
 
 @pytest.mark.parametrize("blank_after", [None, 2])
@@ -296,3 +313,40 @@ def test_a_file_of_validated_lines_is_planned_the_same_without_parsing_again(bla
     assert plan_shards(io.BytesIO(data), max_requests=4, max_bytes=600, validated=True) == parsed
     with pytest.raises(MaaSInputError, match="line 1: is at least"):
         plan_shards(io.BytesIO(data), max_requests=4, max_bytes=20, validated=True)
+
+
+def test_a_snake_case_mime_type_or_ceiling_is_not_added_twice():
+    request = {**_request("a"), "generation_config": {"response_mime_type": "text/x.enum", "max_output_tokens": 9}}
+    rewrite = Rewrite(gemini_schema={"type": "OBJECT"}, default_max_output=100)
+    assert rewrite.apply(request) is True
+    assert request["generation_config"] == {
+        "response_mime_type": "text/x.enum",
+        "max_output_tokens": 9,
+        "responseSchema": {"type": "OBJECT"},
+    }
+    assert "generationConfig" not in request
+
+
+def test_under_a_cap_the_output_ceiling_counted_is_the_one_sent():
+    """The ceiling written is the one the worst case counts (the default, or a larger thinking budget);
+    a null one is replaced; a request's own ceiling is kept; blank and unparsed lines keep their place."""
+    thinking = {**_request("b"), "generationConfig": {"thinkingConfig": {"thinkingBudget": 500}}}
+    null = {**_request("c"), "generationConfig": {"max_output_tokens": None}}
+    data = _lines(_request("a"), thinking, blank_after=1) + _lines(null, _request("d", max_out=7)) + b"{bad\n"
+    out = io.BytesIO()
+    assert write_rewritten(io.BytesIO(data), out, Rewrite(default_max_output=100)) == 3
+    lines = out.getvalue().split(b"\n")
+    sent = [json.loads(line)["request"] for line in lines[:2] + lines[4:6]]
+    assert [estimate_request(r, 1).max_output for r in sent] == [100, 500, 100, 7]
+    assert sent[0]["generationConfig"] == {"maxOutputTokens": 100}
+    assert sent[2]["generationConfig"] == {"max_output_tokens": 100}
+    assert lines[2:4] == [b"", b""] and lines[6] == b"{bad"  # line numbers are the input's
+    assert lines[5] == data.split(b"\n")[5]  # its own ceiling: copied byte for byte
+
+
+@pytest.mark.parametrize("ceiling", [0, -3, "many", True, 1.5])
+def test_under_a_cap_a_ceiling_that_bounds_nothing_is_refused(ceiling):
+    request = {**_request("a"), "generationConfig": {"maxOutputTokens": ceiling}}
+    with pytest.raises(MaaSInputError, match=r"requests line 2: generationConfig\.maxOutputTokens"):
+        Rewrite(default_max_output=100).apply(request, 2)
+    assert Rewrite(gemini_schema={"type": "OBJECT"}).apply(request) is True  # no cap: not checked

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_maas.batch.plan import estimate_request
-from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError
+from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError, MaaSInputError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.conftest import connection_env
 from tests.helpers import make_context
@@ -89,15 +89,7 @@ def test_the_canary_estimate_counts_tool_use_tokens_as_the_spend_does(monkeypatc
     assert summary["canary"]["estimated_cost_usd"] == pytest.approx(10 * 1001 / 1e6)
 
 
-# 2. default_max_output_tokens is not sent: the service does not know it --------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: default_max_output_tokens only lowers the operator's worst case; the requests "
-    "without maxOutputTokens are sent without it, so the model answers up to its own limit (65,536) and "
-    "every job admitted in the first wave may cost that much. Fix: with max_cost_usd, write "
-    "generationConfig.maxOutputTokens=default_max_output_tokens into the requests that set none (as "
-    "set_response_schema writes the schema), or refuse such requests under a cap.",
-)
+# 2. default_max_output_tokens was not sent: the service did not know it --------------------------
 def test_the_default_output_ceiling_bounds_what_the_service_may_answer(monkeypatch, tmp_path):
     seen: list[dict[str, Any]] = []
 
@@ -121,6 +113,7 @@ def test_the_default_output_ceiling_bounds_what_the_service_may_answer(monkeypat
                 default_max_output_tokens=MAX_OUT,
             ).execute(context)
     assert context["ti"].xcom["summary"]["cost_usd"] <= 3 * JOB_WORST + 1e-9
+    assert {r["generationConfig"]["maxOutputTokens"] for r in seen} == {MAX_OUT}  # the ceiling is sent
 
 
 # 3. A job that reports more than its worst case: the worst case is no bound -----------------------
@@ -167,14 +160,10 @@ def test_a_thinking_budget_above_the_default_ceiling_is_in_the_worst_case():
 
 
 # 5. Prices corrected between tries ---------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="not fixed: the spend is kept in USD at the prices of the try that measured it; a retry with "
-    "corrected (higher) prices adds new worst cases at the new prices to a spend at the old ones. Fix: keep "
-    "the prices (or the token totals) with each shard's cost in the state and price them again when prices "
-    "change (or refuse a price change while a spend is recorded).",
-)
-def test_prices_raised_on_a_retry_count_the_jobs_already_paid_at_the_new_prices(monkeypatch, tmp_path):
+def test_prices_changed_on_a_retry_are_refused_before_anything_is_created(monkeypatch, tmp_path):
+    """The spend is kept in USD at the prices of the try that counted it: a retry with corrected
+    (higher) prices added new worst cases to it and paid 4 jobs under a cap of 3. The state keeps
+    the prices; a try with other prices is refused, naming both and the way on."""
     usage = {"promptTokenCount": 1, "candidatesTokenCount": MAX_OUT, "totalTokenCount": MAX_OUT + 1}
     with stub_service(respond=_answer(usage)) as service:
         monkeypatch.setenv(*connection_env(service.base_url))
@@ -193,11 +182,10 @@ def test_prices_raised_on_a_retry_count_the_jobs_already_paid_at_the_new_prices(
         with pytest.raises(MaaSError):
             _operator(source, dest, prices=typo, max_cost_usd=3 * JOB_WORST, max_active_jobs=1).execute(make_context())
         assert service.creates() == 3  # 2 jobs paid (the third refused)
-        with pytest.raises(MaaSBudgetExceededError):
-            _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1).execute(
-                make_context()
-            )
-        assert service.creates() - 1 <= 3  # jobs created, at the real price, within the cap
+        for context in (make_context(), _cleared(2)):  # a retry, and a person's clear
+            with pytest.raises(MaaSInputError, match=r"prices changed .* at prices \{'prompt': 0.0, 'candidates': 0.1"):
+                _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1).execute(context)
+            assert service.creates() == 3  # nothing created
 
 
 # 6. An answer written twice ----------------------------------------------------------------------
@@ -251,3 +239,25 @@ def test_jobs_created_before_the_cap_that_report_no_usage_count_at_their_worst_c
         with pytest.raises(MaaSBudgetExceededError):
             capped.execute(make_context())
         assert service.creates() <= 3
+
+
+# 8. A cap added while the batch is deferred: the ceiling it sends changes the requests ------------
+def test_a_cap_added_while_deferred_sends_no_shard_planned_without_its_ceiling(emulator_factory, tmp_path):
+    """The shards were planned from requests without maxOutputTokens; the resume has a cap, which
+    sends the ceiling: a shard not yet sent is refused as a changed input, not sent unbounded."""
+    import asyncio
+
+    from tests.compat import TaskDeferred
+
+    handle = emulator_factory(job_duration=60)
+    source = _requests(tmp_path / "r.jsonl", 20, config={})
+    dest = tmp_path / "out.jsonl"
+    with pytest.raises(TaskDeferred) as info:
+        _operator(source, dest, max_active_jobs=2, deferrable=True).execute(make_context())
+    for name in info.value.trigger.job_names:
+        handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
+    event = asyncio.run(anext(info.value.trigger.run())).payload
+    capped = _operator(source, dest, prices=PRICES, max_cost_usd=1.0, max_active_jobs=2, deferrable=True)
+    with pytest.raises(MaaSInputError, match="changed since it was planned"):
+        capped.execute_complete(make_context(), event)
+    assert handle.emulator.jobs_created == 2

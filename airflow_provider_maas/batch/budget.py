@@ -78,6 +78,29 @@ def spend_left_behind(state: BatchState) -> float:
     return round(total, 9)
 
 
+def check_same_prices(state: BatchState, prices: dict[str, float], where: str) -> bool:
+    """Before this try counts USD at ``prices`` in ``state``: the amounts it holds must be at the
+    same prices. A state holding none takes ``prices`` (True: store its batch fields); one holding
+    amounts at other prices, or at prices it did not keep (written before they were), is refused
+    before anything is created: the cap would add new worst cases to a spend counted at other prices.
+
+    :raises MaaSInputError: naming the prices of the spend, the new ones and the way on.
+    """
+    if state.prices == prices:
+        return False
+    if not state.spent_before_usd and not any(r.cost_usd or r.lost_usd or r.reserve_usd for r in state.shards.values()):
+        state.prices = dict(prices)
+        return True
+    recorded = state.prices if state.prices is not None else "not recorded (a state written by an older provider)"
+    raise MaaSInputError(
+        f"prices changed since this batch counted its spend: the spend in its state is at prices {recorded}, "
+        f"this try has prices {prices}. Counting new jobs at the new prices on top of a spend at the old ones "
+        "could pass max_cost_usd, so nothing is created. Run it again with the prices the spend was counted at; "
+        "or, to use the new prices, start a new DAG run with this destination as its reuse_results and a "
+        f"destination of its own (the answers already paid for are reused, not paid again). Batch state: {where}"
+    )
+
+
 def check_budget(
     max_cost_usd: Any,
     prices: Any,

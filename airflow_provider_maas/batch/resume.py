@@ -86,9 +86,10 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
             take_over(context, journal, state, settings)
             log.warning("The input changed since the batch state at %s was written: starting over", journal.uri)
         spent_before = spend_left_behind(state) if state is not None else 0.0  # max_cost_usd: not a new budget
+        prices = state.prices if state is not None and spent_before else None  # what spent_before is at
         if journal.keep_answers():
             log.info("Answers downloaded by the earlier plan are kept under %s and reused", journal.uri)
-        state = _start_over(context, journal, settings, key, spent_before)
+        state = _start_over(context, journal, settings, key, spent_before, prices)
         refuse_shared_destination(journal, fresh=True)
     remember(context, journal)
     return state
@@ -104,14 +105,19 @@ def _same_plans(state: BatchState, settings: BatchSettings) -> bool:
 
 
 def _start_over(
-    context: Any, journal: BatchJournal, settings: BatchSettings, key: str, spent_before: float
+    context: Any,
+    journal: BatchJournal,
+    settings: BatchSettings,
+    key: str,
+    spent_before: float,
+    prices: dict[str, float] | None,
 ) -> BatchState:
     with requests_to_send(settings) as to_send:
         with open_source(to_send or settings.source) as handle:
             empty = to_send is not None and not os.path.getsize(to_send)
             plans = [] if empty else settings.plan_first_round(handle)
         round_source = journal.root / "round-0.jsonl" if to_send else None
-        state = start(context, journal, plans, round_source, settings, key, spent_before=spent_before)
+        state = start(context, journal, plans, round_source, settings, key, spent_before=spent_before, prices=prices)
         if to_send and round_source is not None:
             copy_file(to_send, round_source)  # before any upload: a retry finds it
     return state
@@ -148,9 +154,11 @@ def start(
     key: str | None = None,
     *,
     spent_before: float = 0.0,
+    prices: dict[str, float] | None = None,
 ) -> BatchState:
     """A new state for ``plans`` (round 0's requests in ``source``, or the operator's source if
-    None), stored in ``journal`` in place of any earlier one (``spent_before``: what that one spent)."""
+    None), stored in ``journal`` in place of any earlier one (``spent_before``: what that one spent,
+    at ``prices``)."""
     state = BatchState(
         fingerprint=fingerprint(plans),
         identity=".".join(task_identity(context)),
@@ -160,6 +168,7 @@ def start(
         input_key=key,
         spent_before_usd=spent_before,
         endpoint=settings.endpoint,
+        prices=prices,
     )
     journal.create(state)
     log.info("Planned %d shards for %d requests; state at %s", len(plans), sum(p.requests for p in plans), journal.uri)

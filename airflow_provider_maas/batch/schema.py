@@ -7,8 +7,8 @@ merge places it like any failed request (the failed file, the retry rounds).
 
 :func:`to_gemini_schema` turns a JSON Schema (Pydantic's included: ``$defs``/``$ref``,
 ``anyOf`` with null) into the service's (Gemini's) ``responseSchema`` form, an OpenAPI subset;
-:func:`write_with_schema` adds it, with ``responseMimeType: application/json``, to each request
-line that asks for no schema of its own.
+:func:`~airflow_provider_maas.batch.rewrite.write_rewritten` adds it, with
+``responseMimeType: application/json``, to each request line that asks for no schema of its own.
 
 JSON Schema validation uses ``jsonschema`` (installed with Airflow: apache-airflow-core requires
 it), with the validator of the schema's own ``$schema`` (Draft 2020-12 by default); a Pydantic
@@ -54,8 +54,6 @@ _KEPT = frozenset(
         "propertyOrdering",
     }
 )
-#: Keys of ``generationConfig`` that already ask for a shape.
-_OWN_SCHEMA = ("responseSchema", "response_schema", "responseJsonSchema", "response_json_schema")
 
 
 def _is_model(schema: Any) -> bool:
@@ -236,45 +234,3 @@ def _convert(node: Any, definitions: dict[str, Any], depth: int) -> dict[str, An
     if "enum" in out and "type" not in out:
         out["type"] = "STRING"
     return {key: value for key, value in out.items() if value is not None}
-
-
-def with_schema(request: dict[str, Any], gemini_schema: dict[str, Any]) -> bool:
-    """Ask ``request`` for ``gemini_schema`` (JSON output) unless it asks for a schema of its own;
-    True if it was changed."""
-    config = request.get("generationConfig", request.get("generation_config"))
-    if isinstance(config, dict) and any(key in config for key in _OWN_SCHEMA):
-        return False
-    key = (
-        "generation_config"
-        if "generation_config" in request and "generationConfig" not in request
-        else "generationConfig"
-    )
-    config = dict(config) if isinstance(config, dict) else {}
-    config.setdefault("responseMimeType", "application/json")
-    config["responseSchema"] = gemini_schema
-    request[key] = config
-    return True
-
-
-def write_with_schema(source: IO[bytes], out: IO[bytes], gemini_schema: dict[str, Any]) -> int:
-    """Copy request lines, each asked for ``gemini_schema`` where it asks for none; returns how many changed.
-    Lines left alone are copied byte for byte; blank lines are dropped."""
-    changed = 0
-    for _, _, line in iter_lines(source):
-        obj = json.loads(line)
-        request = obj.get("request") if isinstance(obj, dict) else None
-        if isinstance(request, dict) and with_schema(request, gemini_schema):
-            changed += 1
-            line = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
-        out.write(line + b"\n")
-    return changed
-
-
-def write_source_with_schema(source: Any, target: Any, schema: Any) -> int:
-    """Write ``source``'s requests to ``target`` (atomically), each asked for ``schema`` (see
-    :func:`write_with_schema`); returns how many were changed."""
-    from airflow_provider_maas.storage import open_source
-
-    gemini = to_gemini_schema(json_schema_of(schema))
-    with open_source(source) as handle, atomic_writer(target) as out:
-        return write_with_schema(handle, out, gemini)

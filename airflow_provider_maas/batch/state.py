@@ -167,6 +167,9 @@ class BatchState:
     :param last_poll: When a poll of the batch's jobs last answered (epoch seconds; the worker's
         polls, or the trigger's that resumed the task), as of the last journal write; None in states
         written before it was kept.
+    :param prices: The ``prices`` its USD amounts (``spent_before_usd``, each record's ``cost_usd``,
+        ``reserve_usd``, ``lost_usd``) were counted at; None: none counted yet, or a state written
+        before they were kept (``budget.check_same_prices``).
     """
 
     fingerprint: str
@@ -179,6 +182,7 @@ class BatchState:
     spent_before_usd: float = 0.0
     endpoint: str | None = None
     last_poll: float | None = None
+    prices: dict[str, float] | None = None
     shards: dict[ShardKey, ShardRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -230,6 +234,8 @@ class BatchState:
             meta["endpoint"] = self.endpoint
         if self.last_poll is not None:
             meta["last_poll"] = self.last_poll
+        if self.prices is not None:
+            meta["prices"] = self.prices
         return meta
 
     def apply_meta(self, data: dict[str, Any]) -> None:
@@ -241,3 +247,8 @@ class BatchState:
         polled = data.get("last_poll")
         if isinstance(polled, (int, float)) and not isinstance(polled, bool):
             self.last_poll = max(self.last_poll or 0.0, float(polled))
+        prices = data.get("prices")  # not a dict of numbers: unknown prices (a spend is then refused)
+        if isinstance(prices, dict) and all(isinstance(v, (int, float)) for v in prices.values()):
+            self.prices = {str(k): float(v) for k, v in prices.items()}
+        else:
+            self.prices = None

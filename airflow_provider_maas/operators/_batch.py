@@ -145,7 +145,8 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         was spent and what is reserved for jobs in flight, is not sent; the jobs in flight finish,
         then the task fails with :class:`~airflow_provider_maas.exceptions.MaaSBudgetExceededError`.
     :param default_max_output_tokens: Output tokens assumed for a request without
-        ``generationConfig.maxOutputTokens`` (estimates and worst case).
+        ``generationConfig.maxOutputTokens`` (estimates and worst case); with ``max_cost_usd`` it
+        is sent as that request's ``maxOutputTokens``, so the worst case is a bound.
     :param max_tokens_per_file_part: The most tokens one file part (``fileData``/``inlineData``: an
         image, a PDF, video, audio) may count in the worst case; ``max_cached_content_tokens``: what
         a request's ``cachedContent`` may count. With ``max_cost_usd``, a request having such a part
@@ -330,7 +331,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         resumed: BatchJobsEvent | None = None,
     ) -> str:
         self.hook.get_conn()  # the connection is looked up once, before the pool threads share the hook
-        gate = self._gate(journal, settings.source)
+        gate = self._gate(journal, state, settings.source)
         with BatchDriver(
             hook=metrics.CountingCreates(self.hook, context),
             journal=journal,
@@ -432,7 +433,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         if gate is not None and (stopped := gate.stop_error(state, summary)) is not None:
             raise stopped  # the state stays: a retry finds the spend and creates nothing that does not fit
         check_outcome(summary, dest_uri, fail_on_partial=self.fail_on_partial)
-        self._remove_schema_requests(journal)
+        self._remove_sent_requests(journal)
         remember(context, journal, finished=True)  # first: a state gone on purpose is not "lost"
         record_writer(journal, task_identity(context), clear_round(context))
         try:

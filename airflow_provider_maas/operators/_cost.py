@@ -13,10 +13,11 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.budget import SpendGate, check_budget
+from airflow_provider_maas.batch.budget import SpendGate, check_budget, check_same_prices
 from airflow_provider_maas.batch.canary import check_canary
 from airflow_provider_maas.batch.plan import Bounds, dry_run, refuse_unbounded
-from airflow_provider_maas.batch.schema import AnswerCheck, count_invalid, retry_rule, write_source_with_schema
+from airflow_provider_maas.batch.rewrite import Rewrite, write_source_rewritten
+from airflow_provider_maas.batch.schema import AnswerCheck, count_invalid, json_schema_of, retry_rule, to_gemini_schema
 from airflow_provider_maas.storage import open_source, to_path
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_maas.batch.journal import BatchJournal
     from airflow_provider_maas.batch.settings import BatchSettings
+    from airflow_provider_maas.batch.state import BatchState
 
 
 class CostControl:
@@ -76,28 +78,43 @@ class CostControl:
         return retry_rule(should_retry, self.retry_invalid) if self.response_schema is not None else should_retry
 
     # Where the requests are -------------------------------------------------------------------
-    def _asks_schema(self) -> bool:
-        return self.response_schema is not None and self.set_response_schema
+    def _rewrite(self) -> Rewrite:
+        """What the requests sent add to the source's (``batch.rewrite``): the schema
+        (``set_response_schema``), the output ceiling (``max_cost_usd``); empty: nothing."""
+        asks_schema = self.response_schema is not None and self.set_response_schema
+        return Rewrite(
+            gemini_schema=to_gemini_schema(json_schema_of(self.response_schema)) if asks_schema else None,
+            default_max_output=self.default_max_output_tokens if self.max_cost_usd is not None else None,
+        )
 
-    def _schema_requests(self, journal: BatchJournal) -> ObjectStoragePath:
-        """Beside the batch state: the input, each request asked for ``response_schema``."""
+    def _sent_requests(self, journal: BatchJournal) -> ObjectStoragePath:
+        """Beside the batch state: the input as sent (rewritten)."""
         return journal.root.parent / f"{journal.root.name}.requests.jsonl"
 
     def _requests_to_plan(self, journal: BatchJournal, *, write: bool) -> Any:
-        """The requests this try sends: the source, or (``set_response_schema``) the source with
-        the schema added, written again by each try (``write``) so a changed input is seen."""
-        if not self._asks_schema():
+        """The requests this try sends: the source, or the source rewritten (``batch.rewrite``),
+        written again by each try (``write``) so a changed input is seen, and by a resume that
+        finds none (a cap or schema added meanwhile: shards whose requests it changed are then
+        refused as a changed input, before they are sent)."""
+        rewrite = self._rewrite()
+        if not rewrite:
             return self.source
-        target = self._schema_requests(journal)
-        if write:
-            changed = write_source_with_schema(self.source, target, self.response_schema)
-            self.log.info("response_schema added to %d requests (responseMimeType application/json)", changed)
+        target = self._sent_requests(journal)
+        if write or not target.exists():
+            changed = write_source_rewritten(self.source, target, rewrite)
+            self.log.info(
+                "%d requests rewritten to be sent (response_schema added: %s; maxOutputTokens %s added where none "
+                "is set)",
+                changed,
+                rewrite.gemini_schema is not None,
+                rewrite.default_max_output or "not",
+            )
         return target
 
-    def _remove_schema_requests(self, journal: BatchJournal) -> None:
-        if self._asks_schema():
+    def _remove_sent_requests(self, journal: BatchJournal) -> None:
+        if self._rewrite():
             with contextlib.suppress(FileNotFoundError, OSError):
-                self._schema_requests(journal).unlink()
+                self._sent_requests(journal).unlink()
 
     # Dry run ---------------------------------------------------------------------------------
     def _plan_only(self, context: Context, settings: Callable[..., BatchSettings]) -> dict[str, Any]:
@@ -111,21 +128,25 @@ class CostControl:
 
     @contextlib.contextmanager
     def _local_requests(self) -> Iterator[Any]:
-        """The requests a run would send, for the dry run: a local temporary copy when the schema
-        is added (a dry run writes nothing beside the destination)."""
-        if not self._asks_schema():
+        """The requests a run would send, for the dry run: a local temporary copy when they are
+        rewritten (a dry run writes nothing beside the destination)."""
+        rewrite = self._rewrite()
+        if not rewrite:
             yield self.source
             return
         with tempfile.TemporaryDirectory(prefix="maas-plan-") as folder:
             path = os.path.join(folder, "requests.jsonl")
-            write_source_with_schema(self.source, to_path(path, what="requests"), self.response_schema)
+            write_source_rewritten(self.source, to_path(path, what="requests"), rewrite)
             yield path
 
     # The run ---------------------------------------------------------------------------------
-    def _gate(self, journal: BatchJournal, source: Any) -> SpendGate | None:
-        """The budget cap, canary and answer checks of this batch, if any is asked for."""
+    def _gate(self, journal: BatchJournal, state: BatchState, source: Any) -> SpendGate | None:
+        """The budget cap, canary and answer checks of this batch, if any is asked for (a state
+        whose spend is at other prices is refused here, before any create)."""
         if self.max_cost_usd is None and not self.canary_requests and self.response_schema is None:
             return None
+        if self.prices is not None and check_same_prices(state, self.prices, journal.uri):
+            journal.append(state, [], meta=True)  # the prices the spend is counted at
         return SpendGate(
             source=source,
             parts=journal.part,

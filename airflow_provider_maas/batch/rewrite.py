@@ -1,0 +1,106 @@
+"""The requests as sent: the one place where the operator changes the user's request lines.
+
+Two rewrites, both in each request's ``generationConfig`` (or ``generation_config``, whichever the
+request uses; a key the request spells in either case counts as set):
+
+- ``response_schema`` with ``set_response_schema``: a request that asks for no schema of its own
+  gets ``responseMimeType: application/json`` (unless it sets a MIME type) and ``responseSchema``;
+- ``max_cost_usd``: a request without ``maxOutputTokens`` gets the output ceiling its worst case
+  is counted at (:func:`~airflow_provider_maas.batch.plan.max_output_tokens`:
+  ``default_max_output_tokens``, or its own ``thinkingBudget`` if larger), so the service bounds
+  the answer the cap admitted; one that sets a ceiling that is not a whole number >= 1 is refused.
+
+:func:`write_rewritten` copies a requests file with both applied. The rewritten file is what the
+batch sends, deduplicates, matches against ``reuse_results`` and places results by: the service
+echoes the request as sent, and its line numbers are the input's (a blank line stays a blank
+line; a line that is not JSON is copied as it is, for the input check to name).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import IO, Any
+
+from airflow_provider_maas.batch.plan import _count, max_output_tokens
+from airflow_provider_maas.batch.results import iter_lines
+from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.storage import atomic_writer, open_source
+
+#: Keys of ``generationConfig`` that already ask for a shape.
+_OWN_SCHEMA = ("responseSchema", "response_schema", "responseJsonSchema", "response_json_schema")
+_MIME_TYPE = ("responseMimeType", "response_mime_type")
+_CEILING = ("maxOutputTokens", "max_output_tokens")
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """What to add to each request: ``gemini_schema`` (Gemini's ``responseSchema`` form) and/or
+    an output ceiling at ``default_max_output`` (None: neither)."""
+
+    gemini_schema: dict[str, Any] | None = None
+    default_max_output: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.gemini_schema is not None or self.default_max_output is not None
+
+    def apply(self, request: dict[str, Any], line_number: int = 0) -> bool:
+        """Rewrite ``request`` in place; True if it was changed."""
+        key = "generation_config" if "generation_config" in request and "generationConfig" not in request else None
+        key = key or "generationConfig"
+        given = request.get(key)
+        config = dict(given) if isinstance(given, dict) else {}
+        changed = False
+        if self.gemini_schema is not None and not any(k in config for k in _OWN_SCHEMA):
+            if not any(k in config for k in _MIME_TYPE):
+                config["responseMimeType"] = "application/json"
+            config["responseSchema"] = self.gemini_schema
+            changed = True
+        if self.default_max_output is not None:
+            changed = self._bound_output(request, config, line_number) or changed
+        if changed:
+            request[key] = config
+        return changed
+
+    def _bound_output(self, request: dict[str, Any], config: dict[str, Any], line_number: int) -> bool:
+        name = next((k for k in _CEILING if k in config and config[k] is not None), None)
+        if name is not None:
+            if _count(config[name]) is None:
+                raise MaaSInputError(
+                    f"requests line {line_number}: generationConfig.{name} is {config[name]!r}, not a whole number "
+                    ">= 1: under max_cost_usd every answer must have a ceiling the cap can count; set it, or remove "
+                    "it (default_max_output_tokens is then sent)"
+                )
+            return False
+        assert self.default_max_output is not None
+        name = next((k for k in _CEILING if k in config), "maxOutputTokens")  # an explicit null is replaced
+        config[name] = max_output_tokens(request, self.default_max_output)
+        return True
+
+
+def write_rewritten(source: IO[bytes], out: IO[bytes], rewrite: Rewrite) -> int:
+    """Copy request lines with ``rewrite`` applied; returns how many changed. Lines left alone are
+    copied byte for byte, blank lines stay blank (line numbers are the input's)."""
+    changed = 0
+    written = 0  # lines written so far
+    for line_number, _, line in iter_lines(source, "requests"):
+        out.write(b"\n" * (line_number - 1 - written))
+        written = line_number
+        try:
+            obj = json.loads(line)
+        except ValueError:  # the input check names it (with this line number)
+            obj = None
+        request = obj.get("request") if isinstance(obj, dict) else None
+        if isinstance(request, dict) and rewrite.apply(request, line_number):
+            changed += 1
+            with contextlib.suppress(UnicodeEncodeError):  # a lone surrogate: the input check refuses the line
+                line = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        out.write(line + b"\n")
+    return changed
+
+
+def write_source_rewritten(source: Any, target: Any, rewrite: Rewrite) -> int:
+    """Write ``source``'s requests to ``target`` (atomically), rewritten (see :func:`write_rewritten`)."""
+    with open_source(source) as handle, atomic_writer(target) as out:
+        return write_rewritten(handle, out, rewrite)
