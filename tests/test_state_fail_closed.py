@@ -305,7 +305,7 @@ def test_8_a_start_over_keeps_downloaded_answers_and_reuses_them(emulator_factor
         raise OSError(28, "No space left on device")
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(OSError):
-        patch.setattr("airflow_provider_maas.operators._batch.write_outputs", final_write_fails)
+        patch.setattr("airflow_provider_maas.operators.batch.write_outputs", final_write_fails)
         batch_operator(source, dest).execute(_try())
     assert handle.emulator.jobs_created == 3
     lines = source.read_bytes().splitlines(keepends=True)
@@ -556,7 +556,7 @@ def test_state_chaos_never_pays_twice_and_loses_no_answer(emulator_factory, tmp_
     import types
 
     from airflow_provider_maas.batch import journal as journal_module
-    from airflow_provider_maas.operators import _batch
+    from airflow_provider_maas.operators import batch as _batch
 
     handle = emulator_factory(job_duration=0.4)
     shards = 12
