@@ -30,9 +30,9 @@ from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
 from airflow_provider_maas.operators import _metrics as metrics
-from airflow_provider_maas.operators.batch import MaaSBatchPredictionOperator
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, reusable_job, task_state
 from airflow_provider_maas.operators._lineage import LineageMixin, ServiceDataset
+from airflow_provider_maas.operators.batch import MaaSBatchPredictionOperator
 from airflow_provider_maas.plugins.links import MaaSProgressLink
 from airflow_provider_maas.storage import (
     CHUNK_SIZE,
