@@ -252,6 +252,11 @@ def _settings(wait_timeout: float | None = None) -> BatchSettings:
         max_bytes_per_file=1000,
         max_active_jobs=10,
         wait_timeout=wait_timeout,
+        poll_interval=60,
+        shard_retries=2,
+        max_parallel_transfers=16,
+        max_consecutive_poll_errors=5,
+        fail_on_partial=False,
     )
 
 

@@ -305,7 +305,7 @@ def test_8_a_start_over_keeps_downloaded_answers_and_reuses_them(emulator_factor
         raise OSError(28, "No space left on device")
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(OSError):
-        patch.setattr("airflow_provider_maas.operators.batch.write_outputs", final_write_fails)
+        patch.setattr("airflow_provider_maas.batch.run.write_outputs", final_write_fails)
         batch_operator(source, dest).execute(_try())
     assert handle.emulator.jobs_created == 3
     lines = source.read_bytes().splitlines(keepends=True)

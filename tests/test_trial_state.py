@@ -406,7 +406,7 @@ def test_4_an_automatic_retry_after_the_batch_finished_in_this_clear_round_pays_
 def test_4_a_try_whose_lease_was_taken_does_not_write_the_results_nor_remove_the_state(
     emulator_factory, tmp_path, monkeypatch
 ):
-    from airflow_provider_maas.operators import batch as _batch
+    from airflow_provider_maas.batch import run as _batch
 
     handle = emulator_factory(job_duration=0.2)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_maas.batch.budget import SpendGate
     from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.settings import BatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,10 @@ class _Task(str, Enum):
 class BatchDriver(JobWatch):
     """Moves the shards of ``state`` forward; use as a context manager (it owns the thread pool).
 
-    :param source: The operator's ``source`` (the requests of round 0).
+    :param settings: The batch's settings (``source``: the requests of round 0; ``max_active_jobs``,
+        ``max_parallel_transfers``, ``shard_retries``, ``max_consecutive_poll_errors``).
     :param names: Upload and display names of a shard (deterministic, so a retry reuses them).
     :param clear_round: ``max_tries`` of this try, stored in each "creating" marker.
-    :param max_consecutive_poll_errors: Failed polls of one job in a row tolerated (each already
-        retried by the hook) before the task fails.
     :param gate: Budget cap, canary and answer checks (``batch.budget``), consulted before each
         create and after each download; None: none of them.
     :param save_job_names: The second record of job names: called with the jobs a failed journal
@@ -84,29 +84,23 @@ class BatchDriver(JobWatch):
         hook: JobService,
         journal: BatchJournal,
         state: BatchState,
-        source: Any,
+        settings: BatchSettings,
         names: ShardNames,
-        max_active_jobs: int,
-        max_parallel_transfers: int,
-        shard_retries: int,
         clear_round: int | None,
-        max_consecutive_poll_errors: int,
         gate: SpendGate | None = None,
         save_job_names: SaveJobNames | None = None,
     ) -> None:
         self.hook = hook
         self.journal = journal
         self.state = state
-        self.source = source
+        self.settings = settings
         self.names = names
-        self.max_active_jobs = max_active_jobs
-        self.shard_retries = shard_retries
         self.clear_round = clear_round
-        self.max_poll_errors = max_consecutive_poll_errors
+        self.max_poll_errors = settings.max_consecutive_poll_errors
         self.save_job_names = save_job_names
         self.rate_limited = False
         self.gate = gate
-        self._pool = ThreadPoolExecutor(max_workers=max_parallel_transfers, thread_name_prefix="maas-batch")
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_parallel_transfers, thread_name_prefix="maas-batch")
         self._futures: dict[Future[Any], tuple[_Task, ShardKey]] = {}
         self._pending = deque(sorted(r.key for r in state.with_status(ShardStatus.PENDING)))
         # Shards holding a slot: uploading, creating or with a job not seen ended.
@@ -254,7 +248,7 @@ class BatchDriver(JobWatch):
         if self._fatal is not None or self.rate_limited:
             return marked
         held: list[ShardKey] = []  # issue 22: shards the gate holds back (the canary runs)
-        while self._pending and len(self._busy) < self.max_active_jobs:
+        while self._pending and len(self._busy) < self.settings.max_active_jobs:
             key = self._pending.popleft()
             record = self.state.shards[key]
             if record.status is not ShardStatus.PENDING or key in self._busy:
@@ -308,7 +302,7 @@ class BatchDriver(JobWatch):
     def _upload(self, key: ShardKey) -> tuple[str, str]:
         plan = self.state.plan(key)
         file_name, display_name = self.names(key, plan)
-        source = self.state.rounds[key.round].source or self.source
+        source = self.state.rounds[key.round].source or self.settings.source
         with open_source(source) as handle, tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as tmp:
             copy_shard(handle, plan, tmp, label=source_label(source, "source"))  # checks the plan's sha256
             tmp.seek(0)
@@ -401,13 +395,13 @@ class BatchDriver(JobWatch):
             self._fatal = err
 
     def _retry_or_fail(self, record: ShardRecord, reason: str) -> None:
-        if record.attempts <= self.shard_retries:
+        if record.attempts <= self.settings.shard_retries:
             log.warning(
                 "Shard %s: %s; submitting it again (attempt %d of %d)",
                 record.key,
                 reason,
                 record.attempts + 1,
-                self.shard_retries + 1,
+                self.settings.shard_retries + 1,
             )
             self._change(record.but(status=ShardStatus.PENDING, job_name=None, file_name=None, error=reason))
             self._pending.append(record.key)
@@ -416,7 +410,7 @@ class BatchDriver(JobWatch):
                 "Shard %s: %s; no retries left (shard_retries=%d): its %d requests go to the failed file",
                 record.key,
                 reason,
-                self.shard_retries,
+                self.settings.shard_retries,
                 self.state.plan(record.key).requests,
             )
             self._change(record.but(status=ShardStatus.FAILED, error=reason))

@@ -1,39 +1,25 @@
 """MaaSBatchPredictionOperator: input of any size, upload, create, wait, download, merge, in one task.
 
-The Airflow side only: parameters, deferral, XCom, lineage. What the batch does is in ``batch/``:
-its settings (``settings``), the plan and resume decisions (``resume``), the files of each round
-(``round_files``), the transfers (``driver``), when to wake up (``pacing``), the outputs and the
-summary (``summary``).
+The Airflow side only: parameters, deferral or sleep, XCom, lineage, metrics. What the batch does is
+in ``batch/``: its settings (``settings.BatchSettings``, the one carrier of the parameters) and its
+steps (``run.BatchRun``: start or resume, step until only waiting is left, finish).
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas._compat import conf
-from airflow_provider_maas.batch.create_guard import clear_round
-from airflow_provider_maas.batch.driver import BatchDriver, ShardNames
 from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.ownership import check_lease, record_writer
-from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
+from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
-from airflow_provider_maas.batch.recovery import finished_meanwhile, remember, save_job_names
+from airflow_provider_maas.batch.recovery import finished_meanwhile
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
-from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
-from airflow_provider_maas.batch.round_files import next_round
-from airflow_provider_maas.batch.settings import (
-    LIMITS,
-    BatchSettings,
-    check_limits,
-    is_true,
-    retry_rule_and_prices,
-    reuse_paths,
-)
-from airflow_provider_maas.batch.summary import check_outcome, write_outputs
-from airflow_provider_maas.client.naming import display_name, task_identity, upload_name
+from airflow_provider_maas.batch.run import BatchRun
+from airflow_provider_maas.batch.settings import LIMITS, BatchSettings, check_limits, is_true, retry_rule_and_prices
+from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
@@ -48,9 +34,9 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
-    from airflow_provider_maas.batch.budget import SpendGate
+    from airflow_provider_maas.batch.run import Wait
     from airflow_provider_maas.batch.shards import ShardPlan
-    from airflow_provider_maas.batch.state import BatchState, ShardKey
+    from airflow_provider_maas.batch.state import ShardKey
 
 
 class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
@@ -256,9 +242,9 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             )
             return uri_of(dest)
         settings = self._settings(journal, self._requests_to_plan(journal, write=True))
-        state = start_or_resume(context, journal, settings)
+        run = BatchRun.start(context, journal, settings, **self._run_parts(context, journal, settings))
         announce(context, journal, self.prices)  # where the progress page finds the state
-        return self._run(context, journal, state, settings)
+        return self._run(context, run)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         """Resume after the trigger: record the ended jobs, then go on."""
@@ -273,145 +259,73 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             )
             return dest_uri
         settings = self._settings(journal, self._requests_to_plan(journal, write=False))
-        known = [o.job_name for o in resumed.ended] + list(resumed.running)  # named if the state is gone
-        state = resume_after_deferral(context, journal, settings, known)
+        run = BatchRun.resume(
+            context,
+            journal,
+            settings,
+            ended=resumed.ended,
+            running=resumed.running,
+            **self._run_parts(context, journal, settings),
+        )
         if resumed.status == "timeout":
-            running = list(state.by_job())
+            running = list(run.state.by_job())
             raise MaaSTimeoutError(f"{resumed.message} Still running: {', '.join(running[:MAX_NAMED_JOBS])}")
         if resumed.status == "error":
             raise MaaSError(f"Waiting for the batch jobs failed: {resumed.message}")
-        return self._run(context, journal, state, settings, resumed)
+        return self._run(context, run)
 
     # Running --------------------------------------------------------------------------------
-    def _names(self, context: Context) -> ShardNames:
+    def _run_parts(self, context: Context, journal: BatchJournal, settings: BatchSettings) -> dict[str, Any]:
+        """What a :class:`BatchRun` takes from Airflow: the hook (creates counted), the names, the gate."""
+
         def names(key: ShardKey, plan: ShardPlan) -> tuple[str, str]:
             # ``#<shard>`` in round 0, ``#<round>.<shard>`` after: no two shards of a batch share a name
             shown = f"{self.display_name or display_name(context)}#{key}"
             return upload_name(context, plan.sha256, shard=key.index), shown
 
-        return names
-
-    def _run(
-        self,
-        context: Context,
-        journal: BatchJournal,
-        state: BatchState,
-        settings: BatchSettings,
-        resumed: BatchJobsEvent | None = None,
-    ) -> str:
-        self.hook.get_conn()  # the connection is looked up once, before the pool threads share the hook
         gate = self._gate(journal, settings.source)
-        with BatchDriver(
-            hook=metrics.CountingCreates(self.hook, context),
-            journal=journal,
-            state=state,
-            source=settings.source,
-            names=self._names(context),
-            max_active_jobs=self.max_active_jobs,
-            max_parallel_transfers=self.max_parallel_transfers,
-            shard_retries=self.shard_retries,
-            clear_round=clear_round(context),
-            max_consecutive_poll_errors=self.max_consecutive_poll_errors,
-            gate=gate,
-            save_job_names=functools.partial(save_job_names, context, journal.uri),
-        ) as driver:
-            if resumed is not None:
-                driver.mark_seen(driver.running_jobs())  # the trigger saw them running just now
-                driver.handle(resumed.ended)
-            if gate is not None and self.canary_requests:
-                driver.refetch_lost_parts()  # the canary's verdict is read from its part: it must be there
-            while True:
-                driver.pump()
-                running = driver.running_jobs()
-                metrics.jobs_active(context, len(running))
-                if not running and state.finished:
-                    if driver.refetch_lost_parts():
-                        continue
-                    if (gate is None or not gate.stopped(state)) and (added := next_round(settings, journal, state)):
-                        driver.enqueue(added)
-                        continue
-                    break
-                stale = driver.stale_jobs(self.poll_interval) if past_deadline(state) else []
-                if stale and (ended := driver.poll(stale)):  # a retry after wait_timeout: ended since?
-                    driver.handle(ended)
-                    continue
-                check_deadline(state, running, wait_timeout=self.wait_timeout)
-                wake = fire_after(
-                    state, running, max_active_jobs=self.max_active_jobs, rate_limited=driver.rate_limited
-                )
-                if self.deferrable and running:
-                    stale = driver.stale_jobs(self.poll_interval)
-                    ended = driver.poll(stale) if stale else []
-                    if ended:  # never defer on jobs already seen ended
-                        driver.handle(ended)
-                        continue
-                    if driver.running_jobs() != running:  # a gone job's shard is due again
-                        continue
-                    if driver.doubted():  # a job answered 404: polled again here, not in the trigger
-                        time.sleep(self.poll_interval)
-                        continue
-                    driver.preupload(wake or 0)
-                    journal.settle(state)
-                    self._defer(state, running, wake)
-                if not running:
-                    self.log.warning(
-                        "The service refused every create for now (429); trying again in %ss", self.poll_interval
-                    )
-                else:
-                    driver.preupload(wake or 0)
-                time.sleep(self.poll_interval)
-                driver.handle(driver.poll(running))
-        return self._finish(context, journal, state, settings, gate)
+        return {"hook": metrics.CountingCreates(self.hook, context), "names": names, "gate": gate}
 
-    def _defer(self, state: BatchState, running: list[str], fire_after: int | None) -> None:
-        """Wait in the triggerer until ``fire_after`` of the running jobs ended (or all, or the deadline)."""
-        deadline = state.deadline
-        self.log.info("Deferring on %d running jobs (resume when %s of them ended)", len(running), fire_after or "all")
+    def _run(self, context: Context, run: BatchRun) -> str:
+        """Step the batch; wait in the triggerer or by sleeping between steps; then the outputs."""
+        self.hook.get_conn()  # the connection is looked up once, before the pool threads share the hook
+        with run:
+            while (wait := run.step(deferrable=self.deferrable)) is not None:
+                metrics.jobs_active(context, len(wait.jobs))
+                if wait.in_triggerer:
+                    self._defer(run.settings, wait)
+                time.sleep(self.poll_interval)
+        metrics.jobs_active(context, 0)
+        return self._finish(context, run)
+
+    def _defer(self, settings: BatchSettings, wait: Wait) -> None:
+        """Wait in the triggerer until ``wait.fire_after`` of the jobs ended (or all, or the deadline)."""
+        self.log.info(
+            "Deferring on %d running jobs (resume when %s of them ended)", len(wait.jobs), wait.fire_after or "all"
+        )
         self.defer(
             trigger=MaaSBatchJobsTrigger(
-                job_names=running,
+                job_names=wait.jobs,
                 maas_conn_id=self.maas_conn_id,
                 endpoint=self.endpoint,
-                poll_interval=self.poll_interval,
-                end_time=deadline,
-                max_consecutive_errors=self.max_consecutive_poll_errors,
-                fire_after=fire_after,
-                max_parallel_polls=self.max_parallel_transfers,
+                poll_interval=settings.poll_interval,
+                end_time=wait.until,
+                max_consecutive_errors=settings.max_consecutive_poll_errors,
+                fire_after=wait.fire_after,
+                max_parallel_polls=settings.max_parallel_transfers,
             ),
             method_name="execute_complete",
-            timeout=timedelta(seconds=max(1.0, deadline - time.time()) + 60) if deadline else None,
+            timeout=timedelta(seconds=max(1.0, wait.until - time.time()) + 60) if wait.until else None,
         )
 
     # Results --------------------------------------------------------------------------------
-    def _finish(
-        self,
-        context: Context,
-        journal: BatchJournal,
-        state: BatchState,
-        settings: BatchSettings,
-        gate: SpendGate | None = None,
-    ) -> str:
-        check_lease(journal)  # another live try took the state over: it writes the results, not this one
-        summary = write_outputs(settings, journal, state)
-        if gate is not None:
-            summary.update(self._cost_summary(context, gate, state, settings))
-        dest_uri = uri_of(to_path(self.destination, what="destination"))
+    def _finish(self, context: Context, run: BatchRun) -> str:
+        summary = run.finish()
+        summary.update(self._cost_summary(context, run.gate, run.state, run.settings))
+        dest_uri = run.destination_uri
         publish_summary(self, context, summary, dest_uri)
         metrics.batch_finished(context, summary)
-        self.record_lineage([self.source, *reuse_paths(settings.reuse_results)], [dest_uri, summary["failed_uri"]])
-        if gate is not None and (stopped := gate.stop_error(state, summary)) is not None:
-            raise stopped  # the state stays: a retry finds the spend and creates nothing that does not fit
-        check_outcome(summary, dest_uri, fail_on_partial=self.fail_on_partial)
-        self._remove_schema_requests(journal)
-        remember(context, journal, finished=True)  # first: a state gone on purpose is not "lost"
-        record_writer(journal, task_identity(context))
-        try:
-            journal.remove()
-        except OSError as err:  # the results are written: a retry would find a half-removed state
-            self.log.warning(
-                "The results are written, but removing the batch state at %s failed (%s): delete that folder "
-                "by hand (it is not needed any more)",
-                journal.uri,
-                err,
-            )
+        self.record_lineage([self.source, *run.settings.reuse_files], [dest_uri, summary["failed_uri"]])
+        run.close(summary)
+        self._remove_schema_requests(run.journal)
         return dest_uri
