@@ -96,6 +96,7 @@ class BatchDriver(JobWatch):
         self.settings = settings
         self.names = names
         self.clear_round = clear_round
+        self.shard_retries = settings.shard_retries  # read by the polling half too
         self.max_poll_errors = settings.max_consecutive_poll_errors
         self.save_job_names = save_job_names
         self.rate_limited = False
@@ -395,13 +396,13 @@ class BatchDriver(JobWatch):
             self._fatal = err
 
     def _retry_or_fail(self, record: ShardRecord, reason: str) -> None:
-        if record.attempts <= self.settings.shard_retries:
+        if record.attempts <= self.shard_retries:
             log.warning(
                 "Shard %s: %s; submitting it again (attempt %d of %d)",
                 record.key,
                 reason,
                 record.attempts + 1,
-                self.settings.shard_retries + 1,
+                self.shard_retries + 1,
             )
             self._change(record.but(status=ShardStatus.PENDING, job_name=None, file_name=None, error=reason))
             self._pending.append(record.key)
@@ -410,7 +411,7 @@ class BatchDriver(JobWatch):
                 "Shard %s: %s; no retries left (shard_retries=%d): its %d requests go to the failed file",
                 record.key,
                 reason,
-                self.settings.shard_retries,
+                self.shard_retries,
                 self.state.plan(record.key).requests,
             )
             self._change(record.but(status=ShardStatus.FAILED, error=reason))
