@@ -75,7 +75,7 @@ def _settings(source: Path, dest: Path, **changes: Any) -> BatchSettings:
         "max_requests_per_file": 2,
         "max_bytes_per_file": 1_000_000,
         "max_active_jobs": 2,
-        "wait_timeout": None,
+        "timeout": None,
         "poll_interval": 0.01,
         "shard_retries": 2,
         "max_parallel_transfers": 4,
@@ -138,7 +138,7 @@ def test_a_deferrable_run_hands_its_running_jobs_to_the_trigger_and_resumes_on_t
 
 def test_a_step_past_the_deadline_raises_naming_the_running_jobs(tmp_path):
     service = FakeService(polls=10**6)  # never ends
-    run, _, _ = _start(tmp_path, service, wait_timeout=0.05)
+    run, _, _ = _start(tmp_path, service, timeout=0.05)
     with run, pytest.raises(MaaSTimeoutError, match="job1"):
         while (wait := run.step(deferrable=False)) is not None:
             assert wait.until is not None

@@ -6,7 +6,7 @@ starts over, but not while jobs of an earlier try of the same clear round still 
 abandoned and their requests paid again (:func:`refuse_abandoning_jobs`). Taking a state over
 (:func:`take_over`) refuses a create an earlier try left in flight
 (:mod:`~airflow_provider_maas.batch.create_guard`) and, after a person cleared the task, gives the
-failed shards a new chance and restarts ``wait_timeout``.
+failed shards a new chance and restarts the ``timeout``.
 """
 
 from __future__ import annotations
@@ -192,7 +192,7 @@ def refuse_abandoning_jobs(context: Any, journal: BatchJournal, state: BatchStat
 
 def take_over(context: Any, journal: BatchJournal, state: BatchState, settings: BatchSettings) -> None:
     """Make the stored state this try's: refuse creates left in flight (unless the task was
-    cleared since); after a clear, failed shards get a new chance and wait_timeout restarts."""
+    cleared since); after a clear, failed shards get a new chance and the timeout restarts."""
     cleared = cleared_since(state.clear_round, context)
     changes = reattach_saved_jobs(context, journal, state)
     creating = sorted(state.with_status(ShardStatus.CREATING), key=lambda r: r.key)

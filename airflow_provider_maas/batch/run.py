@@ -158,10 +158,10 @@ class BatchRun:
                     continue
                 return None
             stale = driver.stale_jobs(poll_interval) if past_deadline(state) else []
-            if stale and (ended := driver.poll(stale)):  # a retry after wait_timeout: ended since?
+            if stale and (ended := driver.poll(stale)):  # a retry after the timeout: ended since?
                 driver.handle(ended)
                 continue
-            check_deadline(state, running, wait_timeout=self.settings.wait_timeout)
+            check_deadline(state, running, timeout=self.settings.timeout)
             wake = fire_after(
                 state, running, max_active_jobs=self.settings.max_active_jobs, rate_limited=driver.rate_limited
             )

@@ -100,7 +100,7 @@ class BatchSettings:
     max_requests_per_file: int
     max_bytes_per_file: int
     max_active_jobs: int
-    wait_timeout: float | None
+    timeout: float | None
     poll_interval: float
     shard_retries: int
     max_parallel_transfers: int
@@ -167,5 +167,5 @@ class BatchSettings:
         return split_first(handle, self.plan(handle), self.canary_requests)
 
     def new_deadline(self) -> float | None:
-        """The absolute ``wait_timeout`` deadline of a wait that starts now (epoch seconds), or None."""
-        return time.time() + self.wait_timeout if self.wait_timeout else None
+        """The absolute ``timeout`` deadline of a wait that starts now (epoch seconds), or None."""
+        return time.time() + self.timeout if self.timeout else None

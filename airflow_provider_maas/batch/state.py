@@ -147,7 +147,7 @@ class BatchState:
 
     :param fingerprint: Of round 0's plans: a retry with a different input starts over.
     :param identity: ``dag.task.run.map_index`` of the task instance that owns the state.
-    :param deadline: Absolute ``wait_timeout`` deadline (epoch seconds), or None.
+    :param deadline: Absolute ``timeout`` deadline (epoch seconds), or None.
     :param clear_round: ``max_tries`` of the try that last took the state over.
     :param resumes: How many times the task resumed after a deferral.
     :param input_key: Digest of the raw input and the settings that shape round 0 (see

@@ -23,7 +23,7 @@ from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
-from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary
+from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, renamed
 from airflow_provider_maas.operators._cost import CostControl
 from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
 from airflow_provider_maas.storage import check_destination, to_path, uri_of
@@ -75,7 +75,8 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         a shard to the next round).
     :param shard_retries: Resubmissions of a shard whose job ended FAILED, CANCELLED or EXPIRED.
     :param fail_on_partial: Fail (after writing every output) if any request failed.
-    :param wait_timeout: Give up waiting after this many seconds (jobs keep running: no cancel call).
+    :param timeout: Give up waiting after this many seconds from submission (jobs keep running: no
+        cancel call), as the sensor's ``timeout``. Its old name ``wait_timeout`` is deprecated.
     :param max_requests_per_file: At most this many requests per shard (<= 100).
     :param max_bytes_per_file: At most this many bytes per shard (<= 50 MB).
     :param max_parallel_transfers: Uploads, creates, polls and downloads running at once (default
@@ -158,7 +159,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         max_active_jobs: int = 100,
         shard_retries: int = 2,
         fail_on_partial: bool = False,
-        wait_timeout: float | None = None,
+        timeout: float | None = None,
         max_requests_per_file: int = MAX_REQUESTS_PER_FILE,
         max_bytes_per_file: int = MAX_BYTES_PER_FILE,
         max_parallel_transfers: int = 16,
@@ -182,6 +183,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         reuse_other_models: bool = False,
         **kwargs: Any,
     ) -> None:
+        timeout = renamed(kwargs, "wait_timeout", "timeout", timeout)
         super().__init__(maas_conn_id=maas_conn_id, endpoint=endpoint, **kwargs)
         self._should_retry, self.prices = retry_rule_and_prices(retry_failures, prices)
         self.source = source
@@ -192,7 +194,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         self.max_active_jobs = max_active_jobs
         self.shard_retries = shard_retries
         self.fail_on_partial = fail_on_partial
-        self.wait_timeout = wait_timeout
+        self.timeout = timeout
         self.max_requests_per_file = max_requests_per_file
         self.max_bytes_per_file = max_bytes_per_file
         self.max_parallel_transfers = max_parallel_transfers
