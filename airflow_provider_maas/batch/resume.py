@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.budget import count_as_lost, spend_left_behind
 from airflow_provider_maas.batch.create_guard import (
     NOT_RECORDED,
+    CreateInFlight,
     clear_round,
     cleared_since,
-    creating_marker,
     refuse_uncertain_create,
 )
 from airflow_provider_maas.batch.ownership import (
@@ -198,9 +198,7 @@ def take_over(context: Any, journal: BatchJournal, state: BatchState, settings: 
     creating = sorted(state.with_status(ShardStatus.CREATING), key=lambda r: r.key)
     for record in creating:
         others = f" ({len(creating) - 1} more shard(s) are in the same case)" if len(creating) > 1 else ""
-        marker = creating_marker(
-            file_name=record.file_name, display_name=record.display_name, round_=record.clear_round
-        )
+        marker = CreateInFlight(record.file_name, record.display_name, record.clear_round)
         refuse_uncertain_create(
             marker, context, what=f"shard {record.key} (file {record.file_name!r}){others}", unknown=NOT_RECORDED
         )
