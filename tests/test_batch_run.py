@@ -110,7 +110,8 @@ def test_a_run_steps_until_done_within_max_active_jobs_and_writes_in_input_order
     summary = run.finish()
     assert summary["succeeded"] == 9 and summary["failed"] == 0
     assert_in_input_order(source, dest)
-    run.close(summary)
+    run.check(summary)
+    run.close()
     assert not run.journal.root.exists()  # the state is removed once the results are written
 
 
@@ -132,7 +133,9 @@ def test_a_deferrable_run_hands_its_running_jobs_to_the_trigger_and_resumes_on_t
         )
         resumes += 1
     assert resumes == 3 and len(service.jobs) == 5  # each shard paid once across the resumes
-    run.close(run.finish())
+    run.check(summary := run.finish())
+    run.close()
+    assert summary["succeeded"] == 9
     assert_in_input_order(source, dest)
 
 

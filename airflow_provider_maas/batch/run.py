@@ -4,7 +4,7 @@ A :class:`BatchRun` is started (:meth:`BatchRun.start`) or resumed after a wait 
 (:meth:`BatchRun.resume`); each :meth:`BatchRun.step` moves the shards forward (uploads, creates,
 downloads, lost parts fetched again, retry rounds) until there is nothing to do but wait, and
 answers :class:`Wait` (these jobs, until the batch's deadline) or None: every job ended, the
-outputs are due (:meth:`BatchRun.finish`, then :meth:`BatchRun.close`). Nothing here knows
+outputs are due (:meth:`BatchRun.finish`, :meth:`BatchRun.check`, :meth:`BatchRun.close`). Nothing here knows
 Airflow: the operator maps a wait to a deferral or a sleep, and the summary to XCom, lineage and
 metrics; the transfers are the driver's (``batch/driver.py``).
 """
@@ -191,12 +191,15 @@ class BatchRun:
         check_lease(self.journal)
         return write_outputs(self.settings, self.journal, self.state)
 
-    def close(self, summary: dict[str, Any]) -> None:
+    def check(self, summary: dict[str, Any]) -> None:
         """After the summary is published: raise if the budget stopped the batch (the state stays:
-        a retry finds the spend) or if its outcome fails the task; otherwise remove the state."""
+        a retry finds the spend) or if its outcome fails the task."""
         if self.gate is not None and (stopped := self.gate.stop_error(self.state, summary)) is not None:
             raise stopped
         check_outcome(summary, self.destination_uri, fail_on_partial=self.settings.fail_on_partial)
+
+    def close(self) -> None:
+        """The batch is over: record that, then remove its state."""
         remember(self.context, self.journal, finished=True)  # first: a state gone on purpose is not "lost"
         record_writer(self.journal, task_identity(self.context))
         try:

@@ -328,6 +328,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         publish_summary(self, context, summary, dest_uri)
         metrics.batch_finished(context, summary)
         self.record_lineage([self.source, *run.settings.reuse_files], [dest_uri, summary["failed_uri"]])
-        run.close(summary)
-        self._remove_schema_requests(run.journal)
+        run.check(summary)
+        self._remove_schema_requests(run.journal)  # before the state: its folder is removed when empty
+        run.close()
         return dest_uri
