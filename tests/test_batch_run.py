@@ -153,3 +153,28 @@ def test_step_outside_its_with_block_is_refused(tmp_path):
     run, _, _ = _start(tmp_path, FakeService())
     with pytest.raises(RuntimeError, match="with"):
         run.step(deferrable=False)
+
+
+def test_the_reuse_results_files_are_resolved_and_checked_once_per_try(tmp_path, monkeypatch):
+    from airflow_provider_maas.batch import settings as settings_module
+
+    service = FakeService()
+    run, source, dest = _start(tmp_path, service)
+    with run:
+        while run.step(deferrable=False) is not None:
+            pass
+    run.check(run.finish())
+    run.close()
+    calls = []
+    real = settings_module.reuse_paths
+    monkeypatch.setattr(settings_module, "reuse_paths", lambda value: calls.append(value) or real(value))
+    again = tmp_path / "again.jsonl"
+    context = make_context(run_id="run2")
+    settings = _settings(source, again, reuse_results=str(dest))
+    rerun = BatchRun.start(context, BatchJournal.for_task(str(again), context), settings, hook=service, names=_names)
+    with rerun:
+        assert rerun.step(deferrable=False) is None  # every answer reused: nothing to wait for
+    summary = rerun.finish()
+    assert summary["reused"] == 9 and summary["sent"] == 0 and len(service.jobs) == 5  # no new job
+    assert calls == [str(dest)]  # planned, merged, counted: one resolution and check
+    assert_in_input_order(source, again)

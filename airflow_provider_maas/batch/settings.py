@@ -140,20 +140,29 @@ class BatchSettings:
         (unless ``reuse_other_models``; see :mod:`~airflow_provider_maas.batch.origin`), then the
         answers kept from an abandoned plan of this batch. A file without a record of its ENDPOINT
         stops the task (``MaaSInputError``) unless ``reuse_other_models``."""
-        paths = self.reuse_files
-        if paths and not self.reuse_other_models and self.endpoint is not None:
-            refuse_unknown_origin(paths)
-        others = self.reuse_of_other_models()
         kept = self.kept_answers() if self.kept_answers else []
-        return [path for path in paths if path not in others] + kept
+        return self._reusable + kept
 
     @cached_property
     def reuse_files(self) -> list[ObjectStoragePath]:
         """The files of ``reuse_results``, resolved and checked once per try (:func:`reuse_paths`)."""
         return reuse_paths(self.reuse_results)
 
+    @cached_property
+    def _reusable(self) -> list[ObjectStoragePath]:
+        """:attr:`reuse_files` of this ENDPOINT, their records checked once per try."""
+        paths = self.reuse_files
+        if paths and not self.reuse_other_models and self.endpoint is not None:
+            refuse_unknown_origin(paths)
+        others = self.reuse_of_other_models()
+        return [path for path in paths if path not in others]
+
     def reuse_of_other_models(self) -> list[ObjectStoragePath]:
         """The files of ``reuse_results`` left unused because another ENDPOINT (model) wrote them."""
+        return self._other_models
+
+    @cached_property
+    def _other_models(self) -> list[ObjectStoragePath]:
         if self.reuse_other_models or not self.reuse_files:
             return []
         return of_other_models(self.reuse_files, self.endpoint)
