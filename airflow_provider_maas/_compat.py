@@ -25,4 +25,16 @@ except ImportError:  # Airflow 3.0
         AirflowSensorTimeout,
     )
 
-__all__ = ["AirflowException", "AirflowFailException", "AirflowSensorTimeout", "BaseHook", "conf"]
+try:
+    from airflow.exceptions import AirflowProviderDeprecationWarning
+except ImportError:  # not in every Airflow: a plain DeprecationWarning then
+    AirflowProviderDeprecationWarning = DeprecationWarning  # type: ignore[misc,assignment]
+
+__all__ = [
+    "AirflowException",
+    "AirflowFailException",
+    "AirflowProviderDeprecationWarning",
+    "AirflowSensorTimeout",
+    "BaseHook",
+    "conf",
+]

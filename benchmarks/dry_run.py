@@ -112,7 +112,12 @@ def _worker(argv: list[str]) -> None:
             max_requests_per_file=100,
             max_bytes_per_file=50 * 1024 * 1024,
             max_active_jobs=100,
-            wait_timeout=None,
+            timeout=None,
+            poll_interval=60,
+            shard_retries=2,
+            max_parallel_transfers=16,
+            max_consecutive_poll_errors=5,
+            fail_on_partial=False,
         )
         payload["plan"] = dry_run(settings).as_dict()
     worker_result(

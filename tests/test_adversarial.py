@@ -76,7 +76,7 @@ def test_a_job_answered_under_its_full_resource_name_is_still_recognised(emulato
     monkeypatch.setattr(MaaSHook, "get_batch_job", vertex_style)
     source = write_requests(tmp_path / "r.jsonl", 3)
     dest = tmp_path / "results.jsonl"
-    _operator(source, dest, wait_timeout=8).execute(_try(FakeStateStore()))
+    _operator(source, dest, timeout=8).execute(_try(FakeStateStore()))
     assert_in_input_order(source, dest)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import warnings
 
 import pytest
 import requests
@@ -143,7 +144,7 @@ def test_429_on_a_download_leaves_the_shard_to_be_polled_and_downloaded_again(em
     source = write_requests(tmp_path / "r.jsonl", 150)
     dest = tmp_path / "results.jsonl"
     context = make_context()
-    _operator(source, dest, max_parallel_transfers=1, wait_timeout=60).execute(context)
+    _operator(source, dest, max_parallel_transfers=1, timeout=60).execute(context)
     assert handle.emulator.jobs_created == 2
     assert_in_input_order(source, dest)
     assert context["ti"].xcom["summary"]["succeeded"] == 150
@@ -240,6 +241,20 @@ def test_bad_settings_are_refused_when_the_dag_is_parsed(tmp_path, name, value):
         _operator(tmp_path / "r.jsonl", tmp_path / "o.jsonl", **{name: value})
 
 
+def test_timeout_is_the_sensors_name_and_wait_timeout_still_works_with_a_deprecation_warning(tmp_path):
+    from airflow_provider_maas._compat import AirflowProviderDeprecationWarning
+
+    source, dest = tmp_path / "r.jsonl", tmp_path / "o.jsonl"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new name: no warning
+        assert _operator(source, dest, timeout=30).timeout == 30
+    with pytest.warns(AirflowProviderDeprecationWarning, match="wait_timeout is deprecated: use timeout"):
+        old = _operator(source, dest, wait_timeout=30)
+    assert old.timeout == 30 and not hasattr(old, "wait_timeout")
+    with pytest.raises(MaaSInputError, match="wait_timeout is the old name of timeout: give timeout only"):
+        _operator(source, dest, timeout=30, wait_timeout=30)
+
+
 def test_object_store_destination_state_and_results(emulator, tmp_path, request):
     store_fs = request.getfixturevalue("memfs")
     source = write_requests(tmp_path / "r.jsonl", 250)
@@ -279,7 +294,7 @@ def test_wait_timeout_reached_in_the_trigger_fails_naming_the_jobs(emulator_fact
     emulator_factory(job_duration=60)
     source = write_requests(tmp_path / "r.jsonl", 30)
     dest = tmp_path / "results.jsonl"
-    op = _operator(source, dest, deferrable=True, wait_timeout=0.5)
+    op = _operator(source, dest, deferrable=True, timeout=0.5)
     with pytest.raises(TaskDeferred) as info:
         op.execute(make_context())
     trigger = info.value.trigger

@@ -239,7 +239,7 @@ def test_job_outcome_is_one_decision_and_round_trips_compactly():
 
 
 # What a try decides from the state (batch.resume, batch.pacing, batch.summary, batch.settings) ----
-def _settings(wait_timeout: float | None = None) -> BatchSettings:
+def _settings(timeout: float | None = None) -> BatchSettings:
     return BatchSettings(
         source="in.jsonl",
         destination="out.jsonl",
@@ -251,7 +251,12 @@ def _settings(wait_timeout: float | None = None) -> BatchSettings:
         max_requests_per_file=100,
         max_bytes_per_file=1000,
         max_active_jobs=10,
-        wait_timeout=wait_timeout,
+        timeout=timeout,
+        poll_interval=60,
+        shard_retries=2,
+        max_parallel_transfers=16,
+        max_consecutive_poll_errors=5,
+        fail_on_partial=False,
     )
 
 
@@ -278,7 +283,7 @@ def test_a_create_left_in_flight_is_refused_until_the_task_is_cleared(tmp_path):
     with pytest.raises(MaaSJobCreationUncertainError, match=r"shard 0 \(file 'f0.jsonl'\).*'d#0'"):
         take_over(_context(2), journal, state, _settings())  # an automatic retry: same max_tries
 
-    take_over(_context(5), journal, state, _settings(wait_timeout=60))  # a person cleared the task
+    take_over(_context(5), journal, state, _settings(timeout=60))  # a person cleared the task
     expected = {ShardKey(0, 0): (ShardStatus.PENDING, 1, None), ShardKey(0, 1): (ShardStatus.PENDING, 0, None)}
     for key, (status, attempts, error) in expected.items():
         assert (state.shards[key].status, state.shards[key].attempts, state.shards[key].error) == (
@@ -317,17 +322,17 @@ def test_a_deferred_batch_resumes_when_half_the_slots_are_free():
 def test_the_deadline_names_the_running_jobs():
     state = _state(1)
     state.deadline = 4102444800.0  # 2100-01-01: not yet
-    check_deadline(state, ["1"], wait_timeout=5)
-    state.deadline = None  # no wait_timeout: never
-    check_deadline(state, ["1"], wait_timeout=None)
+    check_deadline(state, ["1"], timeout=5)
+    state.deadline = None  # no timeout: never
+    check_deadline(state, ["1"], timeout=None)
     state.deadline = 1.0  # long past
-    with pytest.raises(MaaSTimeoutError, match=r"wait_timeout=5s\): 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 \.\.\.; they keep"):
-        check_deadline(state, [str(n) for n in range(12)], wait_timeout=5)
+    with pytest.raises(MaaSTimeoutError, match=r"timeout=5s\): 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 \.\.\.; they keep"):
+        check_deadline(state, [str(n) for n in range(12)], timeout=5)
     # Issue 19 finding 11: the setting removed since read "wait_timeout=Nones"; the stored deadline is shown.
     with pytest.raises(MaaSTimeoutError) as info:
-        check_deadline(state, ["1"], wait_timeout=None)
+        check_deadline(state, ["1"], timeout=None)
     assert "Nones" not in str(info.value)
-    assert "deadline 1970-01-01 00:00:01 UTC" in str(info.value) and "wait_timeout is not set now" in str(info.value)
+    assert "deadline 1970-01-01 00:00:01 UTC" in str(info.value) and "timeout is not set now" in str(info.value)
 
 
 def test_the_outcome_fails_the_task_only_when_asked_or_nothing_succeeded():

@@ -94,6 +94,16 @@ def test_an_unexpected_error_during_create_is_uncertain(emulator, tmp_path, monk
     assert store.data[JOB_STATE_KEY]["status"] == "creating"
 
 
+def test_one_type_for_a_create_in_flight_and_its_stored_form_is_unchanged():
+    from airflow_provider_maas.batch.create_guard import CreateInFlight
+
+    stored = {"status": "creating", "file_name": "f.jsonl", "display_name": "d", "round": 3}  # as written before
+    marker = CreateInFlight.from_stored(stored)
+    assert marker == CreateInFlight("f.jsonl", "d", 3) and marker.as_dict() == stored
+    assert CreateInFlight.from_stored({"status": "not_created", "file_name": "f.jsonl"}) is None
+    assert CreateInFlight.from_stored("creating") is None
+
+
 def test_the_marker_is_saved_before_the_create_is_sent(emulator, tmp_path, monkeypatch):
     file_name = _uploaded(tmp_path)
     store = FakeStateStore()

@@ -155,3 +155,11 @@ def test_main_operator_comes_from_its_documented_module():
     assert "from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator" in README
     assert "Operators: `airflow_provider_maas.operators.maas`" in README
     assert maas.MaaSBatchPredictionOperator.__name__ == "MaaSBatchPredictionOperator"
+
+
+def test_main_operator_is_defined_in_a_public_module_and_its_old_path_still_imports():
+    from airflow_provider_maas.operators import _batch, batch, maas
+
+    assert maas.MaaSBatchPredictionOperator is batch.MaaSBatchPredictionOperator is _batch.MaaSBatchPredictionOperator
+    module = maas.MaaSBatchPredictionOperator.__module__
+    assert module == "airflow_provider_maas.operators.batch" and not module.rsplit(".", 1)[-1].startswith("_")

@@ -62,7 +62,7 @@ def _state_dir(dest, identity: str = "dag.task.run1.m-1"):
 def _timed_out_try(handle, source, dest, store, **kwargs) -> list[str]:
     """Try 1 stops on ``wait_timeout`` while its jobs run; returns their names."""
     with pytest.raises(MaaSTimeoutError):
-        batch_operator(source, dest, wait_timeout=0.3, **kwargs).execute(_try(store))
+        batch_operator(source, dest, timeout=0.3, **kwargs).execute(_try(store))
     return sorted(handle.emulator.jobs)
 
 
@@ -342,7 +342,7 @@ def test_7_reuse_results_grown_between_tries_keeps_the_stored_batch(emulator_fac
     with earlier.open("ab") as out:  # another run appended to it
         out.write(earlier.read_bytes().splitlines()[0].replace(b"Question 0", b"Question X") + b"\n")
     context = _try(store)
-    batch_operator(source, dest, reuse_results=str(earlier), wait_timeout=30).execute(context)
+    batch_operator(source, dest, reuse_results=str(earlier), timeout=30).execute(context)
     assert handle.emulator.jobs_created == 3
     assert context["ti"].xcom["summary"]["reused"] == 50
     assert_in_input_order(source, dest)
@@ -357,7 +357,7 @@ def test_8_a_start_over_keeps_downloaded_answers_and_reuses_them(emulator_factor
         raise OSError(28, "No space left on device")
 
     with pytest.MonkeyPatch.context() as patch, pytest.raises(OSError):
-        patch.setattr("airflow_provider_maas.operators._batch.write_outputs", final_write_fails)
+        patch.setattr("airflow_provider_maas.batch.run.write_outputs", final_write_fails)
         batch_operator(source, dest).execute(_try())
     assert handle.emulator.jobs_created == 3
     lines = source.read_bytes().splitlines(keepends=True)
@@ -427,7 +427,7 @@ def test_11_a_retry_after_wait_timeout_polls_before_judging_the_deadline(emulato
     store = FakeStateStore()
     _timed_out_try(handle, source, dest, store)
     time.sleep(1.0)  # the jobs end meanwhile
-    batch_operator(source, dest, wait_timeout=None).execute(_try(store))  # the retry, setting removed
+    batch_operator(source, dest, timeout=None).execute(_try(store))  # the retry, setting removed
     assert handle.emulator.jobs_created == 3
     assert_in_input_order(source, dest)
 
@@ -608,7 +608,7 @@ def test_state_chaos_never_pays_twice_and_loses_no_answer(emulator_factory, tmp_
     import types
 
     from airflow_provider_maas.batch import journal as journal_module
-    from airflow_provider_maas.operators import _batch
+    from airflow_provider_maas.operators import batch as _batch
 
     handle = emulator_factory(job_duration=0.4)
     shards = 12

@@ -65,7 +65,7 @@ def test_2_a_listing_that_lags_behind_the_newest_journal_objects_does_not_pay_ag
     handle = emulator_factory(job_duration=1.0)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), "memory://bucket/out/res.jsonl"
     with pytest.raises(MaaSTimeoutError):
-        batch_operator(source, dest, wait_timeout=0.3).execute(_try())
+        batch_operator(source, dest, timeout=0.3).execute(_try())
     assert handle.emulator.jobs_created == 3
     journal = "/bucket/out/.res.jsonl.maas/dag.task.run1.m-1/journal"
     count = len(lagging_fs.ls(journal, detail=False))
@@ -260,7 +260,7 @@ def test_start_over_left_set_does_not_discard_a_state_damaged_within_an_automati
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     store = FakeStateStore()
     with pytest.raises(MaaSTimeoutError):  # start_over=True was left on the task after an earlier repair
-        batch_operator(source, dest, wait_timeout=0.3, start_over=True).execute(_try(store))
+        batch_operator(source, dest, timeout=0.3, start_over=True).execute(_try(store))
     assert handle.emulator.jobs_created == 3
     journal = sorted((_state_dir(dest) / "journal").iterdir())
     journal[-1].write_bytes(journal[-1].read_bytes()[:40])  # a write cut short (disk full, a killed copy)
@@ -328,7 +328,7 @@ def test_4_a_lease_left_by_a_dead_try_or_cut_short_does_not_block_the_next_try(e
     handle = emulator_factory(job_duration=1.0)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     with pytest.raises(MaaSTimeoutError):
-        batch_operator(source, dest, wait_timeout=0.3).execute(_try())
+        batch_operator(source, dest, timeout=0.3).execute(_try())
     (_state_dir(dest) / "lease.json").write_bytes(lease)
     time.sleep(1.0)
     batch_operator(source, dest).execute(_try())  # the automatic retry takes the lease over
@@ -344,7 +344,7 @@ def test_1_state_deleted_mid_deferral_names_the_jobs_still_running(emulator_fact
 
     handle = emulator_factory(job_duration=60)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
-    operator = batch_operator(source, dest, deferrable=True, wait_timeout=30)
+    operator = batch_operator(source, dest, deferrable=True, timeout=30)
     with pytest.raises(TaskDeferred) as deferred:
         operator.execute(_try())  # Airflow < 3.3: no task_state_store, the trigger is the only other record
     jobs = sorted(handle.emulator.jobs)
@@ -426,7 +426,7 @@ def test_4_an_automatic_retry_after_the_batch_finished_in_this_clear_round_pays_
 def test_4_a_try_whose_lease_was_taken_does_not_write_the_results_nor_remove_the_state(
     emulator_factory, tmp_path, monkeypatch
 ):
-    from airflow_provider_maas.operators import _batch
+    from airflow_provider_maas.batch import run as _batch
 
     handle = emulator_factory(job_duration=0.2)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
@@ -455,7 +455,7 @@ def test_2_the_newest_snapshot_deleted_is_refused(emulator_factory, tmp_path, mo
     source, dest = write_requests(tmp_path / "r.jsonl", 30), tmp_path / "res.jsonl"
     settings = {"max_requests_per_file": 3}  # 10 shards: several compactions
     with pytest.raises(MaaSTimeoutError):
-        batch_operator(source, dest, wait_timeout=0.3, **settings).execute(_try())
+        batch_operator(source, dest, timeout=0.3, **settings).execute(_try())
     jobs = sorted(handle.emulator.jobs)
     snapshots = sorted(_state_dir(dest).glob("snapshot-*.json"))
     assert snapshots
@@ -474,7 +474,7 @@ def test_11_wait_timeout_while_deferred_then_the_retry_collects_the_ended_jobs(e
 
     handle = emulator_factory(job_duration=1.5)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
-    operator = batch_operator(source, dest, deferrable=True, wait_timeout=0.5)
+    operator = batch_operator(source, dest, deferrable=True, timeout=0.5)
     with pytest.raises(TaskDeferred) as deferred:
         operator.execute(_try())
     event = asyncio.run(anext(deferred.value.trigger.run())).payload
@@ -482,7 +482,7 @@ def test_11_wait_timeout_while_deferred_then_the_retry_collects_the_ended_jobs(e
         operator.execute_complete(_try(), event)
     assert all(name in str(timed_out.value) for name in handle.emulator.jobs)
     time.sleep(1.5)  # the jobs end
-    batch_operator(source, dest, deferrable=True, wait_timeout=0.5).execute(_try())  # the automatic retry
+    batch_operator(source, dest, deferrable=True, timeout=0.5).execute(_try())  # the automatic retry
     assert handle.emulator.jobs_created == 3
     assert_in_input_order(source, dest)
 
@@ -494,7 +494,7 @@ def test_2_the_newest_journal_objects_deleted_are_refused(emulator_factory, tmp_
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     store = FakeStateStore()
     with pytest.raises(MaaSTimeoutError):
-        batch_operator(source, dest, wait_timeout=0.3).execute(_try(store))
+        batch_operator(source, dest, timeout=0.3).execute(_try(store))
     jobs = sorted(handle.emulator.jobs)
     assert store.data["maas_batch_state"]["seq"] >= 2  # the markers' object, recorded before the creates
     for path in sorted((_state_dir(dest) / "journal").iterdir())[1:]:  # all but the plan's first object

@@ -203,7 +203,7 @@ def test_2_a_lagging_listing_cached_by_the_store_client_does_not_pay_again(servi
     source, dest = write_requests(tmp_path / "r.jsonl", 250), "memory://bucket/out/res.jsonl"
     service.job_duration = 1.0
     with pytest.raises(MaaSTimeoutError):
-        batch_operator(source, dest, wait_timeout=0.3).execute(_try())
+        batch_operator(source, dest, timeout=0.3).execute(_try())
     assert service.created == 3
     journal = "/bucket/out/.res.jsonl.maas/dag.task.run1.m-1/journal"
     count = len(cached_fs.ls(journal, detail=False))
@@ -305,7 +305,7 @@ def test_1_before_airflow_3_3_a_state_gone_between_tries_is_refused(service, tmp
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     service.job_duration = 60
     with pytest.raises(MaaSTimeoutError):
-        batch_operator(source, dest, wait_timeout=0.3).execute(_try())  # no task_state_store: Airflow 3.0-3.2
+        batch_operator(source, dest, timeout=0.3).execute(_try())  # no task_state_store: Airflow 3.0-3.2
     shutil.rmtree(tmp_path / ".res.jsonl.maas")  # the retry runs on a worker without this disk
     service.job_duration = 0
     with pytest.raises(MaaSStateError):

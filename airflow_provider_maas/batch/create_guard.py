@@ -2,10 +2,11 @@
 
 The API has no list call, so after a create whose answer was lost (5xx, timeout, reset, killed
 process) nobody can tell whether the job exists. Before sending a create, an operator records a
-marker (:func:`creating_marker`) where its next try will find it (``task_state_store`` or the batch
-manifest); once the answer is in, the marker is replaced by the job's name. A later try that finds
-a marker still "creating" calls :func:`refuse_uncertain_create`, which stops the task without
-Airflow retries, unless a person cleared the task since.
+:class:`CreateInFlight` where its next try will find it (the create operator: its :meth:`~CreateInFlight.as_dict`
+in ``task_state_store``; the batch operator: the shard's record, status ``CREATING``, in the batch
+state); once the answer is in, it is replaced by the job's name. A later try that finds a create
+still in flight calls :func:`refuse_uncertain_create`, which stops the task without Airflow
+retries, unless a person cleared the task since.
 
 Telling an automatic retry from a person's clear: Airflow sets ``max_tries = try_number + retries``
 when a task instance is cleared, and leaves it alone on an automatic retry. The marker keeps the
@@ -16,7 +17,8 @@ task was cleared (or the run is new), which is the documented way to create anyw
 from __future__ import annotations
 
 import logging
-from typing import Any, TypeGuard
+from dataclasses import dataclass
+from typing import Any
 
 from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError
 
@@ -39,13 +41,34 @@ def cleared_since(recorded: int | None, context: Any) -> bool:
     return recorded is not None and now is not None and now != recorded
 
 
-def creating_marker(*, file_name: str | None, display_name: str | None, round_: int | None) -> dict[str, Any]:
-    """The marker to save BEFORE sending a create for ``file_name``, by a try of clear round ``round_``."""
-    return {"status": CREATING, "file_name": file_name, "display_name": display_name, "round": round_}
+@dataclass(frozen=True)
+class CreateInFlight:
+    """A create sent (or about to be) whose answer is not recorded: saved BEFORE the create is sent.
 
+    :param file_name: The uploaded file the job is created from.
+    :param display_name: The job's display name (what a person looks for in the vendor console).
+    :param clear_round: The clear round (:func:`clear_round`) of the try that sends it.
+    """
 
-def is_creating(marker: Any) -> TypeGuard[dict[str, Any]]:
-    return isinstance(marker, dict) and marker.get("status") == CREATING
+    file_name: str | None
+    display_name: str | None
+    clear_round: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The form stored in ``task_state_store`` (read back by :meth:`from_stored`)."""
+        return {
+            "status": CREATING,
+            "file_name": self.file_name,
+            "display_name": self.display_name,
+            "round": self.clear_round,
+        }
+
+    @classmethod
+    def from_stored(cls, value: Any) -> CreateInFlight | None:
+        """The create in flight that ``value`` (as stored) records, or None if it records none."""
+        if not isinstance(value, dict) or value.get("status") != CREATING:
+            return None
+        return cls(value.get("file_name"), value.get("display_name"), value.get("round"))
 
 
 #: Why a create's outcome is unknown (the default ``unknown`` of :func:`uncertain_create_error`).
@@ -57,15 +80,15 @@ NOT_RECORDED = (
 )
 
 
-def refuse_uncertain_create(marker: dict[str, Any], context: Any, *, what: str, unknown: str = NO_ANSWER) -> None:
+def refuse_uncertain_create(marker: CreateInFlight, context: Any, *, what: str, unknown: str = NO_ANSWER) -> None:
     """Raise :class:`MaaSJobCreationUncertainError` for a create left in flight by an earlier try of
     this clear round; return (after a warning) when the task was cleared since.
 
-    :param marker: A marker for which :func:`is_creating` is true.
+    :param marker: The create an earlier try left in flight.
     :param what: What the job was for, e.g. ``"file 'x.jsonl'"`` or ``"shard 12 (file 'y.jsonl')"``.
     """
-    display_name = marker.get("display_name")
-    if cleared_since(marker.get("round"), context):
+    display_name = marker.display_name
+    if cleared_since(marker.clear_round, context):
         log.warning(
             "An earlier try sent a create for %s (display name %r) and got no answer; this task was "
             "cleared since, so a new job is created as asked. If the earlier job exists, both are billed.",
@@ -77,7 +100,7 @@ def refuse_uncertain_create(marker: dict[str, Any], context: Any, *, what: str, 
 
 
 def uncertain_create_error(
-    marker: dict[str, Any],
+    marker: CreateInFlight,
     *,
     what: str,
     earlier: bool = False,
@@ -91,7 +114,7 @@ def uncertain_create_error(
     return MaaSJobCreationUncertainError(
         f"{who} sent a create-job request for {what} and {unknown.format(why=why)}: the service may or may "
         f"not have created a job named "
-        f"{marker.get('display_name')!r} from {marker.get('file_name')!r}. The API has no list call, so "
+        f"{marker.display_name!r} from {marker.file_name!r}. The API has no list call, so "
         "this task will not create another one on its own. Look for that display name in the vendor "
         "console; to create a new job anyway, clear this task in Airflow (a cleared task may create again)."
     )

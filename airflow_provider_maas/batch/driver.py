@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_maas.batch.budget import SpendGate
     from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.client.states import JobOutcome
 
 log = logging.getLogger(__name__)
@@ -67,11 +68,10 @@ class _Task(str, Enum):
 class BatchDriver(JobWatch):
     """Moves the shards of ``state`` forward; use as a context manager (it owns the thread pool).
 
-    :param source: The operator's ``source`` (the requests of round 0).
+    :param settings: The batch's settings (``source``: the requests of round 0; ``max_active_jobs``,
+        ``max_parallel_transfers``, ``shard_retries``, ``max_consecutive_poll_errors``).
     :param names: Upload and display names of a shard (deterministic, so a retry reuses them).
     :param clear_round: ``max_tries`` of this try, stored in each "creating" marker.
-    :param max_consecutive_poll_errors: Failed polls of one job in a row tolerated (each already
-        retried by the hook) before the task fails.
     :param gate: Budget cap, canary and answer checks (``batch.budget``), consulted before each
         create and after each download; None: none of them.
     :param save_job_names: The second record of job names: called with the jobs a failed journal
@@ -84,28 +84,23 @@ class BatchDriver(JobWatch):
         hook: JobService,
         journal: BatchJournal,
         state: BatchState,
-        source: Any,
+        settings: BatchSettings,
         names: ShardNames,
-        max_active_jobs: int,
-        max_parallel_transfers: int,
-        shard_retries: int,
         clear_round: int | None,
-        max_consecutive_poll_errors: int,
         gate: SpendGate | None = None,
         save_job_names: SaveJobNames | None = None,
     ) -> None:
         self.hook = hook
         self.journal = journal
         self.state = state
-        self.source = source
+        self.settings = settings
         self.names = names
-        self.max_active_jobs = max_active_jobs
-        self.shard_retries = shard_retries
         self.clear_round = clear_round
+        self.shard_retries = settings.shard_retries  # read by the polling half too
         self.save_job_names = save_job_names
         self.rate_limited = False
         self.gate = gate
-        self._pool = ThreadPoolExecutor(max_workers=max_parallel_transfers, thread_name_prefix="maas-batch")
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_parallel_transfers, thread_name_prefix="maas-batch")
         self._futures: dict[Future[Any], tuple[_Task, ShardKey]] = {}
         self._pending = deque(sorted(r.key for r in state.with_status(ShardStatus.PENDING)))
         # Shards holding a slot: uploading, creating or with a job not seen ended.
@@ -116,7 +111,7 @@ class BatchDriver(JobWatch):
         self._to_download: deque[ShardKey] = deque()
         self._seen: dict[str, float] = {}
         self._last_state: dict[str, str | None] = {}
-        self._poll_errors = PollErrors(max_consecutive_poll_errors)
+        self._poll_errors = PollErrors(settings.max_consecutive_poll_errors)
         self._changes: list[ShardRecord] = []
         self._written_poll = state.last_poll
         self._observed: set[ShardKey] = set()
@@ -259,7 +254,7 @@ class BatchDriver(JobWatch):
         if self._fatal is not None or self.rate_limited:
             return marked
         held: list[ShardKey] = []  # issue 22: shards the gate holds back (the canary runs)
-        while self._pending and len(self._busy) < self.max_active_jobs:
+        while self._pending and len(self._busy) < self.settings.max_active_jobs:
             key = self._pending.popleft()
             record = self.state.shards[key]
             if record.status is not ShardStatus.PENDING or key in self._busy:
@@ -326,7 +321,7 @@ class BatchDriver(JobWatch):
     def _upload(self, key: ShardKey) -> tuple[str, str]:
         plan = self.state.plan(key)
         file_name, display_name = self.names(key, plan)
-        source = self.state.rounds[key.round].source or self.source
+        source = self.state.rounds[key.round].source or self.settings.source
         with open_source(source) as handle, tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as tmp:
             copy_shard(handle, plan, tmp, label=source_label(source, "source"))  # checks the plan's sha256
             tmp.seek(0)

@@ -2,7 +2,7 @@
 
 A deferred batch resumes when :func:`fire_after` of its running jobs ended: often enough to keep
 ``max_active_jobs`` busy, seldom enough that resumes stay about 2 x shards / max_active_jobs.
-:func:`check_deadline` enforces the absolute ``wait_timeout`` deadline stored in the batch state.
+:func:`check_deadline` enforces the absolute ``timeout`` deadline stored in the batch state.
 """
 
 from __future__ import annotations
@@ -36,22 +36,22 @@ def fire_after(state: BatchState, running: list[str], *, max_active_jobs: int, r
 
 
 def past_deadline(state: BatchState) -> bool:
-    """Whether the state's absolute ``wait_timeout`` deadline passed."""
+    """Whether the state's absolute ``timeout`` deadline passed."""
     return bool(state.deadline) and time.time() > (state.deadline or 0)
 
 
-def check_deadline(state: BatchState, running: list[str], *, wait_timeout: float | None) -> None:
+def check_deadline(state: BatchState, running: list[str], *, timeout: float | None) -> None:
     """Raise :class:`MaaSTimeoutError` once the state's deadline passed, naming the running jobs.
 
     The deadline is the one stored when the wait started (a retry keeps it; a clear restarts it):
-    the message shows it, and the ``wait_timeout`` of this try if it is set.
+    the message shows it, and the ``timeout`` of this try if it is set.
     """
     if past_deadline(state):
         at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(state.deadline or 0))
-        setting = f"wait_timeout={wait_timeout:g}s" if wait_timeout else "wait_timeout is not set now"
+        setting = f"timeout={timeout:g}s" if timeout else "timeout is not set now"
         raise MaaSTimeoutError(
             f"Jobs still running at the batch's deadline {at} (stored when the wait started; {setting}): "
             f"{', '.join(running[:MAX_NAMED_JOBS])}{' ...' if len(running) > MAX_NAMED_JOBS else ''}; they keep "
             "running on the service (no cancel call). A retry polls them again; clear the task to wait a new "
-            "wait_timeout."
+            "timeout."
         )

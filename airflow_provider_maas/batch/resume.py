@@ -6,7 +6,7 @@ starts over, but not while jobs of an earlier try of the same clear round still 
 abandoned and their requests paid again (:func:`refuse_abandoning_jobs`). Taking a state over
 (:func:`take_over`) refuses a create an earlier try left in flight
 (:mod:`~airflow_provider_maas.batch.create_guard`) and, after a person cleared the task, gives the
-failed shards a new chance and restarts ``wait_timeout``.
+failed shards a new chance and restarts the ``timeout``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.budget import count_as_lost, spend_left_behind
 from airflow_provider_maas.batch.create_guard import (
     NOT_RECORDED,
+    CreateInFlight,
     clear_round,
     cleared_since,
-    creating_marker,
     refuse_uncertain_create,
 )
 from airflow_provider_maas.batch.ownership import (
@@ -192,15 +192,13 @@ def refuse_abandoning_jobs(context: Any, journal: BatchJournal, state: BatchStat
 
 def take_over(context: Any, journal: BatchJournal, state: BatchState, settings: BatchSettings) -> None:
     """Make the stored state this try's: refuse creates left in flight (unless the task was
-    cleared since); after a clear, failed shards get a new chance and wait_timeout restarts."""
+    cleared since); after a clear, failed shards get a new chance and the timeout restarts."""
     cleared = cleared_since(state.clear_round, context)
     changes = reattach_saved_jobs(context, journal, state)
     creating = sorted(state.with_status(ShardStatus.CREATING), key=lambda r: r.key)
     for record in creating:
         others = f" ({len(creating) - 1} more shard(s) are in the same case)" if len(creating) > 1 else ""
-        marker = creating_marker(
-            file_name=record.file_name, display_name=record.display_name, round_=record.clear_round
-        )
+        marker = CreateInFlight(record.file_name, record.display_name, record.clear_round)
         refuse_uncertain_create(
             marker, context, what=f"shard {record.key} (file {record.file_name!r}){others}", unknown=NOT_RECORDED
         )

@@ -4,7 +4,7 @@
 :class:`~airflow_provider_maas.exceptions.MaaSInputError` naming it and what is allowed, before
 anything is uploaded or paid for. :class:`BatchSettings` carries the settings of one try (templated
 fields rendered) to the modules that plan, resume and merge the batch; the earlier results to reuse
-are checked each time they are read (:func:`reuse_paths`), as they may change between tries.
+are resolved and checked once per try (:attr:`BatchSettings.reuse_files`), as they may change between tries.
 """
 
 from __future__ import annotations
@@ -100,7 +100,12 @@ class BatchSettings:
     max_requests_per_file: int
     max_bytes_per_file: int
     max_active_jobs: int
-    wait_timeout: float | None
+    timeout: float | None
+    poll_interval: float
+    shard_retries: int
+    max_parallel_transfers: int
+    max_consecutive_poll_errors: int
+    fail_on_partial: bool
     canary_requests: int = 0  # issue 22: round 0's shard 0 holds the first N requests (batch.canary)
     #: Discard a batch state that is not whole (a person's choice; see ``batch/recovery.py``).
     start_over: bool = False
@@ -135,19 +140,32 @@ class BatchSettings:
         (unless ``reuse_other_models``; see :mod:`~airflow_provider_maas.batch.origin`), then the
         answers kept from an abandoned plan of this batch. A file without a record of its ENDPOINT
         stops the task (``MaaSInputError``) unless ``reuse_other_models``."""
-        paths = reuse_paths(self.reuse_results)
+        kept = self.kept_answers() if self.kept_answers else []
+        return self._reusable + kept
+
+    @cached_property
+    def reuse_files(self) -> list[ObjectStoragePath]:
+        """The files of ``reuse_results``, resolved and checked once per try (:func:`reuse_paths`)."""
+        return reuse_paths(self.reuse_results)
+
+    @cached_property
+    def _reusable(self) -> list[ObjectStoragePath]:
+        """:attr:`reuse_files` of this ENDPOINT, their records checked once per try."""
+        paths = self.reuse_files
         if paths and not self.reuse_other_models and self.endpoint is not None:
             refuse_unknown_origin(paths)
-        others = self.reuse_of_other_models(paths)
-        kept = self.kept_answers() if self.kept_answers else []
-        return [path for path in paths if path not in others] + kept
+        others = self.reuse_of_other_models()
+        return [path for path in paths if path not in others]
 
-    def reuse_of_other_models(self, paths: list[ObjectStoragePath] | None = None) -> list[ObjectStoragePath]:
+    def reuse_of_other_models(self) -> list[ObjectStoragePath]:
         """The files of ``reuse_results`` left unused because another ENDPOINT (model) wrote them."""
-        paths = reuse_paths(self.reuse_results) if paths is None else paths
-        if self.reuse_other_models or not paths:
+        return self._other_models
+
+    @cached_property
+    def _other_models(self) -> list[ObjectStoragePath]:
+        if self.reuse_other_models or not self.reuse_files:
             return []
-        return of_other_models(paths, self.endpoint)
+        return of_other_models(self.reuse_files, self.endpoint)
 
     def plan(self, handle: Any, *, validated: bool = False) -> list[ShardPlan]:
         """Shards of the requests in ``handle`` within the per-file limits (``validated``: see
@@ -161,5 +179,5 @@ class BatchSettings:
         return split_first(handle, self.plan(handle, validated=validated), self.canary_requests)
 
     def new_deadline(self) -> float | None:
-        """The absolute ``wait_timeout`` deadline of a wait that starts now (epoch seconds), or None."""
-        return time.time() + self.wait_timeout if self.wait_timeout else None
+        """The absolute ``timeout`` deadline of a wait that starts now (epoch seconds), or None."""
+        return time.time() + self.timeout if self.timeout else None

@@ -7,7 +7,8 @@ Pure data, no I/O: :mod:`airflow_provider_maas.batch.journal` stores it. A shard
                   |            '-> FAILED  (no retries left: its requests get the job's error)
                   '-> PENDING (429: the service did not take the create; next round)
 
-``CREATING`` is the "create in flight" marker: it is stored BEFORE a create is sent, so a later try
+``CREATING`` is the "create in flight" marker (a ``batch.create_guard.CreateInFlight``: the record's
+``file_name``, ``display_name``, ``clear_round``): it is stored BEFORE a create is sent, so a later try
 that finds it knows a job may exist (see :mod:`airflow_provider_maas.batch.create_guard`).
 
 Shards belong to rounds: round 0 holds the input's shards; later rounds (request-level retries,
@@ -156,7 +157,7 @@ class BatchState:
 
     :param fingerprint: Of round 0's plans: a retry with a different input starts over.
     :param identity: ``dag.task.run.map_index`` of the task instance that owns the state.
-    :param deadline: Absolute ``wait_timeout`` deadline (epoch seconds), or None.
+    :param deadline: Absolute ``timeout`` deadline (epoch seconds), or None.
     :param clear_round: ``max_tries`` of the try that last took the state over.
     :param resumes: How many times the task resumed after a deferral.
     :param input_key: Digest of the raw input and the settings that shape round 0 (see

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from functools import cached_property
 from typing import Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_maas._compat import AirflowProviderDeprecationWarning
 from airflow_provider_maas.batch.polling import NOT_FOUND_TRIES
 from airflow_provider_maas.batch.task_record import (  # noqa: F401 (re-exported)
     RECORD_VARIABLE_PREFIX,
@@ -17,7 +19,7 @@ from airflow_provider_maas.batch.task_record import (  # noqa: F401 (re-exported
     task_record,
 )
 from airflow_provider_maas.client.states import Outcome, job_outcome
-from airflow_provider_maas.exceptions import MaaSNotFoundError, MaaSResultsGoneError
+from airflow_provider_maas.exceptions import MaaSInputError, MaaSNotFoundError, MaaSResultsGoneError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators._lineage import LineageMixin
@@ -36,6 +38,17 @@ class MaaSBaseOperator(LineageMixin, BaseOperator):
     @cached_property
     def hook(self) -> MaaSHook:
         return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
+
+
+def renamed(kwargs: dict[str, Any], old: str, new: str, value: Any) -> Any:
+    """The value of parameter ``new`` (``value``, None if not given), or that of its old name
+    ``old`` popped from ``kwargs`` with an ``AirflowProviderDeprecationWarning``; both given: refused."""
+    if old not in kwargs:
+        return value
+    if value is not None:
+        raise MaaSInputError(f"{old} is the old name of {new}: give {new} only")
+    warnings.warn(f"{old} is deprecated: use {new}", AirflowProviderDeprecationWarning, stacklevel=3)
+    return kwargs.pop(old)
 
 
 def task_state(context: Any) -> Any | None:

@@ -1,4 +1,4 @@
-"""The cost-control side of :class:`~airflow_provider_maas.operators._batch.MaaSBatchPredictionOperator`
+"""The cost-control side of :class:`~airflow_provider_maas.operators.batch.MaaSBatchPredictionOperator`
 (issue 22): the dry run, the budget cap, the canary, answers checked against a schema.
 
 Only the Airflow side (parameters, XCom, the task log); the decisions are in ``batch/``: ``plan``

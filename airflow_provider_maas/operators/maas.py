@@ -9,9 +9,8 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_maas.batch.chunks import write_chunks
 from airflow_provider_maas.batch.create_guard import (
+    CreateInFlight,
     clear_round,
-    creating_marker,
-    is_creating,
     refuse_uncertain_create,
     uncertain_create_error,
 )
@@ -30,9 +29,9 @@ from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
 from airflow_provider_maas.operators import _metrics as metrics
-from airflow_provider_maas.operators._batch import MaaSBatchPredictionOperator
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, reusable_job, task_state
 from airflow_provider_maas.operators._lineage import LineageMixin, ServiceDataset
+from airflow_provider_maas.operators.batch import MaaSBatchPredictionOperator
 from airflow_provider_maas.plugins.links import MaaSProgressLink
 from airflow_provider_maas.storage import (
     CHUNK_SIZE,
@@ -127,13 +126,13 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
         what = f"file {self.file_name!r}"
         store = task_state(context)
         saved = store.get(JOB_STATE_KEY) if store is not None else None
-        if is_creating(saved):
-            if saved.get("file_name") == self.file_name:
-                refuse_uncertain_create(saved, context, what=what)  # returns only if the task was cleared
+        if (in_flight := CreateInFlight.from_stored(saved)) is not None:
+            if in_flight.file_name == self.file_name:
+                refuse_uncertain_create(in_flight, context, what=what)  # returns only if the task was cleared
             else:
                 self.log.warning(
                     "An earlier try's create for another file (%r) got no answer; creating a job for %r",
-                    saved.get("file_name"),
+                    in_flight.file_name,
                     self.file_name,
                 )
         else:
@@ -142,9 +141,9 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
                 self._record_job_lineage(existing)
                 return existing
         name = self.display_name or display_name(context)
-        marker = creating_marker(file_name=self.file_name, display_name=name, round_=clear_round(context))
+        marker = CreateInFlight(self.file_name, name, clear_round(context))
         if store is not None:
-            store.set(JOB_STATE_KEY, marker)  # BEFORE sending: a retry must find it
+            store.set(JOB_STATE_KEY, marker.as_dict())  # BEFORE sending: a retry must find it
         try:
             job = self.hook.create_batch_job(self.file_name, name)
             metrics.job_created(context)

@@ -1,0 +1,361 @@
+"""MaaSBatchPredictionOperator: input of any size, upload, create, wait, download, merge, in one task.
+
+The Airflow side only: parameters, deferral or sleep, XCom, lineage, metrics. What the batch does is
+in ``batch/``: its settings (``settings.BatchSettings``, the one carrier of the parameters) and its
+steps (``run.BatchRun``: start or resume, step until only waiting is left, finish).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_maas._compat import conf
+from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.ownership import LeaseLost
+from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS
+from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
+from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
+from airflow_provider_maas.batch.recovery import FinishedMeanwhile, StateRemoved, finished_meanwhile
+from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
+from airflow_provider_maas.batch.run import BatchRun
+from airflow_provider_maas.batch.settings import LIMITS, BatchSettings, check_limits, is_true, retry_rule_and_prices
+from airflow_provider_maas.client.naming import display_name, upload_name
+from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
+from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
+from airflow_provider_maas.operators import _metrics as metrics
+from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, renamed
+from airflow_provider_maas.operators._cost import CostControl
+from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
+from airflow_provider_maas.storage import check_destination, to_path, uri_of
+from airflow_provider_maas.triggers.maas import BatchJobsEvent, MaaSBatchJobsTrigger
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from airflow.sdk import Context
+
+    from airflow_provider_maas.batch.run import Wait
+    from airflow_provider_maas.batch.shards import ShardPlan
+    from airflow_provider_maas.batch.state import ShardKey
+
+
+class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
+    """Run a whole batch in one task: split, upload, create jobs, wait, download, merge in input order.
+
+    The input may hold any number of requests: it is split into shards that fit one upload
+    (``max_requests_per_file``, ``max_bytes_per_file``), at most ``max_active_jobs`` jobs run at
+    once, a shard whose job ends FAILED, CANCELLED or EXPIRED (or whose results are gone) is
+    submitted again up to ``shard_retries`` times, and the results are written to ``destination``
+    in the order of the input requests (matched by normalised request, as the service neither keeps
+    order nor echoes requests byte for byte). Requests that failed or have no result go to
+    ``<destination stem>.failed.jsonl``, ready to resubmit; those of a shard whose every job failed
+    carry the job's error as their ``status`` in the results. The task fails if no request
+    succeeded.
+
+    Each answer is paid once: requests answered in ``reuse_results`` are not sent, identical
+    requests are sent once (``deduplicate``), and requests that failed for a transient reason or got
+    no result are sent again in new shards (``request_retries`` rounds). The summary (XCom
+    ``summary``) counts ``reused``, ``deduplicated`` and ``sent`` answers, ``retry_rounds``
+    (``[{"round", "retried", "succeeded"}]``), the tokens per category (``prompt_tokens``,
+    ``candidates_tokens``, ``thoughts_tokens``, ``total_tokens``; ``tokens_reused``,
+    ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` and ``cost_avoided_usd``.
+
+    Resumable on every Airflow version: the state (shards, their jobs) lives in small objects beside
+    the destination, in ``.<destination name>.maas/<dag>.<task>.<run>.m<map index>/``, removed once
+    the results are written. A retry finds its jobs there and does not pay for them again; a create
+    whose answer was lost stops the task (no automatic second job) until a person clears it.
+
+    :param source: Requests JSONL: local path, URI or ``ObjectStoragePath`` (templated).
+    :param destination: Where to write the ordered results (templated).
+    :param display_name: Job display name prefix (templated). Default: dag, task, run; ``#<shard>`` is appended.
+    :param poll_interval: Seconds between status polls.
+    :param deferrable: Wait in the triggerer instead of holding a worker slot.
+    :param max_active_jobs: At most this many jobs in flight at once (default 100: the triggerer
+        polls thousands of jobs cheaply, and a service at capacity answers 429, which only delays
+        a shard to the next round).
+    :param shard_retries: Resubmissions of a shard whose job ended FAILED, CANCELLED or EXPIRED.
+    :param fail_on_partial: Fail (after writing every output) if any request failed.
+    :param timeout: Give up waiting after this many seconds from submission (jobs keep running: no
+        cancel call), as the sensor's ``timeout``. Its old name ``wait_timeout`` is deprecated.
+    :param max_requests_per_file: At most this many requests per shard (<= 100).
+    :param max_bytes_per_file: At most this many bytes per shard (<= 50 MB).
+    :param max_parallel_transfers: Uploads, creates, polls and downloads running at once (default
+        16: with 0.1 s of API latency a shard costs about 0.4 s of calls; each upload holds at most
+        8 MiB in memory, the rest of a large shard spools to a temporary file).
+    :param max_consecutive_poll_errors: Failed polls of a job in a row (each retried by the hook)
+        tolerated before the task fails: raise it to ride out an outage of a few minutes.
+    :param maas_conn_id: The Airflow connection of type ``maas``.
+    :param endpoint: ENDPOINT id overriding the connection's (templated).
+    :param reuse_results: Earlier results (one results file/URI or a list; templated; a blank
+        string is none): a request whose normalised form has a successful answer there is not
+        sent; the answer is copied to its place in the output. An input fully answered there
+        creates no job.
+    :param deduplicate: Send identical requests (same normalised request) once and write the
+        answer at each of their places (default). False sends each one: independent samples at
+        temperature > 0 (each earlier answer in ``reuse_results`` then serves one of them).
+    :param request_retries: Rounds of request-level retries (default 1): once every shard is done,
+        the requests that failed with a status ``retry_failures`` accepts, or have no result, are
+        sent again in new shards; their answers take the place of the failures. A request failing
+        every round goes to the failed file with the reason of its last attempt.
+    :param retry_failures: Which failed requests are retried: a list of regular expressions
+        searched in the result's ``status``, or a callable ``(status) -> bool``. Default
+        (:data:`~airflow_provider_maas.batch.rounds.DEFAULT_RETRY_FAILURES`): RESOURCE_EXHAUSTED,
+        UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, ABORTED, codes 429 and 5xx, "rate limit",
+        "timed out", "try again", "overloaded"; not client errors (400 INVALID_ARGUMENT, 403,
+        a safety block), which fail the same way again. Missing results are always retried.
+    :param start_over: Discard a batch state that is not whole (missing, damaged, of another format
+        version, pointed at by ``task_state_store`` but gone) and plan the batch again (templated:
+        ``True``, ``"true"``, ``"1"``...). A person's explicit choice, named by the error that stops the
+        task in that case: the jobs the state recorded are abandoned (they keep running and are billed);
+        answers already downloaded are kept and reused. Applied after a person's clear only: an automatic
+        retry in the clear round the batch last ran in ignores it (on Airflow >= 3.3, where the round is
+        recorded), so a value left set never pays again on its own. Set it back afterwards.
+    :param reuse_other_models: Also reuse the answers of ``reuse_results`` files written by
+        another ENDPOINT (another model). By default they are left unused (the summary's
+        ``reuse_skipped_other_model`` counts them); the ENDPOINT is recorded beside each results file.
+    :param prices: USD per 1,000,000 tokens, ``{"prompt": ..., "candidates": ..., "thoughts": ...}``
+        (``thoughts`` defaults to ``candidates``): the summary then gives ``cost_usd`` and the
+        ``cost_avoided_usd`` by reuse and deduplication.
+    :param dry_run: Plan without paying: validate, match ``reuse_results``, deduplicate, estimate
+        and plan the shards; nothing is uploaded, no job created. Pushes XCom ``plan`` (also the
+        return value) and logs it as a table. See "Cost control" in the README.
+    :param max_cost_usd: A hard cap in USD (needs ``prices``) on what this batch spends, across
+        every try, resume and retry round: a create whose worst case would pass it, added to what
+        was spent and what is reserved for jobs in flight, is not sent; the jobs in flight finish,
+        then the task fails with :class:`~airflow_provider_maas.exceptions.MaaSBudgetExceededError`.
+    :param default_max_output_tokens: Output tokens assumed for a request without
+        ``generationConfig.maxOutputTokens`` (estimates and worst case); with ``max_cost_usd`` it
+        is sent as that request's ``maxOutputTokens``, so the worst case is a bound.
+    :param max_tokens_per_file_part: The most tokens one file part (``fileData``/``inlineData``: an
+        image, a PDF, video, audio) may count in the worst case; ``max_cached_content_tokens``: what
+        a request's ``cachedContent`` may count. With ``max_cost_usd``, a request having such a part
+        and no bound for it stops the task before anything is uploaded. Answers whose reported
+        prompt tokens pass them are counted at their real usage (``answers_over_worst_case``).
+    :param canary_requests: Send the first N requests (<= 100) as one job first; the rest waits
+        for its answers (its failures, and its measured cost against ``max_cost_usd``). 0: none.
+    :param canary_max_failed: Fraction of the canary's requests that may fail (or be invalid)
+        before nothing more is sent (:class:`~airflow_provider_maas.exceptions.MaaSCanaryFailedError`).
+    :param response_schema: A JSON Schema (dict) or a Pydantic model class each answer's text must
+        match (as JSON); an answer that does not is placed with a ``status`` saying why
+        (``INVALID_OUTPUT: ...``), goes to the failed file and is counted as ``invalid_output``.
+    :param retry_invalid: Send invalid answers' requests again within ``request_retries``.
+    :param set_response_schema: Add ``responseMimeType: application/json`` and the schema (in
+        Gemini's ``responseSchema`` form) to requests that ask for no schema of their own.
+    """
+
+    template_fields = (
+        "source",
+        "destination",
+        "display_name",
+        "endpoint",
+        "maas_conn_id",
+        "reuse_results",
+        "start_over",
+    )
+    operator_extra_links = (MaaSProgressLink(),)
+
+    def __init__(
+        self,
+        *,
+        source: Any,
+        destination: Any,
+        display_name: str | None = None,
+        poll_interval: float = 60,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        max_active_jobs: int = 100,
+        shard_retries: int = 2,
+        fail_on_partial: bool = False,
+        timeout: float | None = None,
+        max_requests_per_file: int = MAX_REQUESTS_PER_FILE,
+        max_bytes_per_file: int = MAX_BYTES_PER_FILE,
+        max_parallel_transfers: int = 16,
+        max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
+        maas_conn_id: str = DEFAULT_CONN_ID,
+        endpoint: str | None = None,
+        reuse_results: Any = None,
+        deduplicate: bool = True,
+        request_retries: int = 1,
+        retry_failures: list[str] | Callable[[str], bool] | None = None,
+        prices: dict[str, float] | None = None,
+        dry_run: bool = False,
+        max_cost_usd: float | None = None,
+        default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
+        max_tokens_per_file_part: int | None = None,
+        max_cached_content_tokens: int | None = None,
+        canary_requests: int = 0,
+        canary_max_failed: float = 0.5,
+        response_schema: dict[str, object] | type | None = None,
+        retry_invalid: bool = False,
+        set_response_schema: bool = True,
+        start_over: str | bool = False,
+        reuse_other_models: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        timeout = renamed(kwargs, "wait_timeout", "timeout", timeout)
+        super().__init__(maas_conn_id=maas_conn_id, endpoint=endpoint, **kwargs)
+        self._should_retry, self.prices = retry_rule_and_prices(retry_failures, prices)
+        self.source = source
+        self.destination = destination
+        self.display_name = display_name
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+        self.max_active_jobs = max_active_jobs
+        self.shard_retries = shard_retries
+        self.fail_on_partial = fail_on_partial
+        self.timeout = timeout
+        self.max_requests_per_file = max_requests_per_file
+        self.max_bytes_per_file = max_bytes_per_file
+        self.max_parallel_transfers = max_parallel_transfers
+        self.max_consecutive_poll_errors = max_consecutive_poll_errors
+        self.reuse_results = reuse_results
+        self.reuse_other_models = reuse_other_models
+        self.deduplicate = deduplicate
+        self.request_retries = request_retries
+        self.retry_failures = retry_failures
+        self.plan_only = dry_run  # BaseOperator.dry_run is a method: the parameter is kept under another name
+        self.max_cost_usd = max_cost_usd
+        self.default_max_output_tokens = default_max_output_tokens
+        self.max_tokens_per_file_part = max_tokens_per_file_part
+        self.max_cached_content_tokens = max_cached_content_tokens
+        self.canary_requests = canary_requests
+        self.canary_max_failed = canary_max_failed
+        self.response_schema = response_schema
+        self.retry_invalid = retry_invalid
+        self.set_response_schema = set_response_schema
+        self.start_over = start_over
+        check_limits({name: getattr(self, name) for name in LIMITS})
+        self._check_cost_control()
+
+    def _settings(self, journal: BatchJournal | None = None, source: Any = None) -> BatchSettings:
+        """This try's settings (templated fields rendered); ``source``: the requests to send, if
+        not the operator's (the schema added); ``journal``: None for a dry run."""
+        given = {"source": source} if source is not None else {}
+        return BatchSettings.of(
+            self,
+            should_retry=self._retry_rule(self._should_retry),
+            start_over=is_true(self.start_over, what="start_over"),
+            kept_answers=journal.kept_answers if journal is not None else None,
+            endpoint_of=lambda: self.hook.config.endpoint,
+            **given,
+        )
+
+    # Entry points ---------------------------------------------------------------------------
+    def execute(self, context: Context) -> Any:
+        if self.plan_only:
+            return self._plan_only(context, self._settings)
+        dest = check_destination(self.destination, what="destination")
+        journal = BatchJournal.for_task(dest, context)
+        try:
+            if finished_meanwhile(context, journal, this_round=True):  # Airflow did not record that try's success
+                raise FinishedMeanwhile(journal.uri)
+            self._refuse_unbounded()  # max_cost_usd: every request's worst case is a bound (before any upload)
+            settings = self._settings(journal, self._requests_to_plan(journal, write=True))
+            run = BatchRun.start(context, journal, settings, **self._run_parts(context))  # raises it too
+            run.gate = self._gate(journal, run.state, settings.source)
+            announce(context, journal, self.prices)  # where the progress page finds the state
+            return self._run(context, run)
+        except (FinishedMeanwhile, LeaseLost, StateRemoved) as err:  # lost: the other try may have finished it
+            lost = not isinstance(err, FinishedMeanwhile)  # and jobs this try created unrecorded are named, not hidden
+            if lost and (getattr(err, "job_names", None) or not finished_meanwhile(context, journal, this_round=True)):
+                raise
+            self.log.warning(
+                "An earlier try of this task instance finished this batch in this clear round (its success was "
+                "not recorded: a worker lost after it, or a zombie's retry): the results are at %s. Nothing is "
+                "paid again; clear the task to run the batch again.",
+                uri_of(dest),
+            )
+            return uri_of(dest)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
+        """Resume after the trigger: record the ended jobs, then go on."""
+        resumed = BatchJobsEvent.from_event(event)
+        journal = BatchJournal.for_task(self.destination, context)
+        try:
+            if finished_meanwhile(context, journal):  # another live try (a zombie's retry, 'tasks test') did it
+                raise FinishedMeanwhile(journal.uri)
+            settings = self._settings(journal, self._requests_to_plan(journal, write=False))
+            run = BatchRun.resume(  # raises it too: finished meanwhile
+                context,
+                journal,
+                settings,
+                ended=resumed.ended,
+                running=resumed.running,
+                **self._run_parts(context),
+            )
+            run.gate = self._gate(journal, run.state, settings.source)
+            if resumed.status == "timeout":
+                running = list(run.state.by_job())
+                raise MaaSTimeoutError(f"{resumed.message} Still running: {', '.join(running[:MAX_NAMED_JOBS])}")
+            if resumed.status == "error":
+                raise MaaSError(f"Waiting for the batch jobs failed: {resumed.message}")
+            return self._run(context, run)
+        except (FinishedMeanwhile, LeaseLost, StateRemoved) as err:
+            lost = not isinstance(err, FinishedMeanwhile)
+            if lost and (getattr(err, "job_names", None) or not finished_meanwhile(context, journal)):
+                raise
+            dest_uri = uri_of(to_path(self.destination, what="destination"))
+            self.log.warning(
+                "Another try of this task instance finished the batch while this one was deferred: the results "
+                "are at %s. Nothing is left to do, and nothing was paid again.",
+                dest_uri,
+            )
+            return dest_uri
+
+    # Running --------------------------------------------------------------------------------
+    def _run_parts(self, context: Context) -> dict[str, Any]:
+        """What a :class:`BatchRun` takes from Airflow: the hook (creates counted), the names (the gate
+        is set once the state is read: a spend at other prices is refused there)."""
+
+        def names(key: ShardKey, plan: ShardPlan) -> tuple[str, str]:
+            # ``#<shard>`` in round 0, ``#<round>.<shard>`` after: no two shards of a batch share a name
+            shown = f"{self.display_name or display_name(context)}#{key}"
+            return upload_name(context, plan.sha256, shard=key.index), shown
+
+        return {"hook": metrics.CountingCreates(self.hook, context), "names": names}
+
+    def _run(self, context: Context, run: BatchRun) -> str:
+        """Step the batch; wait in the triggerer or by sleeping between steps; then the outputs."""
+        self.hook.get_conn()  # the connection is looked up once, before the pool threads share the hook
+        with run:
+            while (wait := run.step(deferrable=self.deferrable)) is not None:
+                metrics.jobs_active(context, len(wait.jobs))
+                if wait.in_triggerer:
+                    self._defer(run.settings, wait)
+                time.sleep(self.poll_interval)
+        metrics.jobs_active(context, 0)
+        return self._finish(context, run)
+
+    def _defer(self, settings: BatchSettings, wait: Wait) -> None:
+        """Wait in the triggerer until ``wait.fire_after`` of the jobs ended (or all, or the deadline)."""
+        self.log.info(
+            "Deferring on %d running jobs (resume when %s of them ended)", len(wait.jobs), wait.fire_after or "all"
+        )
+        self.defer(
+            trigger=MaaSBatchJobsTrigger(
+                job_names=wait.jobs,
+                maas_conn_id=self.maas_conn_id,
+                endpoint=self.endpoint,
+                poll_interval=settings.poll_interval,
+                end_time=wait.until,
+                max_consecutive_poll_errors=settings.max_consecutive_poll_errors,
+                fire_after=wait.fire_after,
+                max_parallel_polls=settings.max_parallel_transfers,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=max(1.0, wait.until - time.time()) + 60) if wait.until else None,
+        )
+
+    # Results --------------------------------------------------------------------------------
+    def _finish(self, context: Context, run: BatchRun) -> str:
+        summary = run.finish()
+        summary.update(self._cost_summary(context, run.gate, run.state, run.settings))
+        dest_uri = run.destination_uri
+        publish_summary(self, context, summary, dest_uri)
+        metrics.batch_finished(context, summary)
+        self.record_lineage([self.source, *run.settings.reuse_files], [dest_uri, summary["failed_uri"]])
+        run.check(summary)
+        self._remove_sent_requests(run.journal)  # before the state: its folder is removed when empty
+        run.close()
+        return dest_uri
