@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
@@ -18,6 +18,7 @@ from airflow_provider_maas.batch.state import BatchState, Round, ShardKey, Shard
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.storage import to_path
 from tests.helpers import make_context
+from tests.test_batch_state import _settings
 from tests.test_results import result_line
 
 PRICES = {"prompt": 1.0, "candidates": 2.0, "thoughts": 2.0}
@@ -340,13 +341,9 @@ def test_a_polled_state_change_and_the_poll_time_ride_in_the_next_write_never_on
         hook=service,  # type: ignore[arg-type]
         journal=journal,
         state=state,
-        source=None,
+        settings=replace(_settings(), max_active_jobs=1, max_parallel_transfers=1, shard_retries=0),
         names=lambda key, plan: ("f", "d"),
-        max_active_jobs=1,
-        max_parallel_transfers=1,
-        shard_retries=0,
         clear_round=None,
-        max_consecutive_poll_errors=3,
     ) as driver:
         seq = journal.seq
         assert driver.poll(["jobs/1"]) == []

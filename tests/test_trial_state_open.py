@@ -49,7 +49,7 @@ def test_4_a_retry_starting_while_the_zombie_removes_the_finished_state_pays_not
 
     from airflow_provider_maas.batch import resume
     from airflow_provider_maas.batch.journal import BatchJournal
-    from airflow_provider_maas.operators import _batch
+    from airflow_provider_maas.batch import run as _batch
 
     if removed == "half":
         remove = BatchJournal.remove
@@ -272,7 +272,7 @@ def test_8_answers_kept_by_a_start_over_are_not_reused_for_another_model(service
 
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     with monkeypatch.context() as patch, pytest.raises(OSError):
-        patch.setattr("airflow_provider_maas.operators._batch.write_outputs", _disk_full)
+        patch.setattr("airflow_provider_maas.batch.run.write_outputs", _disk_full)
         batch_operator(source, dest).execute(_try())
     assert service.created == 3
     with pytest.raises(MaaSStateError):
