@@ -87,6 +87,7 @@ class SmallBacklogGateway:
 async def _round(names: list[str], limit: int | None) -> dict[str, float]:
     """One round of polls through the trigger's own code; wall seconds and polls that failed."""
     from airflow_provider_maas.hooks.maas import MaaSHook
+    from airflow_provider_maas.batch.polling import OneJobWait
     from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger, _JobPoller
 
     trigger = MaaSBatchJobsTrigger(names, max_parallel_polls=limit or 1)
@@ -94,7 +95,8 @@ async def _round(names: list[str], limit: int | None) -> dict[str, float]:
     hook = MaaSHook()
     log = logging.getLogger("benchmarks.poll_bound")
     async with hook.async_session_scope():
-        pollers = [_JobPoller(hook, name, 1, log) for name in names]
+        rule = OneJobWait(1)  # one failed poll is one failure (as before issue 21's wait policy)
+        pollers = [_JobPoller(hook, name, rule, log) for name in names]
         started = time.monotonic()
         results = await trigger._poll_all(pollers)
         wall = time.monotonic() - started

@@ -143,6 +143,8 @@ def test_example_maas_cost_control(emu, tmp_path, monkeypatch, capsys):
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert (states["plan"], states["predict"], states["too_dear"]) == ("success", "success", "skipped")
     results = _only("results.jsonl", tmp_path)
-    assert all(r.succeeded for r in assert_in_input_order(EXAMPLES / "data" / "example_requests.jsonl", results))
+    in_order = assert_in_input_order(EXAMPLES / "data" / "example_requests.jsonl", results, ceiling_written=True)
+    assert all(r.succeeded for r in in_order)
+    assert all(r.request["generationConfig"]["maxOutputTokens"] for r in in_order)  # the cap's ceiling was sent
     assert sorted(job.request_count for job in emu.emulator.jobs.values()) == [4, 5]  # the canary, then the rest
     _assert_no_key(capsys.readouterr(), run, emu)
