@@ -363,13 +363,14 @@ class BatchJournal:
     def keep_answers(self, endpoint: str | None = None) -> bool:
         """Before a start-over: move the downloaded results parts to ``kept/<n>/``, where the new plan
         reuses them (:meth:`kept_answers`) if it runs on ``endpoint``, the ENDPOINT that paid for them
-        (recorded in the folder first; see ``origin.split_kept``); True if there were any."""
+        (None: the one the stored batch fields name), recorded in the folder first (``origin.split_kept``);
+        True if there were any."""
         parts = [path for path in self._children(self.part_dir()) if path.name.endswith(".jsonl")]
         if not parts:
             return False
         target = self.root / _KEPT / f"{len(self._children(self.root / _KEPT)):04d}"
         target.mkdir(parents=True, exist_ok=True)
-        write_kept_origin(target, endpoint)
+        write_kept_origin(target, endpoint or self.endpoint_found())
         for path in parts:
             path.fs.mv(str(path.path), str((target / path.name).path))
         return True

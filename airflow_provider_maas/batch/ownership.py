@@ -234,7 +234,14 @@ def _damaged(record: ObjectStoragePath, *, mine: bool) -> str | None:
     if not isinstance(value, dict):
         return "is not a JSON object (hand-edited?)"
     if WRITTEN not in value:
-        return None if mine else f"names no {WRITTEN} (written by a provider version before it was recorded)"
+        return (
+            None
+            if mine
+            else (
+                f"names no {WRITTEN} (written by the download operator, or by a provider version before the batch "
+                "operator recorded itself)"
+            )
+        )
     written = value[WRITTEN]
     if not isinstance(written, list) or not all(isinstance(part, str) for part in written):
         return f"has a {WRITTEN} that names no task instance ({written!r}; hand-edited?)"
