@@ -492,3 +492,45 @@ def test_1_before_airflow_3_3_a_variable_read_that_fails_is_not_read_as_no_recor
     with pytest.raises(MaaSError):  # refused, or failed on the read: either way nothing is planned again
         batch_operator(source, dest).execute(_try())
     assert service.created == 3, "a failed read of the record was taken for 'no record': paid again"
+
+
+def test_5_job_names_saved_for_a_discarded_plan_do_not_reattach_the_new_plans_shards(service, tmp_path, monkeypatch):
+    # Job names a failed journal write left in task_state_store (recovery.save_job_names: location and
+    # "round.index" -> name) were kept across a start-over: nothing but take_over forgot them, and a new
+    # plan is not taken over. The new plan's shard 0.1 then lost a create's answer (its job exists, paid);
+    # the automatic retry "reattached" shard 0.1 to the discarded plan's job 2 (other requests, maybe another
+    # model), abandoning the new plan's job: a paid answer lost, another batch's answers written in its place.
+    from airflow_provider_maas.batch.recovery import JOBS_KEY
+    from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError, MaaSStateError, MaaSTimeoutError
+    from airflow_provider_maas.hooks.maas import MaaSHook
+
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    service.job_duration = 60
+    with pytest.raises(MaaSTimeoutError):
+        batch_operator(source, dest, timeout=0.3).execute(_try(store))
+    state = tmp_path / ".res.jsonl.maas" / "dag.task.run1.m-1"
+    # what save_job_names leaves when a journal write fails once job 2 (shard 0.1) answered
+    store.set(JOBS_KEY, {"location": f"file://{state}", "jobs": {"0.1": "2"}})
+    (state / "manifest.json").write_text("{")  # then the state is damaged
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest).execute(_try(store))
+    assert "2" in refused.value.job_names
+    service.job_duration = 0.2
+    real = MaaSHook.create_batch_job
+
+    def loses_shard_1s_answer(self, file_name, display_name):
+        job = real(self, file_name, display_name)
+        if ".s00001." in file_name:
+            raise TimeoutError("read timed out")  # the job exists (paid); its answer is lost
+        return job
+
+    source = write_requests(tmp_path / "r2.jsonl", 260)  # a person's clear, start_over, a new input
+    with monkeypatch.context() as patch, pytest.raises(TimeoutError):
+        patch.setattr(MaaSHook, "create_batch_job", loses_shard_1s_answer)
+        batch_operator(source, dest, start_over=True).execute(_try(store, max_tries=3))
+    assert service.created == 6
+    with pytest.raises(MaaSJobCreationUncertainError) as uncertain:  # the automatic retry
+        batch_operator(source, dest, start_over=True).execute(_try(store, max_tries=3))
+    assert "shard 1" in str(uncertain.value)
+    assert service.created == 6

@@ -170,6 +170,7 @@ def start(
         endpoint=settings.endpoint,
         prices=prices,
     )
+    forget_job_names(context)  # names saved for a discarded plan's shards must not reattach this plan's
     journal.create(state)
     log.info("Planned %d shards for %d requests; state at %s", len(plans), sum(p.requests for p in plans), journal.uri)
     return state
