@@ -253,13 +253,6 @@ def test_10_an_endpoint_changed_between_tries_is_refused_naming_both_not_called_
 
 
 # 8 (variation): answers kept by a start-over are reused whatever model wrote them
-@pytest.mark.xfail(
-    strict=True,
-    reason="Not fixed: kept/ (answers of a discarded state) carries no record of the ENDPOINT that paid for "
-    "them, and BatchSettings.reuse_paths adds every kept part to the reused files unchecked. Fix: keep_answers "
-    "writes the discarded state's ENDPOINT beside kept/<n>/ (batch/origin.py's record), and reuse_paths leaves "
-    "kept folders of another ENDPOINT out unless reuse_other_models, counting them in reuse_skipped_other_model.",
-)
 def test_8_answers_kept_by_a_start_over_are_not_reused_for_another_model(service, tmp_path, monkeypatch):
     # Try 1 downloads every answer on ENDPOINT test-endpoint (model X), then the final write fails. A person
     # moves the task to ENDPOINT other-endpoint (model Y): the retry stops (the state's jobs are on
@@ -279,38 +272,88 @@ def test_8_answers_kept_by_a_start_over_are_not_reused_for_another_model(service
         batch_operator(source, dest, endpoint="other-endpoint").execute(_try())
     context = _try(max_tries=3)  # a person's clear, start_over chosen
     batch_operator(source, dest, endpoint="other-endpoint", start_over=True).execute(context)
-    assert json.loads((tmp_path / ".res.jsonl.origin.json").read_text()) == {"endpoint": "other-endpoint"}
-    assert context["ti"].xcom["summary"]["reused"] == 0, "model X's answers reused for model Y"
+    assert json.loads((tmp_path / ".res.jsonl.origin.json").read_text())["endpoint"] == "other-endpoint"
+    summary = context["ti"].xcom["summary"]
+    assert summary["reused"] == 0, "model X's answers reused for model Y"
+    assert summary["reuse_skipped_other_model"] == 250
     assert service.created == 6
+    assert_in_input_order(source, dest)
+
+
+def test_8_kept_answers_of_another_model_are_reused_when_chosen_and_unrecorded_ones_refused(
+    service, tmp_path, monkeypatch
+):
+    # The same start-over with reuse_other_models=True reuses model X's kept answers (a person's choice);
+    # kept answers without a record of their ENDPOINT (kept by an earlier provider version) stop the task
+    # before anything is sent, as a reuse_results file without a record does.
+    from airflow_provider_maas.exceptions import MaaSInputError, MaaSStateError
+
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    with monkeypatch.context() as patch, pytest.raises(OSError):
+        patch.setattr("airflow_provider_maas.batch.run.write_outputs", _disk_full)
+        batch_operator(source, dest).execute(_try())
+    with pytest.raises(MaaSStateError):
+        batch_operator(source, dest, endpoint="other-endpoint").execute(_try())
+    state = tmp_path / ".res.jsonl.maas" / "dag.task.run1.m-1"
+    with monkeypatch.context() as patch, pytest.raises(MaaSInputError) as refused:
+        patch.setattr("airflow_provider_maas.batch.origin._write_record", lambda *a: None)  # an old version
+        batch_operator(source, dest, endpoint="other-endpoint", start_over=True).execute(_try(max_tries=3))
+    assert f"{state}/kept/0000" in str(refused.value) and "reuse_other_models=True" in str(refused.value)
+    assert service.created == 3
+    (state / "kept" / "0000" / "origin.json").write_text('{"endpoint": "test-endpoint"}')
+    context = _try(max_tries=3)
+    batch_operator(source, dest, endpoint="other-endpoint", start_over=True, reuse_other_models=True).execute(context)
+    assert context["ti"].xcom["summary"]["reused"] == 250
+    assert service.created == 3
+    assert_in_input_order(source, dest)
 
 
 def _disk_full(*args, **kwargs):
     raise OSError(28, "No space left on device")
 
 
-# 1 (variation): Airflow 3.0-3.2, the state on one worker's local disk, the retry on another worker
-@pytest.mark.xfail(
-    strict=True,
-    reason="Not fixed: before Airflow 3.3 there is no task_state_store, so nothing records that a state "
-    "existed; a retry that finds none (a destination on another worker's disk, the folder deleted) plans "
-    "again. Fix: keep the pointer (location, open/finished, round) where the create operator keeps its "
-    "marker before 3.3, the Airflow Variable maas_create.<digest of the task instance> "
-    "(operators create_guard's Variable record), and read it in recovery.load_whole.",
-)
-def test_1_before_airflow_3_3_a_state_gone_between_tries_is_refused(service, tmp_path):
+def _state_gone_before_3_3(service, tmp_path, monkeypatch):
+    """Airflow 3.0-3.2 (the record in a Variable): try 1 stops on its timeout with 3 jobs running, then
+    its state folder is gone (the retry runs on a worker without that disk); returns the Variables."""
     import shutil
 
-    from airflow_provider_maas.exceptions import MaaSStateError, MaaSTimeoutError
+    from airflow_provider_maas.batch import task_record
+    from airflow_provider_maas.exceptions import MaaSTimeoutError
+    from tests.helpers import FakeVariables
 
+    variables = FakeVariables()
+    monkeypatch.setattr("airflow.sdk.Variable", variables)
+    monkeypatch.setattr(task_record, "_in_task_runner", lambda: True)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     service.job_duration = 60
     with pytest.raises(MaaSTimeoutError):
         batch_operator(source, dest, timeout=0.3).execute(_try())  # no task_state_store: Airflow 3.0-3.2
-    shutil.rmtree(tmp_path / ".res.jsonl.maas")  # the retry runs on a worker without this disk
-    service.job_duration = 0
-    with pytest.raises(MaaSStateError):
-        batch_operator(source, dest).execute(_try())
     assert service.created == 3
+    shutil.rmtree(tmp_path / ".res.jsonl.maas")
+    service.job_duration = 0
+    return variables, source, dest
+
+
+# 1 (variation): Airflow 3.0-3.2, the state on one worker's local disk, the retry on another worker
+def test_1_before_airflow_3_3_a_state_gone_between_tries_is_refused(service, tmp_path, monkeypatch):
+    # Airflow 3.0-3.2 have no task_state_store: the second record is the Airflow Variable
+    # maas_batch.<digest> (batch/task_record.py), written through the Task SDK in a task runner. It says
+    # a state existed at this location; a retry that finds none (a destination on another worker's disk,
+    # the folder deleted) refuses, naming the location, instead of planning again (6 jobs for 3).
+    from airflow_provider_maas.exceptions import MaaSStateError
+
+    variables, source, dest = _state_gone_before_3_3(service, tmp_path, monkeypatch)
+    jobs = sorted(service.jobs)
+    (name,) = variables.values  # the record of the state, the only one left
+    assert name.startswith("maas_batch.") and "/.res.jsonl.maas/" in variables.values[name]
+    for context in (_try(), _try(max_tries=3)):  # the automatic retry, then a person's clear
+        with pytest.raises(MaaSStateError) as refused:
+            batch_operator(source, dest).execute(context)
+        message = str(refused.value)
+        assert f"file://{tmp_path}/.res.jsonl.maas/dag.task.run1.m-1" in message and "gone" in message, message
+        assert "start_over=True" in message, message
+    assert service.created == 3
+    assert len(jobs) == 3
 
 
 # 1 / 4 (variation): the batch finished, Airflow did not record it, and the results are not where the retry runs
@@ -334,3 +377,160 @@ def test_1_a_retry_of_a_finished_batch_whose_results_are_not_there_stops_instead
     batch_operator(source, dest).execute(_try(store, max_tries=3))  # a person's clear runs it again
     assert service.created == 6
     assert_in_input_order(source, dest)
+
+
+# Fourth pass (s5-a19b): what this session added, attacked ----------------------------------------------
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        ('{"endpoint": "test-endpoint", "writ', "cannot be read"),  # truncated
+        ('["dag", "task", "run1", "m-1"]', "not a JSON object"),  # hand-edited
+        ('{"endpoint": "test-endpoint", "written_by": "run1"}', "names no task instance"),  # hand-edited
+        ('{"endpoint": "test-endpoint"}', "provider version before"),  # an earlier provider version's record
+    ],
+)
+def test_9_a_destination_whose_record_is_damaged_or_old_is_not_overwritten_by_another_run(
+    service, tmp_path, record, why
+):
+    # Run 1 wrote the destination; its record (.res.jsonl.origin.json) is truncated, hand-edited or of a
+    # provider version before written_by. Run 2 with the same destination read "no writer" and paid for
+    # 3 more jobs, overwriting run 1's paid answers without a word (6 jobs).
+    from airflow_provider_maas.exceptions import MaaSStateError
+
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    batch_operator(source, dest).execute(_try(FakeStateStore()))
+    origin = tmp_path / ".res.jsonl.origin.json"
+    origin.write_text(record)
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest).execute(_try(FakeStateStore(), run_id="run2"))
+    message = str(refused.value)
+    assert why in message and str(origin) in message and "Nothing was sent" in message, message
+    assert service.created == 3
+    origin.unlink()  # the way on the message names (the results are run 2's to replace)
+    batch_operator(source, dest).execute(_try(FakeStateStore(), run_id="run2"))
+    assert service.created == 6
+
+
+def test_9_the_same_task_instance_whose_record_lacks_its_writer_goes_on_from_its_state(service, tmp_path, monkeypatch):
+    # The results were written (the record says only the ENDPOINT) and the try stopped before the record
+    # named its writer: its own retry finds its state and writes again, paying nothing.
+    from airflow_provider_maas.batch import run as _run
+
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    with monkeypatch.context() as patch, pytest.raises(OSError):
+        patch.setattr(_run, "record_writer", _disk_full)
+        batch_operator(source, dest).execute(_try(store))
+    assert "written_by" not in (tmp_path / ".res.jsonl.origin.json").read_text()
+    batch_operator(source, dest).execute(_try(store))
+    assert service.created == 3
+    assert_in_input_order(source, dest)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Not fixed: on Airflow 3.0-3.2, when the Variable write of the newest-sequence mark fails after the "
+    "journal object with 'creating' markers is stored (journal.append -> on_marked -> recovery.record_mark), no "
+    "create was sent, but the automatic retry finds the markers and stops with MaaSJobCreationUncertainError "
+    "('sent a create-job request ... may or may not have created a job'), asking for a clear. Nothing is paid "
+    "twice (the clear creates the 3 jobs once). Fix: in BatchJournal.append, when on_marked raises, write one "
+    "more object returning those shards to PENDING (attempts and the gate's reservation as before the marker), "
+    "or delete the object just written (seq -= 1) before re-raising, and say in the error that the Variable, "
+    "not the batch state, failed.",
+)
+def test_5_a_variable_write_lost_while_markers_are_stored_does_not_need_a_clear(service, tmp_path, monkeypatch):
+    from airflow_provider_maas.batch import task_record
+    from airflow_provider_maas.exceptions import MaaSError
+    from tests.helpers import FakeVariables
+
+    variables = FakeVariables()
+    real, sets = variables.set, []
+
+    def loses_the_second(key, value, description=None, serialize_json=False):
+        sets.append(value)
+        if len(sets) != 2:  # the first is the plan's pointer, the second the mark of the first markers
+            real(key, value, description=description, serialize_json=serialize_json)
+
+    variables.set = loses_the_second
+    monkeypatch.setattr("airflow.sdk.Variable", variables)
+    monkeypatch.setattr(task_record, "_in_task_runner", lambda: True)
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    with pytest.raises(MaaSError):
+        batch_operator(source, dest).execute(_try())
+    assert service.created == 0
+    batch_operator(source, dest).execute(_try())  # the automatic retry
+    assert service.created == 3
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Not fixed: on Airflow 3.0-3.2 the batch record is read with Variable.get(default=None), and the Task "
+    "SDK answers a transient Execution API error as 'not found' (ExecutionAPISecretsBackend.get_variable: "
+    "'Variable not found or transient error - allow fallback', then VARIABLE_NOT_FOUND, then the default; "
+    "task-sdk 1.3.2). A retry whose read fails so reads 'no record': a state gone is planned again (6 jobs for 3), "
+    "and VariableStateStore.set's read-modify-write drops the record's other keys. Fix: in "
+    "task_record.VariableStateStore._value, send GetVariable through SUPERVISOR_COMMS and treat an ErrorResponse "
+    "other than VARIABLE_NOT_FOUND as a failure (raise: the task is retried), not as an empty record.",
+)
+def test_1_before_airflow_3_3_a_variable_read_that_fails_is_not_read_as_no_record(service, tmp_path, monkeypatch):
+    from airflow_provider_maas.exceptions import MaaSError
+
+    variables, source, dest = _state_gone_before_3_3(service, tmp_path, monkeypatch)
+    real_get, real_set = variables.get, variables.set
+    outage = {"on": True}  # the Execution API fails the retry's reads until its first write
+
+    def transient(key, default=None, deserialize_json=False):  # what the Task SDK returns on an API error
+        if outage["on"]:
+            return default
+        return real_get(key, default=default, deserialize_json=deserialize_json)
+
+    def write(*args, **kwargs):
+        outage["on"] = False
+        real_set(*args, **kwargs)
+
+    variables.get, variables.set = transient, write
+    with pytest.raises(MaaSError):  # refused, or failed on the read: either way nothing is planned again
+        batch_operator(source, dest).execute(_try())
+    assert service.created == 3, "a failed read of the record was taken for 'no record': paid again"
+
+
+def test_5_job_names_saved_for_a_discarded_plan_do_not_reattach_the_new_plans_shards(service, tmp_path, monkeypatch):
+    # Job names a failed journal write left in task_state_store (recovery.save_job_names: location and
+    # "round.index" -> name) were kept across a start-over: nothing but take_over forgot them, and a new
+    # plan is not taken over. The new plan's shard 0.1 then lost a create's answer (its job exists, paid);
+    # the automatic retry "reattached" shard 0.1 to the discarded plan's job 2 (other requests, maybe another
+    # model), abandoning the new plan's job: a paid answer lost, another batch's answers written in its place.
+    from airflow_provider_maas.batch.recovery import JOBS_KEY
+    from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError, MaaSStateError, MaaSTimeoutError
+    from airflow_provider_maas.hooks.maas import MaaSHook
+
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    service.job_duration = 60
+    with pytest.raises(MaaSTimeoutError):
+        batch_operator(source, dest, timeout=0.3).execute(_try(store))
+    state = tmp_path / ".res.jsonl.maas" / "dag.task.run1.m-1"
+    # what save_job_names leaves when a journal write fails once job 2 (shard 0.1) answered
+    store.set(JOBS_KEY, {"location": f"file://{state}", "jobs": {"0.1": "2"}})
+    (state / "manifest.json").write_text("{")  # then the state is damaged
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest).execute(_try(store))
+    assert "2" in refused.value.job_names
+    service.job_duration = 0.2
+    real = MaaSHook.create_batch_job
+
+    def loses_shard_1s_answer(self, file_name, display_name):
+        job = real(self, file_name, display_name)
+        if ".s00001." in file_name:
+            raise TimeoutError("read timed out")  # the job exists (paid); its answer is lost
+        return job
+
+    source = write_requests(tmp_path / "r2.jsonl", 260)  # a person's clear, start_over, a new input
+    with monkeypatch.context() as patch, pytest.raises(TimeoutError):
+        patch.setattr(MaaSHook, "create_batch_job", loses_shard_1s_answer)
+        batch_operator(source, dest, start_over=True).execute(_try(store, max_tries=3))
+    assert service.created == 6
+    with pytest.raises(MaaSJobCreationUncertainError) as uncertain:  # the automatic retry
+        batch_operator(source, dest, start_over=True).execute(_try(store, max_tries=3))
+    assert "shard 1" in str(uncertain.value)
+    assert service.created == 6

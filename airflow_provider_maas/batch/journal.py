@@ -29,13 +29,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch import ownership
+from airflow_provider_maas.batch.origin import write_kept_origin
 from airflow_provider_maas.batch.state import STATE_VERSION, BatchState, Round, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.client.naming import task_identity
 from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.storage import atomic_writer, to_path, uri_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from airflow.sdk import ObjectStoragePath
 
@@ -227,18 +228,33 @@ class BatchJournal:
     def job_names_found(self) -> list[str]:
         """Every job name any readable line of any journal object or snapshot holds (for an error
         message when the state is not whole); damaged lines are skipped."""
-        names: dict[str, None] = {}
+        names = (value.get("job_name") for value in self._readable_lines())
+        return list(dict.fromkeys(name for name in names if isinstance(name, str)))
+
+    def endpoint_found(self) -> str | None:
+        """The ENDPOINT the newest readable batch fields name (the jobs of a state that is not whole
+        were created on it), or None; damaged lines are skipped."""
+        found = None
+        for value in self._readable_lines():
+            meta = value.get("meta")
+            if isinstance(meta, dict) and isinstance(meta.get("endpoint"), str):
+                found = meta["endpoint"]
+        return found
+
+    def _readable_lines(self) -> Iterator[dict[str, Any]]:
+        """The JSON objects of every readable line of the snapshots, then the journal objects, in order."""
         for folder, prefix, suffix in ((self.root, _SNAPSHOT, ".json"), (self.root / "journal", "", ".jsonl")):
             for _, path in self._numbered(folder, prefix, suffix):
-                with contextlib.suppress(OSError):
+                try:
                     with path.open("rb") as handle:
                         data = handle.read()
-                    for line in data.splitlines():
-                        with contextlib.suppress(ValueError):
-                            value = json.loads(line)
-                            if isinstance(value, dict) and isinstance(value.get("job_name"), str):
-                                names[value["job_name"]] = None
-        return list(names)
+                except OSError:
+                    continue
+                for line in data.splitlines():
+                    with contextlib.suppress(ValueError):
+                        value = json.loads(line)
+                        if isinstance(value, dict):
+                            yield value
 
     def _replay(self, state: BatchState, path: ObjectStoragePath) -> None:
         lines = _read_json_lines(path)
@@ -344,14 +360,17 @@ class BatchJournal:
                 path.unlink()
         self._since_snapshot = 0
 
-    def keep_answers(self) -> bool:
+    def keep_answers(self, endpoint: str | None = None) -> bool:
         """Before a start-over: move the downloaded results parts to ``kept/<n>/``, where the new plan
-        reuses them (:meth:`kept_answers`); True if there were any."""
+        reuses them (:meth:`kept_answers`) if it runs on ``endpoint``, the ENDPOINT that paid for them
+        (None: the one the stored batch fields name), recorded in the folder first (``origin.split_kept``);
+        True if there were any."""
         parts = [path for path in self._children(self.part_dir()) if path.name.endswith(".jsonl")]
         if not parts:
             return False
         target = self.root / _KEPT / f"{len(self._children(self.root / _KEPT)):04d}"
         target.mkdir(parents=True, exist_ok=True)
+        write_kept_origin(target, endpoint or self.endpoint_found())
         for path in parts:
             path.fs.mv(str(path.path), str((target / path.name).path))
         return True

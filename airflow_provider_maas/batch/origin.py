@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Largest record read (a record is a few dozen bytes; with ``written_by``, a few hundred).
 MAX_RECORD = 4096
+#: The record's name inside a ``kept/<n>/`` folder of answers a start-over kept.
+KEPT_RECORD = "origin.json"
 
 
 def origin_path(results: Any) -> ObjectStoragePath:
@@ -41,20 +43,45 @@ def origin_path(results: Any) -> ObjectStoragePath:
 def write_origin(results: Any, endpoint: Any) -> None:
     """Record that ``endpoint`` (a string, or anything with an ``endpoint`` attribute) wrote
     ``results``. Never fails the task: a missing record only means the file's model is not known later."""
+    _write_record(origin_path(results), endpoint)
+
+
+def _write_record(record: ObjectStoragePath, endpoint: Any) -> None:
     try:
-        endpoint = endpoint if isinstance(endpoint, str) else endpoint.endpoint
+        endpoint = endpoint if isinstance(endpoint, str) or endpoint is None else endpoint.endpoint
         if not endpoint:
             return
-        with atomic_writer(origin_path(results)) as out:
+        with atomic_writer(record) as out:
             out.write(json.dumps({"endpoint": endpoint}).encode())
     except Exception as err:
-        log.warning("Could not record the ENDPOINT of %s: %s: %s", uri_of(to_path(results)), type(err).__name__, err)
+        log.warning("Could not record the ENDPOINT in %s: %s: %s", uri_of(record), type(err).__name__, err)
 
 
 def read_origin(results: Any) -> str | None:
     """The ENDPOINT recorded for ``results``, or None (no record, or one that cannot be read)."""
+    return _read_record(origin_path(results))
+
+
+def kept_record(folder: ObjectStoragePath) -> ObjectStoragePath:
+    """The record of the ENDPOINT that paid for the answers a start-over kept in ``folder``
+    (``kept/<n>/`` of a batch state, :meth:`~.journal.BatchJournal.keep_answers`)."""
+    return folder / KEPT_RECORD
+
+
+def write_kept_origin(folder: ObjectStoragePath, endpoint: str | None) -> None:
+    """Record that ``endpoint`` paid for the answers kept in ``folder`` (nothing if not known:
+    such answers are then of unknown model, see :func:`refuse_unknown_origin`)."""
+    _write_record(kept_record(folder), endpoint)
+
+
+def kept_origin(part: ObjectStoragePath) -> str | None:
+    """The ENDPOINT that paid for a kept results part (its folder's record), or None."""
+    return _read_record(kept_record(part.parent))
+
+
+def _read_record(path: ObjectStoragePath) -> str | None:
     try:
-        with origin_path(results).open("rb") as handle:
+        with path.open("rb") as handle:
             record = json.loads(handle.read(MAX_RECORD))
     except Exception:
         return None
@@ -67,6 +94,25 @@ def of_other_models(paths: Sequence[ObjectStoragePath], endpoint: str | None) ->
     if endpoint is None:
         return []
     return [path for path in paths if read_origin(path) not in (None, endpoint)]
+
+
+def split_kept(
+    parts: Sequence[ObjectStoragePath], endpoint: str | None
+) -> tuple[list[ObjectStoragePath], list[ObjectStoragePath]]:
+    """The kept results ``parts`` (answers of abandoned plans of this batch) paid for on ``endpoint``,
+    and those of another ENDPOINT; stops (before anything is sent) on parts whose folder has no record."""
+    folders = {uri_of(part.parent): kept_origin(part) for part in parts}  # one record per folder
+    origins = {part: folders[uri_of(part.parent)] for part in parts}
+    unknown = sorted(folder for folder, origin in folders.items() if origin is None)
+    if unknown:
+        raise MaaSInputError(
+            f"Answers kept by a start-over under {', '.join(unknown)}: no record of the ENDPOINT (model) that paid for "
+            f"them ({KEPT_RECORD} in the folder; absent when kept by an earlier provider version or when it could not "
+            "be written). Answers of another model are not reused by default. If they are of this batch's model, set "
+            "reuse_other_models=True; otherwise delete the folder. Nothing was sent."
+        )
+    same = [part for part, origin in origins.items() if origin == endpoint]
+    return same, [part for part in parts if origins[part] != endpoint]
 
 
 def refuse_unknown_origin(paths: Sequence[ObjectStoragePath]) -> None:

@@ -198,6 +198,15 @@ def refuse_written_by_other(journal: BatchJournal, identity: list[str]) -> None:
     record = origin_path(destination_of(journal))
     written = written_record(journal).get("identity")
     destination = destination_of(journal)
+    problem = None if isinstance(written, list) else _damaged(record, mine=journal.root.exists())
+    if problem and destination.exists():
+        raise MaaSStateError(
+            f"The destination {uri_of(destination)} exists and its record {uri_of(record)} {problem}, so which task "
+            "instance wrote it is not known; writing it again may overwrite another run's paid answers. Nothing was "
+            "sent. If the results are this task instance's own, delete that record and clear the task; otherwise "
+            "move the results away, or template the destination per run and task instance "
+            "(destination='.../results-{{ run_id }}-{{ ti.map_index }}.jsonl')."
+        )
     if not isinstance(written, list) or written == identity or not destination.exists():
         return
     name = ".".join(str(part) for part in written)
@@ -209,3 +218,31 @@ def refuse_written_by_other(journal: BatchJournal, identity: list[str]) -> None:
         "e.g. destination='.../results-{{ run_id }}-{{ ti.map_index }}.jsonl'; or, to replace it on purpose, "
         "move or delete that file and clear this task."
     )
+
+
+def _damaged(record: ObjectStoragePath, *, mine: bool) -> str | None:
+    """What is wrong with the destination's record (truncated, hand-edited, or of a provider version
+    before it named its writer), or None: there is none, or it is whole. ``mine``: this task instance
+    keeps a batch state here (it wrote the results and stopped before naming itself: not refused)."""
+    try:
+        with record.open("rb") as handle:
+            value = json.loads(handle.read(MAX_RECORD))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        return f"cannot be read ({type(err).__name__}: {err}; truncated or hand-edited?)"
+    if not isinstance(value, dict):
+        return "is not a JSON object (hand-edited?)"
+    if WRITTEN not in value:
+        return (
+            None
+            if mine
+            else (
+                f"names no {WRITTEN} (written by the download operator, or by a provider version before the batch "
+                "operator recorded itself)"
+            )
+        )
+    written = value[WRITTEN]
+    if not isinstance(written, list) or not all(isinstance(part, str) for part in written):
+        return f"has a {WRITTEN} that names no task instance ({written!r}; hand-edited?)"
+    return None

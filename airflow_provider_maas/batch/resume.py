@@ -87,7 +87,7 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
             log.warning("The input changed since the batch state at %s was written: starting over", journal.uri)
         spent_before = spend_left_behind(state) if state is not None else 0.0  # max_cost_usd: not a new budget
         prices = state.prices if state is not None and spent_before else None  # what spent_before is at
-        if journal.keep_answers():
+        if journal.keep_answers(state.endpoint if state is not None else None):
             log.info("Answers downloaded by the earlier plan are kept under %s and reused", journal.uri)
         state = _start_over(context, journal, settings, key, spent_before, prices)
         refuse_shared_destination(journal, fresh=True)
@@ -170,6 +170,7 @@ def start(
         endpoint=settings.endpoint,
         prices=prices,
     )
+    forget_job_names(context)  # names saved for a discarded plan's shards must not reattach this plan's
     journal.create(state)
     log.info("Planned %d shards for %d requests; state at %s", len(plans), sum(p.requests for p in plans), journal.uri)
     return state

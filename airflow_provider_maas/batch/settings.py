@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
-from airflow_provider_maas.batch.origin import of_other_models, refuse_unknown_origin
+from airflow_provider_maas.batch.origin import of_other_models, refuse_unknown_origin, split_kept
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.rounds import retry_predicate
 from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
@@ -138,10 +138,16 @@ class BatchSettings:
     def reuse_paths(self) -> list[ObjectStoragePath]:
         """The results files to reuse: those of ``reuse_results`` another ENDPOINT did not write
         (unless ``reuse_other_models``; see :mod:`~airflow_provider_maas.batch.origin`), then the
-        answers kept from an abandoned plan of this batch. A file without a record of its ENDPOINT
-        stops the task (``MaaSInputError``) unless ``reuse_other_models``."""
+        answers kept from an abandoned plan of this batch on this ENDPOINT (the same rule). A file
+        without a record of its ENDPOINT stops the task (``MaaSInputError``) unless ``reuse_other_models``."""
+        return self._reusable + self._kept()[0]
+
+    def _kept(self) -> tuple[list[ObjectStoragePath], list[ObjectStoragePath]]:
+        """The answers kept from abandoned plans (``kept_answers``): of this ENDPOINT, of others."""
         kept = self.kept_answers() if self.kept_answers else []
-        return self._reusable + kept
+        if not kept or self.reuse_other_models or self.endpoint is None:
+            return kept, []
+        return split_kept(kept, self.endpoint)
 
     @cached_property
     def reuse_files(self) -> list[ObjectStoragePath]:
@@ -158,8 +164,9 @@ class BatchSettings:
         return [path for path in paths if path not in others]
 
     def reuse_of_other_models(self) -> list[ObjectStoragePath]:
-        """The files of ``reuse_results`` left unused because another ENDPOINT (model) wrote them."""
-        return self._other_models
+        """The files of ``reuse_results``, and the answers kept by a start-over, left unused because
+        another ENDPOINT (model) wrote them."""
+        return self._other_models + self._kept()[1]
 
     @cached_property
     def _other_models(self) -> list[ObjectStoragePath]:

@@ -109,12 +109,13 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         version, pointed at by ``task_state_store`` but gone) and plan the batch again (templated:
         ``True``, ``"true"``, ``"1"``...). A person's explicit choice, named by the error that stops the
         task in that case: the jobs the state recorded are abandoned (they keep running and are billed);
-        answers already downloaded are kept and reused. Applied after a person's clear only: an automatic
+        answers already downloaded are kept and reused on the same ENDPOINT. Applied after a person's clear only: an automatic
         retry in the clear round the batch last ran in ignores it (on Airflow >= 3.3, where the round is
         recorded), so a value left set never pays again on its own. Set it back afterwards.
     :param reuse_other_models: Also reuse the answers of ``reuse_results`` files written by
-        another ENDPOINT (another model). By default they are left unused (the summary's
-        ``reuse_skipped_other_model`` counts them); the ENDPOINT is recorded beside each results file.
+        another ENDPOINT (another model), and those a start-over kept from jobs on another ENDPOINT.
+        By default they are left unused (the summary's ``reuse_skipped_other_model`` counts them); the
+        ENDPOINT is recorded beside each results file and each folder of kept answers.
     :param prices: USD per 1,000,000 tokens, ``{"prompt": ..., "candidates": ..., "thoughts": ...}``
         (``thoughts`` defaults to ``candidates``): the summary then gives ``cost_usd`` and the
         ``cost_avoided_usd`` by reuse and deduplication.
