@@ -388,10 +388,20 @@ class SpendGate:
         reserve = self.worst(key, state) if self.max_cost_usd is not None else None
         return {"reserve_usd": reserve, "cost_usd": None, "unsent": False}
 
-    def lost(self, record: ShardRecord) -> ShardRecord:
+    def lost(self, record: ShardRecord, state: BatchState | None = None) -> ShardRecord:
         """The job of ``record`` ran, but its results are gone, or it ended FAILED, CANCELLED or
         EXPIRED (the service documents no billing of those, and no usage comes with them): what it
-        cost, else its reservation, stays spent (:func:`count_as_lost`) when the shard is sent again."""
+        cost, else its reservation, stays spent (:func:`count_as_lost`) when the shard is sent again.
+        A job created by a try without the cap has no reservation: with a cap, its worst case
+        (read from ``state``) stays spent."""
+        if (
+            record.cost_usd is None
+            and record.reserve_usd is None
+            and self.max_cost_usd is not None
+            and state is not None
+            and record.key in state.shards
+        ):
+            record = record.but(reserve_usd=self.worst(record.key, state))
         changed = count_as_lost(record)
         if self._spent is not None and record.cost_usd is None:  # a reported cost is in spent already
             self._spent += (changed.lost_usd or 0.0) - (record.lost_usd or 0.0)

@@ -160,7 +160,7 @@ class BatchDriver(JobWatch):
                 self._to_download.append(record.key)  # sent after the creates this frees a slot for
             else:
                 if self.gate is not None:  # FAILED, CANCELLED, EXPIRED: maybe billed, reports nothing
-                    record = self.gate.lost(record)
+                    record = self.gate.lost(record, self.state)
                 self._retry_or_fail(record, outcome.message)
         self._flush()
 
@@ -368,7 +368,7 @@ class BatchDriver(JobWatch):
                 "Shard %s: the results of job %s are gone (%s); a new job will be created", key, record.job_name, err
             )
             if self.gate is not None:  # the job ran and was paid for: its cost stays spent
-                record = self.gate.lost(record)
+                record = self.gate.lost(record, self.state)
             self._retry_or_fail(record, f"the results of job {record.job_name} are gone")
             return False
         except Exception as err:

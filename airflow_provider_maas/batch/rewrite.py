@@ -47,8 +47,9 @@ class Rewrite:
 
     def apply(self, request: dict[str, Any], line_number: int = 0) -> bool:
         """Rewrite ``request`` in place; True if it was changed."""
-        key = "generation_config" if "generation_config" in request and "generationConfig" not in request else None
-        key = key or "generationConfig"
+        # the spelling the estimate reads (plan._config): a null camelCase one is not set
+        snake = request.get("generationConfig") is None and request.get("generation_config") is not None
+        key = "generation_config" if snake else "generationConfig"
         given = request.get(key)
         config = dict(given) if isinstance(given, dict) else {}
         changed = False
