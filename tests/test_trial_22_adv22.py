@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_maas.batch.plan import estimate_request, refuse_unbounded
-from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSInputError
+from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError, MaaSInputError
 from tests.conftest import connection_env
 from tests.helpers import make_context
 from tests.service_stub import stub_service
@@ -162,3 +162,61 @@ def test_a_null_key_does_not_hide_the_other_spelling(request_):
     sent = json.loads(json.dumps(request_))
     Rewrite(default_max_output=100).apply(sent)
     assert estimate_request(sent, 100).max_output >= 500
+
+
+# 5. A create left uncertain by a try without the cap, cleared by a person into a try with one -------
+def test_a_create_left_uncertain_without_a_cap_counts_its_worst_case_once_cleared(emulator_factory, tmp_path):
+    """The create's answer was lost, by a try without a cap (no reservation stored): the job
+    exists and is billed. A person clears the task with a cap of 2 jobs' worst case: the earlier
+    job counted $0, so both shards were sent again (3 jobs under a cap of 2)."""
+    from tests.test_trial_cost_control import JOB_WORST as WORST
+    from tests.test_trial_cost_control import PRICES as EMULATOR_PRICES
+    from tests.test_trial_cost_control import _cleared as cleared
+    from tests.test_trial_cost_control import _operator as emulator_operator
+    from tests.test_trial_cost_control import _requests as emulator_requests
+
+    handle = emulator_factory(faults=["create:1:lost-500"])
+    source = emulator_requests(tmp_path / "r.jsonl", 10)  # 2 shards
+    dest = tmp_path / "out.jsonl"
+    with pytest.raises(MaaSError):
+        emulator_operator(source, dest, max_active_jobs=1).execute(cleared(1))
+    assert handle.emulator.jobs_created == 1  # created, its answer lost
+    capped = emulator_operator(source, dest, prices=EMULATOR_PRICES, max_cost_usd=2 * WORST, max_active_jobs=1)
+    with pytest.raises(MaaSBudgetExceededError):
+        capped.execute(cleared(2))
+    assert handle.emulator.jobs_created <= 2
+
+
+# 6. The canary's estimate left out what the batch had already spent --------------------------------
+def test_the_canary_counts_what_was_spent_besides_it(monkeypatch, tmp_path):
+    """The canary's first job ended FAILED (its worst case stays spent, as documented); its second
+    succeeded. At the canary's measured cost the 25 requests cost 5 jobs, the cap: the canary
+    passed, though with the lost job the batch costs 6. The rest was sent until the reservations
+    stopped it: 3 more jobs paid for a batch that could not finish under the cap."""
+    from tests.service_stub import json_answer
+
+    usage = {"promptTokenCount": 1, "candidatesTokenCount": MAX_OUT, "totalTokenCount": MAX_OUT + 1}
+    with stub_service(respond=_answer(usage)) as service:
+        monkeypatch.setenv(*connection_env(service.base_url))
+        serve = service.answer
+
+        def answer(method: str, target: str, body: bytes):
+            path = target.split("?", 1)[0]
+            if method == "GET" and path.endswith("/batchPredictionJobs/1"):  # the canary's first job
+                service.requests.append((method, target))
+                return json_answer({"name": "1", "state": "JOB_STATE_FAILED", "error": {"message": "internal"}})
+            return serve(method, target, body)
+
+        service.answer = answer  # type: ignore[method-assign]
+        source = _requests(tmp_path / "r.jsonl", 25)
+        context = make_context()
+        with pytest.raises(MaaSBudgetExceededError, match="canary"):
+            _operator(
+                source,
+                tmp_path / "out.jsonl",
+                prices=PRICES,
+                max_cost_usd=5 * JOB_WORST,
+                canary_requests=5,
+                max_active_jobs=1,
+            ).execute(context)
+        assert service.creates() == 2  # the canary's two jobs, nothing more

@@ -62,6 +62,8 @@ def count_as_lost(record: ShardRecord) -> ShardRecord:
     """``record`` whose job was (or may have been) paid for but will never report its cost: its
     reported cost, else its reservation, becomes ``lost_usd`` (spent for good)."""
     paid = record.cost_usd if record.cost_usd is not None else record.reserve_usd
+    if paid is None:  # created without a reservation: a try with a cap counts its worst case
+        return record.but(lost_unreserved=record.lost_unreserved + 1)
     if not paid:
         return record
     return record.but(cost_usd=None, lost_usd=round((record.lost_usd or 0.0) + paid, 9))
@@ -175,6 +177,8 @@ class SpendGate:
             self._spent = state.spent_before_usd + sum(
                 (r.cost_usd or 0.0) + (r.lost_usd or 0.0) for r in state.shards.values()
             )
+            if self.max_cost_usd is not None:  # lost jobs created without a reservation: at their worst case
+                self._spent += sum(r.lost_unreserved * self.worst(r.key, state) for r in state.shards.values())
             if self.prices is not None:  # downloaded by a try without prices: measured now, paid all the same
                 for record in state.with_status(ShardStatus.DONE):
                     if record.cost_usd is None:
@@ -323,11 +327,13 @@ class SpendGate:
             )
             log.error("Canary: %s", self.reason)
             return False
-        self.canary_estimate(state)
-        if self.max_cost_usd is not None and (self._canary_estimate or 0.0) > self.max_cost_usd + _EPSILON:
+        estimate = self.canary_estimate(state) or 0.0
+        besides = self._spent_before_canary(state) if self.max_cost_usd is not None else 0.0
+        if self.max_cost_usd is not None and estimate + besides > self.max_cost_usd + _EPSILON:
             self.reason = (
                 f"{NOT_SENT}: max_cost_usd={self.max_cost_usd} would be passed: at the canary's measured tokens "
-                f"per request (its cost as the spend counts it) the batch costs about ${self._canary_estimate:.6f}"
+                f"per request (its cost as the spend counts it) the batch costs about ${estimate:.6f}, besides "
+                f"${besides:.6f} spent before it on jobs whose answers it does not have"
             )
             log.error("Budget: %s; no more jobs are created", self.reason)
             return False
@@ -340,8 +346,7 @@ class SpendGate:
         if verdict is None or self.prices is None or self._canary_estimate is not None:
             return self._canary_estimate
         requests = sum(p.requests for p in state.rounds[0].plans)
-        record = state.shards[CANARY]  # what the spend counts it at (answers without usage, unnamed tokens)
-        paid = record.cost_usd if record.cost_usd is not None else self._measure(record, state)
+        paid = self._canary_paid(state)
         measured = paid / max(1, verdict.requests) * requests if paid else verdict.estimated_usd(requests, self.prices)
         self._canary_estimate = round(measured, 9)
         log.info(
@@ -354,6 +359,21 @@ class SpendGate:
             self.max_cost_usd,
         )
         return self._canary_estimate
+
+    def _spent_before_canary(self, state: BatchState) -> float:
+        """What was paid for before the canary's answers, none of them answers: earlier jobs of the
+        canary (failed, lost, uncertain) and what the states this one replaced spent. The same on
+        every try (other shards are sent only once the canary passed)."""
+        record = state.shards[CANARY]
+        unreserved = record.lost_unreserved * self.worst(CANARY, state) if record.lost_unreserved else 0.0
+        return round(state.spent_before_usd + (record.lost_usd or 0.0) + unreserved, 9)
+
+    def _canary_paid(self, state: BatchState) -> float:
+        """What the spend counts the canary's downloaded job at (answers without usage, unnamed tokens)."""
+        record = state.shards[CANARY]
+        if record.status is not ShardStatus.DONE:
+            return 0.0
+        return record.cost_usd if record.cost_usd is not None else self._measure(record, state)
 
     def canary_verdict(self, state: BatchState) -> CanaryVerdict | None:
         """The verdict on the canary's results, once they are in (None without a canary)."""
