@@ -71,7 +71,7 @@ def deferred_without_cap(service: Any, tmp_path: Path) -> tuple[Path, Path, dict
     source = _requests(tmp_path / "r.jsonl", 25)
     dest = tmp_path / "out.jsonl"
     with pytest.raises(TaskDeferred):
-        _operator(source, dest, max_active_jobs=2, deferrable=True).execute(make_context())
+        _operator(source, dest, max_active_jobs=2, deferrable=True).execute(_cleared(1))
     assert service.creates() == 2
     return source, dest, held
 
