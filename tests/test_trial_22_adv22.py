@@ -7,6 +7,7 @@ Prices are free for prompts and $1 per 1M output tokens, so a job's cost is its 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -80,17 +81,6 @@ def test_a_file_part_inside_another_part_needs_its_bound_under_a_cap(tmp_path, r
 
 
 # 2. The ceiling written under a cap hid the answers already paid for ------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open: reuse_results is matched against the requests as rewritten (batch/rewrite.py adds maxOutputTokens "
-        "under a cap, responseSchema with set_response_schema), so answers to the requests as the user wrote them "
-        "match nothing and are paid again. Fix: match reuse_results (write_requests_to_send's reuse index) on the "
-        "digest of each line before the rewrite as well as after it: write_rewritten hands the original request's "
-        "digest along (e.g. a side file of line -> original digest, or rewrite after the reuse pass so the reuse "
-        "pass reads the source itself)"
-    ),
-)
 def test_answers_paid_without_a_cap_are_reused_by_a_run_with_one(monkeypatch, tmp_path):
     """A run without a cap paid for 10 answers (its requests set no maxOutputTokens). The next DAG
     run adds max_cost_usd and gives that destination as reuse_results, as the docs advise: the
@@ -114,6 +104,12 @@ def test_answers_paid_without_a_cap_are_reused_by_a_run_with_one(monkeypatch, tm
             reuse_results=str(first),
         ).execute(context)
         assert service.creates() == paid  # every answer reused: nothing paid again
+    assert context["ti"].xcom["summary"]["reused"] == 10
+    written = [json.loads(line) for line in (tmp_path / "second.jsonl").read_text().splitlines()]
+    given = [json.loads(line)["request"] for line in source.read_text().splitlines()]
+    # each answer at the line of the request it answers (the line shows the request as this run sends it)
+    assert [w["request"]["contents"] for w in written] == [g["contents"] for g in given]
+    assert all(w["request"]["generationConfig"] == {"maxOutputTokens": MAX_OUT} for w in written)
 
 
 # 3. A job created without a cap that ended FAILED counted $0 ----------------------------------------
@@ -224,18 +220,6 @@ def test_the_canary_counts_what_was_spent_besides_it(monkeypatch, tmp_path):
 
 
 # 7. A state replaced by a try with the cap carried the uncapped jobs at $0 --------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "open: budget.spend_left_behind carries a replaced state's in-flight jobs at their reserve_usd and its "
-        "done jobs at cost_usd; jobs created by a try without the cap have neither (and lost_unreserved is not "
-        "carried), so they count $0 in the new state's spent_before_usd. Fix: before _start_over, price the old "
-        "state's in-flight, unpriced-done and lost_unreserved jobs at their worst case from the old plan "
-        "(its shards' bytes in the old source, with this try's Bounds and prices: needs the SpendGate's worst() "
-        "on the old state, so the carry moves from resume.py to where the gate is built), and refuse "
-        "(MaaSInputError) if the old source is gone"
-    ),
-)
 def test_a_new_input_with_a_cap_counts_the_uncapped_jobs_it_abandons(monkeypatch, tmp_path):
     """A try without a cap left 2 jobs running; a person adds a line to the input, adds the cap
     (3 jobs' worst case) and clears: the input changed, so the batch starts over, carrying the
@@ -251,3 +235,117 @@ def test_a_new_input_with_a_cap_counts_the_uncapped_jobs_it_abandons(monkeypatch
         with pytest.raises(MaaSBudgetExceededError):
             capped.execute(_cleared(2))
         assert service.creates() <= 3
+
+
+# 2b. Reuse across the cap and the schema: the rule (docs/cost-control.md) -------------------------
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+
+
+def _text(text: str) -> Any:
+    usage = {"promptTokenCount": 1, "candidatesTokenCount": MAX_OUT, "totalTokenCount": MAX_OUT + 1}
+    return lambda request: {"candidates": [{"content": {"parts": [{"text": text}]}}], "usageMetadata": usage}
+
+
+@pytest.mark.parametrize(("text", "paid_again"), [('{"a": 1}', 0), ("not JSON", 2)], ids=["valid", "invalid"])
+def test_answers_paid_without_a_schema_are_checked_when_reused_by_a_run_with_one(
+    monkeypatch, tmp_path, text, paid_again
+):
+    """A run with response_schema adds responseSchema to every request: the answers of a run
+    without it match once their requests get the same addition, and are checked against the
+    schema like any answer: valid ones are reused, invalid ones are sent again."""
+    with stub_service(respond=_text(text)) as service:
+        monkeypatch.setenv(*connection_env(service.base_url))
+        source = _requests(tmp_path / "r.jsonl", 10)
+        first = tmp_path / "first.jsonl"
+        _operator(source, first).execute(make_context())
+        paid = service.creates()
+        second = _operator(
+            source, tmp_path / "second.jsonl", response_schema=SCHEMA, reuse_results=str(first), fail_on_partial=False
+        )
+        with pytest.raises(MaaSError) if paid_again else contextlib.nullcontext():  # invalid again: none succeeded
+            second.execute(make_context())
+        assert service.creates() == paid + paid_again
+
+
+def test_answers_of_a_run_with_the_cap_are_reused_by_a_run_with_it(monkeypatch, tmp_path):
+    """The rewrite leaves a request that has its ceiling alone: answers of a run with the cap
+    still match the next run's requests."""
+    usage = {"promptTokenCount": 1, "candidatesTokenCount": MAX_OUT, "totalTokenCount": MAX_OUT + 1}
+    capped = {"prices": PRICES, "max_cost_usd": 10 * JOB_WORST, "default_max_output_tokens": MAX_OUT}
+    with stub_service(respond=_answer(usage)) as service:
+        monkeypatch.setenv(*connection_env(service.base_url))
+        source = _requests(tmp_path / "r.jsonl", 10, config={})
+        first = tmp_path / "first.jsonl"
+        _operator(source, first, **capped).execute(make_context())
+        paid = service.creates()
+        _operator(source, tmp_path / "second.jsonl", reuse_results=str(first), **capped).execute(make_context())
+        assert service.creates() == paid
+
+
+def test_answers_of_a_run_with_a_schema_are_not_reused_by_one_without_it(monkeypatch, tmp_path):
+    """The documented rule: the earlier requests asked for a shape (responseSchema added), this
+    run's do not; they are other requests, and are sent."""
+    with stub_service(respond=_text('{"a": 1}')) as service:
+        monkeypatch.setenv(*connection_env(service.base_url))
+        source = _requests(tmp_path / "r.jsonl", 10)
+        first = tmp_path / "first.jsonl"
+        _operator(source, first, response_schema=SCHEMA).execute(make_context())
+        paid = service.creates()
+        _operator(source, tmp_path / "second.jsonl", reuse_results=str(first)).execute(make_context())
+        assert service.creates() == 2 * paid
+
+
+# 7b. The jobs a replaced state holds no amount for: counted, bounded, or refused ------------------
+def test_a_new_input_with_a_cap_refuses_when_the_abandoned_jobs_cannot_be_counted(monkeypatch, tmp_path):
+    """The person rewrote the whole input: the requests of the 2 running jobs (created without a
+    cap) are nowhere, so their worst case is unknown: nothing is created, the error names them and
+    the way on."""
+    with stub_service(respond=_answer({"promptTokenCount": 1, "candidatesTokenCount": MAX_OUT})) as service:
+        monkeypatch.setenv(*connection_env(service.base_url))
+        source, dest, held = deferred_without_cap(service, tmp_path)
+        held["state"] = None
+        _requests(source, 25, config={"maxOutputTokens": MAX_OUT - 1})
+        capped = _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1)
+        with pytest.raises(MaaSInputError, match=r"2 shard\(s\) .*shard 0 \(job \d\), shard 1 \(job \d\).*Restore"):
+            capped.execute(_cleared(2))
+        assert service.creates() == 2
+
+
+def test_a_replaced_state_prices_its_unpriced_jobs(tmp_path):
+    """Unit: a job in flight without a reservation counts its shard's worst case (read from the
+    old plan's requests), a part downloaded without prices its reported cost; once the requests
+    are gone, without a cap the plan's bound (1 token a byte, default_max_output_tokens a
+    request), under one a refusal."""
+    from dataclasses import replace
+
+    from airflow_provider_maas.batch.budget import spend_left_behind
+    from airflow_provider_maas.batch.cost import check_prices
+    from airflow_provider_maas.batch.shards import plan_shards
+    from airflow_provider_maas.batch.state import BatchState, Round, ShardKey, ShardStatus, fingerprint
+    from tests.test_batch_state import _settings
+
+    source = _requests(tmp_path / "r.jsonl", 10)
+    with source.open("rb") as handle:
+        plans = plan_shards(handle, max_requests=5, max_bytes=1_000_000)
+    state = BatchState(fingerprint(plans), "d.t.r.-1", [Round(0, tuple(plans))])
+    state.apply(state.shards[ShardKey(0, 0)].but(status=ShardStatus.RUNNING, job_name="1"))
+    state.apply(state.shards[ShardKey(0, 1)].but(status=ShardStatus.DONE, job_name="2"))
+    part = tmp_path / "part.jsonl"
+    usage = {"promptTokenCount": 1, "candidatesTokenCount": 10, "totalTokenCount": 11}
+    part.write_text(
+        "".join(
+            json.dumps({"request": {"n": i}, "response": {"candidates": [], "usageMetadata": usage}, "status": ""})
+            + "\n"
+            for i in range(5)
+        )
+    )
+    settings = replace(_settings(), source=str(source), prices=check_prices(PRICES))
+    spent, prices = spend_left_behind(state, settings, lambda key: part)
+    assert (spent, prices) == (pytest.approx(JOB_WORST + 50 / 1e6), settings.prices)
+    assert spend_left_behind(state, None, None) == (0.0, None)  # nothing to price them with
+
+    _requests(source, 10, config={"maxOutputTokens": 7})  # the input rewritten: shard 0's requests are gone
+    spent, _ = spend_left_behind(state, settings, lambda key: part)
+    assert spent == pytest.approx(5 * settings.default_max_output_tokens / 1e6 + 50 / 1e6)
+    with pytest.raises(MaaSInputError, match=r"shard 0 \(job 1\)"):
+        spend_left_behind(state, replace(settings, max_cost_usd=1.0), lambda key: part)
