@@ -51,6 +51,31 @@ def _operator(source: Path, dest: Path, **kwargs: Any) -> MaaSBatchPredictionOpe
     return MaaSBatchPredictionOperator(task_id="p", source=str(source), destination=str(dest), **kwargs)
 
 
+def deferred_without_cap(service: Any, tmp_path: Path) -> tuple[Path, Path, dict[str, str | None]]:
+    """A try without a cap creates 2 jobs (25 requests, 5 a shard) and defers. Jobs 1 and 2 are
+    polled in ``held["state"]`` (first RUNNING) until the test sets it to None: they then succeed."""
+    from tests.compat import TaskDeferred
+
+    held: dict[str, str | None] = {"state": "JOB_STATE_RUNNING"}
+    serve = service.answer
+
+    def answer(method: str, target: str, body: bytes):
+        path = target.split("?", 1)[0]
+        name = path.rsplit("/", 1)[-1]
+        if held["state"] and method == "GET" and "/batchPredictionJobs/" in path and name in ("1", "2"):
+            service.requests.append((method, target))
+            return json_answer({"name": name, "state": held["state"], "error": {"message": "internal"}})
+        return serve(method, target, body)
+
+    service.answer = answer
+    source = _requests(tmp_path / "r.jsonl", 25)
+    dest = tmp_path / "out.jsonl"
+    with pytest.raises(TaskDeferred):
+        _operator(source, dest, max_active_jobs=2, deferrable=True).execute(_cleared(1))
+    assert service.creates() == 2
+    return source, dest, held
+
+
 def _cleared(max_tries: int) -> dict:
     context = make_context()
     context["ti"].max_tries = max_tries  # Airflow's clear raises it; a retry keeps it
@@ -213,28 +238,10 @@ def test_jobs_created_before_the_cap_that_report_no_usage_count_at_their_worst_c
     """A try without a cap created 2 jobs (no reservation stored); the retry has the cap. Their
     answers report no usageMetadata: they were counted at $0 (no reservation to fall back on), so
     the retry paid for 3 more jobs under a cap of 3."""
-    from tests.compat import TaskDeferred
-
     with stub_service(respond=_answer(None)) as service:
         monkeypatch.setenv(*connection_env(service.base_url))
-        held = {"on": True}
-        serve = service.answer
-
-        def answer(method: str, target: str, body: bytes):
-            path = target.split("?", 1)[0]
-            if held["on"] and method == "GET" and "/batchPredictionJobs/" in path and not path.endswith("/content"):
-                service.requests.append((method, target))
-                name = path.rsplit("/", 1)[-1]
-                return json_answer({"name": name, "state": "JOB_STATE_RUNNING"})
-            return serve(method, target, body)
-
-        service.answer = answer  # type: ignore[method-assign]
-        source = _requests(tmp_path / "r.jsonl", 25)
-        dest = tmp_path / "out.jsonl"
-        with pytest.raises(TaskDeferred):
-            _operator(source, dest, max_active_jobs=2, deferrable=True).execute(make_context())
-        assert service.creates() == 2
-        held["on"] = False  # the worker is lost; the jobs end; the retry has prices and a cap
+        source, dest, held = deferred_without_cap(service, tmp_path)
+        held["state"] = None  # the worker is lost; the jobs end; the retry has prices and a cap
         capped = _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1)
         with pytest.raises(MaaSBudgetExceededError):
             capped.execute(make_context())

@@ -37,7 +37,12 @@ from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS, Bounds, 
 from airflow_provider_maas.batch.results import ResultSummary, iter_lines, parse_result_line, request_digest
 from airflow_provider_maas.batch.shards import copy_shard
 from airflow_provider_maas.batch.state import ShardKey, ShardStatus
-from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError, MaaSInputError
+from airflow_provider_maas.exceptions import (
+    MaaSBudgetExceededError,
+    MaaSCanaryFailedError,
+    MaaSInputChangedError,
+    MaaSInputError,
+)
 from airflow_provider_maas.storage import open_source
 
 if TYPE_CHECKING:
@@ -46,6 +51,8 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_maas.batch.schema import AnswerCheck
+    from airflow_provider_maas.batch.settings import BatchSettings
+    from airflow_provider_maas.batch.shards import ShardPlan
     from airflow_provider_maas.batch.state import BatchState, ShardRecord
 
 log = logging.getLogger(__name__)
@@ -56,26 +63,102 @@ CANARY = ShardKey(0, 0)
 _EPSILON = 1e-9
 #: How the status of a request not sent starts.
 NOT_SENT = "NOT_SENT"
+#: Shards an error names at most.
+_NAMED = 5
 
 
 def count_as_lost(record: ShardRecord) -> ShardRecord:
     """``record`` whose job was (or may have been) paid for but will never report its cost: its
     reported cost, else its reservation, becomes ``lost_usd`` (spent for good)."""
     paid = record.cost_usd if record.cost_usd is not None else record.reserve_usd
+    if paid is None:  # created without a reservation: a try with a cap counts its worst case
+        return record.but(lost_unreserved=record.lost_unreserved + 1)
     if not paid:
         return record
     return record.but(cost_usd=None, lost_usd=round((record.lost_usd or 0.0) + paid, 9))
 
 
-def spend_left_behind(state: BatchState) -> float:
+def spend_left_behind(
+    state: BatchState, settings: BatchSettings | None = None, parts: Any = None
+) -> tuple[float, dict[str, float] | None]:
     """What a state being replaced (its plan changed) spent, with the reservations of its jobs in
-    flight (they keep running and are billed): carried into the new state as ``spent_before_usd``."""
+    flight (they keep running and are billed): carried into the new state as ``spent_before_usd``,
+    returned with the prices it is at (None when it is 0, or at prices the state did not keep).
+
+    A job it holds no amount for was created or downloaded by a try without the cap or the prices:
+    one in flight (no reservation), one downloaded (no reported cost), one lost or failed
+    (``lost_unreserved``). Each is priced here, at the state's prices (else ``settings``'), with
+    this try's bounds (``settings``): a downloaded one at the reported cost of its part
+    (``parts(key)``), the others at the worst case of its shard, read from the old plan's requests
+    (the round's file, or the source as sent or as given, checked against the shard's SHA-256).
+    Where no copy of a shard's requests is left, its jobs are refused under a cap
+    (``MaaSInputError`` naming them, nothing created); without one they count at the plan's bound
+    (:func:`_shard_bound`).
+    """
     total = state.spent_before_usd
+    unpriced: list[ShardRecord] = []
     for record in state.shards.values():
         total += (record.cost_usd or 0.0) + (record.lost_usd or 0.0)
-        if record.status in (ShardStatus.CREATING, ShardStatus.RUNNING) and record.cost_usd is None:
-            total += record.reserve_usd or 0.0
-    return round(total, 9)
+        in_flight = record.status in (ShardStatus.CREATING, ShardStatus.RUNNING) and record.cost_usd is None
+        total += (record.reserve_usd or 0.0) if in_flight else 0.0
+        if _unpriced_jobs(record) or (record.status is ShardStatus.DONE and record.cost_usd is None):
+            unpriced.append(record)
+    prices = state.prices
+    if prices is None and not total and settings is not None:  # nothing counted yet: at this try's prices
+        prices = settings.prices
+    if unpriced and prices is not None and settings is not None:
+        gate = SpendGate.of(settings, parts, prices=prices, given_source=settings.given_source)
+        total += _price_unpriced(state, sorted(unpriced, key=lambda r: r.key), gate)
+    total = round(total, 9)
+    return total, (prices if total else None)
+
+
+def _unpriced_jobs(record: ShardRecord) -> int:
+    """The jobs of ``record`` counted at no amount: lost without a reservation, in flight without one."""
+    in_flight = record.status in (ShardStatus.CREATING, ShardStatus.RUNNING)
+    return record.lost_unreserved + (in_flight and record.cost_usd is None and record.reserve_usd is None)
+
+
+def _price_unpriced(state: BatchState, records: list[ShardRecord], gate: SpendGate) -> float:
+    """What the jobs of ``records`` (see :func:`spend_left_behind`) cost at most, at ``gate``'s prices."""
+    total = 0.0
+    unread: list[ShardRecord] = []
+    for record in records:
+        jobs = _unpriced_jobs(record)
+        if record.status is ShardStatus.DONE and record.cost_usd is None:  # downloaded by a try without prices
+            try:
+                total += gate.measured(record, state)
+            except FileNotFoundError:  # its part is gone: at its worst case
+                jobs += 1
+        if not jobs:
+            continue
+        try:
+            worst = gate.worst(record.key, state)
+        except MaaSInputChangedError:  # no copy of its requests is left
+            if gate.max_cost_usd is not None:
+                unread.append(record)
+                continue
+            worst = _shard_bound(state.plan(record.key), gate)
+        total += jobs * worst
+    if unread:
+        named = ", ".join(f"shard {r.key} (job {r.job_name or 'not recorded'})" for r in unread[:_NAMED])
+        raise MaaSInputError(
+            f"The batch starts over (its input or settings changed), but {len(unread)} shard(s) of the plan it "
+            f"replaces had jobs created without max_cost_usd: {named}. They ran, or still run, and are billed, "
+            "and their requests can no longer be read (the input they were planned from changed), so the cap "
+            "cannot count their worst case: nothing is created. Restore the input they were planned from and "
+            "clear the task (the batch reattaches to them and counts them), or run without max_cost_usd"
+        )
+    return total
+
+
+def _shard_bound(plan: ShardPlan, gate: SpendGate) -> float:
+    """The worst case of a shard whose requests are gone, from its plan alone: one prompt token per
+    byte, ``default_max_output_tokens`` per request (a request's own larger ceiling is not seen)."""
+    tokens = Tokens(
+        requests=plan.requests, worst_prompt=plan.bytes, max_output=plan.requests * gate.bounds.default_max_output
+    )
+    return worst_case_usd(tokens, gate.prices or {})
 
 
 def check_same_prices(state: BatchState, prices: dict[str, float], where: str) -> bool:
@@ -149,6 +232,10 @@ class SpendGate:
     source: Any
     parts: Any
     prices: dict[str, float] | None = None
+    #: The operator's source as the user gave it, when ``source`` is it rewritten: where the plan of
+    #: a state being replaced, made by a try without the rewrite, is read (:func:`spend_left_behind`;
+    #: a shard to send is read as it is sent, never there).
+    given_source: Any = None
     max_cost_usd: float | None = None
     default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
     max_tokens_per_file_part: int | None = None
@@ -167,6 +254,20 @@ class SpendGate:
     _overrun: str | None = None
     _overrun_read: bool = False
 
+    @classmethod
+    def of(cls, settings: BatchSettings, parts: Any, **given: Any) -> SpendGate:
+        """The gate of a batch's ``settings`` (``parts``: see the class; ``given``: other fields)."""
+        fields = {
+            "source": settings.source,
+            "prices": settings.prices,
+            "max_cost_usd": settings.max_cost_usd,
+            "default_max_output_tokens": settings.default_max_output_tokens,
+            "max_tokens_per_file_part": settings.max_tokens_per_file_part,
+            "max_cached_content_tokens": settings.max_cached_content_tokens,
+            "canary_requests": settings.canary_requests,
+        }
+        return cls(parts=parts, **{**fields, **given})
+
     # Reading the state ---------------------------------------------------------------------
     def spent(self, state: BatchState) -> float:
         """The reported cost of every job downloaded so far (all rounds, all tries): read from the
@@ -175,6 +276,8 @@ class SpendGate:
             self._spent = state.spent_before_usd + sum(
                 (r.cost_usd or 0.0) + (r.lost_usd or 0.0) for r in state.shards.values()
             )
+            if self.max_cost_usd is not None:  # lost jobs created without a reservation: at their worst case
+                self._spent += sum(r.lost_unreserved * self.worst(r.key, state) for r in state.shards.values())
             if self.prices is not None:  # downloaded by a try without prices: measured now, paid all the same
                 for record in state.with_status(ShardStatus.DONE):
                     if record.cost_usd is None:
@@ -185,9 +288,13 @@ class SpendGate:
         """The reported cost of a DONE shard downloaded without prices (0 if its part is gone:
         it is downloaded again, and measured then)."""
         try:
-            return self._cost_of_part(record, self.parts(record.key), state)[0]
+            return self.measured(record, state)
         except FileNotFoundError:
             return 0.0
+
+    def measured(self, record: ShardRecord, state: BatchState) -> float:
+        """The reported cost of the part ``record``'s job downloaded (FileNotFoundError: it is gone)."""
+        return self._cost_of_part(record, self.parts(record.key), state)[0]
 
     def reserved(self, state: BatchState) -> float:
         """The worst case of every job in flight, and of shards admitted but not created yet."""
@@ -258,13 +365,26 @@ class SpendGate:
         return self._worst[key]
 
     def _shard_lines(self, key: ShardKey, state: BatchState) -> Iterator[bytes]:
-        """The request lines of shard ``key`` (read once into memory: one shard, at most 50 MiB)."""
-        source = state.rounds[key.round].source or self.source
-        data = io.BytesIO()
-        with open_source(source) as handle:
-            copy_shard(handle, state.plan(key), data)
-        data.seek(0)
-        return (line for _, _, line in iter_lines(data))
+        """The request lines of shard ``key`` (read once into memory: one shard, at most 50 MiB):
+        from its round's file, else from the source as sent, else as the user gave it (a plan of a
+        try without the rewrite), whichever holds the bytes the plan recorded.
+
+        :raises MaaSInputChangedError: none does (the input changed since the shard was planned).
+        """
+        own = state.rounds[key.round].source
+        sources = [own] if own else [s for s in (self.source, self.given_source) if s is not None]
+        for number, source in enumerate(sources, 1):
+            data = io.BytesIO()
+            try:
+                with open_source(source) as handle:
+                    copy_shard(handle, state.plan(key), data)
+            except MaaSInputError as err:  # gone, or changed: the next copy, if any
+                if number == len(sources):
+                    raise MaaSInputChangedError(str(err)) from None
+                continue
+            data.seek(0)
+            return (line for _, _, line in iter_lines(data))
+        raise MaaSInputChangedError(f"shard {key}: no copy of its requests")
 
     def tokens(self, key: ShardKey, state: BatchState) -> Tokens:
         """The token estimates of shard ``key``'s requests."""
@@ -323,11 +443,13 @@ class SpendGate:
             )
             log.error("Canary: %s", self.reason)
             return False
-        self.canary_estimate(state)
-        if self.max_cost_usd is not None and (self._canary_estimate or 0.0) > self.max_cost_usd + _EPSILON:
+        estimate = self.canary_estimate(state) or 0.0
+        besides = self._spent_before_canary(state) if self.max_cost_usd is not None else 0.0
+        if self.max_cost_usd is not None and estimate + besides > self.max_cost_usd + _EPSILON:
             self.reason = (
                 f"{NOT_SENT}: max_cost_usd={self.max_cost_usd} would be passed: at the canary's measured tokens "
-                f"per request (its cost as the spend counts it) the batch costs about ${self._canary_estimate:.6f}"
+                f"per request (its cost as the spend counts it) the batch costs about ${estimate:.6f}, besides "
+                f"${besides:.6f} spent before it on jobs whose answers it does not have"
             )
             log.error("Budget: %s; no more jobs are created", self.reason)
             return False
@@ -340,8 +462,7 @@ class SpendGate:
         if verdict is None or self.prices is None or self._canary_estimate is not None:
             return self._canary_estimate
         requests = sum(p.requests for p in state.rounds[0].plans)
-        record = state.shards[CANARY]  # what the spend counts it at (answers without usage, unnamed tokens)
-        paid = record.cost_usd if record.cost_usd is not None else self._measure(record, state)
+        paid = self._canary_paid(state)
         measured = paid / max(1, verdict.requests) * requests if paid else verdict.estimated_usd(requests, self.prices)
         self._canary_estimate = round(measured, 9)
         log.info(
@@ -354,6 +475,21 @@ class SpendGate:
             self.max_cost_usd,
         )
         return self._canary_estimate
+
+    def _spent_before_canary(self, state: BatchState) -> float:
+        """What was paid for before the canary's answers, none of them answers: earlier jobs of the
+        canary (failed, lost, uncertain) and what the states this one replaced spent. The same on
+        every try (other shards are sent only once the canary passed)."""
+        record = state.shards[CANARY]
+        unreserved = record.lost_unreserved * self.worst(CANARY, state) if record.lost_unreserved else 0.0
+        return round(state.spent_before_usd + (record.lost_usd or 0.0) + unreserved, 9)
+
+    def _canary_paid(self, state: BatchState) -> float:
+        """What the spend counts the canary's downloaded job at (answers without usage, unnamed tokens)."""
+        record = state.shards[CANARY]
+        if record.status is not ShardStatus.DONE:
+            return 0.0
+        return record.cost_usd if record.cost_usd is not None else self._measure(record, state)
 
     def canary_verdict(self, state: BatchState) -> CanaryVerdict | None:
         """The verdict on the canary's results, once they are in (None without a canary)."""
@@ -388,10 +524,20 @@ class SpendGate:
         reserve = self.worst(key, state) if self.max_cost_usd is not None else None
         return {"reserve_usd": reserve, "cost_usd": None, "unsent": False}
 
-    def lost(self, record: ShardRecord) -> ShardRecord:
+    def lost(self, record: ShardRecord, state: BatchState | None = None) -> ShardRecord:
         """The job of ``record`` ran, but its results are gone, or it ended FAILED, CANCELLED or
         EXPIRED (the service documents no billing of those, and no usage comes with them): what it
-        cost, else its reservation, stays spent (:func:`count_as_lost`) when the shard is sent again."""
+        cost, else its reservation, stays spent (:func:`count_as_lost`) when the shard is sent again.
+        A job created by a try without the cap has no reservation: with a cap, its worst case
+        (read from ``state``) stays spent."""
+        if (
+            record.cost_usd is None
+            and record.reserve_usd is None
+            and self.max_cost_usd is not None
+            and state is not None
+            and record.key in state.shards
+        ):
+            record = record.but(reserve_usd=self.worst(record.key, state))
         changed = count_as_lost(record)
         if self._spent is not None and record.cost_usd is None:  # a reported cost is in spent already
             self._spent += (changed.lost_usd or 0.0) - (record.lost_usd or 0.0)

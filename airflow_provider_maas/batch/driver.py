@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_c
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
-from airflow_provider_maas.batch.budget import Admission
+from airflow_provider_maas.batch.budget import Admission, count_as_lost
 from airflow_provider_maas.batch.ownership import check_lease
 from airflow_provider_maas.batch.polling import NOT_FOUND_TRIES, JobWatch, NotFoundCount, PollErrors
 from airflow_provider_maas.batch.recovery import StateRemoved, unrecorded_error
@@ -159,8 +159,8 @@ class BatchDriver(JobWatch):
                 self._downloading.add(record.key)
                 self._to_download.append(record.key)  # sent after the creates this frees a slot for
             else:
-                if self.gate is not None:  # FAILED, CANCELLED, EXPIRED: maybe billed, reports nothing
-                    record = self.gate.lost(record)
+                # FAILED, CANCELLED, EXPIRED: maybe billed, reports nothing
+                record = self.gate.lost(record, self.state) if self.gate is not None else count_as_lost(record)
                 self._retry_or_fail(record, outcome.message)
         self._flush()
 
@@ -367,8 +367,8 @@ class BatchDriver(JobWatch):
             log.warning(
                 "Shard %s: the results of job %s are gone (%s); a new job will be created", key, record.job_name, err
             )
-            if self.gate is not None:  # the job ran and was paid for: its cost stays spent
-                record = self.gate.lost(record)
+            # the job ran and was paid for: its cost stays spent
+            record = self.gate.lost(record, self.state) if self.gate is not None else count_as_lost(record)
             self._retry_or_fail(record, f"the results of job {record.job_name} are gone")
             return False
         except Exception as err:

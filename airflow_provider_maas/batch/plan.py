@@ -100,9 +100,20 @@ def _parts(request: Mapping[str, Any]) -> list[Any]:
             parts.extend(content["parts"])
     for key in ("systemInstruction", "system_instruction"):
         instruction = request.get(key)
-        if isinstance(instruction, dict) and isinstance(instruction.get("parts"), list):
-            parts.extend(instruction["parts"])
+        if isinstance(instruction, dict):  # not checked by the input's validation: one part may be an object
+            given = instruction.get("parts")
+            parts.extend(given if isinstance(given, list) else [given])
     return parts
+
+
+def _nested_files(value: Any) -> int:
+    """File parts inside another part (``functionResponse.parts``...): counted as file parts too."""
+    if isinstance(value, list):
+        return sum(_nested_files(item) for item in value)
+    if not isinstance(value, dict):
+        return 0
+    own = 1 if any(value.get(key) for key in _FILE_KEYS) else 0
+    return own + sum(_nested_files(item) for key, item in value.items() if key not in _FILE_KEYS)
 
 
 #: Keys of ``generationConfig`` holding a response schema.
@@ -129,13 +140,20 @@ def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _either(mapping: Mapping[str, Any], camel: str, snake: str) -> Any:
+    """``mapping[camel]``, else ``mapping[snake]``: the camelCase spelling wins when both are set; a
+    null is not set (the service drops nulls, as ``results.normalise_request`` does)."""
+    value = mapping.get(camel)
+    return value if value is not None else mapping.get(snake)
+
+
 def _config(request: Mapping[str, Any]) -> Any:
-    """``generationConfig`` (either spelling; the camelCase one wins when both are there)."""
-    return request["generationConfig"] if "generationConfig" in request else request.get("generation_config")
+    """``generationConfig`` (either spelling, :func:`_either`)."""
+    return _either(request, "generationConfig", "generation_config")
 
 
 def _first_count(config: Mapping[str, Any], camel: str, snake: str) -> int | None:
-    return _count(config[camel] if camel in config else config.get(snake))
+    return _count(_either(config, camel, snake))
 
 
 def max_output_tokens(request: Mapping[str, Any], default: int) -> int:
@@ -148,7 +166,7 @@ def max_output_tokens(request: Mapping[str, Any], default: int) -> int:
     ceiling = _first_count(config, "maxOutputTokens", "max_output_tokens")
     if ceiling:
         return ceiling
-    thinking = config["thinkingConfig"] if "thinkingConfig" in config else config.get("thinking_config")
+    thinking = _either(config, "thinkingConfig", "thinking_config")
     budget = _first_count(thinking, "thinkingBudget", "thinking_budget") if isinstance(thinking, dict) else None
     return max(default, budget or 0)
 
@@ -191,6 +209,7 @@ def estimate_request(
         if others:  # functionCall, functionResponse, executableCode...: prompt tokens too
             size = _json_bytes(others)
             chars, worst = chars + size, worst + size
+            files += _nested_files(others)  # a functionResponse's own parts (fileData, inlineData)
     config = _config(request)
     ceiling = default_max_output
     if isinstance(config, dict):  # the request's own ceiling (or thinking budget) per candidate

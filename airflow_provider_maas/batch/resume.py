@@ -85,8 +85,8 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
             refuse_abandoning_jobs(context, journal, state)
             take_over(context, journal, state, settings)
             log.warning("The input changed since the batch state at %s was written: starting over", journal.uri)
-        spent_before = spend_left_behind(state) if state is not None else 0.0  # max_cost_usd: not a new budget
-        prices = state.prices if state is not None and spent_before else None  # what spent_before is at
+        # max_cost_usd: not a new budget (jobs of tries without the cap at their worst case, before the answers move)
+        spent_before, prices = spend_left_behind(state, settings, journal.part) if state is not None else (0.0, None)
         if journal.keep_answers(state.endpoint if state is not None else None):
             log.info("Answers downloaded by the earlier plan are kept under %s and reused", journal.uri)
         state = _start_over(context, journal, settings, key, spent_before, prices)

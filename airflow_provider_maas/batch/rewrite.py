@@ -14,6 +14,12 @@ request uses; a key the request spells in either case counts as set):
 batch sends, deduplicates, matches against ``reuse_results`` and places results by: the service
 echoes the request as sent, and its line numbers are the input's (a blank line stays a blank
 line; a line that is not JSON is copied as it is, for the input check to name).
+
+An answer in ``reuse_results`` echoes the request as the earlier run sent it: without the ceiling
+(or the schema) when that run had no cap (or none). :func:`write_rewritten` (``reused=True``) gives
+the requests of those answers this run's rewrite before they are matched, so an answer paid for by a
+run without the cap is reused by one with it; a request that already has the additions is left
+as it is (an answer of a run with the same cap or schema matches as before).
 """
 
 from __future__ import annotations
@@ -47,8 +53,9 @@ class Rewrite:
 
     def apply(self, request: dict[str, Any], line_number: int = 0) -> bool:
         """Rewrite ``request`` in place; True if it was changed."""
-        key = "generation_config" if "generation_config" in request and "generationConfig" not in request else None
-        key = key or "generationConfig"
+        # the spelling the estimate reads (plan._config): a null camelCase one is not set
+        snake = request.get("generationConfig") is None and request.get("generation_config") is not None
+        key = "generation_config" if snake else "generationConfig"
         given = request.get(key)
         config = dict(given) if isinstance(given, dict) else {}
         changed = False
@@ -79,20 +86,31 @@ class Rewrite:
         return True
 
 
-def write_rewritten(source: IO[bytes], out: IO[bytes], rewrite: Rewrite) -> int:
+def write_rewritten(source: IO[bytes], out: IO[bytes], rewrite: Rewrite, *, reused: bool = False) -> int:
     """Copy request lines with ``rewrite`` applied; returns how many changed. Lines left alone are
-    copied byte for byte, blank lines stay blank (line numbers are the input's)."""
+    copied byte for byte, blank lines stay blank (line numbers are the input's).
+
+    :param reused: ``source`` is a results file of ``reuse_results``: each line's ``request`` is
+        rewritten, the rest kept; a ceiling this run refuses leaves the line as it is (no request
+        this run sends can match it) instead of stopping the task.
+    """
     changed = 0
     written = 0  # lines written so far
-    for line_number, _, line in iter_lines(source, "requests"):
+    for line_number, _, line in iter_lines(source, "reuse_results" if reused else "requests"):
         out.write(b"\n" * (line_number - 1 - written))
         written = line_number
         try:
             obj = json.loads(line)
-        except ValueError:  # the input check names it (with this line number)
+        except (ValueError, RecursionError):  # the input check (the reuse pass) names it, with this line number
             obj = None
         request = obj.get("request") if isinstance(obj, dict) else None
-        if isinstance(request, dict) and rewrite.apply(request, line_number):
+        try:
+            rewritten = isinstance(request, dict) and rewrite.apply(request, line_number)
+        except MaaSInputError:
+            if not reused:
+                raise
+            rewritten = False
+        if rewritten:
             changed += 1
             with contextlib.suppress(UnicodeEncodeError):  # a lone surrogate: the input check refuses the line
                 line = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()

@@ -17,10 +17,11 @@ import logging
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_maas.batch.parts import concatenate, write_failure_part
 from airflow_provider_maas.batch.results import ResultsFormatError
+from airflow_provider_maas.batch.rewrite import write_rewritten
 from airflow_provider_maas.batch.rounds import all_succeeded, write_requests_to_send, write_retries
 from airflow_provider_maas.batch.shards import check_unchanged, source_label
 from airflow_provider_maas.batch.state import Round, ShardKey, ShardStatus
@@ -77,26 +78,32 @@ open_results = functools.partial(open_source, what="results file")
 
 
 def answers_opener(settings: BatchSettings) -> Callable[[Any], Any]:
-    """How the rounds and the merge open results files: ``reuse_results`` files through the
-    ``response_schema`` check (an earlier answer that does not match it is not reused), the
-    batch's own results (already checked when downloaded) as they are."""
-    if settings.response_schema is None:
-        return open_results
-    from airflow_provider_maas.batch.schema import AnswerCheck
+    """How the rounds and the merge open results files: ``reuse_results`` files with their
+    requests given this run's rewrite (``settings.rewrite``: the ceiling of a cap, the schema; see
+    :mod:`~airflow_provider_maas.batch.rewrite`), then through the ``response_schema`` check (an
+    earlier answer that does not match it is not reused); the batch's own results (already
+    checked when downloaded) as they are."""
+    steps: list[Callable[[IO[bytes], IO[bytes]], int]] = []
+    if settings.rewrite:
+        steps.append(functools.partial(write_rewritten, rewrite=settings.rewrite, reused=True))
+    if settings.response_schema is not None:
+        from airflow_provider_maas.batch.schema import AnswerCheck
 
-    check = AnswerCheck(settings.response_schema)
+        steps.append(AnswerCheck(settings.response_schema).check_lines)
+    if not steps:
+        return open_results
     reused = {uri_of(path) for path in settings.reuse_paths()}
 
     @contextlib.contextmanager
     def opener(item: Any) -> Iterator[Any]:
-        if uri_of(item) not in reused:
-            with open_results(item) as handle:
-                yield handle
-            return
-        with open_results(item) as handle, tempfile.TemporaryFile() as copy:
-            check.check_lines(handle, copy)
-            copy.seek(0)
-            yield copy
+        with contextlib.ExitStack() as stack:
+            handle = stack.enter_context(open_results(item))
+            for step in steps if uri_of(item) in reused else ():
+                copy = stack.enter_context(tempfile.TemporaryFile())
+                step(handle, copy)
+                copy.seek(0)
+                handle = copy
+            yield handle
 
     return opener
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.origin import of_other_models, refuse_unknown_origin, split_kept
+from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.rounds import retry_predicate
 from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_maas.batch.rewrite import Rewrite
 
 #: The integer settings: ``name: (lowest, highest or None)``, checked in this order.
 LIMITS: dict[str, tuple[int, int | None]] = {
@@ -122,6 +125,16 @@ class BatchSettings:
         return self.endpoint_of() if self.endpoint_of is not None else None
 
     response_schema: Any = None  # issue 22: answers reused from reuse_results are checked against it
+    # issue 22 (batch.budget): the cap and what a worst case counts where a request does not say
+    max_cost_usd: float | None = None
+    default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+    max_tokens_per_file_part: int | None = None
+    max_cached_content_tokens: int | None = None
+    #: The operator's source as the user gave it, when ``source`` is it rewritten (``batch.rewrite``).
+    given_source: Any = None
+    #: What the requests sent add to the user's (``batch.rewrite``): the requests of the answers
+    #: reused get it too before they are matched (an answer paid for without the cap is reused under it).
+    rewrite: Rewrite | None = None
 
     @classmethod
     def of(cls, task: Any, **given: Any) -> BatchSettings:

@@ -71,6 +71,9 @@ class ShardRecord:
         left uncertain when a person cleared the task (its reservation). Spent, for the cap.
     :param over_worst_case: Answers of its job that reported more prompt tokens than their worst
         case (a file part or a ``cachedContent`` passed its bound): counted at their real usage.
+    :param lost_unreserved: Earlier jobs of the shard counted as ``lost_usd`` would be, but created
+        without a reservation (a try without ``max_cost_usd``): a try with one counts each at the
+        shard's worst case.
     :param created: When the service answered the create of the shard's job (epoch seconds).
     :param ended: When the job ended: its ``endTime`` as the service gave it, else when a poll first
         saw it ended (epoch seconds). The service keeps the results 7 days after it.
@@ -91,6 +94,7 @@ class ShardRecord:
     unsent: bool = False
     lost_usd: float | None = None
     over_worst_case: int = 0
+    lost_unreserved: int = 0
     # Issue 23 (the progress page): optional, absent from older state files.
     created: float | None = None
     ended: float | None = None

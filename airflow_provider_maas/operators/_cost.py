@@ -140,22 +140,16 @@ class CostControl:
             yield path
 
     # The run ---------------------------------------------------------------------------------
-    def _gate(self, journal: BatchJournal, state: BatchState, source: Any) -> SpendGate | None:
+    def _gate(self, journal: BatchJournal, state: BatchState, settings: BatchSettings) -> SpendGate | None:
         """The budget cap, canary and answer checks of this batch, if any is asked for (a state
         whose spend is at other prices is refused here, before any create)."""
         if self.max_cost_usd is None and not self.canary_requests and self.response_schema is None:
             return None
         if self.prices is not None and check_same_prices(state, self.prices, journal.uri):
             journal.append(state, [], meta=True)  # the prices the spend is counted at
-        return SpendGate(
-            source=source,
-            parts=journal.part,
-            prices=self.prices,
-            max_cost_usd=self.max_cost_usd,
-            default_max_output_tokens=self.default_max_output_tokens,
-            max_tokens_per_file_part=self.max_tokens_per_file_part,
-            max_cached_content_tokens=self.max_cached_content_tokens,
-            canary_requests=self.canary_requests,
+        return SpendGate.of(
+            settings,
+            journal.part,
             canary_max_failed=self.canary_max_failed,
             check=AnswerCheck(self.response_schema) if self.response_schema is not None else None,
         )

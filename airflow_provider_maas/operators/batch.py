@@ -238,6 +238,8 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             should_retry=self._retry_rule(self._should_retry),
             start_over=is_true(self.start_over, what="start_over"),
             kept_answers=journal.kept_answers if journal is not None else None,
+            rewrite=self._rewrite(),
+            given_source=self.source,
             endpoint_of=lambda: self.hook.config.endpoint,
             **given,
         )
@@ -254,7 +256,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             self._refuse_unbounded()  # max_cost_usd: every request's worst case is a bound (before any upload)
             settings = self._settings(journal, self._requests_to_plan(journal, write=True))
             run = BatchRun.start(context, journal, settings, **self._run_parts(context))  # raises it too
-            run.gate = self._gate(journal, run.state, settings.source)
+            run.gate = self._gate(journal, run.state, settings)
             announce(context, journal, self.prices)  # where the progress page finds the state
             return self._run(context, run)
         except (FinishedMeanwhile, LeaseLost, StateRemoved) as err:  # lost: the other try may have finished it
@@ -285,7 +287,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
                 running=resumed.running,
                 **self._run_parts(context),
             )
-            run.gate = self._gate(journal, run.state, settings.source)
+            run.gate = self._gate(journal, run.state, settings)
             if resumed.status == "timeout":
                 running = list(run.state.by_job())
                 raise MaaSTimeoutError(f"{resumed.message} Still running: {', '.join(running[:MAX_NAMED_JOBS])}")
