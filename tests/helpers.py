@@ -26,7 +26,9 @@ class FakeStateStore:
 
 
 class FakeVariables:
-    """``airflow.sdk.Variable`` as the Execution API keeps it: JSON text per key, kept across tries."""
+    """``airflow.sdk.Variable`` as the Execution API keeps it: JSON text per key, kept across tries; also
+    the supervisor's answer to the Task SDK's ``GetVariable`` (:meth:`send`), which ``batch/task_record.py``
+    reads the record with. :func:`use_fake_variables` installs both."""
 
     def __init__(self) -> None:
         self.values: dict[str, str] = {}
@@ -51,6 +53,27 @@ class FakeVariables:
     def delete(self, key):
         self.values.pop(key, None)
         self.descriptions.pop(key, None)
+
+    def send(self, msg):
+        """``SUPERVISOR_COMMS.send``: the supervisor's answer to ``GetVariable`` (task-sdk 1.0-1.3)."""
+        from airflow.sdk.exceptions import ErrorType
+        from airflow.sdk.execution_time.comms import ErrorResponse, GetVariable, VariableResult
+
+        assert isinstance(msg, GetVariable), msg
+        if msg.key not in self.values:
+            return ErrorResponse(error=ErrorType.VARIABLE_NOT_FOUND, detail={"key": msg.key})
+        return VariableResult(key=msg.key, value=self.values[msg.key])
+
+
+def use_fake_variables(monkeypatch: Any) -> FakeVariables:
+    """Airflow 3.0-3.2 in a test: the Variables the batch and create operators keep their record in
+    (``airflow.sdk.Variable`` and the supervisor channel they are read through) are a :class:`FakeVariables`."""
+    from airflow_provider_maas.batch import task_record
+
+    fake = FakeVariables()
+    monkeypatch.setattr("airflow.sdk.Variable", fake)
+    monkeypatch.setattr(task_record, "_supervisor_comms", lambda: fake)
+    return fake
 
 
 class FileStateStore(FakeStateStore):

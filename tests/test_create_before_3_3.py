@@ -17,15 +17,12 @@ from airflow_provider_maas.exceptions import MaaSError, MaaSJobCreationUncertain
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators import _common
 from airflow_provider_maas.operators.maas import JOB_STATE_KEY, MaaSCreateBatchJobOperator
-from tests.helpers import FakeVariables, make_context, write_requests
+from tests.helpers import FakeVariables, make_context, use_fake_variables, write_requests
 
 
 @pytest.fixture
 def variables(monkeypatch):
-    fake = FakeVariables()
-    monkeypatch.setattr("airflow.sdk.Variable", fake)
-    monkeypatch.setattr(task_record, "_in_task_runner", lambda: True)
-    return fake
+    return use_fake_variables(monkeypatch)
 
 
 def _context(max_tries: int = 3, **ti: str) -> dict:

@@ -37,11 +37,11 @@ from tests.compat import AirflowSensorTimeout, TaskDeferred
 from tests.conftest import ROOT
 from tests.helpers import (
     FakeStateStore,
-    FakeVariables,
     FileStateStore,
     assert_in_input_order,
     batch_operator,
     make_context,
+    use_fake_variables,
     write_requests,
 )
 
@@ -302,11 +302,7 @@ def test_5_before_airflow_3_3_the_job_names_go_to_a_variable_and_the_retry_reatt
 ):
     """Airflow 3.0-3.2 have no ``task_state_store``: the second record is an Airflow Variable of the
     task instance (``batch/task_record.py``); it is removed once the task succeeded."""
-    from airflow_provider_maas.batch import task_record
-
-    variables = FakeVariables()
-    monkeypatch.setattr("airflow.sdk.Variable", variables)
-    monkeypatch.setattr(task_record, "_in_task_runner", lambda: True)
+    variables = use_fake_variables(monkeypatch)
     handle = emulator_factory(job_duration=0.3)
     source = write_requests(tmp_path / "r.jsonl", 250)
     dest = "memory://bucket/out/res.jsonl"
@@ -682,11 +678,7 @@ def test_before_airflow_3_3_an_automatic_retry_after_the_batch_finished_pays_not
     """The Variable is removed once the results are written; if Airflow then does not record the
     success (the worker lost right after), the retry finds the destination's record (``.<name>.origin.json``)
     naming this task instance and this clear round: nothing is paid again. A clear runs it again."""
-    from airflow_provider_maas.batch import task_record
-
-    variables = FakeVariables()
-    monkeypatch.setattr("airflow.sdk.Variable", variables)
-    monkeypatch.setattr(task_record, "_in_task_runner", lambda: True)
+    variables = use_fake_variables(monkeypatch)
     handle = emulator_factory(job_duration=0.2)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     batch_operator(source, dest).execute(_try())

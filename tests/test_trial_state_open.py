@@ -7,6 +7,7 @@ Every test counts the jobs an independent stub of the four documented calls crea
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -317,13 +318,10 @@ def _state_gone_before_3_3(service, tmp_path, monkeypatch):
     its state folder is gone (the retry runs on a worker without that disk); returns the Variables."""
     import shutil
 
-    from airflow_provider_maas.batch import task_record
     from airflow_provider_maas.exceptions import MaaSTimeoutError
-    from tests.helpers import FakeVariables
+    from tests.helpers import use_fake_variables
 
-    variables = FakeVariables()
-    monkeypatch.setattr("airflow.sdk.Variable", variables)
-    monkeypatch.setattr(task_record, "_in_task_runner", lambda: True)
+    variables = use_fake_variables(monkeypatch)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     service.job_duration = 60
     with pytest.raises(MaaSTimeoutError):
@@ -427,23 +425,16 @@ def test_9_the_same_task_instance_whose_record_lacks_its_writer_goes_on_from_its
     assert_in_input_order(source, dest)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Not fixed: on Airflow 3.0-3.2, when the Variable write of the newest-sequence mark fails after the "
-    "journal object with 'creating' markers is stored (journal.append -> on_marked -> recovery.record_mark), no "
-    "create was sent, but the automatic retry finds the markers and stops with MaaSJobCreationUncertainError "
-    "('sent a create-job request ... may or may not have created a job'), asking for a clear. Nothing is paid "
-    "twice (the clear creates the 3 jobs once). Fix: in BatchJournal.append, when on_marked raises, write one "
-    "more object returning those shards to PENDING (attempts and the gate's reservation as before the marker), "
-    "or delete the object just written (seq -= 1) before re-raising, and say in the error that the Variable, "
-    "not the batch state, failed.",
-)
 def test_5_a_variable_write_lost_while_markers_are_stored_does_not_need_a_clear(service, tmp_path, monkeypatch):
-    from airflow_provider_maas.batch import task_record
-    from airflow_provider_maas.exceptions import MaaSError
-    from tests.helpers import FakeVariables
+    # Airflow 3.0-3.2: the Variable write of the newest-sequence mark fails after the journal object with
+    # the 'creating' markers is stored. No create was sent, but the automatic retry found the markers and
+    # stopped with MaaSJobCreationUncertainError ("may or may not have created a job"), asking for a clear.
+    # Now the markers are undone in one more journal object (the shards pending again, their uploads
+    # kept) and the error blames the Variable: the automatic retry sends each shard once.
+    from airflow_provider_maas.exceptions import MaaSError, MaaSStateError
+    from tests.helpers import use_fake_variables
 
-    variables = FakeVariables()
+    variables = use_fake_variables(monkeypatch)
     real, sets = variables.set, []
 
     def loses_the_second(key, value, description=None, serialize_json=False):
@@ -452,46 +443,117 @@ def test_5_a_variable_write_lost_while_markers_are_stored_does_not_need_a_clear(
             real(key, value, description=description, serialize_json=serialize_json)
 
     variables.set = loses_the_second
-    monkeypatch.setattr("airflow.sdk.Variable", variables)
-    monkeypatch.setattr(task_record, "_in_task_runner", lambda: True)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
-    with pytest.raises(MaaSError):
+    with pytest.raises(MaaSError) as failed:
         batch_operator(source, dest).execute(_try())
+    message = str(failed.value)
+    assert not isinstance(failed.value, MaaSStateError), message  # retried by Airflow
+    assert "the Airflow Variable 'maas_batch." in message and "No create was sent for shards" in message, message
+    assert "back to pending" in message and "the retry goes on from it" in message, message
     assert service.created == 0
+    (marked,) = re.findall(r"No create was sent for shards ([\d, ]+);", message)
     batch_operator(source, dest).execute(_try())  # the automatic retry
     assert service.created == 3
+    for shard in marked.split(", "):  # its upload is kept with the shard's pending record
+        uploads = [
+            target for method, target in service.requests if method == "POST" and f".s{int(shard):05d}." in target
+        ]
+        assert len(uploads) == 1, f"shard {shard}, whose marker was undone, was uploaded again"
+    assert_in_input_order(source, dest)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Not fixed: on Airflow 3.0-3.2 the batch record is read with Variable.get(default=None), and the Task "
-    "SDK answers a transient Execution API error as 'not found' (ExecutionAPISecretsBackend.get_variable: "
-    "'Variable not found or transient error - allow fallback', then VARIABLE_NOT_FOUND, then the default; "
-    "task-sdk 1.3.2). A retry whose read fails so reads 'no record': a state gone is planned again (6 jobs for 3), "
-    "and VariableStateStore.set's read-modify-write drops the record's other keys. Fix: in "
-    "task_record.VariableStateStore._value, send GetVariable through SUPERVISOR_COMMS and treat an ErrorResponse "
-    "other than VARIABLE_NOT_FOUND as a failure (raise: the task is retried), not as an empty record.",
-)
+def test_5_markers_that_cannot_be_undone_either_are_refused_by_the_retry_and_a_clear_sends_them_once(
+    service, tmp_path, monkeypatch
+):
+    # The mark write fails, then the journal write that returns the shards to pending fails too: the markers
+    # stay. The error says so and names the way on (a clear); the retry stops on them (no job is sent
+    # on an automatic path) and the clear sends each shard once.
+    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.exceptions import MaaSError, MaaSJobCreationUncertainError
+    from tests.helpers import use_fake_variables
+
+    variables = use_fake_variables(monkeypatch)
+    real_set, real_append, sets = variables.set, BatchJournal.append, []
+
+    def loses_the_second(key, value, description=None, serialize_json=False):
+        sets.append(value)
+        if len(sets) != 2:
+            real_set(key, value, description=description, serialize_json=serialize_json)
+
+    def undo_fails(self, state, records, **kwargs):
+        if len(sets) == 2 and records and all(r.status.value == "pending" for r in records):
+            raise OSError(30, "Read-only file system")
+        return real_append(self, state, records, **kwargs)
+
+    variables.set = loses_the_second
+    source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
+    with monkeypatch.context() as patch, pytest.raises(MaaSError) as failed:
+        patch.setattr(BatchJournal, "append", undo_fails)
+        batch_operator(source, dest).execute(_try())
+    message = str(failed.value)
+    assert "failed too" in message and "Read-only file system" in message and "clear the task" in message, message
+    with pytest.raises(MaaSJobCreationUncertainError):
+        batch_operator(source, dest).execute(_try())  # the automatic retry
+    assert service.created == 0
+    batch_operator(source, dest).execute(_try(max_tries=3))  # a person's clear
+    assert service.created == 3
+    assert_in_input_order(source, dest)
+
+
 def test_1_before_airflow_3_3_a_variable_read_that_fails_is_not_read_as_no_record(service, tmp_path, monkeypatch):
-    from airflow_provider_maas.exceptions import MaaSError
+    # On Airflow 3.1-3.2 the Task SDK's Variable.get(default=None) answers an error of the Execution API as
+    # "not found" (its ExecutionAPISecretsBackend swallows it): a retry reading during an outage found no
+    # record and the state gone, and planned the batch again (6 jobs for 3); VariableStateStore.set's
+    # read-modify-write dropped the record's other keys. The record is now read with GetVariable sent to
+    # the supervisor: only VARIABLE_NOT_FOUND is "no record"; any other answer fails the try (retried).
+    from airflow.sdk.exceptions import AirflowRuntimeError, ErrorType
+    from airflow.sdk.execution_time.comms import ErrorResponse
+
+    from airflow_provider_maas.exceptions import MaaSError, MaaSStateError
 
     variables, source, dest = _state_gone_before_3_3(service, tmp_path, monkeypatch)
-    real_get, real_set = variables.get, variables.set
-    outage = {"on": True}  # the Execution API fails the retry's reads until its first write
+    (name,) = variables.values
+    record = variables.values[name]
+    real_get, real_send = variables.get, variables.send
+    outage = {"on": True}
 
-    def transient(key, default=None, deserialize_json=False):  # what the Task SDK returns on an API error
+    def transient(key, default=None, deserialize_json=False):  # what Variable.get returns on an API error
         if outage["on"]:
             return default
         return real_get(key, default=default, deserialize_json=deserialize_json)
 
-    def write(*args, **kwargs):
-        outage["on"] = False
-        real_set(*args, **kwargs)
+    def send(msg):  # what the supervisor answers on a 5xx of the Execution API (an error frame)
+        if outage["on"]:
+            error = ErrorResponse(error=ErrorType.API_SERVER_ERROR, detail={"status_code": 503})
+            raise AirflowRuntimeError(error=error)
+        return real_send(msg)
 
-    variables.get, variables.set = transient, write
-    with pytest.raises(MaaSError):  # refused, or failed on the read: either way nothing is planned again
-        batch_operator(source, dest).execute(_try())
+    variables.get, variables.send = transient, send
+    for context in (_try(), _try(max_tries=3)):  # the automatic retry, then a person's clear
+        with pytest.raises(MaaSError) as failed:
+            batch_operator(source, dest).execute(context)
+        message = str(failed.value)
+        assert name in message and "API_SERVER_ERROR" in message and "nothing was planned" in message, message
     assert service.created == 3, "a failed read of the record was taken for 'no record': paid again"
+    assert variables.values == {name: record}, "the record was rewritten without its other keys"
+    outage["on"] = False  # the Execution API is back: the record is read, the state found gone
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest).execute(_try())
+    assert "gone" in str(refused.value)
+    assert service.created == 3
+
+
+def test_1_before_airflow_3_3_a_variable_that_is_not_a_record_stops_the_task(service, tmp_path, monkeypatch):
+    # A Variable edited by hand (not a JSON object) was read as "no record": the state gone was planned again.
+    from airflow_provider_maas.exceptions import MaaSStateError
+
+    variables, source, dest = _state_gone_before_3_3(service, tmp_path, monkeypatch)
+    (name,) = variables.values
+    variables.values[name] = "[]"
+    with pytest.raises(MaaSStateError) as refused:
+        batch_operator(source, dest).execute(_try())
+    assert name in str(refused.value) and "not hold a JSON object" in str(refused.value)
+    assert service.created == 3
 
 
 def test_5_job_names_saved_for_a_discarded_plan_do_not_reattach_the_new_plans_shards(service, tmp_path, monkeypatch):

@@ -19,9 +19,10 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_maas.batch.budget import Admission, count_as_lost
+from airflow_provider_maas.batch.journal import MarkNotRecorded
 from airflow_provider_maas.batch.ownership import check_lease
 from airflow_provider_maas.batch.polling import NOT_FOUND_TRIES, JobWatch, NotFoundCount, PollErrors
-from airflow_provider_maas.batch.recovery import StateRemoved, unrecorded_error
+from airflow_provider_maas.batch.recovery import StateRemoved, unmarked_error, unrecorded_error
 from airflow_provider_maas.batch.shards import ShardPlan, copy_shard, source_label
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.client.failures import proves_not_created
@@ -113,6 +114,7 @@ class BatchDriver(JobWatch):
         self._last_state: dict[str, str | None] = {}
         self._poll_errors = PollErrors(settings.max_consecutive_poll_errors)
         self._changes: list[ShardRecord] = []
+        self._unmarked: dict[ShardKey, ShardRecord] = {}  # each marker's shard as it was before it
         self._written_poll = state.last_poll
         self._observed: set[ShardKey] = set()
         self._fatal: BaseException | None = None
@@ -280,6 +282,7 @@ class BatchDriver(JobWatch):
 
     def _mark_creating(self, record: ShardRecord, file_name: str, display_name: str) -> None:
         """The "create in flight" marker: stored (by the next flush) before the create is sent."""
+        self._unmarked[record.key] = record.but(file_name=file_name, display_name=display_name)  # uploaded
         self._change(
             record.but(
                 status=ShardStatus.CREATING,
@@ -308,15 +311,33 @@ class BatchDriver(JobWatch):
         if not self._changes:
             return
         changes, self._changes = self._changes, []
+        unmarked, self._unmarked = self._unmarked, {}
         changed = {record.key for record in changes}
         observed = [self.state.shards[key] for key in sorted(self._observed - changed)]
         self._observed.clear()
         polled = self.state.last_poll != self._written_poll  # carried in this write, never one of its own
         try:
             self.journal.append(self.state, changes + observed, meta=polled)
+        except MarkNotRecorded as err:  # the markers are stored, the second record failed: none is sent
+            raise self._unmark(changes, unmarked, err) from err.cause
         except Exception as err:  # names the changes only: the observed records were stored before
             raise unrecorded_error(self.journal, changes, err, self.save_job_names, self.state) from err
         self._written_poll = self.state.last_poll
+
+    def _unmark(
+        self, changes: list[ShardRecord], unmarked: dict[ShardKey, ShardRecord], err: MarkNotRecorded
+    ) -> MaaSError:
+        """The journal holds "creating" markers whose creates are not sent (their mark could not be
+        recorded): one more journal object returns those shards to what they were before (pending,
+        their uploads kept), so the next try sends them without asking for a clear."""
+        undo = [unmarked[r.key] for r in changes if r.status is ShardStatus.CREATING and r.key in unmarked]
+        for record in undo:
+            self.state.apply(record)
+        try:
+            self.journal.append(self.state, undo)
+        except Exception as undo_err:
+            return unmarked_error(self.journal, [r.key for r in undo], err, undo_err)
+        return unmarked_error(self.journal, [r.key for r in undo], err)
 
     def _upload(self, key: ShardKey) -> tuple[str, str]:
         plan = self.state.plan(key)

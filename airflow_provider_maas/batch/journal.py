@@ -61,6 +61,16 @@ class StateDamaged(MaaSError):
         self.problem = problem
 
 
+class MarkNotRecorded(MaaSError):
+    """Journal object ``seq``, holding "creating" markers, is stored, but recording it in the second
+    record (``on_marked``) failed with ``cause``: the creates of those markers must not be sent."""
+
+    def __init__(self, seq: int, cause: Exception) -> None:
+        super().__init__(f"journal object {seq:010d} is stored, but its mark is not ({type(cause).__name__}: {cause})")
+        self.seq = seq
+        self.cause = cause
+
+
 def _with_seal(lines: list[bytes]) -> bytes:
     """An object's lines and its seal, ``{"end": <lines before>}``: a copy cut at a line boundary
     (which is still valid JSON lines) is told from a whole one."""
@@ -324,7 +334,9 @@ class BatchJournal:
     def append(self, state: BatchState, records: list[ShardRecord], *, meta: bool = False) -> None:
         """Durably record ``records`` (already applied to ``state``), and the batch fields if ``meta``.
 
-        Returns once the journal object is stored: a create may be sent after this returns.
+        Returns once the journal object is stored: a create may be sent after this returns. If it
+        holds "creating" markers and ``on_marked`` then fails, raises :class:`MarkNotRecorded` (the
+        object stays stored: it may hold job names too; the caller sends none of those creates).
         """
         if not records and not meta:
             return
@@ -335,8 +347,12 @@ class BatchJournal:
         self._write(self.root / "journal" / f"{self.seq + 1:010d}.jsonl", _with_seal(lines))
         self.seq += 1  # only once stored: a failed write leaves no gap for the next one
         if self.on_marked is not None and any(r.status is ShardStatus.CREATING for r in records):
-            self.marked = self.seq  # before the creates are sent: deleting this object is noticed
-            self.on_marked()
+            marked, self.marked = self.marked, self.seq  # before the creates are sent: deleting it is noticed
+            try:
+                self.on_marked()
+            except Exception as err:
+                self.marked = marked
+                raise MarkNotRecorded(self.seq, err) from err
         self._since_snapshot += 1
         if self._since_snapshot >= max(COMPACT_AFTER, len(state.shards) // 10):
             self.compact(state)

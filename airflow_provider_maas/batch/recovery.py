@@ -33,7 +33,7 @@ from airflow_provider_maas.storage import to_path, uri_of
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.journal import BatchJournal, MarkNotRecorded
     from airflow_provider_maas.batch.state import BatchState
 
 log = logging.getLogger(__name__)
@@ -373,6 +373,30 @@ def unrecorded_error(
         f"elsewhere ({RECORD} is not available to this process or failed; see the log), so the next try finds their shards 'creating' and "
         f"refuses to create them again. Fix the storage, then look these jobs up. {WAY_ON}",
         job_names=[name for _, name in jobs],
+    )
+
+
+def unmarked_error(
+    journal: BatchJournal, shards: list[ShardKey], err: MarkNotRecorded, undo_err: Exception | None = None
+) -> MaaSError:
+    """The error for "creating" markers stored in journal object ``err.seq`` whose mark could not be
+    recorded in :data:`RECORD` (``err.cause``): none of their creates was sent; the shards were returned
+    to pending in one more object (else ``undo_err``: the next try stops on the markers)."""
+    listed = ", ".join(map(str, shards)) or "none"
+    what = (
+        f"Recording in {RECORD} that journal object {err.seq:010d} of the batch state at {journal.uri} holds "
+        f"'creating' markers failed ({type(err.cause).__name__}: {err.cause}). No create was sent for shards {listed}"
+    )
+    if undo_err is None:
+        return MaaSError(
+            f"{what}; they are back to pending in the batch state, which is whole: the retry goes on from it and "
+            "sends them once. If this repeats, check that tasks can write their record (on Airflow 3.0-3.2 an "
+            "Airflow Variable, through the Execution API on the API server)."
+        )
+    return MaaSError(
+        f"{what}, and returning them to pending in the batch state failed too ({type(undo_err).__name__}: "
+        f"{undo_err}). The next try finds them 'creating' and stops (MaaSJobCreationUncertainError): no job exists "
+        "for them, so clear the task then (it sends them once). Fix the record and the storage first."
     )
 
 

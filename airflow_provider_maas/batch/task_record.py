@@ -6,6 +6,11 @@ kept after a failed journal write): ``context["task_state_store"]`` on Airflow >
 have none, one Airflow Variable per task instance (:class:`VariableStateStore`), written through the
 Task SDK (the Execution API, as ``Variable.set`` in a task); outside an Airflow worker (``execute()``
 called by a test) nowhere: no retry can follow.
+
+The Variable is read with the Task SDK's ``GetVariable`` message sent to the supervisor
+(:func:`read_variable`), not with ``Variable.get(default=None)``: on task-sdk 1.1-1.2 (Airflow 3.1-3.2)
+that answers any error of the Execution API as "not found", and a record read as absent during an
+outage would let a retry plan a batch again (pay twice) and a write drop the record's other keys.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import logging
 from typing import Any
 
-from airflow_provider_maas.exceptions import MaaSError
+from airflow_provider_maas.exceptions import MaaSError, MaaSStateError
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +54,21 @@ class VariableStateStore:
         )
 
     def _value(self) -> dict[str, Any]:
-        from airflow.sdk import Variable
-
-        value = Variable.get(self.name, default=None, deserialize_json=True)
-        return value if isinstance(value, dict) else {}
+        """The record; empty only if the Variable does not exist (a failed read raises)."""
+        text = read_variable(self.name)
+        if text is None:
+            return {}
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise MaaSStateError(
+                f"The Airflow Variable {self.name!r} ({self.description}) does not hold a JSON object, as this "
+                "provider writes it (edited by hand?); it may be the only record of work already paid for, so "
+                "nothing was sent. Restore its value, or delete it if no try of that task instance created a job."
+            )
+        return value
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._value().get(key, default)
@@ -77,14 +93,59 @@ class VariableStateStore:
             log.warning("Could not delete the Airflow Variable %s (%s): delete it by hand", self.name, err)
 
 
-def _in_task_runner() -> bool:
-    """Whether this process runs a task under Airflow's supervisor (a worker, ``dag.test()``): only
-    then can it read and write Variables. ``SUPERVISOR_COMMS`` is how the Task SDK itself knows."""
+def _supervisor_comms() -> Any | None:
+    """The Task SDK's channel to Airflow's supervisor (``task_runner.SUPERVISOR_COMMS``), or None
+    outside a task runner."""
     try:
         from airflow.sdk.execution_time import task_runner
     except ImportError:  # pragma: no cover
-        return False
-    return getattr(task_runner, "SUPERVISOR_COMMS", None) is not None
+        return None
+    return getattr(task_runner, "SUPERVISOR_COMMS", None)
+
+
+def _in_task_runner() -> bool:
+    """Whether this process runs a task under Airflow's supervisor (a worker, ``dag.test()``): only
+    then can it read and write Variables. ``SUPERVISOR_COMMS`` is how the Task SDK itself knows."""
+    return _supervisor_comms() is not None
+
+
+def read_variable(name: str) -> str | None:
+    """The stored text of the Airflow Variable ``name``; None only if the Execution API says it does
+    not exist (``VARIABLE_NOT_FOUND``, its answer to a 404); any other answer or error raises
+    :class:`~airflow_provider_maas.exceptions.MaaSError` (the task is retried).
+
+    It sends ``GetVariable`` to the supervisor as ``Variable.get`` does once the secrets backends found
+    nothing (the same message and answers in task-sdk 1.0 to 1.3, Airflow 3.0 to 3.3), without the
+    ``ExecutionAPISecretsBackend`` of task-sdk 1.1-1.2, which turns every error into "not found", nor a
+    secrets cache that may be stale: the record is written through the Execution API, and read there.
+    """
+    from airflow.sdk.exceptions import AirflowRuntimeError, ErrorType
+    from airflow.sdk.execution_time.comms import ErrorResponse, GetVariable, VariableResult
+
+    comms = _supervisor_comms()
+    try:
+        if comms is None:
+            raise RuntimeError("this process is not a task run by Airflow's supervisor")
+        answer = comms.send(GetVariable(key=name))
+    except AirflowRuntimeError as err:  # the supervisor's error frame (API_SERVER_ERROR: a 5xx, ...)
+        answer = err.error
+    except Exception as err:
+        answer = err
+    if isinstance(answer, VariableResult) and isinstance(answer.value, str):
+        return answer.value
+    if isinstance(answer, ErrorResponse) and answer.error == ErrorType.VARIABLE_NOT_FOUND:
+        return None
+    if isinstance(answer, ErrorResponse):
+        why = f"{answer.error.value}: {answer.detail}"
+    elif isinstance(answer, Exception):
+        why = f"{type(answer).__name__}: {answer}"
+    else:
+        why = f"an unexpected answer {type(answer).__name__}"
+    raise MaaSError(
+        f"Could not read this task's record, the Airflow Variable {name!r}, through the Execution API ({why}). "
+        "It may be the only record of jobs already paid for, so nothing was planned or sent. The task is "
+        "retried; if this repeats, check the API server and the workers' access to it."
+    )
 
 
 def task_record(context: Any, prefix: str = RECORD_VARIABLE_PREFIX) -> Any | None:
