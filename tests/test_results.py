@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from airflow_provider_maas.batch.lines import iter_line_batches
 from airflow_provider_maas.batch.ordering import ResultIndex, line_reader, order_results
 from airflow_provider_maas.batch.results import (
     MISSING_STATUS,
@@ -20,7 +21,6 @@ from airflow_provider_maas.batch.results import (
     ResultsFormatError,
     ResultSummary,
     extract_images,
-    iter_line_batches,
     iter_results,
     parse_result_line,
     summarize,

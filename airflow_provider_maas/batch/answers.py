@@ -25,7 +25,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from airflow_provider_maas.batch.results import ResultsFormatError, iter_result_batches, request_digest
+from airflow_provider_maas.batch.lines import ResultsFormatError, iter_lines
+from airflow_provider_maas.batch.results import request_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -143,24 +144,18 @@ class AnswerStore:
         decode = json.JSONDecoder().raw_decode
         rows: list[tuple[bytes, int, int, int, int, int]] = []
         lines = succeeded = 0
-        line_number = offset = 0
         db = self._db
         db.execute("BEGIN")
         try:
-            for batch, _ in iter_result_batches(fileobj, f"results {label}"):
-                for line in batch:
-                    line_number += 1
-                    length = len(line)
-                    if length and not line.isspace():
-                        lines += 1
-                        request, ok = _parse(decode, line, label, line_number)
-                        succeeded += ok
-                        if request is not None and (ok or not successes_only):
-                            rows.append((request_digest(request), ok, source, line_number, offset, length))
-                            if len(rows) >= _BATCH:
-                                db.executemany("INSERT INTO answers VALUES (?,?,?,?,?,?)", rows)
-                                rows.clear()
-                    offset += length + 1
+            for line_number, offset, line in iter_lines(fileobj, f"results {label}"):
+                lines += 1
+                request, ok = _parse(decode, line, label, line_number)
+                succeeded += ok
+                if request is not None and (ok or not successes_only):
+                    rows.append((request_digest(request), ok, source, line_number, offset, len(line)))
+                    if len(rows) >= _BATCH:
+                        db.executemany("INSERT INTO answers VALUES (?,?,?,?,?,?)", rows)
+                        rows.clear()
             db.executemany("INSERT INTO answers VALUES (?,?,?,?,?,?)", rows)
         except BaseException:
             db.execute("ROLLBACK")

@@ -13,13 +13,12 @@ import json
 import logging
 from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+from airflow_provider_maas.batch.lines import ResultsFormatError, iter_lines
 from airflow_provider_maas.batch.ordering import OrderedItem, ResultIndex, line_reader, order_results
 from airflow_provider_maas.batch.request_lines import RequestLine, iter_request_lines
 from airflow_provider_maas.batch.results import (
-    ResultsFormatError,
     ResultSummary,
     extract_images,
-    iter_lines,
     load_result_object,
     normalise_request,
     result_record,

@@ -11,11 +11,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
+from airflow_provider_maas.batch.lines import ResultsFormatError, iter_lines
 from airflow_provider_maas.batch.results import (
     MISSING_STATUS,
     ResultRecord,
-    ResultsFormatError,
-    iter_lines,
     load_result_object,
     request_digest,
     result_record,

@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from airflow_provider_maas.batch.results import ResultsFormatError, iter_lines
+from airflow_provider_maas.batch.lines import ResultsFormatError, iter_lines
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import open_source
 

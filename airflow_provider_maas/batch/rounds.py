@@ -31,13 +31,13 @@ from typing import IO, Any
 
 from airflow_provider_maas.batch.answers import OK_TAILS, Answer, AnswerStore, reader
 from airflow_provider_maas.batch.cost import cost_of
+from airflow_provider_maas.batch.lines import iter_lines
 from airflow_provider_maas.batch.merge import results_from_service
 from airflow_provider_maas.batch.request_lines import iter_request_lines
 from airflow_provider_maas.batch.results import (
     MISSING_STATUS,
     ResultRecord,
     ResultSummary,
-    iter_result_batches,
     load_result_object,
     request_digest,
     result_record,
@@ -155,13 +155,10 @@ def all_succeeded(results: IO[bytes], expected: int) -> bool:
     failed or is missing, and :func:`write_retries` can be skipped. Reads bytes, decodes no JSON.
     False only means "look closer" (another layout, a failure, a missing or repeated line)."""
     count = 0
-    for lines, _ in iter_result_batches(results, "results"):
-        for line in lines:
-            line = line.rstrip()
-            if line:
-                if not line.endswith(OK_TAILS):
-                    return False
-                count += 1
+    for _, _, line in iter_lines(results):
+        if not line.rstrip().endswith(OK_TAILS):
+            return False
+        count += 1
     return count == expected
 
 
