@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.answers import _parse
 from airflow_provider_maas.batch.budget import Admission, SpendGate, check_budget
 from airflow_provider_maas.batch.canary import check_canary, judge, split_first
+from airflow_provider_maas.batch.matching import _parse
 from airflow_provider_maas.batch.plan import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     Tokens,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 MISSING_STATUS = "MISSING: the results contain no line for this request"
 """``status`` of a request the service returned no results line for: of the :class:`ResultRecord`
-that :func:`order_results` makes for it, and of the line (:func:`status_line`) that keeps its place
+that :func:`missing_record` makes for it, and of the line (:func:`status_line`) that keeps its place
 in an output written in input order."""
 
 _USAGE_FIELDS = {
@@ -94,7 +94,7 @@ class ResultRecord:
     """One parsed results line.
 
     :param line_number: 1-based line number (in the results file for :func:`iter_results`; in the
-        INPUT file for :func:`order_results`).
+        INPUT file once matched to its request).
     :param text: Text parts of the first candidate, concatenated (thought parts excluded).
     :param usage: The integer fields of ``usageMetadata`` (``promptTokenCount``...).
     """
@@ -204,6 +204,11 @@ def result_record(obj: dict[str, Any], line_number: int) -> ResultRecord:
         usage=_usage(response),
         processed_time=processed_time if isinstance(processed_time, str) else None,
     )
+
+
+def missing_record(line_number: int, request: dict[str, Any] | None) -> ResultRecord:
+    """The record of a request that has no results line: status :data:`MISSING_STATUS`, no response."""
+    return ResultRecord(line_number, request, None, MISSING_STATUS, None, None, {}, None)
 
 
 def parse_result_line(line: bytes, line_number: int) -> ResultRecord:

@@ -1,41 +1,52 @@
-"""Where the answer to each request is: earlier results to reuse, and this batch's own results.
+"""The one engine that matches result lines to requests, and its one definition of each leftover.
 
-An :class:`AnswerStore` indexes results files by the digest of their normalised request (the same
-``results.request_digest`` the merge uses to match results to requests, so an echoed request
-finds its input line) and says, for a request, which line holds its best answer: a successful one
-if any (first indexed first), else the failure indexed last (the latest round's reason).
+An :class:`AnswerStore` indexes results files by the digest of their normalised request
+(``results.request_digest``, so an echoed request finds its input line) and pairs each input
+request with its best answer, in input order (:meth:`AnswerStore.match`): a successful one if any
+(first indexed first), else the failure indexed last (the latest round's reason). Used by every
+reader that pairs: the download and merge operators' merges, the batch's shard-by-shard merge, and
+the passes over the input of ``answer_passes`` (reuse, identical requests, retries, final merge).
+
+What is left once every request is paired (:meth:`AnswerStore.leftovers`), defined here only:
+
+- **unmatched**: a result line no input request asks for (its request is another, or it has none);
+- **duplicate**: a successful result line of a request that did not use it (a second answer:
+  beyond the first when identical requests share one answer, beyond the number of identical
+  requests when each gets its own). A failure superseded by a success is neither.
 
 The index lives in a temporary SQLite file, not in Python objects: memory stays flat (SQLite's
 page cache, 16 MiB at most) whatever the number of results, and a 1,000,000-line index is about
-60 MB of temporary disk. A dict of digests would cost ~150 bytes per entry (150 MB at 1M), and a
-hand-made table in an ``array`` would still grow with the input and need its own collision and
-deletion code; SQLite is in the standard library, batches the inserts, and builds the lookup
-B-tree once (``CREATE INDEX`` after the bulk insert, a sort). Lines are never kept: only a digest
-and a location (source, byte offset, length). No Airflow import.
+60 MB of temporary disk. Requests are paired in blocks by one query each (no Python per lookup).
+Lines are never kept: only a digest and a location (source, byte offset, length). No Airflow import.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import os
 import sqlite3
 import tempfile
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, NamedTuple
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from airflow_provider_maas.batch.lines import ResultsFormatError, iter_lines
 from airflow_provider_maas.batch.results import request_digest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from types import TracebackType
 
 #: SQLite's "database or disk is full" (``sqlite3.SQLITE_FULL`` from Python 3.11).
 _SQLITE_FULL = 13
-#: Rows inserted per ``executemany``.
+#: Rows inserted per ``executemany``; requests paired per query.
 _BATCH = 20_000
+#: The digest of a result line without a ``request`` object: no request has it (always unmatched).
+NO_REQUEST = b""
+
+_T = TypeVar("_T")
 
 
 class Answer(NamedTuple):
@@ -58,11 +69,12 @@ class Added:
 
 @dataclass(frozen=True, slots=True)
 class Leftovers:
-    """Result lines no request used: ``unmatched`` (no input request has them), ``duplicates``
-    (second successful answers to a request)."""
+    """Result lines no request used (see the module docstring): ``unmatched``, ``duplicates``, and
+    ``(source, line)`` of the first unmatched one."""
 
     unmatched: int
     duplicates: int
+    first_unmatched: tuple[int, int] | None
 
 
 class _Db(sqlite3.Connection):
@@ -99,7 +111,8 @@ class AnswerStore:
     """Results files indexed by request digest, in a temporary SQLite file (see the module docstring).
 
     Use as a context manager (the file is removed on exit). ``add()`` each results file, then
-    ``best()`` per request. ``seen()`` remembers digests (e.g. the requests already sent).
+    ``match()`` the requests in input order, then ``leftovers()``; ``clear()`` starts over in the
+    same file (the shard-by-shard merge).
 
     :param directory: Where the temporary file goes (default: the system's temporary directory).
     """
@@ -115,7 +128,9 @@ class AnswerStore:
             "CREATE TABLE answers (digest BLOB NOT NULL, ok INTEGER NOT NULL, source INTEGER NOT NULL,"
             " line INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL)"
         )
-        self._db.execute("CREATE TABLE seen (digest BLOB PRIMARY KEY) WITHOUT ROWID")
+        # How many requests of each digest were matched so far (the k-th identical request gets the k-th success).
+        self._db.execute("CREATE TABLE seen (digest BLOB PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID")
+        self._db.execute("CREATE TABLE asked (pos INTEGER PRIMARY KEY, digest BLOB NOT NULL)")
         self._indexed = False
         self.sources: list[str] = []
         self.added: list[Added] = []
@@ -135,7 +150,7 @@ class AnswerStore:
     def add(self, label: str, fileobj: IO[bytes], *, successes_only: bool = False) -> Added:
         """Index every result line of one results file (its source number is its order of adding).
 
-        :param label: Names the file in errors (``results <label> line N: ...``).
+        :param label: Names the file in errors (``<label> line N: ...``).
         :param successes_only: Index only the lines that succeeded (earlier results to reuse).
         :raises ResultsFormatError: a line is not a JSON object, naming the file and line.
         """
@@ -147,12 +162,13 @@ class AnswerStore:
         db = self._db
         db.execute("BEGIN")
         try:
-            for line_number, offset, line in iter_lines(fileobj, f"results {label}"):
+            for line_number, offset, line in iter_lines(fileobj, label):
                 lines += 1
                 request, ok = _parse(decode, line, label, line_number)
                 succeeded += ok
-                if request is not None and (ok or not successes_only):
-                    rows.append((request_digest(request), ok, source, line_number, offset, len(line)))
+                if ok or not successes_only:
+                    digest = NO_REQUEST if request is None else request_digest(request)
+                    rows.append((digest, ok, source, line_number, offset, len(line)))
                     if len(rows) >= _BATCH:
                         db.executemany("INSERT INTO answers VALUES (?,?,?,?,?,?)", rows)
                         rows.clear()
@@ -161,57 +177,93 @@ class AnswerStore:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        self._indexed = False
         self.added.append(Added(lines, succeeded))
         return self.added[-1]
 
     def _index(self) -> None:
-        if not self._indexed:
-            self._db.execute("CREATE INDEX IF NOT EXISTS by_digest ON answers (digest)")
+        if not self._indexed:  # after the first bulk insert (a sort), then kept up to date by SQLite
+            self._db.execute("CREATE INDEX IF NOT EXISTS by_digest ON answers (digest, ok)")
             self._db.execute("ANALYZE")
             self._indexed = True
 
-    # Asking ---------------------------------------------------------------------------------
-    def best(self, digest: bytes, *, take: bool = False, successes_only: bool = False) -> Answer | None:
-        """The best answer for a request digest: the first success indexed, else the last failure.
+    def clear(self) -> None:
+        """Forget every answer and every request matched (the file and its sources numbering stay)."""
+        for table in ("answers", "seen"):
+            self._db.execute(f"DELETE FROM {table}")
 
-        :param take: Remove a successful answer once given (identical requests each get their own
-            answer, in the order indexed); failures stay, as the reason of every request they answer.
-        :param successes_only: None rather than a failure.
+    # Asking ---------------------------------------------------------------------------------
+    def match(
+        self, items: Iterable[_T], digest: Callable[[_T], bytes], *, shared: bool
+    ) -> Iterator[tuple[_T, Answer | None, bool]]:
+        """Pair each item (a request, ``digest(item)`` its digest) with its best answer, in order.
+
+        Yields ``(item, answer or None, repeated)``: ``repeated`` when an identical request came
+        before. The best answer is a success if there is one, else the failure indexed last.
+
+        :param shared: Identical requests share the first success (else the k-th identical request
+            gets the k-th success, and a failure when they run out). A failure is always shared.
         """
         self._index()
-        row = self._db.execute(
-            "SELECT rowid, source, line, offset, length, ok FROM answers WHERE digest = ?"
-            " ORDER BY ok DESC, CASE WHEN ok THEN rowid ELSE -rowid END LIMIT 1",
-            (digest,),
-        ).fetchone()
-        if row is None or (successes_only and not row[5]):
-            return None
-        if take and row[5]:
-            self._db.execute("DELETE FROM answers WHERE rowid = ?", (row[0],))
-        return Answer(row[1], row[2], row[3], row[4], bool(row[5]))
+        db = self._db
+        items = iter(items)
+        while block := list(itertools.islice(items, _BATCH)):
+            digests = [digest(item) for item in block]
+            db.execute("DELETE FROM asked")
+            db.executemany("INSERT INTO asked VALUES (?, ?)", enumerate(digests))
+            rows = db.execute(_PAIR, (int(shared),)).fetchall()
+            db.execute(_COUNT_SEEN)
+            for item, key, (k, *found) in zip(block, digests, rows, strict=True):
+                if k > 1 and not shared:  # the k-th identical request: the k-th success, if there is one
+                    found = db.execute(_KTH_SUCCESS, (key, k - 1)).fetchone() or found
+                source, line, offset, length, ok = found
+                yield item, None if source is None else Answer(source, line, offset, length, bool(ok)), k > 1
 
-    def seen(self, digest: bytes) -> bool:
-        """True if ``digest`` was passed to ``seen()`` before (and remember it)."""
-        return self._db.execute("INSERT OR IGNORE INTO seen VALUES (?)", (digest,)).rowcount == 0
+    def leftovers(self, first_source: int = 0, *, shared: bool) -> Leftovers:
+        """Result lines of sources ``first_source`` on that no request used, once :meth:`match` ran
+        over every request: ``unmatched`` and ``duplicates`` as the module docstring defines them;
+        ``first_unmatched`` is ``(source, line)`` of the first unmatched line, or None."""
+        unmatched = self._db.execute(f"SELECT count(*) {_UNMATCHED}", (first_source,)).fetchone()[0]
+        first = self._db.execute(f"SELECT source, line {_UNMATCHED} ORDER BY rowid LIMIT 1", (first_source,)).fetchone()
+        duplicates = self._db.execute(_DUPLICATES, (int(shared), first_source)).fetchone()[0]
+        return Leftovers(unmatched, duplicates, None if first is None else tuple(first))
 
-    def leftovers(self, first_source: int, *, shared: bool) -> Leftovers:
-        """Result lines of sources ``first_source`` on that no request took (call after the merge,
-        which passed every request digest to :meth:`seen`).
 
-        :param shared: Answers were shared (not taken): a request's second success is a duplicate.
-        """
-        unmatched = self._db.execute(
-            "SELECT count(*) FROM answers WHERE source >= ? AND digest NOT IN (SELECT digest FROM seen)",
-            (first_source,),
-        ).fetchone()[0]
-        asked = "source >= ? AND ok AND digest IN (SELECT digest FROM seen)"
-        if shared:
-            query = f"SELECT count(*) - count(DISTINCT digest) FROM answers WHERE {asked}"
-        else:
-            query = f"SELECT count(*) FROM answers WHERE {asked}"
-        duplicates = self._db.execute(query, (first_source,)).fetchone()[0]
-        return Leftovers(unmatched, duplicates)
+#: Each asked request's answer: ``k`` its rank among identical requests so far (1: the first),
+#: then the first success (shared, or k = 1), else the last failure; :data:`_KTH_SUCCESS` for the others.
+_PAIR = """
+WITH numbered AS (
+    SELECT asked.pos, asked.digest,
+           COALESCE(seen.n, 0) + ROW_NUMBER() OVER (PARTITION BY asked.digest ORDER BY asked.pos) AS k
+    FROM asked LEFT JOIN seen ON seen.digest = asked.digest
+), chosen AS (
+    SELECT pos, k, COALESCE(
+        CASE WHEN ?1 OR k = 1 THEN
+            (SELECT rowid FROM answers WHERE answers.digest = numbered.digest AND ok = 1 ORDER BY rowid LIMIT 1)
+        END,
+        (SELECT rowid FROM answers WHERE answers.digest = numbered.digest AND ok = 0 ORDER BY rowid DESC LIMIT 1)
+    ) AS id
+    FROM numbered
+)
+SELECT chosen.k, a.source, a.line, a.offset, a.length, a.ok
+FROM chosen LEFT JOIN answers AS a ON a.rowid = chosen.id
+ORDER BY chosen.pos
+"""
+_KTH_SUCCESS = (
+    "SELECT source, line, offset, length, ok FROM answers WHERE digest = ? AND ok = 1 ORDER BY rowid LIMIT 1 OFFSET ?"
+)
+_COUNT_SEEN = (
+    "INSERT INTO seen SELECT digest, count(*) FROM asked WHERE true GROUP BY digest"
+    " ON CONFLICT (digest) DO UPDATE SET n = n + excluded.n"
+)
+_UNMATCHED = "FROM answers WHERE source >= ? AND digest NOT IN (SELECT digest FROM seen)"
+#: Successes of asked requests beyond those used: the first (shared), or as many as identical requests.
+_DUPLICATES = """
+SELECT count(*) FROM (
+    SELECT answers.source, seen.n,
+           ROW_NUMBER() OVER (PARTITION BY answers.digest ORDER BY answers.rowid) AS r
+    FROM answers JOIN seen ON seen.digest = answers.digest WHERE answers.ok = 1
+) WHERE r > CASE WHEN ?1 THEN 1 ELSE n END AND source >= ?2
+"""
 
 
 _HEADS = ('{"request": ', '{"request":')
@@ -246,7 +298,7 @@ def _parse(
             raise ValueError
     except (ValueError, RecursionError):
         raise ResultsFormatError(
-            f"results {label} line {line_number}: not a JSON object; is this a MaaS results file?",
+            f"{label} line {line_number}: not a JSON object; is this a MaaS results file?",
             line_number=line_number,
         ) from None
     request = obj.get("request")
@@ -254,7 +306,7 @@ def _parse(
     return (request if isinstance(request, dict) else None), ok
 
 
-def reader(files: dict[int, IO[bytes]], labels: Sequence[str]) -> Callable[[Answer], bytes]:
+def reader(files: Mapping[int, IO[bytes]], labels: Sequence[str]) -> Callable[[Answer], bytes]:
     """``read(answer) -> line bytes`` over seekable binary files keyed by source number (``labels``:
     :attr:`AnswerStore.sources`, naming them in errors)."""
 
@@ -264,7 +316,7 @@ def reader(files: dict[int, IO[bytes]], labels: Sequence[str]) -> Callable[[Answ
         line = handle.read(answer.length)
         if len(line) != answer.length:
             raise ResultsFormatError(
-                f"results {labels[answer.source]} line {answer.line}: read {len(line)} bytes, expected {answer.length};"
+                f"{labels[answer.source]} line {answer.line}: read {len(line)} bytes, expected {answer.length};"
                 " did the file change?",
                 line_number=answer.line,
             )
