@@ -47,6 +47,7 @@ def test_failed_requests_are_sent_again_in_one_extra_job_and_end_in_input_order(
     assert all(r.succeeded for r in records)
     assert summary["retry_rounds"] == [{"round": 1, "retried": 2, "succeeded": 2}]
     assert (summary["succeeded"], summary["failed"], summary["jobs"]) == (6, 0, 2)
+    assert summary["sent"] == sum(_sent_per_job(handle)) == 8  # every send counted, the retry round's included
     assert (tmp_path / "results.failed.jsonl").read_bytes() == b""
     assert not BatchJournal.for_task(dest, make_context()).root.exists()  # rounds' files removed
 

@@ -216,7 +216,7 @@ def merge_answers(
         counts per round.
     :return: The ``ResultSummary`` dict plus ``missing``, ``duplicates`` (second successful answers
         to one request, not used), ``unmatched`` (result lines matching no input request),
-        ``bytes``, ``reused``, ``deduplicated``, ``sent`` (answers by where they came from),
+        ``bytes``, ``reused``, ``deduplicated`` (answers by where they came from),
         ``tokens_reused``, ``tokens_deduplicated``, ``round_succeeded`` (successes per round) and,
         with ``prices``, ``cost_usd`` and ``cost_avoided_usd``.
     """
@@ -259,7 +259,7 @@ def add_origins(
     prices: dict[str, float] | None = None,
 ) -> None:
     """Add to a merge's ``summary`` where its answers came from (``reused``, ``deduplicated``,
-    ``sent``, ``tokens_reused``, ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` (the
+    ``tokens_reused``, ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` (the
     tokens of the answers sent) and ``cost_avoided_usd`` (``reused``, ``deduplicated``): each None
     (unknown) when one of its answers has no usable token counts (``cost_unknown_answers``)."""
     reused = reused or ResultSummary()
@@ -267,7 +267,6 @@ def add_origins(
     summary.update(
         reused=reused.requests,
         deduplicated=deduplicated.requests,
-        sent=summary["requests"] - reused.requests - deduplicated.requests,
         tokens_reused=reused.tokens,
         tokens_deduplicated=deduplicated.tokens,
     )

@@ -67,6 +67,7 @@ def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchSt
         failed_shards=len(failed),
         shard_errors=[f"shard {r.key}: {r.error}" for r in failed[:MAX_QUOTED_ERRORS]],
         jobs=sum(r.attempts for r in records),
+        sent=sum(state.plan(r.key).requests * r.attempts for r in records),  # every create sent, retries included
         resumes=state.resumes,
         retry_rounds=[
             {"round": n, "retried": sum(p.requests for p in state.rounds[n].plans), "succeeded": succeeded}
@@ -111,8 +112,7 @@ def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[s
         )
     if summary["reused"] or summary["deduplicated"]:
         log.info(
-            "Answers: %d sent, %d reused from reuse_results, %d shared by identical requests",
-            summary["sent"],
+            "Answers: %d reused from reuse_results, %d shared by identical requests",
             summary["reused"],
             summary["deduplicated"],
         )
