@@ -131,6 +131,9 @@ class AnswerStore:
         # How many requests of each digest were matched so far (the k-th identical request gets the k-th success).
         self._db.execute("CREATE TABLE seen (digest BLOB PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID")
         self._db.execute("CREATE TABLE asked (pos INTEGER PRIMARY KEY, digest BLOB NOT NULL)")
+        # One transaction for the store's life: no commit (a write of every changed page) per statement. The
+        # file is scratch (no journal): it is never read again once closed, whatever state it is in.
+        self._db.execute("BEGIN")
         self._indexed = False
         self.sources: list[str] = []
         self.added: list[Added] = []
@@ -160,30 +163,23 @@ class AnswerStore:
         rows: list[tuple[bytes, int, int, int, int, int]] = []
         lines = succeeded = 0
         db = self._db
-        db.execute("BEGIN")
-        try:
-            for line_number, offset, line in iter_lines(fileobj, label):
-                lines += 1
-                request, ok = _parse(decode, line, label, line_number)
-                succeeded += ok
-                if ok or not successes_only:
-                    digest = NO_REQUEST if request is None else request_digest(request)
-                    rows.append((digest, ok, source, line_number, offset, len(line)))
-                    if len(rows) >= _BATCH:
-                        db.executemany("INSERT INTO answers VALUES (?,?,?,?,?,?)", rows)
-                        rows.clear()
-            db.executemany("INSERT INTO answers VALUES (?,?,?,?,?,?)", rows)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        for line_number, offset, line in iter_lines(fileobj, label):
+            lines += 1
+            request, ok = _parse(decode, line, label, line_number)
+            succeeded += ok
+            if ok or not successes_only:
+                digest = NO_REQUEST if request is None else request_digest(request)
+                rows.append((digest, ok, source, line_number, offset, len(line)))
+                if len(rows) >= _BATCH:
+                    db.executemany("INSERT INTO answers VALUES (?,?,?,?,?,?)", rows)
+                    rows.clear()
+        db.executemany("INSERT INTO answers VALUES (?,?,?,?,?,?)", rows)
         self.added.append(Added(lines, succeeded))
         return self.added[-1]
 
     def _index(self) -> None:
         if not self._indexed:  # after the first bulk insert (a sort), then kept up to date by SQLite
-            self._db.execute("CREATE INDEX IF NOT EXISTS by_digest ON answers (digest, ok)")
-            self._db.execute("ANALYZE")
+            self._db.execute("CREATE INDEX IF NOT EXISTS by_digest ON answers (digest, ok)")  # no ANALYZE: one index
             self._indexed = True
 
     def clear(self) -> None:
