@@ -28,6 +28,12 @@ class Readable(Protocol):
     def read(self, size: int, /) -> bytes: ...
 
 
+class Writable(Protocol):
+    """Anything with ``write(data) -> int``: binary files, a failed file written only if needed."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
 class ResultsFormatError(ValueError):
     """A results file is not what the service writes (a line is not a JSON object, bad base64...).
 

@@ -13,7 +13,7 @@ import json
 import logging
 from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from airflow_provider_maas.batch.lines import ResultsFormatError, iter_lines
+from airflow_provider_maas.batch.lines import ResultsFormatError, Writable, iter_lines
 from airflow_provider_maas.batch.matching import Answer, AnswerStore, reader
 from airflow_provider_maas.batch.request_lines import RequestLine, iter_request_lines
 from airflow_provider_maas.batch.results import (
@@ -31,6 +31,7 @@ from airflow_provider_maas.batch.shards import source_label
 from airflow_provider_maas.client.states import job_outcome
 from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSIntegrityError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
+from airflow_provider_maas.storage.writes import atomic_writer_if_written
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -92,7 +93,8 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
     seen: set[bytes] = set()
     duplicates = 0
     with contextlib.ExitStack() as stack:
-        failed_out = stack.enter_context(atomic_writer(to_path(failed_destination))) if failed_destination else None
+        failed_path = to_path(failed_destination) if failed_destination else None
+        failed_out = stack.enter_context(atomic_writer_if_written(failed_path)) if failed_path else None
         handle = stack.enter_context(open_source(results, what="results file"))
         label = source_label(results, "results file")
         for line_number, _, line in iter_lines(handle, label):
@@ -111,6 +113,8 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
     _log_failures(summary, "the results")
     result: dict[str, Any] = summary.as_dict()
     result.update(missing=summary.missing, duplicates=duplicates, bytes=size)
+    if failed_out is not None:
+        result["failed_uri"] = uri_of(failed_path) if failed_path is not None and failed_out.written else None
     return result
 
 
@@ -177,7 +181,7 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[s
     identical requests each take their own). Requests that failed or have no result are written, as their original input lines, to
     ``<destination stem>.failed.jsonl``. Results matching no request are counted (``unmatched``)
     and logged, never silently dropped from the count. Returns the summary dict plus ``missing``,
-    ``unmatched``, ``bytes`` and ``failed_uri``.
+    ``unmatched``, ``bytes`` and ``failed_uri`` (None, and no file, when every request succeeded).
 
     One index of every result line, on disk (``matching``); when the results of each shard are known
     to answer one range of input lines, :func:`merge_shard_results` keeps that index small.
@@ -194,10 +198,10 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[s
             store.add(source_label(source, what), handle)
         requests_handle = stack.enter_context(open_source(requests, what="requests file"))
         out = stack.enter_context(atomic_writer(dest))
-        failed_out = stack.enter_context(atomic_writer(failed))
+        failed_out = stack.enter_context(atomic_writer_if_written(failed))
         merge.write(store, reader(files, store.sources), iter_request_lines(requests_handle), out, failed_out)
         merge.leftovers(store)
-    return merge.report(dest, failed)
+    return merge.report(dest, failed if failed_out.written else None)
 
 
 @results_from_service
@@ -226,7 +230,7 @@ def merge_shard_results(
         store = stack.enter_context(AnswerStore())
         requests_handle = stack.enter_context(open_source(requests, what="requests file"))
         out = stack.enter_context(atomic_writer(dest))
-        failed_out = stack.enter_context(atomic_writer(failed))
+        failed_out = stack.enter_context(atomic_writer_if_written(failed))
         lines = _LineRange(iter_request_lines(requests_handle))
         previous = 0
         for number, (source, first_line, last_line) in enumerate(parts):
@@ -253,7 +257,7 @@ def merge_shard_results(
             merge.leftovers(store)
         store.clear()
         merge.write(store, reader({}, store.sources), lines.upto(None), out, failed_out)
-    return merge.report(dest, failed)
+    return merge.report(dest, failed if failed_out.written else None)
 
 
 def line_digest(line: RequestLine) -> bytes:
@@ -304,7 +308,7 @@ class OrderedWriter:
         read: Callable[[Answer], bytes],
         lines: Iterable[RequestLine],
         out: IO[bytes],
-        failed_out: IO[bytes],
+        failed_out: Writable,
         *,
         shared: bool = False,
         each: Callable[[ResultRecord, Answer | None, bool], None] | None = None,
@@ -359,6 +363,6 @@ class OrderedWriter:
             duplicates=self.duplicates,
             unmatched=self.unmatched,
             bytes=self.written,
-            failed_uri=uri_of(failed),
+            failed_uri=None if failed is None else uri_of(failed),
         )
         return result

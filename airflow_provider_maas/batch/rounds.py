@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from airflow_provider_maas.batch.cost import cost_of
-from airflow_provider_maas.batch.lines import iter_lines
+from airflow_provider_maas.batch.lines import Writable, iter_lines
 from airflow_provider_maas.batch.matching import OK_TAILS, Answer, AnswerStore, reader
 from airflow_provider_maas.batch.merge import OrderedWriter, line_digest, results_from_service
 from airflow_provider_maas.batch.request_lines import iter_request_lines
@@ -197,7 +197,7 @@ def write_retries(
 def merge_answers(
     source: IO[bytes],
     out: IO[bytes],
-    failed_out: IO[bytes],
+    failed_out: Writable,
     *,
     reuse: Sequence[Any],
     results: Sequence[Any],

@@ -21,6 +21,7 @@ from airflow_provider_maas.batch.shards import check_unchanged
 from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSJobFailedError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
+from airflow_provider_maas.storage.writes import atomic_writer_if_written
 
 if TYPE_CHECKING:
     from airflow_provider_maas.batch.journal import BatchJournal
@@ -85,7 +86,7 @@ def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[s
     with (
         open_source(settings.source) as source,
         atomic_writer(dest) as out,
-        atomic_writer(failed) as failed_out,
+        atomic_writer_if_written(failed) as failed_out,
     ):
         summary = merge_answers(
             source,
@@ -98,7 +99,7 @@ def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[s
             deduplicate=settings.deduplicate,
             prices=settings.prices,
         )
-    summary["failed_uri"] = uri_of(failed)
+    summary["failed_uri"] = uri_of(failed) if failed_out.written else None  # no failed file when none failed
     if summary["unmatched"]:
         log.warning(
             "%d result lines match no request of the input; they are not in %s", summary["unmatched"], uri_of(dest)
