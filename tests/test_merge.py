@@ -109,3 +109,12 @@ def test_the_failed_file_exists_only_when_a_request_failed_and_a_stale_one_is_re
     failed.write_bytes(b"stale\n")
     summary = summarise_results(answered, failed_destination=failed)
     assert (summary["failed"], summary["failed_uri"], failed.exists()) == (0, None, False)
+
+
+def test_without_the_input_a_duplicate_is_a_line_repeated_byte_for_byte(tmp_path: Path):
+    same = result_line(echo(request(1)), "answer")
+    other = result_line(echo(request(1)), "another answer")  # an identical request answered again: not a duplicate
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(same + other + same)
+    summary = summarise_results(results)
+    assert (summary["requests"], summary["duplicates"]) == (2, 1)

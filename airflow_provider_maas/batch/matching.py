@@ -12,7 +12,9 @@ What is left once every request is paired (:meth:`AnswerStore.leftovers`), defin
 - **unmatched**: a result line no input request asks for (its request is another, or it has none);
 - **duplicate**: a successful result line of a request that did not use it (a second answer:
   beyond the first when identical requests share one answer, beyond the number of identical
-  requests when each gets its own). A failure superseded by a success is neither.
+  requests when each gets its own). A failure superseded by a success is neither. Without the input
+  (a download without ``requests=``) only a line repeating an earlier one byte for byte can be told
+  a duplicate (:meth:`AnswerStore.repeats_a_line`).
 
 The index lives in a temporary SQLite file, not in Python objects: memory stays flat (SQLite's
 page cache, 16 MiB at most) whatever the number of results, and a 1,000,000-line index is about
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import itertools
 import json
 import os
@@ -131,6 +134,7 @@ class AnswerStore:
         # How many requests of each digest were matched so far (the k-th identical request gets the k-th success).
         self._db.execute("CREATE TABLE seen (digest BLOB PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID")
         self._db.execute("CREATE TABLE asked (pos INTEGER PRIMARY KEY, digest BLOB NOT NULL)")
+        self._db.execute("CREATE TABLE lines (digest BLOB PRIMARY KEY) WITHOUT ROWID")
         # One transaction for the store's life: no commit (a write of every changed page) per statement. The
         # file is scratch (no journal): it is never read again once closed, whatever state it is in.
         self._db.execute("BEGIN")
@@ -213,6 +217,12 @@ class AnswerStore:
                     found = db.execute(_KTH_SUCCESS, (key, k - 1)).fetchone() or found
                 source, line, offset, length, ok = found
                 yield item, None if source is None else Answer(source, line, offset, length, bool(ok)), k > 1
+
+    def repeats_a_line(self, line: bytes) -> bool:
+        """True if a byte-identical line was passed here before (and remember this one): the duplicates
+        of a results file read without its input."""
+        digest = hashlib.blake2b(line, digest_size=16).digest()
+        return self._db.execute("INSERT OR IGNORE INTO lines VALUES (?)", (digest,)).rowcount == 0
 
     def leftovers(self, first_source: int = 0, *, shared: bool) -> Leftovers:
         """Result lines of sources ``first_source`` on that no request used, once :meth:`match` ran

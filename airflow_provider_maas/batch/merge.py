@@ -85,24 +85,22 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
 
     Failed requests are written as ``{"request": ...}`` lines with the service's null-valued
     fields removed, ready to resubmit. A line that repeats an earlier line byte for byte is counted
-    in ``duplicates`` only, not as another request. Returns the summary dict (see
+    in ``duplicates`` only, not as another request (``matching``; remembered on disk, not in memory). Returns the summary dict (see
     ``ResultSummary``) plus ``missing``, ``duplicates`` and ``bytes``.
     """
 
     summary = ResultSummary()
-    seen: set[bytes] = set()
     duplicates = 0
     with contextlib.ExitStack() as stack:
+        store = stack.enter_context(AnswerStore())
         failed_path = to_path(failed_destination) if failed_destination else None
         failed_out = stack.enter_context(atomic_writer_if_written(failed_path)) if failed_path else None
         handle = stack.enter_context(open_source(results, what="results file"))
         label = source_label(results, "results file")
         for line_number, _, line in iter_lines(handle, label):
-            digest = hashlib.blake2b(line, digest_size=16).digest()
-            if digest in seen:
+            if store.repeats_a_line(line):
                 duplicates += 1
                 continue
-            seen.add(digest)
             record = result_record(load_result_object(line, f"{label} line {line_number}", line_number), line_number)
             summary.add(record)
             if failed_out is not None and not record.succeeded and record.request is not None:
