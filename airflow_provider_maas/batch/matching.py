@@ -228,9 +228,13 @@ class AnswerStore:
         """Result lines of sources ``first_source`` on that no request used, once :meth:`match` ran
         over every request: ``unmatched`` and ``duplicates`` as the module docstring defines them;
         ``first_unmatched`` is ``(source, line)`` of the first unmatched line, or None."""
-        unmatched = self._db.execute(f"SELECT count(*) {_UNMATCHED}", (first_source,)).fetchone()[0]
-        first = self._db.execute(f"SELECT source, line {_UNMATCHED} ORDER BY rowid LIMIT 1", (first_source,)).fetchone()
-        duplicates = self._db.execute(_DUPLICATES, (int(shared), first_source)).fetchone()[0]
+        query = f"SELECT (SELECT count(*) {_UNMATCHED}), ({_DUPLICATES})"
+        unmatched, duplicates = self._db.execute(query, (first_source, int(shared))).fetchone()
+        first = None
+        if unmatched:
+            first = self._db.execute(
+                f"SELECT source, line {_UNMATCHED} ORDER BY rowid LIMIT 1", (first_source,)
+            ).fetchone()
         return Leftovers(unmatched, duplicates, None if first is None else tuple(first))
 
 
@@ -261,14 +265,14 @@ _COUNT_SEEN = (
     "INSERT INTO seen SELECT digest, count(*) FROM asked WHERE true GROUP BY digest"
     " ON CONFLICT (digest) DO UPDATE SET n = n + excluded.n"
 )
-_UNMATCHED = "FROM answers WHERE source >= ? AND digest NOT IN (SELECT digest FROM seen)"
+_UNMATCHED = "FROM answers WHERE source >= ?1 AND digest NOT IN (SELECT digest FROM seen)"
 #: Successes of asked requests beyond those used: the first (shared), or as many as identical requests.
 _DUPLICATES = """
 SELECT count(*) FROM (
     SELECT answers.source, seen.n,
            ROW_NUMBER() OVER (PARTITION BY answers.digest ORDER BY answers.rowid) AS r
     FROM answers JOIN seen ON seen.digest = answers.digest WHERE answers.ok = 1
-) WHERE r > CASE WHEN ?1 THEN 1 ELSE n END AND source >= ?2
+) WHERE r > CASE WHEN ?2 THEN 1 ELSE n END AND source >= ?1
 """
 
 
