@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import IO, TYPE_CHECKING, Any, cast
 
-from airflow_provider_maas.batch.lines import ResultsFormatError, iter_lines
+from airflow_provider_maas.batch.lines import ResultsFormatError
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import open_source
 
@@ -147,14 +147,6 @@ def estimate_line(line: bytes, default_max_output: int) -> Tokens:
     """:func:`estimate_request` of one request line (``{"request": {...}}``)."""
     request = json.loads(line).get("request")
     return estimate_request(request if isinstance(request, dict) else {}, default_max_output)
-
-
-def estimate_file(handle: IO[bytes], default_max_output: int = DEFAULT_MAX_OUTPUT_TOKENS) -> Tokens:
-    """The summed estimates of every request line of ``handle`` (one streamed pass)."""
-    total = Tokens()
-    for _, _, line in iter_lines(handle):
-        total.add(estimate_line(line, default_max_output))
-    return total
 
 
 def worst_case_usd(tokens: Tokens, prices: Mapping[str, float]) -> float:
