@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from airflow_provider_maas.batch.lines import ResultsFormatError, iter_lines
-from airflow_provider_maas.batch.results import request_digest
+from airflow_provider_maas.batch.results import load_result_object, request_digest, result_record
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -292,8 +292,9 @@ def _parse(
     "status": ""}``): only the request is decoded. A JSON object text that ends with
     ``"status":""}`` has ``""`` as its last top-level ``status`` (no unescaped quote can sit inside
     a string), and ``"response": {`` right after the request is a top-level object. Any other line
-    (a failure, another layout) is decoded whole. The merge decodes every line it copies whole, so a
-    damaged line is still reported there.
+    (a failure, another layout) is parsed whole by the results reader (``results.load_result_object``,
+    ``ResultRecord.succeeded``: one parser, one meaning of success). The merge parses every line it
+    copies whole, so a damaged line is still reported there.
     """
     try:
         text = line.decode("utf-8")
@@ -303,17 +304,10 @@ def _parse(
                 if isinstance(request, dict) and text.startswith(_RESPONSE, end) and text.rstrip().endswith(_OK_TAILS):
                     return request, True
                 break
-        obj, end = decode(text)
-        if not isinstance(obj, dict) or text[end:].strip():
-            raise ValueError
     except (ValueError, RecursionError):
-        raise ResultsFormatError(
-            f"{label} line {line_number}: not a JSON object; is this a MaaS results file?",
-            line_number=line_number,
-        ) from None
-    request = obj.get("request")
-    ok = obj.get("status") in ("", None) and isinstance(obj.get("response"), dict)
-    return (request if isinstance(request, dict) else None), ok
+        pass  # not the service's layout: the whole line is parsed below, which names what is wrong
+    record = result_record(load_result_object(line, f"{label} line {line_number}", line_number), line_number)
+    return record.request, record.succeeded
 
 
 def reader(files: Mapping[int, IO[bytes]], labels: Sequence[str]) -> Callable[[Answer], bytes]:
