@@ -44,8 +44,10 @@ if TYPE_CHECKING:
 
 #: SQLite's "database or disk is full" (``sqlite3.SQLITE_FULL`` from Python 3.11).
 _SQLITE_FULL = 13
-#: Rows inserted per ``executemany``; requests paired per query.
+#: Rows inserted per ``executemany``.
 _BATCH = 20_000
+#: Requests paired per query: held in memory with their parsed request until written (a few MB).
+_MATCH_BLOCK = 2_000
 #: The digest of a result line without a ``request`` object: no request has it (always unmatched).
 NO_REQUEST = b""
 
@@ -139,6 +141,8 @@ class AnswerStore:
         # file is scratch (no journal): it is never read again once closed, whatever state it is in.
         self._db.execute("BEGIN")
         self._indexed = False
+        self._rows = 0  # answers rows since the last clear()
+        self._used: set[tuple[int, int]] | None = set()  # (source, line) given out, while there are few rows
         self.sources: list[str] = []
         self.added: list[Added] = []
 
@@ -176,8 +180,10 @@ class AnswerStore:
                 rows.append((digest, ok, source, line_number, offset, len(line)))
                 if len(rows) >= _BATCH:
                     db.executemany("INSERT INTO answers VALUES (?,?,?,?,?,?)", rows)
+                    self._rows += len(rows)
                     rows.clear()
         db.executemany("INSERT INTO answers VALUES (?,?,?,?,?,?)", rows)
+        self._rows += len(rows)
         self.added.append(Added(lines, succeeded))
         return self.added[-1]
 
@@ -190,6 +196,7 @@ class AnswerStore:
         """Forget every answer and every request matched (the file and its sources numbering stay)."""
         for table in ("answers", "seen"):
             self._db.execute(f"DELETE FROM {table}")
+        self._rows, self._used = 0, set()
 
     # Asking ---------------------------------------------------------------------------------
     def match(
@@ -204,9 +211,11 @@ class AnswerStore:
             gets the k-th success, and a failure when they run out). A failure is always shared.
         """
         self._index()
+        if self._rows > _MATCH_BLOCK:
+            self._used = None  # too many to follow in memory: leftovers() asks the file
         db = self._db
         items = iter(items)
-        while block := list(itertools.islice(items, _BATCH)):
+        while block := list(itertools.islice(items, _MATCH_BLOCK)):
             digests = [digest(item) for item in block]
             db.execute("DELETE FROM asked")
             db.executemany("INSERT INTO asked VALUES (?, ?)", enumerate(digests))
@@ -216,6 +225,8 @@ class AnswerStore:
                 if k > 1 and not shared:  # the k-th identical request: the k-th success, if there is one
                     found = db.execute(_KTH_SUCCESS, (key, k - 1)).fetchone() or found
                 source, line, offset, length, ok = found
+                if source is not None and self._used is not None:
+                    self._used.add((source, line))
                 yield item, None if source is None else Answer(source, line, offset, length, bool(ok)), k > 1
 
     def repeats_a_line(self, line: bytes) -> bool:
@@ -228,6 +239,8 @@ class AnswerStore:
         """Result lines of sources ``first_source`` on that no request used, once :meth:`match` ran
         over every request: ``unmatched`` and ``duplicates`` as the module docstring defines them;
         ``first_unmatched`` is ``(source, line)`` of the first unmatched line, or None."""
+        if self._used is not None and len(self._used) == self._rows:
+            return Leftovers(0, 0, None)  # every line was given to a request (a shard's usual case)
         query = f"SELECT (SELECT count(*) {_UNMATCHED}), ({_DUPLICATES})"
         unmatched, duplicates = self._db.execute(query, (first_source, int(shared))).fetchone()
         first = None
