@@ -187,7 +187,8 @@ class AnswerStore:
         self.added.append(Added(lines, succeeded))
         return self.added[-1]
 
-    def _index(self) -> None:
+    def build_index(self) -> None:
+        """Build the lookup index now (:meth:`match` builds it first otherwise): after the bulk insert."""
         if not self._indexed:  # after the first bulk insert (a sort), then kept up to date by SQLite
             self._db.execute("CREATE INDEX IF NOT EXISTS by_digest ON answers (digest, ok)")  # no ANALYZE: one index
             self._indexed = True
@@ -210,7 +211,7 @@ class AnswerStore:
         :param shared: Identical requests share the first success (else the k-th identical request
             gets the k-th success, and a failure when they run out). A failure is always shared.
         """
-        self._index()
+        self.build_index()
         if self._rows > _MATCH_BLOCK:
             self._used = None  # too many to follow in memory: leftovers() asks the file
         db = self._db
