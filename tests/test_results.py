@@ -294,3 +294,18 @@ def test_record_is_frozen():
     record = ResultRecord(1, None, None, "", None, None, {}, None)
     with pytest.raises(AttributeError):
         record.status = "x"  # type: ignore[misc]
+
+
+def test_identical_requests_in_later_blocks_take_the_next_answers(monkeypatch):
+    import airflow_provider_maas.batch.matching as matching
+
+    monkeypatch.setattr(matching, "_MATCH_BLOCK", 2)  # the rank of a request carries over from block to block
+    lines = [result_line(echo(request(1)), text) for text in ("a", "b", "c")] + [result_line(echo(request(2)), "d")]
+    with AnswerStore() as store:
+        store.add("r", io.BytesIO(b"".join(lines)))
+        asked = [request(1), request(2), request(1), request(1), request(1)]
+        matched = list(store.match(asked, request_digest, shared=False))
+        left = store.leftovers(shared=False)
+    assert [answer.line if answer else None for _, answer, _ in matched] == [1, 4, 2, 3, None]
+    assert [repeated for _, _, repeated in matched] == [False, False, True, True, True]
+    assert (left.unmatched, left.duplicates) == (0, 0)

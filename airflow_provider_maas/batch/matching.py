@@ -135,7 +135,8 @@ class AnswerStore:
         )
         # How many requests of each digest were matched so far (the k-th identical request gets the k-th success).
         self._db.execute("CREATE TABLE seen (digest BLOB PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID")
-        self._db.execute("CREATE TABLE asked (pos INTEGER PRIMARY KEY, digest BLOB NOT NULL)")
+        # The requests being paired: ``r`` is each one's rank among identical requests of its block (1: the first).
+        self._db.execute("CREATE TABLE asked (pos INTEGER PRIMARY KEY, digest BLOB NOT NULL, r INTEGER NOT NULL)")
         self._db.execute("CREATE TABLE lines (digest BLOB PRIMARY KEY) WITHOUT ROWID")
         # One transaction for the store's life: no commit (a write of every changed page) per statement. The
         # file is scratch (no journal): it is never read again once closed, whatever state it is in.
@@ -218,8 +219,13 @@ class AnswerStore:
         items = iter(items)
         while block := list(itertools.islice(items, _MATCH_BLOCK)):
             digests = [digest(item) for item in block]
+            ranks: dict[bytes, int] = {}
+            asked = []
+            for pos, key in enumerate(digests):
+                ranks[key] = rank = ranks.get(key, 0) + 1
+                asked.append((pos, key, rank))
             db.execute("DELETE FROM asked")
-            db.executemany("INSERT INTO asked VALUES (?, ?)", enumerate(digests))
+            db.executemany("INSERT INTO asked VALUES (?, ?, ?)", asked)
             rows = db.execute(_PAIR, (int(shared),)).fetchall()
             db.execute(_COUNT_SEEN)
             for item, key, (k, *found) in zip(block, digests, rows, strict=True):
@@ -256,8 +262,7 @@ class AnswerStore:
 #: then the first success (shared, or k = 1), else the last failure; :data:`_KTH_SUCCESS` for the others.
 _PAIR = """
 WITH numbered AS (
-    SELECT asked.pos, asked.digest,
-           COALESCE(seen.n, 0) + ROW_NUMBER() OVER (PARTITION BY asked.digest ORDER BY asked.pos) AS k
+    SELECT asked.pos, asked.digest, COALESCE(seen.n, 0) + asked.r AS k
     FROM asked LEFT JOIN seen ON seen.digest = asked.digest
 ), chosen AS (
     SELECT pos, k, COALESCE(
