@@ -48,8 +48,8 @@ def test_4_a_retry_starting_while_the_zombie_removes_the_finished_state_pays_not
     import shutil
 
     from airflow_provider_maas.batch import resume
-    from airflow_provider_maas.batch.journal import BatchJournal
     from airflow_provider_maas.batch import run as _batch
+    from airflow_provider_maas.batch.journal import BatchJournal
 
     if removed == "half":
         remove = BatchJournal.remove
