@@ -309,3 +309,33 @@ def test_identical_requests_in_later_blocks_take_the_next_answers(monkeypatch):
     assert [answer.line if answer else None for _, answer, _ in matched] == [1, 4, 2, 3, None]
     assert [repeated for _, _, repeated in matched] == [False, False, True, True, True]
     assert (left.unmatched, left.duplicates) == (0, 0)
+
+
+def test_a_shard_is_merged_in_three_statements_and_its_leftovers_are_its_own(monkeypatch):
+    import airflow_provider_maas.batch.matching as matching
+
+    calls: list[str] = []
+    for name in ("execute", "executemany"):
+        method = getattr(matching._Db, name)
+        monkeypatch.setattr(
+            matching._Db, name, lambda db, *args, method=method: calls.append(args[0]) or method(db, *args)
+        )
+    found = []
+    with AnswerStore() as store:
+        store.build_index()
+        for shard in range(3):
+            asked = [request(n) for n in range(shard * 10, shard * 10 + 10)]
+            lines = [result_line(echo(req), "a") for req in reversed(asked)]
+            lines += (
+                [result_line({"contents": [{"parts": [{"text": "never asked"}]}]})] if shard else []
+            )  # leftovers ask the file
+            before = len(calls)
+            store.clear()  # a result line of one shard never answers a request of another
+            store.add(f"shard {shard}", io.BytesIO(b"".join(lines)))
+            answers = [answer for _, answer, _ in store.match(asked, request_digest, shared=False)]
+            paired = len(calls) - before
+            left = store.leftovers(shared=False)
+            found.append((paired, all(answer and answer.succeeded for answer in answers), left.unmatched))
+    # clear (nothing to delete before the first shard), one insert of the lines, one query pairing the requests
+    assert [paired for paired, _, _ in found] == [2, 3, 4]  # + the counts of shard 1, read by its leftovers
+    assert [(ok, unmatched) for _, ok, unmatched in found] == [(True, 0), (True, 1), (True, 1)]

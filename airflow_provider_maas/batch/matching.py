@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import itertools
 import json
@@ -36,7 +37,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from airflow_provider_maas.batch.lines import ResultsFormatError, iter_lines
-from airflow_provider_maas.batch.results import load_result_object, request_digest, result_record
+from airflow_provider_maas.batch.results import load_result_object, request_and_success, request_digest
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -46,8 +47,9 @@ if TYPE_CHECKING:
 _SQLITE_FULL = 13
 #: Rows inserted per ``executemany``.
 _BATCH = 20_000
-#: Requests paired per query: held in memory with their parsed request until written (a few MB).
-_MATCH_BLOCK = 2_000
+#: Requests paired per query: held in memory with their parsed request until written (a few MB). Two
+#: bound values a request: SQLite before 3.32 takes at most 999 in one statement.
+_MATCH_BLOCK = 2_000 if sqlite3.sqlite_version_info >= (3, 32) else 400
 #: The digest of a result line without a ``request`` object: no request has it (always unmatched).
 NO_REQUEST = b""
 
@@ -134,9 +136,9 @@ class AnswerStore:
             " line INTEGER NOT NULL, offset INTEGER NOT NULL, length INTEGER NOT NULL)"
         )
         # How many requests of each digest were matched so far (the k-th identical request gets the k-th success).
+        # Written only when read: before a second block of requests, or when leftovers() must ask the file. A
+        # shard's requests are one block whose leftovers are known without a query: its counts stay in memory.
         self._db.execute("CREATE TABLE seen (digest BLOB PRIMARY KEY, n INTEGER NOT NULL) WITHOUT ROWID")
-        # The requests being paired: ``r`` is each one's rank among identical requests of its block (1: the first).
-        self._db.execute("CREATE TABLE asked (pos INTEGER PRIMARY KEY, digest BLOB NOT NULL, r INTEGER NOT NULL)")
         self._db.execute("CREATE TABLE lines (digest BLOB PRIMARY KEY) WITHOUT ROWID")
         # One transaction for the store's life: no commit (a write of every changed page) per statement. The
         # file is scratch (no journal): it is never read again once closed, whatever state it is in.
@@ -144,6 +146,8 @@ class AnswerStore:
         self._indexed = False
         self._rows = 0  # answers rows since the last clear()
         self._used: set[tuple[int, int]] | None = set()  # (source, line) given out, while there are few rows
+        self._unseen: dict[bytes, int] = {}  # requests matched per digest, not yet added to the seen table
+        self._seen_rows = False  # the seen table has rows (since the last clear())
         self.sources: list[str] = []
         self.added: list[Added] = []
 
@@ -196,9 +200,17 @@ class AnswerStore:
 
     def clear(self) -> None:
         """Forget every answer and every request matched (the file and its sources numbering stay)."""
-        for table in ("answers", "seen"):
-            self._db.execute(f"DELETE FROM {table}")
-        self._rows, self._used = 0, set()
+        if self._rows:
+            self._db.execute("DELETE FROM answers")
+        if self._seen_rows:
+            self._db.execute("DELETE FROM seen")
+        self._rows, self._used, self._unseen, self._seen_rows = 0, set(), {}, False
+
+    def _write_seen(self) -> None:
+        """Add the requests matched since the last call to the seen table (which the queries read)."""
+        if self._unseen:
+            self._db.executemany(_ADD_SEEN, self._unseen.items())
+            self._unseen, self._seen_rows = {}, True
 
     # Asking ---------------------------------------------------------------------------------
     def match(
@@ -218,16 +230,14 @@ class AnswerStore:
         db = self._db
         items = iter(items)
         while block := list(itertools.islice(items, _MATCH_BLOCK)):
+            self._write_seen()  # the counts of the blocks before this one, read by its query
             digests = [digest(item) for item in block]
-            ranks: dict[bytes, int] = {}
-            asked = []
-            for pos, key in enumerate(digests):
-                ranks[key] = rank = ranks.get(key, 0) + 1
-                asked.append((pos, key, rank))
-            db.execute("DELETE FROM asked")
-            db.executemany("INSERT INTO asked VALUES (?, ?, ?)", asked)
-            rows = db.execute(_PAIR, (int(shared),)).fetchall()
-            db.execute(_COUNT_SEEN)
+            counts = self._unseen
+            asked: list[bytes | int] = []
+            for key in digests:
+                counts[key] = rank = counts.get(key, 0) + 1
+                asked += (key, rank)
+            rows = db.execute(_pair_query(len(block), shared), asked).fetchall()
             for item, key, (k, *found) in zip(block, digests, rows, strict=True):
                 if k > 1 and not shared:  # the k-th identical request: the k-th success, if there is one
                     found = db.execute(_KTH_SUCCESS, (key, k - 1)).fetchone() or found
@@ -248,6 +258,7 @@ class AnswerStore:
         ``first_unmatched`` is ``(source, line)`` of the first unmatched line, or None."""
         if self._used is not None and len(self._used) == self._rows:
             return Leftovers(0, 0, None)  # every line was given to a request (a shard's usual case)
+        self._write_seen()
         query = f"SELECT (SELECT count(*) {_UNMATCHED}), ({_DUPLICATES})"
         unmatched, duplicates = self._db.execute(query, (first_source, int(shared))).fetchone()
         first = None
@@ -258,15 +269,24 @@ class AnswerStore:
         return Leftovers(unmatched, duplicates, None if first is None else tuple(first))
 
 
+@functools.lru_cache(maxsize=32)
+def _pair_query(requests: int, shared: bool) -> str:
+    """The one query pairing a block of ``requests`` requests, bound as ``digest, r`` each (``r``: the
+    request's rank among identical ones of its block, 1 the first): :data:`_PAIR` with the block in it."""
+    asked = ",".join(f"({pos},?,?)" for pos in range(requests))
+    return _PAIR.format(asked=asked, shared=int(shared))
+
+
 #: Each asked request's answer: ``k`` its rank among identical requests so far (1: the first),
 #: then the first success (shared, or k = 1), else the last failure; :data:`_KTH_SUCCESS` for the others.
+#: One statement a block: the requests are bound in its ``VALUES`` (no table to fill and empty first).
 _PAIR = """
-WITH numbered AS (
+WITH asked (pos, digest, r) AS (VALUES {asked}), numbered AS (
     SELECT asked.pos, asked.digest, COALESCE(seen.n, 0) + asked.r AS k
     FROM asked LEFT JOIN seen ON seen.digest = asked.digest
 ), chosen AS (
     SELECT pos, k, COALESCE(
-        CASE WHEN ?1 OR k = 1 THEN
+        CASE WHEN {shared} OR k = 1 THEN
             (SELECT rowid FROM answers WHERE answers.digest = numbered.digest AND ok = 1 ORDER BY rowid LIMIT 1)
         END,
         (SELECT rowid FROM answers WHERE answers.digest = numbered.digest AND ok = 0 ORDER BY rowid DESC LIMIT 1)
@@ -280,10 +300,7 @@ ORDER BY chosen.pos
 _KTH_SUCCESS = (
     "SELECT source, line, offset, length, ok FROM answers WHERE digest = ? AND ok = 1 ORDER BY rowid LIMIT 1 OFFSET ?"
 )
-_COUNT_SEEN = (
-    "INSERT INTO seen SELECT digest, count(*) FROM asked WHERE true GROUP BY digest"
-    " ON CONFLICT (digest) DO UPDATE SET n = n + excluded.n"
-)
+_ADD_SEEN = "INSERT INTO seen VALUES (?, ?) ON CONFLICT (digest) DO UPDATE SET n = n + excluded.n"
 _UNMATCHED = "FROM answers WHERE source >= ?1 AND digest NOT IN (SELECT digest FROM seen)"
 #: Successes of asked requests beyond those used: the first (shared), or as many as identical requests.
 _DUPLICATES = """
@@ -299,7 +316,6 @@ _HEADS = ('{"request": ', '{"request":')
 _RESPONSE = (', "response": {', ',"response":{')
 #: How a successful line of the service ends (bytes: see :func:`_parse` for why it is enough).
 OK_TAILS = (b'"status":""}', b'"status": ""}')
-_OK_TAILS = tuple(tail.decode() for tail in OK_TAILS)
 
 
 def _parse(
@@ -312,21 +328,21 @@ def _parse(
     ``"status":""}`` has ``""`` as its last top-level ``status`` (no unescaped quote can sit inside
     a string), and ``"response": {`` right after the request is a top-level object. Any other line
     (a failure, another layout) is parsed whole by the results reader (``results.load_result_object``,
-    ``ResultRecord.succeeded``: one parser, one meaning of success). The merge parses every line it
+    ``results.request_and_success``: one parser, one meaning of success). The merge parses every line it
     copies whole, so a damaged line is still reported there.
     """
-    try:
-        text = line.decode("utf-8")
-        for head in _HEADS:
-            if text.startswith(head):
-                request, end = decode(text, len(head))
-                if isinstance(request, dict) and text.startswith(_RESPONSE, end) and text.rstrip().endswith(_OK_TAILS):
-                    return request, True
-                break
-    except (ValueError, RecursionError):
-        pass  # not the service's layout: the whole line is parsed below, which names what is wrong
-    record = result_record(load_result_object(line, f"{label} line {line_number}", line_number), line_number)
-    return record.request, record.succeeded
+    if line.rstrip().endswith(OK_TAILS):  # the tail first: a failure's request is not decoded twice
+        try:
+            text = line.decode("utf-8")
+            for head in _HEADS:
+                if text.startswith(head):
+                    request, end = decode(text, len(head))
+                    if isinstance(request, dict) and text.startswith(_RESPONSE, end):
+                        return request, True
+                    break
+        except (ValueError, RecursionError):
+            pass  # not the service's layout: the whole line is parsed below, which names what is wrong
+    return request_and_success(load_result_object(line, f"{label} line {line_number}", line_number))
 
 
 def reader(files: Mapping[int, IO[bytes]], labels: Sequence[str]) -> Callable[[Answer], bytes]:

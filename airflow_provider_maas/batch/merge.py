@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import logging
 from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
@@ -241,7 +242,8 @@ def merge_shard_results(
             what = f"results of shard #{number}"
             digest = hashlib.sha256()
             store.clear()  # a result line of one shard never answers a request of another
-            with open_source(source, what=what) as handle:
+            with open_source(source, what=what) as opened:
+                handle = _in_memory_if_small(opened)
                 store.add(source_label(source, what), handle)
                 read = reader({len(store.sources) - 1: handle}, store.sources)
                 merge.write(store, read, _hashed(lines.upto(last_line), digest), out, failed_out)
@@ -256,6 +258,21 @@ def merge_shard_results(
         store.clear()
         merge.write(store, reader({}, store.sources), lines.upto(None), out, failed_out)
     return merge.report(dest, failed if failed_out.written else None)
+
+
+#: A shard's results up to this size are read in one call and paired from memory: a seek and a read
+#: per answer through the storage layer's file object (remote, or tracked for lineage) cost more
+#: than pairing them.
+SMALL_SHARD_BYTES = 1024 * 1024
+
+
+def _in_memory_if_small(handle: IO[bytes]) -> IO[bytes]:
+    """``handle``'s bytes in memory when there are at most :data:`SMALL_SHARD_BYTES`, else ``handle`` rewound."""
+    data = handle.read(SMALL_SHARD_BYTES + 1)
+    if len(data) <= SMALL_SHARD_BYTES:
+        return io.BytesIO(data)
+    handle.seek(0)
+    return handle
 
 
 def line_digest(line: RequestLine) -> bytes:

@@ -111,7 +111,7 @@ class ResultRecord:
     @property
     def succeeded(self) -> bool:
         """True if the service answered this request without error."""
-        return self.status == "" and self.response is not None
+        return _succeeded(self.status, self.response)
 
     @property
     def error(self) -> str | None:
@@ -119,6 +119,19 @@ class ResultRecord:
         if self.status:
             return self.status
         return None if self.response is not None else "no response"
+
+
+def _succeeded(status: str, response: dict[str, Any] | None) -> bool:
+    """The one rule of success: no ``status`` (its text, :func:`_status_text`) and a ``response`` object."""
+    return status == "" and response is not None
+
+
+def request_and_success(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """A loaded results line's ``request`` object (None if it has none) and whether it succeeded, as
+    its :class:`ResultRecord` says, without building the rest of the record (text, usage)."""
+    request, response = obj.get("request"), obj.get("response")
+    succeeded = _succeeded(_status_text(obj.get("status")), response if isinstance(response, dict) else None)
+    return request if isinstance(request, dict) else None, succeeded
 
 
 def _status_text(status: Any) -> str:
