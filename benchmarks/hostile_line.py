@@ -81,7 +81,7 @@ def _pass(name: str, path: str, workdir: str) -> str:
     import functools
     import io
 
-    from airflow_provider_maas.batch.answers import AnswerStore
+    from airflow_provider_maas.batch.matching import AnswerStore
     from airflow_provider_maas.batch.results import ResultsFormatError
     from airflow_provider_maas.batch.rounds import write_requests_to_send
     from airflow_provider_maas.batch.shards import plan_shards

@@ -1,6 +1,6 @@
 """Figure: building the reuse index of ``reuse_results`` over 1,000,000 earlier results.
 
-The provider's ``AnswerStore.add`` (``airflow_provider_maas.batch.answers``) streams a results file
+The provider's ``AnswerStore.add`` (``airflow_provider_maas.batch.matching``) streams a results file
 and indexes each successful answer by the digest of its normalised request (the merge's own
 ``results.request_digest``), in a temporary SQLite file; then builds the lookup index. Measured in
 a fresh interpreter: wall time, CPU time, and peak RSS growth (``VmHWM`` reset once the module is
@@ -124,7 +124,7 @@ def _worker(argv: list[str]) -> None:
         return
     import os
 
-    from airflow_provider_maas.batch.answers import AnswerStore
+    from airflow_provider_maas.batch.matching import AnswerStore
 
     with AnswerStore() as store, open(path, "rb") as handle:
         reset_peak_rss()
@@ -132,7 +132,7 @@ def _worker(argv: list[str]) -> None:
         start, cpu0 = time.perf_counter(), cpu_seconds()
         store.add("earlier", handle, successes_only=True)
         added = time.perf_counter()
-        store.best(b"\0" * 16)  # builds the lookup index, as the first lookup does
+        store.build_index()  # as the first match does
         end = time.perf_counter()
         worker_result(
             {

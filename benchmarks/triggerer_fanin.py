@@ -353,7 +353,7 @@ async def _fan_in(args: argparse.Namespace) -> dict[str, Any]:
         task.cancel()
     await asyncio.gather(*tasks, probe, return_exceptions=True)
     if args.mode == "provider":
-        from airflow_provider_maas.client.transport import close_shared_sessions
+        from airflow_provider_maas.client.sessions import close_shared_sessions
 
         await close_shared_sessions()
     else:

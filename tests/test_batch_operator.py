@@ -264,12 +264,11 @@ def test_object_store_destination_state_and_results(emulator, tmp_path, request)
     local = tmp_path / "results.jsonl"
     local.write_bytes(store_fs.cat("bucket/out/results.jsonl"))
     assert_in_input_order(source, local)
-    assert store_fs.cat("bucket/out/results.failed.jsonl") == b""
-    assert sorted(store_fs.store) == [  # and the record of the ENDPOINT that wrote the results
+    assert sorted(store_fs.store) == [  # the record of the ENDPOINT that wrote the results; none failed: no failed file
         "/bucket/out/.results.jsonl.origin.json",
-        "/bucket/out/results.failed.jsonl",
         "/bucket/out/results.jsonl",
     ]
+    assert context["ti"].xcom["summary"]["failed_uri"] is None
     assert emulator.emulator.jobs_created == 3
 
 

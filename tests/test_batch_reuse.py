@@ -47,7 +47,8 @@ def test_failed_requests_are_sent_again_in_one_extra_job_and_end_in_input_order(
     assert all(r.succeeded for r in records)
     assert summary["retry_rounds"] == [{"round": 1, "retried": 2, "succeeded": 2}]
     assert (summary["succeeded"], summary["failed"], summary["jobs"]) == (6, 0, 2)
-    assert (tmp_path / "results.failed.jsonl").read_bytes() == b""
+    assert summary["sent"] == sum(_sent_per_job(handle)) == 8  # every send counted, the retry round's included
+    assert not (tmp_path / "results.failed.jsonl").exists() and summary["failed_uri"] is None
     assert not BatchJournal.for_task(dest, make_context()).root.exists()  # rounds' files removed
 
 
@@ -233,10 +234,8 @@ def test_object_store_reuse_and_retry_round_leave_only_the_results(emulator_fact
     summary = _run(source, "memory://bucket/day2/results.jsonl", reuse_results=first)
     assert handle.emulator.jobs_created == 2 and summary["reused"] == 30
     assert store_fs.cat("bucket/day2/results.jsonl") == store_fs.cat("bucket/day1/results.jsonl")
-    assert sorted(store_fs.store) == [  # the results, the failed requests, the ENDPOINT that wrote them
-        f"/bucket/{day}/{name}"
-        for day in ("day1", "day2")
-        for name in (".results.jsonl.origin.json", "results.failed.jsonl", "results.jsonl")
+    assert sorted(store_fs.store) == [  # the results and the ENDPOINT that wrote them; none failed: no failed file
+        f"/bucket/{day}/{name}" for day in ("day1", "day2") for name in (".results.jsonl.origin.json", "results.jsonl")
     ]
 
 

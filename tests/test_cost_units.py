@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.answers import _parse
 from airflow_provider_maas.batch.budget import Admission, SpendGate, check_budget, check_same_prices
 from airflow_provider_maas.batch.canary import check_canary, judge, split_first
+from airflow_provider_maas.batch.matching import _parse
 from airflow_provider_maas.batch.plan import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     Tokens,
-    estimate_file,
+    estimate_line,
     estimate_request,
     make_plan,
     worst_case_usd,
@@ -67,8 +67,9 @@ def test_worst_case_prices_output_at_the_dearer_output_price():
 
 
 def test_the_plan_states_its_basis_and_warns_when_the_worst_case_passes_the_cap():
-    handle = io.BytesIO(_lines(_request("hello", max_out=1000), _request("world", max_out=1000)))
-    tokens = estimate_file(handle)
+    tokens = Tokens()
+    for line in _lines(_request("hello", max_out=1000), _request("world", max_out=1000)).splitlines():
+        tokens.add(estimate_line(line, DEFAULT_MAX_OUTPUT_TOKENS))
     plans = plan_shards(io.BytesIO(_lines(_request("hello", max_out=1000), _request("world", max_out=1000))))
     plan = make_plan(
         requests=3,

@@ -213,6 +213,6 @@ def test_killed_workers_and_restarted_triggerers_reattach_to_the_same_jobs(tmp_p
     assert not logs[(TRIGGERER, 2)]
     for dag_id in DAG_IDS:
         assert_in_input_order(requests, work / dag_id / "results.jsonl")
-        assert (work / dag_id / "results.failed.jsonl").read_text() == ""
+        assert not (work / dag_id / "results.failed.jsonl").exists()  # none failed: no failed file
     assert not any(API_KEY in text for text in logs.values())
     print("\ncrash/restart: " + str(phase))

@@ -159,6 +159,6 @@ def test_deferrable_sensor_and_batch_operator_survive_a_triggerer_restart(tmp_pa
     for dag_id, source in requests.items():
         results = work / dag_id / "results.jsonl"
         assert_in_input_order(source, results)
-        assert (results.parent / "results.failed.jsonl").read_text() == ""
+        assert not (results.parent / "results.failed.jsonl").exists()  # none failed: no failed file
     assert "Trigger exited without sending an event" not in logs
     assert API_KEY not in logs

@@ -12,9 +12,9 @@ import tracemalloc
 
 import pytest
 
-from airflow_provider_maas.batch.answers import AnswerStore
+from airflow_provider_maas.batch.lines import MAX_RESULT_LINE_BYTES, ResultsFormatError
+from airflow_provider_maas.batch.matching import AnswerStore
 from airflow_provider_maas.batch.merge import merge_results
-from airflow_provider_maas.batch.results import MAX_RESULT_LINE_BYTES, ResultsFormatError
 from airflow_provider_maas.batch.rounds import write_requests_to_send
 from airflow_provider_maas.batch.shards import plan_shards
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSIntegrityError

@@ -57,7 +57,6 @@ def test_the_chain_reports_its_files_and_the_services(emulator, tmp_path):
     ]
     assert _names(lineage.outputs) == [
         ("file", str(tmp_path / "out" / "results.jsonl")),
-        ("file", str(tmp_path / "out" / "results.failed.jsonl")),
     ]
 
 
@@ -85,7 +84,6 @@ def test_split_and_merge_report_their_files(emulator, tmp_path):
     assert _names(lineage.inputs) == [("file", f"{tmp_path}/part{i}.jsonl") for i in range(2)] + [("file", str(source))]
     assert _names(lineage.outputs) == [
         ("file", str(tmp_path / "merged.jsonl")),
-        ("file", str(tmp_path / "merged.failed.jsonl")),
     ]
 
 
@@ -107,7 +105,7 @@ def test_the_batch_operator_reports_its_input_and_outputs(emulator, tmp_path):
     batch.execute(make_context())
     lineage = batch.get_openlineage_facets_on_complete(None)
     assert _names(lineage.inputs) == [("file", str(source)), ("file", str(earlier))]
-    assert _names(lineage.outputs) == [("file", str(dest)), ("file", str(tmp_path / "out" / "results.failed.jsonl"))]
+    assert _names(lineage.outputs) == [("file", str(dest))]  # none failed: no failed file
 
 
 def test_object_store_names_follow_the_openlineage_spec():

@@ -87,3 +87,34 @@ def test_a_damaged_results_file_is_an_integrity_error_naming_the_file_and_line(t
     assert isinstance(info.value.__cause__, ResultsFormatError) and info.value.__cause__.line_number == 2
     with pytest.raises(MaaSIntegrityError, match=rf"^results file file://{results} line 2: not valid JSON"):
         summarise_results(str(results))
+
+
+def test_the_failed_file_exists_only_when_a_request_failed_and_a_stale_one_is_removed(tmp_path: Path):
+    requests, parts = _shards(tmp_path)
+    failed = tmp_path / "out.failed.jsonl"
+    summary = merge_shard_results(parts, requests, tmp_path / "out.jsonl")
+    assert failed.exists() and summary["failed_uri"] == failed.as_uri()
+    answered = tmp_path / "answered.jsonl"  # every request of lines 1-4 answered: nothing failed
+    answered.write_bytes(b"".join(result_line(echo(request(n)), f"answer {n}") for n in range(1, 5)))
+    only_four = tmp_path / "four.jsonl"
+    only_four.write_bytes(b"".join(requests.read_bytes().splitlines(keepends=True)[:4]))
+    for merge in (
+        lambda: merge_results([answered], only_four, tmp_path / "out.jsonl"),
+        lambda: merge_shard_results([(answered, 1, 4)], only_four, tmp_path / "out.jsonl"),
+    ):
+        failed.write_bytes(b"an earlier run's failures\n")
+        summary = merge()
+        assert (summary["failed"], summary["failed_uri"]) == (0, None)
+        assert not failed.exists()  # it would name failures of another run
+    failed.write_bytes(b"stale\n")
+    summary = summarise_results(answered, failed_destination=failed)
+    assert (summary["failed"], summary["failed_uri"], failed.exists()) == (0, None, False)
+
+
+def test_without_the_input_a_duplicate_is_a_line_repeated_byte_for_byte(tmp_path: Path):
+    same = result_line(echo(request(1)), "answer")
+    other = result_line(echo(request(1)), "another answer")  # an identical request answered again: not a duplicate
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(same + other + same)
+    summary = summarise_results(results)
+    assert (summary["requests"], summary["duplicates"]) == (2, 1)

@@ -13,16 +13,16 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.ordering import ResultIndex, line_reader, order_results
+from airflow_provider_maas.batch.lines import iter_line_batches
+from airflow_provider_maas.batch.matching import AnswerStore, reader
 from airflow_provider_maas.batch.results import (
-    MISSING_STATUS,
     ResultRecord,
     ResultsFormatError,
     ResultSummary,
     extract_images,
-    iter_line_batches,
     iter_results,
     parse_result_line,
+    request_digest,
     summarize,
 )
 from tests.helpers import ShortReads
@@ -165,7 +165,7 @@ def echo(req: dict[str, Any]) -> dict[str, Any]:
     return {"generationConfig": None, "contents": contents}
 
 
-def test_order_results_across_sources():
+def test_match_across_sources():
     # 14 input lines; lines 11-14 repeat the requests of lines 1-4 (identical requests).
     inputs = [(n, json.dumps({"request": request(n - 1)}).encode() + b"\n", request(n - 1)) for n in range(1, 15)]
     missing_line, failed_line = 6, 8
@@ -178,50 +178,47 @@ def test_order_results_across_sources():
     strays = [result_line({"contents": [{"parts": [{"text": "never asked"}]}]}), b'{"status": "no request"}\n']
     result_lines += strays  # results matching no input request
     random.Random(3).shuffle(result_lines)
-    sources = {
-        "a": b"".join(result_lines[:5]),
-        "b": b"\n" + b"".join(result_lines[5:9]),
-        "c": b"".join(result_lines[9:]),
-    }
-    files = {name: io.BytesIO(data) for name, data in sources.items()}
-    index = ResultIndex()
-    assert sum(index.add(name, handle) for name, handle in files.items()) == len(result_lines) == len(index)
-    with pytest.raises(ValueError, match="already added"):
-        index.add("a", io.BytesIO(b""))
+    sources = [b"".join(result_lines[:5]), b"\n" + b"".join(result_lines[5:9]), b"".join(result_lines[9:])]
+    files = {number: io.BytesIO(data) for number, data in enumerate(sources)}
+    with AnswerStore() as store:
+        assert sum(store.add(f"results {n}", handle).lines for n, handle in files.items()) == len(result_lines)
+        read = reader(files, store.sources)
+        items = list(store.match(iter(inputs), lambda item: request_digest(item[2]), shared=False))
+        left = store.leftovers(shared=False)
 
-    items = list(order_results(iter(inputs), index, line_reader(files)))
-
-    assert [item.line_number for item in items] == list(range(1, 15))
-    assert [item.request_raw for item in items] == [raw for _, raw, _ in inputs]
-    assert [item.line_number for item in items if item.missing] == [missing_line]
-    assert [item.line_number for item in items if item.failed] == [missing_line, failed_line]
-    missing = items[missing_line - 1]
-    assert (missing.result_raw, missing.record.status, missing.record.error) == (None, MISSING_STATUS, MISSING_STATUS)
-    assert items[failed_line - 1].record.error == "INTERNAL: boom"
-    for item in items:
-        assert item.record.line_number == item.line_number
-        if not item.missing:
-            assert item.result_raw is not None and item.result_raw.endswith(b"\n")
-            assert json.loads(item.result_raw)["request"] == echo(inputs[item.line_number - 1][2])
-            assert item.result_raw in result_lines
+    assert [item[0] for item, _, _ in items] == list(range(1, 15))
+    assert [repeated for _, _, repeated in items] == [False] * 10 + [True] * 4
+    assert [item[0] for item, answer, _ in items if answer is None] == [missing_line]
+    assert [item[0] for item, answer, _ in items if answer and not answer.succeeded] == [failed_line]
+    used = [read(answer) for _, answer, _ in items if answer is not None]
+    for (_, _, req), answer in ((item, answer) for item, answer, _ in items if answer is not None):
+        assert json.loads(read(answer))["request"] == echo(req)
     # Each result line is used once, identical requests included.
-    used = [item.result_raw for item in items if item.result_raw is not None]
-    assert len(used) == len(set(used)) == 13
-    unmatched = index.unmatched()
-    assert len(unmatched) == len(index) == 2
-    texts = sorted(line_reader(files)(u.source_id, u.offset, u.length) for u in unmatched)
-    assert texts == sorted(line.rstrip(b"\n") for line in strays)
-    summary = ResultSummary()
-    for item in items:
-        summary.add(item.record)
-    assert summary.as_dict()["failed"] == 2 and summary.missing == 1 and summary.as_dict()["succeeded"] == 12
+    assert len(used) == len(set(used)) == 13 and all(line + b"\n" in result_lines for line in used)
+    assert (left.unmatched, left.duplicates) == (2, 0)  # the stray and the line without a request
+    assert left.first_unmatched is not None
 
 
-def test_order_results_notices_a_changed_file():
-    index = ResultIndex()
-    index.add("s", io.BytesIO(result_line(request(1))))
-    with pytest.raises(ResultsFormatError, match="results s line 1: read 3 bytes"):
-        list(order_results([(1, b"{}", request(1))], index, lambda *_: b"abc"))
+def test_a_second_success_is_a_duplicate_and_a_superseded_failure_is_not():
+    lines = [result_line(echo(request(1)), None, "INTERNAL"), result_line(echo(request(1)), "a")]
+    lines += [result_line(echo(request(1)), "b"), result_line(echo(request(2)), "c")]
+    for shared, duplicates in ((True, 1), (False, 0)):
+        with AnswerStore() as store:
+            store.add("r", io.BytesIO(b"".join(lines)))
+            twice = [request(1), request(1), request(2)]
+            answers = [answer for _, answer, _ in store.match(twice, request_digest, shared=shared)]
+            left = store.leftovers(shared=shared)
+        assert all(answer is not None and answer.succeeded for answer in answers)
+        assert [answer.line for answer in answers if answer] == ([2, 2, 4] if shared else [2, 3, 4])
+        assert (left.unmatched, left.duplicates, left.first_unmatched) == (0, duplicates, None)
+
+
+def test_reading_a_matched_line_notices_a_changed_file():
+    with AnswerStore() as store:
+        store.add("results s", io.BytesIO(result_line(request(1))))
+        ((_, answer, _),) = store.match([request(1)], request_digest, shared=False)
+        with pytest.raises(ResultsFormatError, match="results s line 1: read 3 bytes"):
+            reader({0: io.BytesIO(b"abc")}, store.sources)(answer)
 
 
 # --------------------------------------------------------------------------- images
@@ -297,3 +294,48 @@ def test_record_is_frozen():
     record = ResultRecord(1, None, None, "", None, None, {}, None)
     with pytest.raises(AttributeError):
         record.status = "x"  # type: ignore[misc]
+
+
+def test_identical_requests_in_later_blocks_take_the_next_answers(monkeypatch):
+    import airflow_provider_maas.batch.matching as matching
+
+    monkeypatch.setattr(matching, "_MATCH_BLOCK", 2)  # the rank of a request carries over from block to block
+    lines = [result_line(echo(request(1)), text) for text in ("a", "b", "c")] + [result_line(echo(request(2)), "d")]
+    with AnswerStore() as store:
+        store.add("r", io.BytesIO(b"".join(lines)))
+        asked = [request(1), request(2), request(1), request(1), request(1)]
+        matched = list(store.match(asked, request_digest, shared=False))
+        left = store.leftovers(shared=False)
+    assert [answer.line if answer else None for _, answer, _ in matched] == [1, 4, 2, 3, None]
+    assert [repeated for _, _, repeated in matched] == [False, False, True, True, True]
+    assert (left.unmatched, left.duplicates) == (0, 0)
+
+
+def test_a_shard_is_merged_in_three_statements_and_its_leftovers_are_its_own(monkeypatch):
+    import airflow_provider_maas.batch.matching as matching
+
+    calls: list[str] = []
+    for name in ("execute", "executemany"):
+        method = getattr(matching._Db, name)
+        monkeypatch.setattr(
+            matching._Db, name, lambda db, *args, method=method: calls.append(args[0]) or method(db, *args)
+        )
+    found = []
+    with AnswerStore() as store:
+        store.build_index()
+        for shard in range(3):
+            asked = [request(n) for n in range(shard * 10, shard * 10 + 10)]
+            lines = [result_line(echo(req), "a") for req in reversed(asked)]
+            lines += (
+                [result_line({"contents": [{"parts": [{"text": "never asked"}]}]})] if shard else []
+            )  # leftovers ask the file
+            before = len(calls)
+            store.clear()  # a result line of one shard never answers a request of another
+            store.add(f"shard {shard}", io.BytesIO(b"".join(lines)))
+            answers = [answer for _, answer, _ in store.match(asked, request_digest, shared=False)]
+            paired = len(calls) - before
+            left = store.leftovers(shared=False)
+            found.append((paired, all(answer and answer.succeeded for answer in answers), left.unmatched))
+    # clear (nothing to delete before the first shard), one insert of the lines, one query pairing the requests
+    assert [paired for paired, _, _ in found] == [2, 3, 4]  # + the counts of shard 1, read by its leftovers
+    assert [(ok, unmatched) for _, ok, unmatched in found] == [(True, 0), (True, 1), (True, 1)]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_maas.batch.answers import AnswerStore
 from airflow_provider_maas.batch.cost import check_prices, cost_of
+from airflow_provider_maas.batch.matching import AnswerStore
 from airflow_provider_maas.batch.results import MISSING_STATUS, ResultsFormatError
 from airflow_provider_maas.batch.rounds import (
     DEFAULT_RETRY_FAILURES,
@@ -83,11 +83,12 @@ def test_store_finds_the_echoed_request_both_layouts_and_prefers_success(tmp_pat
     with AnswerStore() as store, path.open("rb") as handle:
         added = store.add("r", handle)
         assert (added.lines, added.succeeded) == (3, 2)
-        best = store.best(request_digest(request("a")))
-        assert best is not None and best.succeeded and best.line == 2
-        assert store.best(request_digest(request("c"))) is None
-        assert store.best(request_digest(request("b")), take=True).line == 4
-        assert store.best(request_digest(request("b"))) is None  # taken
+        asked = [request(name) for name in ("a", "c", "b", "b")]
+        answers = [answer for _, answer, _ in store.match(asked, request_digest, shared=False)]
+        assert answers[0] is not None and answers[0].succeeded and answers[0].line == 2
+        assert answers[1] is None
+        assert answers[2] is not None and answers[2].line == 4
+        assert answers[3] is None  # its one answer went to the first "b"
 
 
 def test_store_names_file_and_line_of_a_damaged_results_file(tmp_path):
@@ -206,7 +207,7 @@ def test_merge_takes_the_latest_answer_in_input_order_and_counts_origins(tmp_pat
     assert json.loads(out.getvalue().splitlines()[4])["status"] == "LAST REASON"
     assert sent_texts(failed.getvalue()) == ["g", "m"]
     assert summary["requests"] == 6 and summary["succeeded"] == 4 and summary["missing"] == 1
-    assert (summary["reused"], summary["deduplicated"], summary["sent"]) == (1, 1, 4)
+    assert (summary["reused"], summary["deduplicated"]) == (1, 1) and "sent" not in summary  # the batch counts sends
     assert summary["round_succeeded"] == [1, 1]
     assert summary["tokens_reused"]["prompt_tokens"] == 100
     # paid: x, f (10 prompt, 20 candidates, 30 thoughts each); thoughts priced as candidates

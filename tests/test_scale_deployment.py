@@ -218,7 +218,7 @@ def _assert_one_job_per_shard(deployment: dict[str, Any], dag_id: str) -> None:
 def _assert_results(deployment: dict[str, Any], dag_id: str) -> None:
     results = deployment["work"] / dag_id / "results.jsonl"
     assert_in_input_order(deployment["requests"], results)
-    assert (results.parent / "results.failed.jsonl").read_text() == ""
+    assert not (results.parent / "results.failed.jsonl").exists()  # none failed: no failed file
 
 
 def test_one_task_runs_1000_shards_with_bounded_state_and_few_resumes(deployment):

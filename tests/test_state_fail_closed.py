@@ -20,7 +20,7 @@ import warnings
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from airflow_provider_maas.batch import answers
+from airflow_provider_maas.batch import matching
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.recovery import JOBS_KEY, STATE_KEY
 from airflow_provider_maas.batch.state import ShardKey, ShardStatus
@@ -488,7 +488,7 @@ def test_12_a_full_temporary_disk_under_reuse_results_says_where_and_what_to_do(
         db.execute("PRAGMA max_page_count=3")  # SQLite then answers "database or disk is full"
         return db
 
-    monkeypatch.setattr(answers.sqlite3, "connect", tiny_disk)
+    monkeypatch.setattr(matching.sqlite3, "connect", tiny_disk)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
     with pytest.raises(OSError) as full:
         batch_operator(source, dest, reuse_results=str(earlier)).execute(_try())

@@ -243,7 +243,7 @@ def test_a_damaged_reuse_file_is_named_without_its_signature(tmp_path):
     import contextlib
     import io
 
-    from airflow_provider_maas.batch.answers import AnswerStore
+    from airflow_provider_maas.batch.matching import AnswerStore
     from airflow_provider_maas.batch.results import ResultsFormatError
     from airflow_provider_maas.batch.rounds import _open_all
 

@@ -1,12 +1,13 @@
 """The batch data plane: request files in, results files out, and the state of many jobs at once.
 
-Input: ``request_lines`` (what one request line must be), ``shards`` (a file planned and copied as
-shards within the service's limits). Output: ``results`` (reading result lines), ``ordering``
-(matching results to requests, in input order), ``merge`` (results as people use them: ordered,
-summarised, failures set aside), ``parts`` (per-shard results of a batch). Many jobs:
-``state`` (the typed state of a batch), ``journal`` (where it lives, beside the destination),
-``driver`` (transfers and calls in a bounded pool), ``answers``/``rounds``/``cost`` (pay once
-per answer). The one-task batch operator's decisions: ``settings`` (its parameters checked),
+Input: ``lines`` (the one line reader of every JSONL file), ``request_lines`` (what one request
+line must be), ``shards`` (a file planned and copied as shards within the service's limits).
+Output: ``results`` (one result line parsed, summarised), ``matching`` (the one engine pairing
+results with requests, and what unmatched and duplicate mean), ``merge`` (results as people use
+them: in input order, summarised, failures set aside), ``parts`` (per-shard results of a batch).
+Many jobs: ``state`` (the typed state of a batch), ``journal`` (where it lives, beside the
+destination), ``driver`` (transfers and calls in a bounded pool), ``rounds``/``cost`` (pay once
+per answer: reuse, identical requests, retry rounds). The one-task batch operator's decisions: ``settings`` (its parameters checked),
 ``resume`` (take over an earlier try's state, or start over), ``round_files`` (each round's
 requests and results), ``pacing`` (when to resume, when to give up), ``summary`` (the outputs and
 the summary); ``create_guard`` (the create-in-flight marker every job-creating operator writes).

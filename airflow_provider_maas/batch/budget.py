@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.canary import CanaryVerdict, judge
 from airflow_provider_maas.batch.cost import cost_of
+from airflow_provider_maas.batch.lines import iter_lines
 from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS, Bounds, Tokens, worst_case_usd
-from airflow_provider_maas.batch.results import ResultSummary, iter_lines, parse_result_line, request_digest
+from airflow_provider_maas.batch.results import ResultSummary, parse_result_line, request_digest
 from airflow_provider_maas.batch.shards import copy_shard
 from airflow_provider_maas.batch.state import ShardKey, ShardStatus
 from airflow_provider_maas.exceptions import (

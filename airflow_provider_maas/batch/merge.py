@@ -9,19 +9,22 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import logging
 from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from airflow_provider_maas.batch.ordering import OrderedItem, ResultIndex, line_reader, order_results
+from airflow_provider_maas.batch.lines import ResultsFormatError, Writable, iter_lines
+from airflow_provider_maas.batch.matching import Answer, AnswerStore, reader
 from airflow_provider_maas.batch.request_lines import RequestLine, iter_request_lines
 from airflow_provider_maas.batch.results import (
-    ResultsFormatError,
+    ResultRecord,
     ResultSummary,
     extract_images,
-    iter_lines,
     load_result_object,
+    missing_record,
     normalise_request,
+    request_digest,
     result_record,
     status_line,
 )
@@ -29,6 +32,7 @@ from airflow_provider_maas.batch.shards import source_label
 from airflow_provider_maas.client.states import job_outcome
 from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSIntegrityError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
+from airflow_provider_maas.storage.writes import atomic_writer_if_written
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,7 +45,7 @@ _R = TypeVar("_R")
 def results_from_service(function: Callable[_P, _R]) -> Callable[_P, _R]:
     """The one place where a damaged results file becomes a provider error.
 
-    The readers (``results``, ``ordering``, ``answers``) load no Airflow, so they raise
+    The readers (``lines``, ``results``, ``matching``) load no Airflow, so they raise
     ``ResultsFormatError`` (a ``ValueError``) naming the file and line. The functions the operators
     call to read results are wrapped with this decorator, which raises it again as a
     :class:`~airflow_provider_maas.exceptions.MaaSIntegrityError` (a ``MaaSError``: the results are
@@ -82,23 +86,22 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
 
     Failed requests are written as ``{"request": ...}`` lines with the service's null-valued
     fields removed, ready to resubmit. A line that repeats an earlier line byte for byte is counted
-    in ``duplicates`` only, not as another request. Returns the summary dict (see
+    in ``duplicates`` only, not as another request (``matching``; remembered on disk, not in memory). Returns the summary dict (see
     ``ResultSummary``) plus ``missing``, ``duplicates`` and ``bytes``.
     """
 
     summary = ResultSummary()
-    seen: set[bytes] = set()
     duplicates = 0
     with contextlib.ExitStack() as stack:
-        failed_out = stack.enter_context(atomic_writer(to_path(failed_destination))) if failed_destination else None
+        store = stack.enter_context(AnswerStore())
+        failed_path = to_path(failed_destination) if failed_destination else None
+        failed_out = stack.enter_context(atomic_writer_if_written(failed_path)) if failed_path else None
         handle = stack.enter_context(open_source(results, what="results file"))
         label = source_label(results, "results file")
         for line_number, _, line in iter_lines(handle, label):
-            digest = hashlib.blake2b(line, digest_size=16).digest()
-            if digest in seen:
+            if store.repeats_a_line(line):
                 duplicates += 1
                 continue
-            seen.add(digest)
             record = result_record(load_result_object(line, f"{label} line {line_number}", line_number), line_number)
             summary.add(record)
             if failed_out is not None and not record.succeeded and record.request is not None:
@@ -109,6 +112,8 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
     _log_failures(summary, "the results")
     result: dict[str, Any] = summary.as_dict()
     result.update(missing=summary.missing, duplicates=duplicates, bytes=size)
+    if failed_out is not None:
+        result["failed_uri"] = uri_of(failed_path) if failed_path is not None and failed_out.written else None
     return result
 
 
@@ -171,32 +176,31 @@ def extract_images_beside(results: Any) -> list[str]:
 def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[str, Any]:
     """Merge shard results into ``destination`` in the order of the ``requests`` file.
 
-    Each request is matched to its result by normalised request (identical requests pair in any
-    order). Requests that failed or have no result are written, as their original input lines, to
+    Each request is matched to its result by normalised request (``matching``: a success first,
+    identical requests each take their own). Requests that failed or have no result are written, as their original input lines, to
     ``<destination stem>.failed.jsonl``. Results matching no request are counted (``unmatched``)
     and logged, never silently dropped from the count. Returns the summary dict plus ``missing``,
-    ``unmatched``, ``bytes`` and ``failed_uri``.
+    ``unmatched``, ``bytes`` and ``failed_uri`` (None, and no file, when every request succeeded).
 
-    One index holds every result line (about 185 bytes each): when the results of each shard are
-    known to answer one range of input lines, :func:`merge_shard_results` keeps memory flat.
+    One index of every result line, on disk (``matching``); when the results of each shard are known
+    to answer one range of input lines, :func:`merge_shard_results` keeps that index small.
     """
     dest = to_path(destination, what="destination")
     failed = failed_path_for(dest)
-    index = ResultIndex()
-    merge = _Merge()
+    merge = OrderedWriter()
     with contextlib.ExitStack() as stack:
+        store = stack.enter_context(AnswerStore())
         files = {}
         for number, source in enumerate(sources):
             what = f"results file #{number}"
-            handle = stack.enter_context(open_source(source, what=what))
-            index.add(number, handle, label=source_label(source, what))
-            files[number] = handle
+            files[number] = handle = stack.enter_context(open_source(source, what=what))
+            store.add(source_label(source, what), handle)
         requests_handle = stack.enter_context(open_source(requests, what="requests file"))
         out = stack.enter_context(atomic_writer(dest))
-        failed_out = stack.enter_context(atomic_writer(failed))
-        merge.write(order_results(iter_request_lines(requests_handle), index, line_reader(files)), out, failed_out)
-        merge.leftovers(index, "results #")
-    return merge.report(dest, failed)
+        failed_out = stack.enter_context(atomic_writer_if_written(failed))
+        merge.write(store, reader(files, store.sources), iter_request_lines(requests_handle), out, failed_out)
+        merge.leftovers(store)
+    return merge.report(dest, failed if failed_out.written else None)
 
 
 @results_from_service
@@ -220,11 +224,12 @@ def merge_shard_results(
     """
     dest = to_path(destination, what="destination")
     failed = failed_path_for(dest)
-    merge = _Merge()
+    merge = OrderedWriter()
     with contextlib.ExitStack() as stack:
+        store = stack.enter_context(AnswerStore())
         requests_handle = stack.enter_context(open_source(requests, what="requests file"))
         out = stack.enter_context(atomic_writer(dest))
-        failed_out = stack.enter_context(atomic_writer(failed))
+        failed_out = stack.enter_context(atomic_writer_if_written(failed))
         lines = _LineRange(iter_request_lines(requests_handle))
         previous = 0
         for number, (source, first_line, last_line) in enumerate(parts):
@@ -234,13 +239,14 @@ def merge_shard_results(
                     "parts must be in input order and not overlap"
                 )
             previous = last_line
-            index = ResultIndex()
             what = f"results of shard #{number}"
             digest = hashlib.sha256()
-            with open_source(source, what=what) as handle:
-                index.add(number, handle, label=source_label(source, what))
-                shard_lines = _hashed(lines.upto(last_line), digest)
-                merge.write(order_results(shard_lines, index, line_reader({number: handle})), out, failed_out)
+            store.clear()  # a result line of one shard never answers a request of another
+            with open_source(source, what=what) as opened:
+                handle = _in_memory_if_small(opened)
+                store.add(source_label(source, what), handle)
+                read = reader({len(store.sources) - 1: handle}, store.sources)
+                merge.write(store, read, _hashed(lines.upto(last_line), digest), out, failed_out)
             if sha256 is not None and digest.hexdigest() != sha256[number]:
                 raise MaaSInputChangedError(
                     f"{source_label(requests, 'requests file')} changed since it was planned: the requests of shard "
@@ -248,9 +254,30 @@ def merge_shard_results(
                     "placed. Nothing was written; the answers downloaded so far are kept in the batch state. Restore "
                     "the file and clear the task to write the results (nothing is paid again)"
                 )
-            merge.leftovers(index, "shard #")
-        merge.write(order_results(lines.upto(None), ResultIndex(), line_reader({})), out, failed_out)
-    return merge.report(dest, failed)
+            merge.leftovers(store)
+        store.clear()
+        merge.write(store, reader({}, store.sources), lines.upto(None), out, failed_out)
+    return merge.report(dest, failed if failed_out.written else None)
+
+
+#: A shard's results up to this size are read in one call and paired from memory: a seek and a read
+#: per answer through the storage layer's file object (remote, or tracked for lineage) cost more
+#: than pairing them.
+SMALL_SHARD_BYTES = 1024 * 1024
+
+
+def _in_memory_if_small(handle: IO[bytes]) -> IO[bytes]:
+    """``handle``'s bytes in memory when there are at most :data:`SMALL_SHARD_BYTES`, else ``handle`` rewound."""
+    data = handle.read(SMALL_SHARD_BYTES + 1)
+    if len(data) <= SMALL_SHARD_BYTES:
+        return io.BytesIO(data)
+    handle.seek(0)
+    return handle
+
+
+def line_digest(line: RequestLine) -> bytes:
+    """The digest a request line is matched by (of its ``request`` object)."""
+    return request_digest(line.request)
 
 
 def _hashed(lines: Iterable[RequestLine], digest: Any) -> Iterator[RequestLine]:
@@ -280,8 +307,8 @@ class _LineRange:
             yield line
 
 
-class _Merge:
-    """The output side of a merge: ordered results and failed lines written, totals kept."""
+class OrderedWriter:
+    """The output side of every merge: ordered results and failed lines written, totals kept."""
 
     def __init__(self) -> None:
         self.summary = ResultSummary()
@@ -290,26 +317,47 @@ class _Merge:
         self.unmatched = 0
         self.first_unmatched = ""
 
-    def write(self, items: Iterable[OrderedItem], out: IO[bytes], failed_out: IO[bytes]) -> None:
-        """Every request gets one line of ``out``: its result, or (none) its request with ``MISSING_STATUS``."""
-        for item in items:
-            self.summary.add(item.record)
-            line = item.result_raw
-            if line is None:
-                line = status_line(item.record.request, item.record.status)
-            out.write(line)
-            self.written += len(line)
-            if item.failed:
-                failed_out.write(item.request_raw)
+    def write(
+        self,
+        store: AnswerStore,
+        read: Callable[[Answer], bytes],
+        lines: Iterable[RequestLine],
+        out: IO[bytes],
+        failed_out: Writable,
+        *,
+        shared: bool = False,
+        each: Callable[[ResultRecord, Answer | None, bool], None] | None = None,
+    ) -> None:
+        """Every request of ``lines`` gets one line of ``out``: its best answer in ``store``, or (none)
+        its request with ``MISSING_STATUS``; those that did not succeed go to ``failed_out`` as they are.
 
-    def leftovers(self, index: ResultIndex, label: str) -> None:
-        """Count what ``index`` still holds once its requests were paired: repeats and unmatched lines."""
-        left = index.unmatched()
-        repeats = index.repeats()
-        self.duplicates += repeats
-        if len(left) > repeats and not self.first_unmatched:
-            self.first_unmatched = f"{label}{left[0].source_id} line {left[0].line_number}"
-        self.unmatched += len(left) - repeats
+        :param shared: Identical requests share one answer (see :meth:`AnswerStore.match`).
+        :param each: Called with each request's record, answer and whether an identical one came before.
+        """
+        for line, answer, repeated in store.match(lines, line_digest, shared=shared):
+            if answer is None:
+                record = missing_record(line.line_number, line.request)
+                raw = status_line(line.request, record.status)
+            else:
+                raw = read(answer) + b"\n"
+                label = f"{store.sources[answer.source]} line {answer.line}"
+                record = result_record(load_result_object(raw, label, answer.line), line.line_number)
+            self.summary.add(record)
+            out.write(raw)
+            self.written += len(raw)
+            if not record.succeeded:
+                failed_out.write(line.raw if line.raw.endswith(b"\n") else line.raw + b"\n")
+            if each is not None:
+                each(record, answer, repeated)
+
+    def leftovers(self, store: AnswerStore, first_source: int = 0, *, shared: bool = False) -> None:
+        """Count the result lines of ``store`` no request used (``matching`` defines them)."""
+        left = store.leftovers(first_source, shared=shared)
+        self.duplicates += left.duplicates
+        self.unmatched += left.unmatched
+        if left.first_unmatched is not None and not self.first_unmatched:
+            source, line = left.first_unmatched
+            self.first_unmatched = f"{store.sources[source]} line {line}"
 
     def report(self, dest: Any, failed: Any) -> dict[str, Any]:
         if self.duplicates:
@@ -330,6 +378,6 @@ class _Merge:
             duplicates=self.duplicates,
             unmatched=self.unmatched,
             bytes=self.written,
-            failed_uri=uri_of(failed),
+            failed_uri=None if failed is None else uri_of(failed),
         )
         return result

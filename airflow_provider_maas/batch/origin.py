@@ -16,8 +16,8 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.answers import OK_TAILS
-from airflow_provider_maas.batch.results import iter_line_batches
+from airflow_provider_maas.batch.lines import iter_line_batches
+from airflow_provider_maas.batch.matching import OK_TAILS
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import atomic_writer, to_path, uri_of
 

@@ -26,10 +26,10 @@ import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.lines import ResultsFormatError, iter_line_batches
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, line_too_long
-from airflow_provider_maas.batch.results import ResultsFormatError, iter_line_batches, iter_lines
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import open_source
 
@@ -341,14 +341,6 @@ def refuse_unbounded(
                         "request must bound what it can cost (nothing was uploaded); or leave out max_cost_usd",
                         line_number=number,
                     )
-
-
-def estimate_file(handle: IO[bytes], default_max_output: int = DEFAULT_MAX_OUTPUT_TOKENS) -> Tokens:
-    """The summed estimates of every request line of ``handle`` (one streamed pass)."""
-    total = Tokens()
-    for _, _, line in iter_lines(handle):
-        total.add(estimate_line(line, default_max_output))
-    return total
 
 
 def worst_case_usd(tokens: Tokens, prices: Mapping[str, float]) -> float:

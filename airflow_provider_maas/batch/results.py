@@ -5,9 +5,8 @@ A results line looks like ``{"request": {...}, "response": {...}, "processed_tim
 failure and ``response`` is usually absent. Result lines come back in any order, so they are
 matched to input lines by their ``request`` (see :func:`normalise_request`).
 
-Everything here streams: files are read in large chunks, one line is held in memory at a time
-(a 13 MB line of inline images is normal), and :class:`ResultIndex` keeps only a digest and a
-location per result line, never the line itself.
+Everything here streams through the one line reader (:mod:`~airflow_provider_maas.batch.lines`):
+one line is held in memory at a time (a 13 MB line of inline images is normal).
 """
 
 from __future__ import annotations
@@ -17,24 +16,17 @@ import binascii
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.lines import ResultsFormatError, _input_error, iter_lines
 from airflow_provider_maas.client.redaction import neutralise
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-CHUNK_SIZE = 8 * 1024 * 1024
-"""Bytes asked of the file object per read."""
-
-MAX_RESULT_LINE_BYTES = 100 * 1024 * 1024
-"""Longest results line read: one request (at most 50 MiB, the upload limit) and its answer. A
-longer line is refused as soon as that much of it is read, so a file that is not a results file
-(a multi-GB file without a newline) cannot exhaust memory."""
-
 MISSING_STATUS = "MISSING: the results contain no line for this request"
 """``status`` of a request the service returned no results line for: of the :class:`ResultRecord`
-that :func:`order_results` makes for it, and of the line (:func:`status_line`) that keeps its place
+that :func:`missing_record` makes for it, and of the line (:func:`status_line`) that keeps its place
 in an output written in input order."""
 
 _USAGE_FIELDS = {
@@ -45,131 +37,6 @@ _USAGE_FIELDS = {
 }
 _IMAGE_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp"}
 _IMAGE_EXTENSIONS["image/gif"] = "gif"
-
-
-class Readable(Protocol):
-    """Anything with ``read(size) -> bytes``: binary files, fsspec files, ``io.BytesIO``."""
-
-    def read(self, size: int, /) -> bytes: ...
-
-
-class ResultsFormatError(ValueError):
-    """A results file is not what the service writes (a line is not a JSON object, bad base64...).
-
-    A ``ValueError``, not a ``MaaSError``: this module loads no Airflow. Where the operators read
-    results (``merge.results_from_service``) it becomes a ``MaaSIntegrityError`` with the same text.
-
-    :param line_number: 1-based line of the results file, if the error is about one line.
-    """
-
-    def __init__(self, message: str, *, line_number: int | None = None) -> None:
-        super().__init__(message)
-        self.line_number = line_number
-
-
-def _input_error(message: str) -> ValueError:
-    """``MaaSInputError(message)`` (a ``ValueError``): a bad argument of the caller. Imported when
-    raised, not with this module, which must load no Airflow (the public results reader)."""
-    from airflow_provider_maas.exceptions import MaaSInputError
-
-    return MaaSInputError(message)
-
-
-# --------------------------------------------------------------------------- reading lines
-
-
-def iter_line_batches(
-    fileobj: Readable,
-    *,
-    chunk_size: int | None = None,
-    max_line_bytes: int | None = None,
-    too_long: Callable[[int, int], Exception] | None = None,
-) -> Iterator[tuple[list[bytes], bool]]:
-    """Read a binary file object in big chunks and yield its lines, in batches.
-
-    Yields ``(lines, terminated)``. ``lines`` holds every line of the file exactly once, in order,
-    blank ones included, each WITHOUT its ``b"\\n"``; so a caller can count line numbers and byte
-    offsets (``offset += len(line) + 1``). ``terminated`` is False only for a last batch holding the
-    file's final line when that line has no ``b"\\n"``. Also used by ``shards.py``.
-
-    :param chunk_size: Bytes per read (default :data:`CHUNK_SIZE`).
-    :param max_line_bytes: If set, a line of ``max_line_bytes`` bytes or more (without its newline)
-        raises ``too_long(line_number, bytes_read_so_far)`` (``MaaSInputError`` if not given) before
-        it is fully read, which keeps memory bounded by ``max_line_bytes + chunk_size``.
-    """
-    chunk_size = chunk_size or CHUNK_SIZE
-    line_number = 1
-    pending: list[bytes] = []
-    pending_len = 0
-    while True:
-        data = fileobj.read(chunk_size)
-        if not data:
-            break
-        if isinstance(data, str):
-            raise _input_error("the file is open in text mode: open it in binary mode ('rb'), e.g. open(path, 'rb')")
-        lines = data.split(b"\n")
-        if len(lines) == 1:
-            pending.append(data)
-            pending_len += len(data)
-            if max_line_bytes is not None and pending_len >= max_line_bytes:
-                if too_long is None:
-                    raise _input_error(f"line {line_number} is longer than {max_line_bytes} bytes")
-                raise too_long(line_number, pending_len)
-            continue
-        if pending:
-            pending.append(lines[0])
-            lines[0] = b"".join(pending)
-            pending = []
-            pending_len = 0
-        tail = lines.pop()
-        if tail:
-            pending = [tail]
-            pending_len = len(tail)
-        line_number += len(lines)
-        yield lines, True
-    if pending:
-        yield [b"".join(pending)], False
-
-
-def result_line_too_long(label: str) -> Callable[[int, int], ResultsFormatError]:
-    """``too_long(line_number, bytes_read)`` for results lines: names ``label`` and the line."""
-
-    def make(line_number: int, size: int) -> ResultsFormatError:
-        return ResultsFormatError(
-            f"{label} line {line_number}: at least {size} bytes long, over the {MAX_RESULT_LINE_BYTES // 2**20} MiB a "
-            "results line can hold (one request of at most 50 MiB and its answer); this is not a MaaS results file",
-            line_number=line_number,
-        )
-
-    return make
-
-
-def iter_result_batches(fileobj: Readable, label: str) -> Iterator[tuple[list[bytes], bool]]:
-    """:func:`iter_line_batches` for a results file: a line over :data:`MAX_RESULT_LINE_BYTES` is
-    refused (``ResultsFormatError`` naming ``label``) before it is whole, so memory stays bounded."""
-    too_long = result_line_too_long(label)
-    line_number = 0
-    for lines, terminated in iter_line_batches(fileobj, max_line_bytes=MAX_RESULT_LINE_BYTES, too_long=too_long):
-        # Only a batch's first line can be longer than one read chunk (it may continue the last one's tail).
-        if len(lines[0]) >= MAX_RESULT_LINE_BYTES:
-            raise too_long(line_number + 1, len(lines[0]))
-        line_number += len(lines)
-        yield lines, terminated
-
-
-def iter_lines(fileobj: IO[bytes], label: str = "results") -> Iterator[tuple[int, int, bytes]]:
-    """Yield ``(line_number, offset, line)`` for every non-blank line (``line`` without newline).
-
-    :raises ResultsFormatError: a line over :data:`MAX_RESULT_LINE_BYTES` (naming ``label``).
-    """
-    line_number = 0
-    offset = 0
-    for lines, _ in iter_result_batches(fileobj, label):
-        for line in lines:
-            line_number += 1
-            if line and not line.isspace():
-                yield line_number, offset, line
-            offset += len(line) + 1
 
 
 def status_line(request: Any, status: str) -> bytes:
@@ -227,7 +94,7 @@ class ResultRecord:
     """One parsed results line.
 
     :param line_number: 1-based line number (in the results file for :func:`iter_results`; in the
-        INPUT file for :func:`order_results`).
+        INPUT file once matched to its request).
     :param text: Text parts of the first candidate, concatenated (thought parts excluded).
     :param usage: The integer fields of ``usageMetadata`` (``promptTokenCount``...).
     """
@@ -244,7 +111,7 @@ class ResultRecord:
     @property
     def succeeded(self) -> bool:
         """True if the service answered this request without error."""
-        return self.status == "" and self.response is not None
+        return _succeeded(self.status, self.response)
 
     @property
     def error(self) -> str | None:
@@ -252,6 +119,19 @@ class ResultRecord:
         if self.status:
             return self.status
         return None if self.response is not None else "no response"
+
+
+def _succeeded(status: str, response: dict[str, Any] | None) -> bool:
+    """The one rule of success: no ``status`` (its text, :func:`_status_text`) and a ``response`` object."""
+    return status == "" and response is not None
+
+
+def request_and_success(obj: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
+    """A loaded results line's ``request`` object (None if it has none) and whether it succeeded, as
+    its :class:`ResultRecord` says, without building the rest of the record (text, usage)."""
+    request, response = obj.get("request"), obj.get("response")
+    succeeded = _succeeded(_status_text(obj.get("status")), response if isinstance(response, dict) else None)
+    return request if isinstance(request, dict) else None, succeeded
 
 
 def _status_text(status: Any) -> str:
@@ -337,6 +217,11 @@ def result_record(obj: dict[str, Any], line_number: int) -> ResultRecord:
         usage=_usage(response),
         processed_time=processed_time if isinstance(processed_time, str) else None,
     )
+
+
+def missing_record(line_number: int, request: dict[str, Any] | None) -> ResultRecord:
+    """The record of a request that has no results line: status :data:`MISSING_STATUS`, no response."""
+    return ResultRecord(line_number, request, None, MISSING_STATUS, None, None, {}, None)
 
 
 def parse_result_line(line: bytes, line_number: int) -> ResultRecord:

@@ -29,8 +29,8 @@ import json
 from dataclasses import dataclass
 from typing import IO, Any
 
+from airflow_provider_maas.batch.lines import iter_lines
 from airflow_provider_maas.batch.plan import _count, max_output_tokens
-from airflow_provider_maas.batch.results import iter_lines
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import atomic_writer, open_source
 

@@ -19,8 +19,8 @@ import shutil
 import tempfile
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
+from airflow_provider_maas.batch.lines import ResultsFormatError
 from airflow_provider_maas.batch.parts import concatenate, write_failure_part
-from airflow_provider_maas.batch.results import ResultsFormatError
 from airflow_provider_maas.batch.rewrite import write_rewritten
 from airflow_provider_maas.batch.rounds import all_succeeded, write_requests_to_send, write_retries
 from airflow_provider_maas.batch.shards import check_unchanged, source_label

@@ -1,6 +1,7 @@
 """Pay once per answer: reuse of earlier results, identical requests sent once, request-level retries.
 
-Three passes over the input, each streaming it once against an :class:`~.answers.AnswerStore`:
+Three passes over the input, each streaming it once against the one matching engine
+(:class:`~.matching.AnswerStore`):
 
 - :func:`write_requests_to_send` (before round 0): the requests that have no successful answer in
   the earlier results (``reuse_results``) and, with ``deduplicate``, only the first of identical
@@ -29,19 +30,16 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from airflow_provider_maas.batch.answers import OK_TAILS, Answer, AnswerStore, reader
 from airflow_provider_maas.batch.cost import cost_of
-from airflow_provider_maas.batch.merge import results_from_service
+from airflow_provider_maas.batch.lines import Writable, iter_lines
+from airflow_provider_maas.batch.matching import OK_TAILS, Answer, AnswerStore, reader
+from airflow_provider_maas.batch.merge import OrderedWriter, line_digest, results_from_service
 from airflow_provider_maas.batch.request_lines import RequestLine, iter_request_lines
 from airflow_provider_maas.batch.results import (
-    MISSING_STATUS,
     ResultRecord,
     ResultSummary,
-    iter_result_batches,
     load_result_object,
-    request_digest,
     result_record,
-    status_line,
 )
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage.paths import shown_uri
@@ -121,13 +119,11 @@ def write_requests_to_send(
     # stays flat after (a B-tree written in random order gains little from more; 16 MiB: +10 MiB at 1M)
     with AnswerStore(cache_mib=8) as store, contextlib.ExitStack() as stack:
         _open_all(stack, store, reuse, (), opener)
-        stack.enter_context(store.bulk())
-        for line in iter_request_lines(source):
+        for line, answer, repeated in store.match(iter_request_lines(source), line_digest, shared=deduplicate):
             requests += 1
-            digest = request_digest(line.request)
-            if reuse and store.best(digest, take=not deduplicate, successes_only=True):
+            if answer is not None:  # only the successes of reuse_results are indexed
                 reused += 1
-            elif deduplicate and store.seen(digest):
+            elif deduplicate and repeated:
                 duplicates += 1
             else:
                 out.write(line.raw)
@@ -143,32 +139,23 @@ def _open_all(
     files = {}
     for number, item in enumerate(reuse):
         files[number] = handle = stack.enter_context(opener(item))
-        store.add(f"reuse_results[{number}] ({shown_uri(str(item))})", handle, successes_only=True)
+        store.add(f"results reuse_results[{number}] ({shown_uri(str(item))})", handle, successes_only=True)
     for number, item in enumerate(results):
         files[len(reuse) + number] = handle = stack.enter_context(opener(item))
-        store.add(f"of round {number} ({shown_uri(str(item))})", handle)  # no signature of a URL
+        store.add(f"results of round {number} ({shown_uri(str(item))})", handle)  # no signature of a URL
     return files
-
-
-def _record(store: AnswerStore, answer: Answer, raw: bytes, line_number: int) -> ResultRecord:
-    """The answer's results line ``raw``, parsed (``line_number``: the input line it answers)."""
-    label = f"results {store.sources[answer.source]} line {answer.line}"
-    return result_record(load_result_object(raw, label, answer.line), line_number)
 
 
 def all_succeeded(results: IO[bytes], expected: int) -> bool:
     """True if ``results`` holds exactly ``expected`` lines, each a success in the service's own
-    layout (ending with ``"status": ""}``, see ``answers._parse``): then no request of the round
+    layout (ending with ``"status": ""}``, see ``matching._parse``): then no request of the round
     failed or is missing, and :func:`write_retries` can be skipped. Reads bytes, decodes no JSON.
     False only means "look closer" (another layout, a failure, a missing or repeated line)."""
     count = 0
-    for lines, _ in iter_result_batches(results, "results"):
-        for line in lines:
-            line = line.rstrip()
-            if line:
-                if not line.endswith(OK_TAILS):
-                    return False
-                count += 1
+    for _, _, line in iter_lines(results):
+        if not line.rstrip().endswith(OK_TAILS):
+            return False
+        count += 1
     return count == expected
 
 
@@ -195,18 +182,17 @@ def write_retries(
     final_sources = {len(reuse) + index for index in final}
     with AnswerStore() as store, contextlib.ExitStack() as stack:
         read = reader(_open_all(stack, store, reuse, results, opener), store.sources)
-        for line in iter_request_lines(source):
-            digest = request_digest(line.request)
-            answer = store.best(digest, take=not deduplicate)
+        for line, answer, repeated in store.match(iter_request_lines(source), line_digest, shared=deduplicate):
             if answer is not None and answer.succeeded:
                 continue
             if answer is not None:
                 if answer.source in final_sources:
                     continue
-                status = _record(store, answer, read(answer), 0).error
+                label = f"{store.sources[answer.source]} line {answer.line}"
+                status = result_record(load_result_object(read(answer), label, answer.line), 0).error
                 if not should_retry(status or ""):
                     continue
-            if deduplicate and store.seen(digest):
+            if deduplicate and repeated:
                 continue
             out.write(line.raw)
             written += 1
@@ -217,7 +203,7 @@ def write_retries(
 def merge_answers(
     source: IO[bytes],
     out: IO[bytes],
-    failed_out: IO[bytes],
+    failed_out: Writable,
     *,
     reuse: Sequence[Any],
     results: Sequence[Any],
@@ -236,46 +222,35 @@ def merge_answers(
         counts per round.
     :return: The ``ResultSummary`` dict plus ``missing``, ``duplicates`` (second successful answers
         to one request, not used), ``unmatched`` (result lines matching no input request),
-        ``bytes``, ``reused``, ``deduplicated``, ``sent`` (answers by where they came from),
+        ``bytes``, ``reused``, ``deduplicated`` (answers by where they came from),
         ``tokens_reused``, ``tokens_deduplicated``, ``round_succeeded`` (successes per round) and,
         with ``prices``, ``cost_usd`` and ``cost_avoided_usd``.
     """
-    summary, by_reuse, by_dedup = ResultSummary(), ResultSummary(), ResultSummary()
-    written = 0
+    by_reuse, by_dedup = ResultSummary(), ResultSummary()
     first_round = len(reuse)
+
+    def origin(record: ResultRecord, answer: Answer | None, repeated: bool) -> None:
+        if answer is not None and answer.source < first_round:
+            by_reuse.add(record)
+        elif answer is not None and deduplicate and repeated:
+            by_dedup.add(record)
+
+    merge = OrderedWriter()
     with AnswerStore() as store, contextlib.ExitStack() as stack:
-        files = _open_all(stack, store, reuse, results, opener)
-        read = reader(files, store.sources)
-        for line in iter_request_lines(source):
-            digest = request_digest(line.request)
-            repeated = store.seen(digest)
-            answer = store.best(digest, take=not deduplicate)
-            if answer is None:  # no result line: the request keeps its place, with MISSING_STATUS
-                record = ResultRecord(line.line_number, line.request, None, MISSING_STATUS, None, None, {}, None)
-                raw = status_line(line.request, MISSING_STATUS)
-            else:
-                raw = read(answer) + b"\n"
-                record = _record(store, answer, raw, line.line_number)
-                if answer.source < first_round:
-                    by_reuse.add(record)
-                elif deduplicate and repeated:
-                    by_dedup.add(record)
-            summary.add(record)
-            out.write(raw)
-            written += len(raw)
-            if not record.succeeded:
-                failed_out.write(line.raw)
-        leftovers = store.leftovers(first_round, shared=deduplicate)
+        read = reader(_open_all(stack, store, reuse, results, opener), store.sources)
+        lines = iter_request_lines(source)
+        merge.write(store, read, lines, out, failed_out, shared=deduplicate, each=origin)
+        merge.leftovers(store, first_round, shared=deduplicate)
         numbers = list(rounds) if rounds is not None else list(range(len(results)))
         round_succeeded = [0] * (max(numbers, default=-1) + 1)
         for number, added in zip(numbers, store.added[first_round:], strict=True):
             round_succeeded[number] += added.succeeded
-    result: dict[str, Any] = summary.as_dict()
+    result: dict[str, Any] = merge.summary.as_dict()
     result.update(
-        missing=summary.missing,
-        duplicates=leftovers.duplicates,
-        unmatched=leftovers.unmatched,
-        bytes=written,
+        missing=merge.summary.missing,
+        duplicates=merge.duplicates,
+        unmatched=merge.unmatched,
+        bytes=merge.written,
         round_succeeded=round_succeeded,
     )
     add_origins(result, reused=by_reuse, deduplicated=by_dedup, prices=prices)
@@ -290,7 +265,7 @@ def add_origins(
     prices: dict[str, float] | None = None,
 ) -> None:
     """Add to a merge's ``summary`` where its answers came from (``reused``, ``deduplicated``,
-    ``sent``, ``tokens_reused``, ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` (the
+    ``tokens_reused``, ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` (the
     tokens of the answers sent) and ``cost_avoided_usd`` (``reused``, ``deduplicated``): each None
     (unknown) when one of its answers has no usable token counts (``cost_unknown_answers``)."""
     reused = reused or ResultSummary()
@@ -298,7 +273,6 @@ def add_origins(
     summary.update(
         reused=reused.requests,
         deduplicated=deduplicated.requests,
-        sent=summary["requests"] - reused.requests - deduplicated.requests,
         tokens_reused=reused.tokens,
         tokens_deduplicated=deduplicated.tokens,
     )

@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 from typing import IO, TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.results import iter_lines, load_result_object, result_record
+from airflow_provider_maas.batch.lines import iter_lines
+from airflow_provider_maas.batch.results import load_result_object, result_record
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import atomic_writer
 

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
+from airflow_provider_maas.batch.lines import iter_line_batches
 from airflow_provider_maas.batch.request_lines import (
     LINE_SHAPE,
     MAX_BYTES_PER_FILE,
@@ -24,7 +25,6 @@ from airflow_provider_maas.batch.request_lines import (
     size_text,
     validate_request_line,
 )
-from airflow_provider_maas.batch.results import iter_line_batches
 from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSInputError
 from airflow_provider_maas.storage import (
     CHUNK_SIZE,

@@ -20,6 +20,7 @@ from airflow_provider_maas.batch.rounds import add_origins, merge_answers
 from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSJobFailedError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
+from airflow_provider_maas.storage.writes import atomic_writer_if_written
 
 if TYPE_CHECKING:
     from airflow_provider_maas.batch.journal import BatchJournal
@@ -65,6 +66,7 @@ def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchSt
         failed_shards=len(failed),
         shard_errors=[f"shard {r.key}: {r.error}" for r in failed[:MAX_QUOTED_ERRORS]],
         jobs=sum(r.attempts for r in records),
+        sent=sum(state.plan(r.key).requests * r.attempts for r in records),  # every create sent, retries included
         resumes=state.resumes,
         retry_rounds=[
             {"round": n, "retried": sum(p.requests for p in state.rounds[n].plans), "succeeded": succeeded}
@@ -82,7 +84,7 @@ def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[s
     with (
         open_source(settings.source) as source,
         atomic_writer(dest) as out,
-        atomic_writer(failed) as failed_out,
+        atomic_writer_if_written(failed) as failed_out,
     ):
         summary = merge_answers(
             source,
@@ -95,7 +97,7 @@ def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[s
             deduplicate=settings.deduplicate,
             prices=settings.prices,
         )
-    summary["failed_uri"] = uri_of(failed)
+    summary["failed_uri"] = uri_of(failed) if failed_out.written else None  # no failed file when none failed
     if summary["unmatched"]:
         log.warning(
             "%d result lines match no request of the input; they are not in %s", summary["unmatched"], uri_of(dest)
@@ -109,8 +111,7 @@ def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[s
         )
     if summary["reused"] or summary["deduplicated"]:
         log.info(
-            "Answers: %d sent, %d reused from reuse_results, %d shared by identical requests",
-            summary["sent"],
+            "Answers: %d reused from reuse_results, %d shared by identical requests",
             summary["reused"],
             summary["deduplicated"],
         )

@@ -370,7 +370,7 @@ class MaaSHook(BaseHook):
     @contextlib.asynccontextmanager
     async def async_session_scope(self) -> AsyncIterator[None]:
         """Keep the loop's shared aiohttp session open for the duration (used by triggers)."""
-        from airflow_provider_maas.client.transport import session_lease
+        from airflow_provider_maas.client.sessions import session_lease
 
         async with session_lease(await self.aget_config()):
             yield

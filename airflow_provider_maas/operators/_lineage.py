@@ -72,8 +72,9 @@ class LineageMixin:
     _lineage: tuple[list[Any], list[Any]] | None = None
 
     def record_lineage(self, inputs: list[Any], outputs: list[Any]) -> None:
-        """Remember what this task read and wrote (paths, URIs, ``ObjectStoragePath``, :class:`ServiceDataset`)."""
-        self._lineage = (list(inputs), list(outputs))
+        """Remember what this task read and wrote (paths, URIs, ``ObjectStoragePath``, :class:`ServiceDataset`;
+        None, a file not written, is left out)."""
+        self._lineage = ([i for i in inputs if i is not None], [o for o in outputs if o is not None])
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any | None:
         """OpenLineage datasets of this task: its input JSONL, results and failed files."""

@@ -57,10 +57,11 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
     Each answer is paid once: requests answered in ``reuse_results`` are not sent, identical
     requests are sent once (``deduplicate``), and requests that failed for a transient reason or got
     no result are sent again in new shards (``request_retries`` rounds). The summary (XCom
-    ``summary``) counts ``reused``, ``deduplicated`` and ``sent`` answers, ``retry_rounds``
-    (``[{"round", "retried", "succeeded"}]``), the tokens per category (``prompt_tokens``,
-    ``candidates_tokens``, ``thoughts_tokens``, ``total_tokens``; ``tokens_reused``,
-    ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` and ``cost_avoided_usd``.
+    ``summary``) counts ``reused`` and ``deduplicated`` answers, requests ``sent`` (every send,
+    retries included), ``retry_rounds`` (``[{"round", "retried", "succeeded"}]``), the tokens per
+    category (``prompt_tokens``, ``candidates_tokens``, ``thoughts_tokens``, ``total_tokens``;
+    ``tokens_reused``, ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` and
+    ``cost_avoided_usd``.
 
     Resumable on every Airflow version: the state (shards, their jobs) lives in small objects beside
     the destination, in ``.<destination name>.maas/<dag>.<task>.<run>.m<map index>/``, removed once

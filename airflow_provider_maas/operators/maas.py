@@ -231,7 +231,7 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
         else:
             failed = failed_path_for(dest)
             summary = summarise_results(dest, failed_destination=failed)
-            summary.update(bytes=int(metadata.get("size") or summary["bytes"]), failed_uri=uri_of(failed))
+            summary.update(bytes=int(metadata.get("size") or summary["bytes"]))
         differences = compare_with_job(summary, job, ordered=ordered)
         if differences:
             self.log.warning(
@@ -239,11 +239,11 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
             )
         if summary.get("missing") and not ordered:
             self.log.warning(
-                "%d requests of job %s have no result line, so they are not in %s either: give the "
-                "operator requests= (the uploaded file) to have them written there",
+                "%d requests of job %s have no result line, so they are not in its failed file either: give "
+                "the operator requests= (the uploaded file) to have them written to %s",
                 summary["missing"],
                 self.job_name,
-                summary["failed_uri"],
+                uri_of(failed_path_for(dest)),
             )
         summary["job_name"] = self.job_name
         self.record_lineage(

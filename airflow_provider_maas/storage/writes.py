@@ -243,3 +243,32 @@ class EarlyWriteback:
             self._pool.shutdown(wait=True)
             self._pool = None
         self._pending = None
+
+
+class _WrittenOnDemand:
+    """A binary file object whose :func:`atomic_writer` opens on the first :meth:`write`."""
+
+    def __init__(self, open_writer: Any) -> None:
+        self._open = open_writer
+        self._handle: BinaryIO | None = None
+
+    @property
+    def written(self) -> bool:
+        return self._handle is not None
+
+    def write(self, data: bytes) -> int:
+        if self._handle is None:
+            self._handle = self._open()
+        return self._handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer_if_written(destination: ObjectStoragePath) -> Iterator[_WrittenOnDemand]:
+    """:func:`atomic_writer` for a file that exists only when something is written to it (a failed
+    file when requests failed): nothing written, no file, and an earlier one at ``destination`` is
+    removed (it would name failures of another run). ``handle.written`` says which."""
+    with contextlib.ExitStack() as stack:
+        handle = _WrittenOnDemand(lambda: stack.enter_context(atomic_writer(destination)))
+        yield handle
+        if not handle.written and destination.exists():
+            destination.unlink()
