@@ -86,8 +86,8 @@ class SmallBacklogGateway:
 
 async def _round(names: list[str], limit: int | None) -> dict[str, float]:
     """One round of polls through the trigger's own code; wall seconds and polls that failed."""
-    from airflow_provider_maas.hooks.maas import MaaSHook
     from airflow_provider_maas.batch.polling import OneJobWait
+    from airflow_provider_maas.hooks.maas import MaaSHook
     from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger, _JobPoller
 
     trigger = MaaSBatchJobsTrigger(names, max_parallel_polls=limit or 1)
