@@ -219,6 +219,15 @@ def test_the_canary_counts_what_was_spent_besides_it(monkeypatch, tmp_path):
         assert service.creates() == 2  # the canary's two jobs, nothing more
 
 
+def _uncapped_jobs_then_a_new_line(service: Any, tmp_path: Path) -> tuple[Path, Path]:
+    """:func:`deferred_without_cap`, then its 2 jobs succeed and a person adds a line to the input."""
+    source, dest, held = deferred_without_cap(service, tmp_path)
+    held["state"] = None
+    with source.open("a") as handle:
+        handle.write(json.dumps({"request": {"contents": [{"parts": [{"text": "one more"}]}]}}) + "\n")
+    return source, dest
+
+
 # 7. A state replaced by a try with the cap carried the uncapped jobs at $0 --------------------------
 def test_a_new_input_with_a_cap_counts_the_uncapped_jobs_it_abandons(monkeypatch, tmp_path):
     """A try without a cap left 2 jobs running; a person adds a line to the input, adds the cap
@@ -227,10 +236,7 @@ def test_a_new_input_with_a_cap_counts_the_uncapped_jobs_it_abandons(monkeypatch
     were paid, 5 under a cap of 3."""
     with stub_service(respond=_answer({"promptTokenCount": 1, "candidatesTokenCount": MAX_OUT})) as service:
         monkeypatch.setenv(*connection_env(service.base_url))
-        source, dest, held = deferred_without_cap(service, tmp_path)
-        held["state"] = None
-        with source.open("a") as handle:
-            handle.write(json.dumps({"request": {"contents": [{"parts": [{"text": "one more"}]}]}}) + "\n")
+        source, dest = _uncapped_jobs_then_a_new_line(service, tmp_path)
         capped = _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1)
         with pytest.raises(MaaSBudgetExceededError):
             capped.execute(_cleared(2))
@@ -340,12 +346,31 @@ def test_a_replaced_state_prices_its_unpriced_jobs(tmp_path):
         )
     )
     settings = replace(_settings(), source=str(source), prices=check_prices(PRICES))
-    spent, prices = spend_left_behind(state, settings, lambda key: part)
-    assert (spent, prices) == (pytest.approx(JOB_WORST + 50 / 1e6), settings.prices)
-    assert spend_left_behind(state, None, None) == (0.0, None)  # nothing to price them with
+    spent, prices, tokens = spend_left_behind(state, settings, lambda key: part)
+    assert (spent, prices, tokens) == (pytest.approx(JOB_WORST + 50 / 1e6), settings.prices, None)
+    assert spend_left_behind(state, None, None) == (0.0, None, None)  # nothing to price them with
 
     _requests(source, 10, config={"maxOutputTokens": 7})  # the input rewritten: shard 0's requests are gone
-    spent, _ = spend_left_behind(state, settings, lambda key: part)
+    spent, _, _ = spend_left_behind(state, settings, lambda key: part)
     assert spent == pytest.approx(5 * settings.default_max_output_tokens / 1e6 + 50 / 1e6)
     with pytest.raises(MaaSInputError, match=r"shard 0 \(job 1\)"):
         spend_left_behind(state, replace(settings, max_cost_usd=1.0), lambda key: part)
+
+
+def test_jobs_left_behind_without_prices_are_counted_once_a_try_has_them(monkeypatch, tmp_path):
+    """A try without prices left 2 jobs running; a person adds a line to the input and clears, still
+    without prices: the batch starts over (1 job created, then it defers) and no prices are known to
+    count the 2 jobs at. They were carried as nothing: a later clear with prices and a cap their
+    worst case already fills created more jobs. Kept in tokens, they are priced when the prices come."""
+    from tests.compat import TaskDeferred
+
+    with stub_service(respond=_answer({"promptTokenCount": 1, "candidatesTokenCount": MAX_OUT})) as service:
+        monkeypatch.setenv(*connection_env(service.base_url))
+        source, dest = _uncapped_jobs_then_a_new_line(service, tmp_path)
+        with pytest.raises(TaskDeferred):
+            _operator(source, dest, max_active_jobs=1, deferrable=True).execute(_cleared(2))
+        assert service.creates() == 3
+        capped = _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1)
+        with pytest.raises(MaaSBudgetExceededError):
+            capped.execute(_cleared(3))
+        assert service.creates() == 3

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -81,7 +82,7 @@ def count_as_lost(record: ShardRecord) -> ShardRecord:
 
 def spend_left_behind(
     state: BatchState, settings: BatchSettings | None = None, parts: Any = None
-) -> tuple[float, dict[str, float] | None]:
+) -> tuple[float, dict[str, float] | None, dict[str, int] | None]:
     """What a state being replaced (its plan changed) spent, with the reservations of its jobs in
     flight (they keep running and are billed): carried into the new state as ``spent_before_usd``,
     returned with the prices it is at (None when it is 0, or at prices the state did not keep).
@@ -95,6 +96,11 @@ def spend_left_behind(
     Where no copy of a shard's requests is left, its jobs are refused under a cap
     (``MaaSInputError`` naming them, nothing created); without one they count at the plan's bound
     (:func:`_shard_bound`).
+
+    With no prices known (neither the state's nor this try's), their worst case is carried in tokens
+    instead (the third value, ``tokens_before``: worst-case prompt and output tokens, added to the
+    state's own), priced by the first try with prices that takes the new state
+    (:func:`check_same_prices`).
     """
     total = state.spent_before_usd
     unpriced: list[ShardRecord] = []
@@ -107,11 +113,33 @@ def spend_left_behind(
     prices = state.prices
     if prices is None and not total and settings is not None:  # nothing counted yet: at this try's prices
         prices = settings.prices
+    tokens = dict(state.tokens_before) if state.tokens_before else None
+    if tokens and prices is not None:
+        total, tokens = total + usd_of_tokens(tokens, prices), None
+    records = sorted(unpriced, key=lambda r: r.key)
     if unpriced and prices is not None and settings is not None:
         gate = SpendGate.of(settings, parts, prices=prices, given_source=settings.given_source)
-        total += _price_unpriced(state, sorted(unpriced, key=lambda r: r.key), gate)
+        total += _price_unpriced(state, records, gate)
+    elif unpriced and settings is not None:  # no prices known: their worst case in tokens (fail closed)
+        tokens = tokens or {"prompt": 0, "candidates": 0}
+        for name, unit in _UNIT_PRICES.items():  # USD at 1e6 USD per 1M tokens of one kind: its tokens
+            gate = SpendGate.of(settings, parts, prices=unit, given_source=settings.given_source, max_cost_usd=None)
+            tokens[name] += math.ceil(round(_price_unpriced(state, records, gate), 6))
     total = round(total, 9)
-    return total, (prices if total else None)
+    return total, (prices if total else None), (tokens or None)
+
+
+#: Prices that turn :func:`_price_unpriced`'s USD into prompt tokens, or into output tokens.
+_UNIT_PRICES = {
+    "prompt": {"prompt": 1e6, "candidates": 0.0, "thoughts": 0.0},
+    "candidates": {"prompt": 0.0, "candidates": 1e6, "thoughts": 1e6},
+}
+
+
+def usd_of_tokens(tokens: dict[str, int], prices: dict[str, float]) -> float:
+    """What worst-case ``tokens`` (``tokens_before``) cost at ``prices``: output at the dearer output price."""
+    bound = Tokens(worst_prompt=tokens.get("prompt", 0), max_output=tokens.get("candidates", 0))
+    return round(worst_case_usd(bound, prices), 9)
 
 
 def _unpriced_jobs(record: ShardRecord) -> int:
@@ -164,7 +192,8 @@ def _shard_bound(plan: ShardPlan, gate: SpendGate) -> float:
 
 def check_same_prices(state: BatchState, prices: dict[str, float], where: str) -> bool:
     """Before this try counts USD at ``prices`` in ``state``: the amounts it holds must be at the
-    same prices. A state holding none takes ``prices`` (True: store its batch fields); one holding
+    same prices. A state holding none takes ``prices`` (True: store its batch fields), its
+    ``tokens_before`` (kept by tries without prices) becoming ``spent_before_usd`` at them; one holding
     amounts at other prices, or at prices it did not keep (written before they were), is refused
     before anything is created: the cap would add new worst cases to a spend counted at other prices.
 
@@ -174,6 +203,8 @@ def check_same_prices(state: BatchState, prices: dict[str, float], where: str) -
         return False
     if not state.spent_before_usd and not any(r.cost_usd or r.lost_usd or r.reserve_usd for r in state.shards.values()):
         state.prices = dict(prices)
+        if state.tokens_before:  # jobs of replaced states, kept in tokens: counted once, at these prices
+            state.spent_before_usd, state.tokens_before = usd_of_tokens(state.tokens_before, prices), None
         return True
     recorded = state.prices if state.prices is not None else "not recorded (a state written by an older provider)"
     raise MaaSInputError(

@@ -64,6 +64,7 @@ _KNOWN_STATE_FIELDS = {
     "endpoint",
     "last_poll",
     "prices",
+    "tokens_before",
 }
 _KNOWN_RECORD_FIELDS = {f.name for f in dataclasses.fields(ShardRecord)}
 #: Extra fields whose names look like a secret or a location are never passed through.

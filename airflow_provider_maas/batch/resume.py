@@ -86,10 +86,10 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
             take_over(context, journal, state, settings)
             log.warning("The input changed since the batch state at %s was written: starting over", journal.uri)
         # max_cost_usd: not a new budget (jobs of tries without the cap at their worst case, before the answers move)
-        spent_before, prices = spend_left_behind(state, settings, journal.part) if state is not None else (0.0, None)
+        left = spend_left_behind(state, settings, journal.part) if state is not None else (0.0, None, None)
         if journal.keep_answers(state.endpoint if state is not None else None):
             log.info("Answers downloaded by the earlier plan are kept under %s and reused", journal.uri)
-        state = _start_over(context, journal, settings, key, spent_before, prices)
+        state = _start_over(context, journal, settings, key, *left)
         refuse_shared_destination(journal, fresh=True)
     remember(context, journal)
     return state
@@ -111,13 +111,24 @@ def _start_over(
     key: str,
     spent_before: float,
     prices: dict[str, float] | None,
+    tokens: dict[str, int] | None = None,
 ) -> BatchState:
     with requests_to_send(settings) as to_send:
         with open_source(to_send or settings.source) as handle:
             empty = to_send is not None and not os.path.getsize(to_send)
             plans = [] if empty else settings.plan_first_round(handle)
         round_source = journal.root / "round-0.jsonl" if to_send else None
-        state = start(context, journal, plans, round_source, settings, key, spent_before=spent_before, prices=prices)
+        state = start(
+            context,
+            journal,
+            plans,
+            round_source,
+            settings,
+            key,
+            spent_before=spent_before,
+            prices=prices,
+            tokens=tokens,
+        )
         if to_send and round_source is not None:
             copy_file(to_send, round_source)  # before any upload: a retry finds it
     return state
@@ -155,10 +166,11 @@ def start(
     *,
     spent_before: float = 0.0,
     prices: dict[str, float] | None = None,
+    tokens: dict[str, int] | None = None,
 ) -> BatchState:
     """A new state for ``plans`` (round 0's requests in ``source``, or the operator's source if
     None), stored in ``journal`` in place of any earlier one (``spent_before``: what that one spent,
-    at ``prices``)."""
+    at ``prices``; ``tokens``: the worst case of its jobs no prices were known for)."""
     state = BatchState(
         fingerprint=fingerprint(plans),
         identity=".".join(task_identity(context)),
@@ -169,6 +181,7 @@ def start(
         spent_before_usd=spent_before,
         endpoint=settings.endpoint,
         prices=prices,
+        tokens_before=tokens,
     )
     forget_job_names(context)  # names saved for a discarded plan's shards must not reattach this plan's
     journal.create(state)

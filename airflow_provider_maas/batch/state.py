@@ -175,6 +175,9 @@ class BatchState:
     :param prices: The ``prices`` its USD amounts (``spent_before_usd``, each record's ``cost_usd``,
         ``reserve_usd``, ``lost_usd``) were counted at; None: none counted yet, or a state written
         before they were kept (``budget.check_same_prices``).
+    :param tokens_before: The worst case, in tokens (``{"prompt": P, "candidates": O}``), of jobs of
+        the states this one replaced that no try could price (no prices known): priced into
+        ``spent_before_usd`` by the first try with prices that takes the state; None: none.
     """
 
     fingerprint: str
@@ -188,6 +191,7 @@ class BatchState:
     endpoint: str | None = None
     last_poll: float | None = None
     prices: dict[str, float] | None = None
+    tokens_before: dict[str, int] | None = None
     shards: dict[ShardKey, ShardRecord] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -241,6 +245,8 @@ class BatchState:
             meta["last_poll"] = self.last_poll
         if self.prices is not None:
             meta["prices"] = self.prices
+        if self.tokens_before:
+            meta["tokens_before"] = self.tokens_before
         return meta
 
     def apply_meta(self, data: dict[str, Any]) -> None:
@@ -257,3 +263,8 @@ class BatchState:
             self.prices = {str(k): float(v) for k, v in prices.items()}
         else:
             self.prices = None
+        tokens = data.get("tokens_before")  # not counts: none (states written before it was kept)
+        if isinstance(tokens, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in tokens.values()):
+            self.tokens_before = {str(k): v for k, v in tokens.items()} or None
+        else:
+            self.tokens_before = None
