@@ -1,6 +1,6 @@
 """Figure: the dry run (``dry_run=True``) of 1,000,000 requests: time and peak memory.
 
-Our side runs ``batch.plan.dry_run`` (what the operator's dry run calls) in a fresh interpreter:
+Our side runs ``batch.dry_run.dry_run`` (what the operator's dry run calls) in a fresh interpreter:
 every line validated, deduplicated (the digest of each normalised request into a temporary SQLite
 file, as a real run does), estimated (prompt characters, ``maxOutputTokens``) and the requests to
 send planned into 100-request shards. The reference is the existing split/validate figure's pass 1
@@ -89,7 +89,7 @@ def run(smoke: bool, workdir: Path) -> Figure:
 
 def _worker(argv: list[str]) -> None:
     mode, path = argv
-    from airflow_provider_maas.batch.plan import dry_run
+    from airflow_provider_maas.batch.dry_run import dry_run
     from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.batch.shards import plan_shards
 

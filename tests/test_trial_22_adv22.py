@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.plan import estimate_request, refuse_unbounded
+from airflow_provider_maas.batch.bounds import refuse_unbounded
+from airflow_provider_maas.batch.estimates import estimate_request
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError, MaaSInputError
 from tests.conftest import connection_env
 from tests.helpers import make_context

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.plan import estimate_request
+from airflow_provider_maas.batch.estimates import estimate_request
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError, MaaSInputError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.conftest import connection_env

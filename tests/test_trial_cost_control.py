@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_maas.batch.bounds import unbounded
 from airflow_provider_maas.batch.budget import SpendGate
-from airflow_provider_maas.batch.plan import estimate_request, unbounded
+from airflow_provider_maas.batch.estimates import estimate_request
 from airflow_provider_maas.batch.schema import AnswerCheck
 from airflow_provider_maas.batch.state import ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError, MaaSInputError

@@ -6,7 +6,7 @@ The reservation rule. Before a shard's create, :meth:`SpendGate.admit` adds
   downloaded, kept in each shard's record (``cost_usd``) in the batch state; the worst case of jobs
   paid without a report (results gone, a job ended FAILED, CANCELLED or EXPIRED, an uncertain
   create cleared: ``lost_usd``); and what the states this one replaced spent (``spent_before_usd``);
-- **reserved**: the worst case (``plan.worst_case_usd``) of every job in flight (a shard CREATING
+- **reserved**: the worst case (``estimates.worst_case_usd``) of every job in flight (a shard CREATING
   or RUNNING, ``reserve_usd`` in its record) and of every shard admitted but not created yet;
 - the worst case of the new job;
 
@@ -32,10 +32,11 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.bounds import Bounds
 from airflow_provider_maas.batch.canary import CanaryVerdict, judge
 from airflow_provider_maas.batch.cost import cost_of
+from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS, Tokens, worst_case_usd
 from airflow_provider_maas.batch.lines import iter_lines
-from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS, Bounds, Tokens, worst_case_usd
 from airflow_provider_maas.batch.results import ResultSummary, parse_result_line, request_digest
 from airflow_provider_maas.batch.shards import copy_shard
 from airflow_provider_maas.batch.state import ShardKey, ShardStatus
@@ -257,7 +258,7 @@ class SpendGate:
     :param parts: ``parts(key)``: where shard ``key``'s results are downloaded.
     :param max_cost_usd: The cap, or None (``prices`` is then only used to measure).
     :param max_tokens_per_file_part: What one file part counts at most in the worst case;
-        ``max_cached_content_tokens``: what a ``cachedContent`` does (``batch.plan.unbounded``).
+        ``max_cached_content_tokens``: what a ``cachedContent`` does (``batch.bounds.unbounded``).
     :param check: Checks (and rewrites) the answers of each downloaded part (``response_schema``).
     """
 

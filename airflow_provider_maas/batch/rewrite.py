@@ -6,7 +6,7 @@ request uses; a key the request spells in either case counts as set):
 - ``response_schema`` with ``set_response_schema``: a request that asks for no schema of its own
   gets ``responseMimeType: application/json`` (unless it sets a MIME type) and ``responseSchema``;
 - ``max_cost_usd``: a request without ``maxOutputTokens`` gets the output ceiling its worst case
-  is counted at (:func:`~airflow_provider_maas.batch.plan.max_output_tokens`:
+  is counted at (:func:`~airflow_provider_maas.batch.estimates.max_output_tokens`:
   ``default_max_output_tokens``, or its own ``thinkingBudget`` if larger), so the service bounds
   the answer the cap admitted; one that sets a ceiling that is not a whole number >= 1 is refused.
 
@@ -29,8 +29,8 @@ import json
 from dataclasses import dataclass
 from typing import IO, Any
 
+from airflow_provider_maas.batch.estimates import _count, max_output_tokens
 from airflow_provider_maas.batch.lines import iter_lines
-from airflow_provider_maas.batch.plan import _count, max_output_tokens
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import atomic_writer, open_source
 
@@ -53,7 +53,7 @@ class Rewrite:
 
     def apply(self, request: dict[str, Any], line_number: int = 0) -> bool:
         """Rewrite ``request`` in place; True if it was changed."""
-        # the spelling the estimate reads (plan._config): a null camelCase one is not set
+        # the spelling the estimate reads (estimates._config): a null camelCase one is not set
         snake = request.get("generationConfig") is None and request.get("generation_config") is not None
         key = "generation_config" if snake else "generationConfig"
         given = request.get(key)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
+from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.origin import of_other_models, refuse_unknown_origin, split_kept
-from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.rounds import retry_predicate
 from airflow_provider_maas.batch.shards import ShardPlan, plan_shards

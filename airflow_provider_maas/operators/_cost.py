@@ -1,9 +1,9 @@
 """The cost-control side of :class:`~airflow_provider_maas.operators.batch.MaaSBatchPredictionOperator`
 (issue 22): the dry run, the budget cap, the canary, answers checked against a schema.
 
-Only the Airflow side (parameters, XCom, the task log); the decisions are in ``batch/``: ``plan``
-(estimates, the dry run), ``budget`` (the reservation rule, :class:`SpendGate`), ``canary``,
-``schema``.
+Only the Airflow side (parameters, XCom, the task log); the decisions are in ``batch/``:
+``estimates`` and ``bounds`` (what a request counts), ``dry_run`` (the plan), ``budget`` (the
+reservation rule, :class:`SpendGate`), ``canary``, ``schema``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import os
 import tempfile
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.bounds import Bounds, refuse_unbounded
 from airflow_provider_maas.batch.budget import SpendGate, check_budget, check_same_prices
 from airflow_provider_maas.batch.canary import check_canary
-from airflow_provider_maas.batch.plan import Bounds, dry_run, refuse_unbounded
+from airflow_provider_maas.batch.dry_run import dry_run
 from airflow_provider_maas.batch.rewrite import Rewrite, write_source_rewritten
 from airflow_provider_maas.batch.schema import AnswerCheck, count_invalid, json_schema_of, retry_rule, to_gemini_schema
 from airflow_provider_maas.storage import open_source, to_path

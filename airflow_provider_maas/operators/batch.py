@@ -12,10 +12,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas._compat import conf
+from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.ownership import LeaseLost
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS
-from airflow_provider_maas.batch.plan import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
 from airflow_provider_maas.batch.recovery import FinishedMeanwhile, StateRemoved, finished_meanwhile
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
