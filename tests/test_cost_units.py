@@ -1,6 +1,6 @@
 """Issue 22's pure modules, without Airflow or the emulator: estimates (batch.estimates, batch.bounds),
 the dry run's plan (batch.dry_run), the canary's shard (batch.canary), the reservation rule
-(batch.budget), answers checked (batch.schema)."""
+(batch.budget, batch.spend, batch.budget_checks), answers checked (batch.schema)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from airflow_provider_maas.batch.bounds import estimate_line
-from airflow_provider_maas.batch.budget import Admission, SpendGate, check_budget, check_same_prices
+from airflow_provider_maas.batch.budget import Admission, SpendGate
+from airflow_provider_maas.batch.budget_checks import check_budget, check_same_prices
 from airflow_provider_maas.batch.canary import check_canary, judge, split_first
 from airflow_provider_maas.batch.dry_run import make_plan
 from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS, Tokens, estimate_request, worst_case_usd

@@ -325,9 +325,9 @@ def test_a_replaced_state_prices_its_unpriced_jobs(tmp_path):
     request), under one a refusal."""
     from dataclasses import replace
 
-    from airflow_provider_maas.batch.budget import spend_left_behind
     from airflow_provider_maas.batch.cost import check_prices
     from airflow_provider_maas.batch.shards import plan_shards
+    from airflow_provider_maas.batch.spend_before import spend_left_behind
     from airflow_provider_maas.batch.state import BatchState, Round, ShardKey, ShardStatus, fingerprint
     from tests.test_batch_state import _settings
 

@@ -15,7 +15,6 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.budget import count_as_lost, spend_left_behind
 from airflow_provider_maas.batch.create_guard import (
     NOT_RECORDED,
     CreateInFlight,
@@ -39,6 +38,8 @@ from airflow_provider_maas.batch.recovery import (
     state_error,
 )
 from airflow_provider_maas.batch.round_files import copy_file, input_key, requests_to_send
+from airflow_provider_maas.batch.spend import count_as_lost
+from airflow_provider_maas.batch.spend_before import spend_left_behind
 from airflow_provider_maas.batch.state import BatchState, Round, ShardRecord, ShardStatus, fingerprint
 from airflow_provider_maas.client.naming import task_identity
 from airflow_provider_maas.exceptions import MaaSInputError

@@ -174,7 +174,7 @@ class BatchState:
         written before it was kept.
     :param prices: The ``prices`` its USD amounts (``spent_before_usd``, each record's ``cost_usd``,
         ``reserve_usd``, ``lost_usd``) were counted at; None: none counted yet, or a state written
-        before they were kept (``budget.check_same_prices``).
+        before they were kept (``budget_checks.check_same_prices``).
     :param tokens_before: The worst case, in tokens (``{"prompt": P, "candidates": O}``), of jobs of
         the states this one replaced that no try could price (no prices known): priced into
         ``spent_before_usd`` by the first try with prices that takes the state; None: none.

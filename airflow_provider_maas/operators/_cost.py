@@ -3,7 +3,8 @@
 
 Only the Airflow side (parameters, XCom, the task log); the decisions are in ``batch/``:
 ``estimates`` and ``bounds`` (what a request counts), ``dry_run`` (the plan), ``budget`` (the
-reservation rule, :class:`SpendGate`), ``canary``, ``schema``.
+reservation rule, :class:`SpendGate`), ``budget_checks`` (the cap's settings and prices),
+``canary``, ``schema``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.bounds import Bounds, refuse_unbounded
-from airflow_provider_maas.batch.budget import SpendGate, check_budget, check_same_prices
+from airflow_provider_maas.batch.budget import SpendGate
+from airflow_provider_maas.batch.budget_checks import check_budget, check_same_prices
 from airflow_provider_maas.batch.canary import check_canary
 from airflow_provider_maas.batch.dry_run import dry_run
 from airflow_provider_maas.batch.rewrite import Rewrite, write_source_rewritten

@@ -1,0 +1,76 @@
+"""The budget's checks before anything is created: its settings, and the prices a batch's spend is counted at.
+
+:func:`check_budget` refuses a cap without prices, or a cap, default output or bound that is not a
+positive number; :func:`check_same_prices` refuses to count new jobs at prices other than those of
+the spend a state holds (and prices, at this try's prices, the worst case that tries without
+prices kept in tokens: :func:`usd_of_tokens`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow_provider_maas.batch.estimates import Tokens, worst_case_usd
+from airflow_provider_maas.exceptions import MaaSInputError
+
+if TYPE_CHECKING:
+    from airflow_provider_maas.batch.state import BatchState
+
+
+def usd_of_tokens(tokens: dict[str, int], prices: dict[str, float]) -> float:
+    """What worst-case ``tokens`` (``tokens_before``) cost at ``prices``: output at the dearer output price."""
+    bound = Tokens(worst_prompt=tokens.get("prompt", 0), max_output=tokens.get("candidates", 0))
+    return round(worst_case_usd(bound, prices), 9)
+
+
+def check_same_prices(state: BatchState, prices: dict[str, float], where: str) -> bool:
+    """Before this try counts USD at ``prices`` in ``state``: the amounts it holds must be at the
+    same prices. A state holding none takes ``prices`` (True: store its batch fields), its
+    ``tokens_before`` (kept by tries without prices) becoming ``spent_before_usd`` at them; one holding
+    amounts at other prices, or at prices it did not keep (written before they were), is refused
+    before anything is created: the cap would add new worst cases to a spend counted at other prices.
+
+    :raises MaaSInputError: naming the prices of the spend, the new ones and the way on.
+    """
+    if state.prices == prices:
+        return False
+    if not state.spent_before_usd and not any(r.cost_usd or r.lost_usd or r.reserve_usd for r in state.shards.values()):
+        state.prices = dict(prices)
+        if state.tokens_before:  # jobs of replaced states, kept in tokens: counted once, at these prices
+            state.spent_before_usd, state.tokens_before = usd_of_tokens(state.tokens_before, prices), None
+        return True
+    recorded = state.prices if state.prices is not None else "not recorded (a state written by an older provider)"
+    raise MaaSInputError(
+        f"prices changed since this batch counted its spend: the spend in its state is at prices {recorded}, "
+        f"this try has prices {prices}. Counting new jobs at the new prices on top of a spend at the old ones "
+        "could pass max_cost_usd, so nothing is created. Run it again with the prices the spend was counted at; "
+        "or, to use the new prices, start a new DAG run with this destination as its reuse_results and a "
+        f"destination of its own (the answers already paid for are reused, not paid again). Batch state: {where}"
+    )
+
+
+def check_budget(
+    max_cost_usd: Any,
+    prices: Any,
+    default_max_output_tokens: Any,
+    max_tokens_per_file_part: Any = None,
+    max_cached_content_tokens: Any = None,
+) -> None:
+    """Refuse a cap without prices, or a cap, default output or bound that is not a positive number."""
+    if max_cost_usd is not None:
+        if isinstance(max_cost_usd, bool) or not isinstance(max_cost_usd, (int, float)) or not max_cost_usd >= 0:
+            raise MaaSInputError(f"max_cost_usd must be a number of USD >= 0, got {max_cost_usd!r}")
+        if prices is None:
+            raise MaaSInputError(
+                'max_cost_usd needs prices= (USD per 1,000,000 tokens, e.g. {"prompt": 0.15, "candidates": 0.60}) '
+                "to turn token counts into USD"
+            )
+    value = default_max_output_tokens
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MaaSInputError(f"default_max_output_tokens must be an integer >= 1, got {value!r}")
+    for name, value in (
+        ("max_tokens_per_file_part", max_tokens_per_file_part),
+        ("max_cached_content_tokens", max_cached_content_tokens),
+    ):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise MaaSInputError(f"{name} must be an integer >= 1 (tokens), or None, got {value!r}")
