@@ -22,9 +22,9 @@ from airflow_provider_maas.batch.budget import Admission, count_as_lost
 from airflow_provider_maas.batch.journal import MarkNotRecorded
 from airflow_provider_maas.batch.ownership import check_lease
 from airflow_provider_maas.batch.polling import NOT_FOUND_TRIES, JobWatch, NotFoundCount, PollErrors
-from airflow_provider_maas.batch.recovery import StateRemoved, unmarked_error, unrecorded_error
 from airflow_provider_maas.batch.shards import ShardPlan, copy_shard, source_label
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
+from airflow_provider_maas.batch.write_failures import StateRemoved, unmarked_error, unrecorded_error
 from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.exceptions import (
     MaaSError,
