@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.journal import BatchJournal
     from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord
 
-log = logging.getLogger("airflow_provider_maas.batch.driver")  # the driver's messages, as before the split
+log = logging.getLogger("airflow_provider_maas.batch.driver")  # the driver's half: its messages are the driver's
 
 
 class Transfer(str, Enum):
