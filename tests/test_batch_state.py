@@ -11,7 +11,7 @@ import re
 import pytest
 
 from airflow_provider_maas.batch import journal as journal_module
-from airflow_provider_maas.batch.journal import BatchJournal, StateDamaged
+from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.pacing import check_deadline, fire_after
 from airflow_provider_maas.batch.resume import refuse_abandoning_jobs, take_over
 from airflow_provider_maas.batch.settings import BatchSettings, check_limits, reuse_paths
@@ -25,6 +25,7 @@ from airflow_provider_maas.batch.state import (
     ShardStatus,
     fingerprint,
 )
+from airflow_provider_maas.batch.state_objects import StateDamaged
 from airflow_provider_maas.batch.summary import check_outcome
 from airflow_provider_maas.exceptions import (
     MaaSInputError,

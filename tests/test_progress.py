@@ -10,6 +10,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from airflow_provider_maas.batch import answer_counts
 from airflow_provider_maas.batch import progress as progress_module
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.progress import RESULTS_KEPT_SECONDS, job_progress, read_progress
@@ -98,9 +99,9 @@ def test_progress_counts_shards_requests_answers_and_cost(journal):
 
 def test_progress_counts_each_part_once_and_within_budget(journal, monkeypatch):
     calls = []
-    real = progress_module._count_part
-    monkeypatch.setattr(progress_module, "_count_part", lambda path: calls.append(path) or real(path))
-    progress_module._cache.clear()
+    real = answer_counts._count_part
+    monkeypatch.setattr(answer_counts, "_count_part", lambda path: calls.append(path) or real(path))
+    answer_counts._cache.clear()
     assert read_progress(journal, count_budget=-1)["answers"]["counted_parts"] == 0  # no time left: counted later
     assert read_progress(journal)["answers"]["counted_parts"] == 1
     assert read_progress(journal)["answers"]["answered"] == 8

@@ -499,7 +499,7 @@ def test_summary_keys_are_what_the_operators_push(emulator, tmp_path):
 def test_connection_facts_are_the_codes():
     from airflow_provider_maas.client.config import DEFAULT_TIMEOUT, parse_verify
     from airflow_provider_maas.hooks.connection import CONN_FIELDS, DEFAULT_BASE_URL
-    from airflow_provider_maas.hooks.maas import PROBE_FILE_NAME
+    from airflow_provider_maas.hooks.probe import PROBE_FILE_NAME
 
     rows = {row[0]: row[1] for row in _table(_section(README, "## Connection"))}
     assert rows["Base URL (`host`)"] == f"`{DEFAULT_BASE_URL}` when empty"

@@ -22,7 +22,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from airflow_provider_maas.batch import matching
 from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.recovery import JOBS_KEY, STATE_KEY
+from airflow_provider_maas.batch.second_record import JOBS_KEY, STATE_KEY
 from airflow_provider_maas.batch.state import ShardKey, ShardStatus
 from airflow_provider_maas.exceptions import (
     MaaSJobCreationUncertainError,

@@ -557,12 +557,12 @@ def test_1_before_airflow_3_3_a_variable_that_is_not_a_record_stops_the_task(ser
 
 
 def test_5_job_names_saved_for_a_discarded_plan_do_not_reattach_the_new_plans_shards(service, tmp_path, monkeypatch):
-    # Job names a failed journal write left in task_state_store (recovery.save_job_names: location and
+    # Job names a failed journal write left in task_state_store (second_record.save_job_names: location and
     # "round.index" -> name) were kept across a start-over: nothing but take_over forgot them, and a new
     # plan is not taken over. The new plan's shard 0.1 then lost a create's answer (its job exists, paid);
     # the automatic retry "reattached" shard 0.1 to the discarded plan's job 2 (other requests, maybe another
     # model), abandoning the new plan's job: a paid answer lost, another batch's answers written in its place.
-    from airflow_provider_maas.batch.recovery import JOBS_KEY
+    from airflow_provider_maas.batch.second_record import JOBS_KEY
     from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError, MaaSStateError, MaaSTimeoutError
     from airflow_provider_maas.hooks.maas import MaaSHook
 

@@ -4,7 +4,8 @@ The pool threads only transfer bytes and call the API; every change of the state
 thread that calls :meth:`BatchDriver.pump` or :meth:`BatchDriver.handle`, and journalled by it in one
 small object per batch of changes. A shard's "creating" marker is journalled before its create is
 submitted. Memory is bounded by the pool (each upload spools at most 8 MiB before using a temporary
-file), not by the input.
+file), not by the input. What each finished transfer means for its shard is :mod:`.transfers`; how
+the running jobs are polled, :class:`~.polling.JobWatch`.
 """
 
 from __future__ import annotations
@@ -15,25 +16,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
-from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_maas.batch.budget import Admission
 from airflow_provider_maas.batch.journal import MarkNotRecorded
 from airflow_provider_maas.batch.ownership import check_lease
-from airflow_provider_maas.batch.polling import NOT_FOUND_TRIES, JobWatch, NotFoundCount, PollErrors
-from airflow_provider_maas.batch.recovery import StateRemoved, unmarked_error, unrecorded_error
+from airflow_provider_maas.batch.polling import JobWatch, NotFoundCount, PollErrors
 from airflow_provider_maas.batch.shards import ShardPlan, copy_shard, source_label
 from airflow_provider_maas.batch.spend import count_as_lost
 from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
-from airflow_provider_maas.client.failures import proves_not_created
-from airflow_provider_maas.exceptions import (
-    MaaSError,
-    MaaSNotFoundError,
-    MaaSRateLimitError,
-    MaaSResultsGoneError,
-    MaaSStateError,
-)
+from airflow_provider_maas.batch.transfers import Transfer, TransferOutcomes
+from airflow_provider_maas.batch.write_failures import StateRemoved, unmarked_error, unrecorded_error
+from airflow_provider_maas.exceptions import MaaSError, MaaSStateError
 from airflow_provider_maas.storage import CHUNK_SIZE, open_source
 
 if TYPE_CHECKING:
@@ -61,13 +55,7 @@ class JobService(Protocol):
     def download_results(self, job_name: str, destination: Any) -> dict[str, Any]: ...
 
 
-class _Task(str, Enum):
-    UPLOAD = "upload"
-    CREATE = "create"
-    DOWNLOAD = "download"
-
-
-class BatchDriver(JobWatch):
+class BatchDriver(TransferOutcomes, JobWatch):
     """Moves the shards of ``state`` forward; use as a context manager (it owns the thread pool).
 
     :param settings: The batch's settings (``source``: the requests of round 0; ``max_active_jobs``,
@@ -103,7 +91,7 @@ class BatchDriver(JobWatch):
         self.rate_limited = False
         self.gate = gate
         self._pool = ThreadPoolExecutor(max_workers=settings.max_parallel_transfers, thread_name_prefix="maas-batch")
-        self._futures: dict[Future[Any], tuple[_Task, ShardKey]] = {}
+        self._futures: dict[Future[Any], tuple[Transfer, ShardKey]] = {}
         self._pending = deque(sorted(r.key for r in state.with_status(ShardStatus.PENDING)))
         # Shards holding a slot: uploading, creating or with a job not seen ended.
         self._busy = {r.key for r in state.with_status(ShardStatus.RUNNING, ShardStatus.CREATING)}
@@ -127,7 +115,7 @@ class BatchDriver(JobWatch):
         self._pool.shutdown(wait=True, cancel_futures=True)
         # Left while transfers were in flight (execution_timeout, SIGTERM): record the answers that
         # came, a created job's name above all (its "creating" marker would make a retry refuse).
-        finished = [(f, t, k) for f, (t, k) in self._futures.items() if t is not _Task.UPLOAD and f.done()]
+        finished = [(f, t, k) for f, (t, k) in self._futures.items() if t is not Transfer.UPLOAD and f.done()]
         self._futures.clear()
         for future, task, key in finished:
             if not future.cancelled():
@@ -196,11 +184,11 @@ class BatchDriver(JobWatch):
                 to_create = []  # not sent: the transfers in flight are recorded, then the task stops
             for key in to_create:
                 record = self.state.shards[key]
-                self._submit(_Task.CREATE, key, self.hook.create_batch_job, record.file_name, record.display_name)
+                self._submit(Transfer.CREATE, key, self.hook.create_batch_job, record.file_name, record.display_name)
             while self._to_download:
                 key = self._to_download.popleft()
                 job_name = self.state.shards[key].job_name
-                self._submit(_Task.DOWNLOAD, key, self.hook.download_results, job_name, self.journal.part(key))
+                self._submit(Transfer.DOWNLOAD, key, self.hook.download_results, job_name, self.journal.part(key))
             if not self._futures:
                 break
             done, _ = wait(self._futures, return_when=FIRST_COMPLETED)
@@ -247,7 +235,7 @@ class BatchDriver(JobWatch):
         self._flush()
 
     # Internals -------------------------------------------------------------------------------
-    def _submit(self, task: _Task, key: ShardKey, fn: Callable[..., Any], *args: Any) -> None:
+    def _submit(self, task: Transfer, key: ShardKey, fn: Callable[..., Any], *args: Any) -> None:
         self._futures[self._pool.submit(fn, *args)] = (task, key)
 
     def _fill(self) -> list[ShardKey]:
@@ -277,7 +265,7 @@ class BatchDriver(JobWatch):
                 self._mark_creating(record, record.file_name, record.display_name)
                 marked.append(key)
             else:
-                self._submit(_Task.UPLOAD, key, self._upload, key)
+                self._submit(Transfer.UPLOAD, key, self._upload, key)
         self._pending.extendleft(reversed(held))
         return marked
 
@@ -348,99 +336,6 @@ class BatchDriver(JobWatch):
             copy_shard(handle, plan, tmp, label=source_label(source, "source"))  # checks the plan's sha256
             tmp.seek(0)
             return self.hook.upload_file(tmp, file_name)["name"], display_name
-
-    def _finished(self, task: _Task, key: ShardKey, future: Future[Any]) -> bool:
-        """Apply one finished transfer; True if the shard's create is due now (its marker is set)."""
-        record = self.state.shards[key]
-        try:
-            result = future.result()
-        except MaaSRateLimitError as err:
-            if task is _Task.DOWNLOAD:  # the job stays RUNNING: polled again, then downloaded again
-                self._downloading.discard(key)
-                log.warning("Shard %s: %s; its results are downloaded at the next poll", key, err)
-                return False
-            self._busy.discard(key)
-            self._pending.appendleft(key)
-            self.rate_limited = True
-            if task is _Task.CREATE:  # the service did not take it: no job, the attempt does not count
-                self._change(record.but(status=ShardStatus.PENDING, attempts=record.attempts - 1))
-            log.warning("Shard %s: %s; the service is at capacity, the shard waits for the next round", key, err)
-            return False
-        except MaaSNotFoundError as err:
-            if task is not _Task.DOWNLOAD:
-                self._failed(task, key, record, err)
-                return False
-            # 410 (MaaSResultsGoneError) proves the results are gone. A 404 may be a glitch of a job
-            # that ended seconds ago: the shard is polled and fetched again, and only a 404 on
-            # NOT_FOUND_TRIES fetches in a row counts as gone (a new job is paid for).
-            self._downloading.discard(key)
-            if not isinstance(err, MaaSResultsGoneError):
-                count = self._not_found.seen(key)
-                if not NotFoundCount.gone(count):
-                    log.warning(
-                        "Shard %s: no results for job %s (%s, %d of %d); fetching them again at the next poll",
-                        key,
-                        record.job_name,
-                        err,
-                        count,
-                        NOT_FOUND_TRIES,
-                    )
-                    return False
-            log.warning(
-                "Shard %s: the results of job %s are gone (%s); a new job will be created", key, record.job_name, err
-            )
-            # the job ran and was paid for: its cost stays spent
-            record = self.gate.lost(record, self.state) if self.gate is not None else count_as_lost(record)
-            self._retry_or_fail(record, f"the results of job {record.job_name} are gone")
-            return False
-        except Exception as err:
-            self._failed(task, key, record, err)
-            return False
-        if task is _Task.UPLOAD:
-            if self._fatal is not None or self.rate_limited:
-                self._busy.discard(key)
-                self._pending.appendleft(key)
-                return False
-            self._mark_creating(record, *result)
-            return True
-        if task is _Task.CREATE:
-            self._change(
-                record.but(
-                    status=ShardStatus.RUNNING,
-                    job_name=result["name"],
-                    job_state=result.get("state"),
-                    created=round(time.time(), 3),  # ms: a shorter journal line
-                )
-            )
-            self._seen[result["name"]] = time.monotonic()
-            log.info(
-                "Shard %s: job %s created (%d requests, attempt %d)",
-                key,
-                result["name"],
-                self.state.plan(key).requests,
-                record.attempts,
-            )
-        else:
-            self._downloading.discard(key)
-            checked = self.gate.downloaded(record, self.journal.part(key), self.state) if self.gate is not None else {}
-            self._change(record.but(status=ShardStatus.DONE, **checked))
-        return False
-
-    def _failed(self, task: _Task, key: ShardKey, record: ShardRecord, err: Exception) -> None:
-        """A transfer failed for good: remember the first such error; it stops the task once the
-        transfers in flight are recorded."""
-        if task is _Task.DOWNLOAD:
-            self._downloading.discard(key)  # the job stays RUNNING: the next try polls it and downloads
-        elif task is _Task.UPLOAD:
-            self._busy.discard(key)
-            self._pending.appendleft(key)
-        elif proves_not_created(err):  # a refusal (4xx), or a connection never made: no job exists
-            self._busy.discard(key)
-            self._change(record.but(status=ShardStatus.PENDING, attempts=record.attempts - 1, file_name=None))
-        # Otherwise an uncertain create: the marker stays, so no later try creates again on its own.
-        log.error("Shard %s: %s failed: %s", key, task.value, err)
-        if self._fatal is None:
-            self._fatal = err
 
     def _retry_or_fail(self, record: ShardRecord, reason: str) -> None:
         if record.attempts <= self.shard_retries:

@@ -18,7 +18,8 @@ snapshot and at most that many objects; this costs one snapshot per resume at mo
 bounded (about 2 x shards / max_active_jobs).
 Replay: the newest snapshot, then the journal objects after it in order; the last record of a shard
 wins. The location depends only on the destination and the task instance, so a retry finds it on
-every Airflow version; ``task_state_store`` (Airflow >= 3.3) only records it.
+every Airflow version; ``task_state_store`` (Airflow >= 3.3) only records it. Each object's bytes
+(JSON lines with a seal) and how one is read back whole or refused: :mod:`.state_objects`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch import ownership
 from airflow_provider_maas.batch.origin import write_kept_origin
 from airflow_provider_maas.batch.state import STATE_VERSION, BatchState, Round, ShardKey, ShardRecord, ShardStatus
+from airflow_provider_maas.batch.state_objects import (
+    StateDamaged,
+    children,
+    dumps,
+    numbered,
+    read_json_lines,
+    with_seal,
+)
 from airflow_provider_maas.client.naming import task_identity
 from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.storage import atomic_writer, to_path, uri_of
@@ -49,18 +58,6 @@ _SNAPSHOT = "snapshot-"
 _KEPT = "kept"
 
 
-def _dumps(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-class StateDamaged(MaaSError):
-    """The stored state is not whole: ``problem`` says what is wrong with which object."""
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(problem)
-        self.problem = problem
-
-
 class MarkNotRecorded(MaaSError):
     """Journal object ``seq``, holding "creating" markers, is stored, but recording it in the second
     record (``on_marked``) failed with ``cause``: the creates of those markers must not be sent."""
@@ -69,38 +66,6 @@ class MarkNotRecorded(MaaSError):
         super().__init__(f"journal object {seq:010d} is stored, but its mark is not ({type(cause).__name__}: {cause})")
         self.seq = seq
         self.cause = cause
-
-
-def _with_seal(lines: list[bytes]) -> bytes:
-    """An object's lines and its seal, ``{"end": <lines before>}``: a copy cut at a line boundary
-    (which is still valid JSON lines) is told from a whole one."""
-    return b"\n".join([*lines, _dumps({"end": len(lines)})]) + b"\n"
-
-
-def _read_json_lines(path: ObjectStoragePath) -> list[dict[str, Any]]:
-    """The JSON objects of ``path``, one per line; :class:`StateDamaged` naming the file and the
-    line if it cannot be read or a line is not a JSON object (truncated, overwritten)."""
-    try:
-        with path.open("rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise StateDamaged(f"{uri_of(path)} was listed but cannot be read (deleted meanwhile?)") from None
-    except OSError as err:
-        raise StateDamaged(f"{uri_of(path)} cannot be read ({type(err).__name__}: {err})") from None
-    lines = []
-    for number, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except ValueError as err:
-            raise StateDamaged(
-                f"{uri_of(path)} line {number} is not valid JSON ({err}): truncated or overwritten"
-            ) from None
-        if not isinstance(value, dict):
-            raise StateDamaged(f"{uri_of(path)} line {number} is not a JSON object")
-        lines.append(value)
-    return lines
 
 
 class BatchJournal:
@@ -118,7 +83,7 @@ class BatchJournal:
         self.lease: dict[str, Any] | None = None
         self._sealed = True
         #: The newest journal object known to be written (its sequence number): kept in a second
-        #: record by ``on_marked`` (``batch/recovery.py``), so that a journal ending before it is refused.
+        #: record by ``on_marked`` (``batch/second_record.py``), so that a journal ending before it is refused.
         self.marked = 0
         #: Called when :attr:`marked` changes: a new plan, or "creating" markers stored (before any
         #: create is sent); it raises if the second record cannot be written.
@@ -156,8 +121,8 @@ class BatchJournal:
         jobs without a manifest.
         """
         manifest_path = self.root / _MANIFEST
-        snapshots = self._numbered(self.root, _SNAPSHOT, ".json")
-        journal = self._numbered(self.root / "journal", "", ".jsonl")
+        snapshots = numbered(self.root, _SNAPSHOT, ".json")
+        journal = numbered(self.root / "journal", "", ".jsonl")
         if not manifest_path.exists():
             if not snapshots and self._plan_cut(journal) and not (self.root / "journal" / f"{2:010d}.jsonl").exists():
                 log.info(
@@ -170,7 +135,7 @@ class BatchJournal:
                     f"{uri_of(manifest_path)} is missing, but {len(snapshots) + len(journal)} journal object(s) are there"
                 )
             return None
-        lines = _read_json_lines(manifest_path)
+        lines = read_json_lines(manifest_path)
         if len(lines) != 1:
             raise StateDamaged(
                 f"{uri_of(manifest_path)} holds {len(lines)} JSON objects, not one (empty or overwritten)"
@@ -230,7 +195,7 @@ class BatchJournal:
         if [seq for seq, _ in journal] != [1]:
             return False
         try:
-            lines = _read_json_lines(journal[0][1])
+            lines = read_json_lines(journal[0][1])
         except StateDamaged:
             return False
         return len(lines) == 2 and "meta" in lines[0] and lines[1] == {"end": 1}
@@ -254,7 +219,7 @@ class BatchJournal:
     def _readable_lines(self) -> Iterator[dict[str, Any]]:
         """The JSON objects of every readable line of the snapshots, then the journal objects, in order."""
         for folder, prefix, suffix in ((self.root, _SNAPSHOT, ".json"), (self.root / "journal", "", ".jsonl")):
-            for _, path in self._numbered(folder, prefix, suffix):
+            for _, path in numbered(folder, prefix, suffix):
                 try:
                     with path.open("rb") as handle:
                         data = handle.read()
@@ -267,7 +232,7 @@ class BatchJournal:
                             yield value
 
     def _replay(self, state: BatchState, path: ObjectStoragePath) -> None:
-        lines = _read_json_lines(path)
+        lines = read_json_lines(path)
         if lines and lines[-1] == {"end": len(lines) - 1}:
             lines.pop()
         elif self._sealed:  # objects of a state written before seals were kept have none
@@ -282,19 +247,6 @@ class BatchJournal:
                 raise StateDamaged(
                     f"{uri_of(path)} record {number} is not a shard record ({type(err).__name__}: {err})"
                 ) from None
-
-    @staticmethod
-    def _numbered(folder: ObjectStoragePath, prefix: str, suffix: str) -> list[tuple[int, ObjectStoragePath]]:
-        try:
-            children = list(folder.iterdir())
-        except (FileNotFoundError, NotADirectoryError):  # no such folder (yet)
-            return []
-        found = []
-        for child in children:
-            name = child.name
-            if name.startswith(prefix) and name.endswith(suffix) and name[len(prefix) : -len(suffix)].isdigit():
-                found.append((int(name[len(prefix) : -len(suffix)]), child))
-        return sorted(found, key=lambda item: item[0])
 
     # Writing -----------------------------------------------------------------------------
     def create(self, state: BatchState) -> None:
@@ -329,7 +281,7 @@ class BatchJournal:
             manifest["sealed"] = 1
         if state.input_key is not None:
             manifest["input"] = state.input_key
-        self._write(self.root / _MANIFEST, _dumps(manifest))
+        self._write(self.root / _MANIFEST, dumps(manifest))
 
     def append(self, state: BatchState, records: list[ShardRecord], *, meta: bool = False) -> None:
         """Durably record ``records`` (already applied to ``state``), and the batch fields if ``meta``.
@@ -341,10 +293,10 @@ class BatchJournal:
         if not records and not meta:
             return
         ownership.check_lease(self)
-        lines = [_dumps(record.to_json()) for record in records]
+        lines = [dumps(record.to_json()) for record in records]
         if meta:
-            lines.append(_dumps({"meta": state.meta()}))
-        self._write(self.root / "journal" / f"{self.seq + 1:010d}.jsonl", _with_seal(lines))
+            lines.append(dumps({"meta": state.meta()}))
+        self._write(self.root / "journal" / f"{self.seq + 1:010d}.jsonl", with_seal(lines))
         self.seq += 1  # only once stored: a failed write leaves no gap for the next one
         if self.on_marked is not None and any(r.status is ShardStatus.CREATING for r in records):
             marked, self.marked = self.marked, self.seq  # before the creates are sent: deleting it is noticed
@@ -365,13 +317,13 @@ class BatchJournal:
 
     def compact(self, state: BatchState) -> None:
         """Write a snapshot of the whole state, then drop the journal objects it covers."""
-        lines = [_dumps({"meta": state.meta()})]
-        lines.extend(_dumps(r.to_json()) for r in state.shards.values() if r != ShardRecord(r.key))
-        self._write(self.root / f"{_SNAPSHOT}{self.seq:010d}.json", _with_seal(lines))
-        for seq, path in self._numbered(self.root / "journal", "", ".jsonl"):
+        lines = [dumps({"meta": state.meta()})]
+        lines.extend(dumps(r.to_json()) for r in state.shards.values() if r != ShardRecord(r.key))
+        self._write(self.root / f"{_SNAPSHOT}{self.seq:010d}.json", with_seal(lines))
+        for seq, path in numbered(self.root / "journal", "", ".jsonl"):
             if seq <= self.seq:
                 path.unlink()
-        for seq, path in self._numbered(self.root, _SNAPSHOT, ".json"):
+        for seq, path in numbered(self.root, _SNAPSHOT, ".json"):
             if seq < self.seq:
                 path.unlink()
         self._since_snapshot = 0
@@ -381,10 +333,10 @@ class BatchJournal:
         reuses them (:meth:`kept_answers`) if it runs on ``endpoint``, the ENDPOINT that paid for them
         (None: the one the stored batch fields name), recorded in the folder first (``origin.split_kept``);
         True if there were any."""
-        parts = [path for path in self._children(self.part_dir()) if path.name.endswith(".jsonl")]
+        parts = [path for path in children(self.part_dir()) if path.name.endswith(".jsonl")]
         if not parts:
             return False
-        target = self.root / _KEPT / f"{len(self._children(self.root / _KEPT)):04d}"
+        target = self.root / _KEPT / f"{len(children(self.root / _KEPT)):04d}"
         target.mkdir(parents=True, exist_ok=True)
         write_kept_origin(target, endpoint or self.endpoint_found())
         for path in parts:
@@ -394,21 +346,9 @@ class BatchJournal:
     def kept_answers(self) -> list[ObjectStoragePath]:
         """The results parts an abandoned plan of this batch downloaded (see :meth:`keep_answers`)."""
         return sorted(
-            (
-                p
-                for folder in self._children(self.root / _KEPT)
-                for p in self._children(folder)
-                if p.name.endswith(".jsonl")
-            ),
+            (p for folder in children(self.root / _KEPT) for p in children(folder) if p.name.endswith(".jsonl")),
             key=lambda p: (p.parent.name, p.name),
         )
-
-    @staticmethod
-    def _children(folder: ObjectStoragePath) -> list[ObjectStoragePath]:
-        try:
-            return list(folder.iterdir())
-        except (FileNotFoundError, NotADirectoryError):
-            return []
 
     def remove_plan(self) -> None:
         """Delete the state but the answers kept from earlier plans (:meth:`keep_answers`)."""
@@ -417,7 +357,7 @@ class BatchJournal:
     def remove(self, *, keep: tuple[str, ...] = ()) -> None:
         """Delete the whole state, results parts included, but the children named in ``keep``."""
         if keep:
-            for child in self._children(self.root):
+            for child in children(self.root):
                 if child.name not in keep:
                     child.fs.rm(str(child.path), recursive=True)
             return

@@ -11,13 +11,10 @@ Replaying the state is the cost of a call on a large batch (0.3 s at 10,000 shar
 state is kept per process (:data:`CACHED_STATES` batches, least recently read dropped first), keyed
 by the names, sizes and modification times of the state's objects (manifest, snapshots, journal
 objects): a refresh while nothing was written answers from it; any write (a new journal object, a
-snapshot, a manifest rewritten) changes the key and the state is replayed again.
-
-Reading the parts is the only cost that grows with the answers: each part is read once per process
-(parts never change once written; a cache keyed by name and size keeps the counts), and one call
-reads parts for at most ``count_budget`` seconds; ``answers.counted_parts`` says how many were
-counted, so the page shows the totals filling in. Fields a newer state format adds (a budget, a
-spend record, a lease) are passed through under ``extra`` when they are plain values.
+snapshot, a manifest rewritten) changes the key and the state is replayed again. The answers in
+the downloaded parts are counted by :mod:`.answer_counts`, a part read once per process within a
+time budget per call. Fields a newer state format adds (a budget, a spend record, a lease) are
+passed through under ``extra`` when they are plain values.
 """
 
 from __future__ import annotations
@@ -31,10 +28,8 @@ from collections import Counter, OrderedDict
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.cost import check_prices, cost_of
-from airflow_provider_maas.batch.results import ResultSummary, iter_results
+from airflow_provider_maas.batch.answer_counts import MAX_REASONS, count_answers, short
 from airflow_provider_maas.batch.state import BatchState, ShardRecord, ShardStatus
-from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
     from airflow_provider_maas.batch.journal import BatchJournal
@@ -43,16 +38,9 @@ if TYPE_CHECKING:
 RESULTS_KEPT_SECONDS = 7 * 24 * 3600
 #: Rows of the jobs table returned by default (running and failed first); ``jobs_total`` counts all.
 DEFAULT_JOBS_LIMIT = 200
-#: Failure reasons returned (the most frequent first).
-MAX_REASONS = 10
-#: Longest error text returned.
-MAX_ERROR_CHARS = 300
-#: Batches whose part counts a process keeps (least recently read dropped first).
-CACHED_BATCHES = 64
 #: Batches whose replayed state a process keeps (a 10,000-shard state holds about 10 MB).
 CACHED_STATES = 4
 
-_TOKEN_FIELDS = ("prompt_tokens", "candidates_tokens", "thoughts_tokens", "total_tokens")
 _KNOWN_STATE_FIELDS = {
     "fingerprint",
     "identity",
@@ -78,15 +66,7 @@ _ORDER = {
 }
 
 
-@dataclasses.dataclass
-class _PartCounts:
-    size: int
-    summary: dict[str, int]
-    reasons: Counter[str]
-
-
-_cache: OrderedDict[str, dict[str, _PartCounts]] = OrderedDict()
-_cache_lock = threading.Lock()
+_states_lock = threading.Lock()
 #: ``{state uri: (key of its objects, replayed state)}``, see :func:`_load`.
 _states: OrderedDict[str, tuple[tuple[Any, ...], BatchState]] = OrderedDict()
 _STATE_OBJECT = re.compile(r"manifest\.json|snapshot-\d+\.json")
@@ -96,11 +76,6 @@ def _iso(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds")
-
-
-def _short(text: Any) -> str:
-    text = str(text)
-    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 def _plain_extras(obj: Any, known: set[str]) -> dict[str, Any]:
@@ -144,19 +119,6 @@ def _listing(folder: Any) -> dict[str, dict[str, Any]]:
     return {str(e.get("name", "")).rstrip("/").rsplit("/", 1)[-1]: e for e in entries if isinstance(e, dict)}
 
 
-def _count_part(path: Any) -> tuple[dict[str, int], Counter[str]]:
-    summary = ResultSummary(max_failure_samples=0)
-    reasons: Counter[str] = Counter()
-    with path.open("rb") as handle:
-        for record in iter_results(handle):
-            summary.add(record)
-            if not record.succeeded:
-                reasons[_short(record.error or record.status or "no response")] += 1
-    counts = summary.as_dict()
-    counts["missing"] = summary.missing
-    return counts, reasons
-
-
 def read_progress(
     journal: BatchJournal,
     *,
@@ -191,13 +153,13 @@ def _load(journal: BatchJournal, written: dict[str, dict[str, Any]]) -> BatchSta
     the replay: a write during it makes the next call replay again)."""
     root = {name: info for name, info in _listing(journal.root).items() if _STATE_OBJECT.fullmatch(name)}
     key = (_objects_key(root), _objects_key(written))
-    with _cache_lock:
+    with _states_lock:
         cached = _states.get(journal.uri)
         if cached is not None and cached[0] == key:
             _states.move_to_end(journal.uri)
             return cached[1]
     state = journal.load()
-    with _cache_lock:
+    with _states_lock:
         _states.pop(journal.uri, None)
         if state is not None:
             _states[journal.uri] = (key, state)
@@ -225,7 +187,7 @@ def _progress(
     finished_requests = requests[ShardStatus.DONE.value] + requests[ShardStatus.FAILED.value]
     all_requests = sum(requests.values())
 
-    answers = _count_answers(journal, state, parts, prices, count_budget)
+    answers = count_answers(journal, state, parts, prices, count_budget)
     jobs, failures = _jobs(journal, state, parts, jobs_limit)
     last_update = max((m for m in (_mtime(i) for i in written.values()) if m), default=None)
     return {
@@ -284,61 +246,6 @@ def _estimated_end(started: float | None, now: float, finished: int, total: int)
     return now + (total - finished) * (now - started) / finished
 
 
-def _count_answers(
-    journal: BatchJournal,
-    state: BatchState,
-    parts: dict[str, dict[str, Any]],
-    prices: dict[str, float] | None,
-    budget: float,
-) -> dict[str, Any]:
-    with _cache_lock:
-        counted = _cache.pop(journal.uri, {})
-        _cache[journal.uri] = counted
-        while len(_cache) > CACHED_BATCHES:
-            _cache.popitem(last=False)
-    done = [journal.part_name(r.key) for r in state.with_status(ShardStatus.DONE, ShardStatus.RUNNING)]
-    deadline = time.monotonic() + budget
-    part_dir = journal.part_dir()
-    for name in done:
-        info = parts.get(name)
-        if info is None:
-            continue
-        size = int(info.get("size") or 0)
-        cached = counted.get(name)
-        if cached is not None and cached.size == size:
-            continue
-        if time.monotonic() > deadline:
-            break
-        try:
-            summary, reasons = _count_part(part_dir / name)
-        except (OSError, ValueError):  # being replaced, or not a results file: counted next time
-            continue
-        counted[name] = _PartCounts(size, summary, reasons)
-    totals = Counter[str]()
-    reasons = Counter[str]()
-    present = 0
-    for name in done:
-        item = counted.get(name)
-        if item is not None and name in parts:
-            totals.update(item.summary)
-            reasons.update(item.reasons)
-            present += 1
-    answers: dict[str, Any] = {
-        "counted_parts": present,
-        "parts": sum(1 for name in done if name in parts),
-        "answered": totals["succeeded"],
-        "failed": totals["failed"],
-        "missing": totals["missing"],
-        "tokens": {name: totals[name] for name in _TOKEN_FIELDS},
-        "reasons": [{"reason": reason, "requests": n} for reason, n in reasons.most_common(MAX_REASONS)],
-    }
-    with contextlib.suppress(MaaSInputError):  # prices as the operator checked them; anything else: no cost
-        checked = check_prices(prices)
-        if checked:
-            answers["cost_usd"] = cost_of(answers["tokens"], checked)
-    return answers
-
-
 def _jobs(
     journal: BatchJournal, state: BatchState, parts: dict[str, dict[str, Any]], limit: int
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -362,14 +269,14 @@ def _jobs(
             "results_until": _iso(ended_at + RESULTS_KEPT_SECONDS)
             if with_results and (ended_at := _epoch(ended))
             else None,
-            "error": _short(record.error) if record.error else None,
+            "error": short(record.error) if record.error else None,
         }
         extras = _plain_extras(record, _KNOWN_RECORD_FIELDS)
         if extras:
             row["extra"] = extras
         rows.append(row)
     with_error = [r for r in records if r.error]
-    reasons = Counter(_short(r.error) for r in with_error)
+    reasons = Counter(short(r.error) for r in with_error)
     failures = {
         "failed_shards": sum(1 for r in with_error if r.status is ShardStatus.FAILED),
         "retried_shards": sum(1 for r in with_error if r.status is not ShardStatus.FAILED),
@@ -406,5 +313,5 @@ def job_progress(job: Any) -> dict[str, Any]:
     row["results_until"] = _iso(ended + RESULTS_KEPT_SECONDS) if ended else None
     error = job.get("error")
     if isinstance(error, dict):
-        row["error"] = _short(error.get("message") or error)
+        row["error"] = short(error.get("message") or error)
     return {"found": True, "kind": "job", "job": row}

@@ -28,16 +28,15 @@ from airflow_provider_maas.batch.ownership import (
     refuse_written_by_other,
     take_lease,
 )
-from airflow_provider_maas.batch.recovery import (
+from airflow_provider_maas.batch.recovery import load_whole, state_error
+from airflow_provider_maas.batch.round_files import copy_file, input_key, requests_to_send
+from airflow_provider_maas.batch.second_record import (
     STATE_KEY,
     forget_job_names,
-    load_whole,
     record_mark,
     remember,
     rescued_job_names,
-    state_error,
 )
-from airflow_provider_maas.batch.round_files import copy_file, input_key, requests_to_send
 from airflow_provider_maas.batch.spend import count_as_lost
 from airflow_provider_maas.batch.spend_before import spend_left_behind
 from airflow_provider_maas.batch.state import BatchState, Round, ShardRecord, ShardStatus, fingerprint

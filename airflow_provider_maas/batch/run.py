@@ -20,9 +20,9 @@ from airflow_provider_maas.batch.create_guard import clear_round
 from airflow_provider_maas.batch.driver import BatchDriver
 from airflow_provider_maas.batch.ownership import check_lease, record_writer
 from airflow_provider_maas.batch.pacing import check_deadline, fire_after, past_deadline
-from airflow_provider_maas.batch.recovery import forget, remember, save_job_names
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
 from airflow_provider_maas.batch.round_files import next_round
+from airflow_provider_maas.batch.second_record import forget, remember, save_job_names
 from airflow_provider_maas.batch.summary import check_outcome, write_outputs
 from airflow_provider_maas.client.naming import task_identity
 from airflow_provider_maas.storage import to_path, uri_of
@@ -58,7 +58,7 @@ class BatchRun:
     """The shards of one batch state moved forward; a context manager (the driver's thread pool).
 
     :param context: The task's context (read for the clear round and the second record of job
-        names; see ``batch/recovery.py``).
+        names; see ``batch/second_record.py``).
     :param hook: The API calls (:class:`~airflow_provider_maas.batch.driver.JobService`).
     :param names: Upload and display names of a shard.
     :param gate: Budget cap, canary and answer checks (``batch/budget.py``); None: none of them.

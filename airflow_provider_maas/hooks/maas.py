@@ -33,7 +33,8 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
     MaaSTimeoutError,
 )
-from airflow_provider_maas.hooks.connection import CONN_FIELDS, DEFAULT_CONN_ID, UI_FIELD_BEHAVIOUR
+from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID, UI_FIELD_BEHAVIOUR, form_widgets
+from airflow_provider_maas.hooks.probe import PROBE_FILE_BODY, PROBE_FILE_NAME, probe_accepted, probe_refused
 from airflow_provider_maas.storage import open_source, to_path
 
 if TYPE_CHECKING:
@@ -42,10 +43,6 @@ if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger(__name__)
-
-#: The probe file ``test_connection`` uploads (replaced on every test; never used by a job).
-PROBE_FILE_NAME = "maas-connection-test.jsonl"
-PROBE_FILE_BODY = b'{"request":{"contents":[{"role":"user","parts":[{"text":"connection test"}]}]}}\n'
 
 _SESSION_LOCK = threading.Lock()
 
@@ -86,29 +83,9 @@ class MaaSHook(BaseHook):
     # Connection form -------------------------------------------------------------------
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Extra fields of the connection form (Airflow 3.0/3.1; 3.2+ reads ``conn-fields``).
-
-        Only ``StringField``, ``IntegerField``, ``PasswordField`` and ``BooleanField`` are accepted:
-        Airflow drops a hook using any other field class. The timeout is a string field (it may be
-        fractional) that the hook parses.
-
-        Needs ``wtforms`` only: the Airflow 3.0/3.1 UI builds the form from these fields without
-        Flask, but skips this method, and ``get_ui_field_behaviour`` with it, when an import here
-        fails. ``flask_appbuilder`` widgets and ``flask_babel`` (not installed with Airflow 3) are
-        therefore not used.
-        """
-        from wtforms import BooleanField, StringField
-
-        def text(name: str, **kwargs: Any) -> Any:
-            field = CONN_FIELDS[name]
-            return StringField(field["label"], description=field["description"], **kwargs)
-
-        verify = CONN_FIELDS["verify"]
-        return {
-            "endpoint": text("endpoint"),
-            "timeout": text("timeout", default="60"),
-            "verify": BooleanField(verify["label"], description=verify["description"], default=True),
-        }
+        """Extra fields of the connection form (Airflow 3.0/3.1; 3.2+ reads ``conn-fields``): see
+        :func:`~airflow_provider_maas.hooks.connection.form_widgets`."""
+        return form_widgets()
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
@@ -387,25 +364,10 @@ class MaaSHook(BaseHook):
             config = self.config
             self._upload(io.BytesIO(PROBE_FILE_BODY), PROBE_FILE_NAME, RetryPolicy(max_attempts=1))
         except MaaSApiError as err:
-            if err.status_code == 401:
-                return False, f"The service refused the API key (HTTP 401): check the connection's API Key field. {err}"
-            if err.status_code == 403:
-                return False, (
-                    f"The API key may not use endpoint {config.endpoint!r} (HTTP 403): check the Endpoint field, "
-                    f"or ask the vendor to enable this key for it. {err}"
-                )
-            if err.status_code == 404:
-                return False, (
-                    f"Endpoint {config.endpoint!r} is unknown at {config.base_url} (HTTP 404 on upload): check "
-                    f"the connection's Endpoint field (and the Base URL). {err}"
-                )
-            return False, str(err)
+            return False, probe_refused(err, config)
         except MaaSError as err:
             return False, str(err)
-        return True, (
-            f"Connection works: the key is accepted for endpoint {config.endpoint!r} at {config.base_url} "
-            f"(uploaded the probe file {PROBE_FILE_NAME!r}; no job was created)."
-        )
+        return True, probe_accepted(config)
 
 
 __all__ = ["MaaSHook", "MaaSJobCreationUncertainError"]

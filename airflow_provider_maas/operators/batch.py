@@ -17,10 +17,11 @@ from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.ownership import LeaseLost
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS
 from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
-from airflow_provider_maas.batch.recovery import FinishedMeanwhile, StateRemoved, finished_meanwhile
+from airflow_provider_maas.batch.recovery import FinishedMeanwhile, finished_meanwhile
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.run import BatchRun
 from airflow_provider_maas.batch.settings import LIMITS, BatchSettings, check_limits, is_true, retry_rule_and_prices
+from airflow_provider_maas.batch.write_failures import StateRemoved
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
