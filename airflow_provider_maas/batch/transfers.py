@@ -14,8 +14,8 @@ import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.budget import count_as_lost
 from airflow_provider_maas.batch.polling import NOT_FOUND_TRIES, NotFoundCount
+from airflow_provider_maas.batch.spend import count_as_lost
 from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.exceptions import MaaSNotFoundError, MaaSRateLimitError, MaaSResultsGoneError
