@@ -15,10 +15,12 @@ import shutil
 import socket
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from airflow_provider_maas.batch.request_lines import validate_request_line
+from airflow_provider_maas.batch.summary_types import BatchSummary, DownloadSummary, MergeSummary
 from tests.conftest import API_KEY, ENDPOINT, ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -463,13 +465,42 @@ def _listed(text: str, after: str, end: str = ".") -> set[str]:
     return set(re.findall(r"`(\w+)`", text[start : text.index(end, start)]))
 
 
+#: The operators that push an XCom ``summary``, and its type (``batch/summary_types.py``).
+SUMMARY_TYPES = {
+    "MaaSDownloadResultsOperator": DownloadSummary,
+    "MaaSMergeResultsOperator": MergeSummary,
+    "MaaSBatchPredictionOperator": BatchSummary,
+}
+
+
+def _keys(summary_type: Any) -> set[str]:
+    """Every key of a summary type, optional ones included."""
+    return set(summary_type.__required_keys__ | summary_type.__optional_keys__)
+
+
+def _summary_common() -> set[str]:
+    """The keys the README lists for every summary ("push an XCom `summary` (...)")."""
+    return _listed(" ".join(_section(README, "## Operator reference").split()), "push an XCom `summary` (", ")")
+
+
+def _summary_documented(operator: str) -> set[str]:
+    """The summary keys the README lists for ``operator``: the common ones and those its section adds
+    ("The `summary` adds ..."), without the parameters named as conditions (`images` with
+    `extract_images`) that are no key of its summary."""
+    from airflow_provider_maas.operators import maas as operators
+
+    added = _listed(" ".join(_section(README, f"### `{operator}`").split()), "The `summary` adds ")
+    conditions = set(_own_parameters(getattr(operators, operator))) - _keys(SUMMARY_TYPES[operator])
+    return _summary_common() | (added - conditions)
+
+
 def test_summary_keys_are_what_the_operators_push(emulator, tmp_path):
+    """Every key the README lists for an operator is pushed (those its summary type holds only in some
+    cases, such as ``images``, when the case applies), and every key pushed is listed."""
     from airflow_provider_maas.hooks.maas import MaaSHook
     from airflow_provider_maas.operators.maas import MaaSDownloadResultsOperator, MaaSMergeResultsOperator
     from tests.helpers import batch_operator, make_context, write_requests
 
-    reference = " ".join(_section(README, "## Operator reference").split())
-    common = _listed(reference, "push an XCom `summary` (", ")")
     requests = write_requests(tmp_path / "requests.jsonl", 3)
     hook = MaaSHook()
     job = hook.create_batch_job(hook.upload_file(str(requests), "readme-summary.jsonl")["name"], "readme")
@@ -490,10 +521,11 @@ def test_summary_keys_are_what_the_operators_push(emulator, tmp_path):
         ("MaaSMergeResultsOperator", merge),
         ("MaaSBatchPredictionOperator", batch),
     ):
-        added = _listed(" ".join(_section(README, f"### `{name}`").split()), "The `summary` adds ")
-        added -= {"extract_images"}  # "(`images` with `extract_images`)": a parameter, not a key
+        documented, optional = _summary_documented(name), SUMMARY_TYPES[name].__optional_keys__
         pushed = set(context["ti"].xcom["summary"])
-        assert common | added <= pushed, f"{name}: documented, not pushed: {sorted(common | added - pushed)}"
+        assert documented - optional <= pushed, f"{name}: documented, not pushed: {sorted(documented - pushed)}"
+        assert pushed <= documented, f"{name}: pushed, not documented: {sorted(pushed - documented)}"
+    assert "images" in download["ti"].xcom["summary"]  # extract_images=True
 
 
 def test_connection_facts_are_the_codes():

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.cost import check_prices, cost_of
 from airflow_provider_maas.batch.results import ResultSummary, iter_results
 from airflow_provider_maas.batch.state import BatchState, ShardRecord, ShardStatus
+from airflow_provider_maas.batch.summary_types import TOKEN_KEYS
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
@@ -52,7 +53,6 @@ CACHED_BATCHES = 64
 #: Batches whose replayed state a process keeps (a 10,000-shard state holds about 10 MB).
 CACHED_STATES = 4
 
-_TOKEN_FIELDS = ("prompt_tokens", "candidates_tokens", "thoughts_tokens", "total_tokens")
 _KNOWN_STATE_FIELDS = {
     "fingerprint",
     "identity",
@@ -152,9 +152,12 @@ def _count_part(path: Any) -> tuple[dict[str, int], Counter[str]]:
             summary.add(record)
             if not record.succeeded:
                 reasons[_short(record.error or record.status or "no response")] += 1
-    counts = summary.as_dict()
-    counts["missing"] = summary.missing
-    return counts, reasons
+    return {
+        "succeeded": summary.succeeded,
+        "failed": summary.failed,
+        "missing": summary.missing,
+        **summary.tokens,
+    }, reasons
 
 
 def read_progress(
@@ -329,7 +332,7 @@ def _count_answers(
         "answered": totals["succeeded"],
         "failed": totals["failed"],
         "missing": totals["missing"],
-        "tokens": {name: totals[name] for name in _TOKEN_FIELDS},
+        "tokens": {name: totals[name] for name in TOKEN_KEYS},
         "reasons": [{"reason": reason, "requests": n} for reason, n in reasons.most_common(MAX_REASONS)],
     }
     with contextlib.suppress(MaaSInputError):  # prices as the operator checked them; anything else: no cost

@@ -24,6 +24,8 @@ from airflow_provider_maas.client.redaction import neutralise
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
+    from airflow_provider_maas.batch.summary_types import Totals
+
 MISSING_STATUS = "MISSING: the results contain no line for this request"
 """``status`` of a request the service returned no results line for: of the :class:`ResultRecord`
 that :func:`missing_record` makes for it, and of the line (:func:`status_line`) that keeps its place
@@ -275,7 +277,7 @@ class ResultSummary:
         elif record.succeeded:
             self.usage_unknown += 1
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> Totals:
         """``{"requests", "succeeded", "failed", "prompt_tokens", "candidates_tokens", "thoughts_tokens",
         "total_tokens", "cost_unknown_answers"}``: the last counts the answers without usable token
         counts (no ``usageMetadata``, a count negative or not an integer), left out of the totals."""
@@ -283,12 +285,15 @@ class ResultSummary:
             "requests": self.requests,
             "succeeded": self.succeeded,
             "failed": self.failed,
-            **self.tokens,
+            "prompt_tokens": self.tokens["prompt_tokens"],
+            "candidates_tokens": self.tokens["candidates_tokens"],
+            "thoughts_tokens": self.tokens["thoughts_tokens"],
+            "total_tokens": self.tokens["total_tokens"],
             "cost_unknown_answers": self.usage_unknown,
         }
 
 
-def summarize(records: Iterable[ResultRecord]) -> dict[str, int]:
+def summarize(records: Iterable[ResultRecord]) -> Totals:
     """Totals of ``records`` as :meth:`ResultSummary.as_dict` returns them."""
     summary = ResultSummary()
     for record in records:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.journal import BatchJournal
     from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.batch.state import BatchState
+    from airflow_provider_maas.batch.summary_types import BatchSummary
     from airflow_provider_maas.client.states import JobOutcome
 
 log = logging.getLogger(__name__)
@@ -185,13 +186,13 @@ class BatchRun:
             self._poll_next = running
             return Wait(running, wake, state.deadline, in_triggerer=False)
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> BatchSummary:
         """Write the destination and the failed file (if this try still holds the state: another
         live try that took it over writes them, not this one); returns the summary."""
         check_lease(self.journal)
         return write_outputs(self.settings, self.journal, self.state)
 
-    def check(self, summary: dict[str, Any]) -> None:
+    def check(self, summary: BatchSummary) -> None:
         """After the summary is published: raise if the budget stopped the batch (the state stays:
         a retry finds the spend) or if its outcome fails the task."""
         if self.gate is not None and (stopped := self.gate.stop_error(self.state, summary)) is not None:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.run import Wait
     from airflow_provider_maas.batch.shards import ShardPlan
     from airflow_provider_maas.batch.state import ShardKey
+    from airflow_provider_maas.batch.summary_types import BatchSummary
 
 
 class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
@@ -353,8 +354,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
 
     # Results --------------------------------------------------------------------------------
     def _finish(self, context: Context, run: BatchRun) -> str:
-        summary = run.finish()
-        summary.update(self._cost_summary(context, run.gate, run.state, run.settings))
+        summary: BatchSummary = {**run.finish(), **self._cost_summary(context, run.gate, run.state, run.settings)}
         dest_uri = run.destination_uri
         publish_summary(self, context, summary, dest_uri)
         metrics.batch_finished(context, summary)
