@@ -26,6 +26,8 @@ from tests.conftest import API_KEY, ENDPOINT, ROOT
 README = (ROOT / "README.md").read_text()
 DOCS = {path.relative_to(ROOT).as_posix(): path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))}
 MANUAL = {"README.md": README, **DOCS}
+#: Every parameter of the operators, with its default (the README's operator reference links to it).
+PARAMETERS = DOCS["docs/operators.md"]
 BIN = os.path.dirname(sys.executable)
 
 #: Parameters the README documents ahead of the branches adding them (empty this once they landed).
@@ -218,16 +220,18 @@ def _own_parameters(cls: type) -> dict[str, inspect.Parameter]:
 
 @pytest.mark.parametrize("cls", _operators(), ids=lambda cls: cls.__name__)
 def test_operator_reference_documents_every_parameter_with_its_default(cls):
-    section = _section(README, f"### `{cls.__name__}`")
+    section = _section(PARAMETERS, f"### `{cls.__name__}`")
     params = _own_parameters(cls)
     shown = dict(re.findall(r"`(\w+)(?:=([^`]*))?`", section))
     for name, param in params.items():
         if name in COMMON:
             continue
-        assert name in shown, f"README: {cls.__name__} lacks `{name}`"
+        assert name in shown, f"docs/operators.md: {cls.__name__} lacks `{name}`"
         default = shown[name]
         if default and not default.startswith("<") and param.default is not param.empty:
-            assert default == str(param.default), f"README: {cls.__name__}({name}={default}), code: {param.default!r}"
+            assert default == str(param.default), (
+                f"docs/operators.md: {cls.__name__}({name}={default}), code: {param.default!r}"
+            )
     # each bullet starts with the parameters it describes: every one of them must exist
     bulleted = {
         name
@@ -235,7 +239,8 @@ def test_operator_reference_documents_every_parameter_with_its_default(cls):
         for name in re.findall(r"`(\w+)", lead)
     }
     unknown = {n for n in bulleted - set(params) if (cls.__name__, n) not in PENDING_PARAMETERS}
-    assert not unknown, f"README documents parameters {cls.__name__} does not have: {unknown}"
+    assert not unknown, f"docs/operators.md documents parameters {cls.__name__} does not have: {unknown}"
+    assert f"### `{cls.__name__}`\n" in README  # what it does, returns and pushes
 
 
 def test_operators_that_call_the_service_take_the_connection_and_endpoint():
@@ -553,12 +558,12 @@ def test_names_and_extras_are_the_codes():
     extras = _pyproject()["project"]["optional-dependencies"]
     for extra in re.findall(r"`airflow-provider-maas\[(\w+)\]`", _section(README, "## Install")):
         assert extra in extras, extra
-    upload = _section(README, "### `MaaSUploadFileOperator`")
+    upload = _section(PARAMETERS, "### `MaaSUploadFileOperator`")
     assert "`<dag>.<task>.<run id>.m<map index>.<content hash>.jsonl`" in upload
     assert upload_name(make_context(dag_id="d", task_id="t", run_id="r", map_index=2), "ab" * 32) == (
         f"d.t.r.m2.{'ab' * 8}.jsonl"
     )
-    create = _section(README, "### `MaaSCreateBatchJobOperator`")
+    create = _section(PARAMETERS, "### `MaaSCreateBatchJobOperator`")
     assert "default `<dag>/<task>/<run id>` (`[<map index>]` when mapped)" in create
     assert display_name(make_context(dag_id="d", task_id="t", run_id="r")) == "d/t/r"
     assert display_name(make_context(dag_id="d", task_id="t", run_id="r", map_index=2)) == "d/t/r[2]"
@@ -580,9 +585,9 @@ def test_limits_are_the_codes():
     assert f"At most {MAX_REQUESTS_PER_FILE} requests and 50 MB (read as 50 MiB)" in limits
     assert MAX_BYTES_PER_FILE == 50 * 1024 * 1024
     # One default of the wait policy's error budget, for the sensor and (by reference) the batch operator.
-    sensor = _section(README, "### `MaaSBatchJobSensor`")
+    sensor = _section(PARAMETERS, "### `MaaSBatchJobSensor`")
     assert f"`max_consecutive_poll_errors={DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS}`" in sensor
-    batch = _section(README, "### `MaaSBatchPredictionOperator`")
+    batch = _section(PARAMETERS, "### `MaaSBatchPredictionOperator`")
     assert f"`max_consecutive_poll_errors={DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS}`: as for the sensor" in batch
 
 
