@@ -32,9 +32,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.cost import check_prices, cost_of
-from airflow_provider_maas.batch.results import ResultSummary, iter_results
+from airflow_provider_maas.batch.results import TOKEN_KEYS, ResultSummary, iter_results
 from airflow_provider_maas.batch.state import BatchState, ShardRecord, ShardStatus
-from airflow_provider_maas.batch.summary_types import TOKEN_KEYS
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:

@@ -24,19 +24,18 @@ from airflow_provider_maas.client.redaction import neutralise
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-    from airflow_provider_maas.batch.summary_types import Totals
+    from airflow_provider_maas.batch.summary_types import TokenKey, Totals
 
 MISSING_STATUS = "MISSING: the results contain no line for this request"
 """``status`` of a request the service returned no results line for: of the :class:`ResultRecord`
 that :func:`missing_record` makes for it, and of the line (:func:`status_line`) that keeps its place
 in an output written in input order."""
 
-_USAGE_FIELDS = {
-    "prompt_tokens": "promptTokenCount",
-    "candidates_tokens": "candidatesTokenCount",
-    "thoughts_tokens": "thoughtsTokenCount",
-    "total_tokens": "totalTokenCount",
-}
+#: The token counts of a summary, each the total of one ``usageMetadata`` field (``_USAGE_FIELDS``).
+TOKEN_KEYS: tuple[TokenKey, ...] = ("prompt_tokens", "candidates_tokens", "thoughts_tokens", "total_tokens")
+_USAGE_FIELDS: dict[str, str] = dict(
+    zip(TOKEN_KEYS, ("promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount", "totalTokenCount"), strict=True)
+)
 _IMAGE_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp"}
 _IMAGE_EXTENSIONS["image/gif"] = "gif"
 

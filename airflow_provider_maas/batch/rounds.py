@@ -36,12 +36,12 @@ from airflow_provider_maas.batch.matching import OK_TAILS, Answer, AnswerStore, 
 from airflow_provider_maas.batch.merge import OrderedWriter, line_digest, results_from_service
 from airflow_provider_maas.batch.request_lines import RequestLine, iter_request_lines
 from airflow_provider_maas.batch.results import (
+    TOKEN_KEYS,
     ResultRecord,
     ResultSummary,
     load_result_object,
     result_record,
 )
-from airflow_provider_maas.batch.summary_types import TOKEN_KEYS
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage.paths import shown_uri
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Literal, TypedDict
 
-#: The token counts of a summary (totals of the answers' ``usageMetadata``).
+#: The token counts of a summary (totals of the answers' ``usageMetadata``: ``results.TOKEN_KEYS``).
 TokenKey = Literal["prompt_tokens", "candidates_tokens", "thoughts_tokens", "total_tokens"]
-TOKEN_KEYS: tuple[TokenKey, ...] = ("prompt_tokens", "candidates_tokens", "thoughts_tokens", "total_tokens")
 
 
 class Totals(TypedDict):
