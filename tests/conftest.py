@@ -47,6 +47,7 @@ UNIT_FILES = frozenset(
         "test_public_surface.py",
         "test_results.py",
         "test_storage.py",
+        "test_summary_types.py",
         "test_transient.py",
     }
 )

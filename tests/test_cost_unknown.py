@@ -60,7 +60,7 @@ def merged(tmp_path, usages: list[dict | None], *, reuse: list[dict | None] = ()
     results.write_bytes(b"".join(answer(n, u) for n, u in enumerate(usages) if n >= offset))
     earlier = tmp_path / "earlier.jsonl"
     earlier.write_bytes(b"".join(answer(n, u) for n, u in enumerate(reuse)))
-    summary = merge_answers(
+    counts, origins, _ = merge_answers(
         io.BytesIO(source),
         io.BytesIO(),
         io.BytesIO(),
@@ -69,6 +69,7 @@ def merged(tmp_path, usages: list[dict | None], *, reuse: list[dict | None] = ()
         opener=functools.partial(open_source, what="results file"),
         prices=check_prices(PRICES),
     )
+    summary = {**counts, **origins}
     json.dumps(summary, allow_nan=False)  # strict JSON, whatever the counts
     return summary
 

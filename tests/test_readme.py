@@ -15,15 +15,19 @@ import shutil
 import socket
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
 from airflow_provider_maas.batch.request_lines import validate_request_line
+from airflow_provider_maas.batch.summary_types import BatchSummary, DownloadSummary, MergeSummary
 from tests.conftest import API_KEY, ENDPOINT, ROOT
 
 README = (ROOT / "README.md").read_text()
 DOCS = {path.relative_to(ROOT).as_posix(): path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))}
 MANUAL = {"README.md": README, **DOCS}
+#: Every parameter of the operators, with its default (the README's operator reference links to it).
+PARAMETERS = DOCS["docs/operators.md"]
 BIN = os.path.dirname(sys.executable)
 
 #: Parameters the README documents ahead of the branches adding them (empty this once they landed).
@@ -216,16 +220,18 @@ def _own_parameters(cls: type) -> dict[str, inspect.Parameter]:
 
 @pytest.mark.parametrize("cls", _operators(), ids=lambda cls: cls.__name__)
 def test_operator_reference_documents_every_parameter_with_its_default(cls):
-    section = _section(README, f"### `{cls.__name__}`")
+    section = _section(PARAMETERS, f"### `{cls.__name__}`")
     params = _own_parameters(cls)
     shown = dict(re.findall(r"`(\w+)(?:=([^`]*))?`", section))
     for name, param in params.items():
         if name in COMMON:
             continue
-        assert name in shown, f"README: {cls.__name__} lacks `{name}`"
+        assert name in shown, f"docs/operators.md: {cls.__name__} lacks `{name}`"
         default = shown[name]
         if default and not default.startswith("<") and param.default is not param.empty:
-            assert default == str(param.default), f"README: {cls.__name__}({name}={default}), code: {param.default!r}"
+            assert default == str(param.default), (
+                f"docs/operators.md: {cls.__name__}({name}={default}), code: {param.default!r}"
+            )
     # each bullet starts with the parameters it describes: every one of them must exist
     bulleted = {
         name
@@ -233,7 +239,8 @@ def test_operator_reference_documents_every_parameter_with_its_default(cls):
         for name in re.findall(r"`(\w+)", lead)
     }
     unknown = {n for n in bulleted - set(params) if (cls.__name__, n) not in PENDING_PARAMETERS}
-    assert not unknown, f"README documents parameters {cls.__name__} does not have: {unknown}"
+    assert not unknown, f"docs/operators.md documents parameters {cls.__name__} does not have: {unknown}"
+    assert f"### `{cls.__name__}`\n" in README  # what it does, returns and pushes
 
 
 def test_operators_that_call_the_service_take_the_connection_and_endpoint():
@@ -463,13 +470,42 @@ def _listed(text: str, after: str, end: str = ".") -> set[str]:
     return set(re.findall(r"`(\w+)`", text[start : text.index(end, start)]))
 
 
+#: The operators that push an XCom ``summary``, and its type (``batch/summary_types.py``).
+SUMMARY_TYPES = {
+    "MaaSDownloadResultsOperator": DownloadSummary,
+    "MaaSMergeResultsOperator": MergeSummary,
+    "MaaSBatchPredictionOperator": BatchSummary,
+}
+
+
+def _keys(summary_type: Any) -> set[str]:
+    """Every key of a summary type, optional ones included."""
+    return set(summary_type.__required_keys__ | summary_type.__optional_keys__)
+
+
+def _summary_common() -> set[str]:
+    """The keys the README lists for every summary ("push an XCom `summary` (...)")."""
+    return _listed(" ".join(_section(README, "## Operator reference").split()), "push an XCom `summary` (", ")")
+
+
+def _summary_documented(operator: str) -> set[str]:
+    """The summary keys the README lists for ``operator``: the common ones and those its section adds
+    ("The `summary` adds ..."), without the parameters named as conditions (`images` with
+    `extract_images`) that are no key of its summary."""
+    from airflow_provider_maas.operators import maas as operators
+
+    added = _listed(" ".join(_section(README, f"### `{operator}`").split()), "The `summary` adds ")
+    conditions = set(_own_parameters(getattr(operators, operator))) - _keys(SUMMARY_TYPES[operator])
+    return _summary_common() | (added - conditions)
+
+
 def test_summary_keys_are_what_the_operators_push(emulator, tmp_path):
+    """Every key the README lists for an operator is pushed (those its summary type holds only in some
+    cases, such as ``images``, when the case applies), and every key pushed is listed."""
     from airflow_provider_maas.hooks.maas import MaaSHook
     from airflow_provider_maas.operators.maas import MaaSDownloadResultsOperator, MaaSMergeResultsOperator
     from tests.helpers import batch_operator, make_context, write_requests
 
-    reference = " ".join(_section(README, "## Operator reference").split())
-    common = _listed(reference, "push an XCom `summary` (", ")")
     requests = write_requests(tmp_path / "requests.jsonl", 3)
     hook = MaaSHook()
     job = hook.create_batch_job(hook.upload_file(str(requests), "readme-summary.jsonl")["name"], "readme")
@@ -490,10 +526,11 @@ def test_summary_keys_are_what_the_operators_push(emulator, tmp_path):
         ("MaaSMergeResultsOperator", merge),
         ("MaaSBatchPredictionOperator", batch),
     ):
-        added = _listed(" ".join(_section(README, f"### `{name}`").split()), "The `summary` adds ")
-        added -= {"extract_images"}  # "(`images` with `extract_images`)": a parameter, not a key
+        documented, optional = _summary_documented(name), SUMMARY_TYPES[name].__optional_keys__
         pushed = set(context["ti"].xcom["summary"])
-        assert common | added <= pushed, f"{name}: documented, not pushed: {sorted(common | added - pushed)}"
+        assert documented - optional <= pushed, f"{name}: documented, not pushed: {sorted(documented - pushed)}"
+        assert pushed <= documented, f"{name}: pushed, not documented: {sorted(pushed - documented)}"
+    assert "images" in download["ti"].xcom["summary"]  # extract_images=True
 
 
 def test_connection_facts_are_the_codes():
@@ -521,12 +558,12 @@ def test_names_and_extras_are_the_codes():
     extras = _pyproject()["project"]["optional-dependencies"]
     for extra in re.findall(r"`airflow-provider-maas\[(\w+)\]`", _section(README, "## Install")):
         assert extra in extras, extra
-    upload = _section(README, "### `MaaSUploadFileOperator`")
+    upload = _section(PARAMETERS, "### `MaaSUploadFileOperator`")
     assert "`<dag>.<task>.<run id>.m<map index>.<content hash>.jsonl`" in upload
     assert upload_name(make_context(dag_id="d", task_id="t", run_id="r", map_index=2), "ab" * 32) == (
         f"d.t.r.m2.{'ab' * 8}.jsonl"
     )
-    create = _section(README, "### `MaaSCreateBatchJobOperator`")
+    create = _section(PARAMETERS, "### `MaaSCreateBatchJobOperator`")
     assert "default `<dag>/<task>/<run id>` (`[<map index>]` when mapped)" in create
     assert display_name(make_context(dag_id="d", task_id="t", run_id="r")) == "d/t/r"
     assert display_name(make_context(dag_id="d", task_id="t", run_id="r", map_index=2)) == "d/t/r[2]"
@@ -548,9 +585,9 @@ def test_limits_are_the_codes():
     assert f"At most {MAX_REQUESTS_PER_FILE} requests and 50 MB (read as 50 MiB)" in limits
     assert MAX_BYTES_PER_FILE == 50 * 1024 * 1024
     # One default of the wait policy's error budget, for the sensor and (by reference) the batch operator.
-    sensor = _section(README, "### `MaaSBatchJobSensor`")
+    sensor = _section(PARAMETERS, "### `MaaSBatchJobSensor`")
     assert f"`max_consecutive_poll_errors={DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS}`" in sensor
-    batch = _section(README, "### `MaaSBatchPredictionOperator`")
+    batch = _section(PARAMETERS, "### `MaaSBatchPredictionOperator`")
     assert f"`max_consecutive_poll_errors={DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS}`: as for the sensor" in batch
 
 

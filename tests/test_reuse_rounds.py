@@ -193,7 +193,7 @@ def test_merge_takes_the_latest_answer_in_input_order_and_counts_origins(tmp_pat
     round1 = results_file(tmp_path, "r1.jsonl", [result_line("f"), result_line("g", status="LAST REASON")])
     out, failed = io.BytesIO(), io.BytesIO()
     prices = check_prices({"prompt": 1.0, "candidates": 2.0})
-    summary = merge_answers(
+    counts, origins, round_succeeded = merge_answers(
         io.BytesIO(input_lines(["x", "r", "f", "x", "g", "m"])),
         out,
         failed,
@@ -202,13 +202,14 @@ def test_merge_takes_the_latest_answer_in_input_order_and_counts_origins(tmp_pat
         opener=opener,
         prices=prices,
     )
+    summary = {**counts, **origins}
     assert answer_texts(out.getvalue()) == ["x", "r", "f", "x", None, None]  # one line per request
     assert json.loads(out.getvalue().splitlines()[5]) == {"request": request("m"), "status": MISSING_STATUS}
     assert json.loads(out.getvalue().splitlines()[4])["status"] == "LAST REASON"
     assert sent_texts(failed.getvalue()) == ["g", "m"]
     assert summary["requests"] == 6 and summary["succeeded"] == 4 and summary["missing"] == 1
     assert (summary["reused"], summary["deduplicated"]) == (1, 1) and "sent" not in summary  # the batch counts sends
-    assert summary["round_succeeded"] == [1, 1]
+    assert round_succeeded == [1, 1] and "round_succeeded" not in summary
     assert summary["tokens_reused"]["prompt_tokens"] == 100
     # paid: x, f (10 prompt, 20 candidates, 30 thoughts each); thoughts priced as candidates
     assert summary["cost_usd"] == pytest.approx(2 * (10 * 1 + 20 * 2 + 30 * 2) / 1e6)
@@ -223,7 +224,7 @@ def test_merge_counts_results_matching_no_request(tmp_path):
     round0 = results_file(tmp_path, "r0.jsonl", [result_line("a"), result_line("zzz"), result_line("a")])
     summary = merge_answers(
         io.BytesIO(input_lines(["a"])), io.BytesIO(), io.BytesIO(), reuse=[], results=[round0], opener=opener
-    )
+    ).counts
     assert (summary["unmatched"], summary["duplicates"]) == (1, 1)
     assert MISSING_STATUS  # the missing status is ResultSummary's
 

@@ -16,7 +16,7 @@ from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.cost import check_prices, cost_of
-from airflow_provider_maas.batch.results import ResultSummary, iter_results
+from airflow_provider_maas.batch.results import TOKEN_KEYS, ResultSummary, iter_results
 from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSInputError
 
@@ -30,8 +30,6 @@ MAX_REASONS = 10
 MAX_ERROR_CHARS = 300
 #: Batches whose part counts a process keeps (least recently read dropped first).
 CACHED_BATCHES = 64
-
-_TOKEN_FIELDS = ("prompt_tokens", "candidates_tokens", "thoughts_tokens", "total_tokens")
 
 
 @dataclasses.dataclass
@@ -59,9 +57,12 @@ def _count_part(path: Any) -> tuple[dict[str, int], Counter[str]]:
             summary.add(record)
             if not record.succeeded:
                 reasons[short(record.error or record.status or "no response")] += 1
-    counts = summary.as_dict()
-    counts["missing"] = summary.missing
-    return counts, reasons
+    return {
+        "succeeded": summary.succeeded,
+        "failed": summary.failed,
+        "missing": summary.missing,
+        **summary.tokens,
+    }, reasons
 
 
 def count_answers(
@@ -111,7 +112,7 @@ def count_answers(
         "answered": totals["succeeded"],
         "failed": totals["failed"],
         "missing": totals["missing"],
-        "tokens": {name: totals[name] for name in _TOKEN_FIELDS},
+        "tokens": {name: totals[name] for name in TOKEN_KEYS},
         "reasons": [{"reason": reason, "requests": n} for reason, n in reasons.most_common(MAX_REASONS)],
     }
     with contextlib.suppress(MaaSInputError):  # prices as the operator checked them; anything else: no cost

@@ -42,6 +42,7 @@ from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanary
 if TYPE_CHECKING:
     from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.batch.state import BatchState, ShardRecord
+    from airflow_provider_maas.batch.summary_types import BatchSummary, CostFields
 
 log = logging.getLogger(__name__)
 
@@ -220,11 +221,12 @@ class SpendGate(SpendLedger):
         ]
 
     # The end -------------------------------------------------------------------------------
-    def summary_fields(self, state: BatchState) -> dict[str, Any]:
+    def summary_fields(self, state: BatchState) -> CostFields:
         """What the summary adds: the spend, the reservation (0 once nothing runs), the cap, the canary."""
-        fields: dict[str, Any] = {}
+        fields: CostFields = {}
         if self.max_cost_usd is not None:  # what every job cost, answers later replaced included
-            fields.update(cost_usd=self.spent(state), cost_reserved_usd=self.reserved(state))
+            fields["cost_usd"] = self.spent(state)
+            fields["cost_reserved_usd"] = self.reserved(state)
             fields["budget_usd"] = self.max_cost_usd
             fields["answers_over_worst_case"] = sum(r.over_worst_case for r in state.shards.values())
         fields["not_sent"] = self.not_sent(state)
@@ -239,12 +241,12 @@ class SpendGate(SpendLedger):
             }
         return fields
 
-    def stop_error(self, state: BatchState, summary: dict[str, Any]) -> Exception | None:
+    def stop_error(self, state: BatchState, summary: BatchSummary) -> Exception | None:
         """The error that ends a batch that stopped creating jobs (None if it did not)."""
         if not self.stopped(state):
             return None
         reason = self.reason or next((r.error for r in state.with_status(ShardStatus.FAILED) if r.unsent), "")
-        answered, not_sent = summary.get("succeeded", 0), self.not_sent(state)
+        answered, not_sent = summary["succeeded"], self.not_sent(state)
         after = (
             f"{answered} requests got answers (in the destination); {not_sent} were not sent (in the failed file, "
             f"status {NOT_SENT})."

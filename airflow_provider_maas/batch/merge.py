@@ -37,6 +37,8 @@ from airflow_provider_maas.storage.writes import atomic_writer_if_written
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
+    from airflow_provider_maas.batch.summary_types import MergeSummary, ResultsSummary
+
 log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -81,13 +83,13 @@ def _log_failures(summary: ResultSummary, where: str) -> None:
 
 
 @results_from_service
-def summarise_results(results: Any, *, failed_destination: Any | None = None) -> dict[str, Any]:
+def summarise_results(results: Any, *, failed_destination: Any | None = None) -> ResultsSummary:
     """Summarise one results file; write its failed requests (input format) when asked.
 
     Failed requests are written as ``{"request": ...}`` lines with the service's null-valued
     fields removed, ready to resubmit. A line that repeats an earlier line byte for byte is counted
-    in ``duplicates`` only, not as another request (``matching``; remembered on disk, not in memory). Returns the summary dict (see
-    ``ResultSummary``) plus ``missing``, ``duplicates`` and ``bytes``.
+    in ``duplicates`` only, not as another request (``matching``; remembered on disk, not in memory).
+    ``failed_uri`` is None when no failed file was asked for or none failed.
     """
 
     summary = ResultSummary()
@@ -110,32 +112,40 @@ def summarise_results(results: Any, *, failed_destination: Any | None = None) ->
                 )
         size = handle.tell() if handle.seekable() else 0
     _log_failures(summary, "the results")
-    result: dict[str, Any] = summary.as_dict()
-    result.update(missing=summary.missing, duplicates=duplicates, bytes=size)
-    if failed_out is not None:
-        result["failed_uri"] = uri_of(failed_path) if failed_path is not None and failed_out.written else None
-    return result
+    failed_uri = None
+    if failed_path is not None and failed_out is not None and failed_out.written:
+        failed_uri = uri_of(failed_path)
+    return {
+        **summary.as_dict(),
+        "missing": summary.missing,
+        "duplicates": duplicates,
+        "bytes": size,
+        "failed_uri": failed_uri,
+    }
 
 
-def compare_with_job(summary: dict[str, Any], job: dict[str, Any], *, ordered: bool) -> list[str]:
-    """Check a download's summary against the job's ``completionStats``; return the differences.
+def compare_with_job(
+    summary: ResultsSummary | MergeSummary, job: dict[str, Any], *, ordered: bool
+) -> tuple[int | None, list[str]]:
+    """Check a download's summary against the job's ``completionStats``: the service's count of
+    requests (None when it sent none: the summary's ``expected_requests``) and the differences.
 
     Requests the service counted but the results file does not hold are added to ``missing`` and
     ``failed`` (and ``requests``) unless ``ordered`` (then the input file already counted them).
-    Sets ``expected_requests`` (the service's count, or None when it sent none). A null
-    ``failedCount`` beside a ``successfulCount`` is 0, as the service sends it.
+    A null ``failedCount`` beside a ``successfulCount`` is 0, as the service sends it.
     """
     outcome = job_outcome(job)
     succeeded, failed = outcome.successful, outcome.failed
     if succeeded is not None and failed is None:
         failed = 0
     expected = succeeded + failed if succeeded is not None and failed is not None else None
-    summary["expected_requests"] = expected
     differences: list[str] = []
     if expected is not None:
         if not ordered and expected > summary["requests"]:
             absent = expected - summary["requests"]
-            summary.update(requests=expected, failed=summary["failed"] + absent, missing=summary["missing"] + absent)
+            summary.update(
+                {"requests": expected, "failed": summary["failed"] + absent, "missing": summary["missing"] + absent}
+            )
         if summary["requests"] != expected:
             differences.append(f"the job counts {expected} requests, the results {summary['requests']}")
         if summary["succeeded"] != succeeded:
@@ -146,9 +156,9 @@ def compare_with_job(summary: dict[str, Any], job: dict[str, Any], *, ordered: b
         differences.append(f"{summary['missing']} requests have no result line")
     if summary.get("duplicates"):
         differences.append(f"{summary['duplicates']} result lines repeat an earlier line (counted once)")
-    if summary.get("unmatched"):
-        differences.append(f"{summary['unmatched']} result lines match no request of the input")
-    return differences
+    if isinstance(unmatched := summary.get("unmatched"), int) and unmatched:  # merged in input order
+        differences.append(f"{unmatched} result lines match no request of the input")
+    return expected, differences
 
 
 @results_from_service
@@ -173,7 +183,7 @@ def extract_images_beside(results: Any) -> list[str]:
 
 
 @results_from_service
-def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[str, Any]:
+def merge_results(sources: list[Any], requests: Any, destination: Any) -> MergeSummary:
     """Merge shard results into ``destination`` in the order of the ``requests`` file.
 
     Each request is matched to its result by normalised request (``matching``: a success first,
@@ -206,7 +216,7 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> dict[s
 @results_from_service
 def merge_shard_results(
     parts: Iterable[tuple[Any, int, int]], requests: Any, destination: Any, *, sha256: Sequence[str] | None = None
-) -> dict[str, Any]:
+) -> MergeSummary:
     """:func:`merge_results` for results known shard by shard: memory follows the largest shard.
 
     :param parts: ``(results, first_line, last_line)`` per shard, in input order: the shard's
@@ -359,7 +369,7 @@ class OrderedWriter:
             source, line = left.first_unmatched
             self.first_unmatched = f"{store.sources[source]} line {line}"
 
-    def report(self, dest: Any, failed: Any) -> dict[str, Any]:
+    def report(self, dest: Any, failed: Any) -> MergeSummary:
         if self.duplicates:
             log.warning(
                 "%d result lines are second results of a request; kept once in %s", self.duplicates, uri_of(dest)
@@ -372,12 +382,11 @@ class OrderedWriter:
                 uri_of(dest),
             )
         _log_failures(self.summary, uri_of(dest))
-        result: dict[str, Any] = self.summary.as_dict()
-        result.update(
-            missing=self.summary.missing,
-            duplicates=self.duplicates,
-            unmatched=self.unmatched,
-            bytes=self.written,
-            failed_uri=None if failed is None else uri_of(failed),
-        )
-        return result
+        return {
+            **self.summary.as_dict(),
+            "missing": self.summary.missing,
+            "duplicates": self.duplicates,
+            "unmatched": self.unmatched,
+            "bytes": self.written,
+            "failed_uri": None if failed is None else uri_of(failed),
+        }

@@ -24,17 +24,18 @@ from airflow_provider_maas.client.redaction import neutralise
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
+    from airflow_provider_maas.batch.summary_types import TokenKey, Totals
+
 MISSING_STATUS = "MISSING: the results contain no line for this request"
 """``status`` of a request the service returned no results line for: of the :class:`ResultRecord`
 that :func:`missing_record` makes for it, and of the line (:func:`status_line`) that keeps its place
 in an output written in input order."""
 
-_USAGE_FIELDS = {
-    "prompt_tokens": "promptTokenCount",
-    "candidates_tokens": "candidatesTokenCount",
-    "thoughts_tokens": "thoughtsTokenCount",
-    "total_tokens": "totalTokenCount",
-}
+#: The token counts of a summary, each the total of one ``usageMetadata`` field (``_USAGE_FIELDS``).
+TOKEN_KEYS: tuple[TokenKey, ...] = ("prompt_tokens", "candidates_tokens", "thoughts_tokens", "total_tokens")
+_USAGE_FIELDS: dict[str, str] = dict(
+    zip(TOKEN_KEYS, ("promptTokenCount", "candidatesTokenCount", "thoughtsTokenCount", "totalTokenCount"), strict=True)
+)
 _IMAGE_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp"}
 _IMAGE_EXTENSIONS["image/gif"] = "gif"
 
@@ -275,7 +276,7 @@ class ResultSummary:
         elif record.succeeded:
             self.usage_unknown += 1
 
-    def as_dict(self) -> dict[str, int]:
+    def as_dict(self) -> Totals:
         """``{"requests", "succeeded", "failed", "prompt_tokens", "candidates_tokens", "thoughts_tokens",
         "total_tokens", "cost_unknown_answers"}``: the last counts the answers without usable token
         counts (no ``usageMetadata``, a count negative or not an integer), left out of the totals."""
@@ -283,12 +284,15 @@ class ResultSummary:
             "requests": self.requests,
             "succeeded": self.succeeded,
             "failed": self.failed,
-            **self.tokens,
+            "prompt_tokens": self.tokens["prompt_tokens"],
+            "candidates_tokens": self.tokens["candidates_tokens"],
+            "thoughts_tokens": self.tokens["thoughts_tokens"],
+            "total_tokens": self.tokens["total_tokens"],
             "cost_unknown_answers": self.usage_unknown,
         }
 
 
-def summarize(records: Iterable[ResultRecord]) -> dict[str, int]:
+def summarize(records: Iterable[ResultRecord]) -> Totals:
     """Totals of ``records`` as :meth:`ResultSummary.as_dict` returns them."""
     summary = ResultSummary()
     for record in records:

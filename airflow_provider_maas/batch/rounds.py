@@ -28,7 +28,7 @@ import contextlib
 import re
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_maas.batch.cost import cost_of
 from airflow_provider_maas.batch.lines import Writable, iter_lines
@@ -36,6 +36,7 @@ from airflow_provider_maas.batch.matching import OK_TAILS, Answer, AnswerStore, 
 from airflow_provider_maas.batch.merge import OrderedWriter, line_digest, results_from_service
 from airflow_provider_maas.batch.request_lines import RequestLine, iter_request_lines
 from airflow_provider_maas.batch.results import (
+    TOKEN_KEYS,
     ResultRecord,
     ResultSummary,
     load_result_object,
@@ -43,6 +44,9 @@ from airflow_provider_maas.batch.results import (
 )
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage.paths import shown_uri
+
+if TYPE_CHECKING:
+    from airflow_provider_maas.batch.summary_types import MergeCounts, Origins, Totals
 
 #: Statuses retried by default (``re.search``, case-sensitive codes, case-insensitive words): what
 #: a user expects to pass on its own. A client error (400 INVALID_ARGUMENT, 403, 404, a safety
@@ -199,6 +203,14 @@ def write_retries(
     return written
 
 
+class MergedAnswers(NamedTuple):
+    """What :func:`merge_answers` counted: the merge, where its answers came from, each round's successes."""
+
+    counts: MergeCounts
+    origins: Origins
+    round_succeeded: list[int]
+
+
 @results_from_service
 def merge_answers(
     source: IO[bytes],
@@ -211,7 +223,7 @@ def merge_answers(
     rounds: Sequence[int] | None = None,
     deduplicate: bool = True,
     prices: dict[str, float] | None = None,
-) -> dict[str, Any]:
+) -> MergedAnswers:
     """Write every input position's best answer to ``out`` in input order, and to ``failed_out``
     the input lines of requests with no successful answer (a missing one gets its request with
     ``MISSING_STATUS`` in ``out``: one line per input request).
@@ -220,11 +232,9 @@ def merge_answers(
         reported; a success from any round or from ``reuse`` wins).
     :param rounds: The round of each ``results`` file (default: its index); ``round_succeeded``
         counts per round.
-    :return: The ``ResultSummary`` dict plus ``missing``, ``duplicates`` (second successful answers
-        to one request, not used), ``unmatched`` (result lines matching no input request),
-        ``bytes``, ``reused``, ``deduplicated`` (answers by where they came from),
-        ``tokens_reused``, ``tokens_deduplicated``, ``round_succeeded`` (successes per round) and,
-        with ``prices``, ``cost_usd`` and ``cost_avoided_usd``.
+    :return: The counts (``duplicates``: second successful answers to one request, not used;
+        ``unmatched``: result lines matching no input request), where the answers came from (with
+        ``prices``, their cost: :func:`answer_origins`) and the successes of each round.
     """
     by_reuse, by_dedup = ResultSummary(), ResultSummary()
     first_round = len(reuse)
@@ -245,42 +255,45 @@ def merge_answers(
         round_succeeded = [0] * (max(numbers, default=-1) + 1)
         for number, added in zip(numbers, store.added[first_round:], strict=True):
             round_succeeded[number] += added.succeeded
-    result: dict[str, Any] = merge.summary.as_dict()
-    result.update(
-        missing=merge.summary.missing,
-        duplicates=merge.duplicates,
-        unmatched=merge.unmatched,
-        bytes=merge.written,
-        round_succeeded=round_succeeded,
+    counts: MergeCounts = {
+        **merge.summary.as_dict(),
+        "missing": merge.summary.missing,
+        "duplicates": merge.duplicates,
+        "unmatched": merge.unmatched,
+        "bytes": merge.written,
+    }
+    return MergedAnswers(
+        counts, answer_origins(counts, reused=by_reuse, deduplicated=by_dedup, prices=prices), round_succeeded
     )
-    add_origins(result, reused=by_reuse, deduplicated=by_dedup, prices=prices)
-    return result
 
 
-def add_origins(
-    summary: dict[str, Any],
+def answer_origins(
+    totals: Totals,
     *,
     reused: ResultSummary | None = None,
     deduplicated: ResultSummary | None = None,
     prices: dict[str, float] | None = None,
-) -> None:
-    """Add to a merge's ``summary`` where its answers came from (``reused``, ``deduplicated``,
+) -> Origins:
+    """Where the answers a merge counted (its ``totals``) came from (``reused``, ``deduplicated``,
     ``tokens_reused``, ``tokens_deduplicated``) and, with ``prices``, ``cost_usd`` (the
     tokens of the answers sent) and ``cost_avoided_usd`` (``reused``, ``deduplicated``): each None
     (unknown) when one of its answers has no usable token counts (``cost_unknown_answers``)."""
     reused = reused or ResultSummary()
     deduplicated = deduplicated or ResultSummary()
-    summary.update(
-        reused=reused.requests,
-        deduplicated=deduplicated.requests,
-        tokens_reused=reused.tokens,
-        tokens_deduplicated=deduplicated.tokens,
-    )
+    origins: Origins = {
+        "reused": reused.requests,
+        "deduplicated": deduplicated.requests,
+        "tokens_reused": reused.tokens,
+        "tokens_deduplicated": deduplicated.tokens,
+    }
     if prices is not None:
-        paid = {name: summary[name] - reused.tokens[name] - deduplicated.tokens[name] for name in reused.tokens}
-        unknown = summary.get("cost_unknown_answers", 0) - reused.usage_unknown - deduplicated.usage_unknown
-        summary["cost_usd"] = cost_of(paid, prices, unknown=unknown)
-        summary["cost_avoided_usd"] = {
+        paid: dict[str, int] = {
+            name: totals[name] - reused.tokens[name] - deduplicated.tokens[name] for name in TOKEN_KEYS
+        }
+        unknown = totals["cost_unknown_answers"] - reused.usage_unknown - deduplicated.usage_unknown
+        origins["cost_usd"] = cost_of(paid, prices, unknown=unknown)
+        origins["cost_avoided_usd"] = {
             "reused": cost_of(reused.tokens, prices, unknown=reused.usage_unknown),
             "deduplicated": cost_of(deduplicated.tokens, prices, unknown=deduplicated.usage_unknown),
         }
+    return origins

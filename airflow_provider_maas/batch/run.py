@@ -18,13 +18,17 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.create_guard import clear_round
 from airflow_provider_maas.batch.driver import BatchDriver
-from airflow_provider_maas.batch.ownership import check_lease, record_writer
-from airflow_provider_maas.batch.pacing import check_deadline, fire_after, past_deadline
+from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.ownership import LeaseLost, check_lease, record_writer
+from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
+from airflow_provider_maas.batch.recovery import FinishedMeanwhile, finished_meanwhile
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
 from airflow_provider_maas.batch.round_files import next_round
 from airflow_provider_maas.batch.second_record import forget, remember, save_job_names
 from airflow_provider_maas.batch.summary import check_outcome, write_outputs
+from airflow_provider_maas.batch.write_failures import StateRemoved
 from airflow_provider_maas.client.naming import task_identity
+from airflow_provider_maas.exceptions import MaaSTimeoutError
 from airflow_provider_maas.storage import to_path, uri_of
 
 if TYPE_CHECKING:
@@ -33,12 +37,34 @@ if TYPE_CHECKING:
 
     from airflow_provider_maas.batch.budget import SpendGate
     from airflow_provider_maas.batch.driver import JobService, ShardNames
-    from airflow_provider_maas.batch.journal import BatchJournal
     from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.batch.state import BatchState
+    from airflow_provider_maas.batch.summary_types import BatchSummary
     from airflow_provider_maas.client.states import JobOutcome
 
+__all__ = ["TAKEN_OVER", "BatchJournal", "BatchRun", "Wait", "finished_elsewhere", "refuse_finished"]
+
 log = logging.getLogger(__name__)
+
+#: What stops a try because another try of this task instance took the batch over: it finished the
+#: batch, took the state's lease, or removed the state.
+TAKEN_OVER: tuple[type[Exception], ...] = (FinishedMeanwhile, LeaseLost, StateRemoved)
+
+
+def refuse_finished(context: Any, journal: BatchJournal, *, this_round: bool = False) -> None:
+    """Raise :class:`~.recovery.FinishedMeanwhile` if another try of this task instance finished this
+    batch (in this clear round if ``this_round``: see :func:`~.recovery.finished_meanwhile`)."""
+    if finished_meanwhile(context, journal, this_round=this_round):
+        raise FinishedMeanwhile(journal.uri)
+
+
+def finished_elsewhere(err: Exception, context: Any, journal: BatchJournal, *, this_round: bool = False) -> bool:
+    """Whether ``err`` (one of :data:`TAKEN_OVER`) leaves this try nothing to do: another try finished
+    the batch. False (raise it) when this try lost the batch while it is not known finished, or created
+    jobs it could not record (the error names them: they are not hidden)."""
+    if isinstance(err, FinishedMeanwhile):
+        return True
+    return not getattr(err, "job_names", None) and finished_meanwhile(context, journal, this_round=this_round)
 
 
 @dataclass(frozen=True)
@@ -185,13 +211,13 @@ class BatchRun:
             self._poll_next = running
             return Wait(running, wake, state.deadline, in_triggerer=False)
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> BatchSummary:
         """Write the destination and the failed file (if this try still holds the state: another
         live try that took it over writes them, not this one); returns the summary."""
         check_lease(self.journal)
         return write_outputs(self.settings, self.journal, self.state)
 
-    def check(self, summary: dict[str, Any]) -> None:
+    def check(self, summary: BatchSummary) -> None:
         """After the summary is published: raise if the budget stopped the batch (the state stays:
         a retry finds the spend) or if its outcome fails the task."""
         if self.gate is not None and (stopped := self.gate.stop_error(self.state, summary)) is not None:
@@ -212,6 +238,11 @@ class BatchRun:
                 err,
             )
         forget(self.context)  # the second record (an Airflow Variable before 3.3) is not needed any more
+
+    def timed_out(self, message: str) -> MaaSTimeoutError:
+        """The error of a wait the trigger ended at the deadline: its ``message`` and the jobs still running."""
+        running = list(self.state.by_job())
+        return MaaSTimeoutError(f"{message} Still running: {', '.join(running[:MAX_NAMED_JOBS])}")
 
     @property
     def destination_uri(self) -> str:

@@ -1,10 +1,11 @@
 """The settings of a batch run: checked once where the DAG is parsed, then read by every try.
 
-:func:`check_limits` and :func:`retry_rule_and_prices` refuse a bad setting with
+:func:`check_parameters` (:func:`retry_rule_and_prices`, :func:`check_limits`) refuses a bad setting with
 :class:`~airflow_provider_maas.exceptions.MaaSInputError` naming it and what is allowed, before
 anything is uploaded or paid for. :class:`BatchSettings` carries the settings of one try (templated
 fields rendered) to the modules that plan, resume and merge the batch; the earlier results to reuse
 are resolved and checked once per try (:attr:`BatchSettings.reuse_files`), as they may change between tries.
+:data:`DEFAULTS` holds the operator's defaults that other modules define (the service's limits...).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.origin import of_other_models, refuse_unknown_origin, split_kept
+from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.rounds import retry_predicate
 from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
@@ -30,6 +32,21 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_maas.batch.rewrite import Rewrite
+
+
+@dataclass(frozen=True)
+class OperatorDefaults:
+    """The batch operator's defaults that other modules define: the service's limits on one file
+    (``request_lines``), the polls failed in a row a wait tolerates (``polling``, as for the sensor),
+    the output a request counts for at most when it does not say (``plan``)."""
+
+    max_requests_per_file: int = MAX_REQUESTS_PER_FILE
+    max_bytes_per_file: int = MAX_BYTES_PER_FILE
+    max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
+    default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
+
+
+DEFAULTS = OperatorDefaults()
 
 #: The integer settings: ``name: (lowest, highest or None)``, checked in this order.
 LIMITS: dict[str, tuple[int, int | None]] = {
@@ -56,6 +73,16 @@ def retry_rule_and_prices(retry_failures: Any, prices: Any) -> tuple[Callable[[s
     """``retry_failures`` as a predicate over a result's status, and ``prices`` checked (each raises
     :class:`MaaSInputError` saying what to give instead)."""
     return retry_predicate(retry_failures), check_prices(prices)
+
+
+def check_parameters(
+    task: Any, retry_failures: Any, prices: Any
+) -> tuple[Callable[[str], bool], dict[str, float] | None]:
+    """Check the batch operator's parameters: :func:`retry_rule_and_prices`, then the settings of
+    :data:`LIMITS` (``task``'s attributes of those names); returns the retry rule and the prices."""
+    checked = retry_rule_and_prices(retry_failures, prices)
+    check_limits({name: getattr(task, name) for name in LIMITS})
+    return checked
 
 
 def reuse_paths(reuse_results: Any) -> list[ObjectStoragePath]:
@@ -139,13 +166,14 @@ class BatchSettings:
     @classmethod
     def of(cls, task: Any, **given: Any) -> BatchSettings:
         """The settings read from ``task``'s attributes of the same names, or from ``given`` (a
-        field with a default may be in neither)."""
+        field with a default may be in neither); ``start_over`` may be a rendered template (:func:`is_true`)."""
         values: dict[str, Any] = {}
         for f in fields(cls):
             if f.name in given:
                 values[f.name] = given[f.name]
             elif f.default is MISSING or hasattr(task, f.name):
                 values[f.name] = getattr(task, f.name)
+        values["start_over"] = is_true(values.get("start_over", False), what="start_over")
         return cls(**values)
 
     def reuse_paths(self) -> list[ObjectStoragePath]:

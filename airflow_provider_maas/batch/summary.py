@@ -10,13 +10,13 @@ results and identical requests (:func:`~airflow_provider_maas.batch.rounds.merge
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from airflow_provider_maas.batch.cost import usd
 from airflow_provider_maas.batch.merge import failed_path_for, merge_shard_results
 from airflow_provider_maas.batch.origin import count_answers, write_origin
 from airflow_provider_maas.batch.round_files import all_round_results, answers_opener, check_source, write_failure_parts
-from airflow_provider_maas.batch.rounds import add_origins, merge_answers
+from airflow_provider_maas.batch.rounds import answer_origins, merge_answers
 from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSJobFailedError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.round_files import RoundResults
     from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.batch.state import BatchState
+    from airflow_provider_maas.batch.summary_types import BatchSummary, MergeSummary, Origins
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,9 @@ log = logging.getLogger(__name__)
 MAX_QUOTED_ERRORS = 5
 
 
-def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchState) -> dict[str, Any]:
-    """Write the destination and the failed file of a finished batch; returns the summary."""
+def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchState) -> BatchSummary:
+    """Write the destination and the failed file of a finished batch; returns the summary (without
+    what the budget, the canary and the answer checks add: ``operators/_cost.py``)."""
     records = sorted(state.shards.values(), key=lambda r: r.key)
     failed = [r for r in records if r.status is ShardStatus.FAILED]
     if len(state.rounds) == 1 and state.rounds[0].source is None:
@@ -45,40 +47,43 @@ def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchSt
         plans = [state.plan(r.key) for r in records]
         parts = ((journal.part(r.key), plan.first_line, plan.last_line) for r, plan in zip(records, plans, strict=True))
         sha256 = [plan.sha256 for plan in plans]  # the source must still hold the requests that were sent
-        summary = merge_shard_results(parts, settings.source, settings.destination, sha256=sha256)
-        add_origins(summary, prices=settings.prices)
-        summary["round_succeeded"] = [summary["succeeded"]]
+        merged = merge_shard_results(parts, settings.source, settings.destination, sha256=sha256)
+        origins = answer_origins(merged, prices=settings.prices)
+        round_succeeded = [merged["succeeded"]]
     else:
         check_source(settings, state, before="before writing the results")
-        summary = merge_rounds(settings, all_round_results(settings, journal, state))
+        merged, origins, round_succeeded = merge_rounds(settings, all_round_results(settings, journal, state))
     others = settings.reuse_of_other_models()
-    summary["reuse_skipped_other_model"] = count_answers(others)
+    skipped = count_answers(others)
     if others:
         log.warning(
             "%d answers of reuse_results were not reused: %s were written by another ENDPOINT (another model); "
             "set reuse_other_models=True to reuse them",
-            summary["reuse_skipped_other_model"],
+            skipped,
             ", ".join(uri_of(path) for path in others),
         )
     write_origin(settings.destination, settings)
-    summary.update(
-        shards=len(records),
-        failed_shards=len(failed),
-        shard_errors=[f"shard {r.key}: {r.error}" for r in failed[:MAX_QUOTED_ERRORS]],
-        jobs=sum(r.attempts for r in records),
-        sent=sum(state.plan(r.key).requests * r.attempts for r in records),  # every create sent, retries included
-        resumes=state.resumes,
-        retry_rounds=[
+    return {
+        **merged,
+        **origins,
+        "reuse_skipped_other_model": skipped,
+        "shards": len(records),
+        "failed_shards": len(failed),
+        "shard_errors": [f"shard {r.key}: {r.error}" for r in failed[:MAX_QUOTED_ERRORS]],
+        "jobs": sum(r.attempts for r in records),
+        "sent": sum(state.plan(r.key).requests * r.attempts for r in records),  # every create sent, retries included
+        "resumes": state.resumes,
+        "retry_rounds": [
             {"round": n, "retried": sum(p.requests for p in state.rounds[n].plans), "succeeded": succeeded}
-            for n, succeeded in enumerate(summary.pop("round_succeeded"))
+            for n, succeeded in enumerate(round_succeeded)
             if n
         ],
-    )
-    return summary
+    }
 
 
-def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[str, Any]:
-    """Every request's best answer in input order (see ``rounds.merge_answers``), atomically."""
+def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> tuple[MergeSummary, Origins, list[int]]:
+    """Every request's best answer in input order (see ``rounds.merge_answers``), atomically: what
+    it counted, where the answers came from, each round's successes."""
     dest = to_path(settings.destination, what="destination")
     failed = failed_path_for(dest)
     with (
@@ -86,7 +91,7 @@ def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[s
         atomic_writer(dest) as out,
         atomic_writer_if_written(failed) as failed_out,
     ):
-        summary = merge_answers(
+        counts, origins, round_succeeded = merge_answers(
             source,
             out,
             failed_out,
@@ -97,7 +102,8 @@ def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[s
             deduplicate=settings.deduplicate,
             prices=settings.prices,
         )
-    summary["failed_uri"] = uri_of(failed) if failed_out.written else None  # no failed file when none failed
+    failed_uri = uri_of(failed) if failed_out.written else None  # no failed file when none failed
+    summary: MergeSummary = {**counts, "failed_uri": failed_uri}
     if summary["unmatched"]:
         log.warning(
             "%d result lines match no request of the input; they are not in %s", summary["unmatched"], uri_of(dest)
@@ -109,28 +115,28 @@ def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> dict[s
             summary["requests"],
             summary["failed_uri"],
         )
-    if summary["reused"] or summary["deduplicated"]:
+    if origins["reused"] or origins["deduplicated"]:
         log.info(
             "Answers: %d reused from reuse_results, %d shared by identical requests",
-            summary["reused"],
-            summary["deduplicated"],
+            origins["reused"],
+            origins["deduplicated"],
         )
-    if "cost_usd" in summary:
-        avoided = summary["cost_avoided_usd"]
+    if "cost_usd" in origins and "cost_avoided_usd" in origins:
+        avoided = origins["cost_avoided_usd"]
         log.info(
             "Cost at the given prices: %s (avoided: %s by reuse, %s by sending identical requests once)",
-            *(usd(value) for value in (summary["cost_usd"], avoided["reused"], avoided["deduplicated"])),
+            *(usd(value) for value in (origins["cost_usd"], avoided["reused"], avoided["deduplicated"])),
         )
-    if summary.get("cost_unknown_answers"):
+    if summary["cost_unknown_answers"]:
         log.warning(
             "%d answers have no usable token counts (no usageMetadata, or a count that is negative or not an "
             "integer): token totals leave them out and the cost is unknown",
             summary["cost_unknown_answers"],
         )
-    return summary
+    return summary, origins, round_succeeded
 
 
-def check_outcome(summary: dict[str, Any], dest_uri: str, *, fail_on_partial: bool) -> None:
+def check_outcome(summary: BatchSummary, dest_uri: str, *, fail_on_partial: bool) -> None:
     """Once every output is written: log the failed shards; raise :class:`MaaSJobFailedError` if no
     request succeeded, or (``fail_on_partial``) if any failed."""
     failed, shards, reasons = summary["failed_shards"], summary["shards"], "; ".join(summary["shard_errors"])

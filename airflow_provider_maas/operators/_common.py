@@ -7,7 +7,7 @@ import logging
 import time
 import warnings
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
@@ -23,6 +23,9 @@ from airflow_provider_maas.exceptions import MaaSInputError, MaaSNotFoundError, 
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators._lineage import LineageMixin
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +115,7 @@ def results_gone(hook: Any, job_name: str, *, pause: float = 1.0) -> bool:
     return True
 
 
-def publish_summary(operator: Any, context: Any, summary: dict[str, Any], uri: str) -> None:
+def publish_summary(operator: Any, context: Any, summary: Mapping[str, Any], uri: str) -> None:
     """Push XCom ``summary``, log one line, attach the summary to ``Asset`` outlets."""
     context["ti"].xcom_push(key="summary", value=summary)
     operator.log.info(

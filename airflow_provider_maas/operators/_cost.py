@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.journal import BatchJournal
     from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.batch.state import BatchState
+    from airflow_provider_maas.batch.summary_types import CostFields
 
 
 class CostControl:
@@ -159,7 +160,7 @@ class CostControl:
 
     def _cost_summary(
         self, context: Context, gate: SpendGate | None, state: Any, settings: BatchSettings
-    ) -> dict[str, Any]:
+    ) -> CostFields:
         """What the summary adds: spend, reservation, cap, canary; ``invalid_output``. The canary's
         measured estimate also goes to XCom ``plan`` (as the dry run's estimate does)."""
         if gate is None:

@@ -24,7 +24,10 @@ its XCom ``summary``); the progress page shows them while the batch runs.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ def _send(kind: str, name: str, value: float, tags: dict[str, str]) -> None:
         log.warning("Could not send metric %s%s", PREFIX, name, exc_info=True)
 
 
-def batch_finished(context: Any, summary: dict[str, Any]) -> None:
+def batch_finished(context: Any, summary: Mapping[str, Any]) -> None:
     """Count a finished batch's answers, tokens and cost (its ``summary``)."""
     tags = tags_of(context)
     for key, name in SUMMARY_COUNTERS.items():

@@ -12,18 +12,10 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas._compat import conf
-from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS
-from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.ownership import LeaseLost
-from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS
-from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
-from airflow_provider_maas.batch.recovery import FinishedMeanwhile, finished_meanwhile
-from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
-from airflow_provider_maas.batch.run import BatchRun
-from airflow_provider_maas.batch.settings import LIMITS, BatchSettings, check_limits, is_true, retry_rule_and_prices
-from airflow_provider_maas.batch.write_failures import StateRemoved
+from airflow_provider_maas.batch.run import TAKEN_OVER, BatchJournal, BatchRun, finished_elsewhere, refuse_finished
+from airflow_provider_maas.batch.settings import DEFAULTS, BatchSettings, check_parameters
 from airflow_provider_maas.client.naming import display_name, upload_name
-from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
+from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, renamed
@@ -40,6 +32,7 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.run import Wait
     from airflow_provider_maas.batch.shards import ShardPlan
     from airflow_provider_maas.batch.state import ShardKey
+    from airflow_provider_maas.batch.summary_types import BatchSummary
 
 
 class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
@@ -171,10 +164,10 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         shard_retries: int = 2,
         fail_on_partial: bool = False,
         timeout: float | None = None,
-        max_requests_per_file: int = MAX_REQUESTS_PER_FILE,
-        max_bytes_per_file: int = MAX_BYTES_PER_FILE,
+        max_requests_per_file: int = DEFAULTS.max_requests_per_file,
+        max_bytes_per_file: int = DEFAULTS.max_bytes_per_file,
         max_parallel_transfers: int = 16,
-        max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
+        max_consecutive_poll_errors: int = DEFAULTS.max_consecutive_poll_errors,
         maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,
         reuse_results: Any = None,
@@ -184,7 +177,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         prices: dict[str, float] | None = None,
         dry_run: bool = False,
         max_cost_usd: float | None = None,
-        default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS,
+        default_max_output_tokens: int = DEFAULTS.default_max_output_tokens,
         max_tokens_per_file_part: int | None = None,
         max_cached_content_tokens: int | None = None,
         canary_requests: int = 0,
@@ -198,7 +191,6 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
     ) -> None:
         timeout = renamed(kwargs, "wait_timeout", "timeout", timeout)
         super().__init__(maas_conn_id=maas_conn_id, endpoint=endpoint, **kwargs)
-        self._should_retry, self.prices = retry_rule_and_prices(retry_failures, prices)
         self.source = source
         self.destination = destination
         self.display_name = display_name
@@ -228,7 +220,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         self.retry_invalid = retry_invalid
         self.set_response_schema = set_response_schema
         self.start_over = start_over
-        check_limits({name: getattr(self, name) for name in LIMITS})
+        self._should_retry, self.prices = check_parameters(self, retry_failures, prices)
         self._check_cost_control()
 
     def _settings(self, journal: BatchJournal | None = None, source: Any = None) -> BatchSettings:
@@ -238,7 +230,6 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         return BatchSettings.of(
             self,
             should_retry=self._retry_rule(self._should_retry),
-            start_over=is_true(self.start_over, what="start_over"),
             kept_answers=journal.kept_answers if journal is not None else None,
             rewrite=self._rewrite(),
             given_source=self.source,
@@ -253,17 +244,15 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
         try:
-            if finished_meanwhile(context, journal, this_round=True):  # Airflow did not record that try's success
-                raise FinishedMeanwhile(journal.uri)
+            refuse_finished(context, journal, this_round=True)  # Airflow did not record that try's success
             self._refuse_unbounded()  # max_cost_usd: every request's worst case is a bound (before any upload)
             settings = self._settings(journal, self._requests_to_plan(journal, write=True))
             run = BatchRun.start(context, journal, settings, **self._run_parts(context))  # raises it too
             run.gate = self._gate(journal, run.state, settings)
             announce(context, journal, self.prices)  # where the progress page finds the state
             return self._run(context, run)
-        except (FinishedMeanwhile, LeaseLost, StateRemoved) as err:  # lost: the other try may have finished it
-            lost = not isinstance(err, FinishedMeanwhile)  # and jobs this try created unrecorded are named, not hidden
-            if lost and (getattr(err, "job_names", None) or not finished_meanwhile(context, journal, this_round=True)):
+        except TAKEN_OVER as err:  # lost: the other try may have finished it
+            if not finished_elsewhere(err, context, journal, this_round=True):
                 raise
             self.log.warning(
                 "An earlier try of this task instance finished this batch in this clear round (its success was "
@@ -278,8 +267,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         resumed = BatchJobsEvent.from_event(event)
         journal = BatchJournal.for_task(self.destination, context)
         try:
-            if finished_meanwhile(context, journal):  # another live try (a zombie's retry, 'tasks test') did it
-                raise FinishedMeanwhile(journal.uri)
+            refuse_finished(context, journal)  # another live try (a zombie's retry, 'tasks test') did it
             settings = self._settings(journal, self._requests_to_plan(journal, write=False))
             run = BatchRun.resume(  # raises it too: finished meanwhile
                 context,
@@ -291,14 +279,12 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             )
             run.gate = self._gate(journal, run.state, settings)
             if resumed.status == "timeout":
-                running = list(run.state.by_job())
-                raise MaaSTimeoutError(f"{resumed.message} Still running: {', '.join(running[:MAX_NAMED_JOBS])}")
+                raise run.timed_out(resumed.message)
             if resumed.status == "error":
                 raise MaaSError(f"Waiting for the batch jobs failed: {resumed.message}")
             return self._run(context, run)
-        except (FinishedMeanwhile, LeaseLost, StateRemoved) as err:
-            lost = not isinstance(err, FinishedMeanwhile)
-            if lost and (getattr(err, "job_names", None) or not finished_meanwhile(context, journal)):
+        except TAKEN_OVER as err:
+            if not finished_elsewhere(err, context, journal):
                 raise
             dest_uri = uri_of(to_path(self.destination, what="destination"))
             self.log.warning(
@@ -354,8 +340,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
 
     # Results --------------------------------------------------------------------------------
     def _finish(self, context: Context, run: BatchRun) -> str:
-        summary = run.finish()
-        summary.update(self._cost_summary(context, run.gate, run.state, run.settings))
+        summary: BatchSummary = {**run.finish(), **self._cost_summary(context, run.gate, run.state, run.settings)}
         dest_uri = run.destination_uri
         publish_summary(self, context, summary, dest_uri)
         metrics.batch_finished(context, summary)

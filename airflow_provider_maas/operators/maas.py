@@ -46,6 +46,8 @@ from airflow_provider_maas.storage import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_provider_maas.batch.summary_types import DownloadSummary, MergeSummary, ResultsSummary
+
 
 #: Key in ``context["task_state_store"]`` (Airflow >= 3.3) holding the created job of a task instance.
 JOB_STATE_KEY = "maas_job"
@@ -226,13 +228,14 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
                 raise MaaSInputError(f"The requests file {uri_of(requests)!r} does not exist; give the uploaded file.")
         job = self.hook.get_batch_job(self.job_name)
         metadata = self.hook.download_results(self.job_name, dest)
+        counted: ResultsSummary | MergeSummary
         if ordered:
-            summary = merge_results([dest], self.requests, dest)
+            counted = merge_results([dest], self.requests, dest)
         else:
-            failed = failed_path_for(dest)
-            summary = summarise_results(dest, failed_destination=failed)
-            summary.update(bytes=int(metadata.get("size") or summary["bytes"]))
-        differences = compare_with_job(summary, job, ordered=ordered)
+            counted = summarise_results(dest, failed_destination=failed_path_for(dest))
+            counted["bytes"] = int(metadata.get("size") or counted["bytes"])
+        expected, differences = compare_with_job(counted, job, ordered=ordered)
+        summary: DownloadSummary = {**counted, "expected_requests": expected, "job_name": self.job_name}
         if differences:
             self.log.warning(
                 "The results of job %s differ from the job's completionStats: %s", self.job_name, "; ".join(differences)
@@ -245,7 +248,6 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
                 self.job_name,
                 uri_of(failed_path_for(dest)),
             )
-        summary["job_name"] = self.job_name
         self.record_lineage(
             [ServiceDataset.results(self.hook.config, self.job_name), *([self.requests] if ordered else [])],
             [dest, summary["failed_uri"]],
