@@ -90,9 +90,10 @@ def run(smoke: bool, workdir: Path) -> Figure:
 def _worker(argv: list[str]) -> None:
     mode, path = argv
     from airflow_provider_maas.batch.plan import dry_run
-    from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.batch.shards import plan_shards
+    from tests.helpers import batch_settings  # the operator's defaults
 
+    settings = batch_settings(path, prices={"prompt": 0.30, "candidates": 2.50})  # built before the clock starts
     reset_peak_rss()
     base = rss_mb()
     start, cpu0 = time.perf_counter(), cpu_seconds()
@@ -101,24 +102,6 @@ def _worker(argv: list[str]) -> None:
         with open(path, "rb") as handle:
             plan_shards(handle)
     else:
-        settings = BatchSettings(
-            source=path,
-            destination=path + ".out",
-            reuse_results=None,
-            deduplicate=True,
-            should_retry=lambda status: False,
-            prices={"prompt": 0.30, "candidates": 2.50},
-            request_retries=1,
-            max_requests_per_file=100,
-            max_bytes_per_file=50 * 1024 * 1024,
-            max_active_jobs=100,
-            timeout=None,
-            poll_interval=60,
-            shard_retries=2,
-            max_parallel_transfers=16,
-            max_consecutive_poll_errors=5,
-            fail_on_partial=False,
-        )
         payload["plan"] = dry_run(settings).as_dict()
     worker_result(
         {
