@@ -16,19 +16,9 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
-from benchmarks._common import (
-    Figure,
-    child_env,
-    cpu_seconds,
-    peak_rss_mb,
-    reset_peak_rss,
-    rss_mb,
-    run_worker,
-    worker_result,
-)
+from benchmarks._common import Figure, child_env, measured, run_worker
 
 NAME = "dry-run"
 TITLE = "dry_run=True over 1,000,000 requests (time, peak memory)"
@@ -94,23 +84,12 @@ def _worker(argv: list[str]) -> None:
     from tests.helpers import batch_settings  # the operator's defaults
 
     settings = batch_settings(path, prices={"prompt": 0.30, "candidates": 2.50})  # built before the clock starts
-    reset_peak_rss()
-    base = rss_mb()
-    start, cpu0 = time.perf_counter(), cpu_seconds()
-    payload = {}
-    if mode == "plan":
+
+    def plan() -> None:
         with open(path, "rb") as handle:
             plan_shards(handle)
-    else:
-        payload["plan"] = dry_run(settings).as_dict()
-    worker_result(
-        {
-            "wall": time.perf_counter() - start,
-            "cpu": cpu_seconds() - cpu0,
-            "rss_growth": peak_rss_mb() - base,
-            **payload,
-        }
-    )
+
+    measured(plan if mode == "plan" else lambda: {"plan": dry_run(settings).as_dict()})
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:
