@@ -16,7 +16,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 API_KEY = "bench-key"
 ENDPOINT = "bench-endpoint"
@@ -217,6 +220,18 @@ def run_worker(module: str, args: list[str], *, env: dict[str, str], workdir: Pa
 def worker_result(payload: dict[str, Any]) -> None:
     """What a worker prints last (read by :func:`run_worker`)."""
     print(json.dumps(payload), flush=True)
+
+
+def measured(work: Callable[[], dict[str, Any] | None]) -> None:
+    """Run ``work`` in this worker from a reset peak RSS, then :func:`worker_result` its ``wall`` and
+    ``cpu`` time, its ``rss_growth`` (peak over the RSS it started from) and the process's ``peak``,
+    with what ``work`` returns. Import what ``work`` needs first: a module loaded inside it counts."""
+    reset_peak_rss()
+    base = rss_mb()
+    start, cpu0 = time.perf_counter(), cpu_seconds()
+    payload = work() or {}
+    wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+    worker_result({"wall": wall, "cpu": cpu, "rss_growth": peak_rss_mb() - base, "peak": peak_rss_mb(), **payload})
 
 
 @dataclass

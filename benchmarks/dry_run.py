@@ -16,19 +16,9 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
-from benchmarks._common import (
-    Figure,
-    child_env,
-    cpu_seconds,
-    peak_rss_mb,
-    reset_peak_rss,
-    rss_mb,
-    run_worker,
-    worker_result,
-)
+from benchmarks._common import Figure, child_env, measured, run_worker
 
 NAME = "dry-run"
 TITLE = "dry_run=True over 1,000,000 requests (time, peak memory)"
@@ -90,44 +80,16 @@ def run(smoke: bool, workdir: Path) -> Figure:
 def _worker(argv: list[str]) -> None:
     mode, path = argv
     from airflow_provider_maas.batch.dry_run import dry_run
-    from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.batch.shards import plan_shards
+    from tests.helpers import batch_settings  # the operator's defaults
 
-    reset_peak_rss()
-    base = rss_mb()
-    start, cpu0 = time.perf_counter(), cpu_seconds()
-    payload = {}
-    if mode == "plan":
+    settings = batch_settings(path, prices={"prompt": 0.30, "candidates": 2.50})  # built before the clock starts
+
+    def plan() -> None:
         with open(path, "rb") as handle:
             plan_shards(handle)
-    else:
-        settings = BatchSettings(
-            source=path,
-            destination=path + ".out",
-            reuse_results=None,
-            deduplicate=True,
-            should_retry=lambda status: False,
-            prices={"prompt": 0.30, "candidates": 2.50},
-            request_retries=1,
-            max_requests_per_file=100,
-            max_bytes_per_file=50 * 1024 * 1024,
-            max_active_jobs=100,
-            timeout=None,
-            poll_interval=60,
-            shard_retries=2,
-            max_parallel_transfers=16,
-            max_consecutive_poll_errors=5,
-            fail_on_partial=False,
-        )
-        payload["plan"] = dry_run(settings).as_dict()
-    worker_result(
-        {
-            "wall": time.perf_counter() - start,
-            "cpu": cpu_seconds() - cpu0,
-            "rss_growth": peak_rss_mb() - base,
-            **payload,
-        }
-    )
+
+    measured(plan if mode == "plan" else lambda: {"plan": dry_run(settings).as_dict()})
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:

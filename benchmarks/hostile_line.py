@@ -13,19 +13,9 @@ the floor of any reader that does not stop early. Writing the file is not timed.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
-from benchmarks._common import (
-    Figure,
-    child_env,
-    cpu_seconds,
-    peak_rss_mb,
-    reset_peak_rss,
-    rss_mb,
-    run_worker,
-    worker_result,
-)
+from benchmarks._common import Figure, child_env, measured, run_worker
 
 NAME = "hostile-line"
 TITLE = "a 2 GiB input with no newline: refused with bounded memory (time, peak RSS)"
@@ -45,7 +35,7 @@ def run(smoke: bool, workdir: Path) -> Figure:
     size = 128 * 2**20 if smoke else 2 * 2**30
     path = workdir / "one-line.jsonl"
     _write_one_line(path, size)
-    env = child_env()
+    env = child_env("http://127.0.0.1:9")  # a connection the operator resolves; the line is refused before any call
     figure = Figure(NAME, TITLE, "reading the whole file in 8 MiB chunks (nothing kept), fresh interpreter")
     try:
         reference = run_worker(MODULE, ["read", str(path)], env=env, workdir=workdir, timeout=600)
@@ -111,33 +101,17 @@ def _pass(name: str, path: str, workdir: str) -> str:
 def _worker(argv: list[str]) -> None:
     mode, path = argv[0], argv[1]
     if mode == "read":
-        reset_peak_rss()
-        base = rss_mb()
-        start, cpu0 = time.perf_counter(), cpu_seconds()
-        with open(path, "rb") as handle:
-            while handle.read(8 * 2**20):
-                pass
-        wall = time.perf_counter() - start
-        worker_result(
-            {"wall": wall, "cpu": cpu_seconds() - cpu0, "rss_growth": peak_rss_mb() - base, "peak": peak_rss_mb()}
-        )
+
+        def read() -> None:
+            with open(path, "rb") as handle:
+                while handle.read(8 * 2**20):
+                    pass
+
+        measured(read)
         return
     import airflow_provider_maas.operators.maas  # noqa: F401  (loaded before the peak is reset)
 
-    reset_peak_rss()
-    base = rss_mb()
-    start, cpu0 = time.perf_counter(), cpu_seconds()
-    error = _pass(mode, path, argv[2])
-    wall = time.perf_counter() - start
-    worker_result(
-        {
-            "wall": wall,
-            "cpu": cpu_seconds() - cpu0,
-            "rss_growth": peak_rss_mb() - base,
-            "peak": peak_rss_mb(),
-            "error": error,
-        }
-    )
+    measured(lambda: {"error": _pass(mode, path, argv[2])})
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["worker"]:

@@ -102,8 +102,14 @@ class FakeTI:
         self.xcom[key] = json.loads(json.dumps(value))
 
 
-def make_context(store: FakeStateStore | None = None, **ti_kwargs: Any) -> dict[str, Any]:
+def make_context(
+    store: FakeStateStore | None = None, *, max_tries: int | None = None, **ti_kwargs: Any
+) -> dict[str, Any]:
+    """The context of a try: ``store`` as its ``task_state_store`` (none: Airflow 3.0-3.2), ``max_tries``
+    as its task instance's (the same value again is an automatic retry; a person's clear raises it)."""
     ti = FakeTI(**ti_kwargs)
+    if max_tries is not None:
+        ti.max_tries = max_tries
     context: dict[str, Any] = {"ti": ti, "run_id": ti.run_id}
     if store is not None:
         context["task_state_store"] = store
@@ -167,6 +173,35 @@ def assert_asset_summary(uri: str = "maas://example/results", requests: int = 9)
     assert summary["total_tokens"] > 0
     assert summary["job_name"]
     assert summary["uri"].endswith("results.jsonl")
+
+
+def batch_settings(source: Any = "in.jsonl", destination: Any = None, **changes: Any) -> Any:
+    """The :class:`~airflow_provider_maas.batch.settings.BatchSettings` of a try with the operator's
+    defaults (no reuse, no prices, no timeout), from ``source`` to ``destination`` (default: next to
+    ``source``), with ``changes`` on top. For tests and benchmarks that call the batch modules directly."""
+    from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
+    from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
+    from airflow_provider_maas.batch.settings import BatchSettings, retry_rule_and_prices
+
+    values: dict[str, Any] = {
+        "source": str(source),
+        "destination": str(destination) if destination is not None else f"{source}.out",
+        "reuse_results": None,
+        "deduplicate": True,
+        "should_retry": retry_rule_and_prices(None, None)[0],
+        "prices": None,
+        "request_retries": 1,
+        "max_requests_per_file": MAX_REQUESTS_PER_FILE,
+        "max_bytes_per_file": MAX_BYTES_PER_FILE,
+        "max_active_jobs": 100,
+        "timeout": None,
+        "poll_interval": 60,
+        "shard_retries": 2,
+        "max_parallel_transfers": 16,
+        "max_consecutive_poll_errors": DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
+        "fail_on_partial": False,
+    }
+    return BatchSettings(**{**values, **changes})
 
 
 def batch_operator(source: Path, dest: Path, **kwargs: Any) -> Any:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
@@ -11,10 +13,7 @@ from tests.helpers import FakeStateStore, assert_in_input_order, batch_operator,
 _operator = batch_operator
 
 
-def _try(store: FakeStateStore, max_tries: int = 1) -> dict:
-    context = make_context(store)
-    context["ti"].max_tries = max_tries  # same value = an automatic retry, not a clear
-    return context
+_try = functools.partial(make_context, max_tries=1)  # the same max_tries again: an automatic retry, not a clear
 
 
 def test_create_answered_524_is_uncertain_and_not_created_again_on_retry(emulator_factory, tmp_path):

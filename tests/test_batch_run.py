@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_in_input_order, make_context, write_requests
 
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.run import BatchRun, Wait
-from airflow_provider_maas.batch.settings import BatchSettings, retry_rule_and_prices
+from airflow_provider_maas.batch.settings import BatchSettings
 from airflow_provider_maas.client.states import job_outcome
 from airflow_provider_maas.exceptions import MaaSTimeoutError
+from tests.helpers import assert_in_input_order, batch_settings, make_context, write_requests
 
 
 class FakeService:
@@ -64,25 +64,9 @@ class FakeService:
 
 
 def _settings(source: Path, dest: Path, **changes: Any) -> BatchSettings:
-    values: dict[str, Any] = {
-        "source": str(source),
-        "destination": str(dest),
-        "reuse_results": None,
-        "deduplicate": True,
-        "should_retry": retry_rule_and_prices(None, None)[0],
-        "prices": None,
-        "request_retries": 1,
-        "max_requests_per_file": 2,
-        "max_bytes_per_file": 1_000_000,
-        "max_active_jobs": 2,
-        "timeout": None,
-        "poll_interval": 0.01,
-        "shard_retries": 2,
-        "max_parallel_transfers": 4,
-        "max_consecutive_poll_errors": 3,
-        "fail_on_partial": False,
-    }
-    return BatchSettings(**{**values, **changes})
+    """Small shards, few jobs and fast polls against the in-memory service."""
+    small = {"max_requests_per_file": 2, "max_active_jobs": 2, "max_parallel_transfers": 4}
+    return batch_settings(source, dest, **{**small, "poll_interval": 0.01, "max_consecutive_poll_errors": 3, **changes})
 
 
 def _names(key: Any, plan: Any) -> tuple[str, str]:

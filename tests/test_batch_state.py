@@ -14,7 +14,7 @@ from airflow_provider_maas.batch import journal as journal_module
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.pacing import check_deadline, fire_after
 from airflow_provider_maas.batch.resume import refuse_abandoning_jobs, take_over
-from airflow_provider_maas.batch.settings import BatchSettings, check_limits, reuse_paths
+from airflow_provider_maas.batch.settings import check_limits, reuse_paths
 from airflow_provider_maas.batch.shards import ShardPlan
 from airflow_provider_maas.batch.state import (
     STATE_VERSION,
@@ -34,7 +34,7 @@ from airflow_provider_maas.exceptions import (
     MaaSTimeoutError,
 )
 from airflow_provider_maas.storage import to_path
-from tests.helpers import make_context
+from tests.helpers import batch_settings, make_context
 from tests.test_storage import memfs  # noqa: F401  (fixture)
 
 
@@ -240,33 +240,6 @@ def test_job_outcome_is_one_decision_and_round_trips_compactly():
 
 
 # What a try decides from the state (batch.resume, batch.pacing, batch.summary, batch.settings) ----
-def _settings(timeout: float | None = None) -> BatchSettings:
-    return BatchSettings(
-        source="in.jsonl",
-        destination="out.jsonl",
-        reuse_results=None,
-        deduplicate=True,
-        should_retry=lambda status: False,
-        prices=None,
-        request_retries=1,
-        max_requests_per_file=100,
-        max_bytes_per_file=1000,
-        max_active_jobs=10,
-        timeout=timeout,
-        poll_interval=60,
-        shard_retries=2,
-        max_parallel_transfers=16,
-        max_consecutive_poll_errors=5,
-        fail_on_partial=False,
-    )
-
-
-def _context(max_tries: int) -> dict:
-    context = make_context()
-    context["ti"].max_tries = max_tries
-    return context
-
-
 def _with(state: BatchState, index: int, **changes) -> ShardRecord:
     record = state.shards[ShardKey(0, index)].but(**changes)
     state.apply(record)
@@ -282,9 +255,9 @@ def test_a_create_left_in_flight_is_refused_until_the_task_is_cleared(tmp_path):
     journal.append(state, list(state.shards.values()))
 
     with pytest.raises(MaaSJobCreationUncertainError, match=r"shard 0 \(file 'f0.jsonl'\).*'d#0'"):
-        take_over(_context(2), journal, state, _settings())  # an automatic retry: same max_tries
+        take_over(make_context(max_tries=2), journal, state, batch_settings())  # an automatic retry: same max_tries
 
-    take_over(_context(5), journal, state, _settings(timeout=60))  # a person cleared the task
+    take_over(make_context(max_tries=5), journal, state, batch_settings(timeout=60))  # a person cleared the task
     expected = {ShardKey(0, 0): (ShardStatus.PENDING, 1, None), ShardKey(0, 1): (ShardStatus.PENDING, 0, None)}
     for key, (status, attempts, error) in expected.items():
         assert (state.shards[key].status, state.shards[key].attempts, state.shards[key].error) == (
@@ -301,10 +274,10 @@ def test_a_changed_input_is_refused_while_jobs_of_this_clear_round_run(tmp_path)
     state = _state(2)
     _with(state, 1, status=ShardStatus.RUNNING, job_name="4242", attempts=1)
     with pytest.raises(MaaSInputError, match=r"1 job\(s\) that are still running \(e.g. job 4242 for shard 1\)"):
-        refuse_abandoning_jobs(_context(2), journal, state)
-    refuse_abandoning_jobs(_context(3), journal, state)  # cleared since: starting over is what was asked
+        refuse_abandoning_jobs(make_context(max_tries=2), journal, state)
+    refuse_abandoning_jobs(make_context(max_tries=3), journal, state)  # cleared since: starting over is what was asked
     _with(state, 1, status=ShardStatus.DONE)
-    refuse_abandoning_jobs(_context(2), journal, state)  # nothing running: nothing to abandon
+    refuse_abandoning_jobs(make_context(max_tries=2), journal, state)  # nothing running: nothing to abandon
 
 
 def test_a_deferred_batch_resumes_when_half_the_slots_are_free():

@@ -3,7 +3,6 @@ creates (across tries and resumes), the canary decides whether the rest is sent.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -13,52 +12,29 @@ from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError, MaaSInputError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.compat import TaskDeferred
+from tests.cost_helpers import EMULATOR_MAX_OUT, PRICES, shard_operator, succeeded_event, write_priced_requests
 from tests.helpers import assert_in_input_order, make_context
 
-#: Prompt tokens free, output at $1 per 1,000,000: the emulator's output is exactly maxOutputTokens
-#: (MAX_OUT), so a job's reported cost equals its worst case and the cap's arithmetic is exact.
-PRICES = {"prompt": 0.0, "candidates": 1.0}
-MAX_OUT = 16
+#: The emulator's output is exactly maxOutputTokens: at PRICES a job's reported cost equals its worst
+#: case, so the cap's arithmetic is exact.
+MAX_OUT = EMULATOR_MAX_OUT
+JOB_WORST = 5 * MAX_OUT / 1_000_000  # a job of 5 requests at MAX_OUT output tokens each
 
 
 def _requests(path: Path, count: int, *, repeat: int = 0, max_out: int | None = MAX_OUT) -> Path:
-    with path.open("w") as handle:
-        for i in range(count):
-            request: dict = {"contents": [{"role": "user", "parts": [{"text": f"Question {i}: what is {i} + {i}?"}]}]}
-            if max_out:
-                request["generationConfig"] = {"maxOutputTokens": max_out}
-            handle.write(json.dumps({"request": request}) + "\n")
-        for i in range(5, 5 + repeat):  # repeats of requests 5, 6...
-            request = {"contents": [{"role": "user", "parts": [{"text": f"Question {i}: what is {i} + {i}?"}]}]}
-            if max_out:
-                request["generationConfig"] = {"maxOutputTokens": max_out}
-            handle.write(json.dumps({"request": request}) + "\n")
-    return path
-
-
-def _operator(source: Path, dest: Path, **kwargs) -> MaaSBatchPredictionOperator:
-    kwargs = {"poll_interval": 0.05, "deferrable": False, "max_requests_per_file": 5, **kwargs}
-    return MaaSBatchPredictionOperator(task_id="p", source=str(source), destination=str(dest), **kwargs)
-
-
-def _cleared(max_tries: int) -> dict:
-    """The context of a try after a person cleared the task (Airflow raises ``max_tries`` then)."""
-    context = make_context()
-    context["ti"].max_tries = max_tries
-    return context
-
-
-JOB_WORST = 5 * MAX_OUT / 1_000_000  # a job of 5 requests at MAX_OUT output tokens each
+    """``count`` requests, then repeats of requests 5, 6... (``repeat`` of them)."""
+    config = {"maxOutputTokens": max_out} if max_out else None
+    return write_priced_requests(path, [*range(count), *range(5, 5 + repeat)], config=config)
 
 
 # Dry run ----------------------------------------------------------------------------------------
 def test_a_dry_run_uploads_nothing_creates_nothing_and_its_plan_matches_the_input(emulator, tmp_path):
     source = _requests(tmp_path / "r.jsonl", 12, repeat=3)
     earlier = tmp_path / "earlier.jsonl"
-    _operator(_requests(tmp_path / "first.jsonl", 2), earlier).execute(make_context())  # answers requests 0, 1
+    shard_operator(_requests(tmp_path / "first.jsonl", 2), earlier).execute(make_context())  # answers requests 0, 1
     uploads_before, jobs_before = len(emulator.emulator.files), emulator.emulator.jobs_created
     context = make_context()
-    op = _operator(source, tmp_path / "out.jsonl", dry_run=True, prices=PRICES, reuse_results=str(earlier))
+    op = shard_operator(source, tmp_path / "out.jsonl", dry_run=True, prices=PRICES, reuse_results=str(earlier))
     returned = op.execute(context)
     plan = context["ti"].xcom["plan"]
     assert returned == plan
@@ -76,11 +52,11 @@ def test_a_dry_run_uploads_nothing_creates_nothing_and_its_plan_matches_the_inpu
 def test_the_dry_run_estimate_is_the_emulators_reported_prompt_tokens(emulator, tmp_path):
     source = _requests(tmp_path / "r.jsonl", 7, max_out=None)
     context = make_context()
-    _operator(source, tmp_path / "plan.jsonl", dry_run=True, default_max_output_tokens=100).execute(context)
+    shard_operator(source, tmp_path / "plan.jsonl", dry_run=True, default_max_output_tokens=100).execute(context)
     plan = context["ti"].xcom["plan"]
     assert plan["max_output_tokens"] == 700 and plan["estimated_cost_usd"] is None
     dest = tmp_path / "out.jsonl"
-    _operator(source, dest).execute(context)
+    shard_operator(source, dest).execute(context)
     reported = context["ti"].xcom["summary"]["prompt_tokens"]
     assert reported <= plan["estimated_prompt_tokens"] <= reported + 7  # rounded up, one token a request at most
 
@@ -89,7 +65,7 @@ def test_the_dry_run_estimate_is_the_emulators_reported_prompt_tokens(emulator, 
 def test_a_cap_allowing_k_jobs_stops_at_k_keeps_their_answers_and_a_retry_creates_nothing(emulator, tmp_path):
     source = _requests(tmp_path / "r.jsonl", 20)  # 4 shards of 5
     dest = tmp_path / "out.jsonl"
-    op = _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=10)
+    op = shard_operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=10)
     context = make_context()
     with pytest.raises(MaaSBudgetExceededError) as info:
         op.execute(context)
@@ -104,12 +80,12 @@ def test_a_cap_allowing_k_jobs_stops_at_k_keeps_their_answers_and_a_retry_create
     assert "10 requests got answers" in str(info.value) and "10 were not sent" in str(info.value)
     assert "reuse_results" in str(info.value)
     # The task is cleared (a new clear round): the spend is in the batch state, nothing more fits.
-    context = _cleared(2)
+    context = make_context(max_tries=2)
     with pytest.raises(MaaSBudgetExceededError):
-        _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=10).execute(context)
+        shard_operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=10).execute(context)
     assert emulator.emulator.jobs_created == 2
     # A higher cap goes on from there: only the requests not sent are paid for.
-    _operator(source, dest, prices=PRICES, max_cost_usd=4 * JOB_WORST).execute(_cleared(3))
+    shard_operator(source, dest, prices=PRICES, max_cost_usd=4 * JOB_WORST).execute(make_context(max_tries=3))
     assert emulator.emulator.jobs_created == 4
     assert all(r.succeeded for r in assert_in_input_order(source, dest))
 
@@ -117,7 +93,7 @@ def test_a_cap_allowing_k_jobs_stops_at_k_keeps_their_answers_and_a_retry_create
 def test_a_cap_reserves_jobs_in_flight_before_their_cost_is_known(emulator_factory, tmp_path):
     handle = emulator_factory(job_duration=0.5)
     source = _requests(tmp_path / "r.jsonl", 15)  # 3 shards; the cap fits 2 worst cases
-    op = _operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=2.5 * JOB_WORST, max_active_jobs=3)
+    op = shard_operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=2.5 * JOB_WORST, max_active_jobs=3)
     with pytest.raises(MaaSBudgetExceededError):
         op.execute(make_context())
     assert handle.emulator.jobs_created == 2  # the third was refused while two were in flight
@@ -130,16 +106,14 @@ def test_a_resume_after_deferral_honours_the_cap(emulator_factory, tmp_path):
 
     def operator() -> MaaSBatchPredictionOperator:
         kwargs = {"prices": PRICES, "max_cost_usd": 2 * JOB_WORST, "max_active_jobs": 1, "deferrable": True}
-        return _operator(source, dest, **kwargs)
+        return shard_operator(source, dest, **kwargs)
 
     with pytest.raises(TaskDeferred) as info:
         operator().execute(make_context())
     deferred = info.value
     context = make_context()
     for _ in range(3):  # each resume is a new operator: only the batch state carries the spend
-        for name in deferred.trigger.job_names:
-            handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
-        event = asyncio.run(anext(deferred.trigger.run())).payload
+        event = succeeded_event(handle, deferred)
         try:
             operator().execute_complete(context, event)
         except TaskDeferred as again:
@@ -162,7 +136,7 @@ def test_a_canary_goes_first_and_its_answers_are_part_of_the_results(emulator, t
     source = _requests(tmp_path / "r.jsonl", 12)
     dest = tmp_path / "out.jsonl"
     context = make_context()
-    _operator(source, dest, canary_requests=3, prices=PRICES, max_cost_usd=1.0).execute(context)
+    shard_operator(source, dest, canary_requests=3, prices=PRICES, max_cost_usd=1.0).execute(context)
     jobs = sorted(emulator.emulator.jobs.values(), key=lambda job: job.ordinal)
     counts = [job.request_count for job in jobs]
     assert counts[0] == 3 and sorted(counts[1:]) == [2, 2, 5]  # the canary (cut from shard 0), then the rest
@@ -177,7 +151,7 @@ def test_a_canary_with_mostly_failed_answers_stops_after_one_job(emulator_factor
     source = _requests(tmp_path / "r.jsonl", 20)
     context = make_context()
     with pytest.raises(MaaSCanaryFailedError) as info:
-        _operator(source, tmp_path / "out.jsonl", canary_requests=4).execute(context)
+        shard_operator(source, tmp_path / "out.jsonl", canary_requests=4).execute(context)
     assert handle.emulator.jobs_created == 1
     assert "3 of its 4 requests failed" in str(info.value) and "Emulated failure" in str(info.value)
     assert context["ti"].xcom["summary"]["not_sent"] == 16
@@ -185,7 +159,7 @@ def test_a_canary_with_mostly_failed_answers_stops_after_one_job(emulator_factor
 
 def test_a_canary_estimate_over_the_cap_stops_before_paying_for_the_rest(emulator, tmp_path):
     source = _requests(tmp_path / "r.jsonl", 20)
-    op = _operator(source, tmp_path / "out.jsonl", canary_requests=5, prices=PRICES, max_cost_usd=10 * JOB_WORST)
+    op = shard_operator(source, tmp_path / "out.jsonl", canary_requests=5, prices=PRICES, max_cost_usd=10 * JOB_WORST)
     # every job fits the cap alone, but at the canary's measured cost the 20 requests do not
     op.max_cost_usd = 3.5 * JOB_WORST
     with pytest.raises(MaaSBudgetExceededError, match="canary's measured tokens"):
@@ -220,7 +194,7 @@ def test_schema_requests_get_valid_json_from_the_emulator(emulator, tmp_path):
     source = _requests(tmp_path / "r.jsonl", 6, max_out=None)
     dest = tmp_path / "out.jsonl"
     context = make_context()
-    _operator(source, dest, response_schema=ANSWER_SCHEMA).execute(context)
+    shard_operator(source, dest, response_schema=ANSWER_SCHEMA).execute(context)
     records = assert_in_input_order_of_sent(dest, 6)
     assert all(r.succeeded for r in records)
     for record in records:
@@ -250,7 +224,7 @@ def test_invalid_answers_are_counted_placed_resent_once_then_left_failed(emulato
     assert 0 < len(spoilt) < 20
     dest = tmp_path / "out.jsonl"
     context = make_context()
-    _operator(source, dest, response_schema=ANSWER_SCHEMA, retry_invalid=True, request_retries=1).execute(context)
+    shard_operator(source, dest, response_schema=ANSWER_SCHEMA, retry_invalid=True, request_retries=1).execute(context)
     summary = context["ti"].xcom["summary"]
     assert summary["invalid_output"] == summary["failed"] == len(spoilt)
     assert summary["retry_rounds"] == [{"round": 1, "retried": len(spoilt), "succeeded": 0}]
@@ -267,7 +241,7 @@ def test_invalid_answers_are_not_resent_without_retry_invalid(emulator_factory, 
     handle = emulator_factory(invalid_output_rate=0.3)
     source = _requests(tmp_path / "r.jsonl", 20, max_out=None)
     context = make_context()
-    _operator(source, tmp_path / "out.jsonl", response_schema=ANSWER_SCHEMA).execute(context)
+    shard_operator(source, tmp_path / "out.jsonl", response_schema=ANSWER_SCHEMA).execute(context)
     assert handle.emulator.jobs_created == 4 and context["ti"].xcom["summary"]["retry_rounds"] == []
     assert context["ti"].xcom["summary"]["invalid_output"] == len(_invalid_lines(source, 0.3))
 
@@ -276,7 +250,7 @@ def test_a_canary_whose_answers_are_mostly_invalid_stops_after_one_job(emulator_
     handle = emulator_factory(invalid_output_rate=0.9)
     source = _requests(tmp_path / "r.jsonl", 30, max_out=None)
     with pytest.raises(MaaSCanaryFailedError, match="INVALID_OUTPUT"):
-        _operator(source, tmp_path / "out.jsonl", response_schema=ANSWER_SCHEMA, canary_requests=5).execute(
+        shard_operator(source, tmp_path / "out.jsonl", response_schema=ANSWER_SCHEMA, canary_requests=5).execute(
             make_context()
         )
     assert handle.emulator.jobs_created == 1
@@ -291,7 +265,7 @@ def test_a_pydantic_model_is_a_schema_too(emulator, tmp_path):
 
     source = _requests(tmp_path / "r.jsonl", 3, max_out=None)
     context = make_context()
-    _operator(source, tmp_path / "out.jsonl", response_schema=Answer).execute(context)
+    shard_operator(source, tmp_path / "out.jsonl", response_schema=Answer).execute(context)
     assert context["ti"].xcom["summary"]["invalid_output"] == 0
     assert context["ti"].xcom["summary"]["succeeded"] == 3
 
@@ -299,7 +273,7 @@ def test_a_pydantic_model_is_a_schema_too(emulator, tmp_path):
 def test_a_dry_run_with_a_schema_plans_the_requests_as_sent_and_writes_nothing(emulator, tmp_path):
     source = _requests(tmp_path / "r.jsonl", 6)
     context = make_context()
-    _operator(source, tmp_path / "out.jsonl", dry_run=True, response_schema=ANSWER_SCHEMA).execute(context)
+    shard_operator(source, tmp_path / "out.jsonl", dry_run=True, response_schema=ANSWER_SCHEMA).execute(context)
     plan = context["ti"].xcom["plan"]
     assert (plan["requests"], plan["to_send"], plan["shards"]) == (6, 6, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl"]

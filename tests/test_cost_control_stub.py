@@ -13,27 +13,22 @@ import pytest
 
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError
-from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.compat import TaskDeferred
 from tests.conftest import connection_env
+from tests.cost_helpers import ITEM, PRICES, job_worst, shard_operator, write_priced_requests
 from tests.helpers import make_context
 from tests.service_stub import stub_service
 
-PRICES = {"prompt": 0.0, "candidates": 1.0}
 MAX_OUT = 40
-JOB_WORST = 5 * MAX_OUT / 1_000_000  # 5 requests a shard, each at MAX_OUT output tokens
+JOB_WORST = job_worst(MAX_OUT)
 SCHEMA = {"type": "object", "properties": {"label": {"type": "string"}}, "required": ["label"]}
 
 
 def _requests(path: Path, count: int, *, repeat: int = 0) -> Path:
-    with path.open("w") as handle:
-        for i in [*range(count), *range(repeat)]:
-            request = {
-                "contents": [{"role": "user", "parts": [{"text": f"Item {i}"}]}],
-                "generationConfig": {"maxOutputTokens": MAX_OUT},
-            }
-            handle.write(json.dumps({"request": request}) + "\n")
-    return path
+    """``count`` requests, then repeats of requests 0, 1... (``repeat`` of them)."""
+    return write_priced_requests(
+        path, [*range(count), *range(repeat)], config={"maxOutputTokens": MAX_OUT}, prompt=ITEM
+    )
 
 
 def _respond(invalid: set[int] = frozenset()) -> Any:  # type: ignore[assignment]
@@ -49,23 +44,12 @@ def _respond(invalid: set[int] = frozenset()) -> Any:  # type: ignore[assignment
     return respond
 
 
-def _operator(source: Path, dest: Path, **kwargs: Any) -> MaaSBatchPredictionOperator:
-    kwargs = {"poll_interval": 0.05, "deferrable": False, "max_requests_per_file": 5, **kwargs}
-    return MaaSBatchPredictionOperator(task_id="p", source=str(source), destination=str(dest), **kwargs)
-
-
-def _cleared(max_tries: int) -> dict:
-    context = make_context()
-    context["ti"].max_tries = max_tries
-    return context
-
-
 def test_a_dry_run_sends_nothing_to_the_stub(monkeypatch, tmp_path):
     with stub_service(respond=_respond()) as service:
         monkeypatch.setenv(*connection_env(service.base_url))
         source = _requests(tmp_path / "r.jsonl", 11, repeat=2)
         context = make_context()
-        _operator(source, tmp_path / "out.jsonl", dry_run=True, prices=PRICES).execute(context)
+        shard_operator(source, tmp_path / "out.jsonl", dry_run=True, prices=PRICES).execute(context)
     assert service.requests == []
     plan = context["ti"].xcom["plan"]
     assert (plan["requests"], plan["unique_requests"], plan["reused"], plan["shards"]) == (13, 11, 0, 3)
@@ -79,13 +63,13 @@ def test_a_cap_allowing_k_jobs_stops_at_k_and_a_cleared_retry_creates_nothing(mo
         dest = tmp_path / "out.jsonl"
         context = make_context()
         with pytest.raises(MaaSBudgetExceededError, match="15 requests got answers"):
-            _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST).execute(context)
+            shard_operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST).execute(context)
         assert service.creates() == 3
         summary = context["ti"].xcom["summary"]
         assert summary["cost_usd"] == pytest.approx(3 * JOB_WORST) and summary["not_sent"] == 10
         assert summary["cost_reserved_usd"] == 0 and summary["succeeded"] == 15
         with pytest.raises(MaaSBudgetExceededError):
-            _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST).execute(_cleared(2))
+            shard_operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST).execute(make_context(max_tries=2))
         assert service.creates() == 3
     lines = [json.loads(line) for line in dest.read_text().splitlines()]
     assert [line["status"][:8] for line in lines[15:]] == ["NOT_SENT"] * 10
@@ -99,14 +83,14 @@ def test_a_resume_after_deferral_honours_the_cap(monkeypatch, tmp_path):
         dest = tmp_path / "out.jsonl"
         kwargs = {"prices": PRICES, "max_cost_usd": 2 * JOB_WORST, "max_active_jobs": 1, "deferrable": True}
         with pytest.raises(TaskDeferred) as info:
-            _operator(source, dest, **kwargs).execute(make_context())
+            shard_operator(source, dest, **kwargs).execute(make_context())
         context = make_context()
         deferred = info.value
         with pytest.raises(MaaSBudgetExceededError):
             for _ in range(5):  # each resume may defer again on the job it just created
                 event = asyncio.run(anext(deferred.trigger.run())).payload
                 try:
-                    _operator(source, dest, **kwargs).execute_complete(context, event)
+                    shard_operator(source, dest, **kwargs).execute_complete(context, event)
                 except TaskDeferred as again:
                     deferred = again
         assert service.creates() == 2  # no resume created a job past the cap
@@ -118,7 +102,9 @@ def test_a_canary_with_mostly_invalid_answers_stops_after_one_job(monkeypatch, t
         monkeypatch.setenv(*connection_env(service.base_url))
         source = _requests(tmp_path / "r.jsonl", 20)
         with pytest.raises(MaaSCanaryFailedError, match="3 of its 4 requests"):
-            _operator(source, tmp_path / "out.jsonl", response_schema=SCHEMA, canary_requests=4).execute(make_context())
+            shard_operator(source, tmp_path / "out.jsonl", response_schema=SCHEMA, canary_requests=4).execute(
+                make_context()
+            )
         assert service.creates() == 1
 
 
@@ -128,7 +114,7 @@ def test_invalid_answers_are_counted_placed_resent_once_then_left_failed(monkeyp
         source = _requests(tmp_path / "r.jsonl", 10)
         dest = tmp_path / "out.jsonl"
         context = make_context()
-        _operator(source, dest, response_schema=SCHEMA, retry_invalid=True, request_retries=1).execute(context)
+        shard_operator(source, dest, response_schema=SCHEMA, retry_invalid=True, request_retries=1).execute(context)
         assert service.creates() == 3  # two shards, then the two invalid answers' requests once more
     summary = context["ti"].xcom["summary"]
     assert summary["invalid_output"] == 2 and summary["failed"] == 2

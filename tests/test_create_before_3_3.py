@@ -10,6 +10,8 @@ thing: Variables through a real deployment's Execution API, the task SIGKILLed m
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 
 from airflow_provider_maas.batch import task_record
@@ -25,10 +27,7 @@ def variables(monkeypatch):
     return use_fake_variables(monkeypatch)
 
 
-def _context(max_tries: int = 3, **ti: str) -> dict:
-    context = make_context(**ti)  # no task_state_store: Airflow 3.0-3.2
-    context["ti"].max_tries = max_tries
-    return context
+_context = functools.partial(make_context, max_tries=3)  # no task_state_store: Airflow 3.0-3.2
 
 
 def _uploaded(tmp_path) -> str:

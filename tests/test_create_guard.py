@@ -6,6 +6,7 @@ the emulator's deterministic fault schedule."""
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib.util
 import logging
 
@@ -28,10 +29,7 @@ def _uploaded(tmp_path) -> str:
     return MaaSHook().upload_file(write_requests(tmp_path / "r.jsonl", 3), "guard.jsonl")["name"]
 
 
-def _context(store: FakeStateStore, max_tries: int = 3) -> dict:
-    context = make_context(store)
-    context["ti"].max_tries = max_tries
-    return context
+_context = functools.partial(make_context, max_tries=3)
 
 
 # --- the operator with a stand-in state store -------------------------------------------------------

@@ -32,6 +32,7 @@ def dags_test(mode: str, tmp_path) -> str:
         env = {
             **os.environ,
             "AIRFLOW__CORE__DAGS_FOLDER": str(DAG_FILE),
+            "PYTHONPATH": str(ROOT),  # the DAG imports tests.dag_builders
             "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
             "AIRFLOW_CONN_MAAS_DEFAULT": json.dumps(
                 {"conn_type": "maas", "host": service.base_url, "password": KEY, "extra": {"endpoint": "ep"}}

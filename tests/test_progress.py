@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pytest
 
@@ -18,8 +18,7 @@ from airflow_provider_maas.batch.shards import ShardPlan
 from airflow_provider_maas.batch.state import BatchState, Round, ShardKey, ShardRecord, ShardStatus, fingerprint
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.storage import to_path
-from tests.helpers import make_context
-from tests.test_batch_state import _settings
+from tests.helpers import batch_settings, make_context
 from tests.test_results import result_line
 
 PRICES = {"prompt": 1.0, "candidates": 2.0, "thoughts": 2.0}
@@ -342,7 +341,7 @@ def test_a_polled_state_change_and_the_poll_time_ride_in_the_next_write_never_on
         hook=service,  # type: ignore[arg-type]
         journal=journal,
         state=state,
-        settings=replace(_settings(), max_active_jobs=1, max_parallel_transfers=1, shard_retries=0),
+        settings=batch_settings(max_active_jobs=1, max_parallel_transfers=1, shard_retries=0),
         names=lambda key, plan: ("f", "d"),
         clear_round=None,
     ) as driver:

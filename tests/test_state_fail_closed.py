@@ -9,6 +9,7 @@ exactly. The emulator counts the jobs created: that is what was paid.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import sqlite3
@@ -48,11 +49,7 @@ from tests.helpers import (
 FIXTURES = ROOT / "tests" / "fixtures"
 
 
-def _try(store: FakeStateStore | None = None, max_tries: int = 1, **ti) -> dict:
-    """The context of a try: the same ``max_tries`` is an automatic retry, a higher one a clear."""
-    context = make_context(store, **ti)
-    context["ti"].max_tries = max_tries
-    return context
+_try = functools.partial(make_context, max_tries=1)  # a try of the first clear round
 
 
 def _state_dir(dest, identity: str = "dag.task.run1.m-1"):

@@ -18,18 +18,10 @@ from airflow_provider_maas.batch.bounds import refuse_unbounded
 from airflow_provider_maas.batch.estimates import estimate_request
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError, MaaSInputError
 from tests.conftest import connection_env
+from tests.cost_helpers import EMULATOR_MAX_OUT, PRICES, job_worst, shard_operator, write_priced_requests
 from tests.helpers import make_context
 from tests.service_stub import stub_service
-from tests.test_trial_cost_caps import (
-    JOB_WORST,
-    MAX_OUT,
-    PRICES,
-    _answer,
-    _cleared,
-    _operator,
-    _requests,
-    deferred_without_cap,
-)
+from tests.test_trial_cost_caps import JOB_WORST, MAX_OUT, _answer, _requests, deferred_without_cap
 
 VIDEO = {"fileData": {"fileUri": "gs://bucket/one-hour.mp4", "mimeType": "video/mp4"}}
 
@@ -92,11 +84,11 @@ def test_answers_paid_without_a_cap_are_reused_by_a_run_with_one(monkeypatch, tm
         monkeypatch.setenv(*connection_env(service.base_url))
         source = _requests(tmp_path / "r.jsonl", 10, config={})
         first = tmp_path / "first.jsonl"
-        _operator(source, first).execute(make_context())
+        shard_operator(source, first).execute(make_context())
         paid = service.creates()
         assert paid == 2
         context = make_context()
-        _operator(
+        shard_operator(
             source,
             tmp_path / "second.jsonl",
             prices=PRICES,
@@ -123,7 +115,7 @@ def test_failed_jobs_created_before_the_cap_keep_their_worst_case(monkeypatch, t
         monkeypatch.setenv(*connection_env(service.base_url))
         source, dest, held = deferred_without_cap(service, tmp_path)
         held["state"] = "JOB_STATE_FAILED"  # the worker is lost; the jobs fail; the retry has the cap
-        capped = _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1)
+        capped = shard_operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1)
         with pytest.raises(MaaSBudgetExceededError):
             capped.execute(make_context())
         assert service.creates() <= 3
@@ -167,21 +159,17 @@ def test_a_create_left_uncertain_without_a_cap_counts_its_worst_case_once_cleare
     """The create's answer was lost, by a try without a cap (no reservation stored): the job
     exists and is billed. A person clears the task with a cap of 2 jobs' worst case: the earlier
     job counted $0, so both shards were sent again (3 jobs under a cap of 2)."""
-    from tests.test_trial_cost_control import JOB_WORST as WORST
-    from tests.test_trial_cost_control import PRICES as EMULATOR_PRICES
-    from tests.test_trial_cost_control import _cleared as cleared
-    from tests.test_trial_cost_control import _operator as emulator_operator
-    from tests.test_trial_cost_control import _requests as emulator_requests
-
     handle = emulator_factory(faults=["create:1:lost-500"])
-    source = emulator_requests(tmp_path / "r.jsonl", 10)  # 2 shards
-    dest = tmp_path / "out.jsonl"
+    source = write_priced_requests(tmp_path / "r.jsonl", range(10), config={"maxOutputTokens": EMULATOR_MAX_OUT})
+    dest = tmp_path / "out.jsonl"  # 2 shards
     with pytest.raises(MaaSError):
-        emulator_operator(source, dest, max_active_jobs=1).execute(cleared(1))
+        shard_operator(source, dest, max_active_jobs=1).execute(make_context(max_tries=1))
     assert handle.emulator.jobs_created == 1  # created, its answer lost
-    capped = emulator_operator(source, dest, prices=EMULATOR_PRICES, max_cost_usd=2 * WORST, max_active_jobs=1)
+    capped = shard_operator(
+        source, dest, prices=PRICES, max_cost_usd=2 * job_worst(EMULATOR_MAX_OUT), max_active_jobs=1
+    )
     with pytest.raises(MaaSBudgetExceededError):
-        capped.execute(cleared(2))
+        capped.execute(make_context(max_tries=2))
     assert handle.emulator.jobs_created <= 2
 
 
@@ -209,7 +197,7 @@ def test_the_canary_counts_what_was_spent_besides_it(monkeypatch, tmp_path):
         source = _requests(tmp_path / "r.jsonl", 25)
         context = make_context()
         with pytest.raises(MaaSBudgetExceededError, match="canary"):
-            _operator(
+            shard_operator(
                 source,
                 tmp_path / "out.jsonl",
                 prices=PRICES,
@@ -238,9 +226,9 @@ def test_a_new_input_with_a_cap_counts_the_uncapped_jobs_it_abandons(monkeypatch
     with stub_service(respond=_answer({"promptTokenCount": 1, "candidatesTokenCount": MAX_OUT})) as service:
         monkeypatch.setenv(*connection_env(service.base_url))
         source, dest = _uncapped_jobs_then_a_new_line(service, tmp_path)
-        capped = _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1)
+        capped = shard_operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1)
         with pytest.raises(MaaSBudgetExceededError):
-            capped.execute(_cleared(2))
+            capped.execute(make_context(max_tries=2))
         assert service.creates() <= 3
 
 
@@ -264,9 +252,9 @@ def test_answers_paid_without_a_schema_are_checked_when_reused_by_a_run_with_one
         monkeypatch.setenv(*connection_env(service.base_url))
         source = _requests(tmp_path / "r.jsonl", 10)
         first = tmp_path / "first.jsonl"
-        _operator(source, first).execute(make_context())
+        shard_operator(source, first).execute(make_context())
         paid = service.creates()
-        second = _operator(
+        second = shard_operator(
             source, tmp_path / "second.jsonl", response_schema=SCHEMA, reuse_results=str(first), fail_on_partial=False
         )
         with pytest.raises(MaaSError) if paid_again else contextlib.nullcontext():  # invalid again: none succeeded
@@ -283,9 +271,9 @@ def test_answers_of_a_run_with_the_cap_are_reused_by_a_run_with_it(monkeypatch, 
         monkeypatch.setenv(*connection_env(service.base_url))
         source = _requests(tmp_path / "r.jsonl", 10, config={})
         first = tmp_path / "first.jsonl"
-        _operator(source, first, **capped).execute(make_context())
+        shard_operator(source, first, **capped).execute(make_context())
         paid = service.creates()
-        _operator(source, tmp_path / "second.jsonl", reuse_results=str(first), **capped).execute(make_context())
+        shard_operator(source, tmp_path / "second.jsonl", reuse_results=str(first), **capped).execute(make_context())
         assert service.creates() == paid
 
 
@@ -296,9 +284,9 @@ def test_answers_of_a_run_with_a_schema_are_not_reused_by_one_without_it(monkeyp
         monkeypatch.setenv(*connection_env(service.base_url))
         source = _requests(tmp_path / "r.jsonl", 10)
         first = tmp_path / "first.jsonl"
-        _operator(source, first, response_schema=SCHEMA).execute(make_context())
+        shard_operator(source, first, response_schema=SCHEMA).execute(make_context())
         paid = service.creates()
-        _operator(source, tmp_path / "second.jsonl", reuse_results=str(first)).execute(make_context())
+        shard_operator(source, tmp_path / "second.jsonl", reuse_results=str(first)).execute(make_context())
         assert service.creates() == 2 * paid
 
 
@@ -312,9 +300,9 @@ def test_a_new_input_with_a_cap_refuses_when_the_abandoned_jobs_cannot_be_counte
         source, dest, held = deferred_without_cap(service, tmp_path)
         held["state"] = None
         _requests(source, 25, config={"maxOutputTokens": MAX_OUT - 1})
-        capped = _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1)
+        capped = shard_operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1)
         with pytest.raises(MaaSInputError, match=r"2 shard\(s\) .*shard 0 \(job \d\), shard 1 \(job \d\).*Restore"):
-            capped.execute(_cleared(2))
+            capped.execute(make_context(max_tries=2))
         assert service.creates() == 2
 
 
@@ -329,7 +317,7 @@ def test_a_replaced_state_prices_its_unpriced_jobs(tmp_path):
     from airflow_provider_maas.batch.shards import plan_shards
     from airflow_provider_maas.batch.spend_before import spend_left_behind
     from airflow_provider_maas.batch.state import BatchState, Round, ShardKey, ShardStatus, fingerprint
-    from tests.test_batch_state import _settings
+    from tests.helpers import batch_settings
 
     source = _requests(tmp_path / "r.jsonl", 10)
     with source.open("rb") as handle:
@@ -346,7 +334,7 @@ def test_a_replaced_state_prices_its_unpriced_jobs(tmp_path):
             for i in range(5)
         )
     )
-    settings = replace(_settings(), source=str(source), prices=check_prices(PRICES))
+    settings = batch_settings(source, prices=check_prices(PRICES))
     spent, prices, tokens = spend_left_behind(state, settings, lambda key: part)
     assert (spent, prices, tokens) == (pytest.approx(JOB_WORST + 50 / 1e6), settings.prices, None)
     assert spend_left_behind(state, None, None) == (0.0, None, None)  # nothing to price them with
@@ -369,9 +357,9 @@ def test_jobs_left_behind_without_prices_are_counted_once_a_try_has_them(monkeyp
         monkeypatch.setenv(*connection_env(service.base_url))
         source, dest = _uncapped_jobs_then_a_new_line(service, tmp_path)
         with pytest.raises(TaskDeferred):
-            _operator(source, dest, max_active_jobs=1, deferrable=True).execute(_cleared(2))
+            shard_operator(source, dest, max_active_jobs=1, deferrable=True).execute(make_context(max_tries=2))
         assert service.creates() == 3
-        capped = _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1)
+        capped = shard_operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1)
         with pytest.raises(MaaSBudgetExceededError):
-            capped.execute(_cleared(3))
+            capped.execute(make_context(max_tries=3))
         assert service.creates() == 3

@@ -7,7 +7,6 @@ Prices are free for prompts and $1 per 1M output tokens, so a job's cost is its 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,25 +14,27 @@ import pytest
 
 from airflow_provider_maas.batch.estimates import estimate_request
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError, MaaSInputError
-from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.conftest import connection_env
+from tests.cost_helpers import (
+    EMULATOR_MAX_OUT,
+    ITEM,
+    PRICES,
+    deferred_event,
+    job_worst,
+    shard_operator,
+    write_priced_requests,
+)
 from tests.helpers import make_context
 from tests.service_stub import json_answer, stub_service
 
-PRICES = {"prompt": 0.0, "candidates": 1.0}
 MAX_OUT = 40
-JOB_WORST = 5 * MAX_OUT / 1_000_000  # 5 requests a shard, each at MAX_OUT output tokens
+JOB_WORST = job_worst(MAX_OUT)
 
 
 def _requests(path: Path, count: int, *, config: dict[str, Any] | None = None) -> Path:
+    """``count`` requests, each with ``config`` (default: ``maxOutputTokens`` MAX_OUT; ``{}``: none)."""
     config = {"maxOutputTokens": MAX_OUT} if config is None else config
-    with path.open("w") as handle:
-        for i in range(count):
-            request: dict[str, Any] = {"contents": [{"role": "user", "parts": [{"text": f"Item {i}"}]}]}
-            if config:
-                request["generationConfig"] = config
-            handle.write(json.dumps({"request": request}) + "\n")
-    return path
+    return write_priced_requests(path, range(count), config=config, prompt=ITEM)
 
 
 def _answer(usage: dict[str, Any] | None) -> Any:
@@ -44,11 +45,6 @@ def _answer(usage: dict[str, Any] | None) -> Any:
         return answer
 
     return respond
-
-
-def _operator(source: Path, dest: Path, **kwargs: Any) -> MaaSBatchPredictionOperator:
-    kwargs = {"poll_interval": 0.05, "deferrable": False, "max_requests_per_file": 5, **kwargs}
-    return MaaSBatchPredictionOperator(task_id="p", source=str(source), destination=str(dest), **kwargs)
 
 
 def deferred_without_cap(service: Any, tmp_path: Path) -> tuple[Path, Path, dict[str, str | None]]:
@@ -71,15 +67,9 @@ def deferred_without_cap(service: Any, tmp_path: Path) -> tuple[Path, Path, dict
     source = _requests(tmp_path / "r.jsonl", 25)
     dest = tmp_path / "out.jsonl"
     with pytest.raises(TaskDeferred):
-        _operator(source, dest, max_active_jobs=2, deferrable=True).execute(_cleared(1))
+        shard_operator(source, dest, max_active_jobs=2, deferrable=True).execute(make_context(max_tries=1))
     assert service.creates() == 2
     return source, dest, held
-
-
-def _cleared(max_tries: int) -> dict:
-    context = make_context()
-    context["ti"].max_tries = max_tries  # Airflow's clear raises it; a retry keeps it
-    return context
 
 
 # 1. The canary's estimate ignored what the operator itself counted the canary job at --------------
@@ -92,7 +82,7 @@ def test_a_canary_without_usage_is_estimated_at_what_it_was_counted_not_at_zero(
         source = _requests(tmp_path / "r.jsonl", 25)
         context = make_context()
         with pytest.raises(MaaSBudgetExceededError, match="canary"):
-            _operator(
+            shard_operator(
                 source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=3 * JOB_WORST, canary_requests=5
             ).execute(context)
         assert service.creates() == 1
@@ -109,7 +99,7 @@ def test_the_canary_estimate_counts_tool_use_tokens_as_the_spend_does(monkeypatc
         monkeypatch.setenv(*connection_env(service.base_url))
         source = _requests(tmp_path / "r.jsonl", 10)
         context = make_context()
-        _operator(source, tmp_path / "out.jsonl", prices=prices, canary_requests=5).execute(context)
+        shard_operator(source, tmp_path / "out.jsonl", prices=prices, canary_requests=5).execute(context)
     summary = context["ti"].xcom["summary"]
     assert summary["canary"]["estimated_cost_usd"] == pytest.approx(10 * 1001 / 1e6)
 
@@ -130,7 +120,7 @@ def test_the_default_output_ceiling_bounds_what_the_service_may_answer(monkeypat
         source = _requests(tmp_path / "r.jsonl", 25, config={})
         context = make_context()
         with pytest.raises(MaaSBudgetExceededError):
-            _operator(
+            shard_operator(
                 source,
                 tmp_path / "out.jsonl",
                 prices=PRICES,
@@ -154,18 +144,20 @@ def test_a_job_costing_more_than_its_worst_case_stops_the_creates(monkeypatch, t
         dest = tmp_path / "out.jsonl"
         kwargs = {"prices": PRICES, "max_cost_usd": 10 * JOB_WORST, "max_active_jobs": 1}
         with pytest.raises(MaaSBudgetExceededError, match="more than its worst case"):
-            _operator(source, dest, **kwargs).execute(_cleared(1))
+            shard_operator(source, dest, **kwargs).execute(make_context(max_tries=1))
         created = service.creates()
         assert created <= 2  # the first job, and one created while its results were downloaded (was 7)
-        retry = _cleared(1)  # a retry of the task (its state kept) creates nothing either
+        retry = make_context(max_tries=1)  # a retry of the task (its state kept) creates nothing either
         with pytest.raises(MaaSBudgetExceededError, match="more than its worst case"):
-            _operator(source, dest, **kwargs).execute(retry)
+            shard_operator(source, dest, **kwargs).execute(retry)
         assert service.creates() == created
         assert retry["ti"].xcom["summary"]["cost_usd"] <= 10 * JOB_WORST
         # A person saw the error and clears the task with a higher cap: creates go on (the overrun
         # seen is accepted) until a job of the new clear round costs more than its worst case again.
         with pytest.raises(MaaSBudgetExceededError, match=r"shard [1-9].* more than its worst case"):
-            _operator(source, dest, **{**kwargs, "max_cost_usd": 20 * JOB_WORST}).execute(_cleared(2))
+            shard_operator(source, dest, **{**kwargs, "max_cost_usd": 20 * JOB_WORST}).execute(
+                make_context(max_tries=2)
+            )
         assert created < service.creates() <= created + 2
 
 
@@ -205,11 +197,15 @@ def test_prices_changed_on_a_retry_are_refused_before_anything_is_created(monkey
         dest = tmp_path / "out.jsonl"
         typo = {"prompt": 0.0, "candidates": 0.1}  # a tenth of the real price
         with pytest.raises(MaaSError):
-            _operator(source, dest, prices=typo, max_cost_usd=3 * JOB_WORST, max_active_jobs=1).execute(make_context())
+            shard_operator(source, dest, prices=typo, max_cost_usd=3 * JOB_WORST, max_active_jobs=1).execute(
+                make_context()
+            )
         assert service.creates() == 3  # 2 jobs paid (the third refused)
-        for context in (make_context(), _cleared(2)):  # a retry, and a person's clear
+        for context in (make_context(), make_context(max_tries=2)):  # a retry, and a person's clear
             with pytest.raises(MaaSInputError, match=r"prices changed .* at prices \{'prompt': 0.0, 'candidates': 0.1"):
-                _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1).execute(context)
+                shard_operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1).execute(
+                    context
+                )
             assert service.creates() == 3  # nothing created
 
 
@@ -217,20 +213,14 @@ def test_prices_changed_on_a_retry_are_refused_before_anything_is_created(monkey
 def test_an_answer_written_twice_is_paid_once_and_stops_nothing(emulator_factory, tmp_path):
     """The service wrote 2 result lines twice (the emulator's duplicate-lines fault): the spend
     counted them twice, so the job "cost" more than its worst case and the batch stopped."""
-    from tests.test_trial_cost_control import JOB_WORST as WORST
-    from tests.test_trial_cost_control import PRICES as EMULATOR_PRICES
-    from tests.test_trial_cost_control import _operator as emulator_operator
-    from tests.test_trial_cost_control import _requests as emulator_requests
-
     handle = emulator_factory(faults=["create:1:duplicate-lines=2"])
-    source = emulator_requests(tmp_path / "r.jsonl", 20)
+    source = write_priced_requests(tmp_path / "r.jsonl", range(20), config={"maxOutputTokens": EMULATOR_MAX_OUT})
+    worst = job_worst(EMULATOR_MAX_OUT)
     context = make_context()
-    op = emulator_operator(
-        source, tmp_path / "out.jsonl", prices=EMULATOR_PRICES, max_cost_usd=10 * WORST, max_active_jobs=1
-    )
+    op = shard_operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=10 * worst, max_active_jobs=1)
     op.execute(context)
     assert handle.emulator.jobs_created == 4
-    assert context["ti"].xcom["summary"]["cost_usd"] == pytest.approx(4 * WORST)
+    assert context["ti"].xcom["summary"]["cost_usd"] == pytest.approx(4 * worst)
 
 
 # 7. Jobs created without a cap, downloaded by a try with one, that report no usage ---------------
@@ -242,7 +232,7 @@ def test_jobs_created_before_the_cap_that_report_no_usage_count_at_their_worst_c
         monkeypatch.setenv(*connection_env(service.base_url))
         source, dest, held = deferred_without_cap(service, tmp_path)
         held["state"] = None  # the worker is lost; the jobs end; the retry has prices and a cap
-        capped = _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1)
+        capped = shard_operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=1)
         with pytest.raises(MaaSBudgetExceededError):
             capped.execute(make_context())
         assert service.creates() <= 3
@@ -252,19 +242,11 @@ def test_jobs_created_before_the_cap_that_report_no_usage_count_at_their_worst_c
 def test_a_cap_added_while_deferred_sends_no_shard_planned_without_its_ceiling(emulator_factory, tmp_path):
     """The shards were planned from requests without maxOutputTokens; the resume has a cap, which
     sends the ceiling: a shard not yet sent is refused as a changed input, not sent unbounded."""
-    import asyncio
-
-    from tests.compat import TaskDeferred
-
     handle = emulator_factory(job_duration=60)
     source = _requests(tmp_path / "r.jsonl", 20, config={})
     dest = tmp_path / "out.jsonl"
-    with pytest.raises(TaskDeferred) as info:
-        _operator(source, dest, max_active_jobs=2, deferrable=True).execute(make_context())
-    for name in info.value.trigger.job_names:
-        handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
-    event = asyncio.run(anext(info.value.trigger.run())).payload
-    capped = _operator(source, dest, prices=PRICES, max_cost_usd=1.0, max_active_jobs=2, deferrable=True)
+    event = deferred_event(handle, shard_operator(source, dest, max_active_jobs=2, deferrable=True))
+    capped = shard_operator(source, dest, prices=PRICES, max_cost_usd=1.0, max_active_jobs=2, deferrable=True)
     with pytest.raises(MaaSInputError, match="changed since it was planned"):
         capped.execute_complete(make_context(), event)
     assert handle.emulator.jobs_created == 2

@@ -20,33 +20,22 @@ from airflow_provider_maas.batch.schema import AnswerCheck
 from airflow_provider_maas.batch.state import ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError, MaaSInputError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
+from tests.cost_helpers import (
+    EMULATOR_MAX_OUT,
+    PRICES,
+    deferred_event,
+    shard_operator,
+    succeeded_event,
+    write_priced_requests,
+)
 from tests.helpers import make_context
 
-PRICES = {"prompt": 0.0, "candidates": 1.0}
-MAX_OUT = 16
+MAX_OUT = EMULATOR_MAX_OUT
 JOB_WORST = 5 * MAX_OUT / 1_000_000  # a job of 5 requests at MAX_OUT output tokens each
 
 
 def _requests(path: Path, count: int) -> Path:
-    with path.open("w") as handle:
-        for i in range(count):
-            request = {
-                "contents": [{"role": "user", "parts": [{"text": f"Question {i}: what is {i} + {i}?"}]}],
-                "generationConfig": {"maxOutputTokens": MAX_OUT},
-            }
-            handle.write(json.dumps({"request": request}) + "\n")
-    return path
-
-
-def _operator(source: Path, dest: Path, **kwargs) -> MaaSBatchPredictionOperator:
-    kwargs = {"poll_interval": 0.05, "deferrable": False, "max_requests_per_file": 5, **kwargs}
-    return MaaSBatchPredictionOperator(task_id="p", source=str(source), destination=str(dest), **kwargs)
-
-
-def _cleared(max_tries: int) -> dict:
-    context = make_context()
-    context["ti"].max_tries = max_tries
-    return context
+    return write_priced_requests(path, range(count), config={"maxOutputTokens": MAX_OUT})
 
 
 # A job paid for that reported nothing ----------------------------------------------------------
@@ -55,7 +44,7 @@ def test_a_job_whose_results_are_gone_still_counts_against_the_cap(emulator_fact
     reservation let the shard be sent again on top of it: 3 jobs paid under a cap of 2."""
     handle = emulator_factory(faults=["content:1:results-gone"])
     source = _requests(tmp_path / "r.jsonl", 10)  # 2 shards
-    op = _operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1)
+    op = shard_operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1)
     with pytest.raises(MaaSBudgetExceededError):
         op.execute(make_context())
     assert handle.emulator.jobs_created * JOB_WORST <= 2 * JOB_WORST + 1e-12
@@ -69,13 +58,13 @@ def test_a_create_left_uncertain_then_cleared_still_counts_against_the_cap(emula
     dest = tmp_path / "out.jsonl"
 
     def operator() -> MaaSBatchPredictionOperator:
-        return _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1)
+        return shard_operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1)
 
     with pytest.raises(MaaSError):
-        operator().execute(_cleared(1))
+        operator().execute(make_context(max_tries=1))
     assert handle.emulator.jobs_created == 1  # created, its answer lost
     with pytest.raises(MaaSBudgetExceededError):
-        operator().execute(_cleared(2))
+        operator().execute(make_context(max_tries=2))
     assert handle.emulator.jobs_created * JOB_WORST <= 2 * JOB_WORST + 1e-12
 
 
@@ -167,13 +156,13 @@ def test_a_clear_with_reuse_results_on_the_destination_does_not_reset_the_spend(
     dest = tmp_path / "out.jsonl"
 
     def operator(**kwargs) -> MaaSBatchPredictionOperator:
-        return _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1, **kwargs)
+        return shard_operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1, **kwargs)
 
     with pytest.raises(MaaSBudgetExceededError):
         operator().execute(make_context())
     assert emulator.emulator.jobs_created == 2
     with pytest.raises(MaaSBudgetExceededError):
-        operator(reuse_results=str(dest)).execute(_cleared(2))
+        operator(reuse_results=str(dest)).execute(make_context(max_tries=2))
     assert emulator.emulator.jobs_created == 2  # the same cap, already spent: nothing more
 
 
@@ -181,10 +170,12 @@ def test_the_advice_of_the_budget_error_works_a_new_run_reuses_what_was_paid(emu
     source = _requests(tmp_path / "r.jsonl", 20)  # 4 shards
     dest = tmp_path / "out.jsonl"
     with pytest.raises(MaaSBudgetExceededError) as info:
-        _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST).execute(make_context())
+        shard_operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST).execute(make_context())
     assert "reuse_results" in str(info.value)
     context = make_context(run_id="run2")
-    op = _operator(source, tmp_path / "out2.jsonl", prices=PRICES, max_cost_usd=2 * JOB_WORST, reuse_results=str(dest))
+    op = shard_operator(
+        source, tmp_path / "out2.jsonl", prices=PRICES, max_cost_usd=2 * JOB_WORST, reuse_results=str(dest)
+    )
     op.execute(context)
     assert emulator.emulator.jobs_created == 4
     summary = context["ti"].xcom["summary"]
@@ -227,9 +218,9 @@ def test_reused_answers_are_checked_against_the_schema_too(emulator, tmp_path):
     plain-text results: those answers must not pass as valid without being checked."""
     source = _requests(tmp_path / "r.jsonl", 5)
     earlier = tmp_path / "earlier.jsonl"
-    _operator(source, earlier).execute(make_context())  # plain text answers, not JSON
+    shard_operator(source, earlier).execute(make_context())  # plain text answers, not JSON
     context = make_context(run_id="run2")
-    op = _operator(
+    op = shard_operator(
         source,
         tmp_path / "out.jsonl",
         response_schema=SCHEMA,
@@ -246,28 +237,19 @@ def test_reused_answers_are_checked_against_the_schema_too(emulator, tmp_path):
 def test_a_cap_added_on_a_resume_counts_what_earlier_tries_spent_without_prices(emulator_factory, tmp_path):
     """The DAG changed between tries (prices and a cap added): the jobs downloaded by a try that
     had no prices were still paid for, and count."""
-    import asyncio
-
     from tests.compat import TaskDeferred
 
     handle = emulator_factory(job_duration=60)
     source = _requests(tmp_path / "r.jsonl", 30)  # 6 shards
     dest = tmp_path / "out.jsonl"
     plain = {"max_active_jobs": 2, "deferrable": True}
-    with pytest.raises(TaskDeferred) as info:
-        _operator(source, dest, **plain).execute(make_context())
-
-    def event_of(deferred) -> dict:
-        for name in deferred.trigger.job_names:
-            handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
-        return asyncio.run(anext(deferred.trigger.run())).payload
-
+    first = deferred_event(handle, shard_operator(source, dest, **plain))
     with pytest.raises(TaskDeferred) as again:  # shards 0, 1 downloaded (no prices), 2, 3 created
-        _operator(source, dest, **plain).execute_complete(make_context(), event_of(info.value))
+        shard_operator(source, dest, **plain).execute_complete(make_context(), first)
     assert handle.emulator.jobs_created == 4
-    capped = _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, **plain)
+    capped = shard_operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, **plain)
     with pytest.raises(MaaSBudgetExceededError):
-        capped.execute_complete(make_context(), event_of(again.value))
+        capped.execute_complete(make_context(), succeeded_event(handle, again.value))
     assert handle.emulator.jobs_created == 4  # 4 jobs paid already: nothing more under a cap of 3
 
 
@@ -278,10 +260,10 @@ def test_jobs_in_flight_created_without_a_cap_are_reserved_when_a_cap_is_added(e
     source = _requests(tmp_path / "r.jsonl", 30)  # 6 shards
     dest = tmp_path / "out.jsonl"
     with pytest.raises(TaskDeferred):
-        _operator(source, dest, max_active_jobs=2, deferrable=True).execute(make_context())
+        shard_operator(source, dest, max_active_jobs=2, deferrable=True).execute(make_context())
     assert handle.emulator.jobs_created == 2
     # Running (its worker lost), the task is retried with a cap of 3 jobs: 2 are in flight.
-    capped = _operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=6, deferrable=True)
+    capped = shard_operator(source, dest, prices=PRICES, max_cost_usd=3 * JOB_WORST, max_active_jobs=6, deferrable=True)
     with pytest.raises(TaskDeferred):
         capped.execute(make_context())
     assert handle.emulator.jobs_created == 3
@@ -296,14 +278,14 @@ def test_a_retry_after_a_failed_canary_sends_nothing_not_even_the_canary_again(e
     dest = tmp_path / "out.jsonl"
     for _ in range(2):  # the first try, then a retry (same clear round)
         with pytest.raises(MaaSCanaryFailedError):
-            _operator(source, dest, response_schema=SCHEMA, canary_requests=5).execute(make_context())
+            shard_operator(source, dest, response_schema=SCHEMA, canary_requests=5).execute(make_context())
     assert handle.emulator.jobs_created == 1
 
 
 def test_a_canary_larger_than_the_input_is_the_whole_batch_once(emulator, tmp_path):
     source = _requests(tmp_path / "r.jsonl", 3)
     context = make_context()
-    _operator(source, tmp_path / "out.jsonl", canary_requests=100, prices=PRICES).execute(context)
+    shard_operator(source, tmp_path / "out.jsonl", canary_requests=100, prices=PRICES).execute(context)
     assert emulator.emulator.jobs_created == 1
     assert context["ti"].xcom["summary"]["canary"]["requests"] == 3
 
@@ -312,10 +294,10 @@ def test_the_advice_works_with_the_destination_as_its_own_reuse_results(emulator
     source = _requests(tmp_path / "r.jsonl", 20)  # 4 shards
     dest = tmp_path / "out.jsonl"
     with pytest.raises(MaaSBudgetExceededError):
-        _operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST).execute(make_context())
+        shard_operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST).execute(make_context())
     context = make_context(run_id="run2")  # a new run writes its own destination (one owner per destination)
     dest2 = tmp_path / "out2.jsonl"
-    _operator(source, dest2, prices=PRICES, max_cost_usd=2 * JOB_WORST, reuse_results=str(dest)).execute(context)
+    shard_operator(source, dest2, prices=PRICES, max_cost_usd=2 * JOB_WORST, reuse_results=str(dest)).execute(context)
     assert emulator.emulator.jobs_created == 4
     summary = context["ti"].xcom["summary"]
     assert (summary["succeeded"], summary["reused"], summary["cost_usd"]) == (20, 10, pytest.approx(2 * JOB_WORST))
@@ -375,7 +357,7 @@ def test_a_cap_refuses_unbounded_files_and_caches_before_anything_is_uploaded(em
     text = _requests(tmp_path / "ok.jsonl", 5).read_text().splitlines()
     text[3] = line  # line 4
     source.write_text("\n".join(text) + "\n")
-    op = _operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=1.0, dry_run=dry_run)
+    op = shard_operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=1.0, dry_run=dry_run)
     with pytest.raises(MaaSInputError, match=rf"line 4: .*{parameter}") as info:
         op.execute(make_context())
     assert info.value.line_number == 4
@@ -383,7 +365,7 @@ def test_a_cap_refuses_unbounded_files_and_caches_before_anything_is_uploaded(em
     assert not list(tmp_path.glob(".out.jsonl.maas*"))  # no state written either
     # The bound given, the same input is accepted.
     given = {"max_tokens_per_file_part": 10_000, "max_cached_content_tokens": 100_000}
-    _operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=1.0, dry_run=True, **given).execute(
+    shard_operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=1.0, dry_run=True, **given).execute(
         make_context()
     )
 
@@ -391,7 +373,7 @@ def test_a_cap_refuses_unbounded_files_and_caches_before_anything_is_uploaded(em
 def test_without_a_cap_unbounded_files_are_sent_and_the_plan_says_its_worst_case_is_no_bound(tmp_path):
     source = _file_requests(tmp_path / "r.jsonl", 3)
     context = make_context()
-    _operator(source, tmp_path / "out.jsonl", prices=PRICES, dry_run=True).execute(context)
+    shard_operator(source, tmp_path / "out.jsonl", prices=PRICES, dry_run=True).execute(context)
     plan = context["ti"].xcom["plan"]
     assert (plan["file_parts"], plan["max_tokens_per_file_part"]) == (3, None)
     assert any("no bound" in note and "max_tokens_per_file_part" in note for note in plan["notes"])
@@ -415,12 +397,12 @@ def test_a_cap_with_file_parts_stops_at_k_jobs_and_its_plan_states_the_bound(emu
     worst = _job_worst(source, 300)
     kwargs = {"prices": FILE_PRICES, "max_cost_usd": 2 * worst + 1e-9, "max_tokens_per_file_part": 300}
     plan = make_context()
-    _operator(source, tmp_path / "out.jsonl", dry_run=True, **kwargs).execute(plan)
+    shard_operator(source, tmp_path / "out.jsonl", dry_run=True, **kwargs).execute(plan)
     assert (plan["ti"].xcom["plan"]["max_tokens_per_file_part"], plan["ti"].xcom["plan"]["file_parts"]) == (300, 20)
     assert "max_tokens_per_file_part=300" in plan["ti"].xcom["plan"]["basis"]
     context = make_context()
     with pytest.raises(MaaSBudgetExceededError):
-        _operator(source, tmp_path / "out.jsonl", max_active_jobs=1, **kwargs).execute(context)
+        shard_operator(source, tmp_path / "out.jsonl", max_active_jobs=1, **kwargs).execute(context)
     assert emulator.emulator.jobs_created == 2
     summary = context["ti"].xcom["summary"]
     assert summary["succeeded"] == 10 and summary["not_sent"] == 10
@@ -432,7 +414,9 @@ def test_answers_past_the_file_bound_count_at_their_real_usage_and_show(emulator
     at their reported usage, the log and the summary say so."""
     source = _file_requests(tmp_path / "r.jsonl", 10)
     context = make_context()
-    op = _operator(source, tmp_path / "out.jsonl", prices=FILE_PRICES, max_cost_usd=10.0, max_tokens_per_file_part=100)
+    op = shard_operator(
+        source, tmp_path / "out.jsonl", prices=FILE_PRICES, max_cost_usd=10.0, max_tokens_per_file_part=100
+    )
     op.execute(context)
     summary = context["ti"].xcom["summary"]
     assert summary["answers_over_worst_case"] == 10
@@ -444,19 +428,11 @@ def test_answers_past_the_file_bound_count_at_their_real_usage_and_show(emulator
 def test_a_cap_added_to_a_planned_batch_refuses_an_unbounded_shard_before_its_create(emulator_factory, tmp_path):
     """The check at the start of a try reads the input; a resume after deferral does not: the
     budget's own check of each shard refuses it then."""
-    import asyncio
-
-    from tests.compat import TaskDeferred
-
     handle = emulator_factory(job_duration=60)
     source = _file_requests(tmp_path / "r.jsonl", 15)  # 3 shards
     dest = tmp_path / "out.jsonl"
-    with pytest.raises(TaskDeferred) as info:
-        _operator(source, dest, max_active_jobs=1, deferrable=True).execute(make_context())
-    for name in info.value.trigger.job_names:
-        handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
-    event = asyncio.run(anext(info.value.trigger.run())).payload
-    capped = _operator(source, dest, max_active_jobs=1, deferrable=True, prices=FILE_PRICES, max_cost_usd=1.0)
+    event = deferred_event(handle, shard_operator(source, dest, max_active_jobs=1, deferrable=True))
+    capped = shard_operator(source, dest, max_active_jobs=1, deferrable=True, prices=FILE_PRICES, max_cost_usd=1.0)
     with pytest.raises(MaaSInputError, match=r"shard 1 was not sent: .*max_tokens_per_file_part"):
         capped.execute_complete(make_context(), event)
     assert handle.emulator.jobs_created == 1
@@ -470,7 +446,7 @@ def test_a_job_that_ends_without_results_keeps_its_reservation_as_spent(emulator
     handle = emulator_factory(final_state=final_state, job_duration=0.05)
     source = _requests(tmp_path / "r.jsonl", 10)  # 2 shards
     context = make_context()
-    op = _operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1)
+    op = shard_operator(source, tmp_path / "out.jsonl", prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=1)
     op.shard_retries = 3
     with pytest.raises(MaaSBudgetExceededError):
         op.execute(context)
@@ -481,8 +457,6 @@ def test_a_job_that_ends_without_results_keeps_its_reservation_as_spent(emulator
 def test_a_lost_canary_part_is_downloaded_again_not_a_crash_on_every_try(emulator_factory, tmp_path):
     """The canary's downloaded results are gone (a cleanup, another worker's disk) while the rest
     waits: the verdict must come back (download again), not crash every resume and retry."""
-    import asyncio
-
     from tests.compat import TaskDeferred
 
     handle = emulator_factory(job_duration=60)
@@ -490,28 +464,23 @@ def test_a_lost_canary_part_is_downloaded_again_not_a_crash_on_every_try(emulato
     dest = tmp_path / "out.jsonl"
 
     def operator() -> MaaSBatchPredictionOperator:
-        return _operator(source, dest, canary_requests=5, max_active_jobs=1, deferrable=True, prices=PRICES)
-
-    def event_of(deferred) -> dict:
-        for name in deferred.trigger.job_names:
-            handle.emulator.set_job_state(name, "JOB_STATE_SUCCEEDED")
-        return asyncio.run(anext(deferred.trigger.run())).payload
+        return shard_operator(source, dest, canary_requests=5, max_active_jobs=1, deferrable=True, prices=PRICES)
 
     with pytest.raises(TaskDeferred) as info:
         operator().execute(make_context())
-    first = event_of(info.value)
+    first = succeeded_event(handle, info.value)
     with pytest.raises(TaskDeferred) as info:  # the canary downloaded and judged; shard 1 created
         operator().execute_complete(make_context(), first)
     parts = list(tmp_path.glob(".out.jsonl.maas/*/parts/r0-000000.jsonl")) or list(tmp_path.rglob("r0-000000.jsonl"))
     assert parts, "the canary's part was not found"
     parts[0].unlink()
-    event = event_of(info.value)
+    event = succeeded_event(handle, info.value)
     for _ in range(3):
         try:
             operator().execute_complete(make_context(), event)
             break
         except TaskDeferred as again:
-            event = event_of(again)
+            event = succeeded_event(handle, again)
     assert handle.emulator.jobs_created == 3
 
 
@@ -546,7 +515,7 @@ def test_the_plan_states_the_canary_a_run_sends(tmp_path):
     """The canary is one shard: within max_requests_per_file, it holds fewer requests than asked."""
     source = _requests(tmp_path / "r.jsonl", 30)
     context = make_context()
-    _operator(source, tmp_path / "out.jsonl", dry_run=True, canary_requests=20).execute(context)
+    shard_operator(source, tmp_path / "out.jsonl", dry_run=True, canary_requests=20).execute(context)
     assert context["ti"].xcom["plan"]["canary_requests"] == 5
 
 
@@ -556,6 +525,8 @@ def test_a_good_canary_with_a_schema_and_duplicated_lines_passes(emulator_factor
     handle = emulator_factory(faults=["create:1:duplicate-lines=2"])
     source = _requests(tmp_path / "r.jsonl", 15)
     context = make_context()
-    _operator(source, tmp_path / "out.jsonl", response_schema=SCHEMA, canary_requests=5, prices=PRICES).execute(context)
+    shard_operator(source, tmp_path / "out.jsonl", response_schema=SCHEMA, canary_requests=5, prices=PRICES).execute(
+        context
+    )
     assert handle.emulator.jobs_created == 3
     assert context["ti"].xcom["summary"]["canary"]["failed"] == 0

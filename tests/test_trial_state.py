@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 
@@ -11,11 +12,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from airflow_provider_maas.exceptions import MaaSStateError, MaaSTimeoutError
 from tests.helpers import FakeStateStore, assert_in_input_order, batch_operator, make_context, write_requests
 
-
-def _try(store=None, max_tries=1, **ti):
-    context = make_context(store, **ti)
-    context["ti"].max_tries = max_tries
-    return context
+_try = functools.partial(make_context, max_tries=1)  # a try of the first clear round
 
 
 def _state_dir(dest, identity="dag.task.run1.m-1"):

@@ -7,6 +7,7 @@ Every test counts the jobs an independent stub of the four documented calls crea
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 
@@ -16,11 +17,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from tests.counting_service import counting_service
 from tests.helpers import FakeStateStore, assert_in_input_order, batch_operator, make_context, write_requests
 
-
-def _try(store=None, max_tries=1, **ti):
-    context = make_context(store, **ti)
-    context["ti"].max_tries = max_tries
-    return context
+_try = functools.partial(make_context, max_tries=1)  # a try of the first clear round
 
 
 def _echo(request):

@@ -16,23 +16,6 @@ JOB_STATE_FAILED = "JOB_STATE_FAILED"
 JOB_STATE_CANCELLED = "JOB_STATE_CANCELLED"
 JOB_STATE_EXPIRED = "JOB_STATE_EXPIRED"
 
-#: Every state name of Vertex AI's JobState (the only ones ``set_job_state`` accepts).
-ALL_JOB_STATES = frozenset(
-    {
-        "JOB_STATE_UNSPECIFIED",
-        "JOB_STATE_QUEUED",
-        JOB_STATE_PENDING,
-        JOB_STATE_RUNNING,
-        JOB_STATE_SUCCEEDED,
-        JOB_STATE_FAILED,
-        "JOB_STATE_CANCELLING",
-        JOB_STATE_CANCELLED,
-        "JOB_STATE_PAUSED",
-        JOB_STATE_EXPIRED,
-        "JOB_STATE_UPDATING",
-        JOB_STATE_PARTIALLY_SUCCEEDED,
-    }
-)
 TERMINAL_STATES = frozenset(
     {
         JOB_STATE_SUCCEEDED,

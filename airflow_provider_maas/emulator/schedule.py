@@ -82,8 +82,6 @@ JOB_FAULTS = frozenset({"partial-missing", "duplicate-lines", "fail-requests"})
 RESULTS_GONE = "results-gone"
 #: The fault that delays a call (any kind), carried out only if the client still waits.
 SLOW = "slow"
-#: Faults of a transfer that is carried out (the route reads them from the FaultDecision).
-TRANSFER_FAULTS = frozenset({"wrong-md5", "truncate", "corrupt"})
 
 _ALLOWED: dict[str, frozenset[str]] = {
     "upload": PLAIN_FAULTS | {SLOW, "wrong-md5"},

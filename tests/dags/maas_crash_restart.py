@@ -11,10 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-import pendulum
-from airflow.sdk import DAG
-
-from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
+from tests.dag_builders import batch_task, once_dag
 
 WORK_DIR = os.environ.get("MAAS_CRASH_DIR") or os.path.join(tempfile.gettempdir(), "maas-crash-restart")
 
@@ -25,20 +22,6 @@ DAGS = {
 }
 
 for dag_id, deferrable in DAGS.items():
-    with DAG(
-        dag_id=dag_id,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        schedule="@once",
-        catchup=False,
-        tags=["maas", "test"],
-    ) as dag:
-        MaaSBatchPredictionOperator(
-            task_id="predict",
-            source=os.path.join(WORK_DIR, "requests.jsonl"),
-            destination=os.path.join(WORK_DIR, dag_id, "results.jsonl"),
-            poll_interval=0.5,
-            deferrable=deferrable,
-            retries=1,
-            retry_delay=pendulum.duration(seconds=1),
-        )
+    with once_dag(dag_id) as dag:
+        batch_task(WORK_DIR, dag_id, poll_interval=0.5, deferrable=deferrable)
     globals()[dag_id] = dag

@@ -9,9 +9,9 @@ import os
 from typing import Any
 
 import pendulum
-from airflow.sdk import DAG
 
 from airflow_provider_maas.operators.maas import MaaSCreateBatchJobOperator
+from tests.dag_builders import once_dag
 
 
 class CreateWithoutTaskStateStore(MaaSCreateBatchJobOperator):
@@ -24,13 +24,7 @@ class CreateWithoutTaskStateStore(MaaSCreateBatchJobOperator):
 
 create = CreateWithoutTaskStateStore if os.environ.get("MAAS_TEST_NO_TASK_STATE_STORE") else MaaSCreateBatchJobOperator
 
-with DAG(
-    dag_id="maas_create_killed",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    schedule="@once",
-    catchup=False,
-    tags=["maas", "test"],
-) as dag:
+with once_dag("maas_create_killed") as dag:
     create(
         task_id="create",
         file_name="killed.jsonl",

@@ -13,9 +13,6 @@ from __future__ import annotations
 import os
 import tempfile
 
-import pendulum
-from airflow.sdk import DAG
-
 from airflow_provider_maas.operators.maas import (
     MaaSBatchPredictionOperator,
     MaaSCreateBatchJobOperator,
@@ -23,13 +20,13 @@ from airflow_provider_maas.operators.maas import (
     MaaSUploadFileOperator,
 )
 from airflow_provider_maas.sensors.maas import MaaSBatchJobSensor
+from tests.dag_builders import once_dag
 
 WORK_DIR = os.environ.get("MAAS_SMOKE_DIR") or os.path.join(tempfile.gettempdir(), "maas-deployment-smoke")
 #: Requests per shard of the batch DAG (the test writes 3 shards' worth).
 SHARD_SIZE = 10
-DEFAULTS = {"start_date": pendulum.datetime(2026, 1, 1, tz="UTC"), "schedule": "@once", "catchup": False}
 
-with DAG(dag_id="maas_smoke_chain", tags=["maas", "test"], **DEFAULTS) as chain:
+with once_dag("maas_smoke_chain") as chain:
     requests = os.path.join(WORK_DIR, "chain.jsonl")
     upload = MaaSUploadFileOperator(task_id="upload", source=requests)
     create = MaaSCreateBatchJobOperator(task_id="create", file_name=upload.output)
@@ -42,7 +39,7 @@ with DAG(dag_id="maas_smoke_chain", tags=["maas", "test"], **DEFAULTS) as chain:
     )
     wait >> download
 
-with DAG(dag_id="maas_smoke_batch", tags=["maas", "test"], **DEFAULTS) as batch:
+with once_dag("maas_smoke_batch") as batch:
     MaaSBatchPredictionOperator(
         task_id="predict",
         source=os.path.join(WORK_DIR, "batch.jsonl"),

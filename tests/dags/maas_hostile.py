@@ -9,23 +9,10 @@ import os
 import pendulum
 from airflow.sdk import DAG
 
-from airflow_provider_maas.operators.maas import (
-    MaaSBatchPredictionOperator,
-    MaaSCreateBatchJobOperator,
-    MaaSDownloadResultsOperator,
-    MaaSUploadFileOperator,
-)
-from airflow_provider_maas.sensors.maas import MaaSBatchJobSensor
+from tests.dag_builders import service_tasks
 
 REQUESTS = os.environ.get("MAAS_HOSTILE_REQUESTS", "/nonexistent/requests.jsonl")
 OUT = os.environ.get("MAAS_HOSTILE_OUTPUT", "/tmp/maas-hostile")
 
 with DAG("maas_hostile", start_date=pendulum.datetime(2026, 1, 1), schedule=None, catchup=False) as dag:
-    MaaSUploadFileOperator(task_id="upload", source=REQUESTS)
-    MaaSCreateBatchJobOperator(task_id="create", file_name="uploaded.jsonl")
-    MaaSBatchJobSensor(task_id="wait_poke", job_name="1", poll_interval=0.1, timeout=30)
-    MaaSBatchJobSensor(task_id="wait_deferred", job_name="1", poll_interval=0.1, timeout=30, deferrable=True)
-    MaaSDownloadResultsOperator(task_id="download", job_name="1", destination=OUT + "/results.jsonl")
-    MaaSBatchPredictionOperator(
-        task_id="batch", source=REQUESTS, destination=OUT + "/batch.jsonl", poll_interval=0.1, shard_retries=0
-    )
+    service_tasks(REQUESTS, OUT, job_name="1", shard_retries=0)

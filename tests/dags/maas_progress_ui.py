@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import os
 
-import pendulum
 from airflow.providers.standard.operators.empty import EmptyOperator
-from airflow.sdk import DAG
 
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
+from tests.dag_builders import once_dag
 
 WORK = os.environ.get("MAAS_PROGRESS_DIR", "/nonexistent")
 
-with DAG(
-    dag_id="maas_progress_ui",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    schedule="@once",
-    catchup=False,
-    tags=["maas", "test"],
-) as dag:
+with once_dag("maas_progress_ui") as dag:
     MaaSBatchPredictionOperator(
         task_id="predict",
         source=f"{WORK}/requests.jsonl",

@@ -17,34 +17,22 @@ from __future__ import annotations
 import os
 import tempfile
 
-import pendulum
-from airflow.sdk import DAG
-
-from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
+from tests.dag_builders import batch_task, once_dag
 
 WORK_DIR = os.environ.get("MAAS_SCALE_DIR") or os.path.join(tempfile.gettempdir(), "maas-scale")
 TRANSFERS = os.environ.get("MAAS_SCALE_PARALLEL_TRANSFERS")
 SELECTED = [name for name in os.environ.get("MAAS_SCALE_DAGS", "maas_scale").split(",") if name]
 
 for dag_id in SELECTED:
-    with DAG(
-        dag_id=dag_id,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        schedule="@once",
-        catchup=False,
-        tags=["maas", "test"],
-    ) as dag:
-        MaaSBatchPredictionOperator(
-            task_id="predict",
-            source=os.path.join(WORK_DIR, "requests.jsonl"),
-            destination=os.path.join(WORK_DIR, dag_id, "results.jsonl"),
+    with once_dag(dag_id) as dag:
+        batch_task(
+            WORK_DIR,
+            dag_id,
             maas_conn_id=dag_id,
             deferrable=os.environ.get("MAAS_SCALE_DEFERRABLE", "1") != "0",
             poll_interval=float(os.environ.get("MAAS_SCALE_POLL_INTERVAL", "1")),
             max_active_jobs=int(os.environ.get("MAAS_SCALE_MAX_ACTIVE_JOBS", "200")),
             max_requests_per_file=int(os.environ.get("MAAS_SCALE_REQUESTS_PER_FILE", "10")),
-            retries=1,
             **({"max_parallel_transfers": int(TRANSFERS)} if TRANSFERS else {}),
-            retry_delay=pendulum.duration(seconds=1),
         )
     globals()[dag_id] = dag
