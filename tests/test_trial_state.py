@@ -407,7 +407,7 @@ def test_4_two_live_tries_planning_a_new_batch_at_once_only_one_creates(emulator
 
 # 1 / 4 (variation): a retry of a try that finished the batch (the worker died before Airflow recorded the
 # success, or a zombie's retry started after the zombie finished): the state is gone on purpose
-def test_4_an_automatic_retry_after_the_batch_finished_in_this_clear_round_pays_nothing_again(
+def test_4_an_automatic_retry_after_the_batch_finished_in_this_clear_epoch_pays_nothing_again(
     emulator_factory, tmp_path
 ):
     handle = emulator_factory(job_duration=0.2)

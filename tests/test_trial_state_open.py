@@ -97,7 +97,7 @@ def test_4_a_retry_starting_while_the_zombie_removes_the_finished_state_pays_not
     thread.start()
     assert writing.wait(30)
     assert service.created == 3
-    context = _try(store)  # the automatic retry, same clear round
+    context = _try(store)  # the automatic retry, same clear epoch
     try:
         result = batch_operator(source, dest).execute(context)
     finally:
