@@ -18,7 +18,7 @@ from tests.helpers import FileStateStore, batch_operator, make_context
 
 def main(source: str, dest: str, store: str, out: str, *settings: str) -> None:
     context = make_context(FileStateStore(store))
-    context["ti"].max_tries = 1  # both are tries of one clear round
+    context["ti"].max_tries = 1  # both are tries of one clear epoch
     kwargs = {key: json.loads(value) for key, value in (item.split("=", 1) for item in settings)}
     try:
         batch_operator(Path(source), Path(dest), **kwargs).execute(context)

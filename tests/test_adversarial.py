@@ -27,7 +27,7 @@ def test_create_answered_524_is_uncertain_and_not_created_again_on_retry(emulato
         _operator(source, dest).execute(_try(store))
     created = handle.emulator.jobs_created
     with pytest.raises(MaaSJobCreationUncertainError):
-        _operator(source, dest).execute(_try(store))  # automatic retry: same clear round
+        _operator(source, dest).execute(_try(store))  # automatic retry: same clear epoch
     assert handle.emulator.jobs_created == created
 
 
@@ -54,7 +54,7 @@ def test_changed_shard_limits_between_retries_still_refuse_an_uncertain_create(e
         _operator(source, dest).execute(_try(store))
     assert handle.emulator.jobs_created == 1
     with pytest.raises(MaaSJobCreationUncertainError):
-        _operator(source, dest, max_requests_per_file=3).execute(_try(store))  # same clear round
+        _operator(source, dest, max_requests_per_file=3).execute(_try(store))  # same clear epoch
     assert handle.emulator.jobs_created == 1
 
 

@@ -94,7 +94,7 @@ def test_lost_create_answer_refuses_to_create_again_until_cleared(emulator_facto
         _operator(source, dest).execute(_cleared(make_context(store), 1))
     assert handle.emulator.jobs_created == 1  # the service did create it
 
-    with pytest.raises(MaaSJobCreationUncertainError) as refused:  # an automatic retry: same clear round
+    with pytest.raises(MaaSJobCreationUncertainError) as refused:  # an automatic retry: same clear epoch
         _operator(source, dest).execute(_cleared(make_context(store), 1))
     message = str(refused.value)
     assert "shard 0" in message and "dag.task.run1.m-1.s00000." in message and "dag/task/run1#0" in message

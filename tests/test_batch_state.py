@@ -47,7 +47,7 @@ def _plans(count: int) -> tuple[ShardPlan, ...]:
 
 def _state(count: int) -> BatchState:
     plans = _plans(count)
-    return BatchState(fingerprint(plans), "dag.task.run.m-1", [Round(0, plans)], deadline=123.5, clear_round=2)
+    return BatchState(fingerprint(plans), "dag.task.run.m-1", [Round(0, plans)], deadline=123.5, clear_epoch=2)
 
 
 @pytest.fixture(params=["file", "memory"])
@@ -68,6 +68,10 @@ def test_records_round_trip_for_every_status():
         record = ShardRecord(key, status, 2, "f.jsonl", "dag/task/run#7", "123", 4, "JOB_STATE_FAILED", "boom")
         assert ShardRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
     assert ShardRecord.from_json(ShardRecord(key).to_json()) == ShardRecord(key)
+    # The clear epoch is stored under its name of earlier releases, so their states still resume.
+    stored = ShardRecord(key, ShardStatus.CREATING, 1, "f.jsonl", "d#7", clear_epoch=3).to_json()
+    assert stored["clear_round"] == 3 and "clear_epoch" not in stored
+    assert ShardRecord.from_json(stored).clear_epoch == 3
     assert sorted([ShardKey(1, 0), ShardKey(0, 2), ShardKey(0, 1)]) == [ShardKey(0, 1), ShardKey(0, 2), ShardKey(1, 0)]
     round_ = Round(0, _plans(3))
     assert Round.from_json(json.loads(json.dumps(round_.to_json()))) == round_
@@ -95,7 +99,7 @@ def test_journal_replays_what_was_appended(root):
 
     again = BatchJournal(root).load()
     assert again == state
-    assert (again.deadline, again.clear_round, again.resumes) == (123.5, 2, 3)
+    assert (again.deadline, again.clear_epoch, again.resumes) == (123.5, 2, 3)
     assert again.by_job() == {"111": first}
 
 
@@ -104,7 +108,7 @@ def test_marker_written_before_a_crash_is_found_by_the_next_try(root):
     state = _state(2)
     journal.create(state)
     marker = state.shards[ShardKey(0, 1)].but(
-        status=ShardStatus.CREATING, file_name="f1.jsonl", display_name="dag/task/run#1", clear_round=2, attempts=1
+        status=ShardStatus.CREATING, file_name="f1.jsonl", display_name="dag/task/run#1", clear_epoch=2, attempts=1
     )
     state.apply(marker)
     journal.append(state, [marker])
@@ -248,9 +252,9 @@ def _with(state: BatchState, index: int, **changes) -> ShardRecord:
 
 def test_a_create_left_in_flight_is_refused_until_the_task_is_cleared(tmp_path):
     journal = BatchJournal(to_path(str(tmp_path / "state")))
-    state = _state(3)  # written by a try of clear round 2
+    state = _state(3)  # written by a try of clear epoch 2
     journal.create(state)
-    _with(state, 0, status=ShardStatus.CREATING, file_name="f0.jsonl", display_name="d#0", clear_round=2, attempts=1)
+    _with(state, 0, status=ShardStatus.CREATING, file_name="f0.jsonl", display_name="d#0", clear_epoch=2, attempts=1)
     _with(state, 1, status=ShardStatus.FAILED, attempts=3, error="job 9 ended in JOB_STATE_FAILED")
     journal.append(state, list(state.shards.values()))
 
@@ -265,11 +269,11 @@ def test_a_create_left_in_flight_is_refused_until_the_task_is_cleared(tmp_path):
             attempts,
             error,
         )
-    assert state.clear_round == 5 and state.deadline is not None and state.deadline > 123.5
+    assert state.clear_epoch == 5 and state.deadline is not None and state.deadline > 123.5
     assert BatchJournal(journal.root).load() == state
 
 
-def test_a_changed_input_is_refused_while_jobs_of_this_clear_round_run(tmp_path):
+def test_a_changed_input_is_refused_while_jobs_of_this_clear_epoch_run(tmp_path):
     journal = BatchJournal(to_path(str(tmp_path / "state")))
     state = _state(2)
     _with(state, 1, status=ShardStatus.RUNNING, job_name="4242", attempts=1)

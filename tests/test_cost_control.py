@@ -79,7 +79,7 @@ def test_a_cap_allowing_k_jobs_stops_at_k_keeps_their_answers_and_a_retry_create
     assert records[-1].status.startswith("NOT_SENT: max_cost_usd")
     assert "10 requests got answers" in str(info.value) and "10 were not sent" in str(info.value)
     assert "reuse_results" in str(info.value)
-    # The task is cleared (a new clear round): the spend is in the batch state, nothing more fits.
+    # The task is cleared (a new clear epoch): the spend is in the batch state, nothing more fits.
     context = make_context(max_tries=2)
     with pytest.raises(MaaSBudgetExceededError):
         shard_operator(source, dest, prices=PRICES, max_cost_usd=2 * JOB_WORST, max_active_jobs=10).execute(context)

@@ -65,7 +65,7 @@ def test_the_create_operator_keeps_its_marker_after_a_303_and_its_retry_refuses(
         monkeypatch.setenv(*connection_env(service.base_url))
         store = FakeStateStore()
         op = MaaSCreateBatchJobOperator(task_id="create", file_name="r.jsonl", display_name="d303")
-        for _ in range(2):  # the first try, then Airflow's automatic retry (same clear round)
+        for _ in range(2):  # the first try, then Airflow's automatic retry (same clear epoch)
             with pytest.raises(MaaSJobCreationUncertainError, match="'d303'"):
                 op.execute(make_context(store))
         assert store.data[JOB_STATE_KEY]["status"] == "creating"

@@ -57,7 +57,7 @@ def test_a_killed_create_is_refused_by_the_retry_until_a_person_clears(variables
 
     retry = MaaSCreateBatchJobOperator(task_id="create", file_name=file_name, display_name="pre33-job")
     with pytest.raises(MaaSJobCreationUncertainError, match="An earlier try") as refused:
-        retry.execute(_context())  # Airflow's automatic retry: same clear round, a new process
+        retry.execute(_context())  # Airflow's automatic retry: same clear epoch, a new process
     assert "'pre33-job'" in str(refused.value) and "clear this task" in str(refused.value)
     assert emulator.emulator.jobs_created == 1
 

@@ -45,7 +45,7 @@ def test_retry_after_an_uncertain_create_refuses(emulator_factory, tmp_path, fau
         op.execute(_context(store))
     assert store.data[JOB_STATE_KEY]["status"] == "creating"
     with pytest.raises(MaaSJobCreationUncertainError, match="earlier try") as err:
-        op.execute(_context(store))  # an automatic retry: same clear round
+        op.execute(_context(store))  # an automatic retry: same clear epoch
     assert "'guard-job'" in str(err.value) and repr(file_name) in str(err.value)
     assert "clear this task" in str(err.value)
     assert _jobs_created(handle) == 1

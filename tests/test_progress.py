@@ -343,7 +343,7 @@ def test_a_polled_state_change_and_the_poll_time_ride_in_the_next_write_never_on
         state=state,
         settings=batch_settings(max_active_jobs=1, max_parallel_transfers=1, shard_retries=0),
         names=lambda key, plan: ("f", "d"),
-        clear_round=None,
+        clear_epoch=None,
     ) as driver:
         seq = journal.seq
         assert driver.poll(["jobs/1"]) == []

@@ -49,7 +49,7 @@ from tests.helpers import (
 FIXTURES = ROOT / "tests" / "fixtures"
 
 
-_try = functools.partial(make_context, max_tries=1)  # a try of the first clear round
+_try = functools.partial(make_context, max_tries=1)  # a try of the first clear epoch
 
 
 def _state_dir(dest, identity: str = "dag.task.run1.m-1"):
@@ -157,10 +157,10 @@ def test_3_state_written_by_todays_version_is_read_by_this_one(tmp_path):
     root = tmp_path / ".res.jsonl.maas" / "dag.task.run1.m-1"
     shutil.copytree(FIXTURES / "state_v1" / "dag.task.run1.m-1", root)
     state = BatchJournal(_path(root)).load()
-    assert len(state.shards) == 3 and state.input_key is None and state.clear_round == 1
+    assert len(state.shards) == 3 and state.input_key is None and state.clear_epoch == 1
     assert state.shards[ShardKey(0, 0)].status is ShardStatus.DONE
     assert state.by_job() == {"100000000000000002": state.shards[ShardKey(0, 1)]}
-    assert state.shards[ShardKey(0, 2)].status is ShardStatus.CREATING
+    assert state.shards[ShardKey(0, 2)].status is ShardStatus.CREATING and state.shards[ShardKey(0, 2)].clear_epoch == 1
     journal = BatchJournal(_path(root))  # this version goes on writing it, and reads it back
     state = journal.load()
     done = state.shards[ShardKey(0, 1)].but(status=ShardStatus.DONE)
@@ -674,7 +674,7 @@ def test_before_airflow_3_3_an_automatic_retry_after_the_batch_finished_pays_not
 ):
     """The Variable is removed once the results are written; if Airflow then does not record the
     success (the worker lost right after), the retry finds the destination's record (``.<name>.origin.json``)
-    naming this task instance and this clear round: nothing is paid again. A clear runs it again."""
+    naming this task instance and this clear epoch: nothing is paid again. A clear runs it again."""
     variables = use_fake_variables(monkeypatch)
     handle = emulator_factory(job_duration=0.2)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"

@@ -153,7 +153,7 @@ def test_a_job_costing_more_than_its_worst_case_stops_the_creates(monkeypatch, t
         assert service.creates() == created
         assert retry["ti"].xcom["summary"]["cost_usd"] <= 10 * JOB_WORST
         # A person saw the error and clears the task with a higher cap: creates go on (the overrun
-        # seen is accepted) until a job of the new clear round costs more than its worst case again.
+        # seen is accepted) until a job of the new clear epoch costs more than its worst case again.
         with pytest.raises(MaaSBudgetExceededError, match=r"shard [1-9].* more than its worst case"):
             shard_operator(source, dest, **{**kwargs, "max_cost_usd": 20 * JOB_WORST}).execute(
                 make_context(max_tries=2)

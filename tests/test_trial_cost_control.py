@@ -276,7 +276,7 @@ def test_a_retry_after_a_failed_canary_sends_nothing_not_even_the_canary_again(e
     handle = emulator_factory(invalid_output_rate=0.9)
     source = _requests(tmp_path / "r.jsonl", 30)
     dest = tmp_path / "out.jsonl"
-    for _ in range(2):  # the first try, then a retry (same clear round)
+    for _ in range(2):  # the first try, then a retry (same clear epoch)
         with pytest.raises(MaaSCanaryFailedError):
             shard_operator(source, dest, response_schema=SCHEMA, canary_requests=5).execute(make_context())
     assert handle.emulator.jobs_created == 1

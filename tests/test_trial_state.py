@@ -12,7 +12,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from airflow_provider_maas.exceptions import MaaSStateError, MaaSTimeoutError
 from tests.helpers import FakeStateStore, assert_in_input_order, batch_operator, make_context, write_requests
 
-_try = functools.partial(make_context, max_tries=1)  # a try of the first clear round
+_try = functools.partial(make_context, max_tries=1)  # a try of the first clear epoch
 
 
 def _state_dir(dest, identity="dag.task.run1.m-1"):
@@ -404,7 +404,7 @@ def test_4_two_live_tries_planning_a_new_batch_at_once_only_one_creates(emulator
 
 # 1 / 4 (variation): a retry of a try that finished the batch (the worker died before Airflow recorded the
 # success, or a zombie's retry started after the zombie finished): the state is gone on purpose
-def test_4_an_automatic_retry_after_the_batch_finished_in_this_clear_round_pays_nothing_again(
+def test_4_an_automatic_retry_after_the_batch_finished_in_this_clear_epoch_pays_nothing_again(
     emulator_factory, tmp_path
 ):
     handle = emulator_factory(job_duration=0.2)

@@ -17,7 +17,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from tests.counting_service import counting_service
 from tests.helpers import FakeStateStore, assert_in_input_order, batch_operator, make_context, write_requests
 
-_try = functools.partial(make_context, max_tries=1)  # a try of the first clear round
+_try = functools.partial(make_context, max_tries=1)  # a try of the first clear epoch
 
 
 def _echo(request):
@@ -94,7 +94,7 @@ def test_4_a_retry_starting_while_the_zombie_removes_the_finished_state_pays_not
     thread.start()
     assert writing.wait(30)
     assert service.created == 3
-    context = _try(store)  # the automatic retry, same clear round
+    context = _try(store)  # the automatic retry, same clear epoch
     try:
         result = batch_operator(source, dest).execute(context)
     finally:

@@ -181,12 +181,12 @@ class _DriverWatch(JobWatch):
     """The batch driver's polling half, over a state that records one running job."""
 
     def __init__(self, job: str) -> None:
-        record = SimpleNamespace(key="0.0", clear_round=None, job_state=None)
+        record = SimpleNamespace(key="0.0", clear_epoch=None, job_state=None)
         record.but = lambda **changes: record  # the states polled are kept (for the progress view) in memory
         self.hook = MaaSHook(max_attempts=1)
         self.state = SimpleNamespace(by_job=lambda: {job: record})
         self.journal = SimpleNamespace(uri="memory://state")
-        self.clear_round = None
+        self.clear_epoch = None
         self.shard_retries = 2
         self._pool = ThreadPoolExecutor(1)
         self._busy, self._downloading, self._doubted = set(), set(), set()

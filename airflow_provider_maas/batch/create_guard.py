@@ -10,8 +10,11 @@ retries, unless a person cleared the task since.
 
 Telling an automatic retry from a person's clear: Airflow sets ``max_tries = try_number + retries``
 when a task instance is cleared, and leaves it alone on an automatic retry. The marker keeps the
-``max_tries`` of the try that sent the create (its "clear round"); a different value now means the
-task was cleared (or the run is new), which is the documented way to create anyway.
+``max_tries`` of the try that sent the create (its "clear epoch"); a different value now means the
+task was cleared (or the run is new), which is the documented way to create anyway. (A clear epoch
+is not a retry round of the batch operator, which resends failed requests within one try.) Stored
+records keep the key names of earlier releases, so that states they wrote still resume: ``round``
+in markers, pointers and the destination's origin record, ``clear_round`` in the batch state.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ log = logging.getLogger(__name__)
 CREATING = "creating"
 
 
-def clear_round(context: Any) -> int | None:
+def clear_epoch(context: Any) -> int | None:
     """The task instance's ``max_tries``: changes when a person clears the task, not on a retry."""
     ti = context.get("ti") if hasattr(context, "get") else None
     value = getattr(ti, "max_tries", None)
@@ -36,8 +39,8 @@ def clear_round(context: Any) -> int | None:
 
 
 def cleared_since(recorded: int | None, context: Any) -> bool:
-    """Whether a person cleared the task since the try whose clear round is ``recorded``."""
-    now = clear_round(context)
+    """Whether a person cleared the task since the try whose clear epoch is ``recorded``."""
+    now = clear_epoch(context)
     return recorded is not None and now is not None and now != recorded
 
 
@@ -47,12 +50,12 @@ class CreateInFlight:
 
     :param file_name: The uploaded file the job is created from.
     :param display_name: The job's display name (what a person looks for in the vendor console).
-    :param clear_round: The clear round (:func:`clear_round`) of the try that sends it.
+    :param clear_epoch: The clear epoch (:func:`clear_epoch`) of the try that sends it.
     """
 
     file_name: str | None
     display_name: str | None
-    clear_round: int | None
+    clear_epoch: int | None
 
     def as_dict(self) -> dict[str, Any]:
         """The form stored in ``task_state_store`` (read back by :meth:`from_stored`)."""
@@ -60,7 +63,7 @@ class CreateInFlight:
             "status": CREATING,
             "file_name": self.file_name,
             "display_name": self.display_name,
-            "round": self.clear_round,
+            "round": self.clear_epoch,
         }
 
     @classmethod
@@ -82,13 +85,13 @@ NOT_RECORDED = (
 
 def refuse_uncertain_create(marker: CreateInFlight, context: Any, *, what: str, unknown: str = NO_ANSWER) -> None:
     """Raise :class:`MaaSJobCreationUncertainError` for a create left in flight by an earlier try of
-    this clear round; return (after a warning) when the task was cleared since.
+    this clear epoch; return (after a warning) when the task was cleared since.
 
     :param marker: The create an earlier try left in flight.
     :param what: What the job was for, e.g. ``"file 'x.jsonl'"`` or ``"shard 12 (file 'y.jsonl')"``.
     """
     display_name = marker.display_name
-    if cleared_since(marker.clear_round, context):
+    if cleared_since(marker.clear_epoch, context):
         log.warning(
             "An earlier try sent a create for %s (display name %r) and got no answer; this task was "
             "cleared since, so a new job is created as asked. If the earlier job exists, both are billed.",

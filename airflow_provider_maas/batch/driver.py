@@ -61,7 +61,7 @@ class BatchDriver(TransferOutcomes, JobWatch):
     :param settings: The batch's settings (``source``: the requests of round 0; ``max_active_jobs``,
         ``max_parallel_transfers``, ``shard_retries``, ``max_consecutive_poll_errors``).
     :param names: Upload and display names of a shard (deterministic, so a retry reuses them).
-    :param clear_round: ``max_tries`` of this try, stored in each "creating" marker.
+    :param clear_epoch: ``max_tries`` of this try, stored in each "creating" marker.
     :param gate: Budget cap, canary and answer checks (``batch.budget``), consulted before each
         create and after each download; None: none of them.
     :param save_job_names: The second record of job names: called with the jobs a failed journal
@@ -76,7 +76,7 @@ class BatchDriver(TransferOutcomes, JobWatch):
         state: BatchState,
         settings: BatchSettings,
         names: ShardNames,
-        clear_round: int | None,
+        clear_epoch: int | None,
         gate: SpendGate | None = None,
         save_job_names: SaveJobNames | None = None,
     ) -> None:
@@ -85,7 +85,7 @@ class BatchDriver(TransferOutcomes, JobWatch):
         self.state = state
         self.settings = settings
         self.names = names
-        self.clear_round = clear_round
+        self.clear_epoch = clear_epoch
         self.shard_retries = settings.shard_retries  # read by the polling half too
         self.save_job_names = save_job_names
         self.rate_limited = False
@@ -278,7 +278,7 @@ class BatchDriver(TransferOutcomes, JobWatch):
                 file_name=file_name,
                 display_name=display_name,
                 job_name=None,
-                clear_round=self.clear_round,
+                clear_epoch=self.clear_epoch,
                 attempts=record.attempts + 1,
                 created=None,
                 ended=None,

@@ -164,14 +164,14 @@ def destination_of(journal: BatchJournal) -> ObjectStoragePath:
     return folder.parent / folder.name[1 : -len(".maas")]
 
 
-def record_writer(journal: BatchJournal, identity: list[str], round_: int | None = None) -> None:
-    """The task instance ``identity`` (dag, task, run, map index) wrote the destination in clear round
-    ``round_``: keep that in the destination's record (``.<name>.origin.json``, beside it with its
+def record_writer(journal: BatchJournal, identity: list[str], epoch: int | None = None) -> None:
+    """The task instance ``identity`` (dag, task, run, map index) wrote the destination in clear epoch
+    ``epoch``: keep that in the destination's record (``.<name>.origin.json``, beside it with its
     ENDPOINT: :mod:`.origin`), so that another task instance refuses to overwrite it
     (:func:`refuse_written_by_other`) and an automatic retry of this one knows it is done."""
     path = origin_path(destination_of(journal))
     try:
-        record = {**written_record(journal, raw=True), WRITTEN: identity, "round": round_}
+        record = {**written_record(journal, raw=True), WRITTEN: identity, "round": epoch}
         with atomic_writer(path) as out:
             out.write(json.dumps(record).encode())
     except OSError as err:  # the results are written: this record only guards against a mistake
@@ -179,7 +179,7 @@ def record_writer(journal: BatchJournal, identity: list[str], round_: int | None
 
 
 def written_record(journal: BatchJournal, *, raw: bool = False) -> dict[str, Any]:
-    """Which task instance wrote the destination of ``journal``, and in which clear round:
+    """Which task instance wrote the destination of ``journal``, and in which clear epoch:
     ``{"identity", "round"}`` ({} if nothing readable); ``raw``: the whole record."""
     try:
         with origin_path(destination_of(journal)).open("rb") as handle:

@@ -207,7 +207,7 @@ class JobWatch:
     hook: Any
     journal: BatchJournal
     state: BatchState
-    clear_round: int | None
+    clear_epoch: int | None
     shard_retries: int
     _pool: ThreadPoolExecutor
     _busy: set[ShardKey]
@@ -290,7 +290,7 @@ class JobWatch:
             return True
         # A job created before the task was cleared is not one that was created seconds ago (whose
         # status may answer 404 for a moment): its first 404 means it is gone.
-        cleared = record.clear_round is not None and self.clear_round not in (None, record.clear_round)
+        cleared = record.clear_epoch is not None and self.clear_epoch not in (None, record.clear_epoch)
         count = self._not_found.seen(record.key)
         if not NotFoundCount.gone(count) and not cleared:
             self._doubted.add(name)

@@ -47,7 +47,7 @@ _KNOWN_STATE_FIELDS = {
     "rounds",
     "shards",
     "deadline",
-    "clear_round",
+    "clear_epoch",
     "resumes",
     "endpoint",
     "last_poll",

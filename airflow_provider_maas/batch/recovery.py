@@ -77,11 +77,11 @@ def load_whole(
     chosen = start_over and _start_over_chosen(context)
     try:
         state = journal.load()
-        if state is None and _finished_pointer(context, journal, this_round=True):
+        if state is None and _finished_pointer(context, journal, this_epoch=True):
             raise FinishedMeanwhile(journal.uri)  # the other try removed the state after it read "unfinished"
-        if state is None and _finished_pointer(context, journal, this_round=True, written=False):
+        if state is None and _finished_pointer(context, journal, this_epoch=True, written=False):
             raise state_error(
-                f"task_state_store says a try of this clear round finished this batch (and removed its state), but "
+                f"task_state_store says a try of this clear epoch finished this batch (and removed its state), but "
                 f"its results at {uri_of(destination_of(journal))} are not there (deleted, or on the local disk of the "
                 "worker that ran it); an automatic retry does not pay for the whole batch again. Find the results, "
                 "or clear the task to run the batch again (paid again)",
@@ -104,7 +104,7 @@ def load_whole(
             )
             return None  # a try stopped between writing its plan and its round file
     except StateDamaged as err:
-        if _finished_pointer(context, journal, this_round=True):  # half-removed by the try that finished it
+        if _finished_pointer(context, journal, this_epoch=True):  # half-removed by the try that finished it
             raise FinishedMeanwhile(journal.uri) from None
         if chosen:
             log.warning("start_over=True: discarding the batch state at %s (%s)", journal.uri, err.problem)
@@ -150,13 +150,13 @@ def load_whole(
     return state
 
 
-def finished_meanwhile(context: Any, journal: BatchJournal, *, this_round: bool = False) -> bool:
+def finished_meanwhile(context: Any, journal: BatchJournal, *, this_epoch: bool = False) -> bool:
     """Whether another try of this task instance finished this batch (its results written, its state
     removed): :data:`RECORD` says so for this location, or, with no such record (Airflow < 3.3: the
     Variable is removed on success), the destination's record (``.<name>.origin.json``) names this task
-    instance and this clear round. ``this_round``: and in this clear round (a retry of a try that
+    instance and this clear epoch. ``this_epoch``: and in this clear epoch (a retry of a try that
     finished, not a person's clear, which runs the batch again)."""
-    return _finished_pointer(context, journal, this_round=this_round) and not (journal.root / "manifest.json").exists()
+    return _finished_pointer(context, journal, this_epoch=this_epoch) and not (journal.root / "manifest.json").exists()
 
 
 class FinishedMeanwhile(MaaSError):
@@ -164,21 +164,21 @@ class FinishedMeanwhile(MaaSError):
     written, the state removed or being removed): nothing is left to do, and nothing may be paid again."""
 
 
-def _finished_pointer(context: Any, journal: BatchJournal, *, this_round: bool, written: bool = True) -> bool:
+def _finished_pointer(context: Any, journal: BatchJournal, *, this_epoch: bool, written: bool = True) -> bool:
     """:data:`RECORD` (or, without it, the destination's record) says the batch at this location
-    finished (in this clear round if ``this_round``), and (if ``written``) its destination is written."""
+    finished (in this clear epoch if ``this_epoch``), and (if ``written``) its destination is written."""
     pointer = state_pointer(context)
     if pointer is None:
         record = written_record(journal)
         identity = record.get("identity")
         mine = isinstance(identity, list) and ".".join(map(str, identity)) == journal.root.name
         pointer = {"finished": mine, "location": journal.uri, "round": record.get("round")}
-        this_round = True  # a record of an earlier clear round is not this batch's end
+        this_epoch = True  # a record of an earlier clear epoch is not this batch's end
     return (
         isinstance(pointer, dict)
         and bool(pointer.get("finished"))
         and pointer.get("location") == journal.uri
-        and (not this_round or (isinstance(pointer.get("round"), int) and not cleared_since(pointer["round"], context)))
+        and (not this_epoch or (isinstance(pointer.get("round"), int) and not cleared_since(pointer["round"], context)))
         and (not written or _written(journal))
     )
 
@@ -191,7 +191,7 @@ _NOT_CHOSEN = (
 
 def _start_over_chosen(context: Any) -> bool:
     """``start_over`` is a person's choice made with a clear: not applied by an automatic retry in the
-    clear round the batch last ran in (``round`` in the pointer), where a value left set on the task
+    clear epoch the batch last ran in (``round`` in the pointer), where a value left set on the task
     would discard a state damaged since and pay again. Without that record (Airflow < 3.3), applied."""
     pointer = state_pointer(context)
     if not isinstance(pointer, dict) or not isinstance(pointer.get("round"), int):

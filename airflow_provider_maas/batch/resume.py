@@ -2,7 +2,7 @@
 
 Same input and shard limits (same :func:`~airflow_provider_maas.batch.state.fingerprint`): the try
 takes the state over and reattaches to its jobs, paying for nothing again. A different input
-starts over, but not while jobs of an earlier try of the same clear round still run: they would be
+starts over, but not while jobs of an earlier try of the same clear epoch still run: they would be
 abandoned and their requests paid again (:func:`refuse_abandoning_jobs`). Taking a state over
 (:func:`take_over`) refuses a create an earlier try left in flight
 (:mod:`~airflow_provider_maas.batch.create_guard`) and, after a person cleared the task, gives the
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.create_guard import (
     NOT_RECORDED,
     CreateInFlight,
-    clear_round,
+    clear_epoch,
     cleared_since,
     refuse_uncertain_create,
 )
@@ -79,7 +79,7 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
         )
     else:
         if state is not None:
-            # A create left in flight by an earlier try of this clear round is refused all the
+            # A create left in flight by an earlier try of this clear epoch is refused all the
             # same: the job it may have made is for the same requests; and so are running jobs,
             # unless a person cleared the task since.
             refuse_abandoning_jobs(context, journal, state)
@@ -176,7 +176,7 @@ def start(
         identity=".".join(task_identity(context)),
         rounds=[Round(0, tuple(plans), source=uri_of(source) if source is not None else None)],
         deadline=settings.new_deadline(),
-        clear_round=clear_round(context),
+        clear_epoch=clear_epoch(context),
         input_key=key,
         spent_before_usd=spent_before,
         endpoint=settings.endpoint,
@@ -190,10 +190,10 @@ def start(
 
 
 def refuse_abandoning_jobs(context: Any, journal: BatchJournal, state: BatchState) -> None:
-    """The input or the shard settings changed since an earlier try of this clear round: its
+    """The input or the shard settings changed since an earlier try of this clear epoch: its
     running jobs would be abandoned and their requests paid for again, so stop and say so."""
     running = sorted(state.with_status(ShardStatus.RUNNING), key=lambda r: r.key)
-    if not running or cleared_since(state.clear_round, context):
+    if not running or cleared_since(state.clear_epoch, context):
         return
     raise MaaSInputError(
         f"The input or the shard settings (max_requests_per_file, max_bytes_per_file) changed since an "
@@ -207,12 +207,12 @@ def refuse_abandoning_jobs(context: Any, journal: BatchJournal, state: BatchStat
 def take_over(context: Any, journal: BatchJournal, state: BatchState, settings: BatchSettings) -> None:
     """Make the stored state this try's: refuse creates left in flight (unless the task was
     cleared since); after a clear, failed shards get a new chance and the timeout restarts."""
-    cleared = cleared_since(state.clear_round, context)
+    cleared = cleared_since(state.clear_epoch, context)
     changes = reattach_saved_jobs(context, journal, state)
     creating = sorted(state.with_status(ShardStatus.CREATING), key=lambda r: r.key)
     for record in creating:
         others = f" ({len(creating) - 1} more shard(s) are in the same case)" if len(creating) > 1 else ""
-        marker = CreateInFlight(record.file_name, record.display_name, record.clear_round)
+        marker = CreateInFlight(record.file_name, record.display_name, record.clear_epoch)
         refuse_uncertain_create(
             marker, context, what=f"shard {record.key} (file {record.file_name!r}){others}", unknown=NOT_RECORDED
         )
@@ -224,7 +224,7 @@ def take_over(context: Any, journal: BatchJournal, state: BatchState, settings: 
             r.but(status=ShardStatus.PENDING, attempts=0, error=None) for r in state.with_status(ShardStatus.FAILED)
         )
         state.deadline = settings.new_deadline()
-    state.clear_round = clear_round(context)
+    state.clear_epoch = clear_epoch(context)
     state.endpoint = state.endpoint or settings.endpoint  # a state written before it was kept
     for record in changes:
         state.apply(record)

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.create_guard import clear_round
+from airflow_provider_maas.batch.create_guard import clear_epoch
 from airflow_provider_maas.batch.driver import BatchDriver
 from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.ownership import LeaseLost, check_lease, record_writer
@@ -51,20 +51,20 @@ log = logging.getLogger(__name__)
 TAKEN_OVER: tuple[type[Exception], ...] = (FinishedMeanwhile, LeaseLost, StateRemoved)
 
 
-def refuse_finished(context: Any, journal: BatchJournal, *, this_round: bool = False) -> None:
+def refuse_finished(context: Any, journal: BatchJournal, *, this_epoch: bool = False) -> None:
     """Raise :class:`~.recovery.FinishedMeanwhile` if another try of this task instance finished this
-    batch (in this clear round if ``this_round``: see :func:`~.recovery.finished_meanwhile`)."""
-    if finished_meanwhile(context, journal, this_round=this_round):
+    batch (in this clear epoch if ``this_epoch``: see :func:`~.recovery.finished_meanwhile`)."""
+    if finished_meanwhile(context, journal, this_epoch=this_epoch):
         raise FinishedMeanwhile(journal.uri)
 
 
-def finished_elsewhere(err: Exception, context: Any, journal: BatchJournal, *, this_round: bool = False) -> bool:
+def finished_elsewhere(err: Exception, context: Any, journal: BatchJournal, *, this_epoch: bool = False) -> bool:
     """Whether ``err`` (one of :data:`TAKEN_OVER`) leaves this try nothing to do: another try finished
     the batch. False (raise it) when this try lost the batch while it is not known finished, or created
     jobs it could not record (the error names them: they are not hidden)."""
     if isinstance(err, FinishedMeanwhile):
         return True
-    return not getattr(err, "job_names", None) and finished_meanwhile(context, journal, this_round=this_round)
+    return not getattr(err, "job_names", None) and finished_meanwhile(context, journal, this_epoch=this_epoch)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Wait:
 class BatchRun:
     """The shards of one batch state moved forward; a context manager (the driver's thread pool).
 
-    :param context: The task's context (read for the clear round and the second record of job
+    :param context: The task's context (read for the clear epoch and the second record of job
         names; see ``batch/second_record.py``).
     :param hook: The API calls (:class:`~airflow_provider_maas.batch.driver.JobService`).
     :param names: Upload and display names of a shard.
@@ -143,7 +143,7 @@ class BatchRun:
             state=self.state,
             settings=self.settings,
             names=self._names,
-            clear_round=clear_round(self.context),
+            clear_epoch=clear_epoch(self.context),
             gate=self.gate,
             save_job_names=functools.partial(save_job_names, self.context, self.journal.uri),
         )
@@ -227,7 +227,7 @@ class BatchRun:
     def close(self) -> None:
         """The batch is over: record that, then remove its state."""
         remember(self.context, self.journal, finished=True)  # first: a state gone on purpose is not "lost"
-        record_writer(self.journal, task_identity(self.context), clear_round(self.context))
+        record_writer(self.journal, task_identity(self.context), clear_epoch(self.context))
         try:
             self.journal.remove()
         except OSError as err:  # the results are written: a retry would find a half-removed state

@@ -15,7 +15,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.create_guard import clear_round
+from airflow_provider_maas.batch.create_guard import clear_epoch
 from airflow_provider_maas.batch.state import STATE_VERSION, ShardKey
 from airflow_provider_maas.batch.task_record import BATCH_VARIABLE_PREFIX, forget_record, task_record
 
@@ -53,14 +53,14 @@ def state_pointer(context: Any) -> Any:
 
 def remember(context: Any, journal: BatchJournal, *, finished: bool = False) -> None:
     """Record where the state is in :data:`RECORD`, a few hundred bytes: its location, format and
-    clear round; ``seq``, the newest journal object known to be written (``journal.marked``: rewritten
+    clear epoch; ``seq``, the newest journal object known to be written (``journal.marked``: rewritten
     with each flush of "creating" markers, one more write per batch of creates); ``finished`` once the
     results are written (the state is then removed on purpose)."""
     store = _store(context)
     # "open": written by a provider that marks the end ("finished"); older pointers have neither
     value: dict[str, Any] = {"location": journal.uri, "version": STATE_VERSION, "open": not finished}
-    if (round_ := clear_round(context)) is not None:  # the clear round the batch last ran in
-        value["round"] = round_
+    if (epoch := clear_epoch(context)) is not None:  # the clear epoch the batch last ran in
+        value["round"] = epoch
     if journal.marked and not finished:
         value["seq"] = journal.marked
     if finished:

@@ -133,13 +133,13 @@ class SpendLedger:
         return round(total, 9)
 
     def overrun(self, state: BatchState) -> str | None:
-        """Why the worst cases are no bound, once a downloaded job of this clear round reported more
+        """Why the worst cases are no bound, once a downloaded job of this clear epoch reported more
         than its reservation (read from the state once, then kept up to date by :meth:`downloaded`):
         no create is admitted until a person clears the task."""
         if not self._overrun_read:
             self._overrun_read = True
             for record in state.with_status(ShardStatus.DONE):  # a clear since accepts it (the error was seen)
-                if record.cost_usd is not None and record.clear_round == state.clear_round:
+                if record.cost_usd is not None and record.clear_epoch == state.clear_epoch:
                     self._note_overrun(record, record.cost_usd)
         return self._overrun
 

@@ -8,7 +8,7 @@ Pure data, no I/O: :mod:`airflow_provider_maas.batch.journal` stores it. A shard
                   '-> PENDING (429: the service did not take the create; next round)
 
 ``CREATING`` is the "create in flight" marker (a ``batch.create_guard.CreateInFlight``: the record's
-``file_name``, ``display_name``, ``clear_round``): it is stored BEFORE a create is sent, so a later try
+``file_name``, ``display_name``, ``clear_epoch``): it is stored BEFORE a create is sent, so a later try
 that finds it knows a job may exist (see :mod:`airflow_provider_maas.batch.create_guard`).
 
 Shards belong to rounds: round 0 holds the input's shards; later rounds (request-level retries,
@@ -43,6 +43,10 @@ class ShardStatus(str, Enum):
     FAILED = "failed"  # every attempt failed; its requests go to the failed file
 
 
+#: Fields stored under the names of earlier releases (``create_guard``: the clear epoch was a "clear round").
+STORED_AS = {"clear_epoch": "clear_round"}
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class ShardKey:
     round: int
@@ -59,7 +63,7 @@ class ShardRecord:
     :param attempts: Creates sent for this shard (a 429 does not count).
     :param file_name: The uploaded file's name (deterministic: dag, task, run, shard, content hash).
     :param display_name: The display name sent with the create (the console shows it).
-    :param clear_round: ``max_tries`` of the try that sent the create (see ``create_guard.clear_round``).
+    :param clear_epoch: ``max_tries`` of the try that sent the create (see ``create_guard.clear_epoch``).
     :param job_state: The job's last known state.
     :param error: Why the shard's last job failed (the service's message and code), if it did.
     :param reserve_usd: The worst case of the job in flight, reserved against ``max_cost_usd``
@@ -85,7 +89,7 @@ class ShardRecord:
     file_name: str | None = None
     display_name: str | None = None
     job_name: str | None = None
-    clear_round: int | None = None
+    clear_epoch: int | None = None
     job_state: str | None = None
     error: str | None = None
     # Issue 22 (batch.budget): optional, absent from older state files.
@@ -104,16 +108,16 @@ class ShardRecord:
         for f in fields(self)[2:]:
             value = getattr(self, f.name)
             if value is not None and value != 0:
-                data[f.name] = value
+                data[STORED_AS.get(f.name, f.name)] = value
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardRecord:
-        known = {f.name for f in fields(cls)[2:]}
+        known = {STORED_AS.get(f.name, f.name): f.name for f in fields(cls)[2:]}
         return cls(
             key=ShardKey(int(data["r"]), int(data["i"])),
             status=ShardStatus(data["status"]),
-            **{k: v for k, v in data.items() if k in known},
+            **{known[k]: v for k, v in data.items() if k in known},
         )
 
     def but(self, **changes: Any) -> ShardRecord:
@@ -162,7 +166,7 @@ class BatchState:
     :param fingerprint: Of round 0's plans: a retry with a different input starts over.
     :param identity: ``dag.task.run.map_index`` of the task instance that owns the state.
     :param deadline: Absolute ``timeout`` deadline (epoch seconds), or None.
-    :param clear_round: ``max_tries`` of the try that last took the state over.
+    :param clear_epoch: ``max_tries`` of the try that last took the state over.
     :param resumes: How many times the task resumed after a deferral.
     :param input_key: Digest of the raw input and the settings that shape round 0 (see
         ``resume.input_key``); None in states written before it was kept.
@@ -185,7 +189,7 @@ class BatchState:
     rounds: list[Round]
     input_key: str | None = None
     deadline: float | None = None
-    clear_round: int | None = None
+    clear_epoch: int | None = None
     resumes: int = 0
     spent_before_usd: float = 0.0
     endpoint: str | None = None
@@ -236,7 +240,7 @@ class BatchState:
 
     def meta(self) -> dict[str, Any]:
         """The batch-level fields, as a journal line stores them."""
-        meta: dict[str, Any] = {"deadline": self.deadline, "clear_round": self.clear_round, "resumes": self.resumes}
+        meta: dict[str, Any] = {"deadline": self.deadline, "clear_round": self.clear_epoch, "resumes": self.resumes}
         if self.spent_before_usd:
             meta["spent_before_usd"] = self.spent_before_usd
         if self.endpoint is not None:  # optional: states written before it was kept have none
@@ -251,7 +255,7 @@ class BatchState:
 
     def apply_meta(self, data: dict[str, Any]) -> None:
         self.deadline = data.get("deadline")
-        self.clear_round = data.get("clear_round")
+        self.clear_epoch = data.get("clear_round")
         self.resumes = int(data.get("resumes") or 0)
         self.spent_before_usd = float(data.get("spent_before_usd") or 0.0)
         self.endpoint = data.get("endpoint") or self.endpoint

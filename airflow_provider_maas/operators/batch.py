@@ -105,7 +105,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         ``True``, ``"true"``, ``"1"``...). A person's explicit choice, named by the error that stops the
         task in that case: the jobs the state recorded are abandoned (they keep running and are billed);
         answers already downloaded are kept and reused on the same ENDPOINT. Applied after a person's clear only: an automatic
-        retry in the clear round the batch last ran in ignores it (on Airflow >= 3.3, where the round is
+        retry in the clear epoch the batch last ran in ignores it (on Airflow >= 3.3, where the round is
         recorded), so a value left set never pays again on its own. Set it back afterwards.
     :param reuse_other_models: Also reuse the answers of ``reuse_results`` files written by
         another ENDPOINT (another model), and those a start-over kept from jobs on another ENDPOINT.
@@ -244,7 +244,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
         try:
-            refuse_finished(context, journal, this_round=True)  # Airflow did not record that try's success
+            refuse_finished(context, journal, this_epoch=True)  # Airflow did not record that try's success
             self._refuse_unbounded()  # max_cost_usd: every request's worst case is a bound (before any upload)
             settings = self._settings(journal, self._requests_to_plan(journal, write=True))
             run = BatchRun.start(context, journal, settings, **self._run_parts(context))  # raises it too
@@ -252,10 +252,10 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             announce(context, journal, self.prices)  # where the progress page finds the state
             return self._run(context, run)
         except TAKEN_OVER as err:  # lost: the other try may have finished it
-            if not finished_elsewhere(err, context, journal, this_round=True):
+            if not finished_elsewhere(err, context, journal, this_epoch=True):
                 raise
             self.log.warning(
-                "An earlier try of this task instance finished this batch in this clear round (its success was "
+                "An earlier try of this task instance finished this batch in this clear epoch (its success was "
                 "not recorded: a worker lost after it, or a zombie's retry): the results are at %s. Nothing is "
                 "paid again; clear the task to run the batch again.",
                 uri_of(dest),

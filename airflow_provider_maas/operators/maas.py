@@ -10,7 +10,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_maas.batch.chunks import write_chunks
 from airflow_provider_maas.batch.create_guard import (
     CreateInFlight,
-    clear_round,
+    clear_epoch,
     refuse_uncertain_create,
     uncertain_create_error,
 )
@@ -143,7 +143,7 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
                 self._record_job_lineage(existing)
                 return existing
         name = self.display_name or display_name(context)
-        marker = CreateInFlight(self.file_name, name, clear_round(context))
+        marker = CreateInFlight(self.file_name, name, clear_epoch(context))
         if store is not None:
             store.set(JOB_STATE_KEY, marker.as_dict())  # BEFORE sending: a retry must find it
         try:
