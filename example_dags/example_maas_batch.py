@@ -42,6 +42,6 @@ with DAG(
         task_id="download",
         job_name=create.output,
         destination=OUTPUT + "/{{ dag.dag_id }}/{{ run_id }}/results.jsonl",
-        requests=str(REQUESTS),  # results in input order; missing and failed requests to the failed file
+        source=str(REQUESTS),  # results in input order; missing and failed requests to the failed file
     )
     wait >> download

@@ -129,13 +129,13 @@ def _assert_names_file_and_line(err: BaseException, path: Path, line: int) -> No
     assert f"{path} line {line}:" in str(err), str(err)
 
 
-@pytest.mark.parametrize("ordered", [False, True], ids=["as-written", "requests="])
+@pytest.mark.parametrize("ordered", [False, True], ids=["as-written", "source="])
 def test_download_of_damaged_results(monkeypatch, tmp_path, ordered):
     with stub_service(damage=_second_line(b'{"request": {"contents": [')) as service:
         job_name, requests = _finished_job(service, tmp_path, monkeypatch)
         dest = tmp_path / "out.jsonl"
         op = MaaSDownloadResultsOperator(
-            task_id="download", job_name=job_name, destination=str(dest), requests=str(requests) if ordered else None
+            task_id="download", job_name=job_name, destination=str(dest), source=str(requests) if ordered else None
         )
         err = _raised(lambda: op.execute(make_context()))
     _assert_names_file_and_line(err, dest, 2)
@@ -160,7 +160,7 @@ def test_merge_of_a_file_that_is_not_results(tmp_path):
     bad.write_text('{"request": {}}\n[1, 2]\n')
     requests = write_requests(tmp_path / "requests.jsonl", 2)
     op = MaaSMergeResultsOperator(
-        task_id="merge", sources=[str(good), str(bad)], requests=str(requests), destination=str(tmp_path / "m.jsonl")
+        task_id="merge", sources=[str(good), str(bad)], source=str(requests), destination=str(tmp_path / "m.jsonl")
     )
     err = _raised(lambda: op.execute(make_context()))
     _assert_names_file_and_line(err, bad, 2)

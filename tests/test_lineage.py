@@ -47,7 +47,7 @@ def test_the_chain_reports_its_files_and_the_services(emulator, tmp_path):
 
     MaaSHook().wait_for_batch_job(job_name, poll_interval=0.05, timeout=30)
     download = MaaSDownloadResultsOperator(
-        task_id="download", job_name=job_name, destination=str(tmp_path / "out" / "results.jsonl"), requests=str(source)
+        task_id="download", job_name=job_name, destination=str(tmp_path / "out" / "results.jsonl"), source=str(source)
     )
     download.execute(make_context())
     lineage = download.get_openlineage_facets_on_complete(None)
@@ -77,7 +77,7 @@ def test_split_and_merge_report_their_files(emulator, tmp_path):
         hook.download_results(job["name"], tmp_path / f"part{i}.jsonl")
         parts.append(f"file://{tmp_path}/part{i}.jsonl")
     merge = MaaSMergeResultsOperator(
-        task_id="merge", sources=parts, requests=str(source), destination=str(tmp_path / "merged.jsonl")
+        task_id="merge", sources=parts, source=str(source), destination=str(tmp_path / "merged.jsonl")
     )
     merge.execute(make_context())
     lineage = merge.get_openlineage_facets_on_complete(None)

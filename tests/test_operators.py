@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from airflow_provider_maas._compat import AirflowProviderDeprecationWarning
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobFailedError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators.maas import (
@@ -19,6 +20,7 @@ from airflow_provider_maas.operators.maas import (
 from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
 from tests.compat import TaskDeferred
 from tests.helpers import FakeStateStore, assert_in_input_order, make_context, write_requests
+from tests.test_results import echo, result_line
 
 # Upload ---------------------------------------------------------------------------------------
 
@@ -184,13 +186,42 @@ def test_split_then_merge_round_trip(emulator, tmp_path):
         parts.append(part.as_uri())
     dest = tmp_path / "merged.jsonl"
     context = make_context()
-    MaaSMergeResultsOperator(task_id="merge", sources=parts, requests=str(source), destination=str(dest)).execute(
-        context
-    )
+    MaaSMergeResultsOperator(task_id="merge", sources=parts, source=str(source), destination=str(dest)).execute(context)
     assert_in_input_order(source, dest)
     summary = context["ti"].xcom["summary"]
     assert summary["requests"] == summary["succeeded"] == 250
     assert summary["missing"] == 0
+
+
+def _reversed_results(tmp_path: Path, source: Path) -> Path:
+    """The answers to ``source`` in reverse order, as a shard's results file."""
+    requests = [json.loads(line)["request"] for line in source.read_text().splitlines()]
+    lines = [result_line(echo(r), r["contents"][0]["parts"][0]["text"]) for r in reversed(requests)]
+    results = tmp_path / "results.jsonl"
+    results.write_bytes(b"".join(lines))
+    return results
+
+
+def test_merge_takes_requests_the_old_name_of_source_with_a_deprecation_warning(tmp_path):
+    source = write_requests(tmp_path / "r.jsonl", 5)
+    results, dest = _reversed_results(tmp_path, source), tmp_path / "merged.jsonl"
+    with pytest.warns(AirflowProviderDeprecationWarning, match="requests is deprecated: use source") as warned:
+        merge = MaaSMergeResultsOperator(
+            task_id="m", sources=[str(results)], requests=str(source), destination=str(dest)
+        )
+    assert len([w for w in warned if issubclass(w.category, AirflowProviderDeprecationWarning)]) == 1
+    assert merge.source == str(source) and "source" in merge.template_fields and not hasattr(merge, "requests")
+    merge.execute(make_context())
+    assert_in_input_order(source, dest)
+
+
+def test_merge_refuses_source_and_requests_together_and_neither(tmp_path):
+    source, dest = str(write_requests(tmp_path / "r.jsonl", 1)), str(tmp_path / "merged.jsonl")
+    with pytest.raises(MaaSInputError, match="requests is the old name of source: give source only"):
+        MaaSMergeResultsOperator(task_id="m", sources=[source], source=source, requests=source, destination=dest)
+    with pytest.raises(MaaSInputError, match="needs source"):
+        MaaSMergeResultsOperator(task_id="m", sources=[source], destination=dest)
+    assert not Path(dest).exists()
 
 
 def test_split_refuses_limits_above_the_service(tmp_path):

@@ -79,7 +79,7 @@ def _check(run, data: Path, day: str) -> None:
     assert run.state == "success"
     results = data / "results" / f"{day}.jsonl"
     assert results.is_file(), sorted(str(p) for p in data.rglob("*"))
-    assert_in_input_order(data / "prompts" / f"{day}.jsonl", results)  # requests= puts them in input order
+    assert_in_input_order(data / "prompts" / f"{day}.jsonl", results)  # source= puts them in input order
 
 
 def test_manual_run_without_a_logical_date_reads_the_day_it_was_triggered(emulator, chain_dag):

@@ -26,11 +26,11 @@ def test_the_summaries_have_the_documented_keys(emulator, tmp_path):
     MaaSDownloadResultsOperator(task_id="d", job_name=job["name"], destination=str(tmp_path / "d.jsonl")).execute(
         context
     )
-    documented = _documented("MaaSDownloadResultsOperator") - {"images", "unmatched"}  # extract_images, requests
+    documented = _documented("MaaSDownloadResultsOperator") - {"images", "unmatched"}  # extract_images, source
     assert set(context["ti"].xcom["summary"]) == documented
 
     context = make_context()
     MaaSMergeResultsOperator(
-        task_id="m", sources=[str(tmp_path / "d.jsonl")], requests=str(source), destination=str(tmp_path / "m.jsonl")
+        task_id="m", sources=[str(tmp_path / "d.jsonl")], source=str(source), destination=str(tmp_path / "m.jsonl")
     ).execute(context)
     assert set(context["ti"].xcom["summary"]) == _documented("MaaSMergeResultsOperator")

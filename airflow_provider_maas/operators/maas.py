@@ -29,7 +29,13 @@ from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
 from airflow_provider_maas.operators import _metrics as metrics
-from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, reusable_job, task_state
+from airflow_provider_maas.operators._common import (
+    MaaSBaseOperator,
+    publish_summary,
+    renamed,
+    reusable_job,
+    task_state,
+)
 from airflow_provider_maas.operators._lineage import LineageMixin, ServiceDataset
 from airflow_provider_maas.operators.batch import MaaSBatchPredictionOperator
 from airflow_provider_maas.plugins.links import MaaSProgressLink
@@ -183,54 +189,56 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
     are written, ready to resubmit, to ``<destination stem>.failed.jsonl``. When an outlet is an
     ``Asset``, the summary is attached to its asset event.
 
-    Without ``requests`` the results keep the service's order and the failed file can only hold
-    requests the results file names. With ``requests`` (the file that was uploaded) the results are
-    rewritten in input order and every failed or missing request goes to the failed file as its
-    input line, as :class:`MaaSMergeResultsOperator` does.
+    Without ``source`` the results keep the service's order and the failed file can only hold
+    requests the results file names. With ``source`` (the requests file that was uploaded) the
+    results are rewritten in input order and every failed or missing request goes to the failed
+    file as its input line, as :class:`MaaSMergeResultsOperator` does.
 
     :param job_name: The job, e.g. ``wait.output["name"]`` or ``create.output`` (templated).
     :param destination: Local path, URI or ``ObjectStoragePath`` (templated; mapped tasks can use
         ``{{ ti.map_index }}``).
-    :param requests: The uploaded requests file (path, URI or ``ObjectStoragePath``, templated):
-        results in input order, missing requests in the failed file.
+    :param source: The uploaded requests JSONL (path, URI or ``ObjectStoragePath``, templated), as
+        the upload operator's ``source``: results in input order, missing requests in the failed
+        file. Its old name ``requests`` is deprecated.
     :param allowed_prefix: If set, refuse destinations outside this prefix (templated).
     :param extract_images: Also write the inline images of image models (``inlineData`` parts) to
         files in ``<destination stem>_images/`` beside the results; their URIs go to XCom ``images``.
     """
 
-    template_fields = ("job_name", "destination", "requests", "allowed_prefix", "endpoint", "maas_conn_id")
+    template_fields = ("job_name", "destination", "source", "allowed_prefix", "endpoint", "maas_conn_id")
 
     def __init__(
         self,
         *,
         job_name: str,
         destination: Any,
-        requests: Any | None = None,
+        source: Any | None = None,
         allowed_prefix: Any | None = None,
         extract_images: bool = False,
         **kwargs: Any,
     ) -> None:
+        source = renamed(kwargs, "requests", "source", source)
         super().__init__(**kwargs)
         self.job_name = job_name
         self.destination = destination
-        self.requests = requests
+        self.source = source
         self.allowed_prefix = allowed_prefix
         self.extract_images = extract_images
 
     def execute(self, context: Context) -> str:
         dest = check_destination(self.destination)
         check_within(dest, self.allowed_prefix, what="destination")
-        ordered = self.requests is not None
+        ordered = self.source is not None
         if ordered:
-            requests = to_path(self.requests, what="requests file")
-            filesystem_of(requests, what="requests file")
-            if not requests.is_file():
-                raise MaaSInputError(f"The requests file {uri_of(requests)!r} does not exist; give the uploaded file.")
+            source = to_path(self.source, what="source")
+            filesystem_of(source, what="source")
+            if not source.is_file():
+                raise MaaSInputError(f"The source {uri_of(source)!r} does not exist; give the uploaded requests file.")
         job = self.hook.get_batch_job(self.job_name)
         metadata = self.hook.download_results(self.job_name, dest)
         counted: ResultsSummary | MergeSummary
         if ordered:
-            counted = merge_results([dest], self.requests, dest)
+            counted = merge_results([dest], self.source, dest)
         else:
             counted = summarise_results(dest, failed_destination=failed_path_for(dest))
             counted["bytes"] = int(metadata.get("size") or counted["bytes"])
@@ -243,13 +251,13 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
         if summary.get("missing") and not ordered:
             self.log.warning(
                 "%d requests of job %s have no result line, so they are not in its failed file either: give "
-                "the operator requests= (the uploaded file) to have them written to %s",
+                "the operator source= (the uploaded requests file) to have them written to %s",
                 summary["missing"],
                 self.job_name,
                 uri_of(failed_path_for(dest)),
             )
         self.record_lineage(
-            [ServiceDataset.results(self.hook.config, self.job_name), *([self.requests] if ordered else [])],
+            [ServiceDataset.results(self.hook.config, self.job_name), *([self.source] if ordered else [])],
             [dest, summary["failed_uri"]],
         )
         if self.extract_images:
@@ -331,16 +339,21 @@ class MaaSMergeResultsOperator(LineageMixin, BaseOperator):
     format, ready to resubmit). XCom ``summary`` as the download operator's, plus ``missing``.
 
     :param sources: Result files of the shards, e.g. ``download.output`` (templated).
-    :param requests: The original requests file (templated).
+    :param source: The original requests JSONL, whose order the results are written in (path, URI
+        or ``ObjectStoragePath``, templated), as the split operator's ``source``. Its old name
+        ``requests`` is deprecated.
     :param destination: Where to write the merged results (templated).
     """
 
-    template_fields = ("sources", "requests", "destination")
+    template_fields = ("sources", "source", "destination")
 
-    def __init__(self, *, sources: Any, requests: Any, destination: Any, **kwargs: Any) -> None:
+    def __init__(self, *, sources: Any, destination: Any, source: Any | None = None, **kwargs: Any) -> None:
+        source = renamed(kwargs, "requests", "source", source)
+        if source is None:
+            raise MaaSInputError("MaaSMergeResultsOperator needs source: the original requests file")
         super().__init__(**kwargs)
         self.sources = sources
-        self.requests = requests
+        self.source = source
         self.destination = destination
 
     def execute(self, context: Context) -> str:
@@ -349,8 +362,8 @@ class MaaSMergeResultsOperator(LineageMixin, BaseOperator):
         if isinstance(sources, str) or not hasattr(sources, "__len__"):
             sources = [sources]
         sources = [sources[i] for i in range(len(sources))]  # index, so a lazy XCom list is not over-read
-        summary = merge_results(sources, self.requests, dest)
-        self.record_lineage([*sources, self.requests], [dest, summary["failed_uri"]])
+        summary = merge_results(sources, self.source, dest)
+        self.record_lineage([*sources, self.source], [dest, summary["failed_uri"]])
         dest_uri = uri_of(dest)
         publish_summary(self, context, summary, dest_uri)
         return dest_uri

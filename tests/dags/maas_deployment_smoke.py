@@ -35,7 +35,7 @@ with once_dag("maas_smoke_chain") as chain:
         task_id="download",
         job_name=create.output,
         destination=os.path.join(WORK_DIR, "maas_smoke_chain", "results.jsonl"),
-        requests=requests,
+        source=requests,
     )
     wait >> download
 

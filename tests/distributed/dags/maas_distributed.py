@@ -55,7 +55,7 @@ with DAG(dag_id="maas_dist_chain", **COMMON) as chain:
         task_id="download",
         job_name=create.output,
         destination=OUTPUT + "/results.jsonl",
-        requests=REQUESTS_100,  # results in input order
+        source=REQUESTS_100,  # results in input order
         queue=A,
     )
     wait >> download
@@ -75,7 +75,7 @@ with DAG(dag_id="maas_dist_mapped", **COMMON) as mapped:
     merge = MaaSMergeResultsOperator(
         task_id="merge",
         sources=download.output,
-        requests=REQUESTS_300,
+        source=REQUESTS_300,
         destination=OUTPUT + "/results.jsonl",
         queue=B,
     )
