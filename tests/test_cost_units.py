@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.bounds import estimate_line
+from airflow_provider_maas.batch.bounds import Bounds
 from airflow_provider_maas.batch.budget import Admission, SpendGate
 from airflow_provider_maas.batch.budget_checks import check_budget, check_same_prices
 from airflow_provider_maas.batch.canary import check_canary, judge, split_first
@@ -64,9 +64,9 @@ def test_worst_case_prices_output_at_the_dearer_output_price():
 
 
 def test_the_plan_states_its_basis_and_warns_when_the_worst_case_passes_the_cap():
-    tokens = Tokens()
+    tokens, bounds = Tokens(), Bounds(DEFAULT_MAX_OUTPUT_TOKENS)
     for line in _lines(_request("hello", max_out=1000), _request("world", max_out=1000)).splitlines():
-        tokens.add(estimate_line(line, DEFAULT_MAX_OUTPUT_TOKENS))
+        tokens.add(bounds.line(line))  # as the budget estimates a shard's lines
     plans = plan_shards(io.BytesIO(_lines(_request("hello", max_out=1000), _request("world", max_out=1000))))
     plan = make_plan(
         requests=3,

@@ -24,12 +24,6 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
 
-def estimate_line(line: bytes, default_max_output: int) -> Tokens:
-    """:func:`~airflow_provider_maas.batch.estimates.estimate_request` of one request line
-    (``{"request": {...}}``), no file or cache bound."""
-    return Bounds(default_max_output).line(line)
-
-
 @dataclass(frozen=True, slots=True)
 class Bounds:
     """What one request counts at most where its line does not say: the operator's

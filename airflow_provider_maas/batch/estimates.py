@@ -193,7 +193,7 @@ def estimate_request(
         if value := request.get(key):
             size = _json_bytes(value)
             chars, worst = chars + size, worst + size
-    cached = 1 if request.get("cachedContent") or request.get("cached_content") else 0
+    cached = 1 if any(request.get(key) for key in _CACHE_KEYS) else 0
     per_file = TOKENS_PER_FILE if max_tokens_per_file_part is None else max_tokens_per_file_part
     cache = cached * (max_cached_content_tokens or 0)
     prompt = max(1, -(-chars // CHARS_PER_TOKEN)) + min(TOKENS_PER_FILE, per_file) * files + cache
