@@ -78,7 +78,8 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
     :param max_bytes_per_file: At most this many bytes per shard (<= 50 MB).
     :param max_parallel_transfers: Uploads, creates, polls and downloads running at once (default
         16: with 0.1 s of API latency a shard costs about 0.4 s of calls; each upload holds at most
-        8 MiB in memory, the rest of a large shard spools to a temporary file).
+        8 MiB in memory, the rest of a large shard spools to a temporary file). Deferred, the
+        trigger polls its running jobs as many at a time (its ``max_parallel_polls``).
     :param max_consecutive_poll_errors: Failed polls of a job in a row (each retried by the hook)
         tolerated before the task fails: raise it to ride out an outage of a few minutes.
     :param maas_conn_id: The Airflow connection of type ``maas``.
