@@ -1,13 +1,18 @@
 """Integer settings are refused where the DAG is parsed when they are not whole numbers in range,
-booleans included (``True`` is an ``int`` in Python: ``max_active_jobs=True`` used to pass)."""
+booleans included (``True`` is an ``int`` in Python: ``max_active_jobs=True`` used to pass). One
+check (``batch/int_settings.py``) with one message for the settings, the poll errors and the trigger."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from airflow_provider_maas.batch.polling import check_poll_errors
 from airflow_provider_maas.batch.settings import LIMITS, check_limits
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator, MaaSSplitRequestsOperator
+from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
 
 
 @pytest.mark.parametrize("name", sorted(LIMITS))
@@ -42,3 +47,24 @@ def test_split_operator_checks_upload_limits_at_parse_time(kwargs, name):
     # chunks have no upload limit: only the run checks them (a whole number >= 1)
     if kwargs.get("max_requests_per_file") == 101:
         MaaSSplitRequestsOperator(task_id="c", source="in.jsonl", destination_prefix="out/", for_upload=False, **kwargs)
+
+
+# One check, one message: the settings, the waiters' poll errors and the batch trigger's polls -----
+@pytest.mark.parametrize(
+    ("check", "name"),
+    [
+        (lambda value: check_limits({"max_active_jobs": value}), "max_active_jobs"),
+        (check_poll_errors, "max_consecutive_poll_errors"),
+        (lambda value: MaaSBatchJobsTrigger(["1"], max_parallel_polls=value), "max_parallel_polls"),
+    ],
+    ids=["settings", "polling", "trigger"],
+)
+@pytest.mark.parametrize("bad", [True, 0, 2.0, "3"])
+def test_every_integer_check_names_the_setting_what_is_allowed_and_the_value(check, name, bad):
+    with pytest.raises(MaaSInputError, match=f"^{name} must be an integer >= 1, got {re.escape(repr(bad))}$"):
+        check(bad)
+
+
+def test_a_setting_with_an_upper_bound_says_both_bounds():
+    with pytest.raises(MaaSInputError, match=r"^max_requests_per_file must be between 1 and 100, got 101$"):
+        check_limits({"max_requests_per_file": 101})

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.estimates import Tokens, worst_case_usd
+from airflow_provider_maas.batch.int_settings import check_int
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
@@ -65,12 +66,10 @@ def check_budget(
                 'max_cost_usd needs prices= (USD per 1,000,000 tokens, e.g. {"prompt": 0.15, "candidates": 0.60}) '
                 "to turn token counts into USD"
             )
-    value = default_max_output_tokens
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise MaaSInputError(f"default_max_output_tokens must be an integer >= 1, got {value!r}")
+    check_int("default_max_output_tokens", default_max_output_tokens, 1)
     for name, value in (
         ("max_tokens_per_file_part", max_tokens_per_file_part),
         ("max_cached_content_tokens", max_cached_content_tokens),
     ):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise MaaSInputError(f"{name} must be an integer >= 1 (tokens), or None, got {value!r}")
+        if value is not None:  # None: not given
+            check_int(name, value, 1)

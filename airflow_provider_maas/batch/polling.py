@@ -27,6 +27,7 @@ from concurrent.futures import as_completed
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas._compat import conf
+from airflow_provider_maas.batch.int_settings import check_int
 from airflow_provider_maas.client.states import JobOutcome, job_outcome
 from airflow_provider_maas.exceptions import (
     MaaSError,
@@ -63,10 +64,8 @@ except ImportError:  # pragma: no cover - every Airflow 3 has it
 
 
 def check_poll_errors(value: Any) -> int:
-    """``max_consecutive_poll_errors`` checked: a whole number >= 1 (True is not one)."""
-    if type(value) is not int or value < 1:
-        raise MaaSInputError(f"max_consecutive_poll_errors must be a whole number >= 1, not {value!r}")
-    return value
+    """``max_consecutive_poll_errors`` checked: an integer >= 1 (True is not one)."""
+    return check_int("max_consecutive_poll_errors", value, 1)
 
 
 def poll_errors_arg(value: int | None, old: int | None, *, owner: str) -> int:

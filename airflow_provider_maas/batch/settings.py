@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS
+from airflow_provider_maas.batch.int_settings import check_int
 from airflow_provider_maas.batch.origin import of_other_models, refuse_unknown_origin, split_kept
 from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
@@ -61,12 +62,10 @@ LIMITS: dict[str, tuple[int, int | None]] = {
 
 
 def check_limits(values: Mapping[str, Any]) -> None:
-    """Refuse a setting of :data:`LIMITS` in ``values`` that is not an integer within its bounds."""
+    """Refuse a setting of :data:`LIMITS` in ``values`` that is not an integer within its bounds
+    (:func:`~airflow_provider_maas.batch.int_settings.check_int`)."""
     for name, (low, high) in LIMITS.items():
-        value = values.get(name, low)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-            bounds = f"between {low} and {high}" if high is not None else f"an integer >= {low}"
-            raise MaaSInputError(f"{name} must be {bounds}, got {value!r}")
+        check_int(name, values.get(name, low), low, high)
 
 
 def retry_rule_and_prices(retry_failures: Any, prices: Any) -> tuple[Callable[[str], bool], dict[str, float] | None]:

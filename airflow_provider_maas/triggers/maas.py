@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_maas.batch.int_settings import check_int
 from airflow_provider_maas.batch.polling import (
     DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
     OneJobWait,
@@ -17,7 +18,7 @@ from airflow_provider_maas.batch.polling import (
     poll_errors_arg,
 )
 from airflow_provider_maas.client.states import JobOutcome, Outcome, job_outcome, log_state_change
-from airflow_provider_maas.exceptions import MaaSError, MaaSInputError, MaaSNotFoundError, MaaSRetryableError
+from airflow_provider_maas.exceptions import MaaSError, MaaSNotFoundError, MaaSRetryableError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.triggers.events import JobsEvent, job_event
@@ -297,9 +298,7 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
         super().__init__(maas_conn_id, endpoint, poll_interval, end_time, errors, first_poll_after)
         self.job_names = list(job_names)
         self.fire_after = fire_after
-        if type(max_parallel_polls) is not int or max_parallel_polls < 1:
-            raise MaaSInputError(f"max_parallel_polls must be a whole number >= 1, not {max_parallel_polls!r}")
-        self.max_parallel_polls = max_parallel_polls
+        self.max_parallel_polls = check_int("max_parallel_polls", max_parallel_polls, 1)
 
     def _own_kwargs(self) -> dict[str, Any]:
         return {
