@@ -62,5 +62,5 @@ with DAG(
         max_active_tis_per_dagrun=4,  # at most 4 chunks x 100 jobs in flight
     ).expand(source=chunks.output)
     MaaSMergeResultsOperator(
-        task_id="merge", sources=predict.output, source="{{ params.source }}", destination=RUN_DIR + "/results.jsonl"
+        task_id="merge", results=predict.output, source="{{ params.source }}", destination=RUN_DIR + "/results.jsonl"
     )

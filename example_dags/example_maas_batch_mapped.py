@@ -60,6 +60,6 @@ with DAG(
         task_id="download", destination=RUN_DIR + "/parts/part-{{ ti.map_index }}.jsonl"
     ).expand(job_name=create.output)
     merge = MaaSMergeResultsOperator(
-        task_id="merge", sources=download.output, source=requests, destination=RUN_DIR + "/results.jsonl"
+        task_id="merge", results=download.output, source=requests, destination=RUN_DIR + "/results.jsonl"
     )
     wait >> download

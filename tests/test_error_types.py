@@ -160,7 +160,7 @@ def test_merge_of_a_file_that_is_not_results(tmp_path):
     bad.write_text('{"request": {}}\n[1, 2]\n')
     requests = write_requests(tmp_path / "requests.jsonl", 2)
     op = MaaSMergeResultsOperator(
-        task_id="merge", sources=[str(good), str(bad)], source=str(requests), destination=str(tmp_path / "m.jsonl")
+        task_id="merge", results=[str(good), str(bad)], source=str(requests), destination=str(tmp_path / "m.jsonl")
     )
     err = _raised(lambda: op.execute(make_context()))
     _assert_names_file_and_line(err, bad, 2)

@@ -77,7 +77,7 @@ def test_split_and_merge_report_their_files(emulator, tmp_path):
         hook.download_results(job["name"], tmp_path / f"part{i}.jsonl")
         parts.append(f"file://{tmp_path}/part{i}.jsonl")
     merge = MaaSMergeResultsOperator(
-        task_id="merge", sources=parts, source=str(source), destination=str(tmp_path / "merged.jsonl")
+        task_id="merge", results=parts, source=str(source), destination=str(tmp_path / "merged.jsonl")
     )
     merge.execute(make_context())
     lineage = merge.get_openlineage_facets_on_complete(None)

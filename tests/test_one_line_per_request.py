@@ -63,7 +63,7 @@ def test_merge_operator_output_has_a_line_for_every_request(tmp_path):
         sources.append(str(path))
     dest = tmp_path / "merged.jsonl"
     context = make_context()
-    MaaSMergeResultsOperator(task_id="merge", sources=sources, source=str(source), destination=str(dest)).execute(
+    MaaSMergeResultsOperator(task_id="merge", results=sources, source=str(source), destination=str(dest)).execute(
         context
     )
 

@@ -186,7 +186,7 @@ def test_split_then_merge_round_trip(emulator, tmp_path):
         parts.append(part.as_uri())
     dest = tmp_path / "merged.jsonl"
     context = make_context()
-    MaaSMergeResultsOperator(task_id="merge", sources=parts, source=str(source), destination=str(dest)).execute(context)
+    MaaSMergeResultsOperator(task_id="merge", results=parts, source=str(source), destination=str(dest)).execute(context)
     assert_in_input_order(source, dest)
     summary = context["ti"].xcom["summary"]
     assert summary["requests"] == summary["succeeded"] == 250
@@ -207,7 +207,7 @@ def test_merge_takes_requests_the_old_name_of_source_with_a_deprecation_warning(
     results, dest = _reversed_results(tmp_path, source), tmp_path / "merged.jsonl"
     with pytest.warns(AirflowProviderDeprecationWarning, match="requests is deprecated: use source") as warned:
         merge = MaaSMergeResultsOperator(
-            task_id="m", sources=[str(results)], requests=str(source), destination=str(dest)
+            task_id="m", results=[str(results)], requests=str(source), destination=str(dest)
         )
     assert len([w for w in warned if issubclass(w.category, AirflowProviderDeprecationWarning)]) == 1
     assert merge.source == str(source) and "source" in merge.template_fields and not hasattr(merge, "requests")
@@ -218,10 +218,26 @@ def test_merge_takes_requests_the_old_name_of_source_with_a_deprecation_warning(
 def test_merge_refuses_source_and_requests_together_and_neither(tmp_path):
     source, dest = str(write_requests(tmp_path / "r.jsonl", 1)), str(tmp_path / "merged.jsonl")
     with pytest.raises(MaaSInputError, match="requests is the old name of source: give source only"):
-        MaaSMergeResultsOperator(task_id="m", sources=[source], source=source, requests=source, destination=dest)
+        MaaSMergeResultsOperator(task_id="m", results=[source], source=source, requests=source, destination=dest)
     with pytest.raises(MaaSInputError, match="needs source"):
-        MaaSMergeResultsOperator(task_id="m", sources=[source], destination=dest)
+        MaaSMergeResultsOperator(task_id="m", results=[source], destination=dest)
     assert not Path(dest).exists()
+
+
+def test_merge_takes_sources_the_old_name_of_results_with_a_deprecation_warning(tmp_path):
+    source = write_requests(tmp_path / "r.jsonl", 5)
+    results, dest = _reversed_results(tmp_path, source), tmp_path / "merged.jsonl"
+    with pytest.warns(AirflowProviderDeprecationWarning, match="sources is deprecated: use results"):
+        merge = MaaSMergeResultsOperator(task_id="m", sources=[str(results)], source=str(source), destination=str(dest))
+    assert merge.results == [str(results)] and "results" in merge.template_fields and not hasattr(merge, "sources")
+    merge.execute(make_context())
+    assert_in_input_order(source, dest)
+    with pytest.raises(MaaSInputError, match="sources is the old name of results: give results only"):
+        MaaSMergeResultsOperator(
+            task_id="m", results=[str(results)], sources=[str(results)], source=str(source), destination=str(dest)
+        )
+    with pytest.raises(MaaSInputError, match="needs results"):
+        MaaSMergeResultsOperator(task_id="m", source=str(source), destination=str(dest))
 
 
 def test_split_refuses_limits_above_the_service(tmp_path):

@@ -517,7 +517,7 @@ def test_summary_keys_are_what_the_operators_push(emulator, tmp_path):
     ).execute(download)
     merge = make_context()
     MaaSMergeResultsOperator(
-        task_id="m", sources=[str(tmp_path / "d.jsonl")], source=str(requests), destination=str(tmp_path / "m.jsonl")
+        task_id="m", results=[str(tmp_path / "d.jsonl")], source=str(requests), destination=str(tmp_path / "m.jsonl")
     ).execute(merge)
     batch = make_context()
     batch_operator(requests, tmp_path / "b.jsonl").execute(batch)

@@ -356,7 +356,7 @@ def test_split_download_and_merge_hand_on_uris_that_keep_the_connection(memfs, e
         results.append(uri)
     context = make_context()
     merged = MaaSMergeResultsOperator(
-        task_id="merge", sources=results, source=requests, destination="memory://my_conn@bucket/out/results.jsonl"
+        task_id="merge", results=results, source=requests, destination="memory://my_conn@bucket/out/results.jsonl"
     ).execute(context)
     assert merged == "memory://my_conn@bucket/out/results.jsonl"
     summary = context["ti"].xcom["summary"]

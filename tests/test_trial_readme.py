@@ -31,6 +31,6 @@ def test_the_summaries_have_the_documented_keys(emulator, tmp_path):
 
     context = make_context()
     MaaSMergeResultsOperator(
-        task_id="m", sources=[str(tmp_path / "d.jsonl")], source=str(source), destination=str(tmp_path / "m.jsonl")
+        task_id="m", results=[str(tmp_path / "d.jsonl")], source=str(source), destination=str(tmp_path / "m.jsonl")
     ).execute(context)
     assert set(context["ti"].xcom["summary"]) == _documented("MaaSMergeResultsOperator")

@@ -338,27 +338,35 @@ class MaaSMergeResultsOperator(LineageMixin, BaseOperator):
     Requests that failed or have no result go to ``<destination stem>.failed.jsonl`` (input
     format, ready to resubmit). XCom ``summary`` as the download operator's, plus ``missing``.
 
-    :param sources: Result files of the shards, e.g. ``download.output`` (templated).
+    :param results: Result files of the shards, e.g. ``download.output`` (templated). Its old name
+        ``sources`` is deprecated.
     :param source: The original requests JSONL, whose order the results are written in (path, URI
         or ``ObjectStoragePath``, templated), as the split operator's ``source``. Its old name
         ``requests`` is deprecated.
     :param destination: Where to write the merged results (templated).
     """
 
-    template_fields = ("sources", "source", "destination")
+    template_fields = ("results", "source", "destination")
 
-    def __init__(self, *, sources: Any, destination: Any, source: Any | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, destination: Any, results: Any | None = None, source: Any | None = None, **kwargs: Any
+    ) -> None:
+        results = renamed(kwargs, "sources", "results", results)
         source = renamed(kwargs, "requests", "source", source)
-        if source is None:
-            raise MaaSInputError("MaaSMergeResultsOperator needs source: the original requests file")
+        for name, value, what in (
+            ("results", results, "the shards' result files"),
+            ("source", source, "the original requests file"),
+        ):
+            if value is None:
+                raise MaaSInputError(f"MaaSMergeResultsOperator needs {name}: {what}")
         super().__init__(**kwargs)
-        self.sources = sources
+        self.results = results
         self.source = source
         self.destination = destination
 
     def execute(self, context: Context) -> str:
         dest = check_destination(self.destination)
-        sources = self.sources
+        sources = self.results
         if isinstance(sources, str) or not hasattr(sources, "__len__"):
             sources = [sources]
         sources = [sources[i] for i in range(len(sources))]  # index, so a lazy XCom list is not over-read

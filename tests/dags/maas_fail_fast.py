@@ -24,5 +24,5 @@ with DAG(
     service_tasks(REQUESTS, OUT, job_name="123")
     MaaSSplitRequestsOperator(task_id="split", source="/nonexistent/input.jsonl", destination_prefix=OUT + "/shards")
     MaaSMergeResultsOperator(
-        task_id="merge", sources=[OUT + "/missing.jsonl"], source=REQUESTS, destination=OUT + "/merged.jsonl"
+        task_id="merge", results=[OUT + "/missing.jsonl"], source=REQUESTS, destination=OUT + "/merged.jsonl"
     )
