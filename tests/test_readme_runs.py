@@ -115,3 +115,28 @@ def test_backfill_run_reads_its_interval(emulator, chain_dag, monkeypatch):
     run = dag.test(logical_date=logical_date)
     assert run.run_type == "backfill"
     _check(run, data, "2026-02-01")
+
+
+def test_the_cost_control_example_runs_twice_as_written_with_file_parts(emulator, tmp_path, monkeypatch):
+    """The README's "Cost control" block (tests/dags/readme_cost_control.py), its bucket in ``tmp_path``:
+    a plan, a decision and a capped run with a canary, on the README's own input line (a file part),
+    run manually twice: the second run writes a destination of its own rather than being refused, and
+    the cap bounds the file part."""
+    monkeypatch.setenv("MAAS_README_BUCKET", str(tmp_path))
+    readme_line = next(
+        line
+        for line in (ROOT / "README.md").read_text().splitlines()
+        if line.startswith('{"request"') and "file_data" in line
+    )
+    (tmp_path / "all.jsonl").write_text((readme_line + "\n") * 25)
+    spec = importlib.util.spec_from_file_location(
+        "readme_cost_control_under_test", ROOT / "tests" / "dags" / "readme_cost_control.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for _ in range(2):
+        run = module.dag.test(logical_date=None)
+        assert run.state == "success"
+        assert {ti.task_id: ti.state for ti in run.get_task_instances()}["predict"] == "success"
+    outputs = sorted(tmp_path.glob("*/out.jsonl"))
+    assert len(outputs) == 2 and all(len(p.read_text().splitlines()) == 25 for p in outputs)
