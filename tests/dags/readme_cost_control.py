@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.dags.readme_chain import README
-
 README = Path(__file__).resolve().parents[2] / "README.md"
 BUCKET = os.environ.get("MAAS_README_BUCKET", "/tmp/maas-readme-bucket")
 
