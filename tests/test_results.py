@@ -311,6 +311,30 @@ def test_identical_requests_in_later_blocks_take_the_next_answers(monkeypatch):
     assert (left.unmatched, left.duplicates) == (0, 0)
 
 
+def test_blocks_after_the_first_count_identical_requests_through_the_file(monkeypatch):
+    import airflow_provider_maas.batch.matching as matching
+
+    monkeypatch.setattr(matching, "_MATCH_BLOCK", 2)
+    lines = [result_line(echo(request(1)), "a"), result_line(echo(request(1)), None, "INTERNAL")]
+    lines += [result_line(echo(request(3)), "b"), result_line(echo(request(9)), "never asked")]
+    with AnswerStore() as store:
+        store.add("r", io.BytesIO(b"".join(lines)))
+        asked = [request(1), request(1), request(3), request(1)]
+        matched = list(store.match(asked, request_digest, shared=False))
+        left = store.leftovers(shared=False)
+    # Once its one success is taken, an identical request gets the failure (given twice: leftovers ask the file).
+    assert [answer.line if answer else None for _, answer, _ in matched] == [1, 2, 3, 2]
+    assert (left.unmatched, left.duplicates, left.first_unmatched) == (1, 0, (0, 4))
+    with AnswerStore() as empty:  # nothing indexed (the dedupe pass): only whether an identical request came first
+        flags = [
+            repeated
+            for _, answer, repeated in empty.match(
+                [request(n) for n in (1, 2, 1, 3, 2, 1)], request_digest, shared=True
+            )
+        ]
+    assert flags == [False, False, True, False, True, True]
+
+
 def test_a_shard_is_merged_in_three_statements_and_its_leftovers_are_its_own(monkeypatch):
     import airflow_provider_maas.batch.matching as matching
 

@@ -18,7 +18,7 @@ What is left once every request is paired (:meth:`AnswerStore.leftovers`), defin
 
 The index lives in a temporary SQLite file, not in Python objects: memory stays flat (SQLite's
 page cache, ``cache_mib``: 16 MiB by default) whatever the number of results, and a 1,000,000-line index is about
-60 MB of temporary disk. Requests are paired in blocks by one query each (no Python per lookup).
+60 MB of temporary disk. Requests are paired in blocks of a few statements each (no Python per lookup).
 Lines are never kept: only a digest and a location (source, byte offset, length). No Airflow import.
 """
 
@@ -47,13 +47,18 @@ if TYPE_CHECKING:
 _SQLITE_FULL = 13
 #: Rows inserted per ``executemany``.
 _BATCH = 20_000
-#: Requests paired per query, held in memory with their parsed request until written. Small: a block
-#: of 2,000 parsed requests outlived the garbage collector's young generations (the dedupe pass over
-#: 200,000 requests took 3.9 s of CPU, 3.2 s in blocks of 250). Two bound values a request (SQLite
-#: before 3.32 takes at most 999 in one statement).
-_MATCH_BLOCK = 250
+#: Requests paired per query, held in memory with their parsed request until written. Small: the more
+#: parsed requests are held, the slower everything around them (the garbage collector's young
+#: generations, the CPU's caches): the dedupe pass over 200,000 requests took 5.5 s of CPU in blocks of
+#: 1,000, 4.4-4.9 s in blocks of 250, 3.2-3.3 s in blocks of 100 (a batch shard is one block). Two bound
+#: values a request (SQLite before 3.32 takes at most 999 in one statement).
+_MATCH_BLOCK = 100
 #: The digest of a result line without a ``request`` object: no request has it (always unmatched).
 NO_REQUEST = b""
+#: The digests of a block of requests go to the seen table in statements of a multiple of this many rows
+#: (a few statements to prepare), the rest filled with :data:`_PAD`, a digest no answer has (count 0).
+_SEEN_STEP = 50
+_PAD = b"\x00"
 
 _T = TypeVar("_T")
 
@@ -147,7 +152,7 @@ class AnswerStore:
         self._db.execute("BEGIN")
         self._indexed = False
         self._rows = 0  # answers rows since the last clear()
-        self._used: set[tuple[int, int]] | None = set()  # (source, line) given out, while there are few rows
+        self._given = 0  # answers rows given out, each counted once (a lower bound: see match())
         self._unseen: dict[bytes, int] = {}  # requests matched per digest, not yet added to the seen table
         self._seen_rows = False  # the seen table has rows (since the last clear())
         self.sources: list[str] = []
@@ -206,12 +211,12 @@ class AnswerStore:
             self._db.execute("DELETE FROM answers")
         if self._seen_rows:
             self._db.execute("DELETE FROM seen")
-        self._rows, self._used, self._unseen, self._seen_rows = 0, set(), {}, False
+        self._rows, self._given, self._unseen, self._seen_rows = 0, 0, {}, False
 
     def _write_seen(self) -> None:
         """Add the requests matched since the last call to the seen table (which the queries read)."""
         if self._unseen:
-            self._db.executemany(_ADD_SEEN, self._unseen.items())
+            self._db.executemany(_ADD_SEEN.format(rows="(?,?)"), self._unseen.items())
             self._unseen, self._seen_rows = {}, True
 
     # Asking ---------------------------------------------------------------------------------
@@ -227,26 +232,50 @@ class AnswerStore:
             gets the k-th success, and a failure when they run out). A failure is always shared.
         """
         self.build_index()
-        if self._rows > _MATCH_BLOCK:
-            self._used = None  # too many to follow in memory: leftovers() asks the file
         db = self._db
         items = iter(items)
         while block := list(itertools.islice(items, _MATCH_BLOCK)):
-            self._write_seen()  # the counts of the blocks before this one, read by its query
             digests = [digest(item) for item in block]
-            counts = self._unseen
-            asked: list[bytes | int] = []
+            counts: dict[bytes, int] = {}
+            ranks = []
             for key in digests:
                 counts[key] = rank = counts.get(key, 0) + 1
-                asked += (key, rank)
-            rows = db.execute(_pair_query(len(block), shared), asked).fetchall()
-            for item, key, (k, *found) in zip(block, digests, rows, strict=True):
+                ranks.append(rank)
+            before = self._count_seen(counts)
+            ks = [before.get(key, 0) + rank for key, rank in zip(digests, ranks, strict=True)]
+            if not self._rows:  # nothing indexed (the dedupe pass without reuse_results): no answer to look up
+                for item, k in zip(block, ks, strict=True):
+                    yield item, None, k > 1
+                continue
+            asked: list[bytes | int] = []
+            for key, k in zip(digests, ks, strict=True):
+                asked += (key, shared or k == 1)
+            rows = db.execute(_pair_query(len(block)), asked).fetchall()
+            for item, key, k, found in zip(block, digests, ks, rows, strict=True):
                 if k > 1 and not shared:  # the k-th identical request: the k-th success, if there is one
                     found = db.execute(_KTH_SUCCESS, (key, k - 1)).fetchone() or found
                 source, line, offset, length, ok = found
-                if source is not None and self._used is not None:
-                    self._used.add((source, line))
+                # A row is given for the first time to the first of identical requests, or as the k-th success.
+                if source is not None and (k == 1 or (ok and not shared)):
+                    self._given += 1
                 yield item, None if source is None else Answer(source, line, offset, length, bool(ok)), k > 1
+
+    def _count_seen(self, counts: dict[bytes, int]) -> dict[bytes, int]:
+        """Add a block's requests (``counts``: how many of each digest) to those matched so far; return
+        how many of each came before the block (absent: none). The first block after :meth:`clear` stays
+        in memory (a shard's requests: no statement at all); later blocks update the seen table and read
+        it back in one statement."""
+        if not self._seen_rows and not self._unseen:
+            self._unseen = counts
+            return {}
+        self._write_seen()
+        bound: list[bytes | int] = []
+        for key, count in sorted(counts.items()):  # in key order: the B-tree is walked one way
+            bound += (key, count)
+        padding = -len(counts) % _SEEN_STEP
+        bound += (_PAD, 0) * padding
+        after = dict(self._db.execute(_seen_query(len(counts) + padding), bound).fetchall())
+        return {key: after[key] - count for key, count in counts.items()}
 
     def repeats_a_line(self, line: bytes) -> bool:
         """True if a byte-identical line was passed here before (and remember this one): the duplicates
@@ -258,8 +287,8 @@ class AnswerStore:
         """Result lines of sources ``first_source`` on that no request used, once :meth:`match` ran
         over every request: ``unmatched`` and ``duplicates`` as the module docstring defines them;
         ``first_unmatched`` is ``(source, line)`` of the first unmatched line, or None."""
-        if self._used is not None and len(self._used) == self._rows:
-            return Leftovers(0, 0, None)  # every line was given to a request (a shard's usual case)
+        if self._given == self._rows:
+            return Leftovers(0, 0, None)  # every line was given to a request (the usual case)
         self._write_seen()
         query = f"SELECT (SELECT count(*) {_UNMATCHED}), ({_DUPLICATES})"
         unmatched, duplicates = self._db.execute(query, (first_source, int(shared))).fetchone()
@@ -272,37 +301,39 @@ class AnswerStore:
 
 
 @functools.lru_cache(maxsize=32)
-def _pair_query(requests: int, shared: bool) -> str:
-    """The one query pairing a block of ``requests`` requests, bound as ``digest, r`` each (``r``: the
-    request's rank among identical ones of its block, 1 the first): :data:`_PAIR` with the block in it."""
-    asked = ",".join(f"({pos},?,?)" for pos in range(requests))
-    return _PAIR.format(asked=asked, shared=int(shared))
+def _pair_query(requests: int) -> str:
+    """The one query pairing a block of ``requests`` requests, bound as ``digest, first`` each
+    (``first``: a success may be given, the first one): :data:`_PAIR` with the block in it."""
+    return _PAIR.format(asked=",".join(f"({pos},?,?)" for pos in range(requests)))
 
 
-#: Each asked request's answer: ``k`` its rank among identical requests so far (1: the first),
-#: then the first success (shared, or k = 1), else the last failure; :data:`_KTH_SUCCESS` for the others.
+@functools.lru_cache(maxsize=32)
+def _seen_query(digests: int) -> str:
+    """:data:`_ADD_SEEN` for ``digests`` rows bound as ``digest, count``, returning each digest's new count."""
+    return _ADD_SEEN.format(rows=",".join(["(?,?)"] * digests)) + " RETURNING digest, n"
+
+
+#: Each asked request's answer: the first success (if ``first``: shared, or the first of identical
+#: requests), else the last failure; :data:`_KTH_SUCCESS` for the others.
 #: One statement a block: the requests are bound in its ``VALUES`` (no table to fill and empty first).
 _PAIR = """
-WITH asked (pos, digest, r) AS (VALUES {asked}), numbered AS (
-    SELECT asked.pos, asked.digest, COALESCE(seen.n, 0) + asked.r AS k
-    FROM asked LEFT JOIN seen ON seen.digest = asked.digest
-), chosen AS (
-    SELECT pos, k, COALESCE(
-        CASE WHEN {shared} OR k = 1 THEN
-            (SELECT rowid FROM answers WHERE answers.digest = numbered.digest AND ok = 1 ORDER BY rowid LIMIT 1)
+WITH asked (pos, digest, first) AS (VALUES {asked}), chosen AS (
+    SELECT pos, COALESCE(
+        CASE WHEN first THEN
+            (SELECT rowid FROM answers WHERE answers.digest = asked.digest AND ok = 1 ORDER BY rowid LIMIT 1)
         END,
-        (SELECT rowid FROM answers WHERE answers.digest = numbered.digest AND ok = 0 ORDER BY rowid DESC LIMIT 1)
+        (SELECT rowid FROM answers WHERE answers.digest = asked.digest AND ok = 0 ORDER BY rowid DESC LIMIT 1)
     ) AS id
-    FROM numbered
+    FROM asked
 )
-SELECT chosen.k, a.source, a.line, a.offset, a.length, a.ok
+SELECT a.source, a.line, a.offset, a.length, a.ok
 FROM chosen LEFT JOIN answers AS a ON a.rowid = chosen.id
 ORDER BY chosen.pos
 """
 _KTH_SUCCESS = (
     "SELECT source, line, offset, length, ok FROM answers WHERE digest = ? AND ok = 1 ORDER BY rowid LIMIT 1 OFFSET ?"
 )
-_ADD_SEEN = "INSERT INTO seen VALUES (?, ?) ON CONFLICT (digest) DO UPDATE SET n = n + excluded.n"
+_ADD_SEEN = "INSERT INTO seen VALUES {rows} ON CONFLICT (digest) DO UPDATE SET n = n + excluded.n"
 _UNMATCHED = "FROM answers WHERE source >= ?1 AND digest NOT IN (SELECT digest FROM seen)"
 #: Successes of asked requests beyond those used: the first (shared), or as many as identical requests.
 _DUPLICATES = """
@@ -351,10 +382,13 @@ def reader(files: Mapping[int, IO[bytes]], labels: Sequence[str]) -> Callable[[A
     """``read(answer) -> line bytes`` over seekable binary files keyed by source number (``labels``:
     :attr:`AnswerStore.sources`, naming them in errors)."""
 
+    # Each file's methods looked up once: a file of the storage layer (lineage tracking) wraps every lookup.
+    methods = {source: (handle.seek, handle.read) for source, handle in files.items()}
+
     def read(answer: Answer) -> bytes:
-        handle = files[answer.source]
-        handle.seek(answer.offset)
-        line = handle.read(answer.length)
+        seek, read_bytes = methods[answer.source]
+        seek(answer.offset)
+        line = read_bytes(answer.length)
         if len(line) != answer.length:
             raise ResultsFormatError(
                 f"{labels[answer.source]} line {answer.line}: read {len(line)} bytes, expected {answer.length};"
