@@ -10,18 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from airflow_provider_maas.client.redaction import UNSAFE, neutralise
 from airflow_provider_maas.client.service import API_PREFIX, DEFAULT_BASE_URL
 from airflow_provider_maas.exceptions import (
     MaaSConfigError,
     MaaSInputError,
 )
+from airflow_provider_maas.redaction import UNSAFE, neutralise
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 USER_AGENT = "airflow-provider-maas"
 
-#: Slashes, and the characters :data:`~airflow_provider_maas.client.redaction.UNSAFE` escapes in logs
+#: Slashes, and the characters :data:`~airflow_provider_maas.redaction.UNSAFE` escapes in logs
 #: (C0 and C1 controls, line separators, bidirectional and zero-width controls): a name is logged as is.
 _BAD_NAME = re.compile(f"[/\\\\]|{UNSAFE.pattern}")
 
