@@ -25,6 +25,7 @@ from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_RE
 from airflow_provider_maas.batch.rounds import retry_predicate
 from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
 from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.flags import is_true
 from airflow_provider_maas.storage import to_path, uri_of
 
 if TYPE_CHECKING:
@@ -82,18 +83,6 @@ def reuse_paths(reuse_results: Any) -> list[ObjectStoragePath]:
             )
         paths.append(path)
     return paths
-
-
-def is_true(value: Any, *, what: str) -> bool:
-    """A flag given as a bool or as a rendered template ("true"/"false", "1"/"0", "yes"/"no", blank)."""
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", "", "none"):
-        return False
-    raise MaaSInputError(f"{what} must be true or false, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from airflow_provider_maas.exceptions import (
     MaaSConfigError,
     MaaSInputError,
 )
+from airflow_provider_maas.flags import is_true
 from airflow_provider_maas.redaction import UNSAFE, neutralise
 
 DEFAULT_TIMEOUT = 60.0
@@ -123,7 +124,12 @@ def build_config(
     """Build an :class:`ApiConfig` from an Airflow connection's fields, with clear errors."""
     base_url = check_base_url(
         (host or "").strip() or DEFAULT_BASE_URL,
-        allow_insecure_http=_as_bool(extra.get("allow_insecure_http", False)),
+        allow_insecure_http=is_true(
+            extra.get("allow_insecure_http"),
+            what=f"Connection {conn_id!r}: extra.allow_insecure_http",
+            error=MaaSConfigError,
+            secret=password,
+        ),
     )
     endpoint = (endpoint_override or extra.get("endpoint") or "").strip()
     if not endpoint:
@@ -189,9 +195,3 @@ def parse_verify(value: Any, *, conn_id: str) -> bool | str:
         f"Connection {conn_id!r}: extra.verify must be true, false or the path of a CA bundle file (PEM), "
         f"but {problem}. Leave it unset (true) to check the server's certificate against the system CAs."
     )
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
