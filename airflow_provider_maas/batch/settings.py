@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 class OperatorDefaults:
     """The batch operator's defaults that other modules define: the service's limits on one file
     (``request_lines``), the polls failed in a row a wait tolerates (``polling``, as for the sensor),
-    the output a request counts for at most when it does not say (``plan``)."""
+    the output a request counts for at most when it does not say (``estimates``)."""
 
     max_requests_per_file: int = MAX_REQUESTS_PER_FILE
     max_bytes_per_file: int = MAX_BYTES_PER_FILE
