@@ -4,12 +4,14 @@ check (``batch/int_settings.py``) with one message for the settings, the poll er
 
 from __future__ import annotations
 
+import io
 import re
 
 import pytest
 
+from airflow_provider_maas.batch.int_settings import LIMITS, check_limits
 from airflow_provider_maas.batch.polling import check_poll_errors
-from airflow_provider_maas.batch.settings import LIMITS, check_limits
+from airflow_provider_maas.batch.shards import plan_shards
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator, MaaSSplitRequestsOperator
 from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
@@ -44,9 +46,39 @@ def test_batch_operator_refuses_a_boolean_max_active_jobs_at_parse_time(value):
 def test_split_operator_checks_upload_limits_at_parse_time(kwargs, name):
     with pytest.raises(MaaSInputError, match=name):
         MaaSSplitRequestsOperator(task_id="s", source="in.jsonl", destination_prefix="out/", **kwargs)
-    # chunks have no upload limit: only the run checks them (a whole number >= 1)
-    if kwargs.get("max_requests_per_file") == 101:
+    # chunks have no upload limit, only the lowest bounds
+    if kwargs.get("max_requests_per_file") == 101 or kwargs.get("max_bytes_per_file", 0) > 1:
         MaaSSplitRequestsOperator(task_id="c", source="in.jsonl", destination_prefix="out/", for_upload=False, **kwargs)
+    else:
+        with pytest.raises(MaaSInputError, match=name):
+            MaaSSplitRequestsOperator(
+                task_id="c", source="in.jsonl", destination_prefix="out/", for_upload=False, **kwargs
+            )
+
+
+# One table of bounds: what planning the shards refuses, the operators refuse where the DAG is parsed -----
+def test_one_byte_per_file_is_refused_at_construction_naming_the_parameter():
+    message = r"^max_bytes_per_file must be between 2 and \d+, got 1$"
+    with pytest.raises(MaaSInputError, match=message):
+        MaaSBatchPredictionOperator(task_id="p", source="in.jsonl", destination="out.jsonl", max_bytes_per_file=1)
+    with pytest.raises(MaaSInputError, match=message):
+        MaaSSplitRequestsOperator(task_id="s", source="in.jsonl", destination_prefix="out/", max_bytes_per_file=1)
+    with pytest.raises(MaaSInputError, match=r"^max_bytes_per_file must be an integer >= 2, got 1$"):
+        MaaSSplitRequestsOperator(
+            task_id="c", source="in.jsonl", destination_prefix="out/", for_upload=False, max_bytes_per_file=1
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "keyword"), [("max_requests_per_file", "max_requests"), ("max_bytes_per_file", "max_bytes")]
+)
+def test_planning_shards_refuses_below_the_tables_lowest_bound_naming_the_parameter(name, keyword):
+    low = LIMITS[name][0]
+    with pytest.raises(MaaSInputError, match=f"^{name} must be an integer >= {low}, got {low - 1}$"):
+        plan_shards(io.BytesIO(b""), **{keyword: low - 1})
+    # the lowest bound the operators accept is one shards accept: no refusal at run time
+    line = b'{"key": "a", "request": {"contents": [{"parts": [{"text": "hi"}]}]}}\n'
+    assert plan_shards(io.BytesIO(line * 2), **{keyword: max(low, len(line)) if keyword == "max_bytes" else low})
 
 
 # One check, one message: the settings, the waiters' poll errors and the batch trigger's polls -----

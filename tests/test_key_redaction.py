@@ -10,8 +10,8 @@ import pytest
 
 from airflow_provider_maas.client.config import check_name
 from airflow_provider_maas.client.errors import error_from_response, parse_json, response_text
-from airflow_provider_maas.client.redaction import contains_key, key_forms, mask_key, neutralise, redact
 from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.redaction import contains_key, key_forms, mask_key, neutralise, redact
 from tests.hostile_service import FORGED, KEY, RAW_CONTROLS
 from tests.hostile_service import key_forms as echoed_forms
 

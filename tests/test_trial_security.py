@@ -9,11 +9,11 @@ from urllib.parse import quote
 
 import pytest
 
+from airflow_provider_maas import redaction
 from airflow_provider_maas.batch.results import ResultSummary, parse_result_line
-from airflow_provider_maas.client import redaction
 from airflow_provider_maas.client.errors import error_from_response, parse_json
-from airflow_provider_maas.client.redaction import contains_key, mask_key, neutralise, redact
 from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.redaction import contains_key, mask_key, neutralise, redact
 from airflow_provider_maas.storage.paths import shown_uri, to_path, uri_of
 from tests.hostile_service import KEY
 
@@ -270,7 +270,7 @@ def test_a_count_of_1e999_does_not_crash_the_job_outcome():
 
 
 def test_airflows_masker_is_given_the_double_encoded_key():
-    from airflow_provider_maas.client.redaction import key_forms
+    from airflow_provider_maas.redaction import key_forms
 
     once = quote(KEY, safe="")
     assert quote(once, safe="") in key_forms(KEY)

@@ -33,22 +33,34 @@ import os
 import socket
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_provider_maas.batch.origin import MAX_RECORD, origin_path
 from airflow_provider_maas.exceptions import MaaSStateError
 from airflow_provider_maas.storage import atomic_writer, uri_of
 
 if TYPE_CHECKING:
-    from airflow.sdk import ObjectStoragePath
+    from collections.abc import Callable
 
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow.sdk import ObjectStoragePath
 
 log = logging.getLogger(__name__)
 
 LEASE = "lease.json"
 #: Key of the destination's record (``.<name>.origin.json``): which task instance wrote it last.
 WRITTEN = "written_by"
+
+
+class StateFolder(Protocol):
+    """What the checks here read of a batch state (:class:`~airflow_provider_maas.batch.journal.BatchJournal`
+    is one): its folder, its URI for messages, and this try's lease. The journal imports this module,
+    never the other way round."""
+
+    root: ObjectStoragePath
+    lease: dict[str, Any] | None
+
+    @property
+    def uri(self) -> str: ...
 
 
 class LeaseLost(MaaSStateError):
@@ -67,7 +79,7 @@ def new_owner(context: Any) -> dict[str, Any]:
     }
 
 
-def take_lease(journal: BatchJournal, lease: dict[str, Any]) -> None:
+def take_lease(journal: StateFolder, lease: dict[str, Any]) -> None:
     """Make ``lease`` the state's (before reading it); later writes of ``journal`` check it. Where
     there is no state folder yet, the lease is written with the new state (``BatchJournal.create``):
     a try that stops on bad input leaves nothing behind."""
@@ -76,13 +88,13 @@ def take_lease(journal: BatchJournal, lease: dict[str, Any]) -> None:
         write_lease(journal)
 
 
-def write_lease(journal: BatchJournal) -> None:
+def write_lease(journal: StateFolder) -> None:
     if journal.lease is not None:
         with atomic_writer(journal.root / LEASE) as out:
             out.write(json.dumps(journal.lease).encode())
 
 
-def check_lease(journal: BatchJournal) -> None:
+def check_lease(journal: StateFolder) -> None:
     """Raise :class:`LeaseLost` unless the state's lease is still this try's."""
     if journal.lease is None:
         return
@@ -115,7 +127,7 @@ def check_lease(journal: BatchJournal) -> None:
     )
 
 
-def refuse_planned_meanwhile(journal: BatchJournal) -> None:
+def refuse_planned_meanwhile(journal: StateFolder) -> None:
     """Before a new plan replaces whatever is stored: a try that found no state folder wrote no lease
     (:func:`take_lease`); if one is there now and not its own, another live try of this task instance
     planned the batch meanwhile (and may have created jobs): stop, wiping nothing."""
@@ -130,12 +142,12 @@ def refuse_planned_meanwhile(journal: BatchJournal) -> None:
         ) from None
 
 
-def refuse_shared_destination(journal: BatchJournal, *, fresh: bool = False) -> None:
+def refuse_shared_destination(journal: StateFolder, *, remove_plan: Callable[[], None] | None = None) -> None:
     """Stop if another task instance keeps a batch state (a manifest) for the same destination: both
     would write it and one's paid answers would be lost. Called before this try writes anything, and
-    again (``fresh``) right after it planned a new batch, for two instances that started at once: a
-    fresh plan has created nothing, so it is removed (answers kept from an earlier plan stay) before
-    stopping, and neither blocks the other."""
+    again right after it planned a new batch, for two instances that started at once, with
+    ``remove_plan`` (the journal's ``remove_plan``): a fresh plan has created nothing, so it is removed
+    (answers kept from an earlier plan stay) before stopping, and neither blocks the other."""
     folder = journal.root.parent
     try:
         others = sorted(
@@ -146,8 +158,8 @@ def refuse_shared_destination(journal: BatchJournal, *, fresh: bool = False) -> 
         return
     if not others:
         return
-    if fresh:
-        journal.remove_plan()
+    if remove_plan is not None:
+        remove_plan()
     names = ", ".join(child.name for child in others[:5])
     raise MaaSStateError(
         f"The destination is also written by another task instance: {names} keeps a batch state under "
@@ -158,13 +170,13 @@ def refuse_shared_destination(journal: BatchJournal, *, fresh: bool = False) -> 
     )
 
 
-def destination_of(journal: BatchJournal) -> ObjectStoragePath:
+def destination_of(journal: StateFolder) -> ObjectStoragePath:
     """The destination whose state folder (``.<name>.maas/<identity>``) ``journal`` is."""
     folder = journal.root.parent
     return folder.parent / folder.name[1 : -len(".maas")]
 
 
-def record_writer(journal: BatchJournal, identity: list[str], epoch: int | None = None) -> None:
+def record_writer(journal: StateFolder, identity: list[str], epoch: int | None = None) -> None:
     """The task instance ``identity`` (dag, task, run, map index) wrote the destination in clear epoch
     ``epoch``: keep that in the destination's record (``.<name>.origin.json``, beside it with its
     ENDPOINT: :mod:`.origin`), so that another task instance refuses to overwrite it
@@ -178,7 +190,7 @@ def record_writer(journal: BatchJournal, identity: list[str], epoch: int | None 
         log.warning("Recording which task wrote %s failed: %s", uri_of(path), err)
 
 
-def written_record(journal: BatchJournal, *, raw: bool = False) -> dict[str, Any]:
+def written_record(journal: StateFolder, *, raw: bool = False) -> dict[str, Any]:
     """Which task instance wrote the destination of ``journal``, and in which clear epoch:
     ``{"identity", "round"}`` ({} if nothing readable); ``raw``: the whole record."""
     try:
@@ -191,7 +203,7 @@ def written_record(journal: BatchJournal, *, raw: bool = False) -> dict[str, Any
     return record if raw else {"identity": record.get(WRITTEN), "round": record.get("round")}
 
 
-def refuse_written_by_other(journal: BatchJournal, identity: list[str]) -> None:
+def refuse_written_by_other(journal: StateFolder, identity: list[str]) -> None:
     """Stop if another task instance (another run, task or map index) wrote the destination, which is
     still there: its paid answers would be overwritten. A destination moved or deleted since may be
     written again; so may the same task instance (a clear after success)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.lines import ResultsFormatError, _input_error, iter_lines
-from airflow_provider_maas.client.redaction import neutralise
+from airflow_provider_maas.redaction import neutralise
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator

@@ -90,7 +90,7 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
         if journal.keep_answers(state.endpoint if state is not None else None):
             log.info("Answers downloaded by the earlier plan are kept under %s and reused", journal.uri)
         state = _start_over(context, journal, settings, key, *left)
-        refuse_shared_destination(journal, fresh=True)
+        refuse_shared_destination(journal, remove_plan=journal.remove_plan)
     remember(context, journal)
     return state
 

@@ -18,17 +18,18 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS
-from airflow_provider_maas.batch.int_settings import check_int
+from airflow_provider_maas.batch.int_settings import LIMITS, check_limits
 from airflow_provider_maas.batch.origin import of_other_models, refuse_unknown_origin, split_kept
 from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.rounds import retry_predicate
 from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
 from airflow_provider_maas.exceptions import MaaSInputError
+from airflow_provider_maas.flags import is_true
 from airflow_provider_maas.storage import to_path, uri_of
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable
 
     from airflow.sdk import ObjectStoragePath
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 class OperatorDefaults:
     """The batch operator's defaults that other modules define: the service's limits on one file
     (``request_lines``), the polls failed in a row a wait tolerates (``polling``, as for the sensor),
-    the output a request counts for at most when it does not say (``plan``)."""
+    the output a request counts for at most when it does not say (``estimates``)."""
 
     max_requests_per_file: int = MAX_REQUESTS_PER_FILE
     max_bytes_per_file: int = MAX_BYTES_PER_FILE
@@ -48,24 +49,6 @@ class OperatorDefaults:
 
 
 DEFAULTS = OperatorDefaults()
-
-#: The integer settings: ``name: (lowest, highest or None)``, checked in this order.
-LIMITS: dict[str, tuple[int, int | None]] = {
-    "max_active_jobs": (1, None),
-    "shard_retries": (0, None),
-    "max_requests_per_file": (1, MAX_REQUESTS_PER_FILE),
-    "max_bytes_per_file": (1, MAX_BYTES_PER_FILE),
-    "max_parallel_transfers": (1, None),
-    "max_consecutive_poll_errors": (1, None),
-    "request_retries": (0, None),
-}
-
-
-def check_limits(values: Mapping[str, Any]) -> None:
-    """Refuse a setting of :data:`LIMITS` in ``values`` that is not an integer within its bounds
-    (:func:`~airflow_provider_maas.batch.int_settings.check_int`)."""
-    for name, (low, high) in LIMITS.items():
-        check_int(name, values.get(name, low), low, high)
 
 
 def retry_rule_and_prices(retry_failures: Any, prices: Any) -> tuple[Callable[[str], bool], dict[str, float] | None]:
@@ -100,18 +83,6 @@ def reuse_paths(reuse_results: Any) -> list[ObjectStoragePath]:
             )
         paths.append(path)
     return paths
-
-
-def is_true(value: Any, *, what: str) -> bool:
-    """A flag given as a bool or as a rendered template ("true"/"false", "1"/"0", "yes"/"no", blank)."""
-    if isinstance(value, bool) or value is None:
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off", "", "none"):
-        return False
-    raise MaaSInputError(f"{what} must be true or false, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
+from airflow_provider_maas.batch.int_settings import check_shard_limits
 from airflow_provider_maas.batch.lines import iter_line_batches
 from airflow_provider_maas.batch.request_lines import (
     LINE_SHAPE,
@@ -93,18 +94,6 @@ class Shard(NamedTuple):
     data: bytes
 
 
-def _check_limits(max_requests: Any, max_bytes: Any) -> None:
-    for name, value, low, high in (
-        ("max_requests", max_requests, 1, MAX_REQUESTS_PER_FILE),
-        ("max_bytes", max_bytes, 2, MAX_BYTES_PER_FILE),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise MaaSInputError(
-                f"{name} must be an integer >= {low}, got {value!r}: it bounds one shard (the service takes at "
-                f"most {high} per uploaded file)"
-            )
-
-
 def _scan(
     fileobj: IO[bytes], max_requests: int, max_bytes: int, single: bool, validated: bool = False
 ) -> tuple[list[ShardPlan], int]:
@@ -113,7 +102,7 @@ def _scan(
     With ``single``, going over a limit raises instead of starting a new shard (and stops reading).
     With ``validated``, the lines are not parsed again (only their size is checked).
     """
-    _check_limits(max_requests, max_bytes)
+    check_shard_limits(max_requests, max_bytes, upload=False)
     plans: list[ShardPlan] = []
     line_number = offset = 0
     count = size = first = last = start = end = 0
@@ -340,10 +329,7 @@ def shard_name(prefix: str, index: int, total: int) -> str:
 def write_shards(source: Any, prefix: Any, *, max_requests: int, max_bytes: int, log: Any) -> list[str]:
     """Validate ``source`` completely, then write its shards under ``prefix``; return their URIs."""
 
-    if not 1 <= max_requests <= MAX_REQUESTS_PER_FILE:
-        raise MaaSInputError(f"max_requests_per_file must be between 1 and {MAX_REQUESTS_PER_FILE}, got {max_requests}")
-    if not 1 <= max_bytes <= MAX_BYTES_PER_FILE:
-        raise MaaSInputError(f"max_bytes_per_file must be between 1 and {MAX_BYTES_PER_FILE}, got {max_bytes}")
+    check_shard_limits(max_requests, max_bytes)
     root = check_destination(prefix, what="destination prefix", folder=True)
     with open_source(source) as handle:
         plans = plan_shards(handle, max_requests=max_requests, max_bytes=max_bytes)

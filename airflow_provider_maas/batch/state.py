@@ -67,7 +67,8 @@ class ShardRecord:
     :param job_state: The job's last known state.
     :param error: Why the shard's last job failed (the service's message and code), if it did.
     :param reserve_usd: The worst case of the job in flight, reserved against ``max_cost_usd``
-        (``batch.budget``); set with the "creating" marker.
+        (the ledger of ``batch/spend.py``, :class:`~airflow_provider_maas.batch.spend.SpendLedger`); set
+        with the "creating" marker.
     :param cost_usd: What the shard's downloaded results report they cost (at ``prices``).
     :param unsent: Never sent: the batch stopped creating jobs (budget or canary); FAILED.
     :param lost_usd: What earlier jobs of the shard cost, or may have cost, without a cost to
@@ -169,9 +170,9 @@ class BatchState:
     :param clear_epoch: ``max_tries`` of the try that last took the state over.
     :param resumes: How many times the task resumed after a deferral.
     :param input_key: Digest of the raw input and the settings that shape round 0 (see
-        ``resume.input_key``); None in states written before it was kept.
+        ``round_files.input_key``); None in states written before it was kept.
     :param spent_before_usd: What the states this one replaced (a changed input, ``reuse_results``
-        or canary) spent or left in flight: the cap (``batch.budget``) counts it as spent.
+        or canary) spent or left in flight: the cap's ledger (``spend.SpendLedger``) counts it as spent.
     :param endpoint: The ENDPOINT its jobs were created on: they are found under that one only.
     :param last_poll: When a poll of the batch's jobs last answered (epoch seconds; the worker's
         polls, or the trigger's that resumed the task), as of the last journal write; None in states

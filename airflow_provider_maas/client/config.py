@@ -10,18 +10,19 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from airflow_provider_maas.client.redaction import UNSAFE, neutralise
 from airflow_provider_maas.client.service import API_PREFIX, DEFAULT_BASE_URL
 from airflow_provider_maas.exceptions import (
     MaaSConfigError,
     MaaSInputError,
 )
+from airflow_provider_maas.flags import is_true
+from airflow_provider_maas.redaction import UNSAFE, neutralise
 
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 USER_AGENT = "airflow-provider-maas"
 
-#: Slashes, and the characters :data:`~airflow_provider_maas.client.redaction.UNSAFE` escapes in logs
+#: Slashes, and the characters :data:`~airflow_provider_maas.redaction.UNSAFE` escapes in logs
 #: (C0 and C1 controls, line separators, bidirectional and zero-width controls): a name is logged as is.
 _BAD_NAME = re.compile(f"[/\\\\]|{UNSAFE.pattern}")
 
@@ -123,7 +124,12 @@ def build_config(
     """Build an :class:`ApiConfig` from an Airflow connection's fields, with clear errors."""
     base_url = check_base_url(
         (host or "").strip() or DEFAULT_BASE_URL,
-        allow_insecure_http=_as_bool(extra.get("allow_insecure_http", False)),
+        allow_insecure_http=is_true(
+            extra.get("allow_insecure_http"),
+            what=f"Connection {conn_id!r}: extra.allow_insecure_http",
+            error=MaaSConfigError,
+            secret=password,
+        ),
     )
     endpoint = (endpoint_override or extra.get("endpoint") or "").strip()
     if not endpoint:
@@ -189,9 +195,3 @@ def parse_verify(value: Any, *, conn_id: str) -> bool | str:
         f"Connection {conn_id!r}: extra.verify must be true, false or the path of a CA bundle file (PEM), "
         f"but {problem}. Leave it unset (true) to check the server's certificate against the system CAs."
     )
-
-
-def _as_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)

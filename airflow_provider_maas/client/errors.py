@@ -1,6 +1,6 @@
 """What an error answer means: the matching exception, with a readable message that never holds a secret.
 
-Every text taken from a response is redacted (:func:`~airflow_provider_maas.client.redaction.redact`,
+Every text taken from a response is redacted (:func:`~airflow_provider_maas.redaction.redact`,
 every form of the key) before it is cut, and neutralised (no control character) before it is shown.
 """
 
@@ -11,7 +11,6 @@ import json
 import re
 from typing import Any
 
-from airflow_provider_maas.client.redaction import contains_key, escape_unsafe, neutralise, redact, redact_key
 from airflow_provider_maas.client.retry import RETRYABLE_STATUS, parse_retry_after
 from airflow_provider_maas.exceptions import (
     MaaSApiError,
@@ -22,6 +21,7 @@ from airflow_provider_maas.exceptions import (
     MaaSResultsGoneError,
     MaaSRetryableError,
 )
+from airflow_provider_maas.redaction import contains_key, escape_unsafe, neutralise, redact, redact_key
 
 #: Longest text of a response kept in an error message.
 MAX_SHOWN = 300

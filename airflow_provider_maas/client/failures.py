@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from airflow_provider_maas.client.config import check_name
-from airflow_provider_maas.client.redaction import contains_key, neutralise, redact
 from airflow_provider_maas.exceptions import (
     MaaSConfigError,
     MaaSError,
@@ -20,6 +19,7 @@ from airflow_provider_maas.exceptions import (
     MaaSJobCreationUncertainError,
     MaaSRetryableError,
 )
+from airflow_provider_maas.redaction import contains_key, neutralise, redact
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -15,8 +15,8 @@ from typing import Any
 
 import google_crc32c
 
-from airflow_provider_maas.client.redaction import neutralise
 from airflow_provider_maas.exceptions import MaaSIntegrityError
+from airflow_provider_maas.redaction import neutralise
 
 __all__ = ["StreamHasher", "b64_crc32c", "b64_md5", "verify_download", "verify_upload"]
 

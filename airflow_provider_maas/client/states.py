@@ -1,7 +1,7 @@
 """Batch job states (Vertex AI ``JobState`` names) and what they mean to whoever waits on a job.
 
 Every text of the service kept in an outcome (state, error message and code, job name) is
-neutralised (:func:`~airflow_provider_maas.client.redaction.neutralise`): it is logged and raised.
+neutralised (:func:`~airflow_provider_maas.redaction.neutralise`): it is logged and raised.
 
 One place decides: :func:`job_outcome` turns a job's JSON into a :class:`JobOutcome` (keep waiting,
 succeeded, partial, failed), used by the hook's wait, the triggers, the sensor and the batch
@@ -17,7 +17,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
-from airflow_provider_maas.client.redaction import neutralise
+from airflow_provider_maas.redaction import neutralise
 
 #: Longest service error message kept in an outcome (events and state stay small).
 MAX_ERROR_MESSAGE = 500

@@ -20,7 +20,6 @@ from urllib3.exceptions import NewConnectionError
 from airflow_provider_maas.client.errors import MAX_ERROR_BODY, error_from_response, parse_json, redirect_error
 from airflow_provider_maas.client.failures import CREATE_404_HINT, job_name_problem, transport_error, uncertain_create
 from airflow_provider_maas.client.integrity import StreamHasher, verify_download
-from airflow_provider_maas.client.redaction import HIDDEN, contains_key
 from airflow_provider_maas.client.sessions import shared_session
 from airflow_provider_maas.client.streams import Progress, aread_head, read_head
 from airflow_provider_maas.exceptions import (
@@ -32,6 +31,7 @@ from airflow_provider_maas.exceptions import (
     MaaSRetryableError,
     MaaSUnknownEndpointError,
 )
+from airflow_provider_maas.redaction import HIDDEN, contains_key
 from airflow_provider_maas.storage import CHUNK_SIZE, EarlyWriteback, atomic_writer
 
 if TYPE_CHECKING:

@@ -21,7 +21,6 @@ from airflow_provider_maas.batch.polling import (
 from airflow_provider_maas.client.config import ApiConfig, build_config, check_name
 from airflow_provider_maas.client.errors import parse_json
 from airflow_provider_maas.client.failures import UPLOAD_404_HINT
-from airflow_provider_maas.client.redaction import mask_key
 from airflow_provider_maas.client.retry import DEFAULT_MAX_ATTEMPTS, RetryPolicy
 from airflow_provider_maas.client.states import Outcome, job_outcome, log_state_change, neutral_job
 from airflow_provider_maas.exceptions import (
@@ -35,6 +34,7 @@ from airflow_provider_maas.exceptions import (
 )
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID, UI_FIELD_BEHAVIOUR, form_widgets
 from airflow_provider_maas.hooks.probe import PROBE_FILE_BODY, PROBE_FILE_NAME, probe_accepted, probe_refused
+from airflow_provider_maas.redaction import mask_key
 from airflow_provider_maas.storage import open_source, to_path
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators._lineage import LineageMixin
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from airflow_provider_maas.batch.summary_types import ResultsSummary
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def results_gone(hook: Any, job_name: str, *, pause: float = 1.0) -> bool:
     return True
 
 
-def publish_summary(operator: Any, context: Any, summary: Mapping[str, Any], uri: str) -> None:
+def publish_summary(operator: Any, context: Any, summary: ResultsSummary, uri: str) -> None:
     """Push XCom ``summary``, log one line, attach the summary to ``Asset`` outlets."""
     context["ti"].xcom_push(key="summary", value=summary)
     operator.log.info(

@@ -24,16 +24,20 @@ its XCom ``summary``); the progress page shows them while the batch runs.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from airflow_provider_maas.batch.summary_types import BatchSummary
 
 log = logging.getLogger(__name__)
 
 PREFIX = "maas.batch."
+#: The keys of :class:`~airflow_provider_maas.batch.summary_types.BatchSummary` a counter reads:
+#: ``tests/test_summary_types.py`` checks that each is a number of that type (a summary key renamed
+#: must not silently stop a metric).
+SummaryCounterKey = Literal["succeeded", "failed", "prompt_tokens", "candidates_tokens", "thoughts_tokens", "cost_usd"]
 #: Summary key -> counter name (without :data:`PREFIX`).
-SUMMARY_COUNTERS = {
+SUMMARY_COUNTERS: dict[SummaryCounterKey, str] = {
     "succeeded": "requests_answered",
     "failed": "requests_failed",
     "prompt_tokens": "prompt_tokens",
@@ -69,7 +73,7 @@ def _send(kind: str, name: str, value: float, tags: dict[str, str]) -> None:
         log.warning("Could not send metric %s%s", PREFIX, name, exc_info=True)
 
 
-def batch_finished(context: Any, summary: Mapping[str, Any]) -> None:
+def batch_finished(context: Any, summary: BatchSummary) -> None:
     """Count a finished batch's answers, tokens and cost (its ``summary``)."""
     tags = tags_of(context)
     for key, name in SUMMARY_COUNTERS.items():

@@ -14,6 +14,7 @@ from airflow_provider_maas.batch.create_guard import (
     refuse_uncertain_create,
     uncertain_create_error,
 )
+from airflow_provider_maas.batch.int_settings import check_shard_limits
 from airflow_provider_maas.batch.merge import (
     compare_with_job,
     extract_images_beside,
@@ -23,7 +24,6 @@ from airflow_provider_maas.batch.merge import (
 )
 from airflow_provider_maas.batch.origin import write_origin
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, iter_request_lines
-from airflow_provider_maas.batch.settings import check_limits
 from airflow_provider_maas.batch.shards import validate_file, write_shards
 from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.client.naming import display_name, upload_name
@@ -307,9 +307,12 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         self.max_requests_per_file = max_requests_per_file
         self.max_bytes_per_file = max_bytes_per_file
         self.for_upload = for_upload
-        if for_upload:  # refused where the DAG is parsed, as the batch operator's
-            upload_bytes = MAX_BYTES_PER_FILE if max_bytes_per_file is None else max_bytes_per_file
-            check_limits({"max_requests_per_file": max_requests_per_file, "max_bytes_per_file": upload_bytes})
+        # refused where the DAG is parsed, as the batch operator's (chunks: the lowest bounds only)
+        check_shard_limits(
+            max_requests_per_file,
+            MAX_BYTES_PER_FILE if for_upload and max_bytes_per_file is None else max_bytes_per_file,
+            upload=for_upload,
+        )
 
     def execute(self, context: Context) -> list[str]:
         if self.for_upload:

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 #: Where the plugin's FastAPI app is mounted on the API server (below ``[api] base_url``'s path).
 URL_PREFIX = "/maas-progress"
+#: Operators with a progress view (``task_type``, as the task instance records it): read by the
+#: plugin (the tab's ``applies_to``) and by its app (which view a task instance gets).
+BATCH_OPERATORS = ("MaaSBatchPredictionOperator",)
+JOB_OPERATORS = ("MaaSCreateBatchJobOperator", "MaaSBatchJobSensor")
 
 
 def progress_query(dag_id: str, run_id: str, task_id: str, map_index: int | None) -> str:

@@ -26,11 +26,8 @@ from typing import Any
 from airflow import __version__ as airflow_version
 from airflow.plugins_manager import AirflowPlugin
 
-from airflow_provider_maas.plugins.links import URL_PREFIX
+from airflow_provider_maas.plugins.links import BATCH_OPERATORS, JOB_OPERATORS, URL_PREFIX
 
-#: Operators with a progress view (``task_type``, as the task instance records it).
-BATCH_OPERATORS = ("MaaSBatchPredictionOperator",)
-JOB_OPERATORS = ("MaaSCreateBatchJobOperator", "MaaSBatchJobSensor")
 #: The first Airflow version whose UI reads a view's ``applies_to`` (older ones ignore the key).
 APPLIES_TO_SINCE = (3, 4)
 

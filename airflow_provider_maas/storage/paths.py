@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from airflow.sdk import ObjectStoragePath
 
-from airflow_provider_maas.client.redaction import UNSAFE, neutralise
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError
+from airflow_provider_maas.redaction import UNSAFE, neutralise
 
 try:
     from airflow.sdk.io.fs import has_fs
