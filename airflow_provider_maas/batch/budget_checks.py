@@ -1,5 +1,6 @@
 """The budget's checks before anything is created: its settings, and the prices a batch's spend is counted at.
 
+:func:`check_cost_control` checks the operator's cost settings where the DAG is parsed;
 :func:`check_budget` refuses a cap without prices, or a cap, default output or bound that is not a
 positive number; :func:`check_same_prices` refuses to count new jobs at prices other than those of
 the spend a state holds (and prices, at this try's prices, the worst case that tries without
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.canary import check_canary
 from airflow_provider_maas.batch.estimates import Tokens, worst_case_usd
 from airflow_provider_maas.batch.int_settings import check_int
+from airflow_provider_maas.batch.schema import AnswerCheck
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
@@ -73,3 +76,22 @@ def check_budget(
     ):
         if value is not None:  # None: not given
             check_int(name, value, 1)
+
+
+def check_cost_control(
+    *,
+    max_cost_usd: Any,
+    prices: Any,
+    default_max_output_tokens: Any,
+    max_tokens_per_file_part: Any,
+    max_cached_content_tokens: Any,
+    canary_requests: Any,
+    canary_max_failed: Any,
+    response_schema: Any,
+) -> None:
+    """Refuse bad cost-control settings where the DAG is parsed (before anything is paid): the
+    budget's (:func:`check_budget`), the canary's, a schema that is not one."""
+    check_budget(max_cost_usd, prices, default_max_output_tokens, max_tokens_per_file_part, max_cached_content_tokens)
+    check_canary(canary_requests, canary_max_failed)
+    if response_schema is not None:
+        AnswerCheck(response_schema)  # a bad schema fails here

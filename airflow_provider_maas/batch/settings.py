@@ -23,6 +23,7 @@ from airflow_provider_maas.batch.origin import of_other_models, refuse_unknown_o
 from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.rounds import retry_predicate
+from airflow_provider_maas.batch.schema import retry_rule
 from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import to_path, uri_of
@@ -151,11 +152,17 @@ class BatchSettings:
         return self.endpoint_of() if self.endpoint_of is not None else None
 
     response_schema: Any = None  # issue 22: answers reused from reuse_results are checked against it
+    #: Send invalid answers' requests again (with ``response_schema``; see :meth:`retries`).
+    retry_invalid: bool = False
+    #: Ask for ``response_schema`` in the requests sent (``batch.rewrite``).
+    set_response_schema: bool = True
     # issue 22 (batch.budget): the cap and what a worst case counts where a request does not say
     max_cost_usd: float | None = None
     default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
     max_tokens_per_file_part: int | None = None
     max_cached_content_tokens: int | None = None
+    #: The fraction of the canary's requests that may fail (``batch.canary``).
+    canary_max_failed: float = 0.5
     #: The operator's source as the user gave it, when ``source`` is it rewritten (``batch.rewrite``).
     given_source: Any = None
     #: What the requests sent add to the user's (``batch.rewrite``): the requests of the answers
@@ -174,6 +181,14 @@ class BatchSettings:
                 values[f.name] = getattr(task, f.name)
         values["start_over"] = is_true(values.get("start_over", False), what="start_over")
         return cls(**values)
+
+    @cached_property
+    def retries(self) -> Callable[[str], bool]:
+        """Whether a failed answer with a status is sent again: :attr:`should_retry`, where an invalid
+        answer (``response_schema``) is retried if (and only if) ``retry_invalid``."""
+        return (
+            retry_rule(self.should_retry, self.retry_invalid) if self.response_schema is not None else self.should_retry
+        )
 
     def reuse_paths(self) -> list[ObjectStoragePath]:
         """The results files to reuse: those of ``reuse_results`` another ENDPOINT did not write

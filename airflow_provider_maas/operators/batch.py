@@ -12,6 +12,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas._compat import conf
+from airflow_provider_maas.batch.budget_checks import check_cost_control
+from airflow_provider_maas.batch.dry_run import plan_batch
 from airflow_provider_maas.batch.run import TAKEN_OVER, BatchJournal, BatchRun, finished_elsewhere, refuse_finished
 from airflow_provider_maas.batch.settings import DEFAULTS, BatchSettings, check_parameters
 from airflow_provider_maas.client.naming import display_name, upload_name
@@ -19,7 +21,6 @@ from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, renamed
-from airflow_provider_maas.operators._cost import CostControl
 from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
 from airflow_provider_maas.storage import check_destination, to_path, uri_of
 from airflow_provider_maas.triggers.maas import BatchJobsEvent, MaaSBatchJobsTrigger
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.summary_types import BatchSummary
 
 
-class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
+class MaaSBatchPredictionOperator(MaaSBaseOperator):
     """Run a whole batch in one task: split, upload, create jobs, wait, download, merge in input order.
 
     The input may hold any number of requests: it is split into shards that fit one upload
@@ -222,34 +223,35 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         self.set_response_schema = set_response_schema
         self.start_over = start_over
         self._should_retry, self.prices = check_parameters(self, retry_failures, prices)
-        self._check_cost_control()
+        check_cost_control(
+            max_cost_usd=max_cost_usd,
+            prices=self.prices,
+            default_max_output_tokens=default_max_output_tokens,
+            max_tokens_per_file_part=max_tokens_per_file_part,
+            max_cached_content_tokens=max_cached_content_tokens,
+            canary_requests=canary_requests,
+            canary_max_failed=canary_max_failed,
+            response_schema=response_schema,
+        )
 
-    def _settings(self, journal: BatchJournal | None = None, source: Any = None) -> BatchSettings:
-        """This try's settings (templated fields rendered); ``source``: the requests to send, if
-        not the operator's (the schema added); ``journal``: None for a dry run."""
-        given = {"source": source} if source is not None else {}
+    def _settings(self, journal: BatchJournal | None = None) -> BatchSettings:
+        """This try's settings (templated fields rendered); ``journal``: None for a dry run."""
         return BatchSettings.of(
             self,
-            should_retry=self._retry_rule(self._should_retry),
+            should_retry=self._should_retry,
             kept_answers=journal.kept_answers if journal is not None else None,
-            rewrite=self._rewrite(),
-            given_source=self.source,
             endpoint_of=lambda: self.hook.config.endpoint,
-            **given,
         )
 
     # Entry points ---------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
         if self.plan_only:
-            return self._plan_only(context, self._settings)
+            return self._plan_only(context)
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
         try:
             refuse_finished(context, journal, this_epoch=True)  # Airflow did not record that try's success
-            self._refuse_unbounded()  # max_cost_usd: every request's worst case is a bound (before any upload)
-            settings = self._settings(journal, self._requests_to_plan(journal, write=True))
-            run = BatchRun.start(context, journal, settings, **self._run_parts(context))  # raises it too
-            run.gate = self._gate(journal, run.state, settings)
+            run = BatchRun.start(context, journal, self._settings(journal), **self._run_parts(context))  # raises it too
             announce(context, journal, self.prices)  # where the progress page finds the state
             return self._run(context, run)
         except TAKEN_OVER as err:  # lost: the other try may have finished it
@@ -269,16 +271,14 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         journal = BatchJournal.for_task(self.destination, context)
         try:
             refuse_finished(context, journal)  # another live try (a zombie's retry, 'tasks test') did it
-            settings = self._settings(journal, self._requests_to_plan(journal, write=False))
             run = BatchRun.resume(  # raises it too: finished meanwhile
                 context,
                 journal,
-                settings,
+                self._settings(journal),
                 ended=resumed.ended,
                 running=resumed.running,
                 **self._run_parts(context),
             )
-            run.gate = self._gate(journal, run.state, settings)
             if resumed.status == "timeout":
                 raise run.timed_out(resumed.message)
             if resumed.status == "error":
@@ -295,10 +295,16 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
             )
             return dest_uri
 
+    def _plan_only(self, context: Context) -> dict[str, Any]:
+        """Plan without paying (``batch/dry_run.py``): XCom ``plan``, and one table in the log."""
+        plan = plan_batch(self._settings())
+        self.log.info("Dry run: nothing uploaded, no job created. The plan:\n%s", plan.table())
+        context["ti"].xcom_push(key="plan", value=plan.as_dict())
+        return plan.as_dict()
+
     # Running --------------------------------------------------------------------------------
     def _run_parts(self, context: Context) -> dict[str, Any]:
-        """What a :class:`BatchRun` takes from Airflow: the hook (creates counted), the names (the gate
-        is set once the state is read: a spend at other prices is refused there)."""
+        """What a :class:`BatchRun` takes from Airflow: the hook (creates counted), the names."""
 
         def names(key: ShardKey, plan: ShardPlan) -> tuple[str, str]:
             # ``#<shard>`` in round 0, ``#<round>.<shard>`` after: no two shards of a batch share a name
@@ -341,12 +347,14 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
 
     # Results --------------------------------------------------------------------------------
     def _finish(self, context: Context, run: BatchRun) -> str:
-        summary: BatchSummary = {**run.finish(), **self._cost_summary(context, run.gate, run.state, run.settings)}
+        summary: BatchSummary = run.finish()
+        if "canary" in summary:  # the canary's measured estimate, as the dry run's estimate
+            plan = {"canary": summary["canary"], "budget_usd": run.settings.max_cost_usd}
+            context["ti"].xcom_push(key="plan", value=plan)
         dest_uri = run.destination_uri
         publish_summary(self, context, summary, dest_uri)
         metrics.batch_finished(context, summary)
         self.record_lineage([self.source, *run.settings.reuse_files], [dest_uri, summary["failed_uri"]])
         run.check(summary)
-        self._remove_sent_requests(run.journal)  # before the state: its folder is removed when empty
         run.close()
         return dest_uri
