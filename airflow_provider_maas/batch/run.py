@@ -35,7 +35,7 @@ from airflow_provider_maas.exceptions import MaaSTimeoutError
 from airflow_provider_maas.storage import to_path, uri_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from types import TracebackType
 
     from airflow_provider_maas.batch.driver import JobService, ShardNames
@@ -44,7 +44,15 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.summary_types import BatchSummary
     from airflow_provider_maas.client.states import JobOutcome
 
-__all__ = ["TAKEN_OVER", "BatchJournal", "BatchRun", "Wait", "finished_elsewhere", "refuse_finished"]
+__all__ = [
+    "TAKEN_OVER",
+    "BatchJournal",
+    "BatchRun",
+    "Wait",
+    "finished_elsewhere",
+    "refuse_finished",
+    "unless_finished_elsewhere",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +75,35 @@ def finished_elsewhere(err: Exception, context: Any, journal: BatchJournal, *, t
     if isinstance(err, FinishedMeanwhile):
         return True
     return not getattr(err, "job_names", None) and finished_meanwhile(context, journal, this_epoch=this_epoch)
+
+
+#: What a try that finds the batch finished by another try logs (``this_epoch``: a start, or a resume).
+_FINISHED_ELSEWHERE = {
+    True: "An earlier try of this task instance finished this batch in this clear epoch (its success was not "
+    "recorded: a worker lost after it, or a zombie's retry): the results are at %s. Nothing is paid again; clear "
+    "the task to run the batch again.",
+    False: "Another try of this task instance finished the batch while this one was deferred: the results are at "
+    "%s. Nothing is left to do, and nothing was paid again.",
+}
+
+
+def unless_finished_elsewhere(
+    work: Callable[[], str], context: Any, journal: BatchJournal, destination: Any, *, this_epoch: bool = False
+) -> str:
+    """``work()`` (a try's part of the batch: start or resume, steps, outputs), unless another try of
+    this task instance finished the batch: seen before (:func:`refuse_finished`), or by ``work`` (one of
+    :data:`TAKEN_OVER` that :func:`finished_elsewhere` accepts). Then nothing is paid again, and the
+    answer is the URI of ``destination``, as ``work``'s. ``this_epoch``: a start (the other try ran in
+    this clear epoch), not a resume after a wait."""
+    try:
+        refuse_finished(context, journal, this_epoch=this_epoch)
+        return work()
+    except TAKEN_OVER as err:
+        if not finished_elsewhere(err, context, journal, this_epoch=this_epoch):
+            raise
+    dest_uri = uri_of(to_path(destination, what="destination"))
+    log.warning(_FINISHED_ELSEWHERE[this_epoch], dest_uri)
+    return dest_uri
 
 
 @dataclass(frozen=True)

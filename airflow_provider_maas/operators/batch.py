@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.budget_checks import check_cost_control
 from airflow_provider_maas.batch.dry_run import plan_batch
-from airflow_provider_maas.batch.run import TAKEN_OVER, BatchJournal, BatchRun, finished_elsewhere, refuse_finished
+from airflow_provider_maas.batch.run import BatchJournal, BatchRun, unless_finished_elsewhere
 from airflow_provider_maas.batch.settings import DEFAULTS, BatchSettings, check_parameters
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError
@@ -22,7 +22,7 @@ from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, renamed
 from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
-from airflow_provider_maas.storage import check_destination, to_path, uri_of
+from airflow_provider_maas.storage import check_destination
 from airflow_provider_maas.triggers.maas import BatchJobsEvent, MaaSBatchJobsTrigger
 
 if TYPE_CHECKING:
@@ -249,29 +249,22 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
             return self._plan_only(context)
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
-        try:
-            refuse_finished(context, journal, this_epoch=True)  # Airflow did not record that try's success
-            run = BatchRun.start(context, journal, self._settings(journal), **self._run_parts(context))  # raises it too
+
+        def start() -> str:
+            run = BatchRun.start(context, journal, self._settings(journal), **self._run_parts(context))
             announce(context, journal, self.prices)  # where the progress page finds the state
             return self._run(context, run)
-        except TAKEN_OVER as err:  # lost: the other try may have finished it
-            if not finished_elsewhere(err, context, journal, this_epoch=True):
-                raise
-            self.log.warning(
-                "An earlier try of this task instance finished this batch in this clear epoch (its success was "
-                "not recorded: a worker lost after it, or a zombie's retry): the results are at %s. Nothing is "
-                "paid again; clear the task to run the batch again.",
-                uri_of(dest),
-            )
-            return uri_of(dest)
+
+        # an earlier try in this clear epoch may have finished it (Airflow did not record its success)
+        return unless_finished_elsewhere(start, context, journal, dest, this_epoch=True)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         """Resume after the trigger: record the ended jobs, then go on."""
         resumed = BatchJobsEvent.from_event(event)
         journal = BatchJournal.for_task(self.destination, context)
-        try:
-            refuse_finished(context, journal)  # another live try (a zombie's retry, 'tasks test') did it
-            run = BatchRun.resume(  # raises it too: finished meanwhile
+
+        def resume() -> str:
+            run = BatchRun.resume(
                 context,
                 journal,
                 self._settings(journal),
@@ -284,16 +277,9 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
             if resumed.status == "error":
                 raise MaaSError(f"Waiting for the batch jobs failed: {resumed.message}")
             return self._run(context, run)
-        except TAKEN_OVER as err:
-            if not finished_elsewhere(err, context, journal):
-                raise
-            dest_uri = uri_of(to_path(self.destination, what="destination"))
-            self.log.warning(
-                "Another try of this task instance finished the batch while this one was deferred: the results "
-                "are at %s. Nothing is left to do, and nothing was paid again.",
-                dest_uri,
-            )
-            return dest_uri
+
+        # another live try (a zombie's retry, 'tasks test') may have finished it meanwhile
+        return unless_finished_elsewhere(resume, context, journal, self.destination)
 
     def _plan_only(self, context: Context) -> dict[str, Any]:
         """Plan without paying (``batch/dry_run.py``): XCom ``plan``, and one table in the log."""
