@@ -11,7 +11,7 @@ are resolved and checked once per try (:attr:`BatchSettings.reuse_files`), as th
 from __future__ import annotations
 
 import time
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +118,7 @@ def is_true(value: Any, *, what: str) -> bool:
 @dataclass(frozen=True)
 class BatchSettings:
     """What one try of a batch needs to know; the fields are the operator's parameters of the same
-    name, except ``should_retry`` (``retry_failures`` as a predicate, see :func:`retry_rule_and_prices`)."""
+    name (each passed by name: ``MaaSBatchPredictionOperator._settings``), except ``should_retry`` (``retry_failures`` as a predicate, see :func:`retry_rule_and_prices`)."""
 
     source: Any
     destination: Any
@@ -168,19 +168,6 @@ class BatchSettings:
     #: What the requests sent add to the user's (``batch.rewrite``): the requests of the answers
     #: reused get it too before they are matched (an answer paid for without the cap is reused under it).
     rewrite: Rewrite | None = None
-
-    @classmethod
-    def of(cls, task: Any, **given: Any) -> BatchSettings:
-        """The settings read from ``task``'s attributes of the same names, or from ``given`` (a
-        field with a default may be in neither); ``start_over`` may be a rendered template (:func:`is_true`)."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in given:
-                values[f.name] = given[f.name]
-            elif f.default is MISSING or hasattr(task, f.name):
-                values[f.name] = getattr(task, f.name)
-        values["start_over"] = is_true(values.get("start_over", False), what="start_over")
-        return cls(**values)
 
     @cached_property
     def retries(self) -> Callable[[str], bool]:

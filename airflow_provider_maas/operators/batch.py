@@ -15,7 +15,7 @@ from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.budget_checks import check_cost_control
 from airflow_provider_maas.batch.dry_run import plan_batch
 from airflow_provider_maas.batch.run import BatchJournal, BatchRun, unless_finished_elsewhere
-from airflow_provider_maas.batch.settings import DEFAULTS, BatchSettings, check_parameters
+from airflow_provider_maas.batch.settings import DEFAULTS, BatchSettings, check_parameters, is_true
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
@@ -236,11 +236,36 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
 
     def _settings(self, journal: BatchJournal | None = None) -> BatchSettings:
         """This try's settings (templated fields rendered); ``journal``: None for a dry run."""
-        return BatchSettings.of(
-            self,
+        return BatchSettings(
+            source=self.source,
+            destination=self.destination,
+            reuse_results=self.reuse_results,
+            deduplicate=self.deduplicate,
             should_retry=self._should_retry,
+            prices=self.prices,
+            request_retries=self.request_retries,
+            max_requests_per_file=self.max_requests_per_file,
+            max_bytes_per_file=self.max_bytes_per_file,
+            max_active_jobs=self.max_active_jobs,
+            timeout=self.timeout,
+            poll_interval=self.poll_interval,
+            shard_retries=self.shard_retries,
+            max_parallel_transfers=self.max_parallel_transfers,
+            max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+            fail_on_partial=self.fail_on_partial,
+            canary_requests=self.canary_requests,
+            start_over=is_true(self.start_over, what="start_over"),  # a rendered template: "true", "1"...
             kept_answers=journal.kept_answers if journal is not None else None,
+            reuse_other_models=self.reuse_other_models,
             endpoint_of=lambda: self.hook.config.endpoint,
+            response_schema=self.response_schema,
+            retry_invalid=self.retry_invalid,
+            set_response_schema=self.set_response_schema,
+            max_cost_usd=self.max_cost_usd,
+            default_max_output_tokens=self.default_max_output_tokens,
+            max_tokens_per_file_part=self.max_tokens_per_file_part,
+            max_cached_content_tokens=self.max_cached_content_tokens,
+            canary_max_failed=self.canary_max_failed,
         )
 
     # Entry points ---------------------------------------------------------------------------
@@ -307,7 +332,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
                 metrics.jobs_active(context, len(wait.jobs))
                 if wait.in_triggerer:
                     self._defer(run.settings, wait)
-                time.sleep(self.poll_interval)
+                time.sleep(run.settings.poll_interval)
         metrics.jobs_active(context, 0)
         return self._finish(context, run)
 
