@@ -20,7 +20,7 @@ from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.int_settings import check_int
 from airflow_provider_maas.batch.origin import of_other_models, refuse_unknown_origin, split_kept
-from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
+from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS, DEFAULT_MAX_PARALLEL_TRANSFERS
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.rounds import retry_predicate
 from airflow_provider_maas.batch.schema import retry_rule
@@ -40,11 +40,13 @@ if TYPE_CHECKING:
 class OperatorDefaults:
     """The batch operator's defaults that other modules define: the service's limits on one file
     (``request_lines``), the polls failed in a row a wait tolerates (``polling``, as for the sensor),
-    the output a request counts for at most when it does not say (``plan``)."""
+    the calls in flight at once (``polling``, as for the batch trigger's polls), the output a request
+    counts for at most when it does not say (``plan``)."""
 
     max_requests_per_file: int = MAX_REQUESTS_PER_FILE
     max_bytes_per_file: int = MAX_BYTES_PER_FILE
     max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
+    max_parallel_transfers: int = DEFAULT_MAX_PARALLEL_TRANSFERS
     default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
 
 

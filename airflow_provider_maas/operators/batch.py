@@ -168,7 +168,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         timeout: float | None = None,
         max_requests_per_file: int = DEFAULTS.max_requests_per_file,
         max_bytes_per_file: int = DEFAULTS.max_bytes_per_file,
-        max_parallel_transfers: int = 16,
+        max_parallel_transfers: int = DEFAULTS.max_parallel_transfers,
         max_consecutive_poll_errors: int = DEFAULTS.max_consecutive_poll_errors,
         maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,

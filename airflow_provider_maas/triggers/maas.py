@@ -12,6 +12,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_maas.batch.int_settings import check_int
 from airflow_provider_maas.batch.polling import (
     DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
+    DEFAULT_MAX_PARALLEL_TRANSFERS,
     OneJobWait,
     first_poll_delay,
     min_first_poll_after,  # noqa: F401  (its earlier home: still importable from here)
@@ -28,10 +29,9 @@ if TYPE_CHECKING:
 
 #: The old name of :data:`~airflow_provider_maas.batch.polling.DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS`.
 DEFAULT_MAX_CONSECUTIVE_ERRORS = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
-#: Polls in flight at once in one :class:`MaaSBatchJobsTrigger` (the operator's default
-#: ``max_parallel_transfers``): 100 GETs at the same moment overflowed a real gateway's accept
-#: backlog (timeouts, retries: 166 s where 60 s was possible); 16 at 0.1 s each poll 100 jobs in 0.7 s.
-DEFAULT_MAX_PARALLEL_POLLS = 16
+#: Polls in flight at once in one :class:`MaaSBatchJobsTrigger`: the operator's default
+#: ``max_parallel_transfers`` (:data:`~airflow_provider_maas.batch.polling.DEFAULT_MAX_PARALLEL_TRANSFERS`).
+DEFAULT_MAX_PARALLEL_POLLS = DEFAULT_MAX_PARALLEL_TRANSFERS
 
 
 @dataclass(frozen=True, slots=True)
