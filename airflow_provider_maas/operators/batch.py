@@ -23,7 +23,8 @@ from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, renamed
 from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
 from airflow_provider_maas.storage import check_destination
-from airflow_provider_maas.triggers.maas import BatchJobsEvent, MaaSBatchJobsTrigger
+from airflow_provider_maas.triggers.events import JobsEvent
+from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -285,7 +286,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         """Resume after the trigger: record the ended jobs, then go on."""
-        resumed = BatchJobsEvent.from_event(event)
+        resumed = JobsEvent.from_event(event)
         journal = BatchJournal.for_task(self.destination, context)
 
         def resume() -> str:

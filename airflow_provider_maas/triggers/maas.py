@@ -22,7 +22,7 @@ from airflow_provider_maas.client.states import JobOutcome, Outcome, job_outcome
 from airflow_provider_maas.exceptions import MaaSError, MaaSNotFoundError, MaaSRetryableError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.triggers.events import JobsEvent, job_event
+from airflow_provider_maas.triggers.events import EventStatus, JobsEvent, job_event
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -126,7 +126,7 @@ class _PollingTrigger(BaseTrigger):
         raise NotImplementedError
 
     def _event(
-        self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]
+        self, status: EventStatus, ended: list[_Ended], message: str, last_states: dict[str, str | None]
     ) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -234,7 +234,7 @@ class MaaSBatchJobTrigger(_PollingTrigger):
         return True
 
     def _event(
-        self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]
+        self, status: EventStatus, ended: list[_Ended], message: str, last_states: dict[str, str | None]
     ) -> dict[str, Any]:
         if status == "timeout":
             return job_event(
@@ -314,7 +314,7 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
         return still_running == 0 or (self.fire_after is not None and len(ended) >= self.fire_after)
 
     def _event(
-        self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]
+        self, status: EventStatus, ended: list[_Ended], message: str, last_states: dict[str, str | None]
     ) -> dict[str, Any]:
         if status == "timeout":
             message = (
