@@ -19,10 +19,9 @@ from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.int_settings import check_int
-from airflow_provider_maas.batch.origin import of_other_models, refuse_unknown_origin, split_kept
 from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS, DEFAULT_MAX_PARALLEL_TRANSFERS
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
-from airflow_provider_maas.batch.rounds import retry_predicate
+from airflow_provider_maas.batch.retry_failures import retry_predicate
 from airflow_provider_maas.batch.schema import retry_rule
 from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
 from airflow_provider_maas.exceptions import MaaSInputError
@@ -191,6 +190,8 @@ class BatchSettings:
         kept = self.kept_answers() if self.kept_answers else []
         if not kept or self.reuse_other_models or self.endpoint is None:
             return kept, []
+        from airflow_provider_maas.batch.origin import split_kept  # run time only (matching: not at parse)
+
         return split_kept(kept, self.endpoint)
 
     @cached_property
@@ -203,6 +204,8 @@ class BatchSettings:
         """:attr:`reuse_files` of this ENDPOINT, their records checked once per try."""
         paths = self.reuse_files
         if paths and not self.reuse_other_models and self.endpoint is not None:
+            from airflow_provider_maas.batch.origin import refuse_unknown_origin
+
             refuse_unknown_origin(paths)
         others = self.reuse_of_other_models()
         return [path for path in paths if path not in others]
@@ -216,6 +219,8 @@ class BatchSettings:
     def _other_models(self) -> list[ObjectStoragePath]:
         if self.reuse_other_models or not self.reuse_files:
             return []
+        from airflow_provider_maas.batch.origin import of_other_models
+
         return of_other_models(self.reuse_files, self.endpoint)
 
     def plan(self, handle: Any, *, validated: bool = False) -> list[ShardPlan]:

@@ -3,6 +3,9 @@
 The Airflow side only: parameters, deferral or sleep, XCom, lineage, metrics. What the batch does is
 in ``batch/``: its settings (``settings.BatchSettings``, the one carrier of the parameters) and its
 steps (``run.BatchRun``: start or resume, step until only waiting is left, finish).
+
+Only what construction needs (the settings' defaults and checks) is imported with the module, where
+the DAG is parsed; the batch's machinery (``run``, ``dry_run``) is imported by the first execute.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.budget_checks import check_cost_control
-from airflow_provider_maas.batch.dry_run import plan_batch
-from airflow_provider_maas.batch.run import BatchJournal, BatchRun, unless_finished_elsewhere
 from airflow_provider_maas.batch.settings import DEFAULTS, BatchSettings, check_parameters, is_true
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
-    from airflow_provider_maas.batch.run import Wait
+    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.run import BatchRun, Wait
     from airflow_provider_maas.batch.shards import ShardPlan
     from airflow_provider_maas.batch.state import ShardKey
     from airflow_provider_maas.batch.summary_types import BatchSummary
@@ -99,7 +101,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         every round goes to the failed file with the reason of its last attempt.
     :param retry_failures: Which failed requests are retried: a list of regular expressions
         searched in the result's ``status``, or a callable ``(status) -> bool``. Default
-        (:data:`~airflow_provider_maas.batch.rounds.DEFAULT_RETRY_FAILURES`): RESOURCE_EXHAUSTED,
+        (:data:`~airflow_provider_maas.batch.retry_failures.DEFAULT_RETRY_FAILURES`): RESOURCE_EXHAUSTED,
         UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, ABORTED, codes 429 and 5xx, "rate limit",
         "timed out", "try again", "overloaded"; not client errors (400 INVALID_ARGUMENT, 403,
         a safety block), which fail the same way again. Missing results are always retried.
@@ -273,6 +275,8 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
     def execute(self, context: Context) -> Any:
         if self.plan_only:
             return self._plan_only(context)
+        from airflow_provider_maas.batch.run import BatchJournal, BatchRun, unless_finished_elsewhere
+
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
 
@@ -286,6 +290,8 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         """Resume after the trigger: record the ended jobs, then go on."""
+        from airflow_provider_maas.batch.run import BatchJournal, BatchRun, unless_finished_elsewhere
+
         resumed = JobsEvent.from_event(event)
         journal = BatchJournal.for_task(self.destination, context)
 
@@ -309,6 +315,8 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
 
     def _plan_only(self, context: Context) -> dict[str, Any]:
         """Plan without paying (``batch/dry_run.py``): XCom ``plan``, and one table in the log."""
+        from airflow_provider_maas.batch.dry_run import plan_batch
+
         plan = plan_batch(self._settings())
         self.log.info("Dry run: nothing uploaded, no job created. The plan:\n%s", plan.table())
         context["ti"].xcom_push(key="plan", value=plan.as_dict())
