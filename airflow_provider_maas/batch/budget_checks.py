@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.canary import check_canary
 from airflow_provider_maas.batch.estimates import Tokens, worst_case_usd
 from airflow_provider_maas.batch.int_settings import check_int
-from airflow_provider_maas.batch.schema import AnswerCheck
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
     from airflow_provider_maas.batch.state import BatchState
+
+#: Most requests a canary may hold (one job).
+MAX_CANARY_REQUESTS = 100
 
 
 def usd_of_tokens(tokens: dict[str, int], prices: dict[str, float]) -> float:
@@ -93,5 +94,21 @@ def check_cost_control(
     budget's (:func:`check_budget`), the canary's, a schema that is not one."""
     check_budget(max_cost_usd, prices, default_max_output_tokens, max_tokens_per_file_part, max_cached_content_tokens)
     check_canary(canary_requests, canary_max_failed)
-    if response_schema is not None:
-        AnswerCheck(response_schema)  # a bad schema fails here
+    if response_schema is not None:  # a bad schema fails here (jsonschema is imported only then)
+        from airflow_provider_maas.batch.schema import AnswerCheck
+
+        AnswerCheck(response_schema)
+
+
+def check_canary(canary_requests: object, canary_max_failed: object) -> None:
+    """Refuse a canary setting out of bounds, naming it."""
+    if isinstance(canary_requests, bool) or not isinstance(canary_requests, int):
+        raise MaaSInputError(f"canary_requests must be an integer, got {canary_requests!r}")
+    if not 0 <= canary_requests <= MAX_CANARY_REQUESTS:
+        raise MaaSInputError(
+            f"canary_requests must be between 0 (no canary) and {MAX_CANARY_REQUESTS} (one job), got {canary_requests}"
+        )
+    if isinstance(canary_max_failed, bool) or not isinstance(canary_max_failed, (int, float)):
+        raise MaaSInputError(f"canary_max_failed must be a fraction between 0 and 1, got {canary_max_failed!r}")
+    if not 0 <= canary_max_failed <= 1:
+        raise MaaSInputError(f"canary_max_failed must be a fraction between 0 and 1, got {canary_max_failed}")

@@ -15,15 +15,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.int_settings import check_int
 from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS, DEFAULT_MAX_PARALLEL_TRANSFERS
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.retry_failures import retry_predicate
-from airflow_provider_maas.batch.schema import retry_rule
-from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import to_path, uri_of
 
@@ -33,6 +30,7 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_maas.batch.rewrite import Rewrite
+    from airflow_provider_maas.batch.shards import ShardPlan
 
 
 @dataclass(frozen=True)
@@ -174,9 +172,11 @@ class BatchSettings:
     def retries(self) -> Callable[[str], bool]:
         """Whether a failed answer with a status is sent again: :attr:`should_retry`, where an invalid
         answer (``response_schema``) is retried if (and only if) ``retry_invalid``."""
-        return (
-            retry_rule(self.should_retry, self.retry_invalid) if self.response_schema is not None else self.should_retry
-        )
+        if self.response_schema is None:
+            return self.should_retry
+        from airflow_provider_maas.batch.schema import retry_rule  # run time only, as the methods below
+
+        return retry_rule(self.should_retry, self.retry_invalid)
 
     def reuse_paths(self) -> list[ObjectStoragePath]:
         """The results files to reuse: those of ``reuse_results`` another ENDPOINT did not write
@@ -226,12 +226,16 @@ class BatchSettings:
     def plan(self, handle: Any, *, validated: bool = False) -> list[ShardPlan]:
         """Shards of the requests in ``handle`` within the per-file limits (``validated``: see
         :func:`~.shards.plan_shards`)."""
+        from airflow_provider_maas.batch.shards import plan_shards
+
         return plan_shards(
             handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file, validated=validated
         )
 
     def plan_first_round(self, handle: Any, *, validated: bool = False) -> list[ShardPlan]:
         """Round 0's shards: :meth:`plan`, with the canary (``canary_requests``) as shard 0."""
+        from airflow_provider_maas.batch.canary import split_first
+
         return split_first(handle, self.plan(handle, validated=validated), self.canary_requests)
 
     def new_deadline(self) -> float | None:
