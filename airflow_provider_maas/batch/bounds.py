@@ -23,6 +23,8 @@ from airflow_provider_maas.storage import open_source
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from airflow_provider_maas.batch.settings import BatchSettings
+
 
 @dataclass(frozen=True, slots=True)
 class Bounds:
@@ -130,3 +132,14 @@ def refuse_unbounded(
                         "request must bound what it can cost (nothing was uploaded); or leave out max_cost_usd",
                         line_number=number,
                     )
+
+
+def refuse_unbounded_under_cap(settings: BatchSettings) -> None:
+    """With ``max_cost_usd``: :func:`refuse_unbounded` over the requests of ``settings`` (before the
+    run or the dry run writes or uploads anything)."""
+    if settings.max_cost_usd is not None:
+        refuse_unbounded(
+            settings.source,
+            max_tokens_per_file_part=settings.max_tokens_per_file_part,
+            max_cached_content_tokens=settings.max_cached_content_tokens,
+        )

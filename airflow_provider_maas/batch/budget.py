@@ -33,13 +33,16 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.budget_checks import check_same_prices
 from airflow_provider_maas.batch.canary import CanaryVerdict, judge
 from airflow_provider_maas.batch.results import request_digest
+from airflow_provider_maas.batch.schema import AnswerCheck
 from airflow_provider_maas.batch.spend import EPSILON, NOT_SENT, SpendLedger
 from airflow_provider_maas.batch.state import ShardKey, ShardStatus
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError
 
 if TYPE_CHECKING:
+    from airflow_provider_maas.batch.journal import BatchJournal
     from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.batch.state import BatchState, ShardRecord
     from airflow_provider_maas.batch.summary_types import BatchSummary, CostFields
@@ -84,8 +87,20 @@ class SpendGate(SpendLedger):
             "max_tokens_per_file_part": settings.max_tokens_per_file_part,
             "max_cached_content_tokens": settings.max_cached_content_tokens,
             "canary_requests": settings.canary_requests,
+            "canary_max_failed": settings.canary_max_failed,
         }
         return cls(parts=parts, **{**fields, **given})
+
+    @classmethod
+    def for_batch(cls, settings: BatchSettings, journal: BatchJournal, state: BatchState) -> SpendGate | None:
+        """The budget cap, canary and answer checks of the batch in ``state``, if any is asked for (a
+        state whose spend is at other prices is refused here, before any create)."""
+        if settings.max_cost_usd is None and not settings.canary_requests and settings.response_schema is None:
+            return None
+        if settings.prices is not None and check_same_prices(state, settings.prices, journal.uri):
+            journal.append(state, [], meta=True)  # the prices the spend is counted at
+        check = AnswerCheck(settings.response_schema) if settings.response_schema is not None else None
+        return cls.of(settings, journal.part, check=check)
 
     # Reading the state ---------------------------------------------------------------------
     def stopped(self, state: BatchState) -> bool:

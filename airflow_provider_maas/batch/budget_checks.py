@@ -1,5 +1,6 @@
 """The budget's checks before anything is created: its settings, and the prices a batch's spend is counted at.
 
+:func:`check_cost_control` checks the operator's cost settings where the DAG is parsed;
 :func:`check_budget` refuses a cap without prices, or a cap, default output or bound that is not a
 positive number; :func:`check_same_prices` refuses to count new jobs at prices other than those of
 the spend a state holds (and prices, at this try's prices, the worst case that tries without
@@ -16,6 +17,9 @@ from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
     from airflow_provider_maas.batch.state import BatchState
+
+#: Most requests a canary may hold (one job).
+MAX_CANARY_REQUESTS = 100
 
 
 def usd_of_tokens(tokens: dict[str, int], prices: dict[str, float]) -> float:
@@ -73,3 +77,38 @@ def check_budget(
     ):
         if value is not None:  # None: not given
             check_int(name, value, 1)
+
+
+def check_cost_control(
+    *,
+    max_cost_usd: Any,
+    prices: Any,
+    default_max_output_tokens: Any,
+    max_tokens_per_file_part: Any,
+    max_cached_content_tokens: Any,
+    canary_requests: Any,
+    canary_max_failed: Any,
+    response_schema: Any,
+) -> None:
+    """Refuse bad cost-control settings where the DAG is parsed (before anything is paid): the
+    budget's (:func:`check_budget`), the canary's, a schema that is not one."""
+    check_budget(max_cost_usd, prices, default_max_output_tokens, max_tokens_per_file_part, max_cached_content_tokens)
+    check_canary(canary_requests, canary_max_failed)
+    if response_schema is not None:  # a bad schema fails here (jsonschema is imported only then)
+        from airflow_provider_maas.batch.schema import AnswerCheck
+
+        AnswerCheck(response_schema)
+
+
+def check_canary(canary_requests: object, canary_max_failed: object) -> None:
+    """Refuse a canary setting out of bounds, naming it."""
+    if isinstance(canary_requests, bool) or not isinstance(canary_requests, int):
+        raise MaaSInputError(f"canary_requests must be an integer, got {canary_requests!r}")
+    if not 0 <= canary_requests <= MAX_CANARY_REQUESTS:
+        raise MaaSInputError(
+            f"canary_requests must be between 0 (no canary) and {MAX_CANARY_REQUESTS} (one job), got {canary_requests}"
+        )
+    if isinstance(canary_max_failed, bool) or not isinstance(canary_max_failed, (int, float)):
+        raise MaaSInputError(f"canary_max_failed must be a fraction between 0 and 1, got {canary_max_failed!r}")
+    if not 0 <= canary_max_failed <= 1:
+        raise MaaSInputError(f"canary_max_failed must be a fraction between 0 and 1, got {canary_max_failed}")

@@ -14,31 +14,18 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING
 
+from airflow_provider_maas.batch.budget_checks import (  # noqa: F401 (their earlier home: still importable from here)
+    MAX_CANARY_REQUESTS,
+    check_canary,
+)
 from airflow_provider_maas.batch.results import ResultSummary, iter_results, request_digest
 from airflow_provider_maas.batch.shards import ShardPlan, _Range
-from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-#: Most requests a canary may hold (one job).
-MAX_CANARY_REQUESTS = 100
 #: Failed answers quoted in the canary's error.
 MAX_QUOTED = 3
-
-
-def check_canary(canary_requests: object, canary_max_failed: object) -> None:
-    """Refuse a canary setting out of bounds, naming it."""
-    if isinstance(canary_requests, bool) or not isinstance(canary_requests, int):
-        raise MaaSInputError(f"canary_requests must be an integer, got {canary_requests!r}")
-    if not 0 <= canary_requests <= MAX_CANARY_REQUESTS:
-        raise MaaSInputError(
-            f"canary_requests must be between 0 (no canary) and {MAX_CANARY_REQUESTS} (one job), got {canary_requests}"
-        )
-    if isinstance(canary_max_failed, bool) or not isinstance(canary_max_failed, (int, float)):
-        raise MaaSInputError(f"canary_max_failed must be a fraction between 0 and 1, got {canary_max_failed!r}")
-    if not 0 <= canary_max_failed <= 1:
-        raise MaaSInputError(f"canary_max_failed must be a fraction between 0 and 1, got {canary_max_failed}")
 
 
 def split_first(handle: IO[bytes], plans: list[ShardPlan], count: int) -> list[ShardPlan]:

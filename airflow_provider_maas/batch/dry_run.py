@@ -13,7 +13,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.bounds import Bounds, unbounded
+from airflow_provider_maas.batch.bounds import Bounds, refuse_unbounded_under_cap, unbounded
 from airflow_provider_maas.batch.estimates import (
     CHARS_PER_TOKEN,
     TOKENS_PER_FILE,
@@ -22,6 +22,7 @@ from airflow_provider_maas.batch.estimates import (
     worst_case_usd,
 )
 from airflow_provider_maas.batch.lines import ResultsFormatError
+from airflow_provider_maas.batch.rewrite import as_sent_locally
 from airflow_provider_maas.batch.round_files import answers_opener
 from airflow_provider_maas.batch.rounds import write_requests_to_send
 from airflow_provider_maas.exceptions import MaaSInputError
@@ -202,3 +203,15 @@ def dry_run(settings: BatchSettings, *, bounds: Bounds | None = None, budget_usd
         max_tokens_per_file_part=bounds.file_part,
         max_cached_content_tokens=bounds.cached_content,
     )
+
+
+def plan_batch(settings: BatchSettings) -> BatchPlan:
+    """The dry run of a batch: under ``max_cost_usd`` a request whose worst case is no bound is
+    refused first (as a run does); the requests are planned as they would be sent (rewritten, in a
+    local temporary copy: ``batch.rewrite``)."""
+    refuse_unbounded_under_cap(settings)
+    bounds = Bounds(
+        settings.default_max_output_tokens, settings.max_tokens_per_file_part, settings.max_cached_content_tokens
+    )
+    with as_sent_locally(settings) as sent:
+        return dry_run(sent, bounds=bounds, budget_usd=settings.max_cost_usd)

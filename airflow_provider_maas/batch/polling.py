@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 #: Failed polls of one job in a row (each already retried by the hook) tolerated before the wait
 #: fails: the one default of ``max_consecutive_poll_errors`` (sensor, triggers, batch operator).
 DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS = 5
+#: Calls in flight at once: the one default of the batch operator's ``max_parallel_transfers`` and of
+#: the batch trigger's ``max_parallel_polls`` (the operator passes its value on). 100 GETs at the same
+#: moment overflowed a real gateway's accept backlog (timeouts, retries: 166 s where 60 s was
+#: possible); 16 at 0.1 s each poll 100 jobs in 0.7 s.
+DEFAULT_MAX_PARALLEL_TRANSFERS = 16
 #: A job or a finished job's results answering 404 this many reads in a row count as gone, like one 410.
 NOT_FOUND_TRIES = 3
 #: Transfers of one file (upload or download) whose bytes fail their check before the error is raised.

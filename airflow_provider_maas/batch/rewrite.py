@@ -10,7 +10,9 @@ request uses; a key the request spells in either case counts as set):
   ``default_max_output_tokens``, or its own ``thinkingBudget`` if larger), so the service bounds
   the answer the cap admitted; one that sets a ceiling that is not a whole number >= 1 is refused.
 
-:func:`write_rewritten` copies a requests file with both applied. The rewritten file is what the
+:func:`write_rewritten` copies a requests file with both applied; :func:`as_sent` writes the
+requests a try sends beside the batch state (:func:`remove_sent` removes them with it),
+:func:`as_sent_locally` to a temporary copy for the dry run. The rewritten file is what the
 batch sends, deduplicates, matches against ``reuse_results`` and places results by: the service
 echoes the request as sent, and its line numbers are the input's (a blank line stays a blank
 line; a line that is not JSON is copied as it is, for the input check to name).
@@ -26,13 +28,27 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
-from typing import IO, Any
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from typing import IO, TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.estimates import _count, max_output_tokens
 from airflow_provider_maas.batch.lines import iter_lines
+from airflow_provider_maas.batch.schema import json_schema_of, to_gemini_schema
 from airflow_provider_maas.exceptions import MaaSInputError
-from airflow_provider_maas.storage import atomic_writer, open_source
+from airflow_provider_maas.storage import atomic_writer, open_source, to_path
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from airflow.sdk import ObjectStoragePath
+
+    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.settings import BatchSettings
+
+log = logging.getLogger(__name__)
 
 #: Keys of ``generationConfig`` that already ask for a shape.
 _OWN_SCHEMA = ("responseSchema", "response_schema", "responseJsonSchema", "response_json_schema")
@@ -122,3 +138,61 @@ def write_source_rewritten(source: Any, target: Any, rewrite: Rewrite) -> int:
     """Write ``source``'s requests to ``target`` (atomically), rewritten (see :func:`write_rewritten`)."""
     with open_source(source) as handle, atomic_writer(target) as out:
         return write_rewritten(handle, out, rewrite)
+
+
+def rewrite_of(settings: BatchSettings) -> Rewrite:
+    """What the requests sent add to the source's: the schema (``response_schema`` with
+    ``set_response_schema``), the output ceiling (``max_cost_usd``); empty: nothing."""
+    asks_schema = settings.response_schema is not None and settings.set_response_schema
+    return Rewrite(
+        gemini_schema=to_gemini_schema(json_schema_of(settings.response_schema)) if asks_schema else None,
+        default_max_output=settings.default_max_output_tokens if settings.max_cost_usd is not None else None,
+    )
+
+
+def sent_requests(journal: BatchJournal) -> ObjectStoragePath:
+    """Beside the batch state: the input as sent (rewritten)."""
+    return journal.root.parent / f"{journal.root.name}.requests.jsonl"
+
+
+def as_sent(settings: BatchSettings, journal: BatchJournal, *, write: bool) -> BatchSettings:
+    """``settings`` with the requests this try sends: the source, or the source rewritten
+    (:func:`rewrite_of`) beside the state, written again by each try (``write``) so a changed input
+    is seen, and by a resume that finds none (a cap or schema added meanwhile: shards whose requests
+    it changed are then refused as a changed input, before they are sent)."""
+    rewrite = rewrite_of(settings)
+    sent = replace(settings, rewrite=rewrite, given_source=settings.source)
+    if not rewrite:
+        return sent
+    target = sent_requests(journal)
+    if write or not target.exists():
+        changed = write_source_rewritten(settings.source, target, rewrite)
+        log.info(
+            "%d requests rewritten to be sent (response_schema added: %s; maxOutputTokens %s added where none is set)",
+            changed,
+            rewrite.gemini_schema is not None,
+            rewrite.default_max_output or "not",
+        )
+    return replace(sent, source=target)
+
+
+def remove_sent(settings: BatchSettings, journal: BatchJournal) -> None:
+    """Remove the requests as sent (:func:`as_sent`), if they were rewritten."""
+    if settings.rewrite:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            sent_requests(journal).unlink()
+
+
+@contextlib.contextmanager
+def as_sent_locally(settings: BatchSettings) -> Iterator[BatchSettings]:
+    """:func:`as_sent` for the dry run: the rewritten requests in a local temporary copy (a dry run
+    writes nothing beside the destination)."""
+    rewrite = rewrite_of(settings)
+    sent = replace(settings, rewrite=rewrite, given_source=settings.source)
+    if not rewrite:
+        yield sent
+        return
+    with tempfile.TemporaryDirectory(prefix="maas-plan-") as folder:
+        path = os.path.join(folder, "requests.jsonl")
+        write_source_rewritten(settings.source, to_path(path, what="requests"), rewrite)
+        yield replace(sent, source=path)

@@ -211,7 +211,7 @@ def next_round(settings: BatchSettings, journal: BatchJournal, state: BatchState
                 reuse=settings.reuse_paths(),
                 results=[item.path for item in results],
                 opener=answers_opener(settings),
-                should_retry=settings.should_retry,
+                should_retry=settings.retries,
                 final=[index for index, item in enumerate(results) if item.jobs_failed],
                 deduplicate=settings.deduplicate,
             )

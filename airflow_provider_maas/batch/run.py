@@ -16,6 +16,8 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.bounds import refuse_unbounded_under_cap
+from airflow_provider_maas.batch.budget import SpendGate
 from airflow_provider_maas.batch.create_guard import clear_epoch
 from airflow_provider_maas.batch.driver import BatchDriver
 from airflow_provider_maas.batch.journal import BatchJournal
@@ -23,6 +25,7 @@ from airflow_provider_maas.batch.ownership import LeaseLost, check_lease, record
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
 from airflow_provider_maas.batch.recovery import FinishedMeanwhile, finished_meanwhile
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
+from airflow_provider_maas.batch.rewrite import as_sent, remove_sent
 from airflow_provider_maas.batch.round_files import next_round
 from airflow_provider_maas.batch.second_record import forget, remember, save_job_names
 from airflow_provider_maas.batch.summary import check_outcome, write_outputs
@@ -32,17 +35,24 @@ from airflow_provider_maas.exceptions import MaaSTimeoutError
 from airflow_provider_maas.storage import to_path, uri_of
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from types import TracebackType
 
-    from airflow_provider_maas.batch.budget import SpendGate
     from airflow_provider_maas.batch.driver import JobService, ShardNames
     from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.batch.state import BatchState
     from airflow_provider_maas.batch.summary_types import BatchSummary
     from airflow_provider_maas.client.states import JobOutcome
 
-__all__ = ["TAKEN_OVER", "BatchJournal", "BatchRun", "Wait", "finished_elsewhere", "refuse_finished"]
+__all__ = [
+    "TAKEN_OVER",
+    "BatchJournal",
+    "BatchRun",
+    "Wait",
+    "finished_elsewhere",
+    "refuse_finished",
+    "unless_finished_elsewhere",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +75,35 @@ def finished_elsewhere(err: Exception, context: Any, journal: BatchJournal, *, t
     if isinstance(err, FinishedMeanwhile):
         return True
     return not getattr(err, "job_names", None) and finished_meanwhile(context, journal, this_epoch=this_epoch)
+
+
+#: What a try that finds the batch finished by another try logs (``this_epoch``: a start, or a resume).
+_FINISHED_ELSEWHERE = {
+    True: "An earlier try of this task instance finished this batch in this clear epoch (its success was not "
+    "recorded: a worker lost after it, or a zombie's retry): the results are at %s. Nothing is paid again; clear "
+    "the task to run the batch again.",
+    False: "Another try of this task instance finished the batch while this one was deferred: the results are at "
+    "%s. Nothing is left to do, and nothing was paid again.",
+}
+
+
+def unless_finished_elsewhere(
+    work: Callable[[], str], context: Any, journal: BatchJournal, destination: Any, *, this_epoch: bool = False
+) -> str:
+    """``work()`` (a try's part of the batch: start or resume, steps, outputs), unless another try of
+    this task instance finished the batch: seen before (:func:`refuse_finished`), or by ``work`` (one of
+    :data:`TAKEN_OVER` that :func:`finished_elsewhere` accepts). Then nothing is paid again, and the
+    answer is the URI of ``destination``, as ``work``'s. ``this_epoch``: a start (the other try ran in
+    this clear epoch), not a resume after a wait."""
+    try:
+        refuse_finished(context, journal, this_epoch=this_epoch)
+        return work()
+    except TAKEN_OVER as err:
+        if not finished_elsewhere(err, context, journal, this_epoch=this_epoch):
+            raise
+    dest_uri = uri_of(to_path(destination, what="destination"))
+    log.warning(_FINISHED_ELSEWHERE[this_epoch], dest_uri)
+    return dest_uri
 
 
 @dataclass(frozen=True)
@@ -115,8 +154,13 @@ class BatchRun:
 
     @classmethod
     def start(cls, context: Any, journal: BatchJournal, settings: BatchSettings, **parts: Any) -> BatchRun:
-        """A new batch, or the stored one resumed by a retry (``batch/resume.py`` decides)."""
-        return cls(context, journal, start_or_resume(context, journal, settings), settings, **parts)
+        """A new batch, or the stored one resumed by a retry (``batch/resume.py`` decides). Before
+        anything is uploaded: under ``max_cost_usd`` a request whose worst case is no bound stops it;
+        the requests to send are written (``batch/rewrite.py``); the gate is built once the state is read."""
+        refuse_unbounded_under_cap(settings)
+        settings = as_sent(settings, journal, write=True)
+        state = start_or_resume(context, journal, settings)
+        return cls(context, journal, state, settings, gate=SpendGate.for_batch(settings, journal, state), **parts)
 
     @classmethod
     def resume(
@@ -132,7 +176,9 @@ class BatchRun:
         """The stored batch, after the trigger saw ``ended`` end and ``running`` still run."""
         ended = list(ended)
         known = [o.job_name for o in ended] + list(running)  # named if the state is gone
-        run = cls(context, journal, resume_after_deferral(context, journal, settings, known), settings, **parts)
+        settings = as_sent(settings, journal, write=False)
+        state = resume_after_deferral(context, journal, settings, known)
+        run = cls(context, journal, state, settings, gate=SpendGate.for_batch(settings, journal, state), **parts)
         run._ended = ended
         return run
 
@@ -215,7 +261,7 @@ class BatchRun:
         """Write the destination and the failed file (if this try still holds the state: another
         live try that took it over writes them, not this one); returns the summary."""
         check_lease(self.journal)
-        return write_outputs(self.settings, self.journal, self.state)
+        return write_outputs(self.settings, self.journal, self.state, self.gate)
 
     def check(self, summary: BatchSummary) -> None:
         """After the summary is published: raise if the budget stopped the batch (the state stays:
@@ -225,7 +271,9 @@ class BatchRun:
         check_outcome(summary, self.destination_uri, fail_on_partial=self.settings.fail_on_partial)
 
     def close(self) -> None:
-        """The batch is over: record that, then remove its state."""
+        """The batch is over: record that, then remove its state (the requests as sent first: the
+        state's folder is removed when empty)."""
+        remove_sent(self.settings, self.journal)
         remember(self.context, self.journal, finished=True)  # first: a state gone on purpose is not "lost"
         record_writer(self.journal, task_identity(self.context), clear_epoch(self.context))
         try:

@@ -11,21 +11,17 @@ are resolved and checked once per try (:attr:`BatchSettings.reuse_files`), as th
 from __future__ import annotations
 
 import time
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.canary import split_first
 from airflow_provider_maas.batch.cost import check_prices
 from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS
 from airflow_provider_maas.batch.int_settings import LIMITS, check_limits
-from airflow_provider_maas.batch.origin import of_other_models, refuse_unknown_origin, split_kept
-from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
+from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS, DEFAULT_MAX_PARALLEL_TRANSFERS
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
-from airflow_provider_maas.batch.rounds import retry_predicate
-from airflow_provider_maas.batch.shards import ShardPlan, plan_shards
+from airflow_provider_maas.batch.retry_failures import retry_predicate
 from airflow_provider_maas.exceptions import MaaSInputError
-from airflow_provider_maas.flags import is_true
 from airflow_provider_maas.storage import to_path, uri_of
 
 if TYPE_CHECKING:
@@ -34,17 +30,20 @@ if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
     from airflow_provider_maas.batch.rewrite import Rewrite
+    from airflow_provider_maas.batch.shards import ShardPlan
 
 
 @dataclass(frozen=True)
 class OperatorDefaults:
     """The batch operator's defaults that other modules define: the service's limits on one file
     (``request_lines``), the polls failed in a row a wait tolerates (``polling``, as for the sensor),
-    the output a request counts for at most when it does not say (``estimates``)."""
+    the calls in flight at once (``polling``, as for the batch trigger's polls), the output a request
+    counts for at most when it does not say (``estimates``)."""
 
     max_requests_per_file: int = MAX_REQUESTS_PER_FILE
     max_bytes_per_file: int = MAX_BYTES_PER_FILE
     max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
+    max_parallel_transfers: int = DEFAULT_MAX_PARALLEL_TRANSFERS
     default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
 
 
@@ -88,7 +87,7 @@ def reuse_paths(reuse_results: Any) -> list[ObjectStoragePath]:
 @dataclass(frozen=True)
 class BatchSettings:
     """What one try of a batch needs to know; the fields are the operator's parameters of the same
-    name, except ``should_retry`` (``retry_failures`` as a predicate, see :func:`retry_rule_and_prices`)."""
+    name (each passed by name: ``MaaSBatchPredictionOperator._settings``), except ``should_retry`` (``retry_failures`` as a predicate, see :func:`retry_rule_and_prices`)."""
 
     source: Any
     destination: Any
@@ -122,29 +121,32 @@ class BatchSettings:
         return self.endpoint_of() if self.endpoint_of is not None else None
 
     response_schema: Any = None  # issue 22: answers reused from reuse_results are checked against it
+    #: Send invalid answers' requests again (with ``response_schema``; see :meth:`retries`).
+    retry_invalid: bool = False
+    #: Ask for ``response_schema`` in the requests sent (``batch.rewrite``).
+    set_response_schema: bool = True
     # issue 22 (batch.budget): the cap and what a worst case counts where a request does not say
     max_cost_usd: float | None = None
     default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
     max_tokens_per_file_part: int | None = None
     max_cached_content_tokens: int | None = None
+    #: The fraction of the canary's requests that may fail (``batch.canary``).
+    canary_max_failed: float = 0.5
     #: The operator's source as the user gave it, when ``source`` is it rewritten (``batch.rewrite``).
     given_source: Any = None
     #: What the requests sent add to the user's (``batch.rewrite``): the requests of the answers
     #: reused get it too before they are matched (an answer paid for without the cap is reused under it).
     rewrite: Rewrite | None = None
 
-    @classmethod
-    def of(cls, task: Any, **given: Any) -> BatchSettings:
-        """The settings read from ``task``'s attributes of the same names, or from ``given`` (a
-        field with a default may be in neither); ``start_over`` may be a rendered template (:func:`is_true`)."""
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            if f.name in given:
-                values[f.name] = given[f.name]
-            elif f.default is MISSING or hasattr(task, f.name):
-                values[f.name] = getattr(task, f.name)
-        values["start_over"] = is_true(values.get("start_over", False), what="start_over")
-        return cls(**values)
+    @cached_property
+    def retries(self) -> Callable[[str], bool]:
+        """Whether a failed answer with a status is sent again: :attr:`should_retry`, where an invalid
+        answer (``response_schema``) is retried if (and only if) ``retry_invalid``."""
+        if self.response_schema is None:
+            return self.should_retry
+        from airflow_provider_maas.batch.schema import retry_rule  # run time only, as the methods below
+
+        return retry_rule(self.should_retry, self.retry_invalid)
 
     def reuse_paths(self) -> list[ObjectStoragePath]:
         """The results files to reuse: those of ``reuse_results`` another ENDPOINT did not write
@@ -158,6 +160,8 @@ class BatchSettings:
         kept = self.kept_answers() if self.kept_answers else []
         if not kept or self.reuse_other_models or self.endpoint is None:
             return kept, []
+        from airflow_provider_maas.batch.origin import split_kept  # run time only (matching: not at parse)
+
         return split_kept(kept, self.endpoint)
 
     @cached_property
@@ -170,6 +174,8 @@ class BatchSettings:
         """:attr:`reuse_files` of this ENDPOINT, their records checked once per try."""
         paths = self.reuse_files
         if paths and not self.reuse_other_models and self.endpoint is not None:
+            from airflow_provider_maas.batch.origin import refuse_unknown_origin
+
             refuse_unknown_origin(paths)
         others = self.reuse_of_other_models()
         return [path for path in paths if path not in others]
@@ -183,17 +189,23 @@ class BatchSettings:
     def _other_models(self) -> list[ObjectStoragePath]:
         if self.reuse_other_models or not self.reuse_files:
             return []
+        from airflow_provider_maas.batch.origin import of_other_models
+
         return of_other_models(self.reuse_files, self.endpoint)
 
     def plan(self, handle: Any, *, validated: bool = False) -> list[ShardPlan]:
         """Shards of the requests in ``handle`` within the per-file limits (``validated``: see
         :func:`~.shards.plan_shards`)."""
+        from airflow_provider_maas.batch.shards import plan_shards
+
         return plan_shards(
             handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file, validated=validated
         )
 
     def plan_first_round(self, handle: Any, *, validated: bool = False) -> list[ShardPlan]:
         """Round 0's shards: :meth:`plan`, with the canary (``canary_requests``) as shard 0."""
+        from airflow_provider_maas.batch.canary import split_first
+
         return split_first(handle, self.plan(handle, validated=validated), self.canary_requests)
 
     def new_deadline(self) -> float | None:

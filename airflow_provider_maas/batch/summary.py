@@ -17,17 +17,19 @@ from airflow_provider_maas.batch.merge import failed_path_for, merge_shard_resul
 from airflow_provider_maas.batch.origin import count_answers, write_origin
 from airflow_provider_maas.batch.round_files import all_round_results, answers_opener, check_source, write_failure_parts
 from airflow_provider_maas.batch.rounds import answer_origins, merge_answers
+from airflow_provider_maas.batch.schema import count_invalid
 from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSJobFailedError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
 from airflow_provider_maas.storage.writes import atomic_writer_if_written
 
 if TYPE_CHECKING:
+    from airflow_provider_maas.batch.budget import SpendGate
     from airflow_provider_maas.batch.journal import BatchJournal
     from airflow_provider_maas.batch.round_files import RoundResults
     from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.batch.state import BatchState
-    from airflow_provider_maas.batch.summary_types import BatchSummary, MergeSummary, Origins
+    from airflow_provider_maas.batch.summary_types import BatchSummary, CostFields, MergeSummary, Origins
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,11 @@ log = logging.getLogger(__name__)
 MAX_QUOTED_ERRORS = 5
 
 
-def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchState) -> BatchSummary:
-    """Write the destination and the failed file of a finished batch; returns the summary (without
-    what the budget, the canary and the answer checks add: ``operators/_cost.py``)."""
+def write_outputs(
+    settings: BatchSettings, journal: BatchJournal, state: BatchState, gate: SpendGate | None = None
+) -> BatchSummary:
+    """Write the destination and the failed file of a finished batch; returns the summary, with what
+    the budget, the canary and the answer checks of ``gate`` add (:func:`cost_fields`)."""
     records = sorted(state.shards.values(), key=lambda r: r.key)
     failed = [r for r in records if r.status is ShardStatus.FAILED]
     if len(state.rounds) == 1 and state.rounds[0].source is None:
@@ -78,7 +82,20 @@ def write_outputs(settings: BatchSettings, journal: BatchJournal, state: BatchSt
             for n, succeeded in enumerate(round_succeeded)
             if n
         ],
+        **cost_fields(settings, gate, state),
     }
+
+
+def cost_fields(settings: BatchSettings, gate: SpendGate | None, state: BatchState) -> CostFields:
+    """What the summary adds with a ``gate`` (``batch/budget.py``): spend, reservation, cap, canary;
+    with ``response_schema``, ``invalid_output``: the answers in the destination that failed it."""
+    if gate is None:
+        return {}
+    fields = gate.summary_fields(state)
+    if settings.response_schema is not None:
+        with open_source(settings.destination) as handle:
+            fields["invalid_output"] = count_invalid(handle)
+    return fields
 
 
 def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> tuple[MergeSummary, Origins, list[int]]:

@@ -3,6 +3,9 @@
 The Airflow side only: parameters, deferral or sleep, XCom, lineage, metrics. What the batch does is
 in ``batch/``: its settings (``settings.BatchSettings``, the one carrier of the parameters) and its
 steps (``run.BatchRun``: start or resume, step until only waiting is left, finish).
+
+Only what construction needs (the settings' defaults and checks) is imported with the module, where
+the DAG is parsed; the batch's machinery (``run``, ``dry_run``) is imported by the first execute.
 """
 
 from __future__ import annotations
@@ -12,30 +15,32 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas._compat import conf
-from airflow_provider_maas.batch.run import TAKEN_OVER, BatchJournal, BatchRun, finished_elsewhere, refuse_finished
+from airflow_provider_maas.batch.budget_checks import check_cost_control
 from airflow_provider_maas.batch.settings import DEFAULTS, BatchSettings, check_parameters
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError
+from airflow_provider_maas.flags import is_true
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, renamed
-from airflow_provider_maas.operators._cost import CostControl
 from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
-from airflow_provider_maas.storage import check_destination, to_path, uri_of
-from airflow_provider_maas.triggers.maas import BatchJobsEvent, MaaSBatchJobsTrigger
+from airflow_provider_maas.storage import check_destination
+from airflow_provider_maas.triggers.events import JobsEvent
+from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from airflow.sdk import Context
 
-    from airflow_provider_maas.batch.run import Wait
+    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.run import BatchRun, Wait
     from airflow_provider_maas.batch.shards import ShardPlan
     from airflow_provider_maas.batch.state import ShardKey
     from airflow_provider_maas.batch.summary_types import BatchSummary
 
 
-class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
+class MaaSBatchPredictionOperator(MaaSBaseOperator):
     """Run a whole batch in one task: split, upload, create jobs, wait, download, merge in input order.
 
     The input may hold any number of requests: it is split into shards that fit one upload
@@ -97,7 +102,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         every round goes to the failed file with the reason of its last attempt.
     :param retry_failures: Which failed requests are retried: a list of regular expressions
         searched in the result's ``status``, or a callable ``(status) -> bool``. Default
-        (:data:`~airflow_provider_maas.batch.rounds.DEFAULT_RETRY_FAILURES`): RESOURCE_EXHAUSTED,
+        (:data:`~airflow_provider_maas.batch.retry_failures.DEFAULT_RETRY_FAILURES`): RESOURCE_EXHAUSTED,
         UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, ABORTED, codes 429 and 5xx, "rate limit",
         "timed out", "try again", "overloaded"; not client errors (400 INVALID_ARGUMENT, 403,
         a safety block), which fail the same way again. Missing results are always retried.
@@ -167,7 +172,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         timeout: float | None = None,
         max_requests_per_file: int = DEFAULTS.max_requests_per_file,
         max_bytes_per_file: int = DEFAULTS.max_bytes_per_file,
-        max_parallel_transfers: int = 16,
+        max_parallel_transfers: int = DEFAULTS.max_parallel_transfers,
         max_consecutive_poll_errors: int = DEFAULTS.max_consecutive_poll_errors,
         maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,
@@ -222,83 +227,105 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
         self.set_response_schema = set_response_schema
         self.start_over = start_over
         self._should_retry, self.prices = check_parameters(self, retry_failures, prices)
-        self._check_cost_control()
+        check_cost_control(
+            max_cost_usd=max_cost_usd,
+            prices=self.prices,
+            default_max_output_tokens=default_max_output_tokens,
+            max_tokens_per_file_part=max_tokens_per_file_part,
+            max_cached_content_tokens=max_cached_content_tokens,
+            canary_requests=canary_requests,
+            canary_max_failed=canary_max_failed,
+            response_schema=response_schema,
+        )
 
-    def _settings(self, journal: BatchJournal | None = None, source: Any = None) -> BatchSettings:
-        """This try's settings (templated fields rendered); ``source``: the requests to send, if
-        not the operator's (the schema added); ``journal``: None for a dry run."""
-        given = {"source": source} if source is not None else {}
-        return BatchSettings.of(
-            self,
-            should_retry=self._retry_rule(self._should_retry),
+    def _settings(self, journal: BatchJournal | None = None) -> BatchSettings:
+        """This try's settings (templated fields rendered); ``journal``: None for a dry run."""
+        return BatchSettings(
+            source=self.source,
+            destination=self.destination,
+            reuse_results=self.reuse_results,
+            deduplicate=self.deduplicate,
+            should_retry=self._should_retry,
+            prices=self.prices,
+            request_retries=self.request_retries,
+            max_requests_per_file=self.max_requests_per_file,
+            max_bytes_per_file=self.max_bytes_per_file,
+            max_active_jobs=self.max_active_jobs,
+            timeout=self.timeout,
+            poll_interval=self.poll_interval,
+            shard_retries=self.shard_retries,
+            max_parallel_transfers=self.max_parallel_transfers,
+            max_consecutive_poll_errors=self.max_consecutive_poll_errors,
+            fail_on_partial=self.fail_on_partial,
+            canary_requests=self.canary_requests,
+            start_over=is_true(self.start_over, what="start_over"),  # a rendered template: "true", "1"...
             kept_answers=journal.kept_answers if journal is not None else None,
-            rewrite=self._rewrite(),
-            given_source=self.source,
+            reuse_other_models=self.reuse_other_models,
             endpoint_of=lambda: self.hook.config.endpoint,
-            **given,
+            response_schema=self.response_schema,
+            retry_invalid=self.retry_invalid,
+            set_response_schema=self.set_response_schema,
+            max_cost_usd=self.max_cost_usd,
+            default_max_output_tokens=self.default_max_output_tokens,
+            max_tokens_per_file_part=self.max_tokens_per_file_part,
+            max_cached_content_tokens=self.max_cached_content_tokens,
+            canary_max_failed=self.canary_max_failed,
         )
 
     # Entry points ---------------------------------------------------------------------------
     def execute(self, context: Context) -> Any:
         if self.plan_only:
-            return self._plan_only(context, self._settings)
+            return self._plan_only(context)
+        from airflow_provider_maas.batch.run import BatchJournal, BatchRun, unless_finished_elsewhere
+
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
-        try:
-            refuse_finished(context, journal, this_epoch=True)  # Airflow did not record that try's success
-            self._refuse_unbounded()  # max_cost_usd: every request's worst case is a bound (before any upload)
-            settings = self._settings(journal, self._requests_to_plan(journal, write=True))
-            run = BatchRun.start(context, journal, settings, **self._run_parts(context))  # raises it too
-            run.gate = self._gate(journal, run.state, settings)
+
+        def start() -> str:
+            run = BatchRun.start(context, journal, self._settings(journal), **self._run_parts(context))
             announce(context, journal, self.prices)  # where the progress page finds the state
             return self._run(context, run)
-        except TAKEN_OVER as err:  # lost: the other try may have finished it
-            if not finished_elsewhere(err, context, journal, this_epoch=True):
-                raise
-            self.log.warning(
-                "An earlier try of this task instance finished this batch in this clear epoch (its success was "
-                "not recorded: a worker lost after it, or a zombie's retry): the results are at %s. Nothing is "
-                "paid again; clear the task to run the batch again.",
-                uri_of(dest),
-            )
-            return uri_of(dest)
+
+        # an earlier try in this clear epoch may have finished it (Airflow did not record its success)
+        return unless_finished_elsewhere(start, context, journal, dest, this_epoch=True)
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         """Resume after the trigger: record the ended jobs, then go on."""
-        resumed = BatchJobsEvent.from_event(event)
+        from airflow_provider_maas.batch.run import BatchJournal, BatchRun, unless_finished_elsewhere
+
+        resumed = JobsEvent.from_event(event)
         journal = BatchJournal.for_task(self.destination, context)
-        try:
-            refuse_finished(context, journal)  # another live try (a zombie's retry, 'tasks test') did it
-            settings = self._settings(journal, self._requests_to_plan(journal, write=False))
-            run = BatchRun.resume(  # raises it too: finished meanwhile
+
+        def resume() -> str:
+            run = BatchRun.resume(
                 context,
                 journal,
-                settings,
+                self._settings(journal),
                 ended=resumed.ended,
                 running=resumed.running,
                 **self._run_parts(context),
             )
-            run.gate = self._gate(journal, run.state, settings)
             if resumed.status == "timeout":
                 raise run.timed_out(resumed.message)
             if resumed.status == "error":
                 raise MaaSError(f"Waiting for the batch jobs failed: {resumed.message}")
             return self._run(context, run)
-        except TAKEN_OVER as err:
-            if not finished_elsewhere(err, context, journal):
-                raise
-            dest_uri = uri_of(to_path(self.destination, what="destination"))
-            self.log.warning(
-                "Another try of this task instance finished the batch while this one was deferred: the results "
-                "are at %s. Nothing is left to do, and nothing was paid again.",
-                dest_uri,
-            )
-            return dest_uri
+
+        # another live try (a zombie's retry, 'tasks test') may have finished it meanwhile
+        return unless_finished_elsewhere(resume, context, journal, self.destination)
+
+    def _plan_only(self, context: Context) -> dict[str, Any]:
+        """Plan without paying (``batch/dry_run.py``): XCom ``plan``, and one table in the log."""
+        from airflow_provider_maas.batch.dry_run import plan_batch
+
+        plan = plan_batch(self._settings())
+        self.log.info("Dry run: nothing uploaded, no job created. The plan:\n%s", plan.table())
+        context["ti"].xcom_push(key="plan", value=plan.as_dict())
+        return plan.as_dict()
 
     # Running --------------------------------------------------------------------------------
     def _run_parts(self, context: Context) -> dict[str, Any]:
-        """What a :class:`BatchRun` takes from Airflow: the hook (creates counted), the names (the gate
-        is set once the state is read: a spend at other prices is refused there)."""
+        """What a :class:`BatchRun` takes from Airflow: the hook (creates counted), the names."""
 
         def names(key: ShardKey, plan: ShardPlan) -> tuple[str, str]:
             # ``#<shard>`` in round 0, ``#<round>.<shard>`` after: no two shards of a batch share a name
@@ -315,7 +342,7 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
                 metrics.jobs_active(context, len(wait.jobs))
                 if wait.in_triggerer:
                     self._defer(run.settings, wait)
-                time.sleep(self.poll_interval)
+                time.sleep(run.settings.poll_interval)
         metrics.jobs_active(context, 0)
         return self._finish(context, run)
 
@@ -341,12 +368,14 @@ class MaaSBatchPredictionOperator(CostControl, MaaSBaseOperator):
 
     # Results --------------------------------------------------------------------------------
     def _finish(self, context: Context, run: BatchRun) -> str:
-        summary: BatchSummary = {**run.finish(), **self._cost_summary(context, run.gate, run.state, run.settings)}
+        summary: BatchSummary = run.finish()
+        if "canary" in summary:  # the canary's measured estimate, as the dry run's estimate
+            plan = {"canary": summary["canary"], "budget_usd": run.settings.max_cost_usd}
+            context["ti"].xcom_push(key="plan", value=plan)
         dest_uri = run.destination_uri
         publish_summary(self, context, summary, dest_uri)
         metrics.batch_finished(context, summary)
         self.record_lineage([self.source, *run.settings.reuse_files], [dest_uri, summary["failed_uri"]])
         run.check(summary)
-        self._remove_sent_requests(run.journal)  # before the state: its folder is removed when empty
         run.close()
         return dest_uri

@@ -1,4 +1,8 @@
-"""Operators for the MaaS_Ge batch API: upload, create, download, split, merge, and all in one task."""
+"""Operators for the MaaS_Ge batch API: upload, create, download, split, merge, and all in one task.
+
+What an operator does when it runs (``batch/``: shards, merge, the create guard) is imported by its
+first execute, not where the DAG is parsed; construction needs only the settings' limits.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_maas.batch.chunks import write_chunks
-from airflow_provider_maas.batch.create_guard import (
-    CreateInFlight,
-    clear_epoch,
-    refuse_uncertain_create,
-    uncertain_create_error,
-)
 from airflow_provider_maas.batch.int_settings import check_shard_limits
-from airflow_provider_maas.batch.merge import (
-    compare_with_job,
-    extract_images_beside,
-    failed_path_for,
-    merge_results,
-    summarise_results,
-)
-from airflow_provider_maas.batch.origin import write_origin
 from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, iter_request_lines
-from airflow_provider_maas.batch.shards import validate_file, write_shards
-from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
 from airflow_provider_maas.operators import _metrics as metrics
@@ -90,6 +77,8 @@ class MaaSUploadFileOperator(MaaSBaseOperator):
         self.file_name = file_name
 
     def execute(self, context: Context) -> str:
+        from airflow_provider_maas.batch.shards import validate_file
+
         with open_source(self.source) as handle:
             stats = validate_file(handle)
         name = self.file_name or upload_name(context, stats.sha256)
@@ -131,6 +120,14 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
         self.display_name = display_name
 
     def execute(self, context: Context) -> str:
+        from airflow_provider_maas.batch.create_guard import (
+            CreateInFlight,
+            clear_epoch,
+            refuse_uncertain_create,
+            uncertain_create_error,
+        )
+        from airflow_provider_maas.client.failures import proves_not_created
+
         what = f"file {self.file_name!r}"
         store = task_state(context)
         saved = store.get(JOB_STATE_KEY) if store is not None else None
@@ -226,6 +223,15 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
         self.extract_images = extract_images
 
     def execute(self, context: Context) -> str:
+        from airflow_provider_maas.batch.merge import (
+            compare_with_job,
+            extract_images_beside,
+            failed_path_for,
+            merge_results,
+            summarise_results,
+        )
+        from airflow_provider_maas.batch.origin import write_origin
+
         dest = check_destination(self.destination)
         check_within(dest, self.allowed_prefix, what="destination")
         ordered = self.source is not None
@@ -315,6 +321,9 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         )
 
     def execute(self, context: Context) -> list[str]:
+        from airflow_provider_maas.batch.chunks import write_chunks
+        from airflow_provider_maas.batch.shards import write_shards
+
         if self.for_upload:
             uris = write_shards(
                 self.source,
@@ -368,6 +377,8 @@ class MaaSMergeResultsOperator(LineageMixin, BaseOperator):
         self.destination = destination
 
     def execute(self, context: Context) -> str:
+        from airflow_provider_maas.batch.merge import merge_results
+
         dest = check_destination(self.destination)
         sources = self.results
         if isinstance(sources, str) or not hasattr(sources, "__len__"):

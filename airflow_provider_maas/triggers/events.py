@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from airflow_provider_maas._compat import AirflowSensorTimeout
 from airflow_provider_maas.client.states import JobOutcome, Outcome, job_outcome
@@ -18,7 +18,9 @@ from airflow_provider_maas.exceptions import MaaSError, MaaSJobFailedError
 
 log = logging.getLogger(__name__)
 
-EVENT_STATUSES = frozenset({"success", "error", "timeout"})
+#: What an event's ``status`` may be (a closed set: :meth:`JobsEvent.from_event` refuses any other).
+EventStatus = Literal["success", "error", "timeout"]
+EVENT_STATUSES: frozenset[str] = frozenset(get_args(EventStatus))
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +36,7 @@ class JobsEvent:
     :param job: The single-job trigger's final job JSON, if it ended; the batch trigger never sends job JSON.
     """
 
-    status: str
+    status: EventStatus
     message: str
     ended: tuple[JobOutcome, ...] = ()
     running: tuple[str, ...] = ()
@@ -82,7 +84,7 @@ class JobsEvent:
             raise MaaSError(f"Unexpected event from the MaaS trigger: {event!r:.300}") from None
 
 
-def job_event(status: str, job_name: str, job: dict[str, Any] | None, message: str) -> dict[str, Any]:
+def job_event(status: EventStatus, job_name: str, job: dict[str, Any] | None, message: str) -> dict[str, Any]:
     """The single-job trigger's event (a :class:`JobsEvent` as a dict)."""
     outcome = job_outcome(job, job_name) if job else None
     ended = (outcome,) if outcome is not None and outcome.ended else ()

@@ -12,6 +12,7 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_maas.batch.int_settings import check_int
 from airflow_provider_maas.batch.polling import (
     DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
+    DEFAULT_MAX_PARALLEL_TRANSFERS,
     OneJobWait,
     first_poll_delay,
     min_first_poll_after,  # noqa: F401  (its earlier home: still importable from here)
@@ -21,17 +22,16 @@ from airflow_provider_maas.client.states import JobOutcome, Outcome, job_outcome
 from airflow_provider_maas.exceptions import MaaSError, MaaSNotFoundError, MaaSRetryableError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.triggers.events import JobsEvent, job_event
+from airflow_provider_maas.triggers.events import EventStatus, JobsEvent, job_event
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 #: The old name of :data:`~airflow_provider_maas.batch.polling.DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS`.
 DEFAULT_MAX_CONSECUTIVE_ERRORS = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
-#: Polls in flight at once in one :class:`MaaSBatchJobsTrigger` (the operator's default
-#: ``max_parallel_transfers``): 100 GETs at the same moment overflowed a real gateway's accept
-#: backlog (timeouts, retries: 166 s where 60 s was possible); 16 at 0.1 s each poll 100 jobs in 0.7 s.
-DEFAULT_MAX_PARALLEL_POLLS = 16
+#: Polls in flight at once in one :class:`MaaSBatchJobsTrigger`: the operator's default
+#: ``max_parallel_transfers`` (:data:`~airflow_provider_maas.batch.polling.DEFAULT_MAX_PARALLEL_TRANSFERS`).
+DEFAULT_MAX_PARALLEL_POLLS = DEFAULT_MAX_PARALLEL_TRANSFERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +126,7 @@ class _PollingTrigger(BaseTrigger):
         raise NotImplementedError
 
     def _event(
-        self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]
+        self, status: EventStatus, ended: list[_Ended], message: str, last_states: dict[str, str | None]
     ) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -234,7 +234,7 @@ class MaaSBatchJobTrigger(_PollingTrigger):
         return True
 
     def _event(
-        self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]
+        self, status: EventStatus, ended: list[_Ended], message: str, last_states: dict[str, str | None]
     ) -> dict[str, Any]:
         if status == "timeout":
             return job_event(
@@ -314,7 +314,7 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
         return still_running == 0 or (self.fire_after is not None and len(ended) >= self.fire_after)
 
     def _event(
-        self, status: str, ended: list[_Ended], message: str, last_states: dict[str, str | None]
+        self, status: EventStatus, ended: list[_Ended], message: str, last_states: dict[str, str | None]
     ) -> dict[str, Any]:
         if status == "timeout":
             message = (
