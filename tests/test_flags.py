@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from airflow_provider_maas.batch import settings
 from airflow_provider_maas.client.config import build_config
 from airflow_provider_maas.exceptions import MaaSConfigError, MaaSInputError
 from airflow_provider_maas.flags import FALSE, TRUE, is_true
@@ -72,4 +71,6 @@ def test_the_hook_refuses_a_connection_whose_flag_extra_is_misspelt(monkeypatch)
 
 
 def test_the_operators_flag_uses_the_same_reading():
-    assert settings.is_true is is_true  # start_over, rendered, is read by BatchSettings.of
+    from airflow_provider_maas.operators import batch
+
+    assert batch.is_true is is_true  # start_over, rendered, is read where the operator builds its settings

@@ -21,7 +21,8 @@ earlier try's state, or start over), ``round_files`` (each round's requests and 
 for its shard), ``polling`` (the one wait policy of every waiter), ``pacing`` (when to resume, when
 to give up), ``progress`` (with ``answer_counts``: how far a batch is, for the progress page).
 
-Cost: ``rounds`` (pay once per answer: reuse, identical requests, retry rounds), ``cost`` (what
+Cost: ``rounds`` (pay once per answer: reuse, identical requests, retry rounds; ``retry_failures``:
+which failures a retry round resends), ``cost`` (what
 answers cost at the user's prices), ``estimates`` (token estimates and worst cases), ``bounds`` (the
 operator's bounds on what one request counts), ``budget`` (the cap and the canary, decided before
 each create; ``budget_checks``: its settings and prices checked first), ``spend`` (the ledger: what
