@@ -1,11 +1,11 @@
 """Read MaaS batch results files from your own code: the stable import path of the results reader.
 
-Pure Python, no Airflow import. The implementation lives in :mod:`airflow_provider_maas.batch.results`.
+Pure Python, no Airflow import. The implementation lives in :mod:`airflow_provider_maas.batch.answers.results`.
 """
 
 from __future__ import annotations
 
-from airflow_provider_maas.batch.results import (
+from airflow_provider_maas.batch.answers.results import (
     MISSING_STATUS,
     ResultRecord,
     ResultsFormatError,

@@ -1,10 +1,10 @@
 """Figure: the dry run (``dry_run=True``) of 1,000,000 requests: time and peak memory.
 
-Our side runs ``batch.dry_run.dry_run`` (what the operator's dry run calls) in a fresh interpreter:
+Our side runs ``batch.cost.dry_run.dry_run`` (what the operator's dry run calls) in a fresh interpreter:
 every line validated, deduplicated (the digest of each normalised request into a temporary SQLite
 file, as a real run does), estimated (prompt characters, ``maxOutputTokens``) and the requests to
 send planned into 100-request shards. The reference is the existing split/validate figure's pass 1
-on the same file: ``batch.shards.plan_shards`` (validate + plan), the floor of any plan, in the
+on the same file: ``batch.inputs.shards.plan_shards`` (validate + plan), the floor of any plan, in the
 same kind of fresh interpreter. Peak RSS growth (``VmHWM`` reset once the modules are loaded) at
 N and N/2 shows whether memory follows the input.
 
@@ -79,8 +79,8 @@ def run(smoke: bool, workdir: Path) -> Figure:
 
 def _worker(argv: list[str]) -> None:
     mode, path = argv
-    from airflow_provider_maas.batch.dry_run import dry_run
-    from airflow_provider_maas.batch.shards import plan_shards
+    from airflow_provider_maas.batch.cost.dry_run import dry_run
+    from airflow_provider_maas.batch.inputs.shards import plan_shards
     from tests.helpers import batch_settings  # the operator's defaults
 
     settings = batch_settings(path, prices={"prompt": 0.30, "candidates": 2.50})  # built before the clock starts

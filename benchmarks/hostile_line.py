@@ -71,10 +71,10 @@ def _pass(name: str, path: str, workdir: str) -> str:
     import functools
     import io
 
-    from airflow_provider_maas.batch.matching import AnswerStore
-    from airflow_provider_maas.batch.results import ResultsFormatError
-    from airflow_provider_maas.batch.rounds import write_requests_to_send
-    from airflow_provider_maas.batch.shards import plan_shards
+    from airflow_provider_maas.batch.answers.matching import AnswerStore
+    from airflow_provider_maas.batch.answers.pay_once import write_requests_to_send
+    from airflow_provider_maas.batch.answers.results import ResultsFormatError
+    from airflow_provider_maas.batch.inputs.shards import plan_shards
     from airflow_provider_maas.exceptions import MaaSInputError
     from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 

@@ -89,8 +89,8 @@ def worker(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import logging
 
-    from airflow_provider_maas.batch.merge import merge_results, merge_shard_results
-    from airflow_provider_maas.batch.parts import concatenate
+    from airflow_provider_maas.batch.answers.merge import merge_results, merge_shard_results
+    from airflow_provider_maas.batch.answers.parts import concatenate
     from airflow_provider_maas.storage import to_path
 
     logging.getLogger("airflow_provider_maas").setLevel(logging.ERROR)

@@ -37,9 +37,16 @@ def _line(i: int) -> bytes:
 
 
 def build(root: Path, shards: int, per_shard: int) -> None:
-    from airflow_provider_maas.batch.journal import BatchJournal
-    from airflow_provider_maas.batch.shards import ShardPlan
-    from airflow_provider_maas.batch.state import BatchState, Round, ShardKey, ShardRecord, ShardStatus, fingerprint
+    from airflow_provider_maas.batch.inputs.shards import ShardPlan
+    from airflow_provider_maas.batch.record.journal import BatchJournal
+    from airflow_provider_maas.batch.record.state import (
+        BatchState,
+        Round,
+        ShardKey,
+        ShardRecord,
+        ShardStatus,
+        fingerprint,
+    )
     from airflow_provider_maas.storage import to_path
 
     plans = tuple(
@@ -78,7 +85,7 @@ def build(root: Path, shards: int, per_shard: int) -> None:
 
 _CHILD = r"""
 import json, sys, time
-from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.record.journal import BatchJournal
 from airflow_provider_maas.batch.progress import read_progress
 from airflow_provider_maas.storage import to_path
 root, calls = sys.argv[1], int(sys.argv[2])

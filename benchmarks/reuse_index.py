@@ -1,6 +1,6 @@
 """Figure: building the reuse index of ``reuse_results`` over 1,000,000 earlier results.
 
-The provider's ``AnswerStore.add`` (``airflow_provider_maas.batch.matching``) streams a results file
+The provider's ``AnswerStore.add`` (``airflow_provider_maas.batch.answers.matching``) streams a results file
 and indexes each successful answer by the digest of its normalised request (the merge's own
 ``results.request_digest``), in a temporary SQLite file; then builds the lookup index. Measured in
 a fresh interpreter: wall time, CPU time, and peak RSS growth (``VmHWM`` reset once the module is
@@ -124,7 +124,7 @@ def _worker(argv: list[str]) -> None:
         return
     import os
 
-    from airflow_provider_maas.batch.matching import AnswerStore
+    from airflow_provider_maas.batch.answers.matching import AnswerStore
 
     with AnswerStore() as store, open(path, "rb") as handle:
         reset_peak_rss()

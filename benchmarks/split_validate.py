@@ -1,7 +1,7 @@
 """Figure: split + validate a 1 GB JSONL into 100-request shards, as ``MaaSSplitRequestsOperator`` does.
 
 The input: 100,000 requests of 2 to 18 KB each (prompts with context, some escapes), ~1 GB. Our
-side runs ``batch.shards.write_shards`` (what the operator's ``execute`` calls) in a fresh
+side runs ``batch.inputs.shards.write_shards`` (what the operator's ``execute`` calls) in a fresh
 interpreter: pass 1 parses every line with full JSON validation and plans the shards, pass 2
 copies each shard to its own file, written atomically (fsync + rename). The reference is
 ``split -l 100`` of the same file into the same kind of directory (no validation, no fsync).
@@ -118,7 +118,7 @@ def worker(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     import logging
 
-    from airflow_provider_maas.batch.shards import plan_shards, write_shards
+    from airflow_provider_maas.batch.inputs.shards import plan_shards, write_shards
     from airflow_provider_maas.storage import open_source, to_path
     from benchmarks.download import time_fsync
 

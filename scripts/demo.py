@@ -91,7 +91,7 @@ def main() -> int:
         if not results:
             print(f"The DAG ran but wrote no results under {output}; see {log_path}", file=sys.stderr)
             return 1
-        from airflow_provider_maas.batch.results import iter_results, summarize
+        from airflow_provider_maas.batch.answers.results import iter_results, summarize
 
         with results[-1].open("rb") as handle:
             summary = summarize(iter_results(handle))

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_maas.batch.request_lines import iter_request_lines
-from airflow_provider_maas.batch.results import MISSING_STATUS, iter_results, request_key
+from airflow_provider_maas.batch.answers.results import MISSING_STATUS, iter_results, request_key
+from airflow_provider_maas.batch.inputs.request_lines import iter_request_lines
 
 
 class FakeStateStore:
@@ -27,7 +27,7 @@ class FakeStateStore:
 
 class FakeVariables:
     """``airflow.sdk.Variable`` as the Execution API keeps it: JSON text per key, kept across tries; also
-    the supervisor's answer to the Task SDK's ``GetVariable`` (:meth:`send`), which ``batch/task_record.py``
+    the supervisor's answer to the Task SDK's ``GetVariable`` (:meth:`send`), which ``batch/record/task_record.py``
     reads the record with. :func:`use_fake_variables` installs both."""
 
     def __init__(self) -> None:
@@ -68,7 +68,7 @@ class FakeVariables:
 def use_fake_variables(monkeypatch: Any) -> FakeVariables:
     """Airflow 3.0-3.2 in a test: the Variables the batch and create operators keep their record in
     (``airflow.sdk.Variable`` and the supervisor channel they are read through) are a :class:`FakeVariables`."""
-    from airflow_provider_maas.batch import task_record
+    from airflow_provider_maas.batch.record import task_record
 
     fake = FakeVariables()
     monkeypatch.setattr("airflow.sdk.Variable", fake)
@@ -179,8 +179,8 @@ def batch_settings(source: Any = "in.jsonl", destination: Any = None, **changes:
     """The :class:`~airflow_provider_maas.batch.settings.BatchSettings` of a try with the operator's
     defaults (no reuse, no prices, no timeout), from ``source`` to ``destination`` (default: next to
     ``source``), with ``changes`` on top. For tests and benchmarks that call the batch modules directly."""
+    from airflow_provider_maas.batch.inputs.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
     from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
-    from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
     from airflow_provider_maas.batch.settings import BatchSettings, retry_rule_and_prices
 
     values: dict[str, Any] = {

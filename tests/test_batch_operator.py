@@ -14,8 +14,8 @@ import warnings
 import pytest
 import requests
 
-from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.state import ShardStatus
+from airflow_provider_maas.batch.record.journal import BatchJournal
+from airflow_provider_maas.batch.record.state import ShardStatus
 from airflow_provider_maas.exceptions import (
     MaaSInputError,
     MaaSJobCreationUncertainError,

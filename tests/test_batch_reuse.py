@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.record.journal import BatchJournal
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.compat import TaskDeferred

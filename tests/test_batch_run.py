@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.record.journal import BatchJournal
 from airflow_provider_maas.batch.run import BatchRun, Wait
 from airflow_provider_maas.batch.settings import BatchSettings
 from airflow_provider_maas.client.states import job_outcome

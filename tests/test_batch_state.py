@@ -10,13 +10,12 @@ import re
 
 import pytest
 
-from airflow_provider_maas.batch import journal as journal_module
-from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.answers.summary import check_outcome
+from airflow_provider_maas.batch.inputs.shards import ShardPlan
 from airflow_provider_maas.batch.pacing import check_deadline, fire_after
-from airflow_provider_maas.batch.resume import refuse_abandoning_jobs, take_over
-from airflow_provider_maas.batch.settings import check_limits, reuse_paths
-from airflow_provider_maas.batch.shards import ShardPlan
-from airflow_provider_maas.batch.state import (
+from airflow_provider_maas.batch.record import journal as journal_module
+from airflow_provider_maas.batch.record.journal import BatchJournal
+from airflow_provider_maas.batch.record.state import (
     STATE_VERSION,
     BatchState,
     Round,
@@ -25,8 +24,9 @@ from airflow_provider_maas.batch.state import (
     ShardStatus,
     fingerprint,
 )
-from airflow_provider_maas.batch.state_objects import StateDamaged
-from airflow_provider_maas.batch.summary import check_outcome
+from airflow_provider_maas.batch.record.state_objects import StateDamaged
+from airflow_provider_maas.batch.resume import refuse_abandoning_jobs, take_over
+from airflow_provider_maas.batch.settings import check_limits, reuse_paths
 from airflow_provider_maas.exceptions import (
     MaaSInputError,
     MaaSJobCreationUncertainError,
@@ -243,7 +243,7 @@ def test_job_outcome_is_one_decision_and_round_trips_compactly():
     assert len(json.dumps(done.as_dict())) < 120
 
 
-# What a try decides from the state (batch.resume, batch.pacing, batch.summary, batch.settings) ----
+# What a try decides from the state (batch.resume, batch.pacing, batch.answers.summary, batch.settings) ----
 def _with(state: BatchState, index: int, **changes) -> ShardRecord:
     record = state.shards[ShardKey(0, index)].but(**changes)
     state.apply(record)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.record.journal import BatchJournal
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError, MaaSInputError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.compat import TaskDeferred
@@ -177,8 +177,8 @@ ANSWER_SCHEMA = {
 
 def _invalid_lines(source: Path, rate: float) -> list[int]:
     """0-based lines of ``source`` whose answer the emulator spoils (the request as sent: schema added)."""
-    from airflow_provider_maas.batch.rewrite import Rewrite
-    from airflow_provider_maas.batch.schema import to_gemini_schema
+    from airflow_provider_maas.batch.answers.schema import to_gemini_schema
+    from airflow_provider_maas.batch.inputs.rewrite import Rewrite
     from airflow_provider_maas.emulator.results import answer_is_invalid
 
     spoilt = []
@@ -206,7 +206,7 @@ def test_schema_requests_get_valid_json_from_the_emulator(emulator, tmp_path):
 
 
 def assert_in_input_order_of_sent(dest: Path, count: int) -> list:
-    from airflow_provider_maas.batch.results import iter_results
+    from airflow_provider_maas.batch.answers.results import iter_results
 
     with dest.open("rb") as handle:
         records = list(iter_results(handle))

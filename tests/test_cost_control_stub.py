@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.record.journal import BatchJournal
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError
 from tests.compat import TaskDeferred
 from tests.conftest import connection_env

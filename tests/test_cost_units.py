@@ -1,6 +1,6 @@
-"""Issue 22's pure modules, without Airflow or the emulator: estimates (batch.estimates, batch.bounds),
-the dry run's plan (batch.dry_run), the canary's shard (batch.canary), the reservation rule
-(batch.budget, batch.spend, batch.budget_checks), answers checked (batch.schema)."""
+"""Issue 22's pure modules, without Airflow or the emulator: estimates (batch.cost.estimates, batch.cost.bounds),
+the dry run's plan (batch.cost.dry_run), the canary's shard (batch.cost.canary), the reservation rule
+(batch.cost.budget, batch.cost.spend, batch.cost.budget_checks), answers checked (batch.answers.schema)."""
 
 from __future__ import annotations
 
@@ -10,23 +10,28 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.bounds import Bounds
-from airflow_provider_maas.batch.budget import Admission, SpendGate
-from airflow_provider_maas.batch.budget_checks import check_budget, check_same_prices
-from airflow_provider_maas.batch.canary import check_canary, judge, split_first
-from airflow_provider_maas.batch.dry_run import make_plan
-from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS, Tokens, estimate_request, worst_case_usd
-from airflow_provider_maas.batch.matching import _parse
-from airflow_provider_maas.batch.rewrite import Rewrite, write_rewritten
-from airflow_provider_maas.batch.schema import (
+from airflow_provider_maas.batch.answers.matching import _parse
+from airflow_provider_maas.batch.answers.schema import (
     INVALID_OUTPUT,
     AnswerCheck,
     count_invalid,
     retry_rule,
     to_gemini_schema,
 )
-from airflow_provider_maas.batch.shards import copy_shard, plan_shards
-from airflow_provider_maas.batch.state import BatchState, Round, ShardKey, ShardRecord, ShardStatus
+from airflow_provider_maas.batch.cost.bounds import Bounds
+from airflow_provider_maas.batch.cost.budget import Admission, SpendGate
+from airflow_provider_maas.batch.cost.budget_checks import check_budget, check_same_prices
+from airflow_provider_maas.batch.cost.canary import check_canary, judge, split_first
+from airflow_provider_maas.batch.cost.dry_run import make_plan
+from airflow_provider_maas.batch.cost.estimates import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    Tokens,
+    estimate_request,
+    worst_case_usd,
+)
+from airflow_provider_maas.batch.inputs.rewrite import Rewrite, write_rewritten
+from airflow_provider_maas.batch.inputs.shards import copy_shard, plan_shards
+from airflow_provider_maas.batch.record.state import BatchState, Round, ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.exceptions import MaaSInputError
 
 

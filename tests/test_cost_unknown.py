@@ -11,9 +11,9 @@ import math
 
 import pytest
 
-from airflow_provider_maas.batch.cost import MAX_PRICE, check_prices, cost_of
-from airflow_provider_maas.batch.results import iter_results, summarize
-from airflow_provider_maas.batch.rounds import merge_answers
+from airflow_provider_maas.batch.answers.pay_once import merge_answers
+from airflow_provider_maas.batch.answers.results import iter_results, summarize
+from airflow_provider_maas.batch.cost.prices import MAX_PRICE, check_prices, cost_of
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import open_source
 

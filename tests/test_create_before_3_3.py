@@ -14,7 +14,7 @@ import functools
 
 import pytest
 
-from airflow_provider_maas.batch import task_record
+from airflow_provider_maas.batch.record import task_record
 from airflow_provider_maas.exceptions import MaaSError, MaaSJobCreationUncertainError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators import _common

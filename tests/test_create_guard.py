@@ -93,7 +93,7 @@ def test_an_unexpected_error_during_create_is_uncertain(emulator, tmp_path, monk
 
 
 def test_one_type_for_a_create_in_flight_and_its_stored_form_is_unchanged():
-    from airflow_provider_maas.batch.create_guard import CreateInFlight
+    from airflow_provider_maas.batch.record.create_guard import CreateInFlight
 
     stored = {"status": "creating", "file_name": "f.jsonl", "display_name": "d", "round": 3}  # as written before
     marker = CreateInFlight.from_stored(stored)

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from airflow_provider_maas._compat import AirflowProviderDeprecationWarning
-from airflow_provider_maas.batch.results import MISSING_STATUS
+from airflow_provider_maas.batch.answers.results import MISSING_STATUS
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators.maas import MaaSDownloadResultsOperator

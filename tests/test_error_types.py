@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_maas.batch.cost import check_prices
-from airflow_provider_maas.batch.results import ResultsFormatError
-from airflow_provider_maas.batch.rounds import retry_predicate
-from airflow_provider_maas.batch.shards import plan_shards, shard_name
+from airflow_provider_maas.batch.answers.pay_once import retry_predicate
+from airflow_provider_maas.batch.answers.results import ResultsFormatError
+from airflow_provider_maas.batch.cost.prices import check_prices
+from airflow_provider_maas.batch.inputs.shards import plan_shards, shard_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError, MaaSIntegrityError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators.maas import (

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_maas.batch.request_lines import iter_request_lines
-from airflow_provider_maas.batch.results import iter_results, request_key
+from airflow_provider_maas.batch.answers.results import iter_results, request_key
+from airflow_provider_maas.batch.inputs.request_lines import iter_request_lines
 from tests.conftest import API_KEY, ROOT
 from tests.helpers import assert_asset_summary, assert_in_input_order
 

@@ -12,11 +12,11 @@ import tracemalloc
 
 import pytest
 
-from airflow_provider_maas.batch.lines import MAX_RESULT_LINE_BYTES, ResultsFormatError
-from airflow_provider_maas.batch.matching import AnswerStore
-from airflow_provider_maas.batch.merge import merge_results
-from airflow_provider_maas.batch.rounds import write_requests_to_send
-from airflow_provider_maas.batch.shards import plan_shards
+from airflow_provider_maas.batch.answers.matching import AnswerStore
+from airflow_provider_maas.batch.answers.merge import merge_results
+from airflow_provider_maas.batch.answers.pay_once import write_requests_to_send
+from airflow_provider_maas.batch.inputs.lines import MAX_RESULT_LINE_BYTES, ResultsFormatError
+from airflow_provider_maas.batch.inputs.shards import plan_shards
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSIntegrityError
 from tests.helpers import batch_operator, make_context, write_requests
 

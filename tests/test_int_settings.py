@@ -9,9 +9,9 @@ import re
 
 import pytest
 
+from airflow_provider_maas.batch.inputs.shards import plan_shards
 from airflow_provider_maas.batch.int_settings import LIMITS, check_limits
 from airflow_provider_maas.batch.polling import check_poll_errors
-from airflow_provider_maas.batch.shards import plan_shards
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator, MaaSSplitRequestsOperator
 from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_maas._compat import AirflowFailException
-from airflow_provider_maas.batch.request_lines import (
+from airflow_provider_maas.batch.answers.results import normalise_request, request_key
+from airflow_provider_maas.batch.inputs.request_lines import (
     MAX_BYTES_PER_FILE,
     MAX_REQUESTS_PER_FILE,
     iter_request_lines,
     validate_request_line,
 )
-from airflow_provider_maas.batch.results import normalise_request, request_key
-from airflow_provider_maas.batch.shards import (
+from airflow_provider_maas.batch.inputs.shards import (
     FileStats,
     copy_shard,
     iter_shards,
@@ -360,7 +360,7 @@ def test_normalise_request():
 
 
 def test_shard_names_are_part_numbered_as_documented():
-    from airflow_provider_maas.batch.shards import SHARD_PREFIX
+    from airflow_provider_maas.batch.inputs.shards import SHARD_PREFIX
 
     assert [shard_name(SHARD_PREFIX, i, 3) for i in range(3)] == [
         "part-00000.jsonl",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_maas.batch.merge import merge_results, merge_shard_results, summarise_results
-from airflow_provider_maas.batch.results import MISSING_STATUS, ResultsFormatError
+from airflow_provider_maas.batch.answers.merge import merge_results, merge_shard_results, summarise_results
+from airflow_provider_maas.batch.answers.results import MISSING_STATUS, ResultsFormatError
 from airflow_provider_maas.exceptions import MaaSIntegrityError
 from tests.test_results import echo, result_line
 

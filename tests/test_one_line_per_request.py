@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from airflow_provider_maas.batch.results import MISSING_STATUS
+from airflow_provider_maas.batch.answers.results import MISSING_STATUS
 from airflow_provider_maas.operators.maas import MaaSMergeResultsOperator
 from tests.helpers import assert_in_input_order, batch_operator, make_context, write_requests
 from tests.test_results import result_line

@@ -12,10 +12,10 @@ import pytest
 
 from airflow_provider_maas.batch import answer_counts
 from airflow_provider_maas.batch import progress as progress_module
-from airflow_provider_maas.batch.journal import BatchJournal
+from airflow_provider_maas.batch.inputs.shards import ShardPlan
 from airflow_provider_maas.batch.progress import RESULTS_KEPT_SECONDS, job_progress, read_progress
-from airflow_provider_maas.batch.shards import ShardPlan
-from airflow_provider_maas.batch.state import BatchState, Round, ShardKey, ShardRecord, ShardStatus, fingerprint
+from airflow_provider_maas.batch.record.journal import BatchJournal
+from airflow_provider_maas.batch.record.state import BatchState, Round, ShardKey, ShardRecord, ShardStatus, fingerprint
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.storage import to_path
 from tests.helpers import batch_settings, make_context

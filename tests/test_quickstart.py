@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 
-from airflow_provider_maas.batch.request_lines import iter_request_lines
-from airflow_provider_maas.batch.results import iter_results, request_key
+from airflow_provider_maas.batch.answers.results import iter_results, request_key
+from airflow_provider_maas.batch.inputs.request_lines import iter_request_lines
 from tests.conftest import ROOT
 
 QUICKSTART = (ROOT / "docs" / "quickstart.md").read_text()

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.request_lines import validate_request_line
-from airflow_provider_maas.batch.summary_types import BatchSummary, DownloadSummary, MergeSummary
+from airflow_provider_maas.batch.answers.summary_types import BatchSummary, DownloadSummary, MergeSummary
+from airflow_provider_maas.batch.inputs.request_lines import validate_request_line
 from tests.conftest import API_KEY, ENDPOINT, ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -419,9 +419,9 @@ def test_lower_layers_never_import_the_airflow_facing_ones():
 
 
 def test_public_results_reader_is_the_batch_reader():
-    """The README documents ``airflow_provider_maas.results``: it stays the re-export of ``batch/results.py``."""
+    """The README documents ``airflow_provider_maas.results``: it stays the re-export of ``batch/answers/results.py``."""
     from airflow_provider_maas import results
-    from airflow_provider_maas.batch import results as implementation
+    from airflow_provider_maas.batch.answers import results as implementation
 
     assert "from airflow_provider_maas.results import iter_results, summarize" in README
     for name in results.__all__:
@@ -470,7 +470,7 @@ def _listed(text: str, after: str, end: str = ".") -> set[str]:
     return set(re.findall(r"`(\w+)`", text[start : text.index(end, start)]))
 
 
-#: The operators that push an XCom ``summary``, and its type (``batch/summary_types.py``).
+#: The operators that push an XCom ``summary``, and its type (``batch/answers/summary_types.py``).
 SUMMARY_TYPES = {
     "MaaSDownloadResultsOperator": DownloadSummary,
     "MaaSMergeResultsOperator": MergeSummary,
@@ -578,8 +578,8 @@ def test_make_targets_named_in_the_readme_exist():
 
 
 def test_limits_are_the_codes():
+    from airflow_provider_maas.batch.inputs.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
     from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
-    from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 
     limits = _section(README, "## Limits of the service")
     assert f"At most {MAX_REQUESTS_PER_FILE} requests and 50 MB (read as 50 MiB)" in limits
@@ -592,7 +592,7 @@ def test_limits_are_the_codes():
 
 
 def test_default_retry_failures_are_the_documented_ones():
-    from airflow_provider_maas.batch.rounds import retry_predicate
+    from airflow_provider_maas.batch.answers.pay_once import retry_predicate
 
     retried = retry_predicate(None)
     reliability = " ".join(DOCS["docs/reliability.md"].split())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 
-from airflow_provider_maas.batch.request_lines import iter_request_lines
-from airflow_provider_maas.batch.results import iter_results, request_key
+from airflow_provider_maas.batch.answers.results import iter_results, request_key
+from airflow_provider_maas.batch.inputs.request_lines import iter_request_lines
 from tests.conftest import API_KEY, ROOT
 
 

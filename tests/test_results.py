@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.lines import iter_line_batches
-from airflow_provider_maas.batch.matching import AnswerStore, reader
-from airflow_provider_maas.batch.results import (
+from airflow_provider_maas.batch.answers.matching import AnswerStore, reader
+from airflow_provider_maas.batch.answers.results import (
     ResultRecord,
     ResultsFormatError,
     ResultSummary,
@@ -25,6 +24,7 @@ from airflow_provider_maas.batch.results import (
     request_digest,
     summarize,
 )
+from airflow_provider_maas.batch.inputs.lines import iter_line_batches
 from tests.helpers import ShortReads
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -32,7 +32,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def test_results_module_imports_nothing_from_airflow():
     code = (
-        "import sys, airflow_provider_maas.batch.results\n"
+        "import sys, airflow_provider_maas.batch.answers.results\n"
         "bad = [m for m in sys.modules if m == 'airflow' or m.startswith(('airflow.', 'airflow_provider_maas.exc'))]\n"
         "assert not bad, bad\n"
     )
@@ -254,7 +254,7 @@ def image_results() -> bytes:
 
 
 def test_extract_images_beside_the_results(tmp_path: Path):
-    from airflow_provider_maas.batch.merge import extract_images_beside
+    from airflow_provider_maas.batch.answers.merge import extract_images_beside
 
     results = tmp_path / "out" / "job42.jsonl"
     results.parent.mkdir()
@@ -297,7 +297,7 @@ def test_record_is_frozen():
 
 
 def test_identical_requests_in_later_blocks_take_the_next_answers(monkeypatch):
-    import airflow_provider_maas.batch.matching as matching
+    import airflow_provider_maas.batch.answers.matching as matching
 
     monkeypatch.setattr(matching, "_MATCH_BLOCK", 2)  # the rank of a request carries over from block to block
     lines = [result_line(echo(request(1)), text) for text in ("a", "b", "c")] + [result_line(echo(request(2)), "d")]
@@ -312,7 +312,7 @@ def test_identical_requests_in_later_blocks_take_the_next_answers(monkeypatch):
 
 
 def test_blocks_after_the_first_count_identical_requests_through_the_file(monkeypatch):
-    import airflow_provider_maas.batch.matching as matching
+    import airflow_provider_maas.batch.answers.matching as matching
 
     monkeypatch.setattr(matching, "_MATCH_BLOCK", 2)
     lines = [result_line(echo(request(1)), "a"), result_line(echo(request(1)), None, "INTERNAL")]
@@ -336,7 +336,7 @@ def test_blocks_after_the_first_count_identical_requests_through_the_file(monkey
 
 
 def test_a_shard_is_merged_in_three_statements_and_its_leftovers_are_its_own(monkeypatch):
-    import airflow_provider_maas.batch.matching as matching
+    import airflow_provider_maas.batch.answers.matching as matching
 
     calls: list[str] = []
     for name in ("execute", "executemany"):

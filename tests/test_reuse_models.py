@@ -10,7 +10,7 @@ import json
 import pytest
 
 from airflow_provider_maas._compat import AirflowFailException
-from airflow_provider_maas.batch.origin import origin_path, read_origin
+from airflow_provider_maas.batch.record.origin import origin_path, read_origin
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSNotFoundError, MaaSUnknownEndpointError
 from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators.maas import MaaSDownloadResultsOperator

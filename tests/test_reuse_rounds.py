@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_maas.batch.cost import check_prices, cost_of
-from airflow_provider_maas.batch.matching import AnswerStore
-from airflow_provider_maas.batch.results import MISSING_STATUS, ResultsFormatError
-from airflow_provider_maas.batch.rounds import (
+from airflow_provider_maas.batch.answers.matching import AnswerStore
+from airflow_provider_maas.batch.answers.pay_once import (
     DEFAULT_RETRY_FAILURES,
     merge_answers,
     retry_predicate,
     write_requests_to_send,
     write_retries,
 )
+from airflow_provider_maas.batch.answers.results import MISSING_STATUS, ResultsFormatError
+from airflow_provider_maas.batch.cost.prices import check_prices, cost_of
 
 
 def request(text: str) -> dict:
@@ -78,7 +78,7 @@ def test_store_finds_the_echoed_request_both_layouts_and_prefers_success(tmp_pat
         "r.jsonl",
         [result_line("a", status="INTERNAL"), result_line("a", compact=True), b"\n", result_line("b")],
     )
-    from airflow_provider_maas.batch.results import request_digest
+    from airflow_provider_maas.batch.answers.results import request_digest
 
     with AnswerStore() as store, path.open("rb") as handle:
         added = store.add("r", handle)
@@ -249,7 +249,7 @@ def test_cost_of_token_totals():
 
 
 def test_all_succeeded_reads_no_json_and_says_look_closer_otherwise():
-    from airflow_provider_maas.batch.rounds import all_succeeded
+    from airflow_provider_maas.batch.answers.pay_once import all_succeeded
 
     good = result_line("a") + b"\n" + result_line("b", compact=True)
     assert all_succeeded(io.BytesIO(good), 2)

@@ -21,10 +21,10 @@ import warnings
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-from airflow_provider_maas.batch import matching
-from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.second_record import JOBS_KEY, STATE_KEY
-from airflow_provider_maas.batch.state import ShardKey, ShardStatus
+from airflow_provider_maas.batch.answers import matching
+from airflow_provider_maas.batch.record.journal import BatchJournal
+from airflow_provider_maas.batch.record.second_record import JOBS_KEY, STATE_KEY
+from airflow_provider_maas.batch.record.state import ShardKey, ShardStatus
 from airflow_provider_maas.exceptions import (
     MaaSJobCreationUncertainError,
     MaaSJobFailedError,
@@ -298,7 +298,7 @@ def test_5_before_airflow_3_3_the_job_names_go_to_a_variable_and_the_retry_reatt
     emulator_factory, tmp_path, failing_fs, monkeypatch
 ):
     """Airflow 3.0-3.2 have no ``task_state_store``: the second record is an Airflow Variable of the
-    task instance (``batch/task_record.py``); it is removed once the task succeeded."""
+    task instance (``batch/record/task_record.py``); it is removed once the task succeeded."""
     variables = use_fake_variables(monkeypatch)
     handle = emulator_factory(job_duration=0.3)
     source = write_requests(tmp_path / "r.jsonl", 250)
@@ -600,7 +600,7 @@ CHAOS_SCHEDULE = {
 def test_state_chaos_never_pays_twice_and_loses_no_answer(emulator_factory, tmp_path, monkeypatch):
     import types
 
-    from airflow_provider_maas.batch import journal as journal_module
+    from airflow_provider_maas.batch.record import journal as journal_module
     from airflow_provider_maas.operators import batch as _batch
 
     handle = emulator_factory(job_duration=0.4)
@@ -696,7 +696,7 @@ def test_before_airflow_3_3_the_batch_record_is_a_real_variable_removed_on_succe
     once the results are written."""
     from airflow.models.variable import Variable as VariableModel
 
-    from airflow_provider_maas.batch.task_record import VariableStateStore
+    from airflow_provider_maas.batch.record.task_record import VariableStateStore
     from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
     from tests.test_example_dags import _load_dag
 

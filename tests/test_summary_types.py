@@ -1,4 +1,4 @@
-"""The XCom ``summary`` types (``batch/summary_types.py``) are the keys the README lists, both ways:
+"""The XCom ``summary`` types (``batch/answers/summary_types.py``) are the keys the README lists, both ways:
 every key of an operator's summary type is in the README's lists for it, every key listed there is in
 the type. ``tests/test_readme.py`` checks the same lists against what the operators push at runtime."""
 
@@ -8,7 +8,7 @@ from typing import get_args, get_type_hints
 
 import pytest
 
-from airflow_provider_maas.batch.summary_types import BatchSummary, ResultsSummary
+from airflow_provider_maas.batch.answers.summary_types import BatchSummary, ResultsSummary
 from airflow_provider_maas.operators._metrics import SUMMARY_COUNTERS, SummaryCounterKey
 from tests.test_readme import SUMMARY_TYPES, _keys, _summary_common, _summary_documented
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.bounds import refuse_unbounded
-from airflow_provider_maas.batch.estimates import estimate_request
+from airflow_provider_maas.batch.cost.bounds import refuse_unbounded
+from airflow_provider_maas.batch.cost.estimates import estimate_request
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError, MaaSInputError
 from tests.conftest import connection_env
 from tests.cost_helpers import EMULATOR_MAX_OUT, PRICES, job_worst, shard_operator, write_priced_requests
@@ -146,7 +146,7 @@ def test_a_null_key_does_not_hide_the_other_spelling(request_):
     estimate read the null camelCase one as "none set" and counted default_max_output_tokens
     (100): a request allowing 500 output tokens was reserved at 100, and the rewrite (under a cap)
     wrote its ceiling beside a config it did not read."""
-    from airflow_provider_maas.batch.rewrite import Rewrite
+    from airflow_provider_maas.batch.inputs.rewrite import Rewrite
 
     assert estimate_request(request_, 100).max_output >= 500
     sent = json.loads(json.dumps(request_))
@@ -313,10 +313,10 @@ def test_a_replaced_state_prices_its_unpriced_jobs(tmp_path):
     request), under one a refusal."""
     from dataclasses import replace
 
-    from airflow_provider_maas.batch.cost import check_prices
-    from airflow_provider_maas.batch.shards import plan_shards
-    from airflow_provider_maas.batch.spend_before import spend_left_behind
-    from airflow_provider_maas.batch.state import BatchState, Round, ShardKey, ShardStatus, fingerprint
+    from airflow_provider_maas.batch.cost.prices import check_prices
+    from airflow_provider_maas.batch.cost.spend_before import spend_left_behind
+    from airflow_provider_maas.batch.inputs.shards import plan_shards
+    from airflow_provider_maas.batch.record.state import BatchState, Round, ShardKey, ShardStatus, fingerprint
     from tests.helpers import batch_settings
 
     source = _requests(tmp_path / "r.jsonl", 10)

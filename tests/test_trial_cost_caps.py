@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.estimates import estimate_request
+from airflow_provider_maas.batch.cost.estimates import estimate_request
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError, MaaSInputError
 from tests.conftest import connection_env
 from tests.cost_helpers import (

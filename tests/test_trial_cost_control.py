@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_maas.batch.bounds import unbounded
-from airflow_provider_maas.batch.budget import SpendGate
-from airflow_provider_maas.batch.estimates import estimate_request
-from airflow_provider_maas.batch.schema import AnswerCheck
-from airflow_provider_maas.batch.state import ShardKey, ShardRecord, ShardStatus
+from airflow_provider_maas.batch.answers.schema import AnswerCheck
+from airflow_provider_maas.batch.cost.bounds import unbounded
+from airflow_provider_maas.batch.cost.budget import SpendGate
+from airflow_provider_maas.batch.cost.estimates import estimate_request
+from airflow_provider_maas.batch.record.state import ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSError, MaaSInputError
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.cost_helpers import (
@@ -498,8 +498,8 @@ def test_duplicated_result_lines_do_not_hide_missing_canary_answers():
     canary counted lines, so 2 duplicates hid 2 missing answers and a bad canary passed."""
     import io
 
-    from airflow_provider_maas.batch.canary import judge
-    from airflow_provider_maas.batch.results import request_digest
+    from airflow_provider_maas.batch.answers.results import request_digest
+    from airflow_provider_maas.batch.cost.canary import judge
 
     requests = [{"contents": [{"parts": [{"text": f"q{n}"}]}]} for n in range(5)]
     usage = {"promptTokenCount": 1, "candidatesTokenCount": 1, "totalTokenCount": 2}

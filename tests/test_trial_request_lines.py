@@ -6,7 +6,7 @@ import pytest
 
 
 def test_a_number_too_long_to_parse_is_explained_without_python_advice():
-    from airflow_provider_maas.batch.request_lines import validate_request_line
+    from airflow_provider_maas.batch.inputs.request_lines import validate_request_line
     from airflow_provider_maas.exceptions import MaaSInputError
 
     line = (

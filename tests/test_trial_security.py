@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 
 from airflow_provider_maas import redaction
-from airflow_provider_maas.batch.results import ResultSummary, parse_result_line
+from airflow_provider_maas.batch.answers.results import ResultSummary, parse_result_line
 from airflow_provider_maas.client.errors import error_from_response, parse_json
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.redaction import contains_key, mask_key, neutralise, redact
@@ -135,7 +135,7 @@ def test_legitimate_connection_ids_and_ports_still_work():
 def test_reused_answers_of_unknown_model_are_not_silent(emulator, tmp_path):
     """A results file copied without ``.<name>.origin.json`` (or from another tool) may hold another
     model's answers: the task stops before sending anything, naming it."""
-    from airflow_provider_maas.batch.origin import origin_path
+    from airflow_provider_maas.batch.record.origin import origin_path
     from tests.helpers import batch_operator, make_context, write_requests
 
     source = write_requests(tmp_path / "r.jsonl", 3)
@@ -243,9 +243,9 @@ def test_a_damaged_reuse_file_is_named_without_its_signature(tmp_path):
     import contextlib
     import io
 
-    from airflow_provider_maas.batch.matching import AnswerStore
-    from airflow_provider_maas.batch.results import ResultsFormatError
-    from airflow_provider_maas.batch.rounds import _open_all
+    from airflow_provider_maas.batch.answers.matching import AnswerStore
+    from airflow_provider_maas.batch.answers.pay_once import _open_all
+    from airflow_provider_maas.batch.answers.results import ResultsFormatError
 
     url = "https://bucket.example/day1.jsonl?X-Amz-Signature=SECRETSIG&X-Amz-Credential=AKIAEXAMPLE"
     with contextlib.ExitStack() as stack, AnswerStore(str(tmp_path)) as store, pytest.raises(ResultsFormatError) as err:
@@ -321,7 +321,7 @@ def test_a_path_starting_with_a_space_is_refused_not_changed(text):
 def test_an_answer_with_text_but_no_candidates_count_makes_the_cost_unknown():
     """``{"promptTokenCount": 10}`` beside a long answer priced its output at zero: the cost read as
     lower than it was, with no warning."""
-    from airflow_provider_maas.batch.cost import cost_of
+    from airflow_provider_maas.batch.cost.prices import cost_of
 
     answer = {"candidates": [{"content": {"parts": [{"text": "a long answer " * 200}]}}]}
     line = {"request": {"contents": []}, "response": {**answer, "usageMetadata": {"promptTokenCount": 10}}}

@@ -147,7 +147,7 @@ def test_12_a_state_that_cannot_be_removed_after_the_results_are_written_does_no
     # The destination is whole and task_state_store says "finished": failing now makes Airflow retry,
     # and the retry finds a half-removed state (not whole): it would stop, and only start_over (paying
     # for the whole batch again) would get past it.
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.record.journal import BatchJournal
 
     handle = emulator_factory(job_duration=0.2)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
@@ -170,7 +170,7 @@ def test_12_a_state_that_cannot_be_removed_after_the_results_are_written_does_no
 
 # 2 / 12 (variation): a try killed while it wrote its first plan (nothing uploaded, nothing paid)
 def test_12_a_plan_cut_before_its_manifest_was_written_is_planned_again(emulator_factory, tmp_path, monkeypatch):
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.record.journal import BatchJournal
 
     handle = emulator_factory(job_duration=0.2)
     source, dest = write_requests(tmp_path / "r.jsonl", 250), tmp_path / "res.jsonl"
@@ -445,7 +445,7 @@ def test_4_a_try_whose_lease_was_taken_does_not_write_the_results_nor_remove_the
 
 # 2 (variation): the newest snapshot deleted (the journal objects it covers are gone with compaction)
 def test_2_the_newest_snapshot_deleted_is_refused(emulator_factory, tmp_path, monkeypatch):
-    from airflow_provider_maas.batch import journal as journal_module
+    from airflow_provider_maas.batch.record import journal as journal_module
 
     monkeypatch.setattr(journal_module, "COMPACT_AFTER", 2)
     handle = emulator_factory(job_duration=1.0)
@@ -510,7 +510,7 @@ def test_2_the_newest_journal_objects_deleted_are_refused(emulator_factory, tmp_
 
 # 5 (variation): the write of the "creating" markers lands but reports a failure (a PUT that timed out)
 def test_5_a_marker_write_that_landed_but_failed_says_what_the_retry_will_do(emulator_factory, tmp_path, monkeypatch):
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.record.journal import BatchJournal
     from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError, MaaSStateWriteError
 
     handle = emulator_factory(job_duration=0.2)

@@ -47,7 +47,7 @@ def test_4_a_retry_starting_while_the_zombie_removes_the_finished_state_pays_not
 
     from airflow_provider_maas.batch import resume
     from airflow_provider_maas.batch import run as _batch
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.record.journal import BatchJournal
 
     if removed == "half":
         remove = BatchJournal.remove
@@ -192,7 +192,7 @@ def cached_fs(monkeypatch):
 
 # 2 (variation): a lagging listing on a store whose client caches listings (s3fs, gcsfs)
 def test_2_a_lagging_listing_cached_by_the_store_client_does_not_pay_again(service, tmp_path, cached_fs):
-    # batch/journal.py reads past a lagging listing by asking for the next key. s3fs and gcsfs answer
+    # batch/record/journal.py reads past a lagging listing by asking for the next key. s3fs and gcsfs answer
     # that question from the listing they just cached: "not there", without asking the store. The retry
     # then replayed only the listed objects, planned the shards whose markers and jobs were hidden as
     # pending, paid for them again, and overwrote the hidden objects with its own.
@@ -294,7 +294,7 @@ def test_8_kept_answers_of_another_model_are_reused_when_chosen_and_unrecorded_o
         batch_operator(source, dest, endpoint="other-endpoint").execute(_try())
     state = tmp_path / ".res.jsonl.maas" / "dag.task.run1.m-1"
     with monkeypatch.context() as patch, pytest.raises(MaaSInputError) as refused:
-        patch.setattr("airflow_provider_maas.batch.origin._write_record", lambda *a: None)  # an old version
+        patch.setattr("airflow_provider_maas.batch.record.origin._write_record", lambda *a: None)  # an old version
         batch_operator(source, dest, endpoint="other-endpoint", start_over=True).execute(_try(max_tries=3))
     assert f"{state}/kept/0000" in str(refused.value) and "reuse_other_models=True" in str(refused.value)
     assert service.created == 3
@@ -332,7 +332,7 @@ def _state_gone_before_3_3(service, tmp_path, monkeypatch):
 # 1 (variation): Airflow 3.0-3.2, the state on one worker's local disk, the retry on another worker
 def test_1_before_airflow_3_3_a_state_gone_between_tries_is_refused(service, tmp_path, monkeypatch):
     # Airflow 3.0-3.2 have no task_state_store: the second record is the Airflow Variable
-    # maas_batch.<digest> (batch/task_record.py), written through the Task SDK in a task runner. It says
+    # maas_batch.<digest> (batch/record/task_record.py), written through the Task SDK in a task runner. It says
     # a state existed at this location; a retry that finds none (a destination on another worker's disk,
     # the folder deleted) refuses, naming the location, instead of planning again (6 jobs for 3).
     from airflow_provider_maas.exceptions import MaaSStateError
@@ -465,7 +465,7 @@ def test_5_markers_that_cannot_be_undone_either_are_refused_by_the_retry_and_a_c
     # The mark write fails, then the journal write that returns the shards to pending fails too: the markers
     # stay. The error says so and names the way on (a clear); the retry stops on them (no job is sent
     # on an automatic path) and the clear sends each shard once.
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.record.journal import BatchJournal
     from airflow_provider_maas.exceptions import MaaSError, MaaSJobCreationUncertainError
     from tests.helpers import use_fake_variables
 
@@ -559,7 +559,7 @@ def test_5_job_names_saved_for_a_discarded_plan_do_not_reattach_the_new_plans_sh
     # plan is not taken over. The new plan's shard 0.1 then lost a create's answer (its job exists, paid);
     # the automatic retry "reattached" shard 0.1 to the discarded plan's job 2 (other requests, maybe another
     # model), abandoning the new plan's job: a paid answer lost, another batch's answers written in its place.
-    from airflow_provider_maas.batch.second_record import JOBS_KEY
+    from airflow_provider_maas.batch.record.second_record import JOBS_KEY
     from airflow_provider_maas.exceptions import MaaSJobCreationUncertainError, MaaSStateError, MaaSTimeoutError
     from airflow_provider_maas.hooks.maas import MaaSHook
 

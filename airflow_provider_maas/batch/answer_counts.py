@@ -15,14 +15,14 @@ import time
 from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.cost import check_prices, cost_of
-from airflow_provider_maas.batch.results import TOKEN_KEYS, ResultSummary, iter_results
-from airflow_provider_maas.batch.state import ShardStatus
+from airflow_provider_maas.batch.answers.results import TOKEN_KEYS, ResultSummary, iter_results
+from airflow_provider_maas.batch.cost.prices import check_prices, cost_of
+from airflow_provider_maas.batch.record.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
-    from airflow_provider_maas.batch.journal import BatchJournal
-    from airflow_provider_maas.batch.state import BatchState
+    from airflow_provider_maas.batch.record.journal import BatchJournal
+    from airflow_provider_maas.batch.record.state import BatchState
 
 #: Failure reasons returned (the most frequent first).
 MAX_REASONS = 10

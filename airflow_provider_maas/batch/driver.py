@@ -18,23 +18,23 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from typing import TYPE_CHECKING, Any, Protocol
 
-from airflow_provider_maas.batch.budget import Admission
-from airflow_provider_maas.batch.journal import MarkNotRecorded
-from airflow_provider_maas.batch.ownership import check_lease
+from airflow_provider_maas.batch.cost.budget import Admission
+from airflow_provider_maas.batch.cost.spend import count_as_lost
+from airflow_provider_maas.batch.inputs.shards import ShardPlan, copy_shard, source_label
 from airflow_provider_maas.batch.polling import JobWatch, NotFoundCount, PollErrors
-from airflow_provider_maas.batch.shards import ShardPlan, copy_shard, source_label
-from airflow_provider_maas.batch.spend import count_as_lost
-from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord, ShardStatus
+from airflow_provider_maas.batch.record.journal import MarkNotRecorded
+from airflow_provider_maas.batch.record.ownership import check_lease
+from airflow_provider_maas.batch.record.state import BatchState, ShardKey, ShardRecord, ShardStatus
+from airflow_provider_maas.batch.record.write_failures import StateRemoved, unmarked_error, unrecorded_error
 from airflow_provider_maas.batch.transfers import Transfer, TransferOutcomes
-from airflow_provider_maas.batch.write_failures import StateRemoved, unmarked_error, unrecorded_error
 from airflow_provider_maas.exceptions import MaaSError, MaaSStateError
 from airflow_provider_maas.storage import CHUNK_SIZE, open_source
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from airflow_provider_maas.batch.budget import SpendGate
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.cost.budget import SpendGate
+    from airflow_provider_maas.batch.record.journal import BatchJournal
     from airflow_provider_maas.batch.settings import BatchSettings
     from airflow_provider_maas.client.states import JobOutcome
 
@@ -62,7 +62,7 @@ class BatchDriver(TransferOutcomes, JobWatch):
         ``max_parallel_transfers``, ``shard_retries``, ``max_consecutive_poll_errors``).
     :param names: Upload and display names of a shard (deterministic, so a retry reuses them).
     :param clear_epoch: ``max_tries`` of this try, stored in each "creating" marker.
-    :param gate: Budget cap, canary and answer checks (``batch.budget``), consulted before each
+    :param gate: Budget cap, canary and answer checks (``batch.cost.budget``), consulted before each
         create and after each download; None: none of them.
     :param save_job_names: The second record of job names: called with the jobs a failed journal
         write did not store; True if they were kept where the next try finds them.
@@ -207,7 +207,7 @@ class BatchDriver(TransferOutcomes, JobWatch):
 
     def _lease_held(self) -> bool:
         """Checked after the markers are stored, before their creates are sent: a try that took the
-        state over sees the markers, or this one sees its lease (see ``batch/ownership.py``)."""
+        state over sees the markers, or this one sees its lease (see ``batch/record/ownership.py``)."""
         try:
             check_lease(self.journal)
         except MaaSStateError as err:

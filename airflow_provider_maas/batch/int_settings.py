@@ -2,7 +2,7 @@
 and the one table of the operators' integer settings and their bounds (:data:`LIMITS`).
 
 Used where the DAG is parsed (the batch and split operators), when shards are planned
-(``batch/shards.py``: the same bounds, so a setting the operator took is never refused at run time),
+(``batch/inputs/shards.py``: the same bounds, so a setting the operator took is never refused at run time),
 by the waiters of ``batch/polling.py`` and by the triggers: it imports nothing of the package but its
 errors and the service's limits per file, so each of them may import it without a cycle.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
+from airflow_provider_maas.batch.inputs.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:

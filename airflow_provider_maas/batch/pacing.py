@@ -11,11 +11,11 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from airflow_provider_maas.batch.state import ShardStatus
+from airflow_provider_maas.batch.record.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSTimeoutError
 
 if TYPE_CHECKING:
-    from airflow_provider_maas.batch.state import BatchState
+    from airflow_provider_maas.batch.record.state import BatchState
 
 #: Running jobs named in a timeout's message.
 MAX_NAMED_JOBS = 10

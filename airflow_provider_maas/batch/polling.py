@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Hashable, Iterable
     from concurrent.futures import ThreadPoolExecutor
 
-    from airflow_provider_maas.batch.journal import BatchJournal
-    from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord
+    from airflow_provider_maas.batch.record.journal import BatchJournal
+    from airflow_provider_maas.batch.record.state import BatchState, ShardKey, ShardRecord
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.answer_counts import MAX_REASONS, count_answers, short
-from airflow_provider_maas.batch.state import BatchState, ShardRecord, ShardStatus
+from airflow_provider_maas.batch.record.state import BatchState, ShardRecord, ShardStatus
 
 if TYPE_CHECKING:
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.record.journal import BatchJournal
 
 #: The service keeps a job's results this long after the job ended.
 RESULTS_KEPT_SECONDS = 7 * 24 * 3600

@@ -1,11 +1,11 @@
 """What a try of the batch operator does with the state an earlier try left beside the destination.
 
-Same input and shard limits (same :func:`~airflow_provider_maas.batch.state.fingerprint`): the try
+Same input and shard limits (same :func:`~airflow_provider_maas.batch.record.state.fingerprint`): the try
 takes the state over and reattaches to its jobs, paying for nothing again. A different input
 starts over, but not while jobs of an earlier try of the same clear epoch still run: they would be
 abandoned and their requests paid again (:func:`refuse_abandoning_jobs`). Taking a state over
 (:func:`take_over`) refuses a create an earlier try left in flight
-(:mod:`~airflow_provider_maas.batch.create_guard`) and, after a person cleared the task, gives the
+(:mod:`~airflow_provider_maas.batch.record.create_guard`) and, after a person cleared the task, gives the
 failed shards a new chance and restarts the ``timeout``.
 """
 
@@ -15,31 +15,31 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.create_guard import (
+from airflow_provider_maas.batch.cost.spend import count_as_lost
+from airflow_provider_maas.batch.cost.spend_before import spend_left_behind
+from airflow_provider_maas.batch.record.create_guard import (
     NOT_RECORDED,
     CreateInFlight,
     clear_epoch,
     cleared_since,
     refuse_uncertain_create,
 )
-from airflow_provider_maas.batch.ownership import (
+from airflow_provider_maas.batch.record.ownership import (
     new_owner,
     refuse_shared_destination,
     refuse_written_by_other,
     take_lease,
 )
-from airflow_provider_maas.batch.recovery import load_whole, state_error
-from airflow_provider_maas.batch.round_files import copy_file, input_key, requests_to_send
-from airflow_provider_maas.batch.second_record import (
+from airflow_provider_maas.batch.record.recovery import load_whole, state_error
+from airflow_provider_maas.batch.record.second_record import (
     STATE_KEY,
     forget_job_names,
     record_mark,
     remember,
     rescued_job_names,
 )
-from airflow_provider_maas.batch.spend import count_as_lost
-from airflow_provider_maas.batch.spend_before import spend_left_behind
-from airflow_provider_maas.batch.state import BatchState, Round, ShardRecord, ShardStatus, fingerprint
+from airflow_provider_maas.batch.record.state import BatchState, Round, ShardRecord, ShardStatus, fingerprint
+from airflow_provider_maas.batch.round_files import copy_file, input_key, requests_to_send
 from airflow_provider_maas.client.naming import task_identity
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import open_source, uri_of
@@ -47,9 +47,9 @@ from airflow_provider_maas.storage import open_source, uri_of
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.inputs.shards import ShardPlan
+    from airflow_provider_maas.batch.record.journal import BatchJournal
     from airflow_provider_maas.batch.settings import BatchSettings
-    from airflow_provider_maas.batch.shards import ShardPlan
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,12 @@ __all__ = ["STATE_KEY", "remember", "resume_after_deferral", "start_or_resume"]
 def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings) -> BatchState:
     """The state this try goes on from: the stored one if it is for the same input, else a new plan.
 
-    A stored state that is not whole stops the task (:func:`~.recovery.load_whole`), unless
+    A stored state that is not whole stops the task (:func:`~airflow_provider_maas.batch.record.recovery.load_whole`), unless
     ``start_over``. Answers an abandoned state downloaded are kept and reused by the new plan.
     """
     refuse_shared_destination(journal)  # before anything is written
     refuse_written_by_other(journal, task_identity(context))
-    take_lease(journal, new_owner(context))  # before reading: see batch/ownership.py
+    take_lease(journal, new_owner(context))  # before reading: see batch/record/ownership.py
     journal.on_marked = lambda: record_mark(context, journal)
     state = load_whole(context, journal, start_over=settings.start_over, endpoint=settings.endpoint)
     key = input_key(settings)

@@ -4,7 +4,7 @@ round sends.
 Round 0 sends the input less the requests ``reuse_results`` answers and the repeats of identical
 requests (:func:`requests_to_send`). Once every shard is done, the requests that failed for a reason
 worth retrying, or got no result, make the next round (:func:`next_round`), up to
-``request_retries`` rounds. :mod:`~airflow_provider_maas.batch.rounds` holds the stream logic; this
+``request_retries`` rounds. :mod:`~airflow_provider_maas.batch.answers.pay_once` holds the stream logic; this
 module gives it its inputs and keeps its outputs in files beside the batch state.
 """
 
@@ -19,12 +19,12 @@ import shutil
 import tempfile
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from airflow_provider_maas.batch.lines import ResultsFormatError
-from airflow_provider_maas.batch.parts import concatenate, write_failure_part
-from airflow_provider_maas.batch.rewrite import write_rewritten
-from airflow_provider_maas.batch.rounds import all_succeeded, write_requests_to_send, write_retries
-from airflow_provider_maas.batch.shards import check_unchanged, source_label
-from airflow_provider_maas.batch.state import Round, ShardKey, ShardStatus
+from airflow_provider_maas.batch.answers.parts import concatenate, write_failure_part
+from airflow_provider_maas.batch.answers.pay_once import all_succeeded, write_requests_to_send, write_retries
+from airflow_provider_maas.batch.inputs.lines import ResultsFormatError
+from airflow_provider_maas.batch.inputs.rewrite import write_rewritten
+from airflow_provider_maas.batch.inputs.shards import check_unchanged, source_label
+from airflow_provider_maas.batch.record.state import Round, ShardKey, ShardStatus
 from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSInputError
 from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, open_source, uri_of
 
@@ -33,9 +33,9 @@ if TYPE_CHECKING:
 
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.record.journal import BatchJournal
+    from airflow_provider_maas.batch.record.state import BatchState, ShardRecord
     from airflow_provider_maas.batch.settings import BatchSettings
-    from airflow_provider_maas.batch.state import BatchState, ShardRecord
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +80,14 @@ open_results = functools.partial(open_source, what="results file")
 def answers_opener(settings: BatchSettings) -> Callable[[Any], Any]:
     """How the rounds and the merge open results files: ``reuse_results`` files with their
     requests given this run's rewrite (``settings.rewrite``: the ceiling of a cap, the schema; see
-    :mod:`~airflow_provider_maas.batch.rewrite`), then through the ``response_schema`` check (an
+    :mod:`~airflow_provider_maas.batch.inputs.rewrite`), then through the ``response_schema`` check (an
     earlier answer that does not match it is not reused); the batch's own results (already
     checked when downloaded) as they are."""
     steps: list[Callable[[IO[bytes], IO[bytes]], int]] = []
     if settings.rewrite:
         steps.append(functools.partial(write_rewritten, rewrite=settings.rewrite, reused=True))
     if settings.response_schema is not None:
-        from airflow_provider_maas.batch.schema import AnswerCheck
+        from airflow_provider_maas.batch.answers.schema import AnswerCheck
 
         steps.append(AnswerCheck(settings.response_schema).check_lines)
     if not steps:

@@ -16,20 +16,20 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.bounds import refuse_unbounded_under_cap
-from airflow_provider_maas.batch.budget import SpendGate
-from airflow_provider_maas.batch.create_guard import clear_epoch
+from airflow_provider_maas.batch.answers.summary import check_outcome, write_outputs
+from airflow_provider_maas.batch.cost.bounds import refuse_unbounded_under_cap
+from airflow_provider_maas.batch.cost.budget import SpendGate
 from airflow_provider_maas.batch.driver import BatchDriver
-from airflow_provider_maas.batch.journal import BatchJournal
-from airflow_provider_maas.batch.ownership import LeaseLost, check_lease, record_writer
+from airflow_provider_maas.batch.inputs.rewrite import as_sent, remove_sent
 from airflow_provider_maas.batch.pacing import MAX_NAMED_JOBS, check_deadline, fire_after, past_deadline
-from airflow_provider_maas.batch.recovery import FinishedMeanwhile, finished_meanwhile
+from airflow_provider_maas.batch.record.create_guard import clear_epoch
+from airflow_provider_maas.batch.record.journal import BatchJournal
+from airflow_provider_maas.batch.record.ownership import LeaseLost, check_lease, record_writer
+from airflow_provider_maas.batch.record.recovery import FinishedMeanwhile, finished_meanwhile
+from airflow_provider_maas.batch.record.second_record import forget, remember, save_job_names
+from airflow_provider_maas.batch.record.write_failures import StateRemoved
 from airflow_provider_maas.batch.resume import resume_after_deferral, start_or_resume
-from airflow_provider_maas.batch.rewrite import as_sent, remove_sent
 from airflow_provider_maas.batch.round_files import next_round
-from airflow_provider_maas.batch.second_record import forget, remember, save_job_names
-from airflow_provider_maas.batch.summary import check_outcome, write_outputs
-from airflow_provider_maas.batch.write_failures import StateRemoved
 from airflow_provider_maas.client.naming import task_identity
 from airflow_provider_maas.exceptions import MaaSTimeoutError
 from airflow_provider_maas.storage import to_path, uri_of
@@ -38,10 +38,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
     from types import TracebackType
 
+    from airflow_provider_maas.batch.answers.summary_types import BatchSummary
     from airflow_provider_maas.batch.driver import JobService, ShardNames
+    from airflow_provider_maas.batch.record.state import BatchState
     from airflow_provider_maas.batch.settings import BatchSettings
-    from airflow_provider_maas.batch.state import BatchState
-    from airflow_provider_maas.batch.summary_types import BatchSummary
     from airflow_provider_maas.client.states import JobOutcome
 
 __all__ = [
@@ -62,8 +62,8 @@ TAKEN_OVER: tuple[type[Exception], ...] = (FinishedMeanwhile, LeaseLost, StateRe
 
 
 def refuse_finished(context: Any, journal: BatchJournal, *, this_epoch: bool = False) -> None:
-    """Raise :class:`~.recovery.FinishedMeanwhile` if another try of this task instance finished this
-    batch (in this clear epoch if ``this_epoch``: see :func:`~.recovery.finished_meanwhile`)."""
+    """Raise :class:`~airflow_provider_maas.batch.record.recovery.FinishedMeanwhile` if another try of this task instance finished this
+    batch (in this clear epoch if ``this_epoch``: see :func:`~airflow_provider_maas.batch.record.recovery.finished_meanwhile`)."""
     if finished_meanwhile(context, journal, this_epoch=this_epoch):
         raise FinishedMeanwhile(journal.uri)
 
@@ -123,10 +123,10 @@ class BatchRun:
     """The shards of one batch state moved forward; a context manager (the driver's thread pool).
 
     :param context: The task's context (read for the clear epoch and the second record of job
-        names; see ``batch/second_record.py``).
+        names; see ``batch/record/second_record.py``).
     :param hook: The API calls (:class:`~airflow_provider_maas.batch.driver.JobService`).
     :param names: Upload and display names of a shard.
-    :param gate: Budget cap, canary and answer checks (``batch/budget.py``); None: none of them.
+    :param gate: Budget cap, canary and answer checks (``batch/cost/budget.py``); None: none of them.
     """
 
     def __init__(
@@ -156,7 +156,7 @@ class BatchRun:
     def start(cls, context: Any, journal: BatchJournal, settings: BatchSettings, **parts: Any) -> BatchRun:
         """A new batch, or the stored one resumed by a retry (``batch/resume.py`` decides). Before
         anything is uploaded: under ``max_cost_usd`` a request whose worst case is no bound stops it;
-        the requests to send are written (``batch/rewrite.py``); the gate is built once the state is read."""
+        the requests to send are written (``batch/inputs/rewrite.py``); the gate is built once the state is read."""
         refuse_unbounded_under_cap(settings)
         settings = as_sent(settings, journal, write=True)
         state = start_or_resume(context, journal, settings)

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.cost import check_prices
-from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS
+from airflow_provider_maas.batch.answers.retry_failures import retry_predicate
+from airflow_provider_maas.batch.cost.estimates import DEFAULT_MAX_OUTPUT_TOKENS
+from airflow_provider_maas.batch.cost.prices import check_prices
+from airflow_provider_maas.batch.inputs.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.batch.int_settings import LIMITS, check_limits
 from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS, DEFAULT_MAX_PARALLEL_TRANSFERS
-from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
-from airflow_provider_maas.batch.retry_failures import retry_predicate
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import to_path, uri_of
 
@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_maas.batch.rewrite import Rewrite
-    from airflow_provider_maas.batch.shards import ShardPlan
+    from airflow_provider_maas.batch.inputs.rewrite import Rewrite
+    from airflow_provider_maas.batch.inputs.shards import ShardPlan
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,8 @@ class BatchSettings:
     max_parallel_transfers: int
     max_consecutive_poll_errors: int
     fail_on_partial: bool
-    canary_requests: int = 0  # issue 22: round 0's shard 0 holds the first N requests (batch.canary)
-    #: Discard a batch state that is not whole (a person's choice; see ``batch/recovery.py``).
+    canary_requests: int = 0  # issue 22: round 0's shard 0 holds the first N requests (batch.cost.canary)
+    #: Discard a batch state that is not whole (a person's choice; see ``batch/record/recovery.py``).
     start_over: bool = False
     #: The answers an abandoned plan of this batch downloaded (``BatchJournal.kept_answers``).
     kept_answers: Callable[[], list[ObjectStoragePath]] | None = None
@@ -123,18 +123,18 @@ class BatchSettings:
     response_schema: Any = None  # issue 22: answers reused from reuse_results are checked against it
     #: Send invalid answers' requests again (with ``response_schema``; see :meth:`retries`).
     retry_invalid: bool = False
-    #: Ask for ``response_schema`` in the requests sent (``batch.rewrite``).
+    #: Ask for ``response_schema`` in the requests sent (``batch.inputs.rewrite``).
     set_response_schema: bool = True
-    # issue 22 (batch.budget): the cap and what a worst case counts where a request does not say
+    # issue 22 (batch.cost.budget): the cap and what a worst case counts where a request does not say
     max_cost_usd: float | None = None
     default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
     max_tokens_per_file_part: int | None = None
     max_cached_content_tokens: int | None = None
-    #: The fraction of the canary's requests that may fail (``batch.canary``).
+    #: The fraction of the canary's requests that may fail (``batch.cost.canary``).
     canary_max_failed: float = 0.5
-    #: The operator's source as the user gave it, when ``source`` is it rewritten (``batch.rewrite``).
+    #: The operator's source as the user gave it, when ``source`` is it rewritten (``batch.inputs.rewrite``).
     given_source: Any = None
-    #: What the requests sent add to the user's (``batch.rewrite``): the requests of the answers
+    #: What the requests sent add to the user's (``batch.inputs.rewrite``): the requests of the answers
     #: reused get it too before they are matched (an answer paid for without the cap is reused under it).
     rewrite: Rewrite | None = None
 
@@ -144,13 +144,13 @@ class BatchSettings:
         answer (``response_schema``) is retried if (and only if) ``retry_invalid``."""
         if self.response_schema is None:
             return self.should_retry
-        from airflow_provider_maas.batch.schema import retry_rule  # run time only, as the methods below
+        from airflow_provider_maas.batch.answers.schema import retry_rule  # run time only, as the methods below
 
         return retry_rule(self.should_retry, self.retry_invalid)
 
     def reuse_paths(self) -> list[ObjectStoragePath]:
         """The results files to reuse: those of ``reuse_results`` another ENDPOINT did not write
-        (unless ``reuse_other_models``; see :mod:`~airflow_provider_maas.batch.origin`), then the
+        (unless ``reuse_other_models``; see :mod:`~airflow_provider_maas.batch.record.origin`), then the
         answers kept from an abandoned plan of this batch on this ENDPOINT (the same rule). A file
         without a record of its ENDPOINT stops the task (``MaaSInputError``) unless ``reuse_other_models``."""
         return self._reusable + self._kept()[0]
@@ -160,7 +160,7 @@ class BatchSettings:
         kept = self.kept_answers() if self.kept_answers else []
         if not kept or self.reuse_other_models or self.endpoint is None:
             return kept, []
-        from airflow_provider_maas.batch.origin import split_kept  # run time only (matching: not at parse)
+        from airflow_provider_maas.batch.record.origin import split_kept  # run time only (matching: not at parse)
 
         return split_kept(kept, self.endpoint)
 
@@ -174,7 +174,7 @@ class BatchSettings:
         """:attr:`reuse_files` of this ENDPOINT, their records checked once per try."""
         paths = self.reuse_files
         if paths and not self.reuse_other_models and self.endpoint is not None:
-            from airflow_provider_maas.batch.origin import refuse_unknown_origin
+            from airflow_provider_maas.batch.record.origin import refuse_unknown_origin
 
             refuse_unknown_origin(paths)
         others = self.reuse_of_other_models()
@@ -189,14 +189,14 @@ class BatchSettings:
     def _other_models(self) -> list[ObjectStoragePath]:
         if self.reuse_other_models or not self.reuse_files:
             return []
-        from airflow_provider_maas.batch.origin import of_other_models
+        from airflow_provider_maas.batch.record.origin import of_other_models
 
         return of_other_models(self.reuse_files, self.endpoint)
 
     def plan(self, handle: Any, *, validated: bool = False) -> list[ShardPlan]:
         """Shards of the requests in ``handle`` within the per-file limits (``validated``: see
-        :func:`~.shards.plan_shards`)."""
-        from airflow_provider_maas.batch.shards import plan_shards
+        :func:`~airflow_provider_maas.batch.inputs.shards.plan_shards`)."""
+        from airflow_provider_maas.batch.inputs.shards import plan_shards
 
         return plan_shards(
             handle, max_requests=self.max_requests_per_file, max_bytes=self.max_bytes_per_file, validated=validated
@@ -204,7 +204,7 @@ class BatchSettings:
 
     def plan_first_round(self, handle: Any, *, validated: bool = False) -> list[ShardPlan]:
         """Round 0's shards: :meth:`plan`, with the canary (``canary_requests``) as shard 0."""
-        from airflow_provider_maas.batch.canary import split_first
+        from airflow_provider_maas.batch.cost.canary import split_first
 
         return split_first(handle, self.plan(handle, validated=validated), self.canary_requests)
 

@@ -14,9 +14,9 @@ import time
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
+from airflow_provider_maas.batch.cost.spend import count_as_lost
 from airflow_provider_maas.batch.polling import NOT_FOUND_TRIES, NotFoundCount
-from airflow_provider_maas.batch.spend import count_as_lost
-from airflow_provider_maas.batch.state import ShardStatus
+from airflow_provider_maas.batch.record.state import ShardStatus
 from airflow_provider_maas.client.failures import proves_not_created
 from airflow_provider_maas.exceptions import MaaSNotFoundError, MaaSRateLimitError, MaaSResultsGoneError
 
@@ -24,9 +24,9 @@ if TYPE_CHECKING:
     from collections import deque
     from concurrent.futures import Future
 
-    from airflow_provider_maas.batch.budget import SpendGate
-    from airflow_provider_maas.batch.journal import BatchJournal
-    from airflow_provider_maas.batch.state import BatchState, ShardKey, ShardRecord
+    from airflow_provider_maas.batch.cost.budget import SpendGate
+    from airflow_provider_maas.batch.record.journal import BatchJournal
+    from airflow_provider_maas.batch.record.state import BatchState, ShardKey, ShardRecord
 
 log = logging.getLogger("airflow_provider_maas.batch.driver")  # the driver's half: its messages are the driver's
 

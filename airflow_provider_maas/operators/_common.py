@@ -13,7 +13,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_maas._compat import AirflowProviderDeprecationWarning
 from airflow_provider_maas.batch.polling import NOT_FOUND_TRIES
-from airflow_provider_maas.batch.task_record import (  # noqa: F401 (re-exported)
+from airflow_provider_maas.batch.record.task_record import (  # noqa: F401 (re-exported)
     RECORD_VARIABLE_PREFIX,
     VariableStateStore,
     task_record,
@@ -25,7 +25,7 @@ from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators._lineage import LineageMixin
 
 if TYPE_CHECKING:
-    from airflow_provider_maas.batch.summary_types import ResultsSummary
+    from airflow_provider_maas.batch.answers.summary_types import ResultsSummary
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def renamed(kwargs: dict[str, Any], old: str, new: str, value: Any) -> Any:
 
 def task_state(context: Any) -> Any | None:
     """Where the create operator keeps its record across tries (decided in
-    :func:`~airflow_provider_maas.batch.task_record.task_record`: ``task_state_store`` on Airflow
+    :func:`~airflow_provider_maas.batch.record.task_record.task_record`: ``task_state_store`` on Airflow
     >= 3.3, an Airflow Variable ``maas_create.<digest>`` before, None outside an Airflow worker)."""
     store = task_record(context)
     if store is None:

@@ -27,12 +27,12 @@ import logging
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
-    from airflow_provider_maas.batch.summary_types import BatchSummary
+    from airflow_provider_maas.batch.answers.summary_types import BatchSummary
 
 log = logging.getLogger(__name__)
 
 PREFIX = "maas.batch."
-#: The keys of :class:`~airflow_provider_maas.batch.summary_types.BatchSummary` a counter reads:
+#: The keys of :class:`~airflow_provider_maas.batch.answers.summary_types.BatchSummary` a counter reads:
 #: ``tests/test_summary_types.py`` checks that each is a number of that type (a summary key renamed
 #: must not silently stop a metric).
 SummaryCounterKey = Literal["succeeded", "failed", "prompt_tokens", "candidates_tokens", "thoughts_tokens", "cost_usd"]

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas._compat import conf
-from airflow_provider_maas.batch.budget_checks import check_cost_control
+from airflow_provider_maas.batch.cost.budget_checks import check_cost_control
 from airflow_provider_maas.batch.settings import DEFAULTS, BatchSettings, check_parameters
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError
@@ -33,11 +33,11 @@ if TYPE_CHECKING:
 
     from airflow.sdk import Context
 
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.answers.summary_types import BatchSummary
+    from airflow_provider_maas.batch.inputs.shards import ShardPlan
+    from airflow_provider_maas.batch.record.journal import BatchJournal
+    from airflow_provider_maas.batch.record.state import ShardKey
     from airflow_provider_maas.batch.run import BatchRun, Wait
-    from airflow_provider_maas.batch.shards import ShardPlan
-    from airflow_provider_maas.batch.state import ShardKey
-    from airflow_provider_maas.batch.summary_types import BatchSummary
 
 
 class MaaSBatchPredictionOperator(MaaSBaseOperator):
@@ -102,7 +102,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         every round goes to the failed file with the reason of its last attempt.
     :param retry_failures: Which failed requests are retried: a list of regular expressions
         searched in the result's ``status``, or a callable ``(status) -> bool``. Default
-        (:data:`~airflow_provider_maas.batch.retry_failures.DEFAULT_RETRY_FAILURES`): RESOURCE_EXHAUSTED,
+        (:data:`~airflow_provider_maas.batch.answers.retry_failures.DEFAULT_RETRY_FAILURES`): RESOURCE_EXHAUSTED,
         UNAVAILABLE, INTERNAL, DEADLINE_EXCEEDED, ABORTED, codes 429 and 5xx, "rate limit",
         "timed out", "try again", "overloaded"; not client errors (400 INVALID_ARGUMENT, 403,
         a safety block), which fail the same way again. Missing results are always retried.
@@ -315,8 +315,8 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         return unless_finished_elsewhere(resume, context, journal, self.destination)
 
     def _plan_only(self, context: Context) -> dict[str, Any]:
-        """Plan without paying (``batch/dry_run.py``): XCom ``plan``, and one table in the log."""
-        from airflow_provider_maas.batch.dry_run import plan_batch
+        """Plan without paying (``batch/cost/dry_run.py``): XCom ``plan``, and one table in the log."""
+        from airflow_provider_maas.batch.cost.dry_run import plan_batch
 
         plan = plan_batch(self._settings())
         self.log.info("Dry run: nothing uploaded, no job created. The plan:\n%s", plan.table())

@@ -11,8 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_maas.batch.inputs.request_lines import (
+    MAX_BYTES_PER_FILE,
+    MAX_REQUESTS_PER_FILE,
+    iter_request_lines,
+)
 from airflow_provider_maas.batch.int_settings import check_shard_limits
-from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, iter_request_lines
 from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
 from airflow_provider_maas.operators import _metrics as metrics
@@ -39,7 +43,7 @@ from airflow_provider_maas.storage import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_maas.batch.summary_types import DownloadSummary, MergeSummary, ResultsSummary
+    from airflow_provider_maas.batch.answers.summary_types import DownloadSummary, MergeSummary, ResultsSummary
 
 
 #: Key in ``context["task_state_store"]`` (Airflow >= 3.3) holding the created job of a task instance.
@@ -77,7 +81,7 @@ class MaaSUploadFileOperator(MaaSBaseOperator):
         self.file_name = file_name
 
     def execute(self, context: Context) -> str:
-        from airflow_provider_maas.batch.shards import validate_file
+        from airflow_provider_maas.batch.inputs.shards import validate_file
 
         with open_source(self.source) as handle:
             stats = validate_file(handle)
@@ -100,7 +104,7 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
     Never pays twice on its own: a marker is saved before the create is sent and replaced by the
     job's name once the answer is in, in ``task_state_store`` (key ``maas_job``; Airflow >= 3.3) or,
     before Airflow 3.3, in an Airflow Variable ``maas_create.<digest>`` of the task instance
-    (:class:`~airflow_provider_maas.batch.task_record.VariableStateStore`). A retry
+    (:class:`~airflow_provider_maas.batch.record.task_record.VariableStateStore`). A retry
     reuses that job (unless it ended FAILED/CANCELLED/EXPIRED or its results are gone: then it
     creates a new one, and logs it). A retry that finds the create still in flight (lost answer,
     timeout, killed process) fails with
@@ -120,7 +124,7 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
         self.display_name = display_name
 
     def execute(self, context: Context) -> str:
-        from airflow_provider_maas.batch.create_guard import (
+        from airflow_provider_maas.batch.record.create_guard import (
             CreateInFlight,
             clear_epoch,
             refuse_uncertain_create,
@@ -223,14 +227,14 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
         self.extract_images = extract_images
 
     def execute(self, context: Context) -> str:
-        from airflow_provider_maas.batch.merge import (
+        from airflow_provider_maas.batch.answers.merge import (
             compare_with_job,
             extract_images_beside,
             failed_path_for,
             merge_results,
             summarise_results,
         )
-        from airflow_provider_maas.batch.origin import write_origin
+        from airflow_provider_maas.batch.record.origin import write_origin
 
         dest = check_destination(self.destination)
         check_within(dest, self.allowed_prefix, what="destination")
@@ -321,8 +325,8 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         )
 
     def execute(self, context: Context) -> list[str]:
-        from airflow_provider_maas.batch.chunks import write_chunks
-        from airflow_provider_maas.batch.shards import write_shards
+        from airflow_provider_maas.batch.inputs.chunks import write_chunks
+        from airflow_provider_maas.batch.inputs.shards import write_shards
 
         if self.for_upload:
             uris = write_shards(
@@ -377,7 +381,7 @@ class MaaSMergeResultsOperator(LineageMixin, BaseOperator):
         self.destination = destination
 
     def execute(self, context: Context) -> str:
-        from airflow_provider_maas.batch.merge import merge_results
+        from airflow_provider_maas.batch.answers.merge import merge_results
 
         dest = check_destination(self.destination)
         sources = self.results

@@ -13,7 +13,7 @@ from airflow.sdk import BaseOperatorLink
 from airflow_provider_maas._compat import conf
 
 if TYPE_CHECKING:
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.record.journal import BatchJournal
 
 #: Where the plugin's FastAPI app is mounted on the API server (below ``[api] base_url``'s path).
 URL_PREFIX = "/maas-progress"

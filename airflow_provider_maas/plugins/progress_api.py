@@ -19,8 +19,8 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Query
 from fastapi.responses import HTMLResponse
 
-from airflow_provider_maas.batch.journal import BatchJournal
 from airflow_provider_maas.batch.progress import DEFAULT_JOBS_LIMIT, job_progress, read_progress
+from airflow_provider_maas.batch.record.journal import BatchJournal
 from airflow_provider_maas.exceptions import MaaSError
 from airflow_provider_maas.plugins.links import BATCH_OPERATORS, JOB_OPERATORS, PROGRESS_XCOM_KEY
 from airflow_provider_maas.storage import to_path

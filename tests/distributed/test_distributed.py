@@ -176,7 +176,7 @@ def test_dag_runs_on_object_storage(phase1, dag_id, inputs, tmp_path):
     case = DAGS[dag_id]
     assert_results(dep, dag_id, inputs[case.input_key], tmp_path)
     # No temporary object (atomic writes) and no parts directory is left behind.
-    # The origin record beside each results file (`.<name>.origin.json`, batch/origin.py) is kept.
+    # The origin record beside each results file (`.<name>.origin.json`, batch/record/origin.py) is kept.
     leftovers = [k for k in keys_under(dep, f"output/{dag_id}/") if "/." in k and not k.endswith(".origin.json")]
     assert not leftovers, f"temporary objects left behind: {leftovers}"
 

@@ -1,6 +1,6 @@
 """An input of any size cut into chunks of consecutive requests, each for one mapped
 ``MaaSBatchPredictionOperator`` (which splits its chunk again into uploads): the upload limits of
-:func:`~airflow_provider_maas.batch.shards.write_shards` do not apply to a chunk.
+:func:`~airflow_provider_maas.batch.inputs.shards.write_shards` do not apply to a chunk.
 
 Every line is validated before anything is written; chunks are copied as byte ranges of the input.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from airflow_provider_maas.batch.shards import copy_shard, plan_shards, shard_name
+from airflow_provider_maas.batch.inputs.shards import copy_shard, plan_shards, shard_name
 from airflow_provider_maas.storage import atomic_writer, check_destination, open_source, remove_stale_parts, uri_of
 
 #: Chunk files are ``chunk-00000.jsonl``, ``chunk-00001.jsonl``...

@@ -5,7 +5,7 @@ A results line looks like ``{"request": {...}, "response": {...}, "processed_tim
 failure and ``response`` is usually absent. Result lines come back in any order, so they are
 matched to input lines by their ``request`` (see :func:`normalise_request`).
 
-Everything here streams through the one line reader (:mod:`~airflow_provider_maas.batch.lines`):
+Everything here streams through the one line reader (:mod:`~airflow_provider_maas.batch.inputs.lines`):
 one line is held in memory at a time (a 13 MB line of inline images is normal).
 """
 
@@ -18,13 +18,13 @@ import json
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.lines import ResultsFormatError, _input_error, iter_lines
+from airflow_provider_maas.batch.inputs.lines import ResultsFormatError, _input_error, iter_lines
 from airflow_provider_maas.redaction import neutralise
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
-    from airflow_provider_maas.batch.summary_types import TokenKey, Totals
+    from airflow_provider_maas.batch.answers.summary_types import TokenKey, Totals
 
 MISSING_STATUS = "MISSING: the results contain no line for this request"
 """``status`` of a request the service returned no results line for: of the :class:`ResultRecord`

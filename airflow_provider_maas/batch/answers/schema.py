@@ -7,7 +7,7 @@ merge places it like any failed request (the failed file, the retry rounds).
 
 :func:`to_gemini_schema` turns a JSON Schema (Pydantic's included: ``$defs``/``$ref``,
 ``anyOf`` with null) into the service's (Gemini's) ``responseSchema`` form, an OpenAPI subset;
-:func:`~airflow_provider_maas.batch.rewrite.write_rewritten` adds it, with
+:func:`~airflow_provider_maas.batch.inputs.rewrite.write_rewritten` adds it, with
 ``responseMimeType: application/json``, to each request line that asks for no schema of its own.
 
 JSON Schema validation uses ``jsonschema`` (installed with Airflow: apache-airflow-core requires
@@ -20,8 +20,8 @@ from __future__ import annotations
 import json
 from typing import IO, TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.lines import iter_lines
-from airflow_provider_maas.batch.results import load_result_object, result_record
+from airflow_provider_maas.batch.answers.results import load_result_object, result_record
+from airflow_provider_maas.batch.inputs.lines import iter_lines
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import atomic_writer
 

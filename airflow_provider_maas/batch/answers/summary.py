@@ -3,7 +3,7 @@ counts them (XCom ``summary``), and whether the task fails.
 
 A batch that sent every input request once, in round 0, is merged shard by shard (memory follows
 the largest shard). Otherwise every request's best answer is chosen among the rounds, the reused
-results and identical requests (:func:`~airflow_provider_maas.batch.rounds.merge_answers`).
+results and identical requests (:func:`~airflow_provider_maas.batch.answers.pay_once.merge_answers`).
 :func:`check_outcome` runs once every output is written.
 """
 
@@ -12,24 +12,24 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from airflow_provider_maas.batch.cost import usd
-from airflow_provider_maas.batch.merge import failed_path_for, merge_shard_results
-from airflow_provider_maas.batch.origin import count_answers, write_origin
+from airflow_provider_maas.batch.answers.merge import failed_path_for, merge_shard_results
+from airflow_provider_maas.batch.answers.pay_once import answer_origins, merge_answers
+from airflow_provider_maas.batch.answers.schema import count_invalid
+from airflow_provider_maas.batch.cost.prices import usd
+from airflow_provider_maas.batch.record.origin import count_answers, write_origin
+from airflow_provider_maas.batch.record.state import ShardStatus
 from airflow_provider_maas.batch.round_files import all_round_results, answers_opener, check_source, write_failure_parts
-from airflow_provider_maas.batch.rounds import answer_origins, merge_answers
-from airflow_provider_maas.batch.schema import count_invalid
-from airflow_provider_maas.batch.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSJobFailedError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
 from airflow_provider_maas.storage.writes import atomic_writer_if_written
 
 if TYPE_CHECKING:
-    from airflow_provider_maas.batch.budget import SpendGate
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.answers.summary_types import BatchSummary, CostFields, MergeSummary, Origins
+    from airflow_provider_maas.batch.cost.budget import SpendGate
+    from airflow_provider_maas.batch.record.journal import BatchJournal
+    from airflow_provider_maas.batch.record.state import BatchState
     from airflow_provider_maas.batch.round_files import RoundResults
     from airflow_provider_maas.batch.settings import BatchSettings
-    from airflow_provider_maas.batch.state import BatchState
-    from airflow_provider_maas.batch.summary_types import BatchSummary, CostFields, MergeSummary, Origins
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def write_outputs(
 
 
 def cost_fields(settings: BatchSettings, gate: SpendGate | None, state: BatchState) -> CostFields:
-    """What the summary adds with a ``gate`` (``batch/budget.py``): spend, reservation, cap, canary;
+    """What the summary adds with a ``gate`` (``batch/cost/budget.py``): spend, reservation, cap, canary;
     with ``response_schema``, ``invalid_output``: the answers in the destination that failed it."""
     if gate is None:
         return {}
@@ -99,7 +99,7 @@ def cost_fields(settings: BatchSettings, gate: SpendGate | None, state: BatchSta
 
 
 def merge_rounds(settings: BatchSettings, results: list[RoundResults]) -> tuple[MergeSummary, Origins, list[int]]:
-    """Every request's best answer in input order (see ``rounds.merge_answers``), atomically: what
+    """Every request's best answer in input order (see ``answers.pay_once.merge_answers``), atomically: what
     it counted, where the answers came from, each round's successes."""
     dest = to_path(settings.destination, what="destination")
     failed = failed_path_for(dest)

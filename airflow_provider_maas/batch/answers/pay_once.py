@@ -1,7 +1,7 @@
 """Pay once per answer: reuse of earlier results, identical requests sent once, request-level retries.
 
 Three passes over the input, each streaming it once against the one matching engine
-(:class:`~.matching.AnswerStore`):
+(:class:`~airflow_provider_maas.batch.answers.matching.AnswerStore`):
 
 - :func:`write_requests_to_send` (before round 0): the requests that have no successful answer in
   the earlier results (``reuse_results``) and, with ``deduplicate``, only the first of identical
@@ -28,28 +28,28 @@ import contextlib
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from airflow_provider_maas.batch.cost import cost_of
-from airflow_provider_maas.batch.lines import Writable, iter_lines
-from airflow_provider_maas.batch.matching import OK_TAILS, Answer, AnswerStore, reader
-from airflow_provider_maas.batch.merge import OrderedWriter, line_digest, results_from_service
-from airflow_provider_maas.batch.request_lines import RequestLine, iter_request_lines
-from airflow_provider_maas.batch.results import (
+from airflow_provider_maas.batch.answers.matching import OK_TAILS, Answer, AnswerStore, reader
+from airflow_provider_maas.batch.answers.merge import OrderedWriter, line_digest, results_from_service
+from airflow_provider_maas.batch.answers.results import (
     TOKEN_KEYS,
     ResultRecord,
     ResultSummary,
     load_result_object,
     result_record,
 )
-from airflow_provider_maas.batch.retry_failures import (  # noqa: F401 (their earlier home: still importable from here)
+from airflow_provider_maas.batch.answers.retry_failures import (  # noqa: F401 (their earlier home: still importable from here)
     DEFAULT_RETRY_FAILURES,
     retry_predicate,
 )
+from airflow_provider_maas.batch.cost.prices import cost_of
+from airflow_provider_maas.batch.inputs.lines import Writable, iter_lines
+from airflow_provider_maas.batch.inputs.request_lines import RequestLine, iter_request_lines
 from airflow_provider_maas.storage.paths import shown_uri
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
 
-    from airflow_provider_maas.batch.summary_types import MergeCounts, Origins, Totals
+    from airflow_provider_maas.batch.answers.summary_types import MergeCounts, Origins, Totals
 
 
 @dataclass(frozen=True, slots=True)

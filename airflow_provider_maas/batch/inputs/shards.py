@@ -14,9 +14,8 @@ import os
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from airflow_provider_maas.batch.int_settings import check_shard_limits
-from airflow_provider_maas.batch.lines import iter_line_batches
-from airflow_provider_maas.batch.request_lines import (
+from airflow_provider_maas.batch.inputs.lines import iter_line_batches
+from airflow_provider_maas.batch.inputs.request_lines import (
     LINE_SHAPE,
     MAX_BYTES_PER_FILE,
     MAX_REQUESTS_PER_FILE,
@@ -26,6 +25,7 @@ from airflow_provider_maas.batch.request_lines import (
     size_text,
     validate_request_line,
 )
+from airflow_provider_maas.batch.int_settings import check_shard_limits
 from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSInputError
 from airflow_provider_maas.storage import (
     CHUNK_SIZE,
@@ -205,8 +205,8 @@ def plan_shards(
     Each shard holds at most ``max_requests`` requests and ``max_bytes`` bytes; a shard is closed
     when the next line would go over either limit. The plan depends only on the input bytes.
 
-    :param validated: The file was written from lines :func:`~.request_lines.iter_request_lines`
-        validated (``rounds.write_requests_to_send``): they are not parsed again (the same plan).
+    :param validated: The file was written from lines :func:`~airflow_provider_maas.batch.inputs.request_lines.iter_request_lines`
+        validated (``answers.pay_once.write_requests_to_send``): they are not parsed again (the same plan).
     :raises MaaSInputError: empty file, a bad line, or one line over ``max_bytes`` (naming it).
     """
     return _scan(fileobj, max_requests, max_bytes, single=False, validated=validated)[0]

@@ -20,7 +20,7 @@ With a canary (shard 0 of round 0, ``canary.split_first``), the other shards wai
 results are in; then its failed share and its measured cost per request decide whether the rest
 is sent.
 
-What is spent and reserved is kept by the gate's ledger (:class:`~airflow_provider_maas.batch.spend.SpendLedger`);
+What is spent and reserved is kept by the gate's ledger (:class:`~airflow_provider_maas.batch.cost.spend.SpendLedger`);
 the checks of the settings and prices: ``budget_checks.py``; the spend of replaced states:
 ``spend_before.py``.
 """
@@ -33,19 +33,19 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.budget_checks import check_same_prices
-from airflow_provider_maas.batch.canary import CanaryVerdict, judge
-from airflow_provider_maas.batch.results import request_digest
-from airflow_provider_maas.batch.schema import AnswerCheck
-from airflow_provider_maas.batch.spend import EPSILON, NOT_SENT, SpendLedger
-from airflow_provider_maas.batch.state import ShardKey, ShardStatus
+from airflow_provider_maas.batch.answers.results import request_digest
+from airflow_provider_maas.batch.answers.schema import AnswerCheck
+from airflow_provider_maas.batch.cost.budget_checks import check_same_prices
+from airflow_provider_maas.batch.cost.canary import CanaryVerdict, judge
+from airflow_provider_maas.batch.cost.spend import EPSILON, NOT_SENT, SpendLedger
+from airflow_provider_maas.batch.record.state import ShardKey, ShardStatus
 from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError
 
 if TYPE_CHECKING:
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.answers.summary_types import BatchSummary, CostFields
+    from airflow_provider_maas.batch.record.journal import BatchJournal
+    from airflow_provider_maas.batch.record.state import BatchState, ShardRecord
     from airflow_provider_maas.batch.settings import BatchSettings
-    from airflow_provider_maas.batch.state import BatchState, ShardRecord
-    from airflow_provider_maas.batch.summary_types import BatchSummary, CostFields
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class Admission(str, Enum):
 @dataclass
 class SpendGate(SpendLedger):
     """The budget, canary and answer checks of one batch (see the module docstring): the ledger of
-    what it spent and reserved (:class:`~airflow_provider_maas.batch.spend.SpendLedger`, whose
+    what it spent and reserved (:class:`~airflow_provider_maas.batch.cost.spend.SpendLedger`, whose
     parameters it takes) and the decisions on it.
 
     :param canary_requests: The canary's size (0: no canary); ``canary_max_failed``: the failed

@@ -16,8 +16,8 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.lines import iter_line_batches
-from airflow_provider_maas.batch.matching import OK_TAILS
+from airflow_provider_maas.batch.answers.matching import OK_TAILS
+from airflow_provider_maas.batch.inputs.lines import iter_line_batches
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import atomic_writer, to_path, uri_of
 
@@ -64,7 +64,7 @@ def read_origin(results: Any) -> str | None:
 
 def kept_record(folder: ObjectStoragePath) -> ObjectStoragePath:
     """The record of the ENDPOINT that paid for the answers a start-over kept in ``folder``
-    (``kept/<n>/`` of a batch state, :meth:`~.journal.BatchJournal.keep_answers`)."""
+    (``kept/<n>/`` of a batch state, :meth:`~airflow_provider_maas.batch.record.journal.BatchJournal.keep_answers`)."""
     return folder / KEPT_RECORD
 
 

@@ -12,7 +12,7 @@ Estimates are made from the request alone (no tokenizer, no call to the service)
   counted by the second: only the user knows the bound) and a ``cachedContent``
   ``max_cached_content_tokens``. Without those bounds a file part counts 258 and a cache nothing:
   no bound, so a budget cap refuses such requests
-  (:func:`~airflow_provider_maas.batch.bounds.refuse_unbounded`).
+  (:func:`~airflow_provider_maas.batch.cost.bounds.refuse_unbounded`).
 - **output tokens**: at most ``generationConfig.maxOutputTokens`` (thinking tokens included, as the
   service counts them), else ``default_max_output_tokens``, times ``candidateCount``. The estimate assumes an answer as long
   as its prompt, capped there; a canary (``canary.py``) replaces it with measured tokens.

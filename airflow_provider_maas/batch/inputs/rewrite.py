@@ -6,7 +6,7 @@ request uses; a key the request spells in either case counts as set):
 - ``response_schema`` with ``set_response_schema``: a request that asks for no schema of its own
   gets ``responseMimeType: application/json`` (unless it sets a MIME type) and ``responseSchema``;
 - ``max_cost_usd``: a request without ``maxOutputTokens`` gets the output ceiling its worst case
-  is counted at (:func:`~airflow_provider_maas.batch.estimates.max_output_tokens`:
+  is counted at (:func:`~airflow_provider_maas.batch.cost.estimates.max_output_tokens`:
   ``default_max_output_tokens``, or its own ``thinkingBudget`` if larger), so the service bounds
   the answer the cap admitted; one that sets a ceiling that is not a whole number >= 1 is refused.
 
@@ -34,9 +34,9 @@ import tempfile
 from dataclasses import dataclass, replace
 from typing import IO, TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.estimates import _count, max_output_tokens
-from airflow_provider_maas.batch.lines import iter_lines
-from airflow_provider_maas.batch.schema import json_schema_of, to_gemini_schema
+from airflow_provider_maas.batch.answers.schema import json_schema_of, to_gemini_schema
+from airflow_provider_maas.batch.cost.estimates import _count, max_output_tokens
+from airflow_provider_maas.batch.inputs.lines import iter_lines
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.record.journal import BatchJournal
     from airflow_provider_maas.batch.settings import BatchSettings
 
 log = logging.getLogger(__name__)

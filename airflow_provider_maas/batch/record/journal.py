@@ -29,10 +29,17 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch import ownership
-from airflow_provider_maas.batch.origin import write_kept_origin
-from airflow_provider_maas.batch.state import STATE_VERSION, BatchState, Round, ShardKey, ShardRecord, ShardStatus
-from airflow_provider_maas.batch.state_objects import (
+from airflow_provider_maas.batch.record import ownership
+from airflow_provider_maas.batch.record.origin import write_kept_origin
+from airflow_provider_maas.batch.record.state import (
+    STATE_VERSION,
+    BatchState,
+    Round,
+    ShardKey,
+    ShardRecord,
+    ShardStatus,
+)
+from airflow_provider_maas.batch.record.state_objects import (
     StateDamaged,
     children,
     dumps,
@@ -79,11 +86,11 @@ class BatchJournal:
         self.seq = 0
         self.bytes_written = 0
         self._since_snapshot = 0
-        #: This try's lease (:mod:`~airflow_provider_maas.batch.ownership`), checked before each write.
+        #: This try's lease (:mod:`~airflow_provider_maas.batch.record.ownership`), checked before each write.
         self.lease: dict[str, Any] | None = None
         self._sealed = True
         #: The newest journal object known to be written (its sequence number): kept in a second
-        #: record by ``on_marked`` (``batch/second_record.py``), so that a journal ending before it is refused.
+        #: record by ``on_marked`` (``batch/record/second_record.py``), so that a journal ending before it is refused.
         self.marked = 0
         #: Called when :attr:`marked` changes: a new plan, or "creating" markers stored (before any
         #: create is sent); it raises if the second record cannot be written.

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.estimates import Tokens, worst_case_usd
+from airflow_provider_maas.batch.cost.estimates import Tokens, worst_case_usd
 from airflow_provider_maas.batch.int_settings import check_int
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
-    from airflow_provider_maas.batch.state import BatchState
+    from airflow_provider_maas.batch.record.state import BatchState
 
 #: Most requests a canary may hold (one job).
 MAX_CANARY_REQUESTS = 100
@@ -95,7 +95,7 @@ def check_cost_control(
     check_budget(max_cost_usd, prices, default_max_output_tokens, max_tokens_per_file_part, max_cached_content_tokens)
     check_canary(canary_requests, canary_max_failed)
     if response_schema is not None:  # a bad schema fails here (jsonschema is imported only then)
-        from airflow_provider_maas.batch.schema import AnswerCheck
+        from airflow_provider_maas.batch.answers.schema import AnswerCheck
 
         AnswerCheck(response_schema)
 

@@ -3,7 +3,7 @@
 :func:`split_first` plans the canary as shard 0 of round 0 (the plan depends only on the input
 bytes and N, so every try finds the same one). :func:`judge` reads the canary's downloaded results:
 the share of failed or invalid answers, and the tokens per request that give the batch's measured
-estimate. Both are pure: the :class:`~airflow_provider_maas.batch.budget.SpendGate` acts on them.
+estimate. Both are pure: the :class:`~airflow_provider_maas.batch.cost.budget.SpendGate` acts on them.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import IO, TYPE_CHECKING
 
-from airflow_provider_maas.batch.budget_checks import (  # noqa: F401 (their earlier home: still importable from here)
+from airflow_provider_maas.batch.answers.results import ResultSummary, iter_results, request_digest
+from airflow_provider_maas.batch.cost.budget_checks import (  # noqa: F401 (their earlier home: still importable from here)
     MAX_CANARY_REQUESTS,
     check_canary,
 )
-from airflow_provider_maas.batch.results import ResultSummary, iter_results, request_digest
-from airflow_provider_maas.batch.shards import ShardPlan, _Range
+from airflow_provider_maas.batch.inputs.shards import ShardPlan, _Range
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -92,7 +92,7 @@ class CanaryVerdict:
 
     def estimated_usd(self, requests: int, prices: Mapping[str, float]) -> float:
         """What ``requests`` requests cost at the canary's measured tokens per request."""
-        from airflow_provider_maas.batch.cost import cost_of
+        from airflow_provider_maas.batch.cost.prices import cost_of
 
         per = self.per_request()
         cost = cost_of({name: round(value * requests) for name, value in per.items()}, prices)

@@ -19,13 +19,13 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.bounds import Bounds
-from airflow_provider_maas.batch.cost import cost_of
-from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS, Tokens, worst_case_usd
-from airflow_provider_maas.batch.lines import iter_lines
-from airflow_provider_maas.batch.results import ResultSummary, parse_result_line
-from airflow_provider_maas.batch.shards import copy_shard
-from airflow_provider_maas.batch.state import ShardKey, ShardStatus
+from airflow_provider_maas.batch.answers.results import ResultSummary, parse_result_line
+from airflow_provider_maas.batch.cost.bounds import Bounds
+from airflow_provider_maas.batch.cost.estimates import DEFAULT_MAX_OUTPUT_TOKENS, Tokens, worst_case_usd
+from airflow_provider_maas.batch.cost.prices import cost_of
+from airflow_provider_maas.batch.inputs.lines import iter_lines
+from airflow_provider_maas.batch.inputs.shards import copy_shard
+from airflow_provider_maas.batch.record.state import ShardKey, ShardStatus
 from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSInputError
 from airflow_provider_maas.storage import open_source
 
@@ -34,8 +34,8 @@ if TYPE_CHECKING:
 
     from airflow.sdk import ObjectStoragePath
 
-    from airflow_provider_maas.batch.schema import AnswerCheck
-    from airflow_provider_maas.batch.state import BatchState, ShardRecord
+    from airflow_provider_maas.batch.answers.schema import AnswerCheck
+    from airflow_provider_maas.batch.record.state import BatchState, ShardRecord
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class SpendLedger:
     :param parts: ``parts(key)``: where shard ``key``'s results are downloaded.
     :param max_cost_usd: The cap, or None (``prices`` is then only used to measure).
     :param max_tokens_per_file_part: What one file part counts at most in the worst case;
-        ``max_cached_content_tokens``: what a ``cachedContent`` does (``batch.bounds.unbounded``).
+        ``max_cached_content_tokens``: what a ``cachedContent`` does (``batch.cost.bounds.unbounded``).
     :param check: Checks (and rewrites) the answers of each downloaded part (``response_schema``).
     """
 
@@ -73,7 +73,7 @@ class SpendLedger:
     prices: dict[str, float] | None = None
     #: The operator's source as the user gave it, when ``source`` is it rewritten: where the plan of
     #: a state being replaced, made by a try without the rewrite, is read
-    #: (:func:`~airflow_provider_maas.batch.spend_before.spend_left_behind`; a shard to send is read as
+    #: (:func:`~airflow_provider_maas.batch.cost.spend_before.spend_left_behind`; a shard to send is read as
     #: it is sent, never there).
     given_source: Any = None
     max_cost_usd: float | None = None

@@ -15,14 +15,14 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.create_guard import clear_epoch
-from airflow_provider_maas.batch.state import STATE_VERSION, ShardKey
-from airflow_provider_maas.batch.task_record import BATCH_VARIABLE_PREFIX, forget_record, task_record
+from airflow_provider_maas.batch.record.create_guard import clear_epoch
+from airflow_provider_maas.batch.record.state import STATE_VERSION, ShardKey
+from airflow_provider_maas.batch.record.task_record import BATCH_VARIABLE_PREFIX, forget_record, task_record
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from airflow_provider_maas.batch.journal import BatchJournal
+    from airflow_provider_maas.batch.record.journal import BatchJournal
 
 log = logging.getLogger(__name__)
 

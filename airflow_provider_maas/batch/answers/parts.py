@@ -5,9 +5,9 @@ from __future__ import annotations
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.request_lines import iter_request_lines
-from airflow_provider_maas.batch.results import status_line
-from airflow_provider_maas.batch.shards import ShardPlan, copy_shard, source_label
+from airflow_provider_maas.batch.answers.results import status_line
+from airflow_provider_maas.batch.inputs.request_lines import iter_request_lines
+from airflow_provider_maas.batch.inputs.shards import ShardPlan, copy_shard, source_label
 from airflow_provider_maas.storage import CHUNK_SIZE, atomic_writer, open_source
 
 if TYPE_CHECKING:

@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.estimates import DEFAULT_MAX_OUTPUT_TOKENS, Tokens, estimate_request
-from airflow_provider_maas.batch.lines import iter_line_batches
-from airflow_provider_maas.batch.request_lines import MAX_BYTES_PER_FILE, line_too_long
+from airflow_provider_maas.batch.cost.estimates import DEFAULT_MAX_OUTPUT_TOKENS, Tokens, estimate_request
+from airflow_provider_maas.batch.inputs.lines import iter_line_batches
+from airflow_provider_maas.batch.inputs.request_lines import MAX_BYTES_PER_FILE, line_too_long
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import open_source
 

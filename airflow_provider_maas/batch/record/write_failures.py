@@ -11,16 +11,16 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from airflow_provider_maas.batch.recovery import MAX_QUOTED_NAMES, WAY_ON
-from airflow_provider_maas.batch.second_record import RECORD
-from airflow_provider_maas.batch.state import ShardKey, ShardRecord, ShardStatus
+from airflow_provider_maas.batch.record.recovery import MAX_QUOTED_NAMES, WAY_ON
+from airflow_provider_maas.batch.record.second_record import RECORD
+from airflow_provider_maas.batch.record.state import ShardKey, ShardRecord, ShardStatus
 from airflow_provider_maas.exceptions import MaaSError, MaaSStateError, MaaSStateWriteError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from airflow_provider_maas.batch.journal import BatchJournal, MarkNotRecorded
-    from airflow_provider_maas.batch.state import BatchState
+    from airflow_provider_maas.batch.record.journal import BatchJournal, MarkNotRecorded
+    from airflow_provider_maas.batch.record.state import BatchState
 
 log = logging.getLogger(__name__)
 

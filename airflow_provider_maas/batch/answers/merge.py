@@ -14,10 +14,8 @@ import json
 import logging
 from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from airflow_provider_maas.batch.lines import ResultsFormatError, Writable, iter_lines
-from airflow_provider_maas.batch.matching import Answer, AnswerStore, reader
-from airflow_provider_maas.batch.request_lines import RequestLine, iter_request_lines
-from airflow_provider_maas.batch.results import (
+from airflow_provider_maas.batch.answers.matching import Answer, AnswerStore, reader
+from airflow_provider_maas.batch.answers.results import (
     ResultRecord,
     ResultSummary,
     extract_images,
@@ -28,7 +26,9 @@ from airflow_provider_maas.batch.results import (
     result_record,
     status_line,
 )
-from airflow_provider_maas.batch.shards import source_label
+from airflow_provider_maas.batch.inputs.lines import ResultsFormatError, Writable, iter_lines
+from airflow_provider_maas.batch.inputs.request_lines import RequestLine, iter_request_lines
+from airflow_provider_maas.batch.inputs.shards import source_label
 from airflow_provider_maas.client.states import job_outcome
 from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSIntegrityError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
@@ -37,7 +37,7 @@ from airflow_provider_maas.storage.writes import atomic_writer_if_written
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
 
-    from airflow_provider_maas.batch.summary_types import MergeSummary, ResultsSummary
+    from airflow_provider_maas.batch.answers.summary_types import MergeSummary, ResultsSummary
 
 log = logging.getLogger(__name__)
 _P = ParamSpec("_P")

@@ -35,7 +35,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Protocol
 
-from airflow_provider_maas.batch.origin import MAX_RECORD, origin_path
+from airflow_provider_maas.batch.record.origin import MAX_RECORD, origin_path
 from airflow_provider_maas.exceptions import MaaSStateError
 from airflow_provider_maas.storage import atomic_writer, uri_of
 
@@ -52,7 +52,7 @@ WRITTEN = "written_by"
 
 
 class StateFolder(Protocol):
-    """What the checks here read of a batch state (:class:`~airflow_provider_maas.batch.journal.BatchJournal`
+    """What the checks here read of a batch state (:class:`~airflow_provider_maas.batch.record.journal.BatchJournal`
     is one): its folder, its URI for messages, and this try's lease. The journal imports this module,
     never the other way round."""
 

@@ -10,7 +10,7 @@ import json
 import math
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from airflow_provider_maas.batch.lines import iter_line_batches
+from airflow_provider_maas.batch.inputs.lines import iter_line_batches
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:

@@ -97,7 +97,7 @@ class CanarySummary(TypedDict):
 
 
 class CostFields(_Cost, total=False):
-    """What the budget cap, the canary and the answer checks add (``batch/summary.py`` ``cost_fields``)."""
+    """What the budget cap, the canary and the answer checks add (``batch/answers/summary.py`` ``cost_fields``)."""
 
     cost_reserved_usd: float  # with ``max_cost_usd``; 0 once nothing runs
     budget_usd: float  # with ``max_cost_usd``

@@ -1,18 +1,18 @@
 """The typed, bounded state of one batch: what each shard is waiting for, and which job answers it.
 
-Pure data, no I/O: :mod:`airflow_provider_maas.batch.journal` stores it. A shard moves
+Pure data, no I/O: :mod:`airflow_provider_maas.batch.record.journal` stores it. A shard moves
 
     PENDING -> CREATING -> RUNNING -> DONE
                   |            |-> PENDING (its job failed, or its results are gone: retried)
                   |            '-> FAILED  (no retries left: its requests get the job's error)
                   '-> PENDING (429: the service did not take the create; next round)
 
-``CREATING`` is the "create in flight" marker (a ``batch.create_guard.CreateInFlight``: the record's
+``CREATING`` is the "create in flight" marker (a ``batch.record.create_guard.CreateInFlight``: the record's
 ``file_name``, ``display_name``, ``clear_epoch``): it is stored BEFORE a create is sent, so a later try
-that finds it knows a job may exist (see :mod:`airflow_provider_maas.batch.create_guard`).
+that finds it knows a job may exist (see :mod:`airflow_provider_maas.batch.record.create_guard`).
 
 Shards belong to rounds: round 0 holds the input's shards; later rounds (request-level retries,
-:mod:`airflow_provider_maas.batch.rounds`) hold shards made of the requests that failed in an
+:mod:`airflow_provider_maas.batch.answers.pay_once`) hold shards made of the requests that failed in an
 earlier round, read from the round's own ``source``.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.shards import ShardPlan
+from airflow_provider_maas.batch.inputs.shards import ShardPlan
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -67,7 +67,7 @@ class ShardRecord:
     :param job_state: The job's last known state.
     :param error: Why the shard's last job failed (the service's message and code), if it did.
     :param reserve_usd: The worst case of the job in flight, reserved against ``max_cost_usd``
-        (the ledger of ``batch/spend.py``, :class:`~airflow_provider_maas.batch.spend.SpendLedger`); set
+        (the ledger of ``batch/cost/spend.py``, :class:`~airflow_provider_maas.batch.cost.spend.SpendLedger`); set
         with the "creating" marker.
     :param cost_usd: What the shard's downloaded results report they cost (at ``prices``).
     :param unsent: Never sent: the batch stopped creating jobs (budget or canary); FAILED.
@@ -93,7 +93,7 @@ class ShardRecord:
     clear_epoch: int | None = None
     job_state: str | None = None
     error: str | None = None
-    # Issue 22 (batch.budget): optional, absent from older state files.
+    # Issue 22 (batch.cost.budget): optional, absent from older state files.
     reserve_usd: float | None = None
     cost_usd: float | None = None
     unsent: bool = False

@@ -36,8 +36,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeVar
 
-from airflow_provider_maas.batch.lines import ResultsFormatError, iter_lines
-from airflow_provider_maas.batch.results import load_result_object, request_and_success, request_digest
+from airflow_provider_maas.batch.answers.results import load_result_object, request_and_success, request_digest
+from airflow_provider_maas.batch.inputs.lines import ResultsFormatError, iter_lines
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence

@@ -3,9 +3,9 @@
 When a batch starts over (its input or settings changed), the jobs of the state it replaces were
 paid for, or still run and will be: :func:`spend_left_behind` counts them, at the state's prices
 (``spent_before_usd``), or in worst-case tokens when no prices are known (``tokens_before``,
-priced later by :func:`~airflow_provider_maas.batch.budget_checks.check_same_prices`). Jobs of
+priced later by :func:`~airflow_provider_maas.batch.cost.budget_checks.check_same_prices`). Jobs of
 that state that hold no amount (created or downloaded by a try without the cap or the prices) are
-priced here through a :class:`~airflow_provider_maas.batch.budget.SpendGate` of this try's
+priced here through a :class:`~airflow_provider_maas.batch.cost.budget.SpendGate` of this try's
 settings.
 """
 
@@ -14,16 +14,16 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.budget import SpendGate
-from airflow_provider_maas.batch.budget_checks import usd_of_tokens
-from airflow_provider_maas.batch.estimates import Tokens, worst_case_usd
-from airflow_provider_maas.batch.state import ShardStatus
+from airflow_provider_maas.batch.cost.budget import SpendGate
+from airflow_provider_maas.batch.cost.budget_checks import usd_of_tokens
+from airflow_provider_maas.batch.cost.estimates import Tokens, worst_case_usd
+from airflow_provider_maas.batch.record.state import ShardStatus
 from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSInputError
 
 if TYPE_CHECKING:
+    from airflow_provider_maas.batch.inputs.shards import ShardPlan
+    from airflow_provider_maas.batch.record.state import BatchState, ShardRecord
     from airflow_provider_maas.batch.settings import BatchSettings
-    from airflow_provider_maas.batch.shards import ShardPlan
-    from airflow_provider_maas.batch.state import BatchState, ShardRecord
 
 #: Shards an error names at most.
 _NAMED = 5
@@ -49,7 +49,7 @@ def spend_left_behind(
     With no prices known (neither the state's nor this try's), their worst case is carried in tokens
     instead (the third value, ``tokens_before``: worst-case prompt and output tokens, added to the
     state's own), priced by the first try with prices that takes the new state
-    (:func:`~airflow_provider_maas.batch.budget_checks.check_same_prices`).
+    (:func:`~airflow_provider_maas.batch.cost.budget_checks.check_same_prices`).
     """
     total = state.spent_before_usd
     unpriced: list[ShardRecord] = []

@@ -13,27 +13,27 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.bounds import Bounds, refuse_unbounded_under_cap, unbounded
-from airflow_provider_maas.batch.estimates import (
+from airflow_provider_maas.batch.answers.pay_once import write_requests_to_send
+from airflow_provider_maas.batch.cost.bounds import Bounds, refuse_unbounded_under_cap, unbounded
+from airflow_provider_maas.batch.cost.estimates import (
     CHARS_PER_TOKEN,
     TOKENS_PER_FILE,
     Tokens,
     estimated_usd,
     worst_case_usd,
 )
-from airflow_provider_maas.batch.lines import ResultsFormatError
-from airflow_provider_maas.batch.rewrite import as_sent_locally
+from airflow_provider_maas.batch.inputs.lines import ResultsFormatError
+from airflow_provider_maas.batch.inputs.rewrite import as_sent_locally
 from airflow_provider_maas.batch.round_files import answers_opener
-from airflow_provider_maas.batch.rounds import write_requests_to_send
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import open_source
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-    from airflow_provider_maas.batch.request_lines import RequestLine
+    from airflow_provider_maas.batch.inputs.request_lines import RequestLine
+    from airflow_provider_maas.batch.inputs.shards import ShardPlan
     from airflow_provider_maas.batch.settings import BatchSettings
-    from airflow_provider_maas.batch.shards import ShardPlan
 
 #: How the estimate was made, as the plan states it (:func:`basis` adds the bounds of files and caches).
 BASIS = (
@@ -208,7 +208,7 @@ def dry_run(settings: BatchSettings, *, bounds: Bounds | None = None, budget_usd
 def plan_batch(settings: BatchSettings) -> BatchPlan:
     """The dry run of a batch: under ``max_cost_usd`` a request whose worst case is no bound is
     refused first (as a run does); the requests are planned as they would be sent (rewritten, in a
-    local temporary copy: ``batch.rewrite``)."""
+    local temporary copy: ``batch.inputs.rewrite``)."""
     refuse_unbounded_under_cap(settings)
     bounds = Bounds(
         settings.default_max_output_tokens, settings.max_tokens_per_file_part, settings.max_cached_content_tokens

@@ -18,19 +18,19 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.create_guard import cleared_since
-from airflow_provider_maas.batch.ownership import destination_of, written_record
-from airflow_provider_maas.batch.second_record import RECORD, saved_job_names, state_pointer
-from airflow_provider_maas.batch.state import ShardStatus
-from airflow_provider_maas.batch.state_objects import StateDamaged
+from airflow_provider_maas.batch.record.create_guard import cleared_since
+from airflow_provider_maas.batch.record.ownership import destination_of, written_record
+from airflow_provider_maas.batch.record.second_record import RECORD, saved_job_names, state_pointer
+from airflow_provider_maas.batch.record.state import ShardStatus
+from airflow_provider_maas.batch.record.state_objects import StateDamaged
 from airflow_provider_maas.exceptions import MaaSError, MaaSStateError
 from airflow_provider_maas.storage import to_path, uri_of
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from airflow_provider_maas.batch.journal import BatchJournal
-    from airflow_provider_maas.batch.state import BatchState
+    from airflow_provider_maas.batch.record.journal import BatchJournal
+    from airflow_provider_maas.batch.record.state import BatchState
 
 log = logging.getLogger(__name__)
 
