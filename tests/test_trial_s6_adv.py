@@ -1,0 +1,258 @@
+"""Session 6, adversarial round on the refactor that moved cost control from the operator into batch/
+(``BatchSettings`` carries every cost parameter; ``BatchRun.start``/``resume`` build the gate).
+
+Each test drives the operator against the emulator and checks a promise of README "Cost control",
+docs/cost-control.md and docs/reliability.md on a path the refactor touched (start vs. resume after a
+deferral, retry rounds, canary, dry run, templated values)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError, MaaSInputError
+from tests.compat import TaskDeferred
+from tests.cost_helpers import (
+    EMULATOR_MAX_OUT,
+    PRICES,
+    SHARD,
+    job_worst,
+    shard_operator,
+    succeeded_event,
+    write_priced_requests,
+)
+from tests.helpers import make_context
+
+JOB_WORST = job_worst(EMULATOR_MAX_OUT)
+PER_REQUEST = EMULATOR_MAX_OUT * PRICES["candidates"] / 1_000_000
+
+
+def _requests(path: Path, count: int, config: dict | None = None) -> Path:
+    return write_priced_requests(
+        path, range(count), config={"maxOutputTokens": EMULATOR_MAX_OUT} if config is None else config
+    )
+
+
+def _defer(handle, operator, context=None):
+    with pytest.raises(TaskDeferred) as info:
+        operator.execute(context or make_context())
+    return info.value
+
+
+# 1. The canary's verdict on a resume after a deferral: canary_max_failed reaches the gate -------------
+@pytest.mark.parametrize("max_failed, stops", [(0.5, True), (0.0, True), (0.7, False)])
+def test_canary_verdict_after_a_deferral_uses_canary_max_failed(emulator_factory, tmp_path, max_failed, stops):
+    handle = emulator_factory(job_duration=60, faults=["create:1:fail-requests=index:1,2,3"])
+    source = _requests(tmp_path / "r.jsonl", 20)
+    dest = tmp_path / "out.jsonl"
+    kwargs = dict(canary_requests=5, canary_max_failed=max_failed, deferrable=True, prices=PRICES, request_retries=0)
+    deferred = _defer(handle, shard_operator(source, dest, **kwargs))
+    assert handle.emulator.jobs_created == 1  # the canary alone
+    event = succeeded_event(handle, deferred)
+    op = shard_operator(source, dest, **kwargs)
+    if stops:
+        with pytest.raises(MaaSCanaryFailedError):
+            op.execute_complete(make_context(), event)
+        assert handle.emulator.jobs_created == 1
+    else:
+        try:
+            op.execute_complete(make_context(), event)
+        except TaskDeferred:
+            pass
+        assert handle.emulator.jobs_created > 1
+
+
+# 2. Retry rounds created by a resume after a deferral: gated, and sent with the ceiling ---------------
+def _uploaded_requests(handle):
+    import json
+
+    lines = []
+    for name, info in handle.emulator.files.items():
+        path = info["path"] if isinstance(info, dict) else getattr(info, "path")
+        with open(path, "rb") as f:
+            lines += [json.loads(line)["request"] for line in f if line.strip()]
+    return lines
+
+
+def test_a_retry_round_created_on_resume_is_gated_and_bounded(emulator_factory, tmp_path):
+    """10 requests without a ceiling (2 shards), default_max_output_tokens=16, 2 of the first job fail:
+    round 1 is created by the resume, from the echoed requests. The cap is exactly 10 answers' worth."""
+    handle = emulator_factory(job_duration=60, faults=["create:1:fail-requests=index:1,2"])
+    source = _requests(tmp_path / "r.jsonl", 10, config={})
+    dest = tmp_path / "out.jsonl"
+    cap = 10 * PER_REQUEST
+    kwargs = dict(
+        prices=PRICES,
+        max_cost_usd=cap,
+        deferrable=True,
+        request_retries=1,
+        retry_failures=[".*"],
+        default_max_output_tokens=EMULATOR_MAX_OUT,
+    )
+    deferred = _defer(handle, shard_operator(source, dest, **kwargs))
+    assert handle.emulator.jobs_created == 2
+    event = succeeded_event(handle, deferred)
+    context = make_context()
+    try:
+        shard_operator(source, dest, **kwargs).execute_complete(context, event)
+    except TaskDeferred as again:
+        shard_operator(source, dest, **kwargs).execute_complete(context, succeeded_event(handle, again))
+    assert handle.emulator.jobs_created == 3
+    summary = context["ti"].xcom["summary"]
+    assert summary["cost_usd"] <= cap + 1e-12
+    sent = _uploaded_requests(handle)
+    assert sent and all(r["generationConfig"]["maxOutputTokens"] == EMULATOR_MAX_OUT for r in sent)
+
+
+# 3. dry_run sends nothing and writes nothing beside the destination ----------------------------------
+@pytest.mark.parametrize("deferrable", [False, True])
+def test_dry_run_calls_nothing_and_writes_nothing(emulator_factory, tmp_path, deferrable):
+    handle = emulator_factory()
+    source = _requests(tmp_path / "r.jsonl", 20, config={})
+    dest = tmp_path / "out" / "out.jsonl"
+    dest.parent.mkdir()
+    before = sorted(os.listdir(tmp_path))
+    context = make_context()
+    shard_operator(
+        source, dest, prices=PRICES, max_cost_usd=1.0, canary_requests=5, dry_run=True, deferrable=deferrable
+    ).execute(context)
+    assert handle.emulator.jobs_created == 0
+    assert handle.emulator.uploads_by_name == {}
+    assert list(handle.emulator.access_log) == []
+    assert sorted(os.listdir(tmp_path)) == before
+    assert os.listdir(dest.parent) == []
+    assert "plan" in context["ti"].xcom
+
+
+# 4. A budget stop found by a resume holds across an automatic retry and a clear with the same cap -----
+def test_a_budget_stop_on_resume_holds_across_retry_and_clear(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=60)
+    source = _requests(tmp_path / "r.jsonl", 20)  # 4 shards of 5
+    dest = tmp_path / "out.jsonl"
+    cap = 3 * JOB_WORST
+    kwargs = dict(prices=PRICES, max_cost_usd=cap, max_active_jobs=2, deferrable=True)
+    deferred = _defer(handle, shard_operator(source, dest, **kwargs), make_context(max_tries=1))
+    assert handle.emulator.jobs_created == 2
+    event = succeeded_event(handle, deferred)
+    try:
+        shard_operator(source, dest, **kwargs).execute_complete(make_context(max_tries=1), event)
+    except TaskDeferred as again:  # the third job, then the stop
+        with pytest.raises(MaaSBudgetExceededError):
+            shard_operator(source, dest, **kwargs).execute_complete(
+                make_context(max_tries=1), succeeded_event(handle, again)
+            )
+    assert handle.emulator.jobs_created == 3
+    # an automatic retry (same clear epoch), then a person's clear, same cap: nothing more is created
+    for max_tries in (1, 2):
+        op = shard_operator(source, dest, **{**kwargs, "deferrable": False})
+        with pytest.raises(MaaSBudgetExceededError):
+            op.execute(make_context(max_tries=max_tries))
+        assert handle.emulator.jobs_created == 3
+
+
+# 5. Prices changed while deferred: the resume refuses before any create -------------------------------
+def test_prices_changed_while_deferred_are_refused_on_resume(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=60)
+    source = _requests(tmp_path / "r.jsonl", 20)
+    dest = tmp_path / "out.jsonl"
+    kwargs = dict(max_cost_usd=1.0, max_active_jobs=2, deferrable=True)
+    deferred = _defer(handle, shard_operator(source, dest, prices=PRICES, **kwargs))
+    event = succeeded_event(handle, deferred)
+    cheaper = {"prompt": 0.0, "candidates": 0.001}
+    with pytest.raises(MaaSInputError, match="prices changed"):
+        shard_operator(source, dest, prices=cheaper, **kwargs).execute_complete(make_context(), event)
+    assert handle.emulator.jobs_created == 2
+
+
+# 6. A cap lowered while deferred: the resume's gate has the new cap ----------------------------------
+def test_a_cap_lowered_while_deferred_stops_the_resume(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=60)
+    source = _requests(tmp_path / "r.jsonl", 20)
+    dest = tmp_path / "out.jsonl"
+    kwargs = dict(prices=PRICES, max_active_jobs=2, deferrable=True)
+    deferred = _defer(handle, shard_operator(source, dest, max_cost_usd=4 * JOB_WORST, **kwargs))
+    event = succeeded_event(handle, deferred)
+    with pytest.raises(MaaSBudgetExceededError):
+        shard_operator(source, dest, max_cost_usd=2 * JOB_WORST, **kwargs).execute_complete(make_context(), event)
+    assert handle.emulator.jobs_created == 2
+
+
+# 7. A canary stop on resume, then a clear with canary_max_failed raised: the rest is sent ------------
+def test_a_canary_stop_on_resume_then_a_clear_with_a_higher_threshold(emulator_factory, tmp_path):
+    handle = emulator_factory(job_duration=60, faults=["create:1:fail-requests=index:1,2,3"])
+    source = _requests(tmp_path / "r.jsonl", 20)
+    dest = tmp_path / "out.jsonl"
+    kwargs = dict(canary_requests=5, deferrable=True, prices=PRICES, request_retries=0, max_cost_usd=1.0)
+    deferred = _defer(handle, shard_operator(source, dest, **kwargs), make_context(max_tries=1))
+    event = succeeded_event(handle, deferred)
+    with pytest.raises(MaaSCanaryFailedError):
+        shard_operator(source, dest, **kwargs).execute_complete(make_context(max_tries=1), event)
+    assert handle.emulator.jobs_created == 1
+    with pytest.raises(MaaSCanaryFailedError):  # an automatic retry: still stopped
+        shard_operator(source, dest, **{**kwargs, "deferrable": False}).execute(make_context(max_tries=1))
+    assert handle.emulator.jobs_created == 1
+    context = make_context(max_tries=2)
+    shard_operator(source, dest, **{**kwargs, "deferrable": False, "canary_max_failed": 0.8}).execute(context)
+    assert handle.emulator.jobs_created == 4
+
+
+# 8. Every cost parameter reaches the gate, the same on a start and on a resume after a deferral ------
+def test_every_cost_parameter_reaches_the_gate_on_start_and_on_resume(emulator_factory, tmp_path, monkeypatch):
+    from airflow_provider_maas.batch.cost import budget
+
+    handle = emulator_factory(job_duration=60)
+    source = _requests(tmp_path / "r.jsonl", 20)
+    dest = tmp_path / "out.jsonl"
+    prices = {"prompt": 0.5, "candidates": 2.0, "thoughts": 3.0}
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    kwargs = dict(
+        prices=prices,
+        max_cost_usd=7.5,
+        default_max_output_tokens=17,
+        max_tokens_per_file_part=111,
+        max_cached_content_tokens=222,
+        canary_requests=3,
+        canary_max_failed=0.25,
+        response_schema=schema,
+        deferrable=True,
+    )
+    gates = []
+    built = budget.SpendGate.for_batch.__func__
+
+    def spy(cls, settings, journal, state):
+        gate = built(cls, settings, journal, state)
+        gates.append(gate)
+        return gate
+
+    monkeypatch.setattr(budget.SpendGate, "for_batch", classmethod(spy))
+    deferred = _defer(handle, shard_operator(source, dest, **kwargs))
+    event = succeeded_event(handle, deferred)
+    try:
+        shard_operator(source, dest, **kwargs).execute_complete(make_context(), event)
+    except TaskDeferred:
+        pass
+    assert len(gates) == 2
+    fields = (
+        "prices",
+        "max_cost_usd",
+        "default_max_output_tokens",
+        "max_tokens_per_file_part",
+        "max_cached_content_tokens",
+        "canary_requests",
+        "canary_max_failed",
+    )
+    expect = {
+        "prices": prices,
+        "max_cost_usd": 7.5,
+        "default_max_output_tokens": 17,
+        "max_tokens_per_file_part": 111,
+        "max_cached_content_tokens": 222,
+        "canary_requests": 3,
+        "canary_max_failed": 0.25,
+    }
+    for gate in gates:
+        assert {f: getattr(gate, f) for f in fields} == expect
+        assert gate.check is not None
+        assert str(gate.source).endswith(".requests.jsonl")  # the requests as sent, on both paths
