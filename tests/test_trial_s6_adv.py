@@ -160,10 +160,12 @@ def test_prices_changed_while_deferred_are_refused_on_resume(emulator_factory, t
     kwargs = dict(max_cost_usd=1.0, max_active_jobs=2, deferrable=True)
     deferred = _defer(handle, shard_operator(source, dest, prices=PRICES, **kwargs))
     event = succeeded_event(handle, deferred)
+    uploads = dict(handle.emulator.uploads_by_name)
     cheaper = {"prompt": 0.0, "candidates": 0.001}
     with pytest.raises(MaaSInputError, match="prices changed"):
         shard_operator(source, dest, prices=cheaper, **kwargs).execute_complete(make_context(), event)
     assert handle.emulator.jobs_created == 2
+    assert handle.emulator.uploads_by_name == uploads  # refused before any upload too
 
 
 # 6. A cap lowered while deferred: the resume's gate has the new cap ----------------------------------
@@ -256,3 +258,85 @@ def test_every_cost_parameter_reaches_the_gate_on_start_and_on_resume(emulator_f
         assert {f: getattr(gate, f) for f in fields} == expect
         assert gate.check is not None
         assert str(gate.source).endswith(".requests.jsonl")  # the requests as sent, on both paths
+
+
+# 9. FINDING: start_over after a person's clear forgets what the discarded state spent ----------------
+def test_start_over_on_a_damaged_state_keeps_the_spend_under_the_cap(emulator_factory, tmp_path):
+    """Promised: with max_cost_usd no create is sent unless spent + reserved + its worst case fits, across
+    retries, deferrals, clears and start_over. A state damaged after its 4 jobs were created (cap: 4 jobs)
+    and discarded by start_over=True after a person's clear: the new plan starts from $0 and pays the whole
+    cap again (8 jobs' worst case for a cap of 4)."""
+    from airflow_provider_maas.exceptions import MaaSStateError, MaaSTimeoutError
+    from tests.helpers import FakeStateStore
+
+    handle = emulator_factory(job_duration=1.0)
+    source = _requests(tmp_path / "r.jsonl", 20)  # 4 shards of 5
+    dest = tmp_path / "out.jsonl"
+    store = FakeStateStore()
+    kwargs = dict(prices=PRICES, max_cost_usd=4 * JOB_WORST)
+    with pytest.raises(MaaSTimeoutError):
+        shard_operator(source, dest, timeout=0.3, **kwargs).execute(make_context(store, max_tries=1))
+    assert handle.emulator.jobs_created == 4  # the whole cap is reserved
+    state_dir = dest.parent / f".{dest.name}.maas" / "dag.task.run1.m-1"
+    journal = sorted((state_dir / "journal").iterdir())
+    journal[-1].write_bytes(journal[-1].read_bytes()[:40])  # a write cut short (disk full, a killed copy)
+    with pytest.raises(MaaSStateError):
+        shard_operator(source, dest, **kwargs).execute(make_context(store, max_tries=1))
+    import time
+
+    time.sleep(1.0)  # the 4 jobs ran to the end: billed
+    try:  # a person's clear with start_over=True, the same cap
+        shard_operator(source, dest, start_over="true", **kwargs).execute(make_context(store, max_tries=3))
+    except MaaSBudgetExceededError:
+        pass
+    assert handle.emulator.jobs_created <= 4, (
+        f"{handle.emulator.jobs_created} jobs of worst case {JOB_WORST} created under max_cost_usd={4 * JOB_WORST}"
+    )
+
+
+@pytest.mark.parametrize("airflow", ["3.3 (task_state_store)", "3.0-3.2 (Variable)"])
+def test_start_over_left_set_on_an_automatic_retry_keeps_the_spend(emulator_factory, tmp_path, monkeypatch, airflow):
+    """The same, without a person: start_over=True left set on the task, an automatic retry (same clear
+    epoch) after the state was damaged."""
+    import time
+
+    from airflow_provider_maas.exceptions import MaaSError, MaaSTimeoutError
+    from tests.helpers import FakeStateStore, use_fake_variables
+
+    store = FakeStateStore() if airflow.startswith("3.3") else None
+    if store is None:
+        use_fake_variables(monkeypatch)
+    handle = emulator_factory(job_duration=1.0)
+    source = _requests(tmp_path / "r.jsonl", 20)
+    dest = tmp_path / "out.jsonl"
+    kwargs = dict(prices=PRICES, max_cost_usd=4 * JOB_WORST, start_over=True)
+    with pytest.raises(MaaSTimeoutError):
+        shard_operator(source, dest, timeout=0.3, **kwargs).execute(make_context(store, max_tries=1))
+    assert handle.emulator.jobs_created == 4
+    state_dir = dest.parent / f".{dest.name}.maas" / "dag.task.run1.m-1"
+    journal = sorted((state_dir / "journal").iterdir())
+    journal[-1].write_bytes(journal[-1].read_bytes()[:40])
+    time.sleep(1.0)
+    try:
+        shard_operator(source, dest, **kwargs).execute(make_context(store, max_tries=1))
+    except MaaSError:
+        pass
+    assert handle.emulator.jobs_created <= 4
+
+
+# 10. dry_run=True set while a real run is deferred: the resume goes on creating jobs --------------------
+def test_dry_run_set_while_deferred_sends_nothing_on_resume(emulator_factory, tmp_path):
+    """Promised: dry_run=True sends nothing. A DAG edited to dry_run=True while its real run waits in the
+    triggerer: the resume (execute_complete) ignores dry_run and creates the remaining jobs."""
+    handle = emulator_factory(job_duration=60)
+    source = _requests(tmp_path / "r.jsonl", 20)
+    dest = tmp_path / "out.jsonl"
+    kwargs = dict(prices=PRICES, max_cost_usd=1.0, max_active_jobs=2, deferrable=True)
+    deferred = _defer(handle, shard_operator(source, dest, **kwargs))
+    assert handle.emulator.jobs_created == 2
+    event = succeeded_event(handle, deferred)
+    try:
+        shard_operator(source, dest, dry_run=True, **kwargs).execute_complete(make_context(), event)
+    except TaskDeferred:
+        pass
+    assert handle.emulator.jobs_created == 2
