@@ -7,6 +7,7 @@ deferral, retry rounds, canary, dry run, templated values)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -17,7 +18,6 @@ from tests.compat import TaskDeferred
 from tests.cost_helpers import (
     EMULATOR_MAX_OUT,
     PRICES,
-    SHARD,
     job_worst,
     shard_operator,
     succeeded_event,
@@ -57,10 +57,8 @@ def test_canary_verdict_after_a_deferral_uses_canary_max_failed(emulator_factory
             op.execute_complete(make_context(), event)
         assert handle.emulator.jobs_created == 1
     else:
-        try:
+        with contextlib.suppress(TaskDeferred):
             op.execute_complete(make_context(), event)
-        except TaskDeferred:
-            pass
         assert handle.emulator.jobs_created > 1
 
 
@@ -69,8 +67,8 @@ def _uploaded_requests(handle):
     import json
 
     lines = []
-    for name, info in handle.emulator.files.items():
-        path = info["path"] if isinstance(info, dict) else getattr(info, "path")
+    for info in handle.emulator.files.values():
+        path = info["path"] if isinstance(info, dict) else info.path
         with open(path, "rb") as f:
             lines += [json.loads(line)["request"] for line in f if line.strip()]
     return lines
@@ -128,7 +126,7 @@ def test_dry_run_calls_nothing_and_writes_nothing(emulator_factory, tmp_path, de
 
 # 4. A budget stop found by a resume holds across an automatic retry and a clear with the same cap -----
 def test_a_budget_stop_on_resume_holds_across_retry_and_clear(emulator_factory, tmp_path):
-    handle = emulator_factory(job_duration=60)
+    handle = emulator_factory(job_duration=2)
     source = _requests(tmp_path / "r.jsonl", 20)  # 4 shards of 5
     dest = tmp_path / "out.jsonl"
     cap = 3 * JOB_WORST
@@ -183,7 +181,7 @@ def test_a_cap_lowered_while_deferred_stops_the_resume(emulator_factory, tmp_pat
 
 # 7. A canary stop on resume, then a clear with canary_max_failed raised: the rest is sent ------------
 def test_a_canary_stop_on_resume_then_a_clear_with_a_higher_threshold(emulator_factory, tmp_path):
-    handle = emulator_factory(job_duration=60, faults=["create:1:fail-requests=index:1,2,3"])
+    handle = emulator_factory(job_duration=2, faults=["create:1:fail-requests=index:1,2,3"])
     source = _requests(tmp_path / "r.jsonl", 20)
     dest = tmp_path / "out.jsonl"
     kwargs = dict(canary_requests=5, deferrable=True, prices=PRICES, request_retries=0, max_cost_usd=1.0)
@@ -231,10 +229,8 @@ def test_every_cost_parameter_reaches_the_gate_on_start_and_on_resume(emulator_f
     monkeypatch.setattr(budget.SpendGate, "for_batch", classmethod(spy))
     deferred = _defer(handle, shard_operator(source, dest, **kwargs))
     event = succeeded_event(handle, deferred)
-    try:
+    with contextlib.suppress(TaskDeferred):
         shard_operator(source, dest, **kwargs).execute_complete(make_context(), event)
-    except TaskDeferred:
-        pass
     assert len(gates) == 2
     fields = (
         "prices",
@@ -261,6 +257,7 @@ def test_every_cost_parameter_reaches_the_gate_on_start_and_on_resume(emulator_f
 
 
 # 9. FINDING: start_over after a person's clear forgets what the discarded state spent ----------------
+@pytest.mark.xfail(strict=True, reason="s6 adversarial finding 1: start_over discards the spend of the damaged state")
 def test_start_over_on_a_damaged_state_keeps_the_spend_under_the_cap(emulator_factory, tmp_path):
     """Promised: with max_cost_usd no create is sent unless spent + reserved + its worst case fits, across
     retries, deferrals, clears and start_over. A state damaged after its 4 jobs were created (cap: 4 jobs)
@@ -285,10 +282,8 @@ def test_start_over_on_a_damaged_state_keeps_the_spend_under_the_cap(emulator_fa
     import time
 
     time.sleep(1.0)  # the 4 jobs ran to the end: billed
-    try:  # a person's clear with start_over=True, the same cap
+    with contextlib.suppress(MaaSBudgetExceededError):  # a person's clear with start_over=True, the same cap
         shard_operator(source, dest, start_over="true", **kwargs).execute(make_context(store, max_tries=3))
-    except MaaSBudgetExceededError:
-        pass
     assert handle.emulator.jobs_created <= 4, (
         f"{handle.emulator.jobs_created} jobs of worst case {JOB_WORST} created under max_cost_usd={4 * JOB_WORST}"
     )
@@ -317,14 +312,13 @@ def test_start_over_left_set_on_an_automatic_retry_keeps_the_spend(emulator_fact
     journal = sorted((state_dir / "journal").iterdir())
     journal[-1].write_bytes(journal[-1].read_bytes()[:40])
     time.sleep(1.0)
-    try:
+    with contextlib.suppress(MaaSError):
         shard_operator(source, dest, **kwargs).execute(make_context(store, max_tries=1))
-    except MaaSError:
-        pass
     assert handle.emulator.jobs_created <= 4
 
 
 # 10. dry_run=True set while a real run is deferred: the resume goes on creating jobs --------------------
+@pytest.mark.xfail(strict=True, reason="s6 adversarial finding 2: execute_complete ignores dry_run")
 def test_dry_run_set_while_deferred_sends_nothing_on_resume(emulator_factory, tmp_path):
     """Promised: dry_run=True sends nothing. A DAG edited to dry_run=True while its real run waits in the
     triggerer: the resume (execute_complete) ignores dry_run and creates the remaining jobs."""
@@ -335,8 +329,22 @@ def test_dry_run_set_while_deferred_sends_nothing_on_resume(emulator_factory, tm
     deferred = _defer(handle, shard_operator(source, dest, **kwargs))
     assert handle.emulator.jobs_created == 2
     event = succeeded_event(handle, deferred)
-    try:
+    with contextlib.suppress(TaskDeferred):
         shard_operator(source, dest, dry_run=True, **kwargs).execute_complete(make_context(), event)
-    except TaskDeferred:
-        pass
     assert handle.emulator.jobs_created == 2
+
+
+# 11. The ceiling is in every request sent: a filtered round 0 (duplicates, reuse), the canary ------------
+def test_every_request_sent_under_a_cap_carries_the_ceiling_with_duplicates_and_a_canary(emulator_factory, tmp_path):
+    handle = emulator_factory()
+    numbers = [n % 12 for n in range(20)]  # 12 unique requests, 8 repeats
+    source = write_priced_requests(tmp_path / "r.jsonl", numbers, config={"temperature": 0.2})
+    dest = tmp_path / "out.jsonl"
+    context = make_context()
+    shard_operator(
+        source, dest, prices=PRICES, max_cost_usd=1.0, canary_requests=3, default_max_output_tokens=EMULATOR_MAX_OUT
+    ).execute(context)
+    sent = _uploaded_requests(handle)
+    assert len(sent) == 12
+    assert all(r["generationConfig"]["maxOutputTokens"] == EMULATOR_MAX_OUT for r in sent)
+    assert context["ti"].xcom["summary"]["cost_usd"] <= 1.0
