@@ -257,12 +257,11 @@ def test_every_cost_parameter_reaches_the_gate_on_start_and_on_resume(emulator_f
 
 
 # 9. FINDING: start_over after a person's clear forgets what the discarded state spent ----------------
-@pytest.mark.xfail(strict=True, reason="s6 adversarial finding 1: start_over discards the spend of the damaged state")
 def test_start_over_on_a_damaged_state_keeps_the_spend_under_the_cap(emulator_factory, tmp_path):
     """Promised: with max_cost_usd no create is sent unless spent + reserved + its worst case fits, across
     retries, deferrals, clears and start_over. A state damaged after its 4 jobs were created (cap: 4 jobs)
-    and discarded by start_over=True after a person's clear: the new plan starts from $0 and pays the whole
-    cap again (8 jobs' worst case for a cap of 4)."""
+    and discarded by start_over=True after a person's clear: the new plan started from $0 and paid the whole
+    cap again (8 jobs' worst case for a cap of 4); now refused, naming the jobs and the way on."""
     from airflow_provider_maas.exceptions import MaaSStateError, MaaSTimeoutError
     from tests.helpers import FakeStateStore
 
@@ -282,8 +281,9 @@ def test_start_over_on_a_damaged_state_keeps_the_spend_under_the_cap(emulator_fa
     import time
 
     time.sleep(1.0)  # the 4 jobs ran to the end: billed
-    with contextlib.suppress(MaaSBudgetExceededError):  # a person's clear with start_over=True, the same cap
+    with pytest.raises(MaaSStateError) as refused:  # a person's clear with start_over=True, the same cap
         shard_operator(source, dest, start_over="true", **kwargs).execute(make_context(store, max_tries=3))
+    assert "max_cost_usd is set" in str(refused.value) and "destination of its own" in str(refused.value)
     assert handle.emulator.jobs_created <= 4, (
         f"{handle.emulator.jobs_created} jobs of worst case {JOB_WORST} created under max_cost_usd={4 * JOB_WORST}"
     )
@@ -318,10 +318,9 @@ def test_start_over_left_set_on_an_automatic_retry_keeps_the_spend(emulator_fact
 
 
 # 10. dry_run=True set while a real run is deferred: the resume goes on creating jobs --------------------
-@pytest.mark.xfail(strict=True, reason="s6 adversarial finding 2: execute_complete ignores dry_run")
 def test_dry_run_set_while_deferred_sends_nothing_on_resume(emulator_factory, tmp_path):
     """Promised: dry_run=True sends nothing. A DAG edited to dry_run=True while its real run waits in the
-    triggerer: the resume (execute_complete) ignores dry_run and creates the remaining jobs."""
+    triggerer: the resume (execute_complete) ignored dry_run and created the remaining jobs; now it stops."""
     handle = emulator_factory(job_duration=60)
     source = _requests(tmp_path / "r.jsonl", 20)
     dest = tmp_path / "out.jsonl"
@@ -329,7 +328,7 @@ def test_dry_run_set_while_deferred_sends_nothing_on_resume(emulator_factory, tm
     deferred = _defer(handle, shard_operator(source, dest, **kwargs))
     assert handle.emulator.jobs_created == 2
     event = succeeded_event(handle, deferred)
-    with contextlib.suppress(TaskDeferred):
+    with pytest.raises(MaaSInputError, match="dry_run=True was set while this batch ran"):
         shard_operator(source, dest, dry_run=True, **kwargs).execute_complete(make_context(), event)
     assert handle.emulator.jobs_created == 2
 

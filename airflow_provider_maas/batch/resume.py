@@ -66,7 +66,13 @@ def start_or_resume(context: Any, journal: BatchJournal, settings: BatchSettings
     refuse_written_by_other(journal, task_identity(context))
     take_lease(journal, new_owner(context))  # before reading: see batch/record/ownership.py
     journal.on_marked = lambda: record_mark(context, journal)
-    state = load_whole(context, journal, start_over=settings.start_over, endpoint=settings.endpoint)
+    state = load_whole(
+        context,
+        journal,
+        start_over=settings.start_over,
+        endpoint=settings.endpoint,
+        capped=settings.max_cost_usd is not None,
+    )
     key = input_key(settings)
     if state is not None and (state.input_key == key or _same_plans(state, settings)):
         take_over(context, journal, state, settings)

@@ -18,7 +18,7 @@ from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.cost.budget_checks import check_cost_control
 from airflow_provider_maas.batch.settings import DEFAULTS, BatchSettings, check_parameters
 from airflow_provider_maas.client.naming import display_name, upload_name
-from airflow_provider_maas.exceptions import MaaSError
+from airflow_provider_maas.exceptions import MaaSError, MaaSInputError
 from airflow_provider_maas.flags import is_true
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
@@ -295,6 +295,12 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
 
         resumed = JobsEvent.from_event(event)
         journal = BatchJournal.for_task(self.destination, context)
+        if self.plan_only:  # the DAG was changed while its jobs ran: a dry run sends nothing, now as before
+            raise MaaSInputError(
+                f"dry_run=True was set while this batch ran: nothing more is sent. Its jobs keep running and are "
+                f"recorded in the batch state at {journal.uri}; set dry_run=False and clear the task to go on "
+                "(they are reattached, not paid again)"
+            )
 
         def resume() -> str:
             run = BatchRun.resume(

@@ -46,7 +46,17 @@ WAY_ON = (
 )
 
 
-def state_error(problem: str, journal: BatchJournal, context: Any, *names: Iterable[str]) -> MaaSStateError:
+#: The way on when ``start_over`` would discard a state that is not whole under ``max_cost_usd``.
+WAY_ON_CAPPED = (
+    "To go on: give the batch a destination of its own (this state stays for inspection) with max_cost_usd "
+    "lowered by what the jobs named here cost (the vendor console shows it), or start over here without "
+    "max_cost_usd (a person's choice: nothing caps the spend then). See 'Damaged state' in docs/reliability.md."
+)
+
+
+def state_error(
+    problem: str, journal: BatchJournal, context: Any, *names: Iterable[str], way_on: str = WAY_ON
+) -> MaaSStateError:
     """The error for a batch state that is not whole: ``problem``, the location, every job name
     known from the journal's readable objects, ``names`` and :data:`RECORD`, and the way on."""
     known: dict[str, None] = {}
@@ -61,19 +71,27 @@ def state_error(problem: str, journal: BatchJournal, context: Any, *names: Itera
         jobs = "No job name survives in any record; jobs may still have been created (look for this task's display names in the vendor console)."
     return MaaSStateError(
         f"The batch state at {journal.uri} is not whole: {problem}. It is the only record of the jobs paid for "
-        f"(the API has no list call), so this task creates nothing. {jobs} {WAY_ON}",
+        f"(the API has no list call), so this task creates nothing. {jobs} {way_on}",
         job_names=listed,
     )
 
 
 def load_whole(
-    context: Any, journal: BatchJournal, *, start_over: bool, names: Iterable[str] = (), endpoint: str | None = None
+    context: Any,
+    journal: BatchJournal,
+    *,
+    start_over: bool,
+    names: Iterable[str] = (),
+    endpoint: str | None = None,
+    capped: bool = False,
 ) -> BatchState | None:
     """The stored state if it is whole; None if there is none (or ``start_over`` discards a state
     that is not whole); else :class:`MaaSStateError`. A ``task_state_store`` pointer at a state
     that is gone, or at another location, counts as evidence of paid work; so does a state whose
     jobs were created on another ``endpoint`` than this try's. ``start_over`` is
-    honoured after a person's clear only (see :func:`_start_over_chosen`)."""
+    honoured after a person's clear only (see :func:`_start_over_chosen`), and not under a cap
+    (``capped``: ``max_cost_usd``): what the discarded state's jobs cost is not known, and the cap
+    would start again from $0 while they are billed."""
     chosen = start_over and _start_over_chosen(context)
     try:
         state = journal.load()
@@ -107,10 +125,14 @@ def load_whole(
         if _finished_pointer(context, journal, this_epoch=True):  # half-removed by the try that finished it
             raise FinishedMeanwhile(journal.uri) from None
         if chosen:
+            if capped:
+                raise _uncounted_spend(err.problem, journal, context, names) from None
             log.warning("start_over=True: discarding the batch state at %s (%s)", journal.uri, err.problem)
             return None
         raise state_error(err.problem + _NOT_CHOSEN * start_over, journal, context, names) from None
     pointer = state_pointer(context)
+    if chosen and capped and state is None and _points_at_lost_state(pointer, journal):
+        raise _uncounted_spend(f"{RECORD} points at it, but it is gone", journal, context, names)
     if isinstance(pointer, dict) and not pointer.get("finished") and not chosen:
         location = pointer.get("location")
         if location != journal.uri:
@@ -148,6 +170,25 @@ def load_whole(
     if state is not None:
         journal.marked = journal.seq  # the journal reached here: it may not end before it later
     return state
+
+
+def _points_at_lost_state(pointer: Any, journal: BatchJournal) -> bool:
+    """:data:`RECORD` points at an unfinished state here that is gone (not one an earlier version finished)."""
+    if not isinstance(pointer, dict) or pointer.get("finished") or pointer.get("location") != journal.uri:
+        return False
+    return "open" in pointer or not _written(journal)
+
+
+def _uncounted_spend(problem: str, journal: BatchJournal, context: Any, names: Iterable[str]) -> MaaSStateError:
+    """start_over would discard a state that is not whole while ``max_cost_usd`` is set: refused."""
+    return state_error(
+        f"{problem}; start_over=True would discard it, but max_cost_usd is set and what its jobs cost is not "
+        "known from a state that is not whole: the cap would start again from $0 while they are billed",
+        journal,
+        context,
+        names,
+        way_on=WAY_ON_CAPPED,
+    )
 
 
 def finished_meanwhile(context: Any, journal: BatchJournal, *, this_epoch: bool = False) -> bool:
