@@ -257,7 +257,8 @@ def test_every_cost_parameter_reaches_the_gate_on_start_and_on_resume(emulator_f
 
 
 # 9. FINDING: start_over after a person's clear forgets what the discarded state spent ----------------
-def test_start_over_on_a_damaged_state_keeps_the_spend_under_the_cap(emulator_factory, tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_start_over_on_a_damaged_state_keeps_the_spend_under_the_cap(emulator_factory, tmp_path, damage):
     """Promised: with max_cost_usd no create is sent unless spent + reserved + its worst case fits, across
     retries, deferrals, clears and start_over. A state damaged after its 4 jobs were created (cap: 4 jobs)
     and discarded by start_over=True after a person's clear: the new plan started from $0 and paid the whole
@@ -274,8 +275,13 @@ def test_start_over_on_a_damaged_state_keeps_the_spend_under_the_cap(emulator_fa
         shard_operator(source, dest, timeout=0.3, **kwargs).execute(make_context(store, max_tries=1))
     assert handle.emulator.jobs_created == 4  # the whole cap is reserved
     state_dir = dest.parent / f".{dest.name}.maas" / "dag.task.run1.m-1"
-    journal = sorted((state_dir / "journal").iterdir())
-    journal[-1].write_bytes(journal[-1].read_bytes()[:40])  # a write cut short (disk full, a killed copy)
+    if damage == "deleted":  # by hand, or by a lifecycle rule
+        import shutil
+
+        shutil.rmtree(state_dir)
+    else:
+        journal = sorted((state_dir / "journal").iterdir())
+        journal[-1].write_bytes(journal[-1].read_bytes()[:40])  # a write cut short (disk full, a killed copy)
     with pytest.raises(MaaSStateError):
         shard_operator(source, dest, **kwargs).execute(make_context(store, max_tries=1))
     import time
