@@ -1,8 +1,9 @@
 """The one reading of a yes/no setting given as text: a connection's extra (``allow_insecure_http``)
 or an operator's rendered template (``start_over``). What is not one of :data:`TRUE` or :data:`FALSE`
 is refused, never read as false: a typo ("ture") must not turn a safeguard off or on by itself.
-Imports nothing of the package but its errors and the redaction, so ``client/`` and ``batch/`` may
-both use it. (``verify`` is read more strictly still: only true, false or a CA bundle's path, by
+Imports nothing of the package but its errors (and the redaction, for a refused value only: the
+batch operator imports this module where the DAG is parsed), so ``client/`` and ``batch/`` may both
+use it. (``verify`` is read more strictly still: only true, false or a CA bundle's path, by
 ``client/config.py`` ``parse_verify``: a blank must not turn TLS checks off.)
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError
-from airflow_provider_maas.redaction import redact
 
 #: The spellings of true and of false (any case, blanks around them ignored).
 TRUE = ("true", "1", "yes", "on")
@@ -30,6 +30,8 @@ def is_true(value: Any, *, what: str, error: type[MaaSError] = MaaSInputError, s
         return True
     if text in FALSE:
         return False
+    from airflow_provider_maas.redaction import redact
+
     raise error(
         f"{what} must be true or false, got {redact(repr(value), secret)}; "
         f"write one of {', '.join(TRUE)} for true, or one of {', '.join(f or '(blank)' for f in FALSE)} for false"

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.int_settings import check_int
-from airflow_provider_maas.client.states import JobOutcome, job_outcome
 from airflow_provider_maas.exceptions import (
     MaaSError,
     MaaSInputError,
@@ -43,6 +42,7 @@ if TYPE_CHECKING:
 
     from airflow_provider_maas.batch.record.journal import BatchJournal
     from airflow_provider_maas.batch.record.state import BatchState, ShardKey, ShardRecord
+    from airflow_provider_maas.client.states import JobOutcome
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +257,8 @@ class JobWatch:
         A running job's state (queued, running...) and the time of this poll
         (:attr:`BatchState.last_poll`) ride in the next journal write: no write of their own.
         """
+        from airflow_provider_maas.client.states import job_outcome  # run time only: the module is read at parse
+
         futures = {self._pool.submit(self.hook.get_batch_job, name): name for name in job_names}
         ended = []
         by_job = self.state.by_job()

@@ -22,7 +22,6 @@ from airflow_provider_maas.batch.inputs.request_lines import MAX_BYTES_PER_FILE,
 from airflow_provider_maas.batch.int_settings import LIMITS, check_limits
 from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS, DEFAULT_MAX_PARALLEL_TRANSFERS
 from airflow_provider_maas.exceptions import MaaSInputError
-from airflow_provider_maas.storage import to_path, uri_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -69,6 +68,8 @@ def check_parameters(
 def reuse_paths(reuse_results: Any) -> list[ObjectStoragePath]:
     """The results files of ``reuse_results`` (one or a list; None and blank strings are none),
     each checked to be a file."""
+    from airflow_provider_maas.storage import to_path, uri_of  # run time only, as the methods below
+
     items = reuse_results if isinstance(reuse_results, (list, tuple)) else [reuse_results]
     paths = []
     for number, item in enumerate(items):

@@ -1,5 +1,9 @@
 """What the MaaS operators share: the base class with ``maas_conn_id``/``endpoint`` and the hook,
-task state, job reuse, summaries and asset events."""
+task state, job reuse, summaries and asset events.
+
+Imported where the DAG is parsed: the hook (with the client modules) is imported by its first use in
+``execute``, the job states by :func:`reusable_job`.
+"""
 
 from __future__ import annotations
 
@@ -18,14 +22,13 @@ from airflow_provider_maas.batch.record.task_record import (  # noqa: F401 (re-e
     VariableStateStore,
     task_record,
 )
-from airflow_provider_maas.client.states import Outcome, job_outcome
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSNotFoundError, MaaSResultsGoneError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
-from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.operators._lineage import LineageMixin
 
 if TYPE_CHECKING:
     from airflow_provider_maas.batch.answers.summary_types import ResultsSummary
+    from airflow_provider_maas.hooks.maas import MaaSHook
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,10 @@ class MaaSBaseOperator(LineageMixin, BaseOperator):
 
     @cached_property
     def hook(self) -> MaaSHook:
+        """The hook, made by the first use in ``execute``: the hook and client modules are not imported
+        where the DAG is parsed."""
+        from airflow_provider_maas.hooks.maas import MaaSHook
+
         return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
 
 
@@ -66,6 +73,8 @@ def task_state(context: Any) -> Any | None:
 
 def reusable_job(hook: Any, store: Any | None, key: str, file_name: str, task_log: Any) -> str | None:
     """The job a previous try of this task instance created for ``file_name``, if still usable."""
+    from airflow_provider_maas.client.states import Outcome, job_outcome
+
     if store is None:
         return None
     saved = store.get(key)

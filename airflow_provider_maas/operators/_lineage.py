@@ -18,8 +18,6 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
-from airflow_provider_maas.storage import is_local, to_path
-
 log = logging.getLogger(__name__)
 
 
@@ -43,6 +41,8 @@ def lineage_dataset(target: Any, dataset_cls: Any) -> Any | None:
     """The OpenLineage dataset of a path, URI, ``ObjectStoragePath`` or :class:`ServiceDataset`."""
     if isinstance(target, ServiceDataset):
         return dataset_cls(namespace=target.namespace, name=target.name)
+
+    from airflow_provider_maas.storage import is_local, to_path  # after execute only, not where the DAG is parsed
 
     try:
         path = to_path(target)

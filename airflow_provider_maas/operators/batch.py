@@ -5,7 +5,8 @@ in ``batch/``: its settings (``settings.BatchSettings``, the one carrier of the 
 steps (``run.BatchRun``: start or resume, step until only waiting is left, finish).
 
 Only what construction needs (the settings' defaults and checks) is imported with the module, where
-the DAG is parsed; the batch's machinery (``run``, ``dry_run``) is imported by the first execute.
+the DAG is parsed; the batch's machinery (``run``, ``dry_run``), the hook and its client, the triggers
+and ``storage`` are imported by the first execute.
 """
 
 from __future__ import annotations
@@ -17,16 +18,12 @@ from typing import TYPE_CHECKING, Any
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.cost.budget_checks import check_cost_control
 from airflow_provider_maas.batch.settings import DEFAULTS, BatchSettings, check_parameters
-from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError
 from airflow_provider_maas.flags import is_true
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, renamed
 from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
-from airflow_provider_maas.storage import check_destination
-from airflow_provider_maas.triggers.events import JobsEvent
-from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -277,6 +274,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         if self.plan_only:
             return self._plan_only(context)
         from airflow_provider_maas.batch.run import BatchJournal, BatchRun, unless_finished_elsewhere
+        from airflow_provider_maas.storage import check_destination
 
         dest = check_destination(self.destination, what="destination")
         journal = BatchJournal.for_task(dest, context)
@@ -292,6 +290,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> str:
         """Resume after the trigger: record the ended jobs, then go on."""
         from airflow_provider_maas.batch.run import BatchJournal, BatchRun, unless_finished_elsewhere
+        from airflow_provider_maas.triggers.events import JobsEvent
 
         resumed = JobsEvent.from_event(event)
         journal = BatchJournal.for_task(self.destination, context)
@@ -332,6 +331,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
     # Running --------------------------------------------------------------------------------
     def _run_parts(self, context: Context) -> dict[str, Any]:
         """What a :class:`BatchRun` takes from Airflow: the hook (creates counted), the names."""
+        from airflow_provider_maas.client.naming import display_name, upload_name
 
         def names(key: ShardKey, plan: ShardPlan) -> tuple[str, str]:
             # ``#<shard>`` in round 0, ``#<round>.<shard>`` after: no two shards of a batch share a name
@@ -354,6 +354,8 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
 
     def _defer(self, settings: BatchSettings, wait: Wait) -> None:
         """Wait in the triggerer until ``wait.fire_after`` of the jobs ended (or all, or the deadline)."""
+        from airflow_provider_maas.triggers.maas import MaaSBatchJobsTrigger
+
         self.log.info(
             "Deferring on %d running jobs (resume when %s of them ended)", len(wait.jobs), wait.fire_after or "all"
         )

@@ -1,7 +1,8 @@
 """Operators for the MaaS_Ge batch API: upload, create, download, split, merge, and all in one task.
 
-What an operator does when it runs (``batch/``: shards, merge, the create guard) is imported by its
-first execute, not where the DAG is parsed; construction needs only the settings' limits.
+What an operator does when it runs (``batch/``: shards, merge, the create guard; the hook and its
+client; ``storage``) is imported by its first execute, not where the DAG is parsed; construction needs
+only the settings' limits.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from airflow_provider_maas.batch.inputs.request_lines import (
     iter_request_lines,
 )
 from airflow_provider_maas.batch.int_settings import check_shard_limits
-from airflow_provider_maas.client.naming import display_name, upload_name
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import (
@@ -30,15 +30,6 @@ from airflow_provider_maas.operators._common import (
 from airflow_provider_maas.operators._lineage import LineageMixin, ServiceDataset
 from airflow_provider_maas.operators.batch import MaaSBatchPredictionOperator
 from airflow_provider_maas.plugins.links import MaaSProgressLink
-from airflow_provider_maas.storage import (
-    CHUNK_SIZE,
-    check_destination,
-    check_within,
-    filesystem_of,
-    open_source,
-    to_path,
-    uri_of,
-)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -82,6 +73,8 @@ class MaaSUploadFileOperator(MaaSBaseOperator):
 
     def execute(self, context: Context) -> str:
         from airflow_provider_maas.batch.inputs.shards import validate_file
+        from airflow_provider_maas.client.naming import upload_name
+        from airflow_provider_maas.storage import CHUNK_SIZE, open_source
 
         with open_source(self.source) as handle:
             stats = validate_file(handle)
@@ -131,6 +124,7 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
             uncertain_create_error,
         )
         from airflow_provider_maas.client.failures import proves_not_created
+        from airflow_provider_maas.client.naming import display_name
 
         what = f"file {self.file_name!r}"
         store = task_state(context)
@@ -235,6 +229,7 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
             summarise_results,
         )
         from airflow_provider_maas.batch.record.origin import write_origin
+        from airflow_provider_maas.storage import check_destination, check_within, filesystem_of, to_path, uri_of
 
         dest = check_destination(self.destination)
         check_within(dest, self.allowed_prefix, what="destination")
@@ -382,6 +377,7 @@ class MaaSMergeResultsOperator(LineageMixin, BaseOperator):
 
     def execute(self, context: Context) -> str:
         from airflow_provider_maas.batch.answers.merge import merge_results
+        from airflow_provider_maas.storage import check_destination, uri_of
 
         dest = check_destination(self.destination)
         sources = self.results

@@ -1,4 +1,8 @@
-"""MaaSBatchJobSensor: wait for a batch job, in poke, reschedule or deferrable mode."""
+"""MaaSBatchJobSensor: wait for a batch job, in poke, reschedule or deferrable mode.
+
+The hook (with the client modules), the job states, the trigger and its event are imported by the
+first poke or execute, not where the DAG is parsed.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +20,13 @@ from airflow_provider_maas.batch.polling import (
     poll_errors_arg,
     poll_job,
 )
-from airflow_provider_maas.client.states import job_outcome, log_state_change
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
-from airflow_provider_maas.hooks.maas import MaaSHook
 from airflow_provider_maas.plugins.links import MaaSProgressLink
-from airflow_provider_maas.triggers.events import check_final_job, check_job_event
-from airflow_provider_maas.triggers.maas import MaaSBatchJobTrigger
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from airflow_provider_maas.hooks.maas import MaaSHook
 
 
 class MaaSBatchJobSensor(BaseSensorOperator):
@@ -80,9 +82,14 @@ class MaaSBatchJobSensor(BaseSensorOperator):
 
     @cached_property
     def hook(self) -> MaaSHook:
+        from airflow_provider_maas.hooks.maas import MaaSHook
+
         return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
 
     def poke(self, context: Context) -> PokeReturnValue | bool:
+        from airflow_provider_maas.client.states import job_outcome, log_state_change
+        from airflow_provider_maas.triggers.events import check_final_job
+
         # The rule's counts live as long as this instance: one try in poke mode, one poke in reschedule mode.
         job = poll_job(self.hook.get_batch_job, self.job_name, self._wait_rule, self.log)
         if job is None:
@@ -100,6 +107,8 @@ class MaaSBatchJobSensor(BaseSensorOperator):
         if isinstance(result, PokeReturnValue):
             return result.xcom_value
 
+        from airflow_provider_maas.triggers.maas import MaaSBatchJobTrigger
+
         timeout = float(self.timeout) if self.timeout is not None else None
         self.defer(
             trigger=MaaSBatchJobTrigger(
@@ -116,6 +125,8 @@ class MaaSBatchJobSensor(BaseSensorOperator):
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         """Resume after the trigger: validate the event and return the final job JSON."""
+        from airflow_provider_maas.triggers.events import check_job_event
+
         job = check_job_event(event, fail_on_partial=self.fail_on_partial)
         self.log.info("Job %s ended in %s", self.job_name, job.get("state"))
         return job

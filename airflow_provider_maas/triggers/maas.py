@@ -1,8 +1,14 @@
-"""Triggers that wait for MaaS batch jobs in the triggerer, without holding a worker slot."""
+"""Triggers that wait for MaaS batch jobs in the triggerer, without holding a worker slot.
+
+Where the DAG is parsed, a trigger needs its arguments' checks only: the hook (with the client
+modules), the job states and the event are imported by the first wait. ``MaaSHook`` and
+``BatchJobsEvent`` stay attributes of this module, imported when first read (:func:`__getattr__`).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -18,14 +24,35 @@ from airflow_provider_maas.batch.polling import (
     min_first_poll_after,  # noqa: F401  (its earlier home: still importable from here)
     poll_errors_arg,
 )
-from airflow_provider_maas.client.states import JobOutcome, Outcome, job_outcome, log_state_change
 from airflow_provider_maas.exceptions import MaaSError, MaaSNotFoundError, MaaSRetryableError
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
-from airflow_provider_maas.hooks.maas import MaaSHook
-from airflow_provider_maas.triggers.events import EventStatus, JobsEvent, job_event
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from airflow_provider_maas.client.states import JobOutcome
+    from airflow_provider_maas.hooks.maas import MaaSHook
+    from airflow_provider_maas.triggers.events import EventStatus, JobsEvent
+
+    #: The batch trigger's event: the one :class:`~airflow_provider_maas.triggers.events.JobsEvent` (its old name).
+    BatchJobsEvent = JobsEvent
+
+#: This module's names imported when first read (PEP 562), not where the DAG is parsed: name -> (module, name there).
+_ON_FIRST_USE = {
+    "MaaSHook": ("airflow_provider_maas.hooks.maas", "MaaSHook"),
+    "BatchJobsEvent": ("airflow_provider_maas.triggers.events", "JobsEvent"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``MaaSHook`` and ``BatchJobsEvent`` (the old name of the event class), imported when first read."""
+    if name not in _ON_FIRST_USE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attr = _ON_FIRST_USE[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value
+
 
 #: The old name of :data:`~airflow_provider_maas.batch.polling.DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS`.
 DEFAULT_MAX_CONSECUTIVE_ERRORS = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
@@ -58,6 +85,8 @@ class _JobPoller:
 
     async def poll(self) -> _Ended | None:
         """Poll once; None while the job is still going."""
+        from airflow_provider_maas.client.states import job_outcome, log_state_change
+
         try:
             job = await self.hook.aget_batch_job(self.job_name)
         except (MaaSRetryableError, MaaSNotFoundError) as err:
@@ -155,7 +184,8 @@ class _PollingTrigger(BaseTrigger):
         await asyncio.sleep(seconds if remaining is None else max(0.0, min(seconds, remaining)))
 
     async def _wait(self) -> dict[str, Any]:
-        hook = MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
+        hook_class = globals().get("MaaSHook") or __getattr__("MaaSHook")  # read here, so a test may replace it
+        hook = hook_class(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
         ended: list[_Ended] = []
         pollers: list[_JobPoller] = []
         try:
@@ -236,6 +266,9 @@ class MaaSBatchJobTrigger(_PollingTrigger):
     def _event(
         self, status: EventStatus, ended: list[_Ended], message: str, last_states: dict[str, str | None]
     ) -> dict[str, Any]:
+        from airflow_provider_maas.client.states import Outcome
+        from airflow_provider_maas.triggers.events import job_event
+
         if status == "timeout":
             return job_event(
                 "timeout",
@@ -250,10 +283,6 @@ class MaaSBatchJobTrigger(_PollingTrigger):
         if outcome.outcome is Outcome.FAILED:
             return job_event("error", self.job_name, ended[0].job, outcome.message)
         return job_event("success", self.job_name, ended[0].job, f"Job {self.job_name} ended in {outcome.state}")
-
-
-#: The batch trigger's event: the one :class:`~airflow_provider_maas.triggers.events.JobsEvent` (its old name).
-BatchJobsEvent = JobsEvent
 
 
 class MaaSBatchJobsTrigger(_PollingTrigger):
@@ -316,6 +345,8 @@ class MaaSBatchJobsTrigger(_PollingTrigger):
     def _event(
         self, status: EventStatus, ended: list[_Ended], message: str, last_states: dict[str, str | None]
     ) -> dict[str, Any]:
+        from airflow_provider_maas.triggers.events import JobsEvent
+
         if status == "timeout":
             message = (
                 f"{len(last_states)} job(s) still running at the deadline; they keep running on the service, "
