@@ -32,6 +32,7 @@ from airflow_provider_maas.batch.inputs.shards import source_label
 from airflow_provider_maas.client.states import job_outcome
 from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSIntegrityError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
+from airflow_provider_maas.storage.paths import untracked
 from airflow_provider_maas.storage.writes import atomic_writer_if_written
 
 if TYPE_CHECKING:
@@ -208,7 +209,8 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> MergeS
         requests_handle = stack.enter_context(open_source(requests, what="requests file"))
         out = stack.enter_context(atomic_writer(dest))
         failed_out = stack.enter_context(atomic_writer_if_written(failed))
-        merge.write(store, reader(files, store.sources), iter_request_lines(requests_handle), out, failed_out)
+        read = reader({number: untracked(handle) for number, handle in files.items()}, store.sources)
+        merge.write(store, read, iter_request_lines(requests_handle), out, failed_out)
         merge.leftovers(store)
     return merge.report(dest, failed if failed_out.written else None)
 
@@ -255,7 +257,7 @@ def merge_shard_results(
             with open_source(source, what=what) as opened:
                 handle = _in_memory_if_small(opened)
                 store.add(source_label(source, what), handle)
-                read = reader({len(store.sources) - 1: handle}, store.sources)
+                read = reader({len(store.sources) - 1: untracked(handle)}, store.sources)
                 merge.write(store, read, _hashed(lines.upto(last_line), digest), out, failed_out)
             if sha256 is not None and digest.hexdigest() != sha256[number]:
                 raise MaaSInputChangedError(

@@ -44,7 +44,7 @@ from airflow_provider_maas.batch.answers.retry_failures import (  # noqa: F401 (
 from airflow_provider_maas.batch.cost.prices import cost_of
 from airflow_provider_maas.batch.inputs.lines import Writable, iter_lines
 from airflow_provider_maas.batch.inputs.request_lines import RequestLine, iter_request_lines
-from airflow_provider_maas.storage.paths import shown_uri
+from airflow_provider_maas.storage.paths import shown_uri, untracked
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
@@ -100,13 +100,17 @@ def write_requests_to_send(
 def _open_all(
     stack: contextlib.ExitStack, store: AnswerStore, reuse: Sequence[Any], results: Sequence[Any], opener: Any
 ) -> dict[int, Any]:
+    """Open and index ``reuse`` (successes only), then ``results``; their files by source number, to read
+    answers from one by one (under Airflow's lineage wrapper, once recorded: ``storage.paths.untracked``)."""
     files = {}
     for number, item in enumerate(reuse):
-        files[number] = handle = stack.enter_context(opener(item))
+        handle = stack.enter_context(opener(item))
         store.add(f"results reuse_results[{number}] ({shown_uri(str(item))})", handle, successes_only=True)
+        files[number] = untracked(handle)
     for number, item in enumerate(results):
-        files[len(reuse) + number] = handle = stack.enter_context(opener(item))
+        handle = stack.enter_context(opener(item))
         store.add(f"results of round {number} ({shown_uri(str(item))})", handle)  # no signature of a URL
+        files[len(reuse) + number] = untracked(handle)
     return files
 
 
