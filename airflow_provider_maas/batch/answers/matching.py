@@ -17,9 +17,11 @@ What is left once every request is paired (:meth:`AnswerStore.leftovers`), defin
   a duplicate (:meth:`AnswerStore.repeats_a_line`).
 
 The index lives in a temporary SQLite file, not in Python objects: memory stays flat (SQLite's
-page cache, ``cache_mib``: 16 MiB by default) whatever the number of results, and a 1,000,000-line index is about
-60 MB of temporary disk. Requests are paired in blocks of a few statements each (no Python per lookup).
-Lines are never kept: only a digest and a location (source, byte offset, length). No Airflow import.
+page cache, ``cache_mib``: 16 MiB by default, and a fixed 8 MiB Bloom filter of the requests seen) whatever
+the number of results, and a 1,000,000-line index is about 60 MB of temporary disk. Requests are paired in
+blocks of a few statements each (no Python per lookup); a request is looked up among those seen before only
+when the Bloom filter holds its digest. Lines are never kept: only a digest and a location (source, byte
+offset, length). No Airflow import.
 """
 
 from __future__ import annotations
