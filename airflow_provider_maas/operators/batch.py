@@ -4,9 +4,10 @@ The Airflow side only: parameters, deferral or sleep, XCom, lineage, metrics. Wh
 in ``batch/``: its settings (``settings.BatchSettings``, the one carrier of the parameters) and its
 steps (``run.BatchRun``: start or resume, step until only waiting is left, finish).
 
-Only what construction needs (the settings' defaults and checks) is imported with the module, where
-the DAG is parsed; the batch's machinery (``run``, ``dry_run``), the hook and its client, the triggers
-and ``storage`` are imported by the first execute.
+Only what construction needs (``batch.parameters``: the defaults and checks) is imported with the
+module, where the DAG is parsed; the settings of a try (``batch.settings``), the batch's machinery
+(``run``, ``dry_run``), the hook and its client, the triggers and ``storage`` are imported by the
+first execute.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.cost.budget_checks import check_cost_control
-from airflow_provider_maas.batch.settings import DEFAULTS, BatchSettings, check_parameters
+from airflow_provider_maas.batch.parameters import DEFAULTS, check_parameters
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError
 from airflow_provider_maas.flags import is_true
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.record.journal import BatchJournal
     from airflow_provider_maas.batch.record.state import ShardKey
     from airflow_provider_maas.batch.run import BatchRun, Wait
+    from airflow_provider_maas.batch.settings import BatchSettings
 
 
 class MaaSBatchPredictionOperator(MaaSBaseOperator):
@@ -237,6 +239,8 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
 
     def _settings(self, journal: BatchJournal | None = None) -> BatchSettings:
         """This try's settings (templated fields rendered); ``journal``: None for a dry run."""
+        from airflow_provider_maas.batch.settings import BatchSettings
+
         return BatchSettings(
             source=self.source,
             destination=self.destination,

@@ -12,12 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_maas.batch.inputs.request_lines import (
-    MAX_BYTES_PER_FILE,
-    MAX_REQUESTS_PER_FILE,
-    iter_request_lines,
-)
-from airflow_provider_maas.batch.int_settings import check_shard_limits
+from airflow_provider_maas.batch.int_settings import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, check_shard_limits
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import (
@@ -84,6 +79,8 @@ class MaaSUploadFileOperator(MaaSBaseOperator):
         if stats.clean:
             return self.hook.upload_file(self.source, name)["name"]
         # Blank lines or no final newline: upload exactly the validated lines, one per line.
+        from airflow_provider_maas.batch.inputs.request_lines import iter_request_lines
+
         with open_source(self.source) as handle, tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as tmp:
             for line in iter_request_lines(handle):
                 tmp.write(line.raw)
