@@ -4,6 +4,7 @@ creates (across tries and resumes), the canary decides whether the rest is sent.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,32 @@ def test_the_dry_run_estimate_is_the_emulators_reported_prompt_tokens(emulator, 
     shard_operator(source, dest).execute(context)
     reported = context["ti"].xcom["summary"]["prompt_tokens"]
     assert reported <= plan["estimated_prompt_tokens"] <= reported + 7  # rounded up, one token a request at most
+
+
+@pytest.mark.parametrize(
+    ("given", "plans"),
+    [("false", False), ("False", False), ("0", False), ("", False), ("true", True), (" Yes ", True), ("1", True)],
+)
+def test_dry_run_given_as_a_string_is_read_as_a_flag(given, plans):
+    """A string arrives from a Variable, a param read in the DAG file or a mapped value: "false" used to plan."""
+    assert MaaSBatchPredictionOperator(task_id="p", source="a", destination="b", dry_run=given).plan_only is plans
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [("ture", "dry_run must be true or false, got 'ture'"), ("{{ params.dry_run }}", "dry_run is not templated")],
+)
+def test_a_dry_run_typo_or_template_is_refused_where_the_dag_is_parsed(given, says):
+    with pytest.raises(MaaSInputError, match=re.escape(says)):
+        MaaSBatchPredictionOperator(task_id="p", source="a", destination="b", dry_run=given)
+
+
+def test_dry_run_false_as_a_string_runs_the_batch(emulator, tmp_path):
+    source, dest = _requests(tmp_path / "r.jsonl", 7), tmp_path / "out.jsonl"
+    context = make_context()
+    assert shard_operator(source, dest, dry_run="false").execute(context) == f"file://{dest}"
+    assert emulator.emulator.jobs_created == 2 and "plan" not in context["ti"].xcom
+    assert all(r.succeeded for r in assert_in_input_order(source, dest))
 
 
 # Budget cap -------------------------------------------------------------------------------------

@@ -121,7 +121,9 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         ``cost_avoided_usd`` by reuse and deduplication.
     :param dry_run: Plan without paying: validate, match ``reuse_results``, deduplicate, estimate
         and plan the shards; nothing is uploaded, no job created. Pushes XCom ``plan`` (also the
-        return value) and logs it as a table. See "Cost control" in the README.
+        return value) and logs it as a table. See "Cost control" in the README. Not templated; a
+        string (a Variable, a mapped value) is read strictly where the operator is made: ``"false"``
+        is false, a typo is refused (``MaaSInputError``).
     :param max_cost_usd: A hard cap in USD (needs ``prices``) on what this batch spends, across
         every try, resume and retry round: a create whose worst case would pass it, added to what
         was spent and what is reserved for jobs in flight, is not sent; the jobs in flight finish,
@@ -180,7 +182,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         request_retries: int = 1,
         retry_failures: list[str] | Callable[[str], bool] | None = None,
         prices: dict[str, float] | None = None,
-        dry_run: bool = False,
+        dry_run: bool | str = False,
         max_cost_usd: float | None = None,
         default_max_output_tokens: int = DEFAULTS.default_max_output_tokens,
         max_tokens_per_file_part: int | None = None,
@@ -214,7 +216,8 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         self.deduplicate = deduplicate
         self.request_retries = request_retries
         self.retry_failures = retry_failures
-        self.plan_only = dry_run  # BaseOperator.dry_run is a method: the parameter is kept under another name
+        # BaseOperator.dry_run is a method: the parameter is kept under another name
+        self.plan_only = _dry_run(dry_run)
         self.max_cost_usd = max_cost_usd
         self.default_max_output_tokens = default_max_output_tokens
         self.max_tokens_per_file_part = max_tokens_per_file_part
@@ -391,3 +394,16 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         run.check(summary)
         run.close()
         return dest_uri
+
+
+def _dry_run(value: Any) -> bool:
+    """``dry_run`` as a flag (:func:`~airflow_provider_maas.flags.is_true`): a string arrives from a
+    Variable, a param read in the DAG file or a mapped value (``expand``), and ``"false"`` must not plan
+    instead of run; a typo is refused when the operator is made, before anything is sent. It is not a
+    template field (``BaseOperator.dry_run`` is a method): a template is refused, saying so."""
+    if isinstance(value, str) and "{{" in value:
+        raise MaaSInputError(
+            f"dry_run is not templated, got {value!r}: give True or False (or a string such as 'true' or "
+            "'false', read as such)"
+        )
+    return is_true(value, what="dry_run")
