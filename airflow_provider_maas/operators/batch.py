@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.cost.budget_checks import check_cost_control
@@ -23,7 +23,7 @@ from airflow_provider_maas.exceptions import MaaSError, MaaSInputError
 from airflow_provider_maas.flags import is_true
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
-from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, renamed
+from airflow_provider_maas.operators._common import MaaSBaseOperator, RenamedParameters, publish_summary, renamed
 from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.settings import BatchSettings
 
 
-class MaaSBatchPredictionOperator(MaaSBaseOperator):
+class MaaSBatchPredictionOperator(RenamedParameters, MaaSBaseOperator):
     """Run a whole batch in one task: split, upload, create jobs, wait, download, merge in input order.
 
     The input may hold any number of requests: it is split into shards that fit one upload
@@ -158,6 +158,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         "start_over",
     )
     operator_extra_links = (MaaSProgressLink(),)
+    RENAMED: ClassVar[dict[str, str]] = {"wait_timeout": "timeout"}
 
     def __init__(
         self,
@@ -194,9 +195,10 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         set_response_schema: bool = True,
         start_over: str | bool = False,
         reuse_other_models: bool = False,
+        wait_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
-        timeout = renamed(kwargs, "wait_timeout", "timeout", timeout)
+        timeout = renamed(wait_timeout, "wait_timeout", "timeout", timeout)
         super().__init__(maas_conn_id=maas_conn_id, endpoint=endpoint, **kwargs)
         self.source = source
         self.destination = destination

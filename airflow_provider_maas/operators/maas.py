@@ -8,7 +8,7 @@ only the settings' limits.
 from __future__ import annotations
 
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
@@ -17,6 +17,7 @@ from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUnce
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import (
     MaaSBaseOperator,
+    RenamedParameters,
     publish_summary,
     renamed,
     reusable_job,
@@ -170,7 +171,7 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
         self.record_lineage([ServiceDataset.file(config, self.file_name)], [ServiceDataset.results(config, job_name)])
 
 
-class MaaSDownloadResultsOperator(MaaSBaseOperator):
+class MaaSDownloadResultsOperator(RenamedParameters, MaaSBaseOperator):
     """Stream a job's results to ``destination``, verified and atomically; returns its URI.
 
     Pushes an XCom ``summary``: requests, succeeded, failed, missing, duplicates, bytes, token
@@ -191,13 +192,14 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
         ``{{ ti.map_index }}``).
     :param source: The uploaded requests JSONL (path, URI or ``ObjectStoragePath``, templated), as
         the upload operator's ``source``: results in input order, missing requests in the failed
-        file. Its old name ``requests`` is deprecated.
+        file. Its old name ``requests`` is deprecated (it works with ``.partial()``/``.expand()`` too).
     :param allowed_prefix: If set, refuse destinations outside this prefix (templated).
     :param extract_images: Also write the inline images of image models (``inlineData`` parts) to
         files in ``<destination stem>_images/`` beside the results; their URIs go to XCom ``images``.
     """
 
     template_fields = ("job_name", "destination", "source", "allowed_prefix", "endpoint", "maas_conn_id")
+    RENAMED: ClassVar[dict[str, str]] = {"requests": "source"}
 
     def __init__(
         self,
@@ -207,9 +209,10 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
         source: Any | None = None,
         allowed_prefix: Any | None = None,
         extract_images: bool = False,
+        requests: Any | None = None,
         **kwargs: Any,
     ) -> None:
-        source = renamed(kwargs, "requests", "source", source)
+        source = renamed(requests, "requests", "source", source)
         super().__init__(**kwargs)
         self.job_name = job_name
         self.destination = destination
@@ -340,27 +343,35 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         return uris
 
 
-class MaaSMergeResultsOperator(LineageMixin, BaseOperator):
+class MaaSMergeResultsOperator(RenamedParameters, LineageMixin, BaseOperator):
     """Merge shard results into one file in the order of the original requests; returns its URI.
 
     Requests that failed or have no result go to ``<destination stem>.failed.jsonl`` (input
     format, ready to resubmit). XCom ``summary`` as the download operator's, plus ``missing``.
 
     :param results: Result files of the shards, e.g. ``download.output`` (templated). Its old name
-        ``sources`` is deprecated.
+        ``sources`` is deprecated (it works with ``.partial()``/``.expand()`` too).
     :param source: The original requests JSONL, whose order the results are written in (path, URI
         or ``ObjectStoragePath``, templated), as the split operator's ``source``. Its old name
-        ``requests`` is deprecated.
+        ``requests`` is deprecated (likewise).
     :param destination: Where to write the merged results (templated).
     """
 
     template_fields = ("results", "source", "destination")
+    RENAMED: ClassVar[dict[str, str]] = {"sources": "results", "requests": "source"}
 
     def __init__(
-        self, *, destination: Any, results: Any | None = None, source: Any | None = None, **kwargs: Any
+        self,
+        *,
+        destination: Any,
+        results: Any | None = None,
+        source: Any | None = None,
+        sources: Any | None = None,
+        requests: Any | None = None,
+        **kwargs: Any,
     ) -> None:
-        results = renamed(kwargs, "sources", "results", results)
-        source = renamed(kwargs, "requests", "source", source)
+        results = renamed(sources, "sources", "results", results)
+        source = renamed(requests, "requests", "source", source)
         for name, value, what in (
             ("results", results, "the shards' result files"),
             ("source", source, "the original requests file"),
