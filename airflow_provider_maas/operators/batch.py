@@ -20,7 +20,7 @@ from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.cost.budget_checks import check_cost_control
 from airflow_provider_maas.batch.parameters import DEFAULTS, check_parameters
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError
-from airflow_provider_maas.flags import is_true
+from airflow_provider_maas.flags import parameter_flag
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import MaaSBaseOperator, RenamedParameters, publish_summary, renamed
@@ -65,6 +65,11 @@ class MaaSBatchPredictionOperator(RenamedParameters, MaaSBaseOperator):
     the destination, in ``.<destination name>.maas/<dag>.<task>.<run>.m<map index>/``, removed once
     the results are written. A retry finds its jobs there and does not pay for them again; a create
     whose answer was lost stops the task (no automatic second job) until a person clears it.
+
+    Its yes/no parameters take a bool, or a string read as a flag
+    (:func:`~airflow_provider_maas.flags.parameter_flag`: ``"false"`` is false, a typo is refused with
+    :class:`~airflow_provider_maas.exceptions.MaaSInputError`): where the operator is made (a mapped
+    task: with its mapped values, when its task instance runs), ``start_over`` (templated) once rendered.
 
     :param source: Requests JSONL: local path, URI or ``ObjectStoragePath`` (templated).
     :param destination: Where to write the ordered results (templated).
@@ -167,10 +172,10 @@ class MaaSBatchPredictionOperator(RenamedParameters, MaaSBaseOperator):
         destination: Any,
         display_name: str | None = None,
         poll_interval: float = 60,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        deferrable: bool | str = conf.getboolean("operators", "default_deferrable", fallback=False),
         max_active_jobs: int = 100,
         shard_retries: int = 2,
-        fail_on_partial: bool = False,
+        fail_on_partial: bool | str = False,
         timeout: float | None = None,
         max_requests_per_file: int = DEFAULTS.max_requests_per_file,
         max_bytes_per_file: int = DEFAULTS.max_bytes_per_file,
@@ -179,7 +184,7 @@ class MaaSBatchPredictionOperator(RenamedParameters, MaaSBaseOperator):
         maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,
         reuse_results: Any = None,
-        deduplicate: bool = True,
+        deduplicate: bool | str = True,
         request_retries: int = 1,
         retry_failures: list[str] | Callable[[str], bool] | None = None,
         prices: dict[str, float] | None = None,
@@ -191,10 +196,10 @@ class MaaSBatchPredictionOperator(RenamedParameters, MaaSBaseOperator):
         canary_requests: int = 0,
         canary_max_failed: float = 0.5,
         response_schema: dict[str, object] | type | None = None,
-        retry_invalid: bool = False,
-        set_response_schema: bool = True,
+        retry_invalid: bool | str = False,
+        set_response_schema: bool | str = True,
         start_over: str | bool = False,
-        reuse_other_models: bool = False,
+        reuse_other_models: bool | str = False,
         wait_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -204,22 +209,22 @@ class MaaSBatchPredictionOperator(RenamedParameters, MaaSBaseOperator):
         self.destination = destination
         self.display_name = display_name
         self.poll_interval = poll_interval
-        self.deferrable = deferrable
+        self.deferrable = parameter_flag(deferrable, what="deferrable")
         self.max_active_jobs = max_active_jobs
         self.shard_retries = shard_retries
-        self.fail_on_partial = fail_on_partial
+        self.fail_on_partial = parameter_flag(fail_on_partial, what="fail_on_partial")
         self.timeout = timeout
         self.max_requests_per_file = max_requests_per_file
         self.max_bytes_per_file = max_bytes_per_file
         self.max_parallel_transfers = max_parallel_transfers
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.reuse_results = reuse_results
-        self.reuse_other_models = reuse_other_models
-        self.deduplicate = deduplicate
+        self.reuse_other_models = parameter_flag(reuse_other_models, what="reuse_other_models")
+        self.deduplicate = parameter_flag(deduplicate, what="deduplicate")
         self.request_retries = request_retries
         self.retry_failures = retry_failures
         # BaseOperator.dry_run is a method: the parameter is kept under another name
-        self.plan_only = _dry_run(dry_run)
+        self.plan_only = parameter_flag(dry_run, what="dry_run")
         self.max_cost_usd = max_cost_usd
         self.default_max_output_tokens = default_max_output_tokens
         self.max_tokens_per_file_part = max_tokens_per_file_part
@@ -227,8 +232,8 @@ class MaaSBatchPredictionOperator(RenamedParameters, MaaSBaseOperator):
         self.canary_requests = canary_requests
         self.canary_max_failed = canary_max_failed
         self.response_schema = response_schema
-        self.retry_invalid = retry_invalid
-        self.set_response_schema = set_response_schema
+        self.retry_invalid = parameter_flag(retry_invalid, what="retry_invalid")
+        self.set_response_schema = parameter_flag(set_response_schema, what="set_response_schema")
         self.start_over = start_over
         self._should_retry, self.prices = check_parameters(self, retry_failures, prices)
         check_cost_control(
@@ -264,7 +269,7 @@ class MaaSBatchPredictionOperator(RenamedParameters, MaaSBaseOperator):
             max_consecutive_poll_errors=self.max_consecutive_poll_errors,
             fail_on_partial=self.fail_on_partial,
             canary_requests=self.canary_requests,
-            start_over=is_true(self.start_over, what="start_over"),  # a rendered template: "true", "1"...
+            start_over=parameter_flag(self.start_over, what="start_over", templated=True),  # rendered: "true"...
             kept_answers=journal.kept_answers if journal is not None else None,
             reuse_other_models=self.reuse_other_models,
             endpoint_of=lambda: self.hook.config.endpoint,
@@ -396,16 +401,3 @@ class MaaSBatchPredictionOperator(RenamedParameters, MaaSBaseOperator):
         run.check(summary)
         run.close()
         return dest_uri
-
-
-def _dry_run(value: Any) -> bool:
-    """``dry_run`` as a flag (:func:`~airflow_provider_maas.flags.is_true`): a string arrives from a
-    Variable, a param read in the DAG file or a mapped value (``expand``), and ``"false"`` must not plan
-    instead of run; a typo is refused when the operator is made, before anything is sent. It is not a
-    template field (``BaseOperator.dry_run`` is a method): a template is refused, saying so."""
-    if isinstance(value, str) and "{{" in value:
-        raise MaaSInputError(
-            f"dry_run is not templated, got {value!r}: give True or False (or a string such as 'true' or "
-            "'false', read as such)"
-        )
-    return is_true(value, what="dry_run")

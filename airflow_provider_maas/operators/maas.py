@@ -14,6 +14,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_maas.batch.int_settings import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, check_shard_limits
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
+from airflow_provider_maas.flags import parameter_flag
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import (
     MaaSBaseOperator,
@@ -195,7 +196,9 @@ class MaaSDownloadResultsOperator(RenamedParameters, MaaSBaseOperator):
         file. Its old name ``requests`` is deprecated (it works with ``.partial()``/``.expand()`` too).
     :param allowed_prefix: If set, refuse destinations outside this prefix (templated).
     :param extract_images: Also write the inline images of image models (``inlineData`` parts) to
-        files in ``<destination stem>_images/`` beside the results; their URIs go to XCom ``images``.
+        files in ``<destination stem>_images/`` beside the results; their URIs go to XCom ``images``. A
+        bool, or a string read as a flag where the operator is made
+        (:func:`~airflow_provider_maas.flags.parameter_flag`: ``"false"`` is false, a typo is refused).
     """
 
     template_fields = ("job_name", "destination", "source", "allowed_prefix", "endpoint", "maas_conn_id")
@@ -208,7 +211,7 @@ class MaaSDownloadResultsOperator(RenamedParameters, MaaSBaseOperator):
         destination: Any,
         source: Any | None = None,
         allowed_prefix: Any | None = None,
-        extract_images: bool = False,
+        extract_images: bool | str = False,
         requests: Any | None = None,
         **kwargs: Any,
     ) -> None:
@@ -218,7 +221,7 @@ class MaaSDownloadResultsOperator(RenamedParameters, MaaSBaseOperator):
         self.destination = destination
         self.source = source
         self.allowed_prefix = allowed_prefix
-        self.extract_images = extract_images
+        self.extract_images = parameter_flag(extract_images, what="extract_images")
 
     def execute(self, context: Context) -> str:
         from airflow_provider_maas.batch.answers.merge import (
@@ -292,6 +295,8 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
     :param max_bytes_per_file: At most this many bytes per file (<= 50 MiB with ``for_upload``);
         None: 50 MiB with ``for_upload``, no limit for chunks.
     :param for_upload: True: each file fits one upload (100 requests, 50 MiB). False: chunks of any size.
+        A bool, or a string read as a flag where the operator is made
+        (:func:`~airflow_provider_maas.flags.parameter_flag`: ``"false"`` is false, a typo is refused).
     """
 
     template_fields = ("source", "destination_prefix")
@@ -303,7 +308,7 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         destination_prefix: Any,
         max_requests_per_file: int = MAX_REQUESTS_PER_FILE,
         max_bytes_per_file: int | None = None,
-        for_upload: bool = True,
+        for_upload: bool | str = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -311,12 +316,12 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         self.destination_prefix = destination_prefix
         self.max_requests_per_file = max_requests_per_file
         self.max_bytes_per_file = max_bytes_per_file
-        self.for_upload = for_upload
+        self.for_upload = parameter_flag(for_upload, what="for_upload")
         # refused where the DAG is parsed, as the batch operator's (chunks: the lowest bounds only)
         check_shard_limits(
             max_requests_per_file,
-            MAX_BYTES_PER_FILE if for_upload and max_bytes_per_file is None else max_bytes_per_file,
-            upload=for_upload,
+            MAX_BYTES_PER_FILE if self.for_upload and max_bytes_per_file is None else max_bytes_per_file,
+            upload=self.for_upload,
         )
 
     def execute(self, context: Context) -> list[str]:
