@@ -196,9 +196,8 @@ class MaaSDownloadResultsOperator(RenamedParameters, MaaSBaseOperator):
         file. Its old name ``requests`` is deprecated (it works with ``.partial()``/``.expand()`` too).
     :param allowed_prefix: If set, refuse destinations outside this prefix (templated).
     :param extract_images: Also write the inline images of image models (``inlineData`` parts) to
-        files in ``<destination stem>_images/`` beside the results; their URIs go to XCom ``images``. A
-        bool, or a string read as a flag where the operator is made
-        (:func:`~airflow_provider_maas.flags.parameter_flag`: ``"false"`` is false, a typo is refused).
+        files in ``<destination stem>_images/`` beside the results; their URIs go to XCom ``images``.
+        A string is read as a flag (:func:`~airflow_provider_maas.flags.parameter_flag`).
     """
 
     template_fields = ("job_name", "destination", "source", "allowed_prefix", "endpoint", "maas_conn_id")
@@ -295,8 +294,7 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
     :param max_bytes_per_file: At most this many bytes per file (<= 50 MiB with ``for_upload``);
         None: 50 MiB with ``for_upload``, no limit for chunks.
     :param for_upload: True: each file fits one upload (100 requests, 50 MiB). False: chunks of any size.
-        A bool, or a string read as a flag where the operator is made
-        (:func:`~airflow_provider_maas.flags.parameter_flag`: ``"false"`` is false, a typo is refused).
+        A string is read as a flag (:func:`~airflow_provider_maas.flags.parameter_flag`: ``"false"`` is false).
     """
 
     template_fields = ("source", "destination_prefix")
@@ -352,7 +350,8 @@ class MaaSMergeResultsOperator(RenamedParameters, LineageMixin, BaseOperator):
     """Merge shard results into one file in the order of the original requests; returns its URI.
 
     Requests that failed or have no result go to ``<destination stem>.failed.jsonl`` (input
-    format, ready to resubmit). XCom ``summary`` as the download operator's, plus ``missing``.
+    format, ready to resubmit). XCom ``summary`` as the download operator's, plus ``missing``. No results
+    files (an empty ``results``: a mapped upstream that produced none) are refused, nothing written.
 
     :param results: Result files of the shards, e.g. ``download.output`` (templated). Its old name
         ``sources`` is deprecated (it works with ``.partial()``/``.expand()`` too).
