@@ -10,7 +10,7 @@ use it. (``verify`` is read more strictly still: only true, false or a CA bundle
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError
 
@@ -59,6 +59,22 @@ def parameter_flag(value: Any, *, what: str, templated: bool = False) -> bool:
     shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:80] + "..."
     hint = "" if templated else " (not templated: a value known only at run time reaches it through .expand())"
     raise MaaSInputError(
-        f"{what} must be true or false, got {shown} (a {type(value).__name__}){hint}; give True or False, "
+        f"{what} must be true or false, got {shown} (type {type(value).__name__}){hint}; give True or False, "
         f"or a string: {SPELLINGS}"
     )
+
+
+class FlagParameters:
+    """An operator (or the sensor) whose yes/no parameters :attr:`FLAGS` are not templated: its
+    ``__init__`` reads each with :func:`parameter_flag`, and a value given to ``.partial()`` is read
+    too, where the DAG is parsed (a typo is refused there, as for an operator that is not mapped, not
+    by each mapped task instance); a mapped one (``.expand()``) is read when the mapped task is made."""
+
+    FLAGS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        for name in cls.FLAGS:
+            if name in kwargs:
+                parameter_flag(kwargs[name], what=name)
+        return super().partial(**kwargs)  # type: ignore[misc]

@@ -56,10 +56,13 @@ def test_every_yes_no_parameter_is_listed_here():
 
     listed = {(operator, name) for operator, _, name, _ in FLAGS}
     for operator in [*(getattr(maas, name) for name in maas.__all__), MaaSBatchJobSensor]:
+        flags = set()
         for name, parameter in inspect.signature(operator.__init__).parameters.items():
             kinds = {part.strip() for part in str(parameter.annotation).split("|")}
             if "bool" in kinds and name != "start_over":  # templated: test below
                 assert (operator, name) in listed, f"{operator.__name__}.{name}"
+                flags.add(name)
+        assert set(getattr(operator, "FLAGS", ())) == flags, f"{operator.__name__}.FLAGS"  # read by .partial()
 
 
 @pytest.mark.parametrize(("operator", "required", "name", "attribute"), FLAGS, ids=IDS)
@@ -86,9 +89,9 @@ def test_a_string_is_read_as_a_flag_where_the_operator_is_made(operator, require
     [
         ("ture", "{name} must be true or false, got 'ture'; write one of true, 1, yes, on for true"),
         ("{{ params.flag }}", "{name} is not templated, got '{{{{ params.flag }}}}': give True or False"),
-        (1, "{name} must be true or false, got 1 (a int) (not templated"),
-        (None, "{name} must be true or false, got None (a NoneType)"),
-        (["false"], "{name} must be true or false, got ['false'] (a list)"),
+        (1, "{name} must be true or false, got 1 (type int) (not templated"),
+        (None, "{name} must be true or false, got None (type NoneType)"),
+        (["false"], "{name} must be true or false, got ['false'] (type list)"),
     ],
 )
 def test_anything_else_is_refused_where_the_dag_is_parsed_naming_the_parameter(
@@ -111,13 +114,32 @@ def test_a_mapped_value_is_read_when_the_mapped_task_is_made(operator, required,
     assert getattr(partial.unmap({first[0]: first[1]}), attribute) is False
 
 
+@pytest.mark.parametrize(("operator", "required", "name", "attribute"), FLAGS, ids=IDS)
+def test_a_partial_value_is_read_where_the_dag_is_parsed(operator, required, name, attribute):
+    """Not by each mapped task instance when it runs: a typo, a template or an XComArg (the parameter is
+    not templated: an XCom value is mapped with .expand()) in .partial() is refused at once."""
+    from airflow.sdk import DAG
+
+    _, *rest = required.items()
+    for given, says in (("ture", "must be true or false, got 'ture'"), ("{{ params.flag }}", "is not templated")):
+        with pytest.raises(MaaSInputError, match=re.escape(f"{name} {says}")):
+            operator.partial(task_id="t", **dict(rest), **{name: given})
+    with DAG("flags_partial", schedule=None):
+        upstream = MaaSSplitRequestsOperator(task_id="up", source="a", destination_prefix="b")
+        with pytest.raises(MaaSInputError, match=re.escape(f"{name} must be true or false, got ")):
+            operator.partial(task_id="t", **dict(rest), **{name: upstream.output})
+
+
 def test_start_over_is_templated_so_read_once_rendered():
     op = MaaSBatchPredictionOperator(task_id="t", source="a", destination="b", start_over="{{ params.start_over }}")
     assert op.start_over == "{{ params.start_over }}"  # legitimate where the DAG is parsed
     for rendered, read in (("false", False), ("True", True), (True, True), ("", False)):
         op.start_over = rendered
         assert op._settings().start_over is read
-    for rendered, says in (("ture", "start_over must be true or false, got 'ture'"), (2, "got 2 (a int); give True")):
+    for rendered, says in (
+        ("ture", "start_over must be true or false, got 'ture'"),
+        (2, "got 2 (type int); give True"),
+    ):
         op.start_over = rendered
         with pytest.raises(MaaSInputError, match=re.escape(says)):
             op._settings()

@@ -20,7 +20,7 @@ from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.cost.budget_checks import check_cost_control
 from airflow_provider_maas.batch.parameters import DEFAULTS, check_parameters
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError
-from airflow_provider_maas.flags import parameter_flag
+from airflow_provider_maas.flags import FlagParameters, parameter_flag
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import MaaSBaseOperator, RenamedParameters, publish_summary, renamed
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.settings import BatchSettings
 
 
-class MaaSBatchPredictionOperator(RenamedParameters, MaaSBaseOperator):
+class MaaSBatchPredictionOperator(FlagParameters, RenamedParameters, MaaSBaseOperator):
     """Run a whole batch in one task: split, upload, create jobs, wait, download, merge in input order.
 
     The input may hold any number of requests: it is split into shards that fit one upload
@@ -68,8 +68,8 @@ class MaaSBatchPredictionOperator(RenamedParameters, MaaSBaseOperator):
 
     Its yes/no parameters take a bool, or a string read as a flag
     (:func:`~airflow_provider_maas.flags.parameter_flag`: ``"false"`` is false, a typo is refused with
-    :class:`~airflow_provider_maas.exceptions.MaaSInputError`): where the operator is made (a mapped
-    task: with its mapped values, when its task instance runs), ``start_over`` (templated) once rendered.
+    :class:`~airflow_provider_maas.exceptions.MaaSInputError`): where the operator is made or given to
+    ``.partial()`` (mapped values: when the task instance runs), ``start_over`` (templated) once rendered.
 
     :param source: Requests JSONL: local path, URI or ``ObjectStoragePath`` (templated).
     :param destination: Where to write the ordered results (templated).
@@ -164,6 +164,15 @@ class MaaSBatchPredictionOperator(RenamedParameters, MaaSBaseOperator):
     )
     operator_extra_links = (MaaSProgressLink(),)
     RENAMED: ClassVar[dict[str, str]] = {"wait_timeout": "timeout"}
+    FLAGS = (
+        "deferrable",
+        "fail_on_partial",
+        "deduplicate",
+        "dry_run",
+        "retry_invalid",
+        "set_response_schema",
+        "reuse_other_models",
+    )
 
     def __init__(
         self,

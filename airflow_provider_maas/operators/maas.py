@@ -14,7 +14,7 @@ from airflow.sdk import BaseOperator
 
 from airflow_provider_maas.batch.int_settings import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, check_shard_limits
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
-from airflow_provider_maas.flags import parameter_flag
+from airflow_provider_maas.flags import FlagParameters, parameter_flag
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import (
     MaaSBaseOperator,
@@ -172,7 +172,7 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
         self.record_lineage([ServiceDataset.file(config, self.file_name)], [ServiceDataset.results(config, job_name)])
 
 
-class MaaSDownloadResultsOperator(RenamedParameters, MaaSBaseOperator):
+class MaaSDownloadResultsOperator(FlagParameters, RenamedParameters, MaaSBaseOperator):
     """Stream a job's results to ``destination``, verified and atomically; returns its URI.
 
     Pushes an XCom ``summary``: requests, succeeded, failed, missing, duplicates, bytes, token
@@ -202,6 +202,7 @@ class MaaSDownloadResultsOperator(RenamedParameters, MaaSBaseOperator):
 
     template_fields = ("job_name", "destination", "source", "allowed_prefix", "endpoint", "maas_conn_id")
     RENAMED: ClassVar[dict[str, str]] = {"requests": "source"}
+    FLAGS = ("extract_images",)
 
     def __init__(
         self,
@@ -276,7 +277,7 @@ class MaaSDownloadResultsOperator(RenamedParameters, MaaSBaseOperator):
         return uri_of(dest)
 
 
-class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
+class MaaSSplitRequestsOperator(FlagParameters, LineageMixin, BaseOperator):
     """Split a JSONL file of any size into files of consecutive requests; returns their URIs.
 
     By default each file fits one upload (shards for the upload, create, wait, download chain);
@@ -298,6 +299,7 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
     """
 
     template_fields = ("source", "destination_prefix")
+    FLAGS = ("for_upload",)
 
     def __init__(
         self,

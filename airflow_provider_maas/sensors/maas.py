@@ -20,7 +20,7 @@ from airflow_provider_maas.batch.polling import (
     poll_errors_arg,
     poll_job,
 )
-from airflow_provider_maas.flags import parameter_flag
+from airflow_provider_maas.flags import FlagParameters, parameter_flag
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.plugins.links import MaaSProgressLink
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from airflow_provider_maas.hooks.maas import MaaSHook
 
 
-class MaaSBatchJobSensor(BaseSensorOperator):
+class MaaSBatchJobSensor(FlagParameters, BaseSensorOperator):
     """Wait for a MaaS batch job to end; returns the final job JSON (XCom ``return_value``).
 
     Succeeds on SUCCEEDED, and on PARTIALLY_SUCCEEDED with a warning giving the counts (unless
@@ -54,6 +54,7 @@ class MaaSBatchJobSensor(BaseSensorOperator):
     """
 
     template_fields = ("job_name", "endpoint", "maas_conn_id")
+    FLAGS = ("deferrable", "fail_on_partial")
     operator_extra_links = (MaaSProgressLink(),)
     ui_color = "#e8f0fe"
 
