@@ -42,6 +42,7 @@ UNIT_FILES = frozenset(
         "test_jsonl.py",
         "test_key_redaction.py",
         "test_merge.py",
+        "test_parse_cost.py",
         "test_progress.py",
         "test_provider_info.py",
         "test_public_surface.py",

@@ -180,8 +180,9 @@ def batch_settings(source: Any = "in.jsonl", destination: Any = None, **changes:
     defaults (no reuse, no prices, no timeout), from ``source`` to ``destination`` (default: next to
     ``source``), with ``changes`` on top. For tests and benchmarks that call the batch modules directly."""
     from airflow_provider_maas.batch.inputs.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
+    from airflow_provider_maas.batch.parameters import retry_rule_and_prices
     from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
-    from airflow_provider_maas.batch.settings import BatchSettings, retry_rule_and_prices
+    from airflow_provider_maas.batch.settings import BatchSettings
 
     values: dict[str, Any] = {
         "source": str(source),

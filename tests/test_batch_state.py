@@ -12,6 +12,7 @@ import pytest
 
 from airflow_provider_maas.batch.answers.summary import check_outcome
 from airflow_provider_maas.batch.inputs.shards import ShardPlan
+from airflow_provider_maas.batch.int_settings import check_limits
 from airflow_provider_maas.batch.pacing import check_deadline, fire_after
 from airflow_provider_maas.batch.record import journal as journal_module
 from airflow_provider_maas.batch.record.journal import BatchJournal
@@ -26,7 +27,7 @@ from airflow_provider_maas.batch.record.state import (
 )
 from airflow_provider_maas.batch.record.state_objects import StateDamaged
 from airflow_provider_maas.batch.resume import refuse_abandoning_jobs, take_over
-from airflow_provider_maas.batch.settings import check_limits, reuse_paths
+from airflow_provider_maas.batch.settings import reuse_paths
 from airflow_provider_maas.exceptions import (
     MaaSInputError,
     MaaSJobCreationUncertainError,

@@ -4,16 +4,22 @@ creates (across tries and resumes), the canary decides whether the rest is sent.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from airflow_provider_maas.batch.record.journal import BatchJournal
-from airflow_provider_maas.exceptions import MaaSBudgetExceededError, MaaSCanaryFailedError, MaaSInputError
+from airflow_provider_maas.exceptions import (
+    MaaSBudgetExceededError,
+    MaaSCanaryFailedError,
+    MaaSInputError,
+    MaaSTimeoutError,
+)
 from airflow_provider_maas.operators.maas import MaaSBatchPredictionOperator
 from tests.compat import TaskDeferred
 from tests.cost_helpers import EMULATOR_MAX_OUT, PRICES, shard_operator, succeeded_event, write_priced_requests
-from tests.helpers import assert_in_input_order, make_context
+from tests.helpers import FakeStateStore, assert_in_input_order, make_context
 
 #: The emulator's output is exactly maxOutputTokens: at PRICES a job's reported cost equals its worst
 #: case, so the cap's arithmetic is exact.
@@ -59,6 +65,32 @@ def test_the_dry_run_estimate_is_the_emulators_reported_prompt_tokens(emulator, 
     shard_operator(source, dest).execute(context)
     reported = context["ti"].xcom["summary"]["prompt_tokens"]
     assert reported <= plan["estimated_prompt_tokens"] <= reported + 7  # rounded up, one token a request at most
+
+
+@pytest.mark.parametrize(
+    ("given", "plans"),
+    [("false", False), ("False", False), ("0", False), ("", False), ("true", True), (" Yes ", True), ("1", True)],
+)
+def test_dry_run_given_as_a_string_is_read_as_a_flag(given, plans):
+    """A string arrives from a Variable, a param read in the DAG file or a mapped value: "false" used to plan."""
+    assert MaaSBatchPredictionOperator(task_id="p", source="a", destination="b", dry_run=given).plan_only is plans
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [("ture", "dry_run must be true or false, got 'ture'"), ("{{ params.dry_run }}", "dry_run is not templated")],
+)
+def test_a_dry_run_typo_or_template_is_refused_where_the_dag_is_parsed(given, says):
+    with pytest.raises(MaaSInputError, match=re.escape(says)):
+        MaaSBatchPredictionOperator(task_id="p", source="a", destination="b", dry_run=given)
+
+
+def test_dry_run_false_as_a_string_runs_the_batch(emulator, tmp_path):
+    source, dest = _requests(tmp_path / "r.jsonl", 7), tmp_path / "out.jsonl"
+    context = make_context()
+    assert shard_operator(source, dest, dry_run="false").execute(context) == f"file://{dest}"
+    assert emulator.emulator.jobs_created == 2 and "plan" not in context["ti"].xcom
+    assert all(r.succeeded for r in assert_in_input_order(source, dest))
 
 
 # Budget cap -------------------------------------------------------------------------------------
@@ -155,6 +187,27 @@ def test_a_canary_with_mostly_failed_answers_stops_after_one_job(emulator_factor
     assert handle.emulator.jobs_created == 1
     assert "3 of its 4 requests failed" in str(info.value) and "Emulated failure" in str(info.value)
     assert context["ti"].xcom["summary"]["not_sent"] == 16
+
+
+@pytest.mark.parametrize(("first", "then", "shards"), [(0, 3, [2, 5, 5]), (3, 0, [2, 2, 3, 5])])
+def test_a_retry_with_another_canary_takes_over_the_stored_plan(emulator_factory, tmp_path, first, then, shards):
+    """The state's input key holds the input and the shard settings, not ``canary_requests``
+    (docs/cost-control.md "The canary"): a retry with another canary goes on with the stored plan and
+    its jobs, as planned then (shard 0 is the canary, whatever its size); no shard is paid twice."""
+    handle = emulator_factory(job_duration=0.5)
+    source = _requests(tmp_path / "r.jsonl", 12)
+    dest = tmp_path / "out.jsonl"
+    store = FakeStateStore()
+    capped = {"prices": PRICES, "max_cost_usd": 1.0}
+    with pytest.raises(MaaSTimeoutError):
+        shard_operator(source, dest, canary_requests=first, timeout=0.2, **capped).execute(
+            make_context(store, max_tries=1)
+        )
+    context = make_context(store, max_tries=3)  # a person's clear (a new timeout), another canary_requests
+    shard_operator(source, dest, canary_requests=then, **capped).execute(context)
+    assert sorted(job.request_count for job in handle.emulator.jobs.values()) == shards  # each shard created once
+    assert all(r.succeeded for r in assert_in_input_order(source, dest))
+    assert context["ti"].xcom["summary"]["cost_usd"] == pytest.approx(12 * MAX_OUT / 1_000_000)
 
 
 def test_a_canary_estimate_over_the_cap_stops_before_paying_for_the_rest(emulator, tmp_path):

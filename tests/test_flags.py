@@ -70,7 +70,11 @@ def test_the_hook_refuses_a_connection_whose_flag_extra_is_misspelt(monkeypatch)
     assert API_KEY not in str(info.value)
 
 
-def test_the_operators_flag_uses_the_same_reading():
+def test_the_operators_flags_use_the_same_reading(monkeypatch):
+    from airflow_provider_maas import flags
     from airflow_provider_maas.operators import batch
 
-    assert batch.is_true is is_true  # start_over, rendered, is read where the operator builds its settings
+    read: list[str] = []
+    monkeypatch.setattr(flags, "is_true", lambda value, *, what: read.append(what) or True)
+    assert batch.parameter_flag is flags.parameter_flag  # start_over, rendered, too: where the settings are built
+    assert flags.parameter_flag("nein", what="deduplicate") is True and read == ["deduplicate"]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
 
 from airflow_provider_maas.batch.answers.merge import merge_results, merge_shard_results, summarise_results
 from airflow_provider_maas.batch.answers.results import MISSING_STATUS, ResultsFormatError
-from airflow_provider_maas.exceptions import MaaSIntegrityError
+from airflow_provider_maas.exceptions import MaaSInputError, MaaSIntegrityError
 from tests.test_results import echo, result_line
 
 
@@ -118,3 +119,32 @@ def test_without_the_input_a_duplicate_is_a_line_repeated_byte_for_byte(tmp_path
     results.write_bytes(same + other + same)
     summary = summarise_results(results)
     assert (summary["requests"], summary["duplicates"]) == (2, 1)
+
+
+class _LazyResults:
+    """An XCom of a mapped upstream read lazily (``download.output``), holding no results files."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, index: int) -> str:
+        raise IndexError(index)
+
+
+@pytest.mark.parametrize("results", [[], (), _LazyResults()], ids=["list", "tuple", "mapped upstream"])
+def test_no_results_files_are_refused_before_anything_is_written(tmp_path: Path, results):
+    """It used to succeed, writing every request as missing: a successful task with nothing merged."""
+    from airflow_provider_maas.operators.maas import MaaSMergeResultsOperator
+    from tests.helpers import make_context
+
+    requests, _ = _shards(tmp_path)
+    says = f"No results files to merge into the order of the requests file {requests.as_uri()}"
+    with pytest.raises(MaaSInputError, match=re.escape(says)):
+        merge_results(iter(results), requests, tmp_path / "out.jsonl")
+    merge = MaaSMergeResultsOperator(
+        task_id="merge", results=results, source=str(requests), destination=str(tmp_path / "out.jsonl")
+    )
+    context = make_context()
+    with pytest.raises(MaaSInputError, match="every request would be written as missing, so nothing was written"):
+        merge.execute(context)
+    assert not any(tmp_path.glob("out*")) and "summary" not in context["ti"].xcom

@@ -454,14 +454,15 @@ def test_errors_outside_the_hierarchy_are_the_ones_the_readme_names():
 def test_templated_parameters():
     """ "Parameters naming a file, path, job or connection are templated": every parameter that takes a
     name or a path (typed ``str`` or ``Any``) is in ``template_fields``; numbers, flags, dicts and
-    callables are not templated."""
+    callables are not templated. An old name (``RENAMED``) is templated as its new name, where its value goes."""
     intro = _section(README, "## Operator reference").split("###")[0]
     assert "Parameters naming a file, path, job or connection are templated" in " ".join(intro.split())
     for cls in _operators():
         for name, param in _own_parameters(cls).items():
             annotation = str(param.annotation)
             takes_text = annotation.startswith("str") or "Any" in annotation
-            assert (name in cls.template_fields) == takes_text, f"{cls.__name__}.{name}: {annotation}"
+            templated = getattr(cls, "RENAMED", {}).get(name, name) in cls.template_fields
+            assert templated == takes_text, f"{cls.__name__}.{name}: {annotation}"
 
 
 def _listed(text: str, after: str, end: str = ".") -> set[str]:

@@ -116,6 +116,25 @@ def test_1_a_pointer_of_the_earlier_provider_version_without_state(emulator, tmp
     assert_in_input_order(source, dest)
 
 
+def test_1_a_pointer_without_state_is_judged_alike_with_and_without_a_cap(emulator, tmp_path):
+    # One condition says whether a pointer without a state means the state is lost: the refusal of
+    # start_over under max_cost_usd and the refusal without start_over agree (an earlier version's
+    # pointer, a written destination: finished; no destination: lost).
+    source, dest = write_requests(tmp_path / "r.jsonl", 30), tmp_path / "res.jsonl"
+    store = FakeStateStore()
+    store.set(STATE_KEY, {"location": f"file://{_state_dir(dest)}", "version": 1})
+    capped = {"prices": {"prompt": 1.0, "candidates": 1.0}, "max_cost_usd": 1000.0}
+    with pytest.raises(MaaSStateError, match=r"points at it, but it is gone.*max_cost_usd is set"):
+        batch_operator(source, dest, start_over=True, **capped).execute(_try(store, max_tries=3))
+    with pytest.raises(MaaSStateError, match="points at it, but it is gone"):
+        batch_operator(source, dest, **capped).execute(_try(store, max_tries=3))
+    assert emulator.emulator.jobs_created == 0
+    dest.write_text("")  # the earlier version wrote the results, then removed its state
+    batch_operator(source, dest, start_over=True, **capped).execute(_try(store, max_tries=5))
+    assert emulator.emulator.jobs_created == 1
+    assert len(dest.read_text().splitlines()) == 30
+
+
 # 2 ------------------------------------------------------------------------------------------------
 def test_2_journal_objects_deleted_manifest_kept_refuses_naming_surviving_jobs(emulator_factory, tmp_path):
     handle = emulator_factory(job_duration=1.0)

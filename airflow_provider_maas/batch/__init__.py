@@ -11,7 +11,7 @@ between its waits), ``resume`` (take over an earlier try's state, or start over)
 (each round's requests and results, in files beside the state), ``driver`` (transfers and calls in a
 bounded pool; ``transfers``: what each finished transfer means for its shard), ``polling`` (the one
 wait policy of every waiter), ``pacing`` (when to resume, when to give up), ``settings`` (the batch
-operator's parameters, the one carrier; ``int_settings``: the one check of an integer setting and the
-one table of their bounds), ``progress`` (with ``answer_counts``: how far a batch is, for the progress
+operator's parameters, the one carrier of a try's; ``parameters``: their defaults and checks where the
+DAG is parsed; ``int_settings``: the one check of an integer setting and the one table of their bounds), ``progress`` (with ``answer_counts``: how far a batch is, for the progress
 page; ``progress.read_progress`` is the one documented reader of a batch state).
 """

@@ -4,18 +4,22 @@ and the one table of the operators' integer settings and their bounds (:data:`LI
 Used where the DAG is parsed (the batch and split operators), when shards are planned
 (``batch/inputs/shards.py``: the same bounds, so a setting the operator took is never refused at run time),
 by the waiters of ``batch/polling.py`` and by the triggers: it imports nothing of the package but its
-errors and the service's limits per file, so each of them may import it without a cycle.
+errors, so each of them may import it without a cycle. The service's limits per file are defined here.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.inputs.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+#: The service's limits on one uploaded file (``batch/inputs/request_lines.py`` checks request lines
+#: against them; defined here so that the operators' checks need not import the line parser).
+MAX_REQUESTS_PER_FILE = 100
+MAX_BYTES_PER_FILE = 50 * 1024 * 1024
 
 #: The operators' integer settings: ``name: (lowest, highest or None)``, checked in this order. A
 #: shard of ``max_bytes_per_file`` bytes holds at least one request line and its newline: 2 bytes.

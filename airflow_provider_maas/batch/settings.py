@@ -1,11 +1,10 @@
-"""The settings of a batch run: checked once where the DAG is parsed, then read by every try.
+"""The settings of a batch run, read by every try: :class:`BatchSettings` carries the settings of one
+try (templated fields rendered) to the modules that plan, resume and merge the batch; the earlier
+results to reuse are resolved and checked once per try (:attr:`BatchSettings.reuse_files`), as they
+may change between tries.
 
-:func:`check_parameters` (:func:`retry_rule_and_prices`, :func:`check_limits`) refuses a bad setting with
-:class:`~airflow_provider_maas.exceptions.MaaSInputError` naming it and what is allowed, before
-anything is uploaded or paid for. :class:`BatchSettings` carries the settings of one try (templated
-fields rendered) to the modules that plan, resume and merge the batch; the earlier results to reuse
-are resolved and checked once per try (:attr:`BatchSettings.reuse_files`), as they may change between tries.
-:data:`DEFAULTS` holds the operator's defaults that other modules define (the service's limits...).
+Imported by the first execute, not where the DAG is parsed (its dataclass alone cost ~3 ms there):
+the operator's defaults and the checks of its parameters are in :mod:`~airflow_provider_maas.batch.parameters`.
 """
 
 from __future__ import annotations
@@ -15,12 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.answers.retry_failures import retry_predicate
 from airflow_provider_maas.batch.cost.estimates import DEFAULT_MAX_OUTPUT_TOKENS
-from airflow_provider_maas.batch.cost.prices import check_prices
-from airflow_provider_maas.batch.inputs.request_lines import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE
-from airflow_provider_maas.batch.int_settings import LIMITS, check_limits
-from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS, DEFAULT_MAX_PARALLEL_TRANSFERS
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
@@ -30,39 +24,6 @@ if TYPE_CHECKING:
 
     from airflow_provider_maas.batch.inputs.rewrite import Rewrite
     from airflow_provider_maas.batch.inputs.shards import ShardPlan
-
-
-@dataclass(frozen=True)
-class OperatorDefaults:
-    """The batch operator's defaults that other modules define: the service's limits on one file
-    (``request_lines``), the polls failed in a row a wait tolerates (``polling``, as for the sensor),
-    the calls in flight at once (``polling``, as for the batch trigger's polls), the output a request
-    counts for at most when it does not say (``estimates``)."""
-
-    max_requests_per_file: int = MAX_REQUESTS_PER_FILE
-    max_bytes_per_file: int = MAX_BYTES_PER_FILE
-    max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS
-    max_parallel_transfers: int = DEFAULT_MAX_PARALLEL_TRANSFERS
-    default_max_output_tokens: int = DEFAULT_MAX_OUTPUT_TOKENS
-
-
-DEFAULTS = OperatorDefaults()
-
-
-def retry_rule_and_prices(retry_failures: Any, prices: Any) -> tuple[Callable[[str], bool], dict[str, float] | None]:
-    """``retry_failures`` as a predicate over a result's status, and ``prices`` checked (each raises
-    :class:`MaaSInputError` saying what to give instead)."""
-    return retry_predicate(retry_failures), check_prices(prices)
-
-
-def check_parameters(
-    task: Any, retry_failures: Any, prices: Any
-) -> tuple[Callable[[str], bool], dict[str, float] | None]:
-    """Check the batch operator's parameters: :func:`retry_rule_and_prices`, then the settings of
-    :data:`LIMITS` (``task``'s attributes of those names); returns the retry rule and the prices."""
-    checked = retry_rule_and_prices(retry_failures, prices)
-    check_limits({name: getattr(task, name) for name in LIMITS})
-    return checked
 
 
 def reuse_paths(reuse_results: Any) -> list[ObjectStoragePath]:
@@ -88,7 +49,7 @@ def reuse_paths(reuse_results: Any) -> list[ObjectStoragePath]:
 @dataclass(frozen=True)
 class BatchSettings:
     """What one try of a batch needs to know; the fields are the operator's parameters of the same
-    name (each passed by name: ``MaaSBatchPredictionOperator._settings``), except ``should_retry`` (``retry_failures`` as a predicate, see :func:`retry_rule_and_prices`)."""
+    name (each passed by name: ``MaaSBatchPredictionOperator._settings``), except ``should_retry`` (``retry_failures`` as a predicate, see :func:`~airflow_provider_maas.batch.parameters.retry_rule_and_prices`)."""
 
     source: Any
     destination: Any

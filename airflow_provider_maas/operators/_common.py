@@ -11,7 +11,7 @@ import logging
 import time
 import warnings
 from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
@@ -50,15 +50,37 @@ class MaaSBaseOperator(LineageMixin, BaseOperator):
         return MaaSHook(maas_conn_id=self.maas_conn_id, endpoint=self.endpoint)
 
 
-def renamed(kwargs: dict[str, Any], old: str, new: str, value: Any) -> Any:
-    """The value of parameter ``new`` (``value``, None if not given), or that of its old name
-    ``old`` popped from ``kwargs`` with an ``AirflowProviderDeprecationWarning``; both given: refused."""
-    if old not in kwargs:
+def renamed(old_value: Any, old: str, new: str, value: Any) -> Any:
+    """The value of parameter ``new`` (``value``, None if not given), or that of its old name ``old``
+    (``old_value``, None if not given) with an ``AirflowProviderDeprecationWarning``; both given: refused.
+
+    The old name is a keyword parameter of the operator's ``__init__``, not taken from ``**kwargs``:
+    Airflow's ``.partial()`` and ``.expand()`` accept only the names ``__init__`` declares. A mapped
+    task is made (and warns) when its task instance runs."""
+    if old_value is None:
         return value
     if value is not None:
         raise MaaSInputError(f"{old} is the old name of {new}: give {new} only")
     warnings.warn(f"{old} is deprecated: use {new}", AirflowProviderDeprecationWarning, stacklevel=3)
-    return kwargs.pop(old)
+    return old_value
+
+
+class RenamedParameters:
+    """An operator some of whose parameters were renamed (:attr:`RENAMED`: old name -> new name). Its
+    ``__init__`` takes each old name as a keyword parameter and passes it to :func:`renamed`, so that
+    ``.expand()`` maps over it (the mapped task is made, and warns, when its task instance runs).
+    ``.partial()`` gives Airflow the new name instead, warning where the DAG is parsed: an ``XComArg``
+    given under an old name (``sources=download.output``) then makes the task downstream of its
+    producer, as under the new name (a template field), and is not read before it ran."""
+
+    RENAMED: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        for old, new in cls.RENAMED.items():
+            if kwargs.get(old) is not None:
+                kwargs[new] = renamed(kwargs.pop(old), old, new, kwargs.get(new))
+        return super().partial(**kwargs)  # type: ignore[misc]
 
 
 def task_state(context: Any) -> Any | None:

@@ -4,25 +4,26 @@ The Airflow side only: parameters, deferral or sleep, XCom, lineage, metrics. Wh
 in ``batch/``: its settings (``settings.BatchSettings``, the one carrier of the parameters) and its
 steps (``run.BatchRun``: start or resume, step until only waiting is left, finish).
 
-Only what construction needs (the settings' defaults and checks) is imported with the module, where
-the DAG is parsed; the batch's machinery (``run``, ``dry_run``), the hook and its client, the triggers
-and ``storage`` are imported by the first execute.
+Only what construction needs (``batch.parameters``: the defaults and checks) is imported with the
+module, where the DAG is parsed; the settings of a try (``batch.settings``), the batch's machinery
+(``run``, ``dry_run``), the hook and its client, the triggers and ``storage`` are imported by the
+first execute.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_provider_maas._compat import conf
 from airflow_provider_maas.batch.cost.budget_checks import check_cost_control
-from airflow_provider_maas.batch.settings import DEFAULTS, BatchSettings, check_parameters
+from airflow_provider_maas.batch.parameters import DEFAULTS, check_parameters
 from airflow_provider_maas.exceptions import MaaSError, MaaSInputError
-from airflow_provider_maas.flags import is_true
+from airflow_provider_maas.flags import FlagParameters, parameter_flag
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.operators import _metrics as metrics
-from airflow_provider_maas.operators._common import MaaSBaseOperator, publish_summary, renamed
+from airflow_provider_maas.operators._common import MaaSBaseOperator, RenamedParameters, publish_summary, renamed
 from airflow_provider_maas.plugins.links import MaaSProgressLink, announce
 
 if TYPE_CHECKING:
@@ -35,9 +36,10 @@ if TYPE_CHECKING:
     from airflow_provider_maas.batch.record.journal import BatchJournal
     from airflow_provider_maas.batch.record.state import ShardKey
     from airflow_provider_maas.batch.run import BatchRun, Wait
+    from airflow_provider_maas.batch.settings import BatchSettings
 
 
-class MaaSBatchPredictionOperator(MaaSBaseOperator):
+class MaaSBatchPredictionOperator(FlagParameters, RenamedParameters, MaaSBaseOperator):
     """Run a whole batch in one task: split, upload, create jobs, wait, download, merge in input order.
 
     The input may hold any number of requests: it is split into shards that fit one upload
@@ -63,6 +65,11 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
     the destination, in ``.<destination name>.maas/<dag>.<task>.<run>.m<map index>/``, removed once
     the results are written. A retry finds its jobs there and does not pay for them again; a create
     whose answer was lost stops the task (no automatic second job) until a person clears it.
+
+    Its yes/no parameters take a bool, or a string read as a flag
+    (:func:`~airflow_provider_maas.flags.parameter_flag`: ``"false"`` is false, a typo is refused with
+    :class:`~airflow_provider_maas.exceptions.MaaSInputError`): where the operator is made or given to
+    ``.partial()`` (mapped values: when the task instance runs), ``start_over`` (templated) once rendered.
 
     :param source: Requests JSONL: local path, URI or ``ObjectStoragePath`` (templated).
     :param destination: Where to write the ordered results (templated).
@@ -119,7 +126,9 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         ``cost_avoided_usd`` by reuse and deduplication.
     :param dry_run: Plan without paying: validate, match ``reuse_results``, deduplicate, estimate
         and plan the shards; nothing is uploaded, no job created. Pushes XCom ``plan`` (also the
-        return value) and logs it as a table. See "Cost control" in the README.
+        return value) and logs it as a table. See "Cost control" in the README. Not templated; a
+        string (a Variable, a mapped value) is read strictly where the operator is made: ``"false"``
+        is false, a typo is refused (``MaaSInputError``).
     :param max_cost_usd: A hard cap in USD (needs ``prices``) on what this batch spends, across
         every try, resume and retry round: a create whose worst case would pass it, added to what
         was spent and what is reserved for jobs in flight, is not sent; the jobs in flight finish,
@@ -154,6 +163,16 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         "start_over",
     )
     operator_extra_links = (MaaSProgressLink(),)
+    RENAMED: ClassVar[dict[str, str]] = {"wait_timeout": "timeout"}
+    FLAGS = (
+        "deferrable",
+        "fail_on_partial",
+        "deduplicate",
+        "dry_run",
+        "retry_invalid",
+        "set_response_schema",
+        "reuse_other_models",
+    )
 
     def __init__(
         self,
@@ -162,10 +181,10 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         destination: Any,
         display_name: str | None = None,
         poll_interval: float = 60,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        deferrable: bool | str = conf.getboolean("operators", "default_deferrable", fallback=False),
         max_active_jobs: int = 100,
         shard_retries: int = 2,
-        fail_on_partial: bool = False,
+        fail_on_partial: bool | str = False,
         timeout: float | None = None,
         max_requests_per_file: int = DEFAULTS.max_requests_per_file,
         max_bytes_per_file: int = DEFAULTS.max_bytes_per_file,
@@ -174,11 +193,11 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,
         reuse_results: Any = None,
-        deduplicate: bool = True,
+        deduplicate: bool | str = True,
         request_retries: int = 1,
         retry_failures: list[str] | Callable[[str], bool] | None = None,
         prices: dict[str, float] | None = None,
-        dry_run: bool = False,
+        dry_run: bool | str = False,
         max_cost_usd: float | None = None,
         default_max_output_tokens: int = DEFAULTS.default_max_output_tokens,
         max_tokens_per_file_part: int | None = None,
@@ -186,33 +205,35 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         canary_requests: int = 0,
         canary_max_failed: float = 0.5,
         response_schema: dict[str, object] | type | None = None,
-        retry_invalid: bool = False,
-        set_response_schema: bool = True,
+        retry_invalid: bool | str = False,
+        set_response_schema: bool | str = True,
         start_over: str | bool = False,
-        reuse_other_models: bool = False,
+        reuse_other_models: bool | str = False,
+        wait_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
-        timeout = renamed(kwargs, "wait_timeout", "timeout", timeout)
+        timeout = renamed(wait_timeout, "wait_timeout", "timeout", timeout)
         super().__init__(maas_conn_id=maas_conn_id, endpoint=endpoint, **kwargs)
         self.source = source
         self.destination = destination
         self.display_name = display_name
         self.poll_interval = poll_interval
-        self.deferrable = deferrable
+        self.deferrable = parameter_flag(deferrable, what="deferrable")
         self.max_active_jobs = max_active_jobs
         self.shard_retries = shard_retries
-        self.fail_on_partial = fail_on_partial
+        self.fail_on_partial = parameter_flag(fail_on_partial, what="fail_on_partial")
         self.timeout = timeout
         self.max_requests_per_file = max_requests_per_file
         self.max_bytes_per_file = max_bytes_per_file
         self.max_parallel_transfers = max_parallel_transfers
         self.max_consecutive_poll_errors = max_consecutive_poll_errors
         self.reuse_results = reuse_results
-        self.reuse_other_models = reuse_other_models
-        self.deduplicate = deduplicate
+        self.reuse_other_models = parameter_flag(reuse_other_models, what="reuse_other_models")
+        self.deduplicate = parameter_flag(deduplicate, what="deduplicate")
         self.request_retries = request_retries
         self.retry_failures = retry_failures
-        self.plan_only = dry_run  # BaseOperator.dry_run is a method: the parameter is kept under another name
+        # BaseOperator.dry_run is a method: the parameter is kept under another name
+        self.plan_only = parameter_flag(dry_run, what="dry_run")
         self.max_cost_usd = max_cost_usd
         self.default_max_output_tokens = default_max_output_tokens
         self.max_tokens_per_file_part = max_tokens_per_file_part
@@ -220,8 +241,8 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
         self.canary_requests = canary_requests
         self.canary_max_failed = canary_max_failed
         self.response_schema = response_schema
-        self.retry_invalid = retry_invalid
-        self.set_response_schema = set_response_schema
+        self.retry_invalid = parameter_flag(retry_invalid, what="retry_invalid")
+        self.set_response_schema = parameter_flag(set_response_schema, what="set_response_schema")
         self.start_over = start_over
         self._should_retry, self.prices = check_parameters(self, retry_failures, prices)
         check_cost_control(
@@ -237,6 +258,8 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
 
     def _settings(self, journal: BatchJournal | None = None) -> BatchSettings:
         """This try's settings (templated fields rendered); ``journal``: None for a dry run."""
+        from airflow_provider_maas.batch.settings import BatchSettings
+
         return BatchSettings(
             source=self.source,
             destination=self.destination,
@@ -255,7 +278,7 @@ class MaaSBatchPredictionOperator(MaaSBaseOperator):
             max_consecutive_poll_errors=self.max_consecutive_poll_errors,
             fail_on_partial=self.fail_on_partial,
             canary_requests=self.canary_requests,
-            start_over=is_true(self.start_over, what="start_over"),  # a rendered template: "true", "1"...
+            start_over=parameter_flag(self.start_over, what="start_over", templated=True),  # rendered: "true"...
             kept_answers=journal.kept_answers if journal is not None else None,
             reuse_other_models=self.reuse_other_models,
             endpoint_of=lambda: self.hook.config.endpoint,

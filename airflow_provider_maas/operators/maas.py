@@ -8,20 +8,17 @@ only the settings' limits.
 from __future__ import annotations
 
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_maas.batch.inputs.request_lines import (
-    MAX_BYTES_PER_FILE,
-    MAX_REQUESTS_PER_FILE,
-    iter_request_lines,
-)
-from airflow_provider_maas.batch.int_settings import check_shard_limits
+from airflow_provider_maas.batch.int_settings import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, check_shard_limits
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSJobCreationUncertainError
+from airflow_provider_maas.flags import FlagParameters, parameter_flag
 from airflow_provider_maas.operators import _metrics as metrics
 from airflow_provider_maas.operators._common import (
     MaaSBaseOperator,
+    RenamedParameters,
     publish_summary,
     renamed,
     reusable_job,
@@ -84,6 +81,8 @@ class MaaSUploadFileOperator(MaaSBaseOperator):
         if stats.clean:
             return self.hook.upload_file(self.source, name)["name"]
         # Blank lines or no final newline: upload exactly the validated lines, one per line.
+        from airflow_provider_maas.batch.inputs.request_lines import iter_request_lines
+
         with open_source(self.source) as handle, tempfile.SpooledTemporaryFile(max_size=8 * CHUNK_SIZE) as tmp:
             for line in iter_request_lines(handle):
                 tmp.write(line.raw)
@@ -173,7 +172,7 @@ class MaaSCreateBatchJobOperator(MaaSBaseOperator):
         self.record_lineage([ServiceDataset.file(config, self.file_name)], [ServiceDataset.results(config, job_name)])
 
 
-class MaaSDownloadResultsOperator(MaaSBaseOperator):
+class MaaSDownloadResultsOperator(FlagParameters, RenamedParameters, MaaSBaseOperator):
     """Stream a job's results to ``destination``, verified and atomically; returns its URI.
 
     Pushes an XCom ``summary``: requests, succeeded, failed, missing, duplicates, bytes, token
@@ -194,13 +193,16 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
         ``{{ ti.map_index }}``).
     :param source: The uploaded requests JSONL (path, URI or ``ObjectStoragePath``, templated), as
         the upload operator's ``source``: results in input order, missing requests in the failed
-        file. Its old name ``requests`` is deprecated.
+        file. Its old name ``requests`` is deprecated (it works with ``.partial()``/``.expand()`` too).
     :param allowed_prefix: If set, refuse destinations outside this prefix (templated).
     :param extract_images: Also write the inline images of image models (``inlineData`` parts) to
         files in ``<destination stem>_images/`` beside the results; their URIs go to XCom ``images``.
+        A string is read as a flag (:func:`~airflow_provider_maas.flags.parameter_flag`).
     """
 
     template_fields = ("job_name", "destination", "source", "allowed_prefix", "endpoint", "maas_conn_id")
+    RENAMED: ClassVar[dict[str, str]] = {"requests": "source"}
+    FLAGS = ("extract_images",)
 
     def __init__(
         self,
@@ -209,16 +211,17 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
         destination: Any,
         source: Any | None = None,
         allowed_prefix: Any | None = None,
-        extract_images: bool = False,
+        extract_images: bool | str = False,
+        requests: Any | None = None,
         **kwargs: Any,
     ) -> None:
-        source = renamed(kwargs, "requests", "source", source)
+        source = renamed(requests, "requests", "source", source)
         super().__init__(**kwargs)
         self.job_name = job_name
         self.destination = destination
         self.source = source
         self.allowed_prefix = allowed_prefix
-        self.extract_images = extract_images
+        self.extract_images = parameter_flag(extract_images, what="extract_images")
 
     def execute(self, context: Context) -> str:
         from airflow_provider_maas.batch.answers.merge import (
@@ -274,7 +277,7 @@ class MaaSDownloadResultsOperator(MaaSBaseOperator):
         return uri_of(dest)
 
 
-class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
+class MaaSSplitRequestsOperator(FlagParameters, LineageMixin, BaseOperator):
     """Split a JSONL file of any size into files of consecutive requests; returns their URIs.
 
     By default each file fits one upload (shards for the upload, create, wait, download chain);
@@ -292,9 +295,11 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
     :param max_bytes_per_file: At most this many bytes per file (<= 50 MiB with ``for_upload``);
         None: 50 MiB with ``for_upload``, no limit for chunks.
     :param for_upload: True: each file fits one upload (100 requests, 50 MiB). False: chunks of any size.
+        A string is read as a flag (:func:`~airflow_provider_maas.flags.parameter_flag`: ``"false"`` is false).
     """
 
     template_fields = ("source", "destination_prefix")
+    FLAGS = ("for_upload",)
 
     def __init__(
         self,
@@ -303,7 +308,7 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         destination_prefix: Any,
         max_requests_per_file: int = MAX_REQUESTS_PER_FILE,
         max_bytes_per_file: int | None = None,
-        for_upload: bool = True,
+        for_upload: bool | str = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -311,12 +316,12 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         self.destination_prefix = destination_prefix
         self.max_requests_per_file = max_requests_per_file
         self.max_bytes_per_file = max_bytes_per_file
-        self.for_upload = for_upload
+        self.for_upload = parameter_flag(for_upload, what="for_upload")
         # refused where the DAG is parsed, as the batch operator's (chunks: the lowest bounds only)
         check_shard_limits(
             max_requests_per_file,
-            MAX_BYTES_PER_FILE if for_upload and max_bytes_per_file is None else max_bytes_per_file,
-            upload=for_upload,
+            MAX_BYTES_PER_FILE if self.for_upload and max_bytes_per_file is None else max_bytes_per_file,
+            upload=self.for_upload,
         )
 
     def execute(self, context: Context) -> list[str]:
@@ -343,27 +348,36 @@ class MaaSSplitRequestsOperator(LineageMixin, BaseOperator):
         return uris
 
 
-class MaaSMergeResultsOperator(LineageMixin, BaseOperator):
+class MaaSMergeResultsOperator(RenamedParameters, LineageMixin, BaseOperator):
     """Merge shard results into one file in the order of the original requests; returns its URI.
 
     Requests that failed or have no result go to ``<destination stem>.failed.jsonl`` (input
-    format, ready to resubmit). XCom ``summary`` as the download operator's, plus ``missing``.
+    format, ready to resubmit). XCom ``summary`` as the download operator's, plus ``missing``. No results
+    files (an empty ``results``: a mapped upstream that produced none) are refused, nothing written.
 
     :param results: Result files of the shards, e.g. ``download.output`` (templated). Its old name
-        ``sources`` is deprecated.
+        ``sources`` is deprecated (it works with ``.partial()``/``.expand()`` too).
     :param source: The original requests JSONL, whose order the results are written in (path, URI
         or ``ObjectStoragePath``, templated), as the split operator's ``source``. Its old name
-        ``requests`` is deprecated.
+        ``requests`` is deprecated (likewise).
     :param destination: Where to write the merged results (templated).
     """
 
     template_fields = ("results", "source", "destination")
+    RENAMED: ClassVar[dict[str, str]] = {"sources": "results", "requests": "source"}
 
     def __init__(
-        self, *, destination: Any, results: Any | None = None, source: Any | None = None, **kwargs: Any
+        self,
+        *,
+        destination: Any,
+        results: Any | None = None,
+        source: Any | None = None,
+        sources: Any | None = None,
+        requests: Any | None = None,
+        **kwargs: Any,
     ) -> None:
-        results = renamed(kwargs, "sources", "results", results)
-        source = renamed(kwargs, "requests", "source", source)
+        results = renamed(sources, "sources", "results", results)
+        source = renamed(requests, "requests", "source", source)
         for name, value, what in (
             ("results", results, "the shards' result files"),
             ("source", source, "the original requests file"),

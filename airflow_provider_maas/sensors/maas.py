@@ -20,6 +20,7 @@ from airflow_provider_maas.batch.polling import (
     poll_errors_arg,
     poll_job,
 )
+from airflow_provider_maas.flags import FlagParameters, parameter_flag
 from airflow_provider_maas.hooks.connection import DEFAULT_CONN_ID
 from airflow_provider_maas.plugins.links import MaaSProgressLink
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from airflow_provider_maas.hooks.maas import MaaSHook
 
 
-class MaaSBatchJobSensor(BaseSensorOperator):
+class MaaSBatchJobSensor(FlagParameters, BaseSensorOperator):
     """Wait for a MaaS batch job to end; returns the final job JSON (XCom ``return_value``).
 
     Succeeds on SUCCEEDED, and on PARTIALLY_SUCCEEDED with a warning giving the counts (unless
@@ -37,6 +38,8 @@ class MaaSBatchJobSensor(BaseSensorOperator):
     CANCELLED or EXPIRED. Undocumented states are logged and polled until ``timeout``. Waits
     under the one wait policy (``batch.polling``) in poke, reschedule and deferrable modes alike: a
     job answering 404 on 3 polls in a row is gone (:class:`MaaSNotFoundError`).
+    ``deferrable`` and ``fail_on_partial`` take a bool, or a string read as a flag where the sensor is
+    made (:func:`~airflow_provider_maas.flags.parameter_flag`: ``"false"`` is false, a typo is refused).
 
     :param job_name: The job to wait for (templated), e.g. ``create.output``.
     :param poll_interval: Seconds between polls (also ``poke_interval``).
@@ -51,6 +54,7 @@ class MaaSBatchJobSensor(BaseSensorOperator):
     """
 
     template_fields = ("job_name", "endpoint", "maas_conn_id")
+    FLAGS = ("deferrable", "fail_on_partial")
     operator_extra_links = (MaaSProgressLink(),)
     ui_color = "#e8f0fe"
 
@@ -59,8 +63,8 @@ class MaaSBatchJobSensor(BaseSensorOperator):
         *,
         job_name: str,
         poll_interval: float = 60,
-        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
-        fail_on_partial: bool = False,
+        deferrable: bool | str = conf.getboolean("operators", "default_deferrable", fallback=False),
+        fail_on_partial: bool | str = False,
         max_consecutive_poll_errors: int = DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
         maas_conn_id: str = DEFAULT_CONN_ID,
         endpoint: str | None = None,
@@ -71,8 +75,8 @@ class MaaSBatchJobSensor(BaseSensorOperator):
         self.max_consecutive_poll_errors = poll_errors_arg(max_consecutive_poll_errors, None, owner=type(self).__name__)
         self.job_name = job_name
         self.poll_interval = poll_interval
-        self.deferrable = deferrable
-        self.fail_on_partial = fail_on_partial
+        self.deferrable = parameter_flag(deferrable, what="deferrable")
+        self.fail_on_partial = parameter_flag(fail_on_partial, what="fail_on_partial")
         self.maas_conn_id = maas_conn_id
         self.endpoint = endpoint
 

@@ -30,7 +30,7 @@ from airflow_provider_maas.batch.inputs.lines import ResultsFormatError, Writabl
 from airflow_provider_maas.batch.inputs.request_lines import RequestLine, iter_request_lines
 from airflow_provider_maas.batch.inputs.shards import source_label
 from airflow_provider_maas.client.states import job_outcome
-from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSIntegrityError
+from airflow_provider_maas.exceptions import MaaSInputChangedError, MaaSInputError, MaaSIntegrityError
 from airflow_provider_maas.storage import atomic_writer, open_source, to_path, uri_of
 from airflow_provider_maas.storage.paths import untracked
 from airflow_provider_maas.storage.writes import atomic_writer_if_written
@@ -195,7 +195,19 @@ def merge_results(sources: list[Any], requests: Any, destination: Any) -> MergeS
 
     One index of every result line, on disk (``matching``); when the results of each shard are known
     to answer one range of input lines, :func:`merge_shard_results` keeps that index small.
+
+    No ``sources`` (an empty list: a mapped upstream that produced none) raises
+    :class:`~airflow_provider_maas.exceptions.MaaSInputError` and writes nothing: every request would
+    be written as missing, and the task would succeed with nothing merged.
     """
+    sources = list(sources)
+    if not sources:
+        raise MaaSInputError(
+            f"No results files to merge into the order of the {source_label(requests, 'requests file')}: "
+            "every request would be written as missing, so nothing was written. Give the shards' results "
+            "files (the merge operator's results, e.g. download.output); an empty list comes from an "
+            "upstream task that produced none (a mapped download with no shard to map over): check it ran"
+        )
     dest = to_path(destination, what="destination")
     failed = failed_path_for(dest)
     merge = OrderedWriter()

@@ -1,6 +1,6 @@
 """Which failed requests a batch sends again (``retry_failures``): the default patterns, and the
 predicate a setting is turned into. Small on purpose: the operator checks ``retry_failures`` where
-the DAG is parsed (``settings.check_parameters``), the retry rounds (``rounds.py``) apply it.
+the DAG is parsed (``parameters.check_parameters``), the retry rounds (``rounds.py``) apply it.
 """
 
 from __future__ import annotations

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.cost.estimates import Tokens, worst_case_usd
 from airflow_provider_maas.batch.int_settings import check_int
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
     from airflow_provider_maas.batch.record.state import BatchState
+
+#: ``maxOutputTokens`` assumed for a request that sets none (the output limit of Gemini 2.5 Flash): the
+#: operator's ``default_max_output_tokens``. Defined here, not in ``estimates`` (which keeps the name),
+#: so that the checks where the DAG is parsed do not import the estimates.
+DEFAULT_MAX_OUTPUT_TOKENS = 65_536
 
 #: Most requests a canary may hold (one job).
 MAX_CANARY_REQUESTS = 100
@@ -24,6 +28,8 @@ MAX_CANARY_REQUESTS = 100
 
 def usd_of_tokens(tokens: dict[str, int], prices: dict[str, float]) -> float:
     """What worst-case ``tokens`` (``tokens_before``) cost at ``prices``: output at the dearer output price."""
+    from airflow_provider_maas.batch.cost.estimates import Tokens, worst_case_usd  # run time only
+
     bound = Tokens(worst_prompt=tokens.get("prompt", 0), max_output=tokens.get("candidates", 0))
     return round(worst_case_usd(bound, prices), 9)
 

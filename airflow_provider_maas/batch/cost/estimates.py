@@ -30,6 +30,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+# ``maxOutputTokens`` assumed for a request that sets none: defined with the budget's checks (imported
+# where the DAG is parsed, this module is not), still importable from here
+from airflow_provider_maas.batch.cost.budget_checks import DEFAULT_MAX_OUTPUT_TOKENS
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -37,8 +41,6 @@ if TYPE_CHECKING:
 CHARS_PER_TOKEN = 4
 #: Tokens the estimate counts for each file part of a request (an image, as Gemini counts one).
 TOKENS_PER_FILE = 258
-#: ``maxOutputTokens`` assumed for a request that sets none (the output limit of Gemini 2.5 Flash).
-DEFAULT_MAX_OUTPUT_TOKENS = 65_536
 
 
 @dataclass(slots=True)

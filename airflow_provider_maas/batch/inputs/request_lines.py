@@ -11,14 +11,14 @@ import math
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_maas.batch.inputs.lines import iter_line_batches
+
+# the service's limits per file, defined with the one table of bounds; still importable from here
+from airflow_provider_maas.batch.int_settings import MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE  # noqa: F401
 from airflow_provider_maas.exceptions import MaaSInputError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-
-MAX_REQUESTS_PER_FILE = 100
-MAX_BYTES_PER_FILE = 50 * 1024 * 1024
 
 LINE_SHAPE = 'each line must be a JSON object like {"request": {"contents": [...]}}'
 CONTENT_SHAPE = '{"role": "user", "parts": [{"text": "..."}]}'

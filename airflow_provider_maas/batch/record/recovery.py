@@ -131,8 +131,17 @@ def load_whole(
             return None
         raise state_error(err.problem + _NOT_CHOSEN * start_over, journal, context, names) from None
     pointer = state_pointer(context)
-    if chosen and capped and state is None and _points_at_lost_state(pointer, journal):
-        raise _uncounted_spend(f"{RECORD} points at it, but it is gone", journal, context, names)
+    # a state gone that the pointer says is unfinished: refused, unless start_over is chosen without a cap
+    if state is None and (capped or not chosen) and _points_at_lost_state(pointer, journal):
+        if chosen:
+            raise _uncounted_spend(f"{RECORD} points at it, but it is gone", journal, context, names)
+        raise state_error(
+            f"{RECORD} points at it, but it is gone (deleted by hand or by a lifecycle rule, or a "
+            "destination on one worker's local disk while this try runs on another)" + _NOT_CHOSEN * start_over,
+            journal,
+            context,
+            names,
+        )
     if isinstance(pointer, dict) and not pointer.get("finished") and not chosen:
         location = pointer.get("location")
         if location != journal.uri:
@@ -143,17 +152,9 @@ def load_whole(
                 context,
                 names,
             )
-        if state is None and "open" not in pointer and _written(journal):
+        if state is None:  # not lost (above): the destination is written, by a version before "open" was recorded
             log.warning(
                 "No batch state at %s, but the destination is written: an earlier version finished it", journal.uri
-            )
-        elif state is None:
-            raise state_error(
-                f"{RECORD} points at it, but it is gone (deleted by hand or by a lifecycle rule, or a "
-                "destination on one worker's local disk while this try runs on another)" + _NOT_CHOSEN * start_over,
-                journal,
-                context,
-                names,
             )
         marked = pointer.get("seq")
         if state is not None and isinstance(marked, int) and journal.seq < marked:
@@ -173,7 +174,9 @@ def load_whole(
 
 
 def _points_at_lost_state(pointer: Any, journal: BatchJournal) -> bool:
-    """:data:`RECORD` points at an unfinished state here that is gone (not one an earlier version finished)."""
+    """:data:`RECORD` points at an unfinished state here, which (called where no state was loaded) is
+    lost: the pointer was written by this version (``open``), or the destination is not written (else an
+    earlier version, which did not record ``open``, finished the batch and removed its state)."""
     if not isinstance(pointer, dict) or pointer.get("finished") or pointer.get("location") != journal.uri:
         return False
     return "open" in pointer or not _written(journal)
