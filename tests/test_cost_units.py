@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.answers.matching import _parse
+from airflow_provider_maas.batch.answers.answer_lines import parse_result_line
 from airflow_provider_maas.batch.answers.schema import (
     INVALID_OUTPUT,
     AnswerCheck,
@@ -253,7 +253,7 @@ def test_invalid_answers_are_rewritten_in_place_with_a_status_and_count_as_faile
     rewritten = json.loads(written[1])
     assert rewritten["status"].startswith(f"{INVALID_OUTPUT}: the answer does not match response_schema")
     assert list(rewritten)[-1] == "status" and rewritten["response"] == lines[1]["response"]
-    assert _parse(json.JSONDecoder().raw_decode, written[1], "part", 2) == ({"contents": []}, False)
+    assert parse_result_line(json.JSONDecoder().raw_decode, written[1], "part", 2) == ({"contents": []}, False)
     assert count_invalid(io.BytesIO(out.getvalue())) == 1
 
 

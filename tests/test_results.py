@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_maas.batch.answers.matching import AnswerStore, reader
+from airflow_provider_maas.batch.answers.answer_lines import reader
+from airflow_provider_maas.batch.answers.matching import AnswerStore
 from airflow_provider_maas.batch.answers.results import (
     ResultRecord,
     ResultsFormatError,

@@ -36,13 +36,14 @@ import os
 import sqlite3
 import tempfile
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, NamedTuple, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from airflow_provider_maas.batch.answers.results import load_result_object, request_and_success, request_digest
-from airflow_provider_maas.batch.inputs.lines import ResultsFormatError, iter_lines
+from airflow_provider_maas.batch.answers.answer_lines import Answer, parse_result_line
+from airflow_provider_maas.batch.answers.results import request_digest
+from airflow_provider_maas.batch.inputs.lines import iter_lines
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator
     from types import TracebackType
 
 #: SQLite's "database or disk is full" (``sqlite3.SQLITE_FULL`` from Python 3.11).
@@ -69,16 +70,6 @@ _BLOOM_BITS = 1 << 26
 _BLOOM_MASK = _BLOOM_BITS - 1
 
 _T = TypeVar("_T")
-
-
-class Answer(NamedTuple):
-    """Where one answer is: byte ``offset`` and ``length`` (no newline) of ``line`` in ``source``."""
-
-    source: int
-    line: int
-    offset: int
-    length: int
-    succeeded: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +185,7 @@ class AnswerStore:
         db = self._db
         for line_number, offset, line in iter_lines(fileobj, label):
             lines += 1
-            request, ok = _parse(decode, line, label, line_number)
+            request, ok = parse_result_line(decode, line, label, line_number)
             succeeded += ok
             if ok or not successes_only:
                 digest = NO_REQUEST if request is None else request_digest(request)
@@ -372,64 +363,9 @@ SELECT count(*) FROM (
 """
 
 
-_HEADS = ('{"request": ', '{"request":')
-_RESPONSE = (', "response": {', ',"response":{')
-#: How a successful line of the service ends (bytes: see :func:`_parse` for why it is enough).
-OK_TAILS = (b'"status":""}', b'"status": ""}')
-
-
-def _parse(
-    decode: Callable[..., tuple[object, int]], line: bytes, label: str, line_number: int
-) -> tuple[dict | None, bool]:
-    """``(request object or None, succeeded)`` of one results line.
-
-    Fast path for the service's own layout (``{"request": {...}, "response": {...}, ...,
-    "status": ""}``): only the request is decoded. A JSON object text that ends with
-    ``"status":""}`` has ``""`` as its last top-level ``status`` (no unescaped quote can sit inside
-    a string), and ``"response": {`` right after the request is a top-level object. Any other line
-    (a failure, another layout) is parsed whole by the results reader (``results.load_result_object``,
-    ``results.request_and_success``: one parser, one meaning of success). The merge parses every line it
-    copies whole, so a damaged line is still reported there.
-    """
-    if line.rstrip().endswith(OK_TAILS):  # the tail first: a failure's request is not decoded twice
-        try:
-            text = line.decode("utf-8")
-            for head in _HEADS:
-                if text.startswith(head):
-                    request, end = decode(text, len(head))
-                    if isinstance(request, dict) and text.startswith(_RESPONSE, end):
-                        return request, True
-                    break
-        except (ValueError, RecursionError):
-            pass  # not the service's layout: the whole line is parsed below, which names what is wrong
-    return request_and_success(load_result_object(line, f"{label} line {line_number}", line_number))
-
-
 def _bloom_add(bloom: bytearray, key: bytes) -> None:
     """Set ``key``'s two bits in ``bloom`` (the same two :meth:`AnswerStore._count_seen` tests)."""
     h = hash(key)
     low, high = h & _BLOOM_MASK, (h >> 32) & _BLOOM_MASK
     bloom[low >> 3] |= 1 << (low & 7)
     bloom[high >> 3] |= 1 << (high & 7)
-
-
-def reader(files: Mapping[int, IO[bytes]], labels: Sequence[str]) -> Callable[[Answer], bytes]:
-    """``read(answer) -> line bytes`` over seekable binary files keyed by source number (``labels``:
-    :attr:`AnswerStore.sources`, naming them in errors)."""
-
-    # Each file's methods looked up once: a file of the storage layer (lineage tracking) wraps every lookup.
-    methods = {source: (handle.seek, handle.read) for source, handle in files.items()}
-
-    def read(answer: Answer) -> bytes:
-        seek, read_bytes = methods[answer.source]
-        seek(answer.offset)
-        line = read_bytes(answer.length)
-        if len(line) != answer.length:
-            raise ResultsFormatError(
-                f"{labels[answer.source]} line {answer.line}: read {len(line)} bytes, expected {answer.length};"
-                " did the file change?",
-                line_number=answer.line,
-            )
-        return line
-
-    return read

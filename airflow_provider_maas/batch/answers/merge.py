@@ -14,7 +14,8 @@ import json
 import logging
 from typing import IO, TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from airflow_provider_maas.batch.answers.matching import Answer, AnswerStore, reader
+from airflow_provider_maas.batch.answers.answer_lines import Answer, reader
+from airflow_provider_maas.batch.answers.matching import AnswerStore
 from airflow_provider_maas.batch.answers.results import (
     ResultRecord,
     ResultSummary,

@@ -28,7 +28,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from airflow_provider_maas.batch.answers.matching import OK_TAILS, Answer, AnswerStore, reader
+from airflow_provider_maas.batch.answers.answer_lines import OK_TAILS, Answer, reader
+from airflow_provider_maas.batch.answers.matching import AnswerStore
 from airflow_provider_maas.batch.answers.merge import OrderedWriter, line_digest, results_from_service
 from airflow_provider_maas.batch.answers.results import (
     TOKEN_KEYS,
@@ -116,7 +117,7 @@ def _open_all(
 
 def all_succeeded(results: IO[bytes], expected: int) -> bool:
     """True if ``results`` holds exactly ``expected`` lines, each a success in the service's own
-    layout (ending with ``"status": ""}``, see ``matching._parse``): then no request of the round
+    layout (ending with ``"status": ""}``, see ``answer_lines.parse_result_line``): then no request of the round
     failed or is missing, and :func:`write_retries` can be skipped. Reads bytes, decodes no JSON.
     False only means "look closer" (another layout, a failure, a missing or repeated line)."""
     count = 0

@@ -16,7 +16,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_maas.batch.answers.matching import OK_TAILS
+from airflow_provider_maas.batch.answers.answer_lines import OK_TAILS
 from airflow_provider_maas.batch.inputs.lines import iter_line_batches
 from airflow_provider_maas.exceptions import MaaSInputError
 from airflow_provider_maas.storage import atomic_writer, to_path, uri_of
