@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.answers.retry_failures import retry_predicate
-from airflow_provider_maas.batch.cost.budget_checks import DEFAULT_MAX_OUTPUT_TOKENS
-from airflow_provider_maas.batch.cost.prices import check_prices
+from airflow_provider_maas.batch.cost.prices import DEFAULT_MAX_OUTPUT_TOKENS, check_prices
 from airflow_provider_maas.batch.int_settings import LIMITS, MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, check_limits
 from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS, DEFAULT_MAX_PARALLEL_TRANSFERS
 

@@ -17,10 +17,6 @@ from airflow_provider_maas.exceptions import MaaSInputError
 if TYPE_CHECKING:
     from airflow_provider_maas.batch.record.state import BatchState
 
-#: ``maxOutputTokens`` assumed for a request that sets none (the output limit of Gemini 2.5 Flash): the
-#: operator's ``default_max_output_tokens``. Defined here, not in ``estimates`` (which keeps the name),
-#: so that the checks where the DAG is parsed do not import the estimates.
-DEFAULT_MAX_OUTPUT_TOKENS = 65_536
 
 #: Most requests a canary may hold (one job).
 MAX_CANARY_REQUESTS = 100

@@ -30,9 +30,9 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-# ``maxOutputTokens`` assumed for a request that sets none: defined with the budget's checks (imported
-# where the DAG is parsed, this module is not), still importable from here
-from airflow_provider_maas.batch.cost.budget_checks import DEFAULT_MAX_OUTPUT_TOKENS
+# ``maxOutputTokens`` assumed for a request that sets none: defined with the prices (imported where the
+# DAG is parsed, this module is not), still importable from here
+from airflow_provider_maas.batch.cost.prices import DEFAULT_MAX_OUTPUT_TOKENS
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -14,6 +14,11 @@ from typing import Any
 
 from airflow_provider_maas.exceptions import MaaSInputError
 
+#: ``maxOutputTokens`` assumed for a request that sets none (the output limit of Gemini 2.5 Flash): the
+#: operator's ``default_max_output_tokens``. Here, with the prices (a leaf, imported where the DAG is
+#: parsed), not in ``estimates`` (which keeps the name): the checks at parse time do not import the estimates.
+DEFAULT_MAX_OUTPUT_TOKENS = 65_536
+
 #: Highest price accepted, in USD per 1,000,000 tokens (the dearest models cost a few hundred):
 #: a larger one is a typing mistake (a price per token, an exponent), not a price.
 MAX_PRICE = 10_000.0
