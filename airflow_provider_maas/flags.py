@@ -77,4 +77,13 @@ class FlagParameters:
         for name in cls.FLAGS:
             if name in kwargs:
                 parameter_flag(kwargs[name], what=name)
-        return super().partial(**kwargs)  # type: ignore[misc]
+        made = super().partial(**kwargs)  # type: ignore[misc]
+        # default_args (the DAG's, the task group's, the task's) reach __init__ only when a mapped task is made
+        defaults: dict[str, Any] = {}
+        for holder in (made.kwargs.get("dag"), made.kwargs.get("task_group")):
+            defaults.update(getattr(holder, "default_args", None) or {})
+        defaults.update(kwargs.get("default_args") or {})
+        for name in cls.FLAGS:
+            if name not in kwargs and name in defaults:
+                parameter_flag(defaults[name], what=f"{name} (in default_args)")
+        return made
