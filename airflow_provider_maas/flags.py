@@ -66,7 +66,7 @@ def parameter_flag(value: Any, *, what: str, templated: bool = False) -> bool:
 
 class FlagParameters:
     """An operator (or the sensor) whose yes/no parameters :attr:`FLAGS` are not templated: its
-    ``__init__`` reads each with :func:`parameter_flag`, and a value given to ``.partial()`` is read
+    ``__init__`` reads each with :func:`parameter_flag`, and a value given to ``.partial()`` (or in its ``default_args``, the DAG's or the task group's) is read
     too, where the DAG is parsed (a typo is refused there, as for an operator that is not mapped, not
     by each mapped task instance); a mapped one (``.expand()``) is read when the mapped task is made."""
 
@@ -80,7 +80,8 @@ class FlagParameters:
         made = super().partial(**kwargs)  # type: ignore[misc]
         # default_args (the DAG's, the task group's, the task's) reach __init__ only when a mapped task is made
         defaults: dict[str, Any] = {}
-        for holder in (made.kwargs.get("dag"), made.kwargs.get("task_group")):
+        given = getattr(made, "kwargs", None) or {}
+        for holder in (given.get("dag"), given.get("task_group")):
             defaults.update(getattr(holder, "default_args", None) or {})
         defaults.update(kwargs.get("default_args") or {})
         for name in cls.FLAGS:

@@ -427,7 +427,7 @@ def test_anything_not_a_flag_is_refused_where_the_dag_is_parsed_and_in_partial(
 def test_a_bad_flag_in_default_args_is_refused_where_the_dag_is_parsed(operator, required, name, attribute):
     """``default_args`` reach ``__init__`` of an operator made in the DAG file, and ``.partial()`` through
     the DAG: a typo there must be refused where the DAG is parsed too, not by each mapped task instance."""
-    from airflow.sdk import DAG
+    from airflow.sdk import DAG, TaskGroup
 
     first, *rest = required.items()
     with (
@@ -438,6 +438,12 @@ def test_a_bad_flag_in_default_args_is_refused_where_the_dag_is_parsed(operator,
     with (
         pytest.raises(MaaSInputError, match=re.escape(name)),
         DAG("default_args_partial", schedule=None, default_args={name: "ture"}),
+    ):
+        operator.partial(task_id="t", **dict(rest)).expand(**{first[0]: [first[1]]})
+    with (
+        pytest.raises(MaaSInputError, match=re.escape(name)),
+        DAG("default_args_group", schedule=None),
+        TaskGroup("g", default_args={name: "ture"}),
     ):
         operator.partial(task_id="t", **dict(rest)).expand(**{first[0]: [first[1]]})
     with pytest.raises(MaaSInputError, match=re.escape(name)):
