@@ -66,9 +66,10 @@ def parameter_flag(value: Any, *, what: str, templated: bool = False) -> bool:
 
 class FlagParameters:
     """An operator (or the sensor) whose yes/no parameters :attr:`FLAGS` are not templated: its
-    ``__init__`` reads each with :func:`parameter_flag`, and a value given to ``.partial()`` (or in its ``default_args``, the DAG's or the task group's) is read
-    too, where the DAG is parsed (a typo is refused there, as for an operator that is not mapped, not
-    by each mapped task instance); a mapped one (``.expand()``) is read when the mapped task is made."""
+    ``__init__`` reads each with :func:`parameter_flag`, and a value given to ``.partial()`` (or in
+    its ``default_args``, the DAG's or the task group's) is read too, where the DAG is parsed (a typo is
+    refused there, as for an operator that is not mapped, not by each mapped task instance); a mapped
+    one (``.expand()``) is read when the mapped task is made."""
 
     FLAGS: ClassVar[tuple[str, ...]] = ()
 
