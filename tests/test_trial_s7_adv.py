@@ -170,6 +170,12 @@ def attempt(name, call):
         _attempt(name, call)
 
 attempt("whole", lambda: merge_results([scenario / p for p in spec["results"]], requests, out / "whole" / "r.jsonl"))
+attempt(  # a results file given twice: its every success a duplicate
+    "twice",
+    lambda: merge_results(
+        [scenario / p for p in spec["results"]] + [scenario / spec["results"][0]], requests, out / "twice" / "r.jsonl"
+    ),
+)
 attempt(
     "uri",
     lambda: merge_results(
@@ -282,7 +288,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.skipif(not (MAIN_TREE / "airflow_provider_maas").is_dir(), reason="no checkout of main beside")
 @pytest.mark.parametrize("mode", ["small", "real"])
-@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("seed", [1, 2, 3])
 def test_every_merge_is_byte_identical_to_the_previous_engine(tmp_path, seed, mode):
     """merge_results (paths and file:// URIs, under Airflow's lineage wrapper), merge_shard_results,
     merge_answers (reuse and a round, shared and not) and write_requests_to_send: the same files byte for
