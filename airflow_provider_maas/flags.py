@@ -66,9 +66,10 @@ def parameter_flag(value: Any, *, what: str, templated: bool = False) -> bool:
 
 class FlagParameters:
     """An operator (or the sensor) whose yes/no parameters :attr:`FLAGS` are not templated: its
-    ``__init__`` reads each with :func:`parameter_flag`, and a value given to ``.partial()`` is read
-    too, where the DAG is parsed (a typo is refused there, as for an operator that is not mapped, not
-    by each mapped task instance); a mapped one (``.expand()``) is read when the mapped task is made."""
+    ``__init__`` reads each with :func:`parameter_flag`, and a value given to ``.partial()`` (or in
+    its ``default_args``, the DAG's or the task group's) is read too, where the DAG is parsed (a typo is
+    refused there, as for an operator that is not mapped, not by each mapped task instance); a mapped
+    one (``.expand()``) is read when the mapped task is made."""
 
     FLAGS: ClassVar[tuple[str, ...]] = ()
 
@@ -77,4 +78,14 @@ class FlagParameters:
         for name in cls.FLAGS:
             if name in kwargs:
                 parameter_flag(kwargs[name], what=name)
-        return super().partial(**kwargs)  # type: ignore[misc]
+        made = super().partial(**kwargs)  # type: ignore[misc]
+        # default_args (the DAG's, the task group's, the task's) reach __init__ only when a mapped task is made
+        defaults: dict[str, Any] = {}
+        given = getattr(made, "kwargs", None) or {}
+        for holder in (given.get("dag"), given.get("task_group")):
+            defaults.update(getattr(holder, "default_args", None) or {})
+        defaults.update(kwargs.get("default_args") or {})
+        for name in cls.FLAGS:
+            if name not in kwargs and name in defaults:
+                parameter_flag(defaults[name], what=f"{name} (in default_args)")
+        return made
