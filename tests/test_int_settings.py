@@ -100,3 +100,20 @@ def test_every_integer_check_names_the_setting_what_is_allowed_and_the_value(che
 def test_a_setting_with_an_upper_bound_says_both_bounds():
     with pytest.raises(MaaSInputError, match=r"^max_requests_per_file must be between 1 and 100, got 101$"):
         check_limits({"max_requests_per_file": 101})
+
+
+@pytest.mark.parametrize("value", [0, -1, -0.5, float("nan"), float("inf"), True, "5", None])
+def test_seconds_must_be_a_number_above_zero(value):
+    from airflow_provider_maas.batch.int_settings import check_seconds
+
+    with pytest.raises(MaaSInputError, match="poll_interval must be a number of seconds above 0, got"):
+        check_seconds("poll_interval", value)
+
+
+def test_seconds_may_be_none_where_none_means_no_limit():
+    from airflow_provider_maas.batch.int_settings import check_seconds
+
+    assert check_seconds("timeout", None, optional=True) is None
+    assert check_seconds("timeout", 0.5, optional=True) == 0.5
+    with pytest.raises(MaaSInputError, match="timeout must be a number of seconds above 0, or None for no limit"):
+        check_seconds("timeout", 0, optional=True)

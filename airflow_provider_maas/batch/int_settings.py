@@ -44,6 +44,18 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     return value
 
 
+def check_seconds(name: str, value: Any, *, optional: bool = False) -> float | None:
+    """``value`` of setting ``name`` if it is a number of seconds above 0 (None too when ``optional``:
+    no limit); else a :class:`MaaSInputError` naming the setting, what is allowed and the value.
+    ``True``, strings, NaN and infinity are refused."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        allowed = "a number of seconds above 0" + (", or None for no limit" if optional else "")
+        raise MaaSInputError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
 def check_limits(values: Mapping[str, Any]) -> None:
     """Refuse a setting of :data:`LIMITS` in ``values`` that is not an integer within its bounds."""
     for name, (low, high) in LIMITS.items():

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_provider_maas.batch.answers.retry_failures import retry_predicate
 from airflow_provider_maas.batch.cost.prices import DEFAULT_MAX_OUTPUT_TOKENS, check_prices
-from airflow_provider_maas.batch.int_settings import LIMITS, MAX_BYTES_PER_FILE, MAX_REQUESTS_PER_FILE, check_limits
+from airflow_provider_maas.batch.int_settings import (
+    LIMITS,
+    MAX_BYTES_PER_FILE,
+    MAX_REQUESTS_PER_FILE,
+    check_limits,
+    check_seconds,
+)
 from airflow_provider_maas.batch.polling import DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS, DEFAULT_MAX_PARALLEL_TRANSFERS
 
 if TYPE_CHECKING:
@@ -49,7 +55,10 @@ def check_parameters(
     task: Any, retry_failures: Any, prices: Any
 ) -> tuple[Callable[[str], bool], dict[str, float] | None]:
     """Check the batch operator's parameters: :func:`retry_rule_and_prices`, then the settings of
-    :data:`LIMITS` (``task``'s attributes of those names); returns the retry rule and the prices."""
+    :data:`LIMITS` (``task``'s attributes of those names), ``poll_interval`` and ``timeout`` (seconds above
+    0; ``timeout`` None: no limit); returns the retry rule and the prices."""
     checked = retry_rule_and_prices(retry_failures, prices)
     check_limits({name: getattr(task, name) for name in LIMITS})
+    check_seconds("poll_interval", task.poll_interval)
+    check_seconds("timeout", task.timeout, optional=True)
     return checked

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
 from airflow_provider_maas._compat import conf
+from airflow_provider_maas.batch.int_settings import check_seconds
 from airflow_provider_maas.batch.polling import (
     DEFAULT_MAX_CONSECUTIVE_POLL_ERRORS,
     OneJobWait,
@@ -70,6 +71,7 @@ class MaaSBatchJobSensor(FlagParameters, BaseSensorOperator):
         endpoint: str | None = None,
         **kwargs: Any,
     ) -> None:
+        check_seconds("poll_interval", poll_interval)
         kwargs.setdefault("poke_interval", poll_interval)
         super().__init__(**kwargs)
         self.max_consecutive_poll_errors = poll_errors_arg(max_consecutive_poll_errors, None, owner=type(self).__name__)
