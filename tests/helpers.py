@@ -235,3 +235,21 @@ class ShortReads(io.RawIOBase):
 
     def read(self, size: int = -1) -> bytes:
         return self._data.read(self._most if size < 0 else min(size, self._most))
+
+
+def record_input_assets(monkeypatch: Any) -> list[str]:
+    """The URIs Airflow's hook lineage collector is given as inputs from now on (a stand-in collector:
+    what ``ObjectStoragePath``'s file wrapper records on each ``read``)."""
+    import airflow.sdk.lineage
+
+    recorded: list[str] = []
+
+    class Collector:
+        def add_input_asset(self, *, uri: str, **_: Any) -> None:
+            recorded.append(uri)
+
+        def add_output_asset(self, **_: Any) -> None:
+            pass
+
+    monkeypatch.setattr(airflow.sdk.lineage, "get_hook_lineage_collector", Collector)
+    return recorded

@@ -26,7 +26,7 @@ from airflow_provider_maas.batch.answers.results import (
     summarize,
 )
 from airflow_provider_maas.batch.inputs.lines import iter_line_batches
-from tests.helpers import ShortReads
+from tests.helpers import ShortReads, record_input_assets
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -435,22 +435,11 @@ def test_answers_are_read_past_the_lineage_wrapper_once_it_recorded_the_file(tmp
     """Airflow's file wrapper records the file as an input asset on every ``read`` call (8 s of a
     1,000,000-answer merge): the merge reads its answers one by one from the file under it, once the
     indexing pass (through the wrapper) recorded it. The file is still reported; not once per answer."""
-    import airflow.sdk.lineage
-
     from airflow_provider_maas.batch.answers.merge import merge_results
     from airflow_provider_maas.storage import open_source, to_path
     from airflow_provider_maas.storage.paths import untracked
 
-    recorded: list[str] = []
-
-    class Collector:
-        def add_input_asset(self, *, uri: str, **_: Any) -> None:
-            recorded.append(uri)
-
-        def add_output_asset(self, **_: Any) -> None:
-            pass
-
-    monkeypatch.setattr(airflow.sdk.lineage, "get_hook_lineage_collector", Collector)
+    recorded = record_input_assets(monkeypatch)
     asked = [request(n) for n in range(5)]
     (tmp_path / "requests.jsonl").write_bytes(b"".join(json.dumps({"request": r}).encode() + b"\n" for r in asked))
     results = tmp_path / "results.jsonl"

@@ -21,6 +21,7 @@ from airflow_provider_maas.batch.answers.matching import AnswerStore
 from airflow_provider_maas.batch.answers.results import request_digest
 from airflow_provider_maas.exceptions import MaaSInputError, MaaSIntegrityError
 from tests.conftest import ROOT
+from tests.helpers import record_input_assets
 from tests.test_results import echo, result_line
 
 
@@ -181,21 +182,10 @@ def test_a_results_file_changed_between_indexing_and_reading_is_noticed_as_befor
 def test_lineage_of_each_results_file_is_still_recorded_by_the_shard_merge(tmp_path, monkeypatch):
     """merge_shard_results reads each shard through the wrapper once (indexing), then past it: each shard's
     results file is still recorded as an input asset, however small (read into memory) or large."""
-    import airflow.sdk.lineage
-
     from airflow_provider_maas.batch.answers import merge as merge_module
     from airflow_provider_maas.batch.answers.merge import merge_shard_results
 
-    recorded: list[str] = []
-
-    class Collector:
-        def add_input_asset(self, *, uri: str, **_: Any) -> None:
-            recorded.append(uri)
-
-        def add_output_asset(self, **_: Any) -> None:
-            pass
-
-    monkeypatch.setattr(airflow.sdk.lineage, "get_hook_lineage_collector", Collector)
+    recorded = record_input_assets(monkeypatch)
     asked = [_ask(n) for n in range(12)]
     requests = tmp_path / "requests.jsonl"
     requests.write_bytes(b"".join(json.dumps({"request": r}).encode() + b"\n" for r in asked))
