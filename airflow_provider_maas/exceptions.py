@@ -179,4 +179,11 @@ class MaaSStateError(MaaSError, AirflowFailException):
 class MaaSStateWriteError(MaaSError):
     """Writing the batch state failed (read-only filesystem, disk full, object store error) after the
     names of the jobs just created were saved in ``task_state_store``: an automatic retry reattaches
-    to them, so this one keeps Airflow's retries."""
+    to them, so this one keeps Airflow's retries.
+
+    :param job_names: The jobs just created whose names were saved there (none: no job was missing).
+    """
+
+    def __init__(self, message: str, *, job_names: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.job_names = list(job_names or [])

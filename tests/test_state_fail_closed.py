@@ -250,7 +250,8 @@ def failing_fs():
     from airflow.sdk.io import attach
     from airflow.sdk.io.store import _STORE_CACHE
 
-    fs = FailingWrites()
+    fs = FailingWrites()  # fsspec caches instances: the one of an earlier test
+    fs.failing = False
     _STORE_CACHE.pop("memory", None)
     attach("memory", fs=fs)
     fs.store.clear()
@@ -269,10 +270,12 @@ def _journal_fails_after_creates(fs):
         fs.failing = True  # the job name came back; the journal write that records it fails
         return job
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(MaaSHook, "create_batch_job", answered_then_disk_full)
-        yield
-    fs.failing = False  # the storage is fixed before the retry
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(MaaSHook, "create_batch_job", answered_then_disk_full)
+            yield
+    finally:
+        fs.failing = False  # the storage is fixed before the retry (fsspec caches the instance: the next test's too)
 
 
 def test_5_job_names_survive_a_failed_journal_write_and_the_retry_reattaches(emulator_factory, tmp_path, failing_fs):
@@ -310,6 +313,36 @@ def test_5_without_task_state_store_the_failed_write_names_the_jobs_and_nothing_
     with pytest.raises(MaaSJobCreationUncertainError) as refused:  # a retry refuses: its shards are "creating"
         batch_operator(source, dest).execute(_try())
     assert "no usable answer" not in str(refused.value) and "named the jobs it created" in str(refused.value)
+    assert handle.emulator.jobs_created == len(created)
+
+
+def test_5_a_marker_write_failing_while_a_create_answers_still_names_the_created_job(
+    emulator_factory, tmp_path, failing_fs
+):
+    """The storage fills while a create is answered, and the write that fails first is another shard's
+    "creating" markers (no create sent for it: that error alone says no job exists). The job created
+    meanwhile is recorded on the way out, which fails too: without a second record, that error, naming
+    the paid job, is the one raised (it was only logged), and the next try refuses rather than pay again."""
+    handle = emulator_factory(job_duration=0.3)
+    source = write_requests(tmp_path / "r.jsonl", 250)
+    dest = "memory://bucket/out/res.jsonl"
+    create = MaaSHook.create_batch_job
+
+    def answered_slowly_then_disk_full(self, file_name, display_name):
+        job = create(self, file_name, display_name)
+        failing_fs.failing = True  # the job exists; the next write fails, whichever shard's it is
+        time.sleep(0.5)  # the other shards' uploads end first: their markers are the write that fails
+        return job
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(MaaSStateError) as failed:
+        patch.setattr(MaaSHook, "create_batch_job", answered_slowly_then_disk_full)
+        batch_operator(source, dest).execute(_try())  # no second record (task_state_store, Variable)
+    failing_fs.failing = False
+    created = sorted(handle.emulator.jobs)
+    assert created and sorted(failed.value.job_names) == created
+    assert all(name in str(failed.value) for name in created) and "start_over=True" in str(failed.value)
+    with pytest.raises(MaaSJobCreationUncertainError):  # their shards are "creating": refused, not paid again
+        batch_operator(source, dest).execute(_try())
     assert handle.emulator.jobs_created == len(created)
 
 
@@ -741,3 +774,27 @@ def test_before_airflow_3_3_the_batch_record_is_a_real_variable_removed_on_succe
     assert name.startswith("maas_batch.") and max(v[STATE_KEY].get("seq", 0) for v in written[name]) >= 2, written
     assert written[name][-1][STATE_KEY]["finished"] is True
     assert VariableModel.get(name, default_var=None) is None  # removed once the results were written
+
+
+def test_after_a_first_error_the_one_raised_names_every_job_created_and_not_recorded():
+    """``write_failures.after_first_error``: the error that stops the task wins, with the jobs of both."""
+    from airflow_provider_maas.batch.record.write_failures import StateRemoved, after_first_error
+
+    markers = MaaSStateWriteError("markers of shard 2 not stored; no create was sent for them")
+    assert after_first_error(markers, MaaSStateWriteError("no job created is missing")) is None  # logged only
+    lost_b = MaaSStateError("job B not recorded", job_names=["B"])
+    assert after_first_error(markers, lost_b) is lost_b  # the first said no job exists: B's error is raised
+    assert after_first_error(TimeoutError("execution_timeout"), lost_b) is lost_b
+    removed = StateRemoved("the state was removed")
+    assert after_first_error(TimeoutError(), removed) is removed
+    lost_a = MaaSStateError("job A not recorded", job_names=["A"])
+    kept_b = MaaSStateWriteError("job B kept in task_state_store", job_names=["B"])
+    both = after_first_error(lost_a, kept_b)  # A's error stops the task (no retry); B is named too
+    assert type(both) is MaaSStateError and both.job_names == ["A", "B"]
+    assert "job A not recorded" in str(both) and "job B kept" in str(both)
+    both = after_first_error(lost_a, lost_b)
+    assert type(both) is MaaSStateError and both.job_names == ["B", "A"] and "job A" in str(both)
+    both = after_first_error(
+        MaaSStateWriteError("job A kept", job_names=["A"]), kept_b
+    )  # both kept: a retry reattaches
+    assert type(both) is MaaSStateWriteError and both.job_names == ["B", "A"]

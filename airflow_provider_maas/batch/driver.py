@@ -25,7 +25,7 @@ from airflow_provider_maas.batch.polling import JobWatch, NotFoundCount, PollErr
 from airflow_provider_maas.batch.record.journal import MarkNotRecorded
 from airflow_provider_maas.batch.record.ownership import check_lease
 from airflow_provider_maas.batch.record.state import BatchState, ShardKey, ShardRecord, ShardStatus
-from airflow_provider_maas.batch.record.write_failures import StateRemoved, unmarked_error, unrecorded_error
+from airflow_provider_maas.batch.record.write_failures import after_first_error, unmarked_error, unrecorded_error
 from airflow_provider_maas.batch.transfers import Transfer, TransferOutcomes
 from airflow_provider_maas.exceptions import MaaSError, MaaSStateError
 from airflow_provider_maas.storage import CHUNK_SIZE, open_source
@@ -125,9 +125,13 @@ class BatchDriver(TransferOutcomes, JobWatch):
         except MaaSError as err:
             if exc[0] is None:
                 raise
-            if isinstance(err, StateRemoved):  # it names every job, those answered since the first error too
-                raise err from exc[1] if isinstance(exc[1], BaseException) else None
-            log.exception("Recording the last answers failed too (the first error is raised)")
+            first = exc[1] if isinstance(exc[1], BaseException) else None
+            # Jobs created and not recorded (paid; the first error may say none exists): they are named
+            raise_instead = after_first_error(first, err)
+            if raise_instead is None:
+                log.exception("Recording the last answers failed too (the first error is raised)")
+                return
+            raise raise_instead from first
 
     # What is running -------------------------------------------------------------------------
     def enqueue(self, keys: Iterable[ShardKey]) -> None:

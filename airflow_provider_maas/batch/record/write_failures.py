@@ -67,7 +67,8 @@ def unrecorded_error(
     if kept:
         return MaaSStateWriteError(
             f"{what} after these jobs were created: {named}. Their names are kept in {RECORD}: a retry "
-            "reattaches to them (fix the storage first: free space, or make it writable)."
+            "reattaches to them (fix the storage first: free space, or make it writable).",
+            job_names=[name for _, name in jobs],
         )
     return MaaSStateError(
         f"{what} after these jobs were created: {named}. They are not in the batch state and could not be kept "
@@ -75,6 +76,25 @@ def unrecorded_error(
         f"refuses to create them again. Fix the storage, then look these jobs up. {WAY_ON}",
         job_names=[name for _, name in jobs],
     )
+
+
+def after_first_error(first: BaseException | None, second: MaaSError) -> BaseException | None:
+    """What to raise when the answers that came after a first error (``first``, the one raised) could not
+    be recorded either (``second``, from :func:`unrecorded_error`): None to raise ``first`` (``second``
+    named no job: logged), else the error of the two that stops the task (a :class:`MaaSStateError`)
+    or ``second``, naming the jobs of both. A first error that reported a write of markers only says
+    no job exists for its shards; jobs created meanwhile are the ones ``second`` names."""
+    if not isinstance(second, (MaaSStateError, MaaSStateWriteError)):
+        return None
+    if not second.job_names and not isinstance(second, StateRemoved):
+        return None
+    earlier = [name for name in getattr(first, "job_names", None) or [] if name not in second.job_names]
+    stops = first if isinstance(first, MaaSStateError) and not isinstance(second, MaaSStateError) else second
+    if not earlier and stops is second:
+        return second
+    other = second if stops is first else first
+    jobs = [*earlier, *second.job_names] if stops is first else [*second.job_names, *earlier]
+    return type(stops)(f"{stops} Also not recorded (the other write that failed): {other}", job_names=jobs)
 
 
 def unmarked_error(
