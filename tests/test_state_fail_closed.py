@@ -777,24 +777,35 @@ def test_before_airflow_3_3_the_batch_record_is_a_real_variable_removed_on_succe
 
 
 def test_after_a_first_error_the_one_raised_names_every_job_created_and_not_recorded():
-    """``write_failures.after_first_error``: the error that stops the task wins, with the jobs of both."""
+    """``write_failures.after_first_error``: one error with the text and the jobs of both, of the type
+    that stops the task if either does; a first error that is not the provider's keeps its course."""
+    from airflow_provider_maas.batch.record.ownership import LeaseLost
     from airflow_provider_maas.batch.record.write_failures import StateRemoved, after_first_error
 
     markers = MaaSStateWriteError("markers of shard 2 not stored; no create was sent for them")
     assert after_first_error(markers, MaaSStateWriteError("no job created is missing")) is None  # logged only
     lost_b = MaaSStateError("job B not recorded", job_names=["B"])
-    assert after_first_error(markers, lost_b) is lost_b  # the first said no job exists: B's error is raised
-    assert after_first_error(TimeoutError("execution_timeout"), lost_b) is lost_b
-    removed = StateRemoved("the state was removed")
-    assert after_first_error(TimeoutError(), removed) is removed
-    lost_a = MaaSStateError("job A not recorded", job_names=["A"])
     kept_b = MaaSStateWriteError("job B kept in task_state_store", job_names=["B"])
-    both = after_first_error(lost_a, kept_b)  # A's error stops the task (no retry); B is named too
-    assert type(both) is MaaSStateError and both.job_names == ["A", "B"]
-    assert "job A not recorded" in str(both) and "job B kept" in str(both)
-    both = after_first_error(lost_a, lost_b)
-    assert type(both) is MaaSStateError and both.job_names == ["B", "A"] and "job A" in str(both)
-    both = after_first_error(
-        MaaSStateWriteError("job A kept", job_names=["A"]), kept_b
-    )  # both kept: a retry reattaches
-    assert type(both) is MaaSStateWriteError and both.job_names == ["B", "A"]
+    raised = after_first_error(markers, lost_b)  # the first said no job exists for shard 2: B is named
+    assert type(raised) is MaaSStateError and raised.job_names == ["B"]
+    assert "job B not recorded" in str(raised) and "no create was sent" in str(raised)
+    raised = after_first_error(markers, kept_b)
+    assert type(raised) is MaaSStateWriteError and raised.job_names == ["B"] and "no create was sent" in str(raised)
+    for other in (KeyboardInterrupt(), TimeoutError("execution_timeout"), None):  # keeps its own course
+        assert after_first_error(other, lost_b) is None
+    removed = StateRemoved("the state was removed")
+    assert after_first_error(TimeoutError(), removed) is removed  # as before: it names every job
+    lost_a = MaaSStateError("job A not recorded", job_names=["A", "A"])
+    raised = after_first_error(lost_a, kept_b)  # A's error stops the task (no retry); B is named too
+    assert type(raised) is MaaSStateError and raised.job_names == ["B", "A"]
+    assert "job A not recorded" in str(raised) and "job B kept" in str(raised)
+    raised = after_first_error(MaaSStateWriteError("job A kept", job_names=["A"]), lost_b)
+    assert type(raised) is MaaSStateError and raised.job_names == ["B", "A"]
+    raised = after_first_error(MaaSStateWriteError("job A kept", job_names=["A"]), kept_b)  # a retry reattaches
+    assert type(raised) is MaaSStateWriteError and raised.job_names == ["B", "A"]
+    for taken in (LeaseLost("another try took the lease"), StateRemoved("the state was removed")):
+        raised = after_first_error(taken, lost_b)  # what happened to the state stays the error's type
+        assert type(raised) is type(taken) and raised.job_names == ["B"] and "job B" in str(raised)
+    uncertain = MaaSJobCreationUncertainError("the create of shard 3 may have reached the service")
+    raised = after_first_error(uncertain, kept_b)  # it stops the task: not turned into a retried error
+    assert type(raised) is MaaSStateError and "shard 3" in str(raised) and raised.job_names == ["B"]

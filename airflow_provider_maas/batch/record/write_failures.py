@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from airflow_provider_maas._compat import AirflowFailException
+from airflow_provider_maas.batch.record.ownership import LeaseLost
 from airflow_provider_maas.batch.record.recovery import MAX_QUOTED_NAMES, WAY_ON
 from airflow_provider_maas.batch.record.second_record import RECORD
 from airflow_provider_maas.batch.record.state import ShardKey, ShardRecord, ShardStatus
@@ -79,22 +81,31 @@ def unrecorded_error(
 
 
 def after_first_error(first: BaseException | None, second: MaaSError) -> BaseException | None:
-    """What to raise when the answers that came after a first error (``first``, the one raised) could not
-    be recorded either (``second``, from :func:`unrecorded_error`): None to raise ``first`` (``second``
-    named no job: logged), else the error of the two that stops the task (a :class:`MaaSStateError`)
-    or ``second``, naming the jobs of both. A first error that reported a write of markers only says
-    no job exists for its shards; jobs created meanwhile are the ones ``second`` names."""
-    if not isinstance(second, (MaaSStateError, MaaSStateWriteError)):
+    """What to raise when the answers that came after a first error of the driver (``first``) could not
+    be recorded either (``second``, from :func:`unrecorded_error`). None: raise ``first`` (``second``
+    names no job, and is logged; or ``first`` is not one of the provider's errors: an interrupt, a
+    timeout or a termination keeps its own course). Else one error with the text of both and the jobs
+    of both: of the type that stops the task if either does (another try's or a removed state's first,
+    then :class:`MaaSStateError`), else ``second``'s (their names are kept: a retry reattaches). A first
+    error about a write of markers only says no job exists for its shards; ``second`` names the jobs
+    created meanwhile."""
+    if isinstance(second, StateRemoved) and not isinstance(first, MaaSError):
+        return second  # it names every job this try knew
+    if not isinstance(first, MaaSError) or not isinstance(second, (MaaSStateError, MaaSStateWriteError)):
         return None
     if not second.job_names and not isinstance(second, StateRemoved):
         return None
-    earlier = [name for name in getattr(first, "job_names", None) or [] if name not in second.job_names]
-    stops = first if isinstance(first, MaaSStateError) and not isinstance(second, MaaSStateError) else second
-    if not earlier and stops is second:
-        return second
-    other = second if stops is first else first
-    jobs = [*earlier, *second.job_names] if stops is first else [*second.job_names, *earlier]
-    return type(stops)(f"{stops} Also not recorded (the other write that failed): {other}", job_names=jobs)
+    jobs = list(dict.fromkeys([*second.job_names, *(getattr(first, "job_names", None) or [])]))
+
+    def rank(err: BaseException) -> int:
+        if isinstance(err, (StateRemoved, LeaseLost)):  # what happened to the state: read it first
+            return 0
+        return 1 if isinstance(err, MaaSStateError) else 2 if isinstance(err, AirflowFailException) else 3
+
+    stops = min((second, first), key=rank)  # a tie: second, the error naming the jobs just created
+    kind = type(stops) if isinstance(stops, (MaaSStateError, MaaSStateWriteError)) else MaaSStateError
+    other = first if stops is second else second
+    return kind(f"{stops} With it: {other}", job_names=jobs)
 
 
 def unmarked_error(
